@@ -1,0 +1,1 @@
+"""hftdb: high-throughput market-data persistence on PostgreSQL."""

@@ -1,0 +1,9 @@
+DROP TABLE IF EXISTS ingest_batches;
+DROP TABLE IF EXISTS balances_latest;
+DROP TABLE IF EXISTS balances;
+DROP TABLE IF EXISTS funding_rates_latest;
+DROP TABLE IF EXISTS funding_rates;
+DROP TABLE IF EXISTS book_tickers_latest;
+DROP TABLE IF EXISTS book_tickers;
+DROP TABLE IF EXISTS symbols;
+DROP TABLE IF EXISTS exchanges;

@@ -1,0 +1,121 @@
+"""Typed records: what goes into hftdb and what comes out.
+
+All times are integer microseconds since the Unix epoch, UTC. Hot-path records (``BookTicker``,
+``FundingRate``) are positional-friendly ``msgspec.Struct``s with ``gc=False``: they hold only scalars, so the
+cycle collector never needs to track them.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from decimal import Decimal
+from typing import Literal
+
+import msgspec
+
+__all__ = [
+    "ExchangeName",
+    "SymbolKind",
+    "SymbolStatus",
+    "Exchange",
+    "Symbol",
+    "BookTicker",
+    "FundingRate",
+    "Balance",
+    "now_us",
+]
+
+
+class ExchangeName(enum.StrEnum):
+    """The venues hftdb has adapters for. One row of ``exchanges`` per venue.
+
+    Spot and derivatives markets of one exchange are separate venues: their native symbols collide
+    (``BTCUSDT`` is both a Binance spot pair and a USD-M perpetual).
+    """
+
+    BINANCE_SPOT = "binance_spot"
+    BINANCE_USDM = "binance_usdm"
+    BYBIT_SPOT = "bybit_spot"
+    BYBIT_LINEAR = "bybit_linear"
+    OKX_SPOT = "okx_spot"
+    OKX_SWAP = "okx_swap"
+
+
+SymbolKind = Literal["spot", "perpetual", "future", "option", "unknown"]
+SymbolStatus = Literal["trading", "halted", "delisted", "unknown"]
+
+
+def now_us() -> int:
+    """Return the current time as integer microseconds since the Unix epoch."""
+    return time.time_ns() // 1000
+
+
+class Exchange(msgspec.Struct, kw_only=True, frozen=True):
+    """A venue. ``id`` is assigned by the database."""
+
+    name: str
+    id: int | None = None
+    market: Literal["spot", "derivatives"] = "spot"
+    active: bool = True
+
+
+class Symbol(msgspec.Struct, kw_only=True, frozen=True):
+    """An instrument of one exchange, named by the exchange's native symbol (``BTCUSDT``, ``BTC-USDT-SWAP``)."""
+
+    exchange_id: int
+    symbol: str
+    id: int | None = None
+    base: str | None = None
+    quote: str | None = None
+    kind: SymbolKind = "unknown"
+    status: SymbolStatus = "unknown"
+    tick_size: Decimal | None = None
+    lot_size: Decimal | None = None
+    contract_size: Decimal | None = None
+    last_synced: int | None = None
+
+
+class BookTicker(msgspec.Struct, gc=False):
+    """Best bid and ask of one instrument at one moment.
+
+    Name the instrument by ``exchange`` and native ``symbol``; a caller that already holds the id may set
+    ``symbol_id`` and skip resolution. ``exchange_ts`` is the exchange's event time where the stream gives one.
+    """
+
+    exchange: str
+    symbol: str
+    bid_price: float
+    bid_qty: float
+    ask_price: float
+    ask_qty: float
+    recv_ts: int
+    exchange_ts: int | None = None
+    update_id: int | None = None
+    symbol_id: int | None = None
+
+
+class FundingRate(msgspec.Struct, gc=False):
+    """A perpetual's funding rate with the mark and index price where the exchange sends them."""
+
+    exchange: str
+    symbol: str
+    rate: float
+    recv_ts: int
+    exchange_ts: int | None = None
+    next_funding_ts: int | None = None
+    mark_price: float | None = None
+    index_price: float | None = None
+    symbol_id: int | None = None
+
+
+class Balance(msgspec.Struct, kw_only=True):
+    """One asset's balance on one exchange account. Amounts are exact decimals: this is accounting data."""
+
+    exchange: str
+    asset: str
+    free: Decimal
+    locked: Decimal
+    recv_ts: int
+    exchange_ts: int | None = None
+    account: str = "default"

@@ -1,0 +1,170 @@
+"""The embedded PostgreSQL: a pgserver-managed cluster in a local data directory.
+
+pgserver ships PostgreSQL's binaries in its wheel, so a machine with only Python gets a real server. The cluster
+persists in ``data_dir`` across runs; each process holds a handle, and pgserver stops the server when the last
+handle in any process is released. The server listens on a Unix socket only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import DatabaseUnavailableError, StateError
+
+__all__ = ["EmbeddedServer", "bin_dir"]
+
+logger = logging.getLogger(__name__)
+
+
+def bin_dir() -> Path:
+    """Directory of the PostgreSQL binaries that ship with pgserver (``pg_dump``, ``pg_ctl``, ``psql``...)."""
+    from pgserver._commands import POSTGRES_BIN_PATH
+
+    return Path(POSTGRES_BIN_PATH)
+
+
+class EmbeddedServer:
+    """A persistent PostgreSQL cluster in ``data_dir``, started and stopped through pgserver.
+
+    >>> server = EmbeddedServer("./data/postgres")
+    >>> dsn = await server.start()
+    >>> await server.stop()
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+        if not str(data_dir):
+            raise ValueError("data_dir must not be empty")
+        self.data_dir = Path(data_dir).expanduser().resolve()
+        self._handle: Any = None
+        self._dsn: str | None = None
+
+    def __repr__(self) -> str:
+        state = "running" if self._handle is not None else "stopped"
+        return f"EmbeddedServer(data_dir={str(self.data_dir)!r}, {state})"
+
+    @property
+    def dsn(self) -> str:
+        """Connection string for the running server (Unix socket, trust authentication)."""
+        if self._dsn is None:
+            raise StateError("the embedded server is not started")
+        return self._dsn
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the postmaster, or None when stopped."""
+        info = self._read_postmaster()
+        return info.pid if info is not None and info.is_running() else None
+
+    async def start(self, *, timeout: float = 120.0) -> str:
+        """Start (or attach to) the cluster, creating it on first use; return its DSN. Idempotent."""
+        if self._handle is not None:
+            return self.dsn
+        try:
+            self._handle = await asyncio.wait_for(asyncio.to_thread(self._start_sync), timeout)
+        except (subprocess.SubprocessError, OSError, AssertionError, asyncio.TimeoutError) as exc:
+            raise DatabaseUnavailableError(
+                f"could not start the embedded PostgreSQL in {self.data_dir}: {exc!r}; see {self.data_dir / 'log'}"
+            ) from exc
+        self._dsn = self._handle.get_uri()
+        logger.info("embedded PostgreSQL running in %s (pid %s)", self.data_dir, self.pid)
+        return self._dsn
+
+    def _start_sync(self) -> Any:
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (root shells, CI); it falls back sanely.
+            warnings.simplefilter("ignore")
+            import pgserver
+
+            self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+            return pgserver.get_server(self.data_dir, cleanup_mode="stop")
+
+    async def stop(self) -> None:
+        """Release this process's handle; the server stops when no other process holds one. Idempotent."""
+        handle, self._handle = self._handle, None
+        if handle is None:
+            return
+        self._dsn = None
+        await asyncio.to_thread(handle.cleanup)
+        logger.info("embedded PostgreSQL handle released (%s)", self.data_dir)
+
+    async def restart(self, *, mode: Literal["smart", "fast", "immediate"] = "fast", timeout: float = 60.0) -> None:
+        """Restart the server process, dropping every connection: for fault tests and operations.
+
+        ``immediate`` is a crash restart (no checkpoint, recovery on start); ``fast`` rolls back open transactions.
+        """
+        if self._handle is None:
+            raise StateError("the embedded server is not started")
+        await self.pg_ctl(
+            "restart", "-m", mode, "-w", "-t", str(int(timeout)), "-l", str(self.data_dir / "log"), timeout=timeout + 10
+        )
+        self._refresh_handle()
+
+    async def kill(self) -> None:
+        """Stop the server now (``pg_ctl stop -m immediate``), leaving the handle to :meth:`start_again`."""
+        await self.pg_ctl("stop", "-m", "immediate", "-w")
+
+    async def start_again(self, *, timeout: float = 60.0) -> None:
+        """Start a server that :meth:`kill` stopped, with the options it had (socket directory included)."""
+        opts = (self.data_dir / "postmaster.opts").read_text().split(None, 1)
+        args = ["start", "-w", "-l", str(self.data_dir / "log")]
+        if len(opts) > 1:
+            # postmaster.opts holds the previous command line: the binary, then its options.
+            args += ["-o", _strip_data_dir(opts[1])]
+        await self.pg_ctl(*args, timeout=timeout)
+        self._refresh_handle()
+
+    def _refresh_handle(self) -> None:
+        # pgserver remembers the postmaster it started; after a restart it would check (and later stop) the old,
+        # dead process. Point it at the new one so release still stops the server.
+        if self._handle is not None:
+            from pgserver.utils import PostmasterInfo
+
+            self._handle._postmaster_info = PostmasterInfo.read_from_pgdata(self.data_dir)
+
+    def _read_postmaster(self) -> Any:
+        from pgserver.utils import PostmasterInfo
+
+        return PostmasterInfo.read_from_pgdata(self.data_dir)
+
+    async def pg_ctl(self, *args: str, timeout: float = 60.0) -> str:
+        """Run ``pg_ctl -D data_dir ARGS`` as the server's system user."""
+        cmd = [str(bin_dir() / "pg_ctl"), "-D", str(self.data_dir), *args]
+        user = getattr(self._handle, "system_user", None)
+        return await asyncio.to_thread(_run_tool, cmd, user=user, timeout=timeout)
+
+
+def _run_tool(cmd: list[str], *, user: str | None, timeout: float) -> str:
+    # Not pipes: a postmaster started by pg_ctl inherits them and holds them open, so reading them never ends.
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                              timeout=timeout, user=user)
+        out.seek(0)
+        text = out.read()
+    if proc.returncode != 0:
+        raise DatabaseUnavailableError(f"{Path(cmd[0]).name} {' '.join(cmd[3:])} failed: {text.strip()}")
+    return text
+
+
+def _strip_data_dir(opts: str) -> str:
+    # postmaster.opts quotes each argument: "-D" "/path" "-h" "" "-k" "/sock". Drop -D and its value; pg_ctl adds it.
+    import shlex
+
+    parts = shlex.split(opts)
+    out: list[str] = []
+    skip = False
+    for part in parts:
+        if skip:
+            skip = False
+            continue
+        if part == "-D":
+            skip = True
+            continue
+        out.append(part)
+    return " ".join(shlex.quote(p) for p in out)
