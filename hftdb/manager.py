@@ -1,0 +1,709 @@
+"""``DatabaseManager``: the one public front of hftdb.
+
+It owns the asyncpg pool (and the embedded server when no DSN is configured), the exchange and symbol caches,
+and one batch writer per time-series table. The work is delegated to small modules: :mod:`hftdb.writer` and
+:mod:`hftdb.tables` (batching and COPY), :mod:`hftdb.cache`, :mod:`hftdb.schema` (migrations, partitions),
+:mod:`hftdb.server` (embedded PostgreSQL) and :mod:`hftdb.reads` (queries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterable, Sequence
+
+import asyncpg
+
+from . import reads, schema
+from .cache import TTLCache
+from .config import Settings, load_settings, redact_dsn
+from .copy import PG_EPOCH_US
+from .errors import (
+    ClosedError,
+    DatabaseUnavailableError,
+    StateError,
+    UnknownExchangeError,
+    UnknownSymbolError,
+    ValidationError,
+)
+from .models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Symbol, now_us
+from .server import EmbeddedServer
+from .tables import BalanceWriter, BookTickerWriter, FundingRateWriter
+from .unit import UnitOfWork
+from .writer import RETRYABLE, BatchWriter
+
+__all__ = ["DatabaseManager"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_SYMBOL_LEN = 64
+_MAX_EXCHANGE_LEN = 32
+_DERIVATIVE_VENUES = {ExchangeName.BINANCE_USDM, ExchangeName.BYBIT_LINEAR, ExchangeName.OKX_SWAP}
+
+
+def _ts_encode(us: int) -> tuple[int]:
+    return (us - PG_EPOCH_US,)
+
+
+def _ts_decode(value: tuple[int]) -> int:
+    return value[0] + PG_EPOCH_US
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Make timestamptz travel as integer Unix microseconds on hftdb's connections: exact, and no datetimes."""
+    await conn.set_type_codec(
+        "timestamptz", schema="pg_catalog", encoder=_ts_encode, decoder=_ts_decode, format="tuple"
+    )
+
+
+class DatabaseManager:
+    """Persistence of exchanges, symbols, book tickers, funding rates and balances in PostgreSQL.
+
+    >>> async with DatabaseManager() as db:              # embedded PostgreSQL in ./data/postgres
+    ...     await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+    ...     await db.insert_book_ticker_snapshots([BookTicker("binance_spot", "BTCUSDT", 1.0, 2.0, 1.1, 3.0, now_us())])
+    ...     await db.flush()
+
+    ``dsn`` (or ``HFTDB_DSN``, or ``settings.database.dsn``) names a PostgreSQL 14+ server; with none, an embedded
+    server is started in ``settings.database.data_dir``. Writes are buffered and committed by group-commit COPY
+    batches; :meth:`flush` waits for them. No I/O happens until :meth:`initialize` (or ``async with``).
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        settings: Settings | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+        notify: bool = True,
+    ) -> None:
+        if settings is None:
+            settings = load_settings()
+        elif not isinstance(settings, Settings):
+            raise ValueError(f"settings must be hftdb.Settings, got {type(settings).__name__}")
+        if dsn is not None and not isinstance(dsn, str):
+            raise ValueError(f"dsn must be a string, got {type(dsn).__name__}")
+        self.settings = settings
+        self._dsn = dsn or settings.database.dsn
+        self._spool_dir = spool_dir if spool_dir is not None else settings.writer.spool_dir
+        self._notify = notify
+        self._state = "new"
+        self._server: EmbeddedServer | None = None
+        self._pool: asyncpg.Pool | None = None
+        ttl = settings.cache.ttl_s
+        self._exchanges = TTLCache[str, Exchange](ttl)
+        self._symbols_by_id = TTLCache[int, Symbol](ttl)
+        self._symbol_ids = TTLCache[tuple[str, str], int](ttl)
+        self._exchange_names: dict[int, str] = {}
+        self._latest_cache = TTLCache[Any, Any](settings.cache.latest_ttl_ms / 1000) if settings.cache.latest_ttl_ms else None
+        self._writers: dict[str, BatchWriter] = {}
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        target = redact_dsn(self._dsn) if self._dsn else f"embedded:{self.settings.database.data_dir}"
+        return f"DatabaseManager({target!r}, state={self._state})"
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> DatabaseManager:
+        await self.initialize()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def dsn(self) -> str:
+        """The DSN in use (the embedded server's once started). May hold a password: never log it unredacted."""
+        if self._dsn is None:
+            raise StateError("no DSN yet: the embedded server starts in initialize()")
+        return self._dsn
+
+    @property
+    def server(self) -> EmbeddedServer | None:
+        """The embedded server, when hftdb started one."""
+        return self._server
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The asyncpg pool (timestamptz as integer Unix microseconds on its connections)."""
+        self._check_open()
+        assert self._pool is not None
+        return self._pool
+
+    async def initialize(self) -> None:
+        """Start or connect to PostgreSQL, apply migrations, warm the caches and start the writers."""
+        async with self._lock:
+            if self._state == "open":
+                return
+            if self._state != "new":
+                raise ClosedError("this DatabaseManager is closed; create a new one")
+            db = self.settings.database
+            try:
+                if self._dsn is None:
+                    self._server = EmbeddedServer(db.data_dir)
+                    self._dsn = await self._server.start()
+                self._pool = await self._create_pool()
+                async with self._pool.acquire() as conn:
+                    await schema.migrate(conn)
+                    await schema.maintain(conn, self.settings.storage, now_us(), retention=False)
+                await self._warm_caches()
+                spool_root = Path(self._spool_dir) if self._spool_dir else None
+                for cls in (BookTickerWriter, FundingRateWriter, BalanceWriter):
+                    writer = cls(
+                        self._pool, settings=self.settings.writer, storage=self.settings.storage,
+                        spool_dir=spool_root, notify=self._notify,
+                    )
+                    await writer.start()
+                    self._writers[cls.table] = writer
+            except BaseException:
+                await self._teardown()
+                self._state = "closed"
+                raise
+            self._state = "open"
+            logger.info("hftdb open on %s", redact_dsn(self._dsn))
+
+    async def _create_pool(self) -> asyncpg.Pool:
+        db = self.settings.database
+        deadline = time.monotonic() + db.connect_timeout
+        delay = 0.1
+        while True:
+            try:
+                return await asyncpg.create_pool(
+                    self._dsn, min_size=db.pool_min_size, max_size=max(db.pool_max_size, db.pool_min_size),
+                    command_timeout=db.command_timeout, timeout=db.connect_timeout, init=init_connection,
+                )
+            except RETRYABLE as exc:
+                if time.monotonic() + delay > deadline:
+                    raise DatabaseUnavailableError(
+                        f"cannot connect to {redact_dsn(self._dsn)}: {type(exc).__name__}: {redact_dsn(str(exc))}"
+                    ) from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def close(self, *, timeout: float = 30.0) -> None:
+        """Flush every writer (spooling what cannot be committed in ``timeout``), close the pool. Idempotent."""
+        async with self._lock:
+            if self._state == "closed":
+                return
+            self._state = "closing"
+            try:
+                await asyncio.gather(*(w.close(timeout=timeout) for w in self._writers.values()))
+            finally:
+                await self._teardown()
+                self._state = "closed"
+
+    async def _teardown(self) -> None:
+        for writer in self._writers.values():
+            await writer.terminate()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), 10)
+            except (asyncio.TimeoutError, *RETRYABLE):
+                pool.terminate()
+        if self._server is not None:
+            await self._server.stop()
+            self._server = None
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            if self._state == "new":
+                raise StateError("DatabaseManager is not initialized: use 'async with' or await initialize()")
+            raise ClosedError("DatabaseManager is closed")
+
+    # -- caches ------------------------------------------------------------------------------------------------
+
+    async def _warm_caches(self) -> None:
+        assert self._pool is not None
+        for ex in await reads.fetch_exchanges(self._pool):
+            self._remember_exchange(ex)
+        for sym in await reads.fetch_symbols(self._pool):
+            self._remember_symbol(sym)
+
+    def _remember_exchange(self, ex: Exchange) -> None:
+        assert ex.id is not None
+        self._exchanges.set(ex.name, ex)
+        self._exchange_names[ex.id] = ex.name
+
+    def _remember_symbol(self, sym: Symbol) -> None:
+        assert sym.id is not None
+        self._symbols_by_id.set(sym.id, sym)
+        name = self._exchange_names.get(sym.exchange_id)
+        if name is not None:
+            self._symbol_ids.set((name, sym.symbol), sym.id)
+
+    def invalidate_caches(self, *, exchanges: bool = True, symbols: bool = True) -> None:
+        """Drop cached exchanges and/or symbols; the next lookups read the database."""
+        if exchanges:
+            self._exchanges.invalidate()
+        if symbols:
+            self._symbols_by_id.invalidate()
+            self._symbol_ids.invalidate()
+        if self._latest_cache is not None:
+            self._latest_cache.invalidate()
+
+    def resolve_symbol_id(self, exchange: str, symbol: str) -> int | None:
+        """The cached id of ``exchange``/``symbol``, or None on a cache miss. Never touches the database."""
+        return self._symbol_ids.get((exchange, symbol))
+
+    # -- exchanges ---------------------------------------------------------------------------------------------
+
+    async def insert_exchange(self, exchange: Exchange | ExchangeName | str, *, market: str | None = None) -> Exchange:
+        """Register an exchange (or update its market and active flag); return it with its id."""
+        self._check_open()
+        if isinstance(exchange, Exchange):
+            name, mkt, active = exchange.name, exchange.market, exchange.active
+        else:
+            name = _exchange_name(exchange)
+            mkt = market or ("derivatives" if name in {v.value for v in _DERIVATIVE_VENUES} else "spot")
+            active = True
+        if not 0 < len(name) <= _MAX_EXCHANGE_LEN:
+            raise ValidationError(f"exchange name must be 1..{_MAX_EXCHANGE_LEN} characters, got {name!r}")
+        if mkt not in ("spot", "derivatives"):
+            raise ValidationError(f"market must be 'spot' or 'derivatives', got {mkt!r}")
+        ex = await reads.upsert_exchange(self.pool, name, mkt, active)
+        self._remember_exchange(ex)
+        return ex
+
+    async def get_exchange_by_enum(self, name: ExchangeName | str) -> Exchange:
+        """The exchange named by ``name`` (an :class:`ExchangeName` or its string); UnknownExchangeError if absent."""
+        self._check_open()
+        key = _exchange_name(name)
+        ex = self._exchanges.get(key)
+        if ex is None:
+            ex = await reads.fetch_exchange(self.pool, key)
+            if ex is None:
+                raise UnknownExchangeError(f"unknown exchange {key!r}; register it with insert_exchange()")
+            self._remember_exchange(ex)
+        return ex
+
+    async def get_all_exchanges(self) -> list[Exchange]:
+        """Every registered exchange, by id."""
+        self._check_open()
+        exchanges = await reads.fetch_exchanges(self.pool)
+        for ex in exchanges:
+            self._remember_exchange(ex)
+        return exchanges
+
+    # -- symbols -----------------------------------------------------------------------------------------------
+
+    async def insert_symbol(self, symbol: Symbol) -> Symbol:
+        """Register a symbol or update its metadata (upsert on exchange and native symbol); return it with its id."""
+        self._check_open()
+        _check_symbol(symbol)
+        sym = (await reads.upsert_symbols(self.pool, [symbol]))[0]
+        self._remember_symbol(sym)
+        return sym
+
+    async def sync_symbols(self, exchange: ExchangeName | str, symbols: Sequence[Symbol]) -> tuple[int, int]:
+        """Upsert an exchange's full instrument list; mark its symbols missing from the list 'delisted'.
+
+        Returns ``(upserted, delisted)``. Invalid entries raise :class:`ValidationError` before anything is
+        written.
+        """
+        ex = await self.get_exchange_by_enum(exchange)
+        for s in symbols:
+            _check_symbol(s)
+            if s.exchange_id != ex.id:
+                raise ValidationError(f"symbol {s.symbol!r} has exchange_id {s.exchange_id}, expected {ex.id}")
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await reads.upsert_symbols(conn, list(symbols))
+            delisted = await reads.delist_missing(conn, ex.id, [s.symbol for s in symbols])  # type: ignore[arg-type]
+        for sym in rows:
+            self._remember_symbol(sym)
+        self._symbols_by_id.invalidate()
+        for sym in rows:
+            self._symbols_by_id.set(sym.id, sym)  # type: ignore[arg-type]
+        return len(rows), delisted
+
+    async def get_symbol_by_id(self, symbol_id: int) -> Symbol:
+        """The symbol with this id; UnknownSymbolError if there is none."""
+        self._check_open()
+        if type(symbol_id) is not int:
+            raise ValidationError(f"symbol_id must be an int, got {type(symbol_id).__name__}")
+        sym = self._symbols_by_id.get(symbol_id)
+        if sym is None:
+            sym = await reads.fetch_symbol(self.pool, symbol_id)
+            if sym is None:
+                raise UnknownSymbolError(f"unknown symbol id {symbol_id}")
+            self._remember_symbol(sym)
+        return sym
+
+    async def get_symbol(self, exchange: ExchangeName | str, symbol: str) -> Symbol:
+        """The symbol named by exchange and native symbol; UnknownSymbolError if there is none."""
+        sid = await self._symbol_id(exchange, symbol)
+        return await self.get_symbol_by_id(sid)
+
+    async def get_symbols_by_exchange(self, exchange: ExchangeName | str, *, status: str | None = None) -> list[Symbol]:
+        """Every symbol of an exchange (optionally only those with ``status``), by native symbol."""
+        ex = await self.get_exchange_by_enum(exchange)
+        symbols = await reads.fetch_symbols(self.pool, exchange_id=ex.id, status=status)
+        for sym in symbols:
+            self._remember_symbol(sym)
+        return symbols
+
+    async def _symbol_id(self, exchange: ExchangeName | str, symbol: str) -> int:
+        name = _exchange_name(exchange)
+        sid = self._symbol_ids.get((name, symbol))
+        if sid is None:
+            ex = await self.get_exchange_by_enum(name)
+            sym = await reads.fetch_symbol_by_name(self.pool, ex.id, symbol)  # type: ignore[arg-type]
+            if sym is None:
+                raise UnknownSymbolError(f"unknown symbol {symbol!r} on {name}")
+            self._remember_symbol(sym)
+            sid = sym.id
+        return sid  # type: ignore[return-value]
+
+    async def _resolve(self, rows: Iterable[Any], writer: BatchWriter) -> list[tuple[int, Any]]:
+        """Pair rows with symbol ids: cache first, then one query per exchange for misses, registering unknowns."""
+        get = self._symbol_ids.get
+        known_ids = self._symbols_by_id
+        pairs: list[tuple[int, Any]] = []
+        missing: list[Any] = []
+        for r in rows:
+            sid = r.symbol_id
+            if sid is None:
+                sid = get((r.exchange, r.symbol))
+                if sid is None:
+                    missing.append(r)
+                    continue
+            elif known_ids.get(sid) is None:
+                missing.append(r)
+                continue
+            pairs.append((sid, r))
+        if missing:
+            pairs.extend(await self._resolve_slow(missing, writer))
+        return pairs
+
+    async def _resolve_slow(self, rows: list[Any], writer: BatchWriter) -> list[tuple[int, Any]]:
+        by_id = [r for r in rows if r.symbol_id is not None]
+        by_name = [r for r in rows if r.symbol_id is None]
+        out: list[tuple[int, Any]] = []
+        if by_id:
+            found = await reads.fetch_symbols_by_ids(self.pool, sorted({r.symbol_id for r in by_id}))
+            for sym in found:
+                self._remember_symbol(sym)
+            ids = {s.id for s in found}
+            for r in by_id:
+                if r.symbol_id in ids:
+                    out.append((r.symbol_id, r))
+                else:
+                    writer.rejects.add("unknown_symbol_id", f"symbol_id {r.symbol_id!r}")
+        # An unknown exchange is the caller's mistake: raise before taking any row of the call.
+        names = {r.exchange for r in by_name}
+        exchanges = {}
+        for name in names:
+            if not isinstance(name, str):
+                raise ValidationError(f"exchange must be a string, got {type(name).__name__}")
+            exchanges[name] = await self.get_exchange_by_enum(name)
+        wanted: dict[str, set[str]] = {}
+        for r in by_name:
+            sym = r.symbol
+            if not isinstance(sym, str) or not sym:
+                writer.rejects.add("symbol_invalid", repr(sym))
+            elif len(sym) > _MAX_SYMBOL_LEN:
+                writer.rejects.add("symbol_too_long", sym[:80])
+            else:
+                wanted.setdefault(r.exchange, set()).add(sym)
+        for name, syms in wanted.items():
+            ex = exchanges[name]
+            registered, created = await reads.register_symbols(self.pool, ex.id, sorted(syms))  # type: ignore[arg-type]
+            for sym in registered:
+                self._remember_symbol(sym)
+            if created:
+                logger.info("registered %d new symbol(s) of %s on first sight; the next sync fills them in",
+                            created, name)
+        get = self._symbol_ids.get
+        for r in by_name:
+            if isinstance(r.symbol, str) and 0 < len(r.symbol) <= _MAX_SYMBOL_LEN:
+                sid = get((r.exchange, r.symbol))
+                if sid is not None:
+                    out.append((sid, r))
+        return out
+
+    # -- writes ------------------------------------------------------------------------------------------------
+
+    async def insert_book_ticker_snapshots(self, tickers: Iterable[BookTicker]) -> int:
+        """Accept book tickers for writing; return how many were taken (the rest are counted rejects).
+
+        Rows are committed by the writer in group-commit batches; :meth:`flush` waits for them. An unknown symbol
+        of a known exchange is registered on first sight; an unknown exchange raises UnknownExchangeError and
+        takes no row of the call.
+        """
+        return await self._submit("book_tickers", tickers)
+
+    async def insert_funding_rates(self, rates: Iterable[FundingRate]) -> int:
+        """Accept funding rates for writing; return how many were taken. See :meth:`insert_book_ticker_snapshots`."""
+        return await self._submit("funding_rates", rates)
+
+    async def insert_balance_snapshots(self, balances: Iterable[Balance]) -> int:
+        """Accept balances for writing; return how many were taken. Amounts are stored as exact numerics."""
+        self._check_open()
+        rows = balances if isinstance(balances, list) else list(balances)
+        writer = self._writers["balances"]
+        await writer.reserve(len(rows))
+        pairs = []
+        for r in rows:
+            ex = await self.get_exchange_by_enum(r.exchange)
+            pairs.append((ex.id, r))
+        added = writer.add(pairs)  # type: ignore[attr-defined]
+        writer.submitted(added)
+        return added
+
+    async def _submit(self, table: str, rows: Iterable[Any]) -> int:
+        self._check_open()
+        rows = rows if isinstance(rows, list) else list(rows)
+        if not rows:
+            return 0
+        writer = self._writers[table]
+        await writer.reserve(len(rows))
+        pairs = await self._resolve(rows, writer)
+        added = writer.add(pairs)  # type: ignore[attr-defined]
+        writer.submitted(added)
+        if self._latest_cache is not None and added:
+            self._latest_cache.invalidate()
+        return added
+
+    async def flush(self, *, timeout: float | None = None) -> None:
+        """Return once every row accepted before the call is committed."""
+        self._check_open()
+        await asyncio.gather(*(w.flush(timeout=timeout) for w in self._writers.values()))
+
+    def writer(self, table: str) -> BatchWriter:
+        """The batch writer of ``table`` ('book_tickers', 'funding_rates' or 'balances'), for its counters."""
+        try:
+            return self._writers[table]
+        except KeyError:
+            raise ValidationError(f"no writer for table {table!r}; tables: {', '.join(self._writers)}") from None
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[UnitOfWork]:
+        """A unit of work: every write made through it commits together or not at all.
+
+        >>> async with db.transaction() as uow:
+        ...     sym = await uow.insert_symbol(Symbol(exchange_id=1, symbol="NEWUSDT"))
+        ...     await uow.insert_book_ticker_snapshots([BookTicker(..., symbol_id=sym.id)])
+
+        Writes go straight to the database in the transaction (not through the batch writers). Nested
+        ``uow.transaction()`` blocks are savepoints.
+        """
+        self._check_open()
+        async with self.pool.acquire() as conn:
+            uow = UnitOfWork(self, conn)
+            async with conn.transaction():
+                yield uow
+            uow._committed()
+
+    # -- reads -------------------------------------------------------------------------------------------------
+
+    async def get_latest_book_tickers(
+        self,
+        exchange: ExchangeName | str | None = None,
+        symbols: Sequence[str] | None = None,
+        *,
+        symbol_ids: Sequence[int] | None = None,
+    ) -> list[BookTicker]:
+        """The current quote of each symbol, from ``book_tickers_latest`` (O(symbols), never a history scan).
+
+        Filter by exchange, by native symbols of that exchange, or by symbol ids; no filter returns every symbol.
+        """
+        self._check_open()
+        ids = await self._filter_ids(exchange, symbols, symbol_ids)
+        key = ("bt", ids)
+        if self._latest_cache is not None:
+            hit = self._latest_cache.get(key)
+            if hit is not None:
+                return hit
+        result = await reads.latest_book_tickers(self.pool, ids)
+        if self._latest_cache is not None:
+            self._latest_cache.set(key, result)
+        return result
+
+    async def get_latest_funding_rates(
+        self,
+        exchange: ExchangeName | str | None = None,
+        symbols: Sequence[str] | None = None,
+        *,
+        symbol_ids: Sequence[int] | None = None,
+    ) -> list[FundingRate]:
+        """The current funding rate of each perpetual, from ``funding_rates_latest``."""
+        self._check_open()
+        ids = await self._filter_ids(exchange, symbols, symbol_ids)
+        return await reads.latest_funding_rates(self.pool, ids)
+
+    async def _filter_ids(self, exchange: Any, symbols: Sequence[str] | None, symbol_ids: Sequence[int] | None) -> Any:
+        if symbol_ids is not None:
+            return ("ids", tuple(symbol_ids))
+        if symbols is not None:
+            if exchange is None:
+                raise ValidationError("symbols need an exchange: pass exchange=...")
+            if isinstance(symbols, str):
+                raise ValidationError("symbols must be a list of native symbols, not one string")
+            return ("ids", tuple([await self._symbol_id(exchange, s) for s in symbols]))
+        if exchange is not None:
+            ex = await self.get_exchange_by_enum(exchange)
+            return ("exchange", ex.id)
+        return ("all", None)
+
+    async def get_book_ticker_history(
+        self,
+        exchange: ExchangeName | str,
+        symbol: str,
+        *,
+        start: int | None = None,
+        end: int | None = None,
+        hours: float | None = None,
+        limit: int | None = None,
+    ) -> list[BookTicker]:
+        """Book tickers of one symbol in a receipt-time window, oldest first.
+
+        Give ``start``/``end`` (Unix µs; end exclusive, default now) or ``hours`` back from now.
+        """
+        self._check_open()
+        sid = await self._symbol_id(exchange, symbol)
+        lo, hi = _window(start, end, hours)
+        return await reads.book_ticker_history(self.pool, sid, lo, hi, limit, _exchange_name(exchange), symbol)
+
+    async def get_funding_rate_history(
+        self, exchange: ExchangeName | str, symbol: str, *, start: int | None = None, end: int | None = None,
+        hours: float | None = None, limit: int | None = None,
+    ) -> list[FundingRate]:
+        """Funding rates of one symbol in a receipt-time window, oldest first."""
+        self._check_open()
+        sid = await self._symbol_id(exchange, symbol)
+        lo, hi = _window(start, end, hours)
+        return await reads.funding_history(self.pool, sid, lo, hi, limit, _exchange_name(exchange), symbol)
+
+    async def get_latest_balances(
+        self, exchange: ExchangeName | str | None = None, *, account: str | None = None
+    ) -> list[Balance]:
+        """The current balance of every asset (of one exchange and/or account), from ``balances_latest``."""
+        self._check_open()
+        ex_id = (await self.get_exchange_by_enum(exchange)).id if exchange is not None else None
+        return await reads.latest_balances(self.pool, ex_id, account)
+
+    async def get_balance_history(
+        self, exchange: ExchangeName | str, asset: str, *, account: str = "default", start: int | None = None,
+        end: int | None = None, hours: float | None = None, limit: int | None = None,
+    ) -> list[Balance]:
+        """Balance snapshots of one asset in a receipt-time window, oldest first."""
+        self._check_open()
+        ex = await self.get_exchange_by_enum(exchange)
+        lo, hi = _window(start, end, hours)
+        return await reads.balance_history(self.pool, ex.id, account, asset, lo, hi, limit)  # type: ignore[arg-type]
+
+    # -- operations --------------------------------------------------------------------------------------------
+
+    async def get_database_stats(self) -> dict[str, Any]:
+        """Table sizes and row estimates, partitions, writer counters, cache hit/miss counters and pool usage."""
+        self._check_open()
+        stats = await reads.table_stats(self.pool)
+        stats["writers"] = {name: w.snapshot() for name, w in self._writers.items()}
+        stats["caches"] = {
+            "exchanges": self._exchanges.stats(),
+            "symbols_by_id": self._symbols_by_id.stats(),
+            "symbol_ids": self._symbol_ids.stats(),
+        }
+        if self._latest_cache is not None:
+            stats["caches"]["latest"] = self._latest_cache.stats()
+        pool = self.pool
+        stats["pool"] = {"size": pool.get_size(), "idle": pool.get_idle_size(), "max": pool.get_max_size()}
+        return stats
+
+    async def cleanup_old_data(
+        self, retention: timedelta | float | None = None, *, dry_run: bool = False
+    ) -> dict[str, list[str]]:
+        """Drop whole partitions older than ``retention`` (a timedelta or days; default from settings).
+
+        Never DELETEs rows from time-series tables. Returns the partitions dropped (or that would be, with
+        ``dry_run``) per table.
+        """
+        self._check_open()
+        if retention is None:
+            days = self.settings.storage.retention_days
+        elif isinstance(retention, timedelta):
+            days = retention.total_seconds() / 86400
+        elif isinstance(retention, (int, float)) and not isinstance(retention, bool):
+            days = float(retention)
+        else:
+            raise ValidationError(f"retention must be a timedelta or a number of days, got {retention!r}")
+        if days <= 0:
+            raise ValidationError(f"retention must be positive, got {days} days")
+        cutoff = now_us() - int(days * 86_400_000_000)
+        dropped: dict[str, list[str]] = {}
+        async with self.pool.acquire() as conn:
+            for table in schema.TIME_SERIES_TABLES:
+                dropped[table] = await schema.drop_partitions_before(conn, table, cutoff, dry_run=dry_run)
+        if not dry_run:
+            for w in self._writers.values():
+                w.forget_partitions()
+        return dropped
+
+    async def run_maintenance(self) -> Any:
+        """Create partitions ahead, index sealed partitions, apply retention and trim the batch ledger."""
+        self._check_open()
+        async with self.pool.acquire() as conn:
+            report = await schema.maintain(conn, self.settings.storage, now_us())
+        for w in self._writers.values():
+            w.forget_partitions()
+        return report
+
+    async def health_check(self, *, timeout: float = 5.0) -> dict[str, Any]:
+        """Whether the database answers, how fast, and how much each writer holds uncommitted."""
+        result: dict[str, Any] = {"state": self._state, "ok": False}
+        if self._state != "open":
+            result["error"] = f"manager is {self._state}"
+            return result
+        started = time.perf_counter()
+        try:
+            async with self.pool.acquire(timeout=timeout) as conn:
+                await conn.fetchval("SELECT 1", timeout=timeout)
+            result["ok"] = True
+            result["latency_ms"] = (time.perf_counter() - started) * 1000
+        except (*RETRYABLE,) as exc:
+            result["error"] = f"{type(exc).__name__}: {redact_dsn(str(exc))}"
+        result["writers"] = {
+            name: {"pending_rows": w.pending_rows, "retries": w.stats.retries, "last_error": w.stats.last_error}
+            for name, w in self._writers.items()
+        }
+        return result
+
+
+def _exchange_name(name: ExchangeName | str) -> str:
+    if isinstance(name, ExchangeName):
+        return name.value
+    if isinstance(name, str):
+        return name
+    raise ValidationError(f"exchange must be an ExchangeName or a string, got {type(name).__name__}")
+
+
+def _check_symbol(symbol: Symbol) -> None:
+    if not isinstance(symbol, Symbol):
+        raise ValidationError(f"expected hftdb.Symbol, got {type(symbol).__name__}")
+    if not isinstance(symbol.symbol, str) or not 0 < len(symbol.symbol) <= _MAX_SYMBOL_LEN:
+        raise ValidationError(f"symbol must be 1..{_MAX_SYMBOL_LEN} characters, got {symbol.symbol!r}")
+
+
+def _window(start: int | None, end: int | None, hours: float | None) -> tuple[int, int]:
+    if hours is not None:
+        if start is not None:
+            raise ValidationError("give either start/end or hours, not both")
+        if not isinstance(hours, (int, float)) or hours <= 0:
+            raise ValidationError(f"hours must be a positive number, got {hours!r}")
+        hi = end if end is not None else now_us() + 1
+        return hi - int(hours * 3_600_000_000), hi
+    if start is None:
+        raise ValidationError("give start (Unix microseconds) or hours")
+    hi = end if end is not None else now_us() + 1
+    for name, value in (("start", start), ("end", hi)):
+        if type(value) is not int:
+            raise ValidationError(f"{name} must be integer Unix microseconds, got {value!r}")
+    if hi <= start:
+        raise ValidationError(f"end ({hi}) must be after start ({start})")
+    return start, hi

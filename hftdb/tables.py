@@ -1,0 +1,385 @@
+"""The three time-series writers: validation, binary row layouts and latest-row upserts per table.
+
+Each row is checked on a fast path (one chained comparison that also fails on NaN and on a wrong type) and
+packed with a precompiled ``struct.Struct`` chosen by its NULL pattern. A row that fails is rejected alone,
+with a reason, and the rows beside it go on.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from decimal import Decimal, InvalidOperation
+from typing import Any, Iterable
+
+from .copy import PG_EPOCH_US, encode_numeric
+from .models import Balance, BookTicker, FundingRate, now_us
+from .writer import BatchWriter, _Batch
+
+__all__ = ["BookTickerWriter", "FundingRateWriter", "BalanceWriter", "MIN_TS_US", "FUTURE_SLACK_US"]
+
+INF = math.inf
+#: Earliest accepted timestamp (2009-01-01 UTC): anything older is a unit mistake, not market data.
+MIN_TS_US = 1_230_768_000_000_000
+#: How far past the local clock a timestamp may be (clock skew between us and the exchange).
+FUTURE_SLACK_US = 86_400_000_000
+
+
+def _ts_reason(ts: Any, ts_max: int, what: str) -> str | None:
+    if type(ts) is not int:
+        return f"{what}_wrong_type"
+    if ts < MIN_TS_US or ts > ts_max:
+        return f"{what}_out_of_range"
+    return None
+
+
+def _price_reason(value: Any, what: str, *, allow_zero: bool = False) -> str | None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return f"{what}_wrong_type"
+    if value != value:
+        return f"{what}_nan"
+    if value in (INF, -INF):
+        return f"{what}_infinite"
+    if value < 0:
+        return f"{what}_negative"
+    if value == 0 and not allow_zero:
+        return f"{what}_zero"
+    return None
+
+
+_LEDGER_CTE = """
+WITH ledger AS (
+    INSERT INTO ingest_batches (batch_id, table_name, row_count, min_recv_ts, max_recv_ts)
+    VALUES (${id}, '{table}', ${rows}, ${lo}, ${hi})
+), latest AS (
+{upsert}
+    RETURNING 1
+)
+SELECT CASE WHEN ${payload}::text IS NULL THEN NULL ELSE pg_notify('hftdb_{table}', ${payload}::text) END
+"""
+
+
+def _latest_sql(table: str, nargs: int, upsert: str) -> str:
+    return _LEDGER_CTE.format(
+        id=nargs + 1, rows=nargs + 2, lo=nargs + 3, hi=nargs + 4, payload=nargs + 5, table=table, upsert=upsert
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# book_tickers
+
+# 8 fields: symbol_id int4, recv_ts, exchange_ts?, bid_price, bid_qty, ask_price, ask_qty float8, update_id int8?
+_BT_HEAD = "hiiiq"  # field count; symbol_id (len, int4); recv_ts (len, int8)
+_BT = {
+    (e, u): struct.Struct("!" + _BT_HEAD + ("iq" if e else "i") + "id" * 4 + ("iq" if u else "i"))
+    for e in (True, False) for u in (True, False)
+}
+
+
+class BookTickerWriter(BatchWriter):
+    """Writer of ``book_tickers``; keeps ``book_tickers_latest`` current in the same transaction."""
+
+    table = "book_tickers"
+    columns = ("symbol_id", "recv_ts", "exchange_ts", "bid_price", "bid_qty", "ask_price", "ask_qty", "update_id")
+    latest_sql = _latest_sql("book_tickers", 8, """
+    INSERT INTO book_tickers_latest AS l
+        (symbol_id, recv_ts, exchange_ts, bid_price, bid_qty, ask_price, ask_qty, update_id)
+    SELECT * FROM unnest($1::int4[], $2::timestamptz[], $3::timestamptz[], $4::float8[], $5::float8[],
+                         $6::float8[], $7::float8[], $8::int8[])
+    ON CONFLICT (symbol_id) DO UPDATE SET
+        recv_ts = EXCLUDED.recv_ts, exchange_ts = EXCLUDED.exchange_ts, bid_price = EXCLUDED.bid_price,
+        bid_qty = EXCLUDED.bid_qty, ask_price = EXCLUDED.ask_price, ask_qty = EXCLUDED.ask_qty,
+        update_id = EXCLUDED.update_id
+    WHERE l.recv_ts <= EXCLUDED.recv_ts""")
+
+    def add(self, rows: Iterable[tuple[int, BookTicker]]) -> int:
+        """Validate and encode ``(symbol_id, ticker)`` pairs into the current batch; return how many were taken."""
+        ts_max = now_us() + FUTURE_SLACK_US
+        max_rows = self._max_rows
+        reject = self.rejects.add
+        layouts = _BT
+        added = 0
+        b = self.current
+        buf, latest, n, lo, hi = b.buf, b.latest, b.rows, b.min_ts, b.max_ts
+        for sid, r in rows:
+            bp, bq, ap, aq, recv, ex, uid = r.bid_price, r.bid_qty, r.ask_price, r.ask_qty, r.recv_ts, r.exchange_ts, r.update_id
+            try:
+                ok = (
+                    0.0 < bp <= ap < INF and 0.0 < bq < INF and 0.0 < aq < INF
+                    and MIN_TS_US <= recv <= ts_max and (ex is None or MIN_TS_US <= ex <= ts_max)
+                )
+                if ok:
+                    has_e, has_u = ex is not None, uid is not None
+                    pack = layouts[(has_e, has_u)].pack
+                    if has_e:
+                        if has_u:
+                            row = pack(8, 4, sid, 8, recv - PG_EPOCH_US, 8, ex - PG_EPOCH_US, 8, bp, 8, bq, 8, ap, 8, aq, 8, uid)
+                        else:
+                            row = pack(8, 4, sid, 8, recv - PG_EPOCH_US, 8, ex - PG_EPOCH_US, 8, bp, 8, bq, 8, ap, 8, aq, -1)
+                    elif has_u:
+                        row = pack(8, 4, sid, 8, recv - PG_EPOCH_US, -1, 8, bp, 8, bq, 8, ap, 8, aq, 8, uid)
+                    else:
+                        row = pack(8, 4, sid, 8, recv - PG_EPOCH_US, -1, 8, bp, 8, bq, 8, ap, 8, aq, -1)
+            except (TypeError, struct.error):
+                ok = False
+            if not ok:
+                reject(_book_ticker_reason(r, ts_max), f"{r.exchange}:{r.symbol} {r!r}")
+                continue
+            buf += row
+            prev = latest.get(sid)
+            if prev is None or prev.recv_ts <= recv:
+                latest[sid] = r
+            if recv < lo:
+                lo = recv
+            if recv > hi:
+                hi = recv
+            n += 1
+            added += 1
+            if n >= max_rows:
+                b.rows, b.min_ts, b.max_ts = n, lo, hi
+                self._seal()
+                b = self.current
+                buf, latest, n, lo, hi = b.buf, b.latest, b.rows, b.min_ts, b.max_ts
+        b.rows, b.min_ts, b.max_ts = n, lo, hi
+        return added
+
+    def _latest_args(self, batch: _Batch) -> list[Any]:
+        items = batch.latest.items()
+        return [
+            [sid for sid, _ in items],
+            [r.recv_ts for _, r in items],
+            [r.exchange_ts for _, r in items],
+            [r.bid_price for _, r in items],
+            [r.bid_qty for _, r in items],
+            [r.ask_price for _, r in items],
+            [r.ask_qty for _, r in items],
+            [r.update_id for _, r in items],
+        ]
+
+
+def _book_ticker_reason(r: BookTicker, ts_max: int) -> str:
+    for value, what in ((r.bid_price, "bid_price"), (r.ask_price, "ask_price")):
+        reason = _price_reason(value, what)
+        if reason:
+            return reason
+    for value, what in ((r.bid_qty, "bid_qty"), (r.ask_qty, "ask_qty")):
+        reason = _price_reason(value, what, allow_zero=True)
+        if reason:
+            return reason
+        if value == 0:
+            return "empty_quote"
+    if r.bid_price > r.ask_price:
+        return "crossed_quote"
+    reason = _ts_reason(r.recv_ts, ts_max, "recv_ts")
+    if reason:
+        return reason
+    if r.exchange_ts is not None:
+        reason = _ts_reason(r.exchange_ts, ts_max, "exchange_ts")
+        if reason:
+            return reason
+    if r.update_id is not None and (type(r.update_id) is not int or not -(2**63) <= r.update_id < 2**63):
+        return "update_id_invalid"
+    return "invalid"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# funding_rates
+
+# 7 fields: symbol_id, recv_ts, exchange_ts?, rate, next_funding_ts?, mark_price?, index_price?
+
+
+class FundingRateWriter(BatchWriter):
+    """Writer of ``funding_rates``; keeps ``funding_rates_latest`` current in the same transaction."""
+
+    table = "funding_rates"
+    columns = ("symbol_id", "recv_ts", "exchange_ts", "rate", "next_funding_ts", "mark_price", "index_price")
+    latest_sql = _latest_sql("funding_rates", 7, """
+    INSERT INTO funding_rates_latest AS l
+        (symbol_id, recv_ts, exchange_ts, rate, next_funding_ts, mark_price, index_price)
+    SELECT * FROM unnest($1::int4[], $2::timestamptz[], $3::timestamptz[], $4::float8[], $5::timestamptz[],
+                         $6::float8[], $7::float8[])
+    ON CONFLICT (symbol_id) DO UPDATE SET
+        recv_ts = EXCLUDED.recv_ts, exchange_ts = EXCLUDED.exchange_ts, rate = EXCLUDED.rate,
+        next_funding_ts = EXCLUDED.next_funding_ts, mark_price = EXCLUDED.mark_price,
+        index_price = EXCLUDED.index_price
+    WHERE l.recv_ts <= EXCLUDED.recv_ts""")
+
+    def add(self, rows: Iterable[tuple[int, FundingRate]]) -> int:
+        """Validate and encode ``(symbol_id, funding_rate)`` pairs; return how many were taken."""
+        ts_max = now_us() + FUTURE_SLACK_US
+        added = 0
+        for sid, r in rows:
+            reason = _funding_reason(r, ts_max)
+            if reason:
+                self.rejects.add(reason, f"{r.exchange}:{r.symbol} {r!r}")
+                continue
+            parts = [struct.pack("!hiiiq", 7, 4, sid, 8, r.recv_ts - PG_EPOCH_US)]
+            parts.append(_opt_ts(r.exchange_ts))
+            parts.append(struct.pack("!id", 8, r.rate))
+            parts.append(_opt_ts(r.next_funding_ts))
+            parts.append(_opt_f8(r.mark_price))
+            parts.append(_opt_f8(r.index_price))
+            self._append_row(sid, r, b"".join(parts), r.recv_ts)
+            added += 1
+        return added
+
+    def _latest_args(self, batch: _Batch) -> list[Any]:
+        items = batch.latest.items()
+        return [
+            [sid for sid, _ in items],
+            [r.recv_ts for _, (_, r) in items],
+            [r.exchange_ts for _, (_, r) in items],
+            [r.rate for _, (_, r) in items],
+            [r.next_funding_ts for _, (_, r) in items],
+            [r.mark_price for _, (_, r) in items],
+            [r.index_price for _, (_, r) in items],
+        ]
+
+
+_TS = struct.Struct("!iq")
+_F8 = struct.Struct("!id")
+_NULL = struct.pack("!i", -1)
+
+
+def _opt_ts(value: int | None) -> bytes:
+    return _NULL if value is None else _TS.pack(8, value - PG_EPOCH_US)
+
+
+def _opt_f8(value: float | None) -> bytes:
+    return _NULL if value is None else _F8.pack(8, value)
+
+
+def _funding_reason(r: FundingRate, ts_max: int) -> str | None:
+    rate = r.rate
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool):
+        return "rate_wrong_type"
+    if not math.isfinite(rate):
+        return "rate_not_finite"
+    for value, what in ((r.mark_price, "mark_price"), (r.index_price, "index_price")):
+        if value is not None:
+            reason = _price_reason(value, what)
+            if reason:
+                return reason
+    reason = _ts_reason(r.recv_ts, ts_max, "recv_ts")
+    if reason:
+        return reason
+    if r.exchange_ts is not None:
+        reason = _ts_reason(r.exchange_ts, ts_max, "exchange_ts")
+        if reason:
+            return reason
+    if r.next_funding_ts is not None:
+        # The next funding time is in the future by design; allow up to a year ahead.
+        reason = _ts_reason(r.next_funding_ts, ts_max + 365 * 86_400_000_000, "next_funding_ts")
+        if reason:
+            return reason
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# balances
+
+_MAX_ASSET_LEN = 32
+_MAX_ACCOUNT_LEN = 64
+
+
+class BalanceWriter(BatchWriter):
+    """Writer of ``balances`` (exact numerics); keeps ``balances_latest`` current in the same transaction."""
+
+    table = "balances"
+    columns = ("exchange_id", "account", "asset", "recv_ts", "exchange_ts", "free", "locked")
+    latest_sql = _latest_sql("balances", 7, """
+    INSERT INTO balances_latest AS l (exchange_id, account, asset, recv_ts, exchange_ts, free, locked)
+    SELECT * FROM unnest($1::int4[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
+                         $6::numeric[], $7::numeric[])
+    ON CONFLICT (exchange_id, account, asset) DO UPDATE SET
+        recv_ts = EXCLUDED.recv_ts, exchange_ts = EXCLUDED.exchange_ts, free = EXCLUDED.free,
+        locked = EXCLUDED.locked
+    WHERE l.recv_ts <= EXCLUDED.recv_ts""")
+
+    def add(self, rows: Iterable[tuple[int, Balance]]) -> int:
+        """Validate and encode ``(exchange_id, balance)`` pairs; return how many were taken."""
+        ts_max = now_us() + FUTURE_SLACK_US
+        added = 0
+        for exchange_id, r in rows:
+            reason, free, locked = _balance_check(r, ts_max)
+            if reason:
+                self.rejects.add(reason, f"{r.exchange}:{r.account}:{r.asset} {r!r}")
+                continue
+            account, asset = r.account.encode(), r.asset.encode()
+            f_bytes, l_bytes = encode_numeric(free), encode_numeric(locked)
+            row = b"".join((
+                struct.pack("!hii", 7, 4, exchange_id),
+                struct.pack("!i", len(account)), account,
+                struct.pack("!i", len(asset)), asset,
+                _TS.pack(8, r.recv_ts - PG_EPOCH_US),
+                _opt_ts(r.exchange_ts),
+                struct.pack("!i", len(f_bytes)), f_bytes,
+                struct.pack("!i", len(l_bytes)), l_bytes,
+            ))
+            self._append_row((exchange_id, r.account, r.asset), (r, free, locked), row, r.recv_ts)
+            added += 1
+        return added
+
+    def _latest_args(self, batch: _Batch) -> list[Any]:
+        items = batch.latest.items()
+        return [
+            [k[0] for k, _ in items],
+            [k[1] for k, _ in items],
+            [k[2] for k, _ in items],
+            [v[0].recv_ts for _, (_, v) in items],
+            [v[0].exchange_ts for _, (_, v) in items],
+            [v[1] for _, (_, v) in items],
+            [v[2] for _, (_, v) in items],
+        ]
+
+    def _notify_payload(self, batch: _Batch, latest_args: list[Any]) -> str:
+        import orjson
+
+        return orjson.dumps({"table": self.table, "rows": batch.rows, "max_ts": int(batch.max_ts),
+                             "ids": sorted(set(latest_args[0]))}).decode()
+
+    def _encode_latest(self, args: list[Any]) -> list[Any]:
+        return args[:5] + [[str(v) for v in args[5]], [str(v) for v in args[6]]]
+
+    def _decode_latest(self, stored: list[Any]) -> list[Any]:
+        return stored[:5] + [[Decimal(v) for v in stored[5]], [Decimal(v) for v in stored[6]]]
+
+
+def _to_decimal(value: Any) -> Decimal | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, str):
+        try:
+            return Decimal(value)
+        except InvalidOperation:
+            return None
+    return None
+
+
+def _balance_check(r: Balance, ts_max: int) -> tuple[str | None, Decimal, Decimal]:
+    zero = Decimal(0)
+    if not isinstance(r.asset, str) or not 0 < len(r.asset) <= _MAX_ASSET_LEN:
+        return "asset_invalid", zero, zero
+    if not isinstance(r.account, str) or not 0 < len(r.account) <= _MAX_ACCOUNT_LEN:
+        return "account_invalid", zero, zero
+    free, locked = _to_decimal(r.free), _to_decimal(r.locked)
+    if free is None or locked is None:
+        return "amount_wrong_type", zero, zero
+    if not free.is_finite() or not locked.is_finite():
+        return "amount_not_finite", zero, zero
+    if locked < 0:
+        return "locked_negative", zero, zero
+    reason = _ts_reason(r.recv_ts, ts_max, "recv_ts")
+    if reason:
+        return reason, zero, zero
+    if r.exchange_ts is not None:
+        reason = _ts_reason(r.exchange_ts, ts_max, "exchange_ts")
+        if reason:
+            return reason, zero, zero
+    return None, free, locked

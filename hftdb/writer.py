@@ -1,0 +1,603 @@
+"""Group-commit batch writers: rows in, binary COPY transactions out, exactly once.
+
+The path of a row::
+
+    producer ──encode──▶ current batch (bytearray of COPY tuples)
+                           │ sealed when the flusher is idle (group commit), at batch_max_rows,
+                           │ or at batch_max_age_ms by the age timer
+                           ▼
+                         queue of sealed batches ──(memory over buffer_max_rows)──▶ spool files
+                           │
+                           ▼ flusher: one transaction per batch
+                         BEGIN; COPY ... FROM STDIN (BINARY); ledger row + latest upsert + NOTIFY; COMMIT
+
+Rows are encoded as they are accepted, so encoding the next batch overlaps the COPY of the previous one. When
+no COPY is in flight the flusher seals and sends at once (low latency when quiet); while one is in flight rows
+accumulate (big batches under load).
+
+Exactly-once: every batch carries a uuid written to ``ingest_batches`` in its own transaction. After a failure
+whose outcome is unknown (the connection died around COMMIT), the retry first looks the id up in the ledger
+and skips a batch that did commit. Spooled batches keep their id, so a replay after a crash is caught the same
+way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import random
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import asyncpg
+import orjson
+
+from . import schema
+from .config import StorageSettings, WriterSettings
+from .copy import HEADER, TRAILER
+from .errors import BufferFullError, ClosedError
+from .rejects import Rejects
+from .spool import Spool, SpooledBatch
+
+__all__ = ["BatchWriter", "WriterStats", "RETRYABLE"]
+
+logger = logging.getLogger(__name__)
+
+#: What a commit attempt may fail with and still be retried. Anything from the server or the socket: a row
+#: never leaves the buffer except by commit, so even an unexpected server error is retried (and logged) rather
+#: than dropped; the bounded buffer and the spool keep memory in check meanwhile.
+RETRYABLE: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+_LEDGER_CHECK = "SELECT 1 FROM ingest_batches WHERE batch_id = $1"
+
+
+class _Duplicate(Exception):
+    """The batch is already in the ledger: it committed on an earlier attempt."""
+
+
+class _Batch:
+    __slots__ = ("seq", "id", "buf", "rows", "min_ts", "max_ts", "latest", "born", "spool_path", "nbytes")
+
+    def __init__(self, seq: int, born: float) -> None:
+        self.seq = seq
+        self.id = uuid.uuid4()
+        self.buf: bytearray | None = bytearray(HEADER)
+        self.rows = 0
+        self.min_ts = math.inf
+        self.max_ts = -math.inf
+        self.latest: Any = {}
+        self.born = born
+        self.spool_path: Path | None = None
+        self.nbytes = 0
+
+
+class WriterStats:
+    """Counters and recent commit timings of one writer."""
+
+    __slots__ = (
+        "rows_accepted", "rows_committed", "batches_committed", "duplicates_skipped", "retries",
+        "batches_spooled", "batches_replayed", "rows_dropped", "commit_seconds", "batch_rows", "last_commit_at",
+        "last_error",
+    )
+
+    def __init__(self) -> None:
+        self.rows_accepted = 0
+        self.rows_committed = 0
+        self.batches_committed = 0
+        self.duplicates_skipped = 0
+        self.retries = 0
+        self.batches_spooled = 0
+        self.batches_replayed = 0
+        self.rows_dropped = 0
+        self.commit_seconds: collections.deque[float] = collections.deque(maxlen=2048)
+        self.batch_rows: collections.deque[int] = collections.deque(maxlen=2048)
+        self.last_commit_at: float | None = None
+        self.last_error: str | None = None
+
+    def percentile(self, q: float) -> float | None:
+        """The ``q`` quantile (0..1) of recent commit durations, in seconds."""
+        if not self.commit_seconds:
+            return None
+        data = sorted(self.commit_seconds)
+        return data[min(len(data) - 1, int(q * len(data)))]
+
+
+class BatchWriter:
+    """Buffers encoded rows of one table and commits them in group-commit batches.
+
+    Subclasses (in :mod:`hftdb.tables`) define ``table``, ``columns``, ``latest_sql`` and how rows are
+    validated and encoded (``_latest_args``). Producers call :meth:`reserve`, append rows to
+    :attr:`current` through the subclass, then :meth:`submitted`.
+    """
+
+    table: str = ""
+    columns: tuple[str, ...] = ()
+    latest_sql: str = ""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        settings: WriterSettings,
+        storage: StorageSettings,
+        spool_dir: str | Path | None,
+        notify: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._pool = pool
+        self.settings = settings
+        self.storage = storage
+        self._notify = notify
+        self._clock = clock
+        self._max_rows = settings.batch_max_rows
+        self._max_age = settings.batch_max_age_ms / 1000.0
+        self._linger = settings.linger_ms / 1000.0
+        self._seq = 0
+        self.current = self._new_batch()
+        self._queue: collections.deque[_Batch] = collections.deque()
+        self._mem_rows = 0
+        self._pending_rows = 0
+        self._committed_seq = 0
+        self._inflight: _Batch | None = None
+        self._failing = False
+        self._wakeup = asyncio.Event()
+        self._space = asyncio.Event()
+        self._progress = asyncio.Condition()
+        self._spool = Spool(Path(spool_dir) / self.table, max_bytes=settings.spool_max_bytes) if spool_dir else None
+        self._covered: list[tuple[int, int]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._state = "new"
+        self.stats = WriterStats()
+        self.rejects = Rejects(f"{self.table} row", interval=settings.reject_log_interval_s, logger=logger)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(table={self.table!r}, state={self._state}, pending_rows={self._pending_rows}, "
+            f"queued_batches={len(self._queue)})"
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load spooled batches from an earlier run (they go first) and start the flusher and age timer."""
+        if self._state != "new":
+            return
+        if self._spool is not None:
+            for path in await asyncio.to_thread(self._spool.open):
+                batch = self._new_batch()
+                spooled = self._spool.read(path)
+                batch.id = uuid.UUID(bytes=spooled.batch_id)
+                batch.rows = spooled.rows
+                batch.buf = None
+                batch.spool_path = path
+                batch.nbytes = len(spooled.payload)
+                self._queue.append(batch)
+                self._pending_rows += batch.rows
+                self.stats.batches_replayed += 1
+            self.current = self._new_batch()
+        self._state = "open"
+        for coro in (self._flusher(), self._ager()):
+            task = asyncio.create_task(coro, name=f"hftdb-{self.table}-{coro.__name__}")
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+        if self._queue:
+            self._wakeup.set()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("%s writer task %s failed", self.table, task.get_name(), exc_info=task.exception())
+
+    async def close(self, *, timeout: float = 30.0) -> None:
+        """Commit everything accepted; what cannot be committed within ``timeout`` is spooled. Idempotent."""
+        if self._state in ("closing", "closed"):
+            return
+        if self._state == "new":
+            self._state = "closed"
+            return
+        self._state = "closing"
+        self._seal()
+        self._wakeup.set()
+        try:
+            # Shielded: a cancelled close() must not cancel the final flush half way through a COPY.
+            await asyncio.wait_for(asyncio.shield(self._wait_committed(self._seq)), timeout)
+        except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+            await self._stop_tasks()
+            self._spill_all()
+            self._state = "closed"
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        await self._stop_tasks()
+        self._state = "closed"
+
+    async def terminate(self) -> None:
+        """Stop now: batches not committed are spooled (or, with no spool, logged as lost)."""
+        self._state = "closing"
+        self._seal()
+        await self._stop_tasks()
+        self._spill_all()
+        self._state = "closed"
+
+    async def _stop_tasks(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise ClosedError(f"the {self.table} writer is {self._state}")
+
+    # -- producer side ---------------------------------------------------------------------------------------
+
+    def _new_batch(self) -> _Batch:
+        self._seq += 1
+        return _Batch(self._seq, self._clock())
+
+    async def reserve(self, n: int) -> None:
+        """Wait (or act per ``full_policy``) until ``n`` more rows fit in the in-memory buffer."""
+        self._check_open()
+        limit = self.settings.buffer_max_rows
+        while self._mem_rows + n > limit and self._mem_rows > 0:
+            # Spill only while commits are failing: a slow but healthy database gets backpressure instead.
+            if self._failing and self._spill_one():
+                continue
+            policy = self.settings.full_policy
+            if policy == "raise":
+                raise BufferFullError(
+                    f"{self.table} writer buffer is full ({self._mem_rows} rows in memory, limit {limit})"
+                )
+            if policy == "drop_oldest" and self._drop_oldest():
+                continue
+            self._space.clear()
+            await self._space.wait()
+            self._check_open()
+
+    def submitted(self, added: int) -> None:
+        """Account for ``added`` rows appended to :attr:`current`, sealing it when full, and wake the flusher."""
+        if added:
+            self.stats.rows_accepted += added
+            self._mem_rows += added
+            self._pending_rows += added
+            if self.current.rows >= self._max_rows:
+                self._seal()
+            self._wakeup.set()
+
+    def _append_row(self, key: Any, value: Any, row: bytes, ts: int) -> None:
+        """Append one encoded row; keep the newest ``value`` per ``key`` for the latest-table upsert."""
+        b = self.current
+        assert b.buf is not None
+        b.buf += row
+        prev = b.latest.get(key)
+        if prev is None or prev[0] <= ts:
+            b.latest[key] = (ts, value)
+        if ts < b.min_ts:
+            b.min_ts = ts
+        if ts > b.max_ts:
+            b.max_ts = ts
+        b.rows += 1
+        if b.rows >= self._max_rows:
+            self._seal()
+
+    # -- batching --------------------------------------------------------------------------------------------
+
+    def _seal(self) -> None:
+        batch = self.current
+        if batch.rows == 0:
+            return
+        assert batch.buf is not None
+        batch.buf += TRAILER
+        batch.nbytes = len(batch.buf)
+        self._queue.append(batch)
+        self.current = self._new_batch()
+
+    async def _ager(self) -> None:
+        # Seals a batch once its first row is batch_max_age_ms old, even if no row arrives after it: while a
+        # commit is slow or failing this keeps batches (and spool files) bounded in time.
+        while True:
+            batch = self.current
+            if batch.rows == 0:
+                await asyncio.sleep(self._max_age)
+                continue
+            delay = batch.born + self._max_age - self._clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                continue
+            if batch is self.current:
+                self._seal()
+                self._wakeup.set()
+
+    async def _flusher(self) -> None:
+        while True:
+            if not self._queue:
+                if self.current.rows == 0:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                if self._linger:
+                    remaining = self.current.born + self._linger - self._clock()
+                    if remaining > 0 and self.current.rows < self._max_rows:
+                        await asyncio.sleep(remaining)
+                        continue
+                self._seal()
+            batch = self._queue[0]
+            self._inflight = batch
+            await self._commit(batch)
+            self._queue.popleft()
+            self._inflight = None
+            self._release(batch)
+            async with self._progress:
+                self._committed_seq = batch.seq
+                self._progress.notify_all()
+
+    def _release(self, batch: _Batch) -> None:
+        if batch.buf is not None:
+            self._mem_rows -= batch.rows
+        self._pending_rows -= batch.rows
+        if batch.spool_path is not None and self._spool is not None:
+            self._spool.remove(batch.spool_path)
+        batch.buf = None
+        batch.latest = None
+        self._space.set()
+
+    async def flush(self, *, timeout: float | None = None) -> None:
+        """Return once every row accepted before the call is committed."""
+        self._check_open()
+        target = self.current.seq if self.current.rows else self.current.seq - 1
+        self._seal()
+        self._wakeup.set()
+        await asyncio.wait_for(self._wait_committed(target), timeout)
+
+    async def _wait_committed(self, target: int) -> None:
+        async with self._progress:
+            await self._progress.wait_for(lambda: self._committed_seq >= target or not self._has_pending(target))
+
+    def _has_pending(self, target: int) -> bool:
+        return any(b.seq <= target for b in self._queue) or (self.current.rows > 0 and self.current.seq <= target)
+
+    # -- committing ------------------------------------------------------------------------------------------
+
+    async def _commit(self, batch: _Batch) -> None:
+        payload, latest_args = self._materialize(batch)
+        uncertain = False
+        delay = self.settings.retry_initial_ms / 1000.0
+        cap = self.settings.retry_max_ms / 1000.0
+        while True:
+            started = time.perf_counter()
+            try:
+                await self._attempt(batch, payload, latest_args, check_ledger=uncertain)
+            except _Duplicate:
+                self.stats.duplicates_skipped += 1
+                logger.info("%s batch %s was already committed; skipped its retry", self.table, batch.id)
+                return
+            except RETRYABLE as exc:
+                if _is_duplicate_ledger(exc):
+                    self.stats.duplicates_skipped += 1
+                    return
+                if _is_missing_partition(exc):
+                    self._covered.clear()
+                uncertain = True
+                self._failing = True
+                self.stats.retries += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                log = logger.warning if self.stats.retries % 20 == 1 else logger.debug
+                log("%s commit of %d rows failed (%s: %s); retrying in %.0f ms",
+                    self.table, batch.rows, type(exc).__name__, exc, delay * 1000)
+                self._spill_excess()
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, cap)
+                continue
+            elapsed = time.perf_counter() - started
+            self._failing = False
+            self.stats.commit_seconds.append(elapsed)
+            self.stats.batch_rows.append(batch.rows)
+            self.stats.rows_committed += batch.rows
+            self.stats.batches_committed += 1
+            self.stats.last_commit_at = time.time()
+            self.stats.last_error = None
+            return
+
+    def _materialize(self, batch: _Batch) -> tuple[bytes | bytearray, list[Any]]:
+        if batch.buf is not None:
+            return batch.buf, self._latest_args(batch)
+        assert batch.spool_path is not None and self._spool is not None
+        spooled = self._spool.read(batch.spool_path)
+        batch.min_ts, batch.max_ts = spooled.min_ts, spooled.max_ts
+        return spooled.payload, self._decode_latest(spooled.latest)
+
+    async def _attempt(self, batch: _Batch, payload: Any, latest_args: list[Any], *, check_ledger: bool) -> None:
+        async with self._pool.acquire(timeout=self.settings.retry_max_ms / 1000.0 + 5) as conn:
+            if check_ledger and await conn.fetchval(_LEDGER_CHECK, batch.id):
+                raise _Duplicate
+            async with conn.transaction():
+                await self._write(conn, batch, payload, latest_args)
+
+    async def _write(self, conn: asyncpg.Connection, batch: _Batch, payload: Any, latest_args: list[Any]) -> None:
+        """The body of a batch's transaction: partitions, COPY, then ledger row + latest upsert + NOTIFY."""
+        await self._ensure_partitions(conn, int(batch.min_ts), int(batch.max_ts))
+        await conn.copy_to_table(self.table, source=payload, columns=self.columns, format="binary")
+        await conn.execute(
+            self.latest_sql, *latest_args, batch.id, batch.rows, int(batch.min_ts), int(batch.max_ts),
+            self._notify_payload(batch, latest_args) if self._notify else None,
+        )
+
+    async def write_in(self, conn: asyncpg.Connection) -> int:
+        """Write the current batch on ``conn`` inside the caller's transaction (used by units of work)."""
+        if self.current.rows == 0:
+            return 0
+        self._seal()
+        batch = self._queue.popleft()
+        assert batch.buf is not None
+        await self._write(conn, batch, batch.buf, self._latest_args(batch))
+        return batch.rows
+
+    async def _ensure_partitions(self, conn: asyncpg.Connection, lo: int, hi: int) -> None:
+        for c_lo, c_hi in self._covered:
+            if c_lo <= lo and hi < c_hi:
+                return
+        interval_us = self.storage.partition_interval_s * 1_000_000
+        await schema.ensure_partitions(
+            conn, self.table, lo, hi, interval_s=self.storage.partition_interval_s, hot_index=self.storage.hot_index
+        )
+        start = lo - lo % interval_us
+        end = hi - hi % interval_us + interval_us
+        self._covered.append((start, end))
+        self._covered = _merge(self._covered)
+
+    def forget_partitions(self) -> None:
+        """Forget which partitions exist (after retention or a schema change dropped some)."""
+        self._covered.clear()
+
+    def _notify_payload(self, batch: _Batch, latest_args: list[Any]) -> str:
+        keys = latest_args[0]
+        body: dict[str, Any] = {"table": self.table, "rows": batch.rows, "max_ts": int(batch.max_ts)}
+        if len(keys) <= 200:
+            body["ids"] = list(keys)
+        else:
+            body["id_range"] = [min(keys), max(keys)]
+        return orjson.dumps(body).decode()
+
+    # -- memory bound and spool ------------------------------------------------------------------------------
+
+    def _spillable(self) -> list[_Batch]:
+        return [b for b in self._queue if b.buf is not None and b is not self._inflight]
+
+    def _spill_one(self) -> bool:
+        """Move the newest in-memory sealed batch to the spool; False when nothing can be spilled."""
+        if self._spool is None:
+            return False
+        candidates = self._spillable()
+        if not candidates:
+            if self.current.rows and self.current is not self._inflight:
+                self._seal()
+                candidates = self._spillable()
+            if not candidates:
+                return False
+        batch = candidates[-1]
+        if not self._spool.has_room(batch.nbytes):
+            return False
+        self._spill(batch)
+        return True
+
+    def _spill(self, batch: _Batch) -> None:
+        assert self._spool is not None and batch.buf is not None
+        spooled = SpooledBatch(
+            table=self.table, batch_id=batch.id.bytes, rows=batch.rows, min_ts=int(batch.min_ts),
+            max_ts=int(batch.max_ts), latest=self._encode_latest(self._latest_args(batch)), payload=bytes(batch.buf),
+        )
+        batch.spool_path = self._spool.write(spooled)
+        self._mem_rows -= batch.rows
+        batch.buf = None
+        batch.latest = None
+        self.stats.batches_spooled += 1
+        self._space.set()
+
+    def _spill_excess(self) -> None:
+        while self._mem_rows > self.settings.buffer_max_rows or (
+            len(self._spillable()) > self.settings.memory_max_batches
+        ):
+            if not self._spill_one():
+                return
+
+    def _spill_all(self) -> None:
+        self._seal()
+        lost = 0
+        for batch in list(self._queue):
+            if batch.buf is None:
+                continue
+            if self._spool is not None and self._spool.has_room(batch.nbytes):
+                self._spill(batch)
+            else:
+                lost += batch.rows
+        if lost:
+            self.stats.rows_dropped += lost
+            logger.error("%s writer closed with %d uncommitted rows and no room to spool them", self.table, lost)
+        elif self.stats.batches_spooled:
+            logger.warning("%s writer closed with uncommitted batches spooled to %s; they replay on next start",
+                           self.table, self._spool.directory if self._spool else None)
+
+    def _drop_oldest(self) -> bool:
+        for batch in self._queue:
+            if batch is self._inflight or batch.buf is None:
+                continue
+            self._queue.remove(batch)
+            self._mem_rows -= batch.rows
+            self._pending_rows -= batch.rows
+            self.stats.rows_dropped += batch.rows
+            self.rejects.add("buffer_full_dropped", f"dropped a batch of {batch.rows} rows (policy drop_oldest)")
+            return True
+        return False
+
+    # -- per-table hooks ---------------------------------------------------------------------------------------
+
+    def _latest_args(self, batch: _Batch) -> list[Any]:
+        raise NotImplementedError
+
+    def _encode_latest(self, args: list[Any]) -> list[Any]:
+        return args
+
+    def _decode_latest(self, stored: list[Any]) -> list[Any]:
+        return stored
+
+    # -- introspection -----------------------------------------------------------------------------------------
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows accepted and not yet committed (in memory or spooled)."""
+        return self._pending_rows
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters for ``get_database_stats`` and the status line."""
+        s = self.stats
+        p50, p99 = s.percentile(0.5), s.percentile(0.99)
+        return {
+            "rows_accepted": s.rows_accepted,
+            "rows_committed": s.rows_committed,
+            "rows_pending": self._pending_rows,
+            "rows_in_memory": self._mem_rows,
+            "batches_committed": s.batches_committed,
+            "batches_queued": len(self._queue),
+            "batches_spooled": s.batches_spooled,
+            "batches_replayed": s.batches_replayed,
+            "spool_bytes": self._spool.bytes_used if self._spool else 0,
+            "duplicates_skipped": s.duplicates_skipped,
+            "retries": s.retries,
+            "rows_dropped": s.rows_dropped,
+            "rejects": self.rejects.snapshot(),
+            "commit_p50_ms": None if p50 is None else p50 * 1000,
+            "commit_p99_ms": None if p99 is None else p99 * 1000,
+            "mean_batch_rows": (sum(s.batch_rows) / len(s.batch_rows)) if s.batch_rows else None,
+            "last_error": s.last_error,
+        }
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    ranges.sort()
+    out: list[tuple[int, int]] = []
+    for lo, hi in ranges:
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _is_duplicate_ledger(exc: BaseException) -> bool:
+    return isinstance(exc, asyncpg.UniqueViolationError) and "ingest_batches" in (
+        getattr(exc, "constraint_name", "") or ""
+    )
+
+
+def _is_missing_partition(exc: BaseException) -> bool:
+    # 23514: "no partition of relation ... found for row" (a partition was dropped under us by retention).
+    return getattr(exc, "sqlstate", None) == "23514"
