@@ -1,0 +1,300 @@
+"""What every venue parser shares: the :class:`Parsed` result, :class:`Rejects` counting, number and time helpers.
+
+Exchanges send numbers as decimal strings so that no precision is lost on the wire; the helpers here keep it
+that way. A price becomes ``float(text)`` (one correctly rounded conversion, never arithmetic on an
+intermediate float), an amount of money becomes ``Decimal(text)``, and a time becomes integer microseconds by
+integer arithmetic. ``""`` is how the exchanges say "no value": the helpers return ``None`` for it. Text that
+is not a number raises :class:`~hftdb.errors.FrameError` with reason ``"bad_number"``.
+
+Reasons carried by ``FrameError`` are short, stable strings, counted by :class:`Rejects`:
+
+``invalid_json``     the payload is not JSON
+``bad_envelope``     JSON, but not any envelope the venue sends
+``unknown_channel``  a well-formed frame of a channel or event this parser does not handle
+``missing_field``    a field the channel always carries is absent
+``bad_type``         a field has the wrong JSON type
+``bad_number``       a numeric string that does not parse
+``no_snapshot``      an incremental update arrived before the snapshot it applies to
+``exchange_error``   a REST payload that is the exchange's error answer
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import msgspec
+
+from ..errors import FrameError
+from ..models import Balance, BookTicker, FundingRate
+
+__all__ = [
+    "Parsed",
+    "Rejects",
+    "FloatCache",
+    "CONTROL_SUBSCRIBED",
+    "CONTROL_UNSUBSCRIBED",
+    "CONTROL_LOGIN",
+    "CONTROL_PONG",
+    "CONTROL_ERROR",
+    "CONTROL_NOTICE",
+    "CONTROL_RECONNECT",
+    "CONTROL_SNAPSHOT",
+    "CONTROL_IGNORED",
+    "to_float",
+    "to_decimal",
+    "to_int",
+    "ms_to_us",
+    "to_us",
+]
+
+logger = logging.getLogger(__name__)
+
+# Values of ``Parsed.control``. A frame with a control value and no rows needs no storing; ``snapshot`` is the one
+# that comes *with* rows: it tells a sequence-gap counter that update ids restart here.
+CONTROL_SUBSCRIBED = "subscribed"  # a subscribe (or other command) was acknowledged
+CONTROL_UNSUBSCRIBED = "unsubscribed"
+CONTROL_LOGIN = "login"  # authentication of a private stream was acknowledged
+CONTROL_PONG = "pong"
+CONTROL_ERROR = "error"  # the exchange answered with an error; ``detail`` holds its code and message
+CONTROL_NOTICE = "notice"  # informational message from the exchange
+CONTROL_RECONNECT = "reconnect"  # the exchange is about to end this stream (shutdown, expired listen key...)
+CONTROL_SNAPSHOT = "snapshot"  # rows from a full snapshot: update ids may restart
+CONTROL_IGNORED = "ignored"  # a valid frame of a channel hftdb knowingly does not store; ``detail`` names it
+
+
+class Parsed(msgspec.Struct, gc=False):
+    """What one payload turned into: rows to store, and/or a control signal for the adapter.
+
+    ``gc=False`` is safe: a ``Parsed`` holds lists of scalar-only records and never refers back to itself.
+    """
+
+    book_tickers: list[BookTicker] = []
+    funding_rates: list[FundingRate] = []
+    balances: list[Balance] = []
+    control: str | None = None
+    detail: str | None = None
+
+
+class Rejects:
+    """Counts rejected frames by reason and logs them without flooding the log.
+
+    The first rejection of a reason is logged at once; later ones within ``interval`` seconds are only counted,
+    and the next line logged for that reason says how many were suppressed since the previous one. ``clock`` is
+    injectable (monotonic seconds) so that tests need not sleep.
+    """
+
+    def __init__(
+        self,
+        name: str = "",
+        *,
+        interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        log: logging.Logger | None = None,
+        detail_limit: int = 200,
+    ) -> None:
+        if not interval > 0:
+            raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
+        if detail_limit < 0:
+            raise ValueError(f"detail_limit must be >= 0, got {detail_limit!r}")
+        self.name = name
+        self._interval = interval
+        self._clock = clock
+        self._log = log if log is not None else logger
+        self._detail_limit = detail_limit
+        self._counts: dict[str, int] = {}
+        self._last_logged: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Rejections so far by reason (a copy)."""
+        return dict(self._counts)
+
+    @property
+    def total(self) -> int:
+        """Rejections so far, all reasons together."""
+        return sum(self._counts.values())
+
+    def add(self, reason: str, detail: str = "") -> None:
+        """Count one rejected frame; log it unless this reason was logged less than ``interval`` ago."""
+        self._counts[reason] = self._counts.get(reason, 0) + 1
+        now = self._clock()
+        last = self._last_logged.get(reason)
+        if last is not None and now - last < self._interval:
+            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+            return
+        self._last_logged[reason] = now
+        self._emit(reason, detail, self._suppressed.pop(reason, 0))
+
+    def add_error(self, exc: FrameError) -> None:
+        """Count a :class:`FrameError` under its own reason."""
+        self.add(exc.reason, str(exc))
+
+    def flush(self) -> None:
+        """Log the rejections still suppressed (e.g. at shutdown), so that no count goes unreported."""
+        for reason, suppressed in list(self._suppressed.items()):
+            del self._suppressed[reason]
+            self._log.warning(
+                "%srejected %d more frame(s) (%s) since the last report", self._prefix(), suppressed, reason
+            )
+
+    def _prefix(self) -> str:
+        return f"{self.name}: " if self.name else ""
+
+    def _emit(self, reason: str, detail: str, suppressed: int) -> None:
+        if len(detail) > self._detail_limit:
+            detail = detail[: self._detail_limit] + "..."
+        if suppressed:
+            self._log.warning(
+                "%srejected frame (%s): %s [%d more suppressed since the last report]",
+                self._prefix(),
+                reason,
+                detail,
+                suppressed,
+            )
+        else:
+            self._log.warning("%srejected frame (%s): %s", self._prefix(), reason, detail)
+
+
+class FloatCache(dict[str, float]):
+    """``cache[text]`` is ``float(text)``, remembered: a bounded memo for the hot path's price strings.
+
+    ``float(str)`` costs ~200 ns, a large share of a quote's parse. Prices near the touch recur constantly (the
+    best bid moves a tick and back), so for prices a hit (one dict lookup) is the rule; sizes rarely recur, and a
+    miss costs more than a plain ``float()``, so sizes are not cached. The value is the very ``float(text)`` the
+    miss computed: caching changes no result. When full the cache is simply cleared, as an LRU would cost more
+    per hit than the occasional refill. Text that ``float()`` refuses raises ``ValueError`` (``TypeError`` for a
+    non-string), exactly as ``float()`` would.
+    """
+
+    __slots__ = ("limit",)
+
+    def __init__(self, limit: int = 4096) -> None:
+        if limit <= 0:
+            raise ValueError(f"limit must be > 0, got {limit!r}")
+        super().__init__()
+        self.limit = limit
+
+    def __missing__(self, text: str) -> float:
+        value = float(text)
+        if len(self) >= self.limit:
+            self.clear()
+        self[text] = value
+        return value
+
+
+def _bad_number(value: object) -> FrameError:
+    return FrameError(f"not a number: {value!r:.60}", reason="bad_number")
+
+
+def to_float(value: str | int | float | None) -> float | None:
+    """Return ``value`` as a float: ``float(text)`` for a decimal string, ``None`` for ``""`` or ``None``.
+
+    NaN, infinities and negative values come through: judging values is the writer's job, not the parser's.
+    """
+    if type(value) is str:
+        if not value:
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            raise _bad_number(value) from None
+    if value is None:
+        return None
+    if type(value) is float:
+        return value
+    if type(value) is int:
+        return float(value)
+    raise _bad_number(value)
+
+
+def to_decimal(value: str | int | float | None) -> Decimal | None:
+    """Return ``value`` as an exact ``Decimal(text)``; ``None`` for ``""`` or ``None``.
+
+    A float is taken through its shortest ``repr`` (what the JSON said), not its binary expansion.
+    """
+    if type(value) is str:
+        if not value:
+            return None
+        try:
+            return Decimal(value)
+        except InvalidOperation:
+            raise _bad_number(value) from None
+    if value is None:
+        return None
+    if type(value) is int:
+        return Decimal(value)
+    if type(value) is float:
+        return Decimal(repr(value))
+    raise _bad_number(value)
+
+
+def to_int(value: str | int | None) -> int | None:
+    """Return ``value`` as an int; ``None`` for ``""`` or ``None``. Only plain ASCII digits (and a sign) parse."""
+    if type(value) is int:
+        return value
+    if type(value) is str:
+        if not value:
+            return None
+        # int() would also take "1_000", " 12" and non-ASCII digits: none of them is a number an exchange sends.
+        digits = value[1:] if value[0] in "+-" else value
+        if digits.isascii() and digits.isdigit():
+            return int(value)
+        raise _bad_number(value)
+    if value is None:
+        return None
+    raise _bad_number(value)
+
+
+def ms_to_us(value: str | int | None) -> int | None:
+    """Convert a millisecond timestamp (int or digit string) to integer microseconds; ``None`` for ``""``."""
+    ms = to_int(value)
+    return None if ms is None else ms * 1000
+
+
+# A current time is ~1.7e12 in ms, ~1.7e15 in µs and ~1.7e18 in ns. Below 1e14 it can only be ms (µs that small
+# would be 1973); below 1e17 only µs (ns that small would be 1973 too).
+_MS_BELOW = 100_000_000_000_000
+_US_BELOW = 100_000_000_000_000_000
+
+
+def to_us(value: str | int | None) -> int | None:
+    """Convert a timestamp in ms, µs or ns, told apart by magnitude, to integer microseconds.
+
+    For streams whose unit is a connection option (Binance's ``timeUnit=MICROSECOND``), so that the parser does
+    not depend on how the adapter connected. ``None`` for ``""`` or ``None``.
+    """
+    ts = to_int(value)
+    if ts is None:
+        return None
+    if ts < _MS_BELOW:
+        return ts * 1000
+    if ts < _US_BELOW:
+        return ts
+    return ts // 1000
+
+
+def decode_any(raw: bytes | str) -> Any:
+    """Decode ``raw`` into plain Python objects (slow paths only); not JSON raises ``invalid_json``."""
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise FrameError(f"invalid JSON: {exc}", reason="invalid_json") from None
+
+
+def validation_error(exc: msgspec.ValidationError) -> FrameError:
+    """Translate a msgspec validation error of a frame we do handle into a ``FrameError`` with a stable reason."""
+    message = str(exc)
+    reason = "missing_field" if message.startswith("Object missing required field") else "bad_type"
+    return FrameError(message, reason=reason)
+
+
+def bad_float(value: str) -> FrameError:
+    """The error for a price or size string that ``float()`` refused: ``""`` is a missing field, else a bad number."""
+    if not value:
+        return FrameError("missing price or size", reason="missing_field")
+    return _bad_number(value)
