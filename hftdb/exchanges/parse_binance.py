@@ -1,0 +1,532 @@
+"""Binance spot and USD-M futures payloads into hftdb records.
+
+Websocket frames come in three envelopes, all handled by one typed decode:
+
+* raw streams (``/ws/<stream>``): the event object itself, or an array of them (``!markPrice@arr``);
+* combined streams (``/stream?streams=...``): ``{"stream": "<name>", "data": <event or array>}``;
+* user data through the WebSocket API subscription: ``{"subscriptionId": N, "event": <event>}``.
+
+Channels: ``<symbol>@bookTicker`` (spot has no event time; USD-M adds ``e``, ``E`` and ``T``),
+``<symbol>@markPrice[@1s]`` and ``!markPrice@arr[@1s]`` (USD-M funding, mark and index price), and the user
+data event ``outboundAccountPosition`` (spot balances). Other user-data events are acknowledged as ignored.
+
+Times are milliseconds unless the stream was opened with ``timeUnit=MICROSECOND``; :func:`to_us` tells the two
+apart by magnitude, so the parser does not need to know how the adapter connected.
+
+``exchange_ts`` is the event time ``E``: every Binance event carries it (spot bookTicker excepted), so
+``recv_ts - exchange_ts`` means the same thing on every channel. USD-M bookTicker's ``T`` (the matching
+engine's transaction time) is earlier by the push latency, and exists on that one stream only.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+from msgspec import field
+
+from ..errors import FrameError
+from ..models import Balance, BookTicker, ExchangeName, FundingRate, Symbol, SymbolKind, SymbolStatus
+from .parsing import (
+    CONTROL_ERROR,
+    CONTROL_IGNORED,
+    CONTROL_RECONNECT,
+    CONTROL_SUBSCRIBED,
+    FloatCache,
+    Parsed,
+    bad_float,
+    decode_any,
+    to_decimal,
+    to_float,
+    to_us,
+    validation_error,
+)
+
+__all__ = ["BinanceParser"]
+
+_VENUES = (ExchangeName.BINANCE_SPOT, ExchangeName.BINANCE_USDM)
+_MS_BELOW = 100_000_000_000_000  # below this an event time is in ms (see parsing.to_us)
+
+
+class _Asset(msgspec.Struct, gc=False):
+    asset: str = field(name="a")
+    free: str = field(name="f")
+    locked: str = field(name="l")
+
+
+class _Event(msgspec.Struct, gc=False):
+    # One struct for every event we store, so one decode serves all channels. Binance reuses letters across
+    # events: ``T`` is bookTicker's transaction time but markPriceUpdate's next funding time, and ``B`` is the
+    # best bid size of a bookTicker but the balance list of an outboundAccountPosition. Fields are declared in
+    # bookTicker's key order: msgspec looks for the next key after the last one matched, so this saves ~15% of
+    # the hot path's decode.
+    event_type: str = field(default="", name="e")
+    update_id: int | None = field(default=None, name="u")
+    symbol: str = field(default="", name="s")
+    bid: str = field(default="", name="b")
+    bid_qty: str | list[_Asset] = field(default="", name="B")
+    ask: str = field(default="", name="a")
+    ask_qty: str = field(default="", name="A")
+    time: int = field(default=0, name="T")
+    event_time: int = field(default=0, name="E")
+    mark_price: str = field(default="", name="p")
+    index_price: str = field(default="", name="i")
+    rate: str = field(default="", name="r")
+
+
+class _Error(msgspec.Struct, gc=False):
+    code: int | str = 0
+    msg: str = ""
+
+
+class _Frame(msgspec.Struct, gc=False):
+    # The envelopes' fields first (a combined stream's "stream" and "data" lead its frames), then a raw
+    # stream's event fields, the same as _Event's.
+    stream: str = ""
+    data: _Event | list[_Event] | None = None
+    event_type: str = field(default="", name="e")
+    update_id: int | None = field(default=None, name="u")
+    symbol: str = field(default="", name="s")
+    bid: str = field(default="", name="b")
+    bid_qty: str | list[_Asset] = field(default="", name="B")
+    ask: str = field(default="", name="a")
+    ask_qty: str = field(default="", name="A")
+    time: int = field(default=0, name="T")
+    event_time: int = field(default=0, name="E")
+    mark_price: str = field(default="", name="p")
+    index_price: str = field(default="", name="i")
+    rate: str = field(default="", name="r")
+    event: _Event | None = None
+    id: int | str | None = None
+    result: Any = None
+    code: int | str | None = None
+    msg: str = ""
+    error: _Error | None = None
+
+
+_FRAME_DECODER = msgspec.json.Decoder(_Frame | list[_Event])
+
+_STORED_EVENTS = frozenset({"bookTicker", "markPriceUpdate", "outboundAccountPosition"})
+# Valid user-data and market events that carry nothing hftdb stores: acknowledged, not rejected.
+_IGNORED_EVENTS = frozenset(
+    {
+        "executionReport",
+        "balanceUpdate",
+        "listStatus",
+        "externalLockUpdate",
+        "ORDER_TRADE_UPDATE",
+        "ACCOUNT_UPDATE",
+        "ACCOUNT_CONFIG_UPDATE",
+        "MARGIN_CALL",
+        "TRADE_LITE",
+        "STRATEGY_UPDATE",
+        "GRID_UPDATE",
+        "CONDITIONAL_ORDER_TRIGGER_REJECT",
+    }
+)
+# Events announcing the end of the stream: the adapter should reconnect (or renew its listen key).
+_RECONNECT_EVENTS = frozenset({"serverShutdown", "listenKeyExpired", "eventStreamTerminated"})
+
+
+# REST payloads.
+
+
+class _Filter(msgspec.Struct, gc=False):
+    filterType: str
+    tickSize: str = ""
+    stepSize: str = ""
+
+
+class _SymbolInfo(msgspec.Struct, gc=False):
+    symbol: str
+    status: str = ""
+    baseAsset: str | None = None
+    quoteAsset: str | None = None
+    contractType: str = ""
+    filters: list[_Filter] = []
+
+
+class _ExchangeInfo(msgspec.Struct, gc=False):
+    symbols: list[_SymbolInfo]
+
+
+class _SpotBalance(msgspec.Struct, gc=False):
+    asset: str
+    free: str
+    locked: str
+
+
+class _SpotAccount(msgspec.Struct, gc=False):
+    balances: list[_SpotBalance]
+    updateTime: int = 0
+
+
+class _FuturesBalance(msgspec.Struct, gc=False):
+    asset: str
+    balance: str
+    availableBalance: str
+    updateTime: int = 0
+
+
+class _Funding(msgspec.Struct, gc=False):
+    # /fapi/v1/premiumIndex rows carry lastFundingRate; /fapi/v1/fundingRate (history) rows carry fundingRate.
+    symbol: str
+    lastFundingRate: str | None = None
+    nextFundingTime: int = 0
+    time: int = 0
+    fundingRate: str | None = None
+    fundingTime: int = 0
+    markPrice: str = ""
+    indexPrice: str = ""
+
+
+_EXCHANGE_INFO_DECODER = msgspec.json.Decoder(_ExchangeInfo)
+_BALANCES_DECODER = msgspec.json.Decoder(_SpotAccount | list[_FuturesBalance])
+_FUNDING_DECODER = msgspec.json.Decoder(_Funding | list[_Funding])
+
+# Spot symbol statuses and USD-M contract statuses (the USD-M ``status`` field uses the contract set).
+_STATUS: dict[str, SymbolStatus] = {
+    "TRADING": "trading",
+    "BREAK": "halted",
+    "HALT": "halted",
+    "PRE_TRADING": "halted",
+    "POST_TRADING": "halted",
+    "END_OF_DAY": "halted",
+    "AUCTION_MATCH": "halted",
+    "PENDING_TRADING": "halted",
+    "PRE_DELIVERING": "halted",
+    "DELIVERING": "halted",
+    "PRE_SETTLE": "halted",
+    "SETTLING": "halted",
+    "DELIVERED": "delisted",
+    "CLOSE": "delisted",
+}
+
+
+def _us(ts: int) -> int | None:
+    # Binance sends 0 for "no such time" (e.g. a delivery contract's next funding time).
+    return to_us(ts) if ts else None
+
+
+def _amount(value: str) -> Decimal:
+    amount = to_decimal(value)
+    if amount is None:
+        raise FrameError("missing balance amount", reason="missing_field")
+    return amount
+
+
+def _rest_error(payload: bytes | str, exc: msgspec.ValidationError) -> FrameError:
+    obj = decode_any(payload)
+    if isinstance(obj, dict) and "code" in obj and "msg" in obj:
+        return FrameError(f"Binance error {obj['code']}: {obj['msg']}", reason="exchange_error")
+    return validation_error(exc)
+
+
+class BinanceParser:
+    """Parse Binance spot (``BINANCE_SPOT``) or USD-M futures (``BINANCE_USDM``) payloads.
+
+    Stateless apart from its venue: one instance may serve any number of connections of that venue. ``account``
+    names the account of the balances parsed from user-data frames.
+    """
+
+    def __init__(self, venue: ExchangeName, *, account: str = "default") -> None:
+        if venue not in _VENUES:
+            raise ValueError(f"venue must be one of {[v.value for v in _VENUES]}, got {venue!r}")
+        self.venue = venue
+        self.account = account
+        self._exchange = venue.value
+        self._prices = FloatCache()
+
+    def parse(self, raw: bytes | str, recv_ts: int) -> Parsed:
+        """Parse one websocket frame, exactly as received, into rows and/or a control signal.
+
+        Raises :class:`~hftdb.errors.FrameError` when the frame cannot be parsed.
+        """
+        try:
+            frame = _FRAME_DECODER.decode(raw)
+        except msgspec.ValidationError as exc:
+            return self._classify(raw, exc)
+        except msgspec.DecodeError as exc:
+            raise FrameError(f"invalid JSON: {exc}", reason="invalid_json") from None
+        if type(frame) is list:
+            return self._events(frame, recv_ts)
+        ev = frame.data  # combined stream
+        if ev is None:
+            ev = frame.event  # WebSocket API user data
+            if ev is None:
+                if not (frame.event_type or frame.symbol):
+                    return self._control(frame)
+                ev = frame  # raw stream
+        elif type(ev) is list:
+            return self._events(ev, recv_ts)
+        kind = ev.event_type
+        if kind == "bookTicker" or (not kind and ev.bid):  # the hot path, tested first
+            return Parsed([self._book_ticker(ev, recv_ts)])
+        return self._event(ev, recv_ts)
+
+    def _event(self, ev: _Event | _Frame, recv_ts: int) -> Parsed:
+        kind = ev.event_type
+        # Spot bookTicker has no "e": it is the event with a best bid.
+        if kind == "bookTicker" or (not kind and ev.bid):
+            return Parsed([self._book_ticker(ev, recv_ts)])
+        if kind == "markPriceUpdate":
+            rate = self._funding_rate(ev, recv_ts)
+            return Parsed(funding_rates=[rate] if rate is not None else [])
+        if kind == "outboundAccountPosition":
+            return Parsed(balances=self._balances(ev, recv_ts))
+        return _other_event(kind)
+
+    def _events(self, events: list[_Event], recv_ts: int) -> Parsed:
+        result = Parsed()
+        for ev in events:
+            part = self._event(ev, recv_ts)
+            result.book_tickers.extend(part.book_tickers)
+            result.funding_rates.extend(part.funding_rates)
+            result.balances.extend(part.balances)
+        return result
+
+    def _book_ticker(self, ev: _Event | _Frame, recv_ts: int) -> BookTicker:
+        prices = self._prices
+        try:
+            bid = prices[ev.bid]
+            bid_qty = float(ev.bid_qty)  # type: ignore[arg-type]
+            ask = prices[ev.ask]
+            ask_qty = float(ev.ask_qty)
+        except (ValueError, TypeError):
+            raise _bad_quote(ev) from None
+        if not ev.symbol:
+            raise FrameError("bookTicker without a symbol", reason="missing_field")
+        event_time = ev.event_time
+        if event_time:
+            # to_us() inlined for the common case (ms): the hot path's budget is ~1.5 µs.
+            exchange_ts: int | None = event_time * 1000 if event_time < _MS_BELOW else to_us(event_time)
+        else:
+            exchange_ts = None  # spot bookTicker has no event time
+        return BookTicker(
+            self._exchange, ev.symbol, bid, bid_qty, ask, ask_qty, recv_ts, exchange_ts, ev.update_id
+        )
+
+    def _funding_rate(self, ev: _Event | _Frame, recv_ts: int) -> FundingRate | None:
+        if not ev.symbol:
+            raise FrameError("markPriceUpdate without a symbol", reason="missing_field")
+        rate = to_float(ev.rate)
+        if rate is None:
+            # Delivery contracts have no funding: Binance sends r="" and T=0. Nothing to store.
+            return None
+        return FundingRate(
+            self._exchange,
+            ev.symbol,
+            rate,
+            recv_ts,
+            _us(ev.event_time),
+            _us(ev.time),
+            to_float(ev.mark_price),
+            to_float(ev.index_price),
+        )
+
+    def _balances(self, ev: _Event | _Frame, recv_ts: int) -> list[Balance]:
+        assets = ev.bid_qty
+        if type(assets) is not list:
+            raise FrameError("outboundAccountPosition without a balance list", reason="missing_field")
+        exchange_ts = _us(ev.event_time)
+        return [
+            Balance(
+                exchange=self._exchange,
+                asset=a.asset,
+                free=_amount(a.free),
+                locked=_amount(a.locked),
+                recv_ts=recv_ts,
+                exchange_ts=exchange_ts,
+                account=self.account,
+            )
+            for a in assets
+        ]
+
+    def _control(self, frame: _Frame) -> Parsed:
+        if frame.error is not None:
+            return Parsed(control=CONTROL_ERROR, detail=f"{frame.error.code}: {frame.error.msg}")
+        if frame.code is not None:
+            return Parsed(control=CONTROL_ERROR, detail=f"{frame.code}: {frame.msg}")
+        if frame.id is not None:
+            # {"result": null, "id": N} answers SUBSCRIBE / UNSUBSCRIBE; a non-null result answers a query.
+            return Parsed(control=CONTROL_SUBSCRIBED, detail=str(frame.id))
+        raise FrameError("neither a stream event nor a response", reason="bad_envelope")
+
+    def _classify(self, raw: bytes | str, exc: msgspec.ValidationError) -> Parsed:
+        # The typed decode failed. Events we do not store reuse letters with other types (executionReport's
+        # "i" is an order id, depthUpdate's "b" a list): find out whether this is one of those, or a broken
+        # frame of a channel we do store.
+        obj = decode_any(raw)
+        ev = obj
+        if isinstance(obj, dict):
+            inner = obj.get("data", obj.get("event"))
+            if isinstance(inner, (dict, list)):
+                ev = inner
+        if isinstance(ev, list):
+            ev = ev[0] if ev else None
+        if not isinstance(ev, dict):
+            raise FrameError(f"not a Binance frame: {exc}", reason="bad_envelope")
+        kind = ev.get("e")
+        if isinstance(kind, str) and kind and kind not in _STORED_EVENTS:
+            return _other_event(kind)
+        raise validation_error(exc)
+
+    def parse_symbols(self, payload: bytes | str, exchange_id: int, synced_ts: int) -> list[Symbol]:
+        """Parse ``GET /api/v3/exchangeInfo`` (spot) or ``GET /fapi/v1/exchangeInfo`` (USD-M) into symbols.
+
+        Tick size is the ``PRICE_FILTER`` ``tickSize``, lot size the ``LOT_SIZE`` ``stepSize``. USD-M
+        quantities are in the base asset, so no contract size is set.
+        """
+        try:
+            info = _EXCHANGE_INFO_DECODER.decode(payload)
+        except msgspec.ValidationError as exc:
+            raise _rest_error(payload, exc) from None
+        except msgspec.DecodeError as exc:
+            raise FrameError(f"invalid JSON: {exc}", reason="invalid_json") from None
+        spot = self.venue is ExchangeName.BINANCE_SPOT
+        symbols = []
+        for s in info.symbols:
+            tick = lot = None
+            for f in s.filters:
+                if f.filterType == "PRICE_FILTER":
+                    tick = to_decimal(f.tickSize)
+                elif f.filterType == "LOT_SIZE":
+                    lot = to_decimal(f.stepSize)
+            symbols.append(
+                Symbol(
+                    exchange_id=exchange_id,
+                    symbol=s.symbol,
+                    base=s.baseAsset,
+                    quote=s.quoteAsset,
+                    kind="spot" if spot else _contract_kind(s.contractType),
+                    status=_STATUS.get(s.status, "unknown"),
+                    tick_size=tick,
+                    lot_size=lot,
+                    last_synced=synced_ts,
+                )
+            )
+        return symbols
+
+    def parse_balances(self, payload: bytes | str, recv_ts: int, account: str = "default") -> list[Balance]:
+        """Parse ``GET /api/v3/account`` (spot) or ``GET /fapi/v2/balance`` (USD-M, an array) into balances.
+
+        USD-M has no "locked" amount: ``free`` is ``availableBalance`` (what new orders may use) and ``locked``
+        is the rest of the wallet ``balance``, floored at zero because unrealised profit can make the available
+        amount exceed the wallet balance.
+        """
+        try:
+            decoded = _BALANCES_DECODER.decode(payload)
+        except msgspec.ValidationError as exc:
+            raise _rest_error(payload, exc) from None
+        except msgspec.DecodeError as exc:
+            raise FrameError(f"invalid JSON: {exc}", reason="invalid_json") from None
+        if type(decoded) is _SpotAccount:
+            exchange_ts = _us(decoded.updateTime)
+            return [
+                Balance(
+                    exchange=self._exchange,
+                    asset=b.asset,
+                    free=_amount(b.free),
+                    locked=_amount(b.locked),
+                    recv_ts=recv_ts,
+                    exchange_ts=exchange_ts,
+                    account=account,
+                )
+                for b in decoded.balances
+            ]
+        balances = []
+        for b in decoded:
+            total = _amount(b.balance)
+            free = _amount(b.availableBalance)
+            balances.append(
+                Balance(
+                    exchange=self._exchange,
+                    asset=b.asset,
+                    free=free,
+                    locked=max(total - free, Decimal(0)),
+                    recv_ts=recv_ts,
+                    exchange_ts=_us(b.updateTime),
+                    account=account,
+                )
+            )
+        return balances
+
+    def parse_funding(self, payload: bytes | str, recv_ts: int) -> list[FundingRate]:
+        """Parse ``GET /fapi/v1/premiumIndex`` (one object or an array) or ``GET /fapi/v1/fundingRate`` (history).
+
+        A premium-index row is the current rate, settled at ``nextFundingTime``; a history row is a settled
+        rate whose ``exchange_ts`` is its ``fundingTime``. Delivery contracts (``lastFundingRate`` ``""``) yield
+        no row.
+        """
+        try:
+            decoded = _FUNDING_DECODER.decode(payload)
+        except msgspec.ValidationError as exc:
+            raise _rest_error(payload, exc) from None
+        except msgspec.DecodeError as exc:
+            raise FrameError(f"invalid JSON: {exc}", reason="invalid_json") from None
+        rows = decoded if type(decoded) is list else [decoded]
+        rates = []
+        for row in rows:
+            if row.lastFundingRate is not None:
+                rate = to_float(row.lastFundingRate)
+                if rate is None:
+                    continue
+                rates.append(
+                    FundingRate(
+                        self._exchange,
+                        row.symbol,
+                        rate,
+                        recv_ts,
+                        _us(row.time),
+                        _us(row.nextFundingTime),
+                        to_float(row.markPrice),
+                        to_float(row.indexPrice),
+                    )
+                )
+            elif row.fundingRate is not None:
+                rate = to_float(row.fundingRate)
+                if rate is None:
+                    continue
+                rates.append(
+                    FundingRate(
+                        self._exchange,
+                        row.symbol,
+                        rate,
+                        recv_ts,
+                        _us(row.fundingTime),
+                        None,
+                        to_float(row.markPrice),
+                    )
+                )
+            else:
+                raise FrameError("funding row without a rate", reason="missing_field")
+        return rates
+
+
+def _contract_kind(contract_type: str) -> SymbolKind:
+    # PERPETUAL, and its variants (PERPETUAL_DELIVERING, TRADIFI_PERPETUAL); everything else dated delivers.
+    if not contract_type:
+        return "unknown"
+    return "perpetual" if "PERPETUAL" in contract_type else "future"
+
+
+def _other_event(kind: str) -> Parsed:
+    if not kind:
+        raise FrameError("an event with neither a type nor a quote", reason="bad_envelope")
+    if kind in _IGNORED_EVENTS:
+        return Parsed(control=CONTROL_IGNORED, detail=kind)
+    if kind in _RECONNECT_EVENTS:
+        return Parsed(control=CONTROL_RECONNECT, detail=kind)
+    raise FrameError(f"unhandled Binance event {kind!r}", reason="unknown_channel")
+
+
+def _bad_quote(ev: _Event | _Frame) -> FrameError:
+    for value in (ev.bid, ev.bid_qty, ev.ask, ev.ask_qty):
+        if type(value) is not str:
+            return FrameError("bookTicker size is not a string", reason="bad_type")
+        try:
+            float(value)
+        except ValueError:
+            return bad_float(value)
+    return FrameError("bad bookTicker quote", reason="bad_number")
