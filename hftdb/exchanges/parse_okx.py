@@ -1,0 +1,369 @@
+"""OKX v5 spot and swap payloads into hftdb records.
+
+Pushes are ``{"arg": {"channel": ..., "instId": ...}, "data": [row, ...]}``; one typed decode serves every
+channel handled here:
+
+* ``tickers``: ``bidPx``/``bidSz``/``askPx``/``askSz``/``ts``. A side with no orders is sent as ``""``: such a
+  row has no quote and yields nothing. Tickers carry no sequence id.
+* ``bbo-tbt`` (and ``books5``, the same shape): ``bids``/``asks`` as ``[price, size, "0", orders]`` arrays,
+  ``ts`` and ``seqId`` (the update id). The instrument is named by ``arg.instId`` only.
+* ``funding-rate``: ``fundingRate`` is the current period's rate, settled at ``fundingTime``, which is therefore
+  the record's ``next_funding_ts``; ``nextFundingTime`` is the settlement after that and is not stored.
+* private ``account``: ``details[]`` per currency: ``availBal`` is free, ``frozenBal`` locked.
+
+Command responses are ``{"event": ...}`` objects (``subscribe``, ``login``, ``error`` with ``code``/``msg``,
+``notice``...), and the answer to the text ping is the bare text ``pong``. OKX times are millisecond strings.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import msgspec
+
+from ..errors import FrameError
+from ..models import Balance, BookTicker, ExchangeName, FundingRate, Symbol, SymbolKind, SymbolStatus
+from .parsing import (
+    CONTROL_ERROR,
+    CONTROL_IGNORED,
+    CONTROL_LOGIN,
+    CONTROL_NOTICE,
+    CONTROL_PONG,
+    CONTROL_RECONNECT,
+    CONTROL_SUBSCRIBED,
+    CONTROL_UNSUBSCRIBED,
+    FloatCache,
+    Parsed,
+    decode_any,
+    ms_to_us,
+    to_decimal,
+    to_float,
+    validation_error,
+)
+
+__all__ = ["OkxParser"]
+
+_VENUES = (ExchangeName.OKX_SPOT, ExchangeName.OKX_SWAP)
+
+
+class _Arg(msgspec.Struct, gc=False):
+    channel: str = ""
+    instId: str = ""
+
+
+class _Detail(msgspec.Struct, gc=False):
+    ccy: str
+    availBal: str = ""
+    cashBal: str = ""
+    frozenBal: str = ""
+    uTime: str = ""
+
+
+class _Row(msgspec.Struct, gc=False):
+    # The fields of every channel handled, merged: a row decodes the same whatever its channel.
+    instId: str = ""
+    bidPx: str = ""
+    bidSz: str = ""
+    askPx: str = ""
+    askSz: str = ""
+    ts: str = ""
+    bids: list[list[str]] | None = None
+    asks: list[list[str]] | None = None
+    seqId: int | None = None
+    fundingRate: str = ""
+    fundingTime: str = ""
+    details: list[_Detail] | None = None
+    uTime: str = ""
+
+
+class _Frame(msgspec.Struct, gc=False):
+    # A push ({"arg", "data"}), an event ({"event", "code", "msg"}) or a REST response ({"code", "msg", "data"}).
+    arg: _Arg | None = None
+    data: list[_Row] | None = None
+    event: str = ""
+    code: str = ""
+    msg: str = ""
+
+
+_FRAME_DECODER = msgspec.json.Decoder(_Frame)
+
+_BOOK_CHANNELS = frozenset({"bbo-tbt", "books5"})
+_STORED_CHANNELS = frozenset({"tickers", "funding-rate", "account"}) | _BOOK_CHANNELS
+# Private channels an adapter may subscribe to without hftdb storing them.
+_IGNORED_CHANNELS = frozenset({"orders", "positions", "balance_and_position", "fills", "liquidation-warning"})
+# The notice OKX sends before closing connections for a service upgrade.
+_NOTICE_RECONNECT = "64008"
+
+
+class _Instrument(msgspec.Struct, gc=False):
+    instId: str
+    instType: str = ""
+    state: str = ""
+    baseCcy: str = ""
+    quoteCcy: str = ""
+    instFamily: str = ""
+    uly: str = ""
+    tickSz: str = ""
+    lotSz: str = ""
+    ctVal: str = ""
+
+
+class _Instruments(msgspec.Struct, gc=False):
+    code: str
+    data: list[_Instrument] = []
+    msg: str = ""
+
+
+_INSTRUMENTS_DECODER = msgspec.json.Decoder(_Instruments)
+
+_STATUS: dict[str, SymbolStatus] = {
+    "live": "trading",
+    "suspend": "halted",
+    "preopen": "halted",
+    "expired": "delisted",
+}
+_KIND: dict[str, SymbolKind] = {
+    "SPOT": "spot",
+    "MARGIN": "spot",
+    "SWAP": "perpetual",
+    "FUTURES": "future",
+    "OPTION": "option",
+}
+
+
+def _rest_error(code: str, msg: str) -> FrameError:
+    return FrameError(f"OKX error {code}: {msg}", reason="exchange_error")
+
+
+def _decode_rest(payload: bytes | str) -> _Frame:
+    try:
+        response = _FRAME_DECODER.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise validation_error(exc) from None
+    except msgspec.DecodeError as exc:
+        raise FrameError(f"invalid JSON: {exc}", reason="invalid_json") from None
+    if response.code != "0":
+        raise _rest_error(response.code, response.msg)
+    return response
+
+
+class OkxParser:
+    """Parse OKX v5 spot (``OKX_SPOT``) or swap (``OKX_SWAP``) payloads.
+
+    Stateless apart from its venue and a memo of parsed prices. ``account`` names the account of the balances parsed
+    from the private ``account`` channel.
+    """
+
+    def __init__(self, venue: ExchangeName, *, account: str = "default") -> None:
+        if venue not in _VENUES:
+            raise ValueError(f"venue must be one of {[v.value for v in _VENUES]}, got {venue!r}")
+        self.venue = venue
+        self.account = account
+        self._exchange = venue.value
+        self._prices = FloatCache()
+
+    def parse(self, raw: bytes | str, recv_ts: int) -> Parsed:
+        """Parse one websocket frame, exactly as received, into rows and/or a control signal.
+
+        Raises :class:`~hftdb.errors.FrameError` when the frame cannot be parsed.
+        """
+        if (raw == "pong") if type(raw) is str else (raw == b"pong"):
+            return Parsed(control=CONTROL_PONG)
+        try:
+            frame = _FRAME_DECODER.decode(raw)
+        except msgspec.ValidationError as exc:
+            return self._classify(raw, exc)
+        except msgspec.DecodeError as exc:
+            raise FrameError(f"invalid JSON: {exc}", reason="invalid_json") from None
+        arg = frame.arg
+        rows = frame.data
+        if frame.event:
+            return _event(frame)
+        if arg is None or rows is None:
+            raise FrameError("neither a push nor an event", reason="bad_envelope")
+        channel = arg.channel
+        if channel == "tickers":
+            return Parsed(self._tickers(rows, recv_ts))
+        if channel in _BOOK_CHANNELS:
+            return Parsed(self._books(arg.instId, rows, recv_ts))
+        if channel == "funding-rate":
+            return Parsed(funding_rates=self._funding(rows, recv_ts))
+        if channel == "account":
+            return Parsed(balances=self._balances(rows, recv_ts, self.account))
+        return _other_channel(channel)
+
+    def _tickers(self, rows: list[_Row], recv_ts: int) -> list[BookTicker]:
+        prices = self._prices
+        quotes = []
+        for row in rows:
+            if not (row.bidPx and row.bidSz and row.askPx and row.askSz):
+                continue  # one side of the book is empty: no quote
+            if not row.instId:
+                raise FrameError("tickers row without instId", reason="missing_field")
+            try:
+                bid = prices[row.bidPx]
+                bid_qty = float(row.bidSz)
+                ask = prices[row.askPx]
+                ask_qty = float(row.askSz)
+            except ValueError as exc:
+                raise FrameError(f"bad ticker number: {exc}", reason="bad_number") from None
+            quotes.append(
+                BookTicker(self._exchange, row.instId, bid, bid_qty, ask, ask_qty, recv_ts, ms_to_us(row.ts))
+            )
+        return quotes
+
+    def _books(self, inst_id: str, rows: list[_Row], recv_ts: int) -> list[BookTicker]:
+        if not inst_id:
+            raise FrameError("book push without arg.instId", reason="missing_field")
+        prices = self._prices
+        quotes = []
+        for row in rows:
+            bids = row.bids
+            asks = row.asks
+            if bids is None or asks is None:
+                raise FrameError("book row without bids/asks", reason="missing_field")
+            if not bids or not asks:
+                continue  # one side of the book is empty: no quote
+            try:
+                bid = prices[bids[0][0]]
+                bid_qty = float(bids[0][1])
+                ask = prices[asks[0][0]]
+                ask_qty = float(asks[0][1])
+            except ValueError as exc:
+                raise FrameError(f"bad book level: {exc}", reason="bad_number") from None
+            except IndexError:
+                raise FrameError("book level without price and size", reason="missing_field") from None
+            quotes.append(
+                BookTicker(
+                    self._exchange, inst_id, bid, bid_qty, ask, ask_qty, recv_ts, ms_to_us(row.ts), row.seqId
+                )
+            )
+        return quotes
+
+    def _funding(self, rows: list[_Row], recv_ts: int) -> list[FundingRate]:
+        rates = []
+        for row in rows:
+            rate = to_float(row.fundingRate)
+            if rate is None:
+                continue
+            if not row.instId:
+                raise FrameError("funding row without instId", reason="missing_field")
+            if row.ts:
+                # The current period (channel, or GET /public/funding-rate): settles at fundingTime.
+                exchange_ts, next_funding = ms_to_us(row.ts), ms_to_us(row.fundingTime)
+            else:
+                # GET /public/funding-rate-history: a settled rate, stamped with its settlement time.
+                exchange_ts, next_funding = ms_to_us(row.fundingTime), None
+            rates.append(FundingRate(self._exchange, row.instId, rate, recv_ts, exchange_ts, next_funding))
+        return rates
+
+    def _balances(self, rows: list[_Row], recv_ts: int, account: str) -> list[Balance]:
+        balances = []
+        for row in rows:
+            if row.details is None:
+                raise FrameError("account row without details", reason="missing_field")
+            for d in row.details:
+                free = to_decimal(d.availBal)
+                locked = to_decimal(d.frozenBal)
+                cash = to_decimal(d.cashBal)
+                # Some account modes leave a field "": recover it from cashBal = availBal + frozenBal.
+                if free is None:
+                    if cash is None:
+                        raise FrameError(f"no available balance for {d.ccy}", reason="missing_field")
+                    free = cash - (locked or 0)
+                if locked is None:
+                    locked = cash - free if cash is not None else Decimal(0)
+                balances.append(
+                    Balance(
+                        exchange=self._exchange,
+                        asset=d.ccy,
+                        free=free,
+                        locked=locked,
+                        recv_ts=recv_ts,
+                        exchange_ts=ms_to_us(d.uTime or row.uTime),
+                        account=account,
+                    )
+                )
+        return balances
+
+    def _classify(self, raw: bytes | str, exc: msgspec.ValidationError) -> Parsed:
+        obj = decode_any(raw)
+        if not isinstance(obj, dict):
+            raise FrameError(f"not an OKX frame: {exc}", reason="bad_envelope")
+        arg = obj.get("arg")
+        channel = arg.get("channel") if isinstance(arg, dict) else None
+        if isinstance(channel, str) and channel and channel not in _STORED_CHANNELS:
+            return _other_channel(channel)
+        raise validation_error(exc)
+
+    def parse_symbols(self, payload: bytes | str, exchange_id: int, synced_ts: int) -> list[Symbol]:
+        """Parse ``GET /api/v5/public/instruments`` into symbols.
+
+        Tick size is ``tickSz``, lot size ``lotSz`` (in contracts for derivatives), contract size ``ctVal``
+        (in ``ctValCcy``: the base currency of linear swaps, the quote currency of inverse ones). Base and quote
+        of derivatives come from the instrument family (``BTC-USD`` for both ``BTC-USD-SWAP`` and its futures).
+        """
+        try:
+            response = _INSTRUMENTS_DECODER.decode(payload)
+        except msgspec.ValidationError as exc:
+            raise validation_error(exc) from None
+        except msgspec.DecodeError as exc:
+            raise FrameError(f"invalid JSON: {exc}", reason="invalid_json") from None
+        if response.code != "0":
+            raise _rest_error(response.code, response.msg)
+        symbols = []
+        for inst in response.data:
+            base, quote = inst.baseCcy, inst.quoteCcy
+            if not base:
+                base, _, quote = (inst.instFamily or inst.uly).partition("-")
+            symbols.append(
+                Symbol(
+                    exchange_id=exchange_id,
+                    symbol=inst.instId,
+                    base=base or None,
+                    quote=quote or None,
+                    kind=_KIND.get(inst.instType, "unknown"),
+                    status=_STATUS.get(inst.state, "unknown"),
+                    tick_size=to_decimal(inst.tickSz),
+                    lot_size=to_decimal(inst.lotSz),
+                    contract_size=to_decimal(inst.ctVal),
+                    last_synced=synced_ts,
+                )
+            )
+        return symbols
+
+    def parse_balances(self, payload: bytes | str, recv_ts: int, account: str = "default") -> list[Balance]:
+        """Parse ``GET /api/v5/account/balance`` into balances (free and locked as on the ``account`` channel)."""
+        response = _decode_rest(payload)
+        return self._balances(response.data or [], recv_ts, account)
+
+    def parse_funding(self, payload: bytes | str, recv_ts: int) -> list[FundingRate]:
+        """Parse ``GET /api/v5/public/funding-rate`` (current) or ``.../funding-rate-history`` (settled)."""
+        response = _decode_rest(payload)
+        return self._funding(response.data or [], recv_ts)
+
+
+def _other_channel(channel: str) -> Parsed:
+    if channel in _IGNORED_CHANNELS:
+        return Parsed(control=CONTROL_IGNORED, detail=channel)
+    raise FrameError(f"unhandled OKX channel {channel!r}", reason="unknown_channel")
+
+
+def _event(frame: _Frame) -> Parsed:
+    event = frame.event
+    where = f"{frame.arg.channel}:{frame.arg.instId}" if frame.arg is not None else None
+    if event == "error":
+        return Parsed(control=CONTROL_ERROR, detail=f"{frame.code}: {frame.msg}")
+    if event == "subscribe":
+        return Parsed(control=CONTROL_SUBSCRIBED, detail=where)
+    if event == "unsubscribe":
+        return Parsed(control=CONTROL_UNSUBSCRIBED, detail=where)
+    if event == "login":
+        if frame.code not in ("", "0"):
+            return Parsed(control=CONTROL_ERROR, detail=f"{frame.code}: {frame.msg}")
+        return Parsed(control=CONTROL_LOGIN)
+    if event == "notice" and frame.code == _NOTICE_RECONNECT:
+        return Parsed(control=CONTROL_RECONNECT, detail=f"{frame.code}: {frame.msg}")
+    if event.endswith("-error"):
+        return Parsed(control=CONTROL_ERROR, detail=f"{event} {frame.code}: {frame.msg}")
+    return Parsed(control=CONTROL_NOTICE, detail=f"{event} {frame.code}: {frame.msg}".rstrip(": "))
