@@ -1,0 +1,152 @@
+"""The simulated market: instruments per venue and their random-walk quotes and funding.
+
+Prices are held in integer ticks and printed with the instrument's decimals, so every price on the wire is an
+exact multiple of the tick, as on a real exchange. All randomness comes from one seeded ``random.Random`` per
+market, so a run is reproducible from its seed (given the same sequence of calls).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from ..models import ExchangeName
+
+__all__ = ["Instrument", "Quote", "Market", "PERPETUAL_VENUES"]
+
+PERPETUAL_VENUES = frozenset({ExchangeName.BINANCE_USDM, ExchangeName.BYBIT_LINEAR, ExchangeName.OKX_SWAP})
+
+# Bases with roughly realistic prices; beyond these the universe continues with synthetic names.
+_BASES = (
+    ("BTC", 65_000.0), ("ETH", 3_400.0), ("SOL", 150.0), ("BNB", 580.0), ("XRP", 0.52), ("DOGE", 0.12),
+    ("ADA", 0.45), ("AVAX", 35.0), ("LINK", 14.0), ("DOT", 6.5), ("LTC", 80.0), ("TRX", 0.12), ("ATOM", 8.0),
+    ("NEAR", 5.0), ("APT", 9.0), ("ARB", 1.1), ("OP", 2.2), ("FIL", 5.0), ("UNI", 7.0), ("AAVE", 90.0),
+)
+
+
+@dataclass(slots=True)
+class Instrument:
+    """One tradable instrument as the venue lists it."""
+
+    symbol: str  # native: BTCUSDT, BTC-USDT, BTC-USDT-SWAP
+    base: str
+    quote: str
+    kind: str  # "spot" or "perpetual"
+    price_decimals: int
+    qty_decimals: int
+
+    @property
+    def tick(self) -> str:
+        """The price step as the venue prints it."""
+        return _fmt(1, self.price_decimals)
+
+    @property
+    def lot(self) -> str:
+        """The quantity step as the venue prints it."""
+        return _fmt(1, self.qty_decimals)
+
+
+@dataclass(slots=True)
+class Quote:
+    """The current state of one instrument. ``update_id`` counts book updates, gaps included."""
+
+    bid: int  # ticks
+    ask: int
+    bid_qty: float
+    ask_qty: float
+    prev_bid: int
+    prev_ask: int
+    update_id: int
+    funding_rate: float = 0.0001
+    mark: int = 0
+    index: int = 0
+    next_funding_ms: int = 0
+
+
+def _fmt(ticks: int, decimals: int) -> str:
+    if decimals == 0:
+        return str(ticks)
+    sign = "-" if ticks < 0 else ""
+    whole, frac = divmod(abs(ticks), 10**decimals)
+    return f"{sign}{whole}.{frac:0{decimals}d}"
+
+
+class Market:
+    """The instruments of one venue and their quotes."""
+
+    def __init__(self, venue: ExchangeName, symbols: int, *, seed: int = 0) -> None:
+        if symbols <= 0:
+            raise ValueError(f"symbols must be > 0, got {symbols!r}")
+        self.venue = venue
+        self.rng = random.Random(f"{seed}:{venue.value}")
+        self.instruments: list[Instrument] = []
+        self.quotes: dict[str, Quote] = {}
+        self._last_ts: dict[tuple[str, str], int] = {}
+        perpetual = venue in PERPETUAL_VENUES
+        for i in range(symbols):
+            if i < len(_BASES):
+                base, price = _BASES[i]
+            else:
+                base, price = f"X{i:03d}", round(10 ** self.rng.uniform(-2, 3), 4)
+            pdec = min(8, max(0, 5 - math.floor(math.log10(price))))
+            qdec = min(6, max(0, math.floor(math.log10(price)) - 1))
+            inst = Instrument(self._native(base, perpetual), base, "USDT", "perpetual" if perpetual else "spot", pdec, qdec)
+            self.instruments.append(inst)
+            mid = round(price * 10**pdec)
+            # A first update id far from zero, as on a live venue.
+            first_id = self.rng.randrange(1_000_000, 100_000_000)
+            self.quotes[inst.symbol] = Quote(
+                bid=mid - 1, ask=mid + 1, bid_qty=1.0, ask_qty=1.0, prev_bid=mid - 1, prev_ask=mid + 1,
+                update_id=first_id, mark=mid, index=mid,
+            )
+        self.by_symbol = {inst.symbol: inst for inst in self.instruments}
+
+    def _native(self, base: str, perpetual: bool) -> str:
+        if self.venue in (ExchangeName.OKX_SPOT, ExchangeName.OKX_SWAP):
+            return f"{base}-USDT-SWAP" if perpetual else f"{base}-USDT"
+        return f"{base}USDT"
+
+    def step_book(self, symbol: str, *, skip: int = 0) -> Quote:
+        """Move the quote of ``symbol`` one random step; ``skip`` ids are consumed unsent (an injected gap)."""
+        q = self.quotes[symbol]
+        inst = self.by_symbol[symbol]
+        rng = self.rng
+        q.prev_bid, q.prev_ask = q.bid, q.ask
+        mid2 = q.bid + q.ask + 2 * round(rng.gauss(0, 1.5))
+        spread = rng.choice((1, 1, 1, 2, 3))
+        bid = max(1, (mid2 - spread) // 2)
+        q.bid, q.ask = bid, bid + spread
+        scale = 10 ** inst.qty_decimals
+        q.bid_qty = max(1, round(rng.lognormvariate(0, 1) * 10 * scale)) / scale
+        q.ask_qty = max(1, round(rng.lognormvariate(0, 1) * 10 * scale)) / scale
+        q.update_id += 1 + skip
+        return q
+
+    def step_funding(self, symbol: str, now_ms: int) -> Quote:
+        """Move the funding rate, mark and index price of ``symbol`` one random step."""
+        q = self.quotes[symbol]
+        rng = self.rng
+        q.funding_rate = min(0.00375, max(-0.00375, q.funding_rate + rng.gauss(0, 0.00001)))
+        mid = (q.bid + q.ask) // 2
+        q.mark = mid + round(rng.gauss(0, 1))
+        q.index = mid + round(rng.gauss(0, 2))
+        period = 8 * 3600 * 1000
+        q.next_funding_ms = (now_ms // period + 1) * period
+        return q
+
+    def next_ts(self, channel: str, symbol: str, now_ms: int) -> int:
+        """An exchange time for a message on ``channel``: ``now_ms``, but strictly increasing per stream, so
+        that the time identifies the message (see :mod:`hftdb.simulator.ledger`)."""
+        key = (channel, symbol)
+        ts = max(now_ms, self._last_ts.get(key, 0) + 1)
+        self._last_ts[key] = ts
+        return ts
+
+    def price(self, symbol: str, ticks: int) -> str:
+        """``ticks`` of ``symbol`` as the venue prints a price."""
+        return _fmt(ticks, self.by_symbol[symbol].price_decimals)
+
+    def qty(self, symbol: str, qty: float) -> str:
+        """``qty`` of ``symbol`` as the venue prints a size."""
+        return f"{qty:.{self.by_symbol[symbol].qty_decimals}f}"
