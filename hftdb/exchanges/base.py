@@ -1,0 +1,523 @@
+"""What every exchange adapter shares: the :class:`Sink` it writes to, its counters, and the adapter base class.
+
+An adapter turns one venue's REST and websocket APIs into calls on a :class:`Sink`: symbols are synced over
+REST, quotes and funding stream over websockets (:mod:`hftdb.exchanges.ws` does the connection work), balances
+are polled over signed REST. The venue modules (``binance.py``, ``bybit.py``, ``okx.py``) only say how their
+venue names streams, subscribes, pings, signs and paginates.
+
+Adapters depend on nothing but :class:`Sink`, so they run against a :class:`~hftdb.manager.DatabaseManager`, or
+against any object with the same seven methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import msgspec
+
+from ..errors import ClosedError, ExchangeError, ExchangeHTTPError, FrameError, SignatureError, StateError
+from ..models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Symbol, now_us
+from .parsing import Rejects
+from .rest import RestClient
+from .signing import Credentials
+
+__all__ = ["Sink", "Backoff", "FeedStats", "ExchangeAdapter"]
+
+logger = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Where an adapter puts what it receives. :class:`~hftdb.manager.DatabaseManager` is one."""
+
+    async def insert_exchange(self, exchange: Exchange | ExchangeName | str) -> Exchange:
+        """Create the exchange if needed (by name) and return it with its id."""
+        ...
+
+    async def get_exchange_by_enum(self, name: ExchangeName | str) -> Exchange:
+        """Return the registered exchange of that name."""
+        ...
+
+    async def sync_symbols(self, exchange: ExchangeName | str, symbols: Sequence[Symbol]) -> tuple[int, int]:
+        """Upsert the exchange's symbols; mark the ones missing from the list delisted."""
+        ...
+
+    async def insert_book_ticker_snapshots(self, rows: Iterable[BookTicker]) -> int:
+        """Store best bid/ask rows; return how many were accepted."""
+        ...
+
+    async def insert_funding_rates(self, rows: Iterable[FundingRate]) -> int:
+        """Store funding rows; return how many were accepted."""
+        ...
+
+    async def insert_balance_snapshots(self, rows: Iterable[Balance]) -> int:
+        """Store balance rows; return how many were accepted."""
+        ...
+
+    async def flush(self) -> None:
+        """Make everything accepted so far durable."""
+        ...
+
+
+class Backoff(msgspec.Struct, frozen=True, kw_only=True):
+    """Exponential back-off with jitter: attempt ``n`` waits ``min(maximum, initial * factor**n)``, less up to
+    ``jitter`` of it at random, so that many clients dropped together do not come back together."""
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    factor: float = 2.0
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial <= self.maximum:
+            raise ValueError(f"need 0 < initial <= maximum, got initial={self.initial!r}, maximum={self.maximum!r}")
+        if self.factor < 1:
+            raise ValueError(f"factor must be >= 1, got {self.factor!r}")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError(f"jitter must be within [0, 1], got {self.jitter!r}")
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (0 for the first retry)."""
+        base = min(self.maximum, self.initial * self.factor ** min(attempt, 64))
+        return base * (1.0 - self.jitter * random.random())
+
+
+class FeedStats:
+    """Counters of one adapter's feed, for a status line and metrics. Plain ints: the hot path increments them.
+
+    ``messages``: frames received; ``book_rows``/``funding_rows``/``balance_rows``: rows handed to the sink;
+    ``duplicates``: rows dropped because their update id (or exchange time) was already stored; ``gaps``: jumps
+    in update ids within one connection (``missed_ids`` the ids skipped); ``reconnects``: connections lost and
+    replaced; ``rollovers``: connections replaced on purpose before the venue's age limit; ``stale``:
+    connections given up for silence; ``errors``: error answers from the exchange; ``sink_errors``: failed sink
+    calls (``dropped_rows`` the rows they lost); ``rest_errors``: failed REST polls; ``rejects`` by reason are
+    in the adapter's :class:`~hftdb.exchanges.parsing.Rejects`.
+    """
+
+    __slots__ = (
+        "venue", "messages", "book_rows", "funding_rows", "balance_rows", "duplicates", "gaps", "missed_ids",
+        "reconnects", "rollovers", "stale", "connections", "errors", "sink_errors", "dropped_rows", "rest_errors",
+        "last_message_us", "rejects",
+    )
+
+    def __init__(self, venue: str, rejects: Rejects) -> None:
+        self.venue = venue
+        self.rejects = rejects
+        self.messages = self.book_rows = self.funding_rows = self.balance_rows = 0
+        self.duplicates = self.gaps = self.missed_ids = 0
+        self.reconnects = self.rollovers = self.stale = self.connections = 0
+        self.errors = self.sink_errors = self.dropped_rows = self.rest_errors = 0
+        self.last_message_us: int | None = None
+
+    @property
+    def rejected(self) -> int:
+        """Frames rejected by the parser, all reasons together."""
+        return self.rejects.total
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every counter by name, plus ``rejected`` and ``rejects_by_reason``."""
+        out = {name: getattr(self, name) for name in self.__slots__ if name != "rejects"}
+        out["rejected"] = self.rejected
+        out["rejects_by_reason"] = self.rejects.counts
+        return out
+
+    def status_line(self, now: int | None = None) -> str:
+        """One line for a periodic status log."""
+        now = now_us() if now is None else now
+        age = "never" if self.last_message_us is None else f"{(now - self.last_message_us) / 1e6:.1f}s ago"
+        return (
+            f"{self.venue}: conns={self.connections} msgs={self.messages} books={self.book_rows} "
+            f"funding={self.funding_rows} balances={self.balance_rows} dups={self.duplicates} gaps={self.gaps} "
+            f"rejected={self.rejected} reconnects={self.reconnects} rollovers={self.rollovers} stale={self.stale} "
+            f"errors={self.errors} last={age}"
+        )
+
+    def __repr__(self) -> str:
+        return f"<FeedStats {self.status_line()}>"
+
+
+class _State(enum.Enum):
+    UNOPENED = "unopened"
+    OPENED = "opened"
+    CLOSED = "closed"
+
+
+_DEFAULT = object()
+
+
+class ExchangeAdapter:
+    """Base class of the venue adapters. Construct a venue's subclass, ``start()`` it (or ``async with``), then
+    run :meth:`run_streams`, :meth:`run_symbol_sync` and :meth:`run_balance_poller` in your task group, or
+    :meth:`run` for all three.
+
+    ``symbols`` are native symbols to stream (``None``: every trading symbol of the last :meth:`sync_symbols`);
+    ``channels`` are the venue's native channel names (default: the book ticker, plus funding on perpetuals).
+    ``clock`` (wall seconds) stamps signed requests and measures connection age, so tests can move it.
+    ``stale_after``: seconds without any frame before a connection is replaced; ``ping_interval``: seconds
+    between the venue's keep-alive messages. Limits default to the venue's documented ones.
+    """
+
+    #: the venues this class serves
+    venues: ClassVar[tuple[ExchangeName, ...]] = ()
+    default_rest_url: ClassVar[dict[ExchangeName, str]] = {}
+    default_ws_url: ClassVar[dict[ExchangeName, str]] = {}
+    default_channels: ClassVar[dict[ExchangeName, tuple[str, ...]]] = {}
+    #: the venue's own limits; ``None`` where it documents none
+    max_topics_per_connection: ClassVar[int] = 1024
+    max_topic_chars_per_connection: ClassVar[int | None] = None
+    max_topics_per_message: ClassVar[int] = 200
+    max_message_bytes: ClassVar[int | None] = None
+    #: seconds between two control messages on one connection, and between two connection attempts
+    control_interval: ClassVar[float] = 0.0
+    connect_interval: ClassVar[float] = 0.0
+    #: "interval": ping every ``ping_interval``; "idle": ping after ``ping_interval`` without a frame
+    ping_mode: ClassVar[str] = "idle"
+    default_ping_interval: ClassVar[float] = 20.0
+    default_stale_after: ClassVar[float] = 60.0
+    default_max_connection_age: ClassVar[float | None] = None
+    #: whether update ids of the book channel are consecutive (so that a jump is a gap)
+    consecutive_ids: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        venue: ExchangeName | str,
+        sink: Sink,
+        *,
+        rest_url: str | None = None,
+        ws_url: str | None = None,
+        symbols: Sequence[str] | None = None,
+        channels: Sequence[str] | None = None,
+        credentials: Credentials | None = None,
+        secrets_file: str | Path | None = None,
+        account: str = "default",
+        clock: Callable[[], float] = time.time,
+        timeout: float = 10.0,
+        stale_after: float | None = None,
+        ping_interval: float | None = None,
+        max_connection_age: float | None | object = _DEFAULT,
+        reconnect: Backoff | None = None,
+        max_reconnect_attempts: int | None = None,
+        max_topics_per_connection: int | None = None,
+        max_topics_per_message: int | None = None,
+        count_gaps: bool | None = None,
+        subscribe_timeout: float = 10.0,
+        reject_log_interval: float = 60.0,
+    ) -> None:
+        try:
+            venue = ExchangeName(venue)
+        except ValueError:
+            raise ValueError(f"venue must be one of {[v.value for v in ExchangeName]}, got {venue!r}") from None
+        if venue not in self.venues:
+            raise ValueError(f"venue: {type(self).__name__} serves {[v.value for v in self.venues]}, not {venue.value!r}")
+        for name, value in (("timeout", timeout), ("subscribe_timeout", subscribe_timeout)):
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
+        for name, value in (("stale_after", stale_after), ("ping_interval", ping_interval)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
+        if symbols is not None and (isinstance(symbols, str) or not all(isinstance(s, str) and s for s in symbols)):
+            raise ValueError(f"symbols must be a sequence of non-empty native symbols, got {symbols!r}")
+        channels = tuple(channels) if channels is not None else self.default_channels[venue]
+        if not channels:
+            raise ValueError("channels must name at least one channel")
+        self.venue = venue
+        self.sink = sink
+        self.rest_url = (rest_url or self.default_rest_url[venue]).rstrip("/")
+        self.ws_url = (ws_url or self.default_ws_url[venue]).rstrip("/")
+        self.symbols = tuple(symbols) if symbols is not None else None
+        self.channels = channels
+        self.account = account
+        self.clock = clock
+        self.timeout = timeout
+        self.stale_after = stale_after or self.default_stale_after
+        self.ping_interval = ping_interval or self.default_ping_interval
+        self.max_connection_age = (
+            self.default_max_connection_age if max_connection_age is _DEFAULT else max_connection_age
+        )
+        self.reconnect = reconnect or Backoff()
+        self.max_reconnect_attempts = max_reconnect_attempts
+        self.topics_per_connection = min(max_topics_per_connection or self.max_topics_per_connection, self.max_topics_per_connection)
+        self.topics_per_message = min(max_topics_per_message or self.max_topics_per_message, self.max_topics_per_message)
+        self.count_gaps = self.consecutive_ids if count_gaps is None else count_gaps
+        self.subscribe_timeout = subscribe_timeout
+        self.rejects = Rejects(venue.value, interval=reject_log_interval)
+        self.stats = FeedStats(venue.value, self.rejects)
+        self._credentials = credentials
+        self._secrets_file = secrets_file
+        self._rest = RestClient(self.rest_url, name=venue.value, backoff=self.reconnect, timeout=timeout,
+                                retry_statuses=self.rest_retry_statuses)
+        self._synced: list[Symbol] | None = None
+        self._changed = asyncio.Event()
+        self._state = _State.UNOPENED
+
+    rest_retry_statuses: ClassVar[frozenset[int]] = frozenset()
+
+    def __repr__(self) -> str:
+        n = "synced" if self.symbols is None else len(self.symbols)
+        return f"<{type(self).__name__} {self.venue.value} {self._state.value} symbols={n} channels={list(self.channels)}>"
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the REST session and load credentials (environment, then ``secrets_file``) if none were given."""
+        if self._state is not _State.UNOPENED:
+            raise StateError(f"{self!r} cannot be started twice")
+        if self._credentials is None:
+            self._credentials = Credentials.load(self.venue, secrets_file=self._secrets_file)
+        await self._rest.start()
+        self._state = _State.OPENED
+
+    async def close(self) -> None:
+        """Close the REST session. Idempotent. Cancel the ``run_*`` tasks first: they close their connections."""
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        await self._rest.close()
+        self.rejects.flush()
+
+    async def __aenter__(self) -> ExchangeAdapter:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _check_open(self) -> None:
+        if self._state is _State.CLOSED:
+            raise ClosedError(f"{self!r} is closed")
+        if self._state is _State.UNOPENED:
+            raise StateError(f"{self!r} not started: call start() or use 'async with'")
+
+    # -- waiting on counters (for tests and health checks) ---------------------------------------------
+
+    def notify(self) -> None:
+        """Wake :meth:`wait_until` callers: the counters changed."""
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    async def wait_until(self, predicate: Callable[[FeedStats], bool], *, timeout: float) -> None:
+        """Wait until ``predicate(self.stats)`` holds; raise ``TimeoutError`` after ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            while not predicate(self.stats):
+                await self._changed.wait()
+
+    def status_line(self) -> str:
+        """One line of counters for a periodic status log."""
+        return self.stats.status_line()
+
+    # -- symbols ---------------------------------------------------------------------------------------
+
+    async def fetch_symbols(self, exchange_id: int, *, timeout: float | None = None) -> list[Symbol]:
+        """Every instrument the venue lists, as :class:`~hftdb.models.Symbol` records of ``exchange_id``."""
+        self._check_open()
+        path, query = self.symbols_request()
+        body = await self._rest.get(path, query, timeout=timeout)
+        return self.new_parser().parse_symbols(body, exchange_id, now_us())
+
+    async def sync_symbols(self, *, timeout: float | None = None) -> tuple[int, int]:
+        """Fetch the venue's instruments and upsert them through the sink; return the sink's counts."""
+        self._check_open()
+        exchange = await self.sink.insert_exchange(self.exchange_record())
+        if exchange.id is None:
+            raise ExchangeError(f"{self.venue.value}: the sink returned the exchange without an id")
+        symbols = await self.fetch_symbols(exchange.id, timeout=timeout)
+        result = await self.sink.sync_symbols(self.venue, symbols)
+        self._synced = symbols
+        logger.info("%s: synced %d symbols: %s", self.venue.value, len(symbols), result)
+        return result
+
+    async def run_symbol_sync(self, interval: float, *, timeout: float | None = None) -> None:
+        """Sync symbols now and every ``interval`` seconds until cancelled; failures are logged and retried
+        at the next interval."""
+        if interval <= 0:
+            raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
+        while True:
+            try:
+                await self.sync_symbols(timeout=timeout)
+            except (ExchangeError, FrameError) as exc:
+                self.stats.rest_errors += 1
+                logger.warning("%s: symbol sync failed: %s", self.venue.value, exc)
+            await asyncio.sleep(interval)
+
+    def exchange_record(self) -> Exchange:
+        """The :class:`~hftdb.models.Exchange` row of this venue."""
+        market = "spot" if self.venue.value.endswith("_spot") else "derivatives"
+        return Exchange(name=self.venue.value, market=market)
+
+    # -- streams ---------------------------------------------------------------------------------------
+
+    def topics(self, symbols: Sequence[str] | None = None) -> list[str]:
+        """The venue's stream names for ``symbols`` (default: this adapter's) and its channels."""
+        symbols = self._stream_symbols() if symbols is None else symbols
+        return [self.topic(symbol, channel) for symbol in symbols for channel in self.channels]
+
+    def _stream_symbols(self) -> Sequence[str]:
+        if self.symbols is not None:
+            return self.symbols
+        if self._synced is None:
+            raise StateError(f"{self.venue.value}: no symbols given and none synced: call sync_symbols() first")
+        return [s.symbol for s in self._synced if s.status == "trading"]
+
+    def plan_connections(self, topics: Sequence[str]) -> list[tuple[str, ...]]:
+        """Split ``topics`` into the connections that will carry them, within the venue's limits."""
+        shards: list[tuple[str, ...]] = []
+        current: list[str] = []
+        chars = 0
+        limit_chars = self.max_topic_chars_per_connection
+        for topic in topics:
+            full = len(current) >= self.topics_per_connection
+            if limit_chars is not None and chars + len(topic) > limit_chars:
+                full = True
+            if full and current:
+                shards.append(tuple(current))
+                current, chars = [], 0
+            current.append(topic)
+            chars += len(topic)
+        if current:
+            shards.append(tuple(current))
+        return shards
+
+    def batches(self, topics: Sequence[str]) -> list[list[str]]:
+        """Split one connection's topics into subscribe requests, within the venue's per-message limits."""
+        out: list[list[str]] = []
+        current: list[str] = []
+        size = 0
+        for topic in topics:
+            cost = len(topic) + 40  # JSON quoting and separators, generously
+            if current and (len(current) >= self.topics_per_message or (self.max_message_bytes and size + cost > self.max_message_bytes)):
+                out.append(current)
+                current, size = [], 0
+            current.append(topic)
+            size += cost
+        if current:
+            out.append(current)
+        return out
+
+    async def run_streams(self) -> None:
+        """Stream every topic until cancelled: as many connections as the limits need, each reconnected with
+        back-off when lost or silent, and replaced before the venue's age limit. Raises
+        :class:`~hftdb.errors.ExchangeError` only after ``max_reconnect_attempts`` consecutive failures."""
+        self._check_open()
+        if self.symbols is None and self._synced is None:
+            await self.sync_symbols()
+        from .ws import StreamRunner  # ws imports this module
+
+        await StreamRunner(self).run()
+
+    # -- balances --------------------------------------------------------------------------------------
+
+    def _require_credentials(self) -> Credentials:
+        if self._credentials is None:
+            raise ExchangeError(
+                f"{self.venue.value}: no API credentials (set {self.venue.value.upper()}_API_KEY/_API_SECRET, "
+                "or pass credentials= or secrets_file=)"
+            )
+        return self._credentials
+
+    async def fetch_balances(self, *, timeout: float | None = None) -> list[Balance]:
+        """One signed balance request. Raises :class:`~hftdb.errors.SignatureError` if the venue refuses it."""
+        self._check_open()
+        credentials = self._require_credentials()
+        path, query = self.balances_request()
+        try:
+            body = await self._rest.get(path, query, signer=lambda p, q: self.sign(credentials, p, q), timeout=timeout)
+        except ExchangeHTTPError as exc:
+            if self.is_auth_failure(exc.status, exc.body):
+                raise SignatureError(str(exc), status=exc.status, body=exc.body) from exc
+            raise
+        text = body[:2000].decode("utf-8", "replace")
+        if self.is_auth_failure(200, text):
+            raise SignatureError(f"{self.venue.value} GET {path}: refused: {text[:300]}", status=200, body=text)
+        return self.new_parser().parse_balances(body, now_us(), self.account)
+
+    async def poll_balances(self, *, timeout: float | None = None) -> int:
+        """Fetch balances and hand them to the sink; return how many the sink accepted."""
+        rows = await self.fetch_balances(timeout=timeout)
+        accepted = await self.sink.insert_balance_snapshots(rows)
+        self.stats.balance_rows += len(rows)
+        self.notify()
+        return accepted
+
+    async def run_balance_poller(self, interval: float, *, timeout: float | None = None) -> None:
+        """Poll balances now and every ``interval`` seconds until cancelled. A refused signature or a failed
+        request is counted (``rest_errors``) and logged, and polling goes on."""
+        if interval <= 0:
+            raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
+        while True:
+            try:
+                await self.poll_balances(timeout=timeout)
+            except SignatureError as exc:
+                self.stats.rest_errors += 1
+                self.notify()
+                logger.error("%s: balance request refused (check the API key and clock): %s", self.venue.value, exc)
+            except (ExchangeError, FrameError) as exc:
+                self.stats.rest_errors += 1
+                self.notify()
+                logger.warning("%s: balance poll failed: %s", self.venue.value, exc)
+            await asyncio.sleep(interval)
+
+    async def run(self, *, symbol_sync_interval: float | None = 3600.0, balance_interval: float | None = None) -> None:
+        """Sync symbols, then run the streams, the periodic symbol sync and (given an interval) the balance
+        poller together until cancelled or one of them fails."""
+        await self.sync_symbols()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.run_streams(), name=f"{self.venue.value}-streams")
+            if symbol_sync_interval is not None:
+                tg.create_task(self._resync_later(symbol_sync_interval), name=f"{self.venue.value}-symbols")
+            if balance_interval is not None:
+                tg.create_task(self.run_balance_poller(balance_interval), name=f"{self.venue.value}-balances")
+
+    async def _resync_later(self, interval: float) -> None:
+        await asyncio.sleep(interval)
+        await self.run_symbol_sync(interval)
+
+    # -- venue specifics (overridden by the venue modules) ---------------------------------------------
+
+    def new_parser(self) -> Any:
+        """A parser of this venue's payloads (one per connection: some hold book state)."""
+        raise NotImplementedError
+
+    def symbols_request(self) -> tuple[str, str]:
+        """Path and query of the instruments request."""
+        raise NotImplementedError
+
+    def balances_request(self) -> tuple[str, str]:
+        """Path and (unsigned) query of the balances request."""
+        raise NotImplementedError
+
+    def sign(self, credentials: Credentials, path: str, query: str) -> tuple[str, dict[str, str]]:
+        """The final query and the headers of a signed request (called before each attempt)."""
+        raise NotImplementedError
+
+    def is_auth_failure(self, status: int, body: str) -> bool:
+        """Whether an answer means the venue refused our key, signature or timestamp."""
+        raise NotImplementedError
+
+    def ws_endpoint(self) -> str:
+        """The URL each stream connection opens."""
+        raise NotImplementedError
+
+    def topic(self, symbol: str, channel: str) -> str:
+        """The venue's name of one stream."""
+        raise NotImplementedError
+
+    def subscribe_messages(self, topics: Sequence[str], next_id: Callable[[], int]) -> list[tuple[str, int]]:
+        """The subscribe requests for one connection's topics, each with the number of acks it will get."""
+        raise NotImplementedError
+
+    def ping_message(self, next_id: Callable[[], int]) -> str | None:
+        """The venue's application-level keep-alive, or None if the protocol-level ping frames suffice."""
+        return None
+
+    @property
+    def drops_unsequenced_books(self) -> bool:
+        """Whether book rows without an update id are dropped: true where a sequenced book channel already gives
+        the same quotes (Bybit's ``tickers`` repeats ``orderbook.1``'s best bid and ask)."""
+        return False
