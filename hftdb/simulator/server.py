@@ -198,6 +198,22 @@ class ExchangeSimulator:
         v = ExchangeName(venue)
         return sum(len(subs) for (sv, _, _), subs in self.host(v).subscribers.items() if sv is v)
 
+    def reset(self) -> None:
+        """Back to a clean state between tests sharing one simulator: connections dropped (aborted), faults
+        cleared, ledger and request counts emptied, generation resumed."""
+        for host in self.hosts.values():
+            for session in list(host.sessions):
+                session.abort()
+            host.requests.clear()
+        self.faults.http.clear()
+        self.faults.gaps.clear()
+        self.faults.duplicates.clear()
+        self.faults.stall_until.clear()
+        for event in self.faults.unstalled.values():
+            event.set()
+        self.ledger.clear()
+        self.resume()
+
     def pause(self) -> None:
         """Stop generating messages (what is queued is still written)."""
         self._running.clear()
