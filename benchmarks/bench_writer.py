@@ -1,0 +1,507 @@
+"""How fast does hftdb's writer ingest book tickers, next to the server's own COPY and to plain asyncpg?
+
+Every method loads the SAME rows (``--rows`` book tickers over ``--symbols`` symbols, realistic prices, with
+exchange_ts and update_id) into ``book_tickers`` of a fresh database (migrations applied, exchange and symbols
+registered, partitions pre-created with hftdb.schema.ensure_partitions), after a CHECKPOINT:
+
+  server-binary   ``COPY book_tickers (...) FROM '<file>' (FORMAT binary)``: the server reads a file that
+                  hftdb's own encoder wrote (HEADER + rows + TRAILER). The ceiling for the schema.
+  server-text     the same rows as a text-format file.
+  writer          ``DatabaseManager.insert_book_ticker_snapshots`` in ``--chunk``-row calls, then ``flush()``;
+                  timed from the first insert to the return of flush. The BookTicker objects (symbol_id set) are
+                  built before timing. The producer yields to the loop after each call, as a feed handler does.
+                  Each batch also carries the ledger row, the latest-table upsert and a NOTIFY.
+  copy_records    asyncpg ``copy_records_to_table`` of all rows in one call. The records (tuples with aware
+                  datetimes for timestamptz, which asyncpg's default codec needs) are built before timing: only
+                  the call is timed, which favours it.
+  executemany     asyncpg ``executemany`` of an INSERT, on ``--executemany-rows`` rows, scaled to rows/s.
+
+Diagnostics, only with ``--methods`` (they reach into the writer's private API, to split its cost):
+
+  writer-db       the writer's per-batch transaction (COPY + ledger + latest upsert + NOTIFY, BatchWriter._write)
+                  on batches encoded before timing, committed back to back on one connection: the writer with a
+                  free producer.
+  batched-copy    only the binary COPY of those same batches, one transaction each.
+  encode          BookTickerWriter.add alone, on ``--chunk``-row lists of (symbol_id, ticker) pairs built inside
+                  the timing as the manager builds them: the producer's encoding cost, no database.
+
+The default variant keeps the indexes hftdb.schema gives the hot partition (BRIN on recv_ts); ``--no-indexes``
+drops every index on the partitions first. ``--runs`` runs of each method, in rotating order; medians are
+reported. The server is an embedded PostgreSQL in a temp dir, or ``HFTDB_BENCH_DSN`` (a superuser, or a role
+with CREATEDB and pg_read_server_files, on this host: the server must read the COPY files).
+
+    .venv/bin/python benchmarks/bench_writer.py --rows 1000000 --runs 3
+    .venv/bin/python benchmarks/bench_writer.py --rows 1000000 --runs 3 --no-indexes
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import json
+import math
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+# Run from a checkout: import this tree's hftdb whatever the state of the venv's (editable) install.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hftdb import BookTicker, DatabaseManager, DatabaseSettings, Settings, StorageSettings, WriterSettings, now_us
+from hftdb import schema
+from hftdb.copy import TRAILER
+from hftdb.manager import init_connection
+from hftdb.server import EmbeddedServer
+from hftdb.tables import BookTickerWriter
+
+COLUMNS = BookTickerWriter.columns
+EXCHANGE = "binance_spot"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_INSERT = (
+    f"INSERT INTO book_tickers ({', '.join(COLUMNS)}) VALUES ({', '.join(f'${i}' for i in range(1, len(COLUMNS) + 1))})"
+)
+METHODS = ("server-binary", "server-text", "writer", "copy_records", "executemany")
+DIAGNOSTICS = ("writer-db", "batched-copy", "encode")
+
+
+# -- data ----------------------------------------------------------------------------------------------------------
+
+
+def make_tickers(n: int, n_symbols: int, *, seed: int, start_us: int, span_us: int) -> list[BookTicker]:
+    """``n`` book tickers over ``n_symbols`` symbols (ids 1..n_symbols), recv_ts rising from ``start_us``.
+
+    Each symbol has a log-uniform price level (0.001 to 60,000), a tick of ~7 significant digits, a random-walk
+    mid and a spread of 1 to 20 ticks; exchange_ts precedes recv_ts by 0.2 to 5 ms; update_id rises per symbol.
+    """
+    rng = random.Random(seed)
+    mids, ticks, qty_scale, uids = [], [], [], []
+    for _ in range(n_symbols):
+        level = 10 ** rng.uniform(-3, math.log10(60_000))
+        tick = 10 ** (math.floor(math.log10(level)) - 6)
+        mids.append(level)
+        ticks.append(tick)
+        qty_scale.append(2_000 / level)
+        uids.append(rng.randrange(10**9, 10**11))
+    step = span_us / n
+    out = []
+    for i in range(n):
+        s = rng.randrange(n_symbols)
+        tick = ticks[s]
+        mid = mids[s] = mids[s] * (1 + rng.gauss(0, 1e-4))
+        bid = round(mid / tick) * tick
+        ask = bid + tick * rng.randint(1, 20)
+        dec = max(0, -math.floor(math.log10(tick)))
+        recv = start_us + int(i * step)
+        uids[s] += rng.randint(1, 50)
+        out.append(BookTicker(
+            EXCHANGE, f"S{s + 1:05d}USDT",
+            round(bid, dec), round(rng.expovariate(1 / qty_scale[s]) + 0.001, 3),
+            round(ask, dec), round(rng.expovariate(1 / qty_scale[s]) + 0.001, 3),
+            recv, recv - rng.randint(200, 5_000), uids[s], symbol_id=s + 1,
+        ))
+    return out
+
+
+def _dt(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def as_records(tickers: list[BookTicker]) -> list[tuple[Any, ...]]:
+    """The rows as asyncpg records in COLUMNS order, timestamptz as aware datetimes."""
+    return [
+        (t.symbol_id, _dt(t.recv_ts), _dt(t.exchange_ts), t.bid_price, t.bid_qty, t.ask_price, t.ask_qty, t.update_id)
+        for t in tickers
+    ]
+
+
+def write_binary_file(path: Path, tickers: list[BookTicker]) -> None:
+    """Encode the rows with hftdb's own BookTickerWriter into one binary COPY stream (HEADER + rows + TRAILER)."""
+    ws = WriterSettings(batch_max_rows=len(tickers) + 1, buffer_max_rows=len(tickers) + 1, spool_dir=None)
+    enc = BookTickerWriter(None, settings=ws, storage=StorageSettings(), spool_dir=None)  # type: ignore[arg-type]
+    added = enc.add([(t.symbol_id, t) for t in tickers])
+    if added != len(tickers):
+        raise SystemExit(f"the encoder rejected {len(tickers) - added} rows: {enc.rejects.snapshot()}")
+    assert enc.current.buf is not None
+    path.write_bytes(bytes(enc.current.buf) + TRAILER)
+
+
+def write_text_file(path: Path, tickers: list[BookTicker]) -> None:
+    """The same rows in COPY text format; float repr round-trips exactly through float8 input."""
+    with path.open("w") as f:
+        for t in tickers:
+            f.write(
+                f"{t.symbol_id}\t{_dt(t.recv_ts).isoformat()}\t{_dt(t.exchange_ts).isoformat()}\t"
+                f"{t.bid_price!r}\t{t.bid_qty!r}\t{t.ask_price!r}\t{t.ask_qty!r}\t{t.update_id}\n"
+            )
+
+
+# -- databases -----------------------------------------------------------------------------------------------------
+
+
+def with_database(dsn: str, database: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+class Databases:
+    """Creates a fresh database per measurement: migrated, symbols registered, partitions pre-created."""
+
+    def __init__(self, admin_dsn: str, *, n_symbols: int, ts_range: tuple[int, int], no_indexes: bool) -> None:
+        self.admin_dsn = admin_dsn
+        self.n_symbols = n_symbols
+        self.ts_range = ts_range
+        self.no_indexes = no_indexes
+
+    async def create(self) -> tuple[str, str]:
+        name = "hftdb_bench_" + uuid.uuid4().hex[:12]
+        admin = await asyncpg.connect(self.admin_dsn)
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')  # name is ours: hex digits
+        finally:
+            await admin.close()
+        dsn = with_database(self.admin_dsn, name)
+        conn = await asyncpg.connect(dsn)
+        try:
+            await schema.migrate(conn)
+            storage = StorageSettings()
+            # The partitions the writer's start-up would make (now .. now + partitions_ahead), and any the rows
+            # need beyond them, so that no method pays for partition creation inside its timing.
+            await schema.maintain(conn, storage, now_us(), retention=False)
+            await schema.ensure_partitions(conn, "book_tickers", *self.ts_range,
+                                           interval_s=storage.partition_interval_s, hot_index=storage.hot_index)
+            await conn.execute("INSERT INTO exchanges (id, name, market) VALUES (1, $1, 'spot')", EXCHANGE)
+            await conn.execute(
+                "INSERT INTO symbols (id, exchange_id, symbol, kind, status)"
+                " SELECT i, 1, 'S' || lpad(i::text, 5, '0') || 'USDT', 'spot', 'trading'"
+                " FROM generate_series(1, $1::int) AS i",
+                self.n_symbols,
+            )
+            await conn.execute("SELECT setval(pg_get_serial_sequence('symbols', 'id'), $1::int)", self.n_symbols)
+            await conn.execute("SELECT setval(pg_get_serial_sequence('exchanges', 'id'), 1)")
+            if self.no_indexes:
+                for (index,) in await conn.fetch(
+                    "SELECT i.relname FROM pg_inherits h JOIN pg_index x ON x.indrelid = h.inhrelid"
+                    " JOIN pg_class i ON i.oid = x.indexrelid WHERE h.inhparent = 'book_tickers'::regclass"
+                ):
+                    await conn.execute(f'DROP INDEX "{index}"')  # names read from the catalog, of our partitions
+            await conn.execute("CHECKPOINT")
+        finally:
+            await conn.close()
+        return name, dsn
+
+    async def drop(self, name: str) -> None:
+        admin = await asyncpg.connect(self.admin_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    async def index_names(self, dsn: str) -> list[str]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return [r[0] for r in await conn.fetch(
+                "SELECT i.relname || ' (' || am.amname || ')' FROM pg_inherits h"
+                " JOIN pg_index x ON x.indrelid = h.inhrelid JOIN pg_class i ON i.oid = x.indexrelid"
+                " JOIN pg_am am ON am.oid = i.relam WHERE h.inhparent = 'book_tickers'::regclass ORDER BY 1"
+            )]
+        finally:
+            await conn.close()
+
+
+async def _count(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval("SELECT count(*) FROM book_tickers")
+    finally:
+        await conn.close()
+
+
+# -- methods -------------------------------------------------------------------------------------------------------
+
+
+async def bench_server_copy(dsn: str, path: Path, fmt: str) -> tuple[float, dict[str, Any]]:
+    # COPY FROM takes its file name as a literal, never a parameter; the path is our own temp file.
+    if "'" in str(path):
+        raise SystemExit(f"temp path {path} has a quote")
+    sql = f"COPY book_tickers ({', '.join(COLUMNS)}) FROM '{path}' WITH (FORMAT {fmt})"
+    conn = await asyncpg.connect(dsn)
+    try:
+        started = time.perf_counter()
+        await conn.execute(sql)
+        return time.perf_counter() - started, {}
+    finally:
+        await conn.close()
+
+
+async def bench_writer(
+    dsn: str, tickers: list[BookTicker], chunk: int, batch_max_rows: int | None, profile: cProfile.Profile | None
+) -> tuple[float, dict[str, Any]]:
+    writer = WriterSettings(spool_dir=None)
+    if batch_max_rows is not None:
+        writer = WriterSettings(spool_dir=None, batch_max_rows=batch_max_rows)
+    settings = Settings(database=DatabaseSettings(dsn=dsn), writer=writer)
+    chunks = [tickers[i:i + chunk] for i in range(0, len(tickers), chunk)]
+    async with DatabaseManager(dsn, settings=settings) as db:
+        if profile is not None:
+            profile.enable()
+        started = time.perf_counter()
+        for part in chunks:
+            await db.insert_book_ticker_snapshots(part)
+            await asyncio.sleep(0)  # a feed handler yields between messages; lets the flusher run
+        await db.flush()
+        elapsed = time.perf_counter() - started
+        if profile is not None:
+            profile.disable()
+        w = (await db.get_database_stats())["writers"]["book_tickers"]
+    if w["rows_committed"] != len(tickers) or w["rejects"]:
+        raise SystemExit(f"writer committed {w['rows_committed']} of {len(tickers)} rows; rejects {w['rejects']}")
+    return elapsed, {
+        "mean_batch_rows": w["mean_batch_rows"], "batches": w["batches_committed"],
+        "commit_p50_ms": w["commit_p50_ms"], "commit_p99_ms": w["commit_p99_ms"],
+    }
+
+
+async def bench_copy_records(dsn: str, records: list[tuple[Any, ...]]) -> tuple[float, dict[str, Any]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        started = time.perf_counter()
+        await conn.copy_records_to_table("book_tickers", records=records, columns=COLUMNS)
+        return time.perf_counter() - started, {}
+    finally:
+        await conn.close()
+
+
+async def bench_executemany(dsn: str, records: list[tuple[Any, ...]]) -> tuple[float, dict[str, Any]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        started = time.perf_counter()
+        await conn.executemany(_INSERT, records)
+        return time.perf_counter() - started, {}
+    finally:
+        await conn.close()
+
+
+def encode_batches(tickers: list[BookTicker], batch_max_rows: int | None) -> tuple[BookTickerWriter, list[Any]]:
+    """The rows sealed into the writer's own batches, as its flusher would take them (private API)."""
+    ws = WriterSettings(spool_dir=None, buffer_max_rows=len(tickers) + 1,
+                        batch_max_rows=batch_max_rows or WriterSettings().batch_max_rows)
+    enc = BookTickerWriter(None, settings=ws, storage=StorageSettings(), spool_dir=None)  # type: ignore[arg-type]
+    enc.add([(t.symbol_id, t) for t in tickers])
+    enc._seal()
+    return enc, list(enc._queue)
+
+
+async def bench_batches(
+    dsn: str, enc: BookTickerWriter, batches: list[Any], *, full: bool
+) -> tuple[float, dict[str, Any]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await init_connection(conn)
+        started = time.perf_counter()
+        cpu = time.process_time()
+        for b in batches:
+            async with conn.transaction():
+                if full:
+                    await enc._write(conn, b, b.buf, enc._latest_args(b))
+                else:
+                    await conn.copy_to_table("book_tickers", source=b.buf, columns=COLUMNS, format="binary")
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        return elapsed, {"batches": len(batches), "python_cpu_us_per_row": cpu / sum(b.rows for b in batches) * 1e6}
+    finally:
+        await conn.close()
+
+
+async def bench_encode(tickers: list[BookTicker], chunk: int) -> tuple[float, dict[str, Any]]:
+    ws = WriterSettings(spool_dir=None, buffer_max_rows=len(tickers) + 1)
+    enc = BookTickerWriter(None, settings=ws, storage=StorageSettings(), spool_dir=None)  # type: ignore[arg-type]
+    chunks = [tickers[i:i + chunk] for i in range(0, len(tickers), chunk)]
+    started = time.perf_counter()
+    for part in chunks:
+        enc.add([(t.symbol_id, t) for t in part])
+    return time.perf_counter() - started, {}
+
+
+# -- driver --------------------------------------------------------------------------------------------------------
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="hftdb-bench-"))
+    # The server runs as its own OS user (pgserver drops root): it must be able to read the COPY files.
+    tmp.chmod(0o755)
+    server = None
+    try:
+        admin_dsn = os.environ.get("HFTDB_BENCH_DSN")
+        if not admin_dsn:
+            server = EmbeddedServer(tmp / "pg")
+            admin_dsn = await server.start()
+        return await _run(args, admin_dsn, tmp)
+    finally:
+        if server is not None:
+            await server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _run(args: argparse.Namespace, admin_dsn: str, tmp: Path) -> dict[str, Any]:
+    # recv_ts from now onwards (within the writer's future slack), so every row lands in partitions that the
+    # writer's start-up creates anyway and none of them is "sealed" (which would get a btree at start-up).
+    start_us = now_us()
+    span_us = args.span_s * 1_000_000
+    log(f"generating {args.rows:,} book tickers over {args.symbols:,} symbols ...")
+    tickers = make_tickers(args.rows, args.symbols, seed=args.seed, start_us=start_us, span_us=span_us)
+    records = as_records(tickers)
+    em_records = records[: args.executemany_rows]
+    # The data is built once and lives for the whole run: keep the cycle collector from rescanning it during
+    # every method's timing.
+    gc.collect()
+    gc.freeze()
+    bin_path, text_path = tmp / "book_tickers.bin", tmp / "book_tickers.txt"
+    write_binary_file(bin_path, tickers)
+    write_text_file(text_path, tickers)
+    for p in (bin_path, text_path):
+        p.chmod(0o644)
+    log(f"COPY files: binary {bin_path.stat().st_size / 1e6:.1f} MB, text {text_path.stat().st_size / 1e6:.1f} MB")
+
+    ts_range = (tickers[0].recv_ts, tickers[-1].recv_ts)
+    dbs = Databases(admin_dsn, n_symbols=args.symbols, ts_range=ts_range, no_indexes=args.no_indexes)
+    profile = cProfile.Profile() if args.profile else None
+
+    runners: dict[str, Callable[[str], Awaitable[tuple[float, dict[str, Any]]]]] = {
+        "server-binary": lambda dsn: bench_server_copy(dsn, bin_path, "binary"),
+        "server-text": lambda dsn: bench_server_copy(dsn, text_path, "text"),
+        "writer": lambda dsn: bench_writer(dsn, tickers, args.chunk, args.batch_max_rows, profile),
+        "copy_records": lambda dsn: bench_copy_records(dsn, records),
+        "executemany": lambda dsn: bench_executemany(dsn, em_records),
+    }
+    if set(DIAGNOSTICS) & set(args.methods):
+        enc, batches = encode_batches(tickers, args.batch_max_rows)
+        runners["writer-db"] = lambda dsn: bench_batches(dsn, enc, batches, full=True)
+        runners["batched-copy"] = lambda dsn: bench_batches(dsn, enc, batches, full=False)
+    runners["encode"] = lambda dsn: bench_encode(tickers, args.chunk)
+    methods = [m for m in METHODS + DIAGNOSTICS if m in args.methods]
+    rows_of = {m: (len(em_records) if m == "executemany" else len(tickers)) for m in methods}
+    results: dict[str, list[float]] = {m: [] for m in methods}
+    extras: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    indexes: list[str] | None = None
+    for run in range(args.runs):
+        order = methods[run % len(methods):] + methods[: run % len(methods)]
+        for method in order:
+            name, dsn = await dbs.create()
+            try:
+                if indexes is None:
+                    indexes = await dbs.index_names(dsn)
+                elapsed, extra = await runners[method](dsn)
+                count = rows_of[method] if method == "encode" else await _count(dsn)
+                if count != rows_of[method]:
+                    raise SystemExit(f"{method}: {count} rows in book_tickers, expected {rows_of[method]}")
+            finally:
+                await dbs.drop(name)
+            rate = rows_of[method] / elapsed
+            results[method].append(rate)
+            extras[method].append(extra)
+            log(f"run {run + 1}/{args.runs} {method:14s} {rows_of[method]:>9,} rows {elapsed:8.3f} s "
+                f"{rate:>12,.0f} rows/s {_fmt_extra(extra)}")
+
+    if profile is not None:
+        profile.dump_stats(args.profile)
+        log(f"writer profile written to {args.profile}")
+    return _report(args, results, extras, indexes or [], admin_dsn)
+
+
+def _fmt_extra(extra: dict[str, Any]) -> str:
+    if not extra:
+        return ""
+    if "python_cpu_us_per_row" in extra:
+        return f"batches {extra['batches']}, python cpu {extra['python_cpu_us_per_row']:.2f} us/row"
+    return (f"batches {extra['batches']} mean {extra['mean_batch_rows']:.0f} rows, "
+            f"commit p50 {extra['commit_p50_ms']:.1f} ms p99 {extra['commit_p99_ms']:.1f} ms")
+
+
+def _report(
+    args: argparse.Namespace, results: dict[str, list[float]], extras: dict[str, list[dict[str, Any]]],
+    indexes: list[str], admin_dsn: str,
+) -> dict[str, Any]:
+    med = {m: statistics.median(v) for m, v in results.items()}
+    variant = "no-indexes" if args.no_indexes else "default"
+    print()
+    print(f"book_tickers ingest, variant {variant} (partition indexes: {', '.join(indexes) or 'none'})")
+    print(f"{args.rows:,} rows, {args.symbols:,} symbols, {args.runs} runs, median rows/s "
+          f"(executemany on {args.executemany_rows:,} rows); loop {_loop_name()}; writer batch_max_rows "
+          f"{args.batch_max_rows or WriterSettings().batch_max_rows:,}, {args.chunk:,} rows per insert call")
+    print(f"{'method':16s} {'median rows/s':>14s}   runs")
+    for m, v in results.items():
+        print(f"{m:16s} {med[m]:>14,.0f}   {', '.join(f'{x:,.0f}' for x in v)}")
+    summary: dict[str, Any] = {"variant": variant, "rows": args.rows, "symbols": args.symbols, "runs": args.runs,
+                               "median_rows_per_s": med, "all_rows_per_s": results, "indexes": indexes}
+    if "writer" in med:
+        w = extras["writer"]
+        summary["writer"] = {k: statistics.median(e[k] for e in w) for k in w[0]}
+        print(f"writer batches: median of runs: {summary['writer']['batches']:.0f} batches, mean "
+              f"{summary['writer']['mean_batch_rows']:.0f} rows/batch, commit p50 "
+              f"{summary['writer']['commit_p50_ms']:.1f} ms, p99 {summary['writer']['commit_p99_ms']:.1f} ms")
+        ratios = {}
+        for other, target in (("server-binary", 0.85), ("server-text", None), ("copy_records", 2.0),
+                              ("executemany", None)):
+            if other in med:
+                r = med["writer"] / med[other]
+                ratios[other] = r
+                verdict = "" if target is None else f"  target >= {target:g}x: {'MET' if r >= target else 'NOT MET'}"
+                print(f"writer / {other:14s} {r:6.2f}x{verdict}")
+        summary["ratios"] = ratios
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _loop_name() -> str:
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=1_000_000, help="rows per method and run (default 1,000,000)")
+    p.add_argument("--symbols", type=int, default=1_000, help="distinct symbols (default 1,000)")
+    p.add_argument("--runs", type=int, default=3, help="runs of each method; medians are reported (default 3)")
+    p.add_argument("--no-indexes", action="store_true", help="drop every index on the book_tickers partitions")
+    p.add_argument("--chunk", type=int, default=1_000, help="rows per insert_book_ticker_snapshots call")
+    p.add_argument("--batch-max-rows", type=int, help="writer batch_max_rows (default: hftdb's, 10,000)")
+    p.add_argument("--executemany-rows", type=int, default=50_000, help="rows for executemany (default 50,000)")
+    p.add_argument("--span-s", type=int, default=600, help="recv_ts span of the rows in seconds (default 600)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--methods", default=",".join(METHODS), type=lambda s: s.split(","),
+                   help=f"comma-separated, of {','.join(METHODS + DIAGNOSTICS)} (default: all but the diagnostics)")
+    p.add_argument("--profile", metavar="FILE", help="cProfile the writer's timed section into FILE (pstats)")
+    p.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
+    args = p.parse_args(argv)
+    unknown = set(args.methods) - set(METHODS) - set(DIAGNOSTICS)
+    if unknown:
+        p.error(f"unknown methods: {', '.join(sorted(unknown))}")
+    if args.executemany_rows > args.rows:
+        args.executemany_rows = args.rows
+    return args
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main(arguments))
+    else:
+        uvloop.run(main(arguments))
