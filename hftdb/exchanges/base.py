@@ -95,7 +95,8 @@ class FeedStats:
     ``messages``: frames received; ``book_rows``/``funding_rows``/``balance_rows``: rows handed to the sink;
     ``duplicates``: rows dropped because their update id (or exchange time) was already stored; ``gaps``: jumps
     in update ids within one connection (``missed_ids`` the ids skipped); ``reconnects``: connections lost and
-    replaced; ``rollovers``: connections replaced on purpose before the venue's age limit; ``stale``:
+    replaced; ``rollovers``: connections replaced on purpose (age limit, announced shutdown, resync);
+    ``resyncs``: of those, the ones to recover a book the parser lost to a corrupt frame; ``stale``:
     connections given up for silence; ``errors``: error answers from the exchange; ``sink_errors``: failed sink
     calls (``dropped_rows`` the rows they lost); ``rest_errors``: failed REST polls; ``rejects`` by reason are
     in the adapter's :class:`~hftdb.exchanges.parsing.Rejects`.
@@ -103,7 +104,7 @@ class FeedStats:
 
     __slots__ = (
         "venue", "messages", "book_rows", "funding_rows", "balance_rows", "duplicates", "gaps", "missed_ids",
-        "reconnects", "rollovers", "stale", "connections", "errors", "sink_errors", "dropped_rows", "rest_errors",
+        "reconnects", "rollovers", "resyncs", "stale", "connections", "errors", "sink_errors", "dropped_rows", "rest_errors",
         "last_message_us", "rejects",
     )
 
@@ -112,7 +113,7 @@ class FeedStats:
         self.rejects = rejects
         self.messages = self.book_rows = self.funding_rows = self.balance_rows = 0
         self.duplicates = self.gaps = self.missed_ids = 0
-        self.reconnects = self.rollovers = self.stale = self.connections = 0
+        self.reconnects = self.rollovers = self.resyncs = self.stale = self.connections = 0
         self.errors = self.sink_errors = self.dropped_rows = self.rest_errors = 0
         self.last_message_us: int | None = None
 
@@ -470,11 +471,11 @@ class ExchangeAdapter:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.run_streams(), name=f"{self.venue.value}-streams")
             if symbol_sync_interval is not None:
-                tg.create_task(self._resync_later(symbol_sync_interval), name=f"{self.venue.value}-symbols")
+                tg.create_task(self._sync_symbols_later(symbol_sync_interval), name=f"{self.venue.value}-symbols")
             if balance_interval is not None:
                 tg.create_task(self.run_balance_poller(balance_interval), name=f"{self.venue.value}-balances")
 
-    async def _resync_later(self, interval: float) -> None:
+    async def _sync_symbols_later(self, interval: float) -> None:
         await asyncio.sleep(interval)
         await self.run_symbol_sync(interval)
 

@@ -13,8 +13,8 @@ queue is long, so a slow sink pushes back on the exchange through TCP instead of
   with no frame at all for ``stale_after`` seconds is *stale* and replaced.
 * **Reconnect**: a lost, refused or stale connection is replaced after exponential back-off with jitter;
   the attempt count restarts once a connection delivers data.
-* **Handover** (make before break): before the venue's age limit (Binance ends connections at 24 h), or when the
-  venue announces a shutdown, a successor is connected and subscribed while the old connection still
+* **Handover** (make before break): before the venue's age limit (Binance ends connections at 24 h), when the
+  venue announces a shutdown, or when the parser lost a book and needs a fresh snapshot, a successor is connected and subscribed while the old connection still
   streams; its rows are held until the old connection is closed and drained, then released. Each stream's
   frames are processed in order, so dropping rows whose update id (or exchange time) was already stored
   makes the overlap exact: nothing lost, nothing twice.
@@ -296,6 +296,9 @@ class _Session:
                 parsed = parse(payload, recv_ts)
             except FrameError as exc:
                 rejects.add_error(exc)
+                if exc.reason == "no_snapshot" and not self.ended.is_set():
+                    # The parser lost a book (a corrupt frame): only a fresh subscription's snapshot restores it.
+                    self.end("resync")
                 continue
             except Exception as exc:  # a parser bug rejects the frame, never the feed
                 rejects.add("parser_error", f"{type(exc).__name__}: {exc}")
@@ -443,6 +446,12 @@ class StreamRunner:
             async with asyncio.TaskGroup() as tg:
                 for i, shard in enumerate(shards):
                     tg.create_task(self._run_shard(i, shard), name=f"{adapter.venue.value}-shard-{i}")
+        except BaseExceptionGroup as group:
+            # A shard gives up only with an ExchangeError; callers expect that error, not a group of them.
+            first = next((e for e in group.exceptions if isinstance(e, ExchangeError)), None)
+            if first is None:
+                raise
+            raise first from None
         finally:
             # Shielded: rows already admitted must reach the sink even if we are cancelled again, or they leave a
             # hole that no later message fills. The tasks stay owned by self._pushes meanwhile.
@@ -494,7 +503,9 @@ class StreamRunner:
                 await session.ended.wait()
                 if session.got_data:
                     failures = 0
-                if session.reason in ("rollover", "reconnect"):
+                if session.reason in ("rollover", "reconnect", "resync"):
+                    if session.reason == "resync":
+                        stats.resyncs += 1
                     session = await self._handover(index, topics, session)
                     continue
                 stats.reconnects += 1

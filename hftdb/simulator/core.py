@@ -265,6 +265,7 @@ class Host:
         self.subscribers: dict[tuple[ExchangeName, str, str], set[Session]] = {}
         self.requests: dict[str, int] = {}
         self.port: int | None = None
+        self.on_change: Callable[[], None] = lambda: None  # connections or subscriptions changed
         self.app = web.Application(middlewares=[self._middleware])
         self.app.add_routes(self.routes())
 
@@ -312,6 +313,7 @@ class Host:
     def subscribe(self, session: Session, stream: tuple[ExchangeName, str, str]) -> None:
         session.subs.add(stream)
         self.subscribers.setdefault(stream, set()).add(session)
+        self.on_change()
 
     def unsubscribe(self, session: Session, stream: tuple[ExchangeName, str, str]) -> None:
         session.subs.discard(stream)
@@ -320,6 +322,7 @@ class Host:
             subs.discard(session)
             if not subs:
                 del self.subscribers[stream]
+        self.on_change()
 
     def publish(self, venue: ExchangeName, channel: str, symbol: str, now_ms: int, *, gap: int, duplicate: bool) -> None:
         """Send the current state of ``symbol`` on ``channel`` to every connection subscribed to it."""
@@ -372,6 +375,7 @@ class Host:
         await ws.prepare(request)
         session = Session(self, ws, request, venue)
         self.sessions.add(session)
+        self.on_change()
         writer = asyncio.create_task(self._run_writer(session), name=f"sim-writer-{session.conn_id[:8]}")
         keeper = asyncio.create_task(self._housekeeper(session), name=f"sim-keeper-{session.conn_id[:8]}")
         try:
@@ -382,6 +386,7 @@ class Host:
             for stream in list(session.subs):
                 self.unsubscribe(session, stream)
             self.sessions.discard(session)
+            self.on_change()
             keeper.cancel()
             if session.closing and not writer.done():
                 # Let a graceful close finish writing what was queued before it.

@@ -97,6 +97,9 @@ class ExchangeSimulator:
             "bybit": BybitHost({v: m[v] for v in (ExchangeName.BYBIT_SPOT, ExchangeName.BYBIT_LINEAR)}, **common),
             "okx": OkxHost({v: m[v] for v in (ExchangeName.OKX_SPOT, ExchangeName.OKX_SWAP)}, **common),
         }
+        self._changed = asyncio.Event()
+        for h in self.hosts.values():
+            h.on_change = self._notify
         self._runners: list[web.AppRunner] = []
         self._tasks: set[asyncio.Task] = set()
         self._running = asyncio.Event()
@@ -197,6 +200,17 @@ class ExchangeSimulator:
         """Streams of ``venue`` subscribed on open connections (a stream on two connections counts twice)."""
         v = ExchangeName(venue)
         return sum(len(subs) for (sv, _, _), subs in self.host(v).subscribers.items() if sv is v)
+
+    def _notify(self) -> None:
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    async def wait_until(self, predicate: Callable[[], bool], *, timeout: float) -> None:
+        """Wait until ``predicate()`` holds, re-checking whenever a connection or subscription changes;
+        ``TimeoutError`` after ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await self._changed.wait()
 
     def reset(self) -> None:
         """Back to a clean state between tests sharing one simulator: connections dropped (aborted), faults

@@ -1,0 +1,575 @@
+"""The adapters against the exchange simulator, over real loopback sockets.
+
+The sink here is an in-memory recorder: these tests are about the network side (subscriptions, reconnects,
+handover, sequencing, signing), and the simulator's ledger says exactly what was sent, so the recorder can be
+checked for "every message sent after (re)subscription arrived exactly once". The database side of the same
+path is tested against a real PostgreSQL elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+
+import pytest
+
+from hftdb.errors import ClosedError, ExchangeError, ExchangeHTTPError, SignatureError, StateError, UnknownExchangeError
+from hftdb.exchanges.base import Backoff, ExchangeAdapter, Sink
+from hftdb.exchanges.binance import BinanceAdapter
+from hftdb.exchanges.bybit import BybitAdapter
+from hftdb.exchanges.okx import OkxAdapter
+from hftdb.exchanges.registry import ADAPTERS, adapter_class, create_adapter, create_parser
+from hftdb.exchanges.signing import Credentials
+from hftdb.models import Balance, BookTicker, Exchange, ExchangeName as E, FundingRate, Symbol
+from hftdb.simulator import ExchangeSimulator, Limits
+
+pytestmark = pytest.mark.timeout(90)
+
+N_SYMBOLS = 6
+FUNDING_CHANNELS = frozenset({"markPrice@1s", "markPrice", "tickers", "funding-rate"})
+PERPETUALS = (E.BINANCE_USDM, E.BYBIT_LINEAR, E.OKX_SWAP)
+ONE_PER_EXCHANGE = (E.BINANCE_SPOT, E.BYBIT_LINEAR, E.OKX_SWAP)
+
+
+class RecordingSink:
+    """An in-memory :class:`Sink` that keeps everything it is given, and can fail on demand."""
+
+    def __init__(self) -> None:
+        self.exchanges: dict[str, Exchange] = {}
+        self.symbols: dict[str, list[Symbol]] = {}
+        self.books: list[BookTicker] = []
+        self.funding: list[FundingRate] = []
+        self.balances: list[Balance] = []
+        self.fail_next = 0
+        self._changed = asyncio.Event()
+
+    def _notify(self) -> None:
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    async def wait_until(self, predicate: Callable[[], bool], *, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await self._changed.wait()
+
+    async def insert_exchange(self, exchange: Exchange | E | str) -> Exchange:
+        name = exchange.name if isinstance(exchange, Exchange) else str(E(exchange))
+        if name not in self.exchanges:
+            market = exchange.market if isinstance(exchange, Exchange) else "spot"
+            self.exchanges[name] = Exchange(name=name, id=len(self.exchanges) + 1, market=market)
+        return self.exchanges[name]
+
+    async def get_exchange_by_enum(self, name: E | str) -> Exchange:
+        try:
+            return self.exchanges[str(E(name))]
+        except KeyError:
+            raise UnknownExchangeError(f"no exchange {name!r}") from None
+
+    async def sync_symbols(self, exchange: E | str, symbols: Sequence[Symbol]) -> tuple[int, int]:
+        name = str(E(exchange))
+        before = {s.symbol for s in self.symbols.get(name, [])}
+        self.symbols[name] = list(symbols)
+        return len(symbols), len(before - {s.symbol for s in symbols})
+
+    def _take(self, store: list, rows: Iterable) -> int:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise RuntimeError("sink unavailable (on purpose)")
+        rows = list(rows)
+        store.extend(rows)
+        self._notify()
+        return len(rows)
+
+    async def insert_book_ticker_snapshots(self, rows: Iterable[BookTicker]) -> int:
+        return self._take(self.books, rows)
+
+    async def insert_funding_rates(self, rows: Iterable[FundingRate]) -> int:
+        return self._take(self.funding, rows)
+
+    async def insert_balance_snapshots(self, rows: Iterable[Balance]) -> int:
+        return self._take(self.balances, rows)
+
+    async def flush(self) -> None:
+        return None
+
+
+class FakeClock:
+    """Wall time plus an offset the test moves."""
+
+    def __init__(self, offset: float = 0.0) -> None:
+        self.offset = offset
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+@pytest.fixture(scope="session")
+async def shared_sim() -> AsyncIterator[ExchangeSimulator]:
+    sim = ExchangeSimulator(rate=300, symbols=N_SYMBOLS, seed=11, limits=Limits(funding_interval=0.2))
+    async with sim:
+        yield sim
+
+
+@pytest.fixture
+async def sim(shared_sim: ExchangeSimulator) -> ExchangeSimulator:
+    shared_sim.reset()
+    return shared_sim
+
+
+@pytest.fixture
+async def make_sim():
+    sims: list[ExchangeSimulator] = []
+
+    async def make(**kwargs) -> ExchangeSimulator:
+        kwargs.setdefault("symbols", N_SYMBOLS)
+        kwargs.setdefault("rate", 300)
+        kwargs.setdefault("limits", Limits(funding_interval=0.2))
+        s = ExchangeSimulator(**kwargs)
+        await s.start()
+        sims.append(s)
+        return s
+
+    yield make
+    for s in sims:
+        await s.close()
+
+
+@pytest.fixture
+async def adapters():
+    """Build started adapters pointed at a simulator; closed after the test."""
+    made: list[ExchangeAdapter] = []
+
+    async def make(sim: ExchangeSimulator, venue: E, sink: Sink, **kwargs) -> ExchangeAdapter:
+        c = sim.credentials
+        kwargs.setdefault("credentials", Credentials(api_key=c.api_key, api_secret=c.api_secret, passphrase=c.passphrase))
+        kwargs.setdefault("reconnect", Backoff(initial=0.02, maximum=0.2))
+        kwargs.setdefault("timeout", 5.0)
+        adapter = create_adapter(venue, sink, rest_url=sim.rest_url(venue), ws_url=sim.ws_url(venue), **kwargs)
+        await adapter.start()
+        made.append(adapter)
+        return adapter
+
+    yield make
+    for adapter in made:
+        await adapter.close()
+
+
+@contextlib.asynccontextmanager
+async def streaming(adapter: ExchangeAdapter) -> AsyncIterator[asyncio.Task]:
+    """Run the adapter's streams for the body of the block, then cancel them (an error in them fails the test)."""
+    task = asyncio.create_task(adapter.run_streams())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            async with asyncio.timeout(15):
+                await task
+
+
+def _book_key(row: BookTicker) -> int:
+    return row.update_id if row.update_id is not None else row.exchange_ts // 1000
+
+
+def mismatches(sim: ExchangeSimulator, sink: RecordingSink, venue: E) -> list[str]:
+    """Every difference between what the simulator sent on ``venue`` and what reached the sink."""
+    got: dict[tuple[str, str], list[int]] = {}
+    for row in sink.books:
+        if row.exchange == venue.value:
+            got.setdefault(("book", row.symbol), []).append(_book_key(row))
+    for row in sink.funding:
+        if row.exchange == venue.value:
+            got.setdefault(("funding", row.symbol), []).append(row.exchange_ts // 1000)
+    problems = []
+    expected_streams = set()
+    for (_, channel, symbol), tally in sim.ledger.streams(venue).items():
+        kind = "funding" if channel in FUNDING_CHANNELS else "book"
+        expected_streams.add((kind, symbol))
+        received = sorted(got.get((kind, symbol), []))
+        sent = sorted(tally.keys)
+        if received != sent:
+            missing = sorted(set(sent) - set(received))
+            extra = sorted(set(received) - set(sent))
+            twice = len(received) - len(set(received))
+            problems.append(f"{channel} {symbol}: sent {len(sent)}, received {len(received)}; missing {missing[:5]}, "
+                            f"unexpected {extra[:5]}, {twice} twice")
+    for stream in set(got) - expected_streams:
+        problems.append(f"rows for {stream} that the simulator never sent")
+    return problems
+
+
+async def assert_exactly_once(sim: ExchangeSimulator, sink: RecordingSink, venue: E, *, timeout: float = 10.0) -> None:
+    """Stop the simulator's generation, let everything in flight arrive, and compare with the ledger."""
+    await sim.quiesce()
+    try:
+        await sink.wait_until(lambda: not mismatches(sim, sink, venue), timeout=timeout)
+    except TimeoutError:
+        pytest.fail("not exactly once:\n" + "\n".join(mismatches(sim, sink, venue)[:10]))
+
+
+def n_books(sink: RecordingSink) -> Callable[[], int]:
+    return lambda: len(sink.books)
+
+
+# -- the main path ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("venue", list(E), ids=str)
+async def test_sync_stream_drop_reconnect_exactly_once(sim, adapters, venue):
+    sink = RecordingSink()
+    adapter = await adapters(sim, venue, sink)  # no symbols given: stream everything the sync finds
+    inserted, delisted = await adapter.sync_symbols()
+    assert (inserted, delisted) == (N_SYMBOLS, 0)
+    assert [s.symbol for s in sink.symbols[venue.value]] == sim.symbols(venue)
+    assert sink.exchanges[venue.value].market == ("spot" if venue.value.endswith("_spot") else "derivatives")
+
+    async with streaming(adapter):
+        await sink.wait_until(lambda: len(sink.books) >= 100)
+        assert sim.drop_connections(venue) == 1
+        await adapter.wait_until(lambda s: s.reconnects == 1 and s.connections == 1, timeout=10)
+        after = len(sink.books)
+        await sink.wait_until(lambda: len(sink.books) >= after + 100)
+        await assert_exactly_once(sim, sink, venue)
+    stats = adapter.stats
+    assert stats.connections == 0 and stats.gaps == 0 and stats.rejected == 0
+    assert stats.book_rows == len(sink.books)
+    assert {r.exchange for r in sink.books} == {venue.value}
+    if venue in PERPETUALS:
+        assert sink.funding and stats.funding_rows == len(sink.funding)
+    assert venue.value in adapter.status_line()
+
+
+async def test_streams_are_sharded_within_the_connection_limit(make_sim, adapters):
+    s = await make_sim(symbols=8, limits=Limits(binance_spot_max_streams=3))
+    sink = RecordingSink()
+    adapter = await adapters(s, E.BINANCE_SPOT, sink, symbols=s.symbols(E.BINANCE_SPOT), max_topics_per_connection=3)
+    assert [len(shard) for shard in adapter.plan_connections(adapter.topics())] == [3, 3, 2]
+    async with streaming(adapter):
+        await s.wait_until(lambda: s.subscriptions(E.BINANCE_SPOT) == 8, timeout=10)
+        assert s.connections(E.BINANCE_SPOT) == 3
+        await sink.wait_until(lambda: {r.symbol for r in sink.books} == set(s.symbols(E.BINANCE_SPOT)))
+        await assert_exactly_once(s, sink, E.BINANCE_SPOT)
+    assert adapter.stats.errors == 0
+
+
+async def test_a_limit_the_adapter_does_not_know_is_reported_not_hidden(make_sim, adapters):
+    s = await make_sim(symbols=5, limits=Limits(binance_spot_max_streams=3))
+    sink = RecordingSink()
+    adapter = await adapters(s, E.BINANCE_SPOT, sink, symbols=s.symbols(E.BINANCE_SPOT), subscribe_timeout=1.0)
+    async with streaming(adapter):
+        # The venue refuses the subscription ("Too many subscriptions"): counted, logged, retried with back-off.
+        await adapter.wait_until(lambda st: st.errors >= 2, timeout=10)
+        assert not sink.books
+
+
+async def test_bybit_spot_subscribes_ten_args_at_a_time(make_sim, adapters):
+    s = await make_sim(symbols=25)
+    sink = RecordingSink()
+    adapter = await adapters(s, E.BYBIT_SPOT, sink, symbols=s.symbols(E.BYBIT_SPOT))
+    assert [len(b) for b in adapter.batches(adapter.topics())] == [10, 10, 5]
+    async with streaming(adapter):
+        await s.wait_until(lambda: s.subscriptions(E.BYBIT_SPOT) == 25, timeout=10)
+        await sink.wait_until(lambda: len({r.symbol for r in sink.books}) == 25)
+        await assert_exactly_once(s, sink, E.BYBIT_SPOT)
+    assert adapter.stats.errors == 0 and adapter.stats.connections == 0
+
+
+async def test_binance_subscribe_requests_are_paced_under_five_a_second(sim, adapters):
+    sink = RecordingSink()
+    symbols = sim.symbols(E.BINANCE_SPOT)
+    adapter = await adapters(sim, E.BINANCE_SPOT, sink, symbols=symbols, max_topics_per_message=1)
+    start = time.monotonic()
+    async with streaming(adapter):
+        await sim.wait_until(lambda: sim.subscriptions(E.BINANCE_SPOT) == len(symbols), timeout=10)
+        # One request per stream, none faster than the venue allows: the connection survives.
+        assert time.monotonic() - start >= 0.3 * (len(symbols) - 1)
+        await sink.wait_until(lambda: len(sink.books) >= 50)
+    assert adapter.stats.reconnects == 0 and adapter.stats.errors == 0
+
+
+# -- signed REST -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("venue", list(E), ids=str)
+async def test_signed_balance_poll_and_refused_signature(sim, adapters, venue, caplog):
+    sink = RecordingSink()
+    adapter = await adapters(sim, venue, sink, account="main")
+    assert await adapter.poll_balances() == len(sink.balances) > 0
+    assert {b.exchange for b in sink.balances} == {venue.value} and {b.account for b in sink.balances} == {"main"}
+    assert adapter.stats.balance_rows == len(sink.balances)
+
+    c = sim.credentials
+    secret = "not-the-secret-0123456789"
+    bad = await adapters(sim, venue, sink, credentials=Credentials(api_key=c.api_key, api_secret=secret, passphrase=c.passphrase))
+    with pytest.raises(SignatureError) as info:
+        await bad.fetch_balances()
+    assert info.value.status in (200, 400, 401)
+    skewed = await adapters(sim, venue, sink, clock=FakeClock(-120))
+    with pytest.raises(SignatureError):
+        await skewed.fetch_balances()
+
+    caplog.set_level(logging.DEBUG)
+    poller = asyncio.create_task(bad.run_balance_poller(0.01))
+    try:
+        await bad.wait_until(lambda s: s.rest_errors >= 3, timeout=10)
+        assert not poller.done()  # a refused signature is logged and counted, and polling goes on
+    finally:
+        poller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await poller
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "balance request refused" in logged
+    assert secret not in logged and secret not in repr(bad) and secret not in repr(bad._credentials)
+
+
+async def test_balance_poll_without_credentials_says_what_to_set(sim, adapters, monkeypatch):
+    for name in ("OKX_API_KEY", "OKX_API_SECRET", "OKX_SWAP_API_KEY", "OKX_SWAP_API_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    adapter = await adapters(sim, E.OKX_SWAP, RecordingSink(), credentials=None)
+    with pytest.raises(ExchangeError, match="OKX_SWAP_API_KEY"):
+        await adapter.fetch_balances()
+
+
+def test_credentials_from_environment_and_secrets_file(tmp_path):
+    env = {"BYBIT_API_KEY": "k1", "BYBIT_API_SECRET": "s1", "BYBIT_LINEAR_API_KEY": "k2", "BYBIT_LINEAR_API_SECRET": "s2"}
+    assert Credentials.load(E.BYBIT_SPOT, environ=env).api_key == "k1"
+    assert Credentials.load(E.BYBIT_LINEAR, environ=env).api_key == "k2"  # the venue's own wins
+    secrets = tmp_path / "secrets.toml"
+    secrets.write_text('[okx]\napi_key = "ok"\napi_secret = "os"\npassphrase = "pp"\n')
+    creds = Credentials.load(E.OKX_SWAP, environ={}, secrets_file=secrets)
+    assert (creds.api_key, creds.api_secret, creds.passphrase) == ("ok", "os", "pp")
+    assert "os" not in repr(creds).replace("api_secret", "") and "pp" not in repr(creds)
+    assert Credentials.load(E.BINANCE_SPOT, environ={}, secrets_file=secrets) is None
+    with pytest.raises(ValueError, match="BINANCE_API_SECRET"):
+        Credentials.load(E.BINANCE_SPOT, environ={"BINANCE_API_KEY": "only-a-key"})
+
+
+# -- REST faults -----------------------------------------------------------------------------------------
+
+
+async def test_rest_retries_rate_limits_as_told_and_gives_up_on_a_ban(sim, adapters):
+    sink = RecordingSink()
+    adapter = await adapters(sim, E.BINANCE_USDM, sink)
+    host = sim.host(E.BINANCE_USDM)
+    sim.http_error(E.BINANCE_USDM, 429, path="/fapi/v1/exchangeInfo", count=2, retry_after=0.05)
+    assert (await adapter.sync_symbols())[0] == N_SYMBOLS
+    assert host.requests["/fapi/v1/exchangeInfo"] == 3
+    sim.http_error(E.BINANCE_USDM, 418, path="/fapi/v1/exchangeInfo", retry_after=120)
+    with pytest.raises(ExchangeHTTPError) as info:
+        await adapter.sync_symbols()
+    assert info.value.status == 418 and "-1003" in info.value.body
+    assert host.requests["/fapi/v1/exchangeInfo"] == 4  # a ban longer than we wait is not retried
+    sim.http_error(E.BINANCE_USDM, 503, path="/fapi/v1/exchangeInfo", count=10)
+    with pytest.raises(ExchangeHTTPError) as info:
+        await adapter.sync_symbols()
+    assert info.value.status == 503 and host.requests["/fapi/v1/exchangeInfo"] == 8  # 4 attempts
+
+
+async def test_bybit_symbol_sync_follows_the_cursor(make_sim, adapters):
+    s = await make_sim(symbols=2500)
+    sink = RecordingSink()
+    adapter = await adapters(s, E.BYBIT_LINEAR, sink)
+    assert (await adapter.sync_symbols())[0] == 2500
+    assert [x.symbol for x in sink.symbols["bybit_linear"]] == s.symbols(E.BYBIT_LINEAR)
+    assert s.host(E.BYBIT_LINEAR).requests["/v5/market/instruments-info"] == 3  # limit=1000 per page
+
+
+async def test_refused_websocket_upgrades_are_retried_with_backoff(sim, adapters):
+    sink = RecordingSink()
+    adapter = await adapters(sim, E.OKX_SPOT, sink, symbols=sim.symbols(E.OKX_SPOT)[:2])
+    sim.http_error(E.OKX_SPOT, 503, path="/ws/v5/public", count=3)
+    async with streaming(adapter):
+        await sink.wait_until(lambda: len(sink.books) >= 20)
+    assert sim.host(E.OKX_SPOT).requests["/ws/v5/public"] == 4
+
+
+async def test_run_streams_gives_up_after_max_reconnect_attempts(sim, adapters):
+    adapter = await adapters(sim, E.BYBIT_SPOT, RecordingSink(), symbols=["BTCUSDT"], max_reconnect_attempts=2)
+    sim.http_error(E.BYBIT_SPOT, 503, path="/v5/public/spot", count=100)
+    with pytest.raises(ExchangeError, match="giving up after 3"):
+        async with asyncio.timeout(10):
+            await adapter.run_streams()
+
+
+# -- liveness: staleness and the 24 h limit --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("venue", ONE_PER_EXCHANGE, ids=str)
+async def test_a_stalled_connection_is_detected_and_replaced(sim, adapters, venue):
+    sink = RecordingSink()
+    adapter = await adapters(sim, venue, sink, symbols=sim.symbols(venue)[:3], stale_after=0.4, ping_interval=0.1,
+                             subscribe_timeout=0.5)
+    async with streaming(adapter):
+        await sink.wait_until(lambda: len(sink.books) >= 20)
+        sim.stall(1.2, venue)
+        await adapter.wait_until(lambda s: s.stale >= 1, timeout=10)
+        await adapter.wait_until(lambda s: s.reconnects >= 1 and s.connections == 1, timeout=10)
+        after = len(sink.books)
+        await sink.wait_until(lambda: len(sink.books) >= after + 20)
+        await assert_exactly_once(sim, sink, venue)
+
+
+@pytest.mark.parametrize("venue", ONE_PER_EXCHANGE, ids=str)
+async def test_connections_are_handed_over_before_the_24h_limit(sim, adapters, venue):
+    clock = FakeClock()
+    sink = RecordingSink()
+    adapter = await adapters(sim, venue, sink, symbols=sim.symbols(venue)[:4], clock=clock, max_connection_age=23.5 * 3600)
+    async with streaming(adapter):
+        await sink.wait_until(lambda: len(sink.books) >= 50)
+        assert sim.connections(venue) == 1
+        clock.offset = 24 * 3600
+        await adapter.wait_until(lambda s: s.rollovers == 1, timeout=10)
+        assert adapter.stats.connections == 1
+        after = len(sink.books)
+        await sink.wait_until(lambda: len(sink.books) >= after + 50)
+        await assert_exactly_once(sim, sink, venue)
+    # Made before broken: never a reconnect, and nothing lost or doubled across the overlap.
+    assert adapter.stats.reconnects == 0 and adapter.stats.rollovers == 1
+
+
+def test_binance_hands_over_before_24h_by_default():
+    adapter = BinanceAdapter(E.BINANCE_SPOT, RecordingSink())
+    assert adapter.max_connection_age is not None and adapter.max_connection_age < 24 * 3600
+    assert BybitAdapter(E.BYBIT_SPOT, RecordingSink()).max_connection_age is None
+
+
+# -- sequencing ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("venue", [E.BYBIT_SPOT, E.BYBIT_LINEAR], ids=str)
+async def test_gaps_are_counted_and_duplicates_stored_once(sim, adapters, venue):
+    sink = RecordingSink()
+    adapter = await adapters(sim, venue, sink, symbols=["BTCUSDT", "ETHUSDT"])
+    async with streaming(adapter):
+        await sink.wait_until(lambda: {r.symbol for r in sink.books} == {"BTCUSDT", "ETHUSDT"})
+        sim.inject_gap(venue, symbol="BTCUSDT", size=3)
+        sim.inject_gap(venue, symbol="ETHUSDT", size=2)
+        sim.inject_duplicate(venue, symbol="BTCUSDT")
+        await adapter.wait_until(lambda s: s.gaps == 2 and s.duplicates >= 1, timeout=10)
+        await assert_exactly_once(sim, sink, venue)
+    assert sim.ledger.gaps(venue) == 2 and adapter.stats.missed_ids == 5
+    assert sim.ledger.duplicates(venue) == 1
+
+
+async def test_gap_counting_follows_the_venue_semantics(sim, adapters):
+    # Binance's bookTicker ids are not consecutive on the real venue: jumps are not gaps unless asked.
+    for count_gaps, expected in ((None, 0), (True, 1)):
+        sim.reset()
+        sink = RecordingSink()
+        adapter = await adapters(sim, E.BINANCE_SPOT, sink, symbols=["BTCUSDT"], count_gaps=count_gaps)
+        async with streaming(adapter):
+            await sink.wait_until(lambda: len(sink.books) >= 10)
+            sim.inject_gap(E.BINANCE_SPOT, symbol="BTCUSDT", size=7)
+            after = len(sink.books)
+            await sink.wait_until(lambda: len(sink.books) >= after + 10)
+            await assert_exactly_once(sim, sink, E.BINANCE_SPOT)
+        assert sim.ledger.gaps(E.BINANCE_SPOT) == 1
+        assert adapter.stats.gaps == expected
+
+
+# -- malformed frames ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("venue", [E.BINANCE_USDM, E.BYBIT_LINEAR, E.OKX_SWAP], ids=str)
+async def test_malformed_frames_are_counted_not_fatal(sim, adapters, venue):
+    sink = RecordingSink()
+    adapter = await adapters(sim, venue, sink, symbols=sim.symbols(venue)[:3])
+    async with streaming(adapter):
+        await sink.wait_until(lambda: len(sink.books) >= 20)
+        sent = sim.send_malformed(venue, 3, kind="truncated") + sim.send_malformed(venue, 2, kind="garbage")
+        if venue is not E.BYBIT_LINEAR:  # (a bad number in a Bybit book is the resync test's business)
+            sent += sim.send_malformed(venue, 2, kind="bad_number")
+        await adapter.wait_until(lambda s: s.rejected == sent, timeout=10)
+        after = len(sink.books)
+        await sink.wait_until(lambda: len(sink.books) >= after + 20)
+        await assert_exactly_once(sim, sink, venue)
+    expected = {"invalid_json": 5} if venue is E.BYBIT_LINEAR else {"invalid_json": 5, "bad_number": 2}
+    assert adapter.rejects.counts == expected
+    assert sim.ledger.malformed[sim.host(venue).name] == sent
+    assert adapter.stats.reconnects == 0
+
+
+async def test_a_corrupt_bybit_book_is_resynced(sim, adapters):
+    sink = RecordingSink()
+    adapter = await adapters(sim, E.BYBIT_SPOT, sink, symbols=["BTCUSDT"])
+    async with streaming(adapter):
+        await sink.wait_until(lambda: len(sink.books) >= 20)
+        sim.send_malformed(E.BYBIT_SPOT, 1, kind="bad_number")  # the parser drops the book: deltas cannot apply
+        await adapter.wait_until(lambda s: s.resyncs == 1 and s.connections == 1, timeout=10)
+        after = len(sink.books)
+        await sink.wait_until(lambda: len(sink.books) >= after + 50)
+    ids = [r.update_id for r in sink.books]
+    assert len(ids) == len(set(ids)) and ids == sorted(ids)  # whatever was stored, once and in order
+    assert adapter.rejects.counts.get("bad_number") == 1 and adapter.stats.reconnects == 0
+
+
+# -- the sink, cancellation, construction ----------------------------------------------------------------
+
+
+async def test_a_failing_sink_is_retried_not_fatal(sim, adapters):
+    sink = RecordingSink()
+    adapter = await adapters(sim, E.OKX_SWAP, sink, symbols=["BTC-USDT-SWAP"])
+    async with streaming(adapter):
+        await sink.wait_until(lambda: len(sink.books) >= 10)
+        sink.fail_next = 2
+        await adapter.wait_until(lambda s: s.sink_errors == 2, timeout=10)
+        await assert_exactly_once(sim, sink, E.OKX_SWAP)
+    assert adapter.stats.dropped_rows == 0
+
+
+async def test_cancelling_the_streams_closes_every_connection(sim, adapters):
+    adapter = await adapters(sim, E.BINANCE_USDM, RecordingSink(), max_topics_per_connection=4)
+    await adapter.sync_symbols()
+    async with streaming(adapter):
+        await adapter.wait_until(lambda s: s.connections == 3, timeout=10)
+    assert adapter.stats.connections == 0
+    await sim.wait_until(lambda: sim.connections(E.BINANCE_USDM) == 0, timeout=10)
+
+
+async def test_lifecycle_and_argument_errors(sim, adapters):
+    sink = RecordingSink()
+    with pytest.raises(ValueError, match="venue"):
+        BinanceAdapter(E.OKX_SPOT, sink)
+    with pytest.raises(ValueError, match="timeout"):
+        OkxAdapter(E.OKX_SPOT, sink, timeout=0)
+    with pytest.raises(ValueError, match="symbols"):
+        OkxAdapter(E.OKX_SPOT, sink, symbols="BTC-USDT")
+    adapter = OkxAdapter(E.OKX_SPOT, sink, rest_url=sim.rest_url(E.OKX_SPOT))
+    with pytest.raises(StateError):
+        await adapter.sync_symbols()
+    await adapter.start()
+    await adapter.close()
+    await adapter.close()  # idempotent
+    with pytest.raises(ClosedError):
+        await adapter.sync_symbols()
+
+
+def test_registry_and_sink_protocol():
+    assert set(ADAPTERS) == set(E)
+    assert adapter_class("bybit_linear") is BybitAdapter
+    with pytest.raises(ValueError):
+        adapter_class("kraken")
+    assert create_parser(E.OKX_SWAP).venue is E.OKX_SWAP
+    assert isinstance(RecordingSink(), Sink)
+    from hftdb.manager import DatabaseManager
+
+    for name in ("insert_exchange", "get_exchange_by_enum", "sync_symbols", "insert_book_ticker_snapshots",
+                 "insert_funding_rates", "insert_balance_snapshots", "flush"):
+        assert asyncio.iscoroutinefunction(getattr(DatabaseManager, name)), name
+
+
+def test_connection_planning_respects_each_venue_limit():
+    sink = RecordingSink()
+    symbols = [f"S{i:04d}USDT" for i in range(3000)]
+    binance = BinanceAdapter(E.BINANCE_SPOT, sink, symbols=symbols)
+    assert [len(s) for s in binance.plan_connections(binance.topics())] == [1024, 1024, 952]
+    bybit = BybitAdapter(E.BYBIT_LINEAR, sink, symbols=symbols, channels=["orderbook.1"])
+    shards = bybit.plan_connections(bybit.topics())
+    assert all(sum(map(len, shard)) <= 21_000 for shard in shards) and sum(map(len, shards)) == 3000
+    okx = OkxAdapter(E.OKX_SPOT, sink, symbols=symbols)
+    for shard in okx.plan_connections(okx.topics()):
+        for text, acks in okx.subscribe_messages(shard, iter(range(1, 10**6)).__next__):
+            assert len(text.encode()) <= 65_536 and acks == text.count("instId")
