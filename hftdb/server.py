@@ -112,6 +112,12 @@ class EmbeddedServer:
 
     async def start_again(self, *, timeout: float = 60.0) -> None:
         """Start a server that :meth:`kill` stopped, with the options it had (socket directory included)."""
+        if self._handle is not None and self._handle.system_user is not None:
+            # As root, the server runs as pgserver's own user; it must still reach the data directory, whose
+            # parents (e.g. pytest's 0700 temp dirs) may have been created or tightened since the first start.
+            from pgserver.utils import ensure_prefix_permissions
+
+            ensure_prefix_permissions(self.data_dir)
         opts = (self.data_dir / "postmaster.opts").read_text().split(None, 1)
         args = ["start", "-w", "-l", str(self.data_dir / "log")]
         if len(opts) > 1:

@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 RETRYABLE: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    # Raised when a connection broken mid-operation is reset on release to the pool (seen under server restart).
+    asyncpg.exceptions.InternalClientError,
     OSError,
     asyncio.TimeoutError,
 )
@@ -221,7 +223,9 @@ class BatchWriter:
         self._state = "closed"
 
     async def terminate(self) -> None:
-        """Stop now: batches not committed are spooled (or, with no spool, logged as lost)."""
+        """Stop now: batches not committed are spooled (or, with no spool, logged as lost). Idempotent."""
+        if self._state == "closed":
+            return
         self._state = "closing"
         self._seal()
         await self._stop_tasks()
@@ -332,7 +336,15 @@ class BatchWriter:
                 self._seal()
             batch = self._queue[0]
             self._inflight = batch
-            await self._commit(batch)
+            try:
+                await self._commit(batch)
+            except Exception:
+                # _commit retries everything it knows; anything else is a bug, but if this task died every row
+                # behind it would sit uncommitted forever. Log it, keep the batch at the head, try again.
+                self.stats.retries += 1
+                logger.exception("%s writer: unexpected error committing batch %s; retrying", self.table, batch.id)
+                await asyncio.sleep(self.settings.retry_max_ms / 1000.0)
+                continue
             self._queue.popleft()
             self._inflight = None
             self._release(batch)
@@ -394,6 +406,8 @@ class BatchWriter:
                 log("%s commit of %d rows failed (%s: %s); retrying in %.0f ms",
                     self.table, batch.rows, type(exc).__name__, exc, delay * 1000)
                 self._spill_excess()
+                # Producers blocked on a full buffer re-check: now that commits fail, they may spill instead.
+                self._space.set()
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, cap)
                 continue
@@ -425,7 +439,8 @@ class BatchWriter:
     async def _write(self, conn: asyncpg.Connection, batch: _Batch, payload: Any, latest_args: list[Any]) -> None:
         """The body of a batch's transaction: partitions, COPY, then ledger row + latest upsert + NOTIFY."""
         await self._ensure_partitions(conn, int(batch.min_ts), int(batch.max_ts))
-        await conn.copy_to_table(self.table, source=payload, columns=self.columns, format="binary")
+        # A memoryview, never bytes: asyncpg treats a bytes source as a file *path* (os.fspath accepts bytes).
+        await conn.copy_to_table(self.table, source=memoryview(payload), columns=self.columns, format="binary")
         await conn.execute(
             self.latest_sql, *latest_args, batch.id, batch.rows, int(batch.min_ts), int(batch.max_ts),
             self._notify_payload(batch, latest_args) if self._notify else None,
@@ -511,18 +526,22 @@ class BatchWriter:
 
     def _spill_all(self) -> None:
         self._seal()
-        lost = 0
+        lost = spilled = 0
         for batch in list(self._queue):
             if batch.buf is None:
                 continue
             if self._spool is not None and self._spool.has_room(batch.nbytes):
                 self._spill(batch)
+                spilled += 1
             else:
                 lost += batch.rows
+                self._queue.remove(batch)
+                self._mem_rows -= batch.rows
+                self._pending_rows -= batch.rows
         if lost:
             self.stats.rows_dropped += lost
             logger.error("%s writer closed with %d uncommitted rows and no room to spool them", self.table, lost)
-        elif self.stats.batches_spooled:
+        elif spilled:
             logger.warning("%s writer closed with uncommitted batches spooled to %s; they replay on next start",
                            self.table, self._spool.directory if self._spool else None)
 

@@ -1,0 +1,204 @@
+"""Faults for real: restart, kill and terminate the server under ingest, then count rows.
+
+Every row carries a unique update_id, so "nothing lost, nothing duplicated" is: the table's count equals the
+count of distinct ids equals what the writer accepted.
+"""
+
+import asyncio
+import contextlib
+
+import asyncpg
+import pytest
+
+from hftdb import BufferFullError, DatabaseManager, ExchangeName
+
+from helpers import settings, tickers
+
+pytestmark = pytest.mark.slow
+
+
+async def _counts(dsn: str) -> tuple[int, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow("SELECT count(*), count(DISTINCT update_id) FROM book_tickers")
+        return row[0], row[1]
+    finally:
+        await conn.close()
+
+
+async def _produce(db: DatabaseManager, stop: asyncio.Event, *, chunk: int = 200) -> int:
+    sent = 0
+    while not stop.is_set():
+        sent += await db.insert_book_ticker_snapshots(tickers(chunk, start_id=sent))
+        await asyncio.sleep(0.002)
+    return sent
+
+
+async def _wait_committed(db: DatabaseManager, at_least: int) -> None:
+    while db.writer("book_tickers").stats.rows_committed < at_least:
+        await asyncio.sleep(0.01)
+
+
+async def test_server_restart_during_sustained_ingest(fault_server, tmp_path):
+    async with DatabaseManager(fault_server.dsn, settings=settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        stop = asyncio.Event()
+        producer = asyncio.create_task(_produce(db, stop))
+        for mode in ("fast", "immediate", "fast"):
+            committed = db.writer("book_tickers").stats.rows_committed
+            await asyncio.wait_for(_wait_committed(db, committed + 2_000), 60)
+            await fault_server.restart(mode=mode)
+        await asyncio.wait_for(_wait_committed(db, db.writer("book_tickers").stats.rows_committed + 2_000), 60)
+        stop.set()
+        sent = await producer
+        await db.flush(timeout=60)
+        retries = db.writer("book_tickers").stats.retries
+    assert retries > 0, "the restarts never hit the writer: the test did not test anything"
+    assert await _counts(fault_server.dsn) == (sent, sent)
+
+
+async def test_terminate_backend_during_flush(fault_server, tmp_path):
+    async with DatabaseManager(fault_server.dsn, settings=settings(tmp_path, batch_max_rows=2_000)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        stop = asyncio.Event()
+        producer = asyncio.create_task(_produce(db, stop, chunk=500))
+        admin = await asyncpg.connect(fault_server.dsn)
+        killed = 0
+        try:
+            for _ in range(20):
+                await asyncio.wait_for(_wait_committed(db, db.writer("book_tickers").stats.rows_committed + 500), 60)
+                # The COPY (or the statement after it) of an in-flight batch: terminate that backend.
+                killed += await admin.fetchval(
+                    """SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                       WHERE pid <> pg_backend_pid() AND datname = current_database()
+                         AND (query ILIKE 'COPY%' OR query ILIKE '%ingest_batches%')""")
+        finally:
+            await admin.close()
+        stop.set()
+        sent = await producer
+        await db.flush(timeout=60)
+    assert killed > 0, "no in-flight COPY was caught; nothing was tested"
+    assert await _counts(fault_server.dsn) == (sent, sent)
+
+
+async def test_outage_spools_and_replays_in_order(fault_server, tmp_path):
+    cfg = settings(tmp_path, batch_max_rows=500, batch_max_age_ms=20.0, buffer_max_rows=2_000)
+    async with DatabaseManager(fault_server.dsn, settings=cfg) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        sent = await db.insert_book_ticker_snapshots(tickers(1_000))
+        await db.flush()
+        await fault_server.kill()
+        for i in range(30):
+            sent += await db.insert_book_ticker_snapshots(tickers(500, start_id=sent))
+        writer = db.writer("book_tickers")
+        assert writer.stats.batches_spooled > 0
+        assert writer.snapshot()["rows_in_memory"] <= 2_000 + 500
+        spool_files = list((tmp_path / "spool" / "book_tickers").glob("*.spool"))
+        assert spool_files
+        await fault_server.start_again()
+        await db.flush(timeout=60)
+        assert not list((tmp_path / "spool" / "book_tickers").glob("*.spool"))
+    assert await _counts(fault_server.dsn) == (sent, sent)
+
+
+async def test_spool_survives_process_restart(fault_server, tmp_path):
+    cfg = settings(tmp_path, batch_max_rows=500, buffer_max_rows=1_000)
+    db = DatabaseManager(fault_server.dsn, settings=cfg)
+    await db.initialize()
+    await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+    await db.insert_book_ticker_snapshots(tickers(10, start_id=10**6))  # registers the symbols
+    await db.flush()
+    await fault_server.kill()
+    sent = 0
+    for _ in range(6):
+        sent += await db.insert_book_ticker_snapshots(tickers(500, start_id=sent))
+    await db.close(timeout=1.0)  # the database is down: everything left goes to the spool
+    assert list((tmp_path / "spool" / "book_tickers").glob("*.spool"))
+    await fault_server.start_again()
+    async with DatabaseManager(fault_server.dsn, settings=cfg) as db2:
+        assert db2.writer("book_tickers").stats.batches_replayed > 0
+        await db2.flush(timeout=60)
+    assert await _counts(fault_server.dsn) == (sent + 10, sent + 10)
+
+
+async def test_replay_of_a_committed_batch_is_not_duplicated(fault_server, tmp_path):
+    """A batch that committed but stayed in the spool (crash before the file was removed) is skipped."""
+    from hftdb.spool import Spool
+
+    cfg = settings(tmp_path, batch_max_rows=1000)
+    async with DatabaseManager(fault_server.dsn, settings=cfg) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        await db.insert_book_ticker_snapshots(tickers(10, start_id=10**6))
+        await db.flush()
+        await fault_server.kill()
+        await db.insert_book_ticker_snapshots(tickers(300))
+        await db.close(timeout=0.5)
+    spool = Spool(tmp_path / "spool" / "book_tickers", max_bytes=1 << 30)
+    (path,) = spool.open()
+    copy_of = path.read_bytes()
+    await fault_server.start_again()
+    async with DatabaseManager(fault_server.dsn, settings=cfg) as db:
+        await db.flush(timeout=60)
+    # Put the committed batch back, as if the process died between COMMIT and unlink.
+    path.write_bytes(copy_of)
+    async with DatabaseManager(fault_server.dsn, settings=cfg) as db:
+        await db.flush(timeout=60)
+        assert db.writer("book_tickers").stats.duplicates_skipped == 1
+    assert await _counts(fault_server.dsn) == (310, 310)
+
+
+@pytest.mark.parametrize("policy", ["raise", "drop_oldest", "block"])
+async def test_full_buffer_policies(fault_server, tmp_path, policy):
+    cfg = settings(tmp_path, batch_max_rows=100, buffer_max_rows=1_000, full_policy=policy, spool_dir=None)
+    async with DatabaseManager(fault_server.dsn, settings=cfg) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        await db.insert_book_ticker_snapshots(tickers(10, start_id=10**6))
+        await db.flush()
+        await fault_server.kill()
+        writer = db.writer("book_tickers")
+        accepted = 0
+        if policy == "raise":
+            with pytest.raises(BufferFullError):
+                for _ in range(50):
+                    accepted += await db.insert_book_ticker_snapshots(tickers(100, start_id=accepted))
+            assert writer.snapshot()["rows_in_memory"] <= 1_000
+        elif policy == "drop_oldest":
+            for _ in range(50):
+                accepted += await db.insert_book_ticker_snapshots(tickers(100, start_id=accepted))
+            assert writer.stats.rows_dropped > 0
+            assert writer.snapshot()["rows_in_memory"] <= 1_000 + 100
+        else:
+            async def produce() -> int:
+                n = 0
+                for _ in range(50):
+                    n += await db.insert_book_ticker_snapshots(tickers(100, start_id=n))
+                return n
+            task = asyncio.create_task(produce())
+            done, _ = await asyncio.wait({task}, timeout=1.0)
+            assert not done, "producer should be blocked while the buffer is full"
+            assert writer.snapshot()["rows_in_memory"] <= 1_000
+        await fault_server.start_again()
+        if policy == "block":
+            accepted = await asyncio.wait_for(task, 60)
+        await db.flush(timeout=60)
+        dropped = writer.stats.rows_dropped
+    total, distinct = await _counts(fault_server.dsn)
+    assert total == distinct == accepted - dropped + 10
+    if policy != "drop_oldest":
+        assert dropped == 0
+
+
+async def test_close_while_database_down_without_spool_reports_loss(fault_server, tmp_path, caplog):
+    cfg = settings(tmp_path, spool_dir=None)
+    db = DatabaseManager(fault_server.dsn, settings=cfg)
+    await db.initialize()
+    await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+    await db.insert_book_ticker_snapshots(tickers(10))  # registers the symbols while the database is up
+    await db.flush()
+    await fault_server.kill()
+    await db.insert_book_ticker_snapshots(tickers(10, start_id=10))
+    with contextlib.suppress(Exception):
+        await db.close(timeout=0.5)
+    assert db.writer("book_tickers").stats.rows_dropped == 10
+    assert "no room to spool" in caplog.text
+    await fault_server.start_again()

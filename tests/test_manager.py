@@ -1,0 +1,246 @@
+import asyncio
+from decimal import Decimal
+
+import pytest
+
+import hftdb
+from hftdb import (
+    Balance, BookTicker, ClosedError, DatabaseManager, Exchange, ExchangeName, FundingRate, StateError, Symbol,
+    UnknownExchangeError, UnknownSymbolError, ValidationError, now_us,
+)
+from hftdb.cache import TTLCache
+
+from helpers import settings, tickers
+
+
+def test_public_surface_is_explicit():
+    assert set(hftdb.__all__) >= {
+        "DatabaseManager", "BookTicker", "FundingRate", "Balance", "Exchange", "Symbol", "ExchangeName", "HftdbError",
+    }
+    for name in hftdb.__all__:
+        assert hasattr(hftdb, name), name
+    assert not hasattr(hftdb, "BatchWriter")
+
+
+async def test_no_io_in_constructor_and_use_before_open(tmp_path):
+    db = DatabaseManager("postgresql://u:topsecret@127.0.0.1:1/x", settings=settings(tmp_path))
+    assert "topsecret" not in repr(db)
+    with pytest.raises(StateError):
+        await db.get_all_exchanges()
+    with pytest.raises(ValueError):
+        DatabaseManager(12)  # type: ignore[arg-type]
+
+
+async def test_exchanges_and_symbols_round_trip(dsn, tmp_path):
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        ex = await db.insert_exchange(ExchangeName.BINANCE_USDM)
+        assert ex.id is not None and ex.market == "derivatives"
+        assert await db.get_exchange_by_enum(ExchangeName.BINANCE_USDM) == ex
+        assert await db.get_exchange_by_enum("binance_usdm") == ex
+        assert [e.name for e in await db.get_all_exchanges()] == ["binance_usdm"]
+        with pytest.raises(UnknownExchangeError):
+            await db.get_exchange_by_enum("nope")
+        sym = await db.insert_symbol(Symbol(exchange_id=ex.id, symbol="BTCUSDT", base="BTC", quote="USDT",
+                                            kind="perpetual", status="trading", tick_size=Decimal("0.10")))
+        assert (await db.get_symbol_by_id(sym.id)).tick_size == Decimal("0.10")
+        assert [s.symbol for s in await db.get_symbols_by_exchange(ExchangeName.BINANCE_USDM)] == ["BTCUSDT"]
+        with pytest.raises(UnknownSymbolError):
+            await db.get_symbol_by_id(987654)
+        with pytest.raises(ValidationError):
+            await db.insert_symbol(Symbol(exchange_id=ex.id, symbol="X" * 65))
+        up, delisted = await db.sync_symbols(ExchangeName.BINANCE_USDM, [
+            Symbol(exchange_id=ex.id, symbol="ETHUSDT", kind="perpetual", status="trading")])
+        assert (up, delisted) == (1, 1)
+        assert (await db.get_symbol(ExchangeName.BINANCE_USDM, "BTCUSDT")).status == "delisted"
+
+
+async def test_write_and_read_every_table(dsn, tmp_path):
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        rows = tickers(500, symbols=5)
+        assert await db.insert_book_ticker_snapshots(rows) == 500
+        t = now_us()
+        await db.insert_funding_rates([FundingRate("binance_spot", "SYM1USDT", -0.0375, t, exchange_ts=t - 3,
+                                                   next_funding_ts=t + 8 * 3600 * 10**6, mark_price=11794.15,
+                                                   index_price=11784.62659091)])
+        await db.insert_balance_snapshots([
+            Balance(exchange="binance_spot", asset="BTC", free=Decimal("4723846.89208129"), locked=Decimal("0.00000000"),
+                    recv_ts=t),
+            Balance(exchange="binance_spot", asset="BTC", free=Decimal("1.5"), locked=Decimal("0.25"), recv_ts=t + 1),
+        ])
+        await db.flush()
+        latest = await db.get_latest_book_tickers(ExchangeName.BINANCE_SPOT)
+        assert len(latest) == 5
+        newest = {r.symbol: r for r in rows}  # later rows of a symbol win
+        for got in latest:
+            want = newest[got.symbol]
+            assert (got.bid_price, got.ask_price, got.recv_ts, got.exchange_ts, got.update_id) == (
+                want.bid_price, want.ask_price, want.recv_ts, want.exchange_ts, want.update_id)
+        only = await db.get_latest_book_tickers(ExchangeName.BINANCE_SPOT, ["SYM3USDT"])
+        assert [r.symbol for r in only] == ["SYM3USDT"]
+        hist = await db.get_book_ticker_history("binance_spot", "SYM2USDT", hours=1)
+        assert [r.update_id for r in hist] == [r.update_id for r in rows if r.symbol == "SYM2USDT"]
+        window = await db.get_book_ticker_history("binance_spot", "SYM2USDT", start=rows[0].recv_ts,
+                                                  end=rows[100].recv_ts)
+        assert all(rows[0].recv_ts <= r.recv_ts < rows[100].recv_ts for r in window) and window
+        (fr,) = await db.get_latest_funding_rates()
+        assert (fr.rate, fr.mark_price, fr.index_price) == (-0.0375, 11794.15, 11784.62659091)
+        (bal,) = await db.get_latest_balances(ExchangeName.BINANCE_SPOT)
+        assert (bal.free, bal.locked) == (Decimal("1.5"), Decimal("0.25"))
+        hist = await db.get_balance_history("binance_spot", "BTC", hours=1)
+        assert [b.free for b in hist] == [Decimal("4723846.89208129"), Decimal("1.5")]
+        stats = await db.get_database_stats()
+        assert stats["writers"]["book_tickers"]["rows_committed"] == 500
+        assert stats["caches"]["symbol_ids"]["hits"] > 0
+        health = await db.health_check()
+        assert health["ok"] is True
+
+
+async def test_unknown_symbol_is_registered_unknown_exchange_raises(dsn, tmp_path):
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await db.insert_exchange("okx_swap")
+        t = now_us()
+        assert await db.insert_book_ticker_snapshots([BookTicker("okx_swap", "NEW-USDT-SWAP", 1, 1, 2, 1, t)]) == 1
+        sym = await db.get_symbol("okx_swap", "NEW-USDT-SWAP")
+        assert sym.status == "unknown"
+        with pytest.raises(UnknownExchangeError):
+            await db.insert_book_ticker_snapshots([
+                BookTicker("okx_swap", "NEW-USDT-SWAP", 1, 1, 2, 1, t + 1),
+                BookTicker("nowhere", "X", 1, 1, 2, 1, t)])
+        await db.flush()
+        assert await db.pool.fetchval("SELECT count(*) FROM book_tickers") == 1
+
+
+BAD = {
+    "bid_price_nan": dict(bid_price=float("nan")),
+    "ask_price_infinite": dict(ask_price=float("inf")),
+    "bid_price_negative": dict(bid_price=-1.0),
+    "crossed_quote": dict(bid_price=101.0, ask_price=100.0),
+    "empty_quote": dict(bid_qty=0.0),
+    "bid_price_wrong_type": dict(bid_price="100"),
+    "recv_ts_out_of_range": dict(recv_ts=1_600_000),
+    "recv_ts_wrong_type": dict(recv_ts=1.5e15),
+    "exchange_ts_out_of_range": dict(exchange_ts=now_us() + 10 * 86_400_000_000),
+}
+
+
+async def test_each_bad_row_is_rejected_alone_and_counted(dsn, tmp_path):
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BYBIT_LINEAR)
+        t = now_us()
+        good = lambda i: dict(exchange="bybit_linear", symbol="BTCUSDT", bid_price=100.0, bid_qty=1.0,  # noqa: E731
+                              ask_price=100.5, ask_qty=1.0, recv_ts=t + i, update_id=i)
+        rows = []
+        for i, override in enumerate(BAD.values()):
+            rows.append(BookTicker(**good(2 * i)))
+            rows.append(BookTicker(**{**good(2 * i + 1), **override}))
+        rows.append(BookTicker(**{**good(1000), "symbol": "S" * 65}))
+        accepted = await db.insert_book_ticker_snapshots(rows)
+        assert accepted == len(BAD)
+        await db.flush()
+        rejects = db.writer("book_tickers").rejects.snapshot()
+        for reason in BAD:
+            assert rejects.get(reason) == 1, (reason, rejects)
+        assert rejects["symbol_too_long"] == 1
+        ids = [r["update_id"] for r in await db.pool.fetch("SELECT update_id FROM book_tickers ORDER BY 1")]
+        assert ids == list(range(0, 2 * len(BAD), 2))
+        with pytest.raises(ValidationError):
+            await db.get_book_ticker_history("bybit_linear", "BTCUSDT", hours=-1)
+        with pytest.raises(ValidationError):
+            await db.get_book_ticker_history("bybit_linear", "BTCUSDT")
+
+
+async def test_bad_balances_and_funding_rejected(dsn, tmp_path):
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await db.insert_exchange("okx_spot")
+        t = now_us()
+        ok = dict(exchange="okx_spot", asset="USDT", free=Decimal("1"), locked=Decimal("0"), recv_ts=t)
+        n = await db.insert_balance_snapshots([
+            Balance(**ok), Balance(**{**ok, "free": Decimal("NaN")}), Balance(**{**ok, "locked": Decimal("-1")}),
+            Balance(**{**ok, "asset": ""}), Balance(**{**ok, "free": object()})])
+        assert n == 1
+        assert db.writer("balances").rejects.snapshot() == {
+            "amount_not_finite": 1, "locked_negative": 1, "asset_invalid": 1, "amount_wrong_type": 1}
+        n = await db.insert_funding_rates([
+            FundingRate("okx_spot", "BTC-USDT", 0.0001, t), FundingRate("okx_spot", "BTC-USDT", float("nan"), t),
+            FundingRate("okx_spot", "BTC-USDT", 0.0001, t, mark_price=-5.0)])
+        assert n == 1
+
+
+async def test_transaction_commits_together_and_rolls_back(dsn, tmp_path):
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        ex = await db.insert_exchange(ExchangeName.OKX_SWAP)
+        t = now_us()
+        async with db.transaction() as uow:
+            sym = await uow.insert_symbol(Symbol(exchange_id=ex.id, symbol="BTC-USDT-SWAP", kind="perpetual"))
+            await uow.insert_book_ticker_snapshots([BookTicker("okx_swap", "BTC-USDT-SWAP", 1, 1, 2, 1, t,
+                                                               symbol_id=sym.id)])
+        assert (await db.get_latest_book_tickers(symbol_ids=[sym.id]))[0].bid_price == 1
+        with pytest.raises(RuntimeError):
+            async with db.transaction() as uow:
+                sym2 = await uow.insert_symbol(Symbol(exchange_id=ex.id, symbol="ETH-USDT-SWAP"))
+                await uow.insert_book_ticker_snapshots([BookTicker("okx_swap", "ETH-USDT-SWAP", 1, 1, 2, 1, t,
+                                                                   symbol_id=sym2.id)])
+                raise RuntimeError("boom")
+        assert await db.pool.fetchval("SELECT count(*) FROM symbols WHERE symbol = 'ETH-USDT-SWAP'") == 0
+        assert await db.pool.fetchval("SELECT count(*) FROM book_tickers") == 1
+        # An invalid row fails the whole unit.
+        with pytest.raises(ValidationError):
+            async with db.transaction() as uow:
+                await uow.insert_balance_snapshots([
+                    Balance(exchange="okx_swap", asset="USDT", free=Decimal(5), locked=Decimal(0), recv_ts=t),
+                    Balance(exchange="okx_swap", asset="USDT", free=Decimal(5), locked=Decimal(-1), recv_ts=t)])
+        assert await db.pool.fetchval("SELECT count(*) FROM balances") == 0
+        # Nested blocks are savepoints.
+        async with db.transaction() as uow:
+            await uow.insert_symbol(Symbol(exchange_id=ex.id, symbol="KEEP"))
+            with pytest.raises(KeyError):
+                async with uow.transaction():
+                    await uow.insert_symbol(Symbol(exchange_id=ex.id, symbol="DROP"))
+                    raise KeyError("inner")
+        names = {s.symbol for s in await db.get_symbols_by_exchange(ExchangeName.OKX_SWAP)}
+        assert "KEEP" in names and "DROP" not in names
+
+
+async def test_close_flushes_is_idempotent_and_blocks_use(dsn, tmp_path):
+    db = DatabaseManager(dsn, settings=settings(tmp_path, batch_max_age_ms=10_000.0, linger_ms=5_000.0))
+    await db.initialize()
+    await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+    assert await db.insert_book_ticker_snapshots(tickers(2_345)) == 2_345
+    await db.close()
+    await db.close()
+    with pytest.raises(ClosedError):
+        await db.insert_book_ticker_snapshots(tickers(1))
+    with pytest.raises(ClosedError):
+        await db.initialize()
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db2:
+        assert await db2.pool.fetchval("SELECT count(DISTINCT update_id) FROM book_tickers") == 2_345
+
+
+def test_ttl_cache_expires_and_invalidates():
+    now = [0.0]
+    cache = TTLCache[str, int](300, clock=lambda: now[0])
+    cache.set("a", 1)
+    assert cache.get("a") == 1
+    now[0] = 299.9
+    assert cache.get("a") == 1
+    now[0] = 300.0
+    assert cache.get("a") is None
+    assert cache.stats() == {"size": 0, "hits": 2, "misses": 1, "expirations": 1}
+    cache.set("b", 2)
+    cache.invalidate("b")
+    assert cache.get("b") is None
+    cache.set("c", 3)
+    cache.invalidate()
+    assert len(cache) == 0
+
+
+async def test_symbol_cache_expiry_reads_database_again(dsn, tmp_path):
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        await db.insert_book_ticker_snapshots(tickers(3, symbols=1))
+        assert db.resolve_symbol_id("binance_spot", "SYM0USDT") is not None
+        db.invalidate_caches()
+        assert db.resolve_symbol_id("binance_spot", "SYM0USDT") is None
+        assert (await db.get_symbol("binance_spot", "SYM0USDT")).symbol == "SYM0USDT"
+        assert db.resolve_symbol_id("binance_spot", "SYM0USDT") is not None
