@@ -453,7 +453,7 @@ async def test_okx_subscribe_acks_per_arg_ping_and_errors(sim, http):
                     assert parsed.book_tickers[0].update_id == frame["data"][0]["seqId"]
         await ws.send_str("ping")
         async with asyncio.timeout(5):
-            while (msg := await ws.receive()).data != "pong":
+            while (await ws.receive()).data != "pong":
                 pass
         await ws.send_json({"op": "subscribe", "args": [{"channel": "funding-rate", "instId": "BTC-USDT"}]})
         err = await recv_until(ws, lambda o: o.get("event") == "error")

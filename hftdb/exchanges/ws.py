@@ -72,8 +72,7 @@ class _Listener(WSListener):
             transport.send_pong(frame.get_payload_as_bytes())
         elif kind == _CLOSE:
             conn.close_code = frame.get_close_code()
-            with contextlib.suppress(UnicodeDecodeError):
-                conn.close_reason = frame.get_close_message().decode("utf-8", "replace") if frame.get_close_message() else ""
+            conn.close_reason = (frame.get_close_message() or b"").decode("utf-8", "replace")
             transport.send_close(WSCloseCode.OK)
             transport.disconnect()
 
@@ -113,7 +112,7 @@ class WsConnection:
                     websocket_handshake_timeout=timeout,
                     enable_auto_pong=False,
                     max_frame_size=16 << 20,
-                    logger_name=f"hftdb.{name}",
+                    logger_name="hftdb.exchanges.ws",  # one logger for all: names per connection would pile up
                 )
         except (OSError, TimeoutError, WSError) as exc:
             raise ConnectionLost(f"{name}: cannot connect to {url}: {type(exc).__name__}: {exc}") from exc
@@ -127,6 +126,7 @@ class WsConnection:
         return self._disconnected
 
     def push(self, payload: bytes) -> None:
+        """Queue one received payload with its receive time (called by the listener)."""
         self._frames.append((payload, now_us()))
         self._ready.set()
         if not self._paused and len(self._frames) >= self.max_pending and self._transport is not None:
@@ -134,6 +134,7 @@ class WsConnection:
             self._transport.underlying_transport.pause_reading()
 
     def on_disconnected(self) -> None:
+        """The TCP connection is gone (called by the listener)."""
         self._disconnected = True
         self._ready.set()
 
@@ -403,22 +404,23 @@ class _Session:
             runner.spawn_push(books, funding, balances)
 
     async def close(self, *, graceful: bool = True) -> None:
-        """Close the connection; with ``graceful``, process every frame received before the server's close."""
+        """Close the connection (``graceful``: read on until the server's close frame; else drop it at once),
+        then let the consumer store every frame already received before it stops."""
         self.closing = True
         if graceful:
             await self.conn.close(timeout=self.runner.adapter.timeout)
         else:
             self.conn.abort()
-        consumer, watcher = self.tasks or (None, None)
-        if watcher is not None:
-            watcher.cancel()
-        if consumer is not None:
-            if graceful:
-                # The consumer ends by itself once the closed connection is drained.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.runner.adapter.timeout):
-                        await asyncio.shield(consumer)
-            consumer.cancel()
+        if not self.tasks:
+            return
+        consumer, watcher = self.tasks
+        watcher.cancel()
+        # The consumer ends by itself once the closed connection's queue is drained. Cancelling it mid-push
+        # would lose rows already admitted, a hole no later message fills; so it is only cancelled if stuck.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.runner.adapter.timeout):
+                await asyncio.shield(consumer)
+        consumer.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
@@ -437,6 +439,7 @@ class StreamRunner:
         self._shard_names = itertools.count(1)
 
     async def run(self) -> None:
+        """Stream every topic of the adapter until cancelled (see the module docstring for how)."""
         adapter = self.adapter
         shards = adapter.plan_connections(adapter.topics())
         if not shards:

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 import uuid
 from collections import deque
 from collections.abc import Callable
