@@ -321,6 +321,8 @@ async def test_binance_stream_limit_per_connection(make_sim, http):
         await ws.send_json({"method": "SUBSCRIBE", "params": [f"{s.symbols(E.BINANCE_SPOT)[3].lower()}@bookTicker"], "id": 2})
         err = await recv_until(ws, lambda o: o.get("id") == 2)
         assert err["error"] == {"code": 4, "msg": "Too many subscriptions"}
+        await wait_closed(ws)
+        assert ws.close_code == 1008
 
 
 async def test_binance_closes_a_connection_sending_more_than_5_messages_a_second(sim, http):

@@ -289,7 +289,9 @@ class BinanceHost(Host):
             return
         if method == "SUBSCRIBE":
             if len(session.subs | set(streams)) > self.max_streams:
+                # As observed on the venue: the error, then the connection is closed, losing every stream on it.
                 session.send_control(self.json({"error": {"code": 4, "msg": "Too many subscriptions"}, "id": req_id}))
+                session.close(1008, "Invalid request")
                 return
             # Acknowledge first: data for a new stream follows its acknowledgement.
             session.send_control(self.json({"result": None, "id": req_id}))
