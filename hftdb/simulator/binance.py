@@ -55,34 +55,35 @@ class BinanceHost(Host):
 
     @property
     def market(self):
+        """The one market this host serves."""
         return self.markets[self.venue]
 
     def routes(self) -> list[web.RouteDef]:
         if self.venue is _SPOT:
             rest = [
-                web.get("/api/v3/exchangeInfo", self.exchange_info),
-                web.get("/api/v3/time", self.server_time),
-                web.get("/api/v3/account", self.account),
+                web.get("/api/v3/exchangeInfo", self._exchange_info),
+                web.get("/api/v3/time", self._server_time),
+                web.get("/api/v3/account", self._account),
             ]
         else:
             rest = [
-                web.get("/fapi/v1/exchangeInfo", self.exchange_info),
-                web.get("/fapi/v1/time", self.server_time),
-                web.get("/fapi/v1/premiumIndex", self.premium_index),
-                web.get("/fapi/v2/balance", self.balance),
+                web.get("/fapi/v1/exchangeInfo", self._exchange_info),
+                web.get("/fapi/v1/time", self._server_time),
+                web.get("/fapi/v1/premiumIndex", self._premium_index),
+                web.get("/fapi/v2/balance", self._balance),
             ]
         return rest + [
-            web.get("/ws", self.ws_raw),
-            web.get("/ws/{streams:.+}", self.ws_raw),
-            web.get("/stream", self.ws_combined),
+            web.get("/ws", self._ws_raw),
+            web.get("/ws/{streams:.+}", self._ws_raw),
+            web.get("/stream", self._ws_combined),
         ]
 
     # -- REST ------------------------------------------------------------------------------------------
 
-    async def server_time(self, request: web.Request) -> web.Response:
+    async def _server_time(self, request: web.Request) -> web.Response:
         return web.json_response({"serverTime": self.now_ms()})
 
-    async def exchange_info(self, request: web.Request) -> web.Response:
+    async def _exchange_info(self, request: web.Request) -> web.Response:
         wanted: set[str] | None = None
         if "symbol" in request.query:
             wanted = {request.query["symbol"]}
@@ -121,7 +122,7 @@ class BinanceHost(Host):
         }
         return web.json_response(body, dumps=self.json)
 
-    async def premium_index(self, request: web.Request) -> web.Response:
+    async def _premium_index(self, request: web.Request) -> web.Response:
         now = self.now_ms()
         wanted = request.query.get("symbol")
         rows = []
@@ -176,7 +177,7 @@ class BinanceHost(Host):
             return _error(400, -1022, "Signature for this request is not valid.")
         return None
 
-    async def account(self, request: web.Request) -> web.Response:
+    async def _account(self, request: web.Request) -> web.Response:
         if (refused := self._check_signed(request)) is not None:
             return refused
         now = self.now_ms()
@@ -192,7 +193,7 @@ class BinanceHost(Host):
         }
         return web.json_response(body, dumps=self.json)
 
-    async def balance(self, request: web.Request) -> web.Response:
+    async def _balance(self, request: web.Request) -> web.Response:
         if (refused := self._check_signed(request)) is not None:
             return refused
         now = self.now_ms()
@@ -218,11 +219,11 @@ class BinanceHost(Host):
 
     # -- websocket -------------------------------------------------------------------------------------
 
-    async def ws_raw(self, request: web.Request) -> web.WebSocketResponse:
+    async def _ws_raw(self, request: web.Request) -> web.WebSocketResponse:
         streams = request.match_info.get("streams", "")
         return await self.serve_ws(request, setup=lambda s: self._initial(s, streams.split("/") if streams else [], combined=False))
 
-    async def ws_combined(self, request: web.Request) -> web.WebSocketResponse:
+    async def _ws_combined(self, request: web.Request) -> web.WebSocketResponse:
         streams = request.query.get("streams", "")
         return await self.serve_ws(request, setup=lambda s: self._initial(s, streams.split("/") if streams else [], combined=True))
 

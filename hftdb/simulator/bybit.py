@@ -47,12 +47,12 @@ class BybitHost(Host):
 
     def routes(self) -> list[web.RouteDef]:
         return [
-            web.get("/v5/market/instruments-info", self.instruments_info),
-            web.get("/v5/market/tickers", self.tickers),
-            web.get("/v5/market/time", self.server_time),
-            web.get("/v5/account/wallet-balance", self.wallet_balance),
-            web.get("/v5/public/spot", self.ws_spot),
-            web.get("/v5/public/linear", self.ws_linear),
+            web.get("/v5/market/instruments-info", self._instruments_info),
+            web.get("/v5/market/tickers", self._tickers),
+            web.get("/v5/market/time", self._server_time),
+            web.get("/v5/account/wallet-balance", self._wallet_balance),
+            web.get("/v5/public/spot", self._ws_spot),
+            web.get("/v5/public/linear", self._ws_linear),
         ]
 
     def _response(self, result: object, ret_code: int = 0, ret_msg: str = "OK") -> web.Response:
@@ -64,11 +64,11 @@ class BybitHost(Host):
 
     # -- REST ------------------------------------------------------------------------------------------
 
-    async def server_time(self, request: web.Request) -> web.Response:
+    async def _server_time(self, request: web.Request) -> web.Response:
         ns = int(self.clock() * 1e9)
         return self._response({"timeSecond": str(ns // 10**9), "timeNano": str(ns)})
 
-    async def instruments_info(self, request: web.Request) -> web.Response:
+    async def _instruments_info(self, request: web.Request) -> web.Response:
         q = request.query
         venue = _CATEGORY.get(q.get("category", ""))
         if venue is None or venue not in self.markets:
@@ -124,7 +124,7 @@ class BybitHost(Host):
             rows.append(row)
         return self._response({"category": q["category"], "list": rows, "nextPageCursor": cursor_out})
 
-    async def tickers(self, request: web.Request) -> web.Response:
+    async def _tickers(self, request: web.Request) -> web.Response:
         q = request.query
         venue = _CATEGORY.get(q.get("category", ""))
         if venue is None:
@@ -159,7 +159,7 @@ class BybitHost(Host):
             return self._response({}, 10004, f"error sign! origin_string[{origin}]")
         return None
 
-    async def wallet_balance(self, request: web.Request) -> web.Response:
+    async def _wallet_balance(self, request: web.Request) -> web.Response:
         if (refused := self._check_signed(request)) is not None:
             return refused
         if request.query.get("accountType") not in ("UNIFIED", "CONTRACT", "SPOT"):
@@ -183,10 +183,10 @@ class BybitHost(Host):
 
     # -- websocket -------------------------------------------------------------------------------------
 
-    async def ws_spot(self, request: web.Request) -> web.WebSocketResponse:
+    async def _ws_spot(self, request: web.Request) -> web.WebSocketResponse:
         return await self.serve_ws(request, _SPOT)
 
-    async def ws_linear(self, request: web.Request) -> web.WebSocketResponse:
+    async def _ws_linear(self, request: web.Request) -> web.WebSocketResponse:
         return await self.serve_ws(request, _LINEAR)
 
     def _reply(self, session: Session, req: dict, op: str, success: bool, ret_msg: str) -> None:

@@ -89,10 +89,12 @@ class Faults:
         self.duplicates: dict[ExchangeName, deque[str | None]] = {}
 
     def stalled(self, host: str) -> bool:
+        """Whether ``host`` is inside a stall."""
         until = self.stall_until.get(host)
         return until is not None and asyncio.get_running_loop().time() < until
 
     def unstalled_event(self, host: str) -> asyncio.Event:
+        """An event set while ``host`` is not stalled."""
         ev = self.unstalled.get(host)
         if ev is None:
             ev = self.unstalled[host] = asyncio.Event()
@@ -100,6 +102,7 @@ class Faults:
         return ev
 
     def take_http(self, host: str, path: str) -> _HttpFault | None:
+        """Consume one pending HTTP error for a request to ``path``, if any."""
         for fault in self.http.get(host, ()):
             if fault.remaining > 0 and (fault.path is None or path.startswith(fault.path)):
                 fault.remaining -= 1
@@ -107,6 +110,7 @@ class Faults:
         return None
 
     def take_gap(self, venue: ExchangeName, symbol: str) -> int:
+        """Consume the next pending gap if it applies to ``symbol``: the ids to skip (0 if none)."""
         pending = self.gaps.get(venue)
         if pending:
             want, size = pending[0]
@@ -116,6 +120,7 @@ class Faults:
         return 0
 
     def take_duplicate(self, venue: ExchangeName, symbol: str) -> bool:
+        """Consume the next pending duplicate if it applies to ``symbol``."""
         pending = self.duplicates.get(venue)
         if pending and (pending[0] is None or pending[0] == symbol):
             pending.popleft()
@@ -155,6 +160,7 @@ class Session:
 
     @property
     def stalled(self) -> bool:
+        """Whether this connection's host is stalled."""
         return self.host.faults.stalled(self.host.name)
 
     def send_data(self, text: str, stream: tuple[ExchangeName, str, str], key: int) -> None:
@@ -166,9 +172,11 @@ class Session:
         self._put((_CONTROL, text))
 
     def send_malformed(self, text: str) -> None:
+        """Queue a malformed frame (counted in ``Ledger.malformed``, never as data)."""
         self._put((_CONTROL, text, "malformed"))
 
     def send_ping(self, payload: bytes) -> None:
+        """Queue a protocol ping frame."""
         self._put((_PING, payload))
 
     def close(self, code: int = 1000, message: str = "") -> None:
@@ -199,6 +207,7 @@ class Session:
         self.drained.clear()
 
     async def writer(self) -> None:
+        """Write queued frames in order until closed; a data frame enters the ledger once written."""
         ws, ledger, faults, name = self.ws, self.host.ledger, self.host.faults, self.host.name
         loop = asyncio.get_running_loop()
         queue = self._queue
@@ -271,9 +280,11 @@ class Host:
     # -- to override -------------------------------------------------------------------------------------
 
     def routes(self) -> list[web.RouteDef]:
+        """The host's REST and websocket routes."""
         raise NotImplementedError
 
     async def on_text(self, session: Session, text: str) -> None:
+        """Answer one text frame from a client (subscribe, ping...)."""
         raise NotImplementedError
 
     def on_pong(self, session: Session, payload: bytes) -> None:
@@ -304,17 +315,17 @@ class Host:
     # -- shared machinery --------------------------------------------------------------------------------
 
     def now_ms(self) -> int:
+        """The simulator clock in milliseconds."""
         return int(self.clock() * 1000)
 
-    def market_of(self, venue: ExchangeName) -> Market | None:
-        return self.markets.get(venue)
-
     def subscribe(self, session: Session, stream: tuple[ExchangeName, str, str]) -> None:
+        """Send ``stream``'s messages to ``session`` from now on."""
         session.subs.add(stream)
         self.subscribers.setdefault(stream, set()).add(session)
         self.on_change()
 
     def unsubscribe(self, session: Session, stream: tuple[ExchangeName, str, str]) -> None:
+        """Stop sending ``stream``'s messages to ``session``."""
         session.subs.discard(stream)
         subs = self.subscribers.get(stream)
         if subs is not None:
@@ -346,12 +357,9 @@ class Host:
         if duplicate:
             tally.duplicates += len(live)
 
-    def has_subscribers(self, venue: ExchangeName, symbol: str) -> bool:
-        books, funding = self.channels[venue]
-        return any((venue, ch, symbol) in self.subscribers for ch in books + funding)
-
     @staticmethod
     def json(obj: Any) -> str:
+        """Compact JSON, as the venues send it."""
         return json.dumps(obj, separators=(",", ":"))
 
     @web.middleware
@@ -427,5 +435,6 @@ class Host:
                 self.on_pong(session, msg.data)
 
     async def close_all(self) -> None:
+        """Close every connection gracefully (shutdown)."""
         for session in list(self.sessions):
             session.close(1001, "server shutting down")

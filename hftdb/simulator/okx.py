@@ -44,11 +44,11 @@ class OkxHost(Host):
 
     def routes(self) -> list[web.RouteDef]:
         return [
-            web.get("/api/v5/public/instruments", self.instruments),
-            web.get("/api/v5/public/funding-rate", self.funding_rate),
-            web.get("/api/v5/public/time", self.server_time),
-            web.get("/api/v5/account/balance", self.balance),
-            web.get("/ws/v5/public", self.ws_public),
+            web.get("/api/v5/public/instruments", self._instruments),
+            web.get("/api/v5/public/funding-rate", self._funding_rate),
+            web.get("/api/v5/public/time", self._server_time),
+            web.get("/api/v5/account/balance", self._balance),
+            web.get("/ws/v5/public", self._ws_public),
         ]
 
     def _ok(self, data: list) -> web.Response:
@@ -65,10 +65,10 @@ class OkxHost(Host):
 
     # -- REST ------------------------------------------------------------------------------------------
 
-    async def server_time(self, request: web.Request) -> web.Response:
+    async def _server_time(self, request: web.Request) -> web.Response:
         return self._ok([{"ts": str(self.now_ms())}])
 
-    async def instruments(self, request: web.Request) -> web.Response:
+    async def _instruments(self, request: web.Request) -> web.Response:
         inst_type = request.query.get("instType", "")
         if not inst_type:
             return web.json_response({"code": "50014", "msg": "Parameter instType can not be empty.", "data": []}, status=400)
@@ -96,7 +96,7 @@ class OkxHost(Host):
             rows.append(row)
         return self._ok(rows)
 
-    async def funding_rate(self, request: web.Request) -> web.Response:
+    async def _funding_rate(self, request: web.Request) -> web.Response:
         inst_id = request.query.get("instId", "")
         if not inst_id:
             return web.json_response({"code": "50014", "msg": "Parameter instId can not be empty.", "data": []}, status=400)
@@ -127,7 +127,7 @@ class OkxHost(Host):
             return self._fail(401, "50113", "Invalid Sign")
         return None
 
-    async def balance(self, request: web.Request) -> web.Response:
+    async def _balance(self, request: web.Request) -> web.Response:
         if (refused := self._check_signed(request)) is not None:
             return refused
         now = str(self.now_ms())
@@ -148,7 +148,7 @@ class OkxHost(Host):
 
     # -- websocket -------------------------------------------------------------------------------------
 
-    async def ws_public(self, request: web.Request) -> web.WebSocketResponse:
+    async def _ws_public(self, request: web.Request) -> web.WebSocketResponse:
         return await self.serve_ws(request)
 
     def _event(self, session: Session, req_id: object, body: dict) -> None:
