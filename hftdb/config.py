@@ -9,6 +9,8 @@ file, so a bad override names its variable and what was expected.
 from __future__ import annotations
 
 import os
+import types
+import typing
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
@@ -23,8 +25,17 @@ __all__ = [
     "WriterSettings",
     "CacheSettings",
     "StorageSettings",
+    "ReadSettings",
+    "VenueSettings",
+    "ExchangesSettings",
+    "DaemonSettings",
+    "MetricsSettings",
+    "LoggingSettings",
+    "DemoSettings",
     "Settings",
+    "VENUE_CHANNELS",
     "load_settings",
+    "locate_config",
     "apply_env",
     "redact_dsn",
 ]
@@ -74,6 +85,7 @@ class WriterSettings(_Section):
     """How the batch writers group rows into COPY transactions and what they do when the database is away."""
 
     batch_max_rows: PosInt = 10_000
+    commit_max_rows: PosInt = 100_000
     batch_max_age_ms: PosFloat = 50.0
     linger_ms: NonNegFloat = 0.0
     buffer_max_rows: PosInt = 1_000_000
@@ -104,6 +116,134 @@ class StorageSettings(_Section):
     cold_btree: bool = True
 
 
+#: The channels each venue's adapter can stream (its defaults first), as named in the venue's own API.
+VENUE_CHANNELS: dict[str, tuple[str, ...]] = {
+    "binance_spot": ("bookTicker",),
+    "binance_usdm": ("bookTicker", "markPrice@1s", "markPrice"),
+    "bybit_spot": ("orderbook.1",),
+    "bybit_linear": ("orderbook.1", "tickers"),
+    "okx_spot": ("bbo-tbt", "tickers"),
+    "okx_swap": ("bbo-tbt", "funding-rate", "tickers"),
+}
+
+
+class VenueSettings(_Section):
+    """One venue: whether the daemon streams it, which symbols and channels, and the account its balances go to."""
+
+    enabled: bool = True
+    symbols: Literal["all"] | tuple[str, ...] = "all"
+    channels: tuple[str, ...] = ()
+    account: str = "default"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.symbols, tuple) and not self.symbols:
+            raise ValueError('symbols: give "all" or at least one native symbol')
+        if isinstance(self.symbols, tuple) and not all(self.symbols):
+            raise ValueError("symbols: a symbol is an empty string")
+        if not self.account:
+            raise ValueError("account must not be empty")
+
+
+class ExchangesSettings(_Section):
+    """The venues the daemon streams, and how often it syncs symbols and polls balances."""
+
+    binance_spot: VenueSettings = VenueSettings()
+    binance_usdm: VenueSettings = VenueSettings()
+    bybit_spot: VenueSettings = VenueSettings()
+    bybit_linear: VenueSettings = VenueSettings()
+    okx_spot: VenueSettings = VenueSettings()
+    okx_swap: VenueSettings = VenueSettings()
+    symbol_sync_interval_s: PosFloat = 3_600.0
+    balance_interval_s: NonNegFloat = 60.0
+    secrets_file: str | None = None
+    request_timeout_s: PosFloat = 10.0
+    startup_timeout_s: PosFloat = 60.0
+
+    def __post_init__(self) -> None:
+        for venue, known in VENUE_CHANNELS.items():
+            for channel in getattr(self, venue).channels:
+                if channel not in known:
+                    raise ValueError(
+                        f"{venue}.channels: {channel!r} is not a channel of {venue} (its channels: {', '.join(known)})"
+                    )
+
+    def venues(self) -> dict[str, VenueSettings]:
+        """The enabled venues by name, in a fixed order."""
+        return {v: getattr(self, v) for v in VENUE_CHANNELS if getattr(self, v).enabled}
+
+
+class DaemonSettings(_Section):
+    """The daemon's periodic work and its shutdown."""
+
+    status_interval_s: NonNegFloat = 10.0
+    maintenance_interval_s: PosFloat = 600.0
+    feed_stale_after_s: PosFloat = 60.0
+    shutdown_timeout_s: PosFloat = 30.0
+
+
+class MetricsSettings(_Section):
+    """The HTTP endpoint serving ``/metrics`` (Prometheus text), ``/health`` and ``/stats``."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65_535)] = 9464
+    health_timeout_s: PosFloat = 5.0
+
+
+class LoggingSettings(_Section):
+    """Where logs go and how they look."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+    file: str | None = None
+
+
+class DemoSettings(_Section):
+    """``run.py --demo``: the exchange simulator the daemon streams from instead of the exchanges."""
+
+    database: Annotated[str, Meta(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "hftdb_demo"
+    rate: PosFloat = 50.0
+    symbols: Annotated[int, Meta(gt=0, le=20_000)] = 5
+    seed: int = 0
+    funding_interval_s: PosFloat = 1.0
+    ledger_file: str | None = None
+
+
+class ReadSettings(_Section):
+    """Where reads go: read replicas (any number; the primary is ``database.dsn``), their health, the read pools.
+
+    Reads rotate over healthy replicas and fall back to the primary when every replica is down or lags more than
+    ``max_lag_ms``. Writes always go to the primary. Commit notifications always come from the primary.
+    """
+
+    replicas: tuple[str, ...] = ()
+    max_lag_ms: PosFloat = 1_000.0
+    health_interval_ms: PosFloat = 250.0
+    health_timeout_s: PosFloat = 2.0
+    pool_min_size: NonNegInt = 1
+    pool_max_size: PosInt = 4
+    listen_keepalive_s: PosFloat = 5.0
+    listen_retry_max_s: PosFloat = 5.0
+
+    def __post_init__(self) -> None:
+        if self.health_interval_ms * 2 > self.max_lag_ms:
+            # Lag is measured against primary WAL positions sampled each interval: its resolution is one interval.
+            raise ValueError("max_lag_ms must be at least twice health_interval_ms")
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError("pool_min_size must not exceed pool_max_size")
+
+    def __repr__(self) -> str:
+        replicas = tuple(redact_dsn(d) for d in self.replicas)
+        return (
+            f"ReadSettings(replicas={replicas!r}, max_lag_ms={self.max_lag_ms}, "
+            f"health_interval_ms={self.health_interval_ms}, health_timeout_s={self.health_timeout_s}, "
+            f"pool_min_size={self.pool_min_size}, pool_max_size={self.pool_max_size}, "
+            f"listen_keepalive_s={self.listen_keepalive_s}, listen_retry_max_s={self.listen_retry_max_s})"
+        )
+
+    __str__ = __repr__
+
+
 class Settings(_Section):
     """Everything hftdb reads from ``config/*.toml``."""
 
@@ -111,45 +251,95 @@ class Settings(_Section):
     writer: WriterSettings = WriterSettings()
     cache: CacheSettings = CacheSettings()
     storage: StorageSettings = StorageSettings()
+    reads: ReadSettings = ReadSettings()
+    exchanges: ExchangesSettings = ExchangesSettings()
+    daemon: DaemonSettings = DaemonSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    logging: LoggingSettings = LoggingSettings()
+    demo: DemoSettings = DemoSettings()
 
 
-def _sections(settings_type: type[msgspec.Struct]) -> dict[str, type[msgspec.Struct]]:
-    return {
-        f.name: f.type
-        for f in msgspec.structs.fields(settings_type)
-        if isinstance(f.type, type) and issubclass(f.type, msgspec.Struct)
-    }
+def _is_struct(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, msgspec.Struct)
 
 
-def apply_env(raw: dict[str, Any], environ: Mapping[str, str] | None = None, *, settings_type: type = Settings) -> dict[str, Any]:
-    """Merge ``HFTDB_<SECTION>_<KEY>`` variables into the raw (decoded but unvalidated) config mapping.
+def _fields(tp: type[msgspec.Struct]) -> dict[str, msgspec.structs.FieldInfo]:
+    return {f.name: f for f in msgspec.structs.fields(tp)}
 
-    Values are parsed as TOML scalars where they parse (``5000``, ``true``, ``1.5``), else taken as strings.
-    An ``HFTDB_`` variable that names no section and key is a :class:`ConfigError`.
-    """
-    environ = os.environ if environ is None else environ
-    sections = _sections(settings_type)
-    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+
+def _resolve_env(name: str, key: str, tp: type[msgspec.Struct], path: tuple[str, ...]) -> tuple[tuple[str, ...], Any]:
+    """The key path and field type an ``HFTDB_`` variable names; ConfigError naming what exists otherwise."""
+    fields = _fields(tp)
+    for fname in sorted(fields, key=len, reverse=True):
+        ftype = fields[fname].type
+        if _is_struct(ftype) and key.startswith(fname + "_"):
+            return _resolve_env(name, key[len(fname) + 1:], ftype, path + (fname,))
+        if not _is_struct(ftype) and key == fname:
+            return path + (fname,), ftype
+    if not path:
+        sections = ", ".join(f for f, info in fields.items() if _is_struct(info.type))
+        raise ConfigError(f"environment variable {name}: no config section matches (sections: {sections})")
+    keys = ", ".join(sorted(f for f, info in fields.items() if not _is_struct(info.type)))
+    raise ConfigError(f"environment variable {name}: [{'.'.join(path)}] has no key {key!r} (keys: {keys})")
+
+
+def _env_overrides(environ: Mapping[str, str], settings_type: type) -> dict[tuple[str, ...], tuple[str, Any]]:
+    out: dict[tuple[str, ...], tuple[str, Any]] = {}
     for name, value in environ.items():
         if not name.startswith("HFTDB_") or name in _IGNORED_ENV:
             continue
         key = name[len("HFTDB_"):].lower()
         if key == "dsn":
-            section, field = "database", "dsn"
+            path, ftype = ("database", "dsn"), str
         else:
-            section = next((s for s in sorted(sections, key=len, reverse=True) if key.startswith(s + "_")), None)
-            if section is None:
-                raise ConfigError(f"environment variable {name}: no config section matches (sections: {', '.join(sorted(sections))})")
-            field = key[len(section) + 1:]
-            known = {f.name for f in msgspec.structs.fields(sections[section])}
-            if field not in known:
-                raise ConfigError(f"environment variable {name}: [{section}] has no key {field!r} (keys: {', '.join(sorted(known))})")
-        merged.setdefault(section, {})[field] = _parse_scalar(value)
+            path, ftype = _resolve_env(name, key, settings_type, ())
+        out[path] = (name, _parse_env_value(value, ftype))
+    return out
+
+
+def apply_env(raw: dict[str, Any], environ: Mapping[str, str] | None = None, *, settings_type: type = Settings) -> dict[str, Any]:
+    """Merge ``HFTDB_<SECTION>_<KEY>`` variables into the raw (decoded but unvalidated) config mapping.
+
+    Nested tables are reached the same way: ``HFTDB_EXCHANGES_OKX_SPOT_SYMBOLS`` sets ``[exchanges.okx_spot]
+    symbols``. Values are parsed as TOML values where they parse (``5000``, ``true``, ``1.5``, ``["a", "b"]``),
+    else taken as strings; a list key also takes a comma-separated string (``BTCUSDT,ETHUSDT``). An ``HFTDB_``
+    variable that names no section and key is a :class:`ConfigError`.
+    """
+    environ = os.environ if environ is None else environ
+    return _merge_env(raw, _env_overrides(environ, settings_type))
+
+
+def _merge_env(raw: dict[str, Any], overrides: Mapping[tuple[str, ...], tuple[str, Any]]) -> dict[str, Any]:
+    merged = _copy_tables(raw)
+    for path, (name, value) in overrides.items():
+        table = merged
+        for i, part in enumerate(path[:-1]):
+            sub = table.setdefault(part, {})
+            if not isinstance(sub, dict):
+                raise ConfigError(f"environment variable {name}: [{'.'.join(path[: i + 1])}] is not a table in the file")
+            table = sub
+        table[path[-1]] = value
     return merged
+
+
+def _copy_tables(raw: dict[str, Any]) -> dict[str, Any]:
+    return {k: _copy_tables(v) if isinstance(v, dict) else v for k, v in raw.items()}
 
 
 # Variables that share the prefix but are not config keys.
 _IGNORED_ENV = frozenset({"HFTDB_TEST_DSN", "HFTDB_CONFIG"})
+
+
+def _parse_env_value(text: str, ftype: Any) -> Any:
+    value = _parse_scalar(text)
+    if isinstance(value, str) and _takes_sequence(ftype) and value != "all":
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _takes_sequence(tp: Any) -> bool:
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    return any(typing.get_origin(a) in (tuple, list) for a in args)
 
 
 def _parse_scalar(text: str) -> Any:
@@ -157,6 +347,18 @@ def _parse_scalar(text: str) -> Any:
         return msgspec.toml.decode(f"v = {text}")["v"]
     except msgspec.DecodeError:
         return text
+
+
+def locate_config(path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None) -> Path | None:
+    """The config file to load: ``path`` if given, else ``$HFTDB_CONFIG``, else ``./config/default.toml`` when it
+    exists, else None (the built-in defaults, which are what ``config/default.toml`` documents)."""
+    environ = os.environ if environ is None else environ
+    if path is not None:
+        return Path(path)
+    if environ.get("HFTDB_CONFIG"):
+        return Path(environ["HFTDB_CONFIG"])
+    default = Path("config") / "default.toml"
+    return default if default.is_file() else None
 
 
 def load_settings(
@@ -167,10 +369,11 @@ def load_settings(
 ) -> Any:
     """Load settings from a TOML file (or defaults when ``path`` is None) and apply environment overrides.
 
-    Raises :class:`ConfigError` naming the file, the key and what was expected.
+    Raises :class:`ConfigError` naming the file (or the environment variable), the key and what was expected.
     """
+    environ = os.environ if environ is None else environ
     raw: dict[str, Any] = {}
-    source = "defaults"
+    source = "built-in defaults"
     if path is not None:
         p = Path(path)
         source = str(p)
@@ -180,10 +383,127 @@ def load_settings(
             raise ConfigError(f"config file not found: {p}") from None
         except IsADirectoryError:
             raise ConfigError(f"config path is a directory, not a file: {p}") from None
+        except PermissionError:
+            raise ConfigError(f"config file not readable (permission denied): {p}") from None
         except msgspec.DecodeError as exc:
             raise ConfigError(f"{p}: not valid TOML: {exc}") from None
-    merged = apply_env(raw, environ, settings_type=settings_type)
+    overrides = _env_overrides(environ, settings_type)
+    merged = _merge_env(raw, overrides)
     try:
         return msgspec.convert(merged, settings_type)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source} (with HFTDB_* overrides): {exc}") from None
+        raise ConfigError(_explain(str(exc), source, merged, overrides, settings_type)) from None
+
+
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]*)`$")
+_KEYED = re.compile(r"^(?P<key>[a-z_][a-z0-9_.]*): (?P<msg>.*)$", re.DOTALL)
+_SECRET_KEYS = frozenset({"dsn"})
+
+
+def _explain(
+    message: str,
+    source: str,
+    merged: Mapping[str, Any],
+    overrides: Mapping[tuple[str, ...], tuple[str, Any]],
+    settings_type: type,
+) -> str:
+    """Turn msgspec's ``Expected `int`, got `str` - at `$.writer.batch_max_rows``` into a sentence naming the file
+    (or environment variable), the key, the value and what was expected."""
+    m = _AT.match(message)
+    assert m is not None  # the pattern matches any text
+    msg = m.group("msg")
+    path = tuple(p for p in (m.group("path") or "").split(".") if p)
+    unknown = _UNKNOWN.match(msg)
+    if unknown:
+        field = unknown.group("field")
+        tp = _type_at(settings_type, path)
+        names = sorted(_fields(tp)) if _is_struct(tp) else []
+        if not path:
+            return f"{source}: unknown section [{field}] (sections: {', '.join(names)})"
+        table = ".".join(path)
+        origin = _origin(path + (field,), source, overrides)
+        return f"{origin}: [{table}] has no key {field!r} (keys: {', '.join(names)})"
+    origin = _origin(path, source, overrides)
+    tp = _type_at(settings_type, path)
+    if path and not _is_struct(tp):
+        table, key = ".".join(path[:-1]), path[-1]
+        value = _value_at(merged, path)
+        shown = "***" if key in _SECRET_KEYS else _toml_repr(value)
+        where = f"[{table}] {key} = {shown}" if table else f"{key} = {shown}"
+        return f"{origin}: {where}: expected {_describe(tp)}"
+    # A table-level problem: a check in __post_init__ (whose message starts with the key it is about), or a
+    # value where a table belongs.
+    sub = _KEYED.match(msg)
+    if sub and _type_at(tp, tuple(sub.group("key").split("."))) is not None:
+        *tables, key = path + tuple(sub.group("key").split("."))
+        origin = _origin((*tables, key), source, overrides)
+        return f"{origin}: [{'.'.join(tables)}] {key}: {sub.group('msg')}"
+    where = f"[{'.'.join(path)}]" if path else "settings"
+    return f"{origin}: {where}: {_lower_first(msg).replace('expected `object`', 'expected a table')}"
+
+
+def _origin(path: tuple[str, ...], source: str, overrides: Mapping[tuple[str, ...], tuple[str, Any]]) -> str:
+    for key, (name, _) in overrides.items():
+        if key[: len(path)] == path or path[: len(key)] == key:
+            return f"environment variable {name}"
+    return source
+
+
+def _type_at(tp: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        if not _is_struct(tp):
+            return None
+        info = _fields(tp).get(part)
+        if info is None:
+            return None
+        tp = info.type
+    return tp
+
+
+def _value_at(merged: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = merged
+    for part in path:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _toml_repr(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_repr(v) for v in value) + "]"
+    return repr(value)
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def _describe(tp: Any) -> str:
+    """Say in words what a field takes: ``an integer > 0``, ``one of "block", "raise"``, ``a list of strings``."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        base, *metas = typing.get_args(tp)
+        bounds = []
+        for meta in metas:
+            if isinstance(meta, Meta):
+                for attr, sign in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+                    if getattr(meta, attr) is not None:
+                        bounds.append(f"{sign} {getattr(meta, attr)}")
+                if meta.pattern is not None:
+                    bounds.append(f"matching {meta.pattern}")
+        return f"{_describe(base)} {' and '.join(bounds)}" if bounds else _describe(base)
+    if origin is Literal:
+        return "one of " + ", ".join(_toml_repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        parts = [_describe(a) for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(parts)
+    if origin in (tuple, list):
+        (item, *_) = typing.get_args(tp) or (str,)
+        return f"a list of {_describe(item).removeprefix('a ').removeprefix('an ')}s"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))
