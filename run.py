@@ -1,51 +1,40 @@
-"""hftdb's main job. Until the daemon lands (issue 4), a short demo through the public API on the embedded database:
-register an exchange, stream synthetic book tickers through the batch writer, and read them back."""
+"""hftdb's daemon: stream the exchanges into PostgreSQL until SIGINT or SIGTERM.
+
+    python run.py              live exchanges (Binance, Bybit, OKX) per config/default.toml
+    python run.py --demo       the same daemon against a local exchange simulator (no internet needed)
+
+Configuration: --config PATH, else $HFTDB_CONFIG, else ./config/default.toml; every key can be overridden by
+HFTDB_<SECTION>_<KEY>. With no DSN, PostgreSQL is embedded in ./data/postgres. The first SIGINT/SIGTERM stops
+the feeds, flushes every writer and exits 0 with a one-line summary; a second one forces the stop. The work is
+done by hftdb.daemon.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import random
 import sys
-import time
 
-from hftdb import BookTicker, DatabaseManager, ExchangeName, HftdbError, now_us
+from hftdb.config import load_settings, locate_config
+from hftdb.daemon import serve
+from hftdb.errors import HftdbError
+from hftdb.logsetup import configure_logging
 
 
-async def demo(rows: int) -> None:
-    async with DatabaseManager() as db:
-        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
-        symbols = [f"DEMO{i}USDT" for i in range(20)]
-        mids = {s: 100.0 * (i + 1) for i, s in enumerate(symbols)}
-        started = time.perf_counter()
-        sent = 0
-        while sent < rows:
-            chunk = []
-            for _ in range(min(1_000, rows - sent)):
-                s = random.choice(symbols)
-                mids[s] *= 1 + random.gauss(0, 1e-4)
-                mid = mids[s]
-                chunk.append(BookTicker("binance_spot", s, round(mid * 0.9999, 4), 1.0, round(mid * 1.0001, 4), 1.0,
-                                        now_us()))
-            sent += await db.insert_book_ticker_snapshots(chunk)
-        await db.flush()
-        elapsed = time.perf_counter() - started
-        latest = await db.get_latest_book_tickers(ExchangeName.BINANCE_SPOT, symbols[:3])
-        stats = await db.get_database_stats()
-        w = stats["writers"]["book_tickers"]
-        print(f"wrote {w['rows_committed']:,} book tickers in {elapsed:.2f}s "
-              f"({w['rows_committed'] / elapsed:,.0f} rows/s, {w['batches_committed']} batches, "
-              f"commit p99 {w['commit_p99_ms']:.1f} ms)")
-        for t in latest:
-            print(f"  {t.exchange} {t.symbol}: bid {t.bid_price} / ask {t.ask_price}")
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="PATH", help="TOML settings (default: $HFTDB_CONFIG, else ./config/default.toml)")
+    p.add_argument("--demo", action="store_true", help="stream from the in-process exchange simulator, into [demo] database")
+    p.add_argument("--ledger", metavar="PATH", help="with --demo: write what the simulator sent to this JSON file at exit")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=100_000, help="book tickers to write (default 100000)")
+    """Load the configuration, run the daemon under uvloop, print its summary; the exit status."""
+    parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.ledger and not args.demo:
+        parser.error("--ledger needs --demo")
     try:
         import uvloop
 
@@ -53,12 +42,17 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # pragma: no cover - uvloop is not available on Windows
         runner = asyncio.run
     try:
-        runner(demo(args.rows))
+        settings = load_settings(locate_config(args.config))
+        configure_logging(settings.logging)
+        # serve() installs the signal handlers and closes everything it started, also on error, before returning.
+        summary = runner(serve(settings, demo=args.demo, ledger_file=args.ledger))
     except HftdbError as exc:
         print(f"hftdb: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("hftdb: stop forced; uncommitted rows were spooled for the next start", file=sys.stderr)
         return 130
+    print(summary.line())
     return 0
 
 
