@@ -15,11 +15,11 @@ import os
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable, Sequence
+from typing import Any, AsyncIterator, Iterable, Literal, Sequence
 
 import asyncpg
 
-from . import reads, schema
+from . import columnar, reads, schema
 from .cache import TTLCache
 from .config import Settings, load_settings, redact_dsn
 from .copy import PG_EPOCH_US
@@ -32,6 +32,9 @@ from .errors import (
     ValidationError,
 )
 from .models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Symbol, now_us
+from .notify import TABLES as NOTIFY_TABLES
+from .notify import Filter, Subscription
+from .replicas import ReadRouter
 from .server import EmbeddedServer
 from .tables import BalanceWriter, BookTickerWriter, FundingRateWriter
 from .unit import UnitOfWork
@@ -102,6 +105,10 @@ class DatabaseManager:
         self._exchange_names: dict[int, str] = {}
         self._latest_cache = TTLCache[Any, Any](settings.cache.latest_ttl_ms / 1000) if settings.cache.latest_ttl_ms else None
         self._writers: dict[str, BatchWriter] = {}
+        self._directory = reads.SymbolDirectory()
+        self._router: ReadRouter | None = None
+        self._reader: reads.Reader | None = None
+        self._subscriptions: set[Subscription] = set()
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -153,6 +160,9 @@ class DatabaseManager:
                     await schema.migrate(conn)
                     await schema.maintain(conn, self.settings.storage, now_us(), retention=False)
                 await self._warm_caches()
+                self._router = ReadRouter(self._dsn, self.settings.reads, database=db)
+                await self._router.start()
+                self._reader = reads.Reader(self._router, self._directory)
                 spool_root = Path(self._spool_dir) if self._spool_dir else None
                 for cls in (BookTickerWriter, FundingRateWriter, BalanceWriter):
                     writer = cls(
@@ -199,8 +209,13 @@ class DatabaseManager:
                 self._state = "closed"
 
     async def _teardown(self) -> None:
+        for sub in list(self._subscriptions):
+            await sub.close()
         for writer in self._writers.values():
             await writer.terminate()
+        router, self._router = self._router, None
+        if router is not None:
+            await router.close()
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
@@ -237,6 +252,7 @@ class DatabaseManager:
         name = self._exchange_names.get(sym.exchange_id)
         if name is not None:
             self._symbol_ids.set((name, sym.symbol), sym.id)
+            self._directory.remember(sym.id, sym.exchange_id, name, sym.symbol)
 
     def invalidate_caches(self, *, exchanges: bool = True, symbols: bool = True) -> None:
         """Drop cached exchanges and/or symbols; the next lookups read the database."""
@@ -508,10 +524,13 @@ class DatabaseManager:
         symbols: Sequence[str] | None = None,
         *,
         symbol_ids: Sequence[int] | None = None,
+        primary: bool = False,
     ) -> list[BookTicker]:
         """The current quote of each symbol, from ``book_tickers_latest`` (O(symbols), never a history scan).
 
         Filter by exchange, by native symbols of that exchange, or by symbol ids; no filter returns every symbol.
+        In no particular order (sort by ``symbol_id`` if you need one). Reads go to a healthy replica when replicas
+        are configured; ``primary=True`` reads the primary (read-your-writes after :meth:`flush`).
         """
         self._check_open()
         ids = await self._filter_ids(exchange, symbols, symbol_ids)
@@ -520,7 +539,7 @@ class DatabaseManager:
             hit = self._latest_cache.get(key)
             if hit is not None:
                 return hit
-        result = await reads.latest_book_tickers(self.pool, ids)
+        result = await self._reader.latest_book_tickers(ids, primary=primary)  # type: ignore[union-attr]
         if self._latest_cache is not None:
             self._latest_cache.set(key, result)
         return result
@@ -531,14 +550,17 @@ class DatabaseManager:
         symbols: Sequence[str] | None = None,
         *,
         symbol_ids: Sequence[int] | None = None,
+        primary: bool = False,
     ) -> list[FundingRate]:
-        """The current funding rate of each perpetual, from ``funding_rates_latest``."""
+        """The current funding rate of each perpetual, from ``funding_rates_latest``; filters as for book tickers."""
         self._check_open()
         ids = await self._filter_ids(exchange, symbols, symbol_ids)
-        return await reads.latest_funding_rates(self.pool, ids)
+        return await self._reader.latest_funding_rates(ids, primary=primary)  # type: ignore[union-attr]
 
     async def _filter_ids(self, exchange: Any, symbols: Sequence[str] | None, symbol_ids: Sequence[int] | None) -> Any:
         if symbol_ids is not None:
+            if isinstance(symbol_ids, (str, bytes)) or not all(type(i) is int for i in symbol_ids):
+                raise ValidationError("symbol_ids must be a list of integer ids")
             return ("ids", tuple(symbol_ids))
         if symbols is not None:
             if exchange is None:
@@ -560,43 +582,124 @@ class DatabaseManager:
         end: int | None = None,
         hours: float | None = None,
         limit: int | None = None,
-    ) -> list[BookTicker]:
+        format: Literal["objects", "columns", "numpy"] = "objects",
+        primary: bool = False,
+    ) -> Any:
         """Book tickers of one symbol in a receipt-time window, oldest first.
 
-        Give ``start``/``end`` (Unix µs; end exclusive, default now) or ``hours`` back from now.
+        Give ``start``/``end`` (Unix µs; end exclusive, default now) or ``hours`` back from now. ``format``:
+        ``"objects"`` a list of :class:`BookTicker`; ``"columns"`` a dict of lists (recv_ts, exchange_ts,
+        bid_price, bid_qty, ask_price, ask_qty, update_id; NULL as None); ``"numpy"`` a dict of numpy arrays
+        decoded straight from binary COPY (needs ``hftdb[numpy]``; see :mod:`hftdb.columnar`).
         """
         self._check_open()
+        columnar.check_format(format)
         sid = await self._symbol_id(exchange, symbol)
         lo, hi = _window(start, end, hours)
-        return await reads.book_ticker_history(self.pool, sid, lo, hi, limit, _exchange_name(exchange), symbol)
+        return await self._reader.book_ticker_history(  # type: ignore[union-attr]
+            sid, lo, hi, _limit(limit), exchange=_exchange_name(exchange), symbol=symbol, format=format,
+            primary=primary)
 
     async def get_funding_rate_history(
         self, exchange: ExchangeName | str, symbol: str, *, start: int | None = None, end: int | None = None,
         hours: float | None = None, limit: int | None = None,
-    ) -> list[FundingRate]:
-        """Funding rates of one symbol in a receipt-time window, oldest first."""
+        format: Literal["objects", "columns", "numpy"] = "objects", primary: bool = False,
+    ) -> Any:
+        """Funding rates of one symbol in a receipt-time window, oldest first; ``format`` as for book tickers."""
         self._check_open()
+        columnar.check_format(format)
         sid = await self._symbol_id(exchange, symbol)
         lo, hi = _window(start, end, hours)
-        return await reads.funding_history(self.pool, sid, lo, hi, limit, _exchange_name(exchange), symbol)
+        return await self._reader.funding_history(  # type: ignore[union-attr]
+            sid, lo, hi, _limit(limit), exchange=_exchange_name(exchange), symbol=symbol, format=format,
+            primary=primary)
 
     async def get_latest_balances(
-        self, exchange: ExchangeName | str | None = None, *, account: str | None = None
+        self, exchange: ExchangeName | str | None = None, *, account: str | None = None, primary: bool = False
     ) -> list[Balance]:
         """The current balance of every asset (of one exchange and/or account), from ``balances_latest``."""
         self._check_open()
         ex_id = (await self.get_exchange_by_enum(exchange)).id if exchange is not None else None
-        return await reads.latest_balances(self.pool, ex_id, account)
+        return await self._reader.latest_balances(ex_id, account, primary=primary)  # type: ignore[union-attr]
 
     async def get_balance_history(
         self, exchange: ExchangeName | str, asset: str, *, account: str = "default", start: int | None = None,
         end: int | None = None, hours: float | None = None, limit: int | None = None,
-    ) -> list[Balance]:
-        """Balance snapshots of one asset in a receipt-time window, oldest first."""
+        format: Literal["objects", "columns", "numpy"] = "objects", primary: bool = False,
+    ) -> Any:
+        """Balance snapshots of one asset in a receipt-time window, oldest first.
+
+        ``objects`` and ``columns`` keep amounts exact (Decimal); ``numpy`` gives float64 approximations.
+        """
         self._check_open()
+        columnar.check_format(format)
         ex = await self.get_exchange_by_enum(exchange)
         lo, hi = _window(start, end, hours)
-        return await reads.balance_history(self.pool, ex.id, account, asset, lo, hi, limit)  # type: ignore[arg-type]
+        return await self._reader.balance_history(  # type: ignore[union-attr]
+            ex.id, account, asset, lo, hi, _limit(limit), exchange=ex.name, format=format,  # type: ignore[arg-type]
+            primary=primary)
+
+    def notifications(
+        self,
+        table: Literal["book_tickers", "funding_rates", "balances"],
+        *,
+        exchange: ExchangeName | str | None = None,
+        symbols: Sequence[str] | None = None,
+        symbol_ids: Sequence[int] | None = None,
+        max_pending: int = 100_000,
+    ) -> Subscription:
+        """Commit notifications of ``table`` (one per committed batch), for ``async with`` then ``async for``.
+
+        Narrow them to an exchange, to native ``symbols`` of that exchange, or to ``symbol_ids`` (for
+        ``balances``: an exchange only). The subscription listens on its own connection to the primary, reconnects
+        by itself, and yields a catch-up notification for any gap; see :mod:`hftdb.notify`.
+
+        >>> async with db.notifications("book_tickers", exchange="binance_spot") as feed:
+        ...     async for note in feed:
+        ...         quotes = await db.get_latest_book_tickers(symbol_ids=note.ids or None)
+        """
+        self._check_open()
+        if table not in NOTIFY_TABLES:
+            raise ValidationError(f"table must be one of {', '.join(NOTIFY_TABLES)}, got {table!r}")
+        if table == "balances" and (symbols is not None or symbol_ids is not None):
+            raise ValidationError("balances notifications filter by exchange only")
+        if symbols is not None and exchange is None:
+            raise ValidationError("symbols need an exchange: pass exchange=...")
+
+        async def prepare() -> Filter:
+            if symbol_ids is not None or symbols is not None:
+                filt = await self._filter_ids(exchange, symbols, symbol_ids)
+                return Filter(ids=filt[1])
+            if exchange is None:
+                return Filter()
+            ex = await self.get_exchange_by_enum(exchange)
+            if table == "balances":
+                return Filter(ids=[ex.id])  # type: ignore[list-item]
+            return Filter(exchange_id=ex.id, exchange_of=self._exchange_ids_of)
+
+        sub = Subscription(self.dsn, table, settings=self.settings.reads, prepare=prepare,
+                           connect_timeout=self.settings.database.connect_timeout, max_pending=max_pending,
+                           on_close=self._subscriptions.discard)
+        self._subscriptions.add(sub)
+        return sub
+
+    async def _exchange_ids_of(self, ids: list[int]) -> dict[int, int]:
+        directory = self._directory
+        if any(i not in directory.exchange_ids for i in ids):
+            await directory.resolve(self.pool, ids)
+        return directory.exchange_ids
+
+    def read_status(self) -> list[dict[str, Any]]:
+        """Health, lag and read counters of the primary and of each read replica."""
+        self._check_open()
+        return self._router.status()  # type: ignore[union-attr]
+
+    @property
+    def read_router(self) -> ReadRouter:
+        """The router that sends reads to replicas or the primary (for its health rounds and status)."""
+        self._check_open()
+        assert self._router is not None
+        return self._router
 
     # -- operations --------------------------------------------------------------------------------------------
 
@@ -612,6 +715,7 @@ class DatabaseManager:
         }
         if self._latest_cache is not None:
             stats["caches"]["latest"] = self._latest_cache.stats()
+        stats["reads"] = self._router.status() if self._router is not None else []
         pool = self.pool
         stats["pool"] = {"size": pool.get_size(), "idle": pool.get_idle_size(), "max": pool.get_max_size()}
         return stats
@@ -688,6 +792,12 @@ def _check_symbol(symbol: Symbol) -> None:
         raise ValidationError(f"expected hftdb.Symbol, got {type(symbol).__name__}")
     if not isinstance(symbol.symbol, str) or not 0 < len(symbol.symbol) <= _MAX_SYMBOL_LEN:
         raise ValidationError(f"symbol must be 1..{_MAX_SYMBOL_LEN} characters, got {symbol.symbol!r}")
+
+
+def _limit(limit: int | None) -> int | None:
+    if limit is not None and (type(limit) is not int or limit <= 0):
+        raise ValidationError(f"limit must be a positive integer, got {limit!r}")
+    return limit
 
 
 def _window(start: int | None, end: int | None, hours: float | None) -> tuple[int, int]:

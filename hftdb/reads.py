@@ -1,20 +1,26 @@
 """SQL of the read side and of the small reference-table writes. Values always travel as bind parameters.
 
-Functions take a pool or a connection (anything with ``fetch``/``fetchrow``/``execute``). Timestamps come back
-as integer Unix microseconds thanks to the codec that :func:`hftdb.manager.init_connection` installs.
+The reference-table functions take a pool or a connection of the manager's pool (anything with
+``fetch``/``fetchrow``/``execute``), where timestamps come back as integer Unix microseconds thanks to the codec
+that :func:`hftdb.manager.init_connection` installs. :class:`Reader` serves the strategy-side reads (latest
+rows, history as objects, lists or numpy columns) over the read pools of :mod:`hftdb.replicas`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from . import columnar
+from .copy import PG_EPOCH_US
 from .models import Balance, BookTicker, Exchange, FundingRate, Symbol
+
+if TYPE_CHECKING:
+    from .replicas import ReadRouter
 
 __all__ = [
     "fetch_exchanges", "fetch_exchange", "upsert_exchange", "fetch_symbols", "fetch_symbol", "fetch_symbol_by_name",
-    "fetch_symbols_by_ids", "upsert_symbols", "delist_missing", "register_symbols", "latest_book_tickers",
-    "latest_funding_rates", "book_ticker_history", "funding_history", "latest_balances", "balance_history",
-    "table_stats",
+    "fetch_symbols_by_ids", "upsert_symbols", "delist_missing", "register_symbols", "table_stats",
+    "SymbolDirectory", "Reader",
 ]
 
 _EXCHANGE_COLS = "id, name, market, active"
@@ -130,85 +136,225 @@ async def register_symbols(db: Any, exchange_id: int, names: list[str]) -> tuple
     return [_symbol(r) for r in rows], len(created)
 
 
-def _filter_sql(filt: tuple[str, Any], alias: str = "l") -> tuple[str, list[Any]]:
-    kind, value = filt
-    if kind == "ids":
-        return f"WHERE {alias}.symbol_id = ANY($1::int[])", [list(value)]
-    if kind == "exchange":
-        return "WHERE s.exchange_id = $1", [value]
-    return "", []
+class SymbolDirectory:
+    """What never changes about a symbol id: its exchange and native name. Records are built from it, not joins.
+
+    An id's exchange and symbol are fixed once assigned (upserts keep the id; identity never reuses one), so the
+    map needs no expiry. An id not in it (registered by another process) is looked up once, on the read's own
+    connection: a server that holds a latest row for the id also holds its symbol row, committed before it.
+    """
+
+    __slots__ = ("names", "exchange_ids")
+
+    def __init__(self) -> None:
+        self.names: dict[int, tuple[str, str]] = {}
+        self.exchange_ids: dict[int, int] = {}
+
+    def remember(self, symbol_id: int, exchange_id: int, exchange: str, symbol: str) -> None:
+        """Record one symbol id."""
+        self.names[symbol_id] = (exchange, symbol)
+        self.exchange_ids[symbol_id] = exchange_id
+
+    async def resolve(self, db: Any, ids: Iterable[int]) -> None:
+        """Look up the ids not known yet."""
+        missing = sorted({i for i in ids if i not in self.names})
+        if not missing:
+            return
+        rows = await db.fetch(
+            """SELECT s.id, s.exchange_id, e.name, s.symbol FROM symbols s JOIN exchanges e ON e.id = s.exchange_id
+               WHERE s.id = ANY($1::int4[])""",
+            missing,
+        )
+        for r in rows:
+            self.remember(r[0], r[1], r[2], r[3])
 
 
-async def latest_book_tickers(db: Any, filt: tuple[str, Any]) -> list[BookTicker]:
-    where, args = _filter_sql(filt)
-    rows = await db.fetch(
-        f"""SELECT e.name, s.symbol, l.bid_price, l.bid_qty, l.ask_price, l.ask_qty, l.recv_ts, l.exchange_ts,
-                   l.update_id, l.symbol_id
-            FROM book_tickers_latest l JOIN symbols s ON s.id = l.symbol_id JOIN exchanges e ON e.id = s.exchange_id
-            {where} ORDER BY l.symbol_id""",
-        *args,
-    )
-    return [BookTicker(*r) for r in rows]
+class Reader:
+    """The strategy-side reads: latest rows and history, over a :class:`~hftdb.replicas.ReadRouter`.
+
+    Owned by ``DatabaseManager``, which validates arguments and resolves names to ids before calling in.
+    Timestamps are shifted to Unix microseconds on the server (the read pools decode them as raw int64 in C).
+    """
+
+    __slots__ = ("router", "directory")
+
+    def __init__(self, router: ReadRouter, directory: SymbolDirectory) -> None:
+        self.router = router
+        self.directory = directory
+
+    # -- latest ----------------------------------------------------------------------------------------------
+
+    async def latest_book_tickers(self, filt: tuple[str, Any], *, primary: bool = False) -> list[BookTicker]:
+        """The book_tickers_latest rows matching ``filt`` (see ``DatabaseManager._filter_ids``), in no order."""
+        return await self._latest(_BT_LATEST, filt, _book_tickers, primary)
+
+    async def latest_funding_rates(self, filt: tuple[str, Any], *, primary: bool = False) -> list[FundingRate]:
+        """The funding_rates_latest rows matching ``filt``, in no order."""
+        return await self._latest(_FR_LATEST, filt, _funding_rates, primary)
+
+    async def _latest(self, queries: dict[str, str], filt: tuple[str, Any], build: Any, primary: bool) -> Any:
+        kind, value = filt
+        sql = queries[kind]
+        args = (list(value),) if kind == "ids" else (value,) if kind == "exchange" else ()
+        names = self.directory.names
+
+        async def read(pool: Any) -> Any:
+            rows = await pool.fetch(sql, *args)
+            try:
+                return build(rows, names)
+            except KeyError:
+                await self.directory.resolve(pool, [r[-1] for r in rows])
+                return build(rows, names)
+
+        return await self.router.run(read, primary=primary)
+
+    async def latest_balances(self, exchange_id: int | None, account: str | None, *,
+                              primary: bool = False) -> list[Balance]:
+        """The balances_latest rows of one exchange and/or account (or all)."""
+
+        async def read(pool: Any) -> list[Balance]:
+            rows = await pool.fetch(_BAL_LATEST, exchange_id, account)
+            return [Balance(exchange=r[0], asset=r[1], free=r[2], locked=r[3], recv_ts=r[4], exchange_ts=r[5],
+                            account=r[6]) for r in rows]
+
+        return await self.router.run(read, primary=primary)
+
+    # -- history ---------------------------------------------------------------------------------------------
+
+    async def book_ticker_history(self, symbol_id: int, lo: int, hi: int, limit: int | None, *, exchange: str,
+                                  symbol: str, format: str = "objects", primary: bool = False) -> Any:
+        """Book tickers of one symbol with ``lo <= recv_ts < hi``, oldest first, in ``format``."""
+        if format == "objects":
+            async def read(pool: Any) -> list[BookTicker]:
+                rows = await pool.fetch(_BT_HISTORY, symbol_id, lo - PG_EPOCH_US, hi - PG_EPOCH_US, limit)
+                return [BookTicker(exchange, symbol, r[0], r[1], r[2], r[3], r[4], r[5], r[6], symbol_id)
+                        for r in rows]
+
+            return await self.router.run(read, primary=primary)
+        return await self._columns(_BT_LAYOUT, "book_tickers", "symbol_id", symbol_id, lo, hi, limit, format,
+                                   primary)
+
+    async def funding_history(self, symbol_id: int, lo: int, hi: int, limit: int | None, *, exchange: str,
+                              symbol: str, format: str = "objects", primary: bool = False) -> Any:
+        """Funding rates of one symbol with ``lo <= recv_ts < hi``, oldest first, in ``format``."""
+        if format == "objects":
+            async def read(pool: Any) -> list[FundingRate]:
+                rows = await pool.fetch(_FR_HISTORY, symbol_id, lo - PG_EPOCH_US, hi - PG_EPOCH_US, limit)
+                return [FundingRate(exchange, symbol, *r, symbol_id) for r in rows]
+
+            return await self.router.run(read, primary=primary)
+        return await self._columns(_FR_LAYOUT, "funding_rates", "symbol_id", symbol_id, lo, hi, limit, format,
+                                   primary)
+
+    async def balance_history(self, exchange_id: int, account: str, asset: str, lo: int, hi: int,
+                              limit: int | None, *, exchange: str, format: str = "objects",
+                              primary: bool = False) -> Any:
+        """Balance snapshots of one asset with ``lo <= recv_ts < hi``, oldest first, in ``format``.
+
+        ``objects`` and ``columns`` carry exact Decimals; ``numpy`` carries float64 approximations of the amounts.
+        """
+        if format == "numpy":
+            where = "exchange_id = $1 AND account = $2 AND asset = $3 AND recv_ts >= $4 AND recv_ts < $5"
+            query = (f"SELECT {_BAL_LAYOUT.select_list} FROM balances WHERE {where} ORDER BY recv_ts LIMIT $6")
+
+            async def read_numpy(pool: Any) -> Any:
+                async with pool.acquire() as conn:
+                    buf = await columnar.copy_out(conn, query, exchange_id, account, asset, lo - PG_EPOCH_US,
+                                                  hi - PG_EPOCH_US, limit)
+                return columnar.to_numpy(_BAL_LAYOUT, buf)
+
+            return await self.router.run(read_numpy, primary=primary)
+
+        async def read(pool: Any) -> Any:
+            return await pool.fetch(_BAL_HISTORY, exchange_id, account, asset, lo - PG_EPOCH_US, hi - PG_EPOCH_US,
+                                    limit)
+
+        rows = await self.router.run(read, primary=primary)
+        if format == "columns":
+            cols = list(zip(*rows)) if rows else [(), (), (), ()]
+            return {name: list(col) for name, col in zip(("recv_ts", "exchange_ts", "free", "locked"), cols)}
+        return [Balance(exchange=exchange, asset=asset, free=r[2], locked=r[3], recv_ts=r[0], exchange_ts=r[1],
+                        account=account) for r in rows]
+
+    async def _columns(self, layout: columnar.Layout, table: str, key: str, key_value: int, lo: int, hi: int,
+                       limit: int | None, format: str, primary: bool) -> Any:
+        # table and key come from the fixed set above; values are inlined by asyncpg's server-side quoting.
+        query = (f"SELECT {layout.select_list} FROM {table} WHERE {key} = $1 AND recv_ts >= $2 AND recv_ts < $3 "
+                 f"ORDER BY recv_ts LIMIT $4")
+
+        async def read(pool: Any) -> bytearray:
+            async with pool.acquire() as conn:
+                return await columnar.copy_out(conn, query, key_value, lo - PG_EPOCH_US, hi - PG_EPOCH_US, limit)
+
+        buf = await self.router.run(read, primary=primary)
+        return columnar.to_numpy(layout, buf) if format == "numpy" else columnar.to_lists(layout, buf)
 
 
-async def latest_funding_rates(db: Any, filt: tuple[str, Any]) -> list[FundingRate]:
-    where, args = _filter_sql(filt)
-    rows = await db.fetch(
-        f"""SELECT e.name, s.symbol, l.rate, l.recv_ts, l.exchange_ts, l.next_funding_ts, l.mark_price,
-                   l.index_price, l.symbol_id
-            FROM funding_rates_latest l JOIN symbols s ON s.id = l.symbol_id JOIN exchanges e ON e.id = s.exchange_id
-            {where} ORDER BY l.symbol_id""",
-        *args,
-    )
-    return [FundingRate(*r) for r in rows]
+_U = columnar.TO_UNIX
+
+# Columns in the records' positional order after (exchange, symbol), symbol_id last: records are built by
+# unpacking each row, which is faster than indexing it.
+_BT_COLS = (f"bid_price, bid_qty, ask_price, ask_qty, recv_ts {_U}, exchange_ts {_U}, update_id, symbol_id "
+            "FROM book_tickers_latest")
+_FR_COLS = (f"rate, recv_ts {_U}, exchange_ts {_U}, next_funding_ts {_U}, mark_price, index_price, symbol_id "
+            "FROM funding_rates_latest")
+# No ORDER BY: sorting 1,000 rows costs the server more than finding them. The planner hashes the (small) id set
+# of the exchange and probes it with each latest row.
+_BY_EXCHANGE = "WHERE symbol_id IN (SELECT id FROM symbols WHERE exchange_id = $1)"
 
 
-async def book_ticker_history(
-    db: Any, symbol_id: int, lo: int, hi: int, limit: int | None, exchange: str, symbol: str
-) -> list[BookTicker]:
-    rows = await db.fetch(
-        """SELECT bid_price, bid_qty, ask_price, ask_qty, recv_ts, exchange_ts, update_id FROM book_tickers
-           WHERE symbol_id = $1 AND recv_ts >= $2 AND recv_ts < $3 ORDER BY recv_ts LIMIT $4""",
-        symbol_id, lo, hi, limit,
-    )
-    return [BookTicker(exchange, symbol, r[0], r[1], r[2], r[3], r[4], r[5], r[6], symbol_id) for r in rows]
+def _latest_queries(cols: str) -> dict[str, str]:
+    return {
+        "all": f"SELECT {cols}",
+        "exchange": f"SELECT {cols} {_BY_EXCHANGE}",
+        "ids": f"SELECT {cols} WHERE symbol_id = ANY($1::int4[])",
+    }
 
 
-async def funding_history(
-    db: Any, symbol_id: int, lo: int, hi: int, limit: int | None, exchange: str, symbol: str
-) -> list[FundingRate]:
-    rows = await db.fetch(
-        """SELECT rate, recv_ts, exchange_ts, next_funding_ts, mark_price, index_price FROM funding_rates
-           WHERE symbol_id = $1 AND recv_ts >= $2 AND recv_ts < $3 ORDER BY recv_ts LIMIT $4""",
-        symbol_id, lo, hi, limit,
-    )
-    return [FundingRate(exchange, symbol, *r, symbol_id) for r in rows]
+_BT_LATEST = _latest_queries(_BT_COLS)
+_FR_LATEST = _latest_queries(_FR_COLS)
 
 
-async def latest_balances(db: Any, exchange_id: int | None, account: str | None) -> list[Balance]:
-    rows = await db.fetch(
-        """SELECT e.name, b.asset, b.free, b.locked, b.recv_ts, b.exchange_ts, b.account
-           FROM balances_latest b JOIN exchanges e ON e.id = b.exchange_id
-           WHERE ($1::int IS NULL OR b.exchange_id = $1) AND ($2::text IS NULL OR b.account = $2)
-           ORDER BY e.name, b.account, b.asset""",
-        exchange_id, account,
-    )
-    return [Balance(exchange=r[0], asset=r[1], free=r[2], locked=r[3], recv_ts=r[4], exchange_ts=r[5], account=r[6])
-            for r in rows]
+def _book_tickers(rows: list[Any], names: dict[int, tuple[str, str]]) -> list[BookTicker]:
+    return [BookTicker(e, s, bp, bq, ap, aq, rt, et, u, sid)
+            for bp, bq, ap, aq, rt, et, u, sid in rows for e, s in (names[sid],)]
 
 
-async def balance_history(
-    db: Any, exchange_id: int, account: str, asset: str, lo: int, hi: int, limit: int | None
-) -> list[Balance]:
-    rows = await db.fetch(
-        """SELECT e.name, b.asset, b.free, b.locked, b.recv_ts, b.exchange_ts, b.account
-           FROM balances b JOIN exchanges e ON e.id = b.exchange_id
-           WHERE b.exchange_id = $1 AND b.account = $2 AND b.asset = $3 AND b.recv_ts >= $4 AND b.recv_ts < $5
-           ORDER BY b.recv_ts LIMIT $6""",
-        exchange_id, account, asset, lo, hi, limit,
-    )
-    return [Balance(exchange=r[0], asset=r[1], free=r[2], locked=r[3], recv_ts=r[4], exchange_ts=r[5], account=r[6])
-            for r in rows]
+def _funding_rates(rows: list[Any], names: dict[int, tuple[str, str]]) -> list[FundingRate]:
+    return [FundingRate(e, s, rate, rt, et, nf, mp, ip, sid)
+            for rate, rt, et, nf, mp, ip, sid in rows for e, s in (names[sid],)]
+
+
+_BAL_LATEST = f"""SELECT e.name, b.asset, b.free, b.locked, b.recv_ts {_U}, b.exchange_ts {_U}, b.account
+    FROM balances_latest b JOIN exchanges e ON e.id = b.exchange_id
+    WHERE ($1::int4 IS NULL OR b.exchange_id = $1) AND ($2::text IS NULL OR b.account = $2)
+    ORDER BY e.name, b.account, b.asset"""
+
+_BT_HISTORY = f"""SELECT bid_price, bid_qty, ask_price, ask_qty, recv_ts {_U}, exchange_ts {_U}, update_id
+    FROM book_tickers WHERE symbol_id = $1 AND recv_ts >= $2 AND recv_ts < $3 ORDER BY recv_ts LIMIT $4"""
+
+_FR_HISTORY = f"""SELECT rate, recv_ts {_U}, exchange_ts {_U}, next_funding_ts {_U}, mark_price, index_price
+    FROM funding_rates WHERE symbol_id = $1 AND recv_ts >= $2 AND recv_ts < $3 ORDER BY recv_ts LIMIT $4"""
+
+_BAL_HISTORY = f"""SELECT recv_ts {_U}, exchange_ts {_U}, free, locked FROM balances
+    WHERE exchange_id = $1 AND account = $2 AND asset = $3 AND recv_ts >= $4 AND recv_ts < $5
+    ORDER BY recv_ts LIMIT $6"""
+
+_C = columnar.Column
+_BT_LAYOUT = columnar.Layout([
+    _C("recv_ts", "recv_ts", "ts"), _C("exchange_ts", "exchange_ts", "ts", True),
+    _C("bid_price", "bid_price", "f8"), _C("bid_qty", "bid_qty", "f8"), _C("ask_price", "ask_price", "f8"),
+    _C("ask_qty", "ask_qty", "f8"), _C("update_id", "update_id", "i8", True),
+])
+_FR_LAYOUT = columnar.Layout([
+    _C("recv_ts", "recv_ts", "ts"), _C("exchange_ts", "exchange_ts", "ts", True), _C("rate", "rate", "f8"),
+    _C("next_funding_ts", "next_funding_ts", "ts", True), _C("mark_price", "mark_price", "f8", True),
+    _C("index_price", "index_price", "f8", True),
+])
+_BAL_LAYOUT = columnar.Layout([
+    _C("recv_ts", "recv_ts", "ts"), _C("exchange_ts", "exchange_ts", "ts", True),
+    _C("free", "free::float8", "f8"), _C("locked", "locked::float8", "f8"),
+])
 
 
 async def table_stats(db: Any) -> dict[str, Any]:

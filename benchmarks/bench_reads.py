@@ -1,0 +1,162 @@
+"""Latest-quote reads through the read pool: p50 and p99 per call, 1,000 symbols on one exchange.
+
+Budget: p99 under 1 ms on this machine. Each call is timed alone (one call per round, thousands of rounds), so
+the percentiles are of single calls; p50/p99 land in ``extra_info`` and in the printed summary.
+
+  exchange_1000   get_latest_book_tickers(exchange): 1,000 BookTicker records
+  symbols_5       get_latest_book_tickers(exchange, [5 native symbols])
+  ids_5           get_latest_book_tickers(symbol_ids=[5 ids])
+  funding_1000    get_latest_funding_rates(exchange): 1,000 FundingRate records
+  loop_overhead   run_until_complete of an empty coroutine: the harness's own share of every figure
+  join_baseline   the previous implementation for comparison: the manager's pool (tuple timestamp codec, reset
+                  round trip on release), a join to symbols and exchanges, records built from the joined names
+
+The database is an embedded PostgreSQL in a temp dir, or ``HFTDB_BENCH_DSN``; the event loop is uvloop, as a
+strategy process would run it.
+
+    .venv/bin/python -m pytest benchmarks/bench_reads.py --benchmark-only -s
+"""
+
+from __future__ import annotations
+
+import statistics
+import uuid
+from typing import Awaitable, Callable
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import uvloop
+
+from hftdb import (
+    BookTicker, DatabaseManager, DatabaseSettings, ExchangeName, FundingRate, Settings, Symbol, WriterSettings, now_us,
+)
+
+N_SYMBOLS = 1_000
+ROUNDS = 5_000
+EXCHANGE = ExchangeName.BINANCE_USDM
+
+_JOIN_BASELINE = """SELECT e.name, s.symbol, l.bid_price, l.bid_qty, l.ask_price, l.ask_qty, l.recv_ts, l.exchange_ts,
+       l.update_id, l.symbol_id
+FROM book_tickers_latest l JOIN symbols s ON s.id = l.symbol_id JOIN exchanges e ON e.id = s.exchange_id
+WHERE s.exchange_id = $1 ORDER BY l.symbol_id"""  # as hftdb 0.1 read it
+
+_results: dict[str, tuple[float, float, int]] = {}
+
+
+async def fresh_database(admin_dsn: str) -> tuple[str, Callable[[], Awaitable[None]]]:
+    """A new empty database on the bench server, and a coroutine function that drops it."""
+    name = "hftdb_bench_" + uuid.uuid4().hex[:12]
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')  # name is ours: hex digits
+    finally:
+        await conn.close()
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    return urlunsplit(urlsplit(admin_dsn)._replace(path="/" + name)), drop
+
+
+@pytest.fixture(scope="module")
+def loop():
+    loop = uvloop.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def db(loop, bench_dsn):
+    """A manager on a fresh database: 1,000 perpetuals with a latest book ticker and funding rate each."""
+    dsn, drop = loop.run_until_complete(fresh_database(bench_dsn))
+    settings = Settings(database=DatabaseSettings(dsn=dsn), writer=WriterSettings(spool_dir=None))
+    manager = DatabaseManager(dsn, settings=settings)
+
+    async def setup() -> None:
+        await manager.initialize()
+        ex = await manager.insert_exchange(EXCHANGE)
+        await manager.sync_symbols(EXCHANGE, [
+            Symbol(exchange_id=ex.id, symbol=f"S{i:04d}USDT", kind="perpetual", status="trading")  # type: ignore[arg-type]
+            for i in range(N_SYMBOLS)])
+        t = now_us()
+        await manager.insert_book_ticker_snapshots([
+            BookTicker(EXCHANGE.value, f"S{i:04d}USDT", 100.0 + i, 1.5, 100.5 + i, 2.5, t + i, t + i - 7, 10**9 + i)
+            for i in range(N_SYMBOLS)])
+        await manager.insert_funding_rates([
+            FundingRate(EXCHANGE.value, f"S{i:04d}USDT", 0.0001, t + i, t + i - 7, t + 8 * 3_600_000_000,
+                        100.2 + i, 100.1 + i)
+            for i in range(N_SYMBOLS)])
+        await manager.flush()
+        async with manager.pool.acquire() as conn:
+            await conn.execute("ANALYZE")  # steady state: autovacuum would have analyzed these tables
+
+    loop.run_until_complete(setup())
+    yield manager
+    loop.run_until_complete(manager.close())
+    loop.run_until_complete(drop())
+
+
+def _measure(benchmark, loop, name: str, make_call, expect: int) -> None:
+    def call():
+        return loop.run_until_complete(make_call())
+
+    result = benchmark.pedantic(call, rounds=ROUNDS, iterations=1, warmup_rounds=300)
+    assert len(result) == expect
+    data = sorted(benchmark.stats.stats.data)
+    p50 = statistics.median(data) * 1e6
+    p99 = data[min(len(data) - 1, int(0.99 * len(data)))] * 1e6
+    benchmark.extra_info.update({"p50_us": round(p50, 1), "p99_us": round(p99, 1), "rows": expect})
+    _results[name] = (p50, p99, expect)
+    print(f"\n{name:14s} rows={expect:5d}  p50 {p50:7.0f} us  p99 {p99:7.0f} us")
+
+
+def test_exchange_1000(benchmark, loop, db):
+    _measure(benchmark, loop, "exchange_1000", lambda: db.get_latest_book_tickers(EXCHANGE), N_SYMBOLS)
+
+
+def test_symbols_5(benchmark, loop, db):
+    names = [f"S{i:04d}USDT" for i in (3, 250, 500, 750, 999)]
+    _measure(benchmark, loop, "symbols_5", lambda: db.get_latest_book_tickers(EXCHANGE, names), 5)
+
+
+def test_ids_5(benchmark, loop, db):
+    ids = [db.resolve_symbol_id(EXCHANGE.value, f"S{i:04d}USDT") for i in (3, 250, 500, 750, 999)]
+    _measure(benchmark, loop, "ids_5", lambda: db.get_latest_book_tickers(symbol_ids=ids), 5)
+
+
+def test_funding_1000(benchmark, loop, db):
+    _measure(benchmark, loop, "funding_1000", lambda: db.get_latest_funding_rates(EXCHANGE), N_SYMBOLS)
+
+
+def test_loop_overhead(benchmark, loop, db):
+    """What the harness adds to every figure above: run_until_complete of a coroutine that does nothing."""
+
+    async def nothing() -> list[None]:
+        return []
+
+    _measure(benchmark, loop, "loop_overhead", nothing, 0)
+
+
+def test_join_baseline(benchmark, loop, db):
+    ex_id = loop.run_until_complete(db.get_exchange_by_enum(EXCHANGE)).id
+
+    async def old() -> list[BookTicker]:
+        return [BookTicker(*r) for r in await db.pool.fetch(_JOIN_BASELINE, ex_id)]
+
+    _measure(benchmark, loop, "join_baseline", old, N_SYMBOLS)
+
+
+def teardown_module() -> None:
+    if _results:
+        print("\nlatest reads (µs per call):")
+        for name, (p50, p99, rows) in _results.items():
+            print(f"  {name:14s} rows={rows:5d}  p50 {p50:7.0f}  p99 {p99:7.0f}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit("run with: .venv/bin/python -m pytest benchmarks/bench_reads.py --benchmark-only -s")

@@ -1,0 +1,200 @@
+"""Strategy-side reads: latest rows without joins, history as objects, lists and numpy columns."""
+
+from decimal import Decimal
+
+import pytest
+
+from hftdb import Balance, BookTicker, DatabaseManager, ExchangeName, FundingRate, Symbol, ValidationError, now_us
+from hftdb import columnar
+from hftdb.copy import HEADER, TRAILER
+
+from helpers import settings
+
+np = pytest.importorskip("numpy")
+
+HOUR_US = 3_600_000_000
+
+
+async def _seed_tickers(db: DatabaseManager, t: int) -> list[BookTicker]:
+    """Three symbols on two exchanges; some rows without exchange_ts or update_id (NULLs on the wire)."""
+    await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+    await db.insert_exchange(ExchangeName.OKX_SPOT)
+    rows = []
+    for i in range(300):
+        ex, sym = (("binance_spot", "BTCUSDT"), ("binance_spot", "ETHUSDT"), ("okx_spot", "BTC-USDT"))[i % 3]
+        rows.append(BookTicker(ex, sym, 100.0 + i, 0.5 + i, 100.25 + i, 1.5, t + i,
+                               exchange_ts=None if i % 7 == 0 else t + i - 3,
+                               update_id=None if i % 5 == 0 else 10_000 + i))
+    assert await db.insert_book_ticker_snapshots(rows) == len(rows)
+    await db.flush()
+    return rows
+
+
+def _newest(rows: list[BookTicker]) -> dict[tuple[str, str], BookTicker]:
+    out = {}
+    for r in rows:
+        out[(r.exchange, r.symbol)] = r
+    return out
+
+
+async def test_latest_book_tickers_by_exchange_symbols_ids_and_all(dsn, tmp_path):
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        t = now_us() - 1_000_000
+        rows = await _seed_tickers(db, t)
+        want = _newest(rows)
+        everything = await db.get_latest_book_tickers()
+        assert len(everything) == 3
+        for got in everything:
+            w = want[(got.exchange, got.symbol)]
+            assert (got.bid_price, got.bid_qty, got.ask_price, got.ask_qty, got.recv_ts, got.exchange_ts,
+                    got.update_id) == (w.bid_price, w.bid_qty, w.ask_price, w.ask_qty, w.recv_ts, w.exchange_ts,
+                                       w.update_id)
+            assert got.symbol_id == db.resolve_symbol_id(got.exchange, got.symbol)
+        binance = await db.get_latest_book_tickers(ExchangeName.BINANCE_SPOT)
+        assert {r.symbol for r in binance} == {"BTCUSDT", "ETHUSDT"}
+        few = await db.get_latest_book_tickers("okx_spot", ["BTC-USDT"])
+        assert [(r.exchange, r.symbol) for r in few] == [("okx_spot", "BTC-USDT")]
+        by_id = await db.get_latest_book_tickers(symbol_ids=[few[0].symbol_id])
+        assert by_id == few
+        assert await db.get_latest_book_tickers(symbol_ids=[]) == []
+        with pytest.raises(ValidationError):
+            await db.get_latest_book_tickers(symbol_ids=["1"])  # type: ignore[list-item]
+
+
+async def test_latest_reads_name_symbols_registered_by_another_process(dsn, tmp_path):
+    """Records are built from an id -> name map, not a join: ids this process never saw are looked up once."""
+    async with DatabaseManager(dsn, settings=settings(tmp_path / "reader")) as reader:
+        await reader.insert_exchange(ExchangeName.BYBIT_LINEAR)
+        async with DatabaseManager(dsn, settings=settings(tmp_path / "writer")) as writer:
+            t = now_us()
+            await writer.insert_book_ticker_snapshots([BookTicker("bybit_linear", "SOLUSDT", 20.0, 1.0, 20.1, 1.0, t)])
+            await writer.insert_funding_rates([FundingRate("bybit_linear", "SOLUSDT", 0.0001, t)])
+            await writer.flush()
+        assert reader.resolve_symbol_id("bybit_linear", "SOLUSDT") is None
+        (bt,) = await reader.get_latest_book_tickers(ExchangeName.BYBIT_LINEAR)
+        assert (bt.exchange, bt.symbol, bt.recv_ts) == ("bybit_linear", "SOLUSDT", t)
+        (fr,) = await reader.get_latest_funding_rates()
+        assert (fr.exchange, fr.symbol, fr.rate, fr.mark_price, fr.next_funding_ts) == (
+            "bybit_linear", "SOLUSDT", 0.0001, None, None)
+
+
+async def test_book_ticker_history_in_every_format_agrees(dsn, tmp_path):
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        t = now_us() - 1_000_000
+        rows = [r for r in await _seed_tickers(db, t) if r.symbol == "BTCUSDT"]
+        objects = await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=t)
+        assert [(r.recv_ts, r.exchange_ts, r.update_id, r.bid_price) for r in objects] == [
+            (r.recv_ts, r.exchange_ts, r.update_id, r.bid_price) for r in rows]
+        assert {(r.exchange, r.symbol) for r in objects} == {("binance_spot", "BTCUSDT")}
+        assert any(r.exchange_ts is None for r in objects) and any(r.update_id is None for r in objects)
+
+        cols = await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=t, format="columns")
+        assert list(cols) == ["recv_ts", "exchange_ts", "bid_price", "bid_qty", "ask_price", "ask_qty", "update_id"]
+        for name in cols:
+            assert cols[name] == [getattr(r, name) for r in rows], name
+
+        arrays = await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=t, format="numpy")
+        assert arrays["recv_ts"].dtype == np.dtype("datetime64[us]")
+        assert arrays["recv_ts"].view("int64").tolist() == [r.recv_ts for r in rows]
+        ex_ts = arrays["exchange_ts"]
+        assert np.isnat(ex_ts).tolist() == [r.exchange_ts is None for r in rows]
+        assert ex_ts[~np.isnat(ex_ts)].view("int64").tolist() == [r.exchange_ts for r in rows if r.exchange_ts]
+        assert arrays["bid_price"].tolist() == [r.bid_price for r in rows]
+        assert arrays["ask_qty"].dtype == np.float64 and arrays["ask_qty"].flags["C_CONTIGUOUS"]
+        uid = arrays["update_id"]
+        assert isinstance(uid, np.ma.MaskedArray) and uid.dtype == np.int64
+        assert uid.tolist() == [r.update_id for r in rows]  # masked entries come back as None
+
+        # Window, limit and the empty result, per format.
+        window = await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=rows[3].recv_ts,
+                                                  end=rows[6].recv_ts, format="columns")
+        assert window["recv_ts"] == [r.recv_ts for r in rows[3:6]]
+        limited = await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=t, limit=4, format="numpy")
+        assert len(limited["bid_qty"]) == 4
+        assert await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=t - 10, end=t) == []
+        empty = await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=t - 10, end=t, format="columns")
+        assert empty == {name: [] for name in cols}
+        empty_np = await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=t - 10, end=t, format="numpy")
+        assert all(len(a) == 0 for a in empty_np.values())
+        with pytest.raises(ValidationError):
+            await db.get_book_ticker_history("binance_spot", "BTCUSDT", hours=1, format="arrow")  # type: ignore[arg-type]
+        with pytest.raises(ValidationError):
+            await db.get_book_ticker_history("binance_spot", "BTCUSDT", hours=1, limit=0)
+
+
+async def test_funding_history_nulls_in_every_format(dsn, tmp_path):
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.OKX_SWAP)
+        t = now_us() - 1_000_000
+        rates = [
+            FundingRate("okx_swap", "BTC-USDT-SWAP", -0.0375, t, exchange_ts=t - 3, next_funding_ts=t + 8 * HOUR_US,
+                        mark_price=11794.15, index_price=11784.62659091),
+            FundingRate("okx_swap", "BTC-USDT-SWAP", 0.0001, t + 1),
+        ]
+        await db.insert_funding_rates(rates)
+        await db.flush()
+        objects = await db.get_funding_rate_history("okx_swap", "BTC-USDT-SWAP", hours=1)
+        assert [(r.rate, r.exchange_ts, r.next_funding_ts, r.mark_price, r.index_price) for r in objects] == [
+            (r.rate, r.exchange_ts, r.next_funding_ts, r.mark_price, r.index_price) for r in rates]
+        cols = await db.get_funding_rate_history("okx_swap", "BTC-USDT-SWAP", hours=1, format="columns")
+        assert cols == {
+            "recv_ts": [t, t + 1], "exchange_ts": [t - 3, None], "rate": [-0.0375, 0.0001],
+            "next_funding_ts": [t + 8 * HOUR_US, None], "mark_price": [11794.15, None],
+            "index_price": [11784.62659091, None],
+        }
+        arrays = await db.get_funding_rate_history("okx_swap", "BTC-USDT-SWAP", hours=1, format="numpy")
+        assert np.isnan(arrays["mark_price"]).tolist() == [False, True]
+        assert np.isnat(arrays["next_funding_ts"]).tolist() == [False, True]
+        assert arrays["rate"].tolist() == [-0.0375, 0.0001]
+
+
+async def test_balances_latest_and_history_keep_decimals(dsn, tmp_path):
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        t = now_us() - 1_000_000
+        amounts = [Decimal("4723846.89208129"), Decimal("0.00000001"), Decimal("1.5")]
+        await db.insert_balance_snapshots([
+            Balance(exchange="binance_spot", asset="BTC", free=a, locked=Decimal("0.25"), recv_ts=t + i,
+                    exchange_ts=None if i == 1 else t + i - 2)
+            for i, a in enumerate(amounts)])
+        await db.flush()
+        (latest,) = await db.get_latest_balances(ExchangeName.BINANCE_SPOT)
+        assert (latest.free, latest.recv_ts, latest.exchange_ts) == (Decimal("1.5"), t + 2, t)
+        objects = await db.get_balance_history("binance_spot", "BTC", hours=1)
+        assert [b.free for b in objects] == amounts and objects[1].exchange_ts is None
+        cols = await db.get_balance_history("binance_spot", "BTC", hours=1, format="columns")
+        assert cols["free"] == amounts and cols["exchange_ts"] == [t - 2, None, t]
+        arrays = await db.get_balance_history("binance_spot", "BTC", hours=1, format="numpy")
+        assert arrays["free"].tolist() == [float(a) for a in amounts]
+        assert np.isnat(arrays["exchange_ts"]).tolist() == [False, True, False]
+        assert await db.get_balance_history("binance_spot", "ETH", hours=1, format="columns") == {
+            "recv_ts": [], "exchange_ts": [], "free": [], "locked": []}
+
+
+async def test_reads_on_the_primary_on_request(dsn, tmp_path):
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        ex = await db.insert_exchange(ExchangeName.BINANCE_USDM)
+        await db.insert_symbol(Symbol(exchange_id=ex.id, symbol="BTCUSDT"))  # type: ignore[arg-type]
+        t = now_us()
+        await db.insert_book_ticker_snapshots([BookTicker("binance_usdm", "BTCUSDT", 1.0, 1.0, 2.0, 1.0, t)])
+        await db.flush()
+        (row,) = await db.get_latest_book_tickers(symbol_ids=[db.resolve_symbol_id("binance_usdm", "BTCUSDT")],
+                                                  primary=True)
+        assert row.recv_ts == t
+        (primary,) = db.read_status()
+        assert primary["role"] == "primary" and primary["reads"] >= 1 and primary["healthy"]
+
+
+def test_layout_rejects_a_stream_with_a_null_or_bad_framing():
+    layout = columnar.Layout([columnar.Column("v", "v", "f8")])
+    good = HEADER + (1).to_bytes(2, "big") + (8).to_bytes(4, "big") + b"\x3f\xf0" + bytes(6) \
+        + TRAILER
+    assert columnar.to_lists(layout, good) == {"v": [1.0]}
+    assert columnar.to_numpy(layout, good)["v"].tolist() == [1.0]
+    null = HEADER + (1).to_bytes(2, "big") + (-1).to_bytes(4, "big", signed=True) + bytes(8) \
+        + TRAILER
+    for decode in (columnar.to_lists, columnar.to_numpy):
+        with pytest.raises(Exception, match="NULL or width"):
+            decode(layout, null)
+        with pytest.raises(Exception, match="header or trailer"):
+            decode(layout, good[:-2])
