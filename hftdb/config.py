@@ -337,6 +337,15 @@ def _parse_env_value(text: str, ftype: Any) -> Any:
     return value
 
 
+def _item_type(tp: Any) -> Any:
+    """The item type of a list key (``tuple[str, ...]``, possibly in a union with a literal)."""
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    for arg in args:
+        if typing.get_origin(arg) in (tuple, list):
+            return typing.get_args(arg)[0]
+    return tp
+
+
 def _takes_sequence(tp: Any) -> bool:
     args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
     return any(typing.get_origin(a) in (tuple, list) for a in args)
@@ -395,10 +404,11 @@ def load_settings(
         raise ConfigError(_explain(str(exc), source, merged, overrides, settings_type)) from None
 
 
+_STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]*)`$")
 _KEYED = re.compile(r"^(?P<key>[a-z_][a-z0-9_.]*): (?P<msg>.*)$", re.DOTALL)
-_SECRET_KEYS = frozenset({"dsn"})
+_SECRET_KEYS = frozenset({"dsn", "replicas"})  # DSNs: their passwords never reach an error message
 
 
 def _explain(
@@ -413,7 +423,9 @@ def _explain(
     m = _AT.match(message)
     assert m is not None  # the pattern matches any text
     msg = m.group("msg")
-    path = tuple(p for p in (m.group("path") or "").split(".") if p)
+    steps = _STEP.findall(m.group("path") or "")
+    path = tuple(name for name, _ in steps if name)
+    index = next((int(i) for name, i in steps if i), None)  # an item of a list key: replicas[0]
     unknown = _UNKNOWN.match(msg)
     if unknown:
         field = unknown.group("field")
@@ -430,8 +442,13 @@ def _explain(
         table, key = ".".join(path[:-1]), path[-1]
         value = _value_at(merged, path)
         shown = "***" if key in _SECRET_KEYS else _toml_repr(value)
+        expected = _describe(tp)
+        if index is not None:
+            key, expected = f"{key}[{index}]", _describe(_item_type(tp))
+            if key.split("[")[0] not in _SECRET_KEYS and isinstance(value, list) and index < len(value):
+                shown = _toml_repr(value[index])
         where = f"[{table}] {key} = {shown}" if table else f"{key} = {shown}"
-        return f"{origin}: {where}: expected {_describe(tp)}"
+        return f"{origin}: {where}: expected {expected}"
     # A table-level problem: a check in __post_init__ (whose message starts with the key it is about), or a
     # value where a table belongs.
     sub = _KEYED.match(msg)

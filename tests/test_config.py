@@ -1,0 +1,231 @@
+"""Configuration: the documented defaults, environment overrides, and one clear line for every mistake."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from hftdb.config import Settings, VENUE_CHANNELS, apply_env, load_settings, locate_config
+from hftdb.errors import ConfigError
+from hftdb.logsetup import configure_logging
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ROOT / "config" / "default.toml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "hftdb.toml"
+    path.write_text(text)
+    return path
+
+
+def test_default_toml_states_the_built_in_defaults_and_documents_every_key():
+    assert load_settings(DEFAULT, environ={}) == Settings()
+    text = DEFAULT.read_text()
+    tables = {m.group(1): m.start() for m in re.finditer(r"^\[([a-z_.]+)\]$", text, re.MULTILINE)}
+
+    def check(struct_type: type, table: str) -> None:
+        start = tables[table]
+        end = min((pos for pos in tables.values() if pos > start), default=len(text))
+        body = text[start:end]
+        for field in msgspec.structs.fields(struct_type):
+            if isinstance(field.type, type) and issubclass(field.type, msgspec.Struct):
+                check(field.type, f"{table}.{field.name}")
+                continue
+            # Each key is set, or shown commented out when it has no default value; a comment line precedes it.
+            m = re.search(rf"^(# )?{field.name} = ", body, re.MULTILINE)
+            assert m, f"[{table}] {field.name} is not in config/default.toml"
+            # Keys that share a comment follow it directly (pool_min_size, pool_max_size).
+            before = body[: m.start()].rstrip("\n").splitlines()
+            while before and re.match(r"[a-z_]+ = ", before[-1]):
+                before.pop()
+            assert before and before[-1].startswith("#"), f"[{table}] {field.name} has no comment"
+
+    for field in msgspec.structs.fields(Settings):
+        check(field.type, field.name)
+
+
+def test_environment_overrides_every_kind_of_key():
+    s = load_settings(DEFAULT, environ={
+        "HFTDB_WRITER_BATCH_MAX_ROWS": "5000",
+        "HFTDB_WRITER_FULL_POLICY": "raise",
+        "HFTDB_STORAGE_COLD_BTREE": "false",
+        "HFTDB_CACHE_TTL_S": "1.5",
+        "HFTDB_EXCHANGES_OKX_SPOT_ENABLED": "false",
+        "HFTDB_EXCHANGES_BINANCE_SPOT_SYMBOLS": "BTCUSDT, ETHUSDT",
+        "HFTDB_EXCHANGES_BYBIT_LINEAR_CHANNELS": '["orderbook.1"]',
+        "HFTDB_EXCHANGES_SECRETS_FILE": "/run/secrets/hftdb.toml",
+        "HFTDB_METRICS_PORT": "0",
+        "HFTDB_LOGGING_FORMAT": "json",
+        "HFTDB_DSN": "postgresql://u:pw@db/hftdb",
+        "HFTDB_CONFIG": "ignored: names the file, not a key",
+        "HFTDB_TEST_DSN": "ignored too",
+    })
+    assert s.writer.batch_max_rows == 5000 and s.writer.full_policy == "raise"
+    assert s.storage.cold_btree is False and s.cache.ttl_s == 1.5
+    assert "okx_spot" not in s.exchanges.venues() and len(s.exchanges.venues()) == 5
+    assert s.exchanges.binance_spot.symbols == ("BTCUSDT", "ETHUSDT")
+    assert s.exchanges.bybit_linear.channels == ("orderbook.1",)
+    assert s.exchanges.secrets_file == "/run/secrets/hftdb.toml"
+    assert s.metrics.port == 0 and s.logging.format == "json"
+    assert s.database.dsn == "postgresql://u:pw@db/hftdb"
+    assert "pw" not in repr(s) and "pw" not in str(s.database)
+
+
+def test_apply_env_merges_into_the_raw_mapping_without_touching_it():
+    raw = {"writer": {"batch_max_rows": 1}, "exchanges": {"okx_spot": {"enabled": True}}}
+    merged = apply_env(raw, {"HFTDB_EXCHANGES_OKX_SPOT_ENABLED": "false", "HFTDB_WRITER_LINGER_MS": "2"})
+    assert merged == {"writer": {"batch_max_rows": 1, "linger_ms": 2}, "exchanges": {"okx_spot": {"enabled": False}}}
+    assert raw["exchanges"]["okx_spot"]["enabled"] is True
+
+
+def test_locate_config_order(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert locate_config(environ={}) is None  # no ./config/default.toml here: built-in defaults
+    assert locate_config(environ={"HFTDB_CONFIG": "/etc/hftdb.toml"}) == Path("/etc/hftdb.toml")
+    assert locate_config("mine.toml", environ={"HFTDB_CONFIG": "/etc/hftdb.toml"}) == Path("mine.toml")
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "default.toml").write_text("")
+    assert locate_config(environ={}) == Path("config/default.toml")
+
+
+FILE_ERRORS = [
+    ("[wrtier]\nx = 1\n", "unknown section [wrtier] (sections: cache, daemon, database, demo, exchanges, logging, "),
+    ("[writer]\nbatch_rows = 5\n", "[writer] has no key 'batch_rows' (keys: batch_max_age_ms, batch_max_rows,"),
+    ('[writer]\nbatch_max_rows = "many"\n', '[writer] batch_max_rows = "many": expected an integer > 0'),
+    ("[writer]\nbatch_max_rows = 0\n", "[writer] batch_max_rows = 0: expected an integer > 0"),
+    ('[writer]\nfull_policy = "wait"\n', '[writer] full_policy = "wait": expected one of "block", "drop_oldest", "raise"'),
+    ("[metrics]\nport = 70000\n", "[metrics] port = 70000: expected an integer >= 0 and <= 65535"),
+    ("[storage]\ncold_btree = 1\n", "[storage] cold_btree = 1: expected true or false"),
+    ('[logging]\nlevel = "loud"\n', '[logging] level = "loud": expected one of "debug", "info", "warning", "error"'),
+    ('[exchanges.okx_spot]\nsymbols = "BTC-USDT"\n',
+     '[exchanges.okx_spot] symbols = "BTC-USDT": expected one of "all" or a list of strings'),
+    ("[exchanges.okx_spot]\nsymbols = []\n", '[exchanges.okx_spot] symbols: give "all" or at least one native symbol'),
+    ('[exchanges.binance_spot]\nchannels = ["depth"]\n',
+     "[exchanges.binance_spot] channels: 'depth' is not a channel of binance_spot (its channels: bookTicker)"),
+    ("[exchanges]\nbinance_spot = true\n", "[exchanges.binance_spot]: expected a table"),
+    ('[demo]\ndatabase = "Demo DB"\n', '[demo] database = "Demo DB": expected a string matching'),
+    ("writer = 3\n", "[writer]: expected a table"),
+    ("[writer\n", "not valid TOML"),
+    ('[exchanges.okx_spot]\nsymbols = ["BTC-USDT", 5]\n', "[exchanges.okx_spot] symbols[1] = 5: expected a string"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), FILE_ERRORS, ids=[m.split(":")[0][:40] for _, m in FILE_ERRORS])
+def test_a_bad_file_names_itself_the_key_and_what_was_expected(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    assert str(info.value).startswith(f"{path}: ")
+    assert message in str(info.value)
+
+
+ENV_ERRORS = [
+    ({"HFTDB_WRITER_BATCH_MAX_ROWS": "-5"},
+     "environment variable HFTDB_WRITER_BATCH_MAX_ROWS: [writer] batch_max_rows = -5: expected an integer > 0"),
+    ({"HFTDB_WRTIER_BATCH_MAX_ROWS": "5"}, "environment variable HFTDB_WRTIER_BATCH_MAX_ROWS: no config section matches"),
+    ({"HFTDB_WRITER_BATCH_ROWS": "5"}, "environment variable HFTDB_WRITER_BATCH_ROWS: [writer] has no key 'batch_rows'"),
+    ({"HFTDB_EXCHANGES_OKX_SPOT_SYMBOLZ": "x"},
+     "environment variable HFTDB_EXCHANGES_OKX_SPOT_SYMBOLZ: [exchanges.okx_spot] has no key 'symbolz'"),
+    ({"HFTDB_EXCHANGES_OKX_SPOT_CHANNELS": "bookTicker"},
+     "environment variable HFTDB_EXCHANGES_OKX_SPOT_CHANNELS: [exchanges.okx_spot] channels: 'bookTicker' is not a "
+     "channel of okx_spot"),
+    ({"HFTDB_DATABASE_DSN": "5"}, "environment variable HFTDB_DATABASE_DSN: [database] dsn = ***: expected a string"),
+    ({"HFTDB_READS_REPLICAS": "[1]"}, "environment variable HFTDB_READS_REPLICAS: [reads] replicas[0] = ***: expected a string"),
+]
+
+
+@pytest.mark.parametrize(("environ", "message"), ENV_ERRORS, ids=[next(iter(e)) for e, _ in ENV_ERRORS])
+def test_a_bad_override_names_its_variable(environ, message):
+    with pytest.raises(ConfigError) as info:
+        load_settings(DEFAULT, environ=environ)
+    assert message in str(info.value)
+
+
+def test_file_problems(tmp_path):
+    with pytest.raises(ConfigError, match=r"^config file not found: .*nope\.toml$"):
+        load_settings(tmp_path / "nope.toml", environ={})
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_settings(tmp_path, environ={})
+
+
+def test_the_dsn_password_never_shows(tmp_path):
+    path = write(tmp_path, '[database]\ndsn = "postgresql://hftdb:s3cret@db/hftdb"\npool_min_size = 0\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    assert "s3cret" not in str(info.value)
+    s = load_settings(environ={"HFTDB_DSN": "postgresql://hftdb:s3cret@db/hftdb"})
+    assert "s3cret" not in repr(s)
+
+
+def test_every_venue_has_channels():
+    assert set(VENUE_CHANNELS) == {f for f in Settings().exchanges.venues()}
+
+
+def test_json_logs_carry_extra_fields_and_never_a_password():
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging(msgspec.convert({"format": "json", "level": "info"}, type(Settings().logging)), stream=stream)
+        logging.getLogger("hftdb.test").info("connecting to %s", "postgresql://u:hunter2@db/x", extra={"feed": "okx"})
+        try:
+            raise ValueError("dsn postgresql://u:hunter2@db/x refused")
+        except ValueError:
+            logging.getLogger("hftdb.test").exception("failed")
+    finally:
+        for h in root.handlers[:]:
+            root.removeHandler(h)
+        for h in saved[0]:
+            root.addHandler(h)
+        root.setLevel(saved[1])
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["msg"] == "connecting to postgresql://u:***@db/x" and first["feed"] == "okx"
+    assert first["level"] == "INFO" and first["logger"] == "hftdb.test" and first["ts"].endswith("Z")
+    assert "ValueError" in second["exc"] and "hunter2" not in stream.getvalue()
+
+
+# -- what a user sees: one line, no traceback ---------------------------------------------------------------
+
+
+def _run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    environ.update(env)
+    return subprocess.run([sys.executable, *args], cwd=tmp_path, env=environ, capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.mark.parametrize("entry", ["run.py", "cli"])
+@pytest.mark.parametrize(("text", "env", "message"), [
+    (None, {}, "config file not found: "),
+    ("[writer]\nbatch_max_rows = -1\n", {}, "[writer] batch_max_rows = -1: expected an integer > 0"),
+    ("[writr]\n", {}, "unknown section [writr]"),
+    ("", {"HFTDB_METRICS_PORT": "http"}, 'environment variable HFTDB_METRICS_PORT: [metrics] port = "http"'),
+], ids=["missing", "range", "section", "env"])
+def test_entry_points_print_one_line_and_exit_1(tmp_path, entry, text, env, message):
+    config = tmp_path / "missing.toml"
+    if text is not None:
+        config = write(tmp_path, text)
+    cmd = [str(ROOT / "run.py"), "--config", str(config)] if entry == "run.py" else \
+        ["-m", "hftdb.cli", "--config", str(config), "status"]
+    proc = _run(cmd, tmp_path, **env)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hftdb: ") and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_config_via_hftdb_config_and_a_disabled_everything(tmp_path):
+    path = write(tmp_path, "".join(f"[exchanges.{v}]\nenabled = false\n" for v in VENUE_CHANNELS))
+    proc = _run([str(ROOT / "run.py"), "--demo"], tmp_path, HFTDB_CONFIG=str(path))
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "hftdb: [exchanges]: every venue is disabled; enable at least one (enabled = true)"
