@@ -143,6 +143,16 @@ def json_lines(text: str) -> list[dict]:
     return lines
 
 
+async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hftdb.cli", *args, cwd=str(ROOT), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
+    return proc.returncode, out.decode(), err.decode()
+
+
 async def start_daemon(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, str(ROOT / "run.py"), "--demo", *args, cwd=str(ROOT), env=env,
@@ -183,6 +193,19 @@ async def test_demo_daemon_ingests_until_sigterm_then_holds_every_sent_message_o
         assert status == 200 and health["ok"] and set(health["feeds"]) == set(VENUES)
         stats = json.loads((await get(f"{base}/stats"))[1])
         assert stats["mode"] == "demo" and stats["writers"]["book_tickers"]["rows_committed"] > 0
+
+        # The hftdb command, sharing the daemon's configuration, reaches the daemon and its database.
+        env = daemon_env(tmp_path, port)
+        code, out, err = await run_cli(env, "--demo", "health")
+        assert code == 0 and "daemon: ok, 6 feeds live" in out and out.rstrip().endswith("healthy"), out + err
+        code, out, err = await run_cli(env, "--demo", "status")
+        assert code == 0 and "daemon    demo at" in out and "healthy" in out, out + err
+        assert all(venue in out for venue in VENUES)
+        code, out, err = await run_cli(env, "--demo", "stats", "--json")
+        assert code == 0, err
+        daemon_part = json.loads(out)["daemon"]
+        assert daemon_part["writers"]["book_tickers"]["rows_committed"] > 0
+        assert daemon_part["caches"]["symbol_ids"]["hits"] > 0
 
         proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(60):

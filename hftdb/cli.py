@@ -1,0 +1,720 @@
+"""The ``hftdb`` command: operate the database and the daemon from a shell.
+
+Every command reads the daemon's configuration (``--config PATH``, ``$HFTDB_CONFIG``, ``./config/default.toml``,
+``HFTDB_*`` overrides) and works on its database: the DSN, or the embedded server in ``[database] data_dir``
+(started for the command if the daemon is not running). ``--demo`` works on the demo's database instead.
+Commands that ask the running daemon (``status``, ``health``, ``stats``) reach it at ``[metrics] host:port``.
+
+Output goes to standard output, progress and errors to standard error. A mistake (a bad option, a missing
+file, an unreachable database) is one line starting with ``hftdb:``, exit status 1; usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import msgspec
+import orjson
+
+from . import __version__, dump, schema
+from .config import Settings, load_settings, locate_config, redact_dsn
+from .daemon import Target, open_target, serve
+from .drift import check_drift
+from .errors import DatabaseUnavailableError, HftdbError, ValidationError
+from .logsetup import configure_logging
+from .manager import DatabaseManager
+from .models import now_us
+from .replay import ingest_file
+
+__all__ = ["main"]
+
+_HFTDB_TABLES = ("exchanges", "symbols", "book_tickers", "book_tickers_latest", "funding_rates",
+                 "funding_rates_latest", "balances", "balances_latest", "ingest_batches")
+_COUNTED = ("exchanges", "symbols", "book_tickers", "funding_rates", "balances")
+_TS = schema.TIME_SERIES_TABLES
+
+
+# ------------------------------------------------------------------------------------------------- plumbing
+
+
+class _Context:
+    """What every command gets: the settings, the target (live or demo database) and the output streams."""
+
+    def __init__(self, settings: Settings, args: argparse.Namespace) -> None:
+        self.settings = settings
+        self.args = args
+        self.demo = bool(getattr(args, "demo", False))
+        self.out = sys.stdout
+        self.err = sys.stderr
+
+    def print(self, text: str = "") -> None:
+        print(text, file=self.out, flush=True)
+
+    def progress(self, text: str) -> None:
+        # One line per step, on stderr: readable in a terminal and in a captured log alike.
+        print(text, file=self.err, flush=True)
+
+    @contextlib.asynccontextmanager
+    async def target(self, *, create: bool = False) -> AsyncIterator[Target]:
+        target = await open_target(self.settings, demo=self.demo, create=create)
+        try:
+            yield target
+        finally:
+            await target.close()
+
+    @contextlib.asynccontextmanager
+    async def connect(self, *, create: bool = False) -> AsyncIterator[tuple[Target, asyncpg.Connection]]:
+        async with self.target(create=create) as target:
+            conn = await _connect(target, self.settings.database.connect_timeout, demo=self.demo,
+                                  demo_db=self.settings.demo.database)
+            try:
+                yield target, conn
+            finally:
+                await conn.close()
+
+    async def daemon(self, path: str) -> tuple[int, dict[str, Any]] | None:
+        """``(status, json)`` of the running daemon's ``path``, or None when nothing answers."""
+        m = self.settings.metrics
+        if not m.enabled or m.port == 0:
+            return None
+        host = "127.0.0.1" if m.host in ("0.0.0.0", "", "::") else m.host
+        host = f"[{host}]" if ":" in host else host
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+                async with session.get(f"http://{host}:{m.port}{path}") as resp:
+                    return resp.status, await resp.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
+            return None
+
+    def daemon_url(self) -> str:
+        m = self.settings.metrics
+        return f"http://{m.host}:{m.port}"
+
+
+async def _connect(target: Target, timeout: float, *, demo: bool, demo_db: str) -> asyncpg.Connection:
+    try:
+        conn = await asyncpg.connect(target.dsn, timeout=timeout)
+    except asyncpg.InvalidCatalogNameError:
+        if demo:
+            raise DatabaseUnavailableError(f"the demo database {demo_db} does not exist yet: run `run.py --demo` "
+                                           "(or `hftdb run --demo`) first") from None
+        raise DatabaseUnavailableError(f"{target.description}: the database does not exist") from None
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise DatabaseUnavailableError(f"cannot connect to {target.description}: {redact_dsn(str(exc))}") from None
+    return conn
+
+
+async def _require_schema(conn: asyncpg.Connection) -> None:
+    if not await conn.fetchval("SELECT to_regclass('exchanges') IS NOT NULL"):
+        raise ValidationError("the database has no hftdb schema yet: run `hftdb migrate up` (or start the daemon)")
+
+
+async def _refuse_if_daemon_runs(ctx: _Context, what: str) -> None:
+    answer = await ctx.daemon("/health")
+    if answer is not None:
+        raise ValidationError(f"the daemon is running ({ctx.daemon_url()}): stop it before {what}")
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _utc(us: int | None) -> str:
+    if us is None:
+        return "-"
+    return datetime.fromtimestamp(us / 1e6, timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def _num(n: int | float | None) -> str:
+    return "?" if n is None else f"{n:,}"
+
+
+def _approx(n: int | None) -> str:
+    """A planner estimate: ``~1,234``, or ``?`` before the table was first analyzed."""
+    return "?" if n is None else f"~{n:,}"
+
+
+# ------------------------------------------------------------------------------------------------- commands
+
+
+async def _migrate(ctx: _Context) -> int:
+    args = ctx.args
+    async with ctx.connect(create=args.action == "up") as (_, conn):
+        migrator = schema.Migrator(conn)
+        if args.action == "status":
+            rows = await migrator.status()
+            if not rows:
+                ctx.print("no migrations")
+            for st in rows:
+                state = f"applied {st.applied_at:%Y-%m-%d %H:%M:%S %Z}" if st.applied_at else "pending"
+                check = {True: "checksum ok", False: "FILE CHANGED OR MISSING", None: ""}[st.checksum_ok]
+                ctx.print(f"{st.version:04d}  {st.name:<24} {state:<32} {check}".rstrip())
+            return 0 if all(st.checksum_ok is not False for st in rows) else 1
+        if args.action == "up":
+            done = await migrator.up(args.to)
+            version = max((st.version for st in await migrator.status() if st.applied), default=0)
+            ctx.print(f"applied {', '.join(f'{v:04d}' for v in done)}; now at version {version}" if done
+                      else f"already up to date (version {version})")
+            return 0
+        applied = [st for st in await migrator.status() if st.applied and st.version > args.to]
+        if not applied:
+            ctx.print(f"nothing to revert: no applied version above {args.to}")
+            return 0
+        names = ", ".join(f"{st.version:04d}_{st.name}" for st in sorted(applied, key=lambda s: -s.version))
+        if not args.yes:
+            raise ValidationError(f"migrate down --to {args.to} reverts {names} and drops what they hold; "
+                                  "add --yes to do it")
+        done = await migrator.down(args.to)
+        ctx.print(f"reverted {', '.join(f'{v:04d}' for v in done)}; now at version {args.to}")
+        return 0
+
+
+async def _database_line(target: Target, conn: asyncpg.Connection) -> str:
+    started = time.perf_counter()
+    version = await conn.fetchval("SHOW server_version")
+    ms = (time.perf_counter() - started) * 1000
+    return f"{target.description} (PostgreSQL {version}), answering in {ms:.1f} ms"
+
+
+async def _schema_line(conn: asyncpg.Connection) -> tuple[bool, str]:
+    rows = await schema.Migrator(conn).status()
+    applied = [st for st in rows if st.applied]
+    pending = [st for st in rows if not st.applied]
+    broken = [st for st in rows if st.checksum_ok is False]
+    version = max((st.version for st in applied), default=0)
+    text = f"version {version}" + (f" ({applied[-1].name})" if applied else " (empty)")
+    if broken:
+        return False, text + f"; {len(broken)} applied migration(s) changed or missing: run `hftdb validate`"
+    if pending:
+        return True, text + f"; {len(pending)} pending (applied at the daemon's start, or by `hftdb migrate up`)"
+    return True, text + "; up to date"
+
+
+async def _status(ctx: _Context) -> int:
+    async with ctx.connect() as (target, conn):
+        ctx.print(f"database  {await _database_line(target, conn)}")
+        _, schema_text = await _schema_line(conn)
+        ctx.print(f"schema    {schema_text}")
+        if await conn.fetchval("SELECT to_regclass('exchanges') IS NOT NULL"):
+            stats = await _table_stats(conn)
+            parts = [f"{t} {_approx(stats[t]['rows'])} rows ({_size(stats[t]['bytes'])})" for t in _TS if t in stats]
+            ctx.print(f"data      {'; '.join(parts)}")
+            newest = []
+            for table in ("book_tickers_latest", "funding_rates_latest", "balances_latest"):
+                age = await conn.fetchval(  # fixed identifiers
+                    f"SELECT extract(epoch FROM clock_timestamp() - max(recv_ts))::float8 FROM {table}"
+                )
+                if age is not None:
+                    newest.append(f"{table.removesuffix('_latest')} {age:,.1f}s ago")
+            ctx.print(f"newest    {'; '.join(newest) or 'no rows yet'}")
+    answer = await ctx.daemon("/stats")
+    if answer is None:
+        ctx.print(f"daemon    not answering at {ctx.daemon_url()}")
+        return 0
+    stats = answer[1]
+    health = stats.get("health", {})
+    state = "healthy" if health.get("ok") else "UNHEALTHY: " + "; ".join(health.get("reasons", []))
+    ctx.print(f"daemon    {stats.get('mode')} at {ctx.daemon_url()}, up {stats.get('uptime_s', 0):,.0f}s, {state}")
+    for venue, f in (stats.get("feeds") or {}).items():
+        age = f.get("last_message_age_s")
+        ctx.print(f"  {venue:<13} {f.get('state'):<10} {f.get('messages', 0):>12,} msgs  conns={f.get('connections')}"
+                  f"  reconnects={f.get('reconnects')} gaps={f.get('gaps')} rejects={f.get('rejected')}"
+                  f"  last {'-' if age is None else f'{age:.1f}s'} ago")
+    for table, w in (stats.get("writers") or {}).items():
+        ctx.print(f"  {table:<13} committed {w.get('rows_committed', 0):>12,}  pending {w.get('rows_pending', 0):,}")
+    return 0
+
+
+async def _health(ctx: _Context) -> int:
+    ok = True
+    try:
+        async with ctx.connect() as (target, conn):
+            ctx.print(f"database: ok, {await _database_line(target, conn)}")
+            schema_ok, schema_text = await _schema_line(conn)
+            ctx.print(f"schema: {'ok' if schema_ok else 'PROBLEM'}, {schema_text}")
+            ok = ok and schema_ok
+    except DatabaseUnavailableError as exc:
+        ctx.print(f"database: UNREACHABLE, {exc}")
+        ok = False
+    if not ctx.args.db_only:
+        answer = await ctx.daemon("/health")
+        if answer is None:
+            ctx.print(f"daemon: NOT RUNNING (nothing answers at {ctx.daemon_url()}/health; --db-only skips this)")
+            ok = False
+        elif answer[0] == 200:
+            ctx.print(f"daemon: ok, {len(answer[1].get('feeds', {}))} feeds live")
+        else:
+            ctx.print(f"daemon: UNHEALTHY, {'; '.join(answer[1].get('reasons', [])) or f'HTTP {answer[0]}'}")
+            ok = False
+    ctx.print("healthy" if ok else "unhealthy")
+    return 0 if ok else 1
+
+
+async def _table_stats(conn: asyncpg.Connection) -> dict[str, dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT c.relname, pg_total_relation_size(c.oid)"
+        " + COALESCE((SELECT sum(pg_total_relation_size(i.inhrelid)) FROM pg_inherits i WHERE i.inhparent = c.oid), 0) AS bytes,"
+        " CASE WHEN c.relkind = 'p' THEN (SELECT sum(p.reltuples) FILTER (WHERE p.reltuples >= 0) FROM pg_inherits i"
+        "   JOIN pg_class p ON p.oid = i.inhrelid WHERE i.inhparent = c.oid)"
+        "  WHEN c.reltuples >= 0 THEN c.reltuples END AS rows,"
+        " (SELECT count(*) FROM pg_inherits i WHERE i.inhparent = c.oid) AS partitions"
+        " FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY($1::text[])",
+        list(_HFTDB_TABLES),
+    )
+    return {r["relname"]: {"bytes": int(r["bytes"]), "rows": None if r["rows"] is None else int(r["rows"]),
+                           "partitions": int(r["partitions"])} for r in rows}
+
+
+async def _stats(ctx: _Context) -> int:
+    args = ctx.args
+    report: dict[str, Any] = {}
+    async with ctx.connect() as (_, conn):
+        await _require_schema(conn)
+        report["tables"] = await _table_stats(conn)
+        report["partitions"] = {t: [msgspec.to_builtins(p) for p in await schema.list_partitions(conn, t)] for t in _TS}
+        if args.exact:
+            per_day: dict[str, dict[str, int]] = {}
+            for i, table in enumerate(_TS, 1):
+                ctx.progress(f"[{i}/{len(_TS)}] counting {table} rows per day")
+                rows = await conn.fetch(  # table names from the fixed TIME_SERIES_TABLES
+                    f"SELECT (recv_ts AT TIME ZONE 'UTC')::date::text AS day, count(*) AS n FROM {table} GROUP BY 1 ORDER BY 1"
+                )
+                per_day[table] = {r["day"]: r["n"] for r in rows}
+        else:
+            per_day = {t: _estimate_per_day(report["partitions"][t]) for t in _TS}
+        report["rows_per_day"] = per_day
+        report["rows_per_day_exact"] = args.exact
+        report["slow_queries"] = await _slow_queries(conn)
+    answer = await ctx.daemon("/stats")
+    report["daemon"] = None if answer is None else {k: answer[1].get(k) for k in ("mode", "writers", "caches", "pool", "feeds")}
+    if args.json:
+        ctx.print(orjson.dumps(report, option=orjson.OPT_INDENT_2, default=str).decode())
+        return 0
+    _print_stats(ctx, report)
+    return 0
+
+
+def _estimate_per_day(partitions: list[dict[str, Any]]) -> dict[str, int | None]:
+    days: dict[str, int | None] = {}
+    for p in partitions:
+        if p["lower_us"] is None:
+            continue
+        day = _utc(p["lower_us"])[:10]
+        if p["rows"] is None:
+            days.setdefault(day, None)
+        else:
+            days[day] = (days.get(day) or 0) + p["rows"]
+    return days
+
+
+async def _slow_queries(conn: asyncpg.Connection) -> dict[str, Any]:
+    if not await conn.fetchval("SELECT true FROM pg_extension WHERE extname = 'pg_stat_statements'"):
+        return {"available": False, "reason": "pg_stat_statements is not installed (CREATE EXTENSION pg_stat_statements, "
+                "with it in shared_preload_libraries)"}
+    try:
+        rows = await conn.fetch(
+            "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 160) AS query, calls, mean_exec_time, total_exec_time"
+            " FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " ORDER BY mean_exec_time DESC LIMIT 10"
+        )
+    except asyncpg.PostgresError as exc:
+        return {"available": False, "reason": str(exc)}
+    return {"available": True, "queries": [dict(r) for r in rows]}
+
+
+def _print_stats(ctx: _Context, report: dict[str, Any]) -> None:
+    p = ctx.print
+    p("Tables")
+    p(f"  {'table':<22} {'rows':>14} {'size':>10} {'partitions':>10}")
+    for table in _HFTDB_TABLES:
+        t = report["tables"].get(table)
+        if t is not None:
+            p(f"  {table:<22} {_approx(t['rows']):>14} {_size(t['bytes']):>10} {t['partitions'] or '':>10}")
+    kind = "counted" if report["rows_per_day_exact"] else "estimated from partition statistics; --exact counts"
+    p(f"\nRows per day ({kind})")
+    unknown = False
+    for table, days in report["rows_per_day"].items():
+        shown = ", ".join(f"{d} {_num(n)}" for d, n in days.items()) or "none"
+        unknown = unknown or any(n is None for n in days.values())
+        p(f"  {table:<14} {shown}")
+    if unknown:
+        p("  (? = not analyzed yet: `hftdb optimize` runs ANALYZE)")
+    p("\nPartitions")
+    for table, parts in report["partitions"].items():
+        for part in parts:
+            p(f"  {part['name']:<30} {_utc(part['lower_us'])} .. {_utc(part['upper_us'])}  {_size(part['size_bytes']):>9}"
+              f"  {_approx(part['rows']):>10} rows  btree {'yes' if part['has_btree'] else 'no'}")
+    daemon = report["daemon"]
+    if daemon is None:
+        p(f"\nWriters and caches: the daemon is not answering at {ctx.daemon_url()} (its counters live in it)")
+    else:
+        p(f"\nWriters (daemon, {daemon.get('mode')})")
+        for table, w in (daemon.get("writers") or {}).items():
+            rejects = sum((w.get("rejects") or {}).values())
+            p99 = w.get("commit_p99_ms")
+            p(f"  {table:<14} committed {w['rows_committed']:>12,}  pending {w['rows_pending']:>8,}  batches "
+              f"{w['batches_committed']:,}  spooled {w['batches_spooled']}  retries {w['retries']}  rejects {rejects}"
+              f"  p99 {'-' if p99 is None else f'{p99:.1f} ms'}")
+        p("Caches (daemon)")
+        for cache, c in (daemon.get("caches") or {}).items():
+            p(f"  {cache:<14} hits {c['hits']:,}  misses {c['misses']:,}  entries {c['size']:,}")
+    slow = report["slow_queries"]
+    p("\nSlowest queries (pg_stat_statements, by mean time)")
+    if not slow["available"]:
+        p(f"  unavailable: {slow['reason']}")
+    for q in slow.get("queries", []):
+        p(f"  {q['mean_exec_time']:>9.2f} ms x {q['calls']:<8,} {q['query']}")
+
+
+async def _cleanup(ctx: _Context) -> int:
+    args = ctx.args
+    days = args.retention_days if args.retention_days is not None else ctx.settings.storage.retention_days
+    if days <= 0:
+        raise ValidationError(f"--retention-days must be > 0, got {days}")
+    cutoff = now_us() - int(days * 86_400_000_000)
+    total = 0
+    async with ctx.connect() as (_, conn):
+        await _require_schema(conn)
+        for i, table in enumerate(_TS, 1):
+            ctx.progress(f"[{i}/{len(_TS)}] {table}: partitions ending before {_utc(cutoff)}")
+            names = await schema.drop_partitions_before(conn, table, cutoff, dry_run=args.dry_run)
+            total += len(names)
+            for name in names:
+                ctx.print(f"{'would drop' if args.dry_run else 'dropped'} {name}")
+    verb = "would drop" if args.dry_run else "dropped"
+    ctx.print(f"{verb} {total} partition(s) older than {days:g} days")
+    return 0
+
+
+async def _reset(ctx: _Context) -> int:
+    if not ctx.args.yes:
+        raise ValidationError("reset drops every hftdb table and all their data, then recreates them empty; "
+                              "add --yes to do it")
+    await _refuse_if_daemon_runs(ctx, "resetting its database")
+    async with ctx.connect(create=True) as (target, conn):
+        migrator = schema.Migrator(conn)
+        reverted = await migrator.down(0)
+        applied = await migrator.up()
+        await schema.maintain(conn, ctx.settings.storage, now_us(), retention=False)
+    removed = _clear_spool(ctx)
+    ctx.print(f"reset {target.description}: reverted {len(reverted)} and applied {len(applied)} migration(s); "
+              f"{removed} spooled batch(es) discarded")
+    return 0
+
+
+def _spool_root(ctx: _Context) -> Path | None:
+    spool = ctx.settings.writer.spool_dir
+    if not spool:
+        return None
+    return Path(spool) / ctx.settings.demo.database if ctx.demo else Path(spool)
+
+
+def _clear_spool(ctx: _Context) -> int:
+    # Spooled batches carry symbol ids of the database they were meant for: replayed into another, they are wrong.
+    root = _spool_root(ctx)
+    removed = 0
+    if root is not None:
+        for table in _TS:
+            for f in (root / table).glob("*.spool"):
+                f.unlink()
+                removed += 1
+    return removed
+
+
+def _table_progress(ctx: _Context, verb: str) -> Callable[[int, int, str], None]:
+    def report(done: int, total: int, table: str) -> None:
+        ctx.progress(f"[{done}/{total}] {verb} {table}")
+    return report
+
+
+async def _backup(ctx: _Context) -> int:
+    async with ctx.connect() as (target, conn):
+        tables = await conn.fetchval(
+            "SELECT count(*) FROM pg_class WHERE relnamespace = current_schema()::regnamespace AND relkind = 'r'"
+        )
+        counts = await _row_counts(conn)
+        await conn.close()
+        path = await dump.backup(target.dsn, ctx.args.file, embedded=target.server is not None, tables=tables,
+                                 progress=_table_progress(ctx, "dumped"))
+    ctx.print(f"backup written to {path} ({_size(path.stat().st_size)}; "
+              + ", ".join(f"{t} {n:,}" for t, n in counts.items()) + ")")
+    return 0
+
+
+async def _row_counts(conn: asyncpg.Connection) -> dict[str, int]:
+    out = {}
+    for table in _COUNTED:
+        if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
+            out[table] = await conn.fetchval(f"SELECT count(*) FROM {table}")  # fixed identifiers
+    return out
+
+
+async def _restore(ctx: _Context) -> int:
+    args = ctx.args
+    if args.clean and not args.yes:
+        raise ValidationError("restore --clean replaces the hftdb tables and all their data; add --yes to do it")
+    if not Path(args.file).is_file():
+        raise ValidationError(f"no such backup file: {args.file}")
+    if args.clean:
+        await _refuse_if_daemon_runs(ctx, "replacing its database")
+    async with ctx.connect(create=True) as (target, conn):
+        has_schema = await conn.fetchval("SELECT to_regclass('exchanges') IS NOT NULL")
+        if has_schema and not args.clean:
+            raise ValidationError(f"{target.description} already holds hftdb tables; restore into an empty database "
+                                  "(HFTDB_DSN=...), or pass --clean --yes to replace them")
+        n = await dump.restore(target.dsn, args.file, embedded=target.server is not None, clean=args.clean,
+                               progress=_table_progress(ctx, "restored"))
+        await schema.Migrator(conn).verify()
+        counts = await _row_counts(conn)
+    if args.clean:
+        _clear_spool(ctx)
+    ctx.print(f"restored {n} table(s) into {target.description}; migrations verified; "
+              + ", ".join(f"{t} {c:,}" for t, c in counts.items()))
+    return 0
+
+
+async def _validate(ctx: _Context) -> int:
+    async with ctx.connect() as (target, conn):
+        report = await check_drift(conn)
+    for problem in report.problems:
+        ctx.print(f"PROBLEM  {problem}")
+    for warning in report.warnings:
+        ctx.print(f"warning  {warning}")
+    version = max(report.applied, default=0)
+    if report.ok:
+        ctx.print(f"valid: {target.description} matches migrations 0001..{version:04d} "
+                  f"({report.tables} tables: columns, constraints, indexes; checksums)")
+        return 0
+    ctx.print(f"invalid: {len(report.problems)} problem(s)")
+    return 1
+
+
+async def _optimize(ctx: _Context) -> int:
+    async with ctx.connect() as (_, conn):
+        await _require_schema(conn)
+        for i, table in enumerate(_HFTDB_TABLES, 1):
+            ctx.progress(f"[{i}/{len(_HFTDB_TABLES)}] ANALYZE {table}")
+            await conn.execute(f"ANALYZE {table}")  # fixed identifiers
+        ctx.progress("partition maintenance (partitions ahead, btrees of sealed partitions)")
+        report = await schema.maintain(conn, ctx.settings.storage, now_us(), retention=False)
+        invalid = await conn.fetch(
+            "SELECT i.relname AS index, t.relname AS table FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid"
+            " JOIN pg_class t ON t.oid = x.indrelid WHERE NOT x.indisvalid AND t.relnamespace = current_schema()::regnamespace"
+        )
+        unused = await conn.fetch(
+            "SELECT s.indexrelname AS index, s.relname AS table, pg_relation_size(s.indexrelid) AS bytes"
+            " FROM pg_stat_user_indexes s JOIN pg_index x ON x.indexrelid = s.indexrelid"
+            " WHERE s.schemaname = current_schema() AND s.idx_scan = 0 AND NOT x.indisunique AND NOT x.indisprimary"
+            " AND pg_relation_size(s.indexrelid) >= 1048576"  # small ones (fresh partitions) are noise
+            " ORDER BY bytes DESC LIMIT 10"
+        )
+    ctx.print(f"analyzed {len(_HFTDB_TABLES)} tables")
+    ctx.print(f"partitions: {len(report.created)} created, {len(report.indexed)} sealed partition(s) indexed"
+              + (f" ({', '.join(report.indexed)})" if report.indexed else ""))
+    if invalid:
+        for r in invalid:
+            ctx.print(f"INVALID index {r['index']} on {r['table']} (an interrupted build): drop and recreate it")
+    else:
+        ctx.print("indexes: all valid")
+    for r in unused:
+        ctx.print(f"unused index {r['index']} on {r['table']} ({_size(r['bytes'])}, no scan since statistics reset)")
+    return 1 if invalid else 0
+
+
+async def _ingest(ctx: _Context) -> int:
+    args = ctx.args
+    # Its own writers, without the daemon's spool (two processes must not share one); rows it cannot commit
+    # make the command fail rather than wait in a spool nobody replays.
+    settings = msgspec.structs.replace(
+        ctx.settings, writer=msgspec.structs.replace(ctx.settings.writer, spool_dir=None)
+    )
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 1.0 or done == total:
+            last[0] = now
+            ctx.progress(f"{done * 100 // max(total, 1)}% ({_size(done)} of {_size(total)})")
+
+    async with ctx.target(create=True) as target:
+        async with DatabaseManager(target.dsn, settings=settings) as db:
+            result = await ingest_file(db, args.file, exchange=args.exchange, channels=args.channel,
+                                       account=args.account, progress=progress)
+    rows = ", ".join(f"{t}={n:,}" for t, n in result.committed.items())
+    rejects = ", ".join(f"{r}={n:,}" for r, n in sorted(result.rejects.items())) or "none"
+    ctx.print(f"{result.frames:,} frames: rows written {rows}; rejects {rejects}; "
+              f"{result.duplicates:,} duplicates dropped, {result.gaps} gaps")
+    if result.dropped_rows:
+        ctx.print(f"{result.dropped_rows:,} rows could not be written (see the log)")
+        return 1
+    return 0
+
+
+async def _simulate(ctx: _Context) -> int:
+    from .simulator import ExchangeSimulator, Limits
+
+    args = ctx.args
+    d = ctx.settings.demo
+    sim = ExchangeSimulator(
+        host=args.host, port=args.port, rate=args.rate if args.rate is not None else d.rate,
+        symbols=args.symbols if args.symbols is not None else d.symbols, seed=args.seed if args.seed is not None else d.seed,
+        limits=Limits(funding_interval=args.funding_interval or d.funding_interval_s),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await sim.start()
+    except OSError as exc:
+        raise ValidationError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+    try:
+        for name, port in sim.ports.items():
+            ctx.print(f"{name:<13} http://{args.host}:{port}  ws://{args.host}:{port}")
+        c = sim.credentials
+        ctx.print(f"test credentials: api key {c.api_key!r}, secret {c.api_secret!r}, passphrase {c.passphrase!r}")
+        ctx.print("simulating; Ctrl-C to stop")
+        await stop.wait()
+    finally:
+        await sim.close()
+    ctx.print(f"sent {sim.ledger.messages():,} data messages")
+    return 0
+
+
+async def _run(ctx: _Context) -> int:
+    summary = await serve(ctx.settings, demo=ctx.demo, ledger_file=ctx.args.ledger)
+    ctx.print(summary.line())
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------- parser
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                        help="TOML settings (default: $HFTDB_CONFIG, else ./config/default.toml, else built-in)")
+    common.add_argument("--demo", action="store_true", default=argparse.SUPPRESS,
+                        help="work on the demo's database ([demo] database) instead of the live one")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log at INFO level")
+
+    parser = argparse.ArgumentParser(
+        prog="hftdb", parents=[common],
+        description="Operate hftdb: the database, its schema and the daemon. Every command shares the daemon's "
+                    "configuration (--config, HFTDB_* environment variables).",
+        epilog="Run `hftdb COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"hftdb {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help_text: str, func: Callable[[_Context], Awaitable[int]]) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("run", "run the daemon until SIGINT/SIGTERM (what run.py does)", _run)
+    p.add_argument("--ledger", metavar="PATH", help="with --demo: write what the simulator sent to this JSON file")
+
+    p = command("migrate", "apply, revert or list schema migrations", _migrate)
+    msub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    up = msub.add_parser("up", parents=[common], help="apply pending migrations", description="apply pending migrations")
+    up.add_argument("--to", type=int, metavar="N", help="stop at version N (default: all)")
+    down = msub.add_parser("down", parents=[common], help="revert migrations above version N",
+                           description="revert applied migrations above version N, newest first (drops their data)")
+    down.add_argument("--to", type=int, metavar="N", required=True, help="the version to go back to (0: everything)")
+    down.add_argument("--yes", action="store_true", help="confirm: the reverted migrations' tables and data are dropped")
+    msub.add_parser("status", parents=[common], help="list migrations, applied or pending, with checksum checks",
+                    description="list migrations, applied or pending, with checksum checks")
+
+    command("status", "the database, schema, data and daemon at a glance", _status)
+    p = command("health", "check the database and the daemon; exit 0 when healthy, 1 otherwise", _health)
+    p.add_argument("--db-only", action="store_true", help="check only the database, not the daemon")
+    p = command("stats", "table sizes, rows per day, partitions, writer and cache counters, slow queries", _stats)
+    p.add_argument("--exact", action="store_true", help="count rows per day exactly (scans the tables) instead of estimating")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p = command("cleanup", "apply retention: drop partitions older than the retention period", _cleanup)
+    p.add_argument("--retention-days", type=float, metavar="DAYS", help="default: [storage] retention_days")
+    p.add_argument("--dry-run", action="store_true", help="list the partitions that would be dropped, drop nothing")
+    p = command("reset", "drop every hftdb table and recreate the schema empty", _reset)
+    p.add_argument("--yes", action="store_true", help="confirm: all data is lost")
+    p = command("backup", "dump the database to FILE (pg_dump custom format)", _backup)
+    p.add_argument("file", metavar="FILE")
+    p = command("restore", "restore a backup FILE into the database (pg_restore, in one transaction)", _restore)
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--clean", action="store_true", help="replace the hftdb tables the database already has")
+    p.add_argument("--yes", action="store_true", help="confirm --clean")
+    command("validate", "compare the live schema with the migrations: checksums, tables, columns, indexes", _validate)
+    command("optimize", "ANALYZE, report index health, run partition maintenance", _optimize)
+    p = command("ingest-file", "replay a file of raw websocket frames (one per line) into the database", _ingest)
+    p.add_argument("--exchange", required=True, metavar="NAME",
+                   help="venue: binance_spot, binance_usdm, bybit_spot, bybit_linear, okx_spot or okx_swap")
+    p.add_argument("--channel", required=True, action="append", metavar="CHANNEL",
+                   help="the channel the frames came from (repeat for a file of several); e.g. bookTicker, tickers")
+    p.add_argument("--account", default="default", help="account name for balance frames (default: default)")
+    p.add_argument("file", metavar="FILE")
+    p = command("simulate", "run the local exchange simulator (Binance, Bybit, OKX on loopback) until Ctrl-C", _simulate)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="first port: hosts bind PORT..PORT+3 (default: free ports)")
+    p.add_argument("--rate", type=float, help="book updates per second per venue (default: [demo] rate)")
+    p.add_argument("--symbols", type=int, help="instruments per venue (default: [demo] symbols)")
+    p.add_argument("--seed", type=int, help="random seed (default: [demo] seed)")
+    p.add_argument("--funding-interval", type=float, help="seconds between funding updates (default: [demo])")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``hftdb`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(locate_config(getattr(args, "config", None)))
+        log = settings.logging
+        if args.command != "run":
+            # A command's output is its answer; its progress and errors go to stderr, the library's INFO chatter
+            # only with --verbose.
+            log = msgspec.structs.replace(log, level="info" if getattr(args, "verbose", False) else "warning")
+        configure_logging(log)
+        ctx = _Context(settings, args)
+        return _runner()(args.func(ctx))
+    except HftdbError as exc:
+        print(f"hftdb: {exc}", file=sys.stderr)
+        return 1
+    except asyncpg.PostgresError as exc:
+        print(f"hftdb: the database refused: {redact_dsn(str(exc))}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"hftdb: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("hftdb: interrupted", file=sys.stderr)
+        return 130
+
+
+def _runner() -> Callable[[Awaitable[int]], int]:
+    try:
+        import uvloop
+
+        return uvloop.run  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover - not on Windows
+        return asyncio.run  # type: ignore[return-value]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,328 @@
+"""The ``hftdb`` command end to end: each command run as a process against a real PostgreSQL.
+
+Most tests point the command at a fresh database of the session's server (``HFTDB_DSN``); the backup and restore
+test runs with no DSN, so the command starts the embedded server itself and uses its pg_dump and pg_restore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+
+from hftdb import schema
+from hftdb.daemon import with_database
+from hftdb.models import now_us
+from hftdb.server import EmbeddedServer
+
+pytestmark = pytest.mark.timeout(180)
+
+COMMANDS = ("run", "migrate", "status", "health", "stats", "cleanup", "reset", "backup", "restore", "validate",
+            "optimize", "ingest-file", "simulate")
+FRAMES = (  # fixture file, venue, channel, book rows it holds, duplicates among them
+    ("okx_tickers_recorded.jsonl", "okx_spot", "tickers", 5, 0),
+    ("binance_spot_bookTicker_combined_recorded.jsonl", "binance_spot", "bookTicker", 12, 0),
+    ("bybit_linear_orderbook1_recorded.jsonl", "bybit_linear", "orderbook.1", 4, 1),
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """The command's environment: no stray HFTDB_* settings, a private spool, a metrics port nobody serves."""
+    e = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    e.update(HFTDB_WRITER_SPOOL_DIR=str(tmp_path / "spool"), HFTDB_METRICS_PORT=str(free_port()))
+    return e
+
+
+async def cli(*args: str, env: dict[str, str], cwd: Path, timeout: float = 120) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hftdb.cli", *args, cwd=str(cwd), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(timeout):
+        out, err = await proc.communicate()
+    return proc.returncode, out.decode(), err.decode()
+
+
+def one_error_line(err: str, contains: str) -> None:
+    """A user mistake: one line on stderr, starting with hftdb:, naming the problem; no traceback."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("hftdb: ") and contains in lines[0], err
+    assert "Traceback" not in err
+
+
+async def fetchval(dsn: str, sql: str, *args: object) -> object:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def test_help_covers_every_command(env, tmp_path):
+    code, out, _ = await cli("--help", env=env, cwd=tmp_path)
+    assert code == 0
+    for command in COMMANDS:
+        assert command in out
+    for command in COMMANDS:
+        code, out, err = await cli(command, "--help", env=env, cwd=tmp_path)
+        assert code == 0 and "usage: hftdb" in out and "--config" in out, (command, err)
+    code, _, err = await cli("nope", env=env, cwd=tmp_path)
+    assert code == 2 and "invalid choice" in err and "Traceback" not in err
+
+
+async def test_migrate_up_status_down(dsn, env, tmp_path):
+    env["HFTDB_DSN"] = dsn
+    code, out, _ = await cli("migrate", "status", env=env, cwd=tmp_path)
+    assert code == 0 and out.split() == ["0001", "initial", "pending"]
+    code, out, _ = await cli("migrate", "up", env=env, cwd=tmp_path)
+    assert (code, out.strip()) == (0, "applied 0001; now at version 1")
+    code, out, _ = await cli("migrate", "up", env=env, cwd=tmp_path)
+    assert (code, out.strip()) == (0, "already up to date (version 1)")
+    code, out, _ = await cli("migrate", "status", env=env, cwd=tmp_path)
+    assert code == 0 and "applied" in out and out.rstrip().endswith("checksum ok")
+    code, _, err = await cli("migrate", "down", "--to", "0", env=env, cwd=tmp_path)
+    assert code == 1
+    one_error_line(err, "reverts 0001_initial and drops what they hold; add --yes")
+    assert await fetchval(dsn, "SELECT to_regclass('book_tickers') IS NOT NULL")
+    code, out, _ = await cli("migrate", "down", "--to", "0", "--yes", env=env, cwd=tmp_path)
+    assert (code, out.strip()) == (0, "reverted 0001; now at version 0")
+    assert not await fetchval(dsn, "SELECT to_regclass('book_tickers') IS NOT NULL")
+    code, _, err = await cli("migrate", "down", env=env, cwd=tmp_path)
+    assert code == 2 and "--to" in err
+
+
+async def test_validate_finds_drift(dsn, env, tmp_path):
+    env["HFTDB_DSN"] = dsn
+    assert (await cli("migrate", "up", env=env, cwd=tmp_path))[0] == 0
+    code, out, _ = await cli("validate", env=env, cwd=tmp_path)
+    assert code == 0 and out.startswith("valid: ") and "9 tables" in out
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CREATE TABLE my_notes (id int)")
+        await conn.execute("CREATE INDEX symbols_base ON symbols (base)")
+        code, out, _ = await cli("validate", env=env, cwd=tmp_path)
+        assert code == 0  # additions hftdb does not use are warnings
+        assert "warning  table my_notes is not created by any migration" in out
+        assert "warning  index symbols.symbols_base" in out
+
+        await conn.execute("ALTER TABLE symbols ALTER COLUMN tick_size TYPE double precision")
+        await conn.execute("ALTER TABLE book_tickers DROP COLUMN update_id")
+        await conn.execute("ALTER TABLE exchanges DROP CONSTRAINT exchanges_market_check")
+        await conn.execute("UPDATE schema_migrations SET checksum = 'edited'")
+        code, out, _ = await cli("validate", env=env, cwd=tmp_path)
+    finally:
+        await conn.close()
+    assert code == 1
+    assert "PROBLEM  column symbols.tick_size is double precision, expected numeric" in out
+    assert "PROBLEM  column book_tickers.update_id is missing (expected bigint)" in out
+    assert "PROBLEM  constraint exchanges.exchanges_market_check is missing" in out
+    assert "PROBLEM  migration 0001 (initial) is applied but its file is missing or edited" in out
+    assert out.rstrip().endswith("invalid: 4 problem(s)")
+
+
+async def test_ingest_file_then_stats_optimize_and_cleanup(dsn, env, tmp_path, fixtures_dir):
+    env["HFTDB_DSN"] = dsn
+    total = 0
+    for name, venue, channel, rows, dups in FRAMES:
+        code, out, err = await cli("ingest-file", "--exchange", venue, "--channel", channel, str(fixtures_dir / name),
+                                   env=env, cwd=tmp_path)
+        assert code == 0, err
+        assert f"rows written book_tickers={rows}, funding_rates=0, balances=0; rejects none; {dups} duplicates" in out
+        assert "100%" in err  # progress
+        total += rows
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('not json\n\n{"arg":{"channel":"tickers","instId":"BTC-USDT"},"data":[{"instType":"SPOT",'
+                   '"instId":"BTC-USDT","askPx":"nan","askSz":"1","bidPx":"1","bidSz":"1","ts":"1652459224956"}]}\n')
+    code, out, _ = await cli("ingest-file", "--exchange", "okx_spot", "--channel", "tickers", str(bad), env=env, cwd=tmp_path)
+    assert code == 0
+    assert out.startswith("2 frames: rows written book_tickers=0") and "rejects ask_price_nan=1, invalid_json=1" in out
+    assert await fetchval(dsn, "SELECT count(*) FROM book_tickers") == total
+
+    code, out, _ = await cli("stats", env=env, cwd=tmp_path)
+    assert code == 0
+    for heading in ("Tables", "Rows per day", "Partitions", "Writers and caches: the daemon is not answering",
+                    "Slowest queries (pg_stat_statements", "unavailable: pg_stat_statements is not installed"):
+        assert heading in out
+    code, out, _ = await cli("stats", "--exact", "--json", env=env, cwd=tmp_path)
+    report = json.loads(out)
+    assert sum(report["rows_per_day"]["book_tickers"].values()) == total
+    assert len(report["partitions"]["book_tickers"]) == 3 and report["daemon"] is None
+
+    code, out, err = await cli("optimize", env=env, cwd=tmp_path)
+    assert code == 0 and "analyzed 9 tables" in out and "indexes: all valid" in out
+    assert "[3/9] ANALYZE book_tickers" in err
+    code, out, _ = await cli("stats", "--json", env=env, cwd=tmp_path)
+    assert json.loads(out)["tables"]["book_tickers"]["rows"] == total  # ANALYZE made the estimate exact here
+
+    old = now_us() - int(timedelta(days=60).total_seconds() * 1_000_000)
+    conn = await asyncpg.connect(dsn)
+    try:
+        made = await schema.ensure_partitions(conn, "book_tickers", old, old, interval_s=86_400)
+    finally:
+        await conn.close()
+    code, out, _ = await cli("cleanup", "--dry-run", env=env, cwd=tmp_path)
+    assert code == 0 and f"would drop {made[0]}" in out and "would drop 1 partition(s) older than 30 days" in out
+    assert await fetchval(dsn, "SELECT to_regclass($1) IS NOT NULL", made[0])
+    code, out, err = await cli("cleanup", env=env, cwd=tmp_path)
+    assert code == 0 and f"dropped {made[0]}" in out and "[1/3] book_tickers" in err
+    assert not await fetchval(dsn, "SELECT to_regclass($1) IS NOT NULL", made[0])
+    assert await fetchval(dsn, "SELECT count(*) FROM book_tickers") == total
+    code, _, err = await cli("cleanup", "--retention-days", "0", env=env, cwd=tmp_path)
+    assert code == 1
+    one_error_line(err, "--retention-days must be > 0")
+
+
+async def test_reset_requires_yes_then_empties_everything(dsn, env, tmp_path, fixtures_dir):
+    env["HFTDB_DSN"] = dsn
+    name, venue, channel, rows, _ = FRAMES[0]
+    assert (await cli("ingest-file", "--exchange", venue, "--channel", channel, str(fixtures_dir / name),
+                      env=env, cwd=tmp_path))[0] == 0
+    spooled = tmp_path / "spool" / "book_tickers" / "00000001-stale.spool"
+    spooled.parent.mkdir(parents=True)
+    spooled.write_bytes(b"batch meant for the old database")
+    code, _, err = await cli("reset", env=env, cwd=tmp_path)
+    assert code == 1
+    one_error_line(err, "add --yes")
+    assert await fetchval(dsn, "SELECT count(*) FROM book_tickers") == rows
+    code, out, _ = await cli("reset", "--yes", env=env, cwd=tmp_path)
+    assert code == 0 and "reverted 1 and applied 1 migration(s); 1 spooled batch(es) discarded" in out
+    assert await fetchval(dsn, "SELECT count(*) FROM book_tickers") == 0
+    assert await fetchval(dsn, "SELECT count(*) FROM exchanges") == 0
+    assert not spooled.exists()
+
+
+async def test_status_and_health(dsn, env, tmp_path):
+    env["HFTDB_DSN"] = dsn
+    code, out, _ = await cli("health", "--db-only", env=env, cwd=tmp_path)
+    assert code == 0 and out.splitlines()[0].startswith("database: ok") and out.rstrip().endswith("healthy")
+    assert "schema: ok, version 0 (empty); 1 pending" in out
+    code, out, _ = await cli("health", env=env, cwd=tmp_path)
+    assert code == 1 and "daemon: NOT RUNNING" in out and out.rstrip().endswith("unhealthy")
+    code, out, _ = await cli("status", env=env, cwd=tmp_path)
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()] == ["database", "schema", "daemon"]
+
+    env.update(HFTDB_DSN="postgresql://hftdb:s3cret@127.0.0.1:1/nowhere", HFTDB_DATABASE_CONNECT_TIMEOUT="2")
+    code, out, err = await cli("health", "--db-only", env=env, cwd=tmp_path)
+    assert code == 1 and "database: UNREACHABLE" in out and "s3cret" not in out + err
+    code, _, err = await cli("status", env=env, cwd=tmp_path)
+    assert code == 1
+    one_error_line(err, "cannot connect to postgresql://hftdb:***@127.0.0.1:1/nowhere")
+
+
+async def test_mistakes_are_one_line(dsn, env, tmp_path, fixtures_dir):
+    env["HFTDB_DSN"] = dsn
+    frames = str(fixtures_dir / FRAMES[0][0])
+    cases = [
+        (("stats",), "the database has no hftdb schema yet: run `hftdb migrate up`"),
+        (("backup", str(tmp_path / "no" / "such" / "dir" / "b.dump")), "does not exist"),
+        (("backup", str(tmp_path)), "is a directory"),
+        (("restore", str(tmp_path / "missing.dump")), "no such backup file"),
+        (("restore", frames), "is not a backup pg_restore can read"),
+        (("ingest-file", "--exchange", "okx", "--channel", "tickers", frames), "exchange must be one of"),
+        (("ingest-file", "--exchange", "okx_spot", "--channel", "bookTicker", frames),
+         "'bookTicker' is not a channel of okx_spot (its channels: bbo-tbt, tickers)"),
+        (("ingest-file", "--exchange", "okx_spot", "--channel", "tickers", str(tmp_path / "none.jsonl")), "no such file"),
+        (("--demo", "status"), "the demo database hftdb_demo does not exist yet"),
+        (("restore", "--clean", frames), "add --yes"),
+    ]
+    for args, message in cases:
+        code, _, err = await cli(*args, env=env, cwd=tmp_path)
+        assert code == 1, (args, err)
+        one_error_line(err, message)
+
+
+async def test_backup_then_restore_into_a_fresh_database_on_the_embedded_server(tmp_path, env, fixtures_dir):
+    env["HFTDB_DATABASE_DATA_DIR"] = str(tmp_path / "pg")  # no DSN: the command starts the embedded server
+    for name, venue, channel, _, _ in FRAMES:
+        code, _, err = await cli("ingest-file", "--exchange", venue, "--channel", channel, str(fixtures_dir / name),
+                                 env=env, cwd=tmp_path)
+        assert code == 0, err
+    dump = tmp_path / "hftdb.dump"
+    code, out, err = await cli("backup", str(dump), env=env, cwd=tmp_path)
+    assert code == 0, err
+    assert out.startswith(f"backup written to {dump}") and "book_tickers 21" in out
+    assert "dumped public.book_tickers_p" in err and dump.stat().st_size > 0
+    assert not list(tmp_path.glob(".*.partial"))
+
+    # A fresh database on the same server: the demo's, named for this test (created by restore).
+    restored = dict(env, HFTDB_DEMO_DATABASE="restored")
+    code, out, err = await cli("--demo", "restore", str(dump), env=restored, cwd=tmp_path)
+    assert code == 0, err
+    assert "migrations verified" in out and "restored public.book_tickers_p" in err
+    code, _, err = await cli("--demo", "restore", str(dump), env=restored, cwd=tmp_path)
+    assert code == 1
+    one_error_line(err, "already holds hftdb tables; restore into an empty database")
+    code, out, _ = await cli("--demo", "validate", env=restored, cwd=tmp_path)
+    assert code == 0, out
+
+    server = EmbeddedServer(tmp_path / "pg")
+    admin = await server.start()
+    try:
+        original, copy = await asyncpg.connect(admin), await asyncpg.connect(with_database(admin, "restored"))
+        try:
+            tables = [r[0] for r in await original.fetch(
+                "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p')"
+                " ORDER BY 1")]
+            assert "book_tickers" in tables and len(tables) >= 16
+            for table in tables:  # names from the catalog of a database this test made
+                want = await original.fetchval(f'SELECT count(*) FROM "{table}"')
+                got = await copy.fetchval(f'SELECT count(*) FROM "{table}"')
+                assert got == want, table
+            assert await copy.fetchval("SELECT count(*) FROM book_tickers") == 21
+            checksum = "SELECT md5(string_agg(b::text, ',' ORDER BY b::text)) FROM book_tickers b"
+            assert await copy.fetchval(checksum) == await original.fetchval(checksum)
+        finally:
+            await original.close()
+            await copy.close()
+    finally:
+        await server.stop()
+
+
+async def test_simulate_serves_until_interrupted(env, tmp_path):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hftdb.cli", "simulate", "--rate", "20", "--symbols", "2", cwd=str(tmp_path), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        ports = {}
+        async with asyncio.timeout(60):
+            while True:
+                line = (await proc.stdout.readline()).decode()
+                assert line, "simulate exited early"
+                if line.startswith("simulating"):
+                    break
+                if line.split() and line.split()[0] in ("binance_spot", "binance_usdm", "bybit", "okx"):
+                    ports[line.split()[0]] = line.split()[1]
+        assert set(ports) == {"binance_spot", "binance_usdm", "bybit", "okx"}
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{ports['binance_spot']}/api/v3/exchangeInfo") as resp:
+                assert resp.status == 200
+                assert [s["symbol"] for s in (await resp.json())["symbols"]] == ["BTCUSDT", "ETHUSDT"]
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().strip().splitlines()[-1].startswith("sent ")
