@@ -350,8 +350,8 @@ class Daemon:
             kwargs["credentials"] = Credentials.load(venue, secrets_file=secrets)
         poll = ex.balance_interval_s > 0 and kwargs["credentials"] is not None
         if ex.balance_interval_s > 0 and not poll:
-            logger.info("%s: no API keys (%s_API_KEY/_API_SECRET or [exchanges] secrets_file): balances not polled",
-                        venue, venue.upper())
+            logger.info("%s: no API keys (%s_API_KEY and _API_SECRET, or %s_..., or [exchanges] secrets_file): "
+                        "balances not polled", venue, venue.split("_")[0].upper(), venue.upper())
         adapter = create_adapter(venue, self.db, **kwargs)
         await adapter.start()
         return _Feed(adapter, config, poll_balances=poll)
@@ -375,10 +375,11 @@ class Daemon:
             if error is not None:
                 feed.last_error = error
                 failures.append(f"{feed.venue}: {error}")
-                logger.warning("%s: first symbol sync failed (%s); retrying in the background", feed.venue, error)
         if len(failures) == len(feeds):
             hint = "" if self.demo else "; without internet access, try the demo: run.py --demo"
             raise ExchangeError(f"no exchange could be reached at start-up ({'; '.join(failures)}){hint}")
+        for failure in failures:
+            logger.warning("first symbol sync failed (%s); retrying in the background", failure)
 
     async def _sync(self, feed: _Feed) -> None:
         adapter = feed.adapter

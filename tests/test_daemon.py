@@ -385,3 +385,37 @@ async def test_an_unlisted_symbol_stops_the_start_with_the_key_named(demo_settin
         await daemon.start()
     assert "[exchanges.okx_spot] symbols: NOPE-USDT not listed by okx_spot" in str(info.value)
     await daemon.close()  # closing a daemon whose start failed is fine
+
+
+async def test_a_metrics_port_in_use_stops_the_start_with_the_key_named(demo_settings):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = msgspec.structs.replace(demo_settings, metrics=msgspec.structs.replace(demo_settings.metrics, port=port))
+        daemon = Daemon(settings, demo=True)
+        with pytest.raises(ConfigError, match=rf"^\[metrics\] cannot listen on 127.0.0.1:{port}: "):
+            await daemon.start()
+    await daemon.close()
+
+
+async def test_hftdb_run_is_the_daemon_too(tmp_path):
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hftdb.cli", "--demo", "run", cwd=str(ROOT), env=daemon_env(tmp_path, port),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+    )
+    try:
+        await poll(f"http://127.0.0.1:{port}/health", lambda st, _: st == 200, timeout=120, proc=proc)
+        # As Ctrl-C in a terminal does: SIGINT to the whole process group (the embedded PostgreSQL runs in a
+        # session of its own, so it keeps serving the final flush).
+        os.killpg(proc.pid, signal.SIGINT)
+        async with asyncio.timeout(60):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()[-3000:]
+    assert out.decode().startswith("hftdb stopped after") and "the simulator sent" in out.decode()
+    assert any(r["msg"].startswith("SIGINT received: stopping") for r in json_lines(err.decode()))
