@@ -18,7 +18,6 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +26,23 @@ import asyncpg
 import msgspec
 import orjson
 
-from . import __version__, dump, schema
+from . import __version__, dump, inventory, schema
 from .config import Settings, load_settings, locate_config, redact_dsn
-from .daemon import Target, open_target, serve
+from .daemon import serve
+from .target import Target, open_target
 from .drift import check_drift
 from .errors import DatabaseUnavailableError, HftdbError, ValidationError
 from .logsetup import configure_logging
 from .manager import DatabaseManager
 from .models import now_us
+from .inventory import approx as _approx
+from .inventory import size as _size
+from .inventory import utc as _utc
 from .replay import ingest_file
 
 __all__ = ["main"]
 
-_HFTDB_TABLES = ("exchanges", "symbols", "book_tickers", "book_tickers_latest", "funding_rates",
-                 "funding_rates_latest", "balances", "balances_latest", "ingest_batches")
+_HFTDB_TABLES = inventory.TABLES
 _COUNTED = ("exchanges", "symbols", "book_tickers", "funding_rates", "balances")
 _TS = schema.TIME_SERIES_TABLES
 
@@ -126,29 +128,6 @@ async def _refuse_if_daemon_runs(ctx: _Context, what: str) -> None:
         raise ValidationError(f"the daemon is running ({ctx.daemon_url()}): stop it before {what}")
 
 
-def _size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
-
-
-def _utc(us: int | None) -> str:
-    if us is None:
-        return "-"
-    return datetime.fromtimestamp(us / 1e6, timezone.utc).strftime("%Y-%m-%d %H:%M")
-
-
-def _num(n: int | float | None) -> str:
-    return "?" if n is None else f"{n:,}"
-
-
-def _approx(n: int | None) -> str:
-    """A planner estimate: ``~1,234``, or ``?`` before the table was first analyzed."""
-    return "?" if n is None else f"~{n:,}"
 
 
 # ------------------------------------------------------------------------------------------------- commands
@@ -213,7 +192,7 @@ async def _status(ctx: _Context) -> int:
         _, schema_text = await _schema_line(conn)
         ctx.print(f"schema    {schema_text}")
         if await conn.fetchval("SELECT to_regclass('exchanges') IS NOT NULL"):
-            stats = await _table_stats(conn)
+            stats = await inventory.tables(conn)
             parts = [f"{t} {_approx(stats[t]['rows'])} rows ({_size(stats[t]['bytes'])})" for t in _TS if t in stats]
             ctx.print(f"data      {'; '.join(parts)}")
             newest = []
@@ -267,120 +246,19 @@ async def _health(ctx: _Context) -> int:
     return 0 if ok else 1
 
 
-async def _table_stats(conn: asyncpg.Connection) -> dict[str, dict[str, Any]]:
-    rows = await conn.fetch(
-        "SELECT c.relname, pg_total_relation_size(c.oid)"
-        " + COALESCE((SELECT sum(pg_total_relation_size(i.inhrelid)) FROM pg_inherits i WHERE i.inhparent = c.oid), 0) AS bytes,"
-        " CASE WHEN c.relkind = 'p' THEN (SELECT sum(p.reltuples) FILTER (WHERE p.reltuples >= 0) FROM pg_inherits i"
-        "   JOIN pg_class p ON p.oid = i.inhrelid WHERE i.inhparent = c.oid)"
-        "  WHEN c.reltuples >= 0 THEN c.reltuples END AS rows,"
-        " (SELECT count(*) FROM pg_inherits i WHERE i.inhparent = c.oid) AS partitions"
-        " FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY($1::text[])",
-        list(_HFTDB_TABLES),
-    )
-    return {r["relname"]: {"bytes": int(r["bytes"]), "rows": None if r["rows"] is None else int(r["rows"]),
-                           "partitions": int(r["partitions"])} for r in rows}
-
-
 async def _stats(ctx: _Context) -> int:
     args = ctx.args
-    report: dict[str, Any] = {}
     async with ctx.connect() as (_, conn):
         await _require_schema(conn)
-        report["tables"] = await _table_stats(conn)
-        report["partitions"] = {t: [msgspec.to_builtins(p) for p in await schema.list_partitions(conn, t)] for t in _TS}
-        if args.exact:
-            per_day: dict[str, dict[str, int]] = {}
-            for i, table in enumerate(_TS, 1):
-                ctx.progress(f"[{i}/{len(_TS)}] counting {table} rows per day")
-                rows = await conn.fetch(  # table names from the fixed TIME_SERIES_TABLES
-                    f"SELECT (recv_ts AT TIME ZONE 'UTC')::date::text AS day, count(*) AS n FROM {table} GROUP BY 1 ORDER BY 1"
-                )
-                per_day[table] = {r["day"]: r["n"] for r in rows}
-        else:
-            per_day = {t: _estimate_per_day(report["partitions"][t]) for t in _TS}
-        report["rows_per_day"] = per_day
-        report["rows_per_day_exact"] = args.exact
-        report["slow_queries"] = await _slow_queries(conn)
+        report = await inventory.collect(conn, exact=args.exact, progress=ctx.progress)
     answer = await ctx.daemon("/stats")
     report["daemon"] = None if answer is None else {k: answer[1].get(k) for k in ("mode", "writers", "caches", "pool", "feeds")}
     if args.json:
         ctx.print(orjson.dumps(report, option=orjson.OPT_INDENT_2, default=str).decode())
         return 0
-    _print_stats(ctx, report)
+    for line in inventory.render(report, daemon_url=ctx.daemon_url()):
+        ctx.print(line)
     return 0
-
-
-def _estimate_per_day(partitions: list[dict[str, Any]]) -> dict[str, int | None]:
-    days: dict[str, int | None] = {}
-    for p in partitions:
-        if p["lower_us"] is None:
-            continue
-        day = _utc(p["lower_us"])[:10]
-        if p["rows"] is None:
-            days.setdefault(day, None)
-        else:
-            days[day] = (days.get(day) or 0) + p["rows"]
-    return days
-
-
-async def _slow_queries(conn: asyncpg.Connection) -> dict[str, Any]:
-    if not await conn.fetchval("SELECT true FROM pg_extension WHERE extname = 'pg_stat_statements'"):
-        return {"available": False, "reason": "pg_stat_statements is not installed (CREATE EXTENSION pg_stat_statements, "
-                "with it in shared_preload_libraries)"}
-    try:
-        rows = await conn.fetch(
-            "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 160) AS query, calls, mean_exec_time, total_exec_time"
-            " FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
-            " ORDER BY mean_exec_time DESC LIMIT 10"
-        )
-    except asyncpg.PostgresError as exc:
-        return {"available": False, "reason": str(exc)}
-    return {"available": True, "queries": [dict(r) for r in rows]}
-
-
-def _print_stats(ctx: _Context, report: dict[str, Any]) -> None:
-    p = ctx.print
-    p("Tables")
-    p(f"  {'table':<22} {'rows':>14} {'size':>10} {'partitions':>10}")
-    for table in _HFTDB_TABLES:
-        t = report["tables"].get(table)
-        if t is not None:
-            p(f"  {table:<22} {_approx(t['rows']):>14} {_size(t['bytes']):>10} {t['partitions'] or '':>10}")
-    kind = "counted" if report["rows_per_day_exact"] else "estimated from partition statistics; --exact counts"
-    p(f"\nRows per day ({kind})")
-    unknown = False
-    for table, days in report["rows_per_day"].items():
-        shown = ", ".join(f"{d} {_num(n)}" for d, n in days.items()) or "none"
-        unknown = unknown or any(n is None for n in days.values())
-        p(f"  {table:<14} {shown}")
-    if unknown:
-        p("  (? = not analyzed yet: `hftdb optimize` runs ANALYZE)")
-    p("\nPartitions")
-    for table, parts in report["partitions"].items():
-        for part in parts:
-            p(f"  {part['name']:<30} {_utc(part['lower_us'])} .. {_utc(part['upper_us'])}  {_size(part['size_bytes']):>9}"
-              f"  {_approx(part['rows']):>10} rows  btree {'yes' if part['has_btree'] else 'no'}")
-    daemon = report["daemon"]
-    if daemon is None:
-        p(f"\nWriters and caches: the daemon is not answering at {ctx.daemon_url()} (its counters live in it)")
-    else:
-        p(f"\nWriters (daemon, {daemon.get('mode')})")
-        for table, w in (daemon.get("writers") or {}).items():
-            rejects = sum((w.get("rejects") or {}).values())
-            p99 = w.get("commit_p99_ms")
-            p(f"  {table:<14} committed {w['rows_committed']:>12,}  pending {w['rows_pending']:>8,}  batches "
-              f"{w['batches_committed']:,}  spooled {w['batches_spooled']}  retries {w['retries']}  rejects {rejects}"
-              f"  p99 {'-' if p99 is None else f'{p99:.1f} ms'}")
-        p("Caches (daemon)")
-        for cache, c in (daemon.get("caches") or {}).items():
-            p(f"  {cache:<14} hits {c['hits']:,}  misses {c['misses']:,}  entries {c['size']:,}")
-    slow = report["slow_queries"]
-    p("\nSlowest queries (pg_stat_statements, by mean time)")
-    if not slow["available"]:
-        p(f"  unavailable: {slow['reason']}")
-    for q in slow.get("queries", []):
-        p(f"  {q['mean_exec_time']:>9.2f} ms x {q['calls']:<8,} {q['query']}")
 
 
 async def _cleanup(ctx: _Context) -> int:

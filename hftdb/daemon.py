@@ -30,195 +30,25 @@ import signal
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import msgspec
 import orjson
 
-from .config import Settings, VenueSettings, redact_dsn
-from .errors import ConfigError, DatabaseUnavailableError, ExchangeError, HftdbError, StateError
-from .exchanges.base import Backoff, ExchangeAdapter
-from .exchanges.registry import create_adapter
-from .exchanges.signing import Credentials
+from .config import Settings
+from .errors import ConfigError, ExchangeError, HftdbError, StateError
+from .feeds import Feed, FeedState, open_feed
 from .manager import DatabaseManager
 from .metrics import MetricsServer
 from .models import now_us
-from .server import EmbeddedServer
-from .status import StatusReporter
+from .status import StatusReporter, Summary
+from .target import Target, open_target
 
-__all__ = ["Daemon", "Summary", "Target", "open_target", "serve"]
+__all__ = ["Daemon", "serve"]
 
 logger = logging.getLogger(__name__)
 status_logger = logging.getLogger("hftdb.status")
 
 _VERSION = "0.1.0"
-# Failures a feed recovers from by restarting, logged as a warning; anything else is logged with its traceback.
-_EXPECTED_FEED_ERRORS = (ExchangeError, DatabaseUnavailableError, OSError)
-# Restarting a feed whose supervisor caught an error: from 1 s up to a minute, with jitter.
-_FEED_BACKOFF = Backoff(initial=1.0, maximum=60.0)
-
-
-# ------------------------------------------------------------------------------------------- database target
-
-
-class Target(msgspec.Struct, kw_only=True):
-    """The database hftdb works on: its DSN, and the embedded server started to reach it (if any)."""
-
-    dsn: str
-    server: EmbeddedServer | None = None
-    description: str
-
-    async def close(self) -> None:
-        """Release the embedded server handle (the server stops when no other process holds one)."""
-        if self.server is not None:
-            await self.server.stop()
-            self.server = None
-
-
-async def open_target(settings: Settings, *, demo: bool = False, create: bool = True) -> Target:
-    """Resolve the database: the configured DSN, or the embedded server (started here) in ``data_dir``.
-
-    With ``demo`` the database is ``[demo] database`` on that same server, created when missing (unless
-    ``create`` is false), so simulated quotes never land in the live tables.
-    """
-    dsn = settings.database.dsn
-    server = None
-    if dsn is None:
-        server = EmbeddedServer(settings.database.data_dir)
-        dsn = await server.start()
-        description = f"embedded PostgreSQL in {server.data_dir}"
-    else:
-        description = redact_dsn(dsn) or ""
-    if demo:
-        name = settings.demo.database
-        try:
-            if create:
-                await _ensure_database(dsn, name, timeout=settings.database.connect_timeout)
-        except BaseException:
-            if server is not None:
-                await server.stop()
-            raise
-        dsn = with_database(dsn, name)
-        description = f"database {name} of {description}"
-    return Target(dsn=dsn, server=server, description=description)
-
-
-def with_database(dsn: str, database: str) -> str:
-    """``dsn`` pointing at ``database`` instead of its own (URI form only)."""
-    parts = urlsplit(dsn)
-    if parts.scheme not in ("postgres", "postgresql"):
-        raise ConfigError(f"[database] dsn must be a postgresql:// URI to name another database, got {redact_dsn(dsn)!r}")
-    return urlunsplit(parts._replace(path="/" + database))
-
-
-async def _ensure_database(dsn: str, name: str, *, timeout: float) -> None:
-    try:
-        conn = await asyncpg.connect(dsn, timeout=timeout)
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
-        raise DatabaseUnavailableError(f"cannot connect to {redact_dsn(dsn)}: {redact_dsn(str(exc))}") from None
-    try:
-        if not await conn.fetchval("SELECT true FROM pg_database WHERE datname = $1", name):
-            # An identifier cannot be a bind parameter; the name is checked by [demo] database's pattern.
-            await conn.execute(f'CREATE DATABASE "{name}"')
-            logger.info("created database %s", name)
-    except asyncpg.DuplicateDatabaseError:
-        pass  # created by a concurrent process since we looked
-    except asyncpg.PostgresError as exc:
-        raise DatabaseUnavailableError(
-            f"cannot create database {name!r} for the demo: {exc} (create it, or set [demo] database)"
-        ) from None
-    finally:
-        await conn.close()
-
-
-# ----------------------------------------------------------------------------------------------------- feeds
-
-
-class _FeedState(enum.Enum):
-    SYNCING = "syncing"
-    STREAMING = "streaming"
-    RETRYING = "retrying"
-    STOPPED = "stopped"
-
-
-class _Feed:
-    """One venue's adapter, its supervisor task and what the health check needs to know about it."""
-
-    def __init__(self, adapter: ExchangeAdapter, config: VenueSettings, *, poll_balances: bool) -> None:
-        self.adapter = adapter
-        self.config = config
-        self.poll_balances = poll_balances
-        self.state = _FeedState.SYNCING
-        self.state_since_us = now_us()
-        self.synced = False
-        self.last_error: str | None = None
-        self.task: asyncio.Task | None = None
-
-    @property
-    def venue(self) -> str:
-        return self.adapter.venue.value
-
-    def set_state(self, state: _FeedState) -> None:
-        self.state = state
-        self.state_since_us = now_us()
-
-    def view(self, now: int, stale_after_s: float) -> dict[str, Any]:
-        stats = self.adapter.stats
-        last = stats.last_message_us
-        age = None if last is None else max(0.0, (now - last) / 1e6)
-        # Until its first message, a feed is given stale_after_s from the moment it started streaming.
-        since = last if last is not None and last >= self.state_since_us else self.state_since_us
-        live = self.state is _FeedState.STREAMING and (now - since) / 1e6 <= stale_after_s
-        out = stats.as_dict()
-        out.update(state=self.state.value, live=live, last_message_age_s=age, last_error=self.last_error)
-        return out
-
-
-# ---------------------------------------------------------------------------------------------------- summary
-
-
-class Summary(msgspec.Struct, kw_only=True):
-    """What one run of the daemon did, for the line printed at exit."""
-
-    seconds: float
-    feeds: int
-    messages: int
-    committed: dict[str, int]
-    writer_rejects: int
-    frame_rejects: int
-    reconnects: int
-    gaps: int
-    dropped_rows: int
-    batches_spooled: int
-    pending_rows: int
-    demo_sent: int | None = None
-    ledger_file: str | None = None
-
-    def line(self) -> str:
-        """The one-line summary."""
-        committed = " ".join(f"{t}={n:,}" for t, n in self.committed.items())
-        text = (
-            f"hftdb stopped after {_duration(self.seconds)}: {self.feeds} feeds, {self.messages:,} messages; "
-            f"committed {committed or 'nothing'}; rejected {self.writer_rejects:,} rows and {self.frame_rejects:,} "
-            f"frames; {self.reconnects} reconnects, {self.gaps} gaps; {self.dropped_rows:,} rows dropped; "
-            f"{self.batches_spooled} batches spooled"
-        )
-        if self.pending_rows:
-            text += f", {self.pending_rows:,} rows left uncommitted (spooled for the next start)"
-        if self.demo_sent is not None:
-            text += f"; the simulator sent {self.demo_sent:,} messages"
-            if self.ledger_file:
-                text += f" (ledger: {self.ledger_file})"
-        return text
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
 # ----------------------------------------------------------------------------------------------------- daemon
@@ -259,7 +89,7 @@ class Daemon:
         self.metrics: MetricsServer | None = None
         self._target: Target | None = None
         self._db: DatabaseManager | None = None
-        self._feeds: dict[str, _Feed] = {}
+        self._feeds: dict[str, Feed] = {}
         self._tasks: set[asyncio.Task] = set()  # feeds, maintenance and status: every task the daemon runs
         self._final_writers: dict[str, dict[str, Any]] = {}
         self._summary: Summary | None = None
@@ -322,44 +152,20 @@ class Daemon:
             self.metrics = MetricsServer(self.snapshot, self.health, host=m.host, port=m.port)
             await self.metrics.start()
         for venue, config in settings.exchanges.venues().items():
-            self._feeds[venue] = await self._make_feed(venue, config)
+            self._feeds[venue] = await open_feed(venue, config, settings.exchanges, self.db, simulator=self.simulator)
         await self._initial_sync()
         for feed in self._feeds.values():
-            feed.task = self._spawn(self._supervise(feed), f"feed-{feed.venue}")
+            feed.task = self._spawn(feed.run(), f"feed-{feed.venue}")
         self._spawn(self._maintenance_loop(), "maintenance")
         if settings.daemon.status_interval_s > 0:
             self._spawn(self._status_loop(), "status")
         logger.info("hftdb running: %d feed(s) (%s)%s", len(self._feeds), ", ".join(self._feeds),
                     " against the exchange simulator" if self.demo else "")
 
-    async def _make_feed(self, venue: str, config: VenueSettings) -> _Feed:
-        ex = self.settings.exchanges
-        kwargs: dict[str, Any] = {
-            "symbols": None if config.symbols == "all" else list(config.symbols),
-            "channels": list(config.channels) or None,
-            "account": config.account,
-            "timeout": ex.request_timeout_s,
-        }
-        if self.demo:
-            sim = self.simulator
-            c = sim.credentials
-            kwargs.update(rest_url=sim.rest_url(venue), ws_url=sim.ws_url(venue),
-                          credentials=Credentials(api_key=c.api_key, api_secret=c.api_secret, passphrase=c.passphrase))
-        else:
-            secrets = Path(ex.secrets_file).expanduser() if ex.secrets_file else None
-            kwargs["credentials"] = Credentials.load(venue, secrets_file=secrets)
-        poll = ex.balance_interval_s > 0 and kwargs["credentials"] is not None
-        if ex.balance_interval_s > 0 and not poll:
-            logger.info("%s: no API keys (%s_API_KEY and _API_SECRET, or %s_..., or [exchanges] secrets_file): "
-                        "balances not polled", venue, venue.split("_")[0].upper(), venue.upper())
-        adapter = create_adapter(venue, self.db, **kwargs)
-        await adapter.start()
-        return _Feed(adapter, config, poll_balances=poll)
-
     async def _initial_sync(self) -> None:
         timeout = self.settings.exchanges.startup_timeout_s
         feeds = list(self._feeds.values())
-        tasks = [asyncio.create_task(self._sync(feed), name=f"sync-{feed.venue}") for feed in feeds]
+        tasks = [asyncio.create_task(feed.sync(), name=f"sync-{feed.venue}") for feed in feeds]
         done, pending = await asyncio.wait(tasks, timeout=timeout)
         for task in pending:
             task.cancel()
@@ -380,24 +186,6 @@ class Daemon:
             raise ExchangeError(f"no exchange could be reached at start-up ({'; '.join(failures)}){hint}")
         for failure in failures:
             logger.warning("first symbol sync failed (%s); retrying in the background", failure)
-
-    async def _sync(self, feed: _Feed) -> None:
-        adapter = feed.adapter
-        await adapter.sync_symbols(timeout=self.settings.exchanges.request_timeout_s)
-        if feed.config.symbols != "all":
-            listed = {s.symbol: s.status for s in await self.db.get_symbols_by_exchange(feed.venue)}
-            missing = [s for s in feed.config.symbols if s not in listed]
-            if missing:
-                sample = ", ".join(sorted(listed)[:5])
-                raise ConfigError(
-                    f"[exchanges.{feed.venue}] symbols: {', '.join(missing)} not listed by {feed.venue} "
-                    f"(it lists {len(listed)} symbols, e.g. {sample})"
-                )
-            idle = [s for s in feed.config.symbols if listed[s] != "trading"]
-            if idle:
-                logger.warning("%s: %s not trading (%s); streamed anyway", feed.venue, ", ".join(idle),
-                               ", ".join(listed[s] for s in idle))
-        feed.synced = True
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task:
         task = asyncio.create_task(coro, name=name)
@@ -464,7 +252,7 @@ class Daemon:
                 logger.error("%d feed(s) did not stop within %gs: %s", len(pending), timeout,
                              ", ".join(t.get_name() for t in pending))
         for feed in self._feeds.values():
-            feed.set_state(_FeedState.STOPPED)
+            feed.set_state(FeedState.STOPPED)
             await feed.adapter.close()
         await asyncio.gather(*periodic, return_exceptions=True)
         if self._db is not None:
@@ -516,44 +304,6 @@ class Daemon:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
-
-    # -- feeds -----------------------------------------------------------------------------------------
-
-    async def _supervise(self, feed: _Feed) -> None:
-        """Run one venue until cancelled: sync (until it works), then streams + symbol sync + balance poller;
-        restart with back-off after anything but cancellation or a configuration error."""
-        ex = self.settings.exchanges
-        attempt = 0
-        while True:
-            try:
-                if not feed.synced:
-                    feed.set_state(_FeedState.SYNCING)
-                    await self._sync(feed)
-                feed.set_state(_FeedState.STREAMING)
-                feed.last_error = None
-                attempt = 0
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(feed.adapter.run_streams(), name=f"{feed.venue}-streams")
-                    tg.create_task(self._sync_later(feed, ex.symbol_sync_interval_s), name=f"{feed.venue}-symbols")
-                    if feed.poll_balances:
-                        tg.create_task(feed.adapter.run_balance_poller(ex.balance_interval_s, timeout=ex.request_timeout_s),
-                                       name=f"{feed.venue}-balances")
-            except ConfigError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - one feed's failure must not take the others down
-                leaves = _leaves(exc)
-                feed.last_error = "; ".join(str(e) or repr(e) for e in leaves)
-                if not all(isinstance(e, _EXPECTED_FEED_ERRORS) for e in leaves):
-                    logger.error("%s: feed failed", feed.venue, exc_info=exc)
-            feed.set_state(_FeedState.RETRYING)
-            delay = _FEED_BACKOFF.delay(attempt)
-            attempt += 1
-            logger.warning("%s: %s; restarting the feed in %.1fs", feed.venue, feed.last_error, delay)
-            await asyncio.sleep(delay)
-
-    async def _sync_later(self, feed: _Feed, interval: float) -> None:
-        await asyncio.sleep(interval)
-        await feed.adapter.run_symbol_sync(interval, timeout=self.settings.exchanges.request_timeout_s)
 
     # -- periodic work ---------------------------------------------------------------------------------
 
@@ -700,12 +450,6 @@ class Daemon:
             demo_sent=sent,
             ledger_file=str(self.ledger_file) if self.ledger_file and sent is not None else None,
         )
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
-    return [exc]
 
 
 # ------------------------------------------------------------------------------------------------------ serve

@@ -1,4 +1,5 @@
-"""The daemon's periodic status lines: one per feed, one for the writers, with rates since the previous report.
+"""The daemon's status lines (one per feed, one for the writers, with rates since the previous report) and the
+:class:`Summary` it prints at exit.
 
 ::
 
@@ -14,7 +15,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["StatusReporter"]
+import msgspec
+
+__all__ = ["StatusReporter", "Summary"]
 
 _FEED_TABLES = (("book_rows", "book_tickers"), ("funding_rows", "funding_rates"), ("balance_rows", "balances"))
 
@@ -95,3 +98,46 @@ def _per_s(rate: float | None) -> str:
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}ms"
+
+
+class Summary(msgspec.Struct, kw_only=True):
+    """What one run of the daemon did, for the line printed at exit."""
+
+    seconds: float
+    feeds: int
+    messages: int
+    committed: dict[str, int]
+    writer_rejects: int
+    frame_rejects: int
+    reconnects: int
+    gaps: int
+    dropped_rows: int
+    batches_spooled: int
+    pending_rows: int
+    demo_sent: int | None = None
+    ledger_file: str | None = None
+
+    def line(self) -> str:
+        """The one-line summary."""
+        committed = " ".join(f"{t}={n:,}" for t, n in self.committed.items())
+        text = (
+            f"hftdb stopped after {_duration(self.seconds)}: {self.feeds} feeds, {self.messages:,} messages; "
+            f"committed {committed or 'nothing'}; rejected {self.writer_rejects:,} rows and {self.frame_rejects:,} "
+            f"frames; {self.reconnects} reconnects, {self.gaps} gaps; {self.dropped_rows:,} rows dropped; "
+            f"{self.batches_spooled} batches spooled"
+        )
+        if self.pending_rows:
+            text += f", {self.pending_rows:,} rows left uncommitted (spooled for the next start)"
+        if self.demo_sent is not None:
+            text += f"; the simulator sent {self.demo_sent:,} messages"
+            if self.ledger_file:
+                text += f" (ledger: {self.ledger_file})"
+        return text
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"

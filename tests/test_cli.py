@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 
 from hftdb import schema
-from hftdb.daemon import with_database
+from hftdb.target import with_database
 from hftdb.models import now_us
 from hftdb.server import EmbeddedServer
 

@@ -27,7 +27,8 @@ import msgspec
 import pytest
 
 from hftdb.config import Settings, load_settings
-from hftdb.daemon import Daemon, with_database
+from hftdb.daemon import Daemon
+from hftdb.target import with_database
 from hftdb.errors import ConfigError
 from hftdb.metrics import family_names
 from hftdb.server import EmbeddedServer
