@@ -326,3 +326,23 @@ async def test_simulate_serves_until_interrupted(env, tmp_path):
             await proc.wait()
     assert proc.returncode == 0, err.decode()
     assert out.decode().strip().splitlines()[-1].startswith("sent ")
+
+
+async def test_ingest_file_is_callable_from_python(dsn, tmp_path, fixtures_dir):
+    import msgspec
+
+    from hftdb import DatabaseManager
+    from hftdb.config import load_settings
+    from hftdb.replay import ingest_file
+
+    base = load_settings(environ={})
+    settings = msgspec.structs.replace(base, writer=msgspec.structs.replace(base.writer, spool_dir=None))
+    seen: list[tuple[int, int]] = []
+    async with DatabaseManager(dsn, settings=settings) as db:
+        result = await ingest_file(db, fixtures_dir / "bybit_linear_orderbook1_recorded.jsonl", exchange="bybit_linear",
+                                   channels=["orderbook.1"], progress=lambda done, total: seen.append((done, total)))
+        assert result.frames == 5 and result.duplicates == 1 and result.rejects == {}
+        assert result.committed == {"book_tickers": 4, "funding_rates": 0, "balances": 0}
+        latest = await db.get_latest_book_tickers("bybit_linear")
+    assert seen and seen[-1][0] == seen[-1][1] > 0
+    assert latest and all(t.update_id is not None for t in latest)
