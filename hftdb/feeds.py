@@ -32,6 +32,8 @@ _BACKOFF = Backoff(initial=1.0, maximum=60.0)
 
 
 class FeedState(enum.Enum):
+    """Where a feed is: syncing symbols, streaming, waiting to restart after a failure, or stopped."""
+
     SYNCING = "syncing"
     STREAMING = "streaming"
     RETRYING = "retrying"
