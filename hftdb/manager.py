@@ -167,7 +167,7 @@ class DatabaseManager:
                 for cls in (BookTickerWriter, FundingRateWriter, BalanceWriter):
                     writer = cls(
                         self._pool, settings=self.settings.writer, storage=self.settings.storage,
-                        spool_dir=spool_root, notify=self._notify,
+                        spool_dir=spool_root, notify=self._notify, command_timeout=db.command_timeout,
                     )
                     await writer.start()
                     self._writers[cls.table] = writer

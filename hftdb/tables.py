@@ -50,7 +50,8 @@ def _price_reason(value: Any, what: str, *, allow_zero: bool = False) -> str | N
 _LEDGER_CTE = """
 WITH ledger AS (
     INSERT INTO ingest_batches (batch_id, table_name, row_count, min_recv_ts, max_recv_ts)
-    VALUES (${id}, '{table}', ${rows}, ${lo}, ${hi})
+    SELECT u.id, '{table}', u.n, u.lo, u.hi
+    FROM unnest(${id}::uuid[], ${rows}::int4[], ${lo}::timestamptz[], ${hi}::timestamptz[]) AS u(id, n, lo, hi)
 ), latest AS (
 {upsert}
     RETURNING 1
@@ -332,11 +333,8 @@ class BalanceWriter(BatchWriter):
             [v[2] for _, (_, v) in items],
         ]
 
-    def _notify_payload(self, batch: _Batch, latest_args: list[Any]) -> str:
-        import orjson
-
-        return orjson.dumps({"table": self.table, "rows": batch.rows, "max_ts": int(batch.max_ts),
-                             "ids": sorted(set(latest_args[0]))}).decode()
+    latest_key_cols = 3
+    latest_ts_col = 3
 
     def _encode_latest(self, args: list[Any]) -> list[Any]:
         return args[:5] + [[str(v) for v in args[5]], [str(v) for v in args[6]]]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import math
 import random
@@ -59,15 +60,11 @@ RETRYABLE: tuple[type[BaseException], ...] = (
     asyncio.TimeoutError,
 )
 
-_LEDGER_CHECK = "SELECT 1 FROM ingest_batches WHERE batch_id = $1"
-
-
-class _Duplicate(Exception):
-    """The batch is already in the ledger: it committed on an earlier attempt."""
+_LEDGER_CHECK = "SELECT batch_id FROM ingest_batches WHERE batch_id = ANY($1::uuid[])"
 
 
 class _Batch:
-    __slots__ = ("seq", "id", "buf", "rows", "min_ts", "max_ts", "latest", "born", "spool_path", "nbytes")
+    __slots__ = ("seq", "id", "buf", "rows", "min_ts", "max_ts", "latest", "born", "spool_path", "nbytes", "uncertain")
 
     def __init__(self, seq: int, born: float) -> None:
         self.seq = seq
@@ -80,6 +77,7 @@ class _Batch:
         self.born = born
         self.spool_path: Path | None = None
         self.nbytes = 0
+        self.uncertain = False
 
 
 class WriterStats:
@@ -124,6 +122,9 @@ class BatchWriter:
     table: str = ""
     columns: tuple[str, ...] = ()
     latest_sql: str = ""
+    #: How the latest-row arguments are keyed (leading columns) and which column holds the receipt time.
+    latest_key_cols: int = 1
+    latest_ts_col: int = 1
 
     def __init__(
         self,
@@ -133,12 +134,15 @@ class BatchWriter:
         storage: StorageSettings,
         spool_dir: str | Path | None,
         notify: bool = True,
+        command_timeout: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pool = pool
         self.settings = settings
         self.storage = storage
         self._notify = notify
+        #: Bound on each statement of a commit, so a connection that dies silently cannot stall the writer.
+        self.command_timeout = command_timeout
         self._clock = clock
         self._max_rows = settings.batch_max_rows
         self._max_age = settings.batch_max_age_ms / 1000.0
@@ -149,8 +153,10 @@ class BatchWriter:
         self._mem_rows = 0
         self._pending_rows = 0
         self._committed_seq = 0
-        self._inflight: _Batch | None = None
+        self._inflight: list[_Batch] = []
+        self._skipped: set[uuid.UUID] = set()
         self._failing = False
+        self._delay = settings.retry_initial_ms / 1000.0
         self._wakeup = asyncio.Event()
         self._space = asyncio.Event()
         self._progress = asyncio.Condition()
@@ -182,6 +188,7 @@ class BatchWriter:
                 batch.buf = None
                 batch.spool_path = path
                 batch.nbytes = len(spooled.payload)
+                batch.uncertain = True  # it may have committed just before the process stopped
                 self._queue.append(batch)
                 self._pending_rows += batch.rows
                 self.stats.batches_replayed += 1
@@ -334,23 +341,46 @@ class BatchWriter:
                         await asyncio.sleep(remaining)
                         continue
                 self._seal()
-            batch = self._queue[0]
-            self._inflight = batch
+            group = self._take_group()
+            self._inflight = group
             try:
-                await self._commit(batch)
+                if not await self._commit(group):
+                    continue  # failed and backed off: re-form the group (smaller while failing) and retry
             except Exception:
                 # _commit retries everything it knows; anything else is a bug, but if this task died every row
-                # behind it would sit uncommitted forever. Log it, keep the batch at the head, try again.
+                # behind it would sit uncommitted forever. Log it, keep the group at the head, try again.
                 self.stats.retries += 1
-                logger.exception("%s writer: unexpected error committing batch %s; retrying", self.table, batch.id)
+                logger.exception("%s writer: unexpected error committing %d batch(es); retrying",
+                                 self.table, len(group))
                 await asyncio.sleep(self.settings.retry_max_ms / 1000.0)
                 continue
-            self._queue.popleft()
-            self._inflight = None
-            self._release(batch)
+            for batch in group:
+                self._queue.popleft()
+                self._release(batch)
+            self._inflight = []
             async with self._progress:
-                self._committed_seq = batch.seq
+                self._committed_seq = group[-1].seq
                 self._progress.notify_all()
+
+    def _take_group(self) -> list[_Batch]:
+        """The sealed batches at the head of the queue that one transaction will commit.
+
+        Group commit proper: while a commit was in flight, several batches may have been sealed; committing them
+        together pays the per-transaction costs (latest upsert, ledger, NOTIFY, fsync) once, which is what lets
+        throughput grow under load. Each batch keeps its own ledger id and spool file.
+        """
+        group = [self._queue[0]]
+        if self._failing:
+            # While commits fail, retry only the head: the rest stays spillable.
+            return group
+        rows = group[0].rows
+        limit = self.settings.commit_max_rows
+        for batch in itertools.islice(self._queue, 1, None):
+            if rows + batch.rows > limit:
+                break
+            group.append(batch)
+            rows += batch.rows
+        return group
 
     def _release(self, batch: _Batch) -> None:
         if batch.buf is not None:
@@ -379,49 +409,52 @@ class BatchWriter:
 
     # -- committing ------------------------------------------------------------------------------------------
 
-    async def _commit(self, batch: _Batch) -> None:
-        payload, latest_args = self._materialize(batch)
-        uncertain = False
-        delay = self.settings.retry_initial_ms / 1000.0
-        cap = self.settings.retry_max_ms / 1000.0
-        while True:
-            started = time.perf_counter()
-            try:
-                await self._attempt(batch, payload, latest_args, check_ledger=uncertain)
-            except _Duplicate:
-                self.stats.duplicates_skipped += 1
-                logger.info("%s batch %s was already committed; skipped its retry", self.table, batch.id)
-                return
-            except RETRYABLE as exc:
-                if _is_duplicate_ledger(exc):
-                    self.stats.duplicates_skipped += 1
-                    return
-                if _is_missing_partition(exc):
-                    self._covered.clear()
-                uncertain = True
-                self._failing = True
-                self.stats.retries += 1
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                log = logger.warning if self.stats.retries % 20 == 1 else logger.debug
-                log("%s commit of %d rows failed (%s: %s); retrying in %.0f ms",
-                    self.table, batch.rows, type(exc).__name__, exc, delay * 1000)
-                self._spill_excess()
-                # Producers blocked on a full buffer re-check: now that commits fail, they may spill instead.
-                self._space.set()
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, cap)
-                continue
-            elapsed = time.perf_counter() - started
-            self._failing = False
-            self.stats.commit_seconds.append(elapsed)
-            self.stats.batch_rows.append(batch.rows)
-            self.stats.rows_committed += batch.rows
-            self.stats.batches_committed += 1
-            self.stats.last_commit_at = time.time()
-            self.stats.last_error = None
-            return
+    async def _commit(self, group: list[_Batch]) -> bool:
+        """One attempt at committing ``group``. On a retryable failure, back off and return False."""
+        parts = [self._materialize(b) for b in group]
+        rows = sum(b.rows for b in group)
+        started = time.perf_counter()
+        try:
+            skipped = await self._attempt(group, parts, check_ledger=any(b.uncertain for b in group))
+        except RETRYABLE as exc:
+            if _is_missing_partition(exc):
+                self._covered.clear()
+            for b in group:
+                # The attempt may have committed (the connection can die after COMMIT is sent): look in the
+                # ledger before sending these rows again.
+                b.uncertain = True
+            self._failing = True
+            self._inflight = []
+            self.stats.retries += 1
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            delay = self._delay
+            log = logger.warning if self.stats.retries % 20 == 1 else logger.debug
+            log("%s commit of %d rows failed (%s: %s); retrying in %.0f ms",
+                self.table, rows, type(exc).__name__, exc, delay * 1000)
+            self._spill_excess()
+            # Producers blocked on a full buffer re-check: now that commits fail, they may spill instead.
+            self._space.set()
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            self._delay = min(delay * 2, self.settings.retry_max_ms / 1000.0)
+            return False
+        elapsed = time.perf_counter() - started
+        self._failing = False
+        self._delay = self.settings.retry_initial_ms / 1000.0
+        if skipped:
+            self.stats.duplicates_skipped += skipped
+            logger.info("%s: %d batch(es) were already committed by an earlier attempt; not sent again",
+                        self.table, skipped)
+        committed = rows - sum(b.rows for b in group if b.id in self._skipped)
+        self._skipped.clear()
+        self.stats.commit_seconds.append(elapsed)
+        self.stats.batch_rows.append(committed)
+        self.stats.rows_committed += committed
+        self.stats.batches_committed += len(group) - skipped
+        self.stats.last_commit_at = time.time()
+        self.stats.last_error = None
+        return True
 
-    def _materialize(self, batch: _Batch) -> tuple[bytes | bytearray, list[Any]]:
+    def _materialize(self, batch: _Batch) -> tuple[Any, list[Any]]:
         if batch.buf is not None:
             return batch.buf, self._latest_args(batch)
         assert batch.spool_path is not None and self._spool is not None
@@ -429,22 +462,56 @@ class BatchWriter:
         batch.min_ts, batch.max_ts = spooled.min_ts, spooled.max_ts
         return spooled.payload, self._decode_latest(spooled.latest)
 
-    async def _attempt(self, batch: _Batch, payload: Any, latest_args: list[Any], *, check_ledger: bool) -> None:
+    async def _attempt(self, group: list[_Batch], parts: list[tuple[Any, list[Any]]], *, check_ledger: bool) -> int:
+        """One try at committing ``group``; returns how many of its batches the ledger showed as committed."""
+        skipped = 0
         async with self._pool.acquire(timeout=self.settings.retry_max_ms / 1000.0 + 5) as conn:
-            if check_ledger and await conn.fetchval(_LEDGER_CHECK, batch.id):
-                raise _Duplicate
+            if check_ledger:
+                done = {r[0] for r in await conn.fetch(_LEDGER_CHECK, [b.id for b in group])}
+                if done:
+                    self._skipped = done
+                    skipped = len(done)
+                    keep = [i for i, b in enumerate(group) if b.id not in done]
+                    group = [group[i] for i in keep]
+                    parts = [parts[i] for i in keep]
+                    if not group:
+                        return skipped
             async with conn.transaction():
-                await self._write(conn, batch, payload, latest_args)
+                await self._write(conn, group, parts)
+        return skipped
 
-    async def _write(self, conn: asyncpg.Connection, batch: _Batch, payload: Any, latest_args: list[Any]) -> None:
-        """The body of a batch's transaction: partitions, COPY, then ledger row + latest upsert + NOTIFY."""
-        await self._ensure_partitions(conn, int(batch.min_ts), int(batch.max_ts))
+    async def _write(self, conn: asyncpg.Connection, group: list[_Batch], parts: list[tuple[Any, list[Any]]]) -> None:
+        """The body of a commit's transaction: partitions, one COPY, then ledger rows + latest upsert + NOTIFY."""
+        lo = int(min(b.min_ts for b in group))
+        hi = int(max(b.max_ts for b in group))
+        await self._ensure_partitions(conn, lo, hi)
         # A memoryview, never bytes: asyncpg treats a bytes source as a file *path* (os.fspath accepts bytes).
-        await conn.copy_to_table(self.table, source=memoryview(payload), columns=self.columns, format="binary")
+        # One contiguous buffer, not an async iterator: asyncpg's iterator path can wait forever for a dead socket.
+        source = memoryview(parts[0][0] if len(parts) == 1 else _concat_payloads([p[0] for p in parts]))
+        timeout = self.command_timeout
+        await conn.copy_to_table(self.table, source=source, columns=self.columns, format="binary", timeout=timeout)
+        latest_args = self._merge_latest([p[1] for p in parts])
         await conn.execute(
-            self.latest_sql, *latest_args, batch.id, batch.rows, int(batch.min_ts), int(batch.max_ts),
-            self._notify_payload(batch, latest_args) if self._notify else None,
+            self.latest_sql, *latest_args, [b.id for b in group], [b.rows for b in group],
+            [int(b.min_ts) for b in group], [int(b.max_ts) for b in group],
+            self._notify_payload(sum(b.rows for b in group), hi, latest_args) if self._notify else None,
+            timeout=timeout,
         )
+
+    def _merge_latest(self, args_list: list[list[Any]]) -> list[Any]:
+        """One latest row per key across batches: the newest by receipt time (later batch wins a tie)."""
+        if len(args_list) == 1:
+            return args_list[0]
+        ncols = len(args_list[0])
+        key_cols, ts_col = self.latest_key_cols, self.latest_ts_col
+        best: dict[Any, tuple[int, int, int]] = {}
+        for bi, args in enumerate(args_list):
+            keys = args[0] if key_cols == 1 else list(zip(*args[:key_cols]))
+            for ri, (key, ts) in enumerate(zip(keys, args[ts_col])):
+                prev = best.get(key)
+                if prev is None or prev[0] <= ts:
+                    best[key] = (ts, bi, ri)
+        return [[args_list[bi][c][ri] for _, bi, ri in best.values()] for c in range(ncols)]
 
     async def write_in(self, conn: asyncpg.Connection) -> int:
         """Write the current batch on ``conn`` inside the caller's transaction (used by units of work)."""
@@ -453,7 +520,7 @@ class BatchWriter:
         self._seal()
         batch = self._queue.popleft()
         assert batch.buf is not None
-        await self._write(conn, batch, batch.buf, self._latest_args(batch))
+        await self._write(conn, [batch], [(batch.buf, self._latest_args(batch))])
         return batch.rows
 
     async def _ensure_partitions(self, conn: asyncpg.Connection, lo: int, hi: int) -> None:
@@ -473,11 +540,11 @@ class BatchWriter:
         """Forget which partitions exist (after retention or a schema change dropped some)."""
         self._covered.clear()
 
-    def _notify_payload(self, batch: _Batch, latest_args: list[Any]) -> str:
+    def _notify_payload(self, rows: int, max_ts: int, latest_args: list[Any]) -> str:
         keys = latest_args[0]
-        body: dict[str, Any] = {"table": self.table, "rows": batch.rows, "max_ts": int(batch.max_ts)}
+        body: dict[str, Any] = {"table": self.table, "rows": rows, "max_ts": max_ts}
         if len(keys) <= 200:
-            body["ids"] = list(keys)
+            body["ids"] = sorted(set(keys))
         else:
             body["id_range"] = [min(keys), max(keys)]
         return orjson.dumps(body).decode()
@@ -485,7 +552,8 @@ class BatchWriter:
     # -- memory bound and spool ------------------------------------------------------------------------------
 
     def _spillable(self) -> list[_Batch]:
-        return [b for b in self._queue if b.buf is not None and b is not self._inflight]
+        inflight = self._inflight
+        return [b for b in self._queue if b.buf is not None and b not in inflight]
 
     def _spill_one(self) -> bool:
         """Move the newest in-memory sealed batch to the spool; False when nothing can be spilled."""
@@ -493,7 +561,7 @@ class BatchWriter:
             return False
         candidates = self._spillable()
         if not candidates:
-            if self.current.rows and self.current is not self._inflight:
+            if self.current.rows:
                 self._seal()
                 candidates = self._spillable()
             if not candidates:
@@ -547,7 +615,7 @@ class BatchWriter:
 
     def _drop_oldest(self) -> bool:
         for batch in self._queue:
-            if batch is self._inflight or batch.buf is None:
+            if batch in self._inflight or batch.buf is None:
                 continue
             self._queue.remove(batch)
             self._mem_rows -= batch.rows
@@ -611,12 +679,15 @@ def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-def _is_duplicate_ledger(exc: BaseException) -> bool:
-    return isinstance(exc, asyncpg.UniqueViolationError) and "ingest_batches" in (
-        getattr(exc, "constraint_name", "") or ""
-    )
-
-
 def _is_missing_partition(exc: BaseException) -> bool:
     # 23514: "no partition of relation ... found for row" (a partition was dropped under us by retention).
     return getattr(exc, "sqlstate", None) == "23514"
+
+
+def _concat_payloads(payloads: list[Any]) -> bytearray:
+    """Several batches' COPY payloads as one: one header, every batch's tuples, one trailer."""
+    out = bytearray(HEADER)
+    for payload in payloads:
+        out += memoryview(payload)[len(HEADER):-len(TRAILER)]
+    out += TRAILER
+    return out
