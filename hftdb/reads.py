@@ -8,6 +8,7 @@ rows, history as objects, lists or numpy columns) over the read pools of :mod:`h
 
 from __future__ import annotations
 
+import operator
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from . import columnar
@@ -226,25 +227,25 @@ class Reader:
         """Book tickers of one symbol with ``lo <= recv_ts < hi``, oldest first, in ``format``."""
         if format == "objects":
             async def read(pool: Any) -> list[BookTicker]:
-                rows = await pool.fetch(_BT_HISTORY, symbol_id, lo - PG_EPOCH_US, hi - PG_EPOCH_US, limit)
-                return [BookTicker(exchange, symbol, r[0], r[1], r[2], r[3], r[4], r[5], r[6], symbol_id)
-                        for r in rows]
+                rows = await _fetch_history(pool, _BT_HISTORY, (symbol_id,), lo, hi, limit, 4)
+                return [BookTicker(exchange, symbol, bp, bq, ap, aq, rt, et, u, symbol_id)
+                        for bp, bq, ap, aq, rt, et, u in rows]
 
             return await self.router.run(read, primary=primary)
-        return await self._columns(_BT_LAYOUT, "book_tickers", "symbol_id", symbol_id, lo, hi, limit, format,
-                                   primary)
+        return await self._copy(_BT_LAYOUT, "book_tickers", _BY_SYMBOL, (symbol_id,), lo, hi, limit, format,
+                                primary)
 
     async def funding_history(self, symbol_id: int, lo: int, hi: int, limit: int | None, *, exchange: str,
                               symbol: str, format: str = "objects", primary: bool = False) -> Any:
         """Funding rates of one symbol with ``lo <= recv_ts < hi``, oldest first, in ``format``."""
         if format == "objects":
             async def read(pool: Any) -> list[FundingRate]:
-                rows = await pool.fetch(_FR_HISTORY, symbol_id, lo - PG_EPOCH_US, hi - PG_EPOCH_US, limit)
+                rows = await _fetch_history(pool, _FR_HISTORY, (symbol_id,), lo, hi, limit, 1)
                 return [FundingRate(exchange, symbol, *r, symbol_id) for r in rows]
 
             return await self.router.run(read, primary=primary)
-        return await self._columns(_FR_LAYOUT, "funding_rates", "symbol_id", symbol_id, lo, hi, limit, format,
-                                   primary)
+        return await self._copy(_FR_LAYOUT, "funding_rates", _BY_SYMBOL, (symbol_id,), lo, hi, limit, format,
+                                primary)
 
     async def balance_history(self, exchange_id: int, account: str, asset: str, lo: int, hi: int,
                               limit: int | None, *, exchange: str, format: str = "objects",
@@ -254,20 +255,12 @@ class Reader:
         ``objects`` and ``columns`` carry exact Decimals; ``numpy`` carries float64 approximations of the amounts.
         """
         if format == "numpy":
-            where = "exchange_id = $1 AND account = $2 AND asset = $3 AND recv_ts >= $4 AND recv_ts < $5"
-            query = (f"SELECT {_BAL_LAYOUT.select_list} FROM balances WHERE {where} ORDER BY recv_ts LIMIT $6")
-
-            async def read_numpy(pool: Any) -> Any:
-                async with pool.acquire() as conn:
-                    buf = await columnar.copy_out(conn, query, exchange_id, account, asset, lo - PG_EPOCH_US,
-                                                  hi - PG_EPOCH_US, limit)
-                return columnar.to_numpy(_BAL_LAYOUT, buf)
-
-            return await self.router.run(read_numpy, primary=primary)
+            where = "exchange_id = $1 AND account = $2 AND asset = $3"
+            return await self._copy(_BAL_LAYOUT, "balances", where, (exchange_id, account, asset), lo, hi, limit,
+                                    format, primary)
 
         async def read(pool: Any) -> Any:
-            return await pool.fetch(_BAL_HISTORY, exchange_id, account, asset, lo - PG_EPOCH_US, hi - PG_EPOCH_US,
-                                    limit)
+            return await _fetch_history(pool, _BAL_HISTORY, (exchange_id, account, asset), lo, hi, limit, 0)
 
         rows = await self.router.run(read, primary=primary)
         if format == "columns":
@@ -276,18 +269,23 @@ class Reader:
         return [Balance(exchange=exchange, asset=asset, free=r[2], locked=r[3], recv_ts=r[0], exchange_ts=r[1],
                         account=account) for r in rows]
 
-    async def _columns(self, layout: columnar.Layout, table: str, key: str, key_value: int, lo: int, hi: int,
-                       limit: int | None, format: str, primary: bool) -> Any:
-        # table and key come from the fixed set above; values are inlined by asyncpg's server-side quoting.
-        query = (f"SELECT {layout.select_list} FROM {table} WHERE {key} = $1 AND recv_ts >= $2 AND recv_ts < $3 "
-                 f"ORDER BY recv_ts LIMIT $4")
+    async def _copy(self, layout: columnar.Layout, table: str, where: str, keys: tuple[Any, ...], lo: int, hi: int,
+                    limit: int | None, format: str, primary: bool) -> Any:
+        # table and where come from the fixed set in this module; values are inlined by asyncpg's server-side
+        # quoting. Without a LIMIT the rows are ordered on the client (see columnar.copy_out).
+        n = len(keys)
+        query = f"SELECT {layout.select_list} FROM {table} WHERE {where} AND recv_ts >= ${n + 1} AND recv_ts < ${n + 2}"
+        args: tuple[Any, ...] = (*keys, lo - PG_EPOCH_US, hi - PG_EPOCH_US)
+        if limit is not None:
+            query += f" ORDER BY recv_ts LIMIT ${n + 3}"
+            args += (limit,)
 
-        async def read(pool: Any) -> bytearray:
+        async def read(pool: Any) -> Any:
             async with pool.acquire() as conn:
-                return await columnar.copy_out(conn, query, key_value, lo - PG_EPOCH_US, hi - PG_EPOCH_US, limit)
+                return await columnar.copy_out(conn, layout, query, *args, format=format,
+                                               sort_by=None if limit is not None else "recv_ts")
 
-        buf = await self.router.run(read, primary=primary)
-        return columnar.to_numpy(layout, buf) if format == "numpy" else columnar.to_lists(layout, buf)
+        return await self.router.run(read, primary=primary)
 
 
 _U = columnar.TO_UNIX
@@ -301,6 +299,7 @@ _FR_COLS = (f"rate, recv_ts {_U}, exchange_ts {_U}, next_funding_ts {_U}, mark_p
 # No ORDER BY: sorting 1,000 rows costs the server more than finding them. The planner hashes the (small) id set
 # of the exchange and probes it with each latest row.
 _BY_EXCHANGE = "WHERE symbol_id IN (SELECT id FROM symbols WHERE exchange_id = $1)"
+_BY_SYMBOL = "symbol_id = $1"
 
 
 def _latest_queries(cols: str) -> dict[str, str]:
@@ -330,15 +329,31 @@ _BAL_LATEST = f"""SELECT e.name, b.asset, b.free, b.locked, b.recv_ts {_U}, b.ex
     WHERE ($1::int4 IS NULL OR b.exchange_id = $1) AND ($2::text IS NULL OR b.account = $2)
     ORDER BY e.name, b.account, b.asset"""
 
+# History without its ORDER BY/LIMIT tail (see _fetch_history).
 _BT_HISTORY = f"""SELECT bid_price, bid_qty, ask_price, ask_qty, recv_ts {_U}, exchange_ts {_U}, update_id
-    FROM book_tickers WHERE symbol_id = $1 AND recv_ts >= $2 AND recv_ts < $3 ORDER BY recv_ts LIMIT $4"""
+    FROM book_tickers WHERE symbol_id = $1 AND recv_ts >= $2 AND recv_ts < $3"""
 
 _FR_HISTORY = f"""SELECT rate, recv_ts {_U}, exchange_ts {_U}, next_funding_ts {_U}, mark_price, index_price
-    FROM funding_rates WHERE symbol_id = $1 AND recv_ts >= $2 AND recv_ts < $3 ORDER BY recv_ts LIMIT $4"""
+    FROM funding_rates WHERE symbol_id = $1 AND recv_ts >= $2 AND recv_ts < $3"""
 
 _BAL_HISTORY = f"""SELECT recv_ts {_U}, exchange_ts {_U}, free, locked FROM balances
-    WHERE exchange_id = $1 AND account = $2 AND asset = $3 AND recv_ts >= $4 AND recv_ts < $5
-    ORDER BY recv_ts LIMIT $6"""
+    WHERE exchange_id = $1 AND account = $2 AND asset = $3 AND recv_ts >= $4 AND recv_ts < $5"""
+
+
+async def _fetch_history(pool: Any, sql: str, keys: tuple[Any, ...], lo: int, hi: int, limit: int | None,
+                         ts_index: int) -> list[Any]:
+    """Rows with ``lo <= recv_ts < hi``, oldest first.
+
+    With a LIMIT the server orders (it must, to pick the oldest). Without one the client does: the rows of a
+    symbol usually arrive in receipt order already, and a sort of sorted rows is one pass, where the server would
+    sort the whole result (on disk, past work_mem) wherever no btree serves the order (the hot partition is BRIN).
+    """
+    args = (*keys, lo - PG_EPOCH_US, hi - PG_EPOCH_US)
+    if limit is not None:
+        return await pool.fetch(f"{sql} ORDER BY recv_ts LIMIT ${len(args) + 1}", *args, limit)
+    rows = await pool.fetch(sql, *args)
+    rows.sort(key=operator.itemgetter(ts_index))
+    return rows
 
 _C = columnar.Column
 _BT_LAYOUT = columnar.Layout([

@@ -198,3 +198,24 @@ def test_layout_rejects_a_stream_with_a_null_or_bad_framing():
             decode(layout, null)
         with pytest.raises(Exception, match="header or trailer"):
             decode(layout, good[:-2])
+
+
+async def test_history_without_limit_is_ordered_even_when_stored_out_of_order(dsn, tmp_path):
+    """Without a LIMIT the client orders the rows: a late batch (older receipt times, committed last) included."""
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        t = now_us() - 10_000_000
+        for base in (t + 1_000, t):  # the later rows first, then the earlier ones
+            await db.insert_book_ticker_snapshots(
+                [BookTicker("binance_spot", "BTCUSDT", 1.0, 1.0, 2.0, 1.0, base + i, update_id=base + i)
+                 for i in range(5)])
+            await db.flush()
+        want = [t + i for i in range(5)] + [t + 1_000 + i for i in range(5)]
+        objects = await db.get_book_ticker_history("binance_spot", "BTCUSDT", hours=1)
+        assert [r.recv_ts for r in objects] == want
+        cols = await db.get_book_ticker_history("binance_spot", "BTCUSDT", hours=1, format="columns")
+        assert cols["recv_ts"] == want and cols["update_id"] == want
+        arrays = await db.get_book_ticker_history("binance_spot", "BTCUSDT", hours=1, format="numpy")
+        assert arrays["recv_ts"].view("int64").tolist() == want and arrays["update_id"].tolist() == want
+        oldest = await db.get_book_ticker_history("binance_spot", "BTCUSDT", hours=1, limit=3, format="numpy")
+        assert oldest["recv_ts"].view("int64").tolist() == want[:3]

@@ -1,0 +1,283 @@
+"""Read replicas for real: a streaming standby made by pg_basebackup from the test's own primary.
+
+Reads rotate to the replica while it is healthy, move to the primary when it dies or lags past the bound, come
+back when it recovers, and keep working while the primary restarts under the writers.
+"""
+
+import asyncio
+import contextlib
+import inspect
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+import msgspec
+import pytest
+
+from hftdb import ConfigError, DatabaseManager, ExchangeName, load_settings
+from hftdb.config import ReadSettings
+from hftdb.replicas import ReadRouter
+from hftdb.server import _run_tool, bin_dir
+
+from helpers import settings, tickers
+
+pytestmark = pytest.mark.slow
+
+WAIT = 60.0
+
+
+class StreamingReplica:
+    """A hot standby of ``primary`` in ``data_dir``, on a Unix socket in a short directory of its own."""
+
+    def __init__(self, primary_dsn: str, data_dir: Path) -> None:
+        self.primary_dsn = primary_dsn
+        self.data_dir = data_dir
+        # As root, pgserver runs PostgreSQL as its own user; the standby must run as that user too.
+        self.user = "pgserver" if os.geteuid() == 0 else None
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="hftdb-rs-"))  # short: socket paths are limited to ~100
+        self.dsn = f"postgresql://postgres:@/postgres?host={self.socket_dir}"
+
+    async def create(self) -> None:
+        self.data_dir.mkdir(mode=0o700)
+        if self.user is not None:
+            from pgserver.utils import ensure_prefix_permissions
+
+            ensure_prefix_permissions(self.data_dir)
+            shutil.chown(self.data_dir, self.user, self.user)
+            shutil.chown(self.socket_dir, self.user, self.user)
+        await self._tool("pg_basebackup", "-D", str(self.data_dir), "-R", "-X", "stream", "-c", "fast",
+                         "-d", self.primary_dsn)
+
+    async def start(self) -> None:
+        # Retry the primary every 100 ms instead of 5 s after losing it, so a primary restart heals quickly.
+        opts = f"-h '' -k {self.socket_dir} -c wal_retrieve_retry_interval=100ms"
+        await self._tool("pg_ctl", "-D", str(self.data_dir), "-w", "-t", "60", "-l", str(self.data_dir / "log"),
+                         "-o", opts, "start")
+
+    async def stop(self, mode: str = "immediate") -> None:
+        await self._tool("pg_ctl", "-D", str(self.data_dir), "-w", "-m", mode, "stop")
+
+    async def execute(self, sql: str) -> object:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            return await conn.fetchval(sql)
+        finally:
+            await conn.close()
+
+    async def _tool(self, name: str, *args: str) -> str:
+        return await asyncio.to_thread(_run_tool, [str(bin_dir() / name), *args], user=self.user, timeout=120)
+
+
+@pytest.fixture
+async def replica(fault_server, tmp_path):
+    rep = StreamingReplica(fault_server.dsn, tmp_path / "replica")
+    await rep.create()
+    await rep.start()
+    try:
+        yield rep
+    finally:
+        with contextlib.suppress(Exception):
+            await rep.stop()
+        shutil.rmtree(rep.socket_dir, ignore_errors=True)
+
+
+def _settings(tmp_path, replica_dsn: str, **reads):
+    r = {"replicas": (replica_dsn,), "health_interval_ms": 50.0, "max_lag_ms": 2_000.0, "health_timeout_s": 1.0,
+         **reads}
+    return msgspec.structs.replace(settings(tmp_path), reads=ReadSettings(**r))
+
+
+async def _until(router: ReadRouter, condition, what: str) -> None:
+    """Wait, health round by health round, until ``condition()`` (a bool or an awaitable of one) holds."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        met = condition()
+        if inspect.isawaitable(met):
+            met = await met
+        if met:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}: {router.status()}")
+        await router.wait_round(timeout=WAIT)
+
+
+def _replica(db: DatabaseManager) -> dict:
+    return db.read_status()[1]
+
+
+async def _latest_ids(db: DatabaseManager, **kw) -> set[int]:
+    return {r.update_id for r in await db.get_latest_book_tickers(ExchangeName.BINANCE_SPOT, **kw)}
+
+
+async def test_reads_use_the_replica_and_survive_it_going_down(fault_server, replica, tmp_path):
+    async with DatabaseManager(fault_server.dsn, settings=_settings(tmp_path, replica.dsn)) as db:
+        router = db.read_router
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        rows = tickers(50, symbols=5)
+        await db.insert_book_ticker_snapshots(rows)
+        await db.flush()
+        want = {r.update_id for r in rows[-5:]}
+
+        async def replica_current() -> bool:
+            return _replica(db)["healthy"] and await _latest_ids(db) == want
+
+        await _until(router, replica_current, "the replica serves the committed rows")
+        before = _replica(db)["reads"]
+        for _ in range(10):
+            assert await _latest_ids(db) == want
+        assert _replica(db)["reads"] >= before + 10
+
+        # Kill the replica while a reader hammers it: no read fails, they move to the primary.
+        stop = asyncio.Event()
+        served = 0
+
+        async def reader() -> None:
+            nonlocal served
+            while not stop.is_set():
+                assert await _latest_ids(db) == want
+                served += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(reader())
+        await replica.stop("immediate")
+
+        async def replica_out() -> bool:
+            return not _replica(db)["healthy"]
+
+        await _until(router, replica_out, "the dead replica leaves the rotation")
+        primary_reads = db.read_status()[0]["reads"]
+        await _until(router, lambda: (db.read_status()[0]["reads"] > primary_reads + 5),
+                     "reads go to the primary")
+        stop.set()
+        await task
+        assert served > 0 and _replica(db)["last_error"]
+
+        # Back up: it rejoins the rotation after a passing health check.
+        await replica.start()
+
+        async def replica_back() -> bool:
+            return _replica(db)["healthy"]
+
+        await _until(router, replica_back, "the replica rejoins")
+        before = _replica(db)["reads"]
+        assert await _latest_ids(db) == want
+        assert _replica(db)["reads"] == before + 1
+
+
+async def test_a_lagging_replica_is_bypassed_until_it_catches_up(fault_server, replica, tmp_path):
+    async with DatabaseManager(fault_server.dsn, settings=_settings(tmp_path, replica.dsn, max_lag_ms=300.0)) as db:
+        router = db.read_router
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        first = tickers(5, symbols=5, start_id=0)
+        await db.insert_book_ticker_snapshots(first)
+        await db.flush()
+        await _until(router, lambda: (_replica(db)["healthy"] and _replica(db)["lag_ms"] == 0),
+                     "the replica is current")
+
+        await replica.execute("SELECT pg_wal_replay_pause()")
+        second = tickers(5, symbols=5, start_id=100)
+        await db.insert_book_ticker_snapshots(second)
+        await db.flush()
+        want = {r.update_id for r in second}
+
+        async def lagging() -> bool:
+            return not _replica(db)["healthy"]
+
+        await _until(router, lagging, "the paused replica exceeds the lag bound")
+        assert "lags" in _replica(db)["last_error"] and _replica(db)["lag_ms"] > 300
+        # Reads now come from the primary, so they see the new rows the replica has not replayed.
+        assert await _latest_ids(db) == want
+        assert await replica.execute("SELECT count(*) FROM book_tickers WHERE update_id >= 100") == 0
+
+        await replica.execute("SELECT pg_wal_replay_resume()")
+        await _until(router, lambda: (_replica(db)["healthy"]), "the replica catches up and rejoins")
+        before = _replica(db)["reads"]
+        assert await _latest_ids(db) == want
+        assert _replica(db)["reads"] == before + 1
+
+
+async def test_primary_restart_under_writers_while_reads_continue_on_the_replica(fault_server, replica, tmp_path):
+    async with DatabaseManager(fault_server.dsn, settings=_settings(tmp_path, replica.dsn)) as db:
+        router = db.read_router
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        await db.insert_book_ticker_snapshots(tickers(10, symbols=5))
+        await db.flush()
+        await _until(router, lambda: (_replica(db)["healthy"]), "the replica is in rotation")
+
+        stop = asyncio.Event()
+        read_errors: list[BaseException] = []
+        reads = 0
+
+        async def produce() -> int:
+            sent = 10
+            while not stop.is_set():
+                sent += await db.insert_book_ticker_snapshots(tickers(100, symbols=5, start_id=sent))
+                await asyncio.sleep(0.005)
+            return sent
+
+        async def read() -> None:
+            nonlocal reads
+            while not stop.is_set():
+                try:
+                    await db.get_latest_book_tickers(ExchangeName.BINANCE_SPOT)
+                    reads += 1
+                except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                    read_errors.append(exc)
+                await asyncio.sleep(0.002)
+
+        producer = asyncio.create_task(produce())
+        reader = asyncio.create_task(read())
+        writer = db.writer("book_tickers")
+        committed = writer.stats.rows_committed
+        await asyncio.wait_for(_wait(lambda: writer.stats.rows_committed > committed + 500), WAIT)
+        replica_reads = _replica(db)["reads"]
+        await fault_server.restart(mode="fast")
+        await asyncio.wait_for(_wait(lambda: writer.stats.rows_committed > committed + 2_000), WAIT)
+        stop.set()
+        sent = await producer
+        await reader
+        await db.flush(timeout=WAIT)
+
+        assert writer.stats.retries > 0, "the restart never hit the writer: nothing was tested"
+        assert read_errors == [] and reads > 0
+        assert _replica(db)["reads"] > replica_reads
+        # Everything the writers accepted reaches the primary exactly once, and streams on to the replica.
+        count = "SELECT count(*) FROM book_tickers"
+        async with db.pool.acquire() as conn:
+            assert await conn.fetchval(count) == sent
+
+        async def replica_has_all() -> bool:
+            return await replica.execute(count) == sent
+
+        await _until(router, replica_has_all, "the replica has replayed every row")
+
+
+async def _wait(condition) -> None:
+    while not condition():
+        await asyncio.sleep(0.01)
+
+
+def test_lag_is_measured_against_sampled_primary_positions():
+    router = ReadRouter("postgresql://p/x", ReadSettings(max_lag_ms=1_000.0), database=settings(Path("/tmp")).database)
+    assert router._lag(500, 12.0) == 12.0  # no primary sample yet: the replica's own view
+    now = time.monotonic()
+    router._lsn_samples.extend([(now - 3.0, 100), (now - 2.0, 200), (now - 0.1, 300)])
+    assert router._lag(300, 3600.0) == 0.0  # replayed the newest sample: an idle primary is not lag
+    assert router._lag(None, None) == float("inf")  # not replaying at all
+    lag = router._lag(250, 3600.0)  # at least where the primary was 2 s ago; replay time says an hour
+    assert 2.0 <= lag < 3.0
+    assert router._lag(250, 0.01) == 0.01  # the last replayed commit is 10 ms old: the tighter bound wins
+
+
+def test_read_settings_validate_and_hide_passwords(tmp_path):
+    s = ReadSettings(replicas=("postgresql://u:topsecret@r1/db",))
+    assert "topsecret" not in repr(s)
+    config = tmp_path / "c.toml"
+    config.write_text("[reads]\nmax_lag_ms = 100\nhealth_interval_ms = 80\n")
+    with pytest.raises(ConfigError):
+        load_settings(config, environ={})
+    loaded = load_settings(None, environ={"HFTDB_READS_REPLICAS": '["postgresql://r1/db", "postgresql://r2/db"]'})
+    assert loaded.reads.replicas == ("postgresql://r1/db", "postgresql://r2/db")

@@ -1,0 +1,95 @@
+"""Units of work as a strategy sees them: all of a unit or none of it, in the tables, the caches and the notifications."""
+
+import asyncio
+from decimal import Decimal
+
+import pytest
+
+from hftdb import Balance, BookTicker, DatabaseManager, ExchangeName, Symbol, ValidationError, now_us
+
+from helpers import settings
+
+
+async def test_a_balance_set_is_one_snapshot_invisible_until_commit(dsn, tmp_path):
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BYBIT_SPOT)
+        t = now_us()
+        assets = {"BTC": Decimal("0.5"), "ETH": Decimal("12.25"), "USDT": Decimal("1000.000001")}
+        async with db.pool.acquire() as other:
+            async with db.transaction() as uow:
+                assert await uow.insert_balance_snapshots([
+                    Balance(exchange="bybit_spot", asset=a, free=f, locked=Decimal(0), recv_ts=t, account="main")
+                    for a, f in assets.items()]) == 3
+                # Another session sees none of the set while the unit is open.
+                assert await other.fetchval("SELECT count(*) FROM balances_latest") == 0
+            assert await other.fetchval("SELECT count(*) FROM balances_latest") == 3
+        got = await db.get_latest_balances("bybit_spot", account="main", primary=True)
+        assert {b.asset: b.free for b in got} == assets and {b.recv_ts for b in got} == {t}
+
+
+async def test_a_symbol_and_its_first_snapshot_reach_the_caches_only_on_commit(dsn, tmp_path):
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        ex = await db.insert_exchange(ExchangeName.OKX_SWAP)
+        t = now_us()
+        with pytest.raises(ValidationError):
+            async with db.transaction() as uow:
+                sym = await uow.insert_symbol(Symbol(exchange_id=ex.id, symbol="ETH-USDT-SWAP"))  # type: ignore[arg-type]
+                await uow.insert_book_ticker_snapshots([BookTicker("okx_swap", "ETH-USDT-SWAP", 2, 1, 1, 1, t,
+                                                                   symbol_id=sym.id)])  # crossed: fails the unit
+        assert db.resolve_symbol_id("okx_swap", "ETH-USDT-SWAP") is None
+        assert await db.pool.fetchval("SELECT count(*) FROM symbols") == 0
+
+        async with db.transaction() as uow:
+            sym = await uow.insert_symbol(Symbol(exchange_id=ex.id, symbol="ETH-USDT-SWAP"))  # type: ignore[arg-type]
+            await uow.insert_book_ticker_snapshots([BookTicker("okx_swap", "ETH-USDT-SWAP", 1, 1, 2, 1, t,
+                                                               symbol_id=sym.id)])
+        assert db.resolve_symbol_id("okx_swap", "ETH-USDT-SWAP") == sym.id
+        (quote,) = await db.get_latest_book_tickers("okx_swap", ["ETH-USDT-SWAP"], primary=True)
+        assert (quote.exchange, quote.symbol, quote.recv_ts) == ("okx_swap", "ETH-USDT-SWAP", t)
+
+
+async def test_nested_blocks_roll_back_alone_and_outer_writes_stand(dsn, tmp_path):
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        t = now_us()
+
+        def quote(i: int) -> BookTicker:
+            return BookTicker("binance_spot", "BTCUSDT", 1, 1, 2, 1, t + i, update_id=i)
+
+        await db.insert_book_ticker_snapshots([quote(0)])
+        await db.flush()
+        async with db.transaction() as uow:
+            await uow.insert_book_ticker_snapshots([quote(1)])
+            with pytest.raises(KeyError):
+                async with uow.transaction():
+                    await uow.insert_book_ticker_snapshots([quote(2)])
+                    async with uow.transaction():
+                        await uow.insert_book_ticker_snapshots([quote(3)])
+                    raise KeyError("inner block fails after its own nested block succeeded")
+            async with uow.transaction():
+                await uow.insert_book_ticker_snapshots([quote(4)])
+        ids = await db.pool.fetch("SELECT update_id FROM book_tickers ORDER BY update_id")
+        assert [r[0] for r in ids] == [0, 1, 4]
+        (latest,) = await db.get_latest_book_tickers(primary=True)
+        assert latest.update_id == 4
+
+
+async def test_units_notify_on_commit_only(dsn, tmp_path):
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        await db.insert_book_ticker_snapshots([BookTicker("binance_spot", "BTCUSDT", 1, 1, 2, 1, now_us())])
+        await db.flush()
+        sid = db.resolve_symbol_id("binance_spot", "BTCUSDT")
+        async with db.notifications("book_tickers") as feed:
+            t = now_us()
+            with pytest.raises(RuntimeError):
+                async with db.transaction() as uow:
+                    await uow.insert_book_ticker_snapshots([BookTicker("binance_spot", "BTCUSDT", 1, 1, 2, 1, t)])
+                    raise RuntimeError("rolled back: its NOTIFY goes with it")
+            async with db.transaction() as uow:
+                await uow.insert_book_ticker_snapshots([
+                    BookTicker("binance_spot", "BTCUSDT", 1, 1, 2, 1, t + 1, symbol_id=sid),
+                    BookTicker("binance_spot", "BTCUSDT", 1, 1, 2, 1, t + 2, symbol_id=sid)])
+            # Notifications arrive in commit order: the first one is the committed unit's.
+            note = await asyncio.wait_for(feed.__anext__(), 30)
+            assert (note.rows, note.max_ts, note.ids) == (2, t + 2, (sid,))
