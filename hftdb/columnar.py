@@ -292,7 +292,12 @@ def to_numpy(layout: Layout, buf: bytes | bytearray | memoryview) -> dict[str, A
 
 
 def check_format(format: str) -> str:
-    """Validate a ``format=`` argument."""
+    """Validate a ``format=`` argument (before any I/O: ``"numpy"`` needs the extra installed)."""
     if format not in FORMATS:
         raise ValidationError(f"format must be one of {', '.join(map(repr, FORMATS))}, got {format!r}")
+    if format == "numpy":
+        try:
+            import numpy  # noqa: F401
+        except ImportError:
+            raise ValidationError("format='numpy' needs numpy: pip install 'hftdb[numpy]'") from None
     return format

@@ -1,5 +1,6 @@
 """Strategy-side reads: latest rows without joins, history as objects, lists and numpy columns."""
 
+import sys
 from decimal import Decimal
 
 import pytest
@@ -234,3 +235,12 @@ async def test_history_without_limit_is_ordered_even_when_stored_out_of_order(ds
         assert arrays["recv_ts"].view("int64").tolist() == want and arrays["update_id"].tolist() == want
         oldest = await db.get_book_ticker_history("binance_spot", "BTCUSDT", hours=1, limit=3, format="numpy")
         assert oldest["recv_ts"].view("int64").tolist() == want[:3]
+
+
+async def test_numpy_format_without_the_extra_says_how_to_get_it(dsn, tmp_path, monkeypatch):
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        ex = await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        await db.insert_symbol(Symbol(exchange_id=ex.id, symbol="BTCUSDT"))  # type: ignore[arg-type]
+        monkeypatch.setitem(sys.modules, "numpy", None)
+        with pytest.raises(ValidationError, match=r"hftdb\[numpy\]"):
+            await db.get_book_ticker_history("binance_spot", "BTCUSDT", hours=1, format="numpy")
