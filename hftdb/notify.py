@@ -183,6 +183,8 @@ class Subscription:
         self._last_max_ts: int | None = None
         self._state = "new"
         self._tasks: set[asyncio.Task[None]] = set()
+        # The keep-alive and the catch-up's ledger lookup share the connection: one query at a time.
+        self._query_lock = asyncio.Lock()
         self.reconnects = 0
         self.overflows = 0
         self.delivered = 0
@@ -304,7 +306,8 @@ class Subscription:
             if conn is None or self._lost:
                 continue
             try:
-                await conn.fetchval("SELECT 1", timeout=interval)
+                async with self._query_lock:
+                    await conn.fetchval("SELECT 1", timeout=interval)
             except _LISTEN_ERRORS as exc:
                 if conn is self._conn:
                     self._lose(f"keep-alive failed: {type(exc).__name__}: {redact_dsn(str(exc))}")
@@ -370,7 +373,8 @@ class Subscription:
             return since
         lookback = time.monotonic() - gap.noticed_at + 2 * self._settings.listen_keepalive_s + _GAP_SLACK_S
         try:
-            oldest = await conn.fetchval(_GAP_OLDEST, self.table, lookback, timeout=self._connect_timeout)
+            async with self._query_lock:
+                oldest = await conn.fetchval(_GAP_OLDEST, self.table, lookback, timeout=self._connect_timeout)
         except _LISTEN_ERRORS as exc:
             # The ledger only sharpens the catch-up; without it the consumer still re-reads from since.
             logger.warning("%s catch-up: ledger lookup failed (%s: %s); re-reading from the last max_ts",

@@ -262,7 +262,12 @@ class ReadRouter:
     async def _health_loop(self) -> None:
         while True:
             await asyncio.sleep(self._interval_s)
-            await self.check_now()
+            try:
+                await self.check_now()
+            except Exception:
+                # Each check handles what a server can answer; anything else is a bug, but a dead checker would
+                # freeze every replica's state. Log it and keep checking.
+                logger.exception("read health round failed; next round in %.0f ms", self._interval_s * 1000)
 
     async def _sample_primary(self) -> None:
         pool = self.primary.pool
@@ -270,7 +275,8 @@ class ReadRouter:
             return
         try:
             lsn = await pool.fetchval(_PRIMARY_LSN, timeout=self.settings.health_timeout_s)
-        except NODE_DOWN as exc:
+        except (*NODE_DOWN, asyncpg.PostgresError) as exc:
+            # Down, restarting, or not a primary (in recovery): the last samples stand.
             self.primary.last_error = f"{type(exc).__name__}: {redact_dsn(str(exc))}"
             return
         now = time.monotonic()
