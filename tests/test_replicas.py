@@ -17,7 +17,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from hftdb import ConfigError, DatabaseManager, ExchangeName, load_settings
+from hftdb import ConfigError, DatabaseManager, DatabaseUnavailableError, ExchangeName, load_settings
 from hftdb.config import ReadSettings
 from hftdb.replicas import ReadRouter
 from hftdb.server import _run_tool, bin_dir
@@ -281,3 +281,22 @@ def test_read_settings_validate_and_hide_passwords(tmp_path):
         load_settings(config, environ={})
     loaded = load_settings(None, environ={"HFTDB_READS_REPLICAS": '["postgresql://r1/db", "postgresql://r2/db"]'})
     assert loaded.reads.replicas == ("postgresql://r1/db", "postgresql://r2/db")
+
+
+async def test_a_server_that_is_not_a_standby_never_joins_the_rotation(dsn, tmp_path):
+    async with DatabaseManager(dsn, settings=_settings(tmp_path, dsn)) as db:  # the "replica" is the primary
+        await db.read_router.check_now()
+        primary, impostor = db.read_status()
+        assert not impostor["healthy"] and "not a standby" in impostor["last_error"]
+        await db.get_latest_book_tickers()
+        assert db.read_status()[0]["reads"] == primary["reads"] + 1
+
+
+async def test_reads_raise_database_unavailable_when_no_server_answers(fault_server, tmp_path):
+    async with DatabaseManager(fault_server.dsn, settings=settings(tmp_path)) as db:
+        await fault_server.kill()
+        try:
+            with pytest.raises(DatabaseUnavailableError):
+                await db.get_latest_book_tickers(symbol_ids=[1])
+        finally:
+            await fault_server.start_again()
