@@ -707,14 +707,16 @@ async def maintain(
 
 
 async def _trim_ledger(conn: asyncpg.Connection, cutoff_us: int) -> int:
-    ledger_cutoff = _utc(cutoff_us)
+    # The cutoff travels as bigint microseconds and is converted in SQL, so this works on plain connections and
+    # on hftdb's pool connections alike (those carry timestamptz as integer microseconds, not datetimes).
     deleted = 0
     while True:
         # Chunked so no single transaction holds a week of ledger rows.
         status = await conn.execute(
             "DELETE FROM ingest_batches WHERE batch_id IN"
-            " (SELECT batch_id FROM ingest_batches WHERE committed_at < $1 LIMIT $2)",
-            ledger_cutoff, _LEDGER_DELETE_CHUNK,
+            " (SELECT batch_id FROM ingest_batches"
+            "  WHERE committed_at < 'epoch'::timestamptz + $1::bigint * interval '1 microsecond' LIMIT $2)",
+            cutoff_us, _LEDGER_DELETE_CHUNK,
         )
         count = int(status.split()[-1])
         deleted += count

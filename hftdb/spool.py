@@ -28,6 +28,7 @@ class SpooledBatch(msgspec.Struct, array_like=True):
     max_ts: int
     latest: list
     payload: bytes
+    parts: list[int] = []
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -98,42 +98,44 @@ class BookTickerWriter(BatchWriter):
         ts_max = now_us() + FUTURE_SLACK_US
         max_rows = self._max_rows
         reject = self.rejects.add
-        layouts = _BT
+        # One bound pack per NULL pattern, chosen by branching: no per-row tuple or dict lookup.
+        pack_eu, pack_e, pack_u, pack_ = _BT[(True, True)].pack, _BT[(True, False)].pack, _BT[(False, True)].pack, _BT[(False, False)].pack
+        epoch = PG_EPOCH_US
         added = 0
         b = self.current
         buf, latest, n, lo, hi = b.buf, b.latest, b.rows, b.min_ts, b.max_ts
+        plo, phi = b.part_lo, b.part_hi
+        latest_get = latest.get
         for sid, r in rows:
             bp, bq, ap, aq, recv, ex, uid = r.bid_price, r.bid_qty, r.ask_price, r.ask_qty, r.recv_ts, r.exchange_ts, r.update_id
             try:
-                ok = (
-                    0.0 < bp <= ap < INF and 0.0 < bq < INF and 0.0 < aq < INF
-                    and MIN_TS_US <= recv <= ts_max and (ex is None or MIN_TS_US <= ex <= ts_max)
-                )
-                if ok:
-                    has_e, has_u = ex is not None, uid is not None
-                    pack = layouts[(has_e, has_u)].pack
-                    if has_e:
-                        if has_u:
-                            row = pack(8, 4, sid, 8, recv - PG_EPOCH_US, 8, ex - PG_EPOCH_US, 8, bp, 8, bq, 8, ap, 8, aq, 8, uid)
+                if 0.0 < bp <= ap < INF and 0.0 < bq < INF and 0.0 < aq < INF and MIN_TS_US <= recv <= ts_max:
+                    if ex is not None:
+                        if not MIN_TS_US <= ex <= ts_max:
+                            raise TypeError
+                        if uid is not None:
+                            buf += pack_eu(8, 4, sid, 8, recv - epoch, 8, ex - epoch, 8, bp, 8, bq, 8, ap, 8, aq, 8, uid)
                         else:
-                            row = pack(8, 4, sid, 8, recv - PG_EPOCH_US, 8, ex - PG_EPOCH_US, 8, bp, 8, bq, 8, ap, 8, aq, -1)
-                    elif has_u:
-                        row = pack(8, 4, sid, 8, recv - PG_EPOCH_US, -1, 8, bp, 8, bq, 8, ap, 8, aq, 8, uid)
+                            buf += pack_e(8, 4, sid, 8, recv - epoch, 8, ex - epoch, 8, bp, 8, bq, 8, ap, 8, aq, -1)
+                    elif uid is not None:
+                        buf += pack_u(8, 4, sid, 8, recv - epoch, -1, 8, bp, 8, bq, 8, ap, 8, aq, 8, uid)
                     else:
-                        row = pack(8, 4, sid, 8, recv - PG_EPOCH_US, -1, 8, bp, 8, bq, 8, ap, 8, aq, -1)
+                        buf += pack_(8, 4, sid, 8, recv - epoch, -1, 8, bp, 8, bq, 8, ap, 8, aq, -1)
+                else:
+                    raise TypeError
             except (TypeError, struct.error):
-                ok = False
-            if not ok:
                 reject(_book_ticker_reason(r, ts_max), f"{r.exchange}:{r.symbol} {r!r}")
                 continue
-            buf += row
-            prev = latest.get(sid)
+            prev = latest_get(sid)
             if prev is None or prev.recv_ts <= recv:
                 latest[sid] = r
             if recv < lo:
                 lo = recv
             if recv > hi:
                 hi = recv
+            if not plo <= recv < phi:
+                self._note_partition(b, recv)
+                plo, phi = b.part_lo, b.part_hi
             n += 1
             added += 1
             if n >= max_rows:
@@ -141,6 +143,8 @@ class BookTickerWriter(BatchWriter):
                 self._seal()
                 b = self.current
                 buf, latest, n, lo, hi = b.buf, b.latest, b.rows, b.min_ts, b.max_ts
+                plo, phi = b.part_lo, b.part_hi
+                latest_get = latest.get
         b.rows, b.min_ts, b.max_ts = n, lo, hi
         return added
 

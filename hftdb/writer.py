@@ -64,7 +64,8 @@ _LEDGER_CHECK = "SELECT batch_id FROM ingest_batches WHERE batch_id = ANY($1::uu
 
 
 class _Batch:
-    __slots__ = ("seq", "id", "buf", "rows", "min_ts", "max_ts", "latest", "born", "spool_path", "nbytes", "uncertain")
+    __slots__ = ("seq", "id", "buf", "rows", "min_ts", "max_ts", "latest", "born", "spool_path", "nbytes", "uncertain",
+                 "parts", "part_lo", "part_hi")
 
     def __init__(self, seq: int, born: float) -> None:
         self.seq = seq
@@ -78,6 +79,11 @@ class _Batch:
         self.spool_path: Path | None = None
         self.nbytes = 0
         self.uncertain = False
+        #: Start (µs) of every partition this batch's rows fall in, and the range of the last one seen, so a
+        #: row in the same partition as the one before costs two comparisons.
+        self.parts: set[int] = set()
+        self.part_lo = 0
+        self.part_hi = 0
 
 
 class WriterStats:
@@ -162,6 +168,7 @@ class BatchWriter:
         self._progress = asyncio.Condition()
         self._spool = Spool(Path(spool_dir) / self.table, max_bytes=settings.spool_max_bytes) if spool_dir else None
         self._covered: list[tuple[int, int]] = []
+        self._interval_us = storage.partition_interval_s * 1_000_000
         self._tasks: set[asyncio.Task[None]] = set()
         self._state = "new"
         self.stats = WriterStats()
@@ -296,9 +303,17 @@ class BatchWriter:
             b.min_ts = ts
         if ts > b.max_ts:
             b.max_ts = ts
+        if not b.part_lo <= ts < b.part_hi:
+            self._note_partition(b, ts)
         b.rows += 1
         if b.rows >= self._max_rows:
             self._seal()
+
+    def _note_partition(self, batch: _Batch, ts: int) -> None:
+        interval = self._interval_us
+        lo = ts - ts % interval
+        batch.parts.add(lo)
+        batch.part_lo, batch.part_hi = lo, lo + interval
 
     # -- batching --------------------------------------------------------------------------------------------
 
@@ -460,6 +475,7 @@ class BatchWriter:
         assert batch.spool_path is not None and self._spool is not None
         spooled = self._spool.read(batch.spool_path)
         batch.min_ts, batch.max_ts = spooled.min_ts, spooled.max_ts
+        batch.parts = set(spooled.parts)
         return spooled.payload, self._decode_latest(spooled.latest)
 
     async def _attempt(self, group: list[_Batch], parts: list[tuple[Any, list[Any]]], *, check_ledger: bool) -> int:
@@ -482,9 +498,12 @@ class BatchWriter:
 
     async def _write(self, conn: asyncpg.Connection, group: list[_Batch], parts: list[tuple[Any, list[Any]]]) -> None:
         """The body of a commit's transaction: partitions, one COPY, then ledger rows + latest upsert + NOTIFY."""
-        lo = int(min(b.min_ts for b in group))
         hi = int(max(b.max_ts for b in group))
-        await self._ensure_partitions(conn, lo, hi)
+        starts: set[int] = set()
+        for b in group:
+            starts |= b.parts
+        for start in sorted(starts):
+            await self._ensure_partitions(conn, start, start + self._interval_us - 1)
         # A memoryview, never bytes: asyncpg treats a bytes source as a file *path* (os.fspath accepts bytes).
         # One contiguous buffer, not an async iterator: asyncpg's iterator path can wait forever for a dead socket.
         source = memoryview(parts[0][0] if len(parts) == 1 else _concat_payloads([p[0] for p in parts]))
@@ -577,6 +596,7 @@ class BatchWriter:
         spooled = SpooledBatch(
             table=self.table, batch_id=batch.id.bytes, rows=batch.rows, min_ts=int(batch.min_ts),
             max_ts=int(batch.max_ts), latest=self._encode_latest(self._latest_args(batch)), payload=bytes(batch.buf),
+            parts=sorted(batch.parts),
         )
         batch.spool_path = self._spool.write(spooled)
         self._mem_rows -= batch.rows

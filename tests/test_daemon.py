@@ -358,8 +358,6 @@ async def test_health_turns_503_while_a_feed_is_stale_and_recovers(demo_settings
     assert await daemon.close() is summary  # idempotent
 
 
-@pytest.mark.xfail(strict=True, reason="DatabaseManager.run_maintenance() fails: schema._trim_ledger binds a datetime "
-                                       "through the pool's integer-microsecond timestamptz codec")
 async def test_maintenance_runs_periodically(demo_settings):
     daemon = Daemon(demo_settings, demo=True)
     await daemon.start()
