@@ -73,7 +73,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _INSERT = (
     f"INSERT INTO book_tickers ({', '.join(COLUMNS)}) VALUES ({', '.join(f'${i}' for i in range(1, len(COLUMNS) + 1))})"
 )
-METHODS = ("server-binary", "server-text", "writer", "copy_records", "executemany")
+METHODS = ("server-binary", "server-text", "writer", "writer-columns", "copy_records", "executemany")
 DIAGNOSTICS = ("writer-db", "batched-copy", "encode")
 
 
@@ -274,6 +274,38 @@ async def bench_writer(
     }
 
 
+async def bench_writer_columns(
+    dsn: str, tickers: list[BookTicker], chunk: int, batch_max_rows: int | None
+) -> tuple[float, dict[str, Any]]:
+    """The columnar path: the same rows as numpy columns (built before timing), in ``chunk``-row calls."""
+    import numpy as np
+
+    cols = {
+        name: np.array([getattr(t, name) for t in tickers])
+        for name in ("symbol_id", "bid_price", "bid_qty", "ask_price", "ask_qty", "recv_ts", "exchange_ts", "update_id")
+    }
+    writer = WriterSettings(spool_dir=None) if batch_max_rows is None else WriterSettings(
+        spool_dir=None, batch_max_rows=batch_max_rows)
+    settings = Settings(database=DatabaseSettings(dsn=dsn), writer=writer)
+    async with DatabaseManager(dsn, settings=settings) as db:
+        started = time.perf_counter()
+        for i in range(0, len(tickers), chunk):
+            part = {k: v[i:i + chunk] for k, v in cols.items()}
+            await db.insert_book_ticker_columns(
+                part["symbol_id"], part["bid_price"], part["bid_qty"], part["ask_price"], part["ask_qty"],
+                part["recv_ts"], exchange_ts=part["exchange_ts"], update_id=part["update_id"])
+            await asyncio.sleep(0)
+        await db.flush()
+        elapsed = time.perf_counter() - started
+        w = (await db.get_database_stats())["writers"]["book_tickers"]
+    if w["rows_committed"] != len(tickers) or w["rejects"]:
+        raise SystemExit(f"writer-columns committed {w['rows_committed']} of {len(tickers)}; rejects {w['rejects']}")
+    return elapsed, {
+        "mean_batch_rows": w["mean_batch_rows"], "batches": w["batches_committed"],
+        "commit_p50_ms": w["commit_p50_ms"], "commit_p99_ms": w["commit_p99_ms"],
+    }
+
+
 async def bench_copy_records(dsn: str, records: list[tuple[Any, ...]]) -> tuple[float, dict[str, Any]]:
     conn = await asyncpg.connect(dsn)
     try:
@@ -382,6 +414,7 @@ async def _run(args: argparse.Namespace, admin_dsn: str, tmp: Path) -> dict[str,
         "server-binary": lambda dsn: bench_server_copy(dsn, bin_path, "binary"),
         "server-text": lambda dsn: bench_server_copy(dsn, text_path, "text"),
         "writer": lambda dsn: bench_writer(dsn, tickers, args.chunk, args.batch_max_rows, profile),
+        "writer-columns": lambda dsn: bench_writer_columns(dsn, tickers, args.column_chunk, args.batch_max_rows),
         "copy_records": lambda dsn: bench_copy_records(dsn, records),
         "executemany": lambda dsn: bench_executemany(dsn, em_records),
     }
@@ -451,15 +484,18 @@ def _report(
         print(f"writer batches: median of runs: {summary['writer']['batches']:.0f} batches, mean "
               f"{summary['writer']['mean_batch_rows']:.0f} rows/batch, commit p50 "
               f"{summary['writer']['commit_p50_ms']:.1f} ms, p99 {summary['writer']['commit_p99_ms']:.1f} ms")
-        ratios = {}
+    ratios = {}
+    for mine in ("writer", "writer-columns"):
+        if mine not in med:
+            continue
         for other, target in (("server-binary", 0.85), ("server-text", None), ("copy_records", 2.0),
                               ("executemany", None)):
             if other in med:
-                r = med["writer"] / med[other]
-                ratios[other] = r
+                r = med[mine] / med[other]
+                ratios[f"{mine}/{other}"] = r
                 verdict = "" if target is None else f"  target >= {target:g}x: {'MET' if r >= target else 'NOT MET'}"
-                print(f"writer / {other:14s} {r:6.2f}x{verdict}")
-        summary["ratios"] = ratios
+                print(f"{mine:14s} / {other:14s} {r:6.2f}x{verdict}")
+    summary["ratios"] = ratios
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
     return summary
@@ -484,6 +520,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--executemany-rows", type=int, default=50_000, help="rows for executemany (default 50,000)")
     p.add_argument("--span-s", type=int, default=600, help="recv_ts span of the rows in seconds (default 600)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--column-chunk", type=int, default=10_000, help="rows per insert_book_ticker_columns call")
     p.add_argument("--methods", default=",".join(METHODS), type=lambda s: s.split(","),
                    help=f"comma-separated, of {','.join(METHODS + DIAGNOSTICS)} (default: all but the diagnostics)")
     p.add_argument("--profile", metavar="FILE", help="cProfile the writer's timed section into FILE (pstats)")

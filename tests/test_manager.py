@@ -286,3 +286,39 @@ async def test_age_timer_seals_a_batch_with_no_new_rows(dsn, tmp_path):
         while writer.stats.rows_committed < 5:
             await asyncio.sleep(0.005)
         assert writer.stats.batches_committed == 1
+
+
+async def test_columnar_insert_matches_the_row_path(dsn, tmp_path):
+    np = pytest.importorskip("numpy")
+    async with DatabaseManager(dsn, settings=settings(tmp_path, batch_max_rows=700)) as db:
+        ex = await db.insert_exchange(ExchangeName.BINANCE_USDM)
+        syms = [await db.insert_symbol(Symbol(exchange_id=ex.id, symbol=f"S{i}USDT")) for i in range(5)]
+        n = 3_000
+        t = now_us()
+        sid = np.array([syms[i % 5].id for i in range(n)])
+        bp = 100.0 + np.arange(n) % 7 + 0.125
+        recv = t + np.arange(n)
+        exts = recv - 3
+        uid = np.arange(n) + 10**12
+        bp[17] = np.nan                     # rejected: nan
+        exts[18] = 5                        # rejected: exchange_ts out of range
+        sid[19] = 999_999                   # rejected: unknown id
+        taken = await db.insert_book_ticker_columns(sid, bp, np.full(n, 1.5), bp + 0.5, np.full(n, 2.5), recv,
+                                                    exchange_ts=exts, update_id=uid)
+        assert taken == n - 3
+        await db.flush()
+        rejects = db.writer("book_tickers").rejects.snapshot()
+        assert rejects == {"bid_price_nan": 1, "exchange_ts_out_of_range": 1, "unknown_symbol_id": 1}
+        rows = await db.pool.fetch(
+            "SELECT symbol_id, recv_ts, exchange_ts, bid_price, bid_qty, ask_price, ask_qty, update_id"
+            " FROM book_tickers ORDER BY update_id")
+        keep = [i for i in range(n) if i not in (17, 18, 19)]
+        assert [tuple(r) for r in rows] == [
+            (int(sid[i]), int(recv[i]), int(exts[i]), float(bp[i]), 1.5, float(bp[i]) + 0.5, 2.5, int(uid[i]))
+            for i in keep]
+        latest = {r.symbol_id: r for r in await db.get_latest_book_tickers(ExchangeName.BINANCE_USDM)}
+        for s in syms:
+            last = max(i for i in keep if sid[i] == s.id)
+            assert (latest[s.id].recv_ts, latest[s.id].update_id) == (int(recv[last]), int(uid[last]))
+        with pytest.raises(ValidationError):
+            await db.insert_book_ticker_columns(sid[:3], bp, bp, bp, bp, recv)
