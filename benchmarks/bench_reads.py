@@ -8,6 +8,8 @@ the percentiles are of single calls; p50/p99 land in ``extra_info`` and in the p
   ids_5           get_latest_book_tickers(symbol_ids=[5 ids])
   funding_1000    get_latest_funding_rates(exchange): 1,000 FundingRate records
   loop_overhead   run_until_complete of an empty coroutine: the harness's own share of every figure
+  mirror_1000     LatestMirror.snapshot() of the same exchange: in memory, kept current by commit notifications
+                  (no I/O per call; timed without the event loop, as a strategy's tick handler would call it)
   join_baseline   the previous implementation for comparison: the manager's pool (tuple timestamp codec, reset
                   round trip on release), a join to symbols and exchanges, records built from the joined names
 
@@ -101,9 +103,9 @@ def db(loop, bench_dsn):
     loop.run_until_complete(drop())
 
 
-def _measure(benchmark, loop, name: str, make_call, expect: int) -> None:
+def _measure(benchmark, loop, name: str, make_call, expect: int, *, sync: bool = False) -> None:
     def call():
-        return loop.run_until_complete(make_call())
+        return make_call() if sync else loop.run_until_complete(make_call())
 
     result = benchmark.pedantic(call, rounds=ROUNDS, iterations=1, warmup_rounds=300)
     assert len(result) == expect
@@ -131,6 +133,15 @@ def test_ids_5(benchmark, loop, db):
 
 def test_funding_1000(benchmark, loop, db):
     _measure(benchmark, loop, "funding_1000", lambda: db.get_latest_funding_rates(EXCHANGE), N_SYMBOLS)
+
+
+def test_mirror_1000(benchmark, loop, db):
+    mirror = db.latest_mirror("book_tickers", exchange=EXCHANGE)
+    loop.run_until_complete(mirror.start())
+    try:
+        _measure(benchmark, loop, "mirror_1000", mirror.snapshot, N_SYMBOLS, sync=True)
+    finally:
+        loop.run_until_complete(mirror.close())
 
 
 def test_loop_overhead(benchmark, loop, db):

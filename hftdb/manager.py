@@ -33,7 +33,7 @@ from .errors import (
 )
 from .models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Symbol, now_us
 from .notify import TABLES as NOTIFY_TABLES
-from .notify import Filter, Subscription
+from .notify import Filter, LatestMirror, Subscription
 from .replicas import ReadRouter
 from .server import EmbeddedServer
 from .tables import BalanceWriter, BookTickerWriter, FundingRateWriter, add_book_ticker_columns
@@ -748,6 +748,32 @@ class DatabaseManager:
                            on_close=self._subscriptions.discard)
         self._subscriptions.add(sub)
         return sub
+
+    def latest_mirror(
+        self,
+        table: Literal["book_tickers", "funding_rates"],
+        *,
+        exchange: ExchangeName | str | None = None,
+        symbols: Sequence[str] | None = None,
+        symbol_ids: Sequence[int] | None = None,
+    ) -> LatestMirror:
+        """The latest rows of ``table`` for a filter, in memory, kept current by commit notifications.
+
+        For a strategy that wants every quote on every tick: ``mirror.snapshot()`` costs microseconds where a read
+        of 1,000 rows costs over a millisecond. Use with ``async with``; see :class:`hftdb.notify.LatestMirror`.
+        """
+        if table not in ("book_tickers", "funding_rates"):
+            raise ValidationError(f"table must be 'book_tickers' or 'funding_rates', got {table!r}")
+        sub = self.notifications(table, exchange=exchange, symbols=symbols, symbol_ids=symbol_ids)
+        read = self.get_latest_book_tickers if table == "book_tickers" else self.get_latest_funding_rates
+
+        async def load(ids: tuple[int, ...] | None) -> list[Any]:
+            # The primary: a replica may not have replayed the commit the notification announced.
+            if ids is None:
+                return await read(exchange, symbols, symbol_ids=symbol_ids, primary=True)
+            return await read(symbol_ids=list(ids), primary=True)
+
+        return LatestMirror(sub, load, retry_max_s=self.settings.reads.listen_retry_max_s)
 
     async def _exchange_ids_of(self, ids: list[int]) -> dict[int, int]:
         directory = self._directory

@@ -31,10 +31,10 @@ import asyncpg
 import msgspec
 
 from .config import ReadSettings, redact_dsn
-from .errors import ClosedError, StateError
+from .errors import ClosedError, HftdbError, StateError
 from .models import now_us
 
-__all__ = ["Notification", "Subscription", "TABLES"]
+__all__ = ["Notification", "Subscription", "LatestMirror", "TABLES"]
 
 logger = logging.getLogger(__name__)
 
@@ -390,3 +390,122 @@ class Subscription:
             return None
         return Notification(table=p.table, rows=p.rows, max_ts=p.max_ts,
                             ids=tuple(p.ids) if p.ids is not None else None, id_range=p.id_range)
+
+
+_LOAD_ERRORS: tuple[type[BaseException], ...] = (HftdbError, *_LISTEN_ERRORS)
+
+
+class LatestMirror:
+    """The latest book tickers or funding rates of a filter, held in memory and kept current by notifications.
+
+    >>> async with db.latest_mirror("book_tickers", exchange="binance_usdm") as mirror:
+    ...     quotes = mirror.snapshot()          # no I/O: the current record of every symbol
+    ...     btc = mirror.get(symbol_id)
+
+    It LISTENs first, then loads the latest table, so no commit falls between the two; then, for each commit
+    notification, it re-reads from the primary the rows the batch touched (the whole filter after a catch-up or
+    for an id range). A commit shows here one notification plus one small read after it commits. If a re-read
+    fails (the primary restarting), it retries with backoff and then reloads the whole filter. Obtain it from
+    ``DatabaseManager.latest_mirror()``.
+    """
+
+    def __init__(
+        self,
+        subscription: Subscription,
+        load: Callable[[tuple[int, ...] | None], Awaitable[list[Any]]],
+        *,
+        retry_max_s: float = 5.0,
+    ) -> None:
+        self._sub = subscription
+        self._load = load
+        self._retry_max_s = retry_max_s
+        self._rows: dict[int, Any] = {}
+        self._changed = asyncio.Condition()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._state = "new"
+        self.version = 0
+        self.reloads = 0
+
+    def __repr__(self) -> str:
+        return f"LatestMirror({self._sub.table!r}, rows={len(self._rows)}, version={self.version}, {self._state})"
+
+    async def __aenter__(self) -> LatestMirror:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Listen, load the current rows, and follow the commits."""
+        if self._state != "new":
+            raise ClosedError("a LatestMirror starts once")
+        await self._sub.start()
+        try:
+            await self._apply(await self._load(None), full=True)
+        except BaseException:
+            await self._sub.close()
+            raise
+        self._state = "open"
+        task = asyncio.create_task(self._follow(), name=f"hftdb-mirror-{self._sub.table}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("%s mirror stopped following commits", self._sub.table, exc_info=task.exception())
+
+    async def close(self) -> None:
+        """Stop following commits (the last records stay readable). Idempotent."""
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._sub.close()
+
+    def snapshot(self) -> list[Any]:
+        """Every current record, in no particular order. No I/O."""
+        return list(self._rows.values())
+
+    def get(self, symbol_id: int) -> Any | None:
+        """The current record of one symbol id, or None. No I/O."""
+        return self._rows.get(symbol_id)
+
+    async def changed(self, *, timeout: float | None = None) -> int:
+        """Wait for the next applied update; return the new :attr:`version`."""
+        async with self._changed:
+            seen = self.version
+            await asyncio.wait_for(self._changed.wait_for(lambda: self.version > seen), timeout)
+            return self.version
+
+    async def _follow(self) -> None:
+        async for note in self._sub:
+            ids = None if note.catch_up or note.ids is None else note.ids
+            delay = 0.05
+            while True:
+                try:
+                    rows = await self._load(ids)
+                except _LOAD_ERRORS as exc:
+                    logger.warning("%s mirror: re-read failed (%s: %s); full reload in %.0f ms", self._sub.table,
+                                   type(exc).__name__, redact_dsn(str(exc)), delay * 1000)
+                    await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                    delay = min(delay * 2, self._retry_max_s)
+                    ids = None  # notifications went on meanwhile: only a full reload is sure to cover them
+                    continue
+                await self._apply(rows, full=ids is None)
+                break
+
+    async def _apply(self, rows: list[Any], *, full: bool) -> None:
+        if full:
+            self._rows = {r.symbol_id: r for r in rows}
+            self.reloads += 1
+        else:
+            for r in rows:
+                self._rows[r.symbol_id] = r
+        async with self._changed:
+            self.version += 1
+            self._changed.notify_all()

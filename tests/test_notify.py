@@ -160,3 +160,35 @@ async def test_a_consumer_far_behind_gets_one_catch_up_for_the_dropped_backlog(d
             catch_ups = [n for n in got if n.catch_up]
             assert len(catch_ups) == 1 and catch_ups[0].since_ts <= t
             assert got[-1].max_ts == t + 5_004
+
+
+async def _until_mirror(mirror, condition) -> None:
+    while not condition():
+        await mirror.changed(timeout=WAIT)
+
+
+async def test_latest_mirror_follows_commits_and_heals_after_a_restart(fault_server, tmp_path):
+    async with DatabaseManager(fault_server.dsn, settings=_settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        await db.insert_exchange(ExchangeName.OKX_SPOT)
+        t = now_us()
+        await db.insert_book_ticker_snapshots(tickers(10, symbols=5, base_ts=t, start_id=0))
+        await db.insert_book_ticker_snapshots([BookTicker("okx_spot", "BTC-USDT", 1, 1, 2, 1, t)])
+        await db.flush()
+        async with db.latest_mirror("book_tickers", exchange="binance_spot") as mirror:
+            assert sorted(r.update_id for r in mirror.snapshot()) == [5, 6, 7, 8, 9]  # loaded at start
+            sid = db.resolve_symbol_id("binance_spot", "SYM0USDT")
+            await db.insert_book_ticker_snapshots(tickers(5, symbols=5, base_ts=t + 100, start_id=100))
+            await db.insert_book_ticker_snapshots([BookTicker("okx_spot", "BTC-USDT", 1, 1, 2, 1, t + 200)])
+            await db.flush()
+            await _until_mirror(mirror, lambda: mirror.get(sid).update_id == 100)
+            assert sorted(r.update_id for r in mirror.snapshot()) == [100, 101, 102, 103, 104]
+
+            await fault_server.restart(mode="fast")
+            await db.insert_book_ticker_snapshots(tickers(5, symbols=5, base_ts=t + 300, start_id=300))
+            await db.flush(timeout=WAIT)
+            await _until_mirror(mirror, lambda: mirror.get(sid).update_id == 300)
+            assert sorted(r.update_id for r in mirror.snapshot()) == [300, 301, 302, 303, 304]
+            assert {r.exchange for r in mirror.snapshot()} == {"binance_spot"}
+        with pytest.raises(ValidationError):
+            db.latest_mirror("balances")  # type: ignore[arg-type]
