@@ -172,7 +172,7 @@ class BatchWriter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._state = "new"
         self.stats = WriterStats()
-        self.rejects = Rejects(f"{self.table} row", interval=settings.reject_log_interval_s, logger=logger)
+        self.rejects = Rejects(self.table, noun="row", interval=settings.reject_log_interval_s, log=logger)
 
     def __repr__(self) -> str:
         return (

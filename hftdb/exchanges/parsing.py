@@ -21,8 +21,6 @@ Reasons carried by ``FrameError`` are short, stable strings, counted by :class:`
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -30,6 +28,8 @@ import msgspec
 
 from ..errors import FrameError
 from ..models import Balance, BookTicker, FundingRate
+
+from ..rejects import Rejects
 
 __all__ = [
     "Parsed",
@@ -77,87 +77,6 @@ class Parsed(msgspec.Struct, gc=False):
     balances: list[Balance] = []
     control: str | None = None
     detail: str | None = None
-
-
-class Rejects:
-    """Counts rejected frames by reason and logs them without flooding the log.
-
-    The first rejection of a reason is logged at once; later ones within ``interval`` seconds are only counted,
-    and the next line logged for that reason says how many were suppressed since the previous one. ``clock`` is
-    injectable (monotonic seconds) so that tests need not sleep.
-    """
-
-    def __init__(
-        self,
-        name: str = "",
-        *,
-        interval: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
-        log: logging.Logger | None = None,
-        detail_limit: int = 200,
-    ) -> None:
-        if not interval > 0:
-            raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
-        if detail_limit < 0:
-            raise ValueError(f"detail_limit must be >= 0, got {detail_limit!r}")
-        self.name = name
-        self._interval = interval
-        self._clock = clock
-        self._log = log if log is not None else logger
-        self._detail_limit = detail_limit
-        self._counts: dict[str, int] = {}
-        self._last_logged: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    @property
-    def counts(self) -> dict[str, int]:
-        """Rejections so far by reason (a copy)."""
-        return dict(self._counts)
-
-    @property
-    def total(self) -> int:
-        """Rejections so far, all reasons together."""
-        return sum(self._counts.values())
-
-    def add(self, reason: str, detail: str = "") -> None:
-        """Count one rejected frame; log it unless this reason was logged less than ``interval`` ago."""
-        self._counts[reason] = self._counts.get(reason, 0) + 1
-        now = self._clock()
-        last = self._last_logged.get(reason)
-        if last is not None and now - last < self._interval:
-            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
-            return
-        self._last_logged[reason] = now
-        self._emit(reason, detail, self._suppressed.pop(reason, 0))
-
-    def add_error(self, exc: FrameError) -> None:
-        """Count a :class:`FrameError` under its own reason."""
-        self.add(exc.reason, str(exc))
-
-    def flush(self) -> None:
-        """Log the rejections still suppressed (e.g. at shutdown), so that no count goes unreported."""
-        for reason, suppressed in list(self._suppressed.items()):
-            del self._suppressed[reason]
-            self._log.warning(
-                "%srejected %d more frame(s) (%s) since the last report", self._prefix(), suppressed, reason
-            )
-
-    def _prefix(self) -> str:
-        return f"{self.name}: " if self.name else ""
-
-    def _emit(self, reason: str, detail: str, suppressed: int) -> None:
-        if len(detail) > self._detail_limit:
-            detail = detail[: self._detail_limit] + "..."
-        if suppressed:
-            self._log.warning(
-                "%srejected frame (%s): %s [%d more suppressed since the last report]",
-                self._prefix(),
-                reason,
-                detail,
-                suppressed,
-            )
-        else:
-            self._log.warning("%srejected frame (%s): %s", self._prefix(), reason, detail)
 
 
 class FloatCache(dict[str, float]):
