@@ -3,7 +3,15 @@
 The public surface is :class:`DatabaseManager`, the records it reads and writes, its settings and its errors.
 """
 
-from .config import CacheSettings, DatabaseSettings, Settings, StorageSettings, WriterSettings, load_settings
+from .config import (
+    CacheSettings,
+    DatabaseSettings,
+    ReadSettings,
+    Settings,
+    StorageSettings,
+    WriterSettings,
+    load_settings,
+)
 from .errors import (
     BufferFullError,
     ClosedError,
@@ -21,11 +29,15 @@ from .errors import (
 )
 from .manager import DatabaseManager
 from .models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Symbol, now_us
+from .notify import LatestMirror, Notification, Subscription
 from .unit import UnitOfWork
 
 __all__ = [
     "DatabaseManager",
     "UnitOfWork",
+    "Notification",
+    "Subscription",
+    "LatestMirror",
     "Exchange",
     "ExchangeName",
     "Symbol",
@@ -38,6 +50,7 @@ __all__ = [
     "WriterSettings",
     "CacheSettings",
     "StorageSettings",
+    "ReadSettings",
     "load_settings",
     "HftdbError",
     "ConfigError",
