@@ -1,0 +1,445 @@
+"""End to end: exchange frames to committed rows, on a fresh embedded PostgreSQL database per measurement.
+
+Part 1, in memory (``--frames`` frames, ``--runs`` runs, medians):
+
+  frames-to-rows  N Binance USD-M combined-stream bookTicker frames (the shape of
+                  binance_usdm_bookTicker_combined_recorded.jsonl: 1,000 symbols, unique increasing ``u``) are
+                  generated as bytes before timing. Timed: each frame parsed by ``BinanceParser(BINANCE_USDM)`` with
+                  ``recv_ts=now_us()``, rows pushed to ``DatabaseManager.insert_book_ticker_snapshots`` every
+                  ``--frames-per-call`` frames (the adapter hands over one read's worth at a time), yield to the
+                  loop, then ``flush()``. Symbols are registered and the manager's caches warm before timing.
+  writer-only     the same frames parsed before timing into BookTicker objects with ``symbol_id`` set, pushed in
+                  the same chunks through ``insert_book_ticker_snapshots`` + ``flush()``.
+  Reported: msgs/s of each and the ratio frames-to-rows / writer-only (target >= 0.7).
+
+Part 2, over loopback websockets (``--rates``, ``--seconds`` per rate):
+
+  An ExchangeSimulator runs in its own process (it stands for the exchange, so it must not share our event loop
+  or GIL), with only its binance_usdm market generating (the other venues' generators are removed: nobody
+  subscribes to them and they would only burn the shared CPU). A BinanceAdapter (channel ``bookTicker``, 1,000
+  symbols synced from the simulator's REST API) streams into a real DatabaseManager (default WriterSettings,
+  so batch_max_age_ms = 50). After ``--warmup`` seconds the measurement window of ``--seconds`` opens; the feed
+  keeps running 2 s past its end so that the window's rows commit in steady state.
+
+  Receipt-to-commit latency: a third process LISTENs on ``hftdb_book_tickers``; every committed writer
+  transaction sends one NOTIFY from inside it, with ``max_ts`` = the newest recv_ts it holds, delivered at
+  commit. The listener stamps each notification with ``now_us()`` on arrival (same host clock as the adapter's
+  recv_ts). After the run every row's recv_ts in the window is read back from ``book_tickers``; a row's commit
+  time is the arrival of the first notification whose ``max_ts`` >= its recv_ts (commits are in order and rows
+  enter the writer in recv_ts order, which the script checks). Latency = that arrival - recv_ts, so it
+  includes parse, queueing, batching, COPY, commit and the notification's delivery (an over-estimate by that
+  last hop). p50/p99/max over rows. The offered rate is the simulator's ``rate``; delivered is what its ledger
+  says it wrote to the socket in the window; ingested is rows committed with recv_ts in the window.
+  Target: p99 < 2 x batch_max_age_ms + 10 ms = 110 ms at 50k msg/s offered.
+
+    .venv/bin/python benchmarks/bench_e2e.py --frames 200000 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import gc
+import multiprocessing as mp
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hftdb import DatabaseManager, DatabaseSettings, Settings, WriterSettings, now_us  # noqa: E402
+from hftdb import schema  # noqa: E402
+from hftdb.config import StorageSettings  # noqa: E402
+from hftdb.exchanges.binance import BinanceAdapter  # noqa: E402
+from hftdb.exchanges.parse_binance import BinanceParser  # noqa: E402
+from hftdb.models import BookTicker, ExchangeName, Symbol  # noqa: E402
+from hftdb.server import EmbeddedServer  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_writer import with_database  # noqa: E402
+
+USDM = ExchangeName.BINANCE_USDM
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+# -- data ----------------------------------------------------------------------------------------------------------
+
+
+def symbol_names(n: int) -> list[str]:
+    return [f"S{i:04d}USDT" for i in range(1, n + 1)]
+
+
+def make_frames(n: int, n_symbols: int, *, seed: int) -> list[bytes]:
+    """Combined-stream USD-M bookTicker frames, random-walk quotes, ``u`` unique and rising across all frames.
+
+    Prices carry ~6 significant digits and move on a quarter of a symbol's updates (sizes change on every one),
+    so the parser's float cache sees realistic repetition rather than all-new price strings.
+    """
+    rng = random.Random(seed)
+    names = symbol_names(n_symbols)
+    mids = [10 ** rng.uniform(-2, 4.5) for _ in names]
+    decs = [max(0, 6 - len(str(int(m)))) for m in mids]
+    u = 600_859_600_000
+    t_ms = 1_626_992_741_000
+    out = []
+    for i in range(n):
+        s = rng.randrange(n_symbols)
+        if rng.random() < 0.25:  # most bookTicker updates change a size, not the best price
+            mids[s] *= 1 + rng.gauss(0, 2e-4)
+        m = mids[s]
+        d = decs[s]
+        tick = 10.0 ** -d
+        bid = round(m, d)
+        ask = bid + tick * rng.randint(1, 5)
+        u += rng.randint(1, 50)
+        t_ms += rng.randint(0, 1)
+        name = names[s]
+        out.append(
+            f'{{"stream":"{name.lower()}@bookTicker","data":{{"e":"bookTicker","u":{u},"s":"{name}",'
+            f'"b":"{bid:.{d}f}","B":"{rng.randint(1, 90000)}","a":"{ask:.{d}f}","A":"{rng.randint(1, 90000)}",'
+            f'"T":{t_ms},"E":{t_ms + rng.randint(1, 8)}}}}}'.encode()
+        )
+    return out
+
+
+# -- databases -----------------------------------------------------------------------------------------------------
+
+
+async def create_db(admin_dsn: str) -> tuple[str, str]:
+    name = "hftdb_e2e_" + uuid.uuid4().hex[:12]
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')  # name is ours: hex digits
+    finally:
+        await admin.close()
+    dsn = with_database(admin_dsn, name)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await schema.migrate(conn)
+        await schema.maintain(conn, StorageSettings(), now_us(), retention=False)
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+    return name, dsn
+
+
+async def drop_db(admin_dsn: str, name: str) -> None:
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def settings_for(dsn: str) -> Settings:
+    return Settings(database=DatabaseSettings(dsn=dsn), writer=WriterSettings(spool_dir=None))
+
+
+async def register_symbols(dsn: str, n_symbols: int) -> None:
+    async with DatabaseManager(dsn, settings=settings_for(dsn)) as db:
+        ex = await db.insert_exchange(USDM)
+        await db.sync_symbols(USDM, [Symbol(exchange_id=ex.id, symbol=s, kind="perpetual", status="trading")
+                                     for s in symbol_names(n_symbols)])
+
+
+# -- part 1: frames from memory ------------------------------------------------------------------------------------
+
+
+async def run_frames_to_rows(dsn: str, frames: list[bytes], per_call: int) -> float:
+    parse = BinanceParser(USDM).parse
+    chunks = [frames[i:i + per_call] for i in range(0, len(frames), per_call)]
+    async with DatabaseManager(dsn, settings=settings_for(dsn)) as db:
+        insert = db.insert_book_ticker_snapshots
+        started = time.perf_counter()
+        for chunk in chunks:
+            rows: list[BookTicker] = []
+            for raw in chunk:
+                rows.extend(parse(raw, now_us()).book_tickers)
+            await insert(rows)
+            await asyncio.sleep(0)
+        await db.flush()
+        elapsed = time.perf_counter() - started
+        w = (await db.get_database_stats())["writers"]["book_tickers"]
+    if w["rows_committed"] != len(frames) or w["rejects"]:
+        raise SystemExit(f"frames-to-rows committed {w['rows_committed']} of {len(frames)}; rejects {w['rejects']}")
+    return elapsed
+
+
+async def run_writer_only(dsn: str, frames: list[bytes], per_call: int) -> float:
+    parse = BinanceParser(USDM).parse
+    async with DatabaseManager(dsn, settings=settings_for(dsn)) as db:
+        chunks = []
+        for i in range(0, len(frames), per_call):
+            rows = []
+            for raw in frames[i:i + per_call]:
+                for t in parse(raw, now_us()).book_tickers:
+                    rows.append(msgspec.structs.replace(t, symbol_id=db.resolve_symbol_id(t.exchange, t.symbol)))
+            chunks.append(rows)
+        if any(t.symbol_id is None for c in chunks for t in c):
+            raise SystemExit("writer-only: unresolved symbols")
+        gc.collect()
+        insert = db.insert_book_ticker_snapshots
+        started = time.perf_counter()
+        for rows in chunks:
+            await insert(rows)
+            await asyncio.sleep(0)
+        await db.flush()
+        elapsed = time.perf_counter() - started
+        w = (await db.get_database_stats())["writers"]["book_tickers"]
+    if w["rows_committed"] != len(frames) or w["rejects"]:
+        raise SystemExit(f"writer-only committed {w['rows_committed']} of {len(frames)}; rejects {w['rejects']}")
+    return elapsed
+
+
+def parse_only_rate(frames: list[bytes]) -> float:
+    """Diagnostic: the parser alone (same calls as frames-to-rows, no database), msgs/s."""
+    parse = BinanceParser(USDM).parse
+    started = time.perf_counter()
+    for raw in frames:
+        parse(raw, now_us())
+    return len(frames) / (time.perf_counter() - started)
+
+
+async def part1(args: argparse.Namespace, admin_dsn: str) -> dict[str, Any]:
+    log(f"generating {args.frames:,} frames over {args.symbols:,} symbols ...")
+    frames = make_frames(args.frames, args.symbols, seed=args.seed)
+    gc.collect()
+    gc.freeze()
+    methods = {"frames-to-rows": run_frames_to_rows, "writer-only": run_writer_only}
+    rates: dict[str, list[float]] = {m: [] for m in methods}
+    names = list(methods)
+    for run in range(args.runs):
+        for m in names[run % 2:] + names[:run % 2]:
+            name, dsn = await create_db(admin_dsn)
+            try:
+                await register_symbols(dsn, args.symbols)
+                elapsed = await methods[m](dsn, frames, args.frames_per_call)
+            finally:
+                await drop_db(admin_dsn, name)
+            rates[m].append(args.frames / elapsed)
+            log(f"run {run + 1}/{args.runs} {m:15s} {elapsed:7.3f} s {args.frames / elapsed:>10,.0f} msgs/s")
+    rates["parse-only"] = [parse_only_rate(frames) for _ in range(args.runs)]
+    med = {m: statistics.median(v) for m, v in rates.items()}
+    ratio = med["frames-to-rows"] / med["writer-only"]
+    print(f"\nPart 1: {args.frames:,} USD-M bookTicker frames, {args.symbols:,} symbols, {args.frames_per_call} "
+          f"frames per insert call, {args.runs} runs (median msgs/s)")
+    for m, v in rates.items():
+        print(f"  {m:15s} {med[m]:>10,.0f}   runs: {', '.join(f'{x:,.0f}' for x in v)}")
+    serial = 1 / (1 / med["parse-only"] + 1 / med["writer-only"])
+    print(f"  (parse-only is a diagnostic, no database; parse then write, serially, would give {serial:,.0f} msgs/s,"
+          f" ratio {serial / med['writer-only']:.2f})")
+    print(f"  ratio frames-to-rows / writer-only = {ratio:.2f}  (target >= 0.7: {'MET' if ratio >= 0.7 else 'NOT MET'})",
+          flush=True)
+    return {"median": med, "runs": rates, "ratio": ratio}
+
+
+# -- part 2: simulator over loopback -------------------------------------------------------------------------------
+
+
+def _simulator_proc(rate: float, n_symbols: int, conn: Any) -> None:
+    from hftdb.simulator import ExchangeSimulator
+
+    async def main() -> None:
+        sim = ExchangeSimulator(rate=rate, symbols=n_symbols, seed=7)
+        # Only the venue under test generates: the others have no subscriber and would only use CPU.
+        sim.markets = {USDM: sim.markets[USDM]}
+        loop = asyncio.get_running_loop()
+        async with sim:
+            conn.send((sim.rest_url(USDM), sim.ws_url(USDM)))
+            while True:
+                msg = await loop.run_in_executor(None, conn.recv)
+                conn.send((msg, time.time(), sim.ledger.frames(USDM.value, "bookTicker")))
+                if msg == "stop":
+                    return
+
+    asyncio.run(main())
+
+
+def _listener_proc(dsn: str, conn: Any) -> None:
+    async def main() -> None:
+        got: list[tuple[int, int, int]] = []
+
+        def on_notify(_c: Any, _pid: int, _ch: str, payload: str) -> None:
+            t = now_us()
+            body = msgspec.json.decode(payload)
+            got.append((t, body["max_ts"], body["rows"]))
+
+        pg = await asyncpg.connect(dsn)
+        await pg.add_listener("hftdb_book_tickers", on_notify)
+        loop = asyncio.get_running_loop()
+        conn.send("listening")
+        await loop.run_in_executor(None, conn.recv)
+        await asyncio.sleep(0.5)  # let the last commits' notifications arrive
+        await pg.close()
+        conn.send(got)
+
+    asyncio.run(main())
+
+
+async def run_rate(args: argparse.Namespace, admin_dsn: str, rate: float) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    name, dsn = await create_db(admin_dsn)
+    sim_parent, sim_child = ctx.Pipe()
+    lis_parent, lis_child = ctx.Pipe()
+    sim_p = ctx.Process(target=_simulator_proc, args=(rate, args.symbols, sim_child), daemon=True)
+    lis_p = ctx.Process(target=_listener_proc, args=(dsn, lis_child), daemon=True)
+    loop = asyncio.get_running_loop()
+    try:
+        sim_p.start()
+        lis_p.start()
+        rest_url, ws_url = await loop.run_in_executor(None, sim_parent.recv)
+        await loop.run_in_executor(None, lis_parent.recv)
+        async with DatabaseManager(dsn, settings=settings_for(dsn)) as db:
+            adapter = BinanceAdapter(USDM, db, rest_url=rest_url, ws_url=ws_url, channels=("bookTicker",))
+            async with adapter:
+                await adapter.sync_symbols()
+                task = asyncio.create_task(adapter.run_streams())
+                try:
+                    await asyncio.sleep(args.warmup)
+                    t0 = now_us()
+                    sim_parent.send("mark")
+                    _, s0, f0 = await loop.run_in_executor(None, sim_parent.recv)
+                    await asyncio.sleep(args.seconds)
+                    t1 = now_us()
+                    sim_parent.send("mark")
+                    _, s1, f1 = await loop.run_in_executor(None, sim_parent.recv)
+                    await asyncio.sleep(2.0)
+                finally:
+                    task.cancel()
+                    try:
+                        await task
+                    except asyncio.CancelledError:
+                        pass
+            await db.flush()
+            w = (await db.get_database_stats())["writers"]["book_tickers"]
+        lis_parent.send("stop")
+        notes: list[tuple[int, int, int]] = await loop.run_in_executor(None, lis_parent.recv)
+        sim_parent.send("stop")
+        await loop.run_in_executor(None, sim_parent.recv)
+        pg = await asyncpg.connect(dsn)
+        try:
+            recv = [r[0] for r in await pg.fetch(
+                "SELECT (extract(epoch FROM recv_ts) * 1000000)::int8 FROM book_tickers"
+                " WHERE recv_ts >= to_timestamp($1::float8 / 1e6) AND recv_ts < to_timestamp($2::float8 / 1e6)"
+                " ORDER BY recv_ts", float(t0), float(t1))]
+        finally:
+            await pg.close()
+    finally:
+        for p in (sim_p, lis_p):
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+        await drop_db(admin_dsn, name)
+
+    notes.sort()  # by arrival
+    max_ts = [n[1] for n in notes]
+    out_of_order = sum(1 for a, b in zip(max_ts, max_ts[1:]) if b < a)
+    arrivals = [n[0] for n in notes]
+    lat_ms = []
+    for ts in recv:
+        i = bisect.bisect_left(max_ts, ts) if not out_of_order else next(k for k, m in enumerate(max_ts) if m >= ts)
+        lat_ms.append((arrivals[i] - ts) / 1000)
+    window_s = (t1 - t0) / 1e6
+    res = {
+        "offered": rate, "delivered": (f1 - f0) / (s1 - s0), "ingested": len(recv) / window_s,
+        "p50_ms": pct(lat_ms, 0.50), "p99_ms": pct(lat_ms, 0.99), "max_ms": max(lat_ms),
+        "commits": sum(1 for a in arrivals if t0 <= a < t1), "out_of_order": out_of_order,
+        "writer_commit_p99_ms": w["commit_p99_ms"], "rejects": w["rejects"],
+    }
+    log(f"rate {rate:>8,.0f} offered: delivered {res['delivered']:>8,.0f}/s ingested {res['ingested']:>8,.0f}/s "
+        f"latency p50 {res['p50_ms']:6.1f} ms p99 {res['p99_ms']:6.1f} ms max {res['max_ms']:6.1f} ms "
+        f"({res['commits']} commits in window, out-of-order notifies {out_of_order})")
+    return res
+
+
+async def part2(args: argparse.Namespace, admin_dsn: str) -> dict[str, Any]:
+    per_rate: dict[float, list[dict[str, Any]]] = {r: [] for r in args.rates}
+    for run in range(args.sim_runs):
+        for rate in args.rates:
+            per_rate[rate].append(await run_rate(args, admin_dsn, rate))
+    age = WriterSettings().batch_max_age_ms
+    target = 2 * age + 10
+    print(f"\nPart 2: simulator over loopback, binance_usdm bookTicker, {args.symbols:,} symbols, {args.seconds:g} s "
+          f"window per rate, {args.sim_runs} run(s) (medians); receipt-to-commit latency over rows")
+    print(f"  {'offered/s':>10s} {'delivered/s':>12s} {'ingested/s':>11s} {'p50 ms':>8s} {'p99 ms':>8s} {'max ms':>8s}")
+    summary = {}
+    for rate, rs in per_rate.items():
+        m = {k: statistics.median(r[k] for r in rs) for k in ("delivered", "ingested", "p50_ms", "p99_ms", "max_ms")}
+        summary[rate] = m
+        print(f"  {rate:>10,.0f} {m['delivered']:>12,.0f} {m['ingested']:>11,.0f} {m['p50_ms']:>8.1f} "
+              f"{m['p99_ms']:>8.1f} {m['max_ms']:>8.1f}")
+    top = min(per_rate, key=lambda r: abs(r - args.target_rate))
+    p99 = summary[top]["p99_ms"]
+    print(f"  p99 at {top:,.0f} offered: {p99:.1f} ms (target < 2 x {age:g} + 10 = {target:g} ms: "
+          f"{'MET' if p99 < target else 'NOT MET'})", flush=True)
+    return summary
+
+
+# -- driver --------------------------------------------------------------------------------------------------------
+
+
+async def main(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="hftdb-e2e-"))
+    tmp.chmod(0o755)
+    server = None
+    try:
+        admin_dsn = os.environ.get("HFTDB_BENCH_DSN")
+        if not admin_dsn:
+            server = EmbeddedServer(tmp / "pg")
+            admin_dsn = await server.start()
+        print(f"loop {type(asyncio.get_running_loop()).__module__.split('.')[0]}, {os.cpu_count()} CPUs", flush=True)
+        if "memory" in args.parts:
+            await part1(args, admin_dsn)
+        if "sim" in args.parts:
+            await part2(args, admin_dsn)
+    finally:
+        if server is not None:
+            await server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--frames", type=int, default=200_000, help="frames per in-memory run (default 200,000)")
+    p.add_argument("--runs", type=int, default=3, help="in-memory runs of each method; medians (default 3)")
+    p.add_argument("--symbols", type=int, default=1_000, help="symbols (default 1,000)")
+    p.add_argument("--frames-per-call", type=int, default=100, help="frames per insert call (default 100)")
+    p.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")], default=[5_000.0, 20_000.0, 50_000.0],
+                   help="offered simulator rates, msg/s, comma-separated (default 5000,20000,50000)")
+    p.add_argument("--target-rate", type=float, default=50_000.0,
+                   help="offered rate the latency target is judged at (default 50,000)")
+    p.add_argument("--seconds", type=float, default=10.0, help="measurement window per rate (default 10)")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds streamed before the window (default 3)")
+    p.add_argument("--sim-runs", type=int, default=1, help="runs of each simulator rate; medians (default 1)")
+    p.add_argument("--parts", type=lambda s: s.split(","), default=["memory", "sim"], help="memory,sim")
+    p.add_argument("--seed", type=int, default=1)
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main(arguments))
+    else:
+        uvloop.run(main(arguments))
