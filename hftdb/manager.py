@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -408,7 +409,8 @@ class DatabaseManager:
         by_name = [r for r in rows if r.symbol_id is None]
         out: list[tuple[int, Any]] = []
         if by_id:
-            found = await reads.fetch_symbols_by_ids(self.pool, sorted({r.symbol_id for r in by_id}))
+            found = await self._until_reachable(
+                reads.fetch_symbols_by_ids, sorted({r.symbol_id for r in by_id}), writer=writer)
             for sym in found:
                 self._remember_symbol(sym)
             ids = {s.id for s in found}
@@ -423,7 +425,7 @@ class DatabaseManager:
         for name in names:
             if not isinstance(name, str):
                 raise ValidationError(f"exchange must be a string, got {type(name).__name__}")
-            exchanges[name] = await self.get_exchange_by_enum(name)
+            exchanges[name] = await self._until_reachable(self.get_exchange_by_enum, name, writer=writer, pool=False)
         wanted: dict[str, set[str]] = {}
         for r in by_name:
             sym = r.symbol
@@ -435,7 +437,8 @@ class DatabaseManager:
                 wanted.setdefault(r.exchange, set()).add(sym)
         for name, syms in wanted.items():
             ex = exchanges[name]
-            registered, created = await reads.register_symbols(self.pool, ex.id, sorted(syms))  # type: ignore[arg-type]
+            registered, created = await self._until_reachable(
+                reads.register_symbols, ex.id, sorted(syms), writer=writer)
             for sym in registered:
                 self._remember_symbol(sym)
             if created:
@@ -448,6 +451,33 @@ class DatabaseManager:
                 if sid is not None:
                     out.append((sid, r))
         return out
+
+    async def _until_reachable(self, fn: Any, *args: Any, writer: BatchWriter, pool: bool = True) -> Any:
+        """Run a lookup the hot path cannot do without (an unknown symbol's id), retrying while the database is away.
+
+        Rows of known symbols keep flowing into the writers' buffer and spool during an outage; a row whose
+        symbol has no id yet cannot be encoded, so the producer waits here, as it would on a full buffer under
+        the default ``block`` policy. Under ``raise`` it gets DatabaseUnavailableError at once; after close(),
+        ClosedError. Either way no row of the call has been taken, so the caller still holds them.
+        """
+        delay = self.settings.writer.retry_initial_ms / 1000.0
+        cap = self.settings.writer.retry_max_ms / 1000.0
+        warned = False
+        while True:
+            self._check_open()
+            try:
+                return await (fn(self.pool, *args) if pool else fn(*args))
+            except RETRYABLE as exc:
+                if self.settings.writer.full_policy == "raise":
+                    raise DatabaseUnavailableError(
+                        f"cannot register new symbols while the database is unreachable: {type(exc).__name__}"
+                    ) from exc
+                if not warned:
+                    logger.warning("%s: waiting for the database to register new symbols (%s: %s)",
+                                   writer.table, type(exc).__name__, exc)
+                    warned = True
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, cap)
 
     # -- writes ------------------------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import contextlib
 import asyncpg
 import pytest
 
-from hftdb import BufferFullError, DatabaseManager, ExchangeName
+from hftdb import BookTicker, BufferFullError, DatabaseManager, ExchangeName, now_us
 
 from helpers import settings, tickers
 
@@ -202,3 +202,23 @@ async def test_close_while_database_down_without_spool_reports_loss(fault_server
     assert db.writer("book_tickers").stats.rows_dropped == 10
     assert "no room to spool" in caplog.text
     await fault_server.start_again()
+
+
+async def test_new_symbol_during_outage_waits_for_the_database(fault_server, tmp_path):
+    async with DatabaseManager(fault_server.dsn, settings=settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        await db.insert_book_ticker_snapshots(tickers(10, start_id=10**6))
+        await db.flush()
+        await fault_server.kill()
+        # Known symbols still go in (buffered); a never-seen symbol needs an id from the database.
+        assert await db.insert_book_ticker_snapshots(tickers(10)) == 10
+        t = now_us()
+        fresh = asyncio.create_task(db.insert_book_ticker_snapshots([
+            BookTicker("binance_spot", "BRANDNEWUSDT", 1.0, 1.0, 1.1, 1.0, t + i, update_id=200 + i)
+            for i in range(5)]))
+        done, _ = await asyncio.wait({fresh}, timeout=1.0)
+        assert not done, "the producer should wait for the database, not lose or raise"
+        await fault_server.start_again()
+        assert await asyncio.wait_for(fresh, 60) == 5
+        await db.flush(timeout=60)
+    assert await _counts(fault_server.dsn) == (25, 25)
