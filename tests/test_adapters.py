@@ -573,3 +573,113 @@ def test_connection_planning_respects_each_venue_limit():
     for shard in okx.plan_connections(okx.topics()):
         for text, acks in okx.subscribe_messages(shard, iter(range(1, 10**6)).__next__):
             assert len(text.encode()) <= 65_536 and acks == text.count("instId")
+
+
+# -- listings changing under running streams ---------------------------------------------------------------
+
+
+def _rows_of(sink: RecordingSink, symbol: str) -> int:
+    return sum(r.symbol == symbol for r in sink.books) + sum(r.symbol == symbol for r in sink.funding)
+
+
+@pytest.mark.parametrize("venue", [E.BINANCE_USDM, E.BYBIT_LINEAR, E.OKX_SWAP], ids=str)
+async def test_symbol_sync_subscribes_new_listings_and_unsubscribes_delisted_ones(make_sim, adapters, venue):
+    s = await make_sim()
+    sink = RecordingSink()
+    adapter = await adapters(s, venue, sink)  # symbols=None: follow the listing
+    await adapter.sync_symbols()
+    new = "NEW-USDT-SWAP" if venue is E.OKX_SWAP else "NEWUSDT"
+    old = s.symbols(venue)[0]
+    n_channels = len(adapter.channels)
+    async with streaming(adapter):
+        await sink.wait_until(lambda: {r.symbol for r in sink.books} == set(s.symbols(venue)))
+
+        s.list_symbol(venue, new)
+        await adapter.sync_symbols()
+        assert {x.symbol: x.status for x in sink.symbols[venue.value]}[new] == "trading"
+        await s.wait_until(lambda: s.subscribed(venue, new) == n_channels, timeout=10)
+        await sink.wait_until(lambda: any(r.symbol == new for r in sink.books))
+        await sink.wait_until(lambda: any(r.symbol == new for r in sink.funding))
+
+        s.delist_symbol(venue, old)
+        await adapter.sync_symbols()
+        assert {x.symbol: x.status for x in sink.symbols[venue.value]}[old] != "trading"
+        await s.wait_until(lambda: s.subscribed(venue, old) == 0, timeout=10)
+        assert not [t for t in adapter.streamed_topics if old in t]
+        # Everything the simulator sent for it went before the acknowledged unsubscribe: nothing more comes.
+        sent_old = sum(t.frames for (_, _, sym), t in s.ledger.streams(venue).items() if sym == old)
+        after = len(sink.books)
+        await sink.wait_until(lambda: len(sink.books) >= after + 100)
+        await assert_exactly_once(s, sink, venue)
+        assert sum(t.frames for (_, _, sym), t in s.ledger.streams(venue).items() if sym == old) == sent_old
+        assert _rows_of(sink, old) == sent_old  # no duplicates were injected: one frame, one row
+        assert s.ledger.messages(venue) > 0 and any(sym == new for (_, _, sym) in s.ledger.streams(venue))
+    stats = adapter.stats
+    # Done on the live connection through the venue's own (un)subscribe requests, not by reconnecting.
+    assert (stats.reconnects, stats.rollovers, stats.errors, stats.rejected) == (0, 0, 0, 0)
+
+
+async def test_a_new_listing_opens_a_connection_when_the_shard_is_full(make_sim, adapters):
+    s = await make_sim(symbols=3, limits=Limits(binance_spot_max_streams=3))
+    sink = RecordingSink()
+    adapter = await adapters(s, E.BINANCE_SPOT, sink, max_topics_per_connection=3)
+    await adapter.sync_symbols()
+    async with streaming(adapter):
+        await s.wait_until(lambda: s.subscriptions(E.BINANCE_SPOT) == 3, timeout=10)
+        assert s.connections(E.BINANCE_SPOT) == 1
+
+        s.list_symbol(E.BINANCE_SPOT, "NEWUSDT")
+        await adapter.sync_symbols()
+        await s.wait_until(lambda: s.connections(E.BINANCE_SPOT) == 2 and s.subscribed(E.BINANCE_SPOT, "NEWUSDT") == 1,
+                           timeout=10)
+        await adapter.wait_until(lambda st: st.connections == 2, timeout=10)
+        await sink.wait_until(lambda: any(r.symbol == "NEWUSDT" for r in sink.books))
+
+        # Its connection carries nothing else once it is delisted: it is closed, the full one stays.
+        s.delist_symbol(E.BINANCE_SPOT, "NEWUSDT")
+        await adapter.sync_symbols()
+        await s.wait_until(lambda: s.connections(E.BINANCE_SPOT) == 1, timeout=10)
+        assert s.subscriptions(E.BINANCE_SPOT) == 3 and s.subscribed(E.BINANCE_SPOT, "NEWUSDT") == 0
+        after = len(sink.books)
+        await sink.wait_until(lambda: len(sink.books) >= after + 50)
+        await assert_exactly_once(s, sink, E.BINANCE_SPOT)
+    assert (adapter.stats.errors, adapter.stats.reconnects, adapter.stats.rollovers) == (0, 0, 0)
+
+
+async def test_new_listings_are_subscribed_within_the_per_message_limit(make_sim, adapters):
+    s = await make_sim(symbols=2)
+    sink = RecordingSink()
+    adapter = await adapters(s, E.BYBIT_SPOT, sink)
+    await adapter.sync_symbols()
+    new = [f"N{i:02d}USDT" for i in range(12)]
+    async with streaming(adapter):
+        await s.wait_until(lambda: s.subscriptions(E.BYBIT_SPOT) == 2, timeout=10)
+        for symbol in new:
+            s.list_symbol(E.BYBIT_SPOT, symbol)
+        await adapter.sync_symbols()
+        # The venue refuses more than 10 args a request: 12 new topics must go as two requests on the same connection.
+        await s.wait_until(lambda: s.subscriptions(E.BYBIT_SPOT) == 14, timeout=10)
+        assert s.connections(E.BYBIT_SPOT) == 1
+        await sink.wait_until(lambda: {r.symbol for r in sink.books} >= set(new))
+        await assert_exactly_once(s, sink, E.BYBIT_SPOT)
+    assert (adapter.stats.errors, adapter.stats.reconnects, adapter.stats.rollovers) == (0, 0, 0)
+
+
+async def test_simulator_listing_changes_show_in_rest_and_subscriptions(make_sim, adapters):
+    s = await make_sim(symbols=2)
+    with pytest.raises(ValueError, match="symbol"):
+        s.list_symbol(E.OKX_SWAP, "NEW-USDT")  # a spot name on the swap market
+    with pytest.raises(ValueError, match="already listed"):
+        s.list_symbol(E.BINANCE_USDM, s.symbols(E.BINANCE_USDM)[0])
+    with pytest.raises(ValueError, match="not trading"):
+        s.delist_symbol(E.BINANCE_USDM, "NOPEUSDT")
+    sink = RecordingSink()
+    adapter = await adapters(s, E.OKX_SWAP, sink, symbols=["BTC-USDT-SWAP"], max_reconnect_attempts=0)
+    s.delist_symbol(E.OKX_SWAP, "BTC-USDT-SWAP")
+    assert s.symbols(E.OKX_SWAP) == ["ETH-USDT-SWAP"]
+    await adapter.sync_symbols()
+    assert {x.symbol: x.status for x in sink.symbols[E.OKX_SWAP.value]} == {"BTC-USDT-SWAP": "halted", "ETH-USDT-SWAP": "trading"}
+    with pytest.raises(ExchangeError, match="giving up"):  # a suspended instrument cannot be subscribed
+        await adapter.run_streams()
+    s.list_symbol(E.OKX_SWAP, "BTC-USDT-SWAP")  # listed again
+    assert s.symbols(E.OKX_SWAP) == ["ETH-USDT-SWAP", "BTC-USDT-SWAP"]

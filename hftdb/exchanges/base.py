@@ -18,7 +18,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import msgspec
 
@@ -27,6 +27,9 @@ from ..models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, S
 from .parsing import Rejects
 from .rest import RestClient
 from .signing import Credentials
+
+if TYPE_CHECKING:
+    from .ws import StreamRunner
 
 __all__ = ["Sink", "Backoff", "FeedStats", "ExchangeAdapter"]
 
@@ -255,6 +258,7 @@ class ExchangeAdapter:
         self._rest = RestClient(self.rest_url, name=venue.value, backoff=self.reconnect, timeout=timeout,
                                 retry_statuses=self.rest_retry_statuses)
         self._synced: list[Symbol] | None = None
+        self._runner: StreamRunner | None = None
         self._changed = asyncio.Event()
         self._state = _State.UNOPENED
 
@@ -323,7 +327,11 @@ class ExchangeAdapter:
         return self.new_parser().parse_symbols(body, exchange_id, now_us())
 
     async def sync_symbols(self, *, timeout: float | None = None) -> tuple[int, int]:
-        """Fetch the venue's instruments and upsert them through the sink; return the sink's counts."""
+        """Fetch the venue's instruments and upsert them through the sink; return the sink's counts.
+
+        When this adapter streams every trading symbol (``symbols=None``) and :meth:`run_streams` is running,
+        the running streams follow the listing: new trading symbols are subscribed (on connections with room
+        left, or new ones), and symbols delisted or halted are unsubscribed."""
         self._check_open()
         exchange = await self.sink.insert_exchange(self.exchange_record())
         if exchange.id is None:
@@ -332,7 +340,17 @@ class ExchangeAdapter:
         result = await self.sink.sync_symbols(self.venue, symbols)
         self._synced = symbols
         logger.info("%s: synced %d symbols: %s", self.venue.value, len(symbols), result)
+        runner = self._runner
+        if self.symbols is None and runner is not None and runner.running:
+            await runner.update(self.topics())
+            self.notify()
         return result
+
+    @property
+    def streamed_topics(self) -> list[str]:
+        """The topics the running streams carry (or are subscribing); empty when they are not running."""
+        runner = self._runner
+        return runner.topics if runner is not None and runner.running else []
 
     async def run_symbol_sync(self, interval: float, *, timeout: float | None = None) -> None:
         """Sync symbols now and every ``interval`` seconds until cancelled; failures are logged and retried
@@ -410,7 +428,12 @@ class ExchangeAdapter:
             await self.sync_symbols()
         from .ws import StreamRunner  # ws imports this module
 
-        await StreamRunner(self).run()
+        runner = self._runner = StreamRunner(self)
+        try:
+            await runner.run()
+        finally:
+            if self._runner is runner:
+                self._runner = None
 
     # -- balances --------------------------------------------------------------------------------------
 
@@ -511,6 +534,10 @@ class ExchangeAdapter:
 
     def subscribe_messages(self, topics: Sequence[str], next_id: Callable[[], int]) -> list[tuple[str, int]]:
         """The subscribe requests for one connection's topics, each with the number of acks it will get."""
+        raise NotImplementedError
+
+    def unsubscribe_messages(self, topics: Sequence[str], next_id: Callable[[], int]) -> list[tuple[str, int]]:
+        """The unsubscribe requests for ``topics`` of one connection, each with the number of acks it will get."""
         raise NotImplementedError
 
     def ping_message(self, next_id: Callable[[], int]) -> str | None:

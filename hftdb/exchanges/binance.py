@@ -96,10 +96,14 @@ class BinanceAdapter(ExchangeAdapter):
 
     def subscribe_messages(self, topics: Sequence[str], next_id: Callable[[], int]) -> list[tuple[str, int]]:
         """One ``SUBSCRIBE`` per batch of at most 200 streams, each acknowledged once."""
-        return [
-            (json.dumps({"method": "SUBSCRIBE", "params": batch, "id": next_id()}), 1)
-            for batch in self.batches(topics)
-        ]
+        return self._requests("SUBSCRIBE", topics, next_id)
+
+    def unsubscribe_messages(self, topics: Sequence[str], next_id: Callable[[], int]) -> list[tuple[str, int]]:
+        """One ``UNSUBSCRIBE`` per batch of at most 200 streams, each acknowledged once."""
+        return self._requests("UNSUBSCRIBE", topics, next_id)
+
+    def _requests(self, method: str, topics: Sequence[str], next_id: Callable[[], int]) -> list[tuple[str, int]]:
+        return [(json.dumps({"method": method, "params": batch, "id": next_id()}), 1) for batch in self.batches(topics)]
 
     def ping_message(self, next_id: Callable[[], int]) -> str:
         """``LIST_SUBSCRIPTIONS``: a cheap request whose answer shows the connection is alive."""

@@ -129,10 +129,14 @@ class BybitAdapter(ExchangeAdapter):
 
     def subscribe_messages(self, topics: Sequence[str], next_id: Callable[[], int]) -> list[tuple[str, int]]:
         """One ``subscribe`` op per batch (10 args on spot), each answered once."""
-        return [
-            (json.dumps({"op": "subscribe", "args": batch, "req_id": str(next_id())}), 1)
-            for batch in self.batches(topics)
-        ]
+        return self._requests("subscribe", topics, next_id)
+
+    def unsubscribe_messages(self, topics: Sequence[str], next_id: Callable[[], int]) -> list[tuple[str, int]]:
+        """One ``unsubscribe`` op per batch (10 args on spot), each answered once."""
+        return self._requests("unsubscribe", topics, next_id)
+
+    def _requests(self, op: str, topics: Sequence[str], next_id: Callable[[], int]) -> list[tuple[str, int]]:
+        return [(json.dumps({"op": op, "args": batch, "req_id": str(next_id())}), 1) for batch in self.batches(topics)]
 
     def ping_message(self, next_id: Callable[[], int]) -> str:
         """``{"op": "ping"}``."""

@@ -81,10 +81,17 @@ class OkxAdapter(ExchangeAdapter):
 
     def subscribe_messages(self, topics: Sequence[str], next_id: Callable[[], int]) -> list[tuple[str, int]]:
         """One ``subscribe`` op per batch (under 64 KB), acknowledged once per arg."""
+        return self._requests("subscribe", topics, next_id)
+
+    def unsubscribe_messages(self, topics: Sequence[str], next_id: Callable[[], int]) -> list[tuple[str, int]]:
+        """One ``unsubscribe`` op per batch (under 64 KB), acknowledged once per arg."""
+        return self._requests("unsubscribe", topics, next_id)
+
+    def _requests(self, op: str, topics: Sequence[str], next_id: Callable[[], int]) -> list[tuple[str, int]]:
         out = []
         for batch in self.batches(topics):
             args = [dict(zip(("channel", "instId"), t.split(":", 1))) for t in batch]
-            out.append((json.dumps({"id": str(next_id()), "op": "subscribe", "args": args}), len(args)))
+            out.append((json.dumps({"id": str(next_id()), "op": op, "args": args}), len(args)))
         return out
 
     def ping_message(self, next_id: Callable[[], int]) -> str:

@@ -18,6 +18,11 @@ queue is long, so a slow sink pushes back on the exchange through TCP instead of
   streams; its rows are held until the old connection is closed and drained, then released. Each stream's
   frames are processed in order, so dropping rows whose update id (or exchange time) was already stored
   makes the overlap exact: nothing lost, nothing twice.
+* **Listing changes**: :meth:`StreamRunner.update` (called by the adapter's symbol sync) unsubscribes the
+  topics no longer wanted on the connections carrying them, subscribes new ones on connections with room left
+  (within the per-connection and per-message limits), and opens new connections for the rest. A connection
+  left with no topic is closed, unless it is the last one. A change the venue does not acknowledge ends the
+  connection with a handover, whose successor subscribes the shard's current topics.
 * **Sequence**: within one connection, an update id that jumps is a gap (counted, where the venue's ids are
   consecutive) and one that repeats or goes back is a duplicate (dropped). A snapshot may restart ids (Bybit
   sends ``u=1`` after a service restart): on a live connection it resets the stream.
@@ -31,13 +36,21 @@ import itertools
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from picows import WSCloseCode, WSError, WSListener, WSMsgType, ws_connect
 
-from ..errors import ExchangeError, FrameError
+from ..errors import ExchangeError, FrameError, StateError
 from ..models import Balance, BookTicker, FundingRate, now_us
-from .parsing import CONTROL_ERROR, CONTROL_PONG, CONTROL_RECONNECT, CONTROL_SNAPSHOT, CONTROL_SUBSCRIBED
+from .parsing import (
+    CONTROL_ERROR,
+    CONTROL_PONG,
+    CONTROL_RECONNECT,
+    CONTROL_SNAPSHOT,
+    CONTROL_SUBSCRIBED,
+    CONTROL_UNSUBSCRIBED,
+)
 
 if TYPE_CHECKING:
     from .base import ExchangeAdapter
@@ -261,6 +274,39 @@ class _Session:
         if self.ended.is_set():
             raise ConnectionLost(f"{self.conn.name}: ended while subscribing ({self.reason})")
 
+    async def change(self, topics: list[str], *, subscribe: bool) -> None:
+        """Subscribe (or unsubscribe) ``topics`` on this live connection and wait for every acknowledgement;
+        raise :class:`ConnectionLost` if the venue refuses, does not answer in time, or the connection ends."""
+        adapter = self.runner.adapter
+        make = adapter.subscribe_messages if subscribe else adapter.unsubscribe_messages
+        messages = make(topics, self.runner.next_id)
+        # Counted afresh: every earlier request was acknowledged (or the connection was handed over). A refusal
+        # sets subscribe_error while the event is clear. (Binance answers its keep-alive query with an id too, so
+        # one arriving now may count as an acknowledgement: at worst this returns a little early.)
+        self.subscribed.clear()
+        self.subscribe_error = None
+        self.acks = 0
+        self.expected_acks = sum(acks for _, acks in messages)
+        if self.expected_acks == 0:
+            self.subscribed.set()
+        for text, _ in messages:
+            await self.pacer.wait()
+            self.conn.send_text(text)
+        action = "subscribe" if subscribe else "unsubscribe"
+        try:
+            async with asyncio.timeout(adapter.subscribe_timeout):
+                await self.subscribed.wait()
+        except TimeoutError:
+            raise ConnectionLost(f"{self.conn.name}: {action} of {len(topics)} topics not acknowledged "
+                                 f"after {adapter.subscribe_timeout}s") from None
+        finally:
+            self.subscribed.set()  # so that a later error is logged, not taken for a refusal
+        if self.subscribe_error is not None:
+            error, self.subscribe_error = self.subscribe_error, None
+            raise ConnectionLost(f"{self.conn.name}: {action} refused: {error}")
+        if self.ended.is_set():
+            raise ConnectionLost(f"{self.conn.name}: ended during {action} ({self.reason})")
+
     async def _consume(self) -> None:
         runner = self.runner
         conn = self.conn
@@ -348,7 +394,7 @@ class _Session:
         adapter = self.runner.adapter
         if control == CONTROL_PONG:
             return
-        if control == CONTROL_SUBSCRIBED:
+        if control == CONTROL_SUBSCRIBED or control == CONTROL_UNSUBSCRIBED:
             self.acks += 1
             if self.acks >= self.expected_acks:
                 self.subscribed.set()
@@ -424,6 +470,21 @@ class _Session:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
+class _Shard:
+    """The topics one connection carries (changed by :meth:`StreamRunner.update`), its live session and the
+    task supervising it. ``lock`` serializes opening, handing over and closing with subscription changes."""
+
+    def __init__(self, index: int, topics: tuple[str, ...]) -> None:
+        self.index = index
+        self.topics = list(topics)
+        self.session: _Session | None = None
+        self.lock = asyncio.Lock()
+        self.task: asyncio.Task | None = None
+
+    def __repr__(self) -> str:
+        return f"<_Shard {self.index} topics={len(self.topics)}>"
+
+
 class StreamRunner:
     """Runs an adapter's streams: one supervised shard per connection the topics need."""
 
@@ -437,6 +498,20 @@ class StreamRunner:
         self._pushes: set[asyncio.Task] = set()
         self._connect_pacer = _Pacer(adapter.connect_interval)
         self._shard_names = itertools.count(1)
+        self._shards: list[_Shard] = []
+        self._shard_index = itertools.count()
+        self._tg: asyncio.TaskGroup | None = None
+        self._update_lock = asyncio.Lock()
+
+    @property
+    def running(self) -> bool:
+        """Whether :meth:`run` is streaming (so that :meth:`update` can change the topics)."""
+        return self._tg is not None
+
+    @property
+    def topics(self) -> list[str]:
+        """The topics currently streamed (or being subscribed), shard by shard."""
+        return [t for shard in self._shards for t in shard.topics]
 
     async def run(self) -> None:
         """Stream every topic of the adapter until cancelled (see the module docstring for how)."""
@@ -447,8 +522,9 @@ class StreamRunner:
         logger.info("%s: streaming %d topics over %d connection(s)", adapter.venue.value, sum(map(len, shards)), len(shards))
         try:
             async with asyncio.TaskGroup() as tg:
-                for i, shard in enumerate(shards):
-                    tg.create_task(self._run_shard(i, shard), name=f"{adapter.venue.value}-shard-{i}")
+                self._tg = tg
+                for topics in shards:
+                    self._start_shard(topics)
         except BaseExceptionGroup as group:
             # A shard gives up only with an ExchangeError; callers expect that error, not a group of them.
             first = next((e for e in group.exceptions if isinstance(e, ExchangeError)), None)
@@ -456,10 +532,97 @@ class StreamRunner:
                 raise
             raise first from None
         finally:
+            self._tg = None
             # Shielded: rows already admitted must reach the sink even if we are cancelled again, or they leave a
             # hole that no later message fills. The tasks stay owned by self._pushes meanwhile.
             if self._pushes:
                 await asyncio.shield(asyncio.gather(*self._pushes, return_exceptions=True))
+
+    def _start_shard(self, topics: tuple[str, ...]) -> _Shard:
+        assert self._tg is not None
+        shard = _Shard(next(self._shard_index), topics)
+        self._shards.append(shard)
+        name = f"{self.adapter.venue.value}-shard-{shard.index}"
+        shard.task = self._tg.create_task(self._run_shard(shard), name=name)
+        return shard
+
+    async def update(self, topics: Sequence[str]) -> tuple[int, int]:
+        """Stream exactly ``topics`` from now on: unsubscribe the ones no longer wanted, subscribe the new ones on
+        connections with room left, open connections for the rest. Returns (added, removed). A change the venue
+        does not acknowledge is logged and repaired by handing the connection over (see the module docstring)."""
+        if not self.running:
+            raise StateError(f"{self.adapter.venue.value}: the streams are not running")
+        async with self._update_lock:
+            wanted = list(dict.fromkeys(topics))
+            keep = set(wanted)
+            removed = 0
+            for shard in list(self._shards):
+                gone = [t for t in shard.topics if t not in keep]
+                if not gone:
+                    continue
+                removed += len(gone)
+                if len(gone) == len(shard.topics) and len(self._shards) > 1:
+                    await self._stop_shard(shard)
+                else:
+                    await self._change(shard, gone, subscribe=False)
+            current = set(self.topics)
+            new = [t for t in wanted if t not in current]
+            added = len(new)
+            for shard in list(self._shards):
+                if not new:
+                    break
+                take = self._fill(shard.topics, new)
+                if take:
+                    new = new[len(take):]
+                    await self._change(shard, take, subscribe=True)
+            for shard_topics in self.adapter.plan_connections(new):
+                self._start_shard(shard_topics)
+            if added or removed:
+                logger.info("%s: %d topics added, %d removed; %d topics over %d connection(s)",
+                            self.adapter.venue.value, added, removed, len(self.topics), len(self._shards))
+            return added, removed
+
+    def _fill(self, have: list[str], new: list[str]) -> list[str]:
+        """The first of ``new`` that still fit on a connection carrying ``have``."""
+        adapter = self.adapter
+        limit_chars = adapter.max_topic_chars_per_connection
+        room = adapter.topics_per_connection - len(have)
+        chars = sum(map(len, have))
+        take: list[str] = []
+        for topic in new:
+            if len(take) >= room or (limit_chars is not None and chars + len(topic) > limit_chars):
+                break
+            take.append(topic)
+            chars += len(topic)
+        return take
+
+    async def _change(self, shard: _Shard, topics: list[str], *, subscribe: bool) -> None:
+        async with shard.lock:
+            if subscribe:
+                shard.topics.extend(topics)
+            else:
+                gone = set(topics)
+                shard.topics = [t for t in shard.topics if t not in gone]
+            session = shard.session
+            if session is None or session.ended.is_set():
+                return  # the shard's next connection subscribes its topics as they are now
+            try:
+                await session.change(topics, subscribe=subscribe)
+            except ConnectionLost as exc:
+                logger.warning("%s; handing the connection over to resubscribe", exc)
+                session.end("resubscribe")
+                return
+        logger.info("%s: %s %d topics", session.conn.name, "subscribed" if subscribe else "unsubscribed", len(topics))
+
+    async def _stop_shard(self, shard: _Shard) -> None:
+        # Its task closes the connection gracefully when cancelled: what was sent before is still stored.
+        self._shards.remove(shard)
+        async with shard.lock:
+            shard.topics = []
+            if shard.task is not None:
+                shard.task.cancel()
+        if shard.task is not None:
+            await asyncio.gather(shard.task, return_exceptions=True)
 
     async def _open(self, index: int, topics: tuple[str, ...], *, hold: bool) -> _Session:
         adapter = self.adapter
@@ -484,17 +647,19 @@ class StreamRunner:
         self.adapter.stats.connections -= 1
         self.adapter.notify()
 
-    async def _run_shard(self, index: int, topics: tuple[str, ...]) -> None:
+    async def _run_shard(self, shard: _Shard) -> None:
         adapter = self.adapter
         stats = adapter.stats
         venue = adapter.venue.value
+        index = shard.index
         failures = 0
         session: _Session | None = None
         try:
             while True:
                 if session is None:
                     try:
-                        session = await self._open(index, topics, hold=False)
+                        async with shard.lock:
+                            session = shard.session = await self._open(index, tuple(shard.topics), hold=False)
                     except ConnectionLost as exc:
                         failures += 1
                         if adapter.max_reconnect_attempts is not None and failures > adapter.max_reconnect_attempts:
@@ -506,18 +671,22 @@ class StreamRunner:
                 await session.ended.wait()
                 if session.got_data:
                     failures = 0
-                if session.reason in ("rollover", "reconnect", "resync"):
+                if session.reason in ("rollover", "reconnect", "resync", "resubscribe"):
                     if session.reason == "resync":
                         stats.resyncs += 1
-                    session = await self._handover(index, topics, session)
+                    async with shard.lock:
+                        session = shard.session = await self._handover(index, tuple(shard.topics), session)
                     continue
                 stats.reconnects += 1
                 failures += 1
                 logger.warning("%s: connection %s ended: %s; reconnecting", venue, session.conn.name, session.reason)
-                await self._close(session, graceful=False)
+                async with shard.lock:
+                    shard.session = None
+                    await self._close(session, graceful=False)
                 session = None
                 await asyncio.sleep(adapter.reconnect.delay(failures - 1))
         finally:
+            shard.session = None
             if session is not None:
                 # Graceful even when cancelled: what the server sent before its close frame is still stored.
                 await self._close(session, graceful=True)

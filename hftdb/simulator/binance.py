@@ -98,7 +98,7 @@ class BinanceHost(Host):
                 continue
             row = {
                 "symbol": inst.symbol,
-                "status": "TRADING",
+                "status": "TRADING" if inst.trading else "BREAK",
                 "baseAsset": inst.base,
                 "quoteAsset": inst.quote,
                 "filters": [
@@ -236,12 +236,14 @@ class BinanceHost(Host):
         for stream in parsed:
             self.subscribe(session, stream)
 
-    def _stream(self, name: str) -> tuple[ExchangeName, str, str] | None:
+    def _stream(self, name: str, *, trading: bool = True) -> tuple[ExchangeName, str, str] | None:
+        """The stream of ``name``; a symbol no longer trading is refused unless ``trading`` is False (unsubscribe)."""
         symbol, sep, channel = name.partition("@")
         if not sep or symbol != symbol.lower():
             return None
         symbol = symbol.upper()
-        if symbol not in self.market.by_symbol or channel not in self.channels[self.venue][0] + self.channels[self.venue][1]:
+        known = self.market.trading(symbol) if trading else symbol in self.market.by_symbol
+        if not known or channel not in self.channels[self.venue][0] + self.channels[self.venue][1]:
             return None
         return (self.venue, channel, symbol)
 
@@ -283,7 +285,7 @@ class BinanceHost(Host):
         if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
             session.send_control(self.json({"error": {"code": 2, "msg": "Invalid request: params must be a list of strings"}, "id": req_id}))
             return
-        streams = [self._stream(p) for p in params]
+        streams = [self._stream(p, trading=method == "SUBSCRIBE") for p in params]
         if any(s is None for s in streams):
             bad = next(p for p, s in zip(params, streams) if s is None)
             session.send_control(self.json({"error": {"code": 2, "msg": f"Invalid request: invalid stream name `{bad}`"}, "id": req_id}))

@@ -98,7 +98,7 @@ class BybitHost(Host):
                 "symbol": inst.symbol,
                 "baseCoin": inst.base,
                 "quoteCoin": inst.quote,
-                "status": "Trading",
+                "status": "Trading" if inst.trading else "Closed",
                 "priceFilter": {"tickSize": inst.tick},
             }
             if venue is _SPOT:
@@ -196,7 +196,7 @@ class BybitHost(Host):
         body["op"] = op
         session.send_control(self.json(body))
 
-    def _topic(self, venue: ExchangeName, topic: str) -> tuple[ExchangeName, str, str] | str:
+    def _topic(self, venue: ExchangeName, topic: str, *, trading: bool = True) -> tuple[ExchangeName, str, str] | str:
         kind, _, rest = topic.partition(".")
         if kind == "orderbook":
             depth, _, symbol = rest.partition(".")
@@ -206,7 +206,8 @@ class BybitHost(Host):
         books, funding = self.channels[venue]
         if channel not in books + funding:
             return f"error:handler not found,topic:{topic}"
-        if symbol not in self.markets[venue].by_symbol:
+        market = self.markets[venue]
+        if not (market.trading(symbol) if trading else symbol in market.by_symbol):
             return f"Invalid symbol :[{topic}]"
         return (venue, channel, symbol)
 
@@ -236,7 +237,7 @@ class BybitHost(Host):
             return
         streams = []
         for topic in args:
-            parsed = self._topic(venue, topic)
+            parsed = self._topic(venue, topic, trading=op == "subscribe")
             if isinstance(parsed, str):
                 self._reply(session, req, op, False, parsed)
                 return
@@ -278,7 +279,7 @@ class BybitHost(Host):
         now_ms = self.now_ms()
         for stream in list(session.subs):
             venue, channel, symbol = stream
-            if channel != "orderbook.1":
+            if channel != "orderbook.1" or not self.markets[venue].trading(symbol):
                 continue
             last = max(self._book_changed.get((venue, symbol), 0.0), session.snapshot_at.get(stream, 0.0))
             if now - last >= after:

@@ -35,6 +35,7 @@ class Instrument:
     kind: str  # "spot" or "perpetual"
     price_decimals: int
     qty_decimals: int
+    trading: bool = True  # False once delisted: still listed over REST (halted), no longer streamed
 
     @property
     def tick(self) -> str:
@@ -81,26 +82,73 @@ class Market:
         self.venue = venue
         self.rng = random.Random(f"{seed}:{venue.value}")
         self.instruments: list[Instrument] = []
+        self.by_symbol: dict[str, Instrument] = {}
+        #: the trading symbols, in listing order: the ones the generator moves (one list, changed in place)
+        self.listed: list[str] = []
+        #: bumped by every listing change, so the generator knows to re-read :attr:`listed`
+        self.version = 0
         self.quotes: dict[str, Quote] = {}
         self._last_ts: dict[tuple[str, str], int] = {}
-        perpetual = venue in PERPETUAL_VENUES
+        self._perpetual = venue in PERPETUAL_VENUES
         for i in range(symbols):
             if i < len(_BASES):
                 base, price = _BASES[i]
             else:
                 base, price = f"X{i:03d}", round(10 ** self.rng.uniform(-2, 3), 4)
-            pdec = min(8, max(0, 5 - math.floor(math.log10(price))))
-            qdec = min(6, max(0, math.floor(math.log10(price)) - 1))
-            inst = Instrument(self._native(base, perpetual), base, "USDT", "perpetual" if perpetual else "spot", pdec, qdec)
-            self.instruments.append(inst)
-            mid = round(price * 10**pdec)
-            # A first update id far from zero, as on a live venue.
-            first_id = self.rng.randrange(1_000_000, 100_000_000)
-            self.quotes[inst.symbol] = Quote(
-                bid=mid - 1, ask=mid + 1, bid_qty=1.0, ask_qty=1.0, prev_bid=mid - 1, prev_ask=mid + 1,
-                update_id=first_id, mark=mid, index=mid,
-            )
-        self.by_symbol = {inst.symbol: inst for inst in self.instruments}
+            self._add(base, price)
+
+    def _add(self, base: str, price: float) -> Instrument:
+        pdec = min(8, max(0, 5 - math.floor(math.log10(price))))
+        qdec = min(6, max(0, math.floor(math.log10(price)) - 1))
+        kind = "perpetual" if self._perpetual else "spot"
+        inst = Instrument(self._native(base, self._perpetual), base, "USDT", kind, pdec, qdec)
+        self.instruments.append(inst)
+        self.by_symbol[inst.symbol] = inst
+        self.listed.append(inst.symbol)
+        mid = round(price * 10**pdec)
+        # A first update id far from zero, as on a live venue.
+        first_id = self.rng.randrange(1_000_000, 100_000_000)
+        self.quotes[inst.symbol] = Quote(
+            bid=mid - 1, ask=mid + 1, bid_qty=1.0, ask_qty=1.0, prev_bid=mid - 1, prev_ask=mid + 1,
+            update_id=first_id, mark=mid, index=mid,
+        )
+        self.version += 1
+        return inst
+
+    def trading(self, symbol: str) -> bool:
+        """Whether ``symbol`` is listed and trading (so that it can be subscribed and is streamed)."""
+        inst = self.by_symbol.get(symbol)
+        return inst is not None and inst.trading
+
+    def list_symbol(self, symbol: str, *, price: float = 1.0) -> Instrument:
+        """List ``symbol`` (native, quoted in USDT) at about ``price``, or list again a delisted one; from now on
+        it is in the instruments answer as trading and its quotes move."""
+        if price <= 0:
+            raise ValueError(f"price must be > 0, got {price!r}")
+        inst = self.by_symbol.get(symbol)
+        if inst is not None:
+            if inst.trading:
+                raise ValueError(f"symbol: {symbol!r} is already listed on {self.venue.value}")
+            inst.trading = True
+            self.listed.append(symbol)
+            self.version += 1
+            return inst
+        okx = self.venue in (ExchangeName.OKX_SPOT, ExchangeName.OKX_SWAP)
+        base = symbol.split("-", 1)[0] if okx else symbol.removesuffix("USDT")
+        if not base or self._native(base, self._perpetual) != symbol:
+            raise ValueError(f"symbol: {symbol!r} is not a USDT {'perpetual' if self._perpetual else 'spot'} "
+                             f"symbol of {self.venue.value} (e.g. {self._native('ABC', self._perpetual)!r})")
+        return self._add(base, price)
+
+    def delist_symbol(self, symbol: str) -> Instrument:
+        """Stop trading ``symbol``: the instruments answer shows it halted, and no more messages are generated."""
+        inst = self.by_symbol.get(symbol)
+        if inst is None or not inst.trading:
+            raise ValueError(f"symbol: {symbol!r} is not trading on {self.venue.value}")
+        inst.trading = False
+        self.listed.remove(symbol)
+        self.version += 1
+        return inst
 
     def _native(self, base: str, perpetual: bool) -> str:
         if self.venue in (ExchangeName.OKX_SPOT, ExchangeName.OKX_SWAP):

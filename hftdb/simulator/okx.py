@@ -83,7 +83,7 @@ class OkxHost(Host):
             row = {
                 "alias": "", "category": "1", "expTime": "", "instId": inst.symbol, "instType": inst_type,
                 "lever": "10" if venue is _SPOT else "100", "listTime": "1611916828000", "maxIcebergSz": "9999999999",
-                "maxLmtSz": "9999999999", "maxMktSz": "1000000", "optType": "", "state": "live", "stk": "",
+                "maxLmtSz": "9999999999", "maxMktSz": "1000000", "optType": "", "state": "live" if inst.trading else "suspend", "stk": "",
                 "tickSz": inst.tick,
             }
             if venue is _SPOT:
@@ -192,6 +192,8 @@ class OkxHost(Host):
         for arg in args:
             channel, inst_id = arg.get("channel"), arg.get("instId")
             venue = self._venue_of(inst_id) if isinstance(inst_id, str) else None
+            if venue is not None and op == "subscribe" and not self.markets[venue].trading(inst_id):
+                venue = None  # a suspended instrument cannot be subscribed, only unsubscribed
             if venue is None or channel not in sum(self.channels[venue], ()):
                 self._event(session, req_id, {
                     "event": "error", "code": "60018",

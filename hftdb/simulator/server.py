@@ -53,6 +53,10 @@ class ExchangeSimulator:
     markets a funding update per symbol every ``limits.funding_interval`` seconds. Only connections subscribed
     to a stream are sent its messages, and each frame written is entered in :attr:`ledger`.
 
+    Listings change at runtime with :meth:`list_symbol` and :meth:`delist_symbol`: a delisted symbol stays in
+    the instruments answer with the venue's halted status, is refused to new subscriptions, and is no longer
+    generated (so nothing more is sent, or entered in the ledger, for it).
+
     Faults are injected with :meth:`drop_connections`, :meth:`stall`, :meth:`send_malformed`,
     :meth:`inject_gap`, :meth:`inject_duplicate` and :meth:`http_error`. ``clock`` (wall seconds) drives
     server times, signature windows and the 24 h connection limit.
@@ -188,8 +192,27 @@ class ExchangeSimulator:
             raise ValueError(f"no venue or host named {venue!r}") from None
 
     def symbols(self, venue: ExchangeName | str) -> list[str]:
-        """The native symbols ``venue`` lists."""
-        return [i.symbol for i in self.markets[ExchangeName(venue)].instruments]
+        """The native symbols ``venue`` lists as trading, in listing order."""
+        return list(self.markets[ExchangeName(venue)].listed)
+
+    def list_symbol(self, venue: ExchangeName | str, symbol: str, *, price: float = 1.0) -> None:
+        """List ``symbol`` (native, USDT-quoted: ``ABCUSDT``, ``ABC-USDT``, ``ABC-USDT-SWAP``) on ``venue`` at
+        about ``price``, or list a delisted one again: the instruments endpoint shows it trading, it can be
+        subscribed, and its messages are generated from now on."""
+        self.markets[ExchangeName(venue)].list_symbol(symbol, price=price)
+        self._notify()
+
+    def delist_symbol(self, venue: ExchangeName | str, symbol: str) -> None:
+        """Stop trading ``symbol`` on ``venue``: the instruments endpoint shows it halted (Binance ``BREAK``,
+        Bybit ``Closed``, OKX ``suspend``), new subscriptions to it are refused (unsubscribing still works), and
+        no more of its messages are generated. Subscriptions already made stay until the client drops them."""
+        self.markets[ExchangeName(venue)].delist_symbol(symbol)
+        self._notify()
+
+    def subscribed(self, venue: ExchangeName | str, symbol: str) -> int:
+        """Subscriptions to any stream of ``symbol`` on ``venue``, over all open connections."""
+        v = ExchangeName(venue)
+        return sum(len(subs) for (sv, _, s), subs in self.host(v).subscribers.items() if sv is v and s == symbol)
 
     def connections(self, venue: ExchangeName | str | None = None) -> int:
         """Open websocket connections (to one venue's host, or to all)."""
@@ -348,10 +371,11 @@ class ExchangeSimulator:
         loop = asyncio.get_running_loop()
         venue = market.venue
         books, funding = host.channels[venue]
-        symbols = [i.symbol for i in market.instruments]
+        symbols = market.listed  # changed in place by listings: read at each draw
         interval = self.limits.funding_interval
         start = loop.time()
         due = {s: start + interval * (k + 1) / len(symbols) for k, s in enumerate(symbols)} if funding else {}
+        version = market.version
         carry = 0.0
         last = start
         choice = market.rng.choice
@@ -368,6 +392,13 @@ class ExchangeSimulator:
             carry -= n
             now_ms = host.now_ms()
             subscribers = host.subscribers
+            if version != market.version:
+                version = market.version
+                if funding:
+                    # A new listing's first funding update is one interval away; a delisted one's never comes.
+                    due = {s: due.get(s, now + interval) for s in symbols}
+            if not symbols:
+                continue
             for _ in range(n):
                 symbol = choice(symbols)
                 observed = any((venue, ch, symbol) in subscribers for ch in books)
