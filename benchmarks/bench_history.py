@@ -19,7 +19,6 @@ dir, or ``HFTDB_BENCH_DSN``. The machine is shared and noisy: compare medians, n
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import json
 import os

@@ -5,7 +5,7 @@ import pytest
 
 import hftdb
 from hftdb import (
-    Balance, BookTicker, ClosedError, DatabaseManager, Exchange, ExchangeName, FundingRate, StateError, Symbol,
+    Balance, BookTicker, ClosedError, DatabaseManager, ExchangeName, FundingRate, StateError, Symbol,
     UnknownExchangeError, UnknownSymbolError, ValidationError, now_us,
 )
 from hftdb.cache import TTLCache
