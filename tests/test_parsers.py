@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from decimal import Decimal
 
 import pytest
@@ -18,7 +19,7 @@ from hftdb.exchanges.parse_binance import BinanceParser
 from hftdb.exchanges.parse_bybit import BybitParser
 from hftdb.exchanges.parse_okx import OkxParser
 from hftdb.exchanges.parsing import FloatCache, Parsed, Rejects, ms_to_us, to_decimal, to_float, to_int, to_us
-from hftdb.models import ExchangeName
+from hftdb.models import BookTicker, ExchangeName
 
 SPOT = ExchangeName.BINANCE_SPOT
 USDM = ExchangeName.BINANCE_USDM
@@ -208,6 +209,42 @@ def test_binance_combined_book_ticker_every_line(fixtures_dir, venue, name):
         assert parser.parse(json.dumps(d), RECV) == Parsed([bt])
 
 
+def test_msgspec_number_decoding_equals_float_of_the_text(fixtures_dir):
+    # The Binance hot path lets msgspec turn numeric strings into floats (strict=False). That must be the very
+    # float(text) the rest of hftdb computes, for every price and size the recorded fixtures hold.
+    import msgspec
+
+    decode = msgspec.json.Decoder(float, strict=False).decode
+    values = set()
+    for path in fixtures_dir.iterdir():
+        text = path.read_text()
+        values.update(re.findall(r'"(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)"', text))
+    assert len(values) > 200
+    # And prices of every magnitude and length, the hard cases for a float parser included.
+    import random
+
+    rng = random.Random(5)
+    for _ in range(20_000):
+        decimals = rng.randrange(0, 18)
+        values.add(f"{rng.uniform(0, 10 ** rng.randrange(-6, 12)):.{decimals}f}")
+    values.update(("0.1", "0.3", "9007199254740993", "1.7976931348623157e308", "5e-324", "2.2250738585072011e-308"))
+    for value in values:
+        assert decode(json.dumps(value)) == float(value), value
+
+
+def test_binance_book_ticker_hot_path_matches_the_general_parse(fixtures_dir):
+    ids = {"BTCUSDT": 7}
+    parser = BinanceParser(USDM, symbol_ids=lambda exchange, symbol: ids.get(symbol) if exchange == USDM.value else None)
+    for line in lines(fixtures_dir, "binance_usdm_bookTicker_combined_recorded.jsonl"):
+        fast = parser.book_ticker(line.encode(), RECV)
+        assert fast is not None and type(fast) is BookTicker
+        slow = parser.parse(json.dumps(json.loads(line)["data"]), RECV)  # the raw form takes the general path
+        assert slow == Parsed([fast])
+        assert fast.symbol_id == ids.get(fast.symbol)
+    mark = (fixtures_dir / "binance_usdm_markPrice_doc.json").read_bytes()
+    assert parser.book_ticker(mark, RECV) is None
+
+
 def test_binance_event_time_in_microseconds():
     # Streams opened with timeUnit=MICROSECOND send µs; the parser tells by magnitude.
     frame = (
@@ -282,8 +319,12 @@ def test_binance_malformed_frames():
     good = {"e": "bookTicker", "u": 1, "E": 2, "T": 3, "s": "BTCUSDT", "b": "1.5", "B": "2", "a": "1.6", "A": "3"}
     assert reason_of(parser, json.dumps(good)[:-5]) == "invalid_json"
     assert reason_of(parser, b"") == "invalid_json"
+    # The combined bookTicker hot path decodes numbers leniently: a JSON number, or an id sent as a string,
+    # is taken at the same value as its string form (elsewhere the type is checked).
+    lenient = only_book_ticker(parser.parse(json.dumps({"stream": "x", "data": dict(good, b=1.5, u="12")}), RECV))
+    assert (lenient.bid_price, lenient.update_id) == (1.5, 12)
     assert reason_of(parser, json.dumps(dict(good, b=1.5))) == "bad_type"
-    assert reason_of(parser, json.dumps({"stream": "x", "data": dict(good, u="12")})) == "bad_type"
+    assert reason_of(parser, json.dumps(dict(good, u="12"))) == "bad_type"
     assert reason_of(parser, json.dumps(dict(good, b="1.5x"))) == "bad_number"
     assert reason_of(parser, json.dumps(dict(good, A=""))) == "missing_field"
     assert reason_of(parser, json.dumps({k: v for k, v in good.items() if k != "s"})) == "missing_field"

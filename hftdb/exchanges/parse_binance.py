@@ -13,6 +13,13 @@ data event ``outboundAccountPosition`` (spot balances). Other user-data events a
 Times are milliseconds unless the stream was opened with ``timeUnit=MICROSECOND``; :func:`to_us` tells the two
 apart by magnitude, so the parser does not need to know how the adapter connected.
 
+The hot path (:meth:`BinanceParser.book_ticker`) decodes a combined-stream bookTicker frame with one typed
+decoder built for it alone, with ``strict=False`` so that msgspec turns the price strings into floats in C
+(the same correctly rounded value as ``float(text)``; a test checks every fixture value). A number sent as a
+JSON number instead of a string is taken as well: its value is the same. Any other frame, or a bookTicker
+that does not decode that way (an empty or malformed number), falls back to the general decode, which names
+the reason.
+
 ``exchange_ts`` is the event time ``E``: every Binance event carries it (spot bookTicker excepted), so
 ``recv_ts - exchange_ts`` means the same thing on every channel. USD-M bookTicker's ``T`` (the matching
 engine's transaction time) is earlier by the push latency, and exists on that one stream only.
@@ -20,6 +27,7 @@ engine's transaction time) is earlier by the push latency, and exists on that on
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -106,6 +114,27 @@ class _Frame(msgspec.Struct, gc=False):
 
 
 _FRAME_DECODER = msgspec.json.Decoder(_Frame | list[_Event])
+
+# The hot path: a combined-stream bookTicker, numbers decoded in C (``strict=False`` turns "1.5" into 1.5 with
+# the same correctly rounded result as float("1.5")). The ``e`` tag must be "bookTicker" when present (spot
+# frames have none), so a markPriceUpdate never decodes here. Decoding straight into a renamed BookTicker
+# subclass was measured ~0.13 µs/frame cheaper, but its rows would not compare equal to (nor be of type)
+# BookTicker: the record is built from this struct instead.
+class _Book(msgspec.Struct, gc=False, kw_only=True, tag_field="e", tag="bookTicker"):
+    update_id: int = field(name="u")
+    symbol: str = field(name="s")
+    bid: float = field(name="b")
+    bid_qty: float = field(name="B")
+    ask: float = field(name="a")
+    ask_qty: float = field(name="A")
+    event_time: int = field(default=0, name="E")
+
+
+class _Combined(msgspec.Struct, gc=False):
+    data: _Book
+
+
+_BOOK_DECODER = msgspec.json.Decoder(_Combined, strict=False)
 
 _STORED_EVENTS = frozenset({"bookTicker", "markPriceUpdate", "outboundAccountPosition"})
 # Valid user-data and market events that carry nothing hftdb stores: acknowledged, not rejected.
@@ -226,23 +255,63 @@ def _rest_error(payload: bytes | str, exc: msgspec.ValidationError) -> FrameErro
 class BinanceParser:
     """Parse Binance spot (``BINANCE_SPOT``) or USD-M futures (``BINANCE_USDM``) payloads.
 
-    Stateless apart from its venue: one instance may serve any number of connections of that venue. ``account``
-    names the account of the balances parsed from user-data frames.
+    Stateless apart from its venue and its symbol ids: one instance may serve any number of connections of that
+    venue. ``account`` names the account of the balances parsed from user-data frames. ``symbol_ids``
+    (``(exchange, symbol) -> id or None``, e.g. :meth:`DatabaseManager.resolve_symbol_id`) lets book rows
+    carry their ``symbol_id``, remembered per native symbol, so the sink need not resolve them.
     """
 
-    def __init__(self, venue: ExchangeName, *, account: str = "default") -> None:
+    def __init__(
+        self,
+        venue: ExchangeName,
+        *,
+        account: str = "default",
+        symbol_ids: Callable[[str, str], int | None] | None = None,
+    ) -> None:
         if venue not in _VENUES:
             raise ValueError(f"venue must be one of {[v.value for v in _VENUES]}, got {venue!r}")
         self.venue = venue
         self.account = account
         self._exchange = venue.value
         self._prices = FloatCache()
+        self._resolve = symbol_ids
+        self._ids: dict[str, int] = {}
+
+    def _symbol_id(self, symbol: str) -> int | None:
+        resolve = self._resolve
+        if resolve is None:
+            return None
+        sid = resolve(self._exchange, symbol)
+        if sid is not None:
+            self._ids[symbol] = sid
+        return sid
+
+    def book_ticker(self, raw: bytes | str, recv_ts: int) -> BookTicker | None:
+        """The hot path: a combined-stream bookTicker frame as its record, or None for any other frame (which
+        :meth:`parse` then handles, rejections included). Same values as :meth:`parse`, about 3x cheaper."""
+        try:
+            ev = _BOOK_DECODER.decode(raw).data
+        except msgspec.DecodeError:
+            return None
+        symbol = ev.symbol
+        if not symbol:
+            return None
+        event_time = ev.event_time
+        sid = self._ids.get(symbol)
+        return BookTicker(
+            self._exchange, symbol, ev.bid, ev.bid_qty, ev.ask, ev.ask_qty, recv_ts,
+            event_time * 1000 if 0 < event_time < _MS_BELOW else _us(event_time), ev.update_id,
+            sid if sid is not None else self._symbol_id(symbol),
+        )
 
     def parse(self, raw: bytes | str, recv_ts: int) -> Parsed:
         """Parse one websocket frame, exactly as received, into rows and/or a control signal.
 
         Raises :class:`~hftdb.errors.FrameError` when the frame cannot be parsed.
         """
+        row = self.book_ticker(raw, recv_ts)
+        if row is not None:
+            return Parsed([row])
         try:
             frame = _FRAME_DECODER.decode(raw)
         except msgspec.ValidationError as exc:
@@ -303,8 +372,11 @@ class BinanceParser:
             exchange_ts: int | None = event_time * 1000 if event_time < _MS_BELOW else to_us(event_time)
         else:
             exchange_ts = None  # spot bookTicker has no event time
+        symbol = ev.symbol
+        sid = self._ids.get(symbol)
         return BookTicker(
-            self._exchange, ev.symbol, bid, bid_qty, ask, ask_qty, recv_ts, exchange_ts, ev.update_id
+            self._exchange, symbol, bid, bid_qty, ask, ask_qty, recv_ts, exchange_ts, ev.update_id,
+            sid if sid is not None else self._symbol_id(symbol),
         )
 
     def _funding_rate(self, ev: _Event | _Frame, recv_ts: int) -> FundingRate | None:
