@@ -59,7 +59,7 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hftdb import DatabaseManager, DatabaseSettings, Settings, WriterSettings, now_us  # noqa: E402
-from hftdb import schema  # noqa: E402
+from hftdb import partitions, schema  # noqa: E402
 from hftdb.config import StorageSettings  # noqa: E402
 from hftdb.exchanges.binance import BinanceAdapter  # noqa: E402
 from hftdb.exchanges.parse_binance import BinanceParser  # noqa: E402
@@ -135,7 +135,7 @@ async def create_db(admin_dsn: str) -> tuple[str, str]:
     conn = await asyncpg.connect(dsn)
     try:
         await schema.migrate(conn)
-        await schema.maintain(conn, StorageSettings(), now_us(), retention=False)
+        await partitions.maintain(conn, StorageSettings(), now_us(), retention=False)
         await conn.execute("CHECKPOINT")
     finally:
         await conn.close()

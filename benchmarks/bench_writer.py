@@ -61,7 +61,7 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hftdb import BookTicker, DatabaseManager, DatabaseSettings, Settings, StorageSettings, WriterSettings, now_us
-from hftdb import schema
+from hftdb import partitions, schema
 from hftdb.copy import TRAILER
 from hftdb.manager import init_connection
 from hftdb.server import EmbeddedServer
@@ -179,8 +179,8 @@ class Databases:
             storage = StorageSettings()
             # The partitions the writer's start-up would make (now .. now + partitions_ahead), and any the rows
             # need beyond them, so that no method pays for partition creation inside its timing.
-            await schema.maintain(conn, storage, now_us(), retention=False)
-            await schema.ensure_partitions(conn, "book_tickers", *self.ts_range,
+            await partitions.maintain(conn, storage, now_us(), retention=False)
+            await partitions.ensure_partitions(conn, "book_tickers", *self.ts_range,
                                            interval_s=storage.partition_interval_s, hot_index=storage.hot_index)
             await conn.execute("INSERT INTO exchanges (id, name, market) VALUES (1, $1, 'spot')", EXCHANGE)
             await conn.execute(

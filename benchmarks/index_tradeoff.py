@@ -33,7 +33,8 @@ from pathlib import Path
 
 import asyncpg
 
-from hftdb.schema import ensure_partitions, migrate, partition_name
+from hftdb.partitions import ensure_partitions, partition_name
+from hftdb.schema import migrate
 from hftdb.server import EmbeddedServer
 
 _DAY_US = 86_400_000_000

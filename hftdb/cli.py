@@ -26,7 +26,7 @@ import asyncpg
 import msgspec
 import orjson
 
-from . import __version__, dump, inventory, schema
+from . import __version__, dump, inventory, partitions, schema
 from .config import Settings, load_settings, locate_config, redact_dsn
 from .daemon import serve
 from .target import Target, open_target
@@ -44,7 +44,7 @@ __all__ = ["main"]
 
 _HFTDB_TABLES = inventory.TABLES
 _COUNTED = ("exchanges", "symbols", "book_tickers", "funding_rates", "balances")
-_TS = schema.TIME_SERIES_TABLES
+_TS = partitions.TIME_SERIES_TABLES
 
 
 # ------------------------------------------------------------------------------------------------- plumbing
@@ -272,7 +272,7 @@ async def _cleanup(ctx: _Context) -> int:
         await _require_schema(conn)
         for i, table in enumerate(_TS, 1):
             ctx.progress(f"[{i}/{len(_TS)}] {table}: partitions ending before {_utc(cutoff)}")
-            names = await schema.drop_partitions_before(conn, table, cutoff, dry_run=args.dry_run)
+            names = await partitions.drop_partitions_before(conn, table, cutoff, dry_run=args.dry_run)
             total += len(names)
             for name in names:
                 ctx.print(f"{'would drop' if args.dry_run else 'dropped'} {name}")
@@ -290,7 +290,7 @@ async def _reset(ctx: _Context) -> int:
         migrator = schema.Migrator(conn)
         reverted = await migrator.down(0)
         applied = await migrator.up()
-        await schema.maintain(conn, ctx.settings.storage, now_us(), retention=False)
+        await partitions.maintain(conn, ctx.settings.storage, now_us(), retention=False)
     removed = _clear_spool(ctx)
     ctx.print(f"reset {target.description}: reverted {len(reverted)} and applied {len(applied)} migration(s); "
               f"{removed} spooled batch(es) discarded")
@@ -391,7 +391,7 @@ async def _optimize(ctx: _Context) -> int:
             ctx.progress(f"[{i}/{len(_HFTDB_TABLES)}] ANALYZE {table}")
             await conn.execute(f"ANALYZE {table}")  # fixed identifiers
         ctx.progress("partition maintenance (partitions ahead, btrees of sealed partitions)")
-        report = await schema.maintain(conn, ctx.settings.storage, now_us(), retention=False)
+        report = await partitions.maintain(conn, ctx.settings.storage, now_us(), retention=False)
         invalid = await conn.fetch(
             "SELECT i.relname AS index, t.relname AS table FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid"
             " JOIN pg_class t ON t.oid = x.indrelid WHERE NOT x.indisvalid AND t.relnamespace = current_schema()::regnamespace"

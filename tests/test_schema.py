@@ -7,20 +7,17 @@ import pytest
 
 from hftdb.config import StorageSettings
 from hftdb.errors import MigrationError, StateError, ValidationError
-from hftdb.schema import (
-    MIGRATION_LOCK_KEY,
+from hftdb.partitions import (
     TIME_SERIES_TABLES,
-    Migrator,
     drop_partitions_before,
     ensure_partitions,
     index_cold_partitions,
     list_partitions,
-    load_migrations,
     maintain,
-    migrate,
     partition_bounds,
     partition_name,
 )
+from hftdb.schema import MIGRATION_LOCK_KEY, Migrator, load_migrations, migrate
 
 TABLES = [
     "exchanges", "symbols", "book_tickers", "book_tickers_latest", "funding_rates", "funding_rates_latest",
