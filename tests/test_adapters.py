@@ -386,6 +386,33 @@ async def test_refused_websocket_upgrades_are_retried_with_backoff(sim, adapters
     assert sim.host(E.OKX_SPOT).requests["/ws/v5/public"] == 4
 
 
+@pytest.mark.parametrize(("venue", "path", "status"), [
+    (E.BINANCE_USDM, "/stream", 429), (E.BINANCE_SPOT, "/stream", 418), (E.BYBIT_LINEAR, "/v5/public/linear", 503),
+    (E.OKX_SWAP, "/ws/v5/public", 429)], ids=str)
+async def test_a_refused_upgrade_waits_what_retry_after_asks(sim, adapters, caplog, venue, path, status):
+    # The back-off alone would retry after 20 ms; the refusal asks for 1 s, and the next attempt waits that long.
+    sink = RecordingSink()
+    adapter = await adapters(sim, venue, sink, symbols=sim.symbols(venue)[:2], channels=adapter_class(venue).default_channels[venue][:1])
+    sim.http_error(venue, status, path=path, count=1, retry_after=1)
+    caplog.set_level(logging.WARNING, logger="hftdb.exchanges.runner")
+    async with streaming(adapter):
+        await sink.wait_until(lambda: len(sink.books) >= 5, timeout=20)
+    assert adapter.stats.retry_after_waits == 1
+    assert sim.host(venue).requests[path] == 2  # the refused upgrade, then the one after the wait
+    waits = [r.getMessage() for r in caplog.records if "as Retry-After asks" in r.getMessage()]
+    assert len(waits) == 1 and f"HTTP {status}" in waits[0] and "retrying in 1.00s" in waits[0]
+
+
+async def test_a_retry_after_shorter_than_the_back_off_leaves_the_back_off(sim, adapters):
+    sink = RecordingSink()
+    adapter = await adapters(sim, E.BINANCE_USDM, sink, symbols=sim.symbols(E.BINANCE_USDM)[:2], channels=["bookTicker"],
+                             reconnect=Backoff(initial=0.2, maximum=0.2, jitter=0))
+    sim.http_error(E.BINANCE_USDM, 429, path="/stream", count=1, retry_after=0)
+    async with streaming(adapter):
+        await sink.wait_until(lambda: len(sink.books) >= 5, timeout=20)
+    assert adapter.stats.retry_after_waits == 0 and sim.host(E.BINANCE_USDM).requests["/stream"] == 2
+
+
 async def test_run_streams_gives_up_after_max_reconnect_attempts(sim, adapters):
     adapter = await adapters(sim, E.BYBIT_SPOT, RecordingSink(), symbols=["BTCUSDT"], max_reconnect_attempts=2)
     sim.http_error(E.BYBIT_SPOT, 503, path="/v5/public/spot", count=100)

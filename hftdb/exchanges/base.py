@@ -1,7 +1,7 @@
 """What every exchange adapter shares: the :class:`Sink` it writes to, its counters, and the adapter base class.
 
 An adapter turns one venue's REST and websocket APIs into calls on a :class:`Sink`: symbols are synced over
-REST, quotes and funding stream over websockets (:mod:`hftdb.exchanges.ws` does the connection work), balances
+REST, quotes and funding stream over websockets (:mod:`hftdb.exchanges.runner` runs the connections), balances
 are polled over signed REST. The venue modules (``binance.py``, ``bybit.py``, ``okx.py``) only say how their
 venue names streams, subscribes, pings, signs and paginates.
 
@@ -29,7 +29,7 @@ from .rest import RestClient
 from .signing import Credentials
 
 if TYPE_CHECKING:
-    from .ws import StreamRunner
+    from .runner import StreamRunner
 
 __all__ = ["Sink", "Backoff", "FeedStats", "ExchangeAdapter"]
 
@@ -101,14 +101,16 @@ class FeedStats:
     replaced; ``rollovers``: connections replaced on purpose (age limit, announced shutdown, resync);
     ``resyncs``: of those, the ones to recover a book the parser lost to a corrupt frame; ``stale``:
     connections given up for silence; ``errors``: error answers from the exchange; ``sink_errors``: failed sink
-    calls (``dropped_rows`` the rows they lost); ``rest_errors``: failed REST polls; ``rejects`` by reason are
-    in the adapter's :class:`~hftdb.exchanges.parsing.Rejects`.
+    calls (``dropped_rows`` the rows they lost); ``rest_errors``: failed REST polls; ``retry_after_waits``:
+    refused websocket upgrades whose ``Retry-After`` set the wait before the next attempt; ``rest_funding_rows``:
+    funding rows taken from REST polls; ``rejects`` by reason are in the adapter's
+    :class:`~hftdb.exchanges.parsing.Rejects`.
     """
 
     __slots__ = (
         "venue", "messages", "book_rows", "funding_rows", "balance_rows", "duplicates", "gaps", "missed_ids",
         "reconnects", "rollovers", "resyncs", "stale", "connections", "errors", "sink_errors", "dropped_rows", "rest_errors",
-        "last_message_us", "rejects",
+        "retry_after_waits", "rest_funding_rows", "last_message_us", "rejects",
     )
 
     def __init__(self, venue: str, rejects: Rejects) -> None:
@@ -118,6 +120,7 @@ class FeedStats:
         self.duplicates = self.gaps = self.missed_ids = 0
         self.reconnects = self.rollovers = self.resyncs = self.stale = self.connections = 0
         self.errors = self.sink_errors = self.dropped_rows = self.rest_errors = 0
+        self.retry_after_waits = self.rest_funding_rows = 0
         self.last_message_us: int | None = None
 
     @property
@@ -426,7 +429,7 @@ class ExchangeAdapter:
         self._check_open()
         if self.symbols is None and self._synced is None:
             await self.sync_symbols()
-        from .ws import StreamRunner  # ws imports this module
+        from .runner import StreamRunner  # runner imports this module
 
         runner = self._runner = StreamRunner(self)
         try:

@@ -55,8 +55,9 @@ class BinanceAdapter(ExchangeAdapter):
         self.control_interval = 0.3 if self.venue is _SPOT else 0.15
 
     def new_parser(self) -> BinanceParser:
-        """A :class:`~hftdb.exchanges.parse_binance.BinanceParser` of this venue."""
-        return BinanceParser(self.venue, account=self.account)
+        """A :class:`~hftdb.exchanges.parse_binance.BinanceParser` of this venue; its book rows carry their
+        ``symbol_id`` when the sink can resolve it without I/O (``DatabaseManager.resolve_symbol_id``)."""
+        return BinanceParser(self.venue, account=self.account, symbol_ids=getattr(self.sink, "resolve_symbol_id", None))
 
     def symbols_request(self) -> tuple[str, str]:
         """``GET /api/v3/exchangeInfo`` or ``GET /fapi/v1/exchangeInfo``."""

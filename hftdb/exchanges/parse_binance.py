@@ -312,6 +312,10 @@ class BinanceParser:
         row = self.book_ticker(raw, recv_ts)
         if row is not None:
             return Parsed([row])
+        return self.parse_general(raw, recv_ts)
+
+    def parse_general(self, raw: bytes | str, recv_ts: int) -> Parsed:
+        """:meth:`parse` without the bookTicker hot path (for callers that tried :meth:`book_ticker` first)."""
         try:
             frame = _FRAME_DECODER.decode(raw)
         except msgspec.ValidationError as exc:

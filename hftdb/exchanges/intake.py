@@ -1,0 +1,167 @@
+"""One connection's frames to rows: parse, sequence, admit. The consumer of a live session and the file
+replay (:mod:`hftdb.replay`) both run their frames through an :class:`Intake`.
+
+* **Parse.** A parser with a hot path (``book_ticker(raw, recv_ts)``, a book row or None) gets it first;
+  any other frame goes through ``parse``. A frame that fails is counted by reason and never stops the feed.
+* **Sequence.** Within one connection an update id that jumps is a gap (counted where the venue's ids are
+  consecutive) and one that repeats or goes back is a duplicate (dropped). A snapshot may restart ids (Bybit
+  sends ``u=1`` after a service restart): on a live connection it resets the stream. Unsequenced book rows are
+  dropped where a sequenced channel already gives the same quotes.
+* **Admit.** Rows already stored by another connection of the runner (same or older update id, else exchange
+  time, per symbol) are dropped, unless the intake is *holding* (a handover's successor): its rows are
+  admitted when released, after the predecessor's.
+
+The hot path is one loop with no per-frame object besides the row itself: at 50k frames/s every 100 ns per
+frame is half a percent of a core.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..errors import FrameError
+from ..models import Balance, BookTicker, FundingRate
+from .connection import Chunk
+from .parsing import CONTROL_SNAPSHOT
+
+if TYPE_CHECKING:
+    from .runner import StreamRunner
+
+__all__ = ["Intake"]
+
+logger = logging.getLogger(__name__)
+
+Rows = tuple[list[BookTicker], list[FundingRate], list[Balance]]
+
+
+class Intake:
+    """Turns one connection's frames into admitted rows (see the module docstring).
+
+    ``on_control(control, detail)`` receives the parser's control signals (acknowledgements, errors,
+    announced shutdowns) except snapshots; ``on_lost_book()`` is called when the parser lost a book to a
+    corrupt frame and only a fresh subscription can restore it.
+    """
+
+    def __init__(
+        self,
+        runner: StreamRunner,
+        parser: Any,
+        *,
+        holding: bool = False,
+        on_control: Callable[[str, str | None], None] | None = None,
+        on_lost_book: Callable[[], None] | None = None,
+    ) -> None:
+        self.runner = runner
+        self.parser = parser
+        self.holding = holding
+        self.on_control = on_control
+        self.on_lost_book = on_lost_book
+        self.seq: dict[str, int] = {}
+        self.got_data = False
+        self._fast = getattr(parser, "book_ticker", None)
+        # With a hot path, the rest of the frames skip a second try of it.
+        self._parse = getattr(parser, "parse_general", parser.parse) if self._fast is not None else parser.parse
+
+    def process(self, chunks: list[Chunk]) -> Rows:
+        """Parse, sequence and (unless holding) admit the frames of ``chunks``, in order."""
+        runner = self.runner
+        stats = runner.adapter.stats
+        count_gaps = runner.adapter.count_gaps
+        seq = self.seq
+        seq_get = seq.get
+        admit = not self.holding
+        ids = runner.book_ids
+        ids_get = ids.get
+        fast = self._fast
+        books: list[BookTicker] = []
+        append = books.append
+        funding: list[FundingRate] = []
+        balances: list[Balance] = []
+        frames = duplicates = 0
+        for recv_ts, payloads in chunks:
+            frames += len(payloads)
+            for payload in payloads:
+                if fast is not None:
+                    row = fast(payload, recv_ts)
+                    if row is not None:
+                        symbol = row.symbol
+                        u = row.update_id
+                        prev = seq_get(symbol)
+                        if prev is not None:
+                            if u <= prev:
+                                duplicates += 1
+                                continue
+                            if count_gaps and u > prev + 1:
+                                stats.gaps += 1
+                                stats.missed_ids += u - prev - 1
+                        seq[symbol] = u
+                        if admit:
+                            last = ids_get(symbol)
+                            if last is not None and u <= last:
+                                duplicates += 1
+                                continue
+                            ids[symbol] = u
+                        append(row)
+                        continue
+                self._general(payload, recv_ts, admit, books, funding, balances)
+        stats.messages += frames
+        stats.duplicates += duplicates
+        if chunks:
+            stats.last_message_us = chunks[-1][0]
+        if books or funding:
+            self.got_data = True
+        return books, funding, balances
+
+    def _general(self, payload: bytes, recv_ts: int, admit: bool, books: list[BookTicker],
+                 funding: list[FundingRate], balances: list[Balance]) -> None:
+        runner = self.runner
+        try:
+            parsed = self._parse(payload, recv_ts)
+        except FrameError as exc:
+            runner.adapter.rejects.add_error(exc)
+            if exc.reason == "no_snapshot" and self.on_lost_book is not None:
+                self.on_lost_book()
+            return
+        except Exception as exc:  # a parser bug rejects the frame, never the feed
+            runner.adapter.rejects.add("parser_error", f"{type(exc).__name__}: {exc}")
+            return
+        control = parsed.control
+        if control is not None and control != CONTROL_SNAPSHOT and self.on_control is not None:
+            self.on_control(control, parsed.detail)
+        rows: list[BookTicker] = []
+        if parsed.book_tickers:
+            self._sequence(parsed.book_tickers, control == CONTROL_SNAPSHOT, rows)
+        rates = parsed.funding_rates
+        if admit and (rows or rates):
+            rows, rates = runner.admit(rows, rates)
+        books.extend(rows)
+        funding.extend(rates)
+        if parsed.balances:
+            balances.extend(parsed.balances)
+
+    def _sequence(self, rows: list[BookTicker], snapshot: bool, out: list[BookTicker]) -> None:
+        runner = self.runner
+        stats = runner.adapter.stats
+        seq = self.seq
+        count_gaps = runner.adapter.count_gaps
+        for row in rows:
+            u = row.update_id
+            if u is None:
+                if not runner.drop_unsequenced:
+                    out.append(row)
+                continue
+            symbol = row.symbol
+            prev = seq.get(symbol)
+            if snapshot or prev is None:
+                if snapshot and not self.holding:
+                    runner.restart_if_lower(symbol, u)
+            elif u <= prev:
+                stats.duplicates += 1
+                continue
+            elif count_gaps and u > prev + 1:
+                stats.gaps += 1
+                stats.missed_ids += u - prev - 1
+            seq[symbol] = u
+            out.append(row)
