@@ -2,9 +2,21 @@
 
 A file holds one raw frame per line, exactly as it came off the websocket. Each frame goes through what a live
 connection does with it: the venue's parser, the per-connection sequencing (duplicate and gap detection, the
-drop of unsequenced quotes that a sequenced channel already gives), the admission that drops rows already stored,
-and the sink calls that hand rows to the batch writers. Frames are stamped with the time they are replayed, as a
-live connection stamps them on receipt.
+drop of unsequenced quotes that a sequenced channel already gives) and the admission that drops rows already
+seen (:class:`~hftdb.exchanges.intake.Intake`), and the sink calls that hand rows to the batch writers.
+
+Frames are stamped with the time they are replayed, as a live connection stamps them on receipt.
+
+**Replaying is idempotent.** Before each chunk is written, the rows the database already holds are looked up by
+their identity, the key live admission uses: ``(symbol, update_id)`` on sequenced channels, ``(symbol,
+exchange_ts)`` on the others (funding included), with the same values (an exchange time in ms can be shared by
+two different messages). Rows found are dropped and counted as duplicates, so replaying a file twice, or a file
+that overlaps what was stored live, writes each message once. A stored copy of a message was received (or
+replayed) after the exchange sent it, so the lookup reads only partitions from the chunk's earliest exchange
+time (less 1 s of clock skew) on; rows without an exchange time (Binance spot bookTicker) are looked up over
+all partitions. The lookup costs one query per chunk, reading the rows of the chunk's symbols stored since
+then: cheap for a recent capture, slower for an old one. Balances are snapshots without an identity and are
+written as they come.
 
 >>> async with DatabaseManager() as db:
 ...     result = await ingest_file(db, "okx_tickers.jsonl", exchange="okx_spot", channels=["tickers"])
@@ -21,10 +33,12 @@ import msgspec
 
 from .config import VENUE_CHANNELS
 from .errors import ValidationError
+from .errors import UnknownSymbolError
+from .exchanges.intake import Intake
 from .exchanges.registry import create_adapter
-from .exchanges.ws import StreamRunner, _Session
+from .exchanges.runner import StreamRunner
 from .manager import DatabaseManager
-from .models import ExchangeName, now_us
+from .models import BookTicker, ExchangeName, FundingRate, now_us
 
 __all__ = ["ReplayResult", "ingest_file", "replay_frames"]
 
@@ -47,11 +61,94 @@ class ReplayResult(msgspec.Struct, kw_only=True):
     dropped_rows: int
 
 
-class _Recording:
-    """Stands in for the websocket connection of a live session: only its name is used, in log lines."""
+# A stored copy of a message was stamped on receipt or replay, after the exchange sent it, less clock skew.
+_SKEW_US = 1_000_000
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+_STORED_BOOKS = """SELECT b.symbol_id, b.update_id, b.exchange_ts, b.bid_price, b.bid_qty, b.ask_price, b.ask_qty
+    FROM book_tickers b
+    JOIN unnest($1::int4[]) AS k(symbol_id) USING (symbol_id)
+    WHERE ($2::timestamptz IS NULL OR b.recv_ts >= $2)
+      AND (b.update_id = ANY($3::int8[]) OR b.exchange_ts = ANY($4::timestamptz[]))"""
+
+_STORED_FUNDING = """SELECT f.symbol_id, f.exchange_ts, f.rate FROM funding_rates f
+    JOIN unnest($1::int4[]) AS k(symbol_id) USING (symbol_id)
+    WHERE ($2::timestamptz IS NULL OR f.recv_ts >= $2) AND f.exchange_ts = ANY($3::timestamptz[])"""
+
+
+class _Stored:
+    """Looks up which replayed rows the database already holds (see the module docstring)."""
+
+    def __init__(self, db: DatabaseManager, exchange: str) -> None:
+        self.db = db
+        self.exchange = exchange
+        self._ids: dict[str, int | None] = {}
+        self.duplicates = 0
+
+    async def _symbol_ids(self, rows: list[BookTicker] | list[FundingRate]) -> dict[str, int]:
+        ids = self._ids
+        for row in rows:
+            symbol = row.symbol
+            if symbol in ids:
+                continue
+            sid = self.db.resolve_symbol_id(self.exchange, symbol)
+            if sid is None:
+                try:
+                    sid = (await self.db.get_symbol(self.exchange, symbol)).id
+                except UnknownSymbolError:
+                    sid = None  # never registered: nothing of it can be stored yet (asked again next chunk)
+                    continue
+            ids[symbol] = sid
+        return {s: i for s, i in ids.items() if i is not None}
+
+    async def books(self, rows: list[BookTicker]) -> list[BookTicker]:
+        """``rows`` without the ones already stored."""
+        ids = await self._symbol_ids(rows)
+        wanted = [r for r in rows if r.symbol in ids and (r.update_id is not None or r.exchange_ts is not None)]
+        if not wanted:
+            return rows
+        found = await self.db.pool.fetch(
+            _STORED_BOOKS, sorted({ids[r.symbol] for r in wanted}), _since(wanted),
+            [r.update_id for r in wanted if r.update_id is not None],
+            [r.exchange_ts for r in wanted if r.update_id is None])
+        if not found:
+            return rows
+        stored = {(sid, u if u is not None else t, bp, bq, ap, aq) for sid, u, t, bp, bq, ap, aq in found}
+        out = []
+        for r in rows:
+            sid = ids.get(r.symbol)
+            key = r.update_id if r.update_id is not None else r.exchange_ts
+            if sid is not None and (sid, key, r.bid_price, r.bid_qty, r.ask_price, r.ask_qty) in stored:
+                self.duplicates += 1
+                continue
+            out.append(r)
+        return out
+
+    async def funding(self, rows: list[FundingRate]) -> list[FundingRate]:
+        """``rows`` without the ones already stored."""
+        ids = await self._symbol_ids(rows)
+        wanted = [r for r in rows if r.symbol in ids and r.exchange_ts is not None]
+        if not wanted:
+            return rows
+        found = await self.db.pool.fetch(_STORED_FUNDING, sorted({ids[r.symbol] for r in wanted}), _since(wanted),
+                                         [r.exchange_ts for r in wanted])
+        if not found:
+            return rows
+        stored = {(sid, t, rate) for sid, t, rate in found}
+        out = []
+        for r in rows:
+            sid = ids.get(r.symbol)
+            if sid is not None and (sid, r.exchange_ts, r.rate) in stored:
+                self.duplicates += 1
+                continue
+            out.append(r)
+        return out
+
+
+def _since(rows: list[BookTicker] | list[FundingRate]) -> int | None:
+    times = [r.exchange_ts for r in rows]
+    if None in times:
+        return None  # a row without an exchange time: its copy may be anywhere
+    return min(times) - _SKEW_US  # type: ignore[type-var]
 
 
 def _check(exchange: ExchangeName | str, channels: Sequence[str]) -> tuple[ExchangeName, tuple[str, ...]]:
@@ -90,13 +187,17 @@ async def replay_frames(
     before = {t: db.writer(t).snapshot() for t in _TABLES}
     runner = StreamRunner(adapter)
     # The live session's own processing, fed from the file instead of a socket.
-    session = _Session(runner, _Recording(f"{venue.value}#replay"), (), hold=False)
+    intake = Intake(runner, adapter.new_parser())
+    stored = _Stored(db, venue.value)
     count = 0
-    batch: list[tuple[bytes, int]] = []
+    batch: list[bytes] = []
 
     async def flush_batch() -> None:
-        books, funding, balances = session._process(batch)
-        books, funding = runner.admit(books, funding)
+        books, funding, balances = intake.process([(now_us(), batch)])
+        if books:
+            books = await stored.books(books)
+        if funding:
+            funding = await stored.funding(funding)
         await runner.push(books, funding, balances)
         batch.clear()
         if progress is not None:
@@ -107,7 +208,7 @@ async def replay_frames(
         data = data.strip()
         if not data:
             continue
-        batch.append((data, now_us()))
+        batch.append(data)
         count += 1
         if len(batch) >= chunk:
             await flush_batch()
@@ -127,7 +228,7 @@ async def replay_frames(
         frames=count,
         committed={t: after[t]["rows_committed"] - before[t]["rows_committed"] for t in _TABLES},
         rejects=rejects,
-        duplicates=stats.duplicates,
+        duplicates=stats.duplicates + stored.duplicates,
         gaps=stats.gaps,
         dropped_rows=stats.dropped_rows,
     )
