@@ -231,6 +231,44 @@ async def _count(dsn: str) -> int:
 
 # -- methods -------------------------------------------------------------------------------------------------------
 
+#: The embedded server's postmaster pid, when the benchmark runs its own server: its process tree's CPU time is
+#: read from /proc so each method's server-side cost per row can be told apart from hftdb's Python cost.
+_PG_PID: int | None = None
+
+
+def _tree_cpu(root: int) -> float:
+    """CPU seconds (user + system) used so far by ``root`` and its child processes (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == root or int(fields[1]) == root:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+class Timing:
+    """Wall time of a timed section, plus the CPU it cost this process and the server (if ours)."""
+
+    def __init__(self) -> None:
+        self.pg0 = _tree_cpu(_PG_PID) if _PG_PID else None
+        self.py0 = time.process_time()
+        self.t0 = time.perf_counter()
+
+    def stop(self, extra: dict[str, Any] | None = None) -> tuple[float, dict[str, Any]]:
+        elapsed = time.perf_counter() - self.t0
+        out = dict(extra or {})
+        out["py_cpu_s"] = time.process_time() - self.py0
+        if self.pg0 is not None:
+            out["pg_cpu_s"] = _tree_cpu(_PG_PID) - self.pg0  # type: ignore[arg-type]
+        return elapsed, out
+
 
 async def bench_server_copy(dsn: str, path: Path, fmt: str) -> tuple[float, dict[str, Any]]:
     # COPY FROM takes its file name as a literal, never a parameter; the path is our own temp file.
@@ -239,9 +277,9 @@ async def bench_server_copy(dsn: str, path: Path, fmt: str) -> tuple[float, dict
     sql = f"COPY book_tickers ({', '.join(COLUMNS)}) FROM '{path}' WITH (FORMAT {fmt})"
     conn = await asyncpg.connect(dsn)
     try:
-        started = time.perf_counter()
+        timing = Timing()
         await conn.execute(sql)
-        return time.perf_counter() - started, {}
+        return timing.stop()
     finally:
         await conn.close()
 
@@ -257,12 +295,12 @@ async def bench_writer(
     async with DatabaseManager(dsn, settings=settings) as db:
         if profile is not None:
             profile.enable()
-        started = time.perf_counter()
+        timing = Timing()
         for part in chunks:
             await db.insert_book_ticker_snapshots(part)
             await asyncio.sleep(0)  # a feed handler yields between messages; lets the flusher run
         await db.flush()
-        elapsed = time.perf_counter() - started
+        elapsed, extra = timing.stop()
         if profile is not None:
             profile.disable()
         w = (await db.get_database_stats())["writers"]["book_tickers"]
@@ -270,7 +308,7 @@ async def bench_writer(
         raise SystemExit(f"writer committed {w['rows_committed']} of {len(tickers)} rows; rejects {w['rejects']}")
     return elapsed, {
         "mean_batch_rows": w["mean_batch_rows"], "batches": w["batches_committed"],
-        "commit_p50_ms": w["commit_p50_ms"], "commit_p99_ms": w["commit_p99_ms"],
+        "commit_p50_ms": w["commit_p50_ms"], "commit_p99_ms": w["commit_p99_ms"], **extra,
     }
 
 
@@ -288,7 +326,7 @@ async def bench_writer_columns(
         spool_dir=None, batch_max_rows=batch_max_rows)
     settings = Settings(database=DatabaseSettings(dsn=dsn), writer=writer)
     async with DatabaseManager(dsn, settings=settings) as db:
-        started = time.perf_counter()
+        timing = Timing()
         for i in range(0, len(tickers), chunk):
             part = {k: v[i:i + chunk] for k, v in cols.items()}
             await db.insert_book_ticker_columns(
@@ -296,22 +334,22 @@ async def bench_writer_columns(
                 part["recv_ts"], exchange_ts=part["exchange_ts"], update_id=part["update_id"])
             await asyncio.sleep(0)
         await db.flush()
-        elapsed = time.perf_counter() - started
+        elapsed, extra = timing.stop()
         w = (await db.get_database_stats())["writers"]["book_tickers"]
     if w["rows_committed"] != len(tickers) or w["rejects"]:
         raise SystemExit(f"writer-columns committed {w['rows_committed']} of {len(tickers)}; rejects {w['rejects']}")
     return elapsed, {
         "mean_batch_rows": w["mean_batch_rows"], "batches": w["batches_committed"],
-        "commit_p50_ms": w["commit_p50_ms"], "commit_p99_ms": w["commit_p99_ms"],
+        "commit_p50_ms": w["commit_p50_ms"], "commit_p99_ms": w["commit_p99_ms"], **extra,
     }
 
 
 async def bench_copy_records(dsn: str, records: list[tuple[Any, ...]]) -> tuple[float, dict[str, Any]]:
     conn = await asyncpg.connect(dsn)
     try:
-        started = time.perf_counter()
+        timing = Timing()
         await conn.copy_records_to_table("book_tickers", records=records, columns=COLUMNS)
-        return time.perf_counter() - started, {}
+        return timing.stop()
     finally:
         await conn.close()
 
@@ -319,9 +357,9 @@ async def bench_copy_records(dsn: str, records: list[tuple[Any, ...]]) -> tuple[
 async def bench_executemany(dsn: str, records: list[tuple[Any, ...]]) -> tuple[float, dict[str, Any]]:
     conn = await asyncpg.connect(dsn)
     try:
-        started = time.perf_counter()
+        timing = Timing()
         await conn.executemany(_INSERT, records)
-        return time.perf_counter() - started, {}
+        return timing.stop()
     finally:
         await conn.close()
 
@@ -347,7 +385,7 @@ async def bench_batches(
         for b in batches:
             async with conn.transaction():
                 if full:
-                    await enc._write(conn, b, b.buf, enc._latest_args(b))
+                    await enc._write(conn, [b], [(b.buf, enc._latest_args(b))])
                 else:
                     await conn.copy_to_table("book_tickers", source=b.buf, columns=COLUMNS, format="binary")
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
@@ -379,6 +417,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         if not admin_dsn:
             server = EmbeddedServer(tmp / "pg")
             admin_dsn = await server.start()
+            global _PG_PID
+            _PG_PID = server.pid
         return await _run(args, admin_dsn, tmp)
     finally:
         if server is not None:
@@ -445,7 +485,7 @@ async def _run(args: argparse.Namespace, admin_dsn: str, tmp: Path) -> dict[str,
             results[method].append(rate)
             extras[method].append(extra)
             log(f"run {run + 1}/{args.runs} {method:14s} {rows_of[method]:>9,} rows {elapsed:8.3f} s "
-                f"{rate:>12,.0f} rows/s {_fmt_extra(extra)}")
+                f"{rate:>12,.0f} rows/s {_fmt_extra(extra, rows_of[method])}")
 
     if profile is not None:
         profile.dump_stats(args.profile)
@@ -453,13 +493,19 @@ async def _run(args: argparse.Namespace, admin_dsn: str, tmp: Path) -> dict[str,
     return _report(args, results, extras, indexes or [], admin_dsn)
 
 
-def _fmt_extra(extra: dict[str, Any]) -> str:
-    if not extra:
-        return ""
+def _fmt_extra(extra: dict[str, Any], rows: int) -> str:
+    out = []
+    if "py_cpu_s" in extra:
+        cpu = f"cpu/row: python {extra['py_cpu_s'] / rows * 1e6:.2f} us"
+        if "pg_cpu_s" in extra:
+            cpu += f", server {extra['pg_cpu_s'] / rows * 1e6:.2f} us"
+        out.append(cpu)
     if "python_cpu_us_per_row" in extra:
-        return f"batches {extra['batches']}, python cpu {extra['python_cpu_us_per_row']:.2f} us/row"
-    return (f"batches {extra['batches']} mean {extra['mean_batch_rows']:.0f} rows, "
-            f"commit p50 {extra['commit_p50_ms']:.1f} ms p99 {extra['commit_p99_ms']:.1f} ms")
+        out.append(f"batches {extra['batches']}, python cpu {extra['python_cpu_us_per_row']:.2f} us/row")
+    elif "mean_batch_rows" in extra:
+        out.append(f"batches {extra['batches']} mean {extra['mean_batch_rows']:.0f} rows, "
+                   f"commit p50 {extra['commit_p50_ms']:.1f} ms p99 {extra['commit_p99_ms']:.1f} ms")
+    return "; ".join(out)
 
 
 def _report(

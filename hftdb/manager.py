@@ -37,7 +37,7 @@ from .notify import TABLES as NOTIFY_TABLES
 from .notify import Filter, LatestMirror, Subscription
 from .replicas import ReadRouter
 from .server import EmbeddedServer
-from .tables import BalanceWriter, BookTickerWriter, FundingRateWriter, add_book_ticker_columns
+from .tables import BalanceWriter, BookTickerWriter, FundingRateWriter
 from .unit import UnitOfWork
 from .writer import RETRYABLE, BatchWriter
 
@@ -546,7 +546,9 @@ class DatabaseManager:
                 cols = [c[keep] for c in cols]
                 ex = None if ex is None else ex[keep]
                 uid = None if uid is None else uid[keep]
-        added = add_book_ticker_columns(writer, np, sid, *cols, recv, ex, uid)  # type: ignore[arg-type]
+        from . import vector
+
+        added = vector.add_columns(writer, sid, *cols, recv, ex, uid)  # type: ignore[arg-type]
         writer.submitted(added)
         return added
 
@@ -575,8 +577,10 @@ class DatabaseManager:
             return 0
         writer = self._writers[table]
         await writer.reserve(len(rows))
-        pairs = await self._resolve(rows, writer)
-        added = writer.add(pairs)  # type: ignore[attr-defined]
+        added = writer.add_fast(rows, self._known_ids)
+        if added is None:
+            pairs = await self._resolve(rows, writer)
+            added = writer.add(pairs)  # type: ignore[attr-defined]
         writer.submitted(added)
         if self._latest_cache is not None and added:
             self._latest_cache.invalidate()

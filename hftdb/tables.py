@@ -93,6 +93,15 @@ class BookTickerWriter(BatchWriter):
         update_id = EXCLUDED.update_id
     WHERE l.recv_ts <= EXCLUDED.recv_ts""")
 
+    def add_fast(self, rows: list[BookTicker], known_ids: set[int]) -> int | None:
+        """Take a whole call's tickers at once when each carries a registered ``symbol_id`` (the feeds' case),
+        vectorized by :mod:`hftdb.vector`; None when the call needs the per-row path (:meth:`add`)."""
+        if rows[0].symbol_id is None:
+            return None
+        from . import vector  # numpy is imported on first write, not by every process that imports hftdb
+
+        return vector.add_tickers(self, rows, known_ids)
+
     def add(self, rows: Iterable[tuple[int, BookTicker]]) -> int:
         """Validate and encode ``(symbol_id, ticker)`` pairs into the current batch; return how many were taken."""
         ts_max = now_us() + FUTURE_SLACK_US
@@ -385,99 +394,3 @@ def _balance_check(r: Balance, ts_max: int) -> tuple[str | None, Decimal, Decima
         if reason:
             return reason, zero, zero
     return None, free, locked
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# book_tickers, columnar: for bulk loads and backfills from arrays (numpy, optional extra)
-
-def _columns_dtype(np: Any, has_e: bool, has_u: bool) -> Any:
-    """A packed big-endian structured dtype laying out one binary COPY tuple per element."""
-    fields = [("nf", ">i2"), ("l_sid", ">i4"), ("sid", ">i4"), ("l_recv", ">i4"), ("recv", ">i8"), ("l_ex", ">i4")]
-    if has_e:
-        fields.append(("ex", ">i8"))
-    for name in ("bp", "bq", "ap", "aq"):
-        fields += [(f"l_{name}", ">i4"), (name, ">f8")]
-    fields.append(("l_uid", ">i4"))
-    if has_u:
-        fields.append(("uid", ">i8"))
-    return np.dtype(fields)
-
-
-def add_book_ticker_columns(
-    writer: BookTickerWriter, np: Any, sid: Any, bp: Any, bq: Any, ap: Any, aq: Any, recv: Any, ex: Any, uid: Any,
-) -> int:
-    """Validate and encode columns of book tickers with numpy, a batch at a time; return how many were taken.
-
-    The same rules as the row path, evaluated as vector masks; a rejected row is counted under its reason
-    (worked out by the row path's own function) and the others go on. ``ex``/``uid`` are None or arrays
-    without gaps (a column is NULL for all rows or for none).
-    """
-    ts_max = now_us() + FUTURE_SLACK_US
-    with np.errstate(invalid="ignore"):
-        ok = (bp > 0) & (bp <= ap) & (ap < INF) & (bq > 0) & (bq < INF) & (aq > 0) & (aq < INF)
-        ok &= (recv >= MIN_TS_US) & (recv <= ts_max)
-        if ex is not None:
-            ok &= (ex >= MIN_TS_US) & (ex <= ts_max)
-    if not ok.all():
-        for i in np.flatnonzero(~ok).tolist():
-            r = BookTicker("", "", float(bp[i]), float(bq[i]), float(ap[i]), float(aq[i]), int(recv[i]),
-                           None if ex is None else int(ex[i]), None if uid is None else int(uid[i]), int(sid[i]))
-            writer.rejects.add(_book_ticker_reason(r, ts_max), f"symbol_id {r.symbol_id}: {r!r}")
-        keep = np.flatnonzero(ok)
-        sid, bp, bq, ap, aq, recv = sid[keep], bp[keep], bq[keep], ap[keep], aq[keep], recv[keep]
-        ex = None if ex is None else ex[keep]
-        uid = None if uid is None else uid[keep]
-    total = len(sid)
-    dtype = _columns_dtype(np, ex is not None, uid is not None)
-    interval = writer._interval_us
-    start = 0
-    while start < total:
-        b = writer.current
-        take = min(total - start, writer._max_rows - b.rows)
-        sl = slice(start, start + take)
-        rows = np.empty(take, dtype=dtype)
-        rows["nf"] = 8
-        rows["l_sid"] = 4
-        rows["sid"] = sid[sl]
-        rows["l_recv"] = 8
-        rows["recv"] = recv[sl] - PG_EPOCH_US
-        if ex is not None:
-            rows["l_ex"] = 8
-            rows["ex"] = ex[sl] - PG_EPOCH_US
-        else:
-            rows["l_ex"] = -1
-        for name, col in (("bp", bp), ("bq", bq), ("ap", ap), ("aq", aq)):
-            rows[f"l_{name}"] = 8
-            rows[name] = col[sl]
-        if uid is not None:
-            rows["l_uid"] = 8
-            rows["uid"] = uid[sl]
-        else:
-            rows["l_uid"] = -1
-        assert b.buf is not None
-        b.buf += rows.tobytes()
-        r_recv = recv[sl]
-        lo, hi = int(r_recv.min()), int(r_recv.max())
-        b.min_ts, b.max_ts = min(b.min_ts, lo), max(b.max_ts, hi)
-        b.parts.update((np.unique(r_recv - r_recv % interval)).tolist())
-        # Latest per symbol: the last of each symbol's rows ordered by receipt time.
-        r_sid = sid[sl]
-        order = np.lexsort((r_recv, r_sid))
-        s_sorted = r_sid[order]
-        last = order[np.append(s_sorted[1:] != s_sorted[:-1], True)]
-        latest = b.latest
-        for i, s_id, v_bp, v_bq, v_ap, v_aq, v_recv in zip(
-            last.tolist(), r_sid[last].tolist(), bp[sl][last].tolist(), bq[sl][last].tolist(),
-            ap[sl][last].tolist(), aq[sl][last].tolist(), r_recv[last].tolist(),
-        ):
-            prev = latest.get(s_id)
-            if prev is None or prev.recv_ts <= v_recv:
-                latest[s_id] = BookTicker(
-                    "", "", v_bp, v_bq, v_ap, v_aq, v_recv,
-                    None if ex is None else int(ex[sl][i]), None if uid is None else int(uid[sl][i]), s_id,
-                )
-        b.rows += take
-        start += take
-        if b.rows >= writer._max_rows:
-            writer._seal()
-    return total

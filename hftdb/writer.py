@@ -291,6 +291,10 @@ class BatchWriter:
                 self._seal()
             self._wakeup.set()
 
+    def add_fast(self, rows: list[Any], known_ids: set[int]) -> int | None:
+        """Take a whole call's rows at once where the table has a vectorized path; None means use ``add``."""
+        return None
+
     def _append_row(self, key: Any, value: Any, row: bytes, ts: int) -> None:
         """Append one encoded row; keep the newest ``value`` per ``key`` for the latest-table upsert."""
         b = self.current

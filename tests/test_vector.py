@@ -1,0 +1,132 @@
+"""The vectorized book-ticker path (hftdb.vector) stores, rejects and keeps latest exactly like the per-row path.
+
+Rows that carry a registered ``symbol_id`` take the vectorized path; the same rows named by exchange and symbol
+take the per-row path. Both get the same mix of good and bad values, and the database must end up the same.
+"""
+
+import random
+
+import pytest
+
+from hftdb import BookTicker, DatabaseManager, ExchangeName, Symbol, now_us, vector
+
+from helpers import settings
+
+N_SYMBOLS = 12
+EXCHANGE = ExchangeName.BINANCE_USDM
+
+
+def _values(n: int, seed: int) -> list[dict]:
+    """``n`` ticker value sets: mostly good, with every kind of bad value and out-of-order receipt times."""
+    rnd = random.Random(seed)
+    t = now_us()
+    out = []
+    for i in range(n):
+        bp = 100.0 + rnd.randrange(1000) / 8
+        v = dict(bid_price=bp, bid_qty=1.0 + rnd.random(), ask_price=bp + 0.125, ask_qty=2.0 + rnd.random(),
+                 recv_ts=t + i * 10 + rnd.randrange(5), exchange_ts=t + i * 10 - 7, update_id=10**12 + i)
+        if rnd.random() < 0.05:
+            v["recv_ts"] -= 50_000  # out of receipt order: latest must still pick the newest
+        k = rnd.random()
+        if k < 0.015:
+            v["bid_price"] = float("nan")
+        elif k < 0.03:
+            v["ask_qty"] = float("inf")
+        elif k < 0.045:
+            v["bid_price"] = -v["bid_price"]
+        elif k < 0.06:
+            v["bid_qty"] = 0.0
+        elif k < 0.075:
+            v["bid_price"], v["ask_price"] = v["ask_price"] + 1, v["bid_price"]
+        elif k < 0.09:
+            v["recv_ts"] = 1_600_000
+        elif k < 0.1:
+            v["exchange_ts"] = t + 10 * 86_400_000_000
+        out.append(v)
+    return out
+
+
+def _typed_oddities(t: int) -> list[dict]:
+    """Values the fast path can't pack (wrong types, a NULL pattern differing from the first row's)."""
+    good = dict(bid_price=10.0, bid_qty=1.0, ask_price=10.5, ask_qty=1.0, recv_ts=t, exchange_ts=t - 1,
+                update_id=None)
+    return [
+        dict(good, update_id=1),
+        dict(good, bid_price="100"),
+        dict(good, recv_ts=1.5e15),
+        dict(good, exchange_ts=None, update_id=2),
+        dict(good, update_id=3),
+    ]
+
+
+async def _stored(db: DatabaseManager, ids: list[int]) -> list[tuple]:
+    rows = await db.pool.fetch(
+        "SELECT symbol_id, recv_ts, exchange_ts, bid_price, bid_qty, ask_price, ask_qty, update_id"
+        " FROM book_tickers WHERE symbol_id = ANY($1::int4[])", ids)
+    index = {sid: i for i, sid in enumerate(ids)}
+    return sorted((index[r[0]], *r[1:]) for r in rows)
+
+
+async def _latest(db: DatabaseManager, ids: list[int]) -> list[tuple]:
+    rows = await db.pool.fetch(
+        "SELECT symbol_id, recv_ts, exchange_ts, bid_price, bid_qty, ask_price, ask_qty, update_id"
+        " FROM book_tickers_latest WHERE symbol_id = ANY($1::int4[])", ids)
+    index = {sid: i for i, sid in enumerate(ids)}
+    return sorted((index[r[0]], *r[1:]) for r in rows)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 250, 1_000])
+async def test_vectorized_path_matches_row_path(dsn, tmp_path, chunk, monkeypatch):
+    values = _values(3_000, seed=chunk)
+    taken_fast: list[int | None] = []
+    real = vector.add_tickers
+
+    def spy(*args):
+        taken_fast.append(real(*args))
+        return taken_fast[-1]
+
+    monkeypatch.setattr(vector, "add_tickers", spy)
+    async with DatabaseManager(dsn, settings=settings(tmp_path, batch_max_rows=700)) as db:
+        ex = await db.insert_exchange(EXCHANGE)
+        fast = [await db.insert_symbol(Symbol(exchange_id=ex.id, symbol=f"F{i}USDT")) for i in range(N_SYMBOLS)]
+        slow = [await db.insert_symbol(Symbol(exchange_id=ex.id, symbol=f"S{i}USDT")) for i in range(N_SYMBOLS)]
+        writer = db.writer("book_tickers")
+
+        async def insert(named: bool) -> dict[str, int]:
+            before = writer.rejects.snapshot()
+            syms = slow if named else fast
+            rows = [BookTicker(EXCHANGE.value, syms[i % N_SYMBOLS].symbol, **v,
+                               symbol_id=None if named else syms[i % N_SYMBOLS].id)
+                    for i, v in enumerate(values)]
+            taken = 0
+            for i in range(0, len(rows), chunk):
+                taken += await db.insert_book_ticker_snapshots(rows[i:i + chunk])
+            await db.flush()
+            after = writer.rejects.snapshot()
+            return {"taken": taken, **{k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}}
+
+        by_row = await insert(named=True)
+        assert taken_fast == []
+        vectorized = await insert(named=False)
+        assert sum(n or 0 for n in taken_fast) == vectorized["taken"]  # every call took the vectorized path
+        assert by_row["taken"] < len(values)  # the mix really holds bad rows
+        assert vectorized == by_row
+        fast_ids, slow_ids = [s.id for s in fast], [s.id for s in slow]
+        assert await _stored(db, fast_ids) == await _stored(db, slow_ids)
+        assert await _latest(db, fast_ids) == await _latest(db, slow_ids)
+        assert len(await _latest(db, fast_ids)) == N_SYMBOLS
+
+
+async def test_vectorized_path_falls_back_per_row_on_odd_types(dsn, tmp_path):
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        ex = await db.insert_exchange(EXCHANGE)
+        sym = await db.insert_symbol(Symbol(exchange_id=ex.id, symbol="BTCUSDT"))
+        t = now_us()
+        rows = [BookTicker(EXCHANGE.value, "BTCUSDT", **v, symbol_id=sym.id) for v in _typed_oddities(t)]
+        rows.append(BookTicker(EXCHANGE.value, "BTCUSDT", 10.0, 1.0, 10.5, 1.0, t, symbol_id=987_654))
+        assert await db.insert_book_ticker_snapshots(rows) == 3
+        await db.flush()
+        assert db.writer("book_tickers").rejects.snapshot() == {
+            "bid_price_wrong_type": 1, "recv_ts_wrong_type": 1, "unknown_symbol_id": 1}
+        stored = await db.pool.fetch("SELECT exchange_ts, update_id FROM book_tickers ORDER BY update_id")
+        assert [tuple(r) for r in stored] == [(t - 1, 1), (None, 2), (t - 1, 3)]
