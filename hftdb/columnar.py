@@ -14,22 +14,28 @@ parse loop, and ``struct.iter_unpack`` does the same without numpy. The SELECT l
 :func:`to_numpy` returns ``{name: ndarray}`` (timestamps as ``datetime64[us]``, NULL as NaT; nullable floats with
 NaN; nullable integers as ``numpy.ma.MaskedArray``). :func:`to_lists` returns ``{name: list}`` of Python values,
 timestamps as integer Unix microseconds and NULL as ``None``. numpy is an optional extra (``hftdb[numpy]``).
+
+:class:`PackedRows` decodes the latest tables' ``packed`` column (migration 0002): rows of big-endian 8-byte
+fields, aggregated by the server into one bytea, turned into records column by column with the array module.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import operator
 import struct
+import sys
+from array import array
 from typing import Any, NamedTuple, Sequence
 
 import asyncpg
 
-from .copy import HEADER, TRAILER
+from .copy import HEADER, PG_EPOCH_US, TRAILER
 from .errors import DatabaseError, ValidationError
 
-__all__ = ["Column", "Layout", "FORMATS", "TO_UNIX", "copy_out", "to_lists", "to_numpy", "check_format"]
+__all__ = ["Column", "Layout", "FORMATS", "TO_UNIX", "copy_out", "to_lists", "to_numpy", "check_format", "PackedRows"]
 
 #: The ``format=`` values of the history reads.
 FORMATS = ("objects", "columns", "numpy")
@@ -301,3 +307,70 @@ def check_format(format: str) -> str:
         except ImportError:
             raise ValidationError("format='numpy' needs numpy: pip install 'hftdb[numpy]'") from None
     return format
+
+
+# -- packed latest rows -----------------------------------------------------------------------------------------
+
+_SWAP = sys.byteorder == "little"  # the packed fields are big-endian
+
+
+class PackedRows:
+    """Records from the ``packed`` column of a latest table, as ``string_agg(packed, '')`` returns it.
+
+    Each row is ``2 + len(fields)`` big-endian 8-byte fields: symbol_id, a NULL bitmask, then the record's fields
+    in its positional order after ``exchange`` and ``symbol`` (see ``migrations/0002_latest_packed.up.sql``).
+    ``fields`` gives each field's kind (``"f8"``, ``"i8"``, ``"ts"``: PostgreSQL-epoch µs) and its NULL bit, or
+    None when it is never NULL. Every field is sliced out of the buffer as a column in C; only timestamps (the
+    epoch shift) and columns that hold a NULL take a Python loop; records are built by ``map``, which calls the
+    record type in C. That is about 0.3 µs a row, against about 0.5 µs for asyncpg's rows plus building records
+    from them, and the server sends one value instead of eight a row (its per-value output was the larger cost).
+    """
+
+    __slots__ = ("record", "fields", "width", "_has_f8")
+
+    def __init__(self, record: type, fields: Sequence[tuple[str, int | None]]) -> None:
+        for kind, _ in fields:
+            if kind not in ("f8", "i8", "ts"):
+                raise ValueError(f"unknown packed field kind {kind!r}")
+        self.record = record
+        self.fields = tuple(fields)
+        self.width = 2 + len(self.fields)
+        self._has_f8 = any(kind == "f8" for kind, _ in self.fields)
+
+    def ids(self, buf: bytes) -> list[int]:
+        """The symbol ids of the rows in ``buf``."""
+        return self._ints(buf)[0::self.width].tolist()
+
+    def _ints(self, buf: bytes) -> array:
+        if len(buf) % (8 * self.width):
+            raise DatabaseError(f"packed latest rows: {len(buf)} bytes is not a multiple of {8 * self.width}; "
+                                "is the schema at migration 0002?")
+        q = array("q")
+        q.frombytes(buf)
+        if _SWAP:
+            q.byteswap()
+        return q
+
+    def decode(self, buf: bytes, exchange_of: dict[int, str], symbol_of: dict[int, str]) -> list[Any]:
+        """The records in ``buf``, named from the id maps (KeyError for an id missing from them)."""
+        w = self.width
+        q = self._ints(buf)
+        d: array | None = None
+        if self._has_f8:
+            d = array("d")
+            d.frombytes(q.tobytes())  # already in host order: reinterpret the same 8 bytes as doubles
+        ids = q[0::w].tolist()
+        flags = q[1::w]
+        nulls = functools.reduce(operator.or_, set(flags), 0) if any(flags) else 0
+        cols: list[Any] = []
+        for i, (kind, bit) in enumerate(self.fields, 2):
+            if kind == "f8":
+                col = d[i::w].tolist()  # type: ignore[index]
+            elif kind == "ts":
+                col = [v + PG_EPOCH_US for v in q[i::w]]
+            else:
+                col = q[i::w].tolist()
+            if bit is not None and nulls & bit:
+                col = [None if f & bit else v for v, f in zip(col, flags)]
+            cols.append(col)
+        return list(map(self.record, map(exchange_of.__getitem__, ids), map(symbol_of.__getitem__, ids), *cols, ids))

@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator, Iterable, Literal, Sequence
 
 import asyncpg
 
-from . import columnar, reads, schema
+from . import reads, schema
 from .cache import TTLCache
 from .config import Settings, load_settings, redact_dsn
 from .copy import PG_EPOCH_US
@@ -166,7 +166,8 @@ class DatabaseManager:
                 await self._warm_caches()
                 self._router = ReadRouter(self._dsn, self.settings.reads, database=db)
                 await self._router.start()
-                self._reader = reads.Reader(self._router, self._directory)
+                self._reader = reads.Reader(self._router, self._directory, exchange=self.get_exchange_by_enum,
+                                            symbol_id=self._symbol_id, latest_cache=self._latest_cache)
                 spool_root = Path(self._spool_dir) if self._spool_dir else None
                 for cls in (BookTickerWriter, FundingRateWriter, BalanceWriter):
                     writer = cls(
@@ -617,6 +618,7 @@ class DatabaseManager:
             uow._committed()
 
     # -- reads -------------------------------------------------------------------------------------------------
+    # The bodies live in hftdb.reads.Reader (filters, caches, SQL, decoding); these are the documented front.
 
     async def get_latest_book_tickers(
         self,
@@ -633,16 +635,8 @@ class DatabaseManager:
         are configured; ``primary=True`` reads the primary (read-your-writes after :meth:`flush`).
         """
         self._check_open()
-        ids = await self._filter_ids(exchange, symbols, symbol_ids)
-        key = ("bt", ids)
-        if self._latest_cache is not None:
-            hit = self._latest_cache.get(key)
-            if hit is not None:
-                return hit
-        result = await self._reader.latest_book_tickers(ids, primary=primary)  # type: ignore[union-attr]
-        if self._latest_cache is not None:
-            self._latest_cache.set(key, result)
-        return result
+        return await self._reader.latest_book_tickers(  # type: ignore[union-attr]
+            exchange, symbols, symbol_ids, primary=primary)
 
     async def get_latest_funding_rates(
         self,
@@ -654,24 +648,8 @@ class DatabaseManager:
     ) -> list[FundingRate]:
         """The current funding rate of each perpetual, from ``funding_rates_latest``; filters as for book tickers."""
         self._check_open()
-        ids = await self._filter_ids(exchange, symbols, symbol_ids)
-        return await self._reader.latest_funding_rates(ids, primary=primary)  # type: ignore[union-attr]
-
-    async def _filter_ids(self, exchange: Any, symbols: Sequence[str] | None, symbol_ids: Sequence[int] | None) -> Any:
-        if symbol_ids is not None:
-            if isinstance(symbol_ids, (str, bytes)) or not all(type(i) is int for i in symbol_ids):
-                raise ValidationError("symbol_ids must be a list of integer ids")
-            return ("ids", tuple(symbol_ids))
-        if symbols is not None:
-            if exchange is None:
-                raise ValidationError("symbols need an exchange: pass exchange=...")
-            if isinstance(symbols, str):
-                raise ValidationError("symbols must be a list of native symbols, not one string")
-            return ("ids", tuple([await self._symbol_id(exchange, s) for s in symbols]))
-        if exchange is not None:
-            ex = await self.get_exchange_by_enum(exchange)
-            return ("exchange", ex.id)
-        return ("all", None)
+        return await self._reader.latest_funding_rates(  # type: ignore[union-attr]
+            exchange, symbols, symbol_ids, primary=primary)
 
     async def get_book_ticker_history(
         self,
@@ -693,12 +671,8 @@ class DatabaseManager:
         decoded straight from binary COPY (needs ``hftdb[numpy]``; see :mod:`hftdb.columnar`).
         """
         self._check_open()
-        columnar.check_format(format)
-        sid = await self._symbol_id(exchange, symbol)
-        lo, hi = _window(start, end, hours)
         return await self._reader.book_ticker_history(  # type: ignore[union-attr]
-            sid, lo, hi, _limit(limit), exchange=_exchange_name(exchange), symbol=symbol, format=format,
-            primary=primary)
+            exchange, symbol, start=start, end=end, hours=hours, limit=limit, format=format, primary=primary)
 
     async def get_funding_rate_history(
         self, exchange: ExchangeName | str, symbol: str, *, start: int | None = None, end: int | None = None,
@@ -707,20 +681,15 @@ class DatabaseManager:
     ) -> Any:
         """Funding rates of one symbol in a receipt-time window, oldest first; ``format`` as for book tickers."""
         self._check_open()
-        columnar.check_format(format)
-        sid = await self._symbol_id(exchange, symbol)
-        lo, hi = _window(start, end, hours)
         return await self._reader.funding_history(  # type: ignore[union-attr]
-            sid, lo, hi, _limit(limit), exchange=_exchange_name(exchange), symbol=symbol, format=format,
-            primary=primary)
+            exchange, symbol, start=start, end=end, hours=hours, limit=limit, format=format, primary=primary)
 
     async def get_latest_balances(
         self, exchange: ExchangeName | str | None = None, *, account: str | None = None, primary: bool = False
     ) -> list[Balance]:
         """The current balance of every asset (of one exchange and/or account), from ``balances_latest``."""
         self._check_open()
-        ex_id = (await self.get_exchange_by_enum(exchange)).id if exchange is not None else None
-        return await self._reader.latest_balances(ex_id, account, primary=primary)  # type: ignore[union-attr]
+        return await self._reader.latest_balances(exchange, account, primary=primary)  # type: ignore[union-attr]
 
     async def get_balance_history(
         self, exchange: ExchangeName | str, asset: str, *, account: str = "default", start: int | None = None,
@@ -732,11 +701,8 @@ class DatabaseManager:
         ``objects`` and ``columns`` keep amounts exact (Decimal); ``numpy`` gives float64 approximations.
         """
         self._check_open()
-        columnar.check_format(format)
-        ex = await self.get_exchange_by_enum(exchange)
-        lo, hi = _window(start, end, hours)
         return await self._reader.balance_history(  # type: ignore[union-attr]
-            ex.id, account, asset, lo, hi, _limit(limit), exchange=ex.name, format=format,  # type: ignore[arg-type]
+            exchange, asset, account=account, start=start, end=end, hours=hours, limit=limit, format=format,
             primary=primary)
 
     def notifications(
@@ -768,7 +734,7 @@ class DatabaseManager:
 
         async def prepare() -> Filter:
             if symbol_ids is not None or symbols is not None:
-                filt = await self._filter_ids(exchange, symbols, symbol_ids)
+                filt = await self._reader.filter_ids(exchange, symbols, symbol_ids)  # type: ignore[union-attr]
                 return Filter(ids=filt[1])
             if exchange is None:
                 return Filter()
@@ -918,28 +884,3 @@ def _check_symbol(symbol: Symbol) -> None:
         raise ValidationError(f"expected hftdb.Symbol, got {type(symbol).__name__}")
     if not isinstance(symbol.symbol, str) or not 0 < len(symbol.symbol) <= _MAX_SYMBOL_LEN:
         raise ValidationError(f"symbol must be 1..{_MAX_SYMBOL_LEN} characters, got {symbol.symbol!r}")
-
-
-def _limit(limit: int | None) -> int | None:
-    if limit is not None and (type(limit) is not int or limit <= 0):
-        raise ValidationError(f"limit must be a positive integer, got {limit!r}")
-    return limit
-
-
-def _window(start: int | None, end: int | None, hours: float | None) -> tuple[int, int]:
-    if hours is not None:
-        if start is not None:
-            raise ValidationError("give either start/end or hours, not both")
-        if not isinstance(hours, (int, float)) or hours <= 0:
-            raise ValidationError(f"hours must be a positive number, got {hours!r}")
-        hi = end if end is not None else now_us() + 1
-        return hi - int(hours * 3_600_000_000), hi
-    if start is None:
-        raise ValidationError("give start (Unix microseconds) or hours")
-    hi = end if end is not None else now_us() + 1
-    for name, value in (("start", start), ("end", hi)):
-        if type(value) is not int:
-            raise ValidationError(f"{name} must be integer Unix microseconds, got {value!r}")
-    if hi <= start:
-        raise ValidationError(f"end ({hi}) must be after start ({start})")
-    return start, hi

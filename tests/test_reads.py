@@ -3,10 +3,13 @@
 import sys
 from decimal import Decimal
 
+import asyncpg
 import pytest
 
 from hftdb import Balance, BookTicker, DatabaseManager, ExchangeName, FundingRate, Symbol, ValidationError, now_us
-from hftdb import columnar
+from hftdb import columnar, reads
+from hftdb.errors import DatabaseError
+from hftdb.schema import Migrator
 from hftdb.copy import HEADER, TRAILER
 
 from helpers import settings
@@ -80,6 +83,66 @@ async def test_latest_reads_name_symbols_registered_by_another_process(dsn, tmp_
         (fr,) = await reader.get_latest_funding_rates()
         assert (fr.exchange, fr.symbol, fr.rate, fr.mark_price, fr.next_funding_ts) == (
             "bybit_linear", "SOLUSDT", 0.0001, None, None)
+
+
+async def test_latest_funding_rates_nulls_and_exchanges_apart(dsn, tmp_path):
+    """Every NULL pattern of the packed rows, two exchanges kept apart by the rows' own exchange_id."""
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.OKX_SWAP)
+        await db.insert_exchange(ExchangeName.BYBIT_LINEAR)
+        t = now_us() - 1_000_000
+        rates = [
+            FundingRate("okx_swap", f"S{i}-USDT-SWAP", 0.0001 * i, t + i,
+                        exchange_ts=None if i & 1 else t - i, next_funding_ts=None if i & 2 else t + HOUR_US,
+                        mark_price=None if i & 4 else 100.5 + i, index_price=None if i & 8 else 99.5 - i)
+            for i in range(16)
+        ] + [FundingRate("bybit_linear", "SOLUSDT", -0.0002, t, t - 1, t + HOUR_US, 20.5, 20.4)]
+        await db.insert_funding_rates(rates)
+        await db.flush()
+
+        def fields(r: FundingRate) -> tuple:
+            return (r.exchange, r.symbol, r.rate, r.recv_ts, r.exchange_ts, r.next_funding_ts, r.mark_price,
+                    r.index_price)
+
+        okx = await db.get_latest_funding_rates("okx_swap")
+        assert sorted(map(fields, okx)) == sorted(map(fields, rates[:16]))
+        assert all(r.symbol_id == db.resolve_symbol_id(r.exchange, r.symbol) for r in okx)
+        (sol,) = await db.get_latest_funding_rates(ExchangeName.BYBIT_LINEAR)
+        assert fields(sol) == fields(rates[16])
+        assert len(await db.get_latest_funding_rates()) == 17
+        few = await db.get_latest_funding_rates("okx_swap", ["S3-USDT-SWAP", "S12-USDT-SWAP"])
+        assert sorted(map(fields, few)) == sorted(map(fields, [rates[3], rates[12]]))
+        assert await db.get_latest_funding_rates(symbol_ids=[]) == []
+
+
+async def test_latest_rows_written_before_migration_0002_keep_their_exchange(dsn, tmp_path):
+    """Migration 0002 fills exchange_id and packed for rows already there; the trigger fills it for new ones."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await Migrator(conn).up(1)
+        await conn.execute("INSERT INTO exchanges (name) VALUES ('binance_spot'), ('okx_spot')")
+        await conn.execute("INSERT INTO symbols (exchange_id, symbol) VALUES (1, 'BTCUSDT'), (2, 'BTC-USDT')")
+        await conn.execute(
+            """INSERT INTO book_tickers_latest (symbol_id, recv_ts, exchange_ts, bid_price, bid_qty, ask_price,
+                                                ask_qty, update_id)
+               VALUES (1, '2026-01-02 03:04:05.678901+00', NULL, 1.5, 2, 1.75, 3, 7),
+                      (2, '2026-01-02 03:04:05+00', '2026-01-02 03:04:04.5+00', 10, 1, 11, 1, NULL)""")
+    finally:
+        await conn.close()
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        t0 = 1767323045678901
+        (btc,) = await db.get_latest_book_tickers("binance_spot")
+        assert btc == BookTicker("binance_spot", "BTCUSDT", 1.5, 2.0, 1.75, 3.0, t0, None, 7, btc.symbol_id)
+        (okx,) = await db.get_latest_book_tickers("okx_spot")
+        assert (okx.recv_ts, okx.exchange_ts, okx.update_id) == (t0 - 678901, t0 - 1178901, None)
+        await db.insert_book_ticker_snapshots([BookTicker("okx_spot", "ETH-USDT", 2.0, 1.0, 2.5, 1.0, now_us())])
+        await db.flush()
+        assert {r.symbol for r in await db.get_latest_book_tickers("okx_spot")} == {"BTC-USDT", "ETH-USDT"}
+
+
+def test_packed_rows_reject_a_buffer_of_another_width():
+    with pytest.raises(DatabaseError, match="migration 0002"):
+        reads._BT_PACKED.decode(b"\0" * 80, {}, {})
 
 
 async def test_book_ticker_history_in_every_format_agrees(dsn, tmp_path):

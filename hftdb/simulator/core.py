@@ -4,6 +4,11 @@ A *host* is one exchange endpoint (``api.binance.com``/``stream.binance.com`` be
 Bybit's spot and linear markets): one aiohttp application on its own port serving REST and websockets. Data
 frames go through a per-connection queue and writer task, and are entered in the :class:`~.ledger.Ledger` only
 once written to the socket, so the ledger counts exactly what a client could have received.
+
+The writer frames a run of queued data messages itself (an unmasked, uncompressed text frame is two to ten
+bytes of header before the payload) and hands the whole run to the socket in one write, waiting while the
+socket's buffer is full: aiohttp's ``send_str`` costs a few µs per message, which at 50k messages a second
+was most of a core. Control frames, pings and the close go through aiohttp, in queue order.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import struct
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -130,6 +136,22 @@ class Faults:
 
 _DATA, _CONTROL, _PING, _CLOSE = range(4)
 
+_RUN = 256  # data frames per socket write at most
+_HIGH_WATER = 1 << 20  # bytes buffered in the socket before the writer waits for the client to read
+_LOW_WATER = 1 << 18
+_HEADER_16 = struct.Struct("!BBH").pack
+_HEADER_64 = struct.Struct("!BBQ").pack
+
+
+def _text_frame(payload: bytes) -> bytes:
+    """The header of a final, unmasked text frame carrying ``payload`` (RFC 6455 section 5.2)."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n))
+    if n < 65536:
+        return _HEADER_16(0x81, 126, n)
+    return _HEADER_64(0x81, 127, n)
+
 
 class Session:
     """The server side of one websocket connection: subscriptions, an outgoing queue and its writer task."""
@@ -209,8 +231,10 @@ class Session:
     async def writer(self) -> None:
         """Write queued frames in order until closed; a data frame enters the ledger once written."""
         ws, ledger, faults, name = self.ws, self.host.ledger, self.host.faults, self.host.name
+        record = ledger.record
         loop = asyncio.get_running_loop()
         queue = self._queue
+        transport = self.request.transport
         while True:
             if not queue:
                 self.drained.set()
@@ -220,13 +244,28 @@ class Session:
             if faults.stalled(name):
                 await faults.unstalled_event(name).wait()
                 continue
+            if queue[0][0] == _DATA:
+                if transport is None or transport.is_closing():
+                    raise ConnectionResetError("the client connection is closed")
+                parts: list[bytes] = []
+                run = []
+                while queue and queue[0][0] == _DATA and len(run) < _RUN:
+                    item = queue.popleft()
+                    payload = item[1].encode()
+                    parts.append(_text_frame(payload))
+                    parts.append(payload)
+                    run.append(item)
+                transport.write(b"".join(parts))
+                for item in run:
+                    venue, channel, symbol = item[2]
+                    record(venue.value, channel, symbol, item[3])
+                self.last_sent = loop.time()
+                if transport.get_write_buffer_size() > _HIGH_WATER:
+                    await self._drain(transport)
+                continue
             item = queue.popleft()
             kind = item[0]
-            if kind == _DATA:
-                await ws.send_str(item[1])
-                venue, channel, symbol = item[2]
-                ledger.record(venue.value, channel, symbol, item[3])
-            elif kind == _CONTROL:
+            if kind == _CONTROL:
                 await ws.send_str(item[1])
                 if len(item) > 2:
                     ledger.malformed[name] = ledger.malformed.get(name, 0) + 1
@@ -238,6 +277,14 @@ class Session:
                 await ws.close(code=item[1], message=item[2].encode())
                 return
             self.last_sent = loop.time()
+
+    async def _drain(self, transport: asyncio.Transport) -> None:
+        # The client reads slower than we write: wait until the socket's buffer is mostly sent (a real venue
+        # would eventually cut such a client; max_queue does that here).
+        while transport.get_write_buffer_size() > _LOW_WATER:
+            if transport.is_closing():
+                raise ConnectionResetError("the client connection is closed")
+            await asyncio.sleep(0.001)
 
 
 class Host:
@@ -344,9 +391,12 @@ class Host:
         if not live or self.faults.stalled(self.name):
             return  # a stall sends nothing: these messages are lost, and never counted
         data, key = self.encode(venue, channel, symbol, now_ms)
-        tally = self.ledger.tally(venue.value, channel, symbol)
-        if gap and channel in self.id_channels:
-            tally.gaps += 1
+        if gap or duplicate:
+            tally = self.ledger.tally(venue.value, channel, symbol)
+            if gap and channel in self.id_channels:
+                tally.gaps += 1
+            if duplicate:
+                tally.duplicates += len(live)
         frames: dict[bool, str] = {}
         for _ in range(2 if duplicate else 1):
             for s in live:
@@ -354,8 +404,6 @@ class Host:
                 if text is None:
                     text = frames[s.combined] = self.wrap(s, channel, symbol, data)
                 s.send_data(text, stream, key)
-        if duplicate:
-            tally.duplicates += len(live)
 
     @staticmethod
     def json(obj: Any) -> str:

@@ -119,7 +119,9 @@ class Ledger:
 
     def record(self, venue: str, channel: str, symbol: str, key: int) -> None:
         """Record one data frame written to a socket."""
-        t = self.tally(venue, channel, symbol)
+        t = self._tallies.get((venue, channel, symbol))
+        if t is None:
+            t = self.tally(venue, channel, symbol)
         t.frames += 1
         t.keys.add(key)
 

@@ -3,13 +3,18 @@
 Prices are held in integer ticks and printed with the instrument's decimals, so every price on the wire is an
 exact multiple of the tick, as on a real exchange. All randomness comes from one seeded ``random.Random`` per
 market, so a run is reproducible from its seed (given the same sequence of calls).
+
+The simulator must offer 50k+ messages a second from one process, so a book step draws from tables of
+pre-drawn random steps, spreads and sizes (indexed by ``getrandbits``, a few hundred ns instead of several
+µs of ``gauss``/``lognormvariate``), and price and size texts are remembered per instrument: the walk keeps
+revisiting the same few ticks, and sizes come from a table.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..models import ExchangeName
 
@@ -36,6 +41,8 @@ class Instrument:
     price_decimals: int
     qty_decimals: int
     trading: bool = True  # False once delisted: still listed over REST (halted), no longer streamed
+    price_texts: dict[int, str] = field(default_factory=dict, repr=False, compare=False)
+    qty_texts: dict[float, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def tick(self) -> str:
@@ -65,6 +72,10 @@ class Quote:
     next_funding_ms: int = 0
 
 
+_TABLE_BITS = 12  # 4,096 pre-drawn values per table
+_TEXTS = 8192  # remembered texts per instrument before the memo starts over
+
+
 def _fmt(ticks: int, decimals: int) -> str:
     if decimals == 0:
         return str(ticks)
@@ -90,6 +101,12 @@ class Market:
         self.quotes: dict[str, Quote] = {}
         self._last_ts: dict[tuple[str, str], int] = {}
         self._perpetual = venue in PERPETUAL_VENUES
+        rng = self.rng
+        n = 1 << _TABLE_BITS
+        self._steps = [2 * round(rng.gauss(0, 1.5)) for _ in range(n)]
+        self._spreads = [rng.choice((1, 1, 1, 2, 3)) for _ in range(n)]
+        self._sizes = [rng.lognormvariate(0, 1) * 10 for _ in range(n)]
+        self._qty_tables: dict[int, list[float]] = {}
         for i in range(symbols):
             if i < len(_BASES):
                 base, price = _BASES[i]
@@ -158,18 +175,24 @@ class Market:
     def step_book(self, symbol: str, *, skip: int = 0) -> Quote:
         """Move the quote of ``symbol`` one random step; ``skip`` ids are consumed unsent (an injected gap)."""
         q = self.quotes[symbol]
-        inst = self.by_symbol[symbol]
-        rng = self.rng
+        bits = self.rng.getrandbits
         q.prev_bid, q.prev_ask = q.bid, q.ask
-        mid2 = q.bid + q.ask + 2 * round(rng.gauss(0, 1.5))
-        spread = rng.choice((1, 1, 1, 2, 3))
+        mid2 = q.bid + q.ask + self._steps[bits(_TABLE_BITS)]
+        spread = self._spreads[bits(_TABLE_BITS)]
         bid = max(1, (mid2 - spread) // 2)
         q.bid, q.ask = bid, bid + spread
-        scale = 10 ** inst.qty_decimals
-        q.bid_qty = max(1, round(rng.lognormvariate(0, 1) * 10 * scale)) / scale
-        q.ask_qty = max(1, round(rng.lognormvariate(0, 1) * 10 * scale)) / scale
+        sizes = self._qty_table(self.by_symbol[symbol].qty_decimals)
+        q.bid_qty = sizes[bits(_TABLE_BITS)]
+        q.ask_qty = sizes[bits(_TABLE_BITS)]
         q.update_id += 1 + skip
         return q
+
+    def _qty_table(self, decimals: int) -> list[float]:
+        table = self._qty_tables.get(decimals)
+        if table is None:
+            scale = 10**decimals
+            table = self._qty_tables[decimals] = [max(1, round(x * scale)) / scale for x in self._sizes]
+        return table
 
     def step_funding(self, symbol: str, now_ms: int) -> Quote:
         """Move the funding rate, mark and index price of ``symbol`` one random step."""
@@ -193,8 +216,22 @@ class Market:
 
     def price(self, symbol: str, ticks: int) -> str:
         """``ticks`` of ``symbol`` as the venue prints a price."""
-        return _fmt(ticks, self.by_symbol[symbol].price_decimals)
+        inst = self.by_symbol[symbol]
+        texts = inst.price_texts
+        text = texts.get(ticks)
+        if text is None:
+            if len(texts) >= _TEXTS:
+                texts.clear()
+            text = texts[ticks] = _fmt(ticks, inst.price_decimals)
+        return text
 
     def qty(self, symbol: str, qty: float) -> str:
         """``qty`` of ``symbol`` as the venue prints a size."""
-        return f"{qty:.{self.by_symbol[symbol].qty_decimals}f}"
+        inst = self.by_symbol[symbol]
+        texts = inst.qty_texts
+        text = texts.get(qty)
+        if text is None:
+            if len(texts) >= _TEXTS:
+                texts.clear()
+            text = texts[qty] = f"{qty:.{inst.qty_decimals}f}"
+        return text

@@ -378,7 +378,11 @@ class ExchangeSimulator:
         version = market.version
         carry = 0.0
         last = start
-        choice = market.rng.choice
+        rand = market.rng.random
+        take_gap, take_duplicate = self.faults.take_gap, self.faults.take_duplicate
+        gaps, duplicates = self.faults.gaps, self.faults.duplicates
+        publish = host.publish
+        streams: dict[str, tuple[tuple[ExchangeName, str, str], ...]] = {}  # symbol -> its book streams
         while True:
             await asyncio.sleep(self.tick)
             if not self._running.is_set():
@@ -399,15 +403,26 @@ class ExchangeSimulator:
                     due = {s: due.get(s, now + interval) for s in symbols}
             if not symbols:
                 continue
+            count = len(symbols)
+            step = market.step_book
             for _ in range(n):
-                symbol = choice(symbols)
-                observed = any((venue, ch, symbol) in subscribers for ch in books)
-                gap = self.faults.take_gap(venue, symbol) if observed else 0
-                dup = self.faults.take_duplicate(venue, symbol) if observed else False
-                market.step_book(symbol, skip=gap)
-                if observed:
-                    for ch in books:
-                        host.publish(venue, ch, symbol, now_ms, gap=gap, duplicate=dup)
+                symbol = symbols[int(rand() * count)]
+                keys = streams.get(symbol)
+                if keys is None:
+                    keys = streams[symbol] = tuple((venue, ch, symbol) for ch in books)
+                observed = False
+                for key in keys:
+                    if key in subscribers:
+                        observed = True
+                        break
+                if not observed:
+                    step(symbol)
+                    continue
+                gap = take_gap(venue, symbol) if gaps else 0
+                dup = take_duplicate(venue, symbol) if duplicates else False
+                step(symbol, skip=gap)
+                for ch in books:
+                    publish(venue, ch, symbol, now_ms, gap=gap, duplicate=dup)
             for symbol, when in due.items():
                 if when <= now:
                     due[symbol] = max(when + interval, now)
