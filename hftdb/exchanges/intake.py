@@ -75,6 +75,9 @@ class Intake:
         ids = runner.book_ids
         ids_get = ids.get
         fast = self._fast
+        # Live and not counting gaps: admission (every connection's last id per symbol) already drops whatever
+        # this connection's own order would, so the hot path keeps one map, not two.
+        admit_only = admit and not count_gaps
         books: list[BookTicker] = []
         append = books.append
         funding: list[FundingRate] = []
@@ -88,6 +91,14 @@ class Intake:
                     if row is not None:
                         symbol = row.symbol
                         u = row.update_id
+                        if admit_only:
+                            last = ids_get(symbol)
+                            if last is not None and u <= last:
+                                duplicates += 1
+                                continue
+                            ids[symbol] = u
+                            append(row)
+                            continue
                         prev = seq_get(symbol)
                         if prev is not None:
                             if u <= prev:
