@@ -1,8 +1,9 @@
 """One venue's feed in the daemon: its adapter, its supervision, and what health and status need to know.
 
-:meth:`Feed.run` syncs symbols until that works, then runs the adapter's streams, the periodic symbol sync and
-the balance poller (where API keys exist) together; after any failure but a configuration error it restarts
-them with back-off, so one venue's trouble never takes the others down.
+:meth:`Feed.run` syncs symbols until that works, then runs the adapter's streams, the periodic symbol sync, the
+balance poller (where API keys exist) and, on perpetual venues, the REST funding fallback (it polls only while
+the websocket gives no funding) together; after any failure but a configuration error it restarts them with
+back-off, so one venue's trouble never takes the others down.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ logger = logging.getLogger(__name__)
 _EXPECTED = (ExchangeError, DatabaseUnavailableError, OSError)
 # Restarting a feed after a failure: from 1 s up to a minute, with jitter.
 _BACKOFF = Backoff(initial=1.0, maximum=60.0)
+# Funding settles every few hours and moves slowly: a minute without it on the websocket is worth one REST poll.
+FUNDING_POLL_INTERVAL_S = 60.0
 
 
 class FeedState(enum.Enum):
@@ -100,8 +103,8 @@ class Feed:
         self.synced = True
 
     async def run(self) -> None:
-        """Run until cancelled: sync (until it works), then streams + symbol sync + balance poller; restart with
-        back-off after anything but cancellation or a configuration error."""
+        """Run until cancelled: sync (until it works), then streams + symbol sync + balance poller + REST funding
+        fallback; restart with back-off after anything but cancellation or a configuration error."""
         ex = self.settings
         attempt = 0
         while True:
@@ -118,6 +121,10 @@ class Feed:
                     if self.poll_balances:
                         tg.create_task(self.adapter.run_balance_poller(ex.balance_interval_s, timeout=ex.request_timeout_s),
                                        name=f"{self.venue}-balances")
+                    if self.adapter.has_funding:
+                        tg.create_task(self.adapter.run_funding_poller(FUNDING_POLL_INTERVAL_S,
+                                                                       timeout=ex.request_timeout_s),
+                                       name=f"{self.venue}-funding")
             except ConfigError:
                 raise
             except Exception as exc:  # noqa: BLE001 - one feed's failure must not take the others down

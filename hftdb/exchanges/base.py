@@ -2,7 +2,8 @@
 
 An adapter turns one venue's REST and websocket APIs into calls on a :class:`Sink`: symbols are synced over
 REST, quotes and funding stream over websockets (:mod:`hftdb.exchanges.runner` runs the connections), balances
-are polled over signed REST. The venue modules (``binance.py``, ``bybit.py``, ``okx.py``) only say how their
+are polled over signed REST, and funding can be polled over REST where the websocket does not give it
+(:meth:`ExchangeAdapter.run_funding_poller`). The venue modules (``binance.py``, ``bybit.py``, ``okx.py``) only say how their
 venue names streams, subscribes, pings, signs and paginates.
 
 Adapters depend on nothing but :class:`Sink`, so they run against a :class:`~hftdb.manager.DatabaseManager`, or
@@ -24,6 +25,7 @@ import msgspec
 
 from ..errors import ClosedError, ExchangeError, ExchangeHTTPError, FrameError, SignatureError, StateError
 from ..models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Symbol, now_us
+from .connection import Pacer
 from .parsing import Rejects
 from .rest import RestClient
 from .signing import Credentials
@@ -191,6 +193,9 @@ class ExchangeAdapter:
     default_max_connection_age: ClassVar[float | None] = None
     #: whether update ids of the book channel are consecutive (so that a jump is a gap)
     consecutive_ids: ClassVar[bool] = False
+    #: the channels that carry funding, and seconds between two REST funding requests (the venue's rate limit)
+    funding_channels: ClassVar[frozenset[str]] = frozenset()
+    funding_request_interval: ClassVar[float] = 0.0
 
     def __init__(
         self,
@@ -262,6 +267,7 @@ class ExchangeAdapter:
                                 retry_statuses=self.rest_retry_statuses)
         self._synced: list[Symbol] | None = None
         self._runner: StreamRunner | None = None
+        self._rest_funding_times: dict[str, int] = {}
         self._changed = asyncio.Event()
         self._state = _State.UNOPENED
 
@@ -490,9 +496,88 @@ class ExchangeAdapter:
                 logger.warning("%s: balance poll failed: %s", self.venue.value, exc)
             await asyncio.sleep(interval)
 
-    async def run(self, *, symbol_sync_interval: float | None = 3600.0, balance_interval: float | None = None) -> None:
-        """Sync symbols, then run the streams, the periodic symbol sync and (given an interval) the balance
-        poller together until cancelled or one of them fails."""
+    # -- funding over REST ------------------------------------------------------------------------------
+
+    @property
+    def has_funding(self) -> bool:
+        """Whether the venue has funding rates (its perpetuals) that REST polling can fetch."""
+        return bool(self.funding_requests(["_"]))
+
+    @property
+    def streams_funding(self) -> bool:
+        """Whether the streams subscribe a channel that carries funding."""
+        return any(channel in self.funding_channels for channel in self.channels)
+
+    async def fetch_funding(self, *, timeout: float | None = None) -> list[FundingRate]:
+        """The current funding rate of every streamed symbol, over REST (paced within the venue's limit)."""
+        self._check_open()
+        symbols = self._stream_symbols()
+        requests = self.funding_requests(symbols)
+        if not requests:
+            raise ExchangeError(f"{self.venue.value} has no funding rates")
+        wanted = set(symbols)
+        parser = self.new_parser()
+        pacer = Pacer(self.funding_request_interval)
+        rows: list[FundingRate] = []
+        for path, query in requests:
+            await pacer.wait()
+            body = await self._rest.get(path, query, timeout=timeout)
+            rows.extend(r for r in parser.parse_funding(body, now_us()) if r.symbol in wanted)
+        return rows
+
+    async def poll_funding(self, *, timeout: float | None = None) -> int:
+        """Fetch funding over REST and hand the rows not already stored (same or older exchange time per symbol,
+        whether streamed or polled) to the sink; return how many the sink accepted."""
+        rows = await self.fetch_funding(timeout=timeout)
+        runner = self._runner
+        if runner is not None and runner.running:
+            _, rows = runner.admit([], rows)  # shared with the streams: a streamed update is not stored twice
+        seen = self._rest_funding_times
+        fresh = []
+        for row in rows:
+            ts = row.exchange_ts
+            if ts is not None:
+                last = seen.get(row.symbol)
+                if last is not None and ts <= last:
+                    self.stats.duplicates += 1
+                    continue
+                seen[row.symbol] = ts
+            fresh.append(row)
+        accepted = await self.sink.insert_funding_rates(fresh) if fresh else 0
+        self.stats.rest_funding_rows += len(fresh)
+        self.notify()
+        return accepted
+
+    async def run_funding_poller(self, interval: float, *, timeout: float | None = None) -> None:
+        """Poll funding over REST every ``interval`` seconds wherever the websocket does not give it: always when
+        no funding channel is streamed; when one is, only after an ``interval`` in which the streams delivered
+        no funding row (the channel is down). Failures are counted (``rest_errors``) and logged; polling goes on
+        until cancelled."""
+        if interval <= 0:
+            raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
+        if not self.has_funding:
+            raise ValueError(f"{self.venue.value} has no funding rates to poll")
+        venue = self.venue.value
+        while True:
+            if self.streams_funding:
+                before = self.stats.funding_rows
+                await asyncio.sleep(interval)
+                if self.stats.funding_rows != before:
+                    continue  # the websocket delivers funding
+                logger.warning("%s: no funding over the websocket for %.0fs: polling REST", venue, interval)
+            try:
+                await self.poll_funding(timeout=timeout)
+            except (ExchangeError, FrameError) as exc:
+                self.stats.rest_errors += 1
+                self.notify()
+                logger.warning("%s: funding poll failed: %s", venue, exc)
+            if not self.streams_funding:
+                await asyncio.sleep(interval)
+
+    async def run(self, *, symbol_sync_interval: float | None = 3600.0, balance_interval: float | None = None,
+                  funding_interval: float | None = None) -> None:
+        """Sync symbols, then run the streams, the periodic symbol sync and (given intervals) the balance poller
+        and the REST funding fallback together until cancelled or one of them fails."""
         await self.sync_symbols()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.run_streams(), name=f"{self.venue.value}-streams")
@@ -500,6 +585,8 @@ class ExchangeAdapter:
                 tg.create_task(self._sync_symbols_later(symbol_sync_interval), name=f"{self.venue.value}-symbols")
             if balance_interval is not None:
                 tg.create_task(self.run_balance_poller(balance_interval), name=f"{self.venue.value}-balances")
+            if funding_interval is not None and self.has_funding:
+                tg.create_task(self.run_funding_poller(funding_interval), name=f"{self.venue.value}-funding")
 
     async def _sync_symbols_later(self, interval: float) -> None:
         await asyncio.sleep(interval)
@@ -522,6 +609,11 @@ class ExchangeAdapter:
     def sign(self, credentials: Credentials, path: str, query: str) -> tuple[str, dict[str, str]]:
         """The final query and the headers of a signed request (called before each attempt)."""
         raise NotImplementedError
+
+    def funding_requests(self, symbols: Sequence[str]) -> list[tuple[str, str]]:
+        """Path and query of each REST request giving the current funding of ``symbols`` (rows of other symbols
+        are dropped); empty on a venue without funding."""
+        return []
 
     def is_auth_failure(self, status: int, body: str) -> bool:
         """Whether an answer means the venue refused our key, signature or timestamp."""

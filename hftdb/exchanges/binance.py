@@ -45,6 +45,7 @@ class BinanceAdapter(ExchangeAdapter):
     default_stale_after = 60.0
     default_max_connection_age = 23.5 * 3600
     consecutive_ids = False  # bookTicker's "u" is the book's update id: it moves on with every depth change
+    funding_channels = frozenset({"markPrice", "markPrice@1s"})
 
     def __init__(self, venue: ExchangeName | str, sink, *, recv_window: int = 5000, **kwargs) -> None:  # noqa: ANN001
         super().__init__(venue, sink, **kwargs)
@@ -86,6 +87,10 @@ class BinanceAdapter(ExchangeAdapter):
         except (ValueError, AttributeError):
             return False
         return code in _AUTH_CODES
+
+    def funding_requests(self, symbols: Sequence[str]) -> list[tuple[str, str]]:
+        """USD-M: one ``GET /fapi/v1/premiumIndex`` (every symbol's ``lastFundingRate``); spot has no funding."""
+        return [("/fapi/v1/premiumIndex", "")] if self.venue is _USDM and symbols else []
 
     def ws_endpoint(self) -> str:
         """The combined-stream endpoint: every payload arrives as ``{"stream", "data"}``."""

@@ -46,6 +46,7 @@ class BybitAdapter(ExchangeAdapter):
     default_ping_interval = 20.0
     default_stale_after = 45.0
     consecutive_ids = True
+    funding_channels = frozenset({"tickers"})  # linear tickers carry fundingRate
     # Bybit's IP rate limit answers a bare 403 ("access too frequent"): worth a retry after a pause.
     rest_retry_statuses = frozenset({403})
 
@@ -118,6 +119,10 @@ class BybitAdapter(ExchangeAdapter):
         except (ValueError, AttributeError):
             return False
         return code in _AUTH_CODES
+
+    def funding_requests(self, symbols: Sequence[str]) -> list[tuple[str, str]]:
+        """Linear: one ``GET /v5/market/tickers?category=linear`` (every symbol's ``fundingRate``); spot has none."""
+        return [("/v5/market/tickers", "category=linear")] if self.venue is _LINEAR and symbols else []
 
     def ws_endpoint(self) -> str:
         """``/v5/public/spot`` or ``/v5/public/linear``."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from urllib.parse import quote
 
 from ..errors import ExchangeError
 from ..models import ExchangeName
@@ -41,6 +42,8 @@ class OkxAdapter(ExchangeAdapter):
     default_ping_interval = 25.0
     default_stale_after = 40.0
     consecutive_ids = False  # seqId is shared with the depth channels: it jumps
+    funding_channels = frozenset({"funding-rate"})
+    funding_request_interval = 0.1  # GET /public/funding-rate: 20 requests per 2 s per IP, one instId each
 
     def new_parser(self) -> OkxParser:
         """An :class:`~hftdb.exchanges.parse_okx.OkxParser` of this venue."""
@@ -70,6 +73,13 @@ class OkxAdapter(ExchangeAdapter):
     def is_auth_failure(self, status: int, body: str) -> bool:
         """OKX refuses keys, signatures and timestamps with HTTP 401."""
         return status == 401
+
+    def funding_requests(self, symbols: Sequence[str]) -> list[tuple[str, str]]:
+        """Swaps: one ``GET /api/v5/public/funding-rate?instId=...`` per symbol (the endpoint takes one); spot has
+        no funding."""
+        if self.venue is not _SWAP:
+            return []
+        return [("/api/v5/public/funding-rate", f"instId={quote(symbol, safe='-')}") for symbol in symbols]
 
     def ws_endpoint(self) -> str:
         """``/ws/v5/public``."""
