@@ -23,7 +23,9 @@ Diagnostics, only with ``--methods`` (they reach into the writer's private API, 
                   free producer.
   batched-copy    only the binary COPY of those same batches, one transaction each.
   encode          BookTickerWriter.add alone, on ``--chunk``-row lists of (symbol_id, ticker) pairs built inside
-                  the timing as the manager builds them: the producer's encoding cost, no database.
+                  the timing as the manager builds them: the per-row path's encoding cost, no database.
+  encode-vector   BookTickerWriter.add_fast alone on the same ``--chunk``-row calls: the vectorized path the
+                  writer takes for rows that carry their symbol_id (hftdb.vector), no database.
 
 The default variant keeps the indexes hftdb.schema gives the hot partition (BRIN on recv_ts); ``--no-indexes``
 drops every index on the partitions first. ``--runs`` runs of each method, in rotating order; medians are
@@ -74,7 +76,7 @@ _INSERT = (
     f"INSERT INTO book_tickers ({', '.join(COLUMNS)}) VALUES ({', '.join(f'${i}' for i in range(1, len(COLUMNS) + 1))})"
 )
 METHODS = ("server-binary", "server-text", "writer", "writer-columns", "copy_records", "executemany")
-DIAGNOSTICS = ("writer-db", "batched-copy", "encode")
+DIAGNOSTICS = ("writer-db", "batched-copy", "encode", "encode-vector")
 
 
 # -- data ----------------------------------------------------------------------------------------------------------
@@ -394,13 +396,19 @@ async def bench_batches(
         await conn.close()
 
 
-async def bench_encode(tickers: list[BookTicker], chunk: int) -> tuple[float, dict[str, Any]]:
+async def bench_encode(tickers: list[BookTicker], chunk: int, *, vector: bool = False) -> tuple[float, dict[str, Any]]:
     ws = WriterSettings(spool_dir=None, buffer_max_rows=len(tickers) + 1)
     enc = BookTickerWriter(None, settings=ws, storage=StorageSettings(), spool_dir=None)  # type: ignore[arg-type]
     chunks = [tickers[i:i + chunk] for i in range(0, len(tickers), chunk)]
+    known = {t.symbol_id for t in tickers}
+    enc.add_fast(chunks[0][:1], known)  # the first call imports numpy; not what is measured
     started = time.perf_counter()
     for part in chunks:
-        enc.add([(t.symbol_id, t) for t in part])
+        if vector:
+            if enc.add_fast(part, known) != len(part):
+                raise SystemExit("encode-vector: the vectorized path refused a call")
+        else:
+            enc.add([(t.symbol_id, t) for t in part])
     return time.perf_counter() - started, {}
 
 
@@ -463,6 +471,7 @@ async def _run(args: argparse.Namespace, admin_dsn: str, tmp: Path) -> dict[str,
         runners["writer-db"] = lambda dsn: bench_batches(dsn, enc, batches, full=True)
         runners["batched-copy"] = lambda dsn: bench_batches(dsn, enc, batches, full=False)
     runners["encode"] = lambda dsn: bench_encode(tickers, args.chunk)
+    runners["encode-vector"] = lambda dsn: bench_encode(tickers, args.chunk, vector=True)
     methods = [m for m in METHODS + DIAGNOSTICS if m in args.methods]
     rows_of = {m: (len(em_records) if m == "executemany" else len(tickers)) for m in methods}
     results: dict[str, list[float]] = {m: [] for m in methods}
@@ -476,7 +485,7 @@ async def _run(args: argparse.Namespace, admin_dsn: str, tmp: Path) -> dict[str,
                 if indexes is None:
                     indexes = await dbs.index_names(dsn)
                 elapsed, extra = await runners[method](dsn)
-                count = rows_of[method] if method == "encode" else await _count(dsn)
+                count = rows_of[method] if method.startswith("encode") else await _count(dsn)
                 if count != rows_of[method]:
                     raise SystemExit(f"{method}: {count} rows in book_tickers, expected {rows_of[method]}")
             finally:

@@ -157,8 +157,8 @@ class BookTickerWriter(BatchWriter):
         b.rows, b.min_ts, b.max_ts = n, lo, hi
         return added
 
-    def _latest_args(self, batch: _Batch) -> list[Any]:
-        items = batch.latest.items()
+    def _latest_args_of(self, latest: dict[Any, Any]) -> list[Any]:
+        items = latest.items()
         return [
             [sid for sid, _ in items],
             [r.recv_ts for _, r in items],
@@ -237,8 +237,8 @@ class FundingRateWriter(BatchWriter):
             added += 1
         return added
 
-    def _latest_args(self, batch: _Batch) -> list[Any]:
-        items = batch.latest.items()
+    def _latest_args_of(self, latest: dict[Any, Any]) -> list[Any]:
+        items = latest.items()
         return [
             [sid for sid, _ in items],
             [r.recv_ts for _, (_, r) in items],
@@ -334,8 +334,8 @@ class BalanceWriter(BatchWriter):
             added += 1
         return added
 
-    def _latest_args(self, batch: _Batch) -> list[Any]:
-        items = batch.latest.items()
+    def _latest_args_of(self, latest: dict[Any, Any]) -> list[Any]:
+        items = latest.items()
         return [
             [k[0] for k, _ in items],
             [k[1] for k, _ in items],

@@ -121,7 +121,7 @@ class BatchWriter:
     """Buffers encoded rows of one table and commits them in group-commit batches.
 
     Subclasses (in :mod:`hftdb.tables`) define ``table``, ``columns``, ``latest_sql`` and how rows are
-    validated and encoded (``_latest_args``). Producers call :meth:`reserve`, append rows to
+    validated and encoded (``_latest_args_of``). Producers call :meth:`reserve`, append rows to
     :attr:`current` through the subclass, then :meth:`submitted`.
     """
 
@@ -160,7 +160,6 @@ class BatchWriter:
         self._pending_rows = 0
         self._committed_seq = 0
         self._inflight: list[_Batch] = []
-        self._skipped: set[uuid.UUID] = set()
         self._failing = False
         self._delay = settings.retry_initial_ms / 1000.0
         self._wakeup = asyncio.Event()
@@ -348,38 +347,86 @@ class BatchWriter:
                 self._wakeup.set()
 
     async def _flusher(self) -> None:
-        while True:
-            if not self._queue:
-                if self.current.rows == 0:
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                    continue
-                if self._linger:
-                    remaining = self.current.born + self._linger - self._clock()
-                    if remaining > 0 and self.current.rows < self._max_rows:
-                        await asyncio.sleep(remaining)
+        # Up to two commits are in flight: once a group's COPY has been sent, the next group starts its own COPY
+        # on another connection while the first runs its latest upsert and COMMIT (server CPU and the WAL flush
+        # overlap the next COPY instead of leaving the server idle). A later group never commits before an
+        # earlier one: it waits for the earlier outcome before its latest upsert, and rolls back if that failed.
+        inflight: collections.deque[_Commit] = collections.deque()
+        try:
+            while True:
+                self._wakeup.clear()
+                while inflight and inflight[0].task.done():
+                    if not await self._reap(inflight.popleft()):
+                        # Failed: the later group rolls back (it saw the failure); then back off once and re-form.
+                        while inflight:
+                            later = inflight.popleft()
+                            await asyncio.wait([later.task])
+                            await self._reap(later)
+                        await asyncio.sleep(self._delay * random.uniform(0.5, 1.5))
+                        self._delay = min(self._delay * 2, self.settings.retry_max_ms / 1000.0)
+                timeout = None
+                if len(inflight) < (1 if self._failing else 2) and (not inflight or inflight[-1].copied.is_set()):
+                    ready = self._ready_group()
+                    if isinstance(ready, list):
+                        prev = inflight[-1] if inflight else None
+                        inflight.append(self._start_commit(ready, prev))
                         continue
-                self._seal()
-            group = self._take_group()
-            self._inflight = group
-            try:
-                if not await self._commit(group):
-                    continue  # failed and backed off: re-form the group (smaller while failing) and retry
-            except Exception:
-                # _commit retries everything it knows; anything else is a bug, but if this task died every row
-                # behind it would sit uncommitted forever. Log it, keep the group at the head, try again.
-                self.stats.retries += 1
-                logger.exception("%s writer: unexpected error committing %d batch(es); retrying",
-                                 self.table, len(group))
-                await asyncio.sleep(self.settings.retry_max_ms / 1000.0)
-                continue
-            for batch in group:
-                self._queue.popleft()
-                self._release(batch)
+                    timeout = ready
+                await _wait(self._wakeup, timeout)
+        finally:
+            # Cancelled (close/terminate): stop what is in flight. A commit cut short may or may not have
+            # committed: its batches stay queued, marked for a ledger check before they are sent again.
+            for c in inflight:
+                c.task.cancel()
+                for b in c.group:
+                    b.uncertain = True
+            if inflight:
+                await asyncio.gather(*(c.task for c in inflight), return_exceptions=True)
             self._inflight = []
-            async with self._progress:
-                self._committed_seq = group[-1].seq
-                self._progress.notify_all()
+
+    def _ready_group(self) -> list[_Batch] | float | None:
+        """The next group to commit, or how long to linger first (seconds), or None when there is nothing."""
+        if len(self._queue) <= len(self._inflight):
+            if self.current.rows == 0:
+                return None
+            if self._linger:
+                remaining = self.current.born + self._linger - self._clock()
+                if remaining > 0 and self.current.rows < self._max_rows:
+                    return remaining
+            self._seal()
+        return self._take_group()
+
+    def _start_commit(self, group: list[_Batch], prev: _Commit | None) -> _Commit:
+        self._inflight = self._inflight + group
+        commit = _Commit(group)
+        commit.task = asyncio.create_task(self._commit(group, prev, commit.copied), name=f"hftdb-{self.table}-commit")
+        # Wake the flusher when this commit's COPY is sent (the next group may start) and when it ends.
+        commit.task.add_done_callback(lambda _: self._wakeup.set())
+        return commit
+
+    async def _reap(self, commit: _Commit) -> bool:
+        """Account for a finished commit, in queue order; True if it committed."""
+        try:
+            ok = commit.task.result()
+        except Exception:
+            # _commit retries everything it knows; anything else is a bug, but if the flusher died every row
+            # behind it would sit uncommitted forever. Log it, keep the group at the head, try again.
+            self.stats.retries += 1
+            logger.exception("%s writer: unexpected error committing %d batch(es); retrying",
+                             self.table, len(commit.group))
+            self._failing = True
+            ok = False
+        self._inflight = self._inflight[len(commit.group):]
+        if not ok:
+            return False
+        for batch in commit.group:
+            popped = self._queue.popleft()
+            assert popped is batch
+            self._release(batch)
+        async with self._progress:
+            self._committed_seq = commit.group[-1].seq
+            self._progress.notify_all()
+        return True
 
     def _take_group(self) -> list[_Batch]:
         """The sealed batches at the head of the queue that one transaction will commit.
@@ -388,13 +435,14 @@ class BatchWriter:
         together pays the per-transaction costs (latest upsert, ledger, NOTIFY, fsync) once, which is what lets
         throughput grow under load. Each batch keeps its own ledger id and spool file.
         """
-        group = [self._queue[0]]
+        first = len(self._inflight)  # the batches before it are in an earlier commit still in flight
+        group = [self._queue[first]]
         if self._failing:
             # While commits fail, retry only the head: the rest stays spillable.
             return group
         rows = group[0].rows
         limit = self.settings.commit_max_rows
-        for batch in itertools.islice(self._queue, 1, None):
+        for batch in itertools.islice(self._queue, first + 1, None):
             if rows + batch.rows > limit:
                 break
             group.append(batch)
@@ -428,13 +476,15 @@ class BatchWriter:
 
     # -- committing ------------------------------------------------------------------------------------------
 
-    async def _commit(self, group: list[_Batch]) -> bool:
-        """One attempt at committing ``group``. On a retryable failure, back off and return False."""
-        parts = [self._materialize(b) for b in group]
-        rows = sum(b.rows for b in group)
-        started = time.perf_counter()
+    async def _commit(self, group: list[_Batch], prev: _Commit | None, copied: asyncio.Event) -> bool:
+        """One attempt at committing ``group``; False if it failed (the flusher backs off and re-forms)."""
         try:
-            skipped = await self._attempt(group, parts, check_ledger=any(b.uncertain for b in group))
+            parts = [self._materialize(b) for b in group]
+            rows = sum(b.rows for b in group)
+            started = time.perf_counter()
+            skipped = await self._attempt(group, parts, prev, copied, check_ledger=any(b.uncertain for b in group))
+        except _EarlierFailed:
+            return False  # rolled back before COMMIT was sent: the outcome is known, nothing to check
         except RETRYABLE as exc:
             if _is_missing_partition(exc):
                 self._covered.clear()
@@ -443,66 +493,77 @@ class BatchWriter:
                 # ledger before sending these rows again.
                 b.uncertain = True
             self._failing = True
-            self._inflight = []
             self.stats.retries += 1
             self.stats.last_error = f"{type(exc).__name__}: {exc}"
-            delay = self._delay
             log = logger.warning if self.stats.retries % 20 == 1 else logger.debug
-            log("%s commit of %d rows failed (%s: %s); retrying in %.0f ms",
-                self.table, rows, type(exc).__name__, exc, delay * 1000)
+            log("%s commit of %d rows failed (%s: %s); retrying in about %.0f ms",
+                self.table, rows, type(exc).__name__, exc, self._delay * 1000)
             self._spill_excess()
             # Producers blocked on a full buffer re-check: now that commits fail, they may spill instead.
             self._space.set()
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-            self._delay = min(delay * 2, self.settings.retry_max_ms / 1000.0)
             return False
+        finally:
+            copied.set()
         elapsed = time.perf_counter() - started
         self._failing = False
         self._delay = self.settings.retry_initial_ms / 1000.0
         if skipped:
-            self.stats.duplicates_skipped += skipped
+            self.stats.duplicates_skipped += len(skipped)
             logger.info("%s: %d batch(es) were already committed by an earlier attempt; not sent again",
-                        self.table, skipped)
-        committed = rows - sum(b.rows for b in group if b.id in self._skipped)
-        self._skipped.clear()
+                        self.table, len(skipped))
+        committed = rows - sum(b.rows for b in group if b.id in skipped)
         self.stats.commit_seconds.append(elapsed)
         self.stats.batch_rows.append(committed)
         self.stats.rows_committed += committed
-        self.stats.batches_committed += len(group) - skipped
+        self.stats.batches_committed += len(group) - len(skipped)
         self.stats.last_commit_at = time.time()
         self.stats.last_error = None
         return True
 
-    def _materialize(self, batch: _Batch) -> tuple[Any, list[Any]]:
+    def _materialize(self, batch: _Batch) -> tuple[Any, Any]:
+        """A batch's COPY payload and its latest rows: the {key: row} dict in memory, or column arrays spooled."""
         if batch.buf is not None:
-            return batch.buf, self._latest_args(batch)
+            return batch.buf, batch.latest
         assert batch.spool_path is not None and self._spool is not None
         spooled = self._spool.read(batch.spool_path)
         batch.min_ts, batch.max_ts = spooled.min_ts, spooled.max_ts
         batch.parts = set(spooled.parts)
         return spooled.payload, self._decode_latest(spooled.latest)
 
-    async def _attempt(self, group: list[_Batch], parts: list[tuple[Any, list[Any]]], *, check_ledger: bool) -> int:
-        """One try at committing ``group``; returns how many of its batches the ledger showed as committed."""
-        skipped = 0
+    async def _attempt(
+        self, group: list[_Batch], parts: list[tuple[Any, list[Any]]], prev: _Commit | None, copied: asyncio.Event,
+        *, check_ledger: bool,
+    ) -> set[uuid.UUID]:
+        """One try at committing ``group``; returns the ids of its batches the ledger showed as committed."""
+        skipped: set[uuid.UUID] = set()
         async with self._pool.acquire(timeout=self.settings.retry_max_ms / 1000.0 + 5) as conn:
             if check_ledger:
-                done = {r[0] for r in await conn.fetch(_LEDGER_CHECK, [b.id for b in group])}
-                if done:
-                    self._skipped = done
-                    skipped = len(done)
-                    keep = [i for i, b in enumerate(group) if b.id not in done]
+                skipped = {r[0] for r in await conn.fetch(_LEDGER_CHECK, [b.id for b in group])}
+                if skipped:
+                    keep = [i for i, b in enumerate(group) if b.id not in skipped]
                     group = [group[i] for i in keep]
                     parts = [parts[i] for i in keep]
                     if not group:
+                        if prev is not None and not await _succeeded(prev):
+                            raise _EarlierFailed
                         return skipped
             async with conn.transaction():
-                await self._write(conn, group, parts)
+                await self._write_rows(conn, group, parts)
+                copied.set()
+                self._wakeup.set()  # the flusher may start the next group's COPY now
+                if prev is not None and not await _succeeded(prev):
+                    raise _EarlierFailed
+                await self._write_latest(conn, group, parts)
         return skipped
 
     async def _write(self, conn: asyncpg.Connection, group: list[_Batch], parts: list[tuple[Any, list[Any]]]) -> None:
         """The body of a commit's transaction: partitions, one COPY, then ledger rows + latest upsert + NOTIFY."""
-        hi = int(max(b.max_ts for b in group))
+        await self._write_rows(conn, group, parts)
+        await self._write_latest(conn, group, parts)
+
+    async def _write_rows(
+        self, conn: asyncpg.Connection, group: list[_Batch], parts: list[tuple[Any, list[Any]]]
+    ) -> None:
         starts: set[int] = set()
         for b in group:
             starts |= b.parts
@@ -511,15 +572,34 @@ class BatchWriter:
         # A memoryview, never bytes: asyncpg treats a bytes source as a file *path* (os.fspath accepts bytes).
         # One contiguous buffer, not an async iterator: asyncpg's iterator path can wait forever for a dead socket.
         source = memoryview(parts[0][0] if len(parts) == 1 else _concat_payloads([p[0] for p in parts]))
-        timeout = self.command_timeout
-        await conn.copy_to_table(self.table, source=source, columns=self.columns, format="binary", timeout=timeout)
-        latest_args = self._merge_latest([p[1] for p in parts])
+        await conn.copy_to_table(
+            self.table, source=source, columns=self.columns, format="binary", timeout=self.command_timeout)
+
+    async def _write_latest(
+        self, conn: asyncpg.Connection, group: list[_Batch], parts: list[tuple[Any, list[Any]]]
+    ) -> None:
+        hi = int(max(b.max_ts for b in group))
+        latest_args = self._group_latest(group, [p[1] for p in parts])
         await conn.execute(
             self.latest_sql, *latest_args, [b.id for b in group], [b.rows for b in group],
             [int(b.min_ts) for b in group], [int(b.max_ts) for b in group],
             self._notify_payload(sum(b.rows for b in group), hi, latest_args) if self._notify else None,
-            timeout=timeout,
+            timeout=self.command_timeout,
         )
+
+    def _group_latest(self, group: list[_Batch], latests: list[Any]) -> list[Any]:
+        """The latest-table arrays of a group: one row per key, the newest by receipt time."""
+        if all(type(x) is dict for x in latests):
+            if len(latests) == 1:
+                return self._latest_args_of(latests[0])
+            if all(group[i + 1].min_ts >= group[i].max_ts for i in range(len(group) - 1)):
+                # Batches in receipt order (the usual case): a later batch's row is the newer, so C-level dict
+                # updates merge them with no per-key comparison.
+                merged: dict[Any, Any] = {}
+                for latest in latests:
+                    merged.update(latest)
+                return self._latest_args_of(merged)
+        return self._merge_latest([self._latest_args_of(x) if type(x) is dict else x for x in latests])
 
     def _merge_latest(self, args_list: list[list[Any]]) -> list[Any]:
         """One latest row per key across batches: the newest by receipt time (later batch wins a tie)."""
@@ -652,6 +732,10 @@ class BatchWriter:
     # -- per-table hooks ---------------------------------------------------------------------------------------
 
     def _latest_args(self, batch: _Batch) -> list[Any]:
+        return self._latest_args_of(batch.latest)
+
+    def _latest_args_of(self, latest: dict[Any, Any]) -> list[Any]:
+        """The latest-table upsert's column arrays for a {key: newest row} dict."""
         raise NotImplementedError
 
     def _encode_latest(self, args: list[Any]) -> list[Any]:
@@ -690,6 +774,39 @@ class BatchWriter:
             "mean_batch_rows": (sum(s.batch_rows) / len(s.batch_rows)) if s.batch_rows else None,
             "last_error": s.last_error,
         }
+
+
+class _Commit:
+    """A group's commit attempt in flight; ``copied`` is set once its COPY has been sent (or it ended)."""
+
+    __slots__ = ("group", "copied", "task")
+
+    def __init__(self, group: list[_Batch]) -> None:
+        self.group = group
+        self.copied = asyncio.Event()
+        self.task: asyncio.Task[bool]
+
+
+class _EarlierFailed(Exception):
+    """The commit before this one failed; this one rolls back so commits stay in order."""
+
+
+async def _succeeded(commit: _Commit) -> bool:
+    # Shielded: this attempt being cancelled must not cancel the earlier one it is waiting on.
+    try:
+        return await asyncio.shield(commit.task)
+    except Exception:
+        return False
+
+
+async def _wait(event: asyncio.Event, timeout: float | None) -> None:
+    if timeout is None:
+        await event.wait()
+        return
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except asyncio.TimeoutError:
+        pass
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
