@@ -371,6 +371,7 @@ async def run_rate(args: argparse.Namespace, admin_dsn: str, rate: float) -> dic
                         await task
                     except asyncio.CancelledError:
                         pass
+                feed = adapter.stats.as_dict()
             await db.flush()
             w = (await db.get_database_stats())["writers"]["book_tickers"]
         lis_parent.send("stop")
@@ -397,6 +398,8 @@ async def run_rate(args: argparse.Namespace, admin_dsn: str, rate: float) -> dic
     out_of_order = sum(1 for a, b in zip(max_ts, max_ts[1:]) if b < a)
     arrivals = [n[0] for n in notes]
     lat_ms = []
+    if not recv:
+        lat_ms = [float("nan")]  # nothing committed in the window (the feed was down): no latency to speak of
     for ts in recv:
         i = bisect.bisect_left(max_ts, ts) if not out_of_order else next(k for k, m in enumerate(max_ts) if m >= ts)
         lat_ms.append((arrivals[i] - ts) / 1000)
@@ -406,10 +409,12 @@ async def run_rate(args: argparse.Namespace, admin_dsn: str, rate: float) -> dic
         "p50_ms": pct(lat_ms, 0.50), "p99_ms": pct(lat_ms, 0.99), "max_ms": max(lat_ms),
         "commits": sum(1 for a in arrivals if t0 <= a < t1), "out_of_order": out_of_order,
         "writer_commit_p99_ms": w["commit_p99_ms"], "rejects": w["rejects"],
+        "reconnects": feed["reconnects"], "stale": feed["stale"], "load": os.getloadavg()[0],
     }
     log(f"rate {rate:>8,.0f} offered: delivered {res['delivered']:>8,.0f}/s ingested {res['ingested']:>8,.0f}/s "
         f"latency p50 {res['p50_ms']:6.1f} ms p99 {res['p99_ms']:6.1f} ms max {res['max_ms']:6.1f} ms "
-        f"({res['commits']} commits in window, out-of-order notifies {out_of_order})")
+        f"({res['commits']} commits in window, out-of-order notifies {out_of_order}, reconnects {res['reconnects']}, "
+        f"load avg {res['load']:.2f})")
     return res
 
 
