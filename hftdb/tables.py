@@ -93,14 +93,27 @@ class BookTickerWriter(BatchWriter):
         update_id = EXCLUDED.update_id
     WHERE l.recv_ts <= EXCLUDED.recv_ts""")
 
+    _add_tickers: Any = None
+
+    async def start(self) -> None:
+        """Load the vectorized path (it imports numpy) now rather than inside the first write, then start."""
+        self._load_vector()
+        await super().start()
+
+    def _load_vector(self) -> Any:
+        # Imported here, not at module level: hftdb.vector imports this module, and processes that only read
+        # need not import numpy.
+        from .vector import add_tickers
+
+        self._add_tickers = add_tickers
+        return add_tickers
+
     def add_fast(self, rows: list[BookTicker], known_ids: set[int]) -> int | None:
         """Take a whole call's tickers at once when each carries a registered ``symbol_id`` (the feeds' case),
         vectorized by :mod:`hftdb.vector`; None when the call needs the per-row path (:meth:`add`)."""
         if rows[0].symbol_id is None:
             return None
-        from . import vector  # numpy is imported on first write, not by every process that imports hftdb
-
-        return vector.add_tickers(self, rows, known_ids)
+        return (self._add_tickers or self._load_vector())(self, rows, known_ids)
 
     def add(self, rows: Iterable[tuple[int, BookTicker]]) -> int:
         """Validate and encode ``(symbol_id, ticker)`` pairs into the current batch; return how many were taken."""
