@@ -1,17 +1,24 @@
-"""Latest-quote reads through the read pool: p50 and p99 per call, 1,000 symbols on one exchange.
+"""Latest-quote reads through the read pool: p50 and p99 per call, 1,000 symbols on an exchange.
 
 Budget: p99 under 1 ms on this machine. Each call is timed alone (one call per round, thousands of rounds), so
-the percentiles are of single calls; p50/p99 land in ``extra_info`` and in the printed summary.
+the percentiles are of single calls; p50/p99 land in ``extra_info`` and in the printed summary. The latest tables
+hold two exchanges of 1,000 perpetuals each, so the exchange filter has something to filter out.
 
   exchange_1000   get_latest_book_tickers(exchange): 1,000 BookTicker records
   symbols_5       get_latest_book_tickers(exchange, [5 native symbols])
   ids_5           get_latest_book_tickers(symbol_ids=[5 ids])
   funding_1000    get_latest_funding_rates(exchange): 1,000 FundingRate records
+  funding_5       get_latest_funding_rates(exchange, [5 native symbols])
   loop_overhead   run_until_complete of an empty coroutine: the harness's own share of every figure
   mirror_1000     LatestMirror.snapshot() of the same exchange: in memory, kept current by commit notifications
                   (no I/O per call; timed without the event loop, as a strategy's tick handler would call it)
-  join_baseline   the previous implementation for comparison: the manager's pool (tuple timestamp codec, reset
-                  round trip on release), a join to symbols and exchanges, records built from the joined names
+  rows_baseline   the read before migration 0002, for comparison in the same run: the read pool, eight columns a
+                  row through asyncpg, the exchange's ids found by a join to symbols, records built per row
+  join_baseline   hftdb 0.1's read: the manager's pool (tuple timestamp codec, reset round trip on release), a
+                  join to symbols and exchanges, records built from the joined names
+  upsert_0001/0002  the writers' cost side: one latest-table upsert of 1,000 book tickers (the SQL and arguments
+                  the writer sends per commit, ledger row included), on a database at migration 0001 and at 0002
+                  (whose generated packed column is computed on every upserted row)
 
 The database is an embedded PostgreSQL in a temp dir, or ``HFTDB_BENCH_DSN``; the event loop is uvloop, as a
 strategy process would run it.
@@ -33,15 +40,23 @@ import uvloop
 from hftdb import (
     BookTicker, DatabaseManager, DatabaseSettings, ExchangeName, FundingRate, Settings, Symbol, WriterSettings, now_us,
 )
+from hftdb.manager import init_connection
+from hftdb.schema import Migrator
+from hftdb.tables import BookTickerWriter
 
 N_SYMBOLS = 1_000
 ROUNDS = 5_000
 EXCHANGE = ExchangeName.BINANCE_USDM
+OTHER = ExchangeName.BYBIT_LINEAR
 
 _JOIN_BASELINE = """SELECT e.name, s.symbol, l.bid_price, l.bid_qty, l.ask_price, l.ask_qty, l.recv_ts, l.exchange_ts,
        l.update_id, l.symbol_id
 FROM book_tickers_latest l JOIN symbols s ON s.id = l.symbol_id JOIN exchanges e ON e.id = s.exchange_id
 WHERE s.exchange_id = $1 ORDER BY l.symbol_id"""  # as hftdb 0.1 read it
+
+_U = "+ interval '946684800 seconds'"
+_ROWS_BASELINE = f"""SELECT bid_price, bid_qty, ask_price, ask_qty, recv_ts {_U}, exchange_ts {_U}, update_id, symbol_id
+FROM book_tickers_latest WHERE symbol_id IN (SELECT id FROM symbols WHERE exchange_id = $1)"""  # before 0002
 
 _results: dict[str, tuple[float, float, int]] = {}
 
@@ -81,19 +96,20 @@ def db(loop, bench_dsn):
 
     async def setup() -> None:
         await manager.initialize()
-        ex = await manager.insert_exchange(EXCHANGE)
-        await manager.sync_symbols(EXCHANGE, [
-            Symbol(exchange_id=ex.id, symbol=f"S{i:04d}USDT", kind="perpetual", status="trading")  # type: ignore[arg-type]
-            for i in range(N_SYMBOLS)])
-        t = now_us()
-        await manager.insert_book_ticker_snapshots([
-            BookTicker(EXCHANGE.value, f"S{i:04d}USDT", 100.0 + i, 1.5, 100.5 + i, 2.5, t + i, t + i - 7, 10**9 + i)
-            for i in range(N_SYMBOLS)])
-        await manager.insert_funding_rates([
-            FundingRate(EXCHANGE.value, f"S{i:04d}USDT", 0.0001, t + i, t + i - 7, t + 8 * 3_600_000_000,
-                        100.2 + i, 100.1 + i)
-            for i in range(N_SYMBOLS)])
-        await manager.flush()
+        for venue in (EXCHANGE, OTHER):
+            ex = await manager.insert_exchange(venue)
+            await manager.sync_symbols(venue, [
+                Symbol(exchange_id=ex.id, symbol=f"S{i:04d}USDT", kind="perpetual", status="trading")  # type: ignore[arg-type]
+                for i in range(N_SYMBOLS)])
+            t = now_us()
+            await manager.insert_book_ticker_snapshots([
+                BookTicker(venue.value, f"S{i:04d}USDT", 100.0 + i, 1.5, 100.5 + i, 2.5, t + i, t + i - 7, 10**9 + i)
+                for i in range(N_SYMBOLS)])
+            await manager.insert_funding_rates([
+                FundingRate(venue.value, f"S{i:04d}USDT", 0.0001, t + i, t + i - 7, t + 8 * 3_600_000_000,
+                            100.2 + i, 100.1 + i)
+                for i in range(N_SYMBOLS)])
+            await manager.flush()
         async with manager.pool.acquire() as conn:
             await conn.execute("ANALYZE")  # steady state: autovacuum would have analyzed these tables
 
@@ -103,11 +119,11 @@ def db(loop, bench_dsn):
     loop.run_until_complete(drop())
 
 
-def _measure(benchmark, loop, name: str, make_call, expect: int, *, sync: bool = False) -> None:
+def _measure(benchmark, loop, name: str, make_call, expect: int, *, sync: bool = False, rounds: int = ROUNDS) -> None:
     def call():
         return make_call() if sync else loop.run_until_complete(make_call())
 
-    result = benchmark.pedantic(call, rounds=ROUNDS, iterations=1, warmup_rounds=300)
+    result = benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=min(300, rounds // 5))
     assert len(result) == expect
     data = sorted(benchmark.stats.stats.data)
     p50 = statistics.median(data) * 1e6
@@ -135,6 +151,11 @@ def test_funding_1000(benchmark, loop, db):
     _measure(benchmark, loop, "funding_1000", lambda: db.get_latest_funding_rates(EXCHANGE), N_SYMBOLS)
 
 
+def test_funding_5(benchmark, loop, db):
+    names = [f"S{i:04d}USDT" for i in (3, 250, 500, 750, 999)]
+    _measure(benchmark, loop, "funding_5", lambda: db.get_latest_funding_rates(EXCHANGE, names), 5)
+
+
 def test_mirror_1000(benchmark, loop, db):
     mirror = db.latest_mirror("book_tickers", exchange=EXCHANGE)
     loop.run_until_complete(mirror.start())
@@ -160,6 +181,53 @@ def test_join_baseline(benchmark, loop, db):
         return [BookTicker(*r) for r in await db.pool.fetch(_JOIN_BASELINE, ex_id)]
 
     _measure(benchmark, loop, "join_baseline", old, N_SYMBOLS)
+
+
+def test_rows_baseline(benchmark, loop, db):
+    ex_id = loop.run_until_complete(db.get_exchange_by_enum(EXCHANGE)).id
+    pool = db.read_router.primary.pool
+    directory = db._directory
+
+    async def rows() -> list[BookTicker]:
+        exchange_of, symbol_of = directory.exchange_of, directory.symbol_of
+        return [BookTicker(exchange_of[sid], symbol_of[sid], bp, bq, ap, aq, rt, et, u, sid)
+                for bp, bq, ap, aq, rt, et, u, sid in await pool.fetch(_ROWS_BASELINE, ex_id)]
+
+    _measure(benchmark, loop, "rows_baseline", rows, N_SYMBOLS)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_upsert(benchmark, loop, bench_dsn, version):
+    """One latest upsert of 1,000 book tickers, as the writer sends it per commit, at migration 0001 or 0002."""
+    dsn, drop = loop.run_until_complete(fresh_database(bench_dsn))
+
+    async def connect() -> asyncpg.Connection:
+        conn = await asyncpg.connect(dsn)
+        await init_connection(conn)
+        await Migrator(conn).up(version)
+        await conn.execute("INSERT INTO exchanges (name) VALUES ('x')")
+        await conn.execute("INSERT INTO symbols (exchange_id, symbol) SELECT 1, 'S' || g FROM generate_series(1, $1) g",
+                           N_SYMBOLS)
+        return conn
+
+    conn = loop.run_until_complete(connect())
+    ids = list(range(1, N_SYMBOLS + 1))
+    step = iter(range(10**9))
+
+    async def upsert() -> list[int]:
+        k = next(step)
+        t = now_us()
+        async with conn.transaction():
+            await conn.execute(BookTickerWriter.latest_sql, ids, [t + i for i in ids], [t - 5] * N_SYMBOLS,
+                               [100.0 + k] * N_SYMBOLS, [1.0] * N_SYMBOLS, [101.0 + k] * N_SYMBOLS, [2.0] * N_SYMBOLS,
+                               [k] * N_SYMBOLS, [uuid.uuid4()], [N_SYMBOLS], [t], [t + N_SYMBOLS], None)
+        return ids
+
+    try:
+        _measure(benchmark, loop, f"upsert_{version:04d}", upsert, N_SYMBOLS, rounds=300)
+    finally:
+        loop.run_until_complete(conn.close())
+        loop.run_until_complete(drop())
 
 
 def teardown_module() -> None:

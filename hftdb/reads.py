@@ -400,9 +400,9 @@ _FR_LATEST = _latest_queries("funding_rates_latest")
 # The fields after (exchange, symbol) in the records' positional order, symbol_id last; the NULL bits as the
 # migration sets them.
 _BT_PACKED = columnar.PackedRows(BookTicker, [
-    ("f8", None), ("f8", None), ("f8", None), ("f8", None), ("ts", None), ("ts", 1), ("i8", 2)])
+    ("f8", None), ("f8", None), ("f8", None), ("f8", None), ("i8", None), ("i8", 1), ("i8", 2)])
 _FR_PACKED = columnar.PackedRows(FundingRate, [
-    ("f8", None), ("ts", None), ("ts", 1), ("ts", 2), ("f8", 4), ("f8", 8)])
+    ("f8", None), ("i8", None), ("i8", 1), ("i8", 2), ("f8", 4), ("f8", 8)])
 _BY_SYMBOL = "symbol_id = $1"
 
 _BAL_LATEST = f"""SELECT e.name, b.asset, b.free, b.locked, b.recv_ts {_U}, b.exchange_ts {_U}, b.account
