@@ -617,14 +617,15 @@ class BatchWriter:
         return [[args_list[bi][c][ri] for _, bi, ri in best.values()] for c in range(ncols)]
 
     async def write_in(self, conn: asyncpg.Connection) -> int:
-        """Write the current batch on ``conn`` inside the caller's transaction (used by units of work)."""
-        if self.current.rows == 0:
-            return 0
+        """Write every row added so far on ``conn`` inside the caller's transaction (used by units of work, whose
+        writer is their own: nothing else is queued on it)."""
         self._seal()
-        batch = self._queue.popleft()
-        assert batch.buf is not None
-        await self._write(conn, [batch], [(batch.buf, self._latest_args(batch))])
-        return batch.rows
+        group = list(self._queue)
+        self._queue.clear()
+        if not group:
+            return 0
+        await self._write(conn, group, [(b.buf, b.latest) for b in group])
+        return sum(b.rows for b in group)
 
     async def _ensure_partitions(self, conn: asyncpg.Connection, lo: int, hi: int) -> None:
         for c_lo, c_hi in self._covered:

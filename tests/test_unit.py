@@ -93,3 +93,21 @@ async def test_units_notify_on_commit_only(dsn, tmp_path):
             # Notifications arrive in commit order: the first one is the committed unit's.
             note = await asyncio.wait_for(feed.__anext__(), 30)
             assert (note.rows, note.max_ts, note.ids) == (2, t + 2, (sid,))
+
+
+async def test_a_unit_larger_than_a_batch_writes_every_row(dsn, tmp_path):
+    # A unit of work's rows can span several of the writer's batches (batch_max_rows): all of them are written.
+    async with DatabaseManager(dsn, settings=settings(tmp_path, batch_max_rows=1_000)) as db:
+        ex = await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        sym = await db.insert_symbol(Symbol(exchange_id=ex.id, symbol="BTCUSDT"))
+        t = now_us()
+        for n in (2_500, 3_000):  # the second ends exactly on a batch boundary
+            async with db.transaction() as uow:
+                rows = [BookTicker("binance_spot", "BTCUSDT", 10.0, 1.0, 10.5, 1.0, t + i, update_id=t + i,
+                                   symbol_id=sym.id) for i in range(n)]
+                assert await uow.insert_book_ticker_snapshots(rows) == n
+            t += n
+        assert await db.pool.fetchval("SELECT count(*) FROM book_tickers") == 5_500
+        assert await db.pool.fetchval("SELECT count(DISTINCT update_id) FROM book_tickers") == 5_500
+        latest = await db.pool.fetchval("SELECT update_id FROM book_tickers_latest WHERE symbol_id = $1", sym.id)
+        assert latest == t - 1
