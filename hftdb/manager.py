@@ -798,19 +798,9 @@ class DatabaseManager:
     async def get_database_stats(self) -> dict[str, Any]:
         """Table sizes and row estimates, partitions, writer counters, cache hit/miss counters and pool usage."""
         self._check_open()
-        stats = await reads.table_stats(self.pool)
-        stats["writers"] = {name: w.snapshot() for name, w in self._writers.items()}
-        stats["caches"] = {
-            "exchanges": self._exchanges.stats(),
-            "symbols_by_id": self._symbols_by_id.stats(),
-            "symbol_ids": self._symbol_ids.stats(),
-        }
-        if self._latest_cache is not None:
-            stats["caches"]["latest"] = self._latest_cache.stats()
-        stats["reads"] = self._router.status() if self._router is not None else []
-        pool = self.pool
-        stats["pool"] = {"size": pool.get_size(), "idle": pool.get_idle_size(), "max": pool.get_max_size()}
-        return stats
+        caches = {"exchanges": self._exchanges, "symbols_by_id": self._symbols_by_id, "symbol_ids": self._symbol_ids,
+                  "latest": self._latest_cache}
+        return await reads.database_stats(self.pool, writers=self._writers, caches=caches, router=self._router)
 
     async def cleanup_old_data(
         self, retention: timedelta | float | None = None, *, dry_run: bool = False

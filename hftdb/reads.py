@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "fetch_exchanges", "fetch_exchange", "upsert_exchange", "fetch_symbols", "fetch_symbol", "fetch_symbol_by_name",
-    "fetch_symbols_by_ids", "upsert_symbols", "delist_missing", "register_symbols", "table_stats",
+    "fetch_symbols_by_ids", "upsert_symbols", "delist_missing", "register_symbols", "table_stats", "database_stats",
     "SymbolDirectory", "Reader", "window", "check_limit",
 ]
 
@@ -451,6 +451,17 @@ _BAL_LAYOUT = columnar.Layout([
     _C("recv_ts", "recv_ts", "ts"), _C("exchange_ts", "exchange_ts", "ts", True),
     _C("free", "free::float8", "f8"), _C("locked", "locked::float8", "f8"),
 ])
+
+
+async def database_stats(pool: Any, *, writers: dict[str, Any], caches: dict[str, TTLCache[Any, Any] | None],
+                         router: ReadRouter | None) -> dict[str, Any]:
+    """``DatabaseManager.get_database_stats()``: table sizes, writer and cache counters, read nodes, pool usage."""
+    stats = await table_stats(pool)
+    stats["writers"] = {name: w.snapshot() for name, w in writers.items()}
+    stats["caches"] = {name: cache.stats() for name, cache in caches.items() if cache is not None}
+    stats["reads"] = router.status() if router is not None else []
+    stats["pool"] = {"size": pool.get_size(), "idle": pool.get_idle_size(), "max": pool.get_max_size()}
+    return stats
 
 
 async def table_stats(db: Any) -> dict[str, Any]:
