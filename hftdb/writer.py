@@ -3,24 +3,24 @@
 The path of a row::
 
     producer ──encode──▶ current batch (bytearray of COPY tuples)
-                           │ sealed when the flusher is idle (group commit), at batch_max_rows,
+                           │ sealed when the flusher can start a commit (group commit), at batch_max_rows,
                            │ or at batch_max_age_ms by the age timer
                            ▼
                          queue of sealed batches ──(memory over buffer_max_rows)──▶ spool files
                            │
-                           ▼ flusher: one transaction per batch
-                         BEGIN; COPY ... FROM STDIN (BINARY); ledger row + latest upsert + NOTIFY; COMMIT
+                           ▼ flusher: the sealed batches at the head, up to commit_max_rows, as one group
+                         BEGIN; COPY ... FROM STDIN (BINARY); ledger rows + latest upsert + NOTIFY; COMMIT
+                         (hftdb.commit; the next group's COPY starts while this one finishes)
 
-Rows are encoded as they are accepted, so encoding the next batch overlaps the COPY of the previous one. When
-no COPY is in flight the flusher seals and sends at once (low latency when quiet); while one is in flight rows
-accumulate (big batches under load).
+Rows are encoded as they are accepted, so encoding overlaps the COPY in flight. When no COPY is in flight the
+flusher seals and sends at once (low latency when quiet); while one is in flight rows accumulate (big batches
+under load). Memory is bounded: past buffer_max_rows the producer blocks, or the oldest batch is dropped, or
+it gets BufferFullError (``full_policy``); while commits fail, batches spill to the spool instead.
 
-Exactly-once: every batch carries a uuid written to ``ingest_batches`` in its own transaction. After a failure
-whose outcome is unknown (the connection died around COMMIT), the retry first looks the id up in the ledger
-and skips a batch that did commit. Spooled batches keep their id, so a replay after a crash is caught the same
-way.
+Exactly-once: every batch carries a uuid written to ``ingest_batches`` in the transaction that commits it. After a
+failure whose outcome is unknown, the retry first looks the ids up in the ledger and skips what did commit.
+Spooled batches keep their id, so a replay after a crash is caught the same way.
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -35,9 +35,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import asyncpg
-import orjson
 
-from . import schema
+from .commit import RETRYABLE, Committing, _Commit
 from .config import StorageSettings, WriterSettings
 from .copy import HEADER, TRAILER
 from .errors import BufferFullError, ClosedError
@@ -47,21 +46,6 @@ from .spool import Spool, SpooledBatch
 __all__ = ["BatchWriter", "WriterStats", "RETRYABLE"]
 
 logger = logging.getLogger(__name__)
-
-#: What a commit attempt may fail with and still be retried. Anything from the server or the socket: a row
-#: never leaves the buffer except by commit, so even an unexpected server error is retried (and logged) rather
-#: than dropped; the bounded buffer and the spool keep memory in check meanwhile.
-RETRYABLE: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    # Raised when a connection broken mid-operation is reset on release to the pool (seen under server restart).
-    asyncpg.exceptions.InternalClientError,
-    OSError,
-    asyncio.TimeoutError,
-)
-
-_LEDGER_CHECK = "SELECT batch_id FROM ingest_batches WHERE batch_id = ANY($1::uuid[])"
-
 
 class _Batch:
     __slots__ = ("seq", "id", "buf", "rows", "min_ts", "max_ts", "latest", "born", "spool_path", "nbytes", "uncertain",
@@ -117,7 +101,7 @@ class WriterStats:
         return data[min(len(data) - 1, int(q * len(data)))]
 
 
-class BatchWriter:
+class BatchWriter(Committing):
     """Buffers encoded rows of one table and commits them in group-commit batches.
 
     Subclasses (in :mod:`hftdb.tables`) define ``table``, ``columns``, ``latest_sql`` and how rows are
@@ -474,185 +458,6 @@ class BatchWriter:
     def _has_pending(self, target: int) -> bool:
         return any(b.seq <= target for b in self._queue) or (self.current.rows > 0 and self.current.seq <= target)
 
-    # -- committing ------------------------------------------------------------------------------------------
-
-    async def _commit(self, group: list[_Batch], prev: _Commit | None, copied: asyncio.Event) -> bool:
-        """One attempt at committing ``group``; False if it failed (the flusher backs off and re-forms)."""
-        try:
-            parts = [self._materialize(b) for b in group]
-            rows = sum(b.rows for b in group)
-            started = time.perf_counter()
-            skipped = await self._attempt(group, parts, prev, copied, check_ledger=any(b.uncertain for b in group))
-        except _EarlierFailed:
-            return False  # rolled back before COMMIT was sent: the outcome is known, nothing to check
-        except RETRYABLE as exc:
-            if _is_missing_partition(exc):
-                self._covered.clear()
-            for b in group:
-                # The attempt may have committed (the connection can die after COMMIT is sent): look in the
-                # ledger before sending these rows again.
-                b.uncertain = True
-            self._failing = True
-            self.stats.retries += 1
-            self.stats.last_error = f"{type(exc).__name__}: {exc}"
-            log = logger.warning if self.stats.retries % 20 == 1 else logger.debug
-            log("%s commit of %d rows failed (%s: %s); retrying in about %.0f ms",
-                self.table, rows, type(exc).__name__, exc, self._delay * 1000)
-            self._spill_excess()
-            # Producers blocked on a full buffer re-check: now that commits fail, they may spill instead.
-            self._space.set()
-            return False
-        finally:
-            copied.set()
-        elapsed = time.perf_counter() - started
-        self._failing = False
-        self._delay = self.settings.retry_initial_ms / 1000.0
-        if skipped:
-            self.stats.duplicates_skipped += len(skipped)
-            logger.info("%s: %d batch(es) were already committed by an earlier attempt; not sent again",
-                        self.table, len(skipped))
-        committed = rows - sum(b.rows for b in group if b.id in skipped)
-        self.stats.commit_seconds.append(elapsed)
-        self.stats.batch_rows.append(committed)
-        self.stats.rows_committed += committed
-        self.stats.batches_committed += len(group) - len(skipped)
-        self.stats.last_commit_at = time.time()
-        self.stats.last_error = None
-        return True
-
-    def _materialize(self, batch: _Batch) -> tuple[Any, Any]:
-        """A batch's COPY payload and its latest rows: the {key: row} dict in memory, or column arrays spooled."""
-        if batch.buf is not None:
-            return batch.buf, batch.latest
-        assert batch.spool_path is not None and self._spool is not None
-        spooled = self._spool.read(batch.spool_path)
-        batch.min_ts, batch.max_ts = spooled.min_ts, spooled.max_ts
-        batch.parts = set(spooled.parts)
-        return spooled.payload, self._decode_latest(spooled.latest)
-
-    async def _attempt(
-        self, group: list[_Batch], parts: list[tuple[Any, list[Any]]], prev: _Commit | None, copied: asyncio.Event,
-        *, check_ledger: bool,
-    ) -> set[uuid.UUID]:
-        """One try at committing ``group``; returns the ids of its batches the ledger showed as committed."""
-        skipped: set[uuid.UUID] = set()
-        async with self._pool.acquire(timeout=self.settings.retry_max_ms / 1000.0 + 5) as conn:
-            if check_ledger:
-                skipped = {r[0] for r in await conn.fetch(_LEDGER_CHECK, [b.id for b in group])}
-                if skipped:
-                    keep = [i for i, b in enumerate(group) if b.id not in skipped]
-                    group = [group[i] for i in keep]
-                    parts = [parts[i] for i in keep]
-                    if not group:
-                        if prev is not None and not await _succeeded(prev):
-                            raise _EarlierFailed
-                        return skipped
-            async with conn.transaction():
-                await self._write_rows(conn, group, parts)
-                copied.set()
-                self._wakeup.set()  # the flusher may start the next group's COPY now
-                if prev is not None and not await _succeeded(prev):
-                    raise _EarlierFailed
-                await self._write_latest(conn, group, parts)
-        return skipped
-
-    async def _write(self, conn: asyncpg.Connection, group: list[_Batch], parts: list[tuple[Any, list[Any]]]) -> None:
-        """The body of a commit's transaction: partitions, one COPY, then ledger rows + latest upsert + NOTIFY."""
-        await self._write_rows(conn, group, parts)
-        await self._write_latest(conn, group, parts)
-
-    async def _write_rows(
-        self, conn: asyncpg.Connection, group: list[_Batch], parts: list[tuple[Any, list[Any]]]
-    ) -> None:
-        starts: set[int] = set()
-        for b in group:
-            starts |= b.parts
-        for start in sorted(starts):
-            await self._ensure_partitions(conn, start, start + self._interval_us - 1)
-        # A memoryview, never bytes: asyncpg treats a bytes source as a file *path* (os.fspath accepts bytes).
-        # One contiguous buffer, not an async iterator: asyncpg's iterator path can wait forever for a dead socket.
-        source = memoryview(parts[0][0] if len(parts) == 1 else _concat_payloads([p[0] for p in parts]))
-        await conn.copy_to_table(
-            self.table, source=source, columns=self.columns, format="binary", timeout=self.command_timeout)
-
-    async def _write_latest(
-        self, conn: asyncpg.Connection, group: list[_Batch], parts: list[tuple[Any, list[Any]]]
-    ) -> None:
-        hi = int(max(b.max_ts for b in group))
-        latest_args = self._group_latest(group, [p[1] for p in parts])
-        await conn.execute(
-            self.latest_sql, *latest_args, [b.id for b in group], [b.rows for b in group],
-            [int(b.min_ts) for b in group], [int(b.max_ts) for b in group],
-            self._notify_payload(sum(b.rows for b in group), hi, latest_args) if self._notify else None,
-            timeout=self.command_timeout,
-        )
-
-    def _group_latest(self, group: list[_Batch], latests: list[Any]) -> list[Any]:
-        """The latest-table arrays of a group: one row per key, the newest by receipt time."""
-        if all(type(x) is dict for x in latests):
-            if len(latests) == 1:
-                return self._latest_args_of(latests[0])
-            if all(group[i + 1].min_ts >= group[i].max_ts for i in range(len(group) - 1)):
-                # Batches in receipt order (the usual case): a later batch's row is the newer, so C-level dict
-                # updates merge them with no per-key comparison.
-                merged: dict[Any, Any] = {}
-                for latest in latests:
-                    merged.update(latest)
-                return self._latest_args_of(merged)
-        return self._merge_latest([self._latest_args_of(x) if type(x) is dict else x for x in latests])
-
-    def _merge_latest(self, args_list: list[list[Any]]) -> list[Any]:
-        """One latest row per key across batches: the newest by receipt time (later batch wins a tie)."""
-        if len(args_list) == 1:
-            return args_list[0]
-        ncols = len(args_list[0])
-        key_cols, ts_col = self.latest_key_cols, self.latest_ts_col
-        best: dict[Any, tuple[int, int, int]] = {}
-        for bi, args in enumerate(args_list):
-            keys = args[0] if key_cols == 1 else list(zip(*args[:key_cols]))
-            for ri, (key, ts) in enumerate(zip(keys, args[ts_col])):
-                prev = best.get(key)
-                if prev is None or prev[0] <= ts:
-                    best[key] = (ts, bi, ri)
-        return [[args_list[bi][c][ri] for _, bi, ri in best.values()] for c in range(ncols)]
-
-    async def write_in(self, conn: asyncpg.Connection) -> int:
-        """Write every row added so far on ``conn`` inside the caller's transaction (used by units of work, whose
-        writer is their own: nothing else is queued on it)."""
-        self._seal()
-        group = list(self._queue)
-        self._queue.clear()
-        if not group:
-            return 0
-        await self._write(conn, group, [(b.buf, b.latest) for b in group])
-        return sum(b.rows for b in group)
-
-    async def _ensure_partitions(self, conn: asyncpg.Connection, lo: int, hi: int) -> None:
-        for c_lo, c_hi in self._covered:
-            if c_lo <= lo and hi < c_hi:
-                return
-        interval_us = self.storage.partition_interval_s * 1_000_000
-        await schema.ensure_partitions(
-            conn, self.table, lo, hi, interval_s=self.storage.partition_interval_s, hot_index=self.storage.hot_index
-        )
-        start = lo - lo % interval_us
-        end = hi - hi % interval_us + interval_us
-        self._covered.append((start, end))
-        self._covered = _merge(self._covered)
-
-    def forget_partitions(self) -> None:
-        """Forget which partitions exist (after retention or a schema change dropped some)."""
-        self._covered.clear()
-
-    def _notify_payload(self, rows: int, max_ts: int, latest_args: list[Any]) -> str:
-        keys = latest_args[0]
-        body: dict[str, Any] = {"table": self.table, "rows": rows, "max_ts": max_ts}
-        if len(keys) <= 200:
-            body["ids"] = sorted(set(keys))
-        else:
-            body["id_range"] = [min(keys), max(keys)]
-        return orjson.dumps(body).decode()
-
     # -- memory bound and spool ------------------------------------------------------------------------------
 
     def _spillable(self) -> list[_Batch]:
@@ -777,29 +582,6 @@ class BatchWriter:
         }
 
 
-class _Commit:
-    """A group's commit attempt in flight; ``copied`` is set once its COPY has been sent (or it ended)."""
-
-    __slots__ = ("group", "copied", "task")
-
-    def __init__(self, group: list[_Batch]) -> None:
-        self.group = group
-        self.copied = asyncio.Event()
-        self.task: asyncio.Task[bool]
-
-
-class _EarlierFailed(Exception):
-    """The commit before this one failed; this one rolls back so commits stay in order."""
-
-
-async def _succeeded(commit: _Commit) -> bool:
-    # Shielded: this attempt being cancelled must not cancel the earlier one it is waiting on.
-    try:
-        return await asyncio.shield(commit.task)
-    except Exception:
-        return False
-
-
 async def _wait(event: asyncio.Event, timeout: float | None) -> None:
     if timeout is None:
         await event.wait()
@@ -808,28 +590,3 @@ async def _wait(event: asyncio.Event, timeout: float | None) -> None:
         await asyncio.wait_for(event.wait(), timeout)
     except asyncio.TimeoutError:
         pass
-
-
-def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    ranges.sort()
-    out: list[tuple[int, int]] = []
-    for lo, hi in ranges:
-        if out and lo <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], hi))
-        else:
-            out.append((lo, hi))
-    return out
-
-
-def _is_missing_partition(exc: BaseException) -> bool:
-    # 23514: "no partition of relation ... found for row" (a partition was dropped under us by retention).
-    return getattr(exc, "sqlstate", None) == "23514"
-
-
-def _concat_payloads(payloads: list[Any]) -> bytearray:
-    """Several batches' COPY payloads as one: one header, every batch's tuples, one trailer."""
-    out = bytearray(HEADER)
-    for payload in payloads:
-        out += memoryview(payload)[len(HEADER):-len(TRAILER)]
-    out += TRAILER
-    return out
