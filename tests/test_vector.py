@@ -59,18 +59,12 @@ def _typed_oddities(t: int) -> list[dict]:
     ]
 
 
-async def _stored(db: DatabaseManager, ids: list[int]) -> list[tuple]:
+async def _rows(db: DatabaseManager, table: str, ids: list[int]) -> list[tuple]:
+    """``table``'s rows of the symbols ``ids``, with each id replaced by its position (to compare two sets)."""
+    assert table in ("book_tickers", "book_tickers_latest")
     rows = await db.pool.fetch(
         "SELECT symbol_id, recv_ts, exchange_ts, bid_price, bid_qty, ask_price, ask_qty, update_id"
-        " FROM book_tickers WHERE symbol_id = ANY($1::int4[])", ids)
-    index = {sid: i for i, sid in enumerate(ids)}
-    return sorted((index[r[0]], *r[1:]) for r in rows)
-
-
-async def _latest(db: DatabaseManager, ids: list[int]) -> list[tuple]:
-    rows = await db.pool.fetch(
-        "SELECT symbol_id, recv_ts, exchange_ts, bid_price, bid_qty, ask_price, ask_qty, update_id"
-        " FROM book_tickers_latest WHERE symbol_id = ANY($1::int4[])", ids)
+        f" FROM {table} WHERE symbol_id = ANY($1::int4[])", ids)
     index = {sid: i for i, sid in enumerate(ids)}
     return sorted((index[r[0]], *r[1:]) for r in rows)
 
@@ -112,9 +106,10 @@ async def test_vectorized_path_matches_row_path(dsn, tmp_path, chunk, monkeypatc
         assert by_row["taken"] < len(values)  # the mix really holds bad rows
         assert vectorized == by_row
         fast_ids, slow_ids = [s.id for s in fast], [s.id for s in slow]
-        assert await _stored(db, fast_ids) == await _stored(db, slow_ids)
-        assert await _latest(db, fast_ids) == await _latest(db, slow_ids)
-        assert len(await _latest(db, fast_ids)) == N_SYMBOLS
+        assert await _rows(db, "book_tickers", fast_ids) == await _rows(db, "book_tickers", slow_ids)
+        latest = await _rows(db, "book_tickers_latest", fast_ids)
+        assert latest == await _rows(db, "book_tickers_latest", slow_ids)
+        assert len(latest) == N_SYMBOLS
 
 
 async def test_vectorized_path_falls_back_per_row_on_odd_types(dsn, tmp_path):
