@@ -331,7 +331,7 @@ class BinanceHost(Host):
         q = m.quotes[symbol]
         if channel == "bookTicker":
             key = q.update_id
-            b, bq, a, aq = m.price(symbol, q.bid), m.qty(symbol, q.bid_qty), m.price(symbol, q.ask), m.qty(symbol, q.ask_qty)
+            b, bq, a, aq = m.book_texts(symbol, q)
             if venue is _SPOT:
                 data = f'{{"u":{key},"s":"{symbol}","b":"{b}","B":"{bq}","a":"{a}","A":"{aq}"}}'
             else:

@@ -224,9 +224,11 @@ class Session:
             logger.warning("%r: client too slow, %d frames queued: dropping it", self, len(self._queue))
             self.abort()
             return
-        self._queue.append(item)
-        self._wakeup.set()
-        self.drained.clear()
+        queue = self._queue
+        queue.append(item)
+        if len(queue) == 1:  # it was empty: the writer may be waiting, and the queue is no longer drained
+            self._wakeup.set()
+            self.drained.clear()
 
     async def writer(self) -> None:
         """Write queued frames in order until closed; a data frame enters the ledger once written."""
@@ -397,6 +399,10 @@ class Host:
                 tally.gaps += 1
             if duplicate:
                 tally.duplicates += len(live)
+        if len(live) == 1 and not duplicate:  # the common case: one subscriber, sent once
+            s = live[0]
+            s.send_data(self.wrap(s, channel, symbol, data), stream, key)
+            return
         frames: dict[bool, str] = {}
         for _ in range(2 if duplicate else 1):
             for s in live:

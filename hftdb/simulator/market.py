@@ -43,6 +43,7 @@ class Instrument:
     trading: bool = True  # False once delisted: still listed over REST (halted), no longer streamed
     price_texts: dict[int, str] = field(default_factory=dict, repr=False, compare=False)
     qty_texts: dict[float, str] = field(default_factory=dict, repr=False, compare=False)
+    sizes: list[float] = field(default_factory=list, repr=False, compare=False)  # the size table of its decimals
 
     @property
     def tick(self) -> str:
@@ -119,6 +120,7 @@ class Market:
         qdec = min(6, max(0, math.floor(math.log10(price)) - 1))
         kind = "perpetual" if self._perpetual else "spot"
         inst = Instrument(self._native(base, self._perpetual), base, "USDT", kind, pdec, qdec)
+        inst.sizes = self._qty_table(qdec)
         self.instruments.append(inst)
         self.by_symbol[inst.symbol] = inst
         self.listed.append(inst.symbol)
@@ -179,9 +181,11 @@ class Market:
         q.prev_bid, q.prev_ask = q.bid, q.ask
         mid2 = q.bid + q.ask + self._steps[bits(_TABLE_BITS)]
         spread = self._spreads[bits(_TABLE_BITS)]
-        bid = max(1, (mid2 - spread) // 2)
+        bid = (mid2 - spread) // 2
+        if bid < 1:
+            bid = 1
         q.bid, q.ask = bid, bid + spread
-        sizes = self._qty_table(self.by_symbol[symbol].qty_decimals)
+        sizes = self.by_symbol[symbol].sizes
         q.bid_qty = sizes[bits(_TABLE_BITS)]
         q.ask_qty = sizes[bits(_TABLE_BITS)]
         q.update_id += 1 + skip
@@ -193,6 +197,24 @@ class Market:
             scale = 10**decimals
             table = self._qty_tables[decimals] = [max(1, round(x * scale)) / scale for x in self._sizes]
         return table
+
+    def book_texts(self, symbol: str, q: Quote) -> tuple[str, str, str, str]:
+        """Bid, bid size, ask and ask size of ``q`` as the venue prints them (one lookup for all four)."""
+        inst = self.by_symbol[symbol]
+        prices, sizes = inst.price_texts, inst.qty_texts
+        b = prices.get(q.bid)
+        if b is None:
+            b = self.price(symbol, q.bid)
+        a = prices.get(q.ask)
+        if a is None:
+            a = self.price(symbol, q.ask)
+        bq = sizes.get(q.bid_qty)
+        if bq is None:
+            bq = self.qty(symbol, q.bid_qty)
+        aq = sizes.get(q.ask_qty)
+        if aq is None:
+            aq = self.qty(symbol, q.ask_qty)
+        return b, bq, a, aq
 
     def step_funding(self, symbol: str, now_ms: int) -> Quote:
         """Move the funding rate, mark and index price of ``symbol`` one random step."""
