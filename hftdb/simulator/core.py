@@ -233,7 +233,8 @@ class Session:
     async def writer(self) -> None:
         """Write queued frames in order until closed; a data frame enters the ledger once written."""
         ws, ledger, faults, name = self.ws, self.host.ledger, self.host.faults, self.host.name
-        record = ledger.record
+        tallies: dict[tuple[ExchangeName, str, str], Any] = {}  # this connection's streams' tallies
+        generation = ledger.generation
         loop = asyncio.get_running_loop()
         queue = self._queue
         transport = self.request.transport
@@ -258,9 +259,17 @@ class Session:
                     parts.append(payload)
                     run.append(item)
                 transport.write(b"".join(parts))
+                if ledger.generation != generation:
+                    tallies.clear()
+                    generation = ledger.generation
                 for item in run:
-                    venue, channel, symbol = item[2]
-                    record(venue.value, channel, symbol, item[3])
+                    stream = item[2]
+                    tally = tallies.get(stream)
+                    if tally is None:
+                        venue, channel, symbol = stream
+                        tally = tallies[stream] = ledger.tally(venue.value, channel, symbol)
+                    tally.frames += 1
+                    tally.keys.add(item[3])
                 self.last_sent = loop.time()
                 if transport.get_write_buffer_size() > _HIGH_WATER:
                     await self._drain(transport)

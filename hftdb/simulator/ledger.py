@@ -108,6 +108,8 @@ class Ledger:
         self._tallies: dict[tuple[str, str, str], Tally] = {}
         self.malformed: dict[str, int] = {}
         self.control_frames: dict[str, int] = {}
+        #: bumped by :meth:`clear`, so that writers holding tallies know to look them up again
+        self.generation = 0
 
     def tally(self, venue: str, channel: str, symbol: str) -> Tally:
         """The tally of one stream (an empty one if nothing was sent on it)."""
@@ -152,6 +154,7 @@ class Ledger:
     def clear(self) -> None:
         """Forget everything recorded so far (between tests sharing one simulator)."""
         self._tallies.clear()
+        self.generation += 1
         self.malformed.clear()
         self.control_frames.clear()
 
