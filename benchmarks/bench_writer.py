@@ -18,6 +18,8 @@ registered, partitions pre-created with hftdb.schema.ensure_partitions), after a
 
 Diagnostics, only with ``--methods`` (they reach into the writer's private API, to split its cost):
 
+  writer-drain    the writer's own commit path (group commit, two commits in flight) draining a queue of batches
+                  encoded before timing: the writer with a free producer, so the database side alone.
   writer-db       the writer's per-batch transaction (COPY + ledger + latest upsert + NOTIFY, BatchWriter._write)
                   on batches encoded before timing, committed back to back on one connection: the writer with a
                   free producer.
@@ -76,7 +78,7 @@ _INSERT = (
     f"INSERT INTO book_tickers ({', '.join(COLUMNS)}) VALUES ({', '.join(f'${i}' for i in range(1, len(COLUMNS) + 1))})"
 )
 METHODS = ("server-binary", "server-text", "writer", "writer-columns", "copy_records", "executemany")
-DIAGNOSTICS = ("writer-db", "batched-copy", "encode", "encode-vector")
+DIAGNOSTICS = ("writer-drain", "writer-db", "batched-copy", "encode", "encode-vector")
 
 
 # -- data ----------------------------------------------------------------------------------------------------------
@@ -376,6 +378,26 @@ def encode_batches(tickers: list[BookTicker], batch_max_rows: int | None) -> tup
     return enc, list(enc._queue)
 
 
+async def bench_drain(dsn: str, tickers: list[BookTicker], batch_max_rows: int | None) -> tuple[float, dict[str, Any]]:
+    ws = WriterSettings(spool_dir=None, buffer_max_rows=len(tickers) + 1,
+                        batch_max_rows=batch_max_rows or WriterSettings().batch_max_rows)
+    pool = await asyncpg.create_pool(dsn, min_size=2, max_size=4, init=init_connection)
+    try:
+        enc = BookTickerWriter(pool, settings=ws, storage=StorageSettings(), spool_dir=None)
+        enc.add([(t.symbol_id, t) for t in tickers])
+        enc.submitted(len(tickers))
+        timing = Timing()
+        await enc.start()
+        await enc.flush()
+        elapsed, extra = timing.stop()
+        await enc.close()
+        snap = enc.snapshot()
+        return elapsed, {"mean_batch_rows": snap["mean_batch_rows"], "batches": snap["batches_committed"],
+                         "commit_p50_ms": snap["commit_p50_ms"], "commit_p99_ms": snap["commit_p99_ms"], **extra}
+    finally:
+        await pool.close()
+
+
 async def bench_batches(
     dsn: str, enc: BookTickerWriter, batches: list[Any], *, full: bool
 ) -> tuple[float, dict[str, Any]]:
@@ -469,6 +491,7 @@ async def _run(args: argparse.Namespace, admin_dsn: str, tmp: Path) -> dict[str,
     if set(DIAGNOSTICS) & set(args.methods):
         enc, batches = encode_batches(tickers, args.batch_max_rows)
         runners["writer-db"] = lambda dsn: bench_batches(dsn, enc, batches, full=True)
+        runners["writer-drain"] = lambda dsn: bench_drain(dsn, tickers, args.batch_max_rows)
         runners["batched-copy"] = lambda dsn: bench_batches(dsn, enc, batches, full=False)
     runners["encode"] = lambda dsn: bench_encode(tickers, args.chunk)
     runners["encode-vector"] = lambda dsn: bench_encode(tickers, args.chunk, vector=True)
