@@ -15,6 +15,7 @@ import os
 import random
 import time
 from datetime import timedelta
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterable, Literal, Sequence
 
@@ -47,6 +48,9 @@ logger = logging.getLogger(__name__)
 
 _MAX_SYMBOL_LEN = 64
 _MAX_EXCHANGE_LEN = 32
+_SYMBOL_ID = attrgetter("symbol_id")
+_EXCHANGE = attrgetter("exchange")
+_SYMBOL = attrgetter("symbol")
 _DERIVATIVE_VENUES = {ExchangeName.BINANCE_USDM, ExchangeName.BYBIT_LINEAR, ExchangeName.OKX_SWAP}
 
 
@@ -578,7 +582,17 @@ class DatabaseManager:
             return 0
         writer = self._writers[table]
         await writer.reserve(len(rows))
-        added = writer.add_fast(rows, self._known_ids)
+        added = None
+        if writer.vectorized:
+            sids = None
+            if rows[0].symbol_id is None and list(map(_SYMBOL_ID, rows)).count(None) == len(rows):
+                # Named by exchange and symbol: resolve the whole call from the cache at once; any miss (a new
+                # symbol, an unknown exchange) sends the call down the per-row path, which handles each.
+                sids = self._symbol_ids.get_many(zip(map(_EXCHANGE, rows), map(_SYMBOL, rows)))
+                if None in sids:
+                    sids = None
+            if sids is not None or rows[0].symbol_id is not None:
+                added = writer.add_fast(rows, self._known_ids, sids)  # type: ignore[arg-type]
         if added is None:
             pairs = await self._resolve(rows, writer)
             added = writer.add(pairs)  # type: ignore[attr-defined]

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 from .copy import PG_EPOCH_US, encode_numeric
 from .models import Balance, BookTicker, FundingRate, now_us
-from .writer import BatchWriter, _Batch
+from .writer import BatchWriter
 
 __all__ = ["BookTickerWriter", "FundingRateWriter", "BalanceWriter", "MIN_TS_US", "FUTURE_SLACK_US"]
 
@@ -108,12 +108,15 @@ class BookTickerWriter(BatchWriter):
         self._add_tickers = add_tickers
         return add_tickers
 
-    def add_fast(self, rows: list[BookTicker], known_ids: set[int]) -> int | None:
-        """Take a whole call's tickers at once when each carries a registered ``symbol_id`` (the feeds' case),
-        vectorized by :mod:`hftdb.vector`; None when the call needs the per-row path (:meth:`add`)."""
-        if rows[0].symbol_id is None:
+    vectorized = True
+
+    def add_fast(self, rows: list[BookTicker], known_ids: set[int], sids: list[int] | None = None) -> int | None:
+        """Take a whole call's tickers at once when each carries a registered ``symbol_id`` (the feeds' case) or
+        ``sids`` gives every row's id, vectorized by :mod:`hftdb.vector`; None when the call needs the per-row
+        path (:meth:`add`)."""
+        if sids is None and rows[0].symbol_id is None:
             return None
-        return (self._add_tickers or self._load_vector())(self, rows, known_ids)
+        return (self._add_tickers or self._load_vector())(self, rows, known_ids, sids)
 
     def add(self, rows: Iterable[tuple[int, BookTicker]]) -> int:
         """Validate and encode ``(symbol_id, ticker)`` pairs into the current batch; return how many were taken."""

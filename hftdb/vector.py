@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 from itertools import starmap
-from operator import itemgetter
+from operator import add, itemgetter
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
@@ -56,6 +56,8 @@ class Layout:
         names = ["symbol_id", "recv_ts"] + (["exchange_ts"] if has_e else []) + [
             "bid_price", "bid_qty", "ask_price", "ask_qty"] + (["update_id"] if has_u else [])
         self.values: Callable[[Any], tuple[Any, ...]] = itemgetter(*(index[name] for name in names))
+        #: The same without symbol_id, for rows whose ids were resolved from their names (prepended per row).
+        self.values_but_id: Callable[[Any], tuple[Any, ...]] = itemgetter(*(index[name] for name in names[1:]))
         fields = [("nf", ">i2"), ("l_sid", ">i4"), ("sid", ">i4"), ("l_recv", ">i4"), ("recv", ">i8"), ("l_ex", ">i4")]
         if has_e:
             fields.append(("ex", ">i8"))
@@ -92,14 +94,21 @@ class Layout:
 LAYOUTS = {(e, u): Layout(e, u) for e in (True, False) for u in (True, False)}
 
 
-def add_tickers(writer: BookTickerWriter, rows: Sequence[BookTicker], known_ids: set[int]) -> int | None:
-    """Take ``rows`` (all carrying a registered ``symbol_id``) into ``writer``'s batches; None if they can't all
-    be taken this way (the caller then uses the per-row path, which sorts out each bad row)."""
+def add_tickers(
+    writer: BookTickerWriter, rows: Sequence[BookTicker], known_ids: set[int], sids: list[int] | None = None,
+) -> int | None:
+    """Take ``rows`` into ``writer``'s batches: each carries a registered ``symbol_id``, or ``sids`` gives their
+    ids (resolved from their names). None if they can't all be taken this way (the caller then uses the per-row
+    path, which sorts out each bad row)."""
     n = len(rows)
     first = rows[0]
     layout = LAYOUTS[(first.exchange_ts is not None, first.update_id is not None)]
     try:
-        packed = b"".join(starmap(layout.pack, map(layout.values, map(astuple, rows))))
+        if sids is None:
+            values = map(layout.values, map(astuple, rows))
+        else:
+            values = map(add, zip(sids), map(layout.values_but_id, map(astuple, rows)))
+        packed = b"".join(starmap(layout.pack, values))
     except struct.error:
         return None  # a wrong type, a None the first row has not, an out-of-range integer
     buf = np.frombuffer(packed, np.uint8) | layout.template(n)

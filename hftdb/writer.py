@@ -274,7 +274,10 @@ class BatchWriter(Committing):
                 self._seal()
             self._wakeup.set()
 
-    def add_fast(self, rows: list[Any], known_ids: set[int]) -> int | None:
+    #: Whether :meth:`add_fast` can take a call's rows at once (book tickers); else it always returns None.
+    vectorized = False
+
+    def add_fast(self, rows: list[Any], known_ids: set[int], sids: list[int] | None = None) -> int | None:
         """Take a whole call's rows at once where the table has a vectorized path; None means use ``add``."""
         return None
 

@@ -9,6 +9,7 @@ import random
 import pytest
 
 from hftdb import BookTicker, DatabaseManager, ExchangeName, Symbol, now_us, vector
+from hftdb.cache import TTLCache
 
 from helpers import settings
 
@@ -71,27 +72,31 @@ async def _rows(db: DatabaseManager, table: str, ids: list[int]) -> list[tuple]:
 
 @pytest.mark.parametrize("chunk", [1, 7, 250, 1_000])
 async def test_vectorized_path_matches_row_path(dsn, tmp_path, chunk, monkeypatch):
+    # The same values three times, each on its own symbols: through the per-row path (the vectorized one switched
+    # off), vectorized with ids on the rows, and vectorized with ids resolved from the rows' names.
     values = _values(3_000, seed=chunk)
     taken_fast: list[int | None] = []
     real = vector.add_tickers
+    enabled = False
 
     def spy(*args):
-        taken_fast.append(real(*args))
+        taken_fast.append(real(*args) if enabled else None)
         return taken_fast[-1]
 
     monkeypatch.setattr(vector, "add_tickers", spy)
     async with DatabaseManager(dsn, settings=settings(tmp_path, batch_max_rows=700)) as db:
         ex = await db.insert_exchange(EXCHANGE)
-        fast = [await db.insert_symbol(Symbol(exchange_id=ex.id, symbol=f"F{i}USDT")) for i in range(N_SYMBOLS)]
-        slow = [await db.insert_symbol(Symbol(exchange_id=ex.id, symbol=f"S{i}USDT")) for i in range(N_SYMBOLS)]
+        sets = {how: [await db.insert_symbol(Symbol(exchange_id=ex.id, symbol=f"{how[0].upper()}{i}USDT"))
+                      for i in range(N_SYMBOLS)] for how in ("rows", "ids", "names")}
         writer = db.writer("book_tickers")
 
-        async def insert(named: bool) -> dict[str, int]:
+        async def insert(how: str) -> dict[str, int]:
             before = writer.rejects.snapshot()
-            syms = slow if named else fast
+            syms = sets[how]
             rows = [BookTicker(EXCHANGE.value, syms[i % N_SYMBOLS].symbol, **v,
-                               symbol_id=None if named else syms[i % N_SYMBOLS].id)
+                               symbol_id=syms[i % N_SYMBOLS].id if how == "ids" else None)
                     for i, v in enumerate(values)]
+            taken_fast.clear()
             taken = 0
             for i in range(0, len(rows), chunk):
                 taken += await db.insert_book_ticker_snapshots(rows[i:i + chunk])
@@ -99,17 +104,18 @@ async def test_vectorized_path_matches_row_path(dsn, tmp_path, chunk, monkeypatc
             after = writer.rejects.snapshot()
             return {"taken": taken, **{k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}}
 
-        by_row = await insert(named=True)
-        assert taken_fast == []
-        vectorized = await insert(named=False)
-        assert sum(n or 0 for n in taken_fast) == vectorized["taken"]  # every call took the vectorized path
+        by_row = await insert("rows")
         assert by_row["taken"] < len(values)  # the mix really holds bad rows
-        assert vectorized == by_row
-        fast_ids, slow_ids = [s.id for s in fast], [s.id for s in slow]
-        assert await _rows(db, "book_tickers", fast_ids) == await _rows(db, "book_tickers", slow_ids)
-        latest = await _rows(db, "book_tickers_latest", fast_ids)
-        assert latest == await _rows(db, "book_tickers_latest", slow_ids)
-        assert len(latest) == N_SYMBOLS
+        enabled = True
+        for how in ("ids", "names"):
+            vectorized = await insert(how)
+            assert sum(n or 0 for n in taken_fast) == vectorized["taken"]  # every call took the vectorized path
+            assert vectorized == by_row
+            ids, ref = [s.id for s in sets[how]], [s.id for s in sets["rows"]]
+            assert await _rows(db, "book_tickers", ids) == await _rows(db, "book_tickers", ref)
+            latest = await _rows(db, "book_tickers_latest", ids)
+            assert latest == await _rows(db, "book_tickers_latest", ref)
+            assert len(latest) == N_SYMBOLS
 
 
 async def test_vectorized_path_falls_back_per_row_on_odd_types(dsn, tmp_path):
@@ -125,3 +131,15 @@ async def test_vectorized_path_falls_back_per_row_on_odd_types(dsn, tmp_path):
             "bid_price_wrong_type": 1, "recv_ts_wrong_type": 1, "unknown_symbol_id": 1}
         stored = await db.pool.fetch("SELECT exchange_ts, update_id FROM book_tickers ORDER BY update_id")
         assert [tuple(r) for r in stored] == [(t - 1, 1), (None, 2), (t - 1, 3)]
+
+
+def test_ttl_cache_get_many_honours_expiry_and_counts():
+    now = [0.0]
+    cache = TTLCache[str, int](10, clock=lambda: now[0])
+    cache.set("a", 1)
+    now[0] = 5.0
+    cache.set("b", 2)
+    assert cache.get_many(["a", "b", "c"]) == [1, 2, None]
+    now[0] = 10.0  # "a" expires at 10, "b" at 15
+    assert cache.get_many(iter(["a", "b"])) == [None, 2]
+    assert (cache.hits, cache.misses) == (3, 2)
