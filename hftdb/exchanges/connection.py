@@ -171,9 +171,13 @@ class WsConnection:
                 return None
             self._ready.clear()
             await self._ready.wait()
+        if self._current is not None:
+            # The last read is complete (a read's frames all arrive in one callback) but its end-of-read has not
+            # run yet: count it now, or its frames would be counted as pending after they were taken.
+            self._end_read()
         batch = list(chunks)
         chunks.clear()
-        self._pending = max(0, self._pending - sum(len(p) for _, p in batch))
+        self._pending -= sum(len(p) for _, p in batch)
         if self._paused and self._pending <= self.max_pending // 2 and not self._disconnected:
             self._paused = False
             self._transport.underlying_transport.resume_reading()
