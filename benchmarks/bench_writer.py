@@ -235,6 +235,16 @@ async def _count(dsn: str) -> int:
 
 # -- methods -------------------------------------------------------------------------------------------------------
 
+#: WriterSettings overrides from the command line (--commit-max-rows), applied to every writer method.
+_WRITER_OVERRIDES: dict[str, Any] = {}
+
+
+def writer_settings(batch_max_rows: int | None, **extra: Any) -> WriterSettings:
+    if batch_max_rows is not None:
+        extra["batch_max_rows"] = batch_max_rows
+    return WriterSettings(spool_dir=None, **{**_WRITER_OVERRIDES, **extra})
+
+
 #: The embedded server's postmaster pid, when the benchmark runs its own server: its process tree's CPU time is
 #: read from /proc so each method's server-side cost per row can be told apart from hftdb's Python cost.
 _PG_PID: int | None = None
@@ -291,9 +301,7 @@ async def bench_server_copy(dsn: str, path: Path, fmt: str) -> tuple[float, dict
 async def bench_writer(
     dsn: str, tickers: list[BookTicker], chunk: int, batch_max_rows: int | None, profile: cProfile.Profile | None
 ) -> tuple[float, dict[str, Any]]:
-    writer = WriterSettings(spool_dir=None)
-    if batch_max_rows is not None:
-        writer = WriterSettings(spool_dir=None, batch_max_rows=batch_max_rows)
+    writer = writer_settings(batch_max_rows)
     settings = Settings(database=DatabaseSettings(dsn=dsn), writer=writer)
     chunks = [tickers[i:i + chunk] for i in range(0, len(tickers), chunk)]
     async with DatabaseManager(dsn, settings=settings) as db:
@@ -326,8 +334,7 @@ async def bench_writer_columns(
         name: np.array([getattr(t, name) for t in tickers])
         for name in ("symbol_id", "bid_price", "bid_qty", "ask_price", "ask_qty", "recv_ts", "exchange_ts", "update_id")
     }
-    writer = WriterSettings(spool_dir=None) if batch_max_rows is None else WriterSettings(
-        spool_dir=None, batch_max_rows=batch_max_rows)
+    writer = writer_settings(batch_max_rows)
     settings = Settings(database=DatabaseSettings(dsn=dsn), writer=writer)
     async with DatabaseManager(dsn, settings=settings) as db:
         timing = Timing()
@@ -379,8 +386,7 @@ def encode_batches(tickers: list[BookTicker], batch_max_rows: int | None) -> tup
 
 
 async def bench_drain(dsn: str, tickers: list[BookTicker], batch_max_rows: int | None) -> tuple[float, dict[str, Any]]:
-    ws = WriterSettings(spool_dir=None, buffer_max_rows=len(tickers) + 1,
-                        batch_max_rows=batch_max_rows or WriterSettings().batch_max_rows)
+    ws = writer_settings(batch_max_rows, buffer_max_rows=len(tickers) + 1)
     pool = await asyncpg.create_pool(dsn, min_size=2, max_size=4, init=init_connection)
     try:
         enc = BookTickerWriter(pool, settings=ws, storage=StorageSettings(), spool_dir=None)
@@ -438,6 +444,8 @@ async def bench_encode(tickers: list[BookTicker], chunk: int, *, vector: bool = 
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.commit_max_rows:
+        _WRITER_OVERRIDES["commit_max_rows"] = args.commit_max_rows
     tmp = Path(tempfile.mkdtemp(prefix="hftdb-bench-"))
     # The server runs as its own OS user (pgserver drops root): it must be able to read the COPY files.
     tmp.chmod(0o755)
@@ -595,6 +603,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-indexes", action="store_true", help="drop every index on the book_tickers partitions")
     p.add_argument("--chunk", type=int, default=1_000, help="rows per insert_book_ticker_snapshots call")
     p.add_argument("--batch-max-rows", type=int, help="writer batch_max_rows (default: hftdb's, 10,000)")
+    p.add_argument("--commit-max-rows", type=int, help="writer commit_max_rows (default: hftdb's, 100,000)")
     p.add_argument("--executemany-rows", type=int, default=50_000, help="rows for executemany (default 50,000)")
     p.add_argument("--span-s", type=int, default=600, help="recv_ts span of the rows in seconds (default 600)")
     p.add_argument("--seed", type=int, default=1)
