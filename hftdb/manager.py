@@ -746,16 +746,11 @@ class DatabaseManager:
         if symbols is not None and exchange is None:
             raise ValidationError("symbols need an exchange: pass exchange=...")
 
+        reader = self._reader
+        assert reader is not None
+
         async def prepare() -> Filter:
-            if symbol_ids is not None or symbols is not None:
-                filt = await self._reader.filter_ids(exchange, symbols, symbol_ids)  # type: ignore[union-attr]
-                return Filter(ids=filt[1])
-            if exchange is None:
-                return Filter()
-            ex = await self.get_exchange_by_enum(exchange)
-            if table == "balances":
-                return Filter(ids=[ex.id])  # type: ignore[list-item]
-            return Filter(exchange_id=ex.id, exchange_of=self._exchange_ids_of)
+            return await reader.notify_filter(table, exchange, symbols, symbol_ids)
 
         sub = Subscription(self.dsn, table, settings=self.settings.reads, prepare=prepare,
                            connect_timeout=self.settings.database.connect_timeout, max_pending=max_pending,
@@ -779,21 +774,8 @@ class DatabaseManager:
         if table not in ("book_tickers", "funding_rates"):
             raise ValidationError(f"table must be 'book_tickers' or 'funding_rates', got {table!r}")
         sub = self.notifications(table, exchange=exchange, symbols=symbols, symbol_ids=symbol_ids)
-        read = self.get_latest_book_tickers if table == "book_tickers" else self.get_latest_funding_rates
-
-        async def load(ids: tuple[int, ...] | None) -> list[Any]:
-            # The primary: a replica may not have replayed the commit the notification announced.
-            if ids is None:
-                return await read(exchange, symbols, symbol_ids=symbol_ids, primary=True)
-            return await read(symbol_ids=list(ids), primary=True)
-
+        load = self._reader.mirror_loader(table, exchange, symbols, symbol_ids)  # type: ignore[union-attr]
         return LatestMirror(sub, load, retry_max_s=self.settings.reads.listen_retry_max_s)
-
-    async def _exchange_ids_of(self, ids: list[int]) -> dict[int, int]:
-        directory = self._directory
-        if any(i not in directory.exchange_ids for i in ids):
-            await directory.resolve(self.pool, ids)
-        return directory.exchange_ids
 
     def read_status(self) -> list[dict[str, Any]]:
         """Health, lag and read counters of the primary and of each read replica."""

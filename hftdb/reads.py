@@ -15,6 +15,7 @@ from . import columnar
 from .copy import PG_EPOCH_US
 from .errors import ValidationError
 from .models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Symbol, now_us
+from .notify import Filter
 
 if TYPE_CHECKING:
     from .cache import TTLCache
@@ -211,6 +212,38 @@ class Reader:
             return ("exchange", (await self._exchange(exchange)).id)
         return ("all", None)
 
+    async def notify_filter(self, table: str, exchange: Any, symbols: Sequence[str] | None,
+                            symbol_ids: Sequence[int] | None) -> Filter:
+        """The :class:`~hftdb.notify.Filter` of a ``DatabaseManager.notifications()`` subscription."""
+        if symbol_ids is not None or symbols is not None:
+            return Filter(ids=(await self.filter_ids(exchange, symbols, symbol_ids))[1])
+        if exchange is None:
+            return Filter()
+        ex = await self._exchange(exchange)
+        if table == "balances":
+            return Filter(ids=[ex.id])  # type: ignore[list-item]
+        return Filter(exchange_id=ex.id, exchange_of=self._exchange_ids_of)
+
+    async def _exchange_ids_of(self, ids: list[int]) -> dict[int, int]:
+        directory = self.directory
+        if any(i not in directory.exchange_ids for i in ids):
+            await self.router.run(lambda pool: directory.resolve(pool, ids), primary=True)
+        return directory.exchange_ids
+
+    def mirror_loader(self, table: str, exchange: Any, symbols: Sequence[str] | None,
+                      symbol_ids: Sequence[int] | None) -> Callable[[tuple[int, ...] | None], Awaitable[list[Any]]]:
+        """The ``load`` of a :class:`~hftdb.notify.LatestMirror`: the whole filter (None), or the given ids."""
+        read = self.latest_book_tickers if table == "book_tickers" else self.latest_funding_rates
+
+        async def load(ids: tuple[int, ...] | None) -> list[Any]:
+            # The primary: a replica may not have replayed the commit the notification announced.
+            if ids is None:
+                return await read(exchange, symbols, symbol_ids, primary=True)
+            return await read(None, None, list(ids), primary=True)
+
+        return load
+
+    # -- latest ----------------------------------------------------------------------------------------------
     # -- latest ----------------------------------------------------------------------------------------------
 
     async def latest_book_tickers(self, exchange: Any, symbols: Sequence[str] | None,
