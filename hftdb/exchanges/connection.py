@@ -151,13 +151,6 @@ class WsConnection:
             self._paused = True
             self._transport.underlying_transport.pause_reading()
 
-    def push(self, payload: bytes, recv_ts: int | None = None) -> None:
-        """Queue one payload as its own chunk (stamped now unless ``recv_ts`` is given)."""
-        self._chunks.append((now_us() if recv_ts is None else recv_ts, [payload]))
-        self._pending += 1
-        self.last_frame_at = time.monotonic()
-        self._ready.set()
-
     def on_disconnected(self) -> None:
         """The TCP connection is gone (called by the listener)."""
         self._disconnected = True
