@@ -81,19 +81,19 @@ async def wait_for_lock_waiters(conn, count: int) -> None:
 
 async def test_up_from_empty_creates_all_tables(conn):
     assert await existing_tables(conn) == set()
-    assert await migrate(conn) == [1]
+    assert await migrate(conn) == [1, 2]
     assert await existing_tables(conn) == set(TABLES)
     assert await migrate(conn) == []  # nothing pending
 
 
 async def test_status_before_and_after(conn):
     migrator = Migrator(conn)
-    [pending] = await migrator.status()
+    pending = (await migrator.status())[0]
     assert (pending.version, pending.name, pending.applied, pending.applied_at, pending.checksum_ok) == (
         1, "initial", False, None, None
     )
     await migrator.up()
-    [applied] = await migrator.status()
+    applied = (await migrator.status())[0]
     assert applied.applied and applied.checksum_ok
     assert applied.applied_at is not None and applied.applied_at.tzinfo is not None
     row = await conn.fetchrow("SELECT name, checksum FROM schema_migrations WHERE version = 1")
@@ -105,28 +105,28 @@ async def test_down_to_zero_then_up_restores(migrated):
     conn = migrated
     await ensure_partitions(conn, "book_tickers", NOW_US, NOW_US, interval_s=86_400)
     migrator = Migrator(conn)
-    assert await migrator.down(0) == [1]
+    assert await migrator.down(0) == [2, 1]
     assert await existing_tables(conn) == set()
     assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 0
-    assert [s.applied for s in await migrator.status()] == [False]
+    assert [s.applied for s in await migrator.status()] == [False, False]
     assert await migrator.down(0) == []
-    assert await migrator.up() == [1]
+    assert await migrator.up() == [1, 2]
     assert await existing_tables(conn) == set(TABLES)
 
 
 async def test_up_and_down_with_targets(conn):
     files = shipped_files() | {
-        "0002_extra.up.sql": b"CREATE TABLE extra (v int);",
-        "0002_extra.down.sql": b"DROP TABLE extra;",
-        "0003_more.up.sql": b"CREATE TABLE more (v int);",
-        "0003_more.down.sql": b"DROP TABLE more;",
+        "0003_extra.up.sql": b"CREATE TABLE extra (v int);",
+        "0003_extra.down.sql": b"DROP TABLE extra;",
+        "0004_more.up.sql": b"CREATE TABLE more (v int);",
+        "0004_more.down.sql": b"DROP TABLE more;",
     }
     migrator = Migrator(conn, source=files)
-    assert await migrator.up(target=2) == [1, 2]
-    assert await migrator.up() == [3]
-    assert await migrator.down(1) == [3, 2]
+    assert await migrator.up(target=3) == [1, 2, 3]
+    assert await migrator.up() == [4]
+    assert await migrator.down(1) == [4, 3, 2]
     assert await conn.fetchval("SELECT to_regclass('extra') IS NULL AND to_regclass('more') IS NULL")
-    assert [s.applied for s in await migrator.status()] == [True, False, False]
+    assert [s.applied for s in await migrator.status()] == [True, False, False, False]
 
 
 async def test_edited_applied_migration_stops_startup(migrated):
@@ -137,7 +137,7 @@ async def test_edited_applied_migration_stops_startup(migrated):
         await migrator.up()
     with pytest.raises(MigrationError, match="0001_initial.up.sql"):
         await migrator.verify()
-    [status] = await migrator.status()
+    status = (await migrator.status())[0]
     assert status.applied and status.checksum_ok is False
     await Migrator(migrated).verify()  # the shipped file still matches
 
@@ -150,11 +150,11 @@ async def test_applied_version_without_file(migrated):
 
 
 async def test_failed_migration_rolls_back(conn):
-    files = shipped_files() | {"0002_bad.up.sql": b"CREATE TABLE half (v int); SELECT no_such_function();"}
-    with pytest.raises(MigrationError, match="0002_bad.up.sql failed"):
+    files = shipped_files() | {"0003_bad.up.sql": b"CREATE TABLE half (v int); SELECT no_such_function();"}
+    with pytest.raises(MigrationError, match="0003_bad.up.sql failed"):
         await Migrator(conn, source=files).up()
     assert await conn.fetchval("SELECT to_regclass('half') IS NULL")
-    assert await conn.fetchval("SELECT array_agg(version) FROM schema_migrations") == [1]
+    assert await conn.fetchval("SELECT array_agg(version ORDER BY version) FROM schema_migrations") == [1, 2]
 
 
 def test_bad_migration_file_names():
@@ -176,8 +176,8 @@ async def test_concurrent_migrators_apply_each_version_once(dsn, conn):
     finally:
         await first.close()
         await second.close()
-    assert sorted(results) == [[], [1]]
-    assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 1
+    assert sorted(results) == [[], [1, 2]]
+    assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 2
     assert await existing_tables(conn) == set(TABLES)
 
 
