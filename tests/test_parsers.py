@@ -733,6 +733,35 @@ def test_okx_ticker_with_an_empty_side_has_no_quote(fixtures_dir):
     assert [bt.symbol for bt in parsed.book_tickers] == [msg["data"][0]["instId"]]
 
 
+def test_okx_bbo_tbt_hot_path_matches_the_general_parse():
+    ids = {"BCH-USDT-SWAP": 3}
+    parser = OkxParser(ExchangeName.OKX_SWAP, symbol_ids=lambda exchange, symbol: ids.get(symbol))
+    bbo = {"arg": {"channel": "bbo-tbt", "instId": "BCH-USDT-SWAP"}, "data": [{
+        "asks": [["111.06", "55154", "0", "2"]], "bids": [["111.05", "57745", "0", "2"]],
+        "ts": "1670324386802", "seqId": 363996337}]}  # fmt: skip
+    variants = [bbo]
+    for price, size in (("0.000012345", "1234567.891"), ("65432.1", "0.001"), ("3.0E-5", "10")):
+        row = dict(bbo["data"][0], bids=[[price, size, "0", "1"]], asks=[[price + "9", size, "0", "4"]])
+        variants.append(dict(bbo, arg={"channel": "bbo-tbt", "instId": "X-USDT"}, data=[row]))
+    for frame in variants:
+        raw = json.dumps(frame).encode()
+        fast = parser.book_ticker(raw, RECV)
+        assert fast is not None and type(fast) is BookTicker
+        assert parser.parse_general(raw, RECV) == Parsed([fast])
+        assert fast.symbol_id == ids.get(fast.symbol)
+    # Not for the hot path: a one-sided book, two rows, another channel, a bad number, the pong.
+    one_sided = dict(bbo, data=[dict(bbo["data"][0], bids=[])])
+    two_rows = dict(bbo, data=bbo["data"] * 2)
+    bad = dict(bbo, data=[dict(bbo["data"][0], asks=[["1.2.3", "1", "0", "1"]])])
+    tickers = {"arg": {"channel": "tickers", "instId": "X"}, "data": [{"instId": "X", "bidPx": "1", "bidSz": "1",
+                                                                       "askPx": "2", "askSz": "1", "ts": "1"}]}
+    for frame in (one_sided, two_rows, bad, tickers):
+        assert parser.book_ticker(json.dumps(frame), RECV) is None
+    assert parser.book_ticker(b"pong", RECV) is None
+    assert len(parser.parse(json.dumps(two_rows), RECV).book_tickers) == 2
+    assert reason_of(parser, json.dumps(bad)) == "bad_number"
+
+
 def test_okx_bbo_tbt_and_funding_rate():
     parser = OkxParser(ExchangeName.OKX_SWAP)
     # The documentation's bbo-tbt push: the instrument is named by arg only.

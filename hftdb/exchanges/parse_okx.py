@@ -13,11 +13,18 @@ channel handled here:
 
 Command responses are ``{"event": ...}`` objects (``subscribe``, ``login``, ``error`` with ``code``/``msg``,
 ``notice``...), and the answer to the text ping is the bare text ``pong``. OKX times are millisecond strings.
+
+The hot path (:meth:`OkxParser.book_ticker`) decodes a one-row ``bbo-tbt`` push with a decoder built for it
+alone, with ``strict=False`` so that msgspec turns the price and time strings into numbers in C (the same
+values as ``float(text)`` and ``int(text)``; a number sent as a JSON number is taken at the same value).
+Anything else, a one-sided book included, falls back to the general decode, which names the reject reason.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
+from typing import Any, Literal
 
 import msgspec
 
@@ -87,6 +94,27 @@ class _Frame(msgspec.Struct, gc=False):
 
 _FRAME_DECODER = msgspec.json.Decoder(_Frame)
 
+
+# The hot path: a bbo-tbt push, numbers decoded in C. A level is [price, size, "0", orders].
+class _BboArg(msgspec.Struct, gc=False):
+    channel: Literal["bbo-tbt"]
+    instId: str
+
+
+class _BboRow(msgspec.Struct, gc=False):
+    asks: list[tuple[float, float, Any, Any]]
+    bids: list[tuple[float, float, Any, Any]]
+    ts: int
+    seqId: int | None = None
+
+
+class _Bbo(msgspec.Struct, gc=False):
+    arg: _BboArg
+    data: list[_BboRow]
+
+
+_BBO_DECODER = msgspec.json.Decoder(_Bbo, strict=False)
+
 _BOOK_CHANNELS = frozenset({"bbo-tbt", "books5"})
 _STORED_CHANNELS = frozenset({"tickers", "funding-rate", "account"}) | _BOOK_CHANNELS
 # Private channels an adapter may subscribe to without hftdb storing them.
@@ -150,23 +178,73 @@ def _decode_rest(payload: bytes | str) -> _Frame:
 class OkxParser:
     """Parse OKX v5 spot (``OKX_SPOT``) or swap (``OKX_SWAP``) payloads.
 
-    Stateless apart from its venue and a memo of parsed prices. ``account`` names the account of the balances parsed
-    from the private ``account`` channel.
+    Stateless apart from its venue, a memo of parsed prices and its symbol ids. ``account`` names the account of
+    the balances parsed from the private ``account`` channel. ``symbol_ids`` (``(exchange, symbol) -> id or
+    None``) lets bbo-tbt rows carry their ``symbol_id``, as :class:`~hftdb.exchanges.parse_binance.BinanceParser`
+    does.
     """
 
-    def __init__(self, venue: ExchangeName, *, account: str = "default") -> None:
+    def __init__(
+        self,
+        venue: ExchangeName,
+        *,
+        account: str = "default",
+        symbol_ids: Callable[[str, str], int | None] | None = None,
+    ) -> None:
         if venue not in _VENUES:
             raise ValueError(f"venue must be one of {[v.value for v in _VENUES]}, got {venue!r}")
         self.venue = venue
         self.account = account
         self._exchange = venue.value
         self._prices = FloatCache()
+        self._resolve = symbol_ids
+        self._ids: dict[str, int] = {}
+
+    def _symbol_id(self, symbol: str) -> int | None:
+        resolve = self._resolve
+        if resolve is None:
+            return None
+        sid = resolve(self._exchange, symbol)
+        if sid is not None:
+            self._ids[symbol] = sid
+        return sid
+
+    def book_ticker(self, raw: bytes | str, recv_ts: int) -> BookTicker | None:
+        """The hot path: a one-row ``bbo-tbt`` push with both sides as its record, or None for any other frame
+        (which :meth:`parse` then handles, rejections included). Same values as :meth:`parse`."""
+        try:
+            push = _BBO_DECODER.decode(raw)
+        except msgspec.DecodeError:
+            return None
+        data = push.data
+        symbol = push.arg.instId
+        if len(data) != 1 or not symbol:
+            return None
+        row = data[0]
+        bids = row.bids
+        asks = row.asks
+        if not bids or not asks or row.ts <= 0:
+            return None
+        bid = bids[0]
+        ask = asks[0]
+        sid = self._ids.get(symbol)
+        return BookTicker(
+            self._exchange, symbol, bid[0], bid[1], ask[0], ask[1], recv_ts, row.ts * 1000, row.seqId,
+            sid if sid is not None else self._symbol_id(symbol),
+        )
 
     def parse(self, raw: bytes | str, recv_ts: int) -> Parsed:
         """Parse one websocket frame, exactly as received, into rows and/or a control signal.
 
         Raises :class:`~hftdb.errors.FrameError` when the frame cannot be parsed.
         """
+        row = self.book_ticker(raw, recv_ts)
+        if row is not None:
+            return Parsed([row])
+        return self.parse_general(raw, recv_ts)
+
+    def parse_general(self, raw: bytes | str, recv_ts: int) -> Parsed:
+        """:meth:`parse` without the bbo-tbt hot path (for callers that tried :meth:`book_ticker` first)."""
         if (raw == "pong") if type(raw) is str else (raw == b"pong"):
             return Parsed(control=CONTROL_PONG)
         try:
@@ -233,9 +311,11 @@ class OkxParser:
                 raise FrameError(f"bad book level: {exc}", reason="bad_number") from None
             except IndexError:
                 raise FrameError("book level without price and size", reason="missing_field") from None
+            sid = self._ids.get(inst_id)
             quotes.append(
                 BookTicker(
-                    self._exchange, inst_id, bid, bid_qty, ask, ask_qty, recv_ts, ms_to_us(row.ts), row.seqId
+                    self._exchange, inst_id, bid, bid_qty, ask, ask_qty, recv_ts, ms_to_us(row.ts), row.seqId,
+                    sid if sid is not None else self._symbol_id(inst_id),
                 )
             )
         return quotes
