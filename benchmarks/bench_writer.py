@@ -2,7 +2,7 @@
 
 Every method loads the SAME rows (``--rows`` book tickers over ``--symbols`` symbols, realistic prices, with
 exchange_ts and update_id) into ``book_tickers`` of a fresh database (migrations applied, exchange and symbols
-registered, partitions pre-created with hftdb.schema.ensure_partitions), after a CHECKPOINT:
+registered, partitions pre-created with hftdb.partitions.ensure_partitions), after a CHECKPOINT:
 
   server-binary   ``COPY book_tickers (...) FROM '<file>' (FORMAT binary)``: the server reads a file that
                   hftdb's own encoder wrote (HEADER + rows + TRAILER). The ceiling for the schema.

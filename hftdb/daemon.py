@@ -311,7 +311,7 @@ class Daemon:
         interval = self.settings.daemon.maintenance_interval_s
         while True:
             # The first pass waits one interval: start-up already created partitions, and retention right at
-            # start could cost data to a wrong clock before anyone looks (see schema.maintain).
+            # start could cost data to a wrong clock before anyone looks (see partitions.maintain).
             await asyncio.sleep(interval)
             try:
                 report = await self.db.run_maintenance()

@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator, Iterable, Literal, Sequence
 
 import asyncpg
 
-from . import reads, schema
+from . import partitions, reads, schema
 from .cache import TTLCache
 from .config import Settings, load_settings, redact_dsn
 from .copy import PG_EPOCH_US
@@ -166,7 +166,7 @@ class DatabaseManager:
                 self._pool = await self._create_pool()
                 async with self._pool.acquire() as conn:
                     await schema.migrate(conn)
-                    await schema.maintain(conn, self.settings.storage, now_us(), retention=False)
+                    await partitions.maintain(conn, self.settings.storage, now_us(), retention=False)
                 await self._warm_caches()
                 self._router = ReadRouter(self._dsn, self.settings.reads, database=db)
                 await self._router.start()
@@ -820,8 +820,8 @@ class DatabaseManager:
         cutoff = now_us() - int(days * 86_400_000_000)
         dropped: dict[str, list[str]] = {}
         async with self.pool.acquire() as conn:
-            for table in schema.TIME_SERIES_TABLES:
-                dropped[table] = await schema.drop_partitions_before(conn, table, cutoff, dry_run=dry_run)
+            for table in partitions.TIME_SERIES_TABLES:
+                dropped[table] = await partitions.drop_partitions_before(conn, table, cutoff, dry_run=dry_run)
         if not dry_run:
             for w in self._writers.values():
                 w.forget_partitions()
@@ -831,7 +831,7 @@ class DatabaseManager:
         """Create partitions ahead, index sealed partitions, apply retention and trim the batch ledger."""
         self._check_open()
         async with self.pool.acquire() as conn:
-            report = await schema.maintain(conn, self.settings.storage, now_us())
+            report = await partitions.maintain(conn, self.settings.storage, now_us())
         for w in self._writers.values():
             w.forget_partitions()
         return report

@@ -28,9 +28,6 @@ import msgspec
 
 from .errors import MigrationError, StateError, ValidationError
 from .locks import unlock
-# Re-exported only for modules whose owners have not yet moved their imports to hftdb.partitions
-# (manager.py, writer.py, inventory.py, tests/test_cli.py, tests/test_manager.py); new code imports from there.
-from .partitions import TIME_SERIES_TABLES, drop_partitions_before, ensure_partitions, list_partitions, maintain
 
 __all__ = [
     "MIGRATION_LOCK_KEY",
@@ -39,12 +36,6 @@ __all__ = [
     "Migrator",
     "load_migrations",
     "migrate",
-    # re-exported from hftdb.partitions, see above
-    "TIME_SERIES_TABLES",
-    "ensure_partitions",
-    "list_partitions",
-    "drop_partitions_before",
-    "maintain",
 ]
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from hftdb import schema
+from hftdb import partitions
 from hftdb.target import with_database
 from hftdb.models import now_us
 from hftdb.server import EmbeddedServer
@@ -175,7 +175,7 @@ async def test_ingest_file_then_stats_optimize_and_cleanup(dsn, env, tmp_path, f
     old = now_us() - int(timedelta(days=60).total_seconds() * 1_000_000)
     conn = await asyncpg.connect(dsn)
     try:
-        made = await schema.ensure_partitions(conn, "book_tickers", old, old, interval_s=86_400)
+        made = await partitions.ensure_partitions(conn, "book_tickers", old, old, interval_s=86_400)
     finally:
         await conn.close()
     code, out, _ = await cli("cleanup", "--dry-run", env=env, cwd=tmp_path)

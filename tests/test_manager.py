@@ -247,7 +247,7 @@ async def test_symbol_cache_expiry_reads_database_again(dsn, tmp_path):
 
 
 async def test_maintenance_and_retention_through_the_manager(dsn, tmp_path):
-    from hftdb import schema
+    from hftdb import partitions
 
     async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
         await db.insert_exchange(ExchangeName.BINANCE_SPOT)
@@ -256,7 +256,7 @@ async def test_maintenance_and_retention_through_the_manager(dsn, tmp_path):
         await db.insert_book_ticker_snapshots(tickers(10, start_id=10))
         await db.flush()
         async with db.pool.acquire() as conn:
-            before = [p.name for p in await schema.list_partitions(conn, "book_tickers")]
+            before = [p.name for p in await partitions.list_partitions(conn, "book_tickers")]
         assert len(before) >= 2
         assert await db.cleanup_old_data(30, dry_run=True) == {
             "book_tickers": [before[0]], "funding_rates": [], "balances": []}
