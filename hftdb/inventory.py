@@ -14,7 +14,8 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from . import partitions, reads
+from . import reads
+from .partitions import TIME_SERIES_TABLES, list_partitions
 
 __all__ = ["TABLES", "tables", "collect", "render", "size", "utc", "approx"]
 
@@ -40,7 +41,7 @@ async def tables(conn: asyncpg.Connection, partitions: dict[str, list[dict[str, 
 
 
 async def _partitions(conn: asyncpg.Connection) -> dict[str, list[dict[str, Any]]]:
-    return {t: [msgspec.to_builtins(p) for p in await partitions.list_partitions(conn, t)] for t in partitions.TIME_SERIES_TABLES}
+    return {t: [msgspec.to_builtins(p) for p in await list_partitions(conn, t)] for t in TIME_SERIES_TABLES}
 
 
 async def collect(conn: asyncpg.Connection, *, exact: bool = False,
@@ -48,7 +49,7 @@ async def collect(conn: asyncpg.Connection, *, exact: bool = False,
     """The whole report as plain data (what ``hftdb stats --json`` prints, less the daemon's counters)."""
     partitions = await _partitions(conn)
     report: dict[str, Any] = {"tables": await tables(conn, partitions), "partitions": partitions}
-    ts = partitions.TIME_SERIES_TABLES
+    ts = TIME_SERIES_TABLES
     if exact:
         per_day: dict[str, dict[str, int | None]] = {}
         for i, table in enumerate(ts, 1):
