@@ -84,11 +84,15 @@ class BookTickerWriter(BatchWriter):
     columns = ("symbol_id", "recv_ts", "exchange_ts", "bid_price", "bid_qty", "ask_price", "ask_qty", "update_id")
     latest_sql = _latest_sql("book_tickers", 8, """
     INSERT INTO book_tickers_latest AS l
-        (symbol_id, recv_ts, exchange_ts, bid_price, bid_qty, ask_price, ask_qty, update_id)
-    SELECT * FROM unnest($1::int4[], $2::timestamptz[], $3::timestamptz[], $4::float8[], $5::float8[],
-                         $6::float8[], $7::float8[], $8::int8[])
+        (symbol_id, exchange_id, recv_ts, exchange_ts, bid_price, bid_qty, ask_price, ask_qty, update_id)
+    SELECT u.symbol_id, s.exchange_id, u.recv_ts, u.exchange_ts, u.bid_price, u.bid_qty, u.ask_price, u.ask_qty,
+           u.update_id
+    FROM unnest($1::int4[], $2::timestamptz[], $3::timestamptz[], $4::float8[], $5::float8[],
+                $6::float8[], $7::float8[], $8::int8[])
+         AS u(symbol_id, recv_ts, exchange_ts, bid_price, bid_qty, ask_price, ask_qty, update_id)
+    LEFT JOIN symbols s ON s.id = u.symbol_id
     ON CONFLICT (symbol_id) DO UPDATE SET
-        recv_ts = EXCLUDED.recv_ts, exchange_ts = EXCLUDED.exchange_ts, bid_price = EXCLUDED.bid_price,
+        exchange_id = coalesce(l.exchange_id, EXCLUDED.exchange_id), recv_ts = EXCLUDED.recv_ts, exchange_ts = EXCLUDED.exchange_ts, bid_price = EXCLUDED.bid_price,
         bid_qty = EXCLUDED.bid_qty, ask_price = EXCLUDED.ask_price, ask_qty = EXCLUDED.ask_qty,
         update_id = EXCLUDED.update_id
     WHERE l.recv_ts <= EXCLUDED.recv_ts""")
@@ -225,11 +229,15 @@ class FundingRateWriter(BatchWriter):
     columns = ("symbol_id", "recv_ts", "exchange_ts", "rate", "next_funding_ts", "mark_price", "index_price")
     latest_sql = _latest_sql("funding_rates", 7, """
     INSERT INTO funding_rates_latest AS l
-        (symbol_id, recv_ts, exchange_ts, rate, next_funding_ts, mark_price, index_price)
-    SELECT * FROM unnest($1::int4[], $2::timestamptz[], $3::timestamptz[], $4::float8[], $5::timestamptz[],
-                         $6::float8[], $7::float8[])
+        (symbol_id, exchange_id, recv_ts, exchange_ts, rate, next_funding_ts, mark_price, index_price)
+    SELECT u.symbol_id, s.exchange_id, u.recv_ts, u.exchange_ts, u.rate, u.next_funding_ts, u.mark_price,
+           u.index_price
+    FROM unnest($1::int4[], $2::timestamptz[], $3::timestamptz[], $4::float8[], $5::timestamptz[],
+                $6::float8[], $7::float8[])
+         AS u(symbol_id, recv_ts, exchange_ts, rate, next_funding_ts, mark_price, index_price)
+    LEFT JOIN symbols s ON s.id = u.symbol_id
     ON CONFLICT (symbol_id) DO UPDATE SET
-        recv_ts = EXCLUDED.recv_ts, exchange_ts = EXCLUDED.exchange_ts, rate = EXCLUDED.rate,
+        exchange_id = coalesce(l.exchange_id, EXCLUDED.exchange_id), recv_ts = EXCLUDED.recv_ts, exchange_ts = EXCLUDED.exchange_ts, rate = EXCLUDED.rate,
         next_funding_ts = EXCLUDED.next_funding_ts, mark_price = EXCLUDED.mark_price,
         index_price = EXCLUDED.index_price
     WHERE l.recv_ts <= EXCLUDED.recv_ts""")

@@ -116,7 +116,7 @@ async def test_latest_funding_rates_nulls_and_exchanges_apart(dsn, tmp_path):
 
 
 async def test_latest_rows_written_before_migration_0002_keep_their_exchange(dsn, tmp_path):
-    """Migration 0002 fills exchange_id and packed for rows already there; the trigger fills it for new ones."""
+    """Migration 0002 fills exchange_id and packed for rows already there; the writers fill it for new ones."""
     conn = await asyncpg.connect(dsn)
     try:
         await Migrator(conn).up(1)

@@ -78,10 +78,14 @@ async def wait_for_lock_waiters(conn, count: int) -> None:
 
 # ---------------------------------------------------------------------------------------------------- migrations
 
+#: The versions hftdb ships, in order; the tests below add their own files after them.
+SHIPPED = [m.version for m in load_migrations()]
+NEXT = SHIPPED[-1] + 1
+
 
 async def test_up_from_empty_creates_all_tables(conn):
     assert await existing_tables(conn) == set()
-    assert await migrate(conn) == [1, 2]
+    assert await migrate(conn) == SHIPPED
     assert await existing_tables(conn) == set(TABLES)
     assert await migrate(conn) == []  # nothing pending
 
@@ -105,28 +109,28 @@ async def test_down_to_zero_then_up_restores(migrated):
     conn = migrated
     await ensure_partitions(conn, "book_tickers", NOW_US, NOW_US, interval_s=86_400)
     migrator = Migrator(conn)
-    assert await migrator.down(0) == [2, 1]
+    assert await migrator.down(0) == SHIPPED[::-1]
     assert await existing_tables(conn) == set()
     assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 0
-    assert [s.applied for s in await migrator.status()] == [False, False]
+    assert [s.applied for s in await migrator.status()] == [False] * len(SHIPPED)
     assert await migrator.down(0) == []
-    assert await migrator.up() == [1, 2]
+    assert await migrator.up() == SHIPPED
     assert await existing_tables(conn) == set(TABLES)
 
 
 async def test_up_and_down_with_targets(conn):
     files = shipped_files() | {
-        "0003_extra.up.sql": b"CREATE TABLE extra (v int);",
-        "0003_extra.down.sql": b"DROP TABLE extra;",
-        "0004_more.up.sql": b"CREATE TABLE more (v int);",
-        "0004_more.down.sql": b"DROP TABLE more;",
+        f"{NEXT:04d}_extra.up.sql": b"CREATE TABLE extra (v int);",
+        f"{NEXT:04d}_extra.down.sql": b"DROP TABLE extra;",
+        f"{NEXT + 1:04d}_more.up.sql": b"CREATE TABLE more (v int);",
+        f"{NEXT + 1:04d}_more.down.sql": b"DROP TABLE more;",
     }
     migrator = Migrator(conn, source=files)
-    assert await migrator.up(target=3) == [1, 2, 3]
-    assert await migrator.up() == [4]
-    assert await migrator.down(1) == [4, 3, 2]
+    assert await migrator.up(target=NEXT) == SHIPPED + [NEXT]
+    assert await migrator.up() == [NEXT + 1]
+    assert await migrator.down(1) == [NEXT + 1, NEXT] + SHIPPED[:0:-1]
     assert await conn.fetchval("SELECT to_regclass('extra') IS NULL AND to_regclass('more') IS NULL")
-    assert [s.applied for s in await migrator.status()] == [True, False, False, False]
+    assert [s.applied for s in await migrator.status()] == [True] + [False] * (len(SHIPPED) + 1)
 
 
 async def test_edited_applied_migration_stops_startup(migrated):
@@ -150,11 +154,11 @@ async def test_applied_version_without_file(migrated):
 
 
 async def test_failed_migration_rolls_back(conn):
-    files = shipped_files() | {"0003_bad.up.sql": b"CREATE TABLE half (v int); SELECT no_such_function();"}
-    with pytest.raises(MigrationError, match="0003_bad.up.sql failed"):
+    files = shipped_files() | {f"{NEXT:04d}_bad.up.sql": b"CREATE TABLE half (v int); SELECT no_such_function();"}
+    with pytest.raises(MigrationError, match=f"{NEXT:04d}_bad.up.sql failed"):
         await Migrator(conn, source=files).up()
     assert await conn.fetchval("SELECT to_regclass('half') IS NULL")
-    assert await conn.fetchval("SELECT array_agg(version ORDER BY version) FROM schema_migrations") == [1, 2]
+    assert await conn.fetchval("SELECT array_agg(version ORDER BY version) FROM schema_migrations") == SHIPPED
 
 
 def test_bad_migration_file_names():
@@ -176,8 +180,8 @@ async def test_concurrent_migrators_apply_each_version_once(dsn, conn):
     finally:
         await first.close()
         await second.close()
-    assert sorted(results) == [[], [1, 2]]
-    assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 2
+    assert sorted(results) == [[], SHIPPED]
+    assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(SHIPPED)
     assert await existing_tables(conn) == set(TABLES)
 
 
