@@ -93,6 +93,11 @@ class Layout:
 
 LAYOUTS = {(e, u): Layout(e, u) for e in (True, False) for u in (True, False)}
 
+#: Calls smaller than this go the per-row path: a vectorized call has a fixed cost of tens of µs (a dozen numpy
+#: operations), which pays for itself only over about a hundred rows. Measured on 1..2,000-row calls (busy 2-core
+#: machine): per-row ~1.2-1.9 µs/row at any size; vectorized ~50 µs a call, then ~0.6-0.7 µs/row.
+MIN_ROWS = 128
+
 
 def add_tickers(
     writer: BookTickerWriter, rows: Sequence[BookTicker], known_ids: set[int], sids: list[int] | None = None,
@@ -101,6 +106,8 @@ def add_tickers(
     ids (resolved from their names). None if they can't all be taken this way (the caller then uses the per-row
     path, which sorts out each bad row)."""
     n = len(rows)
+    if n < MIN_ROWS:
+        return None
     first = rows[0]
     layout = LAYOUTS[(first.exchange_ts is not None, first.update_id is not None)]
     try:

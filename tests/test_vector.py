@@ -70,11 +70,11 @@ async def _rows(db: DatabaseManager, table: str, ids: list[int]) -> list[tuple]:
     return sorted((index[r[0]], *r[1:]) for r in rows)
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 250, 1_000])
+@pytest.mark.parametrize("chunk", [vector.MIN_ROWS, 250, 1_000])
 async def test_vectorized_path_matches_row_path(dsn, tmp_path, chunk, monkeypatch):
     # The same values three times, each on its own symbols: through the per-row path (the vectorized one switched
     # off), vectorized with ids on the rows, and vectorized with ids resolved from the rows' names.
-    values = _values(3_000, seed=chunk)
+    values = _values(chunk * (3_000 // chunk), seed=chunk)  # whole calls only: a short last one goes per row
     taken_fast: list[int | None] = []
     real = vector.add_tickers
     enabled = False
@@ -118,13 +118,28 @@ async def test_vectorized_path_matches_row_path(dsn, tmp_path, chunk, monkeypatc
             assert len(latest) == N_SYMBOLS
 
 
-async def test_vectorized_path_falls_back_per_row_on_odd_types(dsn, tmp_path):
+async def test_small_calls_take_the_per_row_path(dsn, tmp_path):
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        ex = await db.insert_exchange(EXCHANGE)
+        sym = await db.insert_symbol(Symbol(exchange_id=ex.id, symbol="BTCUSDT"))
+        t = now_us()
+        rows = [BookTicker(EXCHANGE.value, "BTCUSDT", 10.0, 1.0, 10.5, 1.0, t + i, symbol_id=sym.id)
+                for i in range(vector.MIN_ROWS)]
+        writer = db.writer("book_tickers")
+        assert writer.add_fast(rows[:-1], {sym.id}) is None  # below MIN_ROWS: not worth its fixed cost
+        assert await db.insert_book_ticker_snapshots(rows[:-1]) == vector.MIN_ROWS - 1
+        await db.flush()
+        assert await db.pool.fetchval("SELECT count(*) FROM book_tickers") == vector.MIN_ROWS - 1
+
+
+async def test_vectorized_path_falls_back_per_row_on_odd_types(dsn, tmp_path, monkeypatch):
     async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
         ex = await db.insert_exchange(EXCHANGE)
         sym = await db.insert_symbol(Symbol(exchange_id=ex.id, symbol="BTCUSDT"))
         t = now_us()
         rows = [BookTicker(EXCHANGE.value, "BTCUSDT", **v, symbol_id=sym.id) for v in _typed_oddities(t)]
         rows.append(BookTicker(EXCHANGE.value, "BTCUSDT", 10.0, 1.0, 10.5, 1.0, t, symbol_id=987_654))
+        monkeypatch.setattr(vector, "MIN_ROWS", 1)  # so this small call is offered to the vectorized path
         assert await db.insert_book_ticker_snapshots(rows) == 3
         await db.flush()
         assert db.writer("book_tickers").rejects.snapshot() == {
