@@ -145,7 +145,13 @@ class VenueSettings(_Section):
 
 
 class ExchangesSettings(_Section):
-    """The venues the daemon streams, and how often it syncs symbols and polls balances."""
+    """The venues the daemon streams, and how often it syncs symbols, polls balances and polls funding over REST.
+
+    ``funding_poll_interval_s`` paces the REST funding fallback on perpetual venues: seconds between two polls
+    where the websocket does not carry funding, and the silence on a streamed funding channel after which REST
+    takes over. Funding settles every few hours and moves slowly, so a minute is the default. 0 turns the REST
+    funding fallback off (funding then comes only from the websocket).
+    """
 
     binance_spot: VenueSettings = VenueSettings()
     binance_usdm: VenueSettings = VenueSettings()
@@ -155,6 +161,7 @@ class ExchangesSettings(_Section):
     okx_swap: VenueSettings = VenueSettings()
     symbol_sync_interval_s: PosFloat = 3_600.0
     balance_interval_s: NonNegFloat = 60.0
+    funding_poll_interval_s: NonNegFloat = 60.0
     secrets_file: str | None = None
     request_timeout_s: PosFloat = 10.0
     startup_timeout_s: PosFloat = 60.0

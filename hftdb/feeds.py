@@ -2,8 +2,9 @@
 
 :meth:`Feed.run` syncs symbols until that works, then runs the adapter's streams, the periodic symbol sync, the
 balance poller (where API keys exist) and, on perpetual venues, the REST funding fallback (it polls only while
-the websocket gives no funding) together; after any failure but a configuration error it restarts them with
-back-off, so one venue's trouble never takes the others down.
+the websocket gives no funding; ``[exchanges] funding_poll_interval_s = 0`` turns it off) together; after any
+failure but a configuration error it restarts them with back-off, so one venue's trouble never takes the others
+down.
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ logger = logging.getLogger(__name__)
 _EXPECTED = (ExchangeError, DatabaseUnavailableError, OSError)
 # Restarting a feed after a failure: from 1 s up to a minute, with jitter.
 _BACKOFF = Backoff(initial=1.0, maximum=60.0)
-# Funding settles every few hours and moves slowly: a minute without it on the websocket is worth one REST poll.
-FUNDING_POLL_INTERVAL_S = 60.0
 
 
 class FeedState(enum.Enum):
@@ -121,8 +120,8 @@ class Feed:
                     if self.poll_balances:
                         tg.create_task(self.adapter.run_balance_poller(ex.balance_interval_s, timeout=ex.request_timeout_s),
                                        name=f"{self.venue}-balances")
-                    if self.adapter.has_funding:
-                        tg.create_task(self.adapter.run_funding_poller(FUNDING_POLL_INTERVAL_S,
+                    if ex.funding_poll_interval_s > 0 and self.adapter.has_funding:
+                        tg.create_task(self.adapter.run_funding_poller(ex.funding_poll_interval_s,
                                                                        timeout=ex.request_timeout_s),
                                        name=f"{self.venue}-funding")
             except ConfigError:

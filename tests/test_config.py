@@ -81,6 +81,15 @@ def test_environment_overrides_every_kind_of_key():
     assert "pw" not in repr(s) and "pw" not in str(s.database)
 
 
+def test_funding_poll_interval_defaults_to_a_minute_and_is_set_from_toml_or_the_environment(tmp_path):
+    assert Settings().exchanges.funding_poll_interval_s == 60.0
+    assert load_settings(DEFAULT, environ={}).exchanges.funding_poll_interval_s == 60.0
+    path = write(tmp_path, "[exchanges]\nfunding_poll_interval_s = 0\n")
+    assert load_settings(path, environ={}).exchanges.funding_poll_interval_s == 0.0  # 0: the fallback is off
+    env = {"HFTDB_EXCHANGES_FUNDING_POLL_INTERVAL_S": "15.5"}
+    assert load_settings(path, environ=env).exchanges.funding_poll_interval_s == 15.5  # the environment wins
+
+
 def test_apply_env_merges_into_the_raw_mapping_without_touching_it():
     raw = {"writer": {"batch_max_rows": 1}, "exchanges": {"okx_spot": {"enabled": True}}}
     merged = apply_env(raw, {"HFTDB_EXCHANGES_OKX_SPOT_ENABLED": "false", "HFTDB_WRITER_LINGER_MS": "2"})
@@ -113,6 +122,9 @@ FILE_ERRORS = [
     ('[exchanges.binance_spot]\nchannels = ["depth"]\n',
      "[exchanges.binance_spot] channels: 'depth' is not a channel of binance_spot (its channels: bookTicker)"),
     ("[exchanges]\nbinance_spot = true\n", "[exchanges.binance_spot]: expected a table"),
+    ("[exchanges]\nfunding_poll_interval_s = -1\n", "[exchanges] funding_poll_interval_s = -1: expected a number >= 0"),
+    ('[exchanges]\nfunding_poll_interval_s = "1m"\n',
+     '[exchanges] funding_poll_interval_s = "1m": expected a number >= 0'),
     ('[demo]\ndatabase = "Demo DB"\n', '[demo] database = "Demo DB": expected a string matching'),
     ("writer = 3\n", "[writer]: expected a table"),
     ("[writer\n", "not valid TOML"),
@@ -139,6 +151,9 @@ ENV_ERRORS = [
     ({"HFTDB_EXCHANGES_OKX_SPOT_CHANNELS": "bookTicker"},
      "environment variable HFTDB_EXCHANGES_OKX_SPOT_CHANNELS: [exchanges.okx_spot] channels: 'bookTicker' is not a "
      "channel of okx_spot"),
+    ({"HFTDB_EXCHANGES_FUNDING_POLL_INTERVAL_S": "-60"},
+     "environment variable HFTDB_EXCHANGES_FUNDING_POLL_INTERVAL_S: [exchanges] funding_poll_interval_s = -60: "
+     "expected a number >= 0"),
     ({"HFTDB_DATABASE_DSN": "5"}, "environment variable HFTDB_DATABASE_DSN: [database] dsn = ***: expected a string"),
     ({"HFTDB_READS_REPLICAS": "[1]"}, "environment variable HFTDB_READS_REPLICAS: [reads] replicas[0] = ***: expected a string"),
 ]

@@ -371,6 +371,27 @@ async def test_maintenance_runs_periodically(demo_settings):
         await daemon.close()
 
 
+@pytest.mark.parametrize(("interval", "pollers"), [(60.0, {"binance_usdm", "bybit_linear", "okx_swap"}), (0.0, set())],
+                         ids=["default", "off"])
+async def test_funding_poll_interval_0_starts_no_rest_funding_poller(demo_settings, interval, pollers):
+    settings = msgspec.structs.replace(
+        demo_settings, exchanges=msgspec.structs.replace(demo_settings.exchanges, funding_poll_interval_s=interval))
+    daemon = Daemon(settings, demo=True)
+    await daemon.start()
+    try:
+        def tasks() -> set[str]:
+            return {t.get_name() for t in asyncio.all_tasks()}
+
+        async def streaming() -> bool:
+            # A feed creates its funding poller right after its streams task, with no await in between.
+            return all(f"{v}-streams" in tasks() for v in VENUES)
+
+        await wait_for(streaming, timeout=30)
+        assert {n.removesuffix("-funding") for n in tasks() if n.endswith("-funding")} == pollers
+    finally:
+        await daemon.close()
+
+
 async def test_an_unlisted_symbol_stops_the_start_with_the_key_named(demo_settings):
     settings: Settings = msgspec.structs.replace(
         demo_settings,
