@@ -27,7 +27,6 @@ engine's transaction time) is earlier by the push latency, and exists on that on
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -37,11 +36,11 @@ from msgspec import field
 from ..errors import FrameError
 from ..models import Balance, BookTicker, ExchangeName, FundingRate, Symbol, SymbolKind, SymbolStatus
 from .parsing import (
+    VenueParser,
     CONTROL_ERROR,
     CONTROL_IGNORED,
     CONTROL_RECONNECT,
     CONTROL_SUBSCRIBED,
-    FloatCache,
     Parsed,
     bad_float,
     decode_any,
@@ -252,7 +251,7 @@ def _rest_error(payload: bytes | str, exc: msgspec.ValidationError) -> FrameErro
     return validation_error(exc)
 
 
-class BinanceParser:
+class BinanceParser(VenueParser):
     """Parse Binance spot (``BINANCE_SPOT``) or USD-M futures (``BINANCE_USDM``) payloads.
 
     Stateless apart from its venue and its symbol ids: one instance may serve any number of connections of that
@@ -261,30 +260,7 @@ class BinanceParser:
     carry their ``symbol_id``, remembered per native symbol, so the sink need not resolve them.
     """
 
-    def __init__(
-        self,
-        venue: ExchangeName,
-        *,
-        account: str = "default",
-        symbol_ids: Callable[[str, str], int | None] | None = None,
-    ) -> None:
-        if venue not in _VENUES:
-            raise ValueError(f"venue must be one of {[v.value for v in _VENUES]}, got {venue!r}")
-        self.venue = venue
-        self.account = account
-        self._exchange = venue.value
-        self._prices = FloatCache()
-        self._resolve = symbol_ids
-        self._ids: dict[str, int] = {}
-
-    def _symbol_id(self, symbol: str) -> int | None:
-        resolve = self._resolve
-        if resolve is None:
-            return None
-        sid = resolve(self._exchange, symbol)
-        if sid is not None:
-            self._ids[symbol] = sid
-        return sid
+    venues = _VENUES
 
     def book_ticker(self, raw: bytes | str, recv_ts: int) -> BookTicker | None:
         """The hot path: a combined-stream bookTicker frame as its record, or None for any other frame (which

@@ -22,7 +22,6 @@ Anything else, a one-sided book included, falls back to the general decode, whic
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -31,6 +30,7 @@ import msgspec
 from ..errors import FrameError
 from ..models import Balance, BookTicker, ExchangeName, FundingRate, Symbol, SymbolKind, SymbolStatus
 from .parsing import (
+    VenueParser,
     CONTROL_ERROR,
     CONTROL_IGNORED,
     CONTROL_LOGIN,
@@ -39,7 +39,6 @@ from .parsing import (
     CONTROL_RECONNECT,
     CONTROL_SUBSCRIBED,
     CONTROL_UNSUBSCRIBED,
-    FloatCache,
     Parsed,
     decode_any,
     ms_to_us,
@@ -175,7 +174,7 @@ def _decode_rest(payload: bytes | str) -> _Frame:
     return response
 
 
-class OkxParser:
+class OkxParser(VenueParser):
     """Parse OKX v5 spot (``OKX_SPOT``) or swap (``OKX_SWAP``) payloads.
 
     Stateless apart from its venue, a memo of parsed prices and its symbol ids. ``account`` names the account of
@@ -184,30 +183,7 @@ class OkxParser:
     does.
     """
 
-    def __init__(
-        self,
-        venue: ExchangeName,
-        *,
-        account: str = "default",
-        symbol_ids: Callable[[str, str], int | None] | None = None,
-    ) -> None:
-        if venue not in _VENUES:
-            raise ValueError(f"venue must be one of {[v.value for v in _VENUES]}, got {venue!r}")
-        self.venue = venue
-        self.account = account
-        self._exchange = venue.value
-        self._prices = FloatCache()
-        self._resolve = symbol_ids
-        self._ids: dict[str, int] = {}
-
-    def _symbol_id(self, symbol: str) -> int | None:
-        resolve = self._resolve
-        if resolve is None:
-            return None
-        sid = resolve(self._exchange, symbol)
-        if sid is not None:
-            self._ids[symbol] = sid
-        return sid
+    venues = _VENUES
 
     def book_ticker(self, raw: bytes | str, recv_ts: int) -> BookTicker | None:
         """The hot path: a one-row ``bbo-tbt`` push with both sides as its record, or None for any other frame

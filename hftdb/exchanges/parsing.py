@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import logging
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Callable, Collection
 
 import msgspec
 
 from ..errors import FrameError
-from ..models import Balance, BookTicker, FundingRate
+from ..models import Balance, BookTicker, ExchangeName, FundingRate
 
 from ..rejects import Rejects
 
@@ -217,3 +217,37 @@ def bad_float(value: str) -> FrameError:
     if not value:
         return FrameError("missing price or size", reason="missing_field")
     return _bad_number(value)
+
+
+class VenueParser:
+    """What a venue's parser holds besides its decoders: its venue and account, a memo of parsed prices, and the
+    symbol ids its hot path stamps on rows (``symbol_ids``: ``(exchange, symbol) -> id or None``, e.g.
+    :meth:`DatabaseManager.resolve_symbol_id`), remembered per native symbol once known."""
+
+    #: The venues a subclass parses.
+    venues: Collection[ExchangeName] = ()
+
+    def __init__(
+        self,
+        venue: ExchangeName,
+        *,
+        account: str = "default",
+        symbol_ids: Callable[[str, str], int | None] | None = None,
+    ) -> None:
+        if venue not in self.venues:
+            raise ValueError(f"venue must be one of {[v.value for v in self.venues]}, got {venue!r}")
+        self.venue = venue
+        self.account = account
+        self._exchange = venue.value
+        self._prices = FloatCache()
+        self._resolve = symbol_ids
+        self._ids: dict[str, int] = {}
+
+    def _symbol_id(self, symbol: str) -> int | None:
+        resolve = self._resolve
+        if resolve is None:
+            return None
+        sid = resolve(self._exchange, symbol)
+        if sid is not None:
+            self._ids[symbol] = sid
+        return sid
