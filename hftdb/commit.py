@@ -156,7 +156,7 @@ class Committing:
         hi = int(max(b.max_ts for b in group))
         latest_args = self._group_latest(group, [p[1] for p in parts])
         await conn.execute(
-            self.latest_sql, *latest_args, [b.id for b in group], [b.rows for b in group],
+            self.latest_sql, *self._latest_params(latest_args), [b.id for b in group], [b.rows for b in group],
             [int(b.min_ts) for b in group], [int(b.max_ts) for b in group],
             self._notify_payload(sum(b.rows for b in group), hi, latest_args) if self._notify else None,
             timeout=self.command_timeout,

@@ -60,6 +60,11 @@ SELECT CASE WHEN ${payload}::text IS NULL THEN NULL ELSE pg_notify('hftdb_{table
 """
 
 
+def _from_us(column: str) -> str:
+    # Unix µs to timestamptz, exactly: the interval product is computed in float8, exact below 2**53 µs (year 2255).
+    return f"(timestamptz 'epoch' + {column} * interval '1 microsecond')"
+
+
 def _latest_sql(table: str, nargs: int, upsert: str) -> str:
     return _LEDGER_CTE.format(
         id=nargs + 1, rows=nargs + 2, lo=nargs + 3, hi=nargs + 4, payload=nargs + 5, table=table, upsert=upsert
@@ -85,17 +90,18 @@ class BookTickerWriter(BatchWriter):
     latest_sql = _latest_sql("book_tickers", 8, """
     INSERT INTO book_tickers_latest AS l
         (symbol_id, exchange_id, recv_ts, exchange_ts, bid_price, bid_qty, ask_price, ask_qty, update_id)
-    SELECT u.symbol_id, s.exchange_id, u.recv_ts, u.exchange_ts, u.bid_price, u.bid_qty, u.ask_price, u.ask_qty,
-           u.update_id
-    FROM unnest($1::int4[], $2::timestamptz[], $3::timestamptz[], $4::float8[], $5::float8[],
-                $6::float8[], $7::float8[], $8::int8[])
-         AS u(symbol_id, recv_ts, exchange_ts, bid_price, bid_qty, ask_price, ask_qty, update_id)
+    SELECT u.symbol_id, s.exchange_id, {recv}, {ex}, u.bid_price, u.bid_qty, u.ask_price, u.ask_qty, u.update_id
+    FROM unnest($1::text::int4[], $2::text::int8[], $3::text::int8[], $4::text::float8[], $5::text::float8[],
+                $6::text::float8[], $7::text::float8[], $8::text::int8[])
+         AS u(symbol_id, recv_us, exchange_us, bid_price, bid_qty, ask_price, ask_qty, update_id)
     LEFT JOIN symbols s ON s.id = u.symbol_id
     ON CONFLICT (symbol_id) DO UPDATE SET
-        exchange_id = coalesce(l.exchange_id, EXCLUDED.exchange_id), recv_ts = EXCLUDED.recv_ts, exchange_ts = EXCLUDED.exchange_ts, bid_price = EXCLUDED.bid_price,
+        exchange_id = coalesce(l.exchange_id, EXCLUDED.exchange_id), recv_ts = EXCLUDED.recv_ts,
+        exchange_ts = EXCLUDED.exchange_ts, bid_price = EXCLUDED.bid_price,
         bid_qty = EXCLUDED.bid_qty, ask_price = EXCLUDED.ask_price, ask_qty = EXCLUDED.ask_qty,
         update_id = EXCLUDED.update_id
-    WHERE l.recv_ts <= EXCLUDED.recv_ts""")
+    WHERE l.recv_ts <= EXCLUDED.recv_ts""".format(recv=_from_us("u.recv_us"), ex=_from_us("u.exchange_us")))
+    latest_text = "iqqddddq"
 
     _add_tickers: Any = None
 
@@ -230,17 +236,19 @@ class FundingRateWriter(BatchWriter):
     latest_sql = _latest_sql("funding_rates", 7, """
     INSERT INTO funding_rates_latest AS l
         (symbol_id, exchange_id, recv_ts, exchange_ts, rate, next_funding_ts, mark_price, index_price)
-    SELECT u.symbol_id, s.exchange_id, u.recv_ts, u.exchange_ts, u.rate, u.next_funding_ts, u.mark_price,
-           u.index_price
-    FROM unnest($1::int4[], $2::timestamptz[], $3::timestamptz[], $4::float8[], $5::timestamptz[],
-                $6::float8[], $7::float8[])
-         AS u(symbol_id, recv_ts, exchange_ts, rate, next_funding_ts, mark_price, index_price)
+    SELECT u.symbol_id, s.exchange_id, {recv}, {ex}, u.rate, {next_ts}, u.mark_price, u.index_price
+    FROM unnest($1::text::int4[], $2::text::int8[], $3::text::int8[], $4::text::float8[], $5::text::int8[],
+                $6::text::float8[], $7::text::float8[])
+         AS u(symbol_id, recv_us, exchange_us, rate, next_funding_us, mark_price, index_price)
     LEFT JOIN symbols s ON s.id = u.symbol_id
     ON CONFLICT (symbol_id) DO UPDATE SET
-        exchange_id = coalesce(l.exchange_id, EXCLUDED.exchange_id), recv_ts = EXCLUDED.recv_ts, exchange_ts = EXCLUDED.exchange_ts, rate = EXCLUDED.rate,
+        exchange_id = coalesce(l.exchange_id, EXCLUDED.exchange_id), recv_ts = EXCLUDED.recv_ts,
+        exchange_ts = EXCLUDED.exchange_ts, rate = EXCLUDED.rate,
         next_funding_ts = EXCLUDED.next_funding_ts, mark_price = EXCLUDED.mark_price,
         index_price = EXCLUDED.index_price
-    WHERE l.recv_ts <= EXCLUDED.recv_ts""")
+    WHERE l.recv_ts <= EXCLUDED.recv_ts""".format(
+        recv=_from_us("u.recv_us"), ex=_from_us("u.exchange_us"), next_ts=_from_us("u.next_funding_us")))
+    latest_text = "iqqdqdd"
 
     def add(self, rows: Iterable[tuple[int, FundingRate]]) -> int:
         """Validate and encode ``(symbol_id, funding_rate)`` pairs; return how many were taken."""

@@ -38,7 +38,7 @@ import asyncpg
 
 from .commit import RETRYABLE, Committing, _Commit
 from .config import StorageSettings, WriterSettings
-from .copy import HEADER, TRAILER
+from .copy import HEADER, TRAILER, array_text
 from .errors import BufferFullError, ClosedError
 from .rejects import Rejects
 from .spool import Spool, SpooledBatch
@@ -112,6 +112,8 @@ class BatchWriter(Committing):
     table: str = ""
     columns: tuple[str, ...] = ()
     latest_sql: str = ""
+    #: Kinds of the latest upsert's column arrays when it takes them as text array literals (see ``array_text``).
+    latest_text: str = ""
     #: How the latest-row arguments are keyed (leading columns) and which column holds the receipt time.
     latest_key_cols: int = 1
     latest_ts_col: int = 1
@@ -546,6 +548,13 @@ class BatchWriter(Committing):
     def _latest_args_of(self, latest: dict[Any, Any]) -> list[Any]:
         """The latest-table upsert's column arrays for a {key: newest row} dict."""
         raise NotImplementedError
+
+    def _latest_params(self, args: list[Any]) -> list[Any]:
+        """The latest upsert's parameters for its column arrays: array literals where ``latest_text`` gives the
+        columns' kinds (``i``/``q`` integers, ``d`` floats), else the lists as they are."""
+        if not self.latest_text:
+            return args
+        return [array_text(kind, col) for kind, col in zip(self.latest_text, args)]
 
     def _encode_latest(self, args: list[Any]) -> list[Any]:
         return args
