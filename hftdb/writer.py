@@ -355,7 +355,9 @@ class BatchWriter(Committing):
                         self._delay = min(self._delay * 2, self.settings.retry_max_ms / 1000.0)
                 timeout = None
                 if len(inflight) < (1 if self._failing else 2) and (not inflight or inflight[-1].copied.is_set()):
-                    ready = self._ready_group()
+                    # A second commit starts only on a backlog of sealed batches: sealing a few rows early just to
+                    # fill the pipeline would make commits small and many, and each pays the latest upsert.
+                    ready = self._ready_group(seal=not inflight)
                     if isinstance(ready, list):
                         prev = inflight[-1] if inflight else None
                         inflight.append(self._start_commit(ready, prev))
@@ -373,10 +375,11 @@ class BatchWriter(Committing):
                 await asyncio.gather(*(c.task for c in inflight), return_exceptions=True)
             self._inflight = []
 
-    def _ready_group(self) -> list[_Batch] | float | None:
-        """The next group to commit, or how long to linger first (seconds), or None when there is nothing."""
+    def _ready_group(self, *, seal: bool = True) -> list[_Batch] | float | None:
+        """The next group to commit, or how long to linger first (seconds), or None when there is nothing (or, with
+        ``seal`` false, no sealed batch yet)."""
         if len(self._queue) <= len(self._inflight):
-            if self.current.rows == 0:
+            if self.current.rows == 0 or not seal:
                 return None
             if self._linger:
                 remaining = self.current.born + self._linger - self._clock()
