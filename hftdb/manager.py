@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import time
 from datetime import timedelta
 from operator import attrgetter
@@ -37,6 +36,7 @@ from .models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Sy
 from .notify import TABLES as NOTIFY_TABLES
 from .notify import Filter, LatestMirror, Subscription
 from .replicas import ReadRouter
+from .resolve import MAX_SYMBOL_LEN, RowResolver
 from .server import EmbeddedServer
 from .tables import BalanceWriter, BookTickerWriter, FundingRateWriter
 from .unit import UnitOfWork
@@ -46,7 +46,6 @@ __all__ = ["DatabaseManager"]
 
 logger = logging.getLogger(__name__)
 
-_MAX_SYMBOL_LEN = 64
 _MAX_EXCHANGE_LEN = 32
 _SYMBOL_ID = attrgetter("symbol_id")
 _EXCHANGE = attrgetter("exchange")
@@ -111,6 +110,7 @@ class DatabaseManager:
         # Ids are identities: once a symbol id exists it never means another symbol. A plain set lets the hot
         # path check a caller's symbol_id in ~30 ns instead of a TTL lookup; invalidate_caches() clears it.
         self._known_ids: set[int] = set()
+        self._resolver = RowResolver(self)
         self._latest_cache = TTLCache[Any, Any](settings.cache.latest_ttl_ms / 1000) if settings.cache.latest_ttl_ms else None
         self._writers: dict[str, BatchWriter] = {}
         self._directory = reads.SymbolDirectory()
@@ -387,103 +387,6 @@ class DatabaseManager:
             sid = sym.id
         return sid  # type: ignore[return-value]
 
-    async def _resolve(self, rows: Iterable[Any], writer: BatchWriter) -> list[tuple[int, Any]]:
-        """Pair rows with symbol ids: cache first, then one query per exchange for misses, registering unknowns."""
-        get = self._symbol_ids.get
-        known_ids = self._known_ids
-        pairs: list[tuple[int, Any]] = []
-        append = pairs.append
-        missing: list[Any] = []
-        for r in rows:
-            sid = r.symbol_id
-            if sid is None:
-                sid = get((r.exchange, r.symbol))
-                if sid is None:
-                    missing.append(r)
-                    continue
-            elif sid not in known_ids:
-                missing.append(r)
-                continue
-            append((sid, r))
-        if missing:
-            pairs.extend(await self._resolve_slow(missing, writer))
-        return pairs
-
-    async def _resolve_slow(self, rows: list[Any], writer: BatchWriter) -> list[tuple[int, Any]]:
-        by_id = [r for r in rows if r.symbol_id is not None]
-        by_name = [r for r in rows if r.symbol_id is None]
-        out: list[tuple[int, Any]] = []
-        if by_id:
-            found = await self._until_reachable(
-                reads.fetch_symbols_by_ids, sorted({r.symbol_id for r in by_id}), writer=writer)
-            for sym in found:
-                self._remember_symbol(sym)
-            ids = {s.id for s in found}
-            for r in by_id:
-                if r.symbol_id in ids:
-                    out.append((r.symbol_id, r))
-                else:
-                    writer.rejects.add("unknown_symbol_id", f"symbol_id {r.symbol_id!r}")
-        # An unknown exchange is the caller's mistake: raise before taking any row of the call.
-        names = {r.exchange for r in by_name}
-        exchanges = {}
-        for name in names:
-            if not isinstance(name, str):
-                raise ValidationError(f"exchange must be a string, got {type(name).__name__}")
-            exchanges[name] = await self._until_reachable(self.get_exchange_by_enum, name, writer=writer, pool=False)
-        wanted: dict[str, set[str]] = {}
-        for r in by_name:
-            sym = r.symbol
-            if not isinstance(sym, str) or not sym:
-                writer.rejects.add("symbol_invalid", repr(sym))
-            elif len(sym) > _MAX_SYMBOL_LEN:
-                writer.rejects.add("symbol_too_long", sym[:80])
-            else:
-                wanted.setdefault(r.exchange, set()).add(sym)
-        for name, syms in wanted.items():
-            ex = exchanges[name]
-            registered, created = await self._until_reachable(
-                reads.register_symbols, ex.id, sorted(syms), writer=writer)
-            for sym in registered:
-                self._remember_symbol(sym)
-            if created:
-                logger.info("registered %d new symbol(s) of %s on first sight; the next sync fills them in",
-                            created, name)
-        get = self._symbol_ids.get
-        for r in by_name:
-            if isinstance(r.symbol, str) and 0 < len(r.symbol) <= _MAX_SYMBOL_LEN:
-                sid = get((r.exchange, r.symbol))
-                if sid is not None:
-                    out.append((sid, r))
-        return out
-
-    async def _until_reachable(self, fn: Any, *args: Any, writer: BatchWriter, pool: bool = True) -> Any:
-        """Run a lookup the hot path cannot do without (an unknown symbol's id), retrying while the database is away.
-
-        Rows of known symbols keep flowing into the writers' buffer and spool during an outage; a row whose
-        symbol has no id yet cannot be encoded, so the producer waits here, as it would on a full buffer under
-        the default ``block`` policy. Under ``raise`` it gets DatabaseUnavailableError at once; after close(),
-        ClosedError. Either way no row of the call has been taken, so the caller still holds them.
-        """
-        delay = self.settings.writer.retry_initial_ms / 1000.0
-        cap = self.settings.writer.retry_max_ms / 1000.0
-        warned = False
-        while True:
-            self._check_open()
-            try:
-                return await (fn(self.pool, *args) if pool else fn(*args))
-            except RETRYABLE as exc:
-                if self.settings.writer.full_policy == "raise":
-                    raise DatabaseUnavailableError(
-                        f"cannot register new symbols while the database is unreachable: {type(exc).__name__}"
-                    ) from exc
-                if not warned:
-                    logger.warning("%s: waiting for the database to register new symbols (%s: %s)",
-                                   writer.table, type(exc).__name__, exc)
-                    warned = True
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, cap)
-
     # -- writes ------------------------------------------------------------------------------------------------
 
     async def insert_book_ticker_snapshots(self, tickers: Iterable[BookTicker]) -> int:
@@ -594,7 +497,7 @@ class DatabaseManager:
             if sids is not None or rows[0].symbol_id is not None:
                 added = writer.add_fast(rows, self._known_ids, sids)  # type: ignore[arg-type]
         if added is None:
-            pairs = await self._resolve(rows, writer)
+            pairs = await self._resolver.pairs(rows, writer)
             added = writer.add(pairs)  # type: ignore[attr-defined]
         writer.submitted(added)
         if self._latest_cache is not None and added:
@@ -868,5 +771,5 @@ def _exchange_name(name: ExchangeName | str) -> str:
 def _check_symbol(symbol: Symbol) -> None:
     if not isinstance(symbol, Symbol):
         raise ValidationError(f"expected hftdb.Symbol, got {type(symbol).__name__}")
-    if not isinstance(symbol.symbol, str) or not 0 < len(symbol.symbol) <= _MAX_SYMBOL_LEN:
-        raise ValidationError(f"symbol must be 1..{_MAX_SYMBOL_LEN} characters, got {symbol.symbol!r}")
+    if not isinstance(symbol.symbol, str) or not 0 < len(symbol.symbol) <= MAX_SYMBOL_LEN:
+        raise ValidationError(f"symbol must be 1..{MAX_SYMBOL_LEN} characters, got {symbol.symbol!r}")
