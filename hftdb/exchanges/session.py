@@ -90,12 +90,7 @@ class Session:
         :class:`~hftdb.exchanges.connection.ConnectionLost` on a refusal, a timeout or the end of the session."""
         adapter = self.runner.adapter
         messages = adapter.subscribe_messages(self.topics, next_id)
-        self.expected_acks = sum(acks for _, acks in messages)
-        if self.expected_acks == 0:
-            self.subscribed.set()
-        for text, _ in messages:
-            await self.pacer.wait()
-            self.conn.send_text(text)
+        await self._send_counted(messages)
         try:
             async with asyncio.timeout(adapter.subscribe_timeout):
                 await self.subscribed.wait()
@@ -119,12 +114,7 @@ class Session:
         self.subscribed.clear()
         self.subscribe_error = None
         self.acks = 0
-        self.expected_acks = sum(acks for _, acks in messages)
-        if self.expected_acks == 0:
-            self.subscribed.set()
-        for text, _ in messages:
-            await self.pacer.wait()
-            self.conn.send_text(text)
+        await self._send_counted(messages)
         action = "subscribe" if subscribe else "unsubscribe"
         try:
             async with asyncio.timeout(adapter.subscribe_timeout):
@@ -139,6 +129,15 @@ class Session:
             raise ConnectionLost(f"{self.conn.name}: {action} refused: {error}")
         if self.ended.is_set():
             raise ConnectionLost(f"{self.conn.name}: ended during {action} ({self.reason})")
+
+    async def _send_counted(self, messages: list[tuple[str, int]]) -> None:
+        # Each message comes with how many acknowledgements it earns; none expected means done already.
+        self.expected_acks = sum(acks for _, acks in messages)
+        if self.expected_acks == 0:
+            self.subscribed.set()
+        for text, _ in messages:
+            await self.pacer.wait()
+            self.conn.send_text(text)
 
     async def _consume(self) -> None:
         runner = self.runner
