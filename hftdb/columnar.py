@@ -13,7 +13,7 @@ parse loop, and ``struct.iter_unpack`` does the same without numpy. The SELECT l
 
 :func:`to_numpy` returns ``{name: ndarray}`` (timestamps as ``datetime64[us]``, NULL as NaT; nullable floats with
 NaN; nullable integers as ``numpy.ma.MaskedArray``). :func:`to_lists` returns ``{name: list}`` of Python values,
-timestamps as integer Unix microseconds and NULL as ``None``. numpy is an optional extra (``hftdb[numpy]``).
+timestamps as integer Unix microseconds and NULL as ``None``. numpy is a dependency of hftdb.
 
 :class:`PackedRows` decodes the latest tables' ``packed`` column (migration 0002): rows of big-endian 8-byte
 fields, aggregated by the server into one bytea, turned into records column by column with the array module.

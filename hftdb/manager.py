@@ -412,7 +412,7 @@ class DatabaseManager:
     ) -> int:
         """Accept book tickers as columns (numpy arrays or sequences of equal length): the bulk and backfill path.
 
-        Validation and encoding are vectorized (numpy, the ``numpy`` extra), so a million rows cost tens of
+        Validation and encoding are vectorized (numpy), so a million rows cost tens of
         milliseconds of Python. Rows are otherwise handled exactly like :meth:`insert_book_ticker_snapshots`:
         same batches, ledger, latest upsert and rejections. ``exchange_ts``/``update_id`` are None or full
         columns. Symbols must be registered (ids from :meth:`get_symbol` or :meth:`insert_symbol`); rows with
@@ -585,7 +585,7 @@ class DatabaseManager:
         Give ``start``/``end`` (Unix µs; end exclusive, default now) or ``hours`` back from now. ``format``:
         ``"objects"`` a list of :class:`BookTicker`; ``"columns"`` a dict of lists (recv_ts, exchange_ts,
         bid_price, bid_qty, ask_price, ask_qty, update_id; NULL as None); ``"numpy"`` a dict of numpy arrays
-        decoded straight from binary COPY (needs ``hftdb[numpy]``; see :mod:`hftdb.columnar`).
+        decoded straight from binary COPY (see :mod:`hftdb.columnar`).
         """
         self._check_open()
         return await self._reader.book_ticker_history(  # type: ignore[union-attr]
