@@ -43,7 +43,8 @@ from hftdb import (
     BookTicker, DatabaseManager, DatabaseSettings, ExchangeName, FundingRate, Settings, Symbol, WriterSettings, now_us,
 )
 from hftdb.manager import init_connection
-from hftdb.schema import Migrator
+from hftdb.copy import array_text
+from hftdb.schema import Migrator, load_migrations
 from hftdb.tables import BookTickerWriter
 
 N_SYMBOLS = 1_000
@@ -200,9 +201,12 @@ def test_rows(benchmark, loop, db, name, sql):
     _measure(benchmark, loop, name, rows, N_SYMBOLS)
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [len(load_migrations())])
 def test_upsert(benchmark, loop, bench_dsn, version):
-    """One latest upsert of 1,000 book tickers, as the writer sends it per commit, at migration 0001 or 0002."""
+    """One latest upsert of 1,000 book tickers, as the writer sends it per commit, at the current migration.
+
+    (The comparison with migration 0001 in BENCHMARKS.md was taken with the upsert SQL of its day; today's needs
+    the exchange_id column of 0002.)"""
     dsn, drop = loop.run_until_complete(fresh_database(bench_dsn))
 
     async def connect() -> asyncpg.Connection:
@@ -222,9 +226,11 @@ def test_upsert(benchmark, loop, bench_dsn, version):
         k = next(step)
         t = now_us()
         async with conn.transaction():
-            await conn.execute(BookTickerWriter.latest_sql, ids, [t + i for i in ids], [t - 5] * N_SYMBOLS,
-                               [100.0 + k] * N_SYMBOLS, [1.0] * N_SYMBOLS, [101.0 + k] * N_SYMBOLS, [2.0] * N_SYMBOLS,
-                               [k] * N_SYMBOLS, [uuid.uuid4()], [N_SYMBOLS], [t], [t + N_SYMBOLS], None)
+            columns = [ids, [t + i for i in ids], [t - 5] * N_SYMBOLS, [100.0 + k] * N_SYMBOLS, [1.0] * N_SYMBOLS,
+                       [101.0 + k] * N_SYMBOLS, [2.0] * N_SYMBOLS, [k] * N_SYMBOLS]
+            params = [array_text(kind, col) for kind, col in zip(BookTickerWriter.latest_text, columns)]
+            await conn.execute(BookTickerWriter.latest_sql, *params, [uuid.uuid4()], [N_SYMBOLS], [t],
+                               [t + N_SYMBOLS], None)
         return ids
 
     try:
