@@ -209,16 +209,6 @@ class OkxParser(VenueParser):
             sid if sid is not None else self._symbol_id(symbol),
         )
 
-    def parse(self, raw: bytes | str, recv_ts: int) -> Parsed:
-        """Parse one websocket frame, exactly as received, into rows and/or a control signal.
-
-        Raises :class:`~hftdb.errors.FrameError` when the frame cannot be parsed.
-        """
-        row = self.book_ticker(raw, recv_ts)
-        if row is not None:
-            return Parsed([row])
-        return self.parse_general(raw, recv_ts)
-
     def parse_general(self, raw: bytes | str, recv_ts: int) -> Parsed:
         """:meth:`parse` without the bbo-tbt hot path (for callers that tried :meth:`book_ticker` first)."""
         if (raw == "pong") if type(raw) is str else (raw == b"pong"):

@@ -251,3 +251,22 @@ class VenueParser:
         if sid is not None:
             self._ids[symbol] = sid
         return sid
+
+    def book_ticker(self, raw: bytes | str, recv_ts: int) -> BookTicker | None:
+        """The venue's hot path: a book-ticker frame as its record, or None for any other frame."""
+        return None
+
+    def parse_general(self, raw: bytes | str, recv_ts: int) -> Parsed:
+        """Parse any frame the hot path did not take."""
+        raise NotImplementedError
+
+    def parse(self, raw: bytes | str, recv_ts: int) -> Parsed:
+        """Parse one websocket frame, exactly as received, into rows and/or a control signal: the hot path
+        first, the general decode for anything else.
+
+        Raises :class:`~hftdb.errors.FrameError` when the frame cannot be parsed.
+        """
+        row = self.book_ticker(raw, recv_ts)
+        if row is not None:
+            return Parsed([row])
+        return self.parse_general(raw, recv_ts)
