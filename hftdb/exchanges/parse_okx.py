@@ -162,9 +162,10 @@ def _rest_error(code: str, msg: str) -> FrameError:
     return FrameError(f"OKX error {code}: {msg}", reason="exchange_error")
 
 
-def _decode_rest(payload: bytes | str) -> _Frame:
+def _decode_rest(payload: bytes | str, decoder: msgspec.json.Decoder[Any] = _FRAME_DECODER) -> Any:
+    """A REST response's body, checked: a bad body is a FrameError, a non-zero ``code`` the venue's error."""
     try:
-        response = _FRAME_DECODER.decode(payload)
+        response = decoder.decode(payload)
     except msgspec.ValidationError as exc:
         raise validation_error(exc) from None
     except msgspec.DecodeError as exc:
@@ -349,14 +350,7 @@ class OkxParser(VenueParser):
         (in ``ctValCcy``: the base currency of linear swaps, the quote currency of inverse ones). Base and quote
         of derivatives come from the instrument family (``BTC-USD`` for both ``BTC-USD-SWAP`` and its futures).
         """
-        try:
-            response = _INSTRUMENTS_DECODER.decode(payload)
-        except msgspec.ValidationError as exc:
-            raise validation_error(exc) from None
-        except msgspec.DecodeError as exc:
-            raise FrameError(f"invalid JSON: {exc}", reason="invalid_json") from None
-        if response.code != "0":
-            raise _rest_error(response.code, response.msg)
+        response = _decode_rest(payload, _INSTRUMENTS_DECODER)
         symbols = []
         for inst in response.data:
             base, quote = inst.baseCcy, inst.quoteCcy
