@@ -486,7 +486,8 @@ class DatabaseManager:
         writer = self._writers[table]
         await writer.reserve(len(rows))
         added = None
-        if writer.vectorized:
+        if writer.vectorizes(len(rows)):
+            # (A small call goes straight to the per-row path: neither the names nor the rows are looked at twice.)
             sids = None
             if rows[0].symbol_id is None and list(map(_SYMBOL_ID, rows)).count(None) == len(rows):
                 # Named by exchange and symbol: resolve the whole call from the cache at once; any miss (a new

@@ -103,22 +103,14 @@ class BookTickerWriter(BatchWriter):
     WHERE l.recv_ts <= EXCLUDED.recv_ts""".format(recv=_from_us("u.recv_us"), ex=_from_us("u.exchange_us")))
     latest_text = "iqqddddq"
 
-    _add_tickers: Any = None
-
     async def start(self) -> None:
         """Load the vectorized path (it imports numpy) now rather than inside the first write, then start."""
-        self._load_vector()
+        _vector()
         await super().start()
 
-    def _load_vector(self) -> Any:
-        # Imported here, not at module level: hftdb.vector imports this module, and processes that only read
-        # need not import numpy.
-        from .vector import add_tickers
-
-        self._add_tickers = add_tickers
-        return add_tickers
-
-    vectorized = True
+    def vectorizes(self, n: int) -> bool:
+        """Whether a call of ``n`` rows is worth the vectorized path (``hftdb.vector.MIN_ROWS`` or more)."""
+        return n >= _vector().MIN_ROWS
 
     def add_fast(self, rows: list[BookTicker], known_ids: set[int], sids: list[int] | None = None) -> int | None:
         """Take a whole call's tickers at once when each carries a registered ``symbol_id`` (the feeds' case) or
@@ -126,7 +118,7 @@ class BookTickerWriter(BatchWriter):
         path (:meth:`add`)."""
         if sids is None and rows[0].symbol_id is None:
             return None
-        return (self._add_tickers or self._load_vector())(self, rows, known_ids, sids)
+        return _vector().add_tickers(self, rows, known_ids, sids)
 
     def add(self, rows: Iterable[tuple[int, BookTicker]]) -> int:
         """Validate and encode ``(symbol_id, ticker)`` pairs into the current batch; return how many were taken."""
@@ -195,6 +187,14 @@ class BookTickerWriter(BatchWriter):
             [r.ask_qty for _, r in items],
             [r.update_id for _, r in items],
         ]
+
+
+def _vector() -> Any:
+    # Imported on use, not at module level: hftdb.vector imports this module, and processes that only read need
+    # not import numpy. After the first import this is a dict lookup.
+    from . import vector
+
+    return vector
 
 
 def _book_ticker_reason(r: BookTicker, ts_max: int) -> str:

@@ -276,8 +276,10 @@ class BatchWriter(Committing):
                 self._seal()
             self._wakeup.set()
 
-    #: Whether :meth:`add_fast` can take a call's rows at once (book tickers); else it always returns None.
-    vectorized = False
+    def vectorizes(self, n: int) -> bool:
+        """Whether :meth:`add_fast` is worth offering a call of ``n`` rows (never, unless the table has a
+        vectorized path)."""
+        return False
 
     def add_fast(self, rows: list[Any], known_ids: set[int], sids: list[int] | None = None) -> int | None:
         """Take a whole call's rows at once where the table has a vectorized path; None means use ``add``."""
