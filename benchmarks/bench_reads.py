@@ -1,7 +1,9 @@
 """Latest-quote reads through the read pool: p50 and p99 per call, 1,000 symbols on an exchange.
 
-Budget: p99 under 1 ms on this machine. Each call is timed alone (one call per round, thousands of rounds), so
-the percentiles are of single calls; p50/p99 land in ``extra_info`` and in the printed summary. The latest tables
+Budget: p99 under 1 ms on this machine. Each call is timed alone (one call per sample, thousands of samples), so
+the percentiles are of single calls, taken two ways: pytest-benchmark's rounds (each a ``run_until_complete``,
+whose own cost loop_overhead shows) and in-loop (awaited inside one running coroutine, as a strategy calls; the
+budget is judged on these). Both land in ``extra_info`` and in the printed summary. The latest tables
 hold two exchanges of 1,000 perpetuals each, so the exchange filter has something to filter out.
 
   exchange_1000   get_latest_book_tickers(exchange): 1,000 BookTicker records
@@ -31,6 +33,7 @@ strategy process would run it.
 from __future__ import annotations
 
 import statistics
+import time
 import uuid
 from typing import Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -123,18 +126,44 @@ def db(loop, bench_dsn):
     loop.run_until_complete(drop())
 
 
+def _pcts(data: list[float]) -> tuple[float, float]:
+    data = sorted(data)
+    return statistics.median(data) * 1e6, data[min(len(data) - 1, int(0.99 * len(data)))] * 1e6
+
+
 def _measure(benchmark, loop, name: str, make_call, expect: int, *, sync: bool = False, rounds: int = ROUNDS) -> None:
+    """Time ``make_call`` two ways, one call per sample.
+
+    harness: pytest-benchmark's own rounds, each a ``loop.run_until_complete`` of one call (so every sample also
+    pays starting and stopping the loop: see loop_overhead). in-loop: the same number of calls awaited one after
+    another inside one running coroutine, each timed with ``perf_counter``: what a strategy's code sees, since
+    it calls from within its running loop. The budget is judged on the in-loop figures; both are printed.
+    """
     def call():
         return make_call() if sync else loop.run_until_complete(make_call())
 
     result = benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=min(300, rounds // 5))
     assert len(result) == expect
-    data = sorted(benchmark.stats.stats.data)
-    p50 = statistics.median(data) * 1e6
-    p99 = data[min(len(data) - 1, int(0.99 * len(data)))] * 1e6
-    benchmark.extra_info.update({"p50_us": round(p50, 1), "p99_us": round(p99, 1), "rows": expect})
-    _results[name] = (p50, p99, expect)
-    print(f"\n{name:16s} rows={expect:5d}  p50 {p50:7.0f} us  p99 {p99:7.0f} us")
+    p50, p99 = _pcts(benchmark.stats.stats.data)
+
+    async def in_loop() -> list[float]:
+        clock = time.perf_counter
+        samples = []
+        for _ in range(min(300, rounds // 5)):
+            make_call() if sync else await make_call()
+        for _ in range(rounds):
+            t0 = clock()
+            got = make_call() if sync else await make_call()
+            samples.append(clock() - t0)
+        assert len(got) == expect
+        return samples
+
+    lp50, lp99 = _pcts(loop.run_until_complete(in_loop()))
+    benchmark.extra_info.update({"p50_us": round(p50, 1), "p99_us": round(p99, 1), "in_loop_p50_us": round(lp50, 1),
+                                 "in_loop_p99_us": round(lp99, 1), "rows": expect})
+    _results[name] = (p50, p99, lp50, lp99, expect)
+    print(f"\n{name:16s} rows={expect:5d}  harness p50 {p50:7.0f} p99 {p99:7.0f} us   in-loop p50 {lp50:7.0f}"
+          f" p99 {lp99:7.0f} us")
 
 
 def test_exchange_1000(benchmark, loop, db):
@@ -242,9 +271,10 @@ def test_upsert(benchmark, loop, bench_dsn, version):
 
 def teardown_module() -> None:
     if _results:
-        print("\nlatest reads (µs per call):")
-        for name, (p50, p99, rows) in _results.items():
-            print(f"  {name:16s} rows={rows:5d}  p50 {p50:7.0f}  p99 {p99:7.0f}")
+        print("\nlatest reads (µs per call; the budget, p99 < 1,000 µs, is judged in-loop):")
+        print(f"  {'':16s} {'':10s}  {'harness':>16s}  {'in-loop':>16s}")
+        for name, (p50, p99, lp50, lp99, rows) in _results.items():
+            print(f"  {name:16s} rows={rows:5d}  p50 {p50:5.0f} p99 {p99:5.0f}  p50 {lp50:5.0f} p99 {lp99:5.0f}")
 
 
 if __name__ == "__main__":  # pragma: no cover

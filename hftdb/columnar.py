@@ -351,21 +351,26 @@ class PackedRows:
             q.byteswap()
         return q
 
-    def decode(self, buf: bytes, exchange_of: dict[int, str], symbol_of: dict[int, str]) -> list[Any]:
-        """The records in ``buf``, named from the id maps (KeyError for an id missing from them)."""
+    def decode(self, buf: bytes, exchange_of: dict[int, str], symbol_of: dict[int, str],
+               exchange: str | None = None) -> list[Any]:
+        """The records in ``buf``, named from the id maps (KeyError for an id missing from them).
+
+        ``exchange`` names every row's exchange when the read was filtered to one, and skips a lookup per row.
+        """
         w = self.width
         q = self._ints(buf)
-        d: array | None = None
-        if self._has_f8:
-            d = array("d")
-            d.frombytes(q.tobytes())  # already in host order: reinterpret the same 8 bytes as doubles
-        ids = q[0::w].tolist()
+        # Strided views of the one host-order buffer: tolist() reads each column straight out of it, with no
+        # intermediate copy per column; the doubles are the same 8 bytes reinterpreted.
+        m = memoryview(q)
+        md = m.cast("B").cast("d") if self._has_f8 else m
+        ids = m[0::w].tolist()
         flags = q[1::w]
         nulls = 0 if flags.count(0) == len(flags) else functools.reduce(operator.or_, set(flags), 0)
         cols: list[Any] = []
         for i, (kind, bit) in enumerate(self.fields, 2):
-            col = d[i::w].tolist() if kind == "f8" else q[i::w].tolist()  # type: ignore[index]
+            col = (md if kind == "f8" else m)[i::w].tolist()
             if bit is not None and nulls & bit:
                 col = [None if f & bit else v for v, f in zip(col, flags)]
             cols.append(col)
-        return list(map(self.record, map(exchange_of.__getitem__, ids), map(symbol_of.__getitem__, ids), *cols, ids))
+        names = itertools.repeat(exchange) if exchange is not None else map(exchange_of.__getitem__, ids)
+        return list(map(self.record, names, map(symbol_of.__getitem__, ids), *cols, ids))

@@ -249,17 +249,16 @@ class Reader:
     async def latest_book_tickers(self, exchange: Any, symbols: Sequence[str] | None,
                                   symbol_ids: Sequence[int] | None, *, primary: bool = False) -> list[BookTicker]:
         """The book_tickers_latest rows of a filter (see ``DatabaseManager.get_latest_book_tickers``), in no order."""
-        return await self._latest(_BT_LATEST, _BT_PACKED, await self.filter_ids(exchange, symbols, symbol_ids),
-                                  primary)
+        return await self._latest(_BT_LATEST, _BT_PACKED, exchange, symbols, symbol_ids, primary)
 
     async def latest_funding_rates(self, exchange: Any, symbols: Sequence[str] | None,
                                    symbol_ids: Sequence[int] | None, *, primary: bool = False) -> list[FundingRate]:
         """The funding_rates_latest rows of a filter, in no order."""
-        return await self._latest(_FR_LATEST, _FR_PACKED, await self.filter_ids(exchange, symbols, symbol_ids),
-                                  primary)
+        return await self._latest(_FR_LATEST, _FR_PACKED, exchange, symbols, symbol_ids, primary)
 
-    async def _latest(self, queries: dict[str, str], packed: columnar.PackedRows, filt: tuple[str, Any],
-                      primary: bool) -> Any:
+    async def _latest(self, queries: dict[str, str], packed: columnar.PackedRows, exchange: Any,
+                      symbols: Sequence[str] | None, symbol_ids: Sequence[int] | None, primary: bool) -> Any:
+        filt = await self.filter_ids(exchange, symbols, symbol_ids)
         cache = self._cache
         key = (packed.record, filt)
         if cache is not None:
@@ -269,6 +268,8 @@ class Reader:
         kind, value = filt
         sql = queries[kind]
         args = (list(value),) if kind == "ids" else (value,) if kind == "exchange" else ()
+        # One exchange's rows all carry its name: no lookup per row.
+        name = (await self._exchange(exchange)).name if kind == "exchange" else None
         directory = self.directory
 
         async def read(pool: Any) -> Any:
@@ -276,10 +277,10 @@ class Reader:
             if buf is None:
                 return []
             try:
-                return packed.decode(buf, directory.exchange_of, directory.symbol_of)
+                return packed.decode(buf, directory.exchange_of, directory.symbol_of, name)
             except KeyError:
                 await directory.resolve(pool, packed.ids(buf))
-                return packed.decode(buf, directory.exchange_of, directory.symbol_of)
+                return packed.decode(buf, directory.exchange_of, directory.symbol_of, name)
 
         result = await self.router.run(read, primary=primary)
         if cache is not None:
