@@ -28,6 +28,10 @@ Diagnostics, only with ``--methods`` (they reach into the writer's private API, 
                   the timing as the manager builds them: the per-row path's encoding cost, no database.
   encode-vector   BookTickerWriter.add_fast alone on the same ``--chunk``-row calls: the vectorized path the
                   writer takes for rows that carry their symbol_id (hftdb.vector), no database.
+  latest-upsert   the commit's ledger + latest-table upsert + NOTIFY statement alone (BookTickerWriter.latest_sql,
+                  the arguments as the writer builds them), every symbol once per statement, ``--upserts`` times
+                  in a transaction each, on one connection; rows/s counts latest rows, and the line adds the
+                  server CPU per statement (that backend's, from /proc).
 
 The default variant keeps the indexes hftdb.schema gives the hot partition (BRIN on recv_ts); ``--no-indexes``
 drops every index on the partitions first. ``--runs`` runs of each method, in rotating order; medians are
@@ -60,6 +64,7 @@ from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import msgspec
 
 # Run from a checkout: import this tree's hftdb whatever the state of the venv's (editable) install.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -78,7 +83,7 @@ _INSERT = (
     f"INSERT INTO book_tickers ({', '.join(COLUMNS)}) VALUES ({', '.join(f'${i}' for i in range(1, len(COLUMNS) + 1))})"
 )
 METHODS = ("server-binary", "server-text", "writer", "writer-columns", "copy_records", "executemany")
-DIAGNOSTICS = ("writer-drain", "writer-db", "batched-copy", "encode", "encode-vector")
+DIAGNOSTICS = ("writer-drain", "writer-db", "batched-copy", "encode", "encode-vector", "latest-upsert")
 
 
 # -- data ----------------------------------------------------------------------------------------------------------
@@ -248,29 +253,54 @@ def writer_settings(batch_max_rows: int | None, **extra: Any) -> WriterSettings:
 #: The embedded server's postmaster pid, when the benchmark runs its own server: its process tree's CPU time is
 #: read from /proc so each method's server-side cost per row can be told apart from hftdb's Python cost.
 _PG_PID: int | None = None
+#: --cpu-by-process: also split the server's CPU by process (each backend, walwriter, checkpointer...).
+_BY_PROCESS = False
 
 
 def _tree_cpu(root: int) -> float:
     """CPU seconds (user + system) used so far by ``root`` and its child processes (Linux /proc)."""
+    return sum(cpu for cpu, _ in _tree_procs(root).values())
+
+
+def _tree_procs(root: int) -> dict[int, tuple[float, str]]:
+    """{pid: (CPU seconds so far, process title)} of ``root`` and its children (the server's backends, walwriter,
+    checkpointer...), for ``--cpu-by-process``."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    out = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
+            if int(entry) != root and int(fields[1]) != root:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                title = f.read().split(b"\0")[0].decode(errors="replace")
         except OSError:
             continue
-        if int(entry) == root or int(fields[1]) == root:
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
+        out[int(entry)] = ((int(fields[11]) + int(fields[12])) / tick, title)
+    return out
+
+
+def _by_process(before: dict[int, tuple[float, str]], after: dict[int, tuple[float, str]]) -> dict[str, float]:
+    """CPU seconds per server process between two snapshots, backends told apart by pid (titles change)."""
+    out: dict[str, float] = {}
+    for pid, (cpu, title) in after.items():
+        used = cpu - before.get(pid, (0.0, ""))[0]
+        if used <= 0:
+            continue
+        name = title.split(" ")[1].rstrip(":") if title.startswith("postgres: ") else title
+        name = f"backend {pid}" if "[local]" in title or "@" in title or name.startswith("postgres") else name
+        out[name] = out.get(name, 0.0) + used
+    return out
 
 
 class Timing:
     """Wall time of a timed section, plus the CPU it cost this process and the server (if ours)."""
 
     def __init__(self) -> None:
+        self.procs0 = _tree_procs(_PG_PID) if _PG_PID and _BY_PROCESS else None
         self.pg0 = _tree_cpu(_PG_PID) if _PG_PID else None
         self.py0 = time.process_time()
         self.t0 = time.perf_counter()
@@ -281,6 +311,8 @@ class Timing:
         out["py_cpu_s"] = time.process_time() - self.py0
         if self.pg0 is not None:
             out["pg_cpu_s"] = _tree_cpu(_PG_PID) - self.pg0  # type: ignore[arg-type]
+        if self.procs0 is not None:
+            out["pg_cpu_by_process"] = _by_process(self.procs0, _tree_procs(_PG_PID))  # type: ignore[arg-type]
         return elapsed, out
 
 
@@ -424,6 +456,41 @@ async def bench_batches(
         await conn.close()
 
 
+def _proc_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def bench_latest_upsert(
+    dsn: str, tickers: list[BookTicker], n_symbols: int, upserts: int
+) -> tuple[float, dict[str, Any]]:
+    """The per-commit latest statement alone, each upsert carrying every symbol's newest row (see the docstring)."""
+    enc = BookTickerWriter(None, settings=writer_settings(None), storage=StorageSettings(),  # type: ignore[arg-type]
+                           spool_dir=None)
+    newest = {t.symbol_id: t for t in tickers}
+    conn = await asyncpg.connect(dsn)
+    try:
+        await init_connection(conn)
+        backend = await conn.fetchval("SELECT pg_backend_pid()")
+        base = max(t.recv_ts for t in tickers)
+        cpu0 = _proc_cpu(backend)
+        timing = Timing()
+        for k in range(upserts):
+            latest = {sid: msgspec.structs.replace(t, recv_ts=base + k) for sid, t in newest.items()}
+            args = enc._latest_params(enc._latest_args_of(latest))
+            async with conn.transaction():
+                await conn.execute(enc.latest_sql, *args, [uuid.uuid4()], [len(latest)], [base + k], [base + k], "{}")
+        elapsed, extra = timing.stop()
+        cpu = _proc_cpu(backend) - cpu0
+        stored = await conn.fetchval("SELECT count(*) FROM book_tickers_latest WHERE recv_ts = $1", base + upserts - 1)
+        if stored != n_symbols:
+            raise SystemExit(f"latest-upsert: {stored} latest rows of the last upsert, expected {n_symbols}")
+        return elapsed, {"upsert_server_ms": cpu / upserts * 1e3, **extra}
+    finally:
+        await conn.close()
+
+
 async def bench_encode(tickers: list[BookTicker], chunk: int, *, vector: bool = False) -> tuple[float, dict[str, Any]]:
     ws = WriterSettings(spool_dir=None, buffer_max_rows=len(tickers) + 1)
     enc = BookTickerWriter(None, settings=ws, storage=StorageSettings(), spool_dir=None)  # type: ignore[arg-type]
@@ -446,6 +513,8 @@ async def bench_encode(tickers: list[BookTicker], chunk: int, *, vector: bool = 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.commit_max_rows:
         _WRITER_OVERRIDES["commit_max_rows"] = args.commit_max_rows
+    global _BY_PROCESS
+    _BY_PROCESS = args.cpu_by_process
     tmp = Path(tempfile.mkdtemp(prefix="hftdb-bench-"))
     # The server runs as its own OS user (pgserver drops root): it must be able to read the COPY files.
     tmp.chmod(0o755)
@@ -501,10 +570,13 @@ async def _run(args: argparse.Namespace, admin_dsn: str, tmp: Path) -> dict[str,
         runners["writer-db"] = lambda dsn: bench_batches(dsn, enc, batches, full=True)
         runners["writer-drain"] = lambda dsn: bench_drain(dsn, tickers, args.batch_max_rows)
         runners["batched-copy"] = lambda dsn: bench_batches(dsn, enc, batches, full=False)
+    runners["latest-upsert"] = lambda dsn: bench_latest_upsert(dsn, tickers, args.symbols, args.upserts)
     runners["encode"] = lambda dsn: bench_encode(tickers, args.chunk)
     runners["encode-vector"] = lambda dsn: bench_encode(tickers, args.chunk, vector=True)
     methods = [m for m in METHODS + DIAGNOSTICS if m in args.methods]
     rows_of = {m: (len(em_records) if m == "executemany" else len(tickers)) for m in methods}
+    if "latest-upsert" in rows_of:
+        rows_of["latest-upsert"] = args.upserts * args.symbols
     results: dict[str, list[float]] = {m: [] for m in methods}
     extras: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     indexes: list[str] | None = None
@@ -516,7 +588,7 @@ async def _run(args: argparse.Namespace, admin_dsn: str, tmp: Path) -> dict[str,
                 if indexes is None:
                     indexes = await dbs.index_names(dsn)
                 elapsed, extra = await runners[method](dsn)
-                count = rows_of[method] if method.startswith("encode") else await _count(dsn)
+                count = rows_of[method] if method.startswith(("encode", "latest")) else await _count(dsn)
                 if count != rows_of[method]:
                     raise SystemExit(f"{method}: {count} rows in book_tickers, expected {rows_of[method]}")
             finally:
@@ -539,7 +611,12 @@ def _fmt_extra(extra: dict[str, Any], rows: int) -> str:
         cpu = f"cpu/row: python {extra['py_cpu_s'] / rows * 1e6:.2f} us"
         if "pg_cpu_s" in extra:
             cpu += f", server {extra['pg_cpu_s'] / rows * 1e6:.2f} us"
+        if "pg_cpu_by_process" in extra:
+            cpu += " (" + ", ".join(f"{k} {v / rows * 1e6:.2f}" for k, v in sorted(
+                extra["pg_cpu_by_process"].items(), key=lambda kv: -kv[1])) + ")"
         out.append(cpu)
+    if "upsert_server_ms" in extra:
+        out.append(f"server cpu per upsert {extra['upsert_server_ms']:.2f} ms (that backend)")
     if "python_cpu_us_per_row" in extra:
         out.append(f"batches {extra['batches']}, python cpu {extra['python_cpu_us_per_row']:.2f} us/row")
     elif "mean_batch_rows" in extra:
@@ -566,7 +643,7 @@ def _report(
                                "median_rows_per_s": med, "all_rows_per_s": results, "indexes": indexes}
     if "writer" in med:
         w = extras["writer"]
-        summary["writer"] = {k: statistics.median(e[k] for e in w) for k in w[0]}
+        summary["writer"] = {k: statistics.median(e[k] for e in w) for k in w[0] if not isinstance(w[0][k], dict)}
         print(f"writer batches: median of runs: {summary['writer']['batches']:.0f} batches, mean "
               f"{summary['writer']['mean_batch_rows']:.0f} rows/batch, commit p50 "
               f"{summary['writer']['commit_p50_ms']:.1f} ms, p99 {summary['writer']['commit_p99_ms']:.1f} ms")
@@ -612,6 +689,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"comma-separated, of {','.join(METHODS + DIAGNOSTICS)} (default: all but the diagnostics)")
     p.add_argument("--profile", metavar="FILE", help="cProfile the writer's timed section into FILE (pstats)")
     p.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
+    p.add_argument("--upserts", type=int, default=200, help="statements timed by latest-upsert (default 200)")
+    p.add_argument("--cpu-by-process", action="store_true",
+                   help="split each method's server CPU per row by server process (backends, walwriter, ...)")
     args = p.parse_args(argv)
     unknown = set(args.methods) - set(METHODS) - set(DIAGNOSTICS)
     if unknown:
