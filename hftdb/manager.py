@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator, Iterable, Literal, Sequence
 
 import asyncpg
 
-from . import partitions, reads, schema
+from . import packed, partitions, reads, schema
 from .cache import TTLCache
 from .config import Settings, load_settings, redact_dsn
 from .copy import PG_EPOCH_US
@@ -458,6 +458,23 @@ class DatabaseManager:
 
         added = vector.add_columns(writer, sid, *cols, recv, ex, uid)  # type: ignore[arg-type]
         writer.submitted(added)
+        return added
+
+    async def insert_packed_book_tickers(self, rows: packed.PackedBooks) -> int:
+        """Accept a feed's book tickers whose COPY tuples its intake packed while parsing (:mod:`hftdb.packed`).
+
+        Taken whole when every row was packed and every id is registered; otherwise exactly as
+        :meth:`insert_book_ticker_snapshots` takes them. Internal to the exchange feeds.
+        """
+        self._check_open()
+        writer = self._writers["book_tickers"]
+        await writer.reserve(len(rows))
+        added = packed.add_packed(writer, rows, self._known_ids)  # type: ignore[arg-type]
+        if added is None:
+            return await self._submit("book_tickers", rows)
+        writer.submitted(added)
+        if self._latest_cache is not None:
+            self._latest_cache.invalidate()
         return added
 
     async def insert_funding_rates(self, rates: Iterable[FundingRate]) -> int:
