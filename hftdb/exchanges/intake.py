@@ -21,8 +21,11 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..copy import PG_EPOCH_US
 from ..errors import FrameError
-from ..models import Balance, BookTicker, FundingRate
+from ..models import Balance, BookTicker, FundingRate, now_us
+from ..packed import SIZE, PackedBooks
+from ..tables import FUTURE_SLACK_US, MIN_TS_US
 from .connection import Chunk
 from .parsing import CONTROL_SNAPSHOT
 
@@ -34,6 +37,9 @@ __all__ = ["Intake"]
 logger = logging.getLogger(__name__)
 
 Rows = tuple[list[BookTicker], list[FundingRate], list[Balance]]
+
+_EPOCH = PG_EPOCH_US
+_SIZE = SIZE
 
 
 class Intake:
@@ -63,9 +69,16 @@ class Intake:
         self._fast = getattr(parser, "book_ticker", None)
         # With a hot path, the rest of the frames skip a second try of it.
         self._parse = getattr(parser, "parse_general", parser.parse) if self._fast is not None else parser.parse
+        # Book rows are packed for the writer as they are parsed when the sink takes them so (hftdb.packed).
+        self._book_read = (getattr(parser, "book_read", None)
+                           if hasattr(runner.adapter.sink, "insert_packed_book_tickers") else None)
 
     def process(self, chunks: list[Chunk]) -> Rows:
-        """Parse, sequence and (unless holding) admit the frames of ``chunks``, in order."""
+        """Parse, sequence and (unless holding) admit the frames of ``chunks``, in order.
+
+        When the sink takes packed rows and the intake admits without counting gaps (a live feed's usual case),
+        the book rows come as a :class:`~hftdb.packed.PackedBooks` (a list of ``BookTicker``) whose COPY tuples
+        the parser's hot path packed from the values it decoded (its ``book_read``)."""
         runner = self.runner
         stats = runner.adapter.stats
         count_gaps = runner.adapter.count_gaps
@@ -78,13 +91,44 @@ class Intake:
         # Live and not counting gaps: admission (every connection's last id per symbol) already drops whatever
         # this connection's own order would, so the hot path keeps one map, not two.
         admit_only = admit and not count_gaps
-        books: list[BookTicker] = []
-        append = books.append
+        books: list[BookTicker]
         funding: list[FundingRate] = []
         balances: list[Balance] = []
         frames = duplicates = 0
+        packing = admit_only and self._book_read is not None
+        if packing:
+            books = packed = PackedBooks()
+            buf = bytearray()
+            ts_max = now_us() + FUTURE_SLACK_US
+            book_read = self._book_read
+            general = self._general
+            lo = hi = 0
+        else:
+            books = []
+        append = books.append
         for recv_ts, payloads in chunks:
             frames += len(payloads)
+            if packing and MIN_TS_US <= recv_ts <= ts_max:
+                # A read at a time: the parser admits and packs its bookTicker frames; anything else goes the
+                # general decode, in order. A receipt time the writer would refuse packs nothing (below).
+                before = len(books)
+                n = len(payloads)
+                i, dups = book_read(payloads, 0, recv_ts, ts_max, ids, books, buf)
+                duplicates += dups
+                while i < n:
+                    general(payloads[i], recv_ts, admit, books, funding, balances)
+                    i, dups = book_read(payloads, i + 1, recv_ts, ts_max, ids, books, buf)
+                    duplicates += dups
+                if len(books) > before:
+                    if not lo:
+                        lo = recv_ts
+                    elif recv_ts < hi:
+                        packed.ordered = False
+                    if recv_ts < lo:
+                        lo = recv_ts
+                    if recv_ts > hi:
+                        hi = recv_ts
+                continue
             for payload in payloads:
                 if fast is not None:
                     row = fast(payload, recv_ts)
@@ -117,6 +161,11 @@ class Intake:
                         append(row)
                         continue
                 self._general(payload, recv_ts, admit, books, funding, balances)
+        # Every row has its tuple, or the call goes the public path (a row the writer would not take, rows from
+        # the general decode, a read with a receipt time out of range).
+        if packing and len(buf) == len(books) * _SIZE:
+            packed.buf = buf
+            packed.lo, packed.hi = lo, hi
         stats.messages += frames
         stats.duplicates += duplicates
         if chunks:

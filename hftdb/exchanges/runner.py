@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ExchangeError, StateError
 from ..models import Balance, BookTicker, FundingRate
+from ..packed import PackedBooks
 from .connection import ConnectionLost, Pacer, WsConnection
 from .session import Session
 
@@ -347,8 +348,11 @@ class StreamRunner:
         adapter = self.adapter
         stats = adapter.stats
         sink = adapter.sink
+        insert_books = sink.insert_book_ticker_snapshots
+        if type(books) is PackedBooks:  # COPY tuples packed by the intake, for a sink that takes them
+            insert_books = getattr(sink, "insert_packed_book_tickers", insert_books)
         for rows, insert, counter in (
-            (books, sink.insert_book_ticker_snapshots, "book_rows"),
+            (books, insert_books, "book_rows"),
             (funding, sink.insert_funding_rates, "funding_rows"),
             (balances, sink.insert_balance_snapshots, "balance_rows"),
         ):
