@@ -184,6 +184,7 @@ async def run_frames_to_rows(dsn: str, frames: list[bytes], per_call: int, per_r
     async with DatabaseManager(dsn, settings=settings_for(dsn)) as db:
         intake, runner = client_intake(db, n_symbols)
         process, push = intake.process, runner.push
+        cpu = time.process_time()
         started = time.perf_counter()
         for reads in chunks:
             books, funding, balances = process([(now_us(), payloads) for payloads in reads])
@@ -191,10 +192,11 @@ async def run_frames_to_rows(dsn: str, frames: list[bytes], per_call: int, per_r
             await asyncio.sleep(0)
         await db.flush()
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu
         w = (await db.get_database_stats())["writers"]["book_tickers"]
     if w["rows_committed"] != len(frames) or w["rejects"]:
         raise SystemExit(f"frames-to-rows committed {w['rows_committed']} of {len(frames)}; rejects {w['rejects']}")
-    return elapsed
+    return elapsed, cpu
 
 
 async def run_writer_only(dsn: str, frames: list[bytes], per_call: int, per_read: int, n_symbols: int) -> float:
@@ -211,16 +213,18 @@ async def run_writer_only(dsn: str, frames: list[bytes], per_call: int, per_read
             raise SystemExit("writer-only: unresolved symbols")
         gc.collect()
         insert = db.insert_book_ticker_snapshots
+        cpu = time.process_time()
         started = time.perf_counter()
         for rows in chunks:
             await insert(rows)
             await asyncio.sleep(0)
         await db.flush()
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu
         w = (await db.get_database_stats())["writers"]["book_tickers"]
     if w["rows_committed"] != len(frames) or w["rejects"]:
         raise SystemExit(f"writer-only committed {w['rows_committed']} of {len(frames)}; rejects {w['rejects']}")
-    return elapsed
+    return elapsed, cpu
 
 
 class _NoSink:
@@ -259,17 +263,20 @@ async def part1(args: argparse.Namespace, admin_dsn: str) -> dict[str, Any]:
     gc.freeze()
     methods = {"frames-to-rows": run_frames_to_rows, "writer-only": run_writer_only}
     rates: dict[str, list[float]] = {m: [] for m in methods}
+    cpu_us: dict[str, list[float]] = {m: [] for m in methods}
     names = list(methods)
     for run in range(args.runs):
         for m in names[run % 2:] + names[:run % 2]:
             name, dsn = await create_db(admin_dsn)
             try:
                 await register_symbols(dsn, args.symbols)
-                elapsed = await methods[m](dsn, frames, args.frames_per_call, args.frames_per_read, args.symbols)
+                elapsed, cpu = await methods[m](dsn, frames, args.frames_per_call, args.frames_per_read, args.symbols)
             finally:
                 await drop_db(admin_dsn, name)
             rates[m].append(args.frames / elapsed)
-            log(f"run {run + 1}/{args.runs} {m:15s} {elapsed:7.3f} s {args.frames / elapsed:>10,.0f} msgs/s")
+            cpu_us[m].append(cpu / args.frames * 1e6)
+            log(f"run {run + 1}/{args.runs} {m:15s} {elapsed:7.3f} s {args.frames / elapsed:>10,.0f} msgs/s "
+                f"{cpu_us[m][-1]:5.2f} us CPU/frame (this process)")
     rates["intake-only"] = [intake_only_rate(frames, args.frames_per_call, args.frames_per_read, args.symbols)
                             for _ in range(args.runs)]
     rates["parse-only"] = [parse_only_rate(frames) for _ in range(args.runs)]
@@ -279,13 +286,17 @@ async def part1(args: argparse.Namespace, admin_dsn: str) -> dict[str, Any]:
           f"frames per insert call, {args.frames_per_read} per read, {args.runs} runs (median msgs/s)")
     for m, v in rates.items():
         print(f"  {m:15s} {med[m]:>10,.0f}   runs: {', '.join(f'{x:,.0f}' for x in v)}")
+    cpu_med = {m: statistics.median(v) for m, v in cpu_us.items()}
+    print(f"  CPU of this process per frame (time.process_time over the timed part; PostgreSQL not included), median: "
+          + ", ".join(f"{m} {cpu_med[m]:.2f} us" for m in methods)
+          + f"; ratio writer-only / frames-to-rows {cpu_med['writer-only'] / cpu_med['frames-to-rows']:.2f}")
     serial = 1 / (1 / med["intake-only"] + 1 / med["writer-only"])
     print(f"  (intake-only and parse-only are diagnostics, no database: {1e6 / med['intake-only']:.2f} and "
           f"{1e6 / med['parse-only']:.2f} us/frame; intake then write, serially, would give {serial:,.0f} msgs/s,"
           f" ratio {serial / med['writer-only']:.2f})")
     print(f"  ratio frames-to-rows / writer-only = {ratio:.2f}  (target >= 0.7: {'MET' if ratio >= 0.7 else 'NOT MET'})",
           flush=True)
-    return {"median": med, "runs": rates, "ratio": ratio}
+    return {"median": med, "runs": rates, "ratio": ratio, "cpu_us": cpu_med}
 
 
 # -- part 2: simulator over loopback -------------------------------------------------------------------------------
