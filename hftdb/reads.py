@@ -258,7 +258,13 @@ class Reader:
 
     async def _latest(self, queries: dict[str, str], packed: columnar.PackedRows, exchange: Any,
                       symbols: Sequence[str] | None, symbol_ids: Sequence[int] | None, primary: bool) -> Any:
-        filt = await self.filter_ids(exchange, symbols, symbol_ids)
+        name = None
+        if exchange is not None and symbols is None and symbol_ids is None:
+            ex = await self._exchange(exchange)
+            filt: tuple[str, Any] = ("exchange", ex.id)
+            name = ex.name  # one exchange's rows all carry its name: no lookup per row
+        else:
+            filt = await self.filter_ids(exchange, symbols, symbol_ids)
         cache = self._cache
         key = (packed.record, filt)
         if cache is not None:
@@ -268,8 +274,6 @@ class Reader:
         kind, value = filt
         sql = queries[kind]
         args = (list(value),) if kind == "ids" else (value,) if kind == "exchange" else ()
-        # One exchange's rows all carry its name: no lookup per row.
-        name = (await self._exchange(exchange)).name if kind == "exchange" else None
         directory = self.directory
 
         async def read(pool: Any) -> Any:
