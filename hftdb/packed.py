@@ -22,6 +22,7 @@ as many tuples as rows, and a filtered copy is a plain list that goes the public
 from __future__ import annotations
 
 import math
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
@@ -45,6 +46,7 @@ LAYOUT = LAYOUTS[(True, True)]
 PACK = LAYOUT.pack
 #: Bytes per packed tuple.
 SIZE = LAYOUT.dtype.itemsize
+_SYMBOL_ID = attrgetter("symbol_id")
 
 
 def fits(bid_price: float, bid_qty: float, ask_price: float, ask_qty: float, exchange_ts: int, ts_max: int) -> bool:
@@ -85,11 +87,10 @@ def add_packed(writer: BookTickerWriter, rows: PackedBooks, known_ids: set[int])
     n = len(rows)
     if buf is None or n == 0 or len(buf) != n * SIZE:
         return None
-    packed = np.frombuffer(buf, np.uint8) | LAYOUT.template(n)
-    sids = packed.view(LAYOUT.dtype)["sid"].tolist()
+    sids = list(map(_SYMBOL_ID, rows))  # (the tuples hold the same ids: the parser packed these)
     if not known_ids.issuperset(sids):
         return None
-    data = packed.tobytes()
+    data = (np.frombuffer(buf, np.uint8) | LAYOUT.template(n)).tobytes()
     max_rows = writer._max_rows
     start = 0
     while start < n:
