@@ -485,6 +485,64 @@ def book_frame(topic, kind, ts, u, bids, asks):
     return json.dumps({"topic": topic, "type": kind, "ts": ts, "data": {"s": symbol, "b": bids, "a": asks, "u": u}})
 
 
+def _outcome(parse, raw):
+    try:
+        return parse(raw, RECV)
+    except FrameError as exc:
+        return exc.reason
+
+
+def test_bybit_orderbook1_hot_path_matches_the_general_parse(fixtures_dir):
+    """Twin parsers, one taking every frame through the general decode and one through the hot path first (as the
+    intake does): the same rows, controls, rejects and books after every frame, over the recorded fixture and a
+    few thousand generated level-1 frames (removals, stale removals, one-sided books, malformed levels, snapshots,
+    deltas with no snapshot, another depth's topic)."""
+    import random
+
+    rng = random.Random(11)
+    frames: list[str | bytes] = list(lines(fixtures_dir, "bybit_linear_orderbook1_recorded.jsonl"))
+    prices = ["100.4", "100.5", "100.6", "100.7", "0.000012345", "65432.1", "3.0E-5", "28552.10"]
+    sizes = ["0", "0", "1.25", "0.001", "7", "25.433"]
+    bad_levels = [["1.2.3", "1"], ["100.5"], ["100.5", "x"], ["", "1"]]
+    u = 100
+    for i in range(4000):
+        u += 1
+        topic = rng.choice(["orderbook.1.ETHUSDT", "orderbook.1.ETHUSDT", "orderbook.1.SOLUSDT", "orderbook.50.ETHUSDT"])
+        kind = "snapshot" if rng.random() < 0.02 else "delta"
+
+        def side():
+            out = [[rng.choice(prices), rng.choice(sizes)] for _ in range(rng.randrange(0, 3))]
+            if rng.random() < 0.01:
+                out.append(rng.choice(bad_levels))
+            return out
+
+        # Compact, as Bybit sends it (the hot path only tries frames that start with an orderbook.1 topic).
+        raw = json.dumps({"topic": topic, "type": kind, "ts": 1_700_000_000_000 + i,
+                          "data": {"s": topic.rsplit(".", 1)[1], "b": side(), "a": side(), "u": u}},
+                         separators=(",", ":"))
+        frames.append(raw.encode() if i % 2 else raw)
+    general = BybitParser(ExchangeName.BYBIT_LINEAR)
+    fast = BybitParser(ExchangeName.BYBIT_LINEAR)
+    hot = 0
+    outcomes = set()
+    for raw in frames:
+        expected = _outcome(general.parse_general, raw)
+        row = fast.book_ticker(raw, RECV)
+        if row is not None:
+            hot += 1
+            got = Parsed([row])
+        else:
+            got = _outcome(fast.parse_general, raw)
+        assert got == expected, raw
+        outcomes.add(expected if isinstance(expected, str) else ("rows" if expected.book_tickers else "none"))
+        assert {t: (b.bid, b.ask) for t, b in fast._books.items()} == {t: (b.bid, b.ask) for t, b in general._books.items()}
+    assert hot > 1000
+    assert outcomes >= {"rows", "none", "no_snapshot", "bad_number", "missing_field"}, outcomes
+    # parse() is the hot path then the general decode.
+    assert BybitParser(ExchangeName.BYBIT_LINEAR).parse(frames[0], RECV) == general.__class__(
+        ExchangeName.BYBIT_LINEAR).parse_general(frames[0], RECV)
+
+
 def test_bybit_level1_removal_without_replacement_and_stale_removal():
     parser = BybitParser(ExchangeName.BYBIT_SPOT)
     topic = "orderbook.1.ETHUSDT"
