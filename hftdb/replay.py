@@ -15,8 +15,10 @@ that overlaps what was stored live, writes each message once. A stored copy of a
 replayed) after the exchange sent it, so the lookup reads only partitions from the chunk's earliest exchange
 time (less 1 s of clock skew) on; rows without an exchange time (Binance spot bookTicker) are looked up over
 all partitions. The lookup costs one query per chunk, reading the rows of the chunk's symbols stored since
-then: cheap for a recent capture, slower for an old one. Balances are snapshots without an identity and are
-written as they come.
+then: cheap for a recent capture, slower for an old one. Balances are identified by ``(account, asset,
+exchange_ts)`` with their amounts, looked up the same way, and a replay also drops a balance it has already
+written itself (a file that repeats a message); a balance without an exchange time has no identity and is
+written as it comes.
 
 >>> async with DatabaseManager() as db:
 ...     result = await ingest_file(db, "okx_tickers.jsonl", exchange="okx_spot", channels=["tickers"])
@@ -38,7 +40,7 @@ from .exchanges.intake import Intake
 from .exchanges.registry import create_adapter
 from .exchanges.runner import StreamRunner
 from .manager import DatabaseManager
-from .models import BookTicker, ExchangeName, FundingRate, now_us
+from .models import Balance, BookTicker, ExchangeName, FundingRate, now_us
 
 __all__ = ["ReplayResult", "ingest_file", "replay_frames"]
 
@@ -70,6 +72,9 @@ _STORED_BOOKS = """SELECT b.symbol_id, b.update_id, b.exchange_ts, b.bid_price, 
     WHERE ($2::timestamptz IS NULL OR b.recv_ts >= $2)
       AND (b.update_id = ANY($3::int8[]) OR b.exchange_ts = ANY($4::timestamptz[]))"""
 
+_STORED_BALANCES = """SELECT b.account, b.asset, b.exchange_ts, b.free, b.locked FROM balances b
+    WHERE b.exchange_id = $1 AND ($2::timestamptz IS NULL OR b.recv_ts >= $2) AND b.exchange_ts = ANY($3::timestamptz[])"""
+
 _STORED_FUNDING = """SELECT f.symbol_id, f.exchange_ts, f.rate FROM funding_rates f
     JOIN unnest($1::int4[]) AS k(symbol_id) USING (symbol_id)
     WHERE ($2::timestamptz IS NULL OR f.recv_ts >= $2) AND f.exchange_ts = ANY($3::timestamptz[])"""
@@ -82,6 +87,7 @@ class _Stored:
         self.db = db
         self.exchange = exchange
         self._ids: dict[str, int | None] = {}
+        self._balances: set[tuple[object, ...]] = set()  # identities of the balances this replay wrote
         self.duplicates = 0
 
     async def _symbol_ids(self, rows: list[BookTicker] | list[FundingRate]) -> dict[str, int]:
@@ -144,7 +150,28 @@ class _Stored:
         return out
 
 
-def _since(rows: list[BookTicker] | list[FundingRate]) -> int | None:
+    async def balances(self, rows: list[Balance]) -> list[Balance]:
+        """``rows`` without the ones already stored (or written earlier in this replay); see the module docstring."""
+        wanted = [r for r in rows if r.exchange_ts is not None]
+        if not wanted:
+            return rows
+        ex = await self.db.get_exchange_by_enum(self.exchange)
+        found = await self.db.pool.fetch(_STORED_BALANCES, ex.id, _since(wanted), [r.exchange_ts for r in wanted])
+        stored = self._balances
+        stored.update((account, asset, t, free, locked) for account, asset, t, free, locked in found)
+        out = []
+        for r in rows:
+            if r.exchange_ts is not None:
+                key = (r.account, r.asset, r.exchange_ts, r.free, r.locked)
+                if key in stored:
+                    self.duplicates += 1
+                    continue
+                stored.add(key)
+            out.append(r)
+        return out
+
+
+def _since(rows: list[BookTicker] | list[FundingRate] | list[Balance]) -> int | None:
     times = [r.exchange_ts for r in rows]
     if None in times:
         return None  # a row without an exchange time: its copy may be anywhere
@@ -198,6 +225,8 @@ async def replay_frames(
             books = await stored.books(books)
         if funding:
             funding = await stored.funding(funding)
+        if balances:
+            balances = await stored.balances(balances)
         await runner.push(books, funding, balances)
         batch.clear()
         if progress is not None:

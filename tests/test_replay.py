@@ -89,3 +89,31 @@ async def test_a_changed_message_with_a_stored_key_is_not_a_duplicate(dsn, fixtu
         changed.write_text(json.dumps(frame) + "\n")
         result = await ingest_file(db, changed, exchange="okx_spot", channels=["tickers"])
         assert result.committed["book_tickers"] == 1 and result.duplicates == 0
+
+
+async def test_replaying_balances_twice_stores_each_snapshot_once(dsn, fixtures_dir, tmp_path):
+    # Balance events carry an exchange time: (account, asset, exchange_ts) and the amounts identify a snapshot.
+    event = json.loads((fixtures_dir / "binance_spot_outboundAccountPosition_doc.json").read_text())
+    lines = []
+    for i in range(3):
+        frame = json.loads(json.dumps(event))
+        frame["event"]["E"] += 1000 * i
+        frame["event"]["B"] = [{"a": "ETH", "f": f"{10 + i}.5", "l": "0.000000"}, {"a": "BTC", "f": "1", "l": "0.25"}]
+        lines.append(json.dumps(frame))
+    lines.append(lines[0])  # a capture may repeat a message
+    capture = tmp_path / "account.jsonl"
+    capture.write_text("\n".join(lines) + "\n")
+    async with DatabaseManager(dsn, settings=settings()) as db:
+        first = await ingest_file(db, capture, exchange="binance_spot", channels=["bookTicker"])
+        assert first.committed["balances"] == 6 == await count(dsn, "balances")
+        assert first.duplicates == 2
+        second = await ingest_file(db, capture, exchange="binance_spot", channels=["bookTicker"])
+        assert second.committed["balances"] == 0 and second.duplicates == 8
+        # The same event time with other amounts is another snapshot, stored.
+        changed = json.loads(lines[0])
+        changed["event"]["B"][0]["f"] = "99"
+        other = tmp_path / "changed.jsonl"
+        other.write_text(json.dumps(changed) + "\n")
+        third = await ingest_file(db, other, exchange="binance_spot", channels=["bookTicker"])
+        assert third.committed["balances"] == 1 and third.duplicates == 1
+        assert await count(dsn, "balances") == 7
