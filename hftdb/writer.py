@@ -338,9 +338,9 @@ class BatchWriter(Committing):
                 self._wakeup.set()
 
     async def _flusher(self) -> None:
-        # Up to two commits are in flight: once a group's COPY has been sent, the next group starts its own COPY
-        # on another connection while the first runs its latest upsert and COMMIT (server CPU and the WAL flush
-        # overlap the next COPY instead of leaving the server idle). A later group never commits before an
+        # Up to two commits are in flight: once a group's COPY is handed to its connection, the next group starts
+        # its own COPY on another connection, beside it and beside the first one's latest upsert and COMMIT (the
+        # server never waits for the loop to form and hand over the next group, and the WAL flush overlaps). A later group never commits before an
         # earlier one: it waits for the earlier outcome before its latest upsert, and rolls back if that failed.
         inflight: collections.deque[_Commit] = collections.deque()
         try:
@@ -394,7 +394,7 @@ class BatchWriter(Committing):
         self._inflight = self._inflight + group
         commit = _Commit(group)
         commit.task = asyncio.create_task(self._commit(group, prev, commit.copied), name=f"hftdb-{self.table}-commit")
-        # Wake the flusher when this commit's COPY is sent (the next group may start) and when it ends.
+        # Wake the flusher when this commit's COPY is handed over (the next group may start) and when it ends.
         commit.task.add_done_callback(lambda _: self._wakeup.set())
         return commit
 
