@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 from itertools import starmap
-from operator import add, itemgetter
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
@@ -78,6 +78,8 @@ class Layout:
         one["l_uid"] = 8 if has_u else -1
         self._one = one.view(np.uint8)
         self._template = np.tile(self._one, 1024)
+        self.whole = _Whole(has_e, has_u, with_id=True)
+        self.whole_but_id = _Whole(has_e, has_u, with_id=False)
 
     def template(self, n: int) -> Any:
         """The constant bytes of ``n`` tuples (field count and field lengths), zeros elsewhere (read-only)."""
@@ -89,6 +91,48 @@ class Layout:
     def empty(self, n: int) -> Any:
         """``n`` tuples with their constants set, values to be filled in."""
         return self.template(n).copy().view(self.dtype)
+
+
+#: struct codes and numpy types of BookTicker's fields for :class:`_Whole` (names and venues are skipped).
+_FIELD_CODES = {
+    "exchange": ("?", "u1"), "symbol": ("?", "u1"), "bid_price": ("d", ">f8"), "bid_qty": ("d", ">f8"),
+    "ask_price": ("d", ">f8"), "ask_qty": ("d", ">f8"), "recv_ts": ("q", ">i8"), "exchange_ts": ("q", ">i8"),
+    "update_id": ("q", ">i8"), "symbol_id": ("i", ">i4"),
+}
+
+
+class _Whole:
+    """A row's whole ``astuple`` packed in BookTicker's field order, for one NULL pattern.
+
+    Cheaper than picking the COPY columns out of each tuple first (an ``itemgetter`` call per row, ~85 ns of a
+    ~340 ns encode, measured): ``?`` takes the exchange and symbol names (and any field the pattern has as NULL,
+    or symbol_id when the ids come apart) as one ignored byte, and numpy moves the columns into COPY order. A
+    field the pattern has as NULL must then be None in every row, checked apart (:meth:`nulls_hold`): ``?``
+    would take any value.
+    """
+
+    def __init__(self, has_e: bool, has_u: bool, *, with_id: bool) -> None:
+        null = ({"exchange_ts"} if not has_e else set()) | ({"update_id"} if not has_u else set())
+        codes, fields = [], []
+        for name in BookTicker.__struct_fields__:
+            code, dtype = _FIELD_CODES[name]
+            if name in null or (name == "symbol_id" and not with_id):
+                code, dtype = "?", "u1"
+            codes.append(code)
+            fields.append((name, dtype))
+        self.pack: Callable[..., bytes] = struct.Struct("!" + "".join(codes)).pack
+        self.dtype = np.dtype(fields)
+        assert struct.calcsize("!" + "".join(codes)) == self.dtype.itemsize
+        self.nulls = [(name, attrgetter(name)) for name in sorted(null)]
+
+    def nulls_hold(self, rows: Sequence[BookTicker], src: Any) -> bool:
+        """Whether every field the pattern has as NULL is None in every row (its ``?`` byte is 0 for None and for
+        any falsy value, so the bytes only rule out the truthy ones cheaply; ``count`` settles the rest in C)."""
+        n = len(rows)
+        for name, getter in self.nulls:
+            if src[name].any() or list(map(getter, rows)).count(None) != n:
+                return False
+        return True
 
 
 LAYOUTS = {(e, u): Layout(e, u) for e in (True, False) for u in (True, False)}
@@ -110,25 +154,30 @@ def add_tickers(
         return None
     first = rows[0]
     layout = LAYOUTS[(first.exchange_ts is not None, first.update_id is not None)]
+    whole = layout.whole if sids is None else layout.whole_but_id
     try:
-        if sids is None:
-            values = map(layout.values, map(astuple, rows))
-        else:
-            values = map(add, zip(sids), map(layout.values_but_id, map(astuple, rows)))
-        packed = b"".join(starmap(layout.pack, values))
+        packed = b"".join(starmap(whole.pack, map(astuple, rows)))
     except struct.error:
-        return None  # a wrong type, a None the first row has not, an out-of-range integer
-    buf = np.frombuffer(packed, np.uint8) | layout.template(n)
-    recs = buf.view(layout.dtype)
-    sid = recs["sid"].astype(np.int64)
+        return None  # a wrong type, a None where the first row has a value, an out-of-range integer
+    src = np.frombuffer(packed, whole.dtype)
+    if whole.nulls and not whole.nulls_hold(rows, src):
+        return None  # a value where the first row has None
+    sid = src["symbol_id"].astype(np.int64) if sids is None else np.asarray(sids, dtype=np.int64)
     if not known_ids.issuperset(sid.tolist()):
         return None
-    recv = recs["recv"].astype(np.int64)
-    ex = recs["ex"].astype(np.int64) if layout.has_e else None
-    # Times were packed as Unix µs; the COPY wants µs since 2000-01-01.
+    recs = layout.empty(n)
+    recs["sid"] = sid
+    recv = src["recv_ts"].astype(np.int64)
+    # Times come as Unix µs; the COPY wants µs since 2000-01-01.
     recs["recv"] = recv - PG_EPOCH_US
-    if ex is not None:
+    ex = None
+    if layout.has_e:
+        ex = src["exchange_ts"].astype(np.int64)
         recs["ex"] = ex - PG_EPOCH_US
+    for name, column in (("bp", "bid_price"), ("bq", "bid_qty"), ("ap", "ask_price"), ("aq", "ask_qty")):
+        recs[name] = src[column]
+    if layout.has_u:
+        recs["uid"] = src["update_id"]
     return _take(writer, layout, recs, sid, recv, ex, rows)
 
 
