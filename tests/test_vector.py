@@ -158,3 +158,36 @@ def test_ttl_cache_get_many_honours_expiry_and_counts():
     now[0] = 10.0  # "a" expires at 10, "b" at 15
     assert cache.get_many(iter(["a", "b"])) == [None, 2]
     assert (cache.hits, cache.misses) == (3, 2)
+
+
+@pytest.mark.parametrize("has_e", [True, False])
+@pytest.mark.parametrize("has_u", [True, False])
+def test_whole_tuple_packing_matches_the_row_path_and_refuses_values_where_the_first_row_has_none(has_e, has_u):
+    # No database: the bytes and latest rows each path leaves in a batch. The vectorized path packs BookTicker's
+    # whole astuple, taking a NULL-pattern field as an ignored byte, so it must refuse a value there, even 0.
+    from hftdb.config import StorageSettings, WriterSettings
+    from hftdb.tables import BookTickerWriter
+
+    def writer() -> BookTickerWriter:
+        ws = WriterSettings(spool_dir=None, batch_max_rows=100_000, buffer_max_rows=100_000)
+        return BookTickerWriter(None, settings=ws, storage=StorageSettings(), spool_dir=None)  # type: ignore[arg-type]
+
+    t = now_us()
+    rows = [BookTicker("binance_usdm", f"S{i % 7}", 10.0 + i % 5, 1.0 + i, 10.5 + i % 5, 2.0, t + i,
+                       t + i - 3 if has_e else None, 10**9 + i if has_u else None, symbol_id=1 + i % 7)
+            for i in range(vector.MIN_ROWS + 3)]
+    by_row, fast, by_name = writer(), writer(), writer()
+    assert by_row.add([(r.symbol_id, r) for r in rows]) == len(rows)
+    assert fast.add_fast(rows, set(range(1, 8))) == len(rows)
+    named = [BookTicker(r.exchange, r.symbol, r.bid_price, r.bid_qty, r.ask_price, r.ask_qty, r.recv_ts,
+                        r.exchange_ts, r.update_id) for r in rows]
+    assert by_name.add_fast(named, set(range(1, 8)), [r.symbol_id for r in rows]) == len(rows)
+    for other in (fast, by_name):
+        assert bytes(other.current.buf) == bytes(by_row.current.buf)
+    assert fast.current.latest == by_row.current.latest
+    for field, has in (("exchange_ts", has_e), ("update_id", has_u)):
+        if not has:
+            for value in (t, 0):
+                odd = list(rows)
+                odd[5] = BookTicker(**{**{f: getattr(rows[5], f) for f in BookTicker.__struct_fields__}, field: value})
+                assert writer().add_fast(odd, set(range(1, 8))) is None
