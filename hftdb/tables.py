@@ -100,8 +100,8 @@ def _update_then_insert_sql(table: str, unnest: str, values: dict[str, str], *, 
 
     ``INSERT ... ON CONFLICT DO UPDATE`` on rows that nearly always exist pays, per row, a speculative index probe
     and a row lock (a WAL record of its own) before the update; a plain ``UPDATE ... FROM`` does not. Measured on
-    1,000 symbols of book tickers: ~7.7 ms of server CPU per upsert against ~4.6 ms (``benchmarks/bench_writer.py
-    --methods latest-upsert``). The INSERT skips the rows that existed when the statement started (its snapshot: the
+    1,000 symbols of book tickers, the two alternating in one run: 5.7-9.0 ms of server CPU per upsert against
+    4.5-5.1 ms (``benchmarks/bench_writer.py --methods latest-upsert`` measures the current one). The INSERT skips the rows that existed when the statement started (its snapshot: the
     UPDATE's rows) and keeps ON CONFLICT for a row another process inserted meanwhile. ``values`` maps each latest
     column (symbol_id and exchange_id aside) to its expression over the unnest alias ``u``.
     """
