@@ -145,15 +145,28 @@ class Committing:
             await self._ensure_partitions(conn, start, start + self._interval_us - 1)
         # A memoryview, never bytes: asyncpg treats a bytes source as a file *path* (os.fspath accepts bytes).
         # One contiguous buffer, not an async iterator: asyncpg's iterator path can wait forever for a dead socket.
-        source = memoryview(parts[0][0] if len(parts) == 1 else _concat_payloads([p[0] for p in parts]))
-        if copied is not None:
-            # The next group may start now, its COPY beside this one on its own backend: were it to wait for
-            # this COPY to end, the server's COPY stopped for ~10-15 ms per commit while the loop formed,
-            # concatenated and handed over the next group (timed per commit; see BENCHMARKS.md).
-            copied.set()
-            self._wakeup.set()
-        await conn.copy_to_table(
-            self.table, source=source, columns=self.columns, format="binary", timeout=self.command_timeout)
+        spare = None
+        if len(parts) == 1:
+            source = memoryview(parts[0][0])
+        else:
+            # Into a buffer kept from an earlier commit: touching ~10 MB of fresh memory per commit cost more in
+            # page faults than the copy itself.
+            spare = self._spare_payloads.pop() if self._spare_payloads else bytearray()
+            source = _concat_into(spare, [p[0] for p in parts])
+        try:
+            if copied is not None:
+                # The next group may start now, its COPY beside this one on its own backend: were it to wait for
+                # this COPY to end, the server's COPY stopped for ~10-15 ms per commit while the loop formed,
+                # concatenated and handed over the next group (timed per commit; see BENCHMARKS.md).
+                copied.set()
+                self._wakeup.set()
+            await conn.copy_to_table(
+                self.table, source=source, columns=self.columns, format="binary", timeout=self.command_timeout)
+        finally:
+            # asyncpg copied the buffer into its own message before its first wait on the server: ours is free.
+            source.release()
+            if spare is not None and len(self._spare_payloads) < 2:
+                self._spare_payloads.append(spare)
 
     async def _write_latest(
         self, conn: asyncpg.Connection, group: list[_Batch], parts: list[tuple[Any, list[Any]]]
@@ -274,10 +287,19 @@ def _is_missing_partition(exc: BaseException) -> bool:
     return getattr(exc, "sqlstate", None) == "23514"
 
 
-def _concat_payloads(payloads: list[Any]) -> bytearray:
-    """Several batches' COPY payloads as one: one header, every batch's tuples, one trailer."""
-    out = bytearray(HEADER)
-    for payload in payloads:
-        out += memoryview(payload)[len(HEADER):-len(TRAILER)]
-    out += TRAILER
-    return out
+def _concat_into(out: bytearray, payloads: list[Any]) -> memoryview:
+    """Several batches' COPY payloads as one in ``out`` (grown if short): one header, every batch's tuples, one
+    trailer; returns a view of the bytes written, to be released before ``out`` is used again."""
+    bodies = [memoryview(p)[len(HEADER):-len(TRAILER)] for p in payloads]
+    size = len(HEADER) + sum(map(len, bodies)) + len(TRAILER)
+    if len(out) < size:
+        out.extend(bytes(size - len(out)))
+    with memoryview(out) as view:
+        view[:len(HEADER)] = HEADER
+        pos = len(HEADER)
+        for body in bodies:
+            view[pos:pos + len(body)] = body
+            pos += len(body)
+            body.release()
+        view[pos:size] = TRAILER
+        return view[:size]

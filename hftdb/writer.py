@@ -153,6 +153,8 @@ class BatchWriter(Committing):
         self._progress = asyncio.Condition()
         self._spool = Spool(Path(spool_dir) / self.table, max_bytes=settings.spool_max_bytes) if spool_dir else None
         self._covered: list[tuple[int, int]] = []
+        #: Buffers of earlier commits' concatenated COPY payloads, reused (at most two: two commits in flight).
+        self._spare_payloads: list[bytearray] = []
         self._interval_us = storage.partition_interval_s * 1_000_000
         self._tasks: set[asyncio.Task[None]] = set()
         self._state = "new"
