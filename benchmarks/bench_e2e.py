@@ -8,11 +8,16 @@ Part 1, in memory (``--frames`` frames, ``--runs`` runs, medians):
                   ``--frames-per-call`` at a time (one consumer wake-up), split into socket reads of
                   ``--frames-per-read`` frames each stamped ``now_us()`` (a live connection stamps once per read),
                   run through ``Intake.process`` (the BinanceParser hot path with symbol ids, per-connection
-                  sequencing, admission) and ``StreamRunner.push`` into ``DatabaseManager``, yield to the loop,
-                  then ``flush()``. Symbols are registered and the manager's caches warm before timing.
+                  sequencing, admission, COPY tuples packed as parsed: hftdb.packed) and ``StreamRunner.push``
+                  into ``DatabaseManager`` (``insert_packed_book_tickers``), yield to the loop, then
+                  ``flush()``. Symbols are registered and the manager's caches warm before timing.
   writer-only     the same frames parsed before timing into BookTicker objects with ``symbol_id`` set, pushed in
                   the same chunks through ``insert_book_ticker_snapshots`` + ``flush()``.
-  Reported: msgs/s of each and the ratio frames-to-rows / writer-only (target >= 0.7).
+  frames-public   (diagnostic) frames-to-rows with a sink that does not take packed rows: the same intake hands
+                  plain BookTicker lists to ``insert_book_ticker_snapshots``, as before hftdb.packed.
+  Reported: msgs/s of each, this process's CPU per frame (``time.process_time`` over the timed part), and the
+  ratio frames-to-rows / writer-only (target >= 0.7). The three methods run in rotating order, each on a fresh
+  database.
 
 Part 2, over loopback websockets (``--rates``, ``--seconds`` per rate):
 
@@ -179,10 +184,24 @@ def reads_of(chunk: list[bytes], per_read: int) -> list[list[bytes]]:
     return [chunk[i:i + per_read] for i in range(0, len(chunk), per_read)]
 
 
-async def run_frames_to_rows(dsn: str, frames: list[bytes], per_call: int, per_read: int, n_symbols: int) -> float:
+class _PublicPath:
+    """The manager as a sink without ``insert_packed_book_tickers``: the intake hands over plain rows and every
+    call takes the public ``insert_book_ticker_snapshots`` (what the feeds did before hftdb.packed)."""
+
+    def __init__(self, db: DatabaseManager) -> None:
+        self._db = db
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "insert_packed_book_tickers":
+            raise AttributeError(name)
+        return getattr(self._db, name)
+
+
+async def run_frames_to_rows(dsn: str, frames: list[bytes], per_call: int, per_read: int, n_symbols: int,
+                             *, packed: bool = True) -> tuple[float, float]:
     chunks = [reads_of(frames[i:i + per_call], per_read) for i in range(0, len(frames), per_call)]
     async with DatabaseManager(dsn, settings=settings_for(dsn)) as db:
-        intake, runner = client_intake(db, n_symbols)
+        intake, runner = client_intake(db if packed else _PublicPath(db), n_symbols)  # type: ignore[arg-type]
         process, push = intake.process, runner.push
         cpu = time.process_time()
         started = time.perf_counter()
@@ -199,7 +218,13 @@ async def run_frames_to_rows(dsn: str, frames: list[bytes], per_call: int, per_r
     return elapsed, cpu
 
 
-async def run_writer_only(dsn: str, frames: list[bytes], per_call: int, per_read: int, n_symbols: int) -> float:
+async def run_frames_public(dsn: str, frames: list[bytes], per_call: int, per_read: int,
+                            n_symbols: int) -> tuple[float, float]:
+    return await run_frames_to_rows(dsn, frames, per_call, per_read, n_symbols, packed=False)
+
+
+async def run_writer_only(dsn: str, frames: list[bytes], per_call: int, per_read: int,
+                          n_symbols: int) -> tuple[float, float]:
     parse = BinanceParser(USDM).parse
     async with DatabaseManager(dsn, settings=settings_for(dsn)) as db:
         chunks = []
@@ -261,12 +286,12 @@ async def part1(args: argparse.Namespace, admin_dsn: str) -> dict[str, Any]:
     frames = make_frames(args.frames, args.symbols, seed=args.seed)
     gc.collect()
     gc.freeze()
-    methods = {"frames-to-rows": run_frames_to_rows, "writer-only": run_writer_only}
+    methods = {"frames-to-rows": run_frames_to_rows, "writer-only": run_writer_only, "frames-public": run_frames_public}
     rates: dict[str, list[float]] = {m: [] for m in methods}
     cpu_us: dict[str, list[float]] = {m: [] for m in methods}
     names = list(methods)
     for run in range(args.runs):
-        for m in names[run % 2:] + names[:run % 2]:
+        for m in names[run % len(names):] + names[:run % len(names)]:
             name, dsn = await create_db(admin_dsn)
             try:
                 await register_symbols(dsn, args.symbols)
