@@ -543,6 +543,31 @@ def test_bybit_orderbook1_hot_path_matches_the_general_parse(fixtures_dir):
         ExchangeName.BYBIT_LINEAR).parse_general(frames[0], RECV)
 
 
+def test_bybit_rows_carry_their_symbol_id(fixtures_dir):
+    ids = {"BTCUSDT": 7}
+    asked = []
+
+    def resolve(exchange, symbol):
+        asked.append((exchange, symbol))
+        return ids.get(symbol)
+
+    parser = BybitParser(ExchangeName.BYBIT_LINEAR, symbol_ids=resolve)
+    quotes = [only_book_ticker(parser.parse(line, RECV))
+              for line in lines(fixtures_dir, "bybit_linear_orderbook1_recorded.jsonl")]
+    assert [(q.symbol, q.symbol_id) for q in quotes] == [
+        ("BTCUSDT", 7), ("BTCUSDT", 7), ("BTCPERP", None), ("BTCPERP", None), ("BTCUSDT", 7)]
+    hot = parser.book_ticker(json.dumps(
+        {"topic": "orderbook.1.BTCUSDT", "type": "delta", "ts": 1, "data": {"s": "BTCUSDT", "b": [["1", "1"]],
+                                                                              "a": [], "u": 7003307}},
+        separators=(",", ":")), RECV)
+    assert hot is not None and hot.symbol_id == 7
+    assert asked.count(("bybit_linear", "BTCUSDT")) == 1  # remembered once known; unknown ones asked again
+    ticker = {"topic": "tickers.BTCUSDT", "type": "snapshot", "ts": 1, "data": {
+        "symbol": "BTCUSDT", "bid1Price": "1", "bid1Size": "1", "ask1Price": "2", "ask1Size": "1"}}
+    assert only_book_ticker(parser.parse(json.dumps(ticker), RECV)).symbol_id == 7
+    assert only_book_ticker(BybitParser(ExchangeName.BYBIT_LINEAR).parse(json.dumps(ticker), RECV)).symbol_id is None
+
+
 def test_bybit_level1_removal_without_replacement_and_stale_removal():
     parser = BybitParser(ExchangeName.BYBIT_SPOT)
     topic = "orderbook.1.ETHUSDT"

@@ -21,7 +21,7 @@ that connection is re-established.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Generic, TypeVar
+from typing import Callable, Generic, TypeVar
 
 import msgspec
 
@@ -281,10 +281,18 @@ class BybitParser:
     """Parse Bybit v5 spot (``BYBIT_SPOT``) or linear (``BYBIT_LINEAR``) payloads.
 
     Holds the order book and ticker state of the topics it has seen: one instance per connection. ``account``
-    names the account of the balances parsed from the private ``wallet`` topic.
+    names the account of the balances parsed from the private ``wallet`` topic. ``symbol_ids`` (``(exchange,
+    symbol) -> id or None``, e.g. :meth:`DatabaseManager.resolve_symbol_id`) lets book rows carry their
+    ``symbol_id``, so the writer checks an id instead of resolving a name per row.
     """
 
-    def __init__(self, venue: ExchangeName, *, account: str = "default") -> None:
+    def __init__(
+        self,
+        venue: ExchangeName,
+        *,
+        account: str = "default",
+        symbol_ids: Callable[[str, str], int | None] | None = None,
+    ) -> None:
         if venue not in _VENUES:
             raise ValueError(f"venue must be one of {[v.value for v in _VENUES]}, got {venue!r}")
         self.venue = venue
@@ -293,6 +301,17 @@ class BybitParser:
         self._prices = FloatCache()
         self._books: dict[str, _Book] = {}
         self._tickers: dict[str, _Ticker] = {}
+        self._resolve = symbol_ids
+        self._ids: dict[str, int] = {}
+
+    def _symbol_id(self, symbol: str) -> int | None:
+        # As VenueParser's: the id once the sink knows it, remembered per native symbol.
+        sid = self._ids.get(symbol)
+        if sid is None and self._resolve is not None:
+            sid = self._resolve(self._exchange, symbol)
+            if sid is not None:
+                self._ids[symbol] = sid
+        return sid
 
     def reset(self) -> None:
         """Forget all order book and ticker state: call when the connection is re-established."""
@@ -338,8 +357,9 @@ class BybitParser:
         book.bid = bid
         book.ask = ask
         ts = frame.ts
+        sid = self._ids.get(symbol)
         return BookTicker(self._exchange, symbol, bid[0], bid[1], ask[0], ask[1], recv_ts, ts * 1000 if ts else None,
-                          data.u)
+                          data.u, sid if sid is not None else self._symbol_id(symbol))
 
     def parse(self, raw: bytes | str, recv_ts: int) -> Parsed:
         """Parse one websocket frame, exactly as received, into rows and/or a control signal: the hot path
@@ -435,6 +455,7 @@ class BybitParser:
                     recv_ts,
                     frame.ts * 1000 if frame.ts else None,
                     data.u,
+                    self._symbol_id(symbol),
                 )
             ],
             control=control,
@@ -486,7 +507,8 @@ class BybitParser:
         ):
             result.book_tickers.append(
                 BookTicker(
-                    self._exchange, symbol, state.bid, state.bid_qty, state.ask, state.ask_qty, recv_ts, exchange_ts
+                    self._exchange, symbol, state.bid, state.bid_qty, state.ask, state.ask_qty, recv_ts, exchange_ts,
+                    symbol_id=self._symbol_id(symbol),
                 )
             )
         if funding_changed and state.rate is not None:
