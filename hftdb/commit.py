@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,12 @@ RETRYABLE: tuple[type[BaseException], ...] = (
 )
 
 _LEDGER_CHECK = "SELECT batch_id FROM ingest_batches WHERE batch_id = ANY($1::uuid[])"
+
+#: Socket send buffer asked for on the connections that carry a commit's COPY (the kernel grants at most twice
+#: net.core.wmem_max). With the default (~208 kB, ~2,000 rows) the server's COPY drains the socket in ~2 ms and then
+#: waits for the event loop to write more, which it does only between callbacks (a producer's call, a commit's
+#: Python); with most of a commit's payload in the kernel the server reads at its own pace.
+_COPY_SNDBUF = 16 << 20
 
 
 
@@ -112,6 +119,7 @@ class Committing:
         """One try at committing ``group``; returns the ids of its batches the ledger showed as committed."""
         skipped: set[uuid.UUID] = set()
         async with self._pool.acquire(timeout=self.settings.retry_max_ms / 1000.0 + 5) as conn:
+            _widen_send_buffer(conn)
             if check_ledger:
                 skipped = {r[0] for r in await conn.fetch(_LEDGER_CHECK, [b.id for b in group])}
                 if skipped:
@@ -285,6 +293,20 @@ def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 def _is_missing_partition(exc: BaseException) -> bool:
     # 23514: "no partition of relation ... found for row" (a partition was dropped under us by retention).
     return getattr(exc, "sqlstate", None) == "23514"
+
+
+def _widen_send_buffer(conn: asyncpg.Connection) -> None:
+    # asyncpg has no public handle on its socket; the transport's is the connection's own. Best effort: a
+    # transport without one, or a kernel that refuses, leaves the default.
+    transport = getattr(conn, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return
+    try:
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < _COPY_SNDBUF:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _COPY_SNDBUF)
+    except OSError:
+        pass
 
 
 def _concat_into(out: bytearray, payloads: list[Any]) -> memoryview:
