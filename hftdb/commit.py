@@ -52,6 +52,8 @@ _LEDGER_CHECK = "SELECT batch_id FROM ingest_batches WHERE batch_id = ANY($1::uu
 #: waits for the event loop to write more, which it does only between callbacks (a producer's call, a commit's
 #: Python); with most of a commit's payload in the kernel the server reads at its own pace.
 _COPY_SNDBUF = 16 << 20
+#: Largest concatenation buffer kept for the next commit (~300k book-ticker rows); a bigger one is let go.
+_SPARE_MAX_BYTES = 32 << 20
 
 
 
@@ -172,8 +174,11 @@ class Committing:
                 self.table, source=source, columns=self.columns, format="binary", timeout=self.command_timeout)
         finally:
             # asyncpg copied the buffer into its own message before its first wait on the server: ours is free.
-            source.release()
-            if spare is not None and len(self._spare_payloads) < 2:
+            try:
+                source.release()
+            except BufferError:  # still exported somewhere: let that buffer go rather than write over it
+                spare = None
+            if spare is not None and len(spare) <= _SPARE_MAX_BYTES and len(self._spare_payloads) < 2:
                 self._spare_payloads.append(spare)
 
     async def _write_latest(
@@ -305,7 +310,7 @@ def _widen_send_buffer(conn: asyncpg.Connection) -> None:
     try:
         if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < _COPY_SNDBUF:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _COPY_SNDBUF)
-    except OSError:
+    except (OSError, ValueError):  # a closed socket: the commit will fail and retry on another connection
         pass
 
 
