@@ -4,15 +4,17 @@ The per-row path in :mod:`hftdb.tables` spends about a microsecond of Python per
 spends storing it, so on a small machine the producer, not PostgreSQL, set the ingest rate. Here a call's rows
 become binary COPY tuples in a few C-level passes:
 
-1. each row's fields are copied out by msgspec's ``astuple`` and packed by one precompiled ``struct.Struct`` per
-   NULL pattern, all driven from C (``starmap``), as strict about types as the per-row path (a string price or
-   a float time raises ``struct.error``), leaving zero bytes where the constant field count and lengths go;
-2. those constants are OR-ed in from a template of the same size;
-3. numpy views of the packed tuples give the columns for validation, the receipt-time range, the partitions the
-   rows fall in and the newest row per symbol.
+1. each row's whole msgspec ``astuple`` is packed by one precompiled ``struct.Struct`` per NULL pattern, in
+   BookTicker's field order, all driven from C (``starmap``), as strict about types as the per-row path (a
+   string price or a float time raises ``struct.error``); names, and the fields the pattern has as NULL, take
+   one ignored byte each (:class:`_Whole`);
+2. numpy moves those columns into COPY tuples made from a template that holds the constant field count and
+   lengths;
+3. numpy views of the tuples give the columns for validation, the receipt-time range, the partitions the rows
+   fall in and the newest row per symbol.
 
-A call the fast path cannot take whole (a None where the first row has a value, a wrong type, an unregistered
-symbol id) returns None and goes through the per-row path, which rejects the bad rows one by one. A call whose
+A call the fast path cannot take whole (a None where the first row has a value or the reverse, a wrong type, an
+unregistered symbol id) returns None and goes through the per-row path, which rejects the bad rows one by one. A call whose
 rows pack but fail a value check (NaN, crossed, out of range...) stays here: the failing rows are counted under
 the per-row path's own reasons and the rest are taken.
 
