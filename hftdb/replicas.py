@@ -112,35 +112,24 @@ class ReadPool:
         else:
             await self._pool.release(con)
 
-    async def fetchval(self, query: str, *args: Any, column: int = 0, timeout: float | None = None) -> Any:
+    async def _run(self, method: str, query: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         con = await self._take()
         try:
-            result = await con.fetchval(query, *args, column=column, timeout=timeout)
+            result = await getattr(con, method)(query, *args, **kwargs)
         except BaseException:
             await self._pool.release(con)
             raise
         await self._keep(con)
         return result
+
+    async def fetchval(self, query: str, *args: Any, column: int = 0, timeout: float | None = None) -> Any:
+        return await self._run("fetchval", query, args, {"column": column, "timeout": timeout})
 
     async def fetch(self, query: str, *args: Any, timeout: float | None = None, record_class: Any = None) -> Any:
-        con = await self._take()
-        try:
-            result = await con.fetch(query, *args, timeout=timeout, record_class=record_class)
-        except BaseException:
-            await self._pool.release(con)
-            raise
-        await self._keep(con)
-        return result
+        return await self._run("fetch", query, args, {"timeout": timeout, "record_class": record_class})
 
     async def fetchrow(self, query: str, *args: Any, timeout: float | None = None, record_class: Any = None) -> Any:
-        con = await self._take()
-        try:
-            result = await con.fetchrow(query, *args, timeout=timeout, record_class=record_class)
-        except BaseException:
-            await self._pool.release(con)
-            raise
-        await self._keep(con)
-        return result
+        return await self._run("fetchrow", query, args, {"timeout": timeout, "record_class": record_class})
 
     async def _hand_back(self) -> None:
         held, self._held = self._held, []

@@ -47,17 +47,21 @@ def _price_reason(value: Any, what: str, *, allow_zero: bool = False) -> str | N
     return None
 
 
-_LEDGER_CTE = """
+# The ledger rows of a commit's batches, and the NOTIFY that ends it: shared by every writer's latest statement.
+_LEDGER = """
 WITH ledger AS (
     INSERT INTO ingest_batches (batch_id, table_name, row_count, min_recv_ts, max_recv_ts)
-    SELECT u.id, '{table}', u.n, u.lo, u.hi
-    FROM unnest(${id}::uuid[], ${rows}::int4[], ${lo}::timestamptz[], ${hi}::timestamptz[]) AS u(id, n, lo, hi)
-), latest AS (
-{upsert}
-    RETURNING 1
-)
+    SELECT b.id, '{table}', b.n, b.lo, b.hi
+    FROM unnest(${id}::uuid[], ${rows}::int4[], ${lo}::timestamptz[], ${hi}::timestamptz[]) AS b(id, n, lo, hi)
+)"""
+_NOTIFY = """
 SELECT CASE WHEN ${payload}::text IS NULL THEN NULL ELSE pg_notify('hftdb_{table}', ${payload}::text) END
 """
+
+_LEDGER_CTE = _LEDGER + """, latest AS (
+{upsert}
+    RETURNING 1
+)""" + _NOTIFY
 
 
 def _from_us(column: str) -> str:
@@ -71,12 +75,7 @@ def _latest_sql(table: str, nargs: int, upsert: str) -> str:
     )
 
 
-_UPDATE_THEN_INSERT = """
-WITH ledger AS (
-    INSERT INTO ingest_batches (batch_id, table_name, row_count, min_recv_ts, max_recv_ts)
-    SELECT b.id, '{table}', b.n, b.lo, b.hi
-    FROM unnest(${id}::uuid[], ${rows}::int4[], ${lo}::timestamptz[], ${hi}::timestamptz[]) AS b(id, n, lo, hi)
-), u AS (
+_UPDATE_THEN_INSERT = _LEDGER + """, u AS (
     SELECT u.symbol_id, {values} FROM {unnest}
 ), updated AS (
     UPDATE {table}_latest l SET
@@ -89,9 +88,7 @@ WITH ledger AS (
     WHERE NOT EXISTS (SELECT FROM {table}_latest x WHERE x.symbol_id = u.symbol_id)
     ON CONFLICT (symbol_id) DO UPDATE SET exchange_id = coalesce(l.exchange_id, EXCLUDED.exchange_id), {excluded}
     WHERE l.recv_ts <= EXCLUDED.recv_ts
-)
-SELECT CASE WHEN ${payload}::text IS NULL THEN NULL ELSE pg_notify('hftdb_{table}', ${payload}::text) END
-"""
+)""" + _NOTIFY
 
 
 def _update_then_insert_sql(table: str, unnest: str, values: dict[str, str], *, nargs: int) -> str:
@@ -101,8 +98,9 @@ def _update_then_insert_sql(table: str, unnest: str, values: dict[str, str], *, 
     ``INSERT ... ON CONFLICT DO UPDATE`` on rows that nearly always exist pays, per row, a speculative index probe
     and a row lock (a WAL record of its own) before the update; a plain ``UPDATE ... FROM`` does not. Measured on
     1,000 symbols of book tickers, the two alternating in one run: 5.7-9.0 ms of server CPU per upsert against
-    4.5-5.1 ms (``benchmarks/bench_writer.py --methods latest-upsert`` measures the current one). The INSERT skips the rows that existed when the statement started (its snapshot: the
-    UPDATE's rows) and keeps ON CONFLICT for a row another process inserted meanwhile. ``values`` maps each latest
+    4.5-5.1 ms (``benchmarks/bench_writer.py --methods latest-upsert`` measures the current one). The INSERT
+    skips the rows that existed when the statement started (its snapshot: the UPDATE's rows) and keeps ON CONFLICT
+    for a row another process inserted meanwhile. ``values`` maps each latest
     column (symbol_id and exchange_id aside) to its expression over the unnest alias ``u``.
     """
     columns = ", ".join(values)
