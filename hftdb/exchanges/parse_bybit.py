@@ -21,7 +21,7 @@ that connection is re-established.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
@@ -37,6 +37,7 @@ from .parsing import (
     CONTROL_SUBSCRIBED,
     CONTROL_UNSUBSCRIBED,
     FloatCache,
+    VenueParser,
     Parsed,
     decode_any,
     ms_to_us,
@@ -277,7 +278,7 @@ def _rest_result(decoder: msgspec.json.Decoder, payload: bytes | str):
     return response
 
 
-class BybitParser:
+class BybitParser(VenueParser):
     """Parse Bybit v5 spot (``BYBIT_SPOT``) or linear (``BYBIT_LINEAR``) payloads.
 
     Holds the order book and ticker state of the topics it has seen: one instance per connection. ``account``
@@ -286,32 +287,12 @@ class BybitParser:
     ``symbol_id``, so the writer checks an id instead of resolving a name per row.
     """
 
-    def __init__(
-        self,
-        venue: ExchangeName,
-        *,
-        account: str = "default",
-        symbol_ids: Callable[[str, str], int | None] | None = None,
-    ) -> None:
-        if venue not in _VENUES:
-            raise ValueError(f"venue must be one of {[v.value for v in _VENUES]}, got {venue!r}")
-        self.venue = venue
-        self.account = account
-        self._exchange = venue.value
-        self._prices = FloatCache()
+    venues = _VENUES
+
+    def __init__(self, venue: ExchangeName, **options: Any) -> None:
+        super().__init__(venue, **options)  # account=, symbol_ids=: see VenueParser
         self._books: dict[str, _Book] = {}
         self._tickers: dict[str, _Ticker] = {}
-        self._resolve = symbol_ids
-        self._ids: dict[str, int] = {}
-
-    def _symbol_id(self, symbol: str) -> int | None:
-        # As VenueParser's: the id once the sink knows it, remembered per native symbol.
-        sid = self._ids.get(symbol)
-        if sid is None and self._resolve is not None:
-            sid = self._resolve(self._exchange, symbol)
-            if sid is not None:
-                self._ids[symbol] = sid
-        return sid
 
     def reset(self) -> None:
         """Forget all order book and ticker state: call when the connection is re-established."""
@@ -360,17 +341,6 @@ class BybitParser:
         sid = self._ids.get(symbol)
         return BookTicker(self._exchange, symbol, bid[0], bid[1], ask[0], ask[1], recv_ts, ts * 1000 if ts else None,
                           data.u, sid if sid is not None else self._symbol_id(symbol))
-
-    def parse(self, raw: bytes | str, recv_ts: int) -> Parsed:
-        """Parse one websocket frame, exactly as received, into rows and/or a control signal: the hot path
-        (:meth:`book_ticker`) first, the general decode for anything else.
-
-        Raises :class:`~hftdb.errors.FrameError` when the frame cannot be parsed.
-        """
-        row = self.book_ticker(raw, recv_ts)
-        if row is not None:
-            return Parsed([row])
-        return self.parse_general(raw, recv_ts)
 
     def parse_general(self, raw: bytes | str, recv_ts: int) -> Parsed:
         """:meth:`parse` without the ``orderbook.1`` hot path (for callers that tried :meth:`book_ticker` first)."""

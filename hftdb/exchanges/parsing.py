@@ -244,12 +244,12 @@ class VenueParser:
         self._ids: dict[str, int] = {}
 
     def _symbol_id(self, symbol: str) -> int | None:
-        resolve = self._resolve
-        if resolve is None:
-            return None
-        sid = resolve(self._exchange, symbol)
-        if sid is not None:
-            self._ids[symbol] = sid
+        # Hot paths look in self._ids inline first and call this on a miss.
+        sid = self._ids.get(symbol)
+        if sid is None and self._resolve is not None:
+            sid = self._resolve(self._exchange, symbol)
+            if sid is not None:
+                self._ids[symbol] = sid
         return sid
 
     def book_ticker(self, raw: bytes | str, recv_ts: int) -> BookTicker | None:
