@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 
 from .models import BookTicker
-from .tables import FUTURE_SLACK_US, MIN_TS_US
+from .tables import MIN_TS_US
 from .vector import LAYOUTS
 
 if TYPE_CHECKING:
