@@ -26,7 +26,7 @@ import msgspec
 from ..errors import ClosedError, ExchangeError, ExchangeHTTPError, FrameError, SignatureError, StateError
 from ..models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Symbol, now_us
 from .connection import Pacer
-from .parsing import Rejects
+from .parsing import Rejects, newer_funding
 from .rest import RestClient
 from .signing import Credentials
 
@@ -532,17 +532,7 @@ class ExchangeAdapter:
         runner = self._runner
         if runner is not None and runner.running:
             _, rows = runner.admit([], rows)  # shared with the streams: a streamed update is not stored twice
-        seen = self._rest_funding_times
-        fresh = []
-        for row in rows:
-            ts = row.exchange_ts
-            if ts is not None:
-                last = seen.get(row.symbol)
-                if last is not None and ts <= last:
-                    self.stats.duplicates += 1
-                    continue
-                seen[row.symbol] = ts
-            fresh.append(row)
+        fresh = newer_funding(rows, self._rest_funding_times, self.stats)
         accepted = await self.sink.insert_funding_rates(fresh) if fresh else 0
         self.stats.rest_funding_rows += len(fresh)
         self.notify()

@@ -21,7 +21,6 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..copy import PG_EPOCH_US
 from ..errors import FrameError
 from ..models import Balance, BookTicker, FundingRate, now_us
 from ..packed import SIZE, PackedBooks
@@ -38,8 +37,6 @@ logger = logging.getLogger(__name__)
 
 Rows = tuple[list[BookTicker], list[FundingRate], list[Balance]]
 
-_EPOCH = PG_EPOCH_US
-_SIZE = SIZE
 
 
 class Intake:
@@ -135,24 +132,17 @@ class Intake:
                     if row is not None:
                         symbol = row.symbol
                         u = row.update_id
-                        if admit_only:
-                            last = ids_get(symbol)
-                            if last is not None and u <= last:
-                                duplicates += 1
-                                continue
-                            ids[symbol] = u
-                            append(row)
-                            continue
-                        prev = seq_get(symbol)
-                        if prev is not None:
-                            if u <= prev:
-                                duplicates += 1
-                                continue
-                            if count_gaps and u > prev + 1:
-                                stats.gaps += 1
-                                stats.missed_ids += u - prev - 1
-                        seq[symbol] = u
-                        if admit:
+                        if not admit_only:
+                            prev = seq_get(symbol)
+                            if prev is not None:
+                                if u <= prev:
+                                    duplicates += 1
+                                    continue
+                                if count_gaps and u > prev + 1:
+                                    stats.gaps += 1
+                                    stats.missed_ids += u - prev - 1
+                            seq[symbol] = u
+                        if admit:  # always, when admit_only
                             last = ids_get(symbol)
                             if last is not None and u <= last:
                                 duplicates += 1
@@ -163,7 +153,7 @@ class Intake:
                 self._general(payload, recv_ts, admit, books, funding, balances)
         # Every row has its tuple, or the call goes the public path (a row the writer would not take, rows from
         # the general decode, a read with a receipt time out of range).
-        if packing and len(buf) == len(books) * _SIZE:
+        if packing and len(buf) == len(books) * SIZE:
             packed.buf = buf
             packed.lo, packed.hi = lo, hi
         stats.messages += frames

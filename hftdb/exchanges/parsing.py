@@ -33,6 +33,7 @@ from ..rejects import Rejects
 
 __all__ = [
     "Parsed",
+    "newer_funding",
     "Rejects",
     "FloatCache",
     "CONTROL_SUBSCRIBED",
@@ -217,6 +218,22 @@ def bad_float(value: str) -> FrameError:
     if not value:
         return FrameError("missing price or size", reason="missing_field")
     return _bad_number(value)
+
+
+def newer_funding(rows: list[FundingRate], last: dict[str, int], stats: Any) -> list[FundingRate]:
+    """The funding rows newer than ``last`` (exchange time per symbol, updated here); older or equal ones are
+    counted in ``stats.duplicates``. A row without an exchange time always passes."""
+    out = []
+    for row in rows:
+        key = row.exchange_ts
+        if key is not None:
+            prev = last.get(row.symbol)
+            if prev is not None and key <= prev:
+                stats.duplicates += 1
+                continue
+            last[row.symbol] = key
+        out.append(row)
+    return out
 
 
 class VenueParser:

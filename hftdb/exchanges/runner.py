@@ -33,6 +33,7 @@ from ..errors import ExchangeError, StateError
 from ..models import Balance, BookTicker, FundingRate
 from ..packed import PackedBooks
 from .connection import ConnectionLost, Pacer, WsConnection
+from .parsing import newer_funding
 from .session import Session
 
 if TYPE_CHECKING:
@@ -327,19 +328,7 @@ class StreamRunner:
                     continue
                 last[row.symbol] = key
                 out_books.append(row)
-        out_funding = funding
-        if funding:
-            times = self._funding_times
-            out_funding = []
-            for row in funding:
-                key = row.exchange_ts
-                if key is not None:
-                    prev = times.get(row.symbol)
-                    if prev is not None and key <= prev:
-                        stats.duplicates += 1
-                        continue
-                    times[row.symbol] = key
-                out_funding.append(row)
+        out_funding = newer_funding(funding, self._funding_times, stats) if funding else funding
         return out_books, out_funding
 
     async def push(self, books: list[BookTicker], funding: list[FundingRate], balances: list[Balance]) -> None:
