@@ -28,10 +28,15 @@ Diagnostics, only with ``--methods`` (they reach into the writer's private API, 
                   the timing as the manager builds them: the per-row path's encoding cost, no database.
   encode-vector   BookTickerWriter.add_fast alone on the same ``--chunk``-row calls: the vectorized path the
                   writer takes for rows that carry their symbol_id (hftdb.vector), no database.
-  latest-upsert   the commit's ledger + latest-table upsert + NOTIFY statement alone (BookTickerWriter.latest_sql,
-                  the arguments as the writer builds them), every symbol once per statement, ``--upserts`` times
-                  in a transaction each, on one connection; rows/s counts latest rows, and the line adds the
-                  server CPU per statement (that backend's, from /proc).
+  latest-upsert   the commit's latest step alone as the writer sends it: the newest rows by binary COPY into the
+                  staging table, then the ledger + latest-table upsert + NOTIFY statement (BookTickerWriter.latest_sql),
+                  every symbol once per statement, ``--upserts`` times in a transaction each, on one connection;
+                  rows/s counts latest rows, and the line adds the server CPU per statement (that backend's, from
+                  /proc).
+  latest-compare  the same step two ways in one run, alternating in blocks of ``--block`` upserts on one connection:
+                  ``binary`` (the writer's, as latest-upsert) and ``text`` (the statement hftdb sent before, the rows
+                  as eight text array literals); medians of client CPU per upsert (build + send) and of the
+                  backend's CPU per upsert (whole transactions, per block, from /proc).
 
 The default variant keeps the indexes hftdb.schema gives the hot partition (BRIN on recv_ts); ``--no-indexes``
 drops every index on the partitions first. ``--runs`` runs of each method, in rotating order; medians are
@@ -71,10 +76,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hftdb import BookTicker, DatabaseManager, DatabaseSettings, Settings, StorageSettings, WriterSettings, now_us
 from hftdb import partitions, schema
-from hftdb.copy import TRAILER
+from hftdb.copy import TRAILER, array_text
 from hftdb.manager import init_connection
 from hftdb.server import EmbeddedServer
-from hftdb.tables import BookTickerWriter
+from hftdb.tables import BookTickerWriter, _update_then_insert_sql
 
 COLUMNS = BookTickerWriter.columns
 EXCHANGE = "binance_spot"
@@ -83,7 +88,8 @@ _INSERT = (
     f"INSERT INTO book_tickers ({', '.join(COLUMNS)}) VALUES ({', '.join(f'${i}' for i in range(1, len(COLUMNS) + 1))})"
 )
 METHODS = ("server-binary", "server-text", "writer", "writer-columns", "copy_records", "executemany")
-DIAGNOSTICS = ("writer-drain", "writer-db", "batched-copy", "encode", "encode-vector", "latest-upsert")
+DIAGNOSTICS = ("writer-drain", "writer-db", "batched-copy", "encode", "encode-vector", "latest-upsert",
+               "latest-compare")
 
 
 # -- data ----------------------------------------------------------------------------------------------------------
@@ -472,21 +478,98 @@ async def bench_latest_upsert(
     conn = await asyncpg.connect(dsn)
     try:
         await init_connection(conn)
+        await conn.execute(enc.latest_stage_ddl)
         backend = await conn.fetchval("SELECT pg_backend_pid()")
         base = max(t.recv_ts for t in tickers)
         cpu0 = _proc_cpu(backend)
         timing = Timing()
         for k in range(upserts):
             latest = {sid: msgspec.structs.replace(t, recv_ts=base + k) for sid, t in newest.items()}
-            args = enc._latest_params(enc._latest_args_of(latest))
             async with conn.transaction():
-                await conn.execute(enc.latest_sql, *args, [uuid.uuid4()], [len(latest)], [base + k], [base + k], "{}")
+                await _send_latest(conn, enc, latest, ([uuid.uuid4()], [len(latest)], [base + k], [base + k], "{}"),
+                                   text=False)
         elapsed, extra = timing.stop()
         cpu = _proc_cpu(backend) - cpu0
         stored = await conn.fetchval("SELECT count(*) FROM book_tickers_latest WHERE recv_ts = $1", base + upserts - 1)
         if stored != n_symbols:
             raise SystemExit(f"latest-upsert: {stored} latest rows of the last upsert, expected {n_symbols}")
         return elapsed, {"upsert_server_ms": cpu / upserts * 1e3, **extra}
+    finally:
+        await conn.close()
+
+
+#: The latest statement as hftdb sent it before the staging table, for latest-compare: the newest rows as eight
+#: text array literals (hftdb.copy.array_text), unnested and converted by the server.
+_TEXT_LATEST_SQL = _update_then_insert_sql(
+    "book_tickers",
+    "unnest($1::text::int4[], $2::text::int8[], $3::text::int8[], $4::text::float8[], $5::text::float8[],"
+    " $6::text::float8[], $7::text::float8[], $8::text::int8[])"
+    " AS u(symbol_id, recv_us, exchange_us, bid_price, bid_qty, ask_price, ask_qty, update_id)",
+    {"recv_ts": "(timestamptz 'epoch' + u.recv_us * interval '1 microsecond')",
+     "exchange_ts": "(timestamptz 'epoch' + u.exchange_us * interval '1 microsecond')", "bid_price": "u.bid_price",
+     "bid_qty": "u.bid_qty", "ask_price": "u.ask_price", "ask_qty": "u.ask_qty", "update_id": "u.update_id"},
+    nargs=8,
+)
+
+
+async def _send_latest(conn: asyncpg.Connection, enc: BookTickerWriter, latest: dict[int, BookTicker],
+                       ledger: tuple[Any, ...], *, text: bool) -> None:
+    """One latest statement of ``latest``'s rows: the writer's (staging table), or the text-array one before it."""
+    args = enc._latest_args_of(latest)
+    if text:
+        await conn.execute(_TEXT_LATEST_SQL, *(array_text(k, col) for k, col in zip("iqqddddq", args)), *ledger)
+        return
+    await conn.copy_to_table(enc.latest_stage, schema_name="pg_temp", source=memoryview(enc._latest_payload(args)),
+                             format="binary")
+    await conn.execute(enc.latest_sql, *ledger)
+
+
+async def bench_latest_compare(
+    dsn: str, tickers: list[BookTicker], n_symbols: int, upserts: int, block: int
+) -> tuple[float, dict[str, Any]]:
+    """The per-commit latest step two ways, alternating in blocks of ``block`` upserts on one connection:
+    ``binary`` (the writer's: a binary COPY of the newest rows into the staging table, then the statement reading
+    it) and ``text`` (the statement sent before, the column arrays as text array literals). Every symbol once per
+    upsert; client CPU per upsert (build + send, inside the transaction) and the backend's CPU per block (whole
+    transactions, BEGIN and COMMIT included, from /proc)."""
+    enc = BookTickerWriter(None, settings=writer_settings(None), storage=StorageSettings(),  # type: ignore[arg-type]
+                           spool_dir=None)
+    newest = {t.symbol_id: t for t in tickers}
+    conn = await asyncpg.connect(dsn)
+    try:
+        await init_connection(conn)
+        await conn.execute(enc.latest_stage_ddl)
+        backend = await conn.fetchval("SELECT pg_backend_pid()")
+        base = max(t.recv_ts for t in tickers)
+        client: dict[str, list[float]] = {"text": [], "binary": []}
+        wall: dict[str, list[float]] = {"text": [], "binary": []}
+        server: dict[str, list[float]] = {"text": [], "binary": []}
+        k = 0
+        started = time.perf_counter()
+        for rep in range(upserts // block):
+            for variant in (("text", "binary") if rep % 2 == 0 else ("binary", "text")):
+                cpu0 = _proc_cpu(backend)
+                for _ in range(block):
+                    k += 1
+                    latest = {sid: msgspec.structs.replace(t, recv_ts=base + k) for sid, t in newest.items()}
+                    ledger = ([uuid.uuid4()], [len(latest)], [base + k], [base + k], "{}")
+                    async with conn.transaction():
+                        c0, w0 = time.process_time(), time.perf_counter()
+                        await _send_latest(conn, enc, latest, ledger, text=variant == "text")
+                        client[variant].append(time.process_time() - c0)
+                        wall[variant].append(time.perf_counter() - w0)
+                server[variant].append((_proc_cpu(backend) - cpu0) / block)
+                stored = await conn.fetchval("SELECT count(*) FROM book_tickers_latest WHERE recv_ts = $1", base + k)
+                if stored != n_symbols:
+                    raise SystemExit(f"latest-compare {variant}: {stored} latest rows, expected {n_symbols}")
+        elapsed = time.perf_counter() - started
+        med = statistics.median
+        out: dict[str, Any] = {}
+        for v in ("text", "binary"):
+            out[f"{v}_client_ms"] = med(client[v]) * 1e3
+            out[f"{v}_wall_ms"] = med(wall[v]) * 1e3
+            out[f"{v}_server_ms"] = med(server[v]) * 1e3
+        return elapsed, out
     finally:
         await conn.close()
 
@@ -571,12 +654,15 @@ async def _run(args: argparse.Namespace, admin_dsn: str, tmp: Path) -> dict[str,
         runners["writer-drain"] = lambda dsn: bench_drain(dsn, tickers, args.batch_max_rows)
         runners["batched-copy"] = lambda dsn: bench_batches(dsn, enc, batches, full=False)
     runners["latest-upsert"] = lambda dsn: bench_latest_upsert(dsn, tickers, args.symbols, args.upserts)
+    runners["latest-compare"] = lambda dsn: bench_latest_compare(dsn, tickers, args.symbols, args.upserts, args.block)
     runners["encode"] = lambda dsn: bench_encode(tickers, args.chunk)
     runners["encode-vector"] = lambda dsn: bench_encode(tickers, args.chunk, vector=True)
     methods = [m for m in METHODS + DIAGNOSTICS if m in args.methods]
     rows_of = {m: (len(em_records) if m == "executemany" else len(tickers)) for m in methods}
     if "latest-upsert" in rows_of:
         rows_of["latest-upsert"] = args.upserts * args.symbols
+    if "latest-compare" in rows_of:
+        rows_of["latest-compare"] = 2 * (args.upserts // args.block) * args.block * args.symbols
     results: dict[str, list[float]] = {m: [] for m in methods}
     extras: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     indexes: list[str] | None = None
@@ -615,6 +701,9 @@ def _fmt_extra(extra: dict[str, Any], rows: int) -> str:
             cpu += " (" + ", ".join(f"{k} {v / rows * 1e6:.2f}" for k, v in sorted(
                 extra["pg_cpu_by_process"].items(), key=lambda kv: -kv[1])) + ")"
         out.append(cpu)
+    if "text_client_ms" in extra:
+        out.append(", ".join(f"{v}: client {extra[f'{v}_client_ms']:.2f} ms, server {extra[f'{v}_server_ms']:.2f} ms, "
+                             f"wall {extra[f'{v}_wall_ms']:.2f} ms" for v in ("text", "binary")) + " per upsert (medians)")
     if "upsert_server_ms" in extra:
         out.append(f"server cpu per upsert {extra['upsert_server_ms']:.2f} ms (that backend)")
     if "python_cpu_us_per_row" in extra:
@@ -690,6 +779,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", metavar="FILE", help="cProfile the writer's timed section into FILE (pstats)")
     p.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
     p.add_argument("--upserts", type=int, default=200, help="statements timed by latest-upsert (default 200)")
+    p.add_argument("--block", type=int, default=20,
+                   help="latest-compare: upserts per block, the two variants alternating by block (default 20)")
     p.add_argument("--cpu-by-process", action="store_true",
                    help="split each method's server CPU per row by server process (backends, walwriter, ...)")
     args = p.parse_args(argv)

@@ -1,11 +1,12 @@
 """Committing a group of sealed batches: one transaction, exactly once, in order.
 
-The body of a commit is ``BEGIN; COPY ... FROM STDIN (BINARY); ledger rows + latest-table upsert + NOTIFY;
-COMMIT``. Every batch carries a uuid written to ``ingest_batches`` in that transaction; after a failure whose
-outcome is unknown (the connection died around COMMIT) the next attempt looks the ids up first and skips what did
-commit. Two groups may be in flight: the later one sends its COPY as soon as the earlier one's is handed over (the
-two COPYs run side by side on two backends), but waits for the earlier outcome before its own ledger/latest step
-and rolls back if that failed, so commits land in queue order and never deadlock on the latest table's rows.
+The body of a commit is ``BEGIN; COPY ... FROM STDIN (BINARY); COPY of the newest row per symbol into a temp
+staging table; ledger rows + latest-table upsert (from that table) + NOTIFY; COMMIT``. Every batch carries a uuid
+written to ``ingest_batches`` in that transaction; after a failure whose outcome is unknown (the connection died
+around COMMIT) the next attempt looks the ids up first and skips what did commit. Two groups may be in flight: the
+later one sends its COPY as soon as the earlier one's is handed over (the two COPYs run side by side on two
+backends), but waits for the earlier outcome before its own ledger/latest step and rolls back if that failed, so
+commits land in queue order and never deadlock on the latest table's rows.
 
 :class:`Committing` is the committing half of :class:`hftdb.writer.BatchWriter`, kept here so each module does
 one job; it works on the writer's queue, pool, spool and counters.
@@ -122,6 +123,10 @@ class Committing:
         skipped: set[uuid.UUID] = set()
         async with self._pool.acquire(timeout=self.settings.retry_max_ms / 1000.0 + 5) as conn:
             _widen_send_buffer(conn)
+            if self.latest_stage and conn.get_server_pid() not in self._staged:
+                # Outside the transaction: created inside one that then failed, the table would go with it.
+                await conn.execute(self.latest_stage_ddl, timeout=self.command_timeout)
+                self._staged.add(conn.get_server_pid())
             if check_ledger:
                 skipped = {r[0] for r in await conn.fetch(_LEDGER_CHECK, [b.id for b in group])}
                 if skipped:
@@ -186,6 +191,15 @@ class Committing:
     ) -> None:
         hi = int(max(b.max_ts for b in group))
         latest_args = self._group_latest(group, [p[1] for p in parts])
+        if self.latest_stage:
+            try:
+                await conn.copy_to_table(
+                    self.latest_stage, schema_name="pg_temp", source=memoryview(self._latest_payload(latest_args)),
+                    format="binary", timeout=self.command_timeout)
+            except asyncpg.UndefinedTableError:
+                # Dropped under us (DISCARD TEMP), or a new backend that reused a known pid: the retry creates it.
+                self._staged.discard(conn.get_server_pid())
+                raise
         await conn.execute(
             self.latest_sql, *self._latest_params(latest_args), [b.id for b in group], [b.rows for b in group],
             [int(b.min_ts) for b in group], [int(b.max_ts) for b in group],
@@ -230,6 +244,11 @@ class Committing:
         self._queue.clear()
         if not group:
             return 0
+        if self.latest_stage:
+            # In the caller's transaction, which may roll back and take a new table with it: not remembered. The
+            # same transaction may have staged rows already (two writes in one unit).
+            await conn.execute(f"{self.latest_stage_ddl}; TRUNCATE pg_temp.{self.latest_stage}",
+                               timeout=self.command_timeout)
         await self._write(conn, group, [(b.buf, b.latest) for b in group])
         return sum(b.rows for b in group)
 

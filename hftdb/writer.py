@@ -38,7 +38,7 @@ import asyncpg
 
 from .commit import RETRYABLE, Committing, _Commit
 from .config import StorageSettings, WriterSettings
-from .copy import HEADER, TRAILER, array_text
+from .copy import HEADER, TRAILER
 from .errors import BufferFullError, ClosedError
 from .rejects import Rejects
 from .spool import Spool, SpooledBatch
@@ -112,8 +112,12 @@ class BatchWriter(Committing):
     table: str = ""
     columns: tuple[str, ...] = ()
     latest_sql: str = ""
-    #: Kinds of the latest upsert's column arrays when it takes them as text array literals (see ``array_text``).
-    latest_text: str = ""
+    #: The temp table (and its DDL) that a commit's newest rows are COPied into before ``latest_sql`` reads them,
+    #: and the kinds of its columns (see ``hftdb.vector.copy_columns``); empty for a table whose ``latest_sql``
+    #: takes the column arrays as parameters.
+    latest_stage: str = ""
+    latest_stage_ddl: str = ""
+    latest_kinds: str = ""
     #: How the latest-row arguments are keyed (leading columns) and which column holds the receipt time.
     latest_key_cols: int = 1
     latest_ts_col: int = 1
@@ -153,6 +157,8 @@ class BatchWriter(Committing):
         self._progress = asyncio.Condition()
         self._spool = Spool(Path(spool_dir) / self.table, max_bytes=settings.spool_max_bytes) if spool_dir else None
         self._covered: list[tuple[int, int]] = []
+        #: Backends (by pid) known to hold this table's staging table; a connection to any other creates it first.
+        self._staged: set[int] = set()
         #: Buffers of earlier commits' concatenated COPY payloads, reused (at most two: two commits in flight).
         self._spare_payloads: list[bytearray] = []
         self._interval_us = storage.partition_interval_s * 1_000_000
@@ -557,11 +563,15 @@ class BatchWriter(Committing):
         raise NotImplementedError
 
     def _latest_params(self, args: list[Any]) -> list[Any]:
-        """The latest upsert's parameters for its column arrays: array literals where ``latest_text`` gives the
-        columns' kinds (``i``/``q`` integers, ``d`` floats), else the lists as they are."""
-        if not self.latest_text:
-            return args
-        return [array_text(kind, col) for kind, col in zip(self.latest_text, args)]
+        """The latest upsert's parameters for its column arrays: none where the rows go through the staging
+        table (:meth:`_latest_payload`), else the lists as they are."""
+        return [] if self.latest_stage else args
+
+    def _latest_payload(self, args: list[Any]) -> bytes:
+        """The binary COPY stream of the latest rows for the staging table."""
+        from .vector import copy_columns  # numpy: imported on use, as tables.py does
+
+        return copy_columns(self.latest_kinds, args)
 
     def _encode_latest(self, args: list[Any]) -> list[Any]:
         return args
