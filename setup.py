@@ -1,7 +1,7 @@
-"""Build hook for the optional C hot path; everything else about the package is in pyproject.toml.
+"""Build hook for the optional C hot paths; everything else about the package is in pyproject.toml.
 
-``optional=True``: where no C compiler is available the build skips the extension and hftdb runs the same parse
-in pure Python (``hftdb.exchanges.parse_binance`` imports it when present).
+``optional=True``: where no C compiler is available the build skips an extension and hftdb does the same work in
+pure Python (``hftdb.exchanges.parse_binance``, ``hftdb.vector`` and ``hftdb.columnar`` import them when present).
 """
 
 from setuptools import Extension, setup
@@ -13,6 +13,8 @@ setup(
             ["hftdb/exchanges/_binance_fast.c"],
             optional=True,
             extra_compile_args=["-O2"],
-        )
+        ),
+        Extension("hftdb._vector_fast", ["hftdb/_vector_fast.c"], optional=True, extra_compile_args=["-O2"]),
+        Extension("hftdb._columnar_fast", ["hftdb/_columnar_fast.c"], optional=True, extra_compile_args=["-O2"]),
     ]
 )

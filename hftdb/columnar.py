@@ -313,6 +313,11 @@ def check_format(format: str) -> str:
 
 _SWAP = sys.byteorder == "little"  # the packed fields are big-endian
 
+try:
+    from ._columnar_fast import decode_packed as _decode_packed
+except ImportError:  # built without a C compiler: PackedRows.decode slices columns in Python
+    _decode_packed = None
+
 
 class PackedRows:
     """Records from the ``packed`` column of a latest table, as ``string_agg(packed, '')`` returns it.
@@ -326,7 +331,7 @@ class PackedRows:
     from them, and the server sends one value instead of eight a row (its per-value output was the larger cost).
     """
 
-    __slots__ = ("record", "fields", "width", "_has_f8")
+    __slots__ = ("record", "fields", "width", "_has_f8", "_kinds", "_bits", "_fast")
 
     def __init__(self, record: type, fields: Sequence[tuple[str, int | None]]) -> None:
         for kind, _ in fields:
@@ -336,15 +341,23 @@ class PackedRows:
         self.fields = tuple(fields)
         self.width = 2 + len(self.fields)
         self._has_f8 = any(kind == "f8" for kind, _ in self.fields)
+        self._kinds = "".join(kind[0] for kind, _ in self.fields).encode()
+        self._bits = tuple(bit or 0 for _, bit in self.fields)
+        #: The C decoder (``_columnar_fast.c``, where it was built), or None: :meth:`decode` then slices columns
+        #: in Python. A test runs both on the same rows.
+        self._fast = _decode_packed
 
     def ids(self, buf: bytes) -> list[int]:
         """The symbol ids of the rows in ``buf``."""
         return self._ints(buf)[0::self.width].tolist()
 
-    def _ints(self, buf: bytes) -> array:
+    def _check_length(self, buf: bytes) -> None:
         if len(buf) % (8 * self.width):
             raise DatabaseError(f"packed latest rows: {len(buf)} bytes is not a multiple of {8 * self.width}; "
                                 "is the schema at migration 0002?")
+
+    def _ints(self, buf: bytes) -> array:
+        self._check_length(buf)
         q = array("q")
         q.frombytes(buf)
         if _SWAP:
@@ -357,6 +370,11 @@ class PackedRows:
 
         ``exchange`` names every row's exchange when the read was filtered to one, and skips a lookup per row.
         """
+        if self._fast is not None:
+            # One pass in C, a record at a time: about half the CPU of the columns below (1,000 book tickers),
+            # and no column lists to build and free.
+            self._check_length(buf)
+            return self._fast(buf, self._kinds, self._bits, self.record, exchange, exchange_of, symbol_of)
         w = self.width
         q = self._ints(buf)
         # Strided views of the one host-order buffer: tolist() reads each column straight out of it, with no

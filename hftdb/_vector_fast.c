@@ -1,0 +1,205 @@
+/* Book-ticker records to binary COPY tuples in C: step 1 of hftdb.vector.add_tickers without Python per row.
+ *
+ * pack_tickers(rows, record_type, has_e, has_u, with_id) returns a bytearray of len(rows) tuples in the layout of
+ * hftdb.vector.LAYOUTS[(has_e, has_u)] (field count and lengths included; symbol_id left 0 when with_id is
+ * false, for the caller to fill in), or None when some row is not one this function can take whole:
+ *
+ *   - its type is exactly record_type (hftdb.models.BookTicker);
+ *   - bid_price, bid_qty, ask_price, ask_qty are floats (float subclasses, numpy.float64 among them, included);
+ *   - recv_ts is an int, exchange_ts and update_id are ints where has_e / has_u say so and None where not,
+ *     symbol_id (with_id) an int; every int within its column's range (int8, int4 for the id).
+ *
+ * None sends the call to the Python packing (struct), which takes what it can and leaves the rest to the per-row
+ * path's rejections, as before. Values are not checked here (NaN, crossed, times out of range): add_tickers
+ * checks the tuples with numpy after, whichever packed them. Fields are read straight from the record's slots, by
+ * the offsets of its member descriptors (msgspec Structs keep their fields in slots), looked up once per type.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
+#include <string.h>
+
+#define PG_EPOCH_US 946684800000000LL
+
+enum { F_SYMBOL_ID, F_RECV, F_EXCHANGE_TS, F_BID, F_BID_QTY, F_ASK, F_ASK_QTY, F_UPDATE_ID, N_FIELDS };
+static const char *FIELD_NAMES[N_FIELDS] = {"symbol_id", "recv_ts", "exchange_ts", "bid_price", "bid_qty",
+                                            "ask_price", "ask_qty", "update_id"};
+
+static PyTypeObject *cached_type = NULL; /* strong reference */
+static Py_ssize_t offsets[N_FIELDS];
+
+static int
+load_offsets(PyTypeObject *type)
+{
+    if (type == cached_type) {
+        return 0;
+    }
+    Py_ssize_t found[N_FIELDS];
+    for (int k = 0; k < N_FIELDS; k++) {
+        PyObject *descr = PyDict_GetItemString(type->tp_dict, FIELD_NAMES[k]); /* borrowed */
+        if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+            PyErr_Format(PyExc_TypeError, "%s has no slot %s", type->tp_name, FIELD_NAMES[k]);
+            return -1;
+        }
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type != T_OBJECT_EX && member->type != T_OBJECT) {
+            PyErr_Format(PyExc_TypeError, "%s.%s is not an object slot", type->tp_name, FIELD_NAMES[k]);
+            return -1;
+        }
+        found[k] = member->offset;
+    }
+    memcpy(offsets, found, sizeof offsets);
+    Py_INCREF(type);
+    Py_XSETREF(cached_type, type);
+    return 0;
+}
+
+static inline PyObject *
+field(PyObject *row, int k)
+{
+    return *(PyObject **)((char *)row + offsets[k]);
+}
+
+static inline unsigned char *
+put_u16(unsigned char *p, uint16_t v)
+{
+    p[0] = (unsigned char)(v >> 8);
+    p[1] = (unsigned char)v;
+    return p + 2;
+}
+
+static inline unsigned char *
+put_u32(unsigned char *p, uint32_t v)
+{
+    for (int k = 3; k >= 0; k--) {
+        *p++ = (unsigned char)(v >> (8 * k));
+    }
+    return p;
+}
+
+static inline unsigned char *
+put_u64(unsigned char *p, uint64_t v)
+{
+    for (int k = 7; k >= 0; k--) {
+        *p++ = (unsigned char)(v >> (8 * k));
+    }
+    return p;
+}
+
+/* An exact int (not bool) that fits int64; 0 when it is not one. */
+static inline int
+as_int64(PyObject *v, long long *out)
+{
+    if (v == NULL || !PyLong_CheckExact(v)) {
+        return 0;
+    }
+    int overflow = 0;
+    *out = PyLong_AsLongLongAndOverflow(v, &overflow);
+    return !overflow;
+}
+
+PyDoc_STRVAR(pack_tickers_doc,
+"pack_tickers(rows, record_type, has_e, has_u, with_id) -> bytearray | None\n"
+"\n"
+"The binary COPY tuples of rows in hftdb.vector.LAYOUTS[(has_e, has_u)], or None when some row is not one this\n"
+"function takes (see the module source).");
+
+static PyObject *
+pack_tickers(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 5 || !PyList_Check(args[0]) || !PyType_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "pack_tickers(rows: list, record_type: type, has_e, has_u, with_id)");
+        return NULL;
+    }
+    PyObject *rows = args[0];
+    PyTypeObject *type = (PyTypeObject *)args[1];
+    int has_e = PyObject_IsTrue(args[2]), has_u = PyObject_IsTrue(args[3]), with_id = PyObject_IsTrue(args[4]);
+    if (has_e < 0 || has_u < 0 || with_id < 0 || load_offsets(type) < 0) {
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(rows);
+    Py_ssize_t size = 2 + 8 + 12 + (has_e ? 12 : 4) + 4 * 12 + (has_u ? 12 : 4);
+    PyObject *out = PyByteArray_FromStringAndSize(NULL, n * size);
+    if (out == NULL) {
+        return NULL;
+    }
+    unsigned char *p = (unsigned char *)PyByteArray_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *row = PyList_GET_ITEM(rows, i);
+        if (Py_TYPE(row) != type) {
+            goto refuse;
+        }
+        long long sid = 0, recv, ex = 0, uid = 0;
+        double prices[4];
+        if (with_id && (!as_int64(field(row, F_SYMBOL_ID), &sid) || sid < INT32_MIN || sid > INT32_MAX)) {
+            goto refuse;
+        }
+        if (!as_int64(field(row, F_RECV), &recv)) {
+            goto refuse;
+        }
+        if (has_e ? !as_int64(field(row, F_EXCHANGE_TS), &ex) : field(row, F_EXCHANGE_TS) != Py_None) {
+            goto refuse;
+        }
+        if (has_u ? !as_int64(field(row, F_UPDATE_ID), &uid) : field(row, F_UPDATE_ID) != Py_None) {
+            goto refuse;
+        }
+        for (int k = 0; k < 4; k++) {
+            PyObject *v = field(row, F_BID + k);
+            if (v == NULL || !PyFloat_Check(v)) {
+                goto refuse;
+            }
+            prices[k] = PyFloat_AS_DOUBLE(v);
+        }
+        /* Python's ints are unbounded: the shift by the PostgreSQL epoch must not wrap. */
+        if (recv < INT64_MIN + PG_EPOCH_US || (has_e && ex < INT64_MIN + PG_EPOCH_US)) {
+            goto refuse;
+        }
+        p = put_u16(p, 8);
+        p = put_u32(p, 4);
+        p = put_u32(p, (uint32_t)(int32_t)sid);
+        p = put_u32(p, 8);
+        p = put_u64(p, (uint64_t)(recv - PG_EPOCH_US));
+        if (has_e) {
+            p = put_u32(p, 8);
+            p = put_u64(p, (uint64_t)(ex - PG_EPOCH_US));
+        }
+        else {
+            p = put_u32(p, UINT32_MAX); /* -1: NULL */
+        }
+        for (int k = 0; k < 4; k++) {
+            uint64_t bits;
+            memcpy(&bits, &prices[k], sizeof bits);
+            p = put_u32(p, 8);
+            p = put_u64(p, bits);
+        }
+        if (has_u) {
+            p = put_u32(p, 8);
+            p = put_u64(p, (uint64_t)uid);
+        }
+        else {
+            p = put_u32(p, UINT32_MAX);
+        }
+    }
+    return out;
+refuse:
+    Py_DECREF(out);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"pack_tickers", (PyCFunction)(void (*)(void))pack_tickers, METH_FASTCALL, pack_tickers_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_vector_fast", "Book-ticker records to binary COPY tuples in C (see the source).", -1,
+    methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__vector_fast(void)
+{
+    return PyModule_Create(&module);
+}
