@@ -39,6 +39,11 @@ from .models import BookTicker, now_us
 
 from .tables import FUTURE_SLACK_US, MIN_TS_US, _book_ticker_reason
 
+try:
+    from ._vector_fast import pack_tickers as _pack_tickers
+except ImportError:  # built without a C compiler: add_tickers packs with struct alone
+    _pack_tickers = None
+
 if TYPE_CHECKING:
     from .tables import BookTickerWriter
 
@@ -159,6 +164,23 @@ def add_tickers(
         return None
     first = rows[0]
     layout = LAYOUTS[(first.exchange_ts is not None, first.update_id is not None)]
+    if _pack_tickers is not None and type(rows) is list:
+        # The C packer (_vector_fast.c) writes the COPY tuples straight from the records' slots, or refuses the
+        # call (any row of another type or NULL pattern, a value that is not a float or int, an int out of
+        # range) and leaves it to the struct packing below, which sorts it out as it always did.
+        fast = _pack_tickers(rows, BookTicker, layout.has_e, layout.has_u, sids is None)
+        if fast is not None:
+            recs = np.frombuffer(fast, layout.dtype)
+            if sids is None:
+                sid = recs["sid"].astype(np.int64)
+            else:
+                sid = np.asarray(sids, dtype=np.int64)
+                recs["sid"] = sid
+            if not known_ids.issuperset(sid.tolist()):
+                return None
+            recv = recs["recv"].astype(np.int64) + PG_EPOCH_US
+            ex = recs["ex"].astype(np.int64) + PG_EPOCH_US if layout.has_e else None
+            return _take(writer, layout, recs, sid, recv, ex, rows)
     whole = layout.whole if sids is None else layout.whole_but_id
     try:
         packed = b"".join(starmap(whole.pack, map(astuple, rows)))
