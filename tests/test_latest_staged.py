@@ -155,23 +155,26 @@ async def test_backend_terminated_inside_the_latest_statement_is_retried_once(ds
         await db.insert_book_ticker_snapshots(first)
         await db.flush()
         writer = db.writer("book_tickers")
-        admin = await asyncpg.connect(dsn)
+        locker, admin = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
         try:
-            tx = admin.transaction()
+            tx = locker.transaction()
             await tx.start()
-            await admin.execute("LOCK TABLE book_tickers_latest IN ACCESS EXCLUSIVE MODE")
+            await locker.execute("LOCK TABLE book_tickers_latest IN ACCESS EXCLUSIVE MODE")
             await db.insert_book_ticker_snapshots(second)
             flushed = asyncio.create_task(db.flush(timeout=60))
-            # Both COPYs are done and the statement waits on the lock: terminate that backend.
-            terminated = False
+            # Both COPYs are done and the statement waits on the lock: terminate that backend. (Polled outside any
+            # transaction: inside one, pg_stat_activity is a snapshot taken at its first read.)
+            terminated = None
             while not terminated:
                 terminated = await admin.fetchval(
-                    "SELECT bool_or(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
-                    " AND datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%_latest_in%'")
+                    "SELECT bool_or(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE pid <> $1"
+                    " AND datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%_latest_in%'",
+                    locker.get_server_pid())
                 await asyncio.sleep(0.01)
             await tx.rollback()
             await flushed
         finally:
+            await locker.close()
             await admin.close()
         assert writer.stats.retries >= 1
         assert await _stored_latest(db) == _newest(first + second)
