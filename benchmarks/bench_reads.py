@@ -46,7 +46,7 @@ from hftdb import (
     BookTicker, DatabaseManager, DatabaseSettings, ExchangeName, FundingRate, Settings, Symbol, WriterSettings, now_us,
 )
 from hftdb.manager import init_connection
-from hftdb.copy import array_text
+from hftdb.vector import copy_columns
 from hftdb.schema import Migrator, load_migrations
 from hftdb.tables import BookTickerWriter
 
@@ -248,6 +248,7 @@ def test_upsert(benchmark, loop, bench_dsn, version):
         await conn.execute("INSERT INTO exchanges (name) VALUES ('x')")
         await conn.execute("INSERT INTO symbols (exchange_id, symbol) SELECT 1, 'S' || g FROM generate_series(1, $1) g",
                            N_SYMBOLS)
+        await conn.execute(BookTickerWriter.latest_stage_ddl)
         return conn
 
     conn = loop.run_until_complete(connect())
@@ -260,9 +261,10 @@ def test_upsert(benchmark, loop, bench_dsn, version):
         async with conn.transaction():
             columns = [ids, [t + i for i in ids], [t - 5] * N_SYMBOLS, [100.0 + k] * N_SYMBOLS, [1.0] * N_SYMBOLS,
                        [101.0 + k] * N_SYMBOLS, [2.0] * N_SYMBOLS, [k] * N_SYMBOLS]
-            params = [array_text(kind, col) for kind, col in zip(BookTickerWriter.latest_text, columns)]
-            await conn.execute(BookTickerWriter.latest_sql, *params, [uuid.uuid4()], [N_SYMBOLS], [t],
-                               [t + N_SYMBOLS], None)
+            # As a commit sends it: the rows by binary COPY into the staging table, then the statement over it.
+            await conn.copy_to_table(BookTickerWriter.latest_stage, schema_name="pg_temp", format="binary",
+                                     source=memoryview(copy_columns(BookTickerWriter.latest_kinds, columns)))
+            await conn.execute(BookTickerWriter.latest_sql, [uuid.uuid4()], [N_SYMBOLS], [t], [t + N_SYMBOLS], None)
         return ids
 
     try:
