@@ -1,8 +1,16 @@
-/* Book-ticker records to binary COPY tuples in C: step 1 of hftdb.vector.add_tickers without Python per row.
+/* Book-ticker records to binary COPY tuples in C: hftdb.vector.add_tickers's packing and checks in one pass.
  *
- * pack_tickers(rows, record_type, has_e, has_u, with_id) returns a bytearray of len(rows) tuples in the layout of
- * hftdb.vector.LAYOUTS[(has_e, has_u)] (field count and lengths included; symbol_id left 0 when with_id is
- * false, for the caller to fill in), or None when some row is not one this function can take whole:
+ * pack_tickers(rows, record_type, has_e, has_u, with_id, min_ts, ts_max) returns
+ * (tuples, ids, ok, lo, hi, ordered), or None when some row is not one this function can take whole (below):
+ *
+ *   tuples   a bytearray of len(rows) tuples in the layout of hftdb.vector.LAYOUTS[(has_e, has_u)] (field count
+ *            and lengths included; symbol_id left 0 when with_id is false, for the caller to fill in);
+ *   ids      the rows' symbol_id objects as a list (with_id), else None;
+ *   ok       whether every row passes the per-row writer's value checks (hftdb.packed.fits, and min_ts <= recv_ts
+ *            <= ts_max): when it is false the caller's numpy checks find the rows and their reasons;
+ *   lo, hi   the smallest and largest recv_ts; ordered: whether recv_ts never decreases along the rows.
+ *
+ * A row is taken when:
  *
  *   - its type is exactly record_type (hftdb.models.BookTicker);
  *   - bid_price, bid_qty, ask_price, ask_qty are floats (float subclasses, numpy.float64 among them, included);
@@ -10,13 +18,13 @@
  *     symbol_id (with_id) an int; every int within its column's range (int8, int4 for the id).
  *
  * None sends the call to the Python packing (struct), which takes what it can and leaves the rest to the per-row
- * path's rejections, as before. Values are not checked here (NaN, crossed, times out of range): add_tickers
- * checks the tuples with numpy after, whichever packed them. Fields are read straight from the record's slots, by
+ * path's rejections, as before. Fields are read straight from the record's slots, by
  * the offsets of its member descriptors (msgspec Structs keep their fields in slots), looked up once per type.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -100,32 +108,39 @@ as_int64(PyObject *v, long long *out)
 }
 
 PyDoc_STRVAR(pack_tickers_doc,
-"pack_tickers(rows, record_type, has_e, has_u, with_id) -> bytearray | None\n"
+"pack_tickers(rows, record_type, has_e, has_u, with_id, min_ts, ts_max) -> tuple | None\n"
 "\n"
-"The binary COPY tuples of rows in hftdb.vector.LAYOUTS[(has_e, has_u)], or None when some row is not one this\n"
-"function takes (see the module source).");
+"(tuples, ids, ok, lo, hi, ordered) for rows, or None when some row is not one this function takes (see the\n"
+"module source).");
 
 static PyObject *
 pack_tickers(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 5 || !PyList_Check(args[0]) || !PyType_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "pack_tickers(rows: list, record_type: type, has_e, has_u, with_id)");
+    if (nargs != 7 || !PyList_Check(args[0]) || !PyType_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "pack_tickers(rows: list, record_type: type, has_e, has_u, with_id, min_ts, ts_max)");
         return NULL;
     }
     PyObject *rows = args[0];
     PyTypeObject *type = (PyTypeObject *)args[1];
     int has_e = PyObject_IsTrue(args[2]), has_u = PyObject_IsTrue(args[3]), with_id = PyObject_IsTrue(args[4]);
-    if (has_e < 0 || has_u < 0 || with_id < 0 || load_offsets(type) < 0) {
+    long long min_ts = PyLong_AsLongLong(args[5]), ts_max = PyLong_AsLongLong(args[6]);
+    if (has_e < 0 || has_u < 0 || with_id < 0 || PyErr_Occurred() || load_offsets(type) < 0) {
         return NULL;
     }
     Py_ssize_t n = PyList_GET_SIZE(rows);
     Py_ssize_t size = 2 + 8 + 12 + (has_e ? 12 : 4) + 4 * 12 + (has_u ? 12 : 4);
     PyObject *out = PyByteArray_FromStringAndSize(NULL, n * size);
-    if (out == NULL) {
+    PyObject *ids = with_id ? PyList_New(n) : Py_NewRef(Py_None);
+    if (out == NULL || ids == NULL) {
+        Py_XDECREF(out);
+        Py_XDECREF(ids);
         return NULL;
     }
     unsigned char *p = (unsigned char *)PyByteArray_AS_STRING(out);
+    int ok = 1, ordered = 1;
+    long long lo = 0, hi = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *row = PyList_GET_ITEM(rows, i);
         if (Py_TYPE(row) != type) {
@@ -156,6 +171,29 @@ pack_tickers(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (recv < INT64_MIN + PG_EPOCH_US || (has_e && ex < INT64_MIN + PG_EPOCH_US)) {
             goto refuse;
         }
+        if (with_id) {
+            PyList_SET_ITEM(ids, i, Py_NewRef(field(row, F_SYMBOL_ID)));
+        }
+        /* hftdb.packed.fits, with the receipt time (false for NaN) */
+        if (ok && !(0.0 < prices[0] && prices[0] <= prices[2] && prices[2] < INFINITY && 0.0 < prices[1]
+                    && prices[1] < INFINITY && 0.0 < prices[3] && prices[3] < INFINITY && min_ts <= recv
+                    && recv <= ts_max && (!has_e || (min_ts <= ex && ex <= ts_max)))) {
+            ok = 0;
+        }
+        if (i == 0) {
+            lo = hi = recv;
+        }
+        else {
+            if (recv < hi) {
+                ordered = 0;
+            }
+            if (recv < lo) {
+                lo = recv;
+            }
+            if (recv > hi) {
+                hi = recv;
+            }
+        }
         p = put_u16(p, 8);
         p = put_u32(p, 4);
         p = put_u32(p, (uint32_t)(int32_t)sid);
@@ -182,9 +220,10 @@ pack_tickers(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             p = put_u32(p, UINT32_MAX);
         }
     }
-    return out;
+    return Py_BuildValue("(NNOLLO)", out, ids, ok ? Py_True : Py_False, lo, hi, ordered ? Py_True : Py_False);
 refuse:
     Py_DECREF(out);
+    Py_DECREF(ids);
     Py_RETURN_NONE;
 }
 

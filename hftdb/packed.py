@@ -29,7 +29,7 @@ import numpy as np
 
 from .models import BookTicker
 from .tables import MIN_TS_US
-from .vector import LAYOUTS
+from .vector import LAYOUTS, latest_of
 
 if TYPE_CHECKING:
     from .tables import BookTickerWriter
@@ -105,7 +105,7 @@ def add_packed(writer: BookTickerWriter, rows: PackedBooks, known_ids: set[int])
             lo, hi = min(recv), max(recv)
             ordered = all(a <= c for a, c in zip(recv, recv[1:]))
         b.buf += data[start * SIZE:end * SIZE]
-        _latest(b.latest, part_sids, part, in_order=ordered and lo >= b.max_ts)
+        latest_of(b.latest, part_sids, part, in_order=ordered and lo >= b.max_ts)
         if lo < b.min_ts:
             b.min_ts = lo
         if hi > b.max_ts:
@@ -121,13 +121,3 @@ def add_packed(writer: BookTickerWriter, rows: PackedBooks, known_ids: set[int])
     return n
 
 
-def _latest(latest: dict[int, Any], sids: list[int], rows: list[BookTicker], *, in_order: bool) -> None:
-    # The newest row per symbol, as the per-row path keeps it (a later row wins a tie on receipt time).
-    if in_order:
-        latest.update(zip(sids, rows))
-        return
-    get = latest.get
-    for s, r in zip(sids, rows):
-        prev = get(s)
-        if prev is None or prev.recv_ts <= r.recv_ts:
-            latest[s] = r

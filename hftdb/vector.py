@@ -165,22 +165,36 @@ def add_tickers(
     first = rows[0]
     layout = LAYOUTS[(first.exchange_ts is not None, first.update_id is not None)]
     if _pack_tickers is not None and type(rows) is list:
-        # The C packer (_vector_fast.c) writes the COPY tuples straight from the records' slots, or refuses the
-        # call (any row of another type or NULL pattern, a value that is not a float or int, an int out of
-        # range) and leaves it to the struct packing below, which sorts it out as it always did.
-        fast = _pack_tickers(rows, BookTicker, layout.has_e, layout.has_u, sids is None)
+        # The C packer (_vector_fast.c) writes the COPY tuples straight from the records' slots and checks their
+        # values on the way, or refuses the call (any row of another type or NULL pattern, a value that is not a
+        # float or int, an int out of range) and leaves it to the struct packing below, as before.
+        ts_max = now_us() + FUTURE_SLACK_US
+        fast = _pack_tickers(rows, BookTicker, layout.has_e, layout.has_u, sids is None, MIN_TS_US, ts_max)
         if fast is not None:
-            recs = np.frombuffer(fast, layout.dtype)
-            if sids is None:
-                sid = recs["sid"].astype(np.int64)
-            else:
-                sid = np.asarray(sids, dtype=np.int64)
-                recs["sid"] = sid
-            if not known_ids.issuperset(sid.tolist()):
+            data, ids, ok, lo, hi, ordered = fast
+            if not known_ids.issuperset(ids if sids is None else sids):
                 return None
+            if sids is not None:
+                np.frombuffer(data, layout.dtype)["sid"] = np.asarray(sids, dtype=np.int64)
+                ids = sids
+            b = writer.current
+            if ok and b.rows + n <= writer._max_rows and b.part_lo <= lo and hi < b.part_hi:
+                # Every row valid, all in the current batch and its partition: no numpy pass at all.
+                assert b.buf is not None
+                b.buf += data
+                latest_of(b.latest, ids, rows, in_order=ordered and lo >= b.max_ts)
+                if lo < b.min_ts:
+                    b.min_ts = lo
+                if hi > b.max_ts:
+                    b.max_ts = hi
+                b.rows += n
+                if b.rows >= writer._max_rows:
+                    writer._seal()
+                return n
+            recs = np.frombuffer(data, layout.dtype)
             recv = recs["recv"].astype(np.int64) + PG_EPOCH_US
             ex = recs["ex"].astype(np.int64) + PG_EPOCH_US if layout.has_e else None
-            return _take(writer, layout, recs, sid, recv, ex, rows)
+            return _take(writer, layout, recs, np.asarray(ids, dtype=np.int64), recv, ex, rows, ts_max)
     whole = layout.whole if sids is None else layout.whole_but_id
     try:
         packed = b"".join(starmap(whole.pack, map(astuple, rows)))
@@ -226,10 +240,11 @@ def add_columns(
 
 def _take(
     writer: BookTickerWriter, layout: Layout, recs: Any, sid: Any, recv: Any, ex: Any,
-    rows: Sequence[BookTicker] | None,
+    rows: Sequence[BookTicker] | None, ts_max: int | None = None,
 ) -> int:
     """Validate packed tuples, reject the bad ones by reason, and append the rest to the writer's batches."""
-    ts_max = now_us() + FUTURE_SLACK_US
+    if ts_max is None:
+        ts_max = now_us() + FUTURE_SLACK_US
     bp, bq, ap, aq = (recs[k].astype(np.float64) for k in ("bp", "bq", "ap", "aq"))
     with np.errstate(invalid="ignore"):
         ok = (bp > 0) & (bp <= ap) & (ap < _INF) & (bq > 0) & (bq < _INF) & (aq > 0) & (aq < _INF)
@@ -277,13 +292,19 @@ def _take(
 
 
 def _latest_rows(latest: dict[int, Any], sid: Any, recv: Any, rows: Sequence[BookTicker], *, in_order: bool) -> None:
-    if in_order and (len(recv) < 2 or bool((recv[1:] >= recv[:-1]).all())):
-        # Rows in receipt order, after the batch's newest: each symbol's last row is its newest, so a C-level
-        # dict update does it with no comparisons.
-        latest.update(zip(sid.tolist(), rows))
+    latest_of(latest, sid.tolist(), rows,
+              in_order=in_order and (len(recv) < 2 or bool((recv[1:] >= recv[:-1]).all())))
+
+
+def latest_of(latest: dict[int, Any], sids: Sequence[int], rows: Sequence[BookTicker], *, in_order: bool) -> None:
+    """Keep in ``latest`` the newest of ``rows`` per symbol id, as the per-row path does (a later row wins a tie
+    on receipt time). ``in_order``: the rows are in receipt order and none is older than the batch's newest."""
+    if in_order:
+        # Each symbol's last row is its newest: a C-level dict update, no comparisons.
+        latest.update(zip(sids, rows))
         return
     get = latest.get
-    for s, r in zip(sid.tolist(), rows):
+    for s, r in zip(sids, rows):
         prev = get(s)
         if prev is None or prev.recv_ts <= r.recv_ts:
             latest[s] = r
