@@ -28,7 +28,8 @@
 #include <stdint.h>
 #include <string.h>
 
-#define PG_EPOCH_US 946684800000000LL
+#include "_copy_fast.h"
+
 
 enum { F_SYMBOL_ID, F_RECV, F_EXCHANGE_TS, F_BID, F_BID_QTY, F_ASK, F_ASK_QTY, F_UPDATE_ID, N_FIELDS };
 static const char *FIELD_NAMES[N_FIELDS] = {"symbol_id", "recv_ts", "exchange_ts", "bid_price", "bid_qty",
@@ -67,32 +68,6 @@ static inline PyObject *
 field(PyObject *row, int k)
 {
     return *(PyObject **)((char *)row + offsets[k]);
-}
-
-static inline unsigned char *
-put_u16(unsigned char *p, uint16_t v)
-{
-    p[0] = (unsigned char)(v >> 8);
-    p[1] = (unsigned char)v;
-    return p + 2;
-}
-
-static inline unsigned char *
-put_u32(unsigned char *p, uint32_t v)
-{
-    for (int k = 3; k >= 0; k--) {
-        *p++ = (unsigned char)(v >> (8 * k));
-    }
-    return p;
-}
-
-static inline unsigned char *
-put_u64(unsigned char *p, uint64_t v)
-{
-    for (int k = 7; k >= 0; k--) {
-        *p++ = (unsigned char)(v >> (8 * k));
-    }
-    return p;
 }
 
 /* An exact int (not bool) that fits int64; 0 when it is not one. */

@@ -30,7 +30,8 @@
 #include <stdint.h>
 #include <string.h>
 
-#define PG_EPOCH_US 946684800000000LL
+#include "../_copy_fast.h"
+
 #define MS_BELOW 100000000000000LL /* below this an event time is in ms (parsing.to_us) */
 #define TUPLE_SIZE 94              /* 2 + (4 + 4) + 7 * (4 + 8) */
 #define MAX_NUMBER 63              /* longest price text taken here */
@@ -323,32 +324,6 @@ read_frame(const char *p, const char *end, Book *book)
 }
 
 static inline unsigned char *
-put_u16(unsigned char *p, uint16_t v)
-{
-    p[0] = (unsigned char)(v >> 8);
-    p[1] = (unsigned char)v;
-    return p + 2;
-}
-
-static inline unsigned char *
-put_u32(unsigned char *p, uint32_t v)
-{
-    for (int k = 3; k >= 0; k--) {
-        *p++ = (unsigned char)(v >> (8 * k));
-    }
-    return p;
-}
-
-static inline unsigned char *
-put_u64(unsigned char *p, uint64_t v)
-{
-    for (int k = 7; k >= 0; k--) {
-        *p++ = (unsigned char)(v >> (8 * k));
-    }
-    return p;
-}
-
-static inline unsigned char *
 put_f64(unsigned char *p, double d)
 {
     uint64_t v;
@@ -428,6 +403,7 @@ PyDoc_STRVAR(book_read_doc,
 static PyObject *
 book_read(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
+    (void)module;
     if (nargs != 11) {
         PyErr_SetString(PyExc_TypeError, "book_read() takes 11 arguments");
         return NULL;
@@ -526,7 +502,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_binance_fast", "The Binance USD-M bookTicker hot path in C (see the source).", -1,
-    methods,
+    methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC
