@@ -32,12 +32,16 @@ IDS = {f"S{i:03d}USDT": i for i in range(1, 31)} | {"BTCUSDT": 100, "HUGEIDUSDT"
 needs_c = pytest.mark.skipif(parse_binance._fast_book_read is None, reason="hftdb built without its C hot path")
 
 
-def test_the_c_hot_path_is_built_where_a_compiler_is():
-    # setup.py marks the extension optional so that an install without a compiler still works; where one is
-    # present (CI, development), a silently skipped build would leave the feeds ~2x slower.
+def test_the_c_hot_paths_are_built_where_a_compiler_is():
+    # setup.py marks the extensions optional so that an install without a compiler still works; where one is
+    # present (CI, development), a silently skipped build would leave the feeds and writers ~2x slower.
     if shutil.which(sysconfig.get_config_var("CC").split()[0]) is None:
         pytest.skip("no C compiler on this machine")
+    from hftdb import columnar, vector
+
     assert parse_binance._fast_book_read is not None
+    assert vector._pack_tickers is not None
+    assert columnar._decode_packed is not None
 
 
 def event(**fields: object) -> dict[str, object]:
