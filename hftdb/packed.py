@@ -29,7 +29,7 @@ import numpy as np
 
 from .models import BookTicker
 from .tables import MIN_TS_US
-from .vector import LAYOUTS, latest_of
+from .vector import LAYOUTS, append_rows
 
 if TYPE_CHECKING:
     from .tables import BookTickerWriter
@@ -95,7 +95,6 @@ def add_packed(writer: BookTickerWriter, rows: PackedBooks, known_ids: set[int])
     start = 0
     while start < n:
         b = writer.current
-        assert b.buf is not None
         end = min(n, start + max_rows - b.rows)
         if start == 0 and end == n:
             part, part_sids, lo, hi, ordered = rows, sids, rows.lo, rows.hi, rows.ordered
@@ -104,20 +103,12 @@ def add_packed(writer: BookTickerWriter, rows: PackedBooks, known_ids: set[int])
             recv = [r.recv_ts for r in part]
             lo, hi = min(recv), max(recv)
             ordered = all(a <= c for a, c in zip(recv, recv[1:]))
-        b.buf += data[start * SIZE:end * SIZE]
-        latest_of(b.latest, part_sids, part, in_order=ordered and lo >= b.max_ts)
-        if lo < b.min_ts:
-            b.min_ts = lo
-        if hi > b.max_ts:
-            b.max_ts = hi
         if not (b.part_lo <= lo and hi < b.part_hi):
             for ts in sorted({r.recv_ts for r in part}):
                 if not b.part_lo <= ts < b.part_hi:
                     writer._note_partition(b, ts)
-        b.rows += end - start
+        append_rows(writer, data[start * SIZE:end * SIZE], part_sids, part, lo, hi, ordered=ordered)
         start = end
-        if b.rows >= max_rows:
-            writer._seal()
     return n
 
 

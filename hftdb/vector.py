@@ -47,7 +47,7 @@ except ImportError:  # built without a C compiler: add_tickers packs with struct
 if TYPE_CHECKING:
     from .tables import BookTickerWriter
 
-__all__ = ["Layout", "LAYOUTS", "add_tickers", "add_columns", "copy_columns"]
+__all__ = ["Layout", "LAYOUTS", "add_tickers", "add_columns", "append_rows", "copy_columns", "latest_of"]
 
 _INF = np.inf
 
@@ -180,16 +180,7 @@ def add_tickers(
             b = writer.current
             if ok and b.rows + n <= writer._max_rows and b.part_lo <= lo and hi < b.part_hi:
                 # Every row valid, all in the current batch and its partition: no numpy pass at all.
-                assert b.buf is not None
-                b.buf += data
-                latest_of(b.latest, ids, rows, in_order=ordered and lo >= b.max_ts)
-                if lo < b.min_ts:
-                    b.min_ts = lo
-                if hi > b.max_ts:
-                    b.max_ts = hi
-                b.rows += n
-                if b.rows >= writer._max_rows:
-                    writer._seal()
+                append_rows(writer, data, ids, rows, lo, hi, ordered=ordered)
                 return n
             recs = np.frombuffer(data, layout.dtype)
             recv = recs["recv"].astype(np.int64) + PG_EPOCH_US
@@ -294,6 +285,25 @@ def _take(
 def _latest_rows(latest: dict[int, Any], sid: Any, recv: Any, rows: Sequence[BookTicker], *, in_order: bool) -> None:
     latest_of(latest, sid.tolist(), rows,
               in_order=in_order and (len(recv) < 2 or bool((recv[1:] >= recv[:-1]).all())))
+
+
+def append_rows(
+    writer: BookTickerWriter, data: Any, sids: Sequence[int], rows: Sequence[BookTicker], lo: int, hi: int, *,
+    ordered: bool,
+) -> None:
+    """Append checked tuples and their rows to the writer's current batch, whose partitions already cover
+    ``lo``..``hi`` (the rows' receipt-time range; ``ordered``: non-decreasing along them), and seal it if full."""
+    b = writer.current
+    assert b.buf is not None
+    b.buf += data
+    latest_of(b.latest, sids, rows, in_order=ordered and lo >= b.max_ts)
+    if lo < b.min_ts:
+        b.min_ts = lo
+    if hi > b.max_ts:
+        b.max_ts = hi
+    b.rows += len(rows)
+    if b.rows >= writer._max_rows:
+        writer._seal()
 
 
 def latest_of(latest: dict[int, Any], sids: Sequence[int], rows: Sequence[BookTicker], *, in_order: bool) -> None:
