@@ -111,8 +111,13 @@ def _update_then_insert_sql(table: str, source: str, values: dict[str, str], *, 
     )
 
 
-def _staged_latest(table: str, types: dict[str, str]) -> tuple[str, str, str]:
-    """The staging table of ``table``'s latest rows (name, DDL) and the commit statement that reads it.
+#: The kind (see ``hftdb.vector.copy_columns``) of each staging-table column type.
+_STAGE_KINDS = {"int4": "i", "int8": "q", "float8": "d", "timestamptz": "t"}
+
+
+def _staged_latest(table: str, types: dict[str, str]) -> tuple[str, str, str, str]:
+    """The staging table of ``table``'s latest rows (name, DDL, its columns' kinds for ``copy_columns``) and the
+    commit statement that reads it.
 
     A commit sends the group's newest row per symbol by binary COPY into this per-backend temp table, then runs
     the ledger + upsert + NOTIFY statement over it: building the same rows as text array literals cost ~3x the
@@ -123,8 +128,9 @@ def _staged_latest(table: str, types: dict[str, str]) -> tuple[str, str, str]:
     stage = f"hftdb_{table}_latest_in"
     ddl = (f"CREATE TEMP TABLE IF NOT EXISTS {stage} ("
            + ", ".join(f"{col} {typ}" for col, typ in types.items()) + ") ON COMMIT DELETE ROWS")
+    kinds = "".join(_STAGE_KINDS[typ] for typ in types.values())
     sql = _update_then_insert_sql(table, f"pg_temp.{stage} u", {col: f"u.{col}" for col in list(types)[1:]}, nargs=0)
-    return stage, ddl, sql
+    return stage, ddl, kinds, sql
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -147,10 +153,9 @@ class BookTickerWriter(BatchWriter):
 
     table = "book_tickers"
     columns = ("symbol_id", "recv_ts", "exchange_ts", "bid_price", "bid_qty", "ask_price", "ask_qty", "update_id")
-    latest_stage, latest_stage_ddl, latest_sql = _staged_latest("book_tickers", {
+    latest_stage, latest_stage_ddl, latest_kinds, latest_sql = _staged_latest("book_tickers", {
         "symbol_id": "int4", "recv_ts": "timestamptz", "exchange_ts": "timestamptz", "bid_price": "float8",
         "bid_qty": "float8", "ask_price": "float8", "ask_qty": "float8", "update_id": "int8"})
-    latest_kinds = "ittddddq"
 
     async def start(self) -> None:
         """Load the vectorized path (it imports numpy) now rather than inside the first write, then start."""
@@ -277,10 +282,9 @@ class FundingRateWriter(BatchWriter):
 
     table = "funding_rates"
     columns = ("symbol_id", "recv_ts", "exchange_ts", "rate", "next_funding_ts", "mark_price", "index_price")
-    latest_stage, latest_stage_ddl, latest_sql = _staged_latest("funding_rates", {
+    latest_stage, latest_stage_ddl, latest_kinds, latest_sql = _staged_latest("funding_rates", {
         "symbol_id": "int4", "recv_ts": "timestamptz", "exchange_ts": "timestamptz", "rate": "float8",
         "next_funding_ts": "timestamptz", "mark_price": "float8", "index_price": "float8"})
-    latest_kinds = "ittdtdd"
 
     def add(self, rows: Iterable[tuple[int, FundingRate]]) -> int:
         """Validate and encode ``(symbol_id, funding_rate)`` pairs; return how many were taken."""
