@@ -76,7 +76,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hftdb import BookTicker, DatabaseManager, DatabaseSettings, Settings, StorageSettings, WriterSettings, now_us
 from hftdb import partitions, schema
-from hftdb.copy import TRAILER, array_text
+from hftdb.copy import TRAILER
 from hftdb.manager import init_connection
 from hftdb.server import EmbeddedServer
 from hftdb.tables import BookTickerWriter, _update_then_insert_sql
@@ -468,19 +468,30 @@ def _proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def bench_latest_upsert(
-    dsn: str, tickers: list[BookTicker], n_symbols: int, upserts: int
-) -> tuple[float, dict[str, Any]]:
-    """The per-commit latest statement alone, each upsert carrying every symbol's newest row (see the docstring)."""
+async def _latest_setup(
+    dsn: str, tickers: list[BookTicker]
+) -> tuple[BookTickerWriter, dict[int, BookTicker], asyncpg.Connection, int, int]:
+    """For the latest-statement benchmarks: an encoder (no database), every symbol's newest row, a connection with
+    the staging table, its backend's pid and the newest receipt time."""
     enc = BookTickerWriter(None, settings=writer_settings(None), storage=StorageSettings(),  # type: ignore[arg-type]
                            spool_dir=None)
-    newest = {t.symbol_id: t for t in tickers}
     conn = await asyncpg.connect(dsn)
     try:
         await init_connection(conn)
         await conn.execute(enc.latest_stage_ddl)
         backend = await conn.fetchval("SELECT pg_backend_pid()")
-        base = max(t.recv_ts for t in tickers)
+    except BaseException:
+        await conn.close()
+        raise
+    return enc, {t.symbol_id: t for t in tickers}, conn, backend, max(t.recv_ts for t in tickers)
+
+
+async def bench_latest_upsert(
+    dsn: str, tickers: list[BookTicker], n_symbols: int, upserts: int
+) -> tuple[float, dict[str, Any]]:
+    """The per-commit latest statement alone, each upsert carrying every symbol's newest row (see the docstring)."""
+    enc, newest, conn, backend, base = await _latest_setup(dsn, tickers)
+    try:
         cpu0 = _proc_cpu(backend)
         timing = Timing()
         for k in range(upserts):
@@ -498,8 +509,15 @@ async def bench_latest_upsert(
         await conn.close()
 
 
+def array_text(kind: str, values: list[object]) -> str:
+    """``values`` as an array literal for a ``$n::text::<type>[]`` parameter (None as NULL): how hftdb sent the
+    latest rows before the staging table (``repr`` of a float reads back as the same float; ints are exact)."""
+    num = float if kind == "d" else int
+    return "{" + ",".join(["NULL" if v is None else repr(num(v)) for v in values]) + "}"
+
+
 #: The latest statement as hftdb sent it before the staging table, for latest-compare: the newest rows as eight
-#: text array literals (hftdb.copy.array_text), unnested and converted by the server.
+#: text array literals (array_text), unnested and converted by the server.
 _TEXT_LATEST_SQL = _update_then_insert_sql(
     "book_tickers",
     "unnest($1::text::int4[], $2::text::int8[], $3::text::int8[], $4::text::float8[], $5::text::float8[],"
@@ -532,15 +550,8 @@ async def bench_latest_compare(
     it) and ``text`` (the statement sent before, the column arrays as text array literals). Every symbol once per
     upsert; client CPU per upsert (build + send, inside the transaction) and the backend's CPU per block (whole
     transactions, BEGIN and COMMIT included, from /proc)."""
-    enc = BookTickerWriter(None, settings=writer_settings(None), storage=StorageSettings(),  # type: ignore[arg-type]
-                           spool_dir=None)
-    newest = {t.symbol_id: t for t in tickers}
-    conn = await asyncpg.connect(dsn)
+    enc, newest, conn, backend, base = await _latest_setup(dsn, tickers)
     try:
-        await init_connection(conn)
-        await conn.execute(enc.latest_stage_ddl)
-        backend = await conn.fetchval("SELECT pg_backend_pid()")
-        base = max(t.recv_ts for t in tickers)
         client: dict[str, list[float]] = {"text": [], "binary": []}
         wall: dict[str, list[float]] = {"text": [], "binary": []}
         server: dict[str, list[float]] = {"text": [], "binary": []}

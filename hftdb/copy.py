@@ -17,7 +17,6 @@ __all__ = [
     "PG_EPOCH_US",
     "encode_numeric",
     "encode_text",
-    "array_text",
 ]
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
@@ -66,18 +65,3 @@ def encode_numeric(value: Decimal) -> bytes:
 def encode_text(value: str) -> bytes:
     """Encode a text field's value (UTF-8 bytes, no terminator)."""
     return value.encode("utf-8")
-
-
-def array_text(kind: str, values: list[object]) -> str:
-    """``values`` as an array literal for a ``$n::text::<type>[]`` parameter (None as NULL).
-
-    asyncpg encodes an array parameter element by element in Python, with an ABC isinstance check each (and, for
-    timestamptz, a call to hftdb's integer codec): ~3 ms for the 8,000 values of a 1,000-symbol latest upsert,
-    paid on every commit. Text joined at C level costs a fraction of that; ``repr`` of a float reads back as the
-    same float, and ints are exact.
-    """
-    # float()/int() first: a bool or a numpy scalar must read as its number, not as 'True' or 'np.float64(...)'.
-    num = float if kind == "d" else int
-    if None in values:
-        return "{" + ",".join(["NULL" if v is None else repr(num(v)) for v in values]) + "}"
-    return "{" + ",".join(map(repr, map(num, values))) + "}"
