@@ -3,6 +3,12 @@
 pgserver ships PostgreSQL's binaries in its wheel, so a machine with only Python gets a real server. The cluster
 persists in ``data_dir`` across runs; each process holds a handle, and pgserver stops the server when the last
 handle in any process is released. The server listens on a Unix socket only.
+
+The server starts with glibc's malloc told to keep freed memory (:data:`MALLOC_ENV`). By default glibc hands
+allocations of 128 kB and more to mmap and trims the heap top past twice that, so a backend that builds one large
+value per query (a whole exchange's latest rows: 72 kB, in a string_agg state doubled to 128 kB) maps, faults in,
+zeroes and unmaps the same pages on every call. On the 2-core bench machine that was ~40% of the server's time
+for that read (docs/READS.md, "Server memory"). A server hftdb does not start is its operator's to tune the same way.
 """
 
 from __future__ import annotations
@@ -12,15 +18,45 @@ import logging
 import os
 import subprocess
 import tempfile
+import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 from .errors import DatabaseUnavailableError, StateError
 
-__all__ = ["EmbeddedServer", "bin_dir"]
+__all__ = ["MALLOC_ENV", "EmbeddedServer", "bin_dir"]
 
 logger = logging.getLogger(__name__)
+
+# glibc's malloc, through its environment: allocations under 4 MiB from the heap (not a fresh mapping each),
+# and the heap top given back to the kernel only past 16 MiB free (not after every large query). A backend keeps
+# at most its own peak heap; other C libraries ignore these names.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(4 << 20), "MALLOC_TRIM_THRESHOLD_": str(16 << 20)}
+_environ_lock = threading.Lock()
+
+
+def server_environ() -> dict[str, str]:
+    """This process's environment with :data:`MALLOC_ENV` added, unless it already tunes malloc."""
+    env = dict(os.environ)
+    if not any(k.startswith("MALLOC_") for k in env) and "glibc.malloc" not in env.get("GLIBC_TUNABLES", ""):
+        env.update(MALLOC_ENV)
+    return env
+
+
+@contextmanager
+def _process_environ() -> Iterator[None]:
+    # pgserver starts the server with this process's environment and takes none of its own; lend it ours for the
+    # duration. The lock keeps two starts in this process from restoring each other's variables early.
+    with _environ_lock:
+        lent = {k: v for k, v in server_environ().items() if os.environ.get(k) != v}
+        os.environ.update(lent)
+        try:
+            yield
+        finally:
+            for k in lent:
+                del os.environ[k]
 
 
 def bin_dir() -> Path:
@@ -83,7 +119,8 @@ class EmbeddedServer:
             import pgserver
 
             self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-            return pgserver.get_server(self.data_dir, cleanup_mode="stop")
+            with _process_environ():
+                return pgserver.get_server(self.data_dir, cleanup_mode="stop")
 
     async def stop(self) -> None:
         """Release this process's handle; the server stops when no other process holds one. Idempotent."""
@@ -150,7 +187,7 @@ def _run_tool(cmd: list[str], *, user: str | None, timeout: float) -> str:
     # Not pipes: a postmaster started by pg_ctl inherits them and holds them open, so reading them never ends.
     with tempfile.TemporaryFile("w+") as out:
         proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-                              timeout=timeout, user=user)
+                              timeout=timeout, user=user, env=server_environ())
         out.seek(0)
         text = out.read()
     if proc.returncode != 0:

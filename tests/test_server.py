@@ -1,6 +1,11 @@
-import asyncpg
+import os
+import sys
+from pathlib import Path
 
-from hftdb.server import EmbeddedServer
+import asyncpg
+import pytest
+
+from hftdb.server import MALLOC_ENV, EmbeddedServer, server_environ
 
 
 async def test_embedded_server_persists_and_restarts(tmp_path):
@@ -28,3 +33,46 @@ async def test_embedded_server_persists_and_restarts(tmp_path):
 def test_repr_names_directory_not_secrets(tmp_path):
     server = EmbeddedServer(tmp_path / "pg")
     assert "stopped" in repr(server)
+
+
+# The MALLOC_ variables of the environment pytest started with (collection runs before any server starts).
+_OWN_MALLOC = {k for k in os.environ if k.startswith("MALLOC_")}
+
+
+def _environ_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def _minor_faults(pid: int) -> int:
+    # /proc/PID/stat: the command name is in parentheses and may hold spaces; minflt is the 8th field after it.
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the variables are glibc's")
+async def test_embedded_server_runs_with_malloc_keeping_freed_memory(fault_server):
+    wanted = {k: v for k, v in server_environ().items() if k.startswith("MALLOC_")}
+    assert wanted == (MALLOC_ENV if not _OWN_MALLOC else {k: os.environ[k] for k in _OWN_MALLOC})
+    assert {k: v for k, v in _environ_of(fault_server.pid).items() if k.startswith("MALLOC_")} == wanted
+    # Lent to pgserver for the start only: this process's environment is as it was.
+    assert {k for k in os.environ if k.startswith("MALLOC_")} == _OWN_MALLOC
+    await fault_server.restart()  # pg_ctl restart: the new postmaster gets them too
+    assert {k: v for k, v in _environ_of(fault_server.pid).items() if k.startswith("MALLOC_")} == wanted
+
+    # What they are for: a query that builds one 72 kB value (a whole exchange's packed latest rows) pages nothing
+    # in once its backend is warm. With glibc's defaults the value's 128 kB buffer is mapped and unmapped, or the
+    # heap top trimmed, on every call: ~100 faults a query on the bench machine.
+    conn = await asyncpg.connect(fault_server.dsn)
+    try:
+        await conn.execute("CREATE TABLE rows72 AS SELECT int8send(g) || decode(repeat('ab', 64), 'hex') AS packed"
+                           " FROM generate_series(1, 1000) g")
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        query = "SELECT string_agg(packed, NULL) FROM rows72"
+        for _ in range(20):
+            assert len(await conn.fetchval(query)) == 72_000
+        before = _minor_faults(pid)
+        for _ in range(100):
+            await conn.fetchval(query)
+        assert _minor_faults(pid) - before < 100
+    finally:
+        await conn.close()
