@@ -17,6 +17,7 @@ setup(
         ),
         Extension("hftdb._vector_fast", ["hftdb/_vector_fast.c"], depends=["hftdb/_copy_fast.h"], optional=True,
                   extra_compile_args=["-O2"]),
-        Extension("hftdb._columnar_fast", ["hftdb/_columnar_fast.c"], optional=True, extra_compile_args=["-O2"]),
+        Extension("hftdb._columnar_fast", ["hftdb/_columnar_fast.c"], depends=["hftdb/_copy_fast.h"], optional=True,
+                  extra_compile_args=["-O2"]),
     ]
 )

@@ -14,17 +14,9 @@
 #include <stdint.h>
 #include <string.h>
 
-#define MAX_FIELDS 16
+#include "_copy_fast.h"
 
-static inline uint64_t
-get_u64(const unsigned char *p)
-{
-    uint64_t v = 0;
-    for (int k = 0; k < 8; k++) {
-        v = (v << 8) | p[k];
-    }
-    return v;
-}
+#define MAX_FIELDS 16
 
 static PyObject *
 lookup(PyObject *map, PyObject *key)
