@@ -140,6 +140,49 @@ async def test_latest_rows_written_before_migration_0002_keep_their_exchange(dsn
         assert {r.symbol for r in await db.get_latest_book_tickers("okx_spot")} == {"BTC-USDT", "ETH-USDT"}
 
 
+async def test_migration_0004_puts_packed_second_and_keeps_every_row(dsn):
+    """0004 rebuilds the latest tables with packed right after symbol_id; its down file restores 0003's order."""
+    async def state(conn: asyncpg.Connection, table: str) -> tuple[list[str], list[dict], list[str], list[str]]:
+        columns = [r[0] for r in await conn.fetch(
+            "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped"
+            " ORDER BY attnum", table)]
+        rows = [dict(r) for r in await conn.fetch(f"SELECT * FROM {table} ORDER BY symbol_id")]  # fixed names
+        indexes = [r[0] for r in await conn.fetch(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = $1 ORDER BY indexname", table)]
+        options = await conn.fetchval("SELECT reloptions FROM pg_class WHERE oid = $1::regclass", table)
+        return columns, rows, indexes, options
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        migrator = Migrator(conn)
+        await migrator.up(3)
+        await conn.execute("INSERT INTO exchanges (name) VALUES ('binance_usdm')")
+        await conn.execute("INSERT INTO symbols (exchange_id, symbol) VALUES (1, 'BTCUSDT'), (1, 'ETHUSDT')")
+        await conn.execute(
+            """INSERT INTO book_tickers_latest (symbol_id, exchange_id, recv_ts, exchange_ts, bid_price, bid_qty,
+                                                ask_price, ask_qty, update_id)
+               VALUES (1, 1, '2026-01-02 03:04:05.678901+00', NULL, 1.5, 2, 1.75, 3, 7),
+                      (2, 1, '2026-01-02 03:04:05+00', '2026-01-02 03:04:04.5+00', 10, 1, 11, 1, NULL)""")
+        await conn.execute(
+            """INSERT INTO funding_rates_latest (symbol_id, exchange_id, recv_ts, exchange_ts, rate, next_funding_ts,
+                                                 mark_price, index_price)
+               VALUES (1, 1, '2026-01-02 03:04:05+00', NULL, 0.0001, '2026-01-02 08:00:00+00', 1.5, NULL),
+                      (2, 1, '2026-01-02 03:04:06+00', '2026-01-02 03:04:05+00', -0.0002, NULL, NULL, 10.5)""")
+        for table in ("book_tickers_latest", "funding_rates_latest"):
+            columns, rows, indexes, options = await state(conn, table)
+            assert columns[-2:] == ["exchange_id", "packed"]
+            await migrator.up(4)
+            columns4, rows4, indexes4, options4 = await state(conn, table)
+            assert columns4[:3] == ["symbol_id", "packed", "exchange_id"]
+            assert sorted(columns4) == sorted(columns)
+            assert rows4 == rows  # every value, the generated packed included
+            assert (indexes4, options4) == (indexes, options) == (indexes, ["fillfactor=50"])
+            await migrator.down(3)
+            assert await state(conn, table) == (columns, rows, indexes, options)
+    finally:
+        await conn.close()
+
+
 def test_packed_rows_reject_a_buffer_of_another_width():
     with pytest.raises(DatabaseError, match="migration 0002"):
         reads._BT_PACKED.decode(b"\0" * 80, {}, {})
