@@ -18,6 +18,42 @@
 
 #define MAX_FIELDS 16
 
+/* One int object per symbol id, shared by every record that carries it (ints are immutable): a record then costs
+ * one allocation fewer. Ids are serial int4 values, so a table indexed by id stays small; ids past ID_CACHE_MAX, or
+ * a table that cannot grow, get a fresh int as before. Kept for the life of the process, as the symbol caches are. */
+#define ID_CACHE_MAX (1 << 20)
+static PyObject **id_objects;
+static Py_ssize_t id_capacity;
+
+static PyObject *
+id_object(uint64_t id)
+{
+    if (id >= ID_CACHE_MAX) {
+        return PyLong_FromLongLong((long long)id); /* negative ids too, as int8 */
+    }
+    if ((Py_ssize_t)id >= id_capacity) {
+        Py_ssize_t capacity = id_capacity ? id_capacity : 4096;
+        while (capacity <= (Py_ssize_t)id) {
+            capacity *= 2;
+        }
+        PyObject **grown = PyMem_Realloc(id_objects, (size_t)capacity * sizeof(PyObject *));
+        if (grown == NULL) {
+            return PyLong_FromLongLong((long long)id);
+        }
+        memset(grown + id_capacity, 0, (size_t)(capacity - id_capacity) * sizeof(PyObject *));
+        id_objects = grown;
+        id_capacity = capacity;
+    }
+    PyObject *obj = id_objects[id];
+    if (obj == NULL) {
+        obj = id_objects[id] = PyLong_FromLongLong((long long)id);
+        if (obj == NULL) {
+            return NULL;
+        }
+    }
+    return Py_NewRef(obj);
+}
+
 static PyObject *
 lookup(PyObject *map, PyObject *key)
 {
@@ -80,7 +116,7 @@ decode_packed(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     const unsigned char *p = view.buf;
     PyObject *values[MAX_FIELDS + 3];
     for (Py_ssize_t i = 0; i < n; i++, p += width) {
-        PyObject *sid = PyLong_FromLongLong((long long)get_u64(p));
+        PyObject *sid = id_object(get_u64(p));
         if (sid == NULL) {
             goto fail;
         }
