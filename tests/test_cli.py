@@ -90,20 +90,21 @@ async def test_migrate_up_status_down(dsn, env, tmp_path):
     env["HFTDB_DSN"] = dsn
     code, out, _ = await cli("migrate", "status", env=env, cwd=tmp_path)
     assert code == 0 and out.split() == ["0001", "initial", "pending", "0002", "latest_packed", "pending",
-                                         "0003", "latest_exchange_by_writer", "pending"]
+                                         "0003", "latest_exchange_by_writer", "pending", "0004", "latest_packed_first",
+                                         "pending"]
     code, out, _ = await cli("migrate", "up", env=env, cwd=tmp_path)
-    assert (code, out.strip()) == (0, "applied 0001, 0002, 0003; now at version 3")
+    assert (code, out.strip()) == (0, "applied 0001, 0002, 0003, 0004; now at version 4")
     code, out, _ = await cli("migrate", "up", env=env, cwd=tmp_path)
-    assert (code, out.strip()) == (0, "already up to date (version 3)")
+    assert (code, out.strip()) == (0, "already up to date (version 4)")
     code, out, _ = await cli("migrate", "status", env=env, cwd=tmp_path)
     assert code == 0 and "applied" in out and out.rstrip().endswith("checksum ok")
     code, _, err = await cli("migrate", "down", "--to", "0", env=env, cwd=tmp_path)
     assert code == 1
-    one_error_line(err, "reverts 0003_latest_exchange_by_writer, 0002_latest_packed, 0001_initial and drops what they hold;"
-                       " add --yes")
+    one_error_line(err, "reverts 0004_latest_packed_first, 0003_latest_exchange_by_writer, 0002_latest_packed,"
+                       " 0001_initial and drops what they hold; add --yes")
     assert await fetchval(dsn, "SELECT to_regclass('book_tickers') IS NOT NULL")
     code, out, _ = await cli("migrate", "down", "--to", "0", "--yes", env=env, cwd=tmp_path)
-    assert (code, out.strip()) == (0, "reverted 0003, 0002, 0001; now at version 0")
+    assert (code, out.strip()) == (0, "reverted 0004, 0003, 0002, 0001; now at version 0")
     assert not await fetchval(dsn, "SELECT to_regclass('book_tickers') IS NOT NULL")
     code, _, err = await cli("migrate", "down", env=env, cwd=tmp_path)
     assert code == 2 and "--to" in err
@@ -138,7 +139,8 @@ async def test_validate_finds_drift(dsn, env, tmp_path):
     assert "PROBLEM  migration 0001 (initial) is applied but its file is missing or edited" in out
     assert "PROBLEM  migration 0002 (latest_packed) is applied but its file is missing or edited" in out
     assert "PROBLEM  migration 0003 (latest_exchange_by_writer) is applied but its file is missing or edited" in out
-    assert out.rstrip().endswith("invalid: 6 problem(s)")
+    assert "PROBLEM  migration 0004 (latest_packed_first) is applied but its file is missing or edited" in out
+    assert out.rstrip().endswith("invalid: 7 problem(s)")
 
 
 async def test_ingest_file_then_stats_optimize_and_cleanup(dsn, env, tmp_path, fixtures_dir):
@@ -206,7 +208,7 @@ async def test_reset_requires_yes_then_empties_everything(dsn, env, tmp_path, fi
     one_error_line(err, "add --yes")
     assert await fetchval(dsn, "SELECT count(*) FROM book_tickers") == rows
     code, out, _ = await cli("reset", "--yes", env=env, cwd=tmp_path)
-    assert code == 0 and "reverted 3 and applied 3 migration(s); 1 spooled batch(es) discarded" in out
+    assert code == 0 and "reverted 4 and applied 4 migration(s); 1 spooled batch(es) discarded" in out
     assert await fetchval(dsn, "SELECT count(*) FROM book_tickers") == 0
     assert await fetchval(dsn, "SELECT count(*) FROM exchanges") == 0
     assert not spooled.exists()
@@ -216,7 +218,7 @@ async def test_status_and_health(dsn, env, tmp_path):
     env["HFTDB_DSN"] = dsn
     code, out, _ = await cli("health", "--db-only", env=env, cwd=tmp_path)
     assert code == 0 and out.splitlines()[0].startswith("database: ok") and out.rstrip().endswith("healthy")
-    assert "schema: ok, version 0 (empty); 3 pending" in out
+    assert "schema: ok, version 0 (empty); 4 pending" in out
     code, out, _ = await cli("health", env=env, cwd=tmp_path)
     assert code == 1 and "daemon: NOT RUNNING" in out and out.rstrip().endswith("unhealthy")
     code, out, _ = await cli("status", env=env, cwd=tmp_path)
