@@ -320,10 +320,11 @@ except ImportError:  # built without a C compiler: PackedRows.decode slices colu
 
 
 class PackedRows:
-    """Records from the ``packed`` column of a latest table, as ``string_agg(packed, '')`` returns it.
+    """Records from the ``packed`` column of a latest table, as ``string_agg(packed, NULL)`` returns it.
 
     Each row is ``2 + len(fields)`` big-endian 8-byte fields: symbol_id, a NULL bitmask, then the record's fields
-    in its positional order after ``exchange`` and ``symbol`` (see ``migrations/0002_latest_packed.up.sql``).
+    in its positional order after ``exchange`` and ``symbol`` (see ``migrations/0002_latest_packed.up.sql``;
+    0004 moved the column, not its layout).
     ``fields`` gives each field's kind (``"f8"``, or ``"i8"``, timestamps included: the migration stores them as
     Unix µs) and its NULL bit, or None when it is never NULL. Every field is sliced out of the buffer as a column
     in C; only a column that holds a NULL takes a Python loop; records are built by ``map``, which calls the

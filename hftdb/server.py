@@ -7,8 +7,9 @@ handle in any process is released. The server listens on a Unix socket only.
 The server starts with glibc's malloc told to keep freed memory (:data:`MALLOC_ENV`). By default glibc hands
 allocations of 128 kB and more to mmap and trims the heap top past twice that, so a backend that builds one large
 value per query (a whole exchange's latest rows: 72 kB, in a string_agg state doubled to 128 kB) maps, faults in,
-zeroes and unmaps the same pages on every call. On the 2-core bench machine that was ~40% of the server's time
-for that read (docs/READS.md, "Server memory"). A server hftdb does not start is its operator's to tune the same way.
+zeroes and unmaps the same pages on every call: most of the 47% of that backend's time perf found in the kernel on
+the 2-core bench machine (docs/READS.md, "Server memory"). A server hftdb does not start is its operator's to tune
+the same way.
 """
 
 from __future__ import annotations
