@@ -35,14 +35,21 @@ logger = logging.getLogger(__name__)
 # and the heap top given back to the kernel only past 16 MiB free (not after every large query). A backend keeps
 # at most its own peak heap; other C libraries ignore these names.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(4 << 20), "MALLOC_TRIM_THRESHOLD_": str(16 << 20)}
+_TUNABLE = {"MALLOC_MMAP_THRESHOLD_": "glibc.malloc.mmap_threshold",
+            "MALLOC_TRIM_THRESHOLD_": "glibc.malloc.trim_threshold"}
 _environ_lock = threading.Lock()
 
 
 def server_environ() -> dict[str, str]:
-    """This process's environment with :data:`MALLOC_ENV` added, unless it already tunes malloc."""
+    """This process's environment with each :data:`MALLOC_ENV` setting it does not make itself.
+
+    A user's own value of either knob wins, given as the same variable or as its tunable in ``GLIBC_TUNABLES``.
+    """
     env = dict(os.environ)
-    if not any(k.startswith("MALLOC_") for k in env) and "glibc.malloc" not in env.get("GLIBC_TUNABLES", ""):
-        env.update(MALLOC_ENV)
+    tunables = env.get("GLIBC_TUNABLES", "")
+    for name, value in MALLOC_ENV.items():
+        if name not in env and _TUNABLE[name] not in tunables:
+            env[name] = value
     return env
 
 

@@ -39,6 +39,19 @@ def test_repr_names_directory_not_secrets(tmp_path):
 _OWN_MALLOC = {k for k in os.environ if k.startswith("MALLOC_")}
 
 
+def test_server_environ_adds_only_the_settings_the_user_does_not_make(monkeypatch):
+    for name in [k for k in os.environ if k.startswith("MALLOC_")] + ["GLIBC_TUNABLES"]:
+        monkeypatch.delenv(name, raising=False)
+    assert {k: v for k, v in server_environ().items() if k.startswith("MALLOC_")} == MALLOC_ENV
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")  # another knob: kept alongside
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1")  # the same knob: the user's value wins
+    env = server_environ()
+    assert (env["MALLOC_ARENA_MAX"], env["MALLOC_TRIM_THRESHOLD_"]) == ("2", "1")
+    assert env["MALLOC_MMAP_THRESHOLD_"] == MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"]
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=65536")  # or as a tunable
+    assert "MALLOC_MMAP_THRESHOLD_" not in server_environ()
+
+
 def _environ_of(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes()
     return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
@@ -52,7 +65,9 @@ def _minor_faults(pid: int) -> int:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the variables are glibc's")
 async def test_embedded_server_runs_with_malloc_keeping_freed_memory(fault_server):
     wanted = {k: v for k, v in server_environ().items() if k.startswith("MALLOC_")}
-    assert wanted == (MALLOC_ENV if not _OWN_MALLOC else {k: os.environ[k] for k in _OWN_MALLOC})
+    own = {k: os.environ[k] for k in _OWN_MALLOC}
+    if "glibc.malloc" not in os.environ.get("GLIBC_TUNABLES", ""):
+        assert wanted == {**MALLOC_ENV, **own}
     assert {k: v for k, v in _environ_of(fault_server.pid).items() if k.startswith("MALLOC_")} == wanted
     # Lent to pgserver for the start only: this process's environment is as it was.
     assert {k for k in os.environ if k.startswith("MALLOC_")} == _OWN_MALLOC
