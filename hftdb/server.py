@@ -27,7 +27,7 @@ from typing import Any, Iterator, Literal
 
 from .errors import DatabaseUnavailableError, StateError
 
-__all__ = ["MALLOC_ENV", "EmbeddedServer", "bin_dir"]
+__all__ = ["MALLOC_ENV", "EmbeddedServer", "bin_dir", "server_environ"]
 
 logger = logging.getLogger(__name__)
 
