@@ -4,6 +4,10 @@ The file layout mirrors the structs: ``[database]``, ``[writer]``, ``[cache]``, 
 overridden by ``HFTDB_<SECTION>_<KEY>`` (``HFTDB_WRITER_BATCH_MAX_ROWS=5000``); ``HFTDB_DSN`` is short for
 ``HFTDB_DATABASE_DSN``. Overrides are applied in one place, :func:`apply_env`, and validated exactly like the
 file, so a bad override names its variable and what was expected.
+
+A DSN is checked when the settings are built (:func:`dsn_problem`): one hftdb cannot use is a
+:class:`~hftdb.errors.ConfigError` saying what is wrong, never quoting its password, and every DSN's password is
+registered with :mod:`hftdb.redact` so that it is starred wherever it shows up later.
 """
 
 from __future__ import annotations
