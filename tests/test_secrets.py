@@ -169,7 +169,8 @@ def _hftdb(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProces
 # Each run starts a Python process (about 2 s here): every bad DSN with the two commands users run first, and
 # every other database command with one of them.
 COMMANDS = [["status"], ["migrate", "status"]]
-OTHERS = [["migrate", "up"], ["health", "--db-only"], ["stats"], ["validate"], ["cleanup", "--dry-run"], ["optimize"]]
+OTHERS = [["migrate", "up"], ["health", "--db-only"], ["stats"], ["validate"], ["cleanup", "--dry-run"], ["optimize"],
+          ["backup", "x.dump"], ["run"]]
 CLI_CASES = [(c, d, p) for d, p in BAD_DSNS for c in COMMANDS] + [(c, *BAD_DSNS[0]) for c in OTHERS]
 
 
