@@ -43,10 +43,11 @@ _USERINFO = re.compile(
 )
 # password=... in a query string: the value ends at "&" (the next parameter is not secret).
 _QUERY = re.compile(r"(?i)(?P<pre>[?&]pass(?:word|wd)=)(?P<pw>[^\s&#'\"]+)")
-# password=..., PGPASSWORD=..., "password": "..." elsewhere: a quoted value to its closing quote, else to a space.
+# password=..., PGPASSWORD=..., "password": "..." elsewhere: a quoted value to its closing quote, else to a space,
+# a quote or "&" (a query string's next parameter). Erring long: a ")" after the value goes with it.
 _KEYWORD = re.compile(
     r"(?i)(?P<pre>pass(?:word|wd)[\"']?\s*[=:]\s*)"
-    r"(?P<pw>'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|[^\s,;&)}\]]+)"
+    r"(?P<pw>'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|[^\s'\"&]+)"
 )
 
 _KEYVALUE = re.compile(r"\s*[A-Za-z_]+\s*=")

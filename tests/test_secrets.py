@@ -84,6 +84,7 @@ DSN_FORMS = [
     ("host=db.example password='{quoted}' user=bob", "host=db.example password='***' user=bob"),
     ("postgresql://bob@db.example/hftdb?password={enc}&sslmode=require", "postgresql://bob@db.example/hftdb?password=***&sslmode=require"),
     ("PGPASSWORD={pw} pg_dump -d hftdb", "PGPASSWORD=*** pg_dump -d hftdb"),
+    ("host=db.example password=a,b;c){pw} user=bob", "host=db.example password=*** user=bob"),
     ('{{"dsn": "x", "password": "{pw}"}}', '{"dsn": "x", "password": "***"}'),
 ]
 
