@@ -30,6 +30,7 @@ from hftdb.config import DatabaseSettings, LoggingSettings, ReadSettings, load_s
 from hftdb.errors import ConfigError, DatabaseUnavailableError, ExchangeError, HftdbError, SignatureError
 from hftdb.exchanges.base import Backoff
 from hftdb.exchanges.registry import create_adapter
+from hftdb.exchanges.rest import RestClient
 from hftdb.exchanges.signing import Credentials
 from hftdb.logsetup import configure_logging
 from hftdb.redact import MIN_SECRET_LENGTH, dsn_password, redact, register_secret
@@ -335,7 +336,8 @@ async def test_cli_against_the_password_server_leaks_nothing(password_server, tm
     }
     outputs = {}
     for name, env in runs.items():
-        commands = [["migrate", "up"], ["status"], ["stats"]] if name == "right password" else [["status"], ["migrate", "status"]]
+        commands = ([["migrate", "up"], ["status"], ["stats"], ["backup", str(tmp_path / "b.dump")]]
+                    if name == "right password" else [["status"], ["migrate", "status"]])
         for command in commands:
             proc = await asyncio.to_thread(_hftdb, command, tmp_path, **{"PGPASSWORD": PG_PASSWORD, **env})
             outputs[name, command[-1]] = proc
@@ -462,7 +464,8 @@ def test_reprs_show_no_secret():
     db = DatabaseManager(settings=s)
     adapter = create_adapter(ExchangeName.OKX_SPOT, _NoSink(), credentials=creds)
     target = Target(dsn=s.database.dsn, description=redact(s.database.dsn))
-    for obj in (s, s.database, s.reads, creds, db, adapter, target):
+    rest = RestClient(f"https://{ROLE}:{quote(DB_PASSWORD, safe='')}@api.example", name="x", backoff=Backoff())
+    for obj in (s, s.database, s.reads, creds, db, adapter, target, rest):
         assert_clean(repr(obj) + str(obj), type(obj).__name__)
     assert f"{ROLE}:***@db" in repr(s)
 

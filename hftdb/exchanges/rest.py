@@ -70,7 +70,7 @@ class RestClient:
         self._state = _State.UNOPENED
 
     def __repr__(self) -> str:
-        return f"<RestClient {self.name} {self.base_url} {self._state.value}>"
+        return f"<RestClient {self.name} {redact(self.base_url)} {self._state.value}>"  # a URL may carry user:password@
 
     async def start(self) -> None:
         """Open the HTTP session."""
