@@ -39,7 +39,11 @@ class RedactingFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Redact ``record`` in place; never drops it."""
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # arguments that do not fit the format: logging would print them raw in its complaint
+            message = f"{record.msg!r} (arguments that do not fit: {record.args!r})"
+            record.msg, record.args = message, None
         clean = redact(message)
         if clean != message:
             record.msg, record.args = clean, None

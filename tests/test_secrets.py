@@ -244,6 +244,7 @@ def test_log_lines_never_show_a_secret_text_json_traceback_stack_and_extras(logs
     log.warning("connecting to %s and %s", f"{ROLE}:{enc}@db/x", f"host=db password='{DB_PASSWORD}'")
     log.error("bybit said %r", {"retMsg": f"error sign! origin_string[1{API_KEY}5000]"}, extra={"body": API_SECRET})
     log.info("stack", extra={"nested": {"passphrase": PASSPHRASE}}, stack_info=True)
+    log.warning("a format its arguments do not fit: %d", f"key {API_KEY}")
     try:
         raise RuntimeError(f"refused postgresql://{ROLE}:{enc}@db/x with key {API_KEY}")
     except RuntimeError:
