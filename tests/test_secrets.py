@@ -41,8 +41,6 @@ from hftdb.target import Target
 
 from helpers import settings, tickers
 
-ROOT = Path(__file__).resolve().parents[1]
-
 # Long and distinctive, with every character a URL must encode, so that a grep for them means something.
 DB_PASSWORD = "dbPw-7f3c9e1b@2d4a/hftdb:s3cr3t #%?&=+"
 WRONG_PASSWORD = "wrongPw-5b9e2c7a1d3f-not/the:password@all"
