@@ -28,6 +28,7 @@ import orjson
 
 from . import __version__, dump, inventory, partitions, schema
 from .config import Settings, load_settings, locate_config, redact_dsn
+from .redact import redact
 from .daemon import serve
 from .target import Target, open_target
 from .drift import check_drift
@@ -61,11 +62,13 @@ class _Context:
         self.err = sys.stderr
 
     def print(self, text: str = "") -> None:
-        print(text, file=self.out, flush=True)
+        # Every line the command prints is redacted, like the log: a DSN or an exchange's error quoted in a
+        # status or stats line must not show its password or key.
+        print(redact(text), file=self.out, flush=True)
 
     def progress(self, text: str) -> None:
         # One line per step, on stderr: readable in a terminal and in a captured log alike.
-        print(text, file=self.err, flush=True)
+        print(redact(text), file=self.err, flush=True)
 
     @contextlib.asynccontextmanager
     async def target(self, *, create: bool = False) -> AsyncIterator[Target]:
@@ -572,17 +575,25 @@ def main(argv: list[str] | None = None) -> int:
         ctx = _Context(settings, args)
         return _runner()(args.func(ctx))
     except HftdbError as exc:
-        print(f"hftdb: {exc}", file=sys.stderr)
+        _fail(str(exc))
         return 1
     except asyncpg.PostgresError as exc:
-        print(f"hftdb: the database refused: {redact_dsn(str(exc))}", file=sys.stderr)
+        _fail(f"the database refused: {exc}")
+        return 1
+    except asyncpg.InterfaceError as exc:
+        # The client side of the connection: asyncpg's own check of what it was given.
+        _fail(f"cannot use the database connection: {exc}")
         return 1
     except OSError as exc:
-        print(f"hftdb: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
+        _fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
         return 1
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("hftdb: interrupted", file=sys.stderr)
         return 130
+
+
+def _fail(message: str) -> None:
+    print(f"hftdb: {redact(message)}", file=sys.stderr)
 
 
 def _runner() -> Callable[[Awaitable[int]], int]:

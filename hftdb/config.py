@@ -4,6 +4,10 @@ The file layout mirrors the structs: ``[database]``, ``[writer]``, ``[cache]``, 
 overridden by ``HFTDB_<SECTION>_<KEY>`` (``HFTDB_WRITER_BATCH_MAX_ROWS=5000``); ``HFTDB_DSN`` is short for
 ``HFTDB_DATABASE_DSN``. Overrides are applied in one place, :func:`apply_env`, and validated exactly like the
 file, so a bad override names its variable and what was expected.
+
+A DSN is checked when the settings are built (:func:`dsn_problem`): one hftdb cannot use is a
+:class:`~hftdb.errors.ConfigError` saying what is wrong, never quoting its password, and every DSN's password is
+registered with :mod:`hftdb.redact` so that it is starred wherever it shows up later.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import typing
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
+from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 from msgspec import Meta
 
 from .errors import ConfigError
+from .redact import redact, register_dsn, register_environment
 
 __all__ = [
     "DatabaseSettings",
@@ -38,6 +44,7 @@ __all__ = [
     "locate_config",
     "apply_env",
     "redact_dsn",
+    "dsn_problem",
 ]
 
 PosInt = Annotated[int, Meta(gt=0)]
@@ -45,16 +52,66 @@ NonNegInt = Annotated[int, Meta(ge=0)]
 PosFloat = Annotated[float, Meta(gt=0)]
 NonNegFloat = Annotated[float, Meta(ge=0)]
 
-_DSN_PASSWORD = re.compile(r"(://[^:/@]*:)([^@]*)(@)")
-_DSN_KV_PASSWORD = re.compile(r"(password\s*=\s*)(\S+)", re.IGNORECASE)
-
-
 def redact_dsn(dsn: str | None) -> str | None:
-    """Return ``dsn`` with any password replaced by ``***``: safe for logs, errors and reprs."""
-    if dsn is None:
-        return None
-    dsn = _DSN_PASSWORD.sub(r"\1***\3", dsn)
-    return _DSN_KV_PASSWORD.sub(r"\1***", dsn)
+    """Return ``dsn`` with any password (and any registered secret) replaced by ``***``: safe for logs, errors and
+    reprs. Kept for callers of the DSN-only name; :func:`hftdb.redact.redact` is the one function behind it."""
+    return None if dsn is None else redact(dsn)
+
+
+_KEYVALUE_DSN = re.compile(r"^\s*[A-Za-z_]+\s*=")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def dsn_problem(dsn: str) -> str | None:
+    """What is wrong with ``dsn`` in one phrase that never quotes its password, or None when hftdb can use it.
+
+    hftdb connects through asyncpg, which takes ``postgresql://`` (or ``postgres://``) URIs: one host or several
+    (``h1:5432,h2:5433``), IPv6 hosts in brackets, a Unix socket directory in ``?host=``.
+    """
+    if not dsn.strip():
+        return "the DSN is empty"
+    if _KEYVALUE_DSN.match(dsn):
+        return ("a keyword/value DSN (host=... password=...) is not supported: write it as a URI, "
+                "postgresql://user:password@host:port/database")
+    scheme = _SCHEME.match(dsn)
+    if scheme is None:
+        return (f"{redact(dsn)!r} has no scheme: write it as a URI, postgresql://{redact(dsn)}"
+                if "@" in dsn else f"{redact(dsn)!r} is not a postgresql:// URI")
+    if scheme.group(1).lower() not in ("postgresql", "postgres"):
+        return f"unknown scheme {scheme.group(1)!r}: a DSN starts with postgresql:// or postgres://"
+    try:
+        parts = urlsplit(dsn)
+        query = parse_qs(parts.query, keep_blank_values=True)
+    except ValueError as exc:
+        return f"{redact(dsn)!r} cannot be parsed: {redact(str(exc))}"
+    hostlist = parts.netloc.rpartition("@")[2]
+    for host in hostlist.split(",") if hostlist else ():
+        if host.startswith("["):
+            end = host.find("]")
+            if end < 0:
+                return f"host {host!r} opens a bracket it does not close"
+            port = host[end + 1:].removeprefix(":") if host[end + 1:].startswith(":") else None
+            if host[end + 1:] and port is None:
+                return f"host {host!r}: unexpected text after the bracketed address"
+        else:
+            port = host.partition(":")[2] if ":" in host else None
+        if port is not None and (problem := _port_problem(port)):
+            return f"host {host!r}: {problem}"
+    for port in query.get("port", []):
+        for one in port.split(","):
+            if problem := _port_problem(one):
+                return f"?port={port}: {problem}"
+    return None
+
+
+def _port_problem(port: str) -> str | None:
+    if port == "":
+        return None  # "host:" means the default port, as in libpq
+    if not port.isdigit() or not port.isascii():
+        return f"port {port!r} is not a number"
+    if not 0 < int(port) <= 65_535:
+        return f"port {port} is out of range (1-65535)"
+    return None
 
 
 class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -70,6 +127,13 @@ class DatabaseSettings(_Section):
     pool_max_size: PosInt = 10
     connect_timeout: PosFloat = 10.0
     command_timeout: PosFloat = 60.0
+
+    def __post_init__(self) -> None:
+        register_environment()  # $PGPASSWORD: asyncpg and pg_dump read it when the DSN has no password
+        if self.dsn is not None:
+            register_dsn(self.dsn)  # before the check, whose message could otherwise quote it
+            if problem := dsn_problem(self.dsn):
+                raise ValueError(f"dsn: {problem}")
 
     def __repr__(self) -> str:
         return (
@@ -233,6 +297,10 @@ class ReadSettings(_Section):
     listen_retry_max_s: PosFloat = 5.0
 
     def __post_init__(self) -> None:
+        for i, dsn in enumerate(self.replicas):
+            register_dsn(dsn)
+            if problem := dsn_problem(dsn):
+                raise ValueError(f"replicas: replica {i}: {problem}")
         if self.health_interval_ms * 2 > self.max_lag_ms:
             # Lag is measured against primary WAL positions sampled each interval: its resolution is one interval.
             raise ValueError("max_lag_ms must be at least twice health_interval_ms")
@@ -403,6 +471,7 @@ def load_settings(
             raise ConfigError(f"config file not readable (permission denied): {p}") from None
         except msgspec.DecodeError as exc:
             raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    register_environment()  # $PGPASSWORD: asyncpg and pg_dump read it when the DSN has no password
     overrides = _env_overrides(environ, settings_type)
     merged = _merge_env(raw, overrides)
     try:

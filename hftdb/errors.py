@@ -18,9 +18,16 @@ ours. Where the meaning matches a builtin, the builtin is mixed in::
         ├── ExchangeHTTPError             a REST call answered with an error status
         ├── SignatureError                a signed request was refused
         └── FrameError (ValueError)       a websocket frame could not be parsed
+
+Every message is passed through :func:`hftdb.redact.redact` when the error is built, so an error that quotes a
+DSN or an exchange's answer (Bybit's ``error sign!`` echoes the API key) never carries a password or a key.
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+from .redact import redact
 
 __all__ = [
     "HftdbError",
@@ -42,7 +49,13 @@ __all__ = [
 
 
 class HftdbError(Exception):
-    """Root of every error hftdb raises on purpose."""
+    """Root of every error hftdb raises on purpose. String arguments are redacted (see the module docstring)."""
+
+    def __init__(self, *args: Any) -> None:
+        if len(args) == 1 and isinstance(args[0], str):  # the usual case, without a generator's cost
+            super().__init__(redact(args[0]))
+        else:
+            super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(HftdbError, ValueError):
@@ -95,7 +108,8 @@ class ExchangeHTTPError(ExchangeError):
     def __init__(self, message: str, *, status: int, body: str = "") -> None:
         super().__init__(message)
         self.status = status
-        self.body = body
+        #: the answer's body, redacted like the message
+        self.body = redact(body)
 
 
 class SignatureError(ExchangeHTTPError):

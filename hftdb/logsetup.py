@@ -6,8 +6,11 @@ the traceback when there is one::
 
     {"ts": "2026-11-22T16:53:46.123456Z", "level": "INFO", "logger": "hftdb.status", "msg": "...", "feed": "okx_spot"}
 
-Every record goes through :class:`RedactingFilter` first, so a DSN password that reaches a message (an asyncpg
-error quoting its connection string, say) is printed as ``***``.
+Every handler :func:`configure_logging` installs redacts twice, with :func:`hftdb.redact.redact`: its
+:class:`RedactingFilter` cleans the record itself (message, arguments, traceback, stack, ``extra`` strings) before
+any formatter or later handler sees it, and its formatter passes the finished line through once more (a secret
+inside a non-string ``extra`` value, a JSON-escaped one). So a DSN password that reaches a message (an asyncpg
+error quoting its connection string, say) or an API key an exchange echoes back is printed as ``***``.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from typing import Any
 
 import orjson
 
-from .config import LoggingSettings, redact_dsn
+from .config import LoggingSettings
 from .errors import ConfigError
+from .redact import redact, register_environment
 
-__all__ = ["JsonFormatter", "RedactingFilter", "configure_logging"]
+__all__ = ["JsonFormatter", "RedactingFilter", "RedactingFormatter", "configure_logging"]
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is worth emitting.
@@ -31,17 +35,40 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | 
 
 
 class RedactingFilter(logging.Filter):
-    """Replaces DSN passwords in the formatted message (and its traceback) by ``***``."""
+    """Replaces secrets in a record (message, traceback, stack, string ``extra`` fields) by ``***``, in place."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Redact ``record`` in place; never drops it."""
-        message = record.getMessage()
-        clean = redact_dsn(message)
+        try:
+            message = record.getMessage()
+        except Exception:  # arguments that do not fit the format: logging would print them raw in its complaint
+            message = f"{record.msg!r} (arguments that do not fit: {record.args!r})"
+            record.msg, record.args = message, None
+        clean = redact(message)
         if clean != message:
             record.msg, record.args = clean, None
         if record.exc_info and record.exc_text is None and record.exc_info[0] is not None:
-            record.exc_text = redact_dsn(logging.Formatter().formatException(record.exc_info))
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        for key, value in list(record.__dict__.items()):
+            if key not in _STANDARD and isinstance(value, str):
+                setattr(record, key, redact(value))
         return True
+
+
+class RedactingFormatter(logging.Formatter):
+    """Formats with ``inner`` and redacts the finished line: the last net under :class:`RedactingFilter`."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as ``inner`` formats it, secrets replaced by ``***``."""
+        return redact(self.inner.format(record))
 
 
 class _OneLine(logging.Filter):
@@ -84,6 +111,7 @@ def configure_logging(settings: LoggingSettings, *, stream: Any = None) -> None:
     Replaces the root logger's handlers, so calling it again reconfigures rather than duplicates. Raises
     :class:`~hftdb.errors.ConfigError` when the log file cannot be opened.
     """
+    register_environment()
     if settings.file:
         path = Path(settings.file).expanduser()
         try:
@@ -93,10 +121,8 @@ def configure_logging(settings: LoggingSettings, *, stream: Any = None) -> None:
             raise ConfigError(f"[logging] file = {str(path)!r}: cannot open it for writing: {exc.strerror}") from None
     else:
         handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    if settings.format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter(_TEXT_FORMAT))
+    inner = JsonFormatter() if settings.format == "json" else logging.Formatter(_TEXT_FORMAT)
+    handler.setFormatter(RedactingFormatter(inner))
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     for old in list(root.handlers):

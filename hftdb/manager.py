@@ -22,10 +22,12 @@ import asyncpg
 
 from . import packed, partitions, reads, schema
 from .cache import TTLCache
-from .config import Settings, load_settings, redact_dsn
+from .config import Settings, dsn_problem, load_settings, redact_dsn
+from .redact import register_dsn
 from .copy import PG_EPOCH_US
 from .errors import (
     ClosedError,
+    ConfigError,
     DatabaseUnavailableError,
     StateError,
     UnknownExchangeError,
@@ -95,6 +97,10 @@ class DatabaseManager:
             raise ValueError(f"settings must be hftdb.Settings, got {type(settings).__name__}")
         if dsn is not None and not isinstance(dsn, str):
             raise ValueError(f"dsn must be a string, got {type(dsn).__name__}")
+        if dsn:
+            register_dsn(dsn)
+            if problem := dsn_problem(dsn):
+                raise ConfigError(f"dsn: {problem}")
         self.settings = settings
         self._dsn = dsn or settings.database.dsn
         self._spool_dir = spool_dir if spool_dir is not None else settings.writer.spool_dir

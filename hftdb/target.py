@@ -28,6 +28,9 @@ class Target(msgspec.Struct, kw_only=True):
     server: EmbeddedServer | None = None
     description: str
 
+    def __repr__(self) -> str:
+        return f"Target({self.description!r}, server={self.server!r})"  # the description is the redacted DSN
+
     async def close(self) -> None:
         """Release the embedded server handle (the server stops when no other process holds one)."""
         if self.server is not None:

@@ -18,6 +18,7 @@ import aiohttp
 from yarl import URL
 
 from ..errors import ClosedError, ExchangeError, ExchangeHTTPError, StateError
+from ..redact import redact
 
 if TYPE_CHECKING:
     from .base import Backoff
@@ -69,7 +70,7 @@ class RestClient:
         self._state = _State.UNOPENED
 
     def __repr__(self) -> str:
-        return f"<RestClient {self.name} {self.base_url} {self._state.value}>"
+        return f"<RestClient {self.name} {redact(self.base_url)} {self._state.value}>"  # a URL may carry user:password@
 
     async def start(self) -> None:
         """Open the HTTP session."""
@@ -126,11 +127,14 @@ class RestClient:
                 if last:
                     raise ExchangeError(f"{self.name} GET {path}: {type(exc).__name__}: {exc}") from exc
                 delay = self._backoff.delay(attempt)
-                logger.warning("%s GET %s failed (%s: %s); retrying in %.2fs", self.name, path, type(exc).__name__, exc, delay)
+                logger.warning("%s GET %s failed (%s: %s); retrying in %.2fs", self.name, path, type(exc).__name__,
+                               redact(str(exc)), delay)
                 await asyncio.sleep(delay)
                 continue
             if status < 400:
                 return body
+            # ExchangeHTTPError redacts both: exchanges echo parts of a refused request (Bybit's "error sign!" quotes
+            # the API key), and the message reaches logs on every poll.
             text = body[:2000].decode("utf-8", "replace")
             error = ExchangeHTTPError(f"{self.name} GET {path}: HTTP {status}: {text[:300]}", status=status, body=text)
             if status not in self._retry_statuses and status < 500:

@@ -12,7 +12,9 @@ Signatures follow the venues' documentation exactly:
 Credentials come from the environment (``BINANCE_API_KEY``, ``BINANCE_API_SECRET``; ``BYBIT_...``;
 ``OKX_API_KEY``, ``OKX_API_SECRET``, ``OKX_API_PASSPHRASE``; a venue-specific ``BINANCE_USDM_API_KEY`` wins over
 the exchange-wide one) or from a TOML secrets file with one table per exchange or venue (``[okx]``,
-``[binance_usdm]``). Not ``HFTDB_*`` variables: those are reserved for settings. Secrets never appear in a repr.
+``[binance_usdm]``). Not ``HFTDB_*`` variables: those are reserved for settings. Secrets never appear in a repr,
+and building :class:`Credentials` registers the key, secret and passphrase with :mod:`hftdb.redact`, so an
+exchange that echoes one back (Bybit's ``error sign!`` quotes the key) has it starred in errors and logs.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import msgspec
 
 from ..errors import ConfigError
 from ..models import ExchangeName
+from ..redact import register_secret
 
 __all__ = [
     "Credentials",
@@ -45,6 +48,10 @@ class Credentials(msgspec.Struct, frozen=True, kw_only=True):
     api_key: str
     api_secret: str
     passphrase: str | None = None
+
+    def __post_init__(self) -> None:
+        for value in (self.api_key, self.api_secret, self.passphrase):
+            register_secret(value)
 
     def __repr__(self) -> str:
         key = ("..." + self.api_key[-4:]) if len(self.api_key) > 4 else "***"

@@ -1,0 +1,151 @@
+"""Secrets out of text: the one function every log line, error message, repr and CLI line goes through.
+
+:func:`redact` replaces, in any string:
+
+* the password of a DSN written as a URL, with or without its scheme (``postgresql://user:pw@host/db``,
+  ``postgres://...``, ``user:pw@host/db``), percent-encoded or not;
+* a ``password=`` value: libpq keyword/value DSNs (``password=pw``, ``password='quoted pw'``), query strings
+  (``?password=pw&sslmode=require``), environment dumps (``PGPASSWORD=pw``), ``"password": "pw"`` in JSON;
+* every *registered* secret wherever it appears, as written and in its percent-encoded, ``+``-encoded,
+  JSON-escaped and repr-escaped forms, in any letter case: DSN passwords (registered when settings, a
+  :class:`~hftdb.manager.DatabaseManager` or a replica list are built), API keys, secrets and passphrases
+  (registered when :class:`~hftdb.exchanges.signing.Credentials` are built, from the environment, the secrets file
+  or code), and ``$PGPASSWORD`` (as it is when settings are loaded, credentials or a manager built, or logging
+  configured: see :func:`register_environment`).
+
+Each is replaced by ``***``. A registered secret shorter than :data:`MIN_SECRET_LENGTH` characters is redacted
+only where the structure above shows it is a password (a URL's userinfo, a ``password=``), never as a bare
+substring: a 3-letter password would otherwise star out every word that contains it.
+
+This module sits at the bottom of the layers: no I/O, no imports of hftdb. The registry is process-wide and only
+grows (a secret, once seen, stays secret for the life of the process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from urllib.parse import quote, quote_plus, unquote, urlsplit
+
+__all__ = ["MIN_SECRET_LENGTH", "MASK", "redact", "register_secret", "register_dsn", "register_environment", "dsn_password"]
+
+#: The shortest registered secret redacted as a bare substring (see the module docstring).
+MIN_SECRET_LENGTH = 6
+#: What a secret becomes.
+MASK = "***"
+
+# A URL's userinfo password, scheme optional: greedy up to the last "@" before the host, so an unencoded "@" in
+# the password does not leave its tail behind. An empty password (the embedded server's "postgres:@") stays.
+_USERINFO = re.compile(
+    r"(?P<pre>(?:[A-Za-z][A-Za-z0-9+.-]*://)?[^\s:/@?#'\"=]*:)(?P<pw>[^\s/?#'\"]+)(?=@)"
+)
+# password=... in a query string: the value ends at "&" (the next parameter is not secret).
+_QUERY = re.compile(r"(?i)(?P<pre>[?&]pass(?:word|wd)=)(?P<pw>[^\s&#'\"]+)")
+# password=..., PGPASSWORD=..., "password": "..." elsewhere: a quoted value to its closing quote, else to a space,
+# a quote or "&" (a query string's next parameter). Erring long: a ")" after the value goes with it.
+_KEYWORD = re.compile(
+    r"(?i)(?P<pre>pass(?:word|wd)[\"']?\s*[=:]\s*)"
+    r"(?P<pw>'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|[^\s'\"&]+)"
+)
+
+_KEYVALUE = re.compile(r"\s*[A-Za-z_]+\s*=")
+
+_lock = threading.Lock()
+_secrets: set[str] = set()
+_literal: re.Pattern[str] | None = None
+_pgpassword: str | None = None
+
+
+def _variants(secret: str) -> set[str]:
+    """The forms a secret takes on its way into text: URL query and path encoding, JSON and Python string escapes."""
+    forms = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret), repr(secret)[1:-1],
+             json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
+    return {f for f in forms if len(f) >= MIN_SECRET_LENGTH}
+
+
+def register_secret(secret: str | None) -> None:
+    """Make ``secret`` (an API key, a password...) redacted everywhere from now on, in every encoded form.
+
+    None, and strings shorter than :data:`MIN_SECRET_LENGTH`, are ignored (see the module docstring).
+    """
+    register_environment()
+    _register(secret)
+
+
+def _register(secret: str | None) -> None:
+    global _literal
+    if not secret or len(secret) < MIN_SECRET_LENGTH:
+        return
+    forms = _variants(secret) - _secrets
+    if not forms:
+        return
+    with _lock:
+        _secrets.update(forms)
+        # Longest first, so a secret that contains another is starred whole.
+        alternation = "|".join(re.escape(s) for s in sorted(_secrets, key=len, reverse=True))
+        _literal = re.compile(alternation, re.IGNORECASE)
+
+
+def dsn_password(dsn: str | None) -> str | None:
+    """The password a DSN carries (URL userinfo, ``?password=`` or keyword/value ``password=``), decoded; or None."""
+    if not dsn:
+        return None
+    if _KEYVALUE.match(dsn):
+        m = _KEYWORD.search(dsn)
+        if m is None:
+            return None
+        value = m.group("pw")
+        if value[:1] in ("'", '"'):
+            closed = len(value) > 1 and value[-1] == value[0]
+            value = re.sub(r"\\(.)", r"\1", value[1:-1] if closed else value[1:])
+        return value or None
+    text = dsn if "://" in dsn else "postgresql://" + dsn
+    try:
+        parts = urlsplit(text)
+        password = parts.password
+    except ValueError:
+        m = _USERINFO.search(dsn)
+        password = m.group("pw") if m is not None else None
+    if not password:
+        m = _QUERY.search(dsn)
+        password = m.group("pw") if m is not None else None
+    return unquote(password) if password else None
+
+
+def register_dsn(dsn: str | None) -> None:
+    """Register the password of ``dsn`` (decoded and as written) with :func:`register_secret`."""
+    register_environment()
+    password = dsn_password(dsn)
+    if password:
+        register_secret(password)
+        register_secret(quote(password, safe=""))
+
+
+def register_environment() -> None:
+    """Register ``$PGPASSWORD`` as it is now. Loading settings, building credentials or a manager and configuring
+    logging call it; :func:`redact` does not (a lookup in ``os.environ`` would cost more than the redaction)."""
+    global _pgpassword
+    value = os.environ.get("PGPASSWORD")
+    if value and value != _pgpassword:
+        _pgpassword = value
+        _register(value)
+
+
+def redact(text: str) -> str:
+    """``text`` with every DSN password and registered secret replaced by ``***`` (see the module docstring)."""
+    if _literal is not None:
+        text = _literal.sub(MASK, text)
+    if "@" in text:
+        text = _USERINFO.sub(lambda m: m.group("pre") + MASK, text)
+    if "ass" in text or "ASS" in text:
+        text = _QUERY.sub(lambda m: m.group("pre") + MASK, text)
+        text = _KEYWORD.sub(_keyword_mask, text)
+    return text
+
+
+def _keyword_mask(m: re.Match[str]) -> str:
+    value = m.group("pw")
+    quote_char = value[:1] if value[:1] in ("'", '"') else ""
+    return f"{m.group('pre')}{quote_char}{MASK}{quote_char}"
