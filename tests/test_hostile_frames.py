@@ -25,11 +25,13 @@ from hftdb import DatabaseManager
 from hftdb.config import load_settings
 from hftdb.exchanges.base import Backoff, ExchangeAdapter
 from hftdb.exchanges.intake import Intake
+from hftdb.exchanges.parse_binance import BinanceParser
 from hftdb.exchanges.parsing import MAX_FRAME_BYTES
 from hftdb.exchanges.registry import create_adapter, create_parser
 from hftdb.exchanges.runner import StreamRunner
 from hftdb.exchanges.signing import Credentials
 from hftdb.models import Balance, BookTicker, Exchange, ExchangeName as E, FundingRate, Symbol, now_us
+from hftdb.packed import PackedBooks
 from hftdb.replay import ingest_file
 from hftdb.simulator import ExchangeSimulator, Limits
 
@@ -198,6 +200,35 @@ def test_a_frame_whose_handling_raises_costs_only_itself(packed):
     assert [(b.symbol, b.update_id) for b in books] == [("BTCUSDT", 1), ("ETHUSDT", 3), ("BTCUSDT", 5)]
     assert adapter.rejects.counts == {"parser_error": 2}
     assert adapter.stats.duplicates == 0
+
+
+class _RaisingReader(BinanceParser):
+    """A parser whose packed hot path raises at a marked frame after taking the frames before it in that read:
+    where, the intake cannot tell (the resolver case above is handed back instead; this is the last resort)."""
+
+    def book_read(self, payloads, i, *args):  # noqa: ANN001, ANN201 (a test double of one method)
+        marked = [k for k in range(i, len(payloads)) if b"BOOM" in payloads[k]]
+        if not marked:
+            return super().book_read(payloads, i, *args)
+        taken, _ = super().book_read(payloads[:marked[0]], i, *args)
+        if taken < marked[0]:
+            return taken, _
+        raise RuntimeError("book_read failed (on purpose)")
+
+
+def test_a_packed_read_that_raises_midway_loses_only_the_frame_that_raises():
+    sink = PackedSink({"BTCUSDT": 1, "ETHUSDT": 2})
+    adapter = create_adapter(E.BINANCE_USDM, sink)
+    intake = Intake(StreamRunner(adapter), _RaisingReader(E.BINANCE_USDM, symbol_ids=sink.resolve_symbol_id))
+    frames = [binance_book("BTCUSDT", 1), binance_book("ETHUSDT", 2), binance_book("BOOMUSDT", 3),
+              binance_book("ETHUSDT", 4), binance_book("BTCUSDT", 5)]
+    books, _, _ = intake.process([(now_us(), [f.encode() for f in frames])])
+    assert [(b.symbol, b.update_id) for b in books] == [("BTCUSDT", 1), ("ETHUSDT", 2), ("ETHUSDT", 4),
+                                                         ("BTCUSDT", 5)]
+    assert adapter.rejects.counts == {"parser_error": 1}
+    assert type(books) is PackedBooks and books.buf is not None  # every row still has its tuple
+    # The frames it had taken before raising were redone and dropped by admission: counted as duplicates.
+    assert adapter.stats.duplicates == 2
 
 
 def test_okx_funding_without_ts_keeps_the_settlement_time_and_each_new_rate():
