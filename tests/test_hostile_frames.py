@@ -231,6 +231,16 @@ def test_a_packed_read_that_raises_midway_loses_only_the_frame_that_raises():
     assert adapter.stats.duplicates == 2
 
 
+def test_a_balance_asset_that_cannot_be_stored_is_rejected_alone():
+    adapter, intake = intake_of(E.BINANCE_SPOT, MemorySink())
+    event = {"e": "outboundAccountPosition", "E": MS, "u": MS, "B": [
+        {"a": "BTC", "f": "1", "l": "0"}, {"a": "E\u0000TH", "f": "1", "l": "0"}, {"a": "\u001b[31m", "f": "1", "l": "0"},
+        {"a": "USDT", "f": "2", "l": "1"}]}
+    _, _, balances = intake.process([(now_us(), [json.dumps({"subscriptionId": 0, "event": event}).encode()])])
+    assert [b.asset for b in balances] == ["BTC", "USDT"]
+    assert adapter.rejects.counts == {"bad_symbol": 2}
+
+
 def test_okx_funding_without_ts_keeps_the_settlement_time_and_each_new_rate():
     adapter, intake = intake_of(E.OKX_SWAP, MemorySink())
 

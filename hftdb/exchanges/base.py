@@ -27,7 +27,7 @@ from ..errors import ClosedError, ExchangeError, ExchangeHTTPError, FrameError, 
 from ..models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Symbol, now_us
 from .connection import Pacer
 from .intake import exchange_time_ok
-from .parsing import Rejects, newer_funding
+from .parsing import Rejects, name_ok, newer_funding
 from .rest import RestClient
 from .signing import Credentials
 
@@ -485,7 +485,13 @@ class ExchangeAdapter:
         text = body[:2000].decode("utf-8", "replace")
         if self.is_auth_failure(200, text):
             raise SignatureError(f"{self.venue.value} GET {path}: refused: {text[:300]}", status=200, body=text)
-        return parse_rest(self.new_parser().parse_balances, body, now_us(), self.account)
+        balances = []
+        for row in parse_rest(self.new_parser().parse_balances, body, now_us(), self.account):
+            if name_ok(row.asset):
+                balances.append(row)
+            else:  # the row alone: the other assets of the answer are stored
+                self.rejects.add("bad_symbol", f"balance asset {row.asset!r:.80}")
+        return balances
 
     async def poll_balances(self, *, timeout: float | None = None) -> int:
         """Fetch balances and hand them to the sink; return how many the sink accepted."""

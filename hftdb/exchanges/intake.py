@@ -31,7 +31,7 @@ from ..models import Balance, BookTicker, FundingRate, now_us
 from ..packed import SIZE, PackedBooks
 from ..tables import FUTURE_SLACK_US, MIN_TS_US
 from .connection import Chunk
-from .parsing import CONTROL_SNAPSHOT, MAX_FRAME_BYTES, time_ok
+from .parsing import CONTROL_SNAPSHOT, MAX_FRAME_BYTES, name_ok, time_ok
 
 if TYPE_CHECKING:
     from .runner import StreamRunner
@@ -250,7 +250,7 @@ class Intake:
         books.extend(rows)
         funding.extend(rates)
         if parsed.balances:
-            balances.extend(parsed.balances)
+            balances.extend(self._checked_balances(parsed.balances))
 
     def _checked(self, books: list[BookTicker], rates: list[FundingRate]) -> tuple[list[BookTicker], list[FundingRate]]:
         # Rows the parser built without its symbol check (it runs where a row gets its symbol id), and rows
@@ -273,6 +273,16 @@ class Intake:
                     continue
                 out.append(row)  # type: ignore[arg-type]
         return out_books, out_rates
+
+    def _checked_balances(self, rows: list[Balance]) -> list[Balance]:
+        # An asset's text reaches the database as a symbol's does: the same rule (bad_symbol), without the market.
+        out = []
+        for row in rows:
+            if name_ok(row.asset):
+                out.append(row)
+            else:
+                self.runner.adapter.rejects.add("bad_symbol", f"balance asset {row.asset!r:.80}")
+        return out
 
     def _sequence(self, rows: list[BookTicker], snapshot: bool, out: list[BookTicker]) -> None:
         runner = self.runner

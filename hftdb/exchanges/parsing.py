@@ -64,6 +64,7 @@ __all__ = [
     "MAX_FRAME_BYTES",
     "MAX_SYMBOL_CHARS",
     "time_ok",
+    "name_ok",
 ]
 
 logger = logging.getLogger(__name__)
@@ -234,6 +235,13 @@ def too_deep() -> FrameError:
     return FrameError("JSON nested too deep", reason="too_deep")
 
 
+def name_ok(text: object) -> bool:
+    """Whether ``text`` can name a symbol or an asset: a non-empty ``str`` of at most :data:`MAX_SYMBOL_CHARS`
+    printable characters (``isprintable()`` is False for every control character, NUL included, and every
+    surrogate code point: text the database refuses or that hangs a lookup)."""
+    return type(text) is str and 0 < len(text) <= MAX_SYMBOL_CHARS and text.isprintable()
+
+
 def time_ok(ts: int | None, ts_min: int, ts_max: int) -> bool:
     """Whether an exchange time (µs, or None: none sent) lies within ``[ts_min, ts_max]`` (the writers' bounds,
     which the intake passes: this module does not import the write path)."""
@@ -320,8 +328,7 @@ class VenueParser:
         (:meth:`in_market`); remember the symbols that pass, so that the next check is one set lookup."""
         if symbol in self._good:
             return
-        if type(symbol) is not str or not symbol or len(symbol) > MAX_SYMBOL_CHARS or not symbol.isprintable():
-            # isprintable() is False for every control character (NUL included) and every surrogate code point.
+        if not name_ok(symbol):
             raise FrameError(f"bad symbol {symbol!r:.80}", reason="bad_symbol")
         if not self.in_market(symbol):
             raise FrameError(f"{symbol!r} is not an instrument of {self._exchange}", reason="wrong_market")
