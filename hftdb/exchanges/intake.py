@@ -121,16 +121,17 @@ class Intake:
                 # general decode, in order. A receipt time the writer would refuse packs nothing (below).
                 before = len(books)
                 n = len(payloads)
-                i = 0
+                start = 0  # where the book_read call in progress began
                 try:  # free while nothing raises (3.11); _general never raises
                     i, dups = book_read(payloads, 0, recv_ts, ts_max, ids, books, buf)
                     duplicates += dups
                     while i < n:
                         general(payloads[i], recv_ts, admit, books, funding, balances)
-                        i, dups = book_read(payloads, i + 1, recv_ts, ts_max, ids, books, buf)
+                        start = i + 1
+                        i, dups = book_read(payloads, start, recv_ts, ts_max, ids, books, buf)
                         duplicates += dups
-                except Exception as exc:
-                    duplicates += self._read_after(exc, payloads, i, recv_ts, ts_max, books, funding, balances, buf)
+                except Exception:
+                    duplicates += self._read_after(payloads, start, recv_ts, ts_max, books, funding, balances, buf)
                 if len(books) > before:
                     if not lo:
                         lo = recv_ts
@@ -200,12 +201,12 @@ class Intake:
             rejects.add("parser_error", f"{type(exc).__name__}: {exc}")
             logger.debug("%s: frame handling raised", self.runner.adapter.venue.value, exc_info=exc)
 
-    def _read_after(self, exc: Exception, payloads: list[bytes], i: int, recv_ts: int, ts_max: int,
-                    books: list[BookTicker], funding: list[FundingRate], balances: list[Balance],
-                    buf: bytearray) -> int:
+    def _read_after(self, payloads: list[bytes], i: int, recv_ts: int, ts_max: int, books: list[BookTicker],
+                    funding: list[FundingRate], balances: list[Balance], buf: bytearray) -> int:
         # The parser's book_read raised somewhere from payloads[i] on (which frame, it cannot say): redo the rest
-        # of the read one frame at a time, so that only the frame that raises is lost. Frames it had already
-        # taken are then dropped by admission (counted as duplicates, not stored twice).
+        # of the read one frame at a time, so that only the frame that raises (again) is lost and counted. The
+        # bookTicker frames it had already taken are then dropped by admission (counted as duplicates, not
+        # stored twice); it takes no other frame, so nothing else is redone.
         book_read = self._book_read
         ids = self.runner.book_ids
         duplicates = 0
