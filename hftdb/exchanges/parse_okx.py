@@ -107,7 +107,7 @@ class _BboRow(msgspec.Struct, gc=False):
     asks: list[tuple[float, float, Any, Any]]
     bids: list[tuple[float, float, Any, Any]]
     ts: int
-    seqId: int | None = None
+    seqId: int  # required here: a push without it (or with null) goes the general decode, which rejects it
 
 
 class _Bbo(msgspec.Struct, gc=False):
@@ -213,7 +213,7 @@ class OkxParser(VenueParser):
         row = data[0]
         bids = row.bids
         asks = row.asks
-        if not bids or not asks or row.ts < _MIN_MS or row.seqId is None:
+        if not bids or not asks or row.ts < _MIN_MS:
             return None  # the general decode names the reason (bad_time, missing_field...)
         bid = bids[0]
         ask = asks[0]
