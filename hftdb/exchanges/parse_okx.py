@@ -6,9 +6,12 @@ channel handled here:
 * ``tickers``: ``bidPx``/``bidSz``/``askPx``/``askSz``/``ts``. A side with no orders is sent as ``""``: such a
   row has no quote and yields nothing. Tickers carry no sequence id.
 * ``bbo-tbt`` (and ``books5``, the same shape): ``bids``/``asks`` as ``[price, size, "0", orders]`` arrays,
-  ``ts`` and ``seqId`` (the update id). The instrument is named by ``arg.instId`` only.
+  ``ts`` and ``seqId`` (the update id; a row without it is ``missing_field``). The instrument is named by
+  ``arg.instId`` only.
 * ``funding-rate``: ``fundingRate`` is the current period's rate, settled at ``fundingTime``, which is therefore
-  the record's ``next_funding_ts``; ``nextFundingTime`` is the settlement after that and is not stored.
+  the record's ``next_funding_ts``; ``nextFundingTime`` is the settlement after that and is not stored. Older API
+  versions send no ``ts``: the row then has no exchange time (never the settlement time as one), and the
+  runner's funding dedup tells its updates apart by settlement time and rate.
 * private ``account``: ``details[]`` per currency: ``availBal`` is free, ``frozenBal`` locked.
 
 Command responses are ``{"event": ...}`` objects (``subscribe``, ``login``, ``error`` with ``code``/``msg``,
