@@ -1,8 +1,10 @@
 """The on-disk spool: sealed batches that could not be committed wait here, in order, across restarts.
 
 One file per batch, written to a temporary name, fsynced, then renamed, so a crash leaves either the whole batch
-or nothing. Names start with a zero-padded sequence number, so replay order is the order of spilling. A spooled
-batch keeps its batch id: if it had in fact been committed before the crash, the ledger catches the replay.
+or nothing; the writer counts a batch as spooled only once its file and directory are fsynced. Names start with a
+zero-padded sequence number, so replay order is the order of spilling, which the writer keeps equal to the order
+its rows were accepted (oldest first). A spooled batch keeps its batch id: if it had in fact been committed before
+the crash, the ledger catches the replay.
 """
 
 from __future__ import annotations
