@@ -4,7 +4,8 @@ A child process (tests/crash_writer.py) ingests book tickers numbered 1, 2, 3, .
 them, against a private server. The server is stopped; the child goes on accepting rows, which spool while commits
 fail; the child is killed at some point of the outage; the server comes back and a new manager replays the spool.
 What is stored must then be update ids 1..k, each once, with k at least what the child had reported durable
-(committed or spooled) before it died, and no more lost than the bound the README states.
+(committed or spooled) before it died, and no more lost than the bound the README states. The same holds when
+the writer is closed during an outage with its spool full.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from hftdb import DatabaseManager
+from hftdb import DatabaseManager, ExchangeName
 from hftdb.server import EmbeddedServer
+from hftdb.writer import BatchWriter
 
 from conftest import with_database
 from helpers import settings, tickers
@@ -129,6 +131,11 @@ async def _replay_committed_first(dsn: str) -> bool:
         await conn.close()
 
 
+async def _spooling(writer: BatchWriter) -> None:
+    while writer.stats.batches_spooled == 0:
+        await asyncio.sleep(0.01)
+
+
 async def _stored_ids(dsn: str) -> list[int]:
     conn = await asyncpg.connect(dsn)
     try:
@@ -191,3 +198,31 @@ async def test_sigkill_during_outage_leaves_a_prefix(crash_server, crash_dsn, tm
         # The README's bound: the current batch, memory_max_batches sealed batches, and the one being spooled.
         bound = (overrides.get("memory_max_batches", 0) + 2) * BATCH_ROWS
     assert accepted - k <= bound, f"{accepted - k} rows lost, more than the newest rows in memory ({bound})"
+
+
+async def test_close_with_a_full_spool_keeps_a_prefix(crash_server, crash_dsn, tmp_path, caplog):
+    """Closing during an outage with the spool full: a later batch that would still fit is not spooled past an
+    earlier one that does not (it would leave a hole); both are counted lost instead."""
+    # 1,000-row batches are ~97 kB on disk: ten fill the 1 MB spool with ~25 kB to spare, which a 1-row batch fits.
+    cfg = settings(tmp_path, batch_max_rows=1_000, spool_max_bytes=1_000_000)
+    db = DatabaseManager(crash_dsn, settings=cfg)
+    await db.initialize()
+    await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+    writer = db.writer("book_tickers")
+    sent = await db.insert_book_ticker_snapshots(tickers(10, start_id=1))
+    await db.flush(timeout=WAIT_S)
+    await crash_server.kill()
+    sent += await db.insert_book_ticker_snapshots(tickers(1_000, start_id=sent + 1))
+    await asyncio.wait_for(_spooling(writer), WAIT_S)  # the outage's first commit must fail before batches spool
+    for _ in range(14):
+        sent += await db.insert_book_ticker_snapshots(tickers(1_000, start_id=sent + 1))
+    assert writer.stats.batches_spooled == 10 and writer.snapshot()["rows_in_memory"] == 5_000
+    sent += await db.insert_book_ticker_snapshots(tickers(1, start_id=sent + 1))
+    await db.close(timeout=0.5)
+    dropped = writer.stats.rows_dropped
+    assert dropped == 5_001
+    assert "no room to spool" in caplog.text
+    await crash_server.start_again()
+    async with DatabaseManager(crash_dsn, settings=cfg) as db:
+        await db.flush(timeout=WAIT_S)
+    assert await _stored_ids(crash_dsn) == list(range(1, sent - dropped + 1))
