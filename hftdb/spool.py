@@ -9,6 +9,7 @@ the crash, the ledger catches the replay.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -68,19 +69,28 @@ class Spool:
         return self.bytes_used + size <= self.max_bytes
 
     def write(self, batch: SpooledBatch) -> Path:
-        """Store ``batch`` durably and return its path."""
+        """Store ``batch`` durably and return its path; on ``OSError`` (disk full, directory gone) nothing of it is
+        left behind and the error is raised."""
         if not self._opened:
             self.open()
         self._seq += 1
         path = self.directory / f"{self._seq:020d}-{batch.batch_id.hex()}.spool"
         tmp = path.with_suffix(".tmp")
         data = _encoder.encode(batch)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(self.directory)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(self.directory)
+        except OSError:
+            # Not durable, so not spooled: the caller keeps the batch. A file left here would replay it a second
+            # time, out of order (the ledger would skip it, but it would hold spool room until then).
+            for leftover in (tmp, path):
+                with contextlib.suppress(OSError):
+                    leftover.unlink(missing_ok=True)
+            raise
         self.bytes_used += len(data)
         return path
 

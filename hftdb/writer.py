@@ -162,6 +162,7 @@ class BatchWriter(Committing):
         self._space = asyncio.Event()
         self._progress = asyncio.Condition()
         self._spool = Spool(Path(spool_dir) / self.table, max_bytes=settings.spool_max_bytes) if spool_dir else None
+        self._spool_error_logged = -math.inf
         self._covered: list[tuple[int, int]] = []
         #: Backends (by pid) known to hold this table's staging table; a connection to any other creates it first.
         self._staged: set[int] = set()
@@ -518,10 +519,11 @@ class BatchWriter(Committing):
                 return False
         if not self._spool.has_room(sealed[0].nbytes):
             return False
-        self._spill(sealed[0])
-        return True
+        return self._spill(sealed[0])
 
-    def _spill(self, batch: _Batch) -> None:
+    def _spill(self, batch: _Batch) -> bool:
+        """Write ``batch`` to the spool; False (logged, the batch stays in memory) when the spool cannot be
+        written."""
         assert self._spool is not None and batch.buf is not None
         spooled = SpooledBatch(
             table=self.table, batch_id=batch.id.bytes, rows=batch.rows, min_ts=int(batch.min_ts),
@@ -531,12 +533,23 @@ class BatchWriter(Committing):
         # Durable (fsynced file and directory) before the rows stop counting as held in memory. A batch still in
         # flight keeps its payload in that commit; if the commit lands, _release removes the file, and if the
         # process dies first the replay finds the batch in the ledger.
-        batch.spool_path = self._spool.write(spooled)
+        try:
+            batch.spool_path = self._spool.write(spooled)
+        except OSError as exc:
+            # Disk full, directory gone: the batch waits in memory like any that does not fit (this runs inside
+            # producers' calls and the age timer, which must not die of it).
+            now = self._clock()
+            if now >= self._spool_error_logged + self.settings.reject_log_interval_s:
+                self._spool_error_logged = now
+                logger.error("%s writer could not write to the spool in %s (%s); batches stay in memory",
+                             self.table, self._spool.directory, exc)
+            return False
         self._mem_rows -= batch.rows
         batch.buf = None
         batch.latest = None
         self.stats.batches_spooled += 1
         self._space.set()
+        return True
 
     def _spill_excess(self) -> None:
         """While commits fail: spool sealed batches, oldest first, until at most ``memory_max_batches`` of them
@@ -552,10 +565,9 @@ class BatchWriter(Committing):
         for i, batch in enumerate(sealed):
             if len(sealed) - i <= keep and self._mem_rows <= self.settings.buffer_max_rows:
                 return
-            if not self._spool.has_room(batch.nbytes):
+            if not self._spool.has_room(batch.nbytes) or not self._spill(batch):
                 # A later (maybe smaller) batch is not spooled in its place: that would leave a hole.
                 return
-            self._spill(batch)
 
     def _spill_all(self) -> None:
         self._seal()
@@ -565,8 +577,7 @@ class BatchWriter(Committing):
             if batch.buf is None:
                 continue
             # Once one batch does not fit, none after it is spooled either: the spool holds a prefix.
-            if not full and self._spool is not None and self._spool.has_room(batch.nbytes):
-                self._spill(batch)
+            if not full and self._spool is not None and self._spool.has_room(batch.nbytes) and self._spill(batch):
                 spilled += 1
             else:
                 full = True

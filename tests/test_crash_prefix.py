@@ -226,3 +226,42 @@ async def test_close_with_a_full_spool_keeps_a_prefix(crash_server, crash_dsn, t
     async with DatabaseManager(crash_dsn, settings=cfg) as db:
         await db.flush(timeout=WAIT_S)
     assert await _stored_ids(crash_dsn) == list(range(1, sent - dropped + 1))
+
+
+async def test_unwritable_spool_during_outage_keeps_rows_in_memory(crash_server, crash_dsn, tmp_path, caplog):
+    """A spool that cannot be written (here its directory is replaced by a file) neither fails the producers'
+    calls nor stops the age timer: batches wait in memory, and all commit once the database is back."""
+    cfg = settings(tmp_path, batch_max_rows=200, batch_max_age_ms=20.0)
+    spool = tmp_path / "spool" / "book_tickers"
+    async with DatabaseManager(crash_dsn, settings=cfg) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        writer = db.writer("book_tickers")
+        sent = await db.insert_book_ticker_snapshots(tickers(10, start_id=1))
+        await db.flush(timeout=WAIT_S)
+        spool.rmdir()
+        spool.write_bytes(b"")
+        await crash_server.kill()
+        sent += await db.insert_book_ticker_snapshots(tickers(200, start_id=sent + 1))
+        await asyncio.wait_for(_logged(caplog, "could not write to the spool"), WAIT_S)
+        for _ in range(5):
+            sent += await db.insert_book_ticker_snapshots(tickers(150, start_id=sent + 1))
+        # The age timer seals the last 150 rows while commits fail: it tries to spool them and must survive that.
+        await asyncio.wait_for(_sealed_all(writer, sent - 10), WAIT_S)
+        assert writer.stats.batches_spooled == 0
+        spool.unlink()
+        spool.mkdir()
+        await crash_server.start_again()
+        await db.flush(timeout=WAIT_S)
+    assert "task _ager failed" not in caplog.text
+    assert await _stored_ids(crash_dsn) == list(range(1, sent + 1))
+
+
+async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> None:
+    while text not in caplog.text:
+        await asyncio.sleep(0.01)
+
+
+async def _sealed_all(writer: BatchWriter, rows: int) -> None:
+    # Every row in a sealed batch (the current one empty), all of them still in memory.
+    while writer.snapshot()["rows_in_memory"] != rows or writer.current.rows:
+        await asyncio.sleep(0.01)
