@@ -156,7 +156,7 @@ class WriterSettings(_Section):
     full_policy: Literal["block", "drop_oldest", "raise"] = "block"
     spool_dir: str | None = "./data/spool"
     spool_max_bytes: PosInt = 1 << 30
-    memory_max_batches: PosInt = 64
+    memory_max_batches: NonNegInt = 0
     retry_initial_ms: PosFloat = 50.0
     retry_max_ms: PosFloat = 5_000.0
     reject_log_interval_s: PosFloat = 10.0

@@ -1,12 +1,15 @@
 """The on-disk spool: sealed batches that could not be committed wait here, in order, across restarts.
 
 One file per batch, written to a temporary name, fsynced, then renamed, so a crash leaves either the whole batch
-or nothing. Names start with a zero-padded sequence number, so replay order is the order of spilling. A spooled
-batch keeps its batch id: if it had in fact been committed before the crash, the ledger catches the replay.
+or nothing; the writer counts a batch as spooled only once its file and directory are fsynced. Names start with a
+zero-padded sequence number, so replay order is the order of spilling, which the writer keeps equal to the order
+its rows were accepted (oldest first). A spooled batch keeps its batch id: if it had in fact been committed before
+the crash, the ledger catches the replay.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -66,19 +69,28 @@ class Spool:
         return self.bytes_used + size <= self.max_bytes
 
     def write(self, batch: SpooledBatch) -> Path:
-        """Store ``batch`` durably and return its path."""
+        """Store ``batch`` durably and return its path; on ``OSError`` (disk full, directory gone) nothing of it is
+        left behind and the error is raised."""
         if not self._opened:
             self.open()
         self._seq += 1
         path = self.directory / f"{self._seq:020d}-{batch.batch_id.hex()}.spool"
         tmp = path.with_suffix(".tmp")
         data = _encoder.encode(batch)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(self.directory)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(self.directory)
+        except OSError:
+            # Not durable, so not spooled: the caller keeps the batch. A file left here would replay it a second
+            # time, out of order (the ledger would skip it, but it would hold spool room until then).
+            for leftover in (tmp, path):
+                with contextlib.suppress(OSError):
+                    leftover.unlink(missing_ok=True)
+            raise
         self.bytes_used += len(data)
         return path
 

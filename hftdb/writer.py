@@ -6,7 +6,7 @@ The path of a row::
                            │ sealed when the flusher can start a commit (group commit), at batch_max_rows,
                            │ or at batch_max_age_ms by the age timer
                            ▼
-                         queue of sealed batches ──(memory over buffer_max_rows)──▶ spool files
+                         queue of sealed batches ──(while commits fail: oldest first)──▶ spool files
                            │
                            ▼ flusher: the sealed batches at the head, up to commit_max_rows, as one group
                          BEGIN; COPY ... FROM STDIN (BINARY); ledger rows + latest upsert + NOTIFY; COMMIT
@@ -15,7 +15,13 @@ The path of a row::
 Rows are encoded as they are accepted, so encoding overlaps the COPY in flight. When no COPY is in flight the
 flusher seals and sends at once (low latency when quiet); while one is in flight rows accumulate (big batches
 under load). Memory is bounded: past buffer_max_rows the producer blocks, or the oldest batch is dropped, or
-it gets BufferFullError (``full_policy``); while commits fail, batches spill to the spool instead.
+it gets BufferFullError (``full_policy``).
+
+While commits fail, sealed batches go to the spool as they are sealed, oldest first, the head batch being
+retried included (only the ``memory_max_batches`` newest may stay in memory). Spooled batches thus always precede
+in-memory ones in the queue, and what is committed or spooled is a prefix of what was accepted: a process killed
+during an outage loses only its newest rows (the current batch, the batch being spooled, the ``memory_max_batches``
+kept), never a stretch in the middle. While commits succeed nothing is spooled.
 
 Exactly-once: every batch carries a uuid written to ``ingest_batches`` in the transaction that commits it. After a
 failure whose outcome is unknown, the retry first looks the ids up in the ledger and skips what did commit.
@@ -156,6 +162,7 @@ class BatchWriter(Committing):
         self._space = asyncio.Event()
         self._progress = asyncio.Condition()
         self._spool = Spool(Path(spool_dir) / self.table, max_bytes=settings.spool_max_bytes) if spool_dir else None
+        self._spool_error_logged = -math.inf
         self._covered: list[tuple[int, int]] = []
         #: Backends (by pid) known to hold this table's staging table; a connection to any other creates it first.
         self._staged: set[int] = set()
@@ -328,6 +335,10 @@ class BatchWriter(Committing):
         batch.nbytes = len(batch.buf)
         self._queue.append(batch)
         self.current = self._new_batch()
+        if self._failing:
+            # Commits fail: the batch goes to disk now (after every older one), not when memory runs short, so a
+            # crash during an outage loses at most the newest batches (see _spill_excess).
+            self._spill_excess()
 
     async def _ager(self) -> None:
         # Seals a batch once its first row is batch_max_age_ms old, even if no row arrives after it: while a
@@ -478,58 +489,98 @@ class BatchWriter(Committing):
 
     # -- memory bound and spool ------------------------------------------------------------------------------
 
-    def _spillable(self) -> list[_Batch]:
-        inflight = self._inflight
-        return [b for b in self._queue if b.buf is not None and b not in inflight]
+    def _sealed_in_memory(self) -> list[_Batch]:
+        """The sealed batches still held in memory, oldest first (those in flight included)."""
+        # Spooled batches always precede in-memory ones in the queue (replayed ones come first, spills go oldest
+        # first), so the in-memory ones are the tail after the last spooled batch.
+        tail: list[_Batch] = []
+        for batch in reversed(self._queue):
+            if batch.buf is None:
+                break
+            tail.append(batch)
+        tail.reverse()
+        return tail
 
     def _spill_one(self) -> bool:
-        """Move the newest in-memory sealed batch to the spool; False when nothing can be spilled."""
+        """Move the oldest in-memory sealed batch (sealing the current one if none) to the spool; False when
+        nothing can be spilled."""
         if self._spool is None:
             return False
-        candidates = self._spillable()
-        if not candidates:
-            if self.current.rows:
-                self._seal()
-                candidates = self._spillable()
-            if not candidates:
+        sealed = self._sealed_in_memory()
+        if not sealed:
+            if not self.current.rows:
                 return False
-        batch = candidates[-1]
-        if not self._spool.has_room(batch.nbytes):
+            spooled = self.stats.batches_spooled
+            self._seal()  # while commits fail this spools it already
+            if self.stats.batches_spooled > spooled:
+                return True
+            sealed = self._sealed_in_memory()
+            if not sealed:
+                return False
+        if not self._spool.has_room(sealed[0].nbytes):
             return False
-        self._spill(batch)
-        return True
+        return self._spill(sealed[0])
 
-    def _spill(self, batch: _Batch) -> None:
+    def _spill(self, batch: _Batch) -> bool:
+        """Write ``batch`` to the spool; False (logged, the batch stays in memory) when the spool cannot be
+        written."""
         assert self._spool is not None and batch.buf is not None
         spooled = SpooledBatch(
             table=self.table, batch_id=batch.id.bytes, rows=batch.rows, min_ts=int(batch.min_ts),
             max_ts=int(batch.max_ts), latest=self._encode_latest(self._latest_args(batch)), payload=bytes(batch.buf),
             parts=sorted(batch.parts),
         )
-        batch.spool_path = self._spool.write(spooled)
+        # Durable (fsynced file and directory) before the rows stop counting as held in memory. A batch still in
+        # flight keeps its payload in that commit; if the commit lands, _release removes the file, and if the
+        # process dies first the replay finds the batch in the ledger.
+        try:
+            batch.spool_path = self._spool.write(spooled)
+        except OSError as exc:
+            # Disk full, directory gone: the batch waits in memory like any that does not fit (this runs inside
+            # producers' calls and the age timer, which must not die of it).
+            now = self._clock()
+            if now >= self._spool_error_logged + self.settings.reject_log_interval_s:
+                self._spool_error_logged = now
+                logger.error("%s writer could not write to the spool in %s (%s); batches stay in memory",
+                             self.table, self._spool.directory, exc)
+            return False
         self._mem_rows -= batch.rows
         batch.buf = None
         batch.latest = None
         self.stats.batches_spooled += 1
         self._space.set()
+        return True
 
     def _spill_excess(self) -> None:
-        while self._mem_rows > self.settings.buffer_max_rows or (
-            len(self._spillable()) > self.settings.memory_max_batches
-        ):
-            if not self._spill_one():
+        """While commits fail: spool sealed batches, oldest first, until at most ``memory_max_batches`` of them
+        (the newest) and at most ``buffer_max_rows`` rows are left in memory.
+
+        Oldest first, the head batch being retried included, so that what is committed or spooled is always a
+        prefix of what was accepted: a crash loses only the newest rows, never a stretch in the middle.
+        """
+        if self._spool is None:
+            return
+        sealed = self._sealed_in_memory()
+        keep = self.settings.memory_max_batches
+        for i, batch in enumerate(sealed):
+            if len(sealed) - i <= keep and self._mem_rows <= self.settings.buffer_max_rows:
+                return
+            if not self._spool.has_room(batch.nbytes) or not self._spill(batch):
+                # A later (maybe smaller) batch is not spooled in its place: that would leave a hole.
                 return
 
     def _spill_all(self) -> None:
         self._seal()
         lost = spilled = 0
+        full = False
         for batch in list(self._queue):
             if batch.buf is None:
                 continue
-            if self._spool is not None and self._spool.has_room(batch.nbytes):
-                self._spill(batch)
+            # Once one batch does not fit, none after it is spooled either: the spool holds a prefix.
+            if not full and self._spool is not None and self._spool.has_room(batch.nbytes) and self._spill(batch):
                 spilled += 1
             else:
+                full = True
                 lost += batch.rows
                 self._queue.remove(batch)
                 self._mem_rows -= batch.rows
