@@ -18,13 +18,24 @@ from .copy import PG_EPOCH_US, encode_numeric
 from .models import Balance, BookTicker, FundingRate, now_us
 from .writer import BatchWriter
 
-__all__ = ["BookTickerWriter", "FundingRateWriter", "BalanceWriter", "MIN_TS_US", "FUTURE_SLACK_US"]
+__all__ = ["BookTickerWriter", "FundingRateWriter", "BalanceWriter", "MIN_TS_US", "FUTURE_SLACK_US", "bad_text"]
 
 INF = math.inf
 #: Earliest accepted timestamp (2009-01-01 UTC): anything older is a unit mistake, not market data.
 MIN_TS_US = 1_230_768_000_000_000
 #: How far past the local clock a timestamp may be (clock skew between us and the exchange).
 FUTURE_SLACK_US = 86_400_000_000
+
+
+def bad_text(value: str) -> bool:
+    """Whether a text value must not reach the database: it holds a character that is not printable.
+
+    ``str.isprintable`` (one C pass) is False for NUL, which PostgreSQL text cannot hold (22021), for a lone
+    surrogate, which UTF-8 cannot encode, and for control, format, private-use and unassigned characters and
+    separators other than the space, none of which belong in a symbol, an asset or an account name. Such a value
+    is rejected with its row (``<field>_bad_char``) before any query: sent, it would fail the statement.
+    """
+    return not value.isprintable()
 
 
 def _ts_reason(ts: Any, ts_max: int, what: str) -> str | None:
@@ -385,7 +396,7 @@ class BalanceWriter(BatchWriter):
         for exchange_id, r in rows:
             reason, free, locked = _balance_check(r, ts_max)
             if reason:
-                self.rejects.add(reason, f"{r.exchange}:{r.account}:{r.asset} {r!r}")
+                self.rejects.add(reason, repr(r))
                 continue
             account, asset = r.account.encode(), r.asset.encode()
             f_bytes, l_bytes = encode_numeric(free), encode_numeric(locked)
@@ -445,8 +456,12 @@ def _balance_check(r: Balance, ts_max: int) -> tuple[str | None, Decimal, Decima
     zero = Decimal(0)
     if not isinstance(r.asset, str) or not 0 < len(r.asset) <= _MAX_ASSET_LEN:
         return "asset_invalid", zero, zero
+    if not r.asset.isprintable():
+        return "asset_bad_char", zero, zero
     if not isinstance(r.account, str) or not 0 < len(r.account) <= _MAX_ACCOUNT_LEN:
         return "account_invalid", zero, zero
+    if not r.account.isprintable():
+        return "account_bad_char", zero, zero
     free, locked = _to_decimal(r.free), _to_decimal(r.locked)
     if free is None or locked is None:
         return "amount_wrong_type", zero, zero
