@@ -164,3 +164,196 @@ def test_classify_by_sqlstate():
         'no partition of relation "book_tickers" found for row')) == dberrors.WAIT
     assert dberrors.classify(asyncpg.exceptions.InsufficientPrivilegeError("x")) == dberrors.OTHER
     assert dberrors.classify(ValueError("x")) == dberrors.OTHER
+
+
+async def _latest_matches_history(db: DatabaseManager) -> None:
+    """Each symbol's latest row is its newest stored row (no refused row got into the latest table)."""
+    async with db.pool.acquire() as conn:
+        wrong = await conn.fetchval("""
+            SELECT count(*) FROM book_tickers_latest l
+            WHERE (l.recv_ts, l.bid_price, l.update_id) IS DISTINCT FROM (
+                SELECT (b.recv_ts, b.bid_price, b.update_id) FROM book_tickers b WHERE b.symbol_id = l.symbol_id
+                ORDER BY b.recv_ts DESC, b.update_id DESC LIMIT 1)""")
+    assert wrong == 0
+
+
+@pytest.mark.parametrize("size", [50, 3000])
+async def test_rows_the_server_refuses_at_commit_are_rejected_alone(dsn, tmp_path, size):
+    """The client lets these rows through; a CHECK constraint added to the test database refuses them at COPY
+    (history) or at the latest upsert (latest table). Only they are lost, counted; the writer goes on."""
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        async with db.pool.acquire() as conn:
+            await conn.execute("ALTER TABLE book_tickers ADD CONSTRAINT no_13 CHECK (bid_price <> 13.0)")
+            await conn.execute("ALTER TABLE book_tickers_latest ADD CONSTRAINT no_77 CHECK (ask_qty <> 77.0)")
+        rows = tickers(size, symbols=7)
+        refused = {3, size // 2, size - 1}
+        for i in refused:
+            rows[i].bid_price = 13.0
+            rows[i].ask_price = 14.0
+        # The newest row of one symbol carries ask_qty 77: the history takes it, the latest table refuses it.
+        latest_refused = size - 2
+        rows[latest_refused].ask_qty = 77.0
+        assert await asyncio.wait_for(db.insert_book_ticker_snapshots(rows), BOUND) == size
+        await asyncio.wait_for(db.flush(), BOUND * 3)
+        stored = {r["update_id"] for r in await db.pool.fetch("SELECT update_id FROM book_tickers")}
+        assert stored == {r.update_id for i, r in enumerate(rows) if i not in refused | {latest_refused}}
+        assert await _count(db, "SELECT count(*) FROM book_tickers") == len(stored)
+        w = db.writer("book_tickers")
+        assert w.rejects.counts == {"db_23514": len(refused) + 1}
+        assert w.stats.rows_committed == len(stored)
+        await _latest_matches_history(db)
+        # The writer keeps committing, and the batches' ledger rows cover the stored rows exactly.
+        more = tickers(size, start_id=size, symbols=7)
+        assert await asyncio.wait_for(db.insert_book_ticker_snapshots(more), BOUND) == size
+        await asyncio.wait_for(db.flush(), BOUND)
+        assert await _count(db, "SELECT count(*) FROM book_tickers") == len(stored) + size
+        assert await _count(db, "SELECT sum(row_count) FROM ingest_batches WHERE table_name = 'book_tickers'") \
+            == len(stored) + size
+        await _latest_matches_history(db)
+
+
+async def test_refused_balances_and_funding_rates_are_rejected_alone(dsn, tmp_path):
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_USDM)
+        async with db.pool.acquire() as conn:
+            await conn.execute("ALTER TABLE balances ADD CONSTRAINT small CHECK (free < 1000000)")
+            await conn.execute("ALTER TABLE funding_rates ADD CONSTRAINT sane CHECK (rate < 0.5)")
+        t = now_us()
+        balances = [Balance(exchange="binance_usdm", account="main", asset=f"A{i % 4}",
+                            free=Decimal("1e7") if i == 5 else Decimal(i) / 3, locked=Decimal("0.1"), recv_ts=t + i)
+                    for i in range(40)]
+        rates = [FundingRate("binance_usdm", f"S{i % 3}USDT", 0.9 if i in (2, 30) else 0.0001 * i, t + i,
+                             next_funding_ts=t + 3_600_000_000) for i in range(40)]
+        assert await asyncio.wait_for(db.insert_balance_snapshots(balances), BOUND) == 40
+        assert await asyncio.wait_for(db.insert_funding_rates(rates), BOUND) == 40
+        await asyncio.wait_for(db.flush(), BOUND * 3)
+        assert await _count(db, "SELECT count(*) FROM balances") == 39
+        assert await _count(db, "SELECT count(*) FROM balances WHERE free >= 1000000") == 0
+        assert await _count(db, "SELECT count(*) FROM funding_rates") == 38
+        assert db.writer("balances").rejects.counts == {"db_23514": 1}
+        assert db.writer("funding_rates").rejects.counts == {"db_23514": 2}
+        # Latest rows are the newest stored ones, exact numerics intact.
+        latest = {(b.asset): b for b in await db.get_latest_balances(ExchangeName.BINANCE_USDM)}
+        assert latest["A3"].free == Decimal(39) / 3 and latest["A3"].recv_ts == t + 39
+        async with db.pool.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM funding_rates_latest") == 3
+
+
+async def test_taking_a_batch_apart_is_exactly_once_across_a_lost_connection(dsn, tmp_path):
+    """The connection dies (the backend is terminated) after some parts of a refused batch committed: the next
+    attempt finds those parts in the ledger by their derived ids and sends only the rest."""
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        async with db.pool.acquire() as conn:
+            await conn.execute("""
+                ALTER TABLE book_tickers ADD CONSTRAINT no_13 CHECK (bid_price <> 13.0);
+                CREATE SEQUENCE ledger_writes;
+                CREATE FUNCTION die_on_second_part() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    IF nextval('ledger_writes') = 2 THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF;
+                    RETURN NULL;
+                END $$;
+                CREATE TRIGGER die AFTER INSERT ON ingest_batches
+                    FOR EACH STATEMENT EXECUTE FUNCTION die_on_second_part();""")
+        rows = tickers(1000, symbols=7)
+        refused = {5, 700}
+        for i in refused:
+            rows[i].bid_price, rows[i].ask_price = 13.0, 14.0
+        assert await asyncio.wait_for(db.insert_book_ticker_snapshots(rows), BOUND) == 1000
+        await asyncio.wait_for(db.flush(), BOUND * 3)
+        w = db.writer("book_tickers")
+        async with db.pool.acquire() as conn:
+            assert await conn.fetchval("SELECT last_value FROM ledger_writes") > 2  # the kill did happen
+            stored = [r[0] for r in await conn.fetch("SELECT update_id FROM book_tickers")]
+            ledger_rows = await conn.fetchval("SELECT sum(row_count) FROM ingest_batches")
+        assert sorted(stored) == [r.update_id for i, r in enumerate(rows) if i not in refused]
+        assert ledger_rows == 998
+        assert w.rejects.counts == {"db_23514": 2}
+        assert w.stats.retries >= 2  # the refusal, and the lost connection
+        await _latest_matches_history(db)
+
+
+# -- exact duplicates --------------------------------------------------------------------------------------------
+
+
+def _stored_count(db: DatabaseManager, table: str = "book_tickers") -> "asyncio.Future[int]":
+    return _count(db, f"SELECT count(*) FROM {table}")
+
+
+@pytest.mark.parametrize("size,by_id", [(20, False), (20, True), (400, False), (400, True)])
+async def test_a_call_sent_twice_is_stored_once(dsn, tmp_path, size, by_id):
+    """Per-row path (20 rows) and vectorized path (400 rows; names from the cache, or ids), the same call twice
+    within one batch, and duplicates inside one call: each row is stored once, the rest counted."""
+    async with DatabaseManager(dsn, settings=settings(tmp_path, linger_ms=60_000.0, batch_max_age_ms=60_000.0)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        rows = tickers(size, symbols=7)
+        await db.insert_book_ticker_snapshots(rows[:7])  # registers the names (and caches them)
+        await db.flush()
+        if by_id:
+            for r in rows:
+                r.symbol_id = db.resolve_symbol_id(r.exchange, r.symbol)
+        rest = rows[7:]
+        assert await db.insert_book_ticker_snapshots(rest) == len(rest)
+        assert await db.insert_book_ticker_snapshots(list(rest)) == 0
+        # Inside one call: every row twice, interleaved.
+        again = tickers(size, start_id=size, symbols=7, base_ts=rows[-1].recv_ts + 1)
+        if by_id:
+            for r in again:
+                r.symbol_id = db.resolve_symbol_id(r.exchange, r.symbol)
+        doubled = [r for pair in zip(again, again) for r in pair]
+        assert await db.insert_book_ticker_snapshots(doubled) == size
+        await db.flush()
+        w = db.writer("book_tickers")
+        assert await _stored_count(db) == 2 * size
+        assert await _count(db, "SELECT count(DISTINCT update_id) FROM book_tickers") == 2 * size
+        assert w.stats.rows_duplicate == len(rest) + size
+        assert w.snapshot()["rows_duplicate"] == len(rest) + size
+        assert w.rejects.counts == {}
+        await _latest_matches_history(db)
+
+
+async def test_rows_at_one_receipt_time_are_not_duplicates_unless_equal(dsn, tmp_path):
+    """A feed's socket read stamps its rows with one receipt time: rows that differ in any field are all kept."""
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        t = now_us()
+        for size in (10, 300):
+            rows = [BookTicker("binance_spot", f"S{i % 3}", 1.0 + i, 1.0, 2.0 + i, 1.0, t, update_id=None)
+                    for i in range(size)]
+            rows += [BookTicker("binance_spot", "S0", 1.0, 1.0, 2.0, 1.0, t, update_id=u) for u in range(size, 0, -1)]
+            assert await db.insert_book_ticker_snapshots(rows) == 2 * size
+            t += 1_000_000
+        await db.flush()
+        assert await _stored_count(db) == 620
+        assert db.writer("book_tickers").stats.rows_duplicate == 0
+
+
+async def test_duplicate_columns_and_other_tables(dsn, tmp_path):
+    np = pytest.importorskip("numpy")
+    async with DatabaseManager(dsn, settings=settings(tmp_path, linger_ms=60_000.0, batch_max_age_ms=60_000.0)) as db:
+        ex = await db.insert_exchange(ExchangeName.BINANCE_USDM)
+        sym = await db.insert_symbol(Symbol(exchange_id=ex.id, symbol="BTCUSDT"))
+        t = now_us()
+        n = 500
+        cols = (np.full(n, sym.id), np.full(n, 1.0), np.full(n, 2.0), np.full(n, 1.5), np.full(n, 3.0),
+                np.arange(n) + t)
+        assert await db.insert_book_ticker_columns(*cols, update_id=np.arange(n)) == n
+        assert await db.insert_book_ticker_columns(*cols, update_id=np.arange(n)) == 0
+        rates = [FundingRate("binance_usdm", "BTCUSDT", 0.0001, t + i, next_funding_ts=t + 10**9) for i in range(5)]
+        assert await db.insert_funding_rates(rates) == 5
+        assert await db.insert_funding_rates(rates + rates) == 0
+        bal = [Balance(exchange="binance_usdm", account="main", asset=f"A{i}", free=Decimal("1.5"),
+                       locked=Decimal(0), recv_ts=t) for i in range(4)]
+        assert await db.insert_balance_snapshots(bal) == 4
+        assert await db.insert_balance_snapshots(bal) == 0
+        changed = [Balance(exchange="binance_usdm", account="main", asset="A0", free=Decimal("2"),
+                           locked=Decimal(0), recv_ts=t)]
+        assert await db.insert_balance_snapshots(changed) == 1  # same time, another amount: not a duplicate
+        await db.flush()
+        assert await _stored_count(db) == n
+        assert await _stored_count(db, "funding_rates") == 5
+        assert await _stored_count(db, "balances") == 5
+        assert db.writer("book_tickers").stats.rows_duplicate == n
+        assert db.writer("funding_rates").stats.rows_duplicate == 10
+        assert db.writer("balances").stats.rows_duplicate == 4
