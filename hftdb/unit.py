@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable
 
 import asyncpg
 
-from . import reads
+from . import dberrors, reads
 from .errors import UnknownExchangeError, UnknownSymbolError, ValidationError
 from .models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Symbol
 from .resolve import MAX_SYMBOL_LEN
@@ -114,7 +114,15 @@ class UnitOfWork:
         if added != len(pairs):
             raise ValidationError(f"{len(pairs) - added} invalid {table} row(s) in a unit of work: "
                                   f"{encoder.rejects.snapshot()}")
-        return await encoder.write_in(self._conn)
+        try:
+            return await encoder.write_in(self._conn)
+        except dberrors.CATCH as exc:
+            if dberrors.classify(exc) != dberrors.DATA:
+                raise
+            # The server refused a value the checks let through (a CHECK of your own, a range): the unit's
+            # mistake, so a typed error, and the transaction rolls back as for any invalid row.
+            raise ValidationError(f"the database refused a {table} row in a unit of work "
+                                  f"({dberrors.sqlstate(exc)}: {exc})") from exc
 
     def _committed(self) -> None:
         for ex in self._new_exchanges:

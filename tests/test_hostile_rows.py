@@ -357,3 +357,56 @@ async def test_duplicate_columns_and_other_tables(dsn, tmp_path):
         assert db.writer("book_tickers").stats.rows_duplicate == n
         assert db.writer("funding_rates").stats.rows_duplicate == 10
         assert db.writer("balances").stats.rows_duplicate == 4
+
+
+async def test_names_the_server_refuses_reject_only_their_rows(dsn, tmp_path):
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        async with db.pool.acquire() as conn:
+            await conn.execute("ALTER TABLE symbols ADD CONSTRAINT no_evil CHECK (symbol <> 'EVILUSDT')")
+        good = tickers(30, symbols=3)
+        t = good[-1].recv_ts
+        evil = [BookTicker("binance_spot", "EVILUSDT", 1.0, 1.0, 1.1, 1.0, t + i) for i in range(2)]
+        assert await asyncio.wait_for(db.insert_book_ticker_snapshots(evil + good), BOUND) == 30
+        await asyncio.wait_for(db.flush(), BOUND)
+        assert await _stored_count(db) == 30
+        assert db.writer("book_tickers").rejects.counts == {"symbol_rejected": 2}
+
+
+async def test_an_error_retrying_cannot_fix_is_retried_a_few_times_then_rejected(dsn, tmp_path):
+    """A trigger raises a plain exception (P0001: neither an outage nor a data error) for one row: the commit is
+    tried a bounded number of times, then that row alone is rejected and the writer goes on."""
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        async with db.pool.acquire() as conn:
+            await conn.execute("""
+                CREATE FUNCTION no_13() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    IF NEW.bid_price = 13.0 THEN RAISE EXCEPTION 'thirteen'; END IF;
+                    RETURN NEW;
+                END $$;
+                CREATE TRIGGER no_13 BEFORE INSERT ON book_tickers FOR EACH ROW EXECUTE FUNCTION no_13();""")
+        rows = tickers(200, symbols=5)
+        rows[77].bid_price, rows[77].ask_price = 13.0, 14.0
+        assert await asyncio.wait_for(db.insert_book_ticker_snapshots(rows), BOUND) == 200
+        await asyncio.wait_for(db.flush(), BOUND * 3)
+        w = db.writer("book_tickers")
+        assert await _stored_count(db) == 199
+        assert w.rejects.counts == {"db_P0001": 1}
+        assert w.stats.retries == dberrors.MAX_OTHER_ATTEMPTS
+
+
+async def test_a_unit_of_work_gets_a_validation_error_for_a_refused_row(dsn, tmp_path):
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        ex = await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        sym = await db.insert_symbol(Symbol(exchange_id=ex.id, symbol="BTCUSDT"))
+        async with db.pool.acquire() as conn:
+            await conn.execute("ALTER TABLE book_tickers ADD CONSTRAINT no_13 CHECK (bid_price <> 13.0)")
+        rows = tickers(10, symbols=1)
+        for r in rows:
+            r.symbol_id = sym.id
+        rows[4].bid_price, rows[4].ask_price = 13.0, 14.0
+        with pytest.raises(ValidationError, match="23514"):
+            async with db.transaction() as uow:
+                await asyncio.wait_for(uow.insert_book_ticker_snapshots(rows), BOUND)
+        assert await _stored_count(db) == 0
