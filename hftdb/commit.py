@@ -183,8 +183,11 @@ class Committing:
                     nodes = {int.from_bytes(i.bytes[10:], "big") for i in done}
                     committed += await self._bisect(b, tuples, 1, 0, len(tuples), nodes)
             except RETRYABLE as exc:
-                # An outage midway: what committed is in the ledger under its part's id; the next run skips it.
-                self._failed([b], exc)
+                # An outage midway: what committed is in the ledger under its batch's or part's id, and every
+                # batch of the group is marked for a ledger check, so the next run skips it however the group
+                # is formed again.
+                self.stats.rows_committed += committed
+                self._failed(group, exc)
                 return False
             self.stats.batches_committed += 1
             self._suspect.discard(b.id)

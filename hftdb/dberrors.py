@@ -16,8 +16,7 @@ registration, the manager's start-up). Its answer is one of:
     - ``40001`` serialization_failure, ``40P01`` deadlock_detected, ``55P03`` lock_not_available, ``55006``
       object_in_use (a concurrent DDL such as a partition being attached or detached);
     - ``23514`` when it is "no partition of relation ... found for row" (retention dropped a partition under the
-      writer; the retry creates it), and ``42P01`` undefined_table (a temp staging table gone with its backend;
-      the retry creates it). Both are fixed by the retry itself, so they are waited out, not held against the rows.
+      writer; the retry creates it): fixed by the retry itself, so waited out, not held against the rows.
 
 ``DATA``
     The server refused a value: class ``22`` (data exception: 22021 character_not_in_repertoire, 22P05
@@ -26,10 +25,11 @@ registration, the manager's start-up). Its answer is one of:
     offending rows are found and rejected alone (counted, logged) and the others are stored.
 
 ``OTHER``
-    Anything else (class 42 syntax or privilege errors, XX000 internal errors, an error from code that is not the
-    database's): the caller retries it a bounded number of times (:data:`MAX_OTHER_ATTEMPTS`), then gives up on
-    the rows in question with a counted, logged rejection, so that nothing retries forever on an error retrying
-    cannot fix.
+    Anything else (class 42 syntax, privilege and undefined-object errors, P0001 from a trigger, XX000 internal
+    errors): the caller retries it a bounded number of times (:data:`MAX_OTHER_ATTEMPTS`), then gives up on the
+    rows in question with a counted, logged rejection, so that nothing retries forever on an error retrying
+    cannot fix. (A commit's temp staging table gone with its backend, 42P01, is created again by the next
+    attempt, which then succeeds: one of these attempts, not a lost row.)
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ CATCH: tuple[type[BaseException], ...] = (
     asyncio.TimeoutError,
 )
 
-_WAIT_STATES = frozenset({"57P01", "57P02", "57P03", "57014", "40001", "40P01", "55P03", "55006", "42P01"})
+_WAIT_STATES = frozenset({"57P01", "57P02", "57P03", "57014", "40001", "40P01", "55P03", "55006"})
 _WAIT_CLASSES = frozenset({"08", "53"})
 _DATA_CLASSES = frozenset({"22", "23"})
 
