@@ -281,6 +281,40 @@ async def _cleanup(ctx: _Context) -> int:
     return 0
 
 
+async def _archive(ctx: _Context) -> int:
+    from . import archive
+
+    args = ctx.args
+    days = args.older_than_days if args.older_than_days is not None else ctx.settings.archive.after_days
+    if not days > 0:
+        raise ValidationError(f"--older-than-days must be > 0, got {days}")
+    tables = [args.table] if args.table else list(_TS)
+    if not args.dry_run:
+        archive.require_pyarrow()
+    cutoff = now_us() - int(days * 86_400_000_000)
+    rows = files = 0
+    async with ctx.connect() as (_, conn):
+        await _require_schema(conn)
+        for i, table in enumerate(tables, 1):
+            ctx.progress(f"[{i}/{len(tables)}] {table}: partitions ending before {_utc(cutoff)}")
+            report = await archive.archive_table(
+                conn, table, settings=ctx.settings.archive, cutoff_us=cutoff,
+                interval_s=ctx.settings.storage.partition_interval_s, dry_run=args.dry_run)
+            for name in report.pending:
+                ctx.print(f"would archive {name}")
+            for name in report.finished:
+                ctx.print(f"finished {name} (left by an interrupted run)")
+            for name in report.archived:
+                ctx.print(f"archived {name}")
+            rows += report.rows
+            files += len(report.archived) + len(report.finished)
+    if args.dry_run:
+        ctx.print(f"dry run: nothing written or dropped; archive root {ctx.settings.archive.root}")
+    else:
+        ctx.print(f"archived {files} partition(s), {rows:,} rows, under {ctx.settings.archive.root}")
+    return 0
+
+
 async def _reset(ctx: _Context) -> int:
     if not ctx.args.yes:
         raise ValidationError("reset drops every hftdb table and all their data, then recreates them empty; "
@@ -531,6 +565,11 @@ def _parser() -> argparse.ArgumentParser:
     p = command("cleanup", "apply retention: drop partitions older than the retention period", _cleanup)
     p.add_argument("--retention-days", type=float, metavar="DAYS", help="default: [storage] retention_days")
     p.add_argument("--dry-run", action="store_true", help="list the partitions that would be dropped, drop nothing")
+    p = command("archive", "move sealed partitions to Parquet files under [archive] root, verified, then drop "
+                           "them", _archive)
+    p.add_argument("--older-than-days", type=float, metavar="DAYS", help="default: [archive] after_days")
+    p.add_argument("--table", choices=_TS, help="only this table (default: all three)")
+    p.add_argument("--dry-run", action="store_true", help="list the partitions that would be archived, touch nothing")
     p = command("reset", "drop every hftdb table and recreate the schema empty", _reset)
     p.add_argument("--yes", action="store_true", help="confirm: all data is lost")
     p = command("backup", "dump the database to FILE (pg_dump custom format)", _backup)

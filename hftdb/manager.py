@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator, Iterable, Literal, Sequence
 
 import asyncpg
 
-from . import packed, partitions, reads, schema
+from . import archive, packed, partitions, reads, schema
 from .cache import TTLCache
 from .config import Settings, load_settings, redact_dsn
 from .copy import PG_EPOCH_US
@@ -748,6 +748,37 @@ class DatabaseManager:
                 w.forget_partitions()
         return dropped
 
+    async def archive_partitions(
+        self, older_than: timedelta | float | None = None, *, tables: Sequence[str] | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, archive.ArchiveReport]:
+        """Move sealed partitions older than ``older_than`` (a timedelta or days; default ``[archive] after_days``)
+        to the Parquet tier under ``[archive] root``: written, verified against PostgreSQL, then dropped.
+
+        ``tables`` narrows it (default: all three time-series tables). Idempotent, and a rerun finishes what an
+        interrupted one left (see :mod:`hftdb.archive`). With ``dry_run`` nothing is written or dropped: the
+        reports list the partitions that would be archived. Needs ``pip install 'hftdb[archive]'``.
+        """
+        self._check_open()
+        days = _days(older_than, self.settings.archive.after_days, "older_than")
+        chosen = list(partitions.TIME_SERIES_TABLES if tables is None else tables)
+        for t in chosen:
+            if t not in partitions.TIME_SERIES_TABLES:
+                raise ValidationError(f"tables: {t!r} is not one of {', '.join(partitions.TIME_SERIES_TABLES)}")
+        if not dry_run:
+            archive.require_pyarrow()
+        cutoff = now_us() - int(days * 86_400_000_000)
+        reports = {}
+        async with self.pool.acquire() as conn:
+            for t in chosen:
+                reports[t] = await archive.archive_table(
+                    conn, t, settings=self.settings.archive, cutoff_us=cutoff,
+                    interval_s=self.settings.storage.partition_interval_s, dry_run=dry_run)
+        if not dry_run:
+            for w in self._writers.values():
+                w.forget_partitions()
+        return reports
+
     async def run_maintenance(self) -> Any:
         """Create partitions ahead, index sealed partitions, apply retention and trim the batch ledger."""
         self._check_open()
@@ -776,6 +807,20 @@ class DatabaseManager:
             for name, w in self._writers.items()
         }
         return result
+
+
+def _days(value: timedelta | float | None, default: float, name: str) -> float:
+    if value is None:
+        days = default
+    elif isinstance(value, timedelta):
+        days = value.total_seconds() / 86400
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        days = float(value)
+    else:
+        raise ValidationError(f"{name} must be a timedelta or a number of days, got {value!r}")
+    if not days > 0:
+        raise ValidationError(f"{name} must be positive, got {days} days")
+    return days
 
 
 def _exchange_name(name: ExchangeName | str) -> str:

@@ -45,6 +45,12 @@ __all__ = [
     "drop_partitions_before",
     "index_cold_partitions",
     "maintain",
+    "is_hftdb_partition",
+    "maintenance_lock",
+    "sealed_partitions",
+    "detach_partition",
+    "detached_tables",
+    "drop_detached",
 ]
 
 logger = logging.getLogger(__name__)
@@ -359,6 +365,75 @@ async def _finish_interrupted_drops(conn: asyncpg.Connection, table: str) -> Non
         if _is_ours(table, row["relname"]):
             logger.warning("dropping %s, detached by an interrupted retention run", row["relname"])
             await conn.execute(f"DROP TABLE {_ident(row['relname'])}")
+
+
+def is_hftdb_partition(table: str, name: str) -> bool:
+    """Whether ``name`` is a partition name hftdb gives ``table``'s partitions (others are never dropped)."""
+    return _is_ours(_check_table(table), name)
+
+
+def maintenance_lock(conn: asyncpg.Connection, table: str) -> contextlib.AbstractAsyncContextManager[None]:
+    """The session-level lock that retention, indexing and archiving of ``table`` hold while they run, so that
+    no two of them work on the same partition at once. The connection must be outside a transaction."""
+    return _maintenance_lock(conn, _check_table(table))
+
+
+async def sealed_partitions(conn: asyncpg.Connection, table: str, cutoff_us: int) -> list[PartitionInfo]:
+    """``table``'s attached partitions named by hftdb whose upper bound is <= ``cutoff_us``, oldest first."""
+    _check_int("cutoff_us", cutoff_us)
+    return [p for p in await list_partitions(conn, table)
+            if p.upper_us is not None and p.upper_us <= cutoff_us and _is_ours(table, p.name)]
+
+
+async def detach_partition(conn: asyncpg.Connection, table: str, name: str, *, marker: str) -> None:
+    """Detach hftdb partition ``name`` of ``table`` CONCURRENTLY (writers are not blocked), first commenting it
+    with ``marker`` so that :func:`detached_tables` finds it again after a crash. Call it under
+    :func:`maintenance_lock`."""
+    if not is_hftdb_partition(table, name):
+        raise ValidationError(f"{name} is not an hftdb partition of {table}")
+    part = _ident(name)
+    await conn.execute(f"COMMENT ON TABLE {part} IS {_literal(marker)}")
+    await conn.execute(f"ALTER TABLE {_ident(table)} DETACH PARTITION {part} CONCURRENTLY")
+
+
+async def detached_tables(conn: asyncpg.Connection, table: str, *, marker: str) -> list[str]:
+    """hftdb partitions of ``table`` detached with ``marker`` and not dropped yet (an interrupted run's), after
+    finishing any detach that was interrupted half way. Call it under :func:`maintenance_lock`."""
+    _check_table(table)
+    for row in await _partitions(conn, table):
+        if row["detach_pending"] and row["comment"] == marker and _is_ours(table, row["name"]):
+            logger.warning("finishing the interrupted detach of %s", row["name"])
+            await conn.execute(f"ALTER TABLE {_ident(table)} DETACH PARTITION {_ident(row['name'])} FINALIZE")
+    rows = await conn.fetch(
+        "SELECT c.relname FROM pg_class c WHERE c.relkind = 'r' AND NOT c.relispartition"
+        " AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = $1::regclass)"
+        " AND obj_description(c.oid, 'pg_class') = $2 ORDER BY c.relname",
+        table, marker,
+    )
+    return [r["relname"] for r in rows if _is_ours(table, r["relname"])]
+
+
+async def drop_detached(conn: asyncpg.Connection, table: str, name: str, *, marker: str) -> bool:
+    """Drop the detached table ``name`` if it still carries ``marker`` and is no partition; return whether it
+    was dropped. Never drops an attached partition."""
+    if not is_hftdb_partition(table, name):
+        raise ValidationError(f"{name} is not an hftdb partition of {table}")
+    ok = await conn.fetchval(
+        "SELECT NOT c.relispartition AND obj_description(c.oid, 'pg_class') = $2 FROM pg_class c"
+        " WHERE c.oid = to_regclass($1)",
+        _ident(name), marker,
+    )
+    if not ok:
+        return False
+    await conn.execute(f"DROP TABLE {_ident(name)}")
+    return True
+
+
+def _literal(text: str) -> str:
+    # COMMENT takes no bind parameter; the markers are constants of hftdb's own, checked here all the same.
+    if re.fullmatch(r"[A-Za-z0-9 :_.-]*", text) is None:
+        raise ValueError(f"refusing to put {text!r} into SQL as a literal")
+    return f"'{text}'"
 
 
 async def index_cold_partitions(conn: asyncpg.Connection, table: str, now_us: int) -> list[str]:
