@@ -647,6 +647,17 @@ class ArchiveTier:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
 
+    def covers(self, table: str, lo: int, hi: int) -> bool:
+        """Whether any day of ``[lo, hi)`` has a directory under the root: the cheap test every history read
+        makes (a few ``stat`` calls), before any manifest is read."""
+        base = self.root / table
+        if not base.is_dir():
+            return False
+        first = lo // _US_PER_DAY * _US_PER_DAY
+        if (hi - first) // _US_PER_DAY > 4096:  # a window of years: list the directory instead
+            return any(p.name.startswith("date=") for p in base.iterdir())
+        return any((base / f"date={_date(d)}").is_dir() for d in range(first, hi, _US_PER_DAY))
+
     def manifests(self, table: str, lo: int, hi: int) -> list[Manifest]:
         """The manifests of ``table`` overlapping ``[lo, hi)``."""
         return read_manifests(self.root, table, lo, hi)

@@ -171,7 +171,8 @@ class DatabaseManager:
                 self._router = ReadRouter(self._dsn, self.settings.reads, database=db)
                 await self._router.start()
                 self._reader = reads.Reader(self._router, self._directory, exchange=self.get_exchange_by_enum,
-                                            symbol_id=self._symbol_id, latest_cache=self._latest_cache)
+                                            symbol_id=self._symbol_id, latest_cache=self._latest_cache,
+                                            archive=archive.ArchiveTier(self.settings.archive.root))
                 spool_root = Path(self._spool_dir) if self._spool_dir else None
                 for cls in (BookTickerWriter, FundingRateWriter, BalanceWriter):
                     writer = cls(
