@@ -258,7 +258,8 @@ class ArchiveSettings(_Section):
 
     root: str = "./data/archive"
     after_days: PosFloat = 7.0
-    row_group_rows: PosInt = 262_144
+    retention_days: PosFloat | None = None
+    row_group_rows: PosInt = 65_536
     compression_level: Annotated[int, Meta(ge=1, le=22)] = 9
 
 

@@ -460,15 +460,16 @@ async def index_cold_partitions(conn: asyncpg.Connection, table: str, now_us: in
 
 
 async def maintain(
-    conn: asyncpg.Connection, settings: StorageSettings, now_us: int, *, retention: bool = True
+    conn: asyncpg.Connection, settings: StorageSettings, now_us: int, *, retention: bool = True, drop: bool = True
 ) -> MaintenanceReport:
     """One upkeep pass for all time-series tables: create partitions from ``now_us`` through
     ``settings.partitions_ahead`` intervals ahead, drop those past ``retention_days``, trim the ``ingest_batches``
     ledger past ``ledger_retention_days`` and, with ``cold_btree``, index sealed partitions.
 
     ``retention=False`` deletes nothing (no drop, no ledger trim): for start-up, where a wrong clock or a freshly
-    shortened setting should not cost data before anyone looks. Run it periodically on a connection outside a
-    transaction; it is idempotent.
+    shortened setting should not cost data before anyone looks. ``drop=False`` trims the ledger but drops no
+    partition: the caller archives them first (:mod:`hftdb.archive`). Run it periodically on a connection outside
+    a transaction; it is idempotent.
     """
     _check_int("now_us", now_us)
     interval_s = settings.partition_interval_s
@@ -481,7 +482,7 @@ async def maintain(
         created += await ensure_partitions(
             conn, table, now_us, now_us + ahead_us, interval_s=interval_s, hot_index=settings.hot_index
         )
-        if retention:
+        if retention and drop:
             dropped += await drop_partitions_before(conn, table, cutoff_us)
         if settings.cold_btree:
             indexed += await index_cold_partitions(conn, table, now_us)

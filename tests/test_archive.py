@@ -285,3 +285,84 @@ async def test_reads_across_the_archive_boundary_return_the_same_rows(dsn, tmp_p
         assert len(before["bt binance_spot BTCUSDT objects"]) > 100  # type: ignore[arg-type]
         assert len(before["bt-limit okx_spot BTC-USDT objects"]) == 17  # type: ignore[arg-type]
         assert len(before["bal BTC columns"]["free"]) == 60  # type: ignore[index]
+
+
+async def test_upkeep_archives_then_drops_and_expires_old_archives(dsn, tmp_path):
+    s = settings(tmp_path, retention_days=19.0)
+    root = Path(s.archive.root)
+    async with DatabaseManager(dsn, settings=s) as db:
+        await _seed(db)
+        before = _comparable(await _all_reads(db))
+        counts = {t: await _count(dsn, t) for t in archive.SPECS}
+        report = await db.run_maintenance()  # after_days 7 (< storage retention 30): all three old days go
+        days = [archive._date(DAY0 + d * DAY_US).replace("-", "") for d in range(3)]
+        assert sorted(report.dropped) == sorted(f"{t}_p{d}" for t in archive.SPECS for d in days)
+        # The oldest day is past [archive] retention_days (19): its archive is deleted too, the others kept.
+        assert not (root / "book_tickers" / f"date={archive._date(DAY0)}").exists()
+        kept = {m.partition for m in archive.read_manifests(root, "book_tickers")}
+        assert kept == {f"book_tickers_p{d}" for d in days[1:]}
+        assert await _count(dsn, "book_tickers") == 30
+        after = _comparable(await _all_reads(db))
+        # Reads that cover only the two kept days and today give what they gave before.
+        lo = DAY0 + DAY_US
+        for fmt in ("objects", "numpy"):
+            got = await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=lo, format=fmt)
+            want = before[f"bt binance_spot BTCUSDT {fmt}"]
+            if fmt == "objects":
+                assert got == [r for r in want if r.recv_ts >= lo]  # type: ignore[attr-defined, union-attr]
+            else:
+                keep = want["recv_ts"].view(np.int64) >= lo  # type: ignore[index]
+                _same({k: v[keep] for k, v in want.items()}, got)  # type: ignore[union-attr]
+        assert after.keys() == before.keys()
+        # Nothing is left to do on the next pass.
+        assert (await db.run_maintenance()).dropped == []
+        assert {t: await _count(dsn, t) for t in archive.SPECS}["balances"] < counts["balances"]
+
+
+async def test_without_pyarrow_retention_keeps_everything_and_says_which_extra(dsn, tmp_path, monkeypatch, caplog):
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await _seed(db)
+        counts = {t: await _count(dsn, t) for t in archive.SPECS}
+        monkeypatch.setitem(sys.modules, "pyarrow", None)  # what `import pyarrow` meets where it is not installed
+        report = await db.run_maintenance()
+        assert report.dropped == []
+        assert "pip install 'hftdb[archive]'" in caplog.text
+        assert {t: await _count(dsn, t) for t in archive.SPECS} == counts
+        from hftdb import ValidationError
+
+        for call in (db.archive_partitions(10), db.cleanup_old_data(10)):
+            with pytest.raises(ValidationError, match=r"hftdb\[archive\]"):
+                await call
+        assert {t: await _count(dsn, t) for t in archive.SPECS} == counts
+
+
+@pytest.mark.parametrize("step", (None, *archive.RESTORE_STEPS))
+async def test_restore_loads_an_archived_day_back_even_after_a_crash(dsn, tmp_path, step):
+    root = tmp_path / "archive"
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await _seed(db)
+        before = _comparable(await _all_reads(db))
+        want = sorted(map(_norm, await _pg_rows(dsn, "book_tickers")))
+        await db.archive_partitions(10)
+    day = archive._date(DAY0 + DAY_US)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    env.update(HFTDB_DSN=dsn, HFTDB_ARCHIVE_ROOT=str(root), HFTDB_METRICS_PORT="1",
+               HFTDB_WRITER_SPOOL_DIR=str(tmp_path / "spool"))
+    if step is not None:
+        rc, out, err = await _cli("archive", "restore", "--table", "book_tickers", "--date", day,
+                                  env={**env, "_HFTDB_ARCHIVE_STOP_AT": step}, cwd=tmp_path)
+        assert rc == -9, (out, err)
+        async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:  # mid-restore reads: each row once
+            for key, value in _comparable(await _all_reads(db)).items():
+                _same(before[key], value)
+    rc, out, err = await _cli("archive", "restore", "--table", "book_tickers", "--date", day, env=env, cwd=tmp_path)
+    assert rc == 0, (out, err)
+    assert f"restored book_tickers_p{day.replace('-', '')}" in out
+    assert sorted(map(_norm, await _pg_rows(dsn, "book_tickers") + _file_rows(root, "book_tickers",
+                                                                              listed_only=False))) == want
+    assert await _count(dsn, "book_tickers") == 30 + 150 + 150 // 11 + 1
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        for key, value in _comparable(await _all_reads(db)).items():
+            _same(before[key], value)
+    rc, out, err = await _cli("archive", "restore", "--table", "book_tickers", "--date", day, env=env, cwd=tmp_path)
+    assert rc == 1 and "nothing of book_tickers is archived for" in err and "Traceback" not in err
