@@ -61,7 +61,7 @@ from .config import ArchiveSettings
 from .errors import DatabaseError, ValidationError
 
 __all__ = ["ArchiveReport", "ArchiveTier", "archive_table", "expire", "restore_day", "require_pyarrow", "enabled",
-           "STEPS", "MARKER"]
+           "summary", "STEPS", "MARKER"]
 
 logger = logging.getLogger(__name__)
 
@@ -650,6 +650,31 @@ async def _mark_dropped(root: Path, manifest: Manifest) -> None:
     path = _date_dir(root, manifest.table, manifest.lower_us) / _manifest_name(manifest.partition,
                                                                                manifest.generation)
     await asyncio.to_thread(_write_atomic, path, msgspec.json.encode(manifest))
+
+
+def summary(root: str | os.PathLike[str], *, hot: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """What the archive holds, per table, from its manifests (no Parquet file is opened, pyarrow not needed):
+    days, partitions, files, rows, bytes and bytes per row; with ``hot`` (``table_stats()["tables"]``), also the
+    hot tier's bytes per row (indexes included) and how many times smaller the archive is."""
+    out: dict[str, Any] = {"root": str(root), "tables": {}}
+    for table in SPECS:
+        found = read_manifests(Path(root), table)
+        rows = sum(m.rows for m in found)
+        size = sum(f.bytes for m in found for f in m.files)
+        t: dict[str, Any] = {
+            "days": len({m.date for m in found}), "partitions": len(found),
+            "files": sum(len(m.files) for m in found), "rows": rows, "bytes": size,
+            "bytes_per_row": size / rows if rows else None,
+            "first_day": min((m.date for m in found), default=None),
+            "last_day": max((m.date for m in found), default=None),
+        }
+        h = (hot or {}).get(table)
+        if h and h.get("estimated_rows"):
+            t["hot_bytes_per_row"] = h["bytes"] / h["estimated_rows"]
+            if t["bytes_per_row"]:
+                t["times_smaller"] = t["hot_bytes_per_row"] / t["bytes_per_row"]
+        out["tables"][table] = t
+    return out
 
 
 # -- expiry and restore ------------------------------------------------------------------------------------

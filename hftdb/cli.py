@@ -251,6 +251,12 @@ async def _stats(ctx: _Context) -> int:
     async with ctx.connect() as (_, conn):
         await _require_schema(conn)
         report = await inventory.collect(conn, exact=args.exact, progress=ctx.progress)
+    arch = _archive_settings(ctx)
+    if arch.root:
+        from . import archive
+
+        report["archive"] = archive.summary(arch.root, hot={
+            t: {"bytes": v["bytes"], "estimated_rows": v["rows"]} for t, v in report["tables"].items()})
     answer = await ctx.daemon("/stats")
     report["daemon"] = None if answer is None else {k: answer[1].get(k) for k in ("mode", "writers", "caches", "pool", "feeds")}
     if args.json:

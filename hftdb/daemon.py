@@ -399,7 +399,7 @@ class Daemon:
                 except (HftdbError, asyncpg.PostgresError, OSError, TimeoutError) as exc:
                     logger.debug("stats unavailable: %r", exc)
                 else:
-                    for key in ("tables", "caches", "pool"):
+                    for key in ("tables", "caches", "pool", "archive"):
                         if key in stats:
                             out[key] = stats[key]
         if self.simulator is not None:

@@ -716,11 +716,16 @@ class DatabaseManager:
     # -- operations --------------------------------------------------------------------------------------------
 
     async def get_database_stats(self) -> dict[str, Any]:
-        """Table sizes and row estimates, partitions, writer counters, cache hit/miss counters and pool usage."""
+        """Table sizes and row estimates, partitions, writer counters, cache hit/miss counters and pool usage;
+        with an archive, what it holds (``archive``: days, files, rows, bytes per table)."""
         self._check_open()
         caches = {"exchanges": self._exchanges, "symbols_by_id": self._symbols_by_id, "symbol_ids": self._symbol_ids,
                   "latest": self._latest_cache}
-        return await reads.database_stats(self.pool, writers=self._writers, caches=caches, router=self._router)
+        stats = await reads.database_stats(self.pool, writers=self._writers, caches=caches, router=self._router)
+        if archive.enabled(self.settings.archive):
+            stats["archive"] = await asyncio.to_thread(archive.summary, self.settings.archive.root,
+                                                       hot=stats.get("tables"))
+        return stats
 
     async def cleanup_old_data(
         self, retention: timedelta | float | None = None, *, dry_run: bool = False

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from hftdb import Balance, BookTicker, DatabaseManager, ExchangeName, FundingRate, now_us
-from hftdb import archive
+from hftdb import archive, metrics
 from hftdb.config import ArchiveSettings
 
 from helpers import settings as base_settings
@@ -170,6 +170,22 @@ async def test_archive_writes_verified_files_then_drops_the_partitions(dsn, tmp_
         # Archiving again writes nothing and drops nothing.
         again = await db.archive_partitions(10)
         assert all(not r.archived and not r.finished for r in again.values())
+        # What the archive holds, in the stats and on /metrics (the hot tier's figure needs the planner's rows).
+        await db.pool.execute("ANALYZE book_tickers")
+        stats = await db.get_database_stats()
+        bt = stats["archive"]["tables"]["book_tickers"]
+        assert (bt["days"], bt["partitions"], bt["files"], bt["rows"]) == (3, 3, 6, n - 30)
+        assert bt["bytes"] == sum(p.stat().st_size for p in (root / "book_tickers").rglob("*.parquet"))
+        assert bt["bytes_per_row"] == bt["bytes"] / bt["rows"] and bt["hot_bytes_per_row"] > 0
+        text = metrics.render(stats)
+        assert f'hftdb_archive_rows{{table="book_tickers"}} {n - 30}' in text
+        assert 'hftdb_archive_days{table="balances"} 3' in text and "hftdb_archive_bytes_per_row{" in text
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    env.update(HFTDB_DSN=dsn, HFTDB_ARCHIVE_ROOT=str(root), HFTDB_METRICS_PORT="1")
+    rc, out, err = await _cli("stats", env=env, cwd=tmp_path)
+    assert rc == 0, err
+    assert f"book_tickers   3 day(s) {archive._date(DAY0)} .. {archive._date(DAY0 + 2 * DAY_US)}, 6 file(s), " \
+           f"{n - 30:,} rows" in out, out
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.parquet"))
     day = archive._date(DAY0)
     assert f"book_tickers/date={day}/exchange=binance_spot/part-0.parquet" in files
