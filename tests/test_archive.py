@@ -382,3 +382,47 @@ async def test_restore_loads_an_archived_day_back_even_after_a_crash(dsn, tmp_pa
             _same(before[key], value)
     rc, out, err = await _cli("archive", "restore", "--table", "book_tickers", "--date", day, env=env, cwd=tmp_path)
     assert rc == 1 and "nothing of book_tickers is archived for" in err and "Traceback" not in err
+
+
+async def test_late_rows_go_to_a_new_generation_or_into_the_rewrite(dsn, tmp_path, monkeypatch):
+    root = tmp_path / "archive"
+    day1 = DAY0 + DAY_US
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        n = await _seed(db)
+        want = sorted(map(_norm, await _pg_rows(dsn, "book_tickers")))
+        # Rows committed after the snapshot was read but before the detach: the detached table no longer
+        # changes, so its files are written again from it, with the late row.
+        real = archive.partitions.detach_partition
+        late = 0
+
+        async def detach_after_a_late_row(conn, table, name, *, marker):
+            nonlocal late
+            if table == "book_tickers" and name.endswith(archive._date(day1).replace("-", "")):
+                await db.insert_book_ticker_snapshots([BookTicker("okx_spot", "BTC-USDT", 1.0, 2.0, 1.5, 3.0,
+                                                                  day1 + 5, update_id=777)])
+                await db.flush()
+                late += 1
+            await real(conn, table, name, marker=marker)
+
+        monkeypatch.setattr(archive.partitions, "detach_partition", detach_after_a_late_row)
+        await db.archive_partitions(10, tables=["book_tickers"])
+        monkeypatch.undo()
+        assert late == 1 and await _count(dsn, "book_tickers") == 30
+        assert _archived_rows(root, "book_tickers") == n - 30 + 1
+        # A row for an archived day arriving later recreates its partition; archiving that writes part-1.
+        await db.insert_book_ticker_snapshots([BookTicker("binance_spot", "BTCUSDT", 1.0, 2.0, 1.5, 3.0, day1 + 7,
+                                                          update_id=888)])
+        await db.flush()
+        assert await _count(dsn, "book_tickers") == 31
+        history = await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=day1, end=day1 + DAY_US)
+        assert [r.update_id for r in history if r.recv_ts == day1 + 7] == [888]  # read from PostgreSQL, once
+        report = (await db.archive_partitions(10, tables=["book_tickers"]))["book_tickers"]
+        assert report.archived == [f"book_tickers_p{archive._date(day1).replace('-', '')}"]
+        files = sorted(p.name for p in (root / "book_tickers" / f"date={archive._date(day1)}").rglob("*.parquet"))
+        assert files == ["part-0.parquet", "part-0.parquet", "part-1.parquet"]
+        assert await _count(dsn, "book_tickers") == 30
+        got = sorted(map(_norm, await _pg_rows(dsn, "book_tickers") + _file_rows(root, "book_tickers",
+                                                                                 listed_only=False)))
+        assert len(got) == len(want) + 2 and set(want) <= set(got)
+        again = await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=day1, end=day1 + DAY_US)
+        assert again == history
