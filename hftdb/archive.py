@@ -60,8 +60,8 @@ from . import columnar, partitions
 from .config import ArchiveSettings
 from .errors import DatabaseError, ValidationError
 
-__all__ = ["ArchiveReport", "ArchiveTier", "archive_table", "expire", "restore_day", "require_pyarrow", "enabled",
-           "summary", "STEPS", "MARKER"]
+__all__ = ["ArchiveReport", "ArchiveTier", "FileEntry", "Manifest", "SPECS", "archive_table", "expire", "restore_day",
+           "read_manifests", "require_pyarrow", "enabled", "summary", "STEPS", "RESTORE_STEPS", "MARKER"]
 
 logger = logging.getLogger(__name__)
 

@@ -323,7 +323,7 @@ async def _archive(ctx: _Context) -> int:
     if not args.dry_run:
         archive.require_pyarrow()
     cutoff = now_us() - int(days * 86_400_000_000)
-    rows = files = 0
+    rows = done = 0
     async with ctx.connect() as (_, conn):
         await _require_schema(conn)
         for i, table in enumerate(tables, 1):
@@ -338,11 +338,11 @@ async def _archive(ctx: _Context) -> int:
             for name in report.archived:
                 ctx.print(f"archived {name}")
             rows += report.rows
-            files += len(report.archived) + len(report.finished)
+            done += len(report.archived) + len(report.finished)
     if args.dry_run:
         ctx.print(f"dry run: nothing written or dropped; archive root {_archive_settings(ctx).root}")
     else:
-        ctx.print(f"archived {files} partition(s), {rows:,} rows, under {_archive_settings(ctx).root}")
+        ctx.print(f"archived {done} partition(s), {rows:,} rows, under {_archive_settings(ctx).root}")
     return 0
 
 
