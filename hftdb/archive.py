@@ -47,6 +47,7 @@ import json
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -76,6 +77,7 @@ _FORMAT: Final = 1
 _NULL: Final = -(1 << 63)  # what a NULL contributes to the checksum (also int64 min = NaT = -infinity)
 _M64: Final = 1 << 64
 _US_PER_DAY: Final = 86_400_000_000
+_EPOCH_ORDINAL: Final = datetime(1970, 1, 1).toordinal()
 
 
 def enabled(settings: ArchiveSettings) -> bool:
@@ -806,17 +808,33 @@ class ArchiveTier:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        # Per table: (the table directory's mtime, when it was listed, the days it holds as Unix day numbers).
+        self._days: dict[str, tuple[int, float, frozenset[int]]] = {}
 
     def covers(self, table: str, lo: int, hi: int) -> bool:
-        """Whether any day of ``[lo, hi)`` has a directory under the root: the cheap test every history read
-        makes (a few ``stat`` calls), before any manifest is read."""
-        base = self.root / table
-        if not base.is_dir():
+        """Whether any day of ``[lo, hi)`` has a directory under the root: the test every history read makes
+        before any manifest is read. One ``stat`` while the table directory is unchanged (a new day changes its
+        mtime; listed again at least every second all the same, for file systems with coarse times)."""
+        base = os.path.join(self.root, table)
+        try:
+            mtime = os.stat(base).st_mtime_ns
+        except (FileNotFoundError, NotADirectoryError):
             return False
-        first = lo // _US_PER_DAY * _US_PER_DAY
-        if (hi - first) // _US_PER_DAY > 4096:  # a window of years: list the directory instead
-            return any(p.name.startswith("date=") for p in base.iterdir())
-        return any((base / f"date={_date(d)}").is_dir() for d in range(first, hi, _US_PER_DAY))
+        cached = self._days.get(table)
+        now = time.monotonic()
+        if cached is None or cached[0] != mtime or now - cached[1] > 1.0:
+            days = set()
+            for name in os.listdir(base):
+                if name.startswith("date="):
+                    with contextlib.suppress(ValueError):
+                        days.add(datetime.strptime(name[5:], "%Y-%m-%d").toordinal() - _EPOCH_ORDINAL)
+            cached = (mtime, now, frozenset(days))
+            self._days[table] = cached
+        first, last = lo // _US_PER_DAY, (hi - 1) // _US_PER_DAY
+        days = cached[2]
+        if last - first < len(days):
+            return any(d in days for d in range(first, last + 1))
+        return any(first <= d <= last for d in days)
 
     def manifests(self, table: str, lo: int, hi: int) -> list[Manifest]:
         """The manifests of ``table`` overlapping ``[lo, hi)``."""
