@@ -164,11 +164,15 @@ def _sql_value(col: _Col, scale: int) -> str:
 
 
 def _checksum_sql(spec: _Spec, source: str, scale: int) -> str:
+    # Each value is computed once, in a subquery the planner may not flatten (OFFSET 0): inlined, every
+    # rotation would compute its value twice, which cost more than the values themselves.
+    values = ", ".join(f"{_sql_value(col, scale)} AS v{k}" for k, col in enumerate(spec.cols))
     terms = []
-    for k, col in enumerate(spec.cols):
-        v, r = _sql_value(col, scale), _rot(k)
-        terms.append(f"(({v}) << {r}) # ((({v}) >> {64 - r}) & {(1 << r) - 1}::int8)")
-    return f"SELECT count(*), coalesce(sum(({' # '.join(terms)})::numeric), 0) FROM {source}"
+    for k in range(len(spec.cols)):
+        r = _rot(k)
+        terms.append(f"(v{k} << {r}) # ((v{k} >> {64 - r}) & {(1 << r) - 1}::int8)")
+    return (f"SELECT count(*), coalesce(sum(({' # '.join(terms)})::numeric), 0)"
+            f" FROM (SELECT {values} FROM {source} OFFSET 0) AS v")
 
 
 def _checksum_arrays(spec: _Spec, values: dict[str, Any]) -> int:
