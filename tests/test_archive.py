@@ -287,8 +287,11 @@ async def test_killed_at_each_step_then_rerun_loses_nothing_and_writes_nothing_t
     assert rc == 0 and "archived 0 partition(s)" in out, (out, err)
 
 
-async def test_reads_across_the_archive_boundary_return_the_same_rows(dsn, tmp_path):
-    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+@pytest.mark.parametrize("interval_s", [86_400, 3_600])
+async def test_reads_across_the_archive_boundary_return_the_same_rows(dsn, tmp_path, interval_s):
+    s = settings(tmp_path)
+    s = msgspec.structs.replace(s, storage=msgspec.structs.replace(s.storage, partition_interval_s=interval_s))
+    async with DatabaseManager(dsn, settings=s) as db:
         await _seed(db)
         before = await _all_reads(db)
         await db.archive_partitions(10)
@@ -301,6 +304,8 @@ async def test_reads_across_the_archive_boundary_return_the_same_rows(dsn, tmp_p
         assert len(before["bt binance_spot BTCUSDT objects"]) > 100  # type: ignore[arg-type]
         assert len(before["bt-limit okx_spot BTC-USDT objects"]) == 17  # type: ignore[arg-type]
         assert len(before["bal BTC columns"]["free"]) == 60  # type: ignore[index]
+    stem = "part-0000-0.parquet" if interval_s == 3_600 else "part-0.parquet"
+    assert (tmp_path / "archive" / "book_tickers" / f"date={archive._date(DAY0)}" / "exchange=okx_spot" / stem).is_file()
 
 
 async def test_upkeep_archives_then_drops_and_expires_old_archives(dsn, tmp_path):
