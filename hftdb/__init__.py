@@ -4,6 +4,7 @@ The public surface is :class:`DatabaseManager`, the records it reads and writes,
 """
 
 from .config import (
+    ArchiveSettings,
     CacheSettings,
     DatabaseSettings,
     ReadSettings,
@@ -51,6 +52,7 @@ __all__ = [
     "CacheSettings",
     "StorageSettings",
     "ReadSettings",
+    "ArchiveSettings",
     "load_settings",
     "HftdbError",
     "ConfigError",

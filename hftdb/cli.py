@@ -254,6 +254,12 @@ async def _stats(ctx: _Context) -> int:
     async with ctx.connect() as (_, conn):
         await _require_schema(conn)
         report = await inventory.collect(conn, exact=args.exact, progress=ctx.progress)
+    arch = _archive_settings(ctx)
+    if arch.root:
+        from . import archive
+
+        report["archive"] = archive.summary(arch.root, hot={
+            t: {"bytes": v["bytes"], "estimated_rows": v["rows"]} for t, v in report["tables"].items()})
     answer = await ctx.daemon("/stats")
     report["daemon"] = None if answer is None else {k: answer[1].get(k) for k in ("mode", "writers", "caches", "pool", "feeds")}
     if args.json:
@@ -269,18 +275,94 @@ async def _cleanup(ctx: _Context) -> int:
     days = args.retention_days if args.retention_days is not None else ctx.settings.storage.retention_days
     if days <= 0:
         raise ValidationError(f"--retention-days must be > 0, got {days}")
-    cutoff = now_us() - int(days * 86_400_000_000)
+    from . import archive
+
+    now = now_us()
+    cutoff = now - int(days * 86_400_000_000)
     total = 0
+    arch = _archive_settings(ctx)
+    archiving = archive.enabled(arch)
+    if archiving and not args.dry_run:
+        archive.require_pyarrow()
+    note = " (archived first)" if archiving else ""
     async with ctx.connect() as (_, conn):
         await _require_schema(conn)
         for i, table in enumerate(_TS, 1):
             ctx.progress(f"[{i}/{len(_TS)}] {table}: partitions ending before {_utc(cutoff)}")
-            names = await partitions.drop_partitions_before(conn, table, cutoff, dry_run=args.dry_run)
+            if archiving:
+                report = await archive.archive_table(conn, table, settings=arch, cutoff_us=cutoff,
+                                                     interval_s=ctx.settings.storage.partition_interval_s,
+                                                     dry_run=args.dry_run)
+                names = report.pending if args.dry_run else report.archived + report.finished
+            else:
+                names = await partitions.drop_partitions_before(conn, table, cutoff, dry_run=args.dry_run)
             total += len(names)
             for name in names:
-                ctx.print(f"{'would drop' if args.dry_run else 'dropped'} {name}")
+                ctx.print(f"{'would drop' if args.dry_run else 'dropped'} {name}{note}")
+            if archiving and arch.retention_days is not None:
+                for name in await archive.expire(arch.root, table, now - int(arch.retention_days * 86_400_000_000),
+                                                 dry_run=args.dry_run):
+                    ctx.print(f"{'would delete' if args.dry_run else 'deleted'} the archive of {name}")
     verb = "would drop" if args.dry_run else "dropped"
-    ctx.print(f"{verb} {total} partition(s) older than {days:g} days")
+    ctx.print(f"{verb} {total} partition(s) older than {days:g} days"
+              + (f", each archived under {arch.root} first" if archiving else ""))
+    return 0
+
+
+async def _archive(ctx: _Context) -> int:
+    from . import archive
+
+    args = ctx.args
+    if args.action == "restore":
+        return await _archive_restore(ctx)
+    if args.date is not None:
+        raise ValidationError("--date goes with `hftdb archive restore`")
+    if not archive.enabled(ctx.settings.archive):
+        raise ValidationError("the archive is off: [archive] root is empty")
+    days = args.older_than_days if args.older_than_days is not None else ctx.settings.archive.after_days
+    if not days > 0:
+        raise ValidationError(f"--older-than-days must be > 0, got {days}")
+    tables = [args.table] if args.table else list(_TS)
+    if not args.dry_run:
+        archive.require_pyarrow()
+    cutoff = now_us() - int(days * 86_400_000_000)
+    rows = done = 0
+    async with ctx.connect() as (_, conn):
+        await _require_schema(conn)
+        for i, table in enumerate(tables, 1):
+            ctx.progress(f"[{i}/{len(tables)}] {table}: partitions ending before {_utc(cutoff)}")
+            report = await archive.archive_table(
+                conn, table, settings=_archive_settings(ctx), cutoff_us=cutoff,
+                interval_s=ctx.settings.storage.partition_interval_s, dry_run=args.dry_run)
+            for name in report.pending:
+                ctx.print(f"would archive {name}")
+            for name in report.finished:
+                ctx.print(f"finished {name} (left by an interrupted run)")
+            for name in report.archived:
+                ctx.print(f"archived {name}")
+            rows += report.rows
+            done += len(report.archived) + len(report.finished)
+    if args.dry_run:
+        ctx.print(f"dry run: nothing written or dropped; archive root {_archive_settings(ctx).root}")
+    else:
+        ctx.print(f"archived {done} partition(s), {rows:,} rows, under {_archive_settings(ctx).root}")
+    return 0
+
+
+async def _archive_restore(ctx: _Context) -> int:
+    from . import archive
+
+    args = ctx.args
+    if args.table is None or args.date is None:
+        raise ValidationError("archive restore needs --table and --date YYYY-MM-DD")
+    async with ctx.connect() as (_, conn):
+        await _require_schema(conn)
+        names, rows = await archive.restore_day(conn, args.table, args.date, settings=_archive_settings(ctx),
+                                                interval_s=ctx.settings.storage.partition_interval_s)
+    for name in names:
+        ctx.print(f"restored {name}")
+    ctx.print(f"restored {rows:,} rows of {args.table} for {args.date} into PostgreSQL; its archive files are "
+              "deleted (the upkeep archives the day again once it is older than [archive] after_days)")
     return 0
 
 
@@ -298,6 +380,13 @@ async def _reset(ctx: _Context) -> int:
     ctx.print(f"reset {target.description}: reverted {len(reverted)} and applied {len(applied)} migration(s); "
               f"{removed} spooled batch(es) discarded")
     return 0
+
+
+def _archive_settings(ctx: _Context) -> Any:
+    arch = ctx.settings.archive
+    if ctx.demo and arch.root:  # the demo's archive, like its spool, lives apart from the live one
+        arch = msgspec.structs.replace(arch, root=str(Path(arch.root) / ctx.settings.demo.database))
+    return arch
 
 
 def _spool_root(ctx: _Context) -> Path | None:
@@ -534,6 +623,14 @@ def _parser() -> argparse.ArgumentParser:
     p = command("cleanup", "apply retention: drop partitions older than the retention period", _cleanup)
     p.add_argument("--retention-days", type=float, metavar="DAYS", help="default: [storage] retention_days")
     p.add_argument("--dry-run", action="store_true", help="list the partitions that would be dropped, drop nothing")
+    p = command("archive", "move sealed partitions to Parquet files under [archive] root, verified, then drop "
+                           "them", _archive)
+    p.add_argument("action", nargs="?", choices=["restore"],
+                   help="restore: load the archived day --date of --table back into PostgreSQL")
+    p.add_argument("--date", metavar="YYYY-MM-DD", help="with restore: the day to load back")
+    p.add_argument("--older-than-days", type=float, metavar="DAYS", help="default: [archive] after_days")
+    p.add_argument("--table", choices=_TS, help="only this table (default: all three)")
+    p.add_argument("--dry-run", action="store_true", help="list the partitions that would be archived, touch nothing")
     p = command("reset", "drop every hftdb table and recreate the schema empty", _reset)
     p.add_argument("--yes", action="store_true", help="confirm: all data is lost")
     p = command("backup", "dump the database to FILE (pg_dump custom format)", _backup)

@@ -38,6 +38,7 @@ __all__ = [
     "MetricsSettings",
     "LoggingSettings",
     "DemoSettings",
+    "ArchiveSettings",
     "Settings",
     "VENUE_CHANNELS",
     "load_settings",
@@ -319,6 +320,17 @@ class ReadSettings(_Section):
     __str__ = __repr__
 
 
+class ArchiveSettings(_Section):
+    """The Parquet tier of the time-series tables (:mod:`hftdb.archive`): where sealed partitions go, when, and
+    how the files are laid out."""
+
+    root: str = "./data/archive"
+    after_days: PosFloat = 7.0
+    retention_days: PosFloat | None = None
+    row_group_rows: PosInt = 65_536
+    compression_level: Annotated[int, Meta(ge=1, le=22)] = 9
+
+
 class Settings(_Section):
     """Everything hftdb reads from ``config/*.toml``."""
 
@@ -332,6 +344,7 @@ class Settings(_Section):
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
     demo: DemoSettings = DemoSettings()
+    archive: ArchiveSettings = ArchiveSettings()
 
 
 def _is_struct(tp: Any) -> bool:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import msgspec
 import orjson
 
 from .config import Settings
@@ -144,6 +145,10 @@ class Daemon:
         if self.demo and spool:
             # The demo's batches must never be replayed into the live database.
             spool = str(Path(spool) / settings.demo.database)
+        if self.demo and settings.archive.root:
+            # Nor archived into the live archive: the demo's symbol ids mean other symbols.
+            settings = msgspec.structs.replace(settings, archive=msgspec.structs.replace(
+                settings.archive, root=str(Path(settings.archive.root) / settings.demo.database)))
         self._db = DatabaseManager(self._target.dsn, settings=settings, spool_dir=spool)
         await self._db.initialize()
         logger.info("database ready: %s, migrations applied", self._target.description)
@@ -394,7 +399,7 @@ class Daemon:
                 except (HftdbError, asyncpg.PostgresError, OSError, TimeoutError) as exc:
                     logger.debug("stats unavailable: %r", exc)
                 else:
-                    for key in ("tables", "caches", "pool"):
+                    for key in ("tables", "caches", "pool", "archive"):
                         if key in stats:
                             out[key] = stats[key]
         if self.simulator is not None:

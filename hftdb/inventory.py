@@ -116,6 +116,18 @@ def render(report: dict[str, Any], *, daemon_url: str) -> list[str]:
         for part in parts:
             out.append(f"  {part['name']:<30} {utc(part['lower_us'])} .. {utc(part['upper_us'])}  "
                        f"{size(part['size_bytes']):>9}  {approx(part['rows']):>10} rows  btree {'yes' if part['has_btree'] else 'no'}")
+    arch = report.get("archive")
+    if arch is not None:
+        out.append(f"\nArchive (Parquet, {arch['root']})")
+        for table, a in arch["tables"].items():
+            if not a["partitions"]:
+                out.append(f"  {table:<14} nothing archived")
+                continue
+            ratio = a.get("times_smaller")
+            hot = a.get("hot_bytes_per_row")
+            out.append(f"  {table:<14} {a['days']} day(s) {a['first_day']} .. {a['last_day']}, {a['files']} file(s), "
+                       f"{a['rows']:,} rows, {size(a['bytes'])}, {a['bytes_per_row']:.1f} bytes/row"
+                       + (f" (hot tier {hot:.1f}: {ratio:.1f}x smaller)" if ratio else ""))
     daemon = report.get("daemon")
     if daemon is None:
         out.append(f"\nWriters and caches: the daemon is not answering at {daemon_url} (its counters live in it)")

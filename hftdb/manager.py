@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Iterable, Literal, Sequence
 
 import asyncpg
+import msgspec
 
-from . import packed, partitions, reads, schema
+from . import archive, packed, partitions, reads, schema
 from .cache import TTLCache
 from .config import Settings, dsn_problem, load_settings, redact_dsn
 from .redact import register_dsn
@@ -177,7 +178,9 @@ class DatabaseManager:
                 self._router = ReadRouter(self._dsn, self.settings.reads, database=db)
                 await self._router.start()
                 self._reader = reads.Reader(self._router, self._directory, exchange=self.get_exchange_by_enum,
-                                            symbol_id=self._symbol_id, latest_cache=self._latest_cache)
+                                            symbol_id=self._symbol_id, latest_cache=self._latest_cache,
+                                            archive=archive.ArchiveTier(self.settings.archive.root)
+                                            if archive.enabled(self.settings.archive) else None)
                 spool_root = Path(self._spool_dir) if self._spool_dir else None
                 for cls in (BookTickerWriter, FundingRateWriter, BalanceWriter):
                     writer = cls(
@@ -725,19 +728,26 @@ class DatabaseManager:
     # -- operations --------------------------------------------------------------------------------------------
 
     async def get_database_stats(self) -> dict[str, Any]:
-        """Table sizes and row estimates, partitions, writer counters, cache hit/miss counters and pool usage."""
+        """Table sizes and row estimates, partitions, writer counters, cache hit/miss counters and pool usage;
+        with an archive, what it holds (``archive``: days, files, rows, bytes per table)."""
         self._check_open()
         caches = {"exchanges": self._exchanges, "symbols_by_id": self._symbols_by_id, "symbol_ids": self._symbol_ids,
                   "latest": self._latest_cache}
-        return await reads.database_stats(self.pool, writers=self._writers, caches=caches, router=self._router)
+        stats = await reads.database_stats(self.pool, writers=self._writers, caches=caches, router=self._router)
+        if archive.enabled(self.settings.archive):
+            stats["archive"] = await asyncio.to_thread(archive.summary, self.settings.archive.root,
+                                                       hot=stats.get("tables"))
+        return stats
 
     async def cleanup_old_data(
         self, retention: timedelta | float | None = None, *, dry_run: bool = False
     ) -> dict[str, list[str]]:
         """Drop whole partitions older than ``retention`` (a timedelta or days; default from settings).
 
-        Never DELETEs rows from time-series tables. Returns the partitions dropped (or that would be, with
-        ``dry_run``) per table.
+        With an archive (``[archive] root`` set) each partition is archived to Parquet first and dropped only
+        once its files are verified (:meth:`archive_partitions`), and archived days past ``[archive]
+        retention_days`` are deleted. Never DELETEs rows from time-series tables. Returns the partitions dropped
+        (or that would be, with ``dry_run``) per table.
         """
         self._check_open()
         if retention is None:
@@ -750,21 +760,102 @@ class DatabaseManager:
             raise ValidationError(f"retention must be a timedelta or a number of days, got {retention!r}")
         if days <= 0:
             raise ValidationError(f"retention must be positive, got {days} days")
-        cutoff = now_us() - int(days * 86_400_000_000)
+        now = now_us()
+        cutoff = now - int(days * 86_400_000_000)
         dropped: dict[str, list[str]] = {}
         async with self.pool.acquire() as conn:
-            for table in partitions.TIME_SERIES_TABLES:
-                dropped[table] = await partitions.drop_partitions_before(conn, table, cutoff, dry_run=dry_run)
+            if archive.enabled(self.settings.archive):
+                if not dry_run:
+                    archive.require_pyarrow()
+                dropped = await self._archive_then_drop(conn, cutoff, now, dry_run=dry_run)
+            else:
+                for table in partitions.TIME_SERIES_TABLES:
+                    dropped[table] = await partitions.drop_partitions_before(conn, table, cutoff, dry_run=dry_run)
         if not dry_run:
             for w in self._writers.values():
                 w.forget_partitions()
         return dropped
 
-    async def run_maintenance(self) -> Any:
-        """Create partitions ahead, index sealed partitions, apply retention and trim the batch ledger."""
+    async def archive_partitions(
+        self, older_than: timedelta | float | None = None, *, tables: Sequence[str] | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, archive.ArchiveReport]:
+        """Move sealed partitions older than ``older_than`` (a timedelta or days; default ``[archive] after_days``)
+        to the Parquet tier under ``[archive] root``: written, verified against PostgreSQL, then dropped.
+
+        ``tables`` narrows it (default: all three time-series tables). Idempotent, and a rerun finishes what an
+        interrupted one left (see :mod:`hftdb.archive`). With ``dry_run`` nothing is written or dropped: the
+        reports list the partitions that would be archived. Needs ``pip install 'hftdb[archive]'``.
+        """
+        self._check_open()
+        days = _days(older_than, self.settings.archive.after_days, "older_than")
+        chosen = list(partitions.TIME_SERIES_TABLES if tables is None else tables)
+        for t in chosen:
+            if t not in partitions.TIME_SERIES_TABLES:
+                raise ValidationError(f"tables: {t!r} is not one of {', '.join(partitions.TIME_SERIES_TABLES)}")
+        if not dry_run:
+            archive.require_pyarrow()
+        cutoff = now_us() - int(days * 86_400_000_000)
+        reports = {}
+        async with self.pool.acquire() as conn:
+            for t in chosen:
+                reports[t] = await archive.archive_table(
+                    conn, t, settings=self.settings.archive, cutoff_us=cutoff,
+                    interval_s=self.settings.storage.partition_interval_s, dry_run=dry_run)
+        if not dry_run:
+            for w in self._writers.values():
+                w.forget_partitions()
+        return reports
+
+    async def restore_archive(self, table: str, date: str) -> tuple[list[str], int]:
+        """Load ``table``'s archived day ``date`` (``YYYY-MM-DD``) back into PostgreSQL; return the partitions
+        restored and their rows. The files are deleted once the rows are in and checked; the upkeep archives the
+        day again once it is older than ``[archive] after_days``."""
         self._check_open()
         async with self.pool.acquire() as conn:
-            report = await partitions.maintain(conn, self.settings.storage, now_us())
+            result = await archive.restore_day(conn, table, date, settings=self.settings.archive,
+                                               interval_s=self.settings.storage.partition_interval_s)
+        for w in self._writers.values():
+            w.forget_partitions()
+        return result
+
+    async def _archive_then_drop(self, conn: asyncpg.Connection, cutoff: int, now: int, *,
+                                 dry_run: bool = False) -> dict[str, list[str]]:
+        arch = self.settings.archive
+        out: dict[str, list[str]] = {}
+        for table in partitions.TIME_SERIES_TABLES:
+            report = await archive.archive_table(conn, table, settings=arch, cutoff_us=cutoff, dry_run=dry_run,
+                                                 interval_s=self.settings.storage.partition_interval_s)
+            out[table] = report.pending if dry_run else report.archived + report.finished
+            if arch.retention_days is not None and not dry_run:
+                await archive.expire(arch.root, table, now - int(arch.retention_days * 86_400_000_000))
+        return out
+
+    async def run_maintenance(self) -> Any:
+        """Create partitions ahead, index sealed partitions, apply retention and trim the batch ledger.
+
+        With an archive (``[archive] root`` set), retention archives partitions older than the smaller of
+        ``[archive] after_days`` and ``[storage] retention_days`` before dropping them, and deletes archived days
+        past ``[archive] retention_days``; without pyarrow it keeps them all and logs an error naming the extra.
+        """
+        self._check_open()
+        arch = self.settings.archive
+        storage = self.settings.storage
+        now = now_us()
+        async with self.pool.acquire() as conn:
+            report = await partitions.maintain(conn, storage, now, drop=not archive.enabled(arch))
+            if archive.enabled(arch):
+                try:
+                    archive.require_pyarrow()
+                except ValidationError as exc:
+                    # Dropping without the copy the configuration asks for would lose history: keep it all.
+                    logger.error("retention dropped nothing: %s (or set [archive] root = \"\" to drop without "
+                                 "archiving)", exc)
+                else:
+                    days = min(arch.after_days, storage.retention_days)
+                    moved = await self._archive_then_drop(conn, now - int(days * 86_400_000_000), now)
+                    report = msgspec.structs.replace(
+                        report, dropped=report.dropped + [n for names in moved.values() for n in names])
         for w in self._writers.values():
             w.forget_partitions()
         return report
@@ -788,6 +879,20 @@ class DatabaseManager:
             for name, w in self._writers.items()
         }
         return result
+
+
+def _days(value: timedelta | float | None, default: float, name: str) -> float:
+    if value is None:
+        days = default
+    elif isinstance(value, timedelta):
+        days = value.total_seconds() / 86400
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        days = float(value)
+    else:
+        raise ValidationError(f"{name} must be a timedelta or a number of days, got {value!r}")
+    if not days > 0:
+        raise ValidationError(f"{name} must be positive, got {days} days")
+    return days
 
 
 def _exchange_name(name: ExchangeName | str) -> str:

@@ -145,6 +145,15 @@ def render(snapshot: Mapping[str, Any], *, prefix: str = "hftdb") -> str:
         out.family("table_bytes", "gauge", "Size on disk, partitions and indexes included.").add(t.get("bytes"), table=table)
         out.family("table_estimated_rows", "gauge", "Planner's row estimate.").add(t.get("estimated_rows"), table=table)
         out.family("table_partitions", "gauge", "Attached partitions.").add(t.get("partitions"), table=table)
+    for table, a in ((snapshot.get("archive") or {}).get("tables") or {}).items():
+        out.family("archive_days", "gauge", "Days of the table in the Parquet archive.").add(a.get("days"), table=table)
+        out.family("archive_files", "gauge", "Parquet files of the table in the archive.").add(a.get("files"), table=table)
+        out.family("archive_rows", "gauge", "Rows of the table in the archive.").add(a.get("rows"), table=table)
+        out.family("archive_bytes", "gauge", "Bytes of the table's Parquet files.").add(a.get("bytes"), table=table)
+        out.family("archive_bytes_per_row", "gauge", "Parquet bytes per archived row.").add(
+            a.get("bytes_per_row"), table=table)
+        out.family("hot_bytes_per_row", "gauge", "PostgreSQL bytes per row (indexes included), from the estimate.").add(
+            a.get("hot_bytes_per_row"), table=table)
     for cache, c in (snapshot.get("caches") or {}).items():
         out.family("cache_hits_total", "counter", "Cache lookups answered from the cache.").add(c.get("hits"), cache=cache)
         out.family("cache_misses_total", "counter", "Cache lookups that went to the database.").add(c.get("misses"), cache=cache)

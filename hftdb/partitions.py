@@ -45,6 +45,12 @@ __all__ = [
     "drop_partitions_before",
     "index_cold_partitions",
     "maintain",
+    "is_hftdb_partition",
+    "maintenance_lock",
+    "sealed_partitions",
+    "detach_partition",
+    "detached_tables",
+    "drop_detached",
 ]
 
 logger = logging.getLogger(__name__)
@@ -361,6 +367,75 @@ async def _finish_interrupted_drops(conn: asyncpg.Connection, table: str) -> Non
             await conn.execute(f"DROP TABLE {_ident(row['relname'])}")
 
 
+def is_hftdb_partition(table: str, name: str) -> bool:
+    """Whether ``name`` is a partition name hftdb gives ``table``'s partitions (others are never dropped)."""
+    return _is_ours(_check_table(table), name)
+
+
+def maintenance_lock(conn: asyncpg.Connection, table: str) -> contextlib.AbstractAsyncContextManager[None]:
+    """The session-level lock that retention, indexing and archiving of ``table`` hold while they run, so that
+    no two of them work on the same partition at once. The connection must be outside a transaction."""
+    return _maintenance_lock(conn, _check_table(table))
+
+
+async def sealed_partitions(conn: asyncpg.Connection, table: str, cutoff_us: int) -> list[PartitionInfo]:
+    """``table``'s attached partitions named by hftdb whose upper bound is <= ``cutoff_us``, oldest first."""
+    _check_int("cutoff_us", cutoff_us)
+    return [p for p in await list_partitions(conn, table)
+            if p.upper_us is not None and p.upper_us <= cutoff_us and _is_ours(table, p.name)]
+
+
+async def detach_partition(conn: asyncpg.Connection, table: str, name: str, *, marker: str) -> None:
+    """Detach hftdb partition ``name`` of ``table`` CONCURRENTLY (writers are not blocked), first commenting it
+    with ``marker`` so that :func:`detached_tables` finds it again after a crash. Call it under
+    :func:`maintenance_lock`."""
+    if not is_hftdb_partition(table, name):
+        raise ValidationError(f"{name} is not an hftdb partition of {table}")
+    part = _ident(name)
+    await conn.execute(f"COMMENT ON TABLE {part} IS {_literal(marker)}")
+    await conn.execute(f"ALTER TABLE {_ident(table)} DETACH PARTITION {part} CONCURRENTLY")
+
+
+async def detached_tables(conn: asyncpg.Connection, table: str, *, marker: str) -> list[str]:
+    """hftdb partitions of ``table`` detached with ``marker`` and not dropped yet (an interrupted run's), after
+    finishing any detach that was interrupted half way. Call it under :func:`maintenance_lock`."""
+    _check_table(table)
+    for row in await _partitions(conn, table):
+        if row["detach_pending"] and row["comment"] == marker and _is_ours(table, row["name"]):
+            logger.warning("finishing the interrupted detach of %s", row["name"])
+            await conn.execute(f"ALTER TABLE {_ident(table)} DETACH PARTITION {_ident(row['name'])} FINALIZE")
+    rows = await conn.fetch(
+        "SELECT c.relname FROM pg_class c WHERE c.relkind = 'r' AND NOT c.relispartition"
+        " AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = $1::regclass)"
+        " AND obj_description(c.oid, 'pg_class') = $2 ORDER BY c.relname",
+        table, marker,
+    )
+    return [r["relname"] for r in rows if _is_ours(table, r["relname"])]
+
+
+async def drop_detached(conn: asyncpg.Connection, table: str, name: str, *, marker: str) -> bool:
+    """Drop the detached table ``name`` if it still carries ``marker`` and is no partition; return whether it
+    was dropped. Never drops an attached partition."""
+    if not is_hftdb_partition(table, name):
+        raise ValidationError(f"{name} is not an hftdb partition of {table}")
+    ok = await conn.fetchval(
+        "SELECT NOT c.relispartition AND obj_description(c.oid, 'pg_class') = $2 FROM pg_class c"
+        " WHERE c.oid = to_regclass($1)",
+        _ident(name), marker,
+    )
+    if not ok:
+        return False
+    await conn.execute(f"DROP TABLE {_ident(name)}")
+    return True
+
+
+def _literal(text: str) -> str:
+    # COMMENT takes no bind parameter; the markers are constants of hftdb's own, checked here all the same.
+    if re.fullmatch(r"[A-Za-z0-9 :_.-]*", text) is None:
+        raise ValueError(f"refusing to put {text!r} into SQL as a literal")
+    return f"'{text}'"
+
+
 async def index_cold_partitions(conn: asyncpg.Connection, table: str, now_us: int) -> list[str]:
     """Give every sealed partition (upper bound <= ``now_us``) of ``table`` its btree if it lacks one; return
     the partition names indexed.
@@ -385,15 +460,16 @@ async def index_cold_partitions(conn: asyncpg.Connection, table: str, now_us: in
 
 
 async def maintain(
-    conn: asyncpg.Connection, settings: StorageSettings, now_us: int, *, retention: bool = True
+    conn: asyncpg.Connection, settings: StorageSettings, now_us: int, *, retention: bool = True, drop: bool = True
 ) -> MaintenanceReport:
     """One upkeep pass for all time-series tables: create partitions from ``now_us`` through
     ``settings.partitions_ahead`` intervals ahead, drop those past ``retention_days``, trim the ``ingest_batches``
     ledger past ``ledger_retention_days`` and, with ``cold_btree``, index sealed partitions.
 
     ``retention=False`` deletes nothing (no drop, no ledger trim): for start-up, where a wrong clock or a freshly
-    shortened setting should not cost data before anyone looks. Run it periodically on a connection outside a
-    transaction; it is idempotent.
+    shortened setting should not cost data before anyone looks. ``drop=False`` trims the ledger but drops no
+    partition: the caller archives them first (:mod:`hftdb.archive`). Run it periodically on a connection outside
+    a transaction; it is idempotent.
     """
     _check_int("now_us", now_us)
     interval_s = settings.partition_interval_s
@@ -406,7 +482,7 @@ async def maintain(
         created += await ensure_partitions(
             conn, table, now_us, now_us + ahead_us, interval_s=interval_s, hot_index=settings.hot_index
         )
-        if retention:
+        if retention and drop:
             dropped += await drop_partitions_before(conn, table, cutoff_us)
         if settings.cold_btree:
             indexed += await index_cold_partitions(conn, table, now_us)

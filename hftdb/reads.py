@@ -8,6 +8,7 @@ rows, history as objects, lists or numpy columns) over the read pools of :mod:`h
 
 from __future__ import annotations
 
+import asyncio
 import operator
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Sequence
 
@@ -18,6 +19,7 @@ from .models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Sy
 from .notify import Filter
 
 if TYPE_CHECKING:
+    from .archive import ArchiveTier
     from .cache import TTLCache
     from .replicas import ReadRouter
 
@@ -184,16 +186,18 @@ class Reader:
     read pools decode them as raw int64 in C).
     """
 
-    __slots__ = ("router", "directory", "_exchange", "_symbol_id", "_cache")
+    __slots__ = ("router", "directory", "_exchange", "_symbol_id", "_cache", "_archive")
 
     def __init__(self, router: ReadRouter, directory: SymbolDirectory, *,
                  exchange: Callable[[Any], Awaitable[Exchange]], symbol_id: Callable[[Any, str], Awaitable[int]],
-                 latest_cache: TTLCache[Any, Any] | None = None) -> None:
+                 latest_cache: TTLCache[Any, Any] | None = None, archive: ArchiveTier | None = None) -> None:
         self.router = router
         self.directory = directory
         self._exchange = exchange
         self._symbol_id = symbol_id
         self._cache = latest_cache
+        #: The Parquet tier history reads also take rows from (:mod:`hftdb.archive`), or None.
+        self._archive = archive
 
     async def filter_ids(self, exchange: Any, symbols: Sequence[str] | None,
                          symbol_ids: Sequence[int] | None) -> tuple[str, Any]:
@@ -312,17 +316,26 @@ class Reader:
         symbol_id = await self._symbol_id(exchange, symbol)
         lo, hi = window(start, end, hours)
         limit = check_limit(limit)
+        name = _exchange_name(exchange)
+        manifests = await self._archived("book_tickers", lo, hi, primary)
         if format == "objects":
-            name = _exchange_name(exchange)
 
             async def read(pool: Any) -> list[BookTicker]:
                 rows = await _fetch_history(pool, _BT_HISTORY, (symbol_id,), lo, hi, limit, 4)
                 return [BookTicker(name, symbol, bp, bq, ap, aq, rt, et, u, symbol_id)
                         for bp, bq, ap, aq, rt, et, u in rows]
 
-            return await self.router.run(read, primary=primary)
-        return await self._copy(_BT_LAYOUT, "book_tickers", _BY_SYMBOL, (symbol_id,), lo, hi, limit, format,
-                                primary)
+            hot = await self.router.run(read, primary=primary)
+        else:
+            hot = await self._copy(_BT_LAYOUT, "book_tickers", _BY_SYMBOL, (symbol_id,), lo, hi, limit, format,
+                                   primary)
+        if not manifests:
+            return hot
+        cols = await self._from_archive(manifests, "book_tickers", _BT_LAYOUT, format, exchange=name, lo=lo, hi=hi,
+                                        symbol_id=symbol_id)
+        cold = cols if format != "objects" else [
+            BookTicker(name, symbol, *r, symbol_id) for r in zip(*(cols[k] for k in _BT_RECORD))]
+        return _merge(cold, hot, format, limit)
 
     async def funding_history(self, exchange: Any, symbol: str, *, start: int | None, end: int | None,
                               hours: float | None, limit: int | None, format: str, primary: bool = False) -> Any:
@@ -331,16 +344,25 @@ class Reader:
         symbol_id = await self._symbol_id(exchange, symbol)
         lo, hi = window(start, end, hours)
         limit = check_limit(limit)
+        name = _exchange_name(exchange)
+        manifests = await self._archived("funding_rates", lo, hi, primary)
         if format == "objects":
-            name = _exchange_name(exchange)
 
             async def read(pool: Any) -> list[FundingRate]:
                 rows = await _fetch_history(pool, _FR_HISTORY, (symbol_id,), lo, hi, limit, 1)
                 return [FundingRate(name, symbol, *r, symbol_id) for r in rows]
 
-            return await self.router.run(read, primary=primary)
-        return await self._copy(_FR_LAYOUT, "funding_rates", _BY_SYMBOL, (symbol_id,), lo, hi, limit, format,
-                                primary)
+            hot = await self.router.run(read, primary=primary)
+        else:
+            hot = await self._copy(_FR_LAYOUT, "funding_rates", _BY_SYMBOL, (symbol_id,), lo, hi, limit, format,
+                                   primary)
+        if not manifests:
+            return hot
+        cols = await self._from_archive(manifests, "funding_rates", _FR_LAYOUT, format, exchange=name, lo=lo, hi=hi,
+                                        symbol_id=symbol_id)
+        cold = cols if format != "objects" else [
+            FundingRate(name, symbol, *r, symbol_id) for r in zip(*(cols[k] for k in _FR_RECORD))]
+        return _merge(cold, hot, format, limit)
 
     async def balance_history(self, exchange: Any, asset: str, *, account: str, start: int | None,
                               end: int | None, hours: float | None, limit: int | None, format: str,
@@ -354,6 +376,19 @@ class Reader:
         lo, hi = window(start, end, hours)
         limit = check_limit(limit)
         keys = (ex.id, account, asset)
+        manifests = await self._archived("balances", lo, hi, primary)
+        hot = await self._balance_rows(ex, asset, account, keys, lo, hi, limit, format, primary)
+        if not manifests:
+            return hot
+        cols = await self._from_archive(manifests, "balances", _BAL_LAYOUT, format, exchange=ex.name, lo=lo, hi=hi,
+                                        account=account, asset=asset)
+        cold = cols if format != "objects" else [
+            Balance(exchange=ex.name, asset=asset, free=f, locked=k, recv_ts=rt, exchange_ts=et, account=account)
+            for rt, et, f, k in zip(cols["recv_ts"], cols["exchange_ts"], cols["free"], cols["locked"])]
+        return _merge(cold, hot, format, limit)
+
+    async def _balance_rows(self, ex: Exchange, asset: str, account: str, keys: tuple[Any, ...], lo: int, hi: int,
+                            limit: int | None, format: str, primary: bool) -> Any:
         if format == "numpy":
             where = "exchange_id = $1 AND account = $2 AND asset = $3"
             return await self._copy(_BAL_LAYOUT, "balances", where, keys, lo, hi, limit, format, primary)
@@ -367,6 +402,23 @@ class Reader:
             return {name: list(col) for name, col in zip(("recv_ts", "exchange_ts", "free", "locked"), cols)}
         return [Balance(exchange=ex.name, asset=asset, free=r[2], locked=r[3], recv_ts=r[0], exchange_ts=r[1],
                         account=account) for r in rows]
+
+    async def _archived(self, table: str, lo: int, hi: int, primary: bool) -> list[Any]:
+        """The archive manifests a history read of ``[lo, hi)`` takes files from (none without an archive)."""
+        tier = self._archive
+        if tier is None or not tier.covers(table, lo, hi):
+            return []
+        return await self.router.run(lambda pool: tier.readable(pool, table, lo, hi), primary=primary)
+
+    async def _from_archive(self, manifests: list[Any], table: str, layout: columnar.Layout, format: str, *,
+                            exchange: str, lo: int, hi: int, **keys: Any) -> dict[str, Any]:
+        """Archived rows of a history read as ``{column: values}`` in ``layout``'s names: numpy arrays exactly as
+        :func:`hftdb.columnar.copy_out` gives them for ``"numpy"``, lists of Python values (NULL as None)
+        otherwise."""
+        tier = self._archive
+        assert tier is not None
+        raw = await asyncio.to_thread(tier.read, manifests, table, exchange=exchange, lo=lo, hi=hi, **keys)
+        return _archive_columns(raw, layout, format)
 
     async def _copy(self, layout: columnar.Layout, table: str, where: str, keys: tuple[Any, ...], lo: int, hi: int,
                     limit: int | None, format: str, primary: bool) -> Any:
@@ -385,6 +437,63 @@ class Reader:
                                                sort_by=None if limit is not None else "recv_ts")
 
         return await self.router.run(read, primary=primary)
+
+
+def _archive_columns(raw: dict[str, Any], layout: columnar.Layout, format: str) -> dict[str, Any]:
+    import numpy as np
+
+    out: dict[str, Any] = {}
+    for c in layout.columns:
+        values = raw[c.name]
+        valid = raw.get(c.name + "__valid")
+        if format == "numpy":
+            if isinstance(values, list):  # exact decimals: the float8 the server's cast would give
+                values = np.array([float(v) for v in values], dtype=np.float64)
+            if c.kind == "ts":
+                if valid is not None:
+                    values = np.where(valid, values, np.iinfo(np.int64).min)
+                values = values.astype(np.int64, copy=False).view("datetime64[us]")
+            elif c.kind == "f8" and valid is not None:
+                values = np.where(valid, values, np.nan)
+            elif valid is not None:
+                values = np.ma.MaskedArray(values, mask=~valid)
+            out[c.name] = values
+        else:
+            values = values if isinstance(values, list) else values.tolist()
+            if valid is not None and not valid.all():
+                values = [v if ok else None for v, ok in zip(values, valid.tolist())]
+            out[c.name] = values
+    return out
+
+
+def _merge(cold: Any, hot: Any, format: str, limit: int | None) -> Any:
+    """Archived rows then PostgreSQL's, ordered by receipt time (stable: ties keep tier, then stored order),
+    cut to ``limit``."""
+    if format == "objects":
+        rows = cold + hot
+        key = operator.attrgetter("recv_ts")
+        if not all(key(a) <= key(b) for a, b in zip(rows, rows[1:])):
+            rows.sort(key=key)
+        return rows if limit is None else rows[:limit]
+    if format == "columns":
+        out = {k: cold[k] + hot[k] for k in hot}
+        ts = out["recv_ts"]
+        if not all(map(operator.le, ts, ts[1:])):
+            order = sorted(range(len(ts)), key=ts.__getitem__)
+            out = {k: [v[i] for i in order] for k, v in out.items()}
+        return out if limit is None else {k: v[:limit] for k, v in out.items()}
+    import numpy as np
+
+    out = {}
+    for k in hot:
+        a, b = cold[k], hot[k]
+        out[k] = (np.ma.concatenate([a, b]) if isinstance(a, np.ma.MaskedArray) or isinstance(b, np.ma.MaskedArray)
+                  else np.concatenate([a, b]))
+    ts = out["recv_ts"]
+    if len(ts) > 1 and not (ts[1:] >= ts[:-1]).all():
+        order = np.argsort(ts, kind="stable")
+        out = {k: v[order] for k, v in out.items()}
+    return out if limit is None else {k: v[:limit] for k, v in out.items()}
 
 
 def _exchange_name(name: Any) -> str:
@@ -474,6 +583,10 @@ async def _fetch_history(pool: Any, sql: str, keys: tuple[Any, ...], lo: int, hi
     rows = await pool.fetch(sql, *args)
     rows.sort(key=operator.itemgetter(ts_index))
     return rows
+
+# The history columns in the records' positional order (after exchange and symbol; symbol_id last).
+_BT_RECORD = ("bid_price", "bid_qty", "ask_price", "ask_qty", "recv_ts", "exchange_ts", "update_id")
+_FR_RECORD = ("rate", "recv_ts", "exchange_ts", "next_funding_ts", "mark_price", "index_price")
 
 _C = columnar.Column
 _BT_LAYOUT = columnar.Layout([

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hftdb import BookTicker, now_us
-from hftdb.config import CacheSettings, DatabaseSettings, Settings, StorageSettings, WriterSettings
+from hftdb.config import ArchiveSettings, CacheSettings, DatabaseSettings, Settings, StorageSettings, WriterSettings
 
 
 def settings(tmp_path: Path, **writer: object) -> Settings:
@@ -16,6 +16,7 @@ def settings(tmp_path: Path, **writer: object) -> Settings:
         writer=WriterSettings(**w),  # type: ignore[arg-type]
         cache=CacheSettings(),
         storage=StorageSettings(),
+        archive=ArchiveSettings(root=str(tmp_path / "archive")),
     )
 
 

@@ -26,7 +26,7 @@ from hftdb.server import EmbeddedServer
 
 pytestmark = pytest.mark.timeout(180)
 
-COMMANDS = ("run", "migrate", "status", "health", "stats", "cleanup", "reset", "backup", "restore", "validate",
+COMMANDS = ("run", "migrate", "status", "health", "stats", "cleanup", "archive", "reset", "backup", "restore", "validate",
             "optimize", "ingest-file", "simulate")
 FRAMES = (  # fixture file, venue, channel, book rows it holds, duplicates among them
     ("okx_tickers_recorded.jsonl", "okx_spot", "tickers", 3, 0),

@@ -108,7 +108,7 @@ def test_locate_config_order(tmp_path, monkeypatch):
 
 
 FILE_ERRORS = [
-    ("[wrtier]\nx = 1\n", "unknown section [wrtier] (sections: cache, daemon, database, demo, exchanges, logging, "),
+    ("[wrtier]\nx = 1\n", "unknown section [wrtier] (sections: archive, cache, daemon, database, demo, exchanges, logging, "),
     ("[writer]\nbatch_rows = 5\n", "[writer] has no key 'batch_rows' (keys: batch_max_age_ms, batch_max_rows,"),
     ('[writer]\nbatch_max_rows = "many"\n', '[writer] batch_max_rows = "many": expected an integer > 0'),
     ("[writer]\nbatch_max_rows = 0\n", "[writer] batch_max_rows = 0: expected an integer > 0"),

@@ -1,0 +1,433 @@
+"""The Parquet tier: sealed partitions archived, verified and dropped; crashes at each step; reads across tiers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import asyncpg
+import msgspec
+import pytest
+
+from hftdb import Balance, BookTicker, DatabaseManager, ExchangeName, FundingRate, now_us
+from hftdb import archive, metrics
+from hftdb.config import ArchiveSettings
+
+from helpers import settings as base_settings
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+np = pytest.importorskip("numpy")
+
+pytestmark = pytest.mark.timeout(240)
+
+DAY_US = 86_400_000_000
+# Three whole days, 20 to 18 days back (so all three are sealed and older than 10 days), plus rows of today.
+DAY0 = (now_us() // DAY_US - 20) * DAY_US
+
+
+def settings(tmp_path: Path, **archive_kw: object):
+    s = base_settings(tmp_path)
+    kw = {"root": str(tmp_path / "archive"), "row_group_rows": 64, **archive_kw}
+    return msgspec.structs.replace(s, archive=ArchiveSettings(**kw))  # type: ignore[arg-type]
+
+
+def _tickers(now: int) -> list[BookTicker]:
+    rows = []
+    names = (("binance_spot", "BTCUSDT"), ("binance_spot", "ETHUSDT"), ("okx_spot", "BTC-USDT"))
+    for day in range(3):
+        for i in range(150):
+            ex, sym = names[i % 3]
+            t = DAY0 + day * DAY_US + i * 1_000_000 + (i % 3)
+            rows.append(BookTicker(ex, sym, 100.0 + i * 0.1, 0.5 + i, 100.25 + i * 0.1, 1.5, t,
+                                   exchange_ts=None if i % 7 == 0 else t - 3,
+                                   update_id=None if i % 5 == 0 else 10_000 + day * 1000 + i))
+            if i % 11 == 0:  # two rows of one symbol with one receipt time: ties keep their order
+                rows.append(BookTicker(ex, sym, 99.0, 9.0, 101.0, 9.5, t, exchange_ts=t - 1, update_id=None))
+    for i in range(30):
+        ex, sym = names[i % 3]
+        rows.append(BookTicker(ex, sym, 200.0 + i, 1.0, 200.5 + i, 2.0, now - 1_000_000 + i, exchange_ts=now - 2_000_000,
+                               update_id=50_000 + i))
+    return rows
+
+
+async def _seed(db: DatabaseManager) -> int:
+    await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+    await db.insert_exchange(ExchangeName.OKX_SPOT)
+    await db.insert_exchange(ExchangeName.BINANCE_USDM)
+    now = now_us()
+    tickers = _tickers(now)
+    assert await db.insert_book_ticker_snapshots(tickers) == len(tickers)
+    rates = []
+    for day in range(3):
+        for i in range(40):
+            t = DAY0 + day * DAY_US + i * 60_000_000
+            rates.append(FundingRate("binance_usdm", "BTCUSDT", 0.0001 * (i - 20), t, exchange_ts=t - 5,
+                                     next_funding_ts=None if i % 4 == 0 else t + 3_600_000_000,
+                                     mark_price=None if i % 3 == 0 else 50_000.5 + i, index_price=50_000.25 + i))
+    rates.append(FundingRate("binance_usdm", "BTCUSDT", 0.0002, now - 5_000_000, exchange_ts=now - 6_000_000))
+    assert await db.insert_funding_rates(rates) == len(rates)
+    balances = []
+    for day in range(3):
+        for i in range(20):
+            t = DAY0 + day * DAY_US + i * 3_600_000_000
+            balances.append(Balance(exchange="binance_spot", asset="USDT", free=Decimal("1000.123456789012") + i,
+                                    locked=Decimal("0.5") * i, recv_ts=t, exchange_ts=None if i % 2 else t - 10))
+            balances.append(Balance(exchange="binance_spot", asset="BTC", free=Decimal("-0.00000001") * i,
+                                    locked=Decimal("12345678901234.5"), recv_ts=t, account="sub1"))
+    balances.append(Balance(exchange="binance_spot", asset="USDT", free=Decimal("7"), locked=Decimal("0"),
+                            recv_ts=now - 1_000_000))
+    assert await db.insert_balance_snapshots(balances) == len(balances)
+    await db.flush()
+    return len(tickers)
+
+
+async def _all_reads(db: DatabaseManager) -> dict[str, object]:
+    lo, hi = DAY0 - DAY_US, now_us() + 1
+    out: dict[str, object] = {}
+    for fmt in ("objects", "columns", "numpy"):
+        for ex, sym in (("binance_spot", "BTCUSDT"), ("okx_spot", "BTC-USDT")):
+            out[f"bt {ex} {sym} {fmt}"] = await db.get_book_ticker_history(ex, sym, start=lo, end=hi, format=fmt)
+            # A window that starts inside the archived days and ends in today's partition.
+            out[f"bt-mid {ex} {sym} {fmt}"] = await db.get_book_ticker_history(
+                ex, sym, start=DAY0 + DAY_US + 30_000_000, end=hi, format=fmt)
+            out[f"bt-limit {ex} {sym} {fmt}"] = await db.get_book_ticker_history(
+                ex, sym, start=DAY0 + 30_000_000, end=hi, limit=17, format=fmt)
+        out[f"fr {fmt}"] = await db.get_funding_rate_history("binance_usdm", "BTCUSDT", start=lo, end=hi, format=fmt)
+        for asset, account in (("USDT", "default"), ("BTC", "sub1")):
+            out[f"bal {asset} {fmt}"] = await db.get_balance_history("binance_spot", asset, account=account, start=lo,
+                                                                     end=hi, format=fmt)
+    return out
+
+
+def _same(a: object, b: object) -> None:
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b)
+        for k in a:
+            _same(a[k], b[k])
+    elif isinstance(a, np.ma.MaskedArray):
+        assert isinstance(b, np.ma.MaskedArray) and a.dtype == b.dtype
+        assert np.array_equal(np.ma.getmaskarray(a), np.ma.getmaskarray(b))
+        assert np.array_equal(a.filled(0), b.filled(0))
+    elif isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray) and a.dtype == b.dtype, (a.dtype, getattr(b, "dtype", None))
+        if a.dtype.kind == "M":  # NaT (a NULL time) equals itself here
+            a, b = a.view(np.int64), b.view(np.int64)
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+    else:
+        assert a == b
+
+
+def _comparable(reads: dict[str, object]) -> dict[str, object]:
+    # With a LIMIT the server orders by receipt time with a top-N sort, which leaves rows of one receipt time in
+    # no defined order: those reads are compared as ordered by everything (objects), or not at all (their
+    # numpy and columns twins).
+    out = {}
+    for key, value in reads.items():
+        if key.startswith("bt-limit"):
+            if key.endswith("objects"):
+                out[key] = sorted(value, key=repr)  # type: ignore[arg-type]
+            continue
+        out[key] = value
+    return out
+
+
+async def _count(dsn: str, table: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval(f"SELECT count(*) FROM {table}")
+    finally:
+        await conn.close()
+
+
+def _archived_rows(root: Path, table: str) -> int:
+    files = list((root / table).glob("date=*/exchange=*/*.parquet"))
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+async def test_archive_writes_verified_files_then_drops_the_partitions(dsn, tmp_path):
+    s = settings(tmp_path)
+    root = Path(s.archive.root)
+    async with DatabaseManager(dsn, settings=s) as db:
+        n = await _seed(db)
+        assert [r.pending for r in (await db.archive_partitions(10, dry_run=True)).values()] == [
+            [f"{t}_p{archive._date(DAY0 + d * DAY_US).replace('-', '')}" for d in range(3)]
+            for t in ("book_tickers", "funding_rates", "balances")]
+        assert not root.exists()  # a dry run writes nothing
+        counts = {t: await _count(dsn, t) for t in ("book_tickers", "funding_rates", "balances")}
+        reports = await db.archive_partitions(10)
+        assert {t: len(r.archived) for t, r in reports.items()} == {"book_tickers": 3, "funding_rates": 3,
+                                                                     "balances": 3}
+        # Only today's rows stay in PostgreSQL; the rest are in the files, once.
+        assert await _count(dsn, "book_tickers") == 30
+        assert _archived_rows(root, "book_tickers") == n - 30
+        for t in ("funding_rates", "balances"):
+            assert await _count(dsn, t) + _archived_rows(root, t) == counts[t]
+        # Archiving again writes nothing and drops nothing.
+        again = await db.archive_partitions(10)
+        assert all(not r.archived and not r.finished for r in again.values())
+        # What the archive holds, in the stats and on /metrics (the hot tier's figure needs the planner's rows).
+        await db.pool.execute("ANALYZE book_tickers")
+        stats = await db.get_database_stats()
+        bt = stats["archive"]["tables"]["book_tickers"]
+        assert (bt["days"], bt["partitions"], bt["files"], bt["rows"]) == (3, 3, 6, n - 30)
+        assert bt["bytes"] == sum(p.stat().st_size for p in (root / "book_tickers").rglob("*.parquet"))
+        assert bt["bytes_per_row"] == bt["bytes"] / bt["rows"] and bt["hot_bytes_per_row"] > 0
+        text = metrics.render(stats)
+        assert f'hftdb_archive_rows{{table="book_tickers"}} {n - 30}' in text
+        assert 'hftdb_archive_days{table="balances"} 3' in text and "hftdb_archive_bytes_per_row{" in text
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    env.update(HFTDB_DSN=dsn, HFTDB_ARCHIVE_ROOT=str(root), HFTDB_METRICS_PORT="1")
+    rc, out, err = await _cli("stats", env=env, cwd=tmp_path)
+    assert rc == 0, err
+    assert f"book_tickers   3 day(s) {archive._date(DAY0)} .. {archive._date(DAY0 + 2 * DAY_US)}, 6 file(s), " \
+           f"{n - 30:,} rows" in out, out
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.parquet"))
+    day = archive._date(DAY0)
+    assert f"book_tickers/date={day}/exchange=binance_spot/part-0.parquet" in files
+    assert f"book_tickers/date={day}/exchange=okx_spot/part-0.parquet" in files
+    manifest = json.loads((root / "book_tickers" / f"date={day}" /
+                           f"_manifest.book_tickers_p{day.replace('-', '')}.0.json").read_text())
+    assert manifest["state"] == "dropped" and manifest["rows"] == sum(f["rows"] for f in manifest["files"])
+    t = pq.read_table(root / f"book_tickers/date={day}/exchange=binance_spot/part-0.parquet")
+    assert t.schema.field("recv_ts").type == pa.timestamp("us", tz="UTC")
+    assert t.schema.field("bid_price").type == pa.float64()
+    assert set(t.column("symbol").to_pylist()) == {"BTCUSDT", "ETHUSDT"}
+    assert set(t.column("exchange_name").to_pylist()) == {"binance_spot"}
+    b = pq.read_table(root / f"balances/date={day}/exchange=binance_spot/part-0.parquet")
+    assert b.schema.field("free").type == pa.decimal128(38, 12)
+    assert Decimal("1000.123456789012") in b.column("free").to_pylist()
+    meta = pq.ParquetFile(root / f"book_tickers/date={day}/exchange=binance_spot/part-0.parquet").metadata
+    assert meta.row_group(0).column(0).compression == "ZSTD"
+
+
+async def _cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hftdb.cli", *args, cwd=str(cwd), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(120):
+        out, err = await proc.communicate()
+    return proc.returncode, out.decode(), err.decode()
+
+
+def _file_rows(root: Path, table: str, *, listed_only: bool) -> list[tuple]:
+    """Every row of ``table``'s Parquet files (hidden temporary files never count), as comparable tuples."""
+    rows: list[tuple] = []
+    for manifest in archive.read_manifests(root, table) if listed_only else [None]:
+        paths = ([root / table / f"date={manifest.date}" / f.path for f in manifest.files] if manifest is not None
+                 else list((root / table).glob("date=*/exchange=*/*.parquet")))
+        for p in paths:
+            t = pq.read_table(p, columns=[c.name for c in archive.SPECS[table].cols])
+            rows += [tuple(r.values()) for r in t.to_pylist()]
+    return rows
+
+
+async def _pg_rows(dsn: str, table: str) -> list[tuple]:
+    cols = ", ".join(c.name for c in archive.SPECS[table].cols)
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = [tuple(r) for r in await conn.fetch(f"SELECT {cols} FROM {table}")]
+        for name in await conn.fetch("SELECT relname FROM pg_class WHERE obj_description(oid, 'pg_class') = $1"
+                                     " AND NOT relispartition AND relname LIKE $2", archive.MARKER, table + "_p%"):
+            rows += [tuple(r) for r in await conn.fetch(f'SELECT {cols} FROM "{name[0]}"')]
+        return rows
+    finally:
+        await conn.close()
+
+
+def _norm(row: tuple) -> str:
+    # Instants of the datetimes and values of the decimals (the files keep one scale per partition, PostgreSQL
+    # each value's own), as one sortable string.
+    return repr(tuple(v.timestamp() if hasattr(v, "timestamp") else v.normalize() if isinstance(v, Decimal) else v
+                      for v in row))
+
+
+@pytest.mark.parametrize("step", archive.STEPS)
+async def test_killed_at_each_step_then_rerun_loses_nothing_and_writes_nothing_twice(dsn, tmp_path, step):
+    root = tmp_path / "archive"
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await _seed(db)
+        before = _comparable(await _all_reads(db))
+    want = {t: sorted(map(_norm, await _pg_rows(dsn, t))) for t in archive.SPECS}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    env.update(HFTDB_DSN=dsn, HFTDB_ARCHIVE_ROOT=str(root), HFTDB_METRICS_PORT="1",
+               HFTDB_WRITER_SPOOL_DIR=str(tmp_path / "spool"), _HFTDB_ARCHIVE_STOP_AT=step)
+    rc, out, err = await _cli("archive", "--older-than-days", "10", env=env, cwd=tmp_path)
+    assert rc == -9, (out, err)
+    # After the crash every row is in PostgreSQL (attached, or detached and marked) or in a complete archive.
+    for t in archive.SPECS:
+        pg = await _pg_rows(dsn, t)
+        archived_parts = {m.partition for m in archive.read_manifests(root, t)}
+        present = sorted(map(_norm, pg + _file_rows(root, t, listed_only=True)))
+        assert set(present) == set(want[t]), (t, step)
+        assert len(present) >= len(want[t])
+        assert archived_parts or t != "book_tickers" or step in ("fetched", "written", "verified", "renamed")
+    # Reads in the crash's state take each row from exactly one tier.
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        for key, value in _comparable(await _all_reads(db)).items():
+            _same(before[key], value)
+    del env["_HFTDB_ARCHIVE_STOP_AT"]
+    rc, out, err = await _cli("archive", "--older-than-days", "10", env=env, cwd=tmp_path)
+    assert rc == 0, (out, err)
+    if step not in ("fetched", "written", "verified", "renamed"):
+        assert "finished book_tickers_p" in out
+    for t in archive.SPECS:
+        # Exactly once across both tiers: every row, and each one once; no temporary file left behind.
+        got = sorted(map(_norm, await _pg_rows(dsn, t) + _file_rows(root, t, listed_only=False)))
+        assert got == want[t], (t, step)
+        assert all(m.state == "dropped" for m in archive.read_manifests(root, t))
+    assert not [p for p in root.rglob("*") if p.name.endswith(".tmp")]
+    # A third run finds nothing to do.
+    rc, out, err = await _cli("archive", "--older-than-days", "10", env=env, cwd=tmp_path)
+    assert rc == 0 and "archived 0 partition(s)" in out, (out, err)
+
+
+@pytest.mark.parametrize("interval_s", [86_400, 3_600])
+async def test_reads_across_the_archive_boundary_return_the_same_rows(dsn, tmp_path, interval_s):
+    s = settings(tmp_path)
+    s = msgspec.structs.replace(s, storage=msgspec.structs.replace(s.storage, partition_interval_s=interval_s))
+    async with DatabaseManager(dsn, settings=s) as db:
+        await _seed(db)
+        before = await _all_reads(db)
+        await db.archive_partitions(10)
+        assert await _count(dsn, "book_tickers") == 30
+        after = _comparable(await _all_reads(db))
+        before = _comparable(before)
+        assert list(before) == list(after)
+        for key in before:
+            _same(before[key], after[key])
+        assert len(before["bt binance_spot BTCUSDT objects"]) > 100  # type: ignore[arg-type]
+        assert len(before["bt-limit okx_spot BTC-USDT objects"]) == 17  # type: ignore[arg-type]
+        assert len(before["bal BTC columns"]["free"]) == 60  # type: ignore[index]
+    stem = "part-0000-0.parquet" if interval_s == 3_600 else "part-0.parquet"
+    assert (tmp_path / "archive" / "book_tickers" / f"date={archive._date(DAY0)}" / "exchange=okx_spot" / stem).is_file()
+
+
+async def test_upkeep_archives_then_drops_and_expires_old_archives(dsn, tmp_path):
+    s = settings(tmp_path, retention_days=19.0)
+    root = Path(s.archive.root)
+    async with DatabaseManager(dsn, settings=s) as db:
+        await _seed(db)
+        before = _comparable(await _all_reads(db))
+        counts = {t: await _count(dsn, t) for t in archive.SPECS}
+        report = await db.run_maintenance()  # after_days 7 (< storage retention 30): all three old days go
+        days = [archive._date(DAY0 + d * DAY_US).replace("-", "") for d in range(3)]
+        assert sorted(report.dropped) == sorted(f"{t}_p{d}" for t in archive.SPECS for d in days)
+        # The oldest day is past [archive] retention_days (19): its archive is deleted too, the others kept.
+        assert not (root / "book_tickers" / f"date={archive._date(DAY0)}").exists()
+        kept = {m.partition for m in archive.read_manifests(root, "book_tickers")}
+        assert kept == {f"book_tickers_p{d}" for d in days[1:]}
+        assert await _count(dsn, "book_tickers") == 30
+        after = _comparable(await _all_reads(db))
+        # Reads that cover only the two kept days and today give what they gave before.
+        lo = DAY0 + DAY_US
+        for fmt in ("objects", "numpy"):
+            got = await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=lo, format=fmt)
+            want = before[f"bt binance_spot BTCUSDT {fmt}"]
+            if fmt == "objects":
+                assert got == [r for r in want if r.recv_ts >= lo]  # type: ignore[attr-defined, union-attr]
+            else:
+                keep = want["recv_ts"].view(np.int64) >= lo  # type: ignore[index]
+                _same({k: v[keep] for k, v in want.items()}, got)  # type: ignore[union-attr]
+        assert after.keys() == before.keys()
+        # Nothing is left to do on the next pass.
+        assert (await db.run_maintenance()).dropped == []
+        assert {t: await _count(dsn, t) for t in archive.SPECS}["balances"] < counts["balances"]
+
+
+async def test_without_pyarrow_retention_keeps_everything_and_says_which_extra(dsn, tmp_path, monkeypatch, caplog):
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await _seed(db)
+        counts = {t: await _count(dsn, t) for t in archive.SPECS}
+        monkeypatch.setitem(sys.modules, "pyarrow", None)  # what `import pyarrow` meets where it is not installed
+        report = await db.run_maintenance()
+        assert report.dropped == []
+        assert "pip install 'hftdb[archive]'" in caplog.text
+        assert {t: await _count(dsn, t) for t in archive.SPECS} == counts
+        from hftdb import ValidationError
+
+        for call in (db.archive_partitions(10), db.cleanup_old_data(10)):
+            with pytest.raises(ValidationError, match=r"hftdb\[archive\]"):
+                await call
+        assert {t: await _count(dsn, t) for t in archive.SPECS} == counts
+
+
+@pytest.mark.parametrize("step", (None, *archive.RESTORE_STEPS))
+async def test_restore_loads_an_archived_day_back_even_after_a_crash(dsn, tmp_path, step):
+    root = tmp_path / "archive"
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await _seed(db)
+        before = _comparable(await _all_reads(db))
+        want = sorted(map(_norm, await _pg_rows(dsn, "book_tickers")))
+        await db.archive_partitions(10)
+    day = archive._date(DAY0 + DAY_US)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    env.update(HFTDB_DSN=dsn, HFTDB_ARCHIVE_ROOT=str(root), HFTDB_METRICS_PORT="1",
+               HFTDB_WRITER_SPOOL_DIR=str(tmp_path / "spool"))
+    if step is not None:
+        rc, out, err = await _cli("archive", "restore", "--table", "book_tickers", "--date", day,
+                                  env={**env, "_HFTDB_ARCHIVE_STOP_AT": step}, cwd=tmp_path)
+        assert rc == -9, (out, err)
+        async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:  # mid-restore reads: each row once
+            for key, value in _comparable(await _all_reads(db)).items():
+                _same(before[key], value)
+    rc, out, err = await _cli("archive", "restore", "--table", "book_tickers", "--date", day, env=env, cwd=tmp_path)
+    assert rc == 0, (out, err)
+    assert f"restored book_tickers_p{day.replace('-', '')}" in out
+    assert sorted(map(_norm, await _pg_rows(dsn, "book_tickers") + _file_rows(root, "book_tickers",
+                                                                              listed_only=False))) == want
+    assert await _count(dsn, "book_tickers") == 30 + 150 + 150 // 11 + 1
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        for key, value in _comparable(await _all_reads(db)).items():
+            _same(before[key], value)
+    rc, out, err = await _cli("archive", "restore", "--table", "book_tickers", "--date", day, env=env, cwd=tmp_path)
+    assert rc == 1 and "nothing of book_tickers is archived for" in err and "Traceback" not in err
+
+
+async def test_late_rows_go_to_a_new_generation_or_into_the_rewrite(dsn, tmp_path, monkeypatch):
+    root = tmp_path / "archive"
+    day1 = DAY0 + DAY_US
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        n = await _seed(db)
+        want = sorted(map(_norm, await _pg_rows(dsn, "book_tickers")))
+        # Rows committed after the snapshot was read but before the detach: the detached table no longer
+        # changes, so its files are written again from it, with the late row.
+        real = archive.partitions.detach_partition
+        late = 0
+
+        async def detach_after_a_late_row(conn, table, name, *, marker):
+            nonlocal late
+            if table == "book_tickers" and name.endswith(archive._date(day1).replace("-", "")):
+                await db.insert_book_ticker_snapshots([BookTicker("okx_spot", "BTC-USDT", 1.0, 2.0, 1.5, 3.0,
+                                                                  day1 + 5, update_id=777)])
+                await db.flush()
+                late += 1
+            await real(conn, table, name, marker=marker)
+
+        monkeypatch.setattr(archive.partitions, "detach_partition", detach_after_a_late_row)
+        await db.archive_partitions(10, tables=["book_tickers"])
+        monkeypatch.undo()
+        assert late == 1 and await _count(dsn, "book_tickers") == 30
+        assert _archived_rows(root, "book_tickers") == n - 30 + 1
+        # A row for an archived day arriving later recreates its partition; archiving that writes part-1.
+        await db.insert_book_ticker_snapshots([BookTicker("binance_spot", "BTCUSDT", 1.0, 2.0, 1.5, 3.0, day1 + 7,
+                                                          update_id=888)])
+        await db.flush()
+        assert await _count(dsn, "book_tickers") == 31
+        history = await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=day1, end=day1 + DAY_US)
+        assert [r.update_id for r in history if r.recv_ts == day1 + 7] == [888]  # read from PostgreSQL, once
+        report = (await db.archive_partitions(10, tables=["book_tickers"]))["book_tickers"]
+        assert report.archived == [f"book_tickers_p{archive._date(day1).replace('-', '')}"]
+        files = sorted(p.name for p in (root / "book_tickers" / f"date={archive._date(day1)}").rglob("*.parquet"))
+        assert files == ["part-0.parquet", "part-0.parquet", "part-1.parquet"]
+        assert await _count(dsn, "book_tickers") == 30
+        got = sorted(map(_norm, await _pg_rows(dsn, "book_tickers") + _file_rows(root, "book_tickers",
+                                                                                 listed_only=False)))
+        assert len(got) == len(want) + 2 and set(want) <= set(got)
+        again = await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=day1, end=day1 + DAY_US)
+        assert again == history
