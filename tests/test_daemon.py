@@ -31,6 +31,7 @@ from hftdb.daemon import Daemon
 from hftdb.target import with_database
 from hftdb.errors import ConfigError
 from hftdb.metrics import family_names
+from hftdb.models import ExchangeName as E
 from hftdb.server import EmbeddedServer
 
 pytestmark = pytest.mark.timeout(240)
@@ -439,3 +440,53 @@ async def test_hftdb_run_is_the_daemon_too(tmp_path):
     assert proc.returncode == 0, err.decode()[-3000:]
     assert out.decode().startswith("hftdb stopped after") and "the simulator sent" in out.decode()
     assert any(r["msg"].startswith("SIGINT received: stopping") for r in json_lines(err.decode()))
+
+
+async def test_hostile_frames_cost_the_running_daemon_nothing_else(demo_settings, tmp_path):
+    # Issue 12 through the whole service: the simulator's fault injection writes hostile frames (deep nesting, NUL
+    # and control characters in symbols, missing update ids, corrupt times, other markets, oversized frames) into
+    # the daemon's live connections between good ones. Each venue's feed must reject exactly those, by reason, on
+    # the same connection (no reconnect, no resync), stay healthy, and store every good message the simulator
+    # sent, once.
+    from test_hostile_frames import live_frames, reasons
+
+    ledger_path = tmp_path / "ledger.json"
+    daemon = Daemon(demo_settings, demo=True, ledger_file=ledger_path)
+    await daemon.start()
+    hostile = {venue: live_frames(venue) for venue in (E.BINANCE_USDM, E.OKX_SWAP, E.BYBIT_LINEAR)}
+    try:
+        async def healthy() -> bool:
+            return (await daemon.health())["ok"]
+
+        await wait_for(healthy, timeout=60)
+
+        async def feeds() -> dict:
+            return (await daemon.snapshot())["feeds"]
+
+        before = await feeds()
+        for venue, frames in hostile.items():
+            assert daemon.simulator.send_raw(venue, [f for f, _ in frames]) == len(frames)  # one connection each
+
+        async def rejected_and_streaming_on() -> bool:
+            now = await feeds()
+            return all(now[v.value]["rejected"] - before[v.value]["rejected"] == len(hostile[v])
+                       and now[v.value]["book_rows"] >= before[v.value]["book_rows"] + 20 for v in hostile)
+
+        await wait_for(rejected_and_streaming_on, timeout=60)
+        after = await feeds()
+        assert (await daemon.health())["ok"]
+    finally:
+        await daemon.close()
+    for venue, frames in hostile.items():
+        view = after[venue.value]
+        assert view["reconnects"] == 0 and view["resyncs"] == 0, view
+        got = Counter({r: n - before[venue.value]["rejects_by_reason"].get(r, 0)
+                       for r, n in view["rejects_by_reason"].items()})
+        assert +got == reasons(frames), venue
+
+    ledger = json.loads(ledger_path.read_text())
+    sent = ledger_keys(ledger)
+    stored = await stored_keys(with_database(demo_settings.database.dsn, demo_settings.demo.database))
+    for stream in sorted(set(sent) | set(stored)):
+        got_keys = stored.get(stream, [])
+        assert len(got_keys) == len(set(got_keys)) and set(got_keys) == sent.get(stream, set()), stream
