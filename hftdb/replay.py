@@ -631,8 +631,9 @@ async def ingest_files(
     firsts = {p: _first_time(p, probe) for p in files}  # also opens each file: unreadable ones fail here
     files.sort(key=lambda p: (firsts[p] is None, firsts[p] or 0, str(p)))
     times = [t for t in firsts.values() if t is not None]
-    # Without a time somewhere a file's stored copies may be anywhere: all of the venue's rows are compared.
-    since = min(times) - DISORDER_US - _SKEW_US if times and len(times) == len(files) else None
+    # No time anywhere (Binance spot bookTicker): stored copies may be anywhere, all the venue's rows are copied.
+    # A row without a time in a replay that has some is looked up in book_tickers itself (books()).
+    since = min(times) - DISORDER_US - _SKEW_US if times else None
     sizes = {p: p.stat().st_size for p in files}
     total = sum(sizes.values())
     started = time.monotonic()
