@@ -119,10 +119,12 @@ async def test_a_frame_far_out_of_order_is_still_found_stored(dsn, tmp_path):
     late = DISORDER_US // 1000 // step + 500  # frames: the first one of the second file is this far ahead
     async with DatabaseManager(dsn, settings=settings()) as db:
         await replay(db, write(tmp_path / "old.jsonl", frames(0, 30)))
-        lines = frames(late, 30) + frames(0, 30) + frames(late + 30, 30)  # an old stretch replayed in the middle
+        # The file starts with one late frame of one symbol, then the old stretch of all three: the other two
+        # symbols' old frames pass admission (nothing newer of theirs seen yet) and must be found stored.
+        lines = frames(late, 1) + frames(0, 30) + frames(late + 1, 29)
         (r,) = await replay(db, write(tmp_path / "mixed.jsonl", lines))
-        assert r.committed["book_tickers"] == 60 and r.duplicates == 30
-    assert await stored_ids(dsn) == ids(0, 30) + ids(late, 60)
+        assert r.committed["book_tickers"] == 30 and r.duplicates == 30
+    assert await stored_ids(dsn) == ids(0, 30) + ids(late, 30)
 
 
 async def test_several_files_and_a_directory_replay_in_time_order_as_one_stream(dsn, tmp_path):
