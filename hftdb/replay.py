@@ -25,9 +25,11 @@ writes each message once. Two sources of duplicates, checked two ways:
   indexed by key: a stored copy of a message was received (or replayed) after the exchange sent it, so these
   are the rows received since the earliest first-frame exchange time less :data:`DISORDER_US` (a capture is
   only roughly in time order) and 1 s of clock skew; a capture without exchange times takes all the venue's
-  rows. A block is then checked against that table only, and only its rows whose key falls inside the span
-  of stored keys of their symbol, so the check costs nothing where nothing overlaps (a backfill into an empty
-  range) and an index probe per row where something does. It never reads the rows the replay itself writes,
+  rows. A block is then checked against that table only: not at all when it is newer than every copied row
+  (a backfill into an empty range, the new part of an overlap: nothing is even copied for the former), by
+  one index range scan of its exchange-time window when it spans at most 10 s (a stored copy of a message
+  has the message's exchange time), else key by key for the rows inside the span of stored keys of their
+  symbol. It never reads the rows the replay itself writes,
   the reason the lookup it replaces (one query a block over the growing hot partition, BRIN only) made a
   replay's time grow with the square of its length. A row older than the copied range (more out of order than
   :data:`DISORDER_US`) is looked up in ``book_tickers`` itself, as before.
@@ -152,6 +154,7 @@ _SNAPSHOT_FILL = f"""INSERT INTO {_SNAPSHOT_TABLE}
     WHERE b.symbol_id IN (SELECT id FROM symbols WHERE exchange_id = $1)
       AND ($2::timestamptz IS NULL OR b.recv_ts >= $2)"""
 _SNAPSHOT_INDEX = (
+    f"CREATE INDEX ON {_SNAPSHOT_TABLE} (exchange_ts)",
     f"CREATE INDEX ON {_SNAPSHOT_TABLE} (symbol_id, update_id)",
     f"CREATE INDEX ON {_SNAPSHOT_TABLE} (symbol_id, exchange_ts) WHERE update_id IS NULL",
     f"ANALYZE {_SNAPSHOT_TABLE}",
@@ -167,6 +170,12 @@ _SNAPSHOT_LOOKUP = f"""SELECT t.symbol_id, t.update_id, t.exchange_ts, t.bid_pri
     FROM {_SNAPSHOT_TABLE} t JOIN unnest($3::int4[], $4::timestamptz[]) AS k(symbol_id, exchange_ts)
         USING (symbol_id, exchange_ts)
     WHERE t.update_id IS NULL"""
+
+# A block of rows that all have exchange times, spread over at most _WINDOW_US: every copied row of that window
+# (a stored copy has its message's exchange time), one index range scan and no per-row parameters.
+_SNAPSHOT_WINDOW = f"""SELECT t.symbol_id, t.update_id, t.exchange_ts, t.bid_price, t.bid_qty, t.ask_price, t.ask_qty
+    FROM {_SNAPSHOT_TABLE} t WHERE t.exchange_ts BETWEEN $1 AND $2"""
+_WINDOW_US = 10_000_000
 
 _STORED_BALANCES = """SELECT b.account, b.asset, b.exchange_ts, b.free, b.locked FROM balances b
     WHERE b.exchange_id = $1 AND ($2::timestamptz IS NULL OR b.recv_ts >= $2) AND b.exchange_ts = ANY($3::timestamptz[])"""
@@ -199,6 +208,7 @@ class _Stored:
         self._spans: dict[str, tuple[int, Any, Any, Any, Any]] = {}
         self._since: int | None = None  # rows received from then on were copied; None: all
         self._newest = -_INT8_MAX  # the newest exchange time among the copied rows
+        self._windows = False  # every copied row has an exchange time: blocks are checked by time window
         self.copied = 0
         self.duplicates = 0
 
@@ -215,11 +225,11 @@ class _Stored:
             for statement in _SNAPSHOT_INDEX:
                 await conn.execute(statement)
             self._spans = {r[0]: tuple(r[1:]) for r in await conn.fetch(_SNAPSHOT_SPANS)}  # type: ignore[misc]
-            newest = await conn.fetchval(f"SELECT max(exchange_ts) FROM {_SNAPSHOT_TABLE}")
-            # A copied row without an exchange time could be the copy of any row: never skip a block then.
-            if await conn.fetchval(f"SELECT count(*) FROM {_SNAPSHOT_TABLE} WHERE exchange_ts IS NULL"):
-                newest = _INT8_MAX
-            self._newest = newest if newest is not None else _INT8_MAX
+            newest, untimed = await conn.fetchrow(
+                f"SELECT max(exchange_ts), bool_or(exchange_ts IS NULL) FROM {_SNAPSHOT_TABLE}")
+            # A copied row without an exchange time could be the copy of any row: no window, no skipped block.
+            self._newest = _INT8_MAX if untimed or newest is None else newest
+            self._windows = not untimed
 
     async def close(self) -> None:
         """Drop the temporary table (the connection goes back to the pool)."""
@@ -235,8 +245,12 @@ class _Stored:
             lowest = None
         # A stored copy of a message has its exchange time: a block newer than all copied rows, and not older
         # than the copied range, has none stored (a backfill past what is stored, the new part of an overlap).
-        if lowest is not None and (since is None or lowest - _SKEW_US >= since) and lowest > self._newest:
-            return rows
+        if lowest is not None and (since is None or lowest - _SKEW_US >= since):
+            if lowest > self._newest:
+                return rows
+            highest = max(map(_EXCHANGE_TS, rows))
+            if self._windows and highest - lowest <= _WINDOW_US:
+                return self._drop(rows, await self.conn.fetch(_SNAPSHOT_WINDOW, lowest, highest))
         snap_u: list[int] = []
         snap_us: list[int] = []
         snap_t: list[int] = []
@@ -267,18 +281,24 @@ class _Stored:
             found = await self.conn.fetch(_SNAPSHOT_LOOKUP, snap_us, snap_u, snap_ts, snap_t)
         if older:
             found.extend(await self._older(older))
+        return self._drop(rows, found)
+
+    def _drop(self, rows: list[BookTicker], found: list[Any]) -> list[BookTicker]:
         if not found:
             return rows
         stored = {(sid, u if u is not None else t, bp, bq, ap, aq) for sid, u, t, bp, bq, ap, aq in found}
-        ids = {sym: span[0] for sym, span in spans.items()}
+        ids = {sym: span[0] for sym, span in self._spans.items()}
         ids.update({s: i for s, i in self._ids.items() if i is not None})
+        get = ids.get
         out = []
+        # Out-of-range values need no check here: nothing stored can equal them.
         for r in rows:
-            sid = ids.get(r.symbol, r.symbol_id)
-            if sid is not None and (sid, _key(r), r.bid_price, r.bid_qty, r.ask_price, r.ask_qty) in stored:
-                self.duplicates += 1
+            u = r.update_id
+            if (get(r.symbol, r.symbol_id), u if u is not None else r.exchange_ts, r.bid_price, r.bid_qty,
+                    r.ask_price, r.ask_qty) in stored:
                 continue
             out.append(r)
+        self.duplicates += len(rows) - len(out)
         return out
 
     async def _older(self, rows: list[BookTicker]) -> list[Any]:

@@ -76,10 +76,12 @@ async def replay(db, *paths, **kw):
     return await ingest_files(db, list(paths), exchange=USDM, channels=["bookTicker"], **kw)
 
 
+@pytest.mark.parametrize("step_ms", [1, 10], ids=["block-within-a-window", "block-over-10s"])
 @pytest.mark.parametrize("order", ["older-first", "newer-first"])
-async def test_a_capture_that_half_overlaps_what_a_replay_stored_writes_only_the_rest(dsn, tmp_path, order):
-    a = write(tmp_path / "a.jsonl", frames(0, 3000))
-    b = write(tmp_path / "b.jsonl", frames(1500, 3000))
+async def test_a_capture_that_half_overlaps_what_a_replay_stored_writes_only_the_rest(dsn, tmp_path, order, step_ms):
+    # A block spread over more than 10 s of exchange time is checked key by key, a narrower one by its window.
+    a = write(tmp_path / "a.jsonl", frames(0, 3000, step_ms=step_ms))
+    b = write(tmp_path / "b.jsonl", frames(1500, 3000, step_ms=step_ms))
     first, second = (a, b) if order == "older-first" else (b, a)
     async with DatabaseManager(dsn, settings=settings()) as db:
         (r1,) = await replay(db, first)
