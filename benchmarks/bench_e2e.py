@@ -39,7 +39,18 @@ Part 2, over loopback websockets (``--rates``, ``--seconds`` per rate):
   says it wrote to the socket in the window; ingested is rows committed with recv_ts in the window.
   Target: p99 < 2 x batch_max_age_ms + 10 ms = 110 ms at 50k msg/s offered.
 
+Part 3, file replay (``--parts replay``; ``--replay-frames`` frames per capture, ``--replay-runs`` runs):
+
+  Capture files of N frames (the Part 1 generator, one frame per line) are written to a temp dir under /tmp:
+  A, and B whose first half is A's second half. Timed, each on a fresh database with the symbols registered,
+  alternating which goes first: writer-only (A's frames parsed before timing, as in Part 1) and
+  ``hftdb.replay.ingest_file`` of A (file-replay); then, on file-replay's database, A again (replay-again:
+  every row already stored) and B (half-overlap). Rows are counted after each step (A: N, A again: N, B:
+  1.5 N). Reported: medians, and file-replay / writer-only (target >= 0.7), and across several N the growth
+  of file-replay's time (target: 10x the frames in no more than 10x the time).
+
     .venv/bin/python benchmarks/bench_e2e.py --frames 200000 --runs 3
+    .venv/bin/python benchmarks/bench_e2e.py --parts replay --replay-frames 1000000,10000000 --symbols 500
 """
 
 from __future__ import annotations
