@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import orjson
 
-from . import partitions
-from .copy import HEADER, TRAILER
+from . import dberrors, partitions
+from .copy import HEADER, TRAILER, decode_tuple, split_tuples
 
 if TYPE_CHECKING:
     from .writer import _Batch
@@ -34,19 +34,20 @@ __all__ = ["RETRYABLE", "Committing"]
 
 logger = logging.getLogger("hftdb.writer")
 
-#: What a commit attempt may fail with and still be retried. Anything from the server or the socket: a row
-#: never leaves the buffer except by commit, so even an unexpected server error is retried (and logged) rather
-#: than dropped; the bounded buffer and the spool keep memory in check meanwhile.
-RETRYABLE: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    # Raised when a connection broken mid-operation is reset on release to the pool (seen under server restart).
-    asyncpg.exceptions.InternalClientError,
-    OSError,
-    asyncio.TimeoutError,
-)
+#: What a commit attempt catches (anything from the server or the socket); :func:`hftdb.dberrors.classify` then
+#: says what it means: wait for the database (retried with backoff for as long as it takes), a row the server
+#: refused (the batch is taken apart, see :meth:`Committing._isolate`), or something else (retried
+#: ``MAX_OTHER_ATTEMPTS`` times, then taken apart the same way).
+RETRYABLE: tuple[type[BaseException], ...] = dberrors.CATCH
 
-_LEDGER_CHECK = "SELECT batch_id FROM ingest_batches WHERE batch_id = ANY($1::uuid[])"
+#: The batches of a group the ledger holds whole (``whole``), or only parts of, committed when an earlier attempt
+#: took the batch apart: each part's id is the batch's first ten bytes and a node number (:func:`_part_id`), so one
+#: range scan of the ledger's primary key finds them.
+_LEDGER_CHECK = """
+SELECT r.id, bool_or(i.batch_id = r.id) AS whole
+FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS r(id, lo, hi)
+JOIN ingest_batches i ON i.batch_id BETWEEN r.lo AND r.hi
+GROUP BY r.id"""
 
 #: Socket send buffer asked for on the connections that carry a commit's COPY (the kernel grants at most twice
 #: net.core.wmem_max). With the default (~208 kB, ~2,000 rows) the server's COPY drains the socket in ~2 ms and then
@@ -61,37 +62,46 @@ _SPARE_MAX_BYTES = 32 << 20
 class Committing:
     """Mixin: the commit path of a batch writer (see the module docstring)."""
 
+    #: The kind of each column of the table's COPY tuples (see :func:`hftdb.copy.decode_tuple`), in the order of
+    #: the latest-row arguments, so that a batch taken apart can build its parts' latest rows from their tuples.
+    row_kinds: str = ""
+
+    def _init_commit_state(self) -> None:
+        #: Batches (by id) that a data error, or too many other errors, sent to :meth:`_isolate`.
+        self._suspect: set[uuid.UUID] = set()
+        #: Failed attempts per batch (by id) on errors that are neither an outage nor a refused row.
+        self._other_failures: dict[uuid.UUID, int] = {}
+        #: Rows (tree nodes) of a batch being taken apart that are rejected already: an outage midway must not
+        #: count them twice when the batch is taken apart again.
+        self._rejected_nodes: dict[uuid.UUID, set[int]] = {}
+
     async def _commit(self, group: list[_Batch], prev: _Commit | None, copied: asyncio.Event) -> bool:
         """One attempt at committing ``group``; False if it failed (the flusher backs off and re-forms)."""
         try:
+            if self._suspect and any(b.id in self._suspect for b in group):
+                return await self._isolate(group, prev)
             parts = [self._materialize(b) for b in group]
             rows = sum(b.rows for b in group)
             started = time.perf_counter()
             skipped = await self._attempt(group, parts, prev, copied, check_ledger=any(b.uncertain for b in group))
         except _EarlierFailed:
             return False  # rolled back before COMMIT was sent: the outcome is known, nothing to check
+        except _PartlyCommitted as exc:
+            # An earlier run took these batches apart and committed some parts: only _isolate knows which rest
+            # to send. The flusher comes back at once (nothing failed).
+            self._suspect.update(exc.ids)
+            return False
         except RETRYABLE as exc:
-            if _is_missing_partition(exc):
-                self._covered.clear()
-            for b in group:
-                # The attempt may have committed (the connection can die after COMMIT is sent): look in the
-                # ledger before sending these rows again.
-                b.uncertain = True
-            self._failing = True
-            self.stats.retries += 1
-            self.stats.last_error = f"{type(exc).__name__}: {exc}"
-            log = logger.warning if self.stats.retries % 20 == 1 else logger.debug
-            log("%s commit of %d rows failed (%s: %s); retrying in about %.0f ms",
-                self.table, rows, type(exc).__name__, exc, self._delay * 1000)
-            self._spill_excess()
-            # Producers blocked on a full buffer re-check: now that commits fail, they may spill instead.
-            self._space.set()
+            self._failed(group, exc)
             return False
         finally:
             copied.set()
         elapsed = time.perf_counter() - started
         self._failing = False
         self._delay = self.settings.retry_initial_ms / 1000.0
+        if self._other_failures:
+            for b in group:
+                self._other_failures.pop(b.id, None)
         if skipped:
             self.stats.duplicates_skipped += len(skipped)
             logger.info("%s: %d batch(es) were already committed by an earlier attempt; not sent again",
@@ -104,6 +114,152 @@ class Committing:
         self.stats.last_commit_at = time.time()
         self.stats.last_error = None
         return True
+
+    def _failed(self, group: list[_Batch], exc: BaseException) -> None:
+        """Account for a failed attempt at ``group``, by what its error means (:func:`hftdb.dberrors.classify`)."""
+        kind = dberrors.classify(exc)
+        if _is_missing_partition(exc):
+            self._covered.clear()
+        for b in group:
+            # The attempt may have committed (the connection can die after COMMIT is sent): look in the
+            # ledger before sending these rows again.
+            b.uncertain = True
+        if kind == dberrors.DATA:
+            # The server refused a value: sent again, the same rows fail the same way. The next attempt takes
+            # these batches apart (_isolate) instead.
+            self._suspect.update(b.id for b in group)
+        elif kind == dberrors.OTHER:
+            for b in group:
+                tries = self._other_failures.get(b.id, 0) + 1
+                self._other_failures[b.id] = tries
+                if tries >= dberrors.MAX_OTHER_ATTEMPTS:
+                    self._suspect.add(b.id)
+        self._failing = True
+        self.stats.retries += 1
+        self.stats.last_error = f"{type(exc).__name__}: {exc}"
+        rows = sum(b.rows for b in group)
+        if kind == dberrors.WAIT:
+            log = logger.warning if self.stats.retries % 20 == 1 else logger.debug
+            log("%s commit of %d rows failed (%s: %s); retrying in about %.0f ms",
+                self.table, rows, type(exc).__name__, exc, self._delay * 1000)
+        else:
+            logger.warning("%s commit of %d rows failed (%s [%s]: %s); %s", self.table, rows, type(exc).__name__,
+                           dberrors.sqlstate(exc), exc,
+                           "finding the refused rows" if kind == dberrors.DATA else "retrying a few times")
+        self._spill_excess()
+        # Producers blocked on a full buffer re-check: now that commits fail, they may spill instead.
+        self._space.set()
+
+    async def _isolate(self, group: list[_Batch], prev: _Commit | None) -> bool:
+        """Commit ``group`` batch by batch, taking apart each batch the server refuses: True once every row is
+        committed or rejected, False on an outage (the flusher backs off and comes back).
+
+        A batch is tried whole, under its own ledger id; refused, it is cut in two halves, each tried under an
+        id of its own, and so on down to single rows, which are rejected (``db_<sqlstate>``, counted, logged).
+        The cut is always at the middle of the batch's tuples, and a part's id is derived from the batch's id and
+        its place in that tree (:func:`_part_id`), so a batch taken apart again (after an outage midway, or after
+        a crash, from the spool) gets the same parts and ids: the ledger shows which are committed, and only the
+        rest are sent. A part is never sent whole if any part under it was committed. Exactly once holds across
+        crashes, as for whole batches. Cost: about 2·log2(rows) small transactions per refused row.
+        """
+        if prev is not None and not await _succeeded(prev):
+            return False
+        started = time.perf_counter()
+        committed = 0
+        for b in group:
+            payload, _ = self._materialize(b)
+            prefix = b.id.bytes[:10]
+            try:
+                async with self._pool.acquire(timeout=self.settings.retry_max_ms / 1000.0 + 5) as conn:
+                    found = await conn.fetch(
+                        "SELECT batch_id FROM ingest_batches WHERE batch_id BETWEEN $1 AND $2",
+                        _part_id(b.id, 0), _part_id(b.id, (1 << 48) - 1), timeout=self.command_timeout)
+                done = {r[0] for r in found}
+                if b.id in done:
+                    self.stats.duplicates_skipped += 1
+                else:
+                    # (_bisect raises only what classify calls WAIT: it rejects what it cannot commit.)
+                    tuples = split_tuples(payload)
+                    nodes = {int.from_bytes(i.bytes[10:], "big") for i in done}
+                    committed += await self._bisect(b, tuples, 1, 0, len(tuples), nodes)
+            except RETRYABLE as exc:
+                # An outage midway: what committed is in the ledger under its batch's or part's id, and every
+                # batch of the group is marked for a ledger check, so the next run skips it however the group
+                # is formed again.
+                self.stats.rows_committed += committed
+                self._failed(group, exc)
+                return False
+            self.stats.batches_committed += 1
+            self._suspect.discard(b.id)
+            self._other_failures.pop(b.id, None)
+            self._rejected_nodes.pop(b.id, None)
+        self._failing = False
+        self._delay = self.settings.retry_initial_ms / 1000.0
+        self.stats.commit_seconds.append(time.perf_counter() - started)
+        self.stats.batch_rows.append(committed)
+        self.stats.rows_committed += committed
+        self.stats.last_commit_at = time.time()
+        self.stats.last_error = None
+        return True
+
+    async def _bisect(
+        self, batch: _Batch, tuples: list[bytes], node: int, lo: int, hi: int, done: set[int],
+    ) -> int:
+        """Commit ``tuples[lo:hi]`` of ``batch`` as tree node ``node`` (1 is the whole batch), cutting it in two
+        where the server refuses it; return the rows committed now. ``done``: the nodes the ledger holds."""
+        if node > 1 and node in done:
+            return 0
+        rejected = self._rejected_nodes.setdefault(batch.id, set())
+        if node in rejected:
+            return 0
+        if any(_under(d, node) for d in done):
+            # Some part below was committed already: sending this node whole would store those rows twice.
+            mid = (lo + hi) // 2
+            return (await self._bisect(batch, tuples, 2 * node, lo, mid, done)
+                    + await self._bisect(batch, tuples, 2 * node + 1, mid, hi, done))
+        try:
+            await self._commit_part(batch, tuples[lo:hi], batch.id if node == 1 else _part_id(batch.id, node))
+            return hi - lo
+        except RETRYABLE as exc:
+            if dberrors.classify(exc) == dberrors.WAIT:
+                raise
+            if hi - lo == 1:
+                rejected.add(node)
+                state = dberrors.sqlstate(exc)
+                self.rejects.add(f"db_{state}" if state else "db_error",
+                                 f"{decode_tuple(self.row_kinds, tuples[lo])}: {type(exc).__name__}: {exc}")
+                return 0
+        mid = (lo + hi) // 2
+        return (await self._bisect(batch, tuples, 2 * node, lo, mid, done)
+                + await self._bisect(batch, tuples, 2 * node + 1, mid, hi, done))
+
+    async def _commit_part(self, batch: _Batch, tuples: list[bytes], part_id: uuid.UUID) -> None:
+        """One transaction for some tuples of ``batch``, under ledger id ``part_id``: rows, ledger, latest rows
+        (built from the tuples themselves), NOTIFY."""
+        from .writer import _Batch  # (writer imports this module)
+
+        rows = [decode_tuple(self.row_kinds, t) for t in tuples]
+        key_cols, ts_col = self.latest_key_cols, self.latest_ts_col
+        newest: dict[Any, list[Any]] = {}
+        for row in rows:
+            key = row[0] if key_cols == 1 else tuple(row[:key_cols])
+            prev = newest.get(key)
+            if prev is None or prev[ts_col] <= row[ts_col]:  # (a later row wins a tie, as in the writers)
+                newest[key] = row
+        latest_args = [list(col) for col in zip(*newest.values())]
+        part = _Batch(batch.seq, batch.born)
+        part.id = part_id
+        part.rows = len(rows)
+        part.min_ts = min(r[ts_col] for r in rows)
+        part.max_ts = max(r[ts_col] for r in rows)
+        part.parts = set(batch.parts)
+        payload = HEADER + b"".join(tuples) + TRAILER
+        async with self._pool.acquire(timeout=self.settings.retry_max_ms / 1000.0 + 5) as conn:
+            if self.latest_stage and conn.get_server_pid() not in self._staged:
+                await conn.execute(self.latest_stage_ddl, timeout=self.command_timeout)
+                self._staged.add(conn.get_server_pid())
+            async with conn.transaction():
+                await self._write(conn, [part], [(payload, latest_args)])
 
     def _materialize(self, batch: _Batch) -> tuple[Any, Any]:
         """A batch's COPY payload and its latest rows: the {key: row} dict in memory, or column arrays spooled."""
@@ -128,7 +284,12 @@ class Committing:
                 await conn.execute(self.latest_stage_ddl, timeout=self.command_timeout)
                 self._staged.add(conn.get_server_pid())
             if check_ledger:
-                skipped = {r[0] for r in await conn.fetch(_LEDGER_CHECK, [b.id for b in group])}
+                found = await conn.fetch(_LEDGER_CHECK, [b.id for b in group], [_part_id(b.id, 0) for b in group],
+                                         [_part_id(b.id, (1 << 48) - 1) for b in group])
+                partly = [r[0] for r in found if not r[1]]
+                if partly:
+                    raise _PartlyCommitted(partly)
+                skipped = {r[0] for r in found}
                 if skipped:
                     keep = [i for i, b in enumerate(group) if b.id not in skipped]
                     group = [group[i] for i in keep]
@@ -293,6 +454,26 @@ class _Commit:
 
 class _EarlierFailed(Exception):
     """The commit before this one failed; this one rolls back so commits stay in order."""
+
+
+class _PartlyCommitted(Exception):
+    """The ledger holds parts of these batches (an earlier attempt took them apart): they go to ``_isolate``."""
+
+    def __init__(self, ids: list[uuid.UUID]) -> None:
+        super().__init__(f"{len(ids)} batch(es) partly committed")
+        self.ids = ids
+
+
+def _part_id(batch_id: uuid.UUID, node: int) -> uuid.UUID:
+    """The ledger id of tree node ``node`` of a batch taken apart: the batch id's first ten bytes, then the node
+    number (node 1, the whole batch, keeps the batch's own id)."""
+    return uuid.UUID(bytes=batch_id.bytes[:10] + node.to_bytes(6, "big"))
+
+
+def _under(descendant: int, node: int) -> bool:
+    """Whether tree node ``descendant`` lies strictly below ``node`` (children of k are 2k and 2k+1)."""
+    shift = descendant.bit_length() - node.bit_length()
+    return shift > 0 and descendant >> shift == node
 
 
 async def _succeeded(commit: _Commit) -> bool:

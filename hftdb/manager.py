@@ -38,7 +38,7 @@ from .notify import Filter, LatestMirror, Subscription
 from .replicas import ReadRouter
 from .resolve import MAX_SYMBOL_LEN, RowResolver
 from .server import EmbeddedServer
-from .tables import BalanceWriter, BookTickerWriter, FundingRateWriter
+from .tables import BalanceWriter, BookTickerWriter, FundingRateWriter, bad_text
 from .unit import UnitOfWork
 from .writer import RETRYABLE, BatchWriter
 
@@ -290,8 +290,8 @@ class DatabaseManager:
             name = _exchange_name(exchange)
             mkt = market or ("derivatives" if name in {v.value for v in _DERIVATIVE_VENUES} else "spot")
             active = True
-        if not 0 < len(name) <= _MAX_EXCHANGE_LEN:
-            raise ValidationError(f"exchange name must be 1..{_MAX_EXCHANGE_LEN} characters, got {name!r}")
+        if not 0 < len(name) <= _MAX_EXCHANGE_LEN or bad_text(name):
+            raise ValidationError(f"exchange name must be 1..{_MAX_EXCHANGE_LEN} printable characters, got {name!r}")
         if mkt not in ("spot", "derivatives"):
             raise ValidationError(f"market must be 'spot' or 'derivatives', got {mkt!r}")
         ex = await reads.upsert_exchange(self.pool, name, mkt, active)
@@ -442,7 +442,9 @@ class DatabaseManager:
         await writer.reserve(n)
         unknown = ~np.isin(sid, np.fromiter(self._known_ids, dtype=np.int64, count=len(self._known_ids)))
         if unknown.any():
-            found = await reads.fetch_symbols_by_ids(self.pool, np.unique(sid[unknown]).tolist())
+            # An id outside int4 would fail the lookup's statement: no symbol has it.
+            lookup = [i for i in np.unique(sid[unknown]).tolist() if 0 < i < 2**31]
+            found = await reads.fetch_symbols_by_ids(self.pool, lookup) if lookup else []
             for sym in found:
                 self._remember_symbol(sym)
             unknown = ~np.isin(sid, np.fromiter(self._known_ids, dtype=np.int64, count=len(self._known_ids)))
@@ -489,6 +491,10 @@ class DatabaseManager:
         await writer.reserve(len(rows))
         pairs = []
         for r in rows:
+            if isinstance(r.exchange, str) and bad_text(r.exchange):
+                # No exchange has such a name, and looked up the server would refuse the query: a bad row.
+                writer.rejects.add("exchange_bad_char", repr(r))
+                continue
             ex = await self.get_exchange_by_enum(r.exchange)
             pairs.append((ex.id, r))
         added = writer.add(pairs)  # type: ignore[attr-defined]
@@ -791,3 +797,5 @@ def _check_symbol(symbol: Symbol) -> None:
         raise ValidationError(f"expected hftdb.Symbol, got {type(symbol).__name__}")
     if not isinstance(symbol.symbol, str) or not 0 < len(symbol.symbol) <= MAX_SYMBOL_LEN:
         raise ValidationError(f"symbol must be 1..{MAX_SYMBOL_LEN} characters, got {symbol.symbol!r}")
+    if bad_text(symbol.symbol):
+        raise ValidationError(f"symbol must hold printable characters only, got {symbol.symbol!r}")

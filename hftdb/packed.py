@@ -78,8 +78,9 @@ class PackedBooks(list):  # type: ignore[type-arg]
 
 
 def add_packed(writer: BookTickerWriter, rows: PackedBooks, known_ids: set[int]) -> int | None:
-    """Append a packed call to ``writer``'s batches as the per-row path would have; return the rows taken, or
-    None when the call must go the public path (not every row packed, an unregistered id, a changed list).
+    """Append a packed call to ``writer``'s batches as the per-row path would have; return the rows taken (exact
+    repeats of a batch's rows are dropped and counted, as there), or None when the call must go the public path
+    (not every row packed, an unregistered id, a changed list).
 
     The caller has reserved room for the rows and calls ``writer.submitted`` after.
     """
@@ -92,7 +93,7 @@ def add_packed(writer: BookTickerWriter, rows: PackedBooks, known_ids: set[int])
         return None
     data = (np.frombuffer(buf, np.uint8) | LAYOUT.template(n)).tobytes()
     max_rows = writer._max_rows
-    start = 0
+    start = taken = 0
     while start < n:
         b = writer.current
         end = min(n, start + max_rows - b.rows)
@@ -107,8 +108,11 @@ def add_packed(writer: BookTickerWriter, rows: PackedBooks, known_ids: set[int])
             for ts in sorted({r.recv_ts for r in part}):
                 if not b.part_lo <= ts < b.part_hi:
                     writer._note_partition(b, ts)
-        append_rows(writer, data[start * SIZE:end * SIZE], part_sids, part, lo, hi, ordered=ordered)
+        # The intake admitted these rows (a repeated update id is dropped there): in order and newer than the
+        # batch, none can repeat another; otherwise append_rows looks.
+        taken += append_rows(writer, data[start * SIZE:end * SIZE], part_sids, part, lo, hi, ordered=ordered,
+                             fresh=ordered and lo > b.max_ts)
         start = end
-    return n
+    return taken
 
 

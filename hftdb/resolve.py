@@ -4,6 +4,12 @@ The writers need an id per row before they can encode it. Rows that carry a know
 (exchange, symbol) is cached are paired at once; the rest take one query per exchange, and a symbol never seen
 before is registered on first sight (the next sync fills it in). Lookups the hot path cannot do without wait
 for the database during an outage instead of failing the call.
+
+A name is checked once, here, when it is first met (a cached name or a known id was checked then, so the hot
+path pays nothing): an empty, too long or unprintable symbol or exchange name (NUL, a lone surrogate, a control
+character: :func:`hftdb.tables.bad_text`) rejects its rows with a reason before any query. A database error is
+classified by :func:`hftdb.dberrors.classify`: only an unreachable database is waited for; a name the server
+refuses anyway (a data error) rejects that name's rows alone, and the other names of the call are registered.
 """
 
 from __future__ import annotations
@@ -13,9 +19,10 @@ import logging
 import random
 from typing import TYPE_CHECKING, Any, Iterable
 
-from . import reads
+from . import dberrors, reads
 from .errors import DatabaseUnavailableError, ValidationError
-from .writer import RETRYABLE, BatchWriter
+from .tables import bad_text
+from .writer import BatchWriter
 
 if TYPE_CHECKING:
     from .manager import DatabaseManager
@@ -63,8 +70,9 @@ class RowResolver:
         by_name = [r for r in rows if r.symbol_id is None]
         out: list[tuple[int, Any]] = []
         if by_id:
-            found = await self.until_reachable(
-                reads.fetch_symbols_by_ids, sorted({r.symbol_id for r in by_id}), writer=writer)
+            # An id outside int4 would fail the lookup's statement: no symbol has it.
+            wanted_ids = sorted({r.symbol_id for r in by_id if type(r.symbol_id) is int and 0 < r.symbol_id < 2**31})
+            found = await self.until_reachable(reads.fetch_symbols_by_ids, wanted_ids, writer=writer) if wanted_ids else []
             for sym in found:
                 db._remember_symbol(sym)
             ids = {s.id for s in found}
@@ -73,26 +81,32 @@ class RowResolver:
                     out.append((r.symbol_id, r))
                 else:
                     writer.rejects.add("unknown_symbol_id", f"symbol_id {r.symbol_id!r}")
-        # An unknown exchange is the caller's mistake: raise before taking any row of the call.
+        # An unknown exchange is the caller's mistake: raise before taking any row of the call. A name no exchange
+        # can have (unprintable) is a bad row, rejected alone: looked up, the server would refuse the query.
         names = {r.exchange for r in by_name}
         exchanges = {}
         for name in names:
             if not isinstance(name, str):
                 raise ValidationError(f"exchange must be a string, got {type(name).__name__}")
-            exchanges[name] = await self.until_reachable(db.get_exchange_by_enum, name, writer=writer, pool=False)
+            if not bad_text(name):
+                exchanges[name] = await self.until_reachable(
+                    db.get_exchange_by_enum, name, writer=writer, pool=False)
         wanted: dict[str, set[str]] = {}
+        refused: set[str] = set()
         for r in by_name:
             sym = r.symbol
-            if not isinstance(sym, str) or not sym:
+            if r.exchange not in exchanges:
+                writer.rejects.add("exchange_bad_char", repr(r))
+            elif not isinstance(sym, str) or not sym:
                 writer.rejects.add("symbol_invalid", repr(sym))
             elif len(sym) > MAX_SYMBOL_LEN:
-                writer.rejects.add("symbol_too_long", sym[:80])
+                writer.rejects.add("symbol_too_long", repr(sym[:80]))
+            elif bad_text(sym):
+                writer.rejects.add("symbol_bad_char", repr(r))
             else:
                 wanted.setdefault(r.exchange, set()).add(sym)
         for name, syms in wanted.items():
-            ex = exchanges[name]
-            registered, created = await self.until_reachable(
-                reads.register_symbols, ex.id, sorted(syms), writer=writer)
+            registered, created = await self._register(exchanges[name].id, sorted(syms), writer, refused)
             for sym in registered:
                 db._remember_symbol(sym)
             if created:
@@ -100,11 +114,36 @@ class RowResolver:
                             created, name)
         get = db._symbol_ids.get
         for r in by_name:
-            if isinstance(r.symbol, str) and 0 < len(r.symbol) <= MAX_SYMBOL_LEN:
+            if r.exchange in exchanges and isinstance(r.symbol, str) and 0 < len(r.symbol) <= MAX_SYMBOL_LEN:
                 sid = get((r.exchange, r.symbol))
                 if sid is not None:
                     out.append((sid, r))
+                elif r.symbol in refused:
+                    writer.rejects.add("symbol_rejected", repr(r))
         return out
+
+    async def _register(
+        self, exchange_id: int, names: list[str], writer: BatchWriter, refused: set[str],
+    ) -> tuple[list[Any], int]:
+        """Register ``names`` in one statement; if the server refuses the statement for a value in it, one name at
+        a time, so that only the refused names' rows are rejected (they find no id and are counted)."""
+        try:
+            return await self.until_reachable(reads.register_symbols, exchange_id, names, writer=writer)
+        except dberrors.CATCH as exc:
+            if len(names) == 1:
+                _refuse(names[0], exc, writer, refused)
+                return [], 0
+        registered: list[Any] = []
+        created = 0
+        for name in names:
+            try:
+                got, made = await self.until_reachable(reads.register_symbols, exchange_id, [name], writer=writer)
+            except dberrors.CATCH as exc:
+                _refuse(name, exc, writer, refused)
+                continue
+            registered += got
+            created += made
+        return registered, created
 
     async def until_reachable(self, fn: Any, *args: Any, writer: BatchWriter, pool: bool = True) -> Any:
         """Run a lookup the hot path cannot do without (an unknown symbol's id), retrying while the database is away.
@@ -113,17 +152,28 @@ class RowResolver:
         symbol has no id yet cannot be encoded, so the producer waits here, as it would on a full buffer under
         the default ``block`` policy. Under ``raise`` it gets DatabaseUnavailableError at once; after close(),
         ClosedError. Either way no row of the call has been taken, so the caller still holds them.
+
+        Only what :func:`hftdb.dberrors.classify` calls ``WAIT`` is waited out. A data error is raised at once, and
+        any other error after :data:`hftdb.dberrors.MAX_OTHER_ATTEMPTS` attempts: retrying cannot fix either.
         """
         db = self._db
         delay = db.settings.writer.retry_initial_ms / 1000.0
         cap = db.settings.writer.retry_max_ms / 1000.0
         warned = False
+        others = 0
         while True:
             db._check_open()
             try:
                 return await (fn(db.pool, *args) if pool else fn(*args))
-            except RETRYABLE as exc:
-                if db.settings.writer.full_policy == "raise":
+            except dberrors.CATCH as exc:
+                kind = dberrors.classify(exc)
+                if kind == dberrors.DATA:
+                    raise
+                if kind == dberrors.OTHER:
+                    others += 1
+                    if others >= dberrors.MAX_OTHER_ATTEMPTS:
+                        raise
+                elif db.settings.writer.full_policy == "raise":
                     raise DatabaseUnavailableError(
                         f"cannot register new symbols while the database is unreachable: {type(exc).__name__}"
                     ) from exc
@@ -133,3 +183,10 @@ class RowResolver:
                     warned = True
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, cap)
+
+
+def _refuse(name: str, exc: BaseException, writer: BatchWriter, refused: set[str]) -> None:
+    # The rows of this name find no id in _slow and are counted under symbol_rejected there.
+    refused.add(name)
+    logger.warning("%s: the database refused to register symbol %r (%s: %s); its rows are rejected",
+                   writer.table, name, type(exc).__name__, exc)

@@ -14,17 +14,48 @@ from typing import Any, Iterable
 
 from msgspec.structs import astuple
 
-from .copy import PG_EPOCH_US, encode_numeric
+from .copy import HEADER, PG_EPOCH_US, encode_numeric, split_tuples
 from .models import Balance, BookTicker, FundingRate, now_us
 from .writer import BatchWriter
 
-__all__ = ["BookTickerWriter", "FundingRateWriter", "BalanceWriter", "MIN_TS_US", "FUTURE_SLACK_US"]
+__all__ = ["BookTickerWriter", "FundingRateWriter", "BalanceWriter", "MIN_TS_US", "FUTURE_SLACK_US", "bad_text",
+           "seen_before"]
 
 INF = math.inf
 #: Earliest accepted timestamp (2009-01-01 UTC): anything older is a unit mistake, not market data.
 MIN_TS_US = 1_230_768_000_000_000
 #: How far past the local clock a timestamp may be (clock skew between us and the exchange).
 FUTURE_SLACK_US = 86_400_000_000
+
+
+def bad_text(value: str) -> bool:
+    """Whether a text value must not reach the database: it holds a character that is not printable.
+
+    ``str.isprintable`` (one C pass) is False for NUL, which PostgreSQL text cannot hold (22021), for a lone
+    surrogate, which UTF-8 cannot encode, and for control, format, private-use and unassigned characters and
+    separators other than the space, none of which belong in a symbol, an asset or an account name. Such a value
+    is rejected with its row (``<field>_bad_char``) before any query: sent, it would fail the statement.
+    """
+    return not value.isprintable()
+
+
+def seen_before(batch: Any, row: bytes | memoryview) -> bool:
+    """Whether ``row`` (one COPY tuple) equals a tuple already in ``batch``'s buffer: an exact duplicate.
+
+    Asked only of a row that could repeat an earlier one, i.e. one not newer than its key's newest row in the
+    batch (a row newer by receipt time cannot equal any earlier row of its key), so a stream of rows in receipt
+    order never pays for it. The set of the batch's tuples is built on the first such row and extended from where
+    it stopped on the next, never rebuilt: each tuple is read once per batch at most.
+    """
+    seen = batch.seen
+    if seen is None:
+        seen = batch.seen = set()
+        batch.seen_upto = len(HEADER)
+    end = len(batch.buf)
+    if batch.seen_upto < end:
+        seen.update(split_tuples(batch.buf, batch.seen_upto, end))
+        batch.seen_upto = end
+    return row in seen
 
 
 def _ts_reason(ts: Any, ts_max: int, what: str) -> str | None:
@@ -153,6 +184,7 @@ class BookTickerWriter(BatchWriter):
 
     table = "book_tickers"
     columns = ("symbol_id", "recv_ts", "exchange_ts", "bid_price", "bid_qty", "ask_price", "ask_qty", "update_id")
+    row_kinds = "ittddddq"
     latest_stage, latest_stage_ddl, latest_kinds, latest_sql = _staged_latest("book_tickers", {
         "symbol_id": "int4", "recv_ts": "timestamptz", "exchange_ts": "timestamptz", "bid_price": "float8",
         "bid_qty": "float8", "ask_price": "float8", "ask_qty": "float8", "update_id": "int8"})
@@ -182,7 +214,7 @@ class BookTickerWriter(BatchWriter):
         # One bound pack per NULL pattern, chosen by branching: no per-row tuple or dict lookup.
         pack_eu, pack_e, pack_u, pack_ = _BT[(True, True)].pack, _BT[(True, False)].pack, _BT[(False, True)].pack, _BT[(False, False)].pack
         epoch = PG_EPOCH_US
-        added = 0
+        added = dups = 0
         b = self.current
         buf, latest, n, lo, hi = b.buf, b.latest, b.rows, b.min_ts, b.max_ts
         plo, phi = b.part_lo, b.part_hi
@@ -208,7 +240,21 @@ class BookTickerWriter(BatchWriter):
                 reject(_book_ticker_reason(r, ts_max), f"{r.exchange}:{r.symbol} {r!r}")
                 continue
             prev = latest_get(sid)
-            if prev is None or prev.recv_ts <= recv:
+            if prev is None or prev.recv_ts < recv:
+                latest[sid] = r
+            elif recv < prev.recv_ts or uid is None or prev.update_id is None or uid <= prev.update_id:
+                # Not newer than this symbol's newest row in the batch: it may repeat an earlier row (a call
+                # sent twice). Rows in receipt order (or sharing a receipt time with rising update ids, as a
+                # feed's socket read does) never come here.
+                row = bytes(buf[-_BT[(ex is not None, uid is not None)].size:])
+                del buf[-len(row):]
+                if seen_before(b, row):
+                    dups += 1
+                    continue
+                buf += row
+                if prev.recv_ts == recv:
+                    latest[sid] = r
+            else:
                 latest[sid] = r
             if recv < lo:
                 lo = recv
@@ -227,6 +273,8 @@ class BookTickerWriter(BatchWriter):
                 plo, phi = b.part_lo, b.part_hi
                 latest_get = latest.get
         b.rows, b.min_ts, b.max_ts = n, lo, hi
+        if dups:
+            self.stats.rows_duplicate += dups
         return added
 
     def _latest_args_of(self, latest: dict[Any, Any]) -> list[Any]:
@@ -272,16 +320,30 @@ def _book_ticker_reason(r: BookTicker, ts_max: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# funding_rates
+# funding_rates and balances: rows through ``BatchWriter._append_row``
+
+
+class _KeyedRowWriter(BatchWriter):
+    """A writer whose batches keep ``{key: (recv_ts, value)}`` as their newest rows (``_append_row``)."""
+
+    def _repeats(self, key: Any, recv_ts: int, row: bytes) -> bool:
+        """Whether ``row`` repeats a row of the current batch (then counted as a duplicate, to be dropped); only
+        a row not newer than its key's newest is looked up (:func:`seen_before`)."""
+        prev = self.current.latest.get(key)
+        if prev is None or prev[0] < recv_ts or not seen_before(self.current, row):
+            return False
+        self.stats.rows_duplicate += 1
+        return True
 
 # 7 fields: symbol_id, recv_ts, exchange_ts?, rate, next_funding_ts?, mark_price?, index_price?
 
 
-class FundingRateWriter(BatchWriter):
+class FundingRateWriter(_KeyedRowWriter):
     """Writer of ``funding_rates``; keeps ``funding_rates_latest`` current in the same transaction."""
 
     table = "funding_rates"
     columns = ("symbol_id", "recv_ts", "exchange_ts", "rate", "next_funding_ts", "mark_price", "index_price")
+    row_kinds = "ittdtdd"
     latest_stage, latest_stage_ddl, latest_kinds, latest_sql = _staged_latest("funding_rates", {
         "symbol_id": "int4", "recv_ts": "timestamptz", "exchange_ts": "timestamptz", "rate": "float8",
         "next_funding_ts": "timestamptz", "mark_price": "float8", "index_price": "float8"})
@@ -301,7 +363,10 @@ class FundingRateWriter(BatchWriter):
             parts.append(_opt_ts(r.next_funding_ts))
             parts.append(_opt_f8(r.mark_price))
             parts.append(_opt_f8(r.index_price))
-            self._append_row(sid, r, b"".join(parts), r.recv_ts)
+            row = b"".join(parts)
+            if self._repeats(sid, r.recv_ts, row):
+                continue
+            self._append_row(sid, r, row, r.recv_ts)
             added += 1
         return added
 
@@ -364,11 +429,12 @@ _MAX_ASSET_LEN = 32
 _MAX_ACCOUNT_LEN = 64
 
 
-class BalanceWriter(BatchWriter):
+class BalanceWriter(_KeyedRowWriter):
     """Writer of ``balances`` (exact numerics); keeps ``balances_latest`` current in the same transaction."""
 
     table = "balances"
     columns = ("exchange_id", "account", "asset", "recv_ts", "exchange_ts", "free", "locked")
+    row_kinds = "issttnn"
     latest_sql = _latest_sql("balances", 7, """
     INSERT INTO balances_latest AS l (exchange_id, account, asset, recv_ts, exchange_ts, free, locked)
     SELECT * FROM unnest($1::int4[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
@@ -385,7 +451,7 @@ class BalanceWriter(BatchWriter):
         for exchange_id, r in rows:
             reason, free, locked = _balance_check(r, ts_max)
             if reason:
-                self.rejects.add(reason, f"{r.exchange}:{r.account}:{r.asset} {r!r}")
+                self.rejects.add(reason, repr(r))
                 continue
             account, asset = r.account.encode(), r.asset.encode()
             f_bytes, l_bytes = encode_numeric(free), encode_numeric(locked)
@@ -398,7 +464,10 @@ class BalanceWriter(BatchWriter):
                 struct.pack("!i", len(f_bytes)), f_bytes,
                 struct.pack("!i", len(l_bytes)), l_bytes,
             ))
-            self._append_row((exchange_id, r.account, r.asset), (r, free, locked), row, r.recv_ts)
+            key = (exchange_id, r.account, r.asset)
+            if self._repeats(key, r.recv_ts, row):
+                continue
+            self._append_row(key, (r, free, locked), row, r.recv_ts)
             added += 1
         return added
 
@@ -445,8 +514,12 @@ def _balance_check(r: Balance, ts_max: int) -> tuple[str | None, Decimal, Decima
     zero = Decimal(0)
     if not isinstance(r.asset, str) or not 0 < len(r.asset) <= _MAX_ASSET_LEN:
         return "asset_invalid", zero, zero
+    if not r.asset.isprintable():
+        return "asset_bad_char", zero, zero
     if not isinstance(r.account, str) or not 0 < len(r.account) <= _MAX_ACCOUNT_LEN:
         return "account_invalid", zero, zero
+    if not r.account.isprintable():
+        return "account_bad_char", zero, zero
     free, locked = _to_decimal(r.free), _to_decimal(r.locked)
     if free is None or locked is None:
         return "amount_wrong_type", zero, zero

@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable
 
 import asyncpg
 
-from . import reads
+from . import dberrors, reads
 from .errors import UnknownExchangeError, UnknownSymbolError, ValidationError
 from .models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Symbol
+from .resolve import MAX_SYMBOL_LEN
+from .tables import bad_text
 
 if TYPE_CHECKING:
     from .manager import DatabaseManager
@@ -45,7 +47,10 @@ class UnitOfWork:
 
     async def insert_exchange(self, name: ExchangeName | str, *, market: str = "spot") -> Exchange:
         """Register an exchange in this transaction."""
-        ex = await reads.upsert_exchange(self._conn, str(getattr(name, "value", name)), market, True)
+        text = str(getattr(name, "value", name))
+        if bad_text(text):
+            raise ValidationError(f"exchange name must hold printable characters only, got {text!r}")
+        ex = await reads.upsert_exchange(self._conn, text, market, True)
         self._new_exchanges.append(ex)
         return ex
 
@@ -74,6 +79,9 @@ class UnitOfWork:
         return await self._write("balances", pairs)
 
     async def _exchange_id(self, name: str) -> int:
+        if not isinstance(name, str) or bad_text(name):
+            # Looked up, the server would refuse the query and abort the whole transaction with a database error.
+            raise ValidationError(f"exchange name must hold printable characters only, got {name!r}")
         for ex in self._new_exchanges:
             if ex.name == name:
                 return ex.id  # type: ignore[return-value]
@@ -87,6 +95,8 @@ class UnitOfWork:
         for r in rows:
             sid = r.symbol_id
             if sid is None:
+                if not isinstance(r.symbol, str) or bad_text(r.symbol) or not 0 < len(r.symbol) <= MAX_SYMBOL_LEN:
+                    raise ValidationError(f"invalid symbol {r.symbol!r} on {r.exchange!r} in a unit of work")
                 sym = await reads.fetch_symbol_by_name(self._conn, await self._exchange_id(r.exchange), r.symbol)
                 if sym is None:
                     raise UnknownSymbolError(f"unknown symbol {r.symbol!r} on {r.exchange}")
@@ -104,7 +114,15 @@ class UnitOfWork:
         if added != len(pairs):
             raise ValidationError(f"{len(pairs) - added} invalid {table} row(s) in a unit of work: "
                                   f"{encoder.rejects.snapshot()}")
-        return await encoder.write_in(self._conn)
+        try:
+            return await encoder.write_in(self._conn)
+        except dberrors.CATCH as exc:
+            if dberrors.classify(exc) != dberrors.DATA:
+                raise
+            # The server refused a value the checks let through (a CHECK of your own, a range): the unit's
+            # mistake, so a typed error, and the transaction rolls back as for any invalid row.
+            raise ValidationError(f"the database refused a {table} row in a unit of work "
+                                  f"({dberrors.sqlstate(exc)}: {exc})") from exc
 
     def _committed(self) -> None:
         for ex in self._new_exchanges:

@@ -37,7 +37,7 @@ from msgspec.structs import astuple
 from .copy import HEADER, PG_EPOCH_US, TRAILER
 from .models import BookTicker, now_us
 
-from .tables import FUTURE_SLACK_US, MIN_TS_US, _book_ticker_reason
+from .tables import FUTURE_SLACK_US, MIN_TS_US, _book_ticker_reason, seen_before
 
 try:
     from ._vector_fast import pack_tickers as _pack_tickers
@@ -179,9 +179,11 @@ def add_tickers(
                 ids = sids
             b = writer.current
             if ok and b.rows + n <= writer._max_rows and b.part_lo <= lo and hi < b.part_hi:
-                # Every row valid, all in the current batch and its partition: no numpy pass at all.
-                append_rows(writer, data, ids, rows, lo, hi, ordered=ordered)
-                return n
+                # Every row valid, all in the current batch and its partition: no numpy pass at all (but for the
+                # check that receipt times rise strictly, when they may: then no row can repeat another).
+                fresh = ordered and lo > b.max_ts and hi - lo >= n - 1 and _strictly_rising(
+                    np.frombuffer(data, layout.dtype)["recv"])
+                return append_rows(writer, data, ids, rows, lo, hi, ordered=ordered, fresh=fresh)
             recs = np.frombuffer(data, layout.dtype)
             recv = recs["recv"].astype(np.int64) + PG_EPOCH_US
             ex = recs["ex"].astype(np.int64) + PG_EPOCH_US if layout.has_e else None
@@ -253,6 +255,20 @@ def _take(
         if rows is not None:
             rows = [rows[i] for i in keep.tolist()]
     total = len(recs)
+    b = writer.current
+    if total and not (int(recv.min()) > b.max_ts and _strictly_rising(recv)):
+        # Some row may repeat an earlier one (of the batch, or of the call): compare those rows' tuples.
+        raw = recs.tobytes()
+        drop = _repeated(b, raw, recs.dtype.itemsize, range(total))
+        if drop:
+            keep = np.ones(total, dtype=bool)
+            keep[drop] = False
+            recs, sid, recv = recs[keep], sid[keep], recv[keep]
+            ex = None if ex is None else ex[keep]
+            if rows is not None:
+                rows = [r for r, k in zip(rows, keep.tolist()) if k]
+            writer.stats.rows_duplicate += len(drop)
+            total = len(recs)
     start = 0
     while start < total:
         b = writer.current
@@ -289,14 +305,34 @@ def _latest_rows(latest: dict[int, Any], sid: Any, recv: Any, rows: Sequence[Boo
 
 def append_rows(
     writer: BookTickerWriter, data: Any, sids: Sequence[int], rows: Sequence[BookTicker], lo: int, hi: int, *,
-    ordered: bool,
-) -> None:
+    ordered: bool, fresh: bool = False,
+) -> int:
     """Append checked tuples and their rows to the writer's current batch, whose partitions already cover
-    ``lo``..``hi`` (the rows' receipt-time range; ``ordered``: non-decreasing along them), and seal it if full."""
+    ``lo``..``hi`` (the rows' receipt-time range; ``ordered``: non-decreasing along them), and seal it if full;
+    return the rows appended.
+
+    ``fresh`` says no row can repeat an earlier one (each is newer than the batch and than the rows before it).
+    Otherwise a row not newer than its symbol's newest in the batch is compared with the batch's rows, and an
+    exact repeat is dropped and counted (``rows_duplicate``); rows in order pay nothing more than before.
+    """
     b = writer.current
     assert b.buf is not None
-    b.buf += data
-    latest_of(b.latest, sids, rows, in_order=ordered and lo >= b.max_ts)
+    if fresh:
+        b.buf += data
+        latest_of(b.latest, sids, rows, in_order=True)
+    else:
+        if ordered and lo > b.max_ts:
+            # Newer than the whole batch: only a row at the same time as an earlier one of the call may repeat it.
+            latest_of(b.latest, sids, rows, in_order=True)
+            suspects = _equal_times(sids, rows)
+        else:
+            suspects = _latest_and_suspects(b.latest, sids, rows)
+        if suspects:
+            drop = _repeated(b, data, len(data) // len(rows), suspects)
+            if drop:
+                data, sids, rows = _without(drop, data, sids, rows)
+                writer.stats.rows_duplicate += len(drop)
+        b.buf += data
     if lo < b.min_ts:
         b.min_ts = lo
     if hi > b.max_ts:
@@ -304,6 +340,73 @@ def append_rows(
     b.rows += len(rows)
     if b.rows >= writer._max_rows:
         writer._seal()
+    return len(rows)
+
+
+def _strictly_rising(recv: Any) -> bool:
+    return len(recv) < 2 or bool((recv[1:] > recv[:-1]).all())
+
+
+def _could_repeat(prev: BookTicker, r: BookTicker) -> bool:
+    # Not newer than the symbol's newest row: older, or at the same receipt time without a higher update id.
+    return (r.recv_ts < prev.recv_ts or r.update_id is None or prev.update_id is None
+            or r.update_id <= prev.update_id)
+
+
+def _latest_and_suspects(latest: dict[int, Any], sids: Sequence[int], rows: Sequence[BookTicker]) -> list[int]:
+    """:func:`latest_of` for rows out of order, which also returns the rows that may repeat an earlier one."""
+    suspects = []
+    get = latest.get
+    for i, (s, r) in enumerate(zip(sids, rows)):
+        prev = get(s)
+        if prev is None or prev.recv_ts < r.recv_ts:
+            latest[s] = r
+        else:
+            if _could_repeat(prev, r):
+                suspects.append(i)
+            if prev.recv_ts == r.recv_ts:
+                latest[s] = r
+    return suspects
+
+
+def _equal_times(sids: Sequence[int], rows: Sequence[BookTicker]) -> list[int]:
+    """The rows of an in-order call that may repeat an earlier one: those at the receipt time of an earlier row
+    of their symbol (in the call, or the batch's newest) without a higher update id."""
+    suspects = []
+    last: dict[int, BookTicker] = {}
+    for i, (s, r) in enumerate(zip(sids, rows)):
+        prev = last.get(s)
+        if prev is not None and prev.recv_ts == r.recv_ts and _could_repeat(prev, r):
+            suspects.append(i)
+        last[s] = r
+    return suspects
+
+
+def _repeated(batch: Any, data: Any, size: int, suspects: Sequence[int]) -> list[int]:
+    """Which of the ``suspects`` (indices into ``data``'s tuples of ``size`` bytes) repeat a tuple of ``batch``
+    or an earlier tuple of ``data``."""
+    drop = []
+    local: set[bytes] = set()
+    j = 0
+    for i in suspects:
+        while j < i:
+            local.add(bytes(data[j * size:(j + 1) * size]))
+            j += 1
+        t = bytes(data[i * size:(i + 1) * size])
+        if t in local or seen_before(batch, t):
+            drop.append(i)
+        else:
+            local.add(t)
+        j = i + 1
+    return drop
+
+
+def _without(drop: list[int], data: Any, sids: Sequence[int], rows: Sequence[BookTicker]) -> tuple[Any, Any, Any]:
+    size = len(data) // len(rows)
+    gone = set(drop)
+    keep = [i for i in range(len(rows)) if i not in gone]
+    return (b"".join(bytes(data[i * size:(i + 1) * size]) for i in keep), [sids[i] for i in keep],
+            [rows[i] for i in keep])
 
 
 def latest_of(latest: dict[int, Any], sids: Sequence[int], rows: Sequence[BookTicker], *, in_order: bool) -> None:

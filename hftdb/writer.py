@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 class _Batch:
     __slots__ = ("seq", "id", "buf", "rows", "min_ts", "max_ts", "latest", "born", "spool_path", "nbytes", "uncertain",
-                 "parts", "part_lo", "part_hi")
+                 "parts", "part_lo", "part_hi", "seen", "seen_upto")
 
     def __init__(self, seq: int, born: float) -> None:
         self.seq = seq
@@ -68,13 +68,17 @@ class _Batch:
         self.parts: set[int] = set()
         self.part_lo = 0
         self.part_hi = 0
+        #: The batch's tuples up to byte ``seen_upto`` of ``buf``, built only when a row that could repeat an
+        #: earlier one arrives (see ``hftdb.tables.seen_before``); None until then.
+        self.seen: set[bytes] | None = None
+        self.seen_upto = 0
 
 
 class WriterStats:
     """Counters and recent commit timings of one writer."""
 
     __slots__ = (
-        "rows_accepted", "rows_committed", "batches_committed", "duplicates_skipped", "retries",
+        "rows_accepted", "rows_committed", "rows_duplicate", "batches_committed", "duplicates_skipped", "retries",
         "batches_spooled", "batches_replayed", "rows_dropped", "commit_seconds", "batch_rows", "last_commit_at",
         "last_error",
     )
@@ -82,6 +86,8 @@ class WriterStats:
     def __init__(self) -> None:
         self.rows_accepted = 0
         self.rows_committed = 0
+        #: Rows dropped as exact duplicates of an earlier row of the same batch.
+        self.rows_duplicate = 0
         self.batches_committed = 0
         self.duplicates_skipped = 0
         self.retries = 0
@@ -165,6 +171,7 @@ class BatchWriter(Committing):
         self._tasks: set[asyncio.Task[None]] = set()
         self._state = "new"
         self.stats = WriterStats()
+        self._init_commit_state()
         self.rejects = Rejects(self.table, noun="row", interval=settings.reject_log_interval_s, log=logger)
 
     def __repr__(self) -> str:
@@ -326,6 +333,7 @@ class BatchWriter(Committing):
         assert batch.buf is not None
         batch.buf += TRAILER
         batch.nbytes = len(batch.buf)
+        batch.seen = None  # no row joins a sealed batch
         self._queue.append(batch)
         self.current = self._new_batch()
 
@@ -593,6 +601,7 @@ class BatchWriter(Committing):
         return {
             "rows_accepted": s.rows_accepted,
             "rows_committed": s.rows_committed,
+            "rows_duplicate": s.rows_duplicate,
             "rows_pending": self._pending_rows,
             "rows_in_memory": self._mem_rows,
             "batches_committed": s.batches_committed,

@@ -1,0 +1,87 @@
+"""What a database error means for the rows that met it, decided by its SQLSTATE: wait, reject, or retry a little.
+
+One function, :func:`classify`, is the rule every retry loop of the write path reads (the commit path, symbol
+registration, the manager's start-up). Its answer is one of:
+
+``WAIT``
+    The database is away or not yet able to work, and waiting fixes it: the caller backs off and retries for as
+    long as it takes, losing nothing. These are the socket and client errors (``OSError``, timeouts, asyncpg's
+    ``InterfaceError`` and ``InternalClientError``, a connection lost mid-operation) and these SQLSTATEs:
+
+    - class ``08`` (connection exception: 08000, 08001, 08003, 08004, 08006, 08007, 08P01);
+    - ``57P01`` admin_shutdown, ``57P02`` crash_shutdown, ``57P03`` cannot_connect_now (starting up, in recovery);
+    - ``57014`` query_canceled (a statement timeout, ``pg_cancel_backend``: nothing about the rows);
+    - class ``53`` (insufficient resources: disk full, out of memory, too many connections), which an operator or
+      the passing of a load peak fixes;
+    - ``40001`` serialization_failure, ``40P01`` deadlock_detected, ``55P03`` lock_not_available, ``55006``
+      object_in_use (a concurrent DDL such as a partition being attached or detached);
+    - ``23514`` when it is "no partition of relation ... found for row" (retention dropped a partition under the
+      writer; the retry creates it): fixed by the retry itself, so waited out, not held against the rows.
+
+``DATA``
+    The server refused a value: class ``22`` (data exception: 22021 character_not_in_repertoire, 22P05
+    untranslatable_character, 22003 numeric_value_out_of_range, ...) and class ``23`` (integrity constraint
+    violation: a CHECK, NOT NULL, unique or foreign key). Retrying the same rows fails the same way, so the
+    offending rows are found and rejected alone (counted, logged) and the others are stored.
+
+``OTHER``
+    Anything else (class 42 syntax, privilege and undefined-object errors, P0001 from a trigger, XX000 internal
+    errors): the caller retries it a bounded number of times (:data:`MAX_OTHER_ATTEMPTS`), then gives up on the
+    rows in question with a counted, logged rejection, so that nothing retries forever on an error retrying
+    cannot fix. (A commit's temp staging table gone with its backend, 42P01, is created again by the next
+    attempt, which then succeeds: one of these attempts, not a lost row.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final
+
+import asyncpg
+
+__all__ = ["WAIT", "DATA", "OTHER", "CATCH", "MAX_OTHER_ATTEMPTS", "classify", "sqlstate"]
+
+WAIT: Final = "wait"
+DATA: Final = "data"
+OTHER: Final = "other"
+
+#: Attempts given to an ``OTHER`` error before the rows in question are rejected.
+MAX_OTHER_ATTEMPTS: Final = 5
+
+#: What the write path catches around a database call and hands to :func:`classify` (anything from the server or
+#: the socket). Anything else is a bug and propagates.
+CATCH: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    # Raised when a connection broken mid-operation is reset on release to the pool (seen under server restart).
+    asyncpg.exceptions.InternalClientError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+_WAIT_STATES = frozenset({"57P01", "57P02", "57P03", "57014", "40001", "40P01", "55P03", "55006"})
+_WAIT_CLASSES = frozenset({"08", "53"})
+_DATA_CLASSES = frozenset({"22", "23"})
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE an exception carries (asyncpg's server errors and its client-side ``DataError``), or None."""
+    state = getattr(exc, "sqlstate", None)
+    return state if isinstance(state, str) else None
+
+
+def classify(exc: BaseException) -> str:
+    """:data:`WAIT`, :data:`DATA` or :data:`OTHER` for an error met on a database call (see the module docstring)."""
+    state = sqlstate(exc)
+    if state is None:
+        if isinstance(exc, (OSError, asyncio.TimeoutError, asyncpg.InterfaceError,
+                            asyncpg.exceptions.InternalClientError)):
+            return WAIT
+        return OTHER
+    if state in _WAIT_STATES or state[:2] in _WAIT_CLASSES:
+        return WAIT
+    if state == "23514" and "no partition of relation" in str(exc):
+        return WAIT
+    if state[:2] in _DATA_CLASSES:
+        return DATA
+    return OTHER
