@@ -39,7 +39,18 @@ Part 2, over loopback websockets (``--rates``, ``--seconds`` per rate):
   says it wrote to the socket in the window; ingested is rows committed with recv_ts in the window.
   Target: p99 < 2 x batch_max_age_ms + 10 ms = 110 ms at 50k msg/s offered.
 
+Part 3, file replay (``--parts replay``; ``--replay-frames`` frames per capture, ``--replay-runs`` runs):
+
+  Capture files of N frames (the Part 1 generator, one frame per line) are written to a temp dir under /tmp:
+  A, and B whose first half is A's second half. Timed, each on a fresh database with the symbols registered,
+  alternating which goes first: writer-only (A's frames parsed before timing, as in Part 1) and
+  ``hftdb.replay.ingest_file`` of A (file-replay); then, on file-replay's database, A again (replay-again:
+  every row already stored) and B (half-overlap). Rows are counted after each step (A: N, A again: N, B:
+  1.5 N). Reported: medians, and file-replay / writer-only (target >= 0.7), and across several N the growth
+  of file-replay's time (target: 10x the frames in no more than 10x the time).
+
     .venv/bin/python benchmarks/bench_e2e.py --frames 200000 --runs 3
+    .venv/bin/python benchmarks/bench_e2e.py --parts replay --replay-frames 1000000,10000000 --symbols 500
 """
 
 from __future__ import annotations
@@ -57,6 +68,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +85,7 @@ from hftdb.exchanges.intake import Intake  # noqa: E402
 from hftdb.exchanges.parse_binance import BinanceParser  # noqa: E402
 from hftdb.exchanges.runner import StreamRunner  # noqa: E402
 from hftdb.models import ExchangeName, Symbol  # noqa: E402
+from hftdb.replay import ingest_file  # noqa: E402
 from hftdb.server import EmbeddedServer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -97,7 +110,7 @@ def symbol_names(n: int) -> list[str]:
     return [f"S{i:04d}USDT" for i in range(1, n + 1)]
 
 
-def make_frames(n: int, n_symbols: int, *, seed: int) -> list[bytes]:
+def iter_frames(n: int, n_symbols: int, *, seed: int) -> Iterator[bytes]:
     """Combined-stream USD-M bookTicker frames, random-walk quotes, ``u`` unique and rising across all frames.
 
     Prices carry ~6 significant digits and move on a quarter of a symbol's updates (sizes change on every one),
@@ -109,8 +122,7 @@ def make_frames(n: int, n_symbols: int, *, seed: int) -> list[bytes]:
     decs = [max(0, 6 - len(str(int(m)))) for m in mids]
     u = 600_859_600_000
     t_ms = 1_626_992_741_000
-    out = []
-    for i in range(n):
+    for _ in range(n):
         s = rng.randrange(n_symbols)
         if rng.random() < 0.25:  # most bookTicker updates change a size, not the best price
             mids[s] *= 1 + rng.gauss(0, 2e-4)
@@ -122,12 +134,16 @@ def make_frames(n: int, n_symbols: int, *, seed: int) -> list[bytes]:
         u += rng.randint(1, 50)
         t_ms += rng.randint(0, 1)
         name = names[s]
-        out.append(
+        yield (
             f'{{"stream":"{name.lower()}@bookTicker","data":{{"e":"bookTicker","u":{u},"s":"{name}",'
             f'"b":"{bid:.{d}f}","B":"{rng.randint(1, 90000)}","a":"{ask:.{d}f}","A":"{rng.randint(1, 90000)}",'
             f'"T":{t_ms},"E":{t_ms + rng.randint(1, 8)}}}}}'.encode()
         )
-    return out
+
+
+def make_frames(n: int, n_symbols: int, *, seed: int) -> list[bytes]:
+    """:func:`iter_frames` as a list."""
+    return list(iter_frames(n, n_symbols, seed=seed))
 
 
 # -- databases -----------------------------------------------------------------------------------------------------
@@ -481,6 +497,86 @@ async def part2(args: argparse.Namespace, admin_dsn: str) -> dict[str, Any]:
     return summary
 
 
+# -- part 3: file replay (hftdb ingest-file) -----------------------------------------------------------------------
+
+
+def write_captures(directory: Path, n: int, n_symbols: int, *, seed: int) -> tuple[Path, Path]:
+    """Two capture files of ``n`` frames each: A, and B whose first half is A's second half (1.5 n frames made)."""
+    a, b = directory / f"capture-{n}.jsonl", directory / f"overlap-{n}.jsonl"
+    with a.open("wb") as fa, b.open("wb") as fb:
+        for i, frame in enumerate(iter_frames(n + n // 2, n_symbols, seed=seed)):
+            if i < n:
+                fa.write(frame + b"\n")
+            if i >= n // 2:
+                fb.write(frame + b"\n")
+    return a, b
+
+
+async def committed(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval("SELECT count(*) FROM book_tickers")
+    finally:
+        await conn.close()
+
+
+async def run_file_replay(dsn: str, a: Path, b: Path, n: int) -> dict[str, float]:
+    """Seconds of: ingest-file of A into a fresh database, of A again (all duplicates), of B (half overlap)."""
+    out = {}
+    async with DatabaseManager(dsn, settings=settings_for(dsn)) as db:
+        for name, path, stored in (("file-replay", a, n), ("replay-again", a, n), ("half-overlap", b, n + n // 2)):
+            gc.collect()
+            started = time.perf_counter()
+            result = await ingest_file(db, path, exchange=USDM, channels=["bookTicker"])
+            out[name] = time.perf_counter() - started
+            if await committed(dsn) != stored or result.rejects:
+                raise SystemExit(f"{name}: {await committed(dsn)} rows stored, expected {stored}; {result}")
+            log(f"  {name:13s} {out[name]:8.2f} s {n / out[name]:>10,.0f} frames/s  ({result.duplicates:,} duplicates)")
+    return out
+
+
+async def part3(args: argparse.Namespace, admin_dsn: str, tmp: Path) -> dict[int, Any]:
+    summary: dict[int, Any] = {}
+    for n in args.replay_frames:
+        log(f"writing capture files of {n:,} frames over {args.symbols:,} symbols ...")
+        a, b = write_captures(tmp, n, args.symbols, seed=args.seed)
+        times: dict[str, list[float]] = {"writer-only": [], "file-replay": [], "replay-again": [], "half-overlap": []}
+        for run in range(args.replay_runs):
+            for method in (("writer-only", "file-replay") if run % 2 == 0 else ("file-replay", "writer-only")):
+                name, dsn = await create_db(admin_dsn)
+                try:
+                    await register_symbols(dsn, args.symbols)
+                    if method == "writer-only":
+                        frames = a.read_bytes().splitlines()
+                        elapsed, _ = await run_writer_only(dsn, frames, args.frames_per_call, args.frames_per_read,
+                                                           args.symbols)
+                        del frames
+                        times["writer-only"].append(elapsed)
+                        log(f"run {run + 1} writer-only   {elapsed:8.2f} s {n / elapsed:>10,.0f} rows/s")
+                    else:
+                        for k, v in (await run_file_replay(dsn, a, b, n)).items():
+                            times[k].append(v)
+                finally:
+                    await drop_db(admin_dsn, name)
+        a.unlink()
+        b.unlink()
+        med = {k: statistics.median(v) for k, v in times.items()}
+        ratio = med["writer-only"] / med["file-replay"]
+        summary[n] = {"seconds": med, "ratio": ratio}
+        print(f"\nPart 3: ingest-file of {n:,} USD-M bookTicker frames, {args.symbols:,} symbols, fresh database, "
+              f"{args.replay_runs} run(s) (median seconds, frames/s)")
+        for k, v in med.items():
+            print(f"  {k:13s} {v:8.2f} s {n / v:>10,.0f}/s   runs: {', '.join(f'{x:.2f}' for x in times[k])}")
+        print(f"  ratio file-replay / writer-only = {ratio:.2f}  (target >= 0.7: {'MET' if ratio >= 0.7 else 'NOT MET'})",
+              flush=True)
+    if len(summary) > 1:
+        ns = sorted(summary)
+        lo, hi = ns[0], ns[-1]
+        growth = summary[hi]["seconds"]["file-replay"] / summary[lo]["seconds"]["file-replay"]
+        print(f"  file-replay {hi:,} / {lo:,} frames: {growth:.2f}x the time for {hi / lo:g}x the frames", flush=True)
+    return summary
+
+
 # -- driver --------------------------------------------------------------------------------------------------------
 
 
@@ -498,6 +594,8 @@ async def main(args: argparse.Namespace) -> None:
             await part1(args, admin_dsn)
         if "sim" in args.parts:
             await part2(args, admin_dsn)
+        if "replay" in args.parts:
+            await part3(args, admin_dsn, tmp)
     finally:
         if server is not None:
             await server.stop()
@@ -519,7 +617,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=10.0, help="measurement window per rate (default 10)")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds streamed before the window (default 3)")
     p.add_argument("--sim-runs", type=int, default=1, help="runs of each simulator rate; medians (default 1)")
-    p.add_argument("--parts", type=lambda s: s.split(","), default=["memory", "sim"], help="memory,sim")
+    p.add_argument("--parts", type=lambda s: s.split(","), default=["memory", "sim"], help="memory,sim,replay")
+    p.add_argument("--replay-frames", type=lambda s: [int(x) for x in s.split(",")], default=[1_000_000],
+                   help="frames per capture file of the replay part, comma-separated (default 1000000)")
+    p.add_argument("--replay-runs", type=int, default=1, help="runs of each replay method; medians (default 1)")
     p.add_argument("--seed", type=int, default=1)
     return p.parse_args(argv)
 

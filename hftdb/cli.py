@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import aiohttp
 import asyncpg
@@ -38,7 +38,7 @@ from .models import now_us
 from .inventory import approx as _approx
 from .inventory import size as _size
 from .inventory import utc as _utc
-from .replay import ingest_file
+from .replay import ReplayProgress, ReplayResult, ingest_files
 
 __all__ = ["main"]
 
@@ -416,6 +416,62 @@ async def _optimize(ctx: _Context) -> int:
     return 1 if invalid else 0
 
 
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+class _ReplayProgressLine:
+    """``ingest-file``'s one progress line on stderr: rewritten in place on a terminal (5 times a second),
+    a line every 10 s otherwise (a captured log), and always once at the end."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.every = 0.2 if self.tty else 10.0
+        self.last = time.monotonic()
+        self.state: ReplayProgress | None = None
+        self.shown = False
+
+    def __call__(self, state: ReplayProgress) -> None:
+        self.state = state
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            self.show()
+
+    def show(self) -> None:
+        state = self.state
+        if state is None:
+            return
+        rate = state.frames / state.elapsed if state.elapsed > 0 else 0.0
+        left = state.bytes_total - state.bytes_done
+        eta = _duration(left * state.elapsed / state.bytes_done) if state.bytes_done and state.elapsed > 0 else "?"
+        line = (f"{state.bytes_done * 100 // max(state.bytes_total, 1)}% ({_size(state.bytes_done)} of "
+                f"{_size(state.bytes_total)}), file {state.file_index + 1}/{state.files}, {state.frames:,} frames, "
+                f"{rate:,.0f} frames/s, ETA {eta}")
+        if self.tty:
+            self.stream.write(f"\r{line}\x1b[K")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+        self.shown = True
+
+    def end(self) -> None:
+        """The last state, and the cursor to a fresh line."""
+        self.show()
+        if self.tty and self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _replay_line(r: ReplayResult) -> str:
+    rows = ", ".join(f"{t}={n:,}" for t, n in r.committed.items())
+    rejects = ", ".join(f"{reason}={n:,}" for reason, n in sorted(r.rejects.items())) or "none"
+    return (f"{r.frames:,} frames: rows written {rows}; rejects {rejects}; {r.duplicates:,} duplicates skipped, "
+            f"{r.gaps:,} gaps")
+
+
 async def _ingest(ctx: _Context) -> int:
     args = ctx.args
     # Its own writers, without the daemon's spool (two processes must not share one); rows it cannot commit
@@ -423,26 +479,34 @@ async def _ingest(ctx: _Context) -> int:
     settings = msgspec.structs.replace(
         ctx.settings, writer=msgspec.structs.replace(ctx.settings.writer, spool_dir=None)
     )
-    last = [0.0]
-
-    def progress(done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - last[0] >= 1.0 or done == total:
-            last[0] = now
-            ctx.progress(f"{done * 100 // max(total, 1)}% ({_size(done)} of {_size(total)})")
-
+    progress = _ReplayProgressLine(ctx.err)
     async with ctx.target(create=True) as target:
         async with DatabaseManager(target.dsn, settings=settings) as db:
-            result = await ingest_file(db, args.file, exchange=args.exchange, channels=args.channel,
-                                       account=args.account, progress=progress)
-    rows = ", ".join(f"{t}={n:,}" for t, n in result.committed.items())
-    rejects = ", ".join(f"{r}={n:,}" for r, n in sorted(result.rejects.items())) or "none"
-    ctx.print(f"{result.frames:,} frames: rows written {rows}; rejects {rejects}; "
-              f"{result.duplicates:,} duplicates dropped, {result.gaps} gaps")
-    if result.dropped_rows:
-        ctx.print(f"{result.dropped_rows:,} rows could not be written (see the log)")
-        return 1
-    return 0
+            try:
+                results = await ingest_files(db, args.file, exchange=args.exchange, channels=args.channel,
+                                             account=args.account, progress=progress)
+            finally:
+                progress.end()
+    code = 0
+    for r in results:
+        ctx.print(f"{r.path}: {_replay_line(r)} ({r.seconds:.1f} s)")
+        if r.failed:
+            ctx.print(f"{r.path}: FAILED: none of its {r.frames:,} frames gave a row that is stored")
+            code = 1
+        if r.dropped_rows:
+            ctx.print(f"{r.path}: {r.dropped_rows:,} rows could not be written (see the log)")
+            code = 1
+    if len(results) > 1:
+        total = ReplayResult(
+            frames=sum(r.frames for r in results),
+            committed={t: sum(r.committed[t] for r in results) for t in results[0].committed},
+            rejects={k: sum(r.rejects.get(k, 0) for r in results) for k in {k for r in results for k in r.rejects}},
+            duplicates=sum(r.duplicates for r in results), gaps=sum(r.gaps for r in results),
+            dropped_rows=sum(r.dropped_rows for r in results))
+        seconds = sum(r.seconds for r in results)
+        ctx.print(f"total, {len(results)} files: {_replay_line(total)} ({seconds:.1f} s, "
+                  f"{total.frames / seconds if seconds else 0:,.0f} frames/s)")
+    return code
 
 
 async def _simulate(ctx: _Context) -> int:
@@ -541,13 +605,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="confirm --clean")
     command("validate", "compare the live schema with the migrations: checksums, tables, columns, indexes", _validate)
     command("optimize", "ANALYZE, report index health, run partition maintenance", _optimize)
-    p = command("ingest-file", "replay a file of raw websocket frames (one per line) into the database", _ingest)
+    p = command("ingest-file", "replay files of raw websocket frames (one per line; plain, gzip or zstd) into the "
+                "database, in time order; exit 1 if a file's frames gave no stored row", _ingest)
     p.add_argument("--exchange", required=True, metavar="NAME",
                    help="venue: binance_spot, binance_usdm, bybit_spot, bybit_linear, okx_spot or okx_swap")
     p.add_argument("--channel", required=True, action="append", metavar="CHANNEL",
                    help="the channel the frames came from (repeat for a file of several); e.g. bookTicker, tickers")
     p.add_argument("--account", default="default", help="account name for balance frames (default: default)")
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", nargs="+",
+                   help="capture files (one frame per line; .gz/.zst recognised by content) or directories of them")
     p = command("simulate", "run the local exchange simulator (Binance, Bybit, OKX on loopback) until Ctrl-C", _simulate)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="first port: hosts bind PORT..PORT+3 (default: free ports)")

@@ -150,15 +150,17 @@ async def test_ingest_file_then_stats_optimize_and_cleanup(dsn, env, tmp_path, f
         code, out, err = await cli("ingest-file", "--exchange", venue, "--channel", channel, str(fixtures_dir / name),
                                    env=env, cwd=tmp_path)
         assert code == 0, err
-        assert f"rows written book_tickers={rows}, funding_rates=0, balances=0; rejects none; {dups} duplicates" in out
-        assert "100%" in err  # progress
+        assert f"rows written book_tickers={rows}, funding_rates=0, balances=0; rejects none; {dups} duplicates skipped" in out
+        assert out.startswith(f"{fixtures_dir / name}: ")
+        assert "100%" in err and "frames/s, ETA" in err  # progress
         total += rows
     bad = tmp_path / "bad.jsonl"
     bad.write_text('not json\n\n{"arg":{"channel":"tickers","instId":"BTC-USDT"},"data":[{"instType":"SPOT",'
                    '"instId":"BTC-USDT","askPx":"nan","askSz":"1","bidPx":"1","bidSz":"1","ts":"1652459224956"}]}\n')
     code, out, _ = await cli("ingest-file", "--exchange", "okx_spot", "--channel", "tickers", str(bad), env=env, cwd=tmp_path)
-    assert code == 0
-    assert out.startswith("2 frames: rows written book_tickers=0") and "rejects ask_price_nan=1, invalid_json=1" in out
+    assert code == 1  # no frame of the file gave a stored row
+    assert out.startswith(f"{bad}: 2 frames: rows written book_tickers=0") and "rejects ask_price_nan=1, invalid_json=1" in out
+    assert f"{bad}: FAILED: none of its 2 frames gave a row that is stored" in out
     assert await fetchval(dsn, "SELECT count(*) FROM book_tickers") == total
 
     code, out, _ = await cli("stats", env=env, cwd=tmp_path)

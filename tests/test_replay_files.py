@@ -1,0 +1,267 @@
+"""``ingest-file`` over many frames and several files: idempotent against what any writer stored before,
+in time order across files, compressed captures, hostile lines, and the command's summary and exit code.
+
+Captures are generated Binance USD-M combined-stream bookTicker frames (unique rising ``u`` per symbol), so
+every frame is one row and rows can be counted exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+import asyncpg
+import msgspec
+import pytest
+
+from hftdb import DatabaseManager
+from hftdb.config import load_settings
+from hftdb.errors import StateError, ValidationError
+from hftdb.exchanges.binance import BinanceAdapter
+from hftdb.exchanges.intake import Intake
+from hftdb.exchanges.runner import StreamRunner
+from hftdb.models import ExchangeName, now_us
+from hftdb.replay import DISORDER_US, MAX_LINE_BYTES, ingest_file, ingest_files
+
+USDM = ExchangeName.BINANCE_USDM
+SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+
+
+def settings():
+    base = load_settings(environ={})
+    return msgspec.structs.replace(base, writer=msgspec.structs.replace(base.writer, spool_dir=None))
+
+
+def frames(first: int, n: int, *, t0_ms: int | None = None, step_ms: int = 10) -> list[bytes]:
+    """Frames ``first`` .. ``first + n - 1`` of one endless capture: frame i is symbol i % 3 with u = 1000 + i,
+    exchange time t0 + i * step (t0: an hour ago, so the rows land in partitions that exist)."""
+    t0 = t0_ms if t0_ms is not None else T0_MS
+    out = []
+    for i in range(first, first + n):
+        s = SYMBOLS[i % 3]
+        t = t0 + i * step_ms
+        out.append(json.dumps({"stream": f"{s.lower()}@bookTicker", "data": {
+            "e": "bookTicker", "u": 1000 + i, "s": s, "b": f"{100 + i % 7}.5", "B": f"{1 + i % 11}",
+            "a": f"{101 + i % 7}.5", "A": "2", "T": t, "E": t + 3}}, separators=(",", ":")).encode())
+    return out
+
+
+T0_MS = (now_us() // 1000) - 3_600_000
+
+
+def write(path: Path, lines: list[bytes], *, opener=open) -> Path:
+    with opener(path, "wb") as f:
+        f.write(b"\n".join(lines) + b"\n")
+    return path
+
+
+async def stored_ids(dsn: str) -> list[int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [r[0] for r in await conn.fetch("SELECT update_id FROM book_tickers ORDER BY update_id")]
+    finally:
+        await conn.close()
+
+
+def ids(first: int, n: int) -> list[int]:
+    return list(range(1000 + first, 1000 + first + n))
+
+
+async def replay(db, *paths, **kw):
+    return await ingest_files(db, list(paths), exchange=USDM, channels=["bookTicker"], **kw)
+
+
+@pytest.mark.parametrize("step_ms", [1, 10], ids=["block-within-a-window", "block-over-10s"])
+@pytest.mark.parametrize("order", ["older-first", "newer-first"])
+async def test_a_capture_that_half_overlaps_what_a_replay_stored_writes_only_the_rest(dsn, tmp_path, order, step_ms):
+    # A block spread over more than 10 s of exchange time is checked key by key, a narrower one by its window.
+    a = write(tmp_path / "a.jsonl", frames(0, 3000, step_ms=step_ms))
+    b = write(tmp_path / "b.jsonl", frames(1500, 3000, step_ms=step_ms))
+    first, second = (a, b) if order == "older-first" else (b, a)
+    async with DatabaseManager(dsn, settings=settings()) as db:
+        (r1,) = await replay(db, first)
+        assert r1.committed["book_tickers"] == 3000 and r1.duplicates == 0
+        (r2,) = await replay(db, second)
+        # Newer first: the second replay writes its first half (new) before meeting the stored half.
+        assert r2.committed["book_tickers"] == 1500 and r2.duplicates == 1500
+        (r3,) = await replay(db, a)  # and once more, all stored
+        assert r3.committed["book_tickers"] == 0 and r3.duplicates == 3000
+    assert await stored_ids(dsn) == ids(0, 4500)
+
+
+async def test_rows_stored_live_by_a_feed_are_not_written_again(dsn, tmp_path):
+    live = frames(0, 2000)
+    async with DatabaseManager(dsn, settings=settings()) as db:
+        # What a live connection does with frames: its own intake, stamped on receipt (a few ms after the
+        # exchange time), pushed to the same DatabaseManager.
+        adapter = BinanceAdapter(USDM, db, symbols=SYMBOLS, channels=("bookTicker",))
+        await db.insert_exchange(adapter.exchange_record())
+        runner = StreamRunner(adapter)
+        intake = Intake(runner, adapter.new_parser())
+        for i in range(0, len(live), 100):
+            recv = (T0_MS + (i + 99) * 10 + 5) * 1000
+            await runner.push(*intake.process([(recv, live[i:i + 100])]))
+        await db.flush()
+        assert await stored_ids(dsn) == ids(0, 2000)
+        # A capture of the same stream, a minute longer on each side.
+        capture = write(tmp_path / "capture.jsonl", frames(0, 4000))
+        (r,) = await replay(db, capture)
+        assert r.committed["book_tickers"] == 2000 and r.duplicates == 2000
+    assert await stored_ids(dsn) == ids(0, 4000)
+
+
+async def test_a_frame_far_out_of_order_is_still_found_stored(dsn, tmp_path):
+    # Beyond DISORDER_US before its file's first frame, a row is looked up in book_tickers itself.
+    step = 10
+    late = DISORDER_US // 1000 // step + 500  # frames: the first one of the second file is this far ahead
+    async with DatabaseManager(dsn, settings=settings()) as db:
+        await replay(db, write(tmp_path / "old.jsonl", frames(0, 30)))
+        # The file starts with one late frame of one symbol, then the old stretch of all three: the other two
+        # symbols' old frames pass admission (nothing newer of theirs seen yet) and must be found stored.
+        lines = frames(late, 1) + frames(0, 30) + frames(late + 1, 29)
+        (r,) = await replay(db, write(tmp_path / "mixed.jsonl", lines))
+        assert r.committed["book_tickers"] == 30 and r.duplicates == 30
+    assert await stored_ids(dsn) == ids(0, 30) + ids(late, 30)
+
+
+async def test_several_files_and_a_directory_replay_in_time_order_as_one_stream(dsn, tmp_path):
+    d = tmp_path / "captures"
+    d.mkdir()
+    # Names sort against time: files are ordered by their first frame's exchange time.
+    write(d / "1-last.jsonl", frames(2000, 1000))
+    write(d / "2-first.jsonl.gz", frames(0, 1000), opener=gzip.open)
+    write(d / "3-middle.jsonl", frames(900, 1200))  # overlaps both neighbours
+    write(d / ".hidden", [b"not a capture"])
+    seen = []
+    async with DatabaseManager(dsn, settings=settings()) as db:
+        results = await replay(db, d, progress=seen.append)
+    assert [Path(r.path).name for r in results] == ["2-first.jsonl.gz", "3-middle.jsonl", "1-last.jsonl"]
+    assert [(r.frames, r.committed["book_tickers"], r.duplicates) for r in results] == [
+        (1000, 1000, 0), (1200, 1100, 100), (1000, 900, 100)]
+    assert await stored_ids(dsn) == ids(0, 3000)
+    assert seen[-1].frames == 3200 and seen[-1].bytes_done == seen[-1].bytes_total
+    assert [s.file_index for s in seen] == sorted(s.file_index for s in seen)
+
+
+async def test_zstd_captures_replay(dsn, tmp_path):
+    zstandard = pytest.importorskip("zstandard", reason="zstd captures need the optional zstandard package "
+                                                         "(pip install 'hftdb[zstd]'; the test extra has it)")
+    path = tmp_path / "capture.jsonl.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(b"\n".join(frames(0, 5000)) + b"\n"))
+    async with DatabaseManager(dsn, settings=settings()) as db:
+        r = await ingest_file(db, path, exchange=USDM, channels=["bookTicker"])
+    assert r.committed["book_tickers"] == 5000 and not r.rejects
+    assert await stored_ids(dsn) == ids(0, 5000)
+
+
+async def test_hostile_lines_are_rejects_and_the_rest_of_the_file_is_stored(dsn, tmp_path):
+    good = frames(0, 40)
+    huge = b'{"stream":"btcusdt@bookTicker","data":{"s":"' + b"A" * (MAX_LINE_BYTES + 10) + b'"}}'
+    lines = good[:10] + [b"\xff\xfe not utf-8 \xc3", b'{"s":"BTC\x00USDT"}', huge] + good[10:20] + [huge] + good[20:]
+    path = tmp_path / "hostile.jsonl"
+    path.write_bytes(b"\n".join(lines))  # and no newline at the end
+    async with DatabaseManager(dsn, settings=settings()) as db:
+        r = await ingest_file(db, path, exchange=USDM, channels=["bookTicker"])
+    assert r.committed["book_tickers"] == 40
+    assert r.rejects.pop("line_too_long") == 2
+    assert sum(r.rejects.values()) == 2  # the two undecodable frames, by the parser's reasons
+    assert r.frames == 42
+    assert await stored_ids(dsn) == ids(0, 40)
+
+
+async def test_a_truncated_gzip_file_keeps_what_came_before_the_damage(dsn, tmp_path):
+    whole = gzip.compress(b"\n".join(frames(0, 20000)) + b"\n")
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(whole[: len(whole) * 3 // 4])
+    async with DatabaseManager(dsn, settings=settings()) as db:
+        r = await ingest_file(db, path, exchange=USDM, channels=["bookTicker"])
+    assert r.rejects.get("corrupt_file") == 1
+    n = r.committed["book_tickers"]
+    assert 0 < n < 20000 and await stored_ids(dsn) == ids(0, n)
+
+
+async def test_a_second_replay_into_the_same_venue_at_once_is_refused(dsn, tmp_path):
+    path = write(tmp_path / "a.jsonl", frames(0, 10))
+    async with DatabaseManager(dsn, settings=settings()) as db:
+        ex = await db.insert_exchange(USDM)
+        conn = await asyncpg.connect(dsn)
+        try:
+            # What a replay in another process holds while it runs.
+            await conn.execute("SELECT pg_advisory_lock($1)", int.from_bytes(b"hftdbrp\x00", "big") | (ex.id & 0xFF))
+            with pytest.raises(StateError, match="another ingest-file is replaying into binance_usdm"):
+                await replay(db, path)
+        finally:
+            await conn.close()
+        (r,) = await replay(db, path)
+        assert r.committed["book_tickers"] == 10
+
+
+async def test_unreadable_inputs_are_refused_before_anything_is_written(dsn, tmp_path):
+    good = write(tmp_path / "good.jsonl", frames(0, 10))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    async with DatabaseManager(dsn, settings=settings()) as db:
+        with pytest.raises(ValidationError, match="no such file"):
+            await replay(db, good, tmp_path / "missing.jsonl")
+        with pytest.raises(ValidationError, match="holds no files"):
+            await replay(db, good, empty)
+    assert await stored_ids(dsn) == []
+
+
+# -- the command ----------------------------------------------------------------------------------------------------
+
+
+async def cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hftdb.cli", *args, cwd=str(cwd), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(120):
+        out, err = await proc.communicate()
+    return proc.returncode, out.decode(), err.decode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def env(dsn, tmp_path):
+    e = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    e.update(HFTDB_DSN=dsn, HFTDB_WRITER_SPOOL_DIR=str(tmp_path / "spool"), HFTDB_METRICS_PORT=str(free_port()))
+    return e
+
+
+async def test_the_command_prints_a_summary_per_file_and_fails_when_a_file_gave_nothing(dsn, env, tmp_path):
+    a = write(tmp_path / "a.jsonl", frames(0, 300))
+    b = write(tmp_path / "b.jsonl.gz", frames(200, 200) + [b"not json"], opener=gzip.open)
+    args = ("ingest-file", "--exchange", "binance_usdm", "--channel", "bookTicker")
+    code, out, err = await cli(*args, str(b), str(a), env=env, cwd=tmp_path)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{a}: 300 frames: rows written book_tickers=300, funding_rates=0, balances=0; "
+                               "rejects none; 0 duplicates skipped, 0 gaps (")
+    assert lines[1].startswith(f"{b}: 201 frames: rows written book_tickers=100, funding_rates=0, balances=0; "
+                               "rejects invalid_json=1; 100 duplicates skipped, 0 gaps (")
+    assert lines[2].startswith("total, 2 files: 501 frames: rows written book_tickers=400, funding_rates=0, "
+                               "balances=0; rejects invalid_json=1; 100 duplicates skipped, 0 gaps (")
+    assert "100% (" in err and "file 2/2, 501 frames" in err and "frames/s, ETA" in err
+    assert "Traceback" not in err
+
+    # Already stored: nothing written, but every frame found stored, so not a failure.
+    code, out, _ = await cli(*args, str(a), env=env, cwd=tmp_path)
+    assert code == 0 and "book_tickers=0," in out and "300 duplicates skipped" in out
+
+    # No frame of this file gives a row: exit 1, named.
+    bad = write(tmp_path / "bad.jsonl", [b"not json", b'{"stream":"x@bookTicker","data":{"s":"BTCUSDT"}}', b"[]"])
+    code, out, err = await cli(*args, str(bad), str(a), env=env, cwd=tmp_path)
+    assert code == 1, (out, err)
+    assert f"{bad}: FAILED: none of its 3 frames gave a row that is stored" in out
+    assert "Traceback" not in err
+    assert await stored_ids(dsn) == ids(0, 400)
