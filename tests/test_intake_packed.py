@@ -96,13 +96,13 @@ class Frames:
             (frame(s, n(), "1", "1", "2", "-0.0"), False),
             (frame(s, n(), "1", "1", "2", "-2"), False),
             (frame(s, n(), "3", "1", "2", "1"), False),  # crossed
-            (frame(s, n(), "1", "1", "2", "1", e=5), False),  # 5 ms after 1970
             (frame(s, n(), "1", "1", "2", "1", e=future_ms), False),
             (frame(BIG_ID, 2**63, "1", "1", "2", "1"), False),  # update id beyond int8
             (frame(s, n(), "1", "1", "2", "1", e=None), False),  # no event time (spot-shaped): stored, not packed
             (frame("NEWLISTUSDT", n(), "1", "1", "2", "1"), False),  # unregistered: registered on first sight
             (frame(s, n(), "1", "1", "1", "1"), True),  # bid == ask: stored
             # Frames the parser refuses or stores elsewhere add no book row: the call stays whole.
+            (frame(s, n(), "1", "1", "2", "1", e=5), True),  # 5 ms after 1970: the intake's reject (bad_time)
             (b'{"stream":"s001usdt@bookTicker","data":{"e":"bookTicker","u":5,"s":"S001USDT","b":"1"}}', True),
             (b'{"stream":"s001usdt@bookTicker","data":{"e":"bookTicker","u":6,"s":"S001USDT","b":"x","B":"1",'
              b'"a":"2","A":"1","E":1700000000000}}', True),

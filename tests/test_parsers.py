@@ -316,7 +316,8 @@ def test_binance_control_and_other_events():
 
 def test_binance_malformed_frames():
     parser = BinanceParser(USDM)
-    good = {"e": "bookTicker", "u": 1, "E": 2, "T": 3, "s": "BTCUSDT", "b": "1.5", "B": "2", "a": "1.6", "A": "3"}
+    good = {"e": "bookTicker", "u": 1, "E": 1700000000002, "T": 1700000000001, "s": "BTCUSDT", "b": "1.5", "B": "2",
+            "a": "1.6", "A": "3"}
     assert reason_of(parser, json.dumps(good)[:-5]) == "invalid_json"
     assert reason_of(parser, b"") == "invalid_json"
     # The combined bookTicker hot path decodes numbers leniently: a JSON number, or an id sent as a string,
@@ -557,7 +558,7 @@ def test_bybit_rows_carry_their_symbol_id(fixtures_dir):
     assert [(q.symbol, q.symbol_id) for q in quotes] == [
         ("BTCUSDT", 7), ("BTCUSDT", 7), ("BTCPERP", None), ("BTCPERP", None), ("BTCUSDT", 7)]
     hot = parser.book_ticker(json.dumps(
-        {"topic": "orderbook.1.BTCUSDT", "type": "delta", "ts": 1, "data": {"s": "BTCUSDT", "b": [["1", "1"]],
+        {"topic": "orderbook.1.BTCUSDT", "type": "delta", "ts": 1680673821137, "data": {"s": "BTCUSDT", "b": [["1", "1"]],
                                                                               "a": [], "u": 7003307}},
         separators=(",", ":")), RECV)
     assert hot is not None and hot.symbol_id == 7
@@ -825,7 +826,7 @@ def test_okx_bbo_tbt_hot_path_matches_the_general_parse():
     variants = [bbo]
     for price, size in (("0.000012345", "1234567.891"), ("65432.1", "0.001"), ("3.0E-5", "10")):
         row = dict(bbo["data"][0], bids=[[price, size, "0", "1"]], asks=[[price + "9", size, "0", "4"]])
-        variants.append(dict(bbo, arg={"channel": "bbo-tbt", "instId": "X-USDT"}, data=[row]))
+        variants.append(dict(bbo, arg={"channel": "bbo-tbt", "instId": "X-USDT-SWAP"}, data=[row]))
     for frame in variants:
         raw = json.dumps(frame).encode()
         fast = parser.book_ticker(raw, RECV)

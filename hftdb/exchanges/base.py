@@ -26,14 +26,15 @@ import msgspec
 from ..errors import ClosedError, ExchangeError, ExchangeHTTPError, FrameError, SignatureError, StateError
 from ..models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Symbol, now_us
 from .connection import Pacer
-from .parsing import Rejects, newer_funding
+from .intake import exchange_time_ok
+from .parsing import Rejects, name_ok, newer_funding
 from .rest import RestClient
 from .signing import Credentials
 
 if TYPE_CHECKING:
     from .runner import StreamRunner
 
-__all__ = ["Sink", "Backoff", "FeedStats", "ExchangeAdapter"]
+__all__ = ["Sink", "Backoff", "FeedStats", "ExchangeAdapter", "parse_rest"]
 
 logger = logging.getLogger(__name__)
 
@@ -333,7 +334,23 @@ class ExchangeAdapter:
         self._check_open()
         path, query = self.symbols_request()
         body = await self._rest.get(path, query, timeout=timeout)
-        return self.new_parser().parse_symbols(body, exchange_id, now_us())
+        parser = self.new_parser()
+        return self.listed(parser, parse_rest(parser.parse_symbols, body, exchange_id, now_us()))
+
+    def listed(self, parser: Any, symbols: list[Symbol]) -> list[Symbol]:
+        """``symbols`` without those whose text cannot be a symbol (``bad_symbol``: a NUL, a control character...),
+        each counted as a reject: such text must not reach the database. The listing itself says what the venue's
+        market holds, so nothing in it is refused as ``wrong_market``."""
+        out = []
+        for symbol in symbols:
+            try:
+                parser.check_symbol(symbol.symbol)
+            except FrameError as exc:
+                if exc.reason == "bad_symbol":
+                    self.rejects.add_error(exc)
+                    continue
+            out.append(symbol)
+        return out
 
     async def sync_symbols(self, *, timeout: float | None = None) -> tuple[int, int]:
         """Fetch the venue's instruments and upsert them through the sink; return the sink's counts.
@@ -468,7 +485,13 @@ class ExchangeAdapter:
         text = body[:2000].decode("utf-8", "replace")
         if self.is_auth_failure(200, text):
             raise SignatureError(f"{self.venue.value} GET {path}: refused: {text[:300]}", status=200, body=text)
-        return self.new_parser().parse_balances(body, now_us(), self.account)
+        balances = []
+        for row in parse_rest(self.new_parser().parse_balances, body, now_us(), self.account):
+            if name_ok(row.asset):
+                balances.append(row)
+            else:  # the row alone: the other assets of the answer are stored
+                self.rejects.add("bad_symbol", f"balance asset {row.asset!r:.80}")
+        return balances
 
     async def poll_balances(self, *, timeout: float | None = None) -> int:
         """Fetch balances and hand them to the sink; return how many the sink accepted."""
@@ -490,7 +513,11 @@ class ExchangeAdapter:
                 self.stats.rest_errors += 1
                 self.notify()
                 logger.error("%s: balance request refused (check the API key and clock): %s", self.venue.value, exc)
-            except (ExchangeError, FrameError) as exc:
+            except FrameError as exc:  # a body that does not parse: counted by reason, logged rate-limited
+                self.stats.rest_errors += 1
+                self.rejects.add_error(exc)
+                self.notify()
+            except ExchangeError as exc:
                 self.stats.rest_errors += 1
                 self.notify()
                 logger.warning("%s: balance poll failed: %s", self.venue.value, exc)
@@ -522,7 +549,19 @@ class ExchangeAdapter:
         for path, query in requests:
             await pacer.wait()
             body = await self._rest.get(path, query, timeout=timeout)
-            rows.extend(r for r in parser.parse_funding(body, now_us()) if r.symbol in wanted)
+            try:
+                parsed = parse_rest(parser.parse_funding, body, now_us())
+            except FrameError as exc:  # this body alone is lost: the other requests' rows are kept
+                self.stats.rest_errors += 1
+                self.rejects.add_error(exc)
+                continue
+            for r in parsed:
+                if r.symbol not in wanted:
+                    continue
+                if not exchange_time_ok(r.exchange_ts):  # it would pass admission as a duplicate, or block it
+                    self.rejects.add("bad_time", f"{r.symbol}: exchange time {r.exchange_ts} µs")
+                    continue
+                rows.append(r)
         return rows
 
     async def poll_funding(self, *, timeout: float | None = None) -> int:
@@ -557,7 +596,11 @@ class ExchangeAdapter:
                 logger.warning("%s: no funding over the websocket for %.0fs: polling REST", venue, interval)
             try:
                 await self.poll_funding(timeout=timeout)
-            except (ExchangeError, FrameError) as exc:
+            except FrameError as exc:
+                self.stats.rest_errors += 1
+                self.rejects.add_error(exc)
+                self.notify()
+            except ExchangeError as exc:
                 self.stats.rest_errors += 1
                 self.notify()
                 logger.warning("%s: funding poll failed: %s", venue, exc)
@@ -634,3 +677,17 @@ class ExchangeAdapter:
         """Whether book rows without an update id are dropped: true where a sequenced book channel already gives
         the same quotes (Bybit's ``tickers`` repeats ``orderbook.1``'s best bid and ask)."""
         return False
+
+
+def parse_rest(parse: Callable[..., Any], body: bytes, *args: Any) -> Any:
+    """``parse(body, *args)``, with any exception but a :class:`FrameError` turned into one (``too_deep`` or
+    ``parser_error``), so that a hostile body is a counted reject of the poll, never the end of the poller."""
+    try:
+        return parse(body, *args)
+    except FrameError:
+        raise
+    except RecursionError as exc:
+        raise FrameError("JSON nested too deep", reason="too_deep") from exc
+    except Exception as exc:
+        logger.debug("REST body handling raised", exc_info=exc)
+        raise FrameError(f"{type(exc).__name__}: {exc}", reason="parser_error") from exc

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from ..errors import ExchangeError
 from ..models import ExchangeName, Symbol, now_us
-from .base import ExchangeAdapter
+from .base import ExchangeAdapter, parse_rest
 from .parse_bybit import BybitParser
 from .signing import Credentials, bybit_signature
 
@@ -90,7 +90,7 @@ class BybitAdapter(ExchangeAdapter):
         for _ in range(_MAX_PAGES):
             query = first if cursor is None else f"{first}&cursor={quote(cursor, safe='')}"
             body = await self._rest.get(path, query, timeout=timeout)
-            symbols.extend(parser.parse_symbols(body, exchange_id, now_us()))
+            symbols.extend(self.listed(parser, parse_rest(parser.parse_symbols, body, exchange_id, now_us())))
             cursor = parser.next_cursor(body)
             if cursor is None:
                 return symbols

@@ -2,7 +2,12 @@
 replay (:mod:`hftdb.replay`) both run their frames through an :class:`Intake`.
 
 * **Parse.** A parser with a hot path (``book_ticker(raw, recv_ts)``, a book row or None) gets it first;
-  any other frame goes through ``parse``. A frame that fails is counted by reason and never stops the feed.
+  any other frame goes through ``parse``. A frame that fails is counted by reason and never stops the feed:
+  *any* exception raised while handling one frame rejects that frame alone (``parser_error`` unless the parser
+  named a reason) and the loop goes on with the next frame of the same read. The general decode refuses frames
+  past :data:`~hftdb.exchanges.parsing.MAX_FRAME_BYTES` (``frame_too_large``) before decoding them, and rows
+  whose symbol the venue's parser refuses (``bad_symbol``, ``wrong_market``) or whose exchange time the writers
+  would refuse (``bad_time``) before admission, where a corrupt time would pass for a duplicate.
 * **Sequence.** Within one connection an update id that jumps is a gap (counted where the venue's ids are
   consecutive) and one that repeats or goes back is a duplicate (dropped). A snapshot may restart ids (Bybit
   sends ``u=1`` after a service restart): on a live connection it resets the stream. Unsequenced book rows are
@@ -26,17 +31,23 @@ from ..models import Balance, BookTicker, FundingRate, now_us
 from ..packed import SIZE, PackedBooks
 from ..tables import FUTURE_SLACK_US, MIN_TS_US
 from .connection import Chunk
-from .parsing import CONTROL_SNAPSHOT
+from .parsing import CONTROL_SNAPSHOT, MAX_FRAME_BYTES, name_ok, time_ok
 
 if TYPE_CHECKING:
     from .runner import StreamRunner
 
-__all__ = ["Intake"]
+__all__ = ["Intake", "exchange_time_ok"]
 
 logger = logging.getLogger(__name__)
 
 Rows = tuple[list[BookTicker], list[FundingRate], list[Balance]]
 
+
+
+def exchange_time_ok(ts: int | None) -> bool:
+    """Whether an exchange time (µs; None: none sent) is one the writers take (2009 to a day past the local
+    clock). A row outside is rejected ``bad_time`` before admission, which keys on exchange times."""
+    return time_ok(ts, MIN_TS_US, now_us() + FUTURE_SLACK_US)
 
 
 class Intake:
@@ -110,12 +121,17 @@ class Intake:
                 # general decode, in order. A receipt time the writer would refuse packs nothing (below).
                 before = len(books)
                 n = len(payloads)
-                i, dups = book_read(payloads, 0, recv_ts, ts_max, ids, books, buf)
-                duplicates += dups
-                while i < n:
-                    general(payloads[i], recv_ts, admit, books, funding, balances)
-                    i, dups = book_read(payloads, i + 1, recv_ts, ts_max, ids, books, buf)
+                start = 0  # where the book_read call in progress began
+                try:  # free while nothing raises (3.11); _general never raises
+                    i, dups = book_read(payloads, 0, recv_ts, ts_max, ids, books, buf)
                     duplicates += dups
+                    while i < n:
+                        general(payloads[i], recv_ts, admit, books, funding, balances)
+                        start = i + 1
+                        i, dups = book_read(payloads, start, recv_ts, ts_max, ids, books, buf)
+                        duplicates += dups
+                except Exception:
+                    duplicates += self._read_after(payloads, start, recv_ts, ts_max, books, funding, balances, buf)
                 if len(books) > before:
                     if not lo:
                         lo = recv_ts
@@ -126,31 +142,40 @@ class Intake:
                     if recv_ts > hi:
                         hi = recv_ts
                 continue
-            for payload in payloads:
-                if fast is not None:
-                    row = fast(payload, recv_ts)
-                    if row is not None:
-                        symbol = row.symbol
-                        u = row.update_id
-                        if not admit_only:
-                            prev = seq_get(symbol)
-                            if prev is not None:
-                                if u <= prev:
-                                    duplicates += 1
-                                    continue
-                                if count_gaps and u > prev + 1:
-                                    stats.gaps += 1
-                                    stats.missed_ids += u - prev - 1
-                            seq[symbol] = u
-                        if admit:  # always, when admit_only
-                            last = ids_get(symbol)
-                            if last is not None and u <= last:
-                                duplicates += 1
+            # One try per read, not per frame (free while nothing raises, 3.11): a frame whose handling raises is
+            # rejected alone and the loop resumes after it, on the same iterator.
+            frames_left = iter(payloads)
+            while True:
+                try:
+                    for payload in frames_left:
+                        if fast is not None:
+                            row = fast(payload, recv_ts)
+                            if row is not None:
+                                symbol = row.symbol
+                                u = row.update_id
+                                if not admit_only:
+                                    prev = seq_get(symbol)
+                                    if prev is not None:
+                                        if u <= prev:
+                                            duplicates += 1
+                                            continue
+                                        if count_gaps and u > prev + 1:
+                                            stats.gaps += 1
+                                            stats.missed_ids += u - prev - 1
+                                    seq[symbol] = u
+                                if admit:  # always, when admit_only
+                                    last = ids_get(symbol)
+                                    if last is not None and u <= last:
+                                        duplicates += 1
+                                        continue
+                                    ids[symbol] = u
+                                append(row)
                                 continue
-                            ids[symbol] = u
-                        append(row)
-                        continue
-                self._general(payload, recv_ts, admit, books, funding, balances)
+                        self._general(payload, recv_ts, admit, books, funding, balances)
+                except Exception as exc:
+                    self._reject(exc)
+                    continue
+                break
         # Every row has its tuple, or the call goes the public path (a row the writer would not take, rows from
         # the general decode, a read with a receipt time out of range).
         if packing and len(buf) == len(books) * SIZE:
@@ -164,32 +189,101 @@ class Intake:
             self.got_data = True
         return books, funding, balances
 
+    def _reject(self, exc: Exception) -> None:
+        # Any exception raised while handling one frame: that frame is rejected, counted by reason and logged
+        # (rate-limited by Rejects); the traceback of an unexpected one goes to DEBUG only.
+        rejects = self.runner.adapter.rejects
+        if isinstance(exc, FrameError):
+            rejects.add_error(exc)
+        elif isinstance(exc, RecursionError):
+            rejects.add("too_deep", f"{type(exc).__name__}: {exc}")
+        else:
+            rejects.add("parser_error", f"{type(exc).__name__}: {exc}")
+            logger.debug("%s: frame handling raised", self.runner.adapter.venue.value, exc_info=exc)
+
+    def _read_after(self, payloads: list[bytes], i: int, recv_ts: int, ts_max: int, books: list[BookTicker],
+                    funding: list[FundingRate], balances: list[Balance], buf: bytearray) -> int:
+        # The parser's book_read raised somewhere from payloads[i] on (which frame, it cannot say): redo the rest
+        # of the read one frame at a time, so that only the frame that raises (again) is lost and counted. The
+        # bookTicker frames it had already taken are then dropped by admission (counted as duplicates, not
+        # stored twice); it takes no other frame, so nothing else is redone.
+        book_read = self._book_read
+        ids = self.runner.book_ids
+        duplicates = 0
+        for payload in payloads[i:]:
+            try:
+                taken, dups = book_read([payload], 0, recv_ts, ts_max, ids, books, buf)
+                duplicates += dups
+                if not taken:
+                    self._general(payload, recv_ts, True, books, funding, balances)
+            except Exception as again:
+                self._reject(again)
+        return duplicates
+
     def _general(self, payload: bytes, recv_ts: int, admit: bool, books: list[BookTicker],
                  funding: list[FundingRate], balances: list[Balance]) -> None:
         runner = self.runner
         try:
+            if len(payload) > MAX_FRAME_BYTES:
+                raise FrameError(f"a frame of {len(payload)} bytes (at most {MAX_FRAME_BYTES})",
+                                 reason="frame_too_large")
             parsed = self._parse(payload, recv_ts)
+            control = parsed.control
+            if control is not None and control != CONTROL_SNAPSHOT and self.on_control is not None:
+                self.on_control(control, parsed.detail)
+            found = parsed.book_tickers
+            rates = parsed.funding_rates
+            if found or rates:
+                found, rates = self._checked(found, rates)
+            rows: list[BookTicker] = []
+            if found:
+                self._sequence(found, control == CONTROL_SNAPSHOT, rows)
         except FrameError as exc:
             runner.adapter.rejects.add_error(exc)
             if exc.reason == "no_snapshot" and self.on_lost_book is not None:
                 self.on_lost_book()
             return
         except Exception as exc:  # a parser bug rejects the frame, never the feed
-            runner.adapter.rejects.add("parser_error", f"{type(exc).__name__}: {exc}")
+            self._reject(exc)
             return
-        control = parsed.control
-        if control is not None and control != CONTROL_SNAPSHOT and self.on_control is not None:
-            self.on_control(control, parsed.detail)
-        rows: list[BookTicker] = []
-        if parsed.book_tickers:
-            self._sequence(parsed.book_tickers, control == CONTROL_SNAPSHOT, rows)
-        rates = parsed.funding_rates
         if admit and (rows or rates):
             rows, rates = runner.admit(rows, rates)
         books.extend(rows)
         funding.extend(rates)
         if parsed.balances:
-            balances.extend(parsed.balances)
+            balances.extend(self._checked_balances(parsed.balances))
+
+    def _checked(self, books: list[BookTicker], rates: list[FundingRate]) -> tuple[list[BookTicker], list[FundingRate]]:
+        # Rows the parser built without its symbol check (it runs where a row gets its symbol id), and rows
+        # whose exchange time the writers would refuse: refused here, before sequencing and admission key on
+        # them. A row is rejected alone; the frame's other rows go on.
+        check = self.parser.check_symbol
+        rejects = self.runner.adapter.rejects
+        ts_max = now_us() + FUTURE_SLACK_US
+        out_books: list[BookTicker] = []
+        out_rates: list[FundingRate] = []
+        for rows, out in ((books, out_books), (rates, out_rates)):
+            for row in rows:
+                try:
+                    check(row.symbol)
+                except FrameError as exc:
+                    rejects.add_error(exc)
+                    continue
+                if not time_ok(row.exchange_ts, MIN_TS_US, ts_max):
+                    rejects.add("bad_time", f"{row.symbol}: exchange time {row.exchange_ts} µs")
+                    continue
+                out.append(row)  # type: ignore[arg-type]
+        return out_books, out_rates
+
+    def _checked_balances(self, rows: list[Balance]) -> list[Balance]:
+        # An asset's text reaches the database as a symbol's does: the same rule (bad_symbol), without the market.
+        out = []
+        for row in rows:
+            if name_ok(row.asset):
+                out.append(row)
+            else:
+                self.runner.adapter.rejects.add("bad_symbol", f"balance asset {row.asset!r:.80}")
+        return out
 
     def _sequence(self, rows: list[BookTicker], snapshot: bool, out: list[BookTicker]) -> None:
         runner = self.runner

@@ -55,6 +55,7 @@ from .parsing import (
     Parsed,
     bad_float,
     decode_any,
+    too_deep,
     to_decimal,
     to_float,
     to_us,
@@ -70,6 +71,7 @@ __all__ = ["BinanceParser"]
 
 _VENUES = (ExchangeName.BINANCE_SPOT, ExchangeName.BINANCE_USDM)
 _MS_BELOW = 100_000_000_000_000  # below this an event time is in ms (see parsing.to_us)
+_MIN_MS = MIN_TS_US // 1000  # an event time in ms below this is corrupt (before 2009)
 _INF = math.inf
 _EPOCH = PG_EPOCH_US
 
@@ -287,6 +289,19 @@ class BinanceParser(VenueParser):
         #: never packed: they go straight to the Python loop.
         self._scan = _fast_book_read if venue is ExchangeName.BINANCE_USDM else None
 
+    def in_market(self, symbol: str) -> bool:
+        """Spot lists ``BTCUSDT``; USD-M lists USDT/USDC-margined perpetuals (``BTCUSDT``) and quarterlies
+        (``BTCUSDT_250328``, in its exchangeInfo as ``CURRENT_QUARTER``). Coin-margined contracts
+        (``BTCUSD_PERP``, ``BTCUSD_250328``) and options (``BTC-250328-60000-C``) are other markets."""
+        if "-" in symbol:
+            return False
+        head, sep, tail = symbol.partition("_")
+        if not sep:
+            return True
+        if self.venue is ExchangeName.BINANCE_SPOT:
+            return False
+        return len(tail) == 6 and tail.isdigit() and not head.endswith("USD")
+
     def book_ticker(self, raw: bytes | str, recv_ts: int) -> BookTicker | None:
         """The hot path: a combined-stream bookTicker frame as its record, or None for any other frame (which
         :meth:`parse` then handles, rejections included). Same values as :meth:`parse`, about 3x cheaper."""
@@ -298,10 +313,15 @@ class BinanceParser(VenueParser):
         if not symbol:
             return None
         event_time = ev.event_time
+        if _MIN_MS <= event_time < _MS_BELOW:
+            exchange_ts = event_time * 1000
+        elif event_time and event_time < _MS_BELOW:
+            return None  # a corrupt time (before 2009): the general decode rejects it (bad_time) before admission
+        else:
+            exchange_ts = _us(event_time)
         sid = self._ids.get(symbol)
         return BookTicker(
-            self._exchange, symbol, ev.bid, ev.bid_qty, ev.ask, ev.ask_qty, recv_ts,
-            event_time * 1000 if 0 < event_time < _MS_BELOW else _us(event_time), ev.update_id,
+            self._exchange, symbol, ev.bid, ev.bid_qty, ev.ask, ev.ask_qty, recv_ts, exchange_ts, ev.update_id,
             sid if sid is not None else self._symbol_id(symbol),
         )
 
@@ -316,7 +336,9 @@ class BinanceParser(VenueParser):
         dropped frame costs no record), the others set ``last_ids[symbol]``, are appended to ``rows`` and, when
         the writer's per-row path would take them (``recv_ts`` already checked; ``ts_max`` bounds future times),
         get their COPY tuple appended to ``buf``. A row the writer would not take gets no tuple, so the call goes
-        the public path, which rejects it with its reason. Stops at the first frame that is not a bookTicker.
+        the public path, which rejects it with its reason. Stops at the first frame that is not a bookTicker, or
+        whose symbol or event time the general decode would reject (so that it names the reason, before any
+        admission).
 
         Returns (index of that frame or ``len(payloads)``, duplicates skipped).
 
@@ -326,6 +348,8 @@ class BinanceParser(VenueParser):
         scan = self._scan
         decode = _BOOK_DECODER.decode
         ids_get = self._ids.get
+        good = self._good
+        check = self.check_symbol
         last_get = last_ids.get
         append = rows.append
         exchange = self._exchange
@@ -343,9 +367,25 @@ class BinanceParser(VenueParser):
                 ev = decode(payloads[i]).data
             except msgspec.DecodeError:
                 break
+            event_time = ev.event_time
+            if _MIN_MS <= event_time < _MS_BELOW:
+                exchange_ts = event_time * 1000
+            elif event_time and event_time < _MS_BELOW:
+                break  # a corrupt time: the general decode rejects it (bad_time), before any admission
+            else:
+                exchange_ts = _us(event_time)
             symbol = ev.symbol
-            if not symbol:
-                break
+            sid = ids_get(symbol)
+            if sid is None:
+                if symbol not in good:
+                    try:
+                        check(symbol)
+                    except FrameError:
+                        break  # the general decode rejects it with its reason, before any admission
+                try:
+                    sid = self._symbol_id(symbol)
+                except Exception:  # the resolver failed: the general decode meets it again and rejects the frame
+                    break
             i += 1
             u = ev.update_id
             last = last_get(symbol)
@@ -353,11 +393,6 @@ class BinanceParser(VenueParser):
                 duplicates += 1
                 continue
             last_ids[symbol] = u
-            event_time = ev.event_time
-            exchange_ts = event_time * 1000 if 0 < event_time < _MS_BELOW else _us(event_time)
-            sid = ids_get(symbol)
-            if sid is None:
-                sid = self._symbol_id(symbol)
             bid, bid_qty, ask, ask_qty = ev.bid, ev.bid_qty, ev.ask, ev.ask_qty
             try:  # hftdb.packed.fits, inlined
                 if (0.0 < bid <= ask < _INF and 0.0 < bid_qty < _INF and 0.0 < ask_qty < _INF
@@ -376,6 +411,8 @@ class BinanceParser(VenueParser):
             return self._classify(raw, exc)
         except msgspec.DecodeError as exc:
             raise FrameError(f"invalid JSON: {exc}", reason="invalid_json") from None
+        except RecursionError:
+            raise too_deep() from None
         if type(frame) is list:
             return self._events(frame, recv_ts)
         ev = frame.data  # combined stream
@@ -424,6 +461,8 @@ class BinanceParser(VenueParser):
             raise _bad_quote(ev) from None
         if not ev.symbol:
             raise FrameError("bookTicker without a symbol", reason="missing_field")
+        if ev.update_id is None:  # every bookTicker carries u: without it the row cannot be told from a duplicate
+            raise FrameError("bookTicker without an update id", reason="missing_field")
         event_time = ev.event_time
         if event_time:
             # to_us() inlined for the common case (ms): the hot path's budget is ~1.5 µs.

@@ -20,6 +20,7 @@ that connection is re-established.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
@@ -27,6 +28,7 @@ import msgspec
 
 from ..errors import FrameError
 from ..models import Balance, BookTicker, ExchangeName, FundingRate, Symbol, SymbolKind, SymbolStatus
+from ..tables import MIN_TS_US
 from .parsing import (
     CONTROL_ERROR,
     CONTROL_IGNORED,
@@ -40,6 +42,7 @@ from .parsing import (
     VenueParser,
     Parsed,
     decode_any,
+    too_deep,
     ms_to_us,
     to_decimal,
     to_float,
@@ -49,6 +52,8 @@ from .parsing import (
 __all__ = ["BybitParser"]
 
 _VENUES = (ExchangeName.BYBIT_SPOT, ExchangeName.BYBIT_LINEAR)
+# Inverse perpetuals (BTCUSD) and inverse futures (BTCUSDH25: a month code and a year) end so.
+_INVERSE = re.compile(r"USD(?:[FGHJKMNQUVXZ]\d\d)?$")
 
 
 class _Data(msgspec.Struct, gc=False):
@@ -122,6 +127,7 @@ class _Level1(msgspec.Struct, gc=False, kw_only=True):
 
 
 _LEVEL1_DECODER = msgspec.json.Decoder(_Level1, strict=False)
+_MIN_MS = MIN_TS_US // 1000  # a time in ms below this is corrupt (before 2009)
 _LEVEL1_PREFIX = b'{"topic":"orderbook.1.'
 _LEVEL1_PREFIX_STR = _LEVEL1_PREFIX.decode()
 
@@ -294,6 +300,17 @@ class BybitParser(VenueParser):
         self._books: dict[str, _Book] = {}
         self._tickers: dict[str, _Ticker] = {}
 
+    def in_market(self, symbol: str) -> bool:
+        """Spot lists ``BTCUSDT``; linear lists USDT and USDC perpetuals (``BTCUSDT``, ``BTCPERP``) and linear
+        dated futures (``BTCUSDT-28MAR25``, ``BTC-28MAR25``). Inverse contracts (``BTCUSD``, ``BTCUSDH25``) and
+        options (``BTC-28MAR25-60000-C``) are other markets."""
+        parts = symbol.split("-")
+        if self.venue is ExchangeName.BYBIT_SPOT:
+            return len(parts) == 1 and "_" not in symbol
+        if len(parts) > 2:
+            return False
+        return _INVERSE.search(parts[0]) is None
+
     def reset(self) -> None:
         """Forget all order book and ticker state: call when the connection is re-established."""
         self._books.clear()
@@ -316,8 +333,9 @@ class BybitParser(VenueParser):
         book = self._books.get(frame.topic)
         data = frame.data
         symbol = data.s
-        if book is None or not symbol or not book.depth1:
-            return None
+        sid = self._ids.get(symbol)
+        if book is None or not book.depth1 or (sid is None and symbol not in self._good):
+            return None  # a symbol not yet checked goes the general decode, which checks it first
         # _replace_top, inlined, on levels already decoded to floats (the values FloatCache's float(text) gives).
         bid = book.bid
         for level in data.b:
@@ -338,7 +356,8 @@ class BybitParser(VenueParser):
         book.bid = bid
         book.ask = ask
         ts = frame.ts
-        sid = self._ids.get(symbol)
+        if ts < _MIN_MS and ts:
+            return None  # a corrupt time: the general decode rejects it (bad_time) before admission
         return BookTicker(self._exchange, symbol, bid[0], bid[1], ask[0], ask[1], recv_ts, ts * 1000 if ts else None,
                           data.u, sid if sid is not None else self._symbol_id(symbol))
 
@@ -350,6 +369,8 @@ class BybitParser(VenueParser):
             return self._classify(raw, exc)
         except msgspec.DecodeError as exc:
             raise FrameError(f"invalid JSON: {exc}", reason="invalid_json") from None
+        except RecursionError:
+            raise too_deep() from None
         topic = frame.topic
         data = frame.data
         if topic.startswith("orderbook."):
@@ -371,6 +392,12 @@ class BybitParser(VenueParser):
 
     def _orderbook(self, frame: _Frame, data: _Data, recv_ts: int) -> Parsed:
         topic = frame.topic
+        symbol = data.s  # checked before the book changes: a refused frame leaves it as it was
+        if not symbol:
+            raise FrameError("orderbook frame without a symbol", reason="missing_field")
+        if data.u is None:  # every orderbook frame carries u: without it the quote cannot be sequenced
+            raise FrameError("orderbook frame without an update id", reason="missing_field")
+        self.check_symbol(symbol)
         book = self._books.get(topic)
         snapshot = frame.type == "snapshot"
         if snapshot:
@@ -382,9 +409,6 @@ class BybitParser(VenueParser):
             raise FrameError(f"orderbook frame of type {frame.type!r}", reason="bad_envelope")
         elif book is None:
             raise FrameError(f"{topic} delta before its snapshot", reason="no_snapshot")
-        symbol = data.s
-        if not symbol:
-            raise FrameError("orderbook frame without a symbol", reason="missing_field")
         prices = self._prices
         try:
             if book.depth1:
@@ -435,6 +459,7 @@ class BybitParser(VenueParser):
         symbol = data.symbol
         if not symbol:
             raise FrameError("tickers frame without a symbol", reason="missing_field")
+        self.check_symbol(symbol)  # before the state changes: a refused frame leaves it as it was
         snapshot = frame.type == "snapshot"
         state = self._tickers.get(symbol)
         if state is None or snapshot:

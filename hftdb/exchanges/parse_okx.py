@@ -29,6 +29,7 @@ import msgspec
 
 from ..errors import FrameError
 from ..models import Balance, BookTicker, ExchangeName, FundingRate, Symbol, SymbolKind, SymbolStatus
+from ..tables import MIN_TS_US
 from .parsing import (
     VenueParser,
     CONTROL_ERROR,
@@ -42,6 +43,7 @@ from .parsing import (
     Parsed,
     decode_any,
     ms_to_us,
+    too_deep,
     to_decimal,
     to_float,
     validation_error,
@@ -78,6 +80,7 @@ class _Row(msgspec.Struct, gc=False):
     seqId: int | None = None
     fundingRate: str = ""
     fundingTime: str = ""
+    nextFundingTime: str = ""
     details: list[_Detail] | None = None
     uTime: str = ""
 
@@ -113,6 +116,7 @@ class _Bbo(msgspec.Struct, gc=False):
 
 
 _BBO_DECODER = msgspec.json.Decoder(_Bbo, strict=False)
+_MIN_MS = MIN_TS_US // 1000  # a time in ms below this is corrupt (before 2009): left to the general decode
 
 _BOOK_CHANNELS = frozenset({"bbo-tbt", "books5"})
 _STORED_CHANNELS = frozenset({"tickers", "funding-rate", "account"}) | _BOOK_CHANNELS
@@ -186,12 +190,21 @@ class OkxParser(VenueParser):
 
     venues = _VENUES
 
+    def in_market(self, symbol: str) -> bool:
+        """Spot lists ``BTC-USDT``; swaps (``instType=SWAP``) list linear and inverse perpetual swaps
+        (``BTC-USDT-SWAP``, ``BTC-USD-SWAP``). Dated futures (``BTC-USD-220527``) and options
+        (``BTC-USD-220527-30000-C``) are other markets."""
+        parts = symbol.split("-")
+        if self.venue is ExchangeName.OKX_SPOT:
+            return len(parts) == 2
+        return len(parts) == 3 and parts[2] == "SWAP"
+
     def book_ticker(self, raw: bytes | str, recv_ts: int) -> BookTicker | None:
         """The hot path: a one-row ``bbo-tbt`` push with both sides as its record, or None for any other frame
         (which :meth:`parse` then handles, rejections included). Same values as :meth:`parse`."""
         try:
             push = _BBO_DECODER.decode(raw)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # the general decode names the reason
             return None
         data = push.data
         symbol = push.arg.instId
@@ -200,8 +213,8 @@ class OkxParser(VenueParser):
         row = data[0]
         bids = row.bids
         asks = row.asks
-        if not bids or not asks or row.ts <= 0:
-            return None
+        if not bids or not asks or row.ts < _MIN_MS or row.seqId is None:
+            return None  # the general decode names the reason (bad_time, missing_field...)
         bid = bids[0]
         ask = asks[0]
         sid = self._ids.get(symbol)
@@ -220,6 +233,8 @@ class OkxParser(VenueParser):
             return self._classify(raw, exc)
         except msgspec.DecodeError as exc:
             raise FrameError(f"invalid JSON: {exc}", reason="invalid_json") from None
+        except RecursionError:
+            raise too_deep() from None
         arg = frame.arg
         rows = frame.data
         if frame.event:
@@ -232,7 +247,7 @@ class OkxParser(VenueParser):
         if channel in _BOOK_CHANNELS:
             return Parsed(self._books(arg.instId, rows, recv_ts))
         if channel == "funding-rate":
-            return Parsed(funding_rates=self._funding(rows, recv_ts))
+            return Parsed(funding_rates=self._funding(rows, recv_ts, settled=False))
         if channel == "account":
             return Parsed(balances=self._balances(rows, recv_ts, self.account))
         return _other_channel(channel)
@@ -267,6 +282,10 @@ class OkxParser(VenueParser):
             asks = row.asks
             if bids is None or asks is None:
                 raise FrameError("book row without bids/asks", reason="missing_field")
+            if row.seqId is None:
+                # Every bbo-tbt and books5 push carries its seqId: without it the row cannot be sequenced or
+                # told from a duplicate.
+                raise FrameError("book row without seqId", reason="missing_field")
             if not bids or not asks:
                 continue  # one side of the book is empty: no quote
             try:
@@ -287,7 +306,8 @@ class OkxParser(VenueParser):
             )
         return quotes
 
-    def _funding(self, rows: list[_Row], recv_ts: int) -> list[FundingRate]:
+    def _funding(self, rows: list[_Row], recv_ts: int, *, settled: bool | None = None) -> list[FundingRate]:
+        # settled: False for the channel (always the current period), None for REST, told apart per row.
         rates = []
         for row in rows:
             rate = to_float(row.fundingRate)
@@ -295,8 +315,9 @@ class OkxParser(VenueParser):
                 continue
             if not row.instId:
                 raise FrameError("funding row without instId", reason="missing_field")
-            if row.ts:
-                # The current period (channel, or GET /public/funding-rate): settles at fundingTime.
+            if settled is False or row.ts or row.nextFundingTime:
+                # The current period (channel, or GET /public/funding-rate): settles at fundingTime. Older API
+                # versions send no ts: the row then has no exchange time, not its settlement time as one.
                 exchange_ts, next_funding = ms_to_us(row.ts), ms_to_us(row.fundingTime)
             else:
                 # GET /public/funding-rate-history: a settled rate, stamped with its settlement time.

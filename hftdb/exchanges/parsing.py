@@ -16,6 +16,17 @@ Reasons carried by ``FrameError`` are short, stable strings, counted by :class:`
 ``bad_number``       a numeric string that does not parse
 ``no_snapshot``      an incremental update arrived before the snapshot it applies to
 ``exchange_error``   a REST payload that is the exchange's error answer
+``frame_too_large``  a frame longer than :data:`MAX_FRAME_BYTES` (refused before it is decoded)
+``too_deep``         JSON nested deeper than the decoder's recursion limit (msgspec raises ``RecursionError``
+                     near a depth of 1,000, cleanly: the stack is never exhausted)
+``bad_symbol``       a symbol that is empty, longer than :data:`MAX_SYMBOL_CHARS`, or holds a control character,
+                     a NUL or a lone UTF-16 surrogate (such text cannot be stored and must not reach the database)
+``wrong_market``     a well-formed symbol of an instrument the venue does not list (e.g. a coin-margined
+                     ``BTCUSD_PERP`` on Binance USD-M, an option on OKX swaps): see ``VenueParser.in_market``
+``bad_time``         an exchange time outside what the writers take (before 2009, or a day past the local clock):
+                     refused before admission, where it would pass for a duplicate (or make later rows pass for
+                     duplicates)
+``parser_error``     any other exception raised while handling the frame (a parser bug): the frame alone is lost
 """
 
 from __future__ import annotations
@@ -50,9 +61,19 @@ __all__ = [
     "to_int",
     "ms_to_us",
     "to_us",
+    "MAX_FRAME_BYTES",
+    "MAX_SYMBOL_CHARS",
+    "time_ok",
+    "name_ok",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: The longest frame the general decode takes (bytes). Real frames are at most a few tens of KB (``!markPrice@arr``
+#: with every USD-M symbol is ~150 KB); the connection already refuses frames past 16 MiB.
+MAX_FRAME_BYTES = 1 << 20
+#: The longest symbol taken. Real ones are at most ~30 characters (OKX options: ``BTC-USD-250328-100000-C``).
+MAX_SYMBOL_CHARS = 64
 
 # Values of ``Parsed.control``. A frame with a control value and no rows needs no storing; ``snapshot`` is the one
 # that comes *with* rows: it tells a sequence-gap counter that update ids restart here.
@@ -199,11 +220,32 @@ def to_us(value: str | int | None) -> int | None:
 
 
 def decode_any(raw: bytes | str) -> Any:
-    """Decode ``raw`` into plain Python objects (slow paths only); not JSON raises ``invalid_json``."""
+    """Decode ``raw`` into plain Python objects (slow paths only); not JSON raises ``invalid_json``, JSON nested
+    past the decoder's recursion limit ``too_deep``."""
     try:
         return msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         raise FrameError(f"invalid JSON: {exc}", reason="invalid_json") from None
+    except RecursionError:
+        raise too_deep() from None
+
+
+def too_deep() -> FrameError:
+    """The error for JSON nested past the decoder's recursion limit (msgspec raises ``RecursionError`` there)."""
+    return FrameError("JSON nested too deep", reason="too_deep")
+
+
+def name_ok(text: object) -> bool:
+    """Whether ``text`` can name a symbol or an asset: a non-empty ``str`` of at most :data:`MAX_SYMBOL_CHARS`
+    printable characters (``isprintable()`` is False for every control character, NUL included, and every
+    surrogate code point: text the database refuses or that hangs a lookup)."""
+    return type(text) is str and 0 < len(text) <= MAX_SYMBOL_CHARS and text.isprintable()
+
+
+def time_ok(ts: int | None, ts_min: int, ts_max: int) -> bool:
+    """Whether an exchange time (µs, or None: none sent) lies within ``[ts_min, ts_max]`` (the writers' bounds,
+    which the intake passes: this module does not import the write path)."""
+    return ts is None or ts_min <= ts <= ts_max
 
 
 def validation_error(exc: msgspec.ValidationError) -> FrameError:
@@ -220,9 +262,13 @@ def bad_float(value: str) -> FrameError:
     return _bad_number(value)
 
 
-def newer_funding(rows: list[FundingRate], last: dict[str, int], stats: Any) -> list[FundingRate]:
-    """The funding rows newer than ``last`` (exchange time per symbol, updated here); older or equal ones are
-    counted in ``stats.duplicates``. A row without an exchange time always passes."""
+def newer_funding(rows: list[FundingRate], last: dict[Any, Any], stats: Any) -> list[FundingRate]:
+    """The funding rows newer than ``last`` (updated here); the others are counted in ``stats.duplicates``.
+
+    A row with an exchange time is newer when its time is above the symbol's last one. A row without one (OKX's
+    ``funding-rate`` push of API versions that send no ``ts``) is identified by its settlement time and rate: it
+    is dropped only when the symbol's last such row had both the same, so a new rate within a funding period is
+    stored. A row with neither time always passes."""
     out = []
     for row in rows:
         key = row.exchange_ts
@@ -232,6 +278,14 @@ def newer_funding(rows: list[FundingRate], last: dict[str, int], stats: Any) -> 
                 stats.duplicates += 1
                 continue
             last[row.symbol] = key
+        elif row.next_funding_ts is not None:
+            # Keyed apart from the exchange times (a tuple never equals a symbol), one entry per symbol.
+            slot = (row.symbol, "period")
+            ident = (row.next_funding_ts, row.rate)
+            if last.get(slot) == ident:
+                stats.duplicates += 1
+                continue
+            last[slot] = ident
         out.append(row)
     return out
 
@@ -258,15 +312,40 @@ class VenueParser:
         self._exchange = venue.value
         self._prices = FloatCache()
         self._resolve = symbol_ids
+        # Only symbols that passed check_symbol enter either: the C hot path takes a frame only when its symbol
+        # is in _ids, so it never sees a symbol the Python path would refuse.
         self._ids: dict[str, int] = {}
+        self._good: set[str] = set()
+
+    def in_market(self, symbol: str) -> bool:
+        """Whether ``symbol`` (well-formed text) can name an instrument of this venue's market, as its symbol
+        listing (``parse_symbols``) would: the venue classes say by the symbol's shape. Default: any."""
+        return True
+
+    def check_symbol(self, symbol: str) -> None:
+        """Raise :class:`FrameError` ``bad_symbol`` for text that cannot be a symbol (empty, too long, a control
+        character, a NUL, a lone surrogate) and ``wrong_market`` for an instrument of another market
+        (:meth:`in_market`); remember the symbols that pass, so that the next check is one set lookup."""
+        if symbol in self._good:
+            return
+        if not name_ok(symbol):
+            raise FrameError(f"bad symbol {symbol!r:.80}", reason="bad_symbol")
+        if not self.in_market(symbol):
+            raise FrameError(f"{symbol!r} is not an instrument of {self._exchange}", reason="wrong_market")
+        if len(self._good) >= 100_000:  # a flood of distinct symbols must not grow this without bound
+            self._good.clear()
+        self._good.add(symbol)
 
     def _symbol_id(self, symbol: str) -> int | None:
         # Hot paths look in self._ids inline first and call this on a miss.
         sid = self._ids.get(symbol)
-        if sid is None and self._resolve is not None:
-            sid = self._resolve(self._exchange, symbol)
-            if sid is not None:
-                self._ids[symbol] = sid
+        if sid is None:
+            if symbol not in self._good:
+                self.check_symbol(symbol)
+            if self._resolve is not None:
+                sid = self._resolve(self._exchange, symbol)
+                if sid is not None:
+                    self._ids[symbol] = sid
         return sid
 
     def book_ticker(self, raw: bytes | str, recv_ts: int) -> BookTicker | None:

@@ -34,6 +34,8 @@ __all__ = ["Session"]
 
 logger = logging.getLogger(__name__)
 
+_DETAIL_LIMIT = 300  # characters of an exchange's error or notice text that are logged
+
 
 class Session:
     """One subscribed connection of a shard and its two tasks: the consumer and the watchdog."""
@@ -172,6 +174,9 @@ class Session:
         adapter = self.runner.adapter
         if control == CONTROL_PONG:
             return
+        if detail is not None and len(detail) > _DETAIL_LIMIT:
+            # The venue's text, as sent (up to a frame's size): logged and kept only this long.
+            detail = detail[:_DETAIL_LIMIT] + "..."
         if control == CONTROL_SUBSCRIBED or control == CONTROL_UNSUBSCRIBED:
             self.acks += 1
             if self.acks >= self.expected_acks:

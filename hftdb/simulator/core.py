@@ -82,6 +82,7 @@ class _HttpFault(msgspec.Struct):
     path: str | None
     remaining: int
     retry_after: float | None
+    body: bytes | None = None  # the answer's body as given (else the venue's error body)
 
 
 class Faults:
@@ -193,8 +194,9 @@ class Session:
         """Queue a response, pong or other non-data frame."""
         self._put((_CONTROL, text))
 
-    def send_malformed(self, text: str) -> None:
-        """Queue a malformed frame (counted in ``Ledger.malformed``, never as data)."""
+    def send_malformed(self, text: str | bytes) -> None:
+        """Queue a malformed frame (counted in ``Ledger.malformed``, never as data): ``str`` goes as a text frame,
+        ``bytes`` as a binary one (so that bytes that are not UTF-8 can be sent too)."""
         self._put((_CONTROL, text, "malformed"))
 
     def send_ping(self, payload: bytes) -> None:
@@ -277,7 +279,10 @@ class Session:
             item = queue.popleft()
             kind = item[0]
             if kind == _CONTROL:
-                await ws.send_str(item[1])
+                if type(item[1]) is bytes:
+                    await ws.send_bytes(item[1])
+                else:
+                    await ws.send_str(item[1])
                 if len(item) > 2:
                     ledger.malformed[name] = ledger.malformed.get(name, 0) + 1
                 else:
@@ -433,6 +438,9 @@ class Host:
             headers = {}
             if fault.retry_after is not None:
                 headers["Retry-After"] = str(int(fault.retry_after) if fault.retry_after == int(fault.retry_after) else fault.retry_after)
+            if fault.body is not None:
+                return web.Response(status=fault.status, body=fault.body, headers=headers,
+                                    content_type="application/json")
             body = self.error_body(fault.status, request)
             if isinstance(body, str):
                 return web.Response(status=fault.status, text=body, headers=headers)

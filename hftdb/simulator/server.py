@@ -8,7 +8,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
@@ -57,9 +57,9 @@ class ExchangeSimulator:
     the instruments answer with the venue's halted status, is refused to new subscriptions, and is no longer
     generated (so nothing more is sent, or entered in the ledger, for it).
 
-    Faults are injected with :meth:`drop_connections`, :meth:`stall`, :meth:`send_malformed`,
-    :meth:`inject_gap`, :meth:`inject_duplicate` and :meth:`http_error`. ``clock`` (wall seconds) drives
-    server times, signature windows and the 24 h connection limit.
+    Faults are injected with :meth:`drop_connections`, :meth:`stall`, :meth:`send_malformed`, :meth:`send_raw`,
+    :meth:`inject_gap`, :meth:`inject_duplicate`, :meth:`http_error` and :meth:`http_body`. ``clock`` (wall
+    seconds) drives server times, signature windows and the 24 h connection limit.
     """
 
     def __init__(
@@ -338,6 +338,24 @@ class ExchangeSimulator:
                 n += 1
         return n
 
+    def send_raw(self, venue: ExchangeName | str, frames: Sequence[str | bytes]) -> int:
+        """Send ``frames``, exactly as given and in order, to every connection of ``venue`` that has a
+        subscription, between its data frames: for hostile input that :meth:`send_malformed` does not make (deep
+        nesting, a NUL or a lone surrogate in a symbol, a null update id...). A ``str`` goes as a text frame, a
+        ``bytes`` as a binary one. The frames are never data: :attr:`Ledger.malformed` counts those written, by
+        host name. Returns the frames queued."""
+        v = ExchangeName(venue)
+        n = 0
+        for session in list(self.host(v).sessions):
+            if not any(s[0] is v for s in session.subs):
+                continue
+            for frame in frames:
+                if not isinstance(frame, (str, bytes)):
+                    raise TypeError(f"frames must be str or bytes, got {type(frame).__name__}")
+                session.send_malformed(frame)
+                n += 1
+        return n
+
     def inject_gap(self, venue: ExchangeName | str, *, symbol: str | None = None, size: int = 1) -> None:
         """Skip ``size`` update ids before the next book update of ``symbol`` (or of any subscribed symbol)."""
         if size <= 0:
@@ -364,6 +382,14 @@ class ExchangeSimulator:
         if count <= 0:
             raise ValueError(f"count must be > 0, got {count!r}")
         self.faults.http.setdefault(self.host(venue).name, []).append(_HttpFault(status, path, count, retry_after))
+
+    def http_body(self, venue: ExchangeName | str, body: str | bytes, *, path: str, count: int = 1) -> None:
+        """Answer the next ``count`` requests to ``venue``'s host whose path starts with ``path`` with HTTP 200 and
+        ``body`` exactly as given (hostile REST input: deep nesting, wrong types, a body that is not JSON)."""
+        if count <= 0:
+            raise ValueError(f"count must be > 0, got {count!r}")
+        raw = body.encode() if isinstance(body, str) else bytes(body)
+        self.faults.http.setdefault(self.host(venue).name, []).append(_HttpFault(200, path, count, None, raw))
 
     # -- generation ------------------------------------------------------------------------------------
 
