@@ -53,8 +53,8 @@ T0_MS = 1_700_000_000_000
 Path_ = tuple[Any, ...]
 
 
-def _first_line(name: str) -> dict[str, Any]:
-    return json.loads((FIXTURES / name).read_text().splitlines()[0])
+def _first_line(name: str, index: int = 0) -> dict[str, Any]:
+    return json.loads((FIXTURES / name).read_text().splitlines()[index])
 
 
 def _doc(name: str) -> dict[str, Any]:
@@ -201,7 +201,10 @@ def channels() -> list[Channel]:
     mark = _doc("binance_usdm_markPrice_doc.json")
     delta = _bybit_delta_template()
     ticker = _doc("bybit_linear_tickers_snapshot_doc.json")
-    okx = _first_line("okx_tickers_recorded.jsonl")
+    # The capture's first line is a dated future, which neither OKX venue lists: spot quotes BTC-USDT, swaps
+    # UNI-USD-SWAP.
+    okx_spot = _first_line("okx_tickers_recorded.jsonl", 2)
+    okx_swap = _first_line("okx_tickers_recorded.jsonl", 1)
     bbo = copy.deepcopy(_OKX_BBO_DOC)
     okx_funding = copy.deepcopy(_OKX_FUNDING_DOC)
     binance_book = dict(
@@ -229,12 +232,12 @@ def channels() -> list[Channel]:
                 prices=(("data", "bid1Price"), ("data", "bid1Size"), ("data", "ask1Price"), ("data", "ask1Size")),
                 required=(("data", "symbol"), ("topic",), ("data",)), objects=((), ("data",)),
                 snapshot=_bybit_snapshot, sequenced=False),
-        Channel("okx_spot", "tickers", okx, _okx_ticker, _by_time("book_tickers"),
+        Channel("okx_spot", "tickers", okx_spot, _okx_ticker, _by_time("book_tickers"),
                 symbol=("data", 0, "instId"),
                 prices=(("data", 0, "bidPx"), ("data", 0, "bidSz"), ("data", 0, "askPx"), ("data", 0, "askSz")),
                 required=(("data", 0, "instId"), ("arg",), ("data",)), objects=((), ("arg",), ("data", 0)),
                 sequenced=False),
-        Channel("okx_swap", "tickers", okx, _okx_ticker, _by_time("book_tickers"),
+        Channel("okx_swap", "tickers", okx_swap, _okx_ticker, _by_time("book_tickers"),
                 symbol=("data", 0, "instId"),
                 prices=(("data", 0, "bidPx"), ("data", 0, "bidSz"), ("data", 0, "askPx"), ("data", 0, "askSz")),
                 required=(("data", 0, "instId"), ("arg",), ("data",)), objects=((), ("arg",), ("data", 0)),
@@ -381,7 +384,7 @@ def mutate(draw: st.DrawFn, ch: Channel, family: str, serial: int) -> tuple[byte
         bad = draw(st.sampled_from([b"-" + old_ms, old_ms[:12]]))
         return raw.replace(old_ms, bad), ROW_BAD
     if family == "deep_nesting":
-        depth = draw(st.integers(1_000, 20_000))
+        depth = draw(st.integers(2_000, 20_000))
         obj = draw(st.booleans())
         where = draw(st.sampled_from(["frame", "symbol", "price", "extra", "object"]))
         mark = _marker("deep")
@@ -563,8 +566,13 @@ def check_intake(ch: Channel, sink: Any, plan: Plan) -> Outcome:
         elif step.outcome == BAD:
             assert sum(one.rejects.values()) == 1 and not one.rows, (
                 f"a {step.family} frame is not one reject: {one}\n{step.raw[:300]!r}")
-        else:
-            assert sum(one.rejects.values()) <= 1, f"a {step.family} frame counted twice: {one}"
+        elif step.outcome == EITHER:
+            taken = (one.rows, one.rejects) == (Counter(ch.keys(step.serial)), Counter())
+            refused = not one.rows and sum(one.rejects.values()) == 1
+            assert taken or refused, f"a {step.family} frame neither taken nor refused once: {one}"
+        else:  # rejected whole, or row by row (a Bybit ticker carries a quote and a funding rate)
+            rejected = sum(one.rejects.values())
+            assert rejected <= len(ch.keys(step.serial)), f"a {step.family} frame counted twice: {one}"
         expected = expected + one
     reads, i = [], 0
     for k in plan.reads:
