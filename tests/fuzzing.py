@@ -642,3 +642,63 @@ def check_stored(ch: Channel, steps: list[Step], counts: Counter, rejects: dict[
     if not bad <= rejected <= most:
         problems.append(f"{bad} bad frames (at most {most} rejects) but {rejected} rejects: {rejects}")
     return problems
+
+
+# -- documents: REST responses and private-stream events, mutated anywhere ------------------------------------
+
+#: (venue, how to parse, fixture): REST responses the pollers parse, and private events an intake takes
+DOCUMENTS = (
+    ("binance_spot", "parse_symbols", "binance_spot_exchangeInfo_recorded.json"),
+    ("binance_usdm", "parse_symbols", "binance_usdm_exchangeInfo_recorded.json"),
+    ("binance_spot", "parse_balances", "binance_spot_account_doc.json"),
+    ("binance_usdm", "parse_funding", "binance_usdm_premiumIndex_doc.json"),
+    ("binance_usdm", "parse_funding", "binance_usdm_fundingRate_doc.json"),
+    ("bybit_linear", "parse_symbols", "bybit_linear_instruments_info_doc.json"),
+    ("okx_swap", "parse_symbols", "okx_instruments_swap_recorded.json"),
+    ("binance_spot", "intake", "binance_spot_outboundAccountPosition_doc.json"),
+    ("bybit_linear", "intake", "bybit_wallet_doc.json"),
+    ("okx_spot", "intake", "okx_account_fixture.json"),
+)
+
+
+def _paths(obj: Any, prefix: Path_ = ()) -> list[Path_]:
+    out = [prefix]
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out += _paths(v, prefix + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj[:3]):
+            out += _paths(v, prefix + (i,))
+    return out
+
+
+@st.composite
+def mutated_documents(draw: st.DrawFn, doc: Any) -> bytes:
+    """``doc`` (decoded JSON) with one mutation anywhere in it, as bytes."""
+    doc = copy.deepcopy(doc)
+    paths = [p for p in _paths(doc) if p]
+    path = draw(st.sampled_from(paths))
+    how = draw(st.sampled_from(["delete", "null", "type", "huge", "negative", "nul", "surrogate", "deep",
+                                "truncate", "utf8", "array"]))
+    if how == "truncate":
+        raw = dumps(doc)
+        return raw[: draw(st.integers(1, len(raw) - 1))]
+    mark = _marker("m")
+    if how == "delete":
+        _del(doc, path)
+        return dumps(doc)
+    value: Any = {"null": None, "huge": 10**30, "negative": "-1", "nul": "a\u0000b",
+                  "surrogate": mark, "deep": mark, "utf8": mark}.get(how)
+    if how == "type":
+        value = draw(st.sampled_from([{}, [], 7, "x", True, 1.5e308]))
+    elif how == "array":
+        value = [_get(doc, path)]
+    _set(doc, path, value)
+    raw = dumps(doc)
+    if how == "surrogate":
+        return raw.replace(f'"{mark}"'.encode(), b'"\\ud800x"')
+    if how == "deep":
+        return raw.replace(f'"{mark}"'.encode(), _deep(draw(st.integers(2_000, 20_000)), obj=False).encode())
+    if how == "utf8":
+        return raw.replace(mark.encode(), draw(st.sampled_from([b"\xff", b"\xed\xa0\x80", b"\xc3"])))
+    return raw

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 
 import msgspec
@@ -28,10 +29,17 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from hftdb import DatabaseManager
-from hftdb.config import load_settings
+from hftdb.config import VENUE_CHANNELS, load_settings
+from hftdb.errors import FrameError
+from hftdb.exchanges.base import parse_rest
+from hftdb.exchanges.intake import Intake
+from hftdb.exchanges.registry import create_adapter, create_parser
+from hftdb.exchanges.runner import StreamRunner
+from hftdb.models import now_us
 from hftdb.replay import replay_frames
 
-from fuzzing import CHANNELS, FAMILIES, check_intake, check_stored, plans, stored
+from fuzzing import (CHANNELS, DOCUMENTS, FAMILIES, FIXTURES, check_intake, check_stored, mutated_documents, plans,
+                     stored)
 
 # The default run: seeded, a few examples, no shrinking (a failure is reported as drawn; the long profile
 # shrinks it). HFTDB_FUZZ_PROFILE=long draws many more, unseeded.
@@ -142,3 +150,33 @@ async def test_hostile_frames_through_ingest_file(dsn, channel, group, data):
     assert result.frames == len(frames)
     counts = await stored(dsn, ch, [s.serial for s in plan.steps])
     assert check_stored(ch, plan.steps, counts, result.rejects) == []
+
+
+# -- REST responses and private events, mutated anywhere ---------------------------------------------------------
+
+_DOC_IDS = [f"{venue}-{how}-{name.split('.')[0]}" for venue, how, name in DOCUMENTS]
+
+
+@pytest.mark.parametrize(("venue", "how", "name"), DOCUMENTS, ids=_DOC_IDS)
+@PROFILE
+@given(data=st.data())
+def test_mutated_documents_are_records_or_named_rejects(sink, venue, how, name, data):
+    # A REST poller's parse (through parse_rest, as the poller calls it) returns records or raises FrameError
+    # with a reason that names what is wrong: parser_error is the last resort's name for an exception the
+    # parser did not expect, i.e. a parser bug. A private event through the intake is taken or counted once.
+    doc = json.loads((FIXTURES / name).read_text())
+    raw = data.draw(mutated_documents(doc), label="document")
+    parser = create_parser(venue)
+    if how == "intake":
+        adapter = create_adapter(venue, sink, channels=list(VENUE_CHANNELS[venue][:1]))
+        intake = Intake(StreamRunner(adapter), adapter.new_parser())
+        intake.process([(now_us(), [raw])])
+        assert adapter.rejects.total <= 1
+        return
+    args = (1, now_us()) if how == "parse_symbols" else (now_us(),)
+    try:
+        records = parse_rest(getattr(parser, how), raw, *args)
+    except FrameError as exc:
+        assert exc.reason != "parser_error", f"the parser raised {exc.__cause__!r}"
+        return
+    assert isinstance(records, list)
