@@ -349,7 +349,6 @@ class BinanceParser(VenueParser):
         decode = _BOOK_DECODER.decode
         ids_get = self._ids.get
         good = self._good
-        check = self.check_symbol
         last_get = last_ids.get
         append = rows.append
         exchange = self._exchange
@@ -379,7 +378,7 @@ class BinanceParser(VenueParser):
             if sid is None:
                 if symbol not in good:
                     try:
-                        check(symbol)
+                        self.check_symbol(symbol)
                     except FrameError:
                         break  # the general decode rejects it with its reason, before any admission
                 try:

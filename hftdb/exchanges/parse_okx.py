@@ -6,9 +6,12 @@ channel handled here:
 * ``tickers``: ``bidPx``/``bidSz``/``askPx``/``askSz``/``ts``. A side with no orders is sent as ``""``: such a
   row has no quote and yields nothing. Tickers carry no sequence id.
 * ``bbo-tbt`` (and ``books5``, the same shape): ``bids``/``asks`` as ``[price, size, "0", orders]`` arrays,
-  ``ts`` and ``seqId`` (the update id). The instrument is named by ``arg.instId`` only.
+  ``ts`` and ``seqId`` (the update id; a row without it is ``missing_field``). The instrument is named by
+  ``arg.instId`` only.
 * ``funding-rate``: ``fundingRate`` is the current period's rate, settled at ``fundingTime``, which is therefore
-  the record's ``next_funding_ts``; ``nextFundingTime`` is the settlement after that and is not stored.
+  the record's ``next_funding_ts``; ``nextFundingTime`` is the settlement after that and is not stored. Older API
+  versions send no ``ts``: the row then has no exchange time (never the settlement time as one), and the
+  runner's funding dedup tells its updates apart by settlement time and rate.
 * private ``account``: ``details[]`` per currency: ``availBal`` is free, ``frozenBal`` locked.
 
 Command responses are ``{"event": ...}`` objects (``subscribe``, ``login``, ``error`` with ``code``/``msg``,
@@ -107,7 +110,7 @@ class _BboRow(msgspec.Struct, gc=False):
     asks: list[tuple[float, float, Any, Any]]
     bids: list[tuple[float, float, Any, Any]]
     ts: int
-    seqId: int | None = None
+    seqId: int  # required here: a push without it (or with null) goes the general decode, which rejects it
 
 
 class _Bbo(msgspec.Struct, gc=False):
@@ -213,7 +216,7 @@ class OkxParser(VenueParser):
         row = data[0]
         bids = row.bids
         asks = row.asks
-        if not bids or not asks or row.ts < _MIN_MS or row.seqId is None:
+        if not bids or not asks or row.ts < _MIN_MS:
             return None  # the general decode names the reason (bad_time, missing_field...)
         bid = bids[0]
         ask = asks[0]
