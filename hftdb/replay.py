@@ -101,7 +101,8 @@ class ReplayResult(msgspec.Struct, kw_only=True):
     """What the replay of one file did. ``committed`` counts rows committed per table; ``rejects`` counts by
     reason the lines and frames refused (``line_too_long``, the parser's reasons) and the rows the writers
     refused; ``duplicates`` the rows dropped because the same update (id or exchange time) had already been
-    stored, or had come earlier in the replay. ``path`` is the file's path (empty for :func:`replay_frames`)."""
+    stored, or had come earlier in the replay. ``path`` is the file's path (empty for :func:`replay_frames`),
+    ``seconds`` how long its replay took, its commit included."""
 
     frames: int
     committed: dict[str, int]
@@ -489,7 +490,7 @@ def _first_time(path: Path, parser: Any) -> int | None:
     return None
 
 
-def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+def _expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Files named by ``paths``: a directory stands for the regular files in it (not hidden, not recursive)."""
     out: list[Path] = []
     for p in map(Path, paths):
@@ -662,7 +663,7 @@ async def ingest_files(
     the same venue at the same time is a :class:`~hftdb.errors.StateError`.
     """
     venue, channels = _check(exchange, channels)
-    files = expand_paths(paths)
+    files = _expand_paths(paths)
     probe = create_adapter(venue, db, channels=list(channels), account=account).new_parser()
     firsts = {p: _first_time(p, probe) for p in files}  # also opens each file: unreadable ones fail here
     files.sort(key=lambda p: (firsts[p] is None, firsts[p] or 0, str(p)))
