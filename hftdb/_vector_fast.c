@@ -1,14 +1,16 @@
 /* Book-ticker records to binary COPY tuples in C: hftdb.vector.add_tickers's packing and checks in one pass.
  *
  * pack_tickers(rows, record_type, has_e, has_u, with_id, min_ts, ts_max) returns
- * (tuples, ids, ok, lo, hi, ordered), or None when some row is not one this function can take whole (below):
+ * (tuples, ids, ok, lo, hi, ordered, rising), or None when some row is not one this function can take whole (below):
  *
  *   tuples   a bytearray of len(rows) tuples in the layout of hftdb.vector.LAYOUTS[(has_e, has_u)] (field count
  *            and lengths included; symbol_id left 0 when with_id is false, for the caller to fill in);
  *   ids      the rows' symbol_id objects as a list (with_id), else None;
  *   ok       whether every row passes the per-row writer's value checks (hftdb.packed.fits, and min_ts <= recv_ts
  *            <= ts_max): when it is false the caller's numpy checks find the rows and their reasons;
- *   lo, hi   the smallest and largest recv_ts; ordered: whether recv_ts never decreases along the rows.
+ *   lo, hi   the smallest and largest recv_ts; ordered: whether recv_ts never decreases along the rows;
+ *   rising   whether recv_ts strictly increases along the rows (then no row can repeat another: the caller's
+ *            duplicate check is skipped; numpy took ~14 ns a row to tell, here it is one comparison).
  *
  * A row is taken when:
  *
@@ -85,7 +87,7 @@ as_int64(PyObject *v, long long *out)
 PyDoc_STRVAR(pack_tickers_doc,
 "pack_tickers(rows, record_type, has_e, has_u, with_id, min_ts, ts_max) -> tuple | None\n"
 "\n"
-"(tuples, ids, ok, lo, hi, ordered) for rows, or None when some row is not one this function takes (see the\n"
+"(tuples, ids, ok, lo, hi, ordered, rising) for rows, or None when some row is not one this function takes (see the\n"
 "module source).");
 
 static PyObject *
@@ -114,7 +116,7 @@ pack_tickers(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     unsigned char *p = (unsigned char *)PyByteArray_AS_STRING(out);
-    int ok = 1, ordered = 1;
+    int ok = 1, ordered = 1, rising = 1;
     long long lo = 0, hi = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *row = PyList_GET_ITEM(rows, i);
@@ -159,8 +161,11 @@ pack_tickers(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             lo = hi = recv;
         }
         else {
-            if (recv < hi) {
-                ordered = 0;
+            if (recv <= hi) {
+                rising = 0;
+                if (recv < hi) {
+                    ordered = 0;
+                }
             }
             if (recv < lo) {
                 lo = recv;
@@ -195,7 +200,8 @@ pack_tickers(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             p = put_u32(p, UINT32_MAX);
         }
     }
-    return Py_BuildValue("(NNOLLO)", out, ids, ok ? Py_True : Py_False, lo, hi, ordered ? Py_True : Py_False);
+    return Py_BuildValue("(NNOLLOO)", out, ids, ok ? Py_True : Py_False, lo, hi, ordered ? Py_True : Py_False,
+                         rising ? Py_True : Py_False);
 refuse:
     Py_DECREF(out);
     Py_DECREF(ids);

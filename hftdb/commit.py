@@ -168,7 +168,6 @@ class Committing:
         committed = 0
         for b in group:
             payload, _ = self._materialize(b)
-            prefix = b.id.bytes[:10]
             try:
                 async with self._pool.acquire(timeout=self.settings.retry_max_ms / 1000.0 + 5) as conn:
                     found = await conn.fetch(

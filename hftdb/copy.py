@@ -77,7 +77,9 @@ _DECODERS = {
 }
 
 
-def split_tuples(payload: bytes | bytearray | memoryview, start: int | None = None, end: int | None = None) -> list[bytes]:
+def split_tuples(
+    payload: bytes | bytearray | memoryview, start: int | None = None, end: int | None = None,
+) -> list[bytes]:
     """The tuples of a whole binary COPY stream (header and trailer dropped), each as its own bytes; or of the
     tuples between byte offsets ``start`` and ``end`` of a stream being written.
 

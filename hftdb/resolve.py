@@ -72,7 +72,8 @@ class RowResolver:
         if by_id:
             # An id outside int4 would fail the lookup's statement: no symbol has it.
             wanted_ids = sorted({r.symbol_id for r in by_id if type(r.symbol_id) is int and 0 < r.symbol_id < 2**31})
-            found = await self.until_reachable(reads.fetch_symbols_by_ids, wanted_ids, writer=writer) if wanted_ids else []
+            found = (await self.until_reachable(reads.fetch_symbols_by_ids, wanted_ids, writer=writer)
+                     if wanted_ids else [])
             for sym in found:
                 db._remember_symbol(sym)
             ids = {s.id for s in found}

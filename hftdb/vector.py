@@ -171,7 +171,7 @@ def add_tickers(
         ts_max = now_us() + FUTURE_SLACK_US
         fast = _pack_tickers(rows, BookTicker, layout.has_e, layout.has_u, sids is None, MIN_TS_US, ts_max)
         if fast is not None:
-            data, ids, ok, lo, hi, ordered = fast
+            data, ids, ok, lo, hi, ordered, rising = fast
             if not known_ids.issuperset(ids if sids is None else sids):
                 return None
             if sids is not None:
@@ -179,11 +179,9 @@ def add_tickers(
                 ids = sids
             b = writer.current
             if ok and b.rows + n <= writer._max_rows and b.part_lo <= lo and hi < b.part_hi:
-                # Every row valid, all in the current batch and its partition: no numpy pass at all (but for the
-                # check that receipt times rise strictly, when they may: then no row can repeat another).
-                fresh = ordered and lo > b.max_ts and hi - lo >= n - 1 and _strictly_rising(
-                    np.frombuffer(data, layout.dtype)["recv"])
-                return append_rows(writer, data, ids, rows, lo, hi, ordered=ordered, fresh=fresh)
+                # Every row valid, all in the current batch and its partition: no numpy pass at all. Receipt times
+                # rising strictly from past the batch's newest: no row can repeat another, nothing to look up.
+                return append_rows(writer, data, ids, rows, lo, hi, ordered=ordered, fresh=rising and lo > b.max_ts)
             recs = np.frombuffer(data, layout.dtype)
             recv = recs["recv"].astype(np.int64) + PG_EPOCH_US
             ex = recs["ex"].astype(np.int64) + PG_EPOCH_US if layout.has_e else None

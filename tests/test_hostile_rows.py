@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
+from typing import Awaitable
 
 import asyncpg
 import pytest
@@ -277,7 +278,7 @@ async def test_taking_a_batch_apart_is_exactly_once_across_a_lost_connection(dsn
 # -- exact duplicates --------------------------------------------------------------------------------------------
 
 
-def _stored_count(db: DatabaseManager, table: str = "book_tickers") -> "asyncio.Future[int]":
+def _stored_count(db: DatabaseManager, table: str = "book_tickers") -> Awaitable[int]:
     return _count(db, f"SELECT count(*) FROM {table}")
 
 

@@ -103,9 +103,9 @@ def test_the_c_packer_refuses_what_it_does_not_take():
         return vector._pack_tickers(rows, BookTicker, has_e, has_u, with_id, t - 10, t + 10)
 
     good = BookTicker("x", "S", 1.0, 2.0, 3.0, 4.0, t, t, 5, 6)
-    data, ids, ok, lo, hi, ordered = pack([good, good])
+    data, ids, ok, lo, hi, ordered, rising = pack([good, good])
     assert len(data) == 2 * vector.LAYOUTS[(True, True)].dtype.itemsize
-    assert (ids, ok, lo, hi, ordered) == ([6, 6], True, t, t, True)
+    assert (ids, ok, lo, hi, ordered, rising) == ([6, 6], True, t, t, True, False)
     for field, value in [("bid_price", 1), ("recv_ts", True), ("exchange_ts", None), ("symbol_id", 2**31)]:
         odd = BookTicker(**{**{f: getattr(good, f) for f in BookTicker.__struct_fields__}, field: value})
         assert pack([good, odd]) is None
@@ -125,8 +125,10 @@ def test_the_c_packer_reports_checks_range_and_order():
         return BookTicker(**{**dict(exchange="x", symbol="S", bid_price=1.0, bid_qty=2.0, ask_price=3.0, ask_qty=4.0,
                                     recv_ts=t, exchange_ts=t, update_id=5), **kw})
 
-    assert pack([row(recv_ts=t - 1), row(recv_ts=t + 2)]) == (None, True, t - 1, t + 2, True)
-    assert pack([row(recv_ts=t + 2), row(recv_ts=t - 1)]) == (None, True, t - 1, t + 2, False)
+    assert pack([row(recv_ts=t - 1), row(recv_ts=t + 2)]) == (None, True, t - 1, t + 2, True, True)
+    assert pack([row(recv_ts=t + 2), row(recv_ts=t - 1)]) == (None, True, t - 1, t + 2, False, False)
+    assert pack([row(recv_ts=t), row(recv_ts=t), row(recv_ts=t + 1)]) == (None, True, t, t + 1, True, False)
+    assert pack([row(recv_ts=t), row(recv_ts=t + 2), row(recv_ts=t + 1)]) == (None, True, t, t + 2, False, False)
     for bad in (dict(bid_price=math.nan), dict(ask_qty=math.inf), dict(bid_price=3.5), dict(bid_qty=0.0),
                 dict(recv_ts=t + 11), dict(recv_ts=t - 11), dict(exchange_ts=t + 11), dict(exchange_ts=t - 11)):
         assert pack([row(), row(**bad)])[1] is False, bad
