@@ -22,17 +22,19 @@ writes each message once. Two sources of duplicates, checked two ways:
 
 * *Rows stored before the replay began.* Before the first row is written, the book rows of the venue that a
   frame of the files could repeat are copied once into a temporary table on the replay's own connection,
-  indexed by key: a stored copy of a message was received (or replayed) after the exchange sent it, so these
-  are the rows received since the earliest first-frame exchange time less :data:`DISORDER_US` (a capture is
-  only roughly in time order) and 1 s of clock skew; a capture without exchange times takes all the venue's
-  rows. A block is then checked against that table only: not at all when it is newer than every copied row
-  (a backfill into an empty range, the new part of an overlap: nothing is even copied for the former), by
-  one index range scan of its exchange-time window when it spans at most 10 s (a stored copy of a message
-  has the message's exchange time), else key by key for the rows inside the span of stored keys of their
-  symbol. It never reads the rows the replay itself writes,
-  the reason the lookup it replaces (one query a block over the growing hot partition, BRIN only) made a
-  replay's time grow with the square of its length. A row older than the copied range (more out of order than
-  :data:`DISORDER_US`) is looked up in ``book_tickers`` itself, as before.
+  indexed by key. A stored copy of a message was received (or replayed) after the exchange sent it, and has
+  the message's exchange time, so these are the rows received since the earliest first-frame exchange time
+  less :data:`DISORDER_US` (a capture is only roughly in time order) and 1 s of clock skew, sent from then on
+  and, when every file is plain (its last block can be read), until the newest time of the last blocks plus
+  :data:`DISORDER_US`; rows without an exchange time are copied whenever received in range, and a capture
+  without exchange times (Binance spot bookTicker) takes all the venue's rows. The server scans the rows
+  received in range once; it copies only those in range. A block is then checked against that table only:
+  not at all when it is newer than every copied row (a backfill into an empty range, the new part of an
+  overlap), by one index range scan of its exchange-time window when it spans at most 10 s, else key by key
+  for the rows inside the span of stored keys of their symbol. It never reads the rows the replay itself
+  writes, the reason the lookup it replaces (one query a block over the growing hot partition, BRIN only)
+  made a replay's time grow with the square of its length. A row outside the copied range (more out of
+  order than :data:`DISORDER_US`) is looked up in ``book_tickers`` itself, as before.
 * *Rows this replay wrote* (a file that repeats itself, files that overlap each other): the intake's admission
   drops a row whose key is not newer than its symbol's last, as on a live feed of several connections.
 
@@ -153,7 +155,9 @@ _SNAPSHOT_FILL = f"""INSERT INTO {_SNAPSHOT_TABLE}
     SELECT b.symbol_id, b.update_id, b.exchange_ts, b.bid_price, b.bid_qty, b.ask_price, b.ask_qty
     FROM book_tickers b
     WHERE b.symbol_id IN (SELECT id FROM symbols WHERE exchange_id = $1)
-      AND ($2::timestamptz IS NULL OR b.recv_ts >= $2)"""
+      AND ($2::timestamptz IS NULL OR b.recv_ts >= $2)
+      AND (b.exchange_ts IS NULL OR (($2::timestamptz IS NULL OR b.exchange_ts >= $2)
+                                     AND ($3::timestamptz IS NULL OR b.exchange_ts <= $3)))"""
 _SNAPSHOT_INDEX = (
     f"CREATE INDEX ON {_SNAPSHOT_TABLE} (exchange_ts)",
     f"CREATE INDEX ON {_SNAPSHOT_TABLE} (symbol_id, update_id)",
@@ -208,20 +212,23 @@ class _Stored:
         # symbol -> (symbol_id, lowest and highest stored update id, same for exchange times of unsequenced rows)
         self._spans: dict[str, tuple[int, Any, Any, Any, Any]] = {}
         self._since: int | None = None  # rows received from then on were copied; None: all
+        self._until: int | None = None  # and rows whose exchange time is later were not; None: no bound
         self._newest = -_INT8_MAX  # the newest exchange time among the copied rows
         self._windows = False  # every copied row has an exchange time: blocks are checked by time window
         self.copied = 0
         self.duplicates = 0
 
-    async def snapshot(self, since: int | None) -> None:
-        """Copy the venue's book rows received from ``since`` on (None: all) into the temporary table, before
+    async def snapshot(self, since: int | None, until: int | None) -> None:
+        """Copy the venue's book rows received from ``since`` on (None: all), and sent by the exchange between
+        ``since`` and ``until`` (None: no bound) or without an exchange time, into the temporary table, before
         the replay writes any row."""
         conn = self.conn
         await conn.execute(f"DROP TABLE IF EXISTS {_SNAPSHOT_TABLE}")
         await conn.execute(_SNAPSHOT_CREATE)
-        status = await conn.execute(_SNAPSHOT_FILL, self.exchange_id, since)
+        status = await conn.execute(_SNAPSHOT_FILL, self.exchange_id, since, until)
         self.copied = int(status.rsplit(" ", 1)[-1])
         self._since = since
+        self._until = until
         if self.copied:
             for statement in _SNAPSHOT_INDEX:
                 await conn.execute(statement)
@@ -246,25 +253,28 @@ class _Stored:
             lowest = None
         # A stored copy of a message has its exchange time: a block newer than all copied rows, and not older
         # than the copied range, has none stored (a backfill past what is stored, the new part of an overlap).
+        until = self._until
         if lowest is not None and (since is None or lowest - _SKEW_US >= since):
-            if lowest > self._newest:
-                return rows
             highest = max(map(_EXCHANGE_TS, rows))
-            if self._windows and highest - lowest <= _WINDOW_US:
-                return self._drop(rows, await self.conn.fetch(_SNAPSHOT_WINDOW, lowest, highest))
+            if until is None or highest <= until:  # the whole block inside the copied range
+                if lowest > self._newest:
+                    return rows
+                if self._windows and highest - lowest <= _WINDOW_US:
+                    return self._drop(rows, await self.conn.fetch(_SNAPSHOT_WINDOW, lowest, highest))
         snap_u: list[int] = []
         snap_us: list[int] = []
         snap_t: list[int] = []
         snap_ts: list[int] = []
         older: list[BookTicker] = []
-        if spans or since is not None:
+        if spans or since is not None or until is not None:
             for r in rows:
                 key = _key(r)
                 if key is None:
                     continue
                 t = r.exchange_ts
-                if since is not None and (t is None or t - _SKEW_US < since):
-                    older.append(r)  # its stored copy may have been received before the copied range
+                if ((since is not None and (t is None or t - _SKEW_US < since))
+                        or (until is not None and (t is None or t > until))):
+                    older.append(r)  # its stored copy may lie outside the copied range
                     continue
                 span = spans.get(r.symbol)
                 if span is None:
@@ -490,6 +500,31 @@ def _first_time(path: Path, parser: Any) -> int | None:
     return None
 
 
+def _last_time(path: Path, parser: Any) -> int | None:
+    """The newest exchange time among the frames of the last block of a plain file (None: compressed, or none)."""
+    stream, raw = _open(path)
+    with raw, stream:
+        if stream is not raw:
+            return None
+        size = raw.seek(0, os.SEEK_END)
+        raw.seek(max(0, size - _BLOCK))
+        lines = raw.read(_BLOCK).split(b"\n")
+        if size > _BLOCK:
+            lines = lines[1:]  # the first may be the end of a line
+    times = []
+    for frame in lines:
+        frame = frame.strip()
+        if not frame:
+            continue
+        try:
+            parsed = parser.parse(frame, now_us())
+        except Exception:  # a bad frame only means it gives no time
+            continue
+        times.extend(row.exchange_ts for row in (*parsed.book_tickers, *parsed.funding_rates, *parsed.balances)
+                     if row.exchange_ts is not None)
+    return max(times) if times else None
+
+
 def _expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Files named by ``paths``: a directory stands for the regular files in it (not hidden, not recursive)."""
     out: list[Path] = []
@@ -563,7 +598,7 @@ class _Replay:
 
 @asynccontextmanager
 async def _session(db: DatabaseManager, venue: ExchangeName, channels: tuple[str, ...], account: str,
-                   since: int | None) -> AsyncIterator[_Replay]:
+                   since: int | None, until: int | None) -> AsyncIterator[_Replay]:
     async with db.pool.acquire() as conn:
         stored = _Stored(db, conn, venue.value)
         replay = _Replay(db, venue, channels, account, stored)
@@ -574,7 +609,7 @@ async def _session(db: DatabaseManager, venue: ExchangeName, channels: tuple[str
             raise StateError(f"another ingest-file is replaying into {venue.value}: run them one after the other "
                              "(each would miss what the other writes)")
         try:
-            await stored.snapshot(since)
+            await stored.snapshot(since, until)
             yield replay
         finally:
             replay.adapter.rejects.flush()
@@ -623,7 +658,8 @@ async def replay_frames(
                             dropped_rows=0)
     probe = create_adapter(venue, db, channels=list(channels), account=account).new_parser()
     since = _block_time(first, probe)
-    async with _session(db, venue, channels, account, None if since is None else since - DISORDER_US - _SKEW_US) as r:
+    async with _session(db, venue, channels, account, None if since is None else since - DISORDER_US - _SKEW_US,
+                        None) as r:
         return await r.run(_chain(first, blocks), "", progress)
 
 
@@ -671,11 +707,15 @@ async def ingest_files(
     # No time anywhere (Binance spot bookTicker): stored copies may be anywhere, all the venue's rows are copied.
     # A row without a time in a replay that has some is looked up in book_tickers itself (books()).
     since = min(times) - DISORDER_US - _SKEW_US if times else None
+    # The newest frame is known where every file is plain (its last block is read): stored rows sent after it
+    # need not be copied. A compressed file cannot be read from its end.
+    lasts = [_last_time(p, probe) for p in files]
+    until = max(lasts) + DISORDER_US if lasts and None not in lasts else None  # type: ignore[type-var]
     sizes = {p: p.stat().st_size for p in files}
     total = sum(sizes.values())
     started = time.monotonic()
     results: list[ReplayResult] = []
-    async with _session(db, venue, channels, account, since) as replay:
+    async with _session(db, venue, channels, account, since, until) as replay:
         done_before = 0
         for index, path in enumerate(files):
             stream, raw = _open(path)

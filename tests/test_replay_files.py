@@ -129,6 +129,20 @@ async def test_a_frame_far_out_of_order_is_still_found_stored(dsn, tmp_path):
     assert await stored_ids(dsn) == ids(0, 30) + ids(late, 30)
 
 
+async def test_a_frame_far_ahead_of_its_file_end_is_still_found_stored(dsn, tmp_path):
+    # Stored rows sent after a plain file's last block (less DISORDER_US) are not copied; a frame of the file
+    # that lies there is looked up in book_tickers itself.
+    ahead = json.loads(frames(1, 1)[0])  # ETHUSDT, ten minutes ahead of everything else, lowest id
+    ahead["data"].update(u=999, T=T0_MS + 600_000, E=T0_MS + 600_003)
+    ahead = json.dumps(ahead).encode()
+    body = frames(0, 8000)  # > 1 MiB: the last block does not hold the second line
+    async with DatabaseManager(dsn, settings=settings()) as db:
+        await replay(db, write(tmp_path / "ahead.jsonl", [ahead]))
+        (r,) = await replay(db, write(tmp_path / "capture.jsonl", body[:1] + [ahead] + body[1:]))
+        assert r.committed["book_tickers"] == 8000 and r.duplicates == 1
+    assert await stored_ids(dsn) == [999] + ids(0, 8000)
+
+
 async def test_several_files_and_a_directory_replay_in_time_order_as_one_stream(dsn, tmp_path):
     d = tmp_path / "captures"
     d.mkdir()
