@@ -69,7 +69,7 @@ import msgspec
 
 from .config import VENUE_CHANNELS
 from .errors import StateError, UnknownSymbolError, ValidationError
-from .exchanges.intake import Intake
+from .exchanges.intake import Intake, exchange_time_ok
 from .exchanges.registry import create_adapter
 from .exchanges.runner import StreamRunner
 from .locks import unlock
@@ -533,7 +533,7 @@ def _last_time(path: Path, parser: Any) -> int | None:
         except Exception:  # a bad frame only means it gives no time
             continue
         times.extend(row.exchange_ts for row in (*parsed.book_tickers, *parsed.funding_rates, *parsed.balances)
-                     if row.exchange_ts is not None)
+                     if row.exchange_ts is not None and exchange_time_ok(row.exchange_ts))
     return max(times) if times else None
 
 
@@ -686,7 +686,8 @@ def _block_time(block: list[bytes], parser: Any) -> int | None:
         except Exception:  # a bad frame only means it gives no time
             continue
         for row in (*parsed.book_tickers, *parsed.funding_rates, *parsed.balances):
-            if row.exchange_ts is not None:
+            # A time the intake would reject (bad_time: 1970s, far future, past int8) bounds nothing.
+            if row.exchange_ts is not None and exchange_time_ok(row.exchange_ts):
                 return row.exchange_ts
     return None
 
