@@ -54,6 +54,7 @@ from .parsing import (
     CONTROL_SUBSCRIBED,
     Parsed,
     bad_float,
+    bad_update_id,
     decode_any,
     too_deep,
     to_decimal,
@@ -310,13 +311,15 @@ class BinanceParser(VenueParser):
         except msgspec.DecodeError:
             return None
         symbol = ev.symbol
-        if not symbol:
-            return None
+        if not symbol or ev.update_id >> 63:
+            return None  # no symbol, or an id out of range (bad_update_id): the general decode names the reason
         event_time = ev.event_time
         if _MIN_MS <= event_time < _MS_BELOW:
             exchange_ts = event_time * 1000
         elif event_time and event_time < _MS_BELOW:
             return None  # a corrupt time (before 2009): the general decode rejects it (bad_time) before admission
+        elif event_time >> 63:
+            return None  # past int8: the general decode rejects it (bad_time) before admission
         else:
             exchange_ts = _us(event_time)
         sid = self._ids.get(symbol)
@@ -371,6 +374,8 @@ class BinanceParser(VenueParser):
                 exchange_ts = event_time * 1000
             elif event_time and event_time < _MS_BELOW:
                 break  # a corrupt time: the general decode rejects it (bad_time), before any admission
+            elif event_time >> 63:
+                break  # past int8: the same
             else:
                 exchange_ts = _us(event_time)
             symbol = ev.symbol
@@ -385,8 +390,10 @@ class BinanceParser(VenueParser):
                     sid = self._symbol_id(symbol)
                 except Exception:  # the resolver failed: the general decode meets it again and rejects the frame
                     break
-            i += 1
             u = ev.update_id
+            if u >> 63:
+                break  # an id out of range: the general decode rejects it (bad_update_id), before any admission
+            i += 1
             last = last_get(symbol)
             if last is not None and u <= last:
                 duplicates += 1
@@ -462,6 +469,9 @@ class BinanceParser(VenueParser):
             raise FrameError("bookTicker without a symbol", reason="missing_field")
         if ev.update_id is None:  # every bookTicker carries u: without it the row cannot be told from a duplicate
             raise FrameError("bookTicker without an update id", reason="missing_field")
+        error = bad_update_id(ev.update_id)
+        if error is not None:
+            raise error
         event_time = ev.event_time
         if event_time:
             # to_us() inlined for the common case (ms): the hot path's budget is ~1.5 µs.

@@ -43,6 +43,7 @@ from .parsing import (
     Parsed,
     decode_any,
     too_deep,
+    bad_update_id,
     ms_to_us,
     to_decimal,
     to_float,
@@ -128,6 +129,7 @@ class _Level1(msgspec.Struct, gc=False, kw_only=True):
 
 _LEVEL1_DECODER = msgspec.json.Decoder(_Level1, strict=False)
 _MIN_MS = MIN_TS_US // 1000  # a time in ms below this is corrupt (before 2009)
+_MAX_MS = ((1 << 63) - 1) // 1000  # past this a time in µs would not fit int8 (corrupt too)
 _LEVEL1_PREFIX = b'{"topic":"orderbook.1.'
 _LEVEL1_PREFIX_STR = _LEVEL1_PREFIX.decode()
 
@@ -334,8 +336,10 @@ class BybitParser(VenueParser):
         data = frame.data
         symbol = data.s
         sid = self._ids.get(symbol)
-        if book is None or not book.depth1 or (sid is None and symbol not in self._good):
-            return None  # a symbol not yet checked goes the general decode, which checks it first
+        if book is None or not book.depth1 or (sid is None and symbol not in self._good) or data.u >> 63:
+            # A symbol not yet checked goes the general decode, which checks it first; so does an update id out
+            # of range, which it rejects (bad_update_id) before the book changes.
+            return None
         # _replace_top, inlined, on levels already decoded to floats (the values FloatCache's float(text) gives).
         bid = book.bid
         for level in data.b:
@@ -356,7 +360,7 @@ class BybitParser(VenueParser):
         book.bid = bid
         book.ask = ask
         ts = frame.ts
-        if ts < _MIN_MS and ts:
+        if (ts < _MIN_MS and ts) or ts > _MAX_MS:
             return None  # a corrupt time: the general decode rejects it (bad_time) before admission
         return BookTicker(self._exchange, symbol, bid[0], bid[1], ask[0], ask[1], recv_ts, ts * 1000 if ts else None,
                           data.u, sid if sid is not None else self._symbol_id(symbol))
@@ -397,6 +401,9 @@ class BybitParser(VenueParser):
             raise FrameError("orderbook frame without a symbol", reason="missing_field")
         if data.u is None:  # every orderbook frame carries u: without it the quote cannot be sequenced
             raise FrameError("orderbook frame without an update id", reason="missing_field")
+        error = bad_update_id(data.u)
+        if error is not None:
+            raise error
         self.check_symbol(symbol)
         book = self._books.get(topic)
         snapshot = frame.type == "snapshot"
