@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
 
@@ -117,19 +117,19 @@ class _Level1Data(msgspec.Struct, gc=False):
     s: str
     b: list[_Level]
     a: list[_Level]
-    u: int
+    # An id outside 0 to 2**63 - 1 fails the decode (checked in C): the general decode rejects it, bad_update_id.
+    u: Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
 
 
 class _Level1(msgspec.Struct, gc=False, kw_only=True):
     topic: str
     type: str
-    ts: int = 0
+    ts: Annotated[int, msgspec.Meta(le=((1 << 63) - 1) // 1000)] = 0  # past int8 in µs: the general decode (bad_time)
     data: _Level1Data
 
 
 _LEVEL1_DECODER = msgspec.json.Decoder(_Level1, strict=False)
 _MIN_MS = MIN_TS_US // 1000  # a time in ms below this is corrupt (before 2009)
-_MAX_MS = ((1 << 63) - 1) // 1000  # past this a time in µs would not fit int8 (corrupt too)
 _LEVEL1_PREFIX = b'{"topic":"orderbook.1.'
 _LEVEL1_PREFIX_STR = _LEVEL1_PREFIX.decode()
 
@@ -336,10 +336,8 @@ class BybitParser(VenueParser):
         data = frame.data
         symbol = data.s
         sid = self._ids.get(symbol)
-        if book is None or not book.depth1 or (sid is None and symbol not in self._good) or data.u >> 63:
-            # A symbol not yet checked goes the general decode, which checks it first; so does an update id out
-            # of range, which it rejects (bad_update_id) before the book changes.
-            return None
+        if book is None or not book.depth1 or (sid is None and symbol not in self._good):
+            return None  # a symbol not yet checked goes the general decode, which checks it first
         # _replace_top, inlined, on levels already decoded to floats (the values FloatCache's float(text) gives).
         bid = book.bid
         for level in data.b:
@@ -360,7 +358,7 @@ class BybitParser(VenueParser):
         book.bid = bid
         book.ask = ask
         ts = frame.ts
-        if (ts < _MIN_MS and ts) or ts > _MAX_MS:
+        if ts < _MIN_MS and ts:
             return None  # a corrupt time: the general decode rejects it (bad_time) before admission
         return BookTicker(self._exchange, symbol, bid[0], bid[1], ask[0], ask[1], recv_ts, ts * 1000 if ts else None,
                           data.u, sid if sid is not None else self._symbol_id(symbol))
