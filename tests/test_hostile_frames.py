@@ -87,6 +87,14 @@ def binance_frames() -> list[tuple[str, str | None]]:
         # A lone surrogate escape is not valid JSON to msgspec: refused before any symbol is made of it.
         (binance_book(u=5).replace('"s":"BTCUSDT"', '"s":"BTC\\ud800"'), "invalid_json"),
         (binance_book(u=6), None),
+        # Update ids the writers cannot store (past int8) or no exchange sends: admitted, they became BTCUSDT's
+        # last id and every later frame of it (u=10, u=12 below) was dropped as a duplicate.
+        (binance_book(u=2**63), "bad_update_id"),
+        (binance_book(u=10**30), "bad_update_id"),
+        (binance_book(u=-1), "bad_update_id"),
+        (binance_book(u=7, event_ms=10**30), "bad_time"),  # past int8 in µs (and ms)
+        ('{"stream":"btcusdt@markPrice","data":{"e":"markPriceUpdate","E":%d,"s":"BTCUSDT","p":"1",'
+         '"r":"0.0001","T":1700003600000}}' % 10**30, "bad_time"),
         (binance_book("BTCUSD_PERP", 7), "wrong_market"),  # coin-margined: not a USD-M instrument
         (binance_book("BTC-250328-60000-C", 8), "wrong_market"),  # an option
         (binance_book(u=None), "missing_field"),
@@ -103,11 +111,14 @@ def binance_frames() -> list[tuple[str, str | None]]:
     ]
 
 
-def okx_bbo(symbol: str = "BTC-USDT-SWAP", seq: int | None = 1, ts: str = str(MS), *, drop_seq: bool = False) -> str:
+def okx_bbo(symbol: str = "BTC-USDT-SWAP", seq: int | None = 1, ts: str = str(MS), *, drop_seq: bool = False,
+            drop_ts: bool = False, channel: str = "bbo-tbt") -> str:
     row: dict = {"asks": [["2", "1", "0", "1"]], "bids": [["1", "1", "0", "1"]], "ts": ts, "seqId": seq}
     if drop_seq:
         del row["seqId"]
-    return json.dumps({"arg": {"channel": "bbo-tbt", "instId": symbol}, "data": [row]}, separators=(",", ":"))
+    if drop_ts:
+        del row["ts"]
+    return json.dumps({"arg": {"channel": channel, "instId": symbol}, "data": [row]}, separators=(",", ":"))
 
 
 def okx_frames() -> list[tuple[str, str | None]]:
@@ -116,6 +127,13 @@ def okx_frames() -> list[tuple[str, str | None]]:
         (okx_bbo(seq=None), "missing_field"),  # after a normal one: was a TypeError in the intake
         (okx_bbo(drop_seq=True), "missing_field"),
         (okx_bbo(seq=2), None),
+        (okx_bbo(seq=2**63), "bad_update_id"),  # admitted, it dropped seq 9 below as a duplicate
+        (okx_bbo(seq=-1), "bad_update_id"),
+        # Every bbo-tbt and books5 push carries ts: one without it is broken, not a quote to store untimed.
+        (okx_bbo(seq=3, drop_ts=True), "missing_field"),
+        (okx_bbo(seq=3, ts=""), "missing_field"),
+        (okx_bbo(seq=3, drop_ts=True, channel="books5"), "missing_field"),
+        (okx_bbo(seq=3, ts=str(10**30)), "bad_time"),  # past int8 in µs
         (okx_bbo("BTC-USD-220527", 3), "wrong_market"),  # a dated future
         (okx_bbo("BTC-USD-220527-30000-C", 4), "wrong_market"),  # an option
         (okx_bbo("BTC-USD-SWAP", 5), None),  # an inverse swap: listed by instType=SWAP
@@ -145,6 +163,9 @@ def bybit_frames() -> list[tuple[str, str | None]]:
         (bybit_book("BTCUSD", 1, "snapshot"), "wrong_market"),  # inverse perpetual
         (bybit_book("BTC-28MAR25-60000-C", 1, "snapshot"), "wrong_market"),  # option
         (bybit_book(u=4, ts=170_000_000_000), "bad_time"),
+        (bybit_book(u=2**63), "bad_update_id"),  # admitted, it dropped u=5 below as a duplicate
+        (bybit_book(u=-1), "bad_update_id"),
+        (bybit_book(u=4, ts=10**30), "bad_time"),  # past int8 in µs
         ('{"topic":"orderbook.1.BTCUSDT","type":"delta","ts":1,"data":%s}' % DEEP, "too_deep"),
         (bybit_book(u=5), None),
     ]
@@ -231,8 +252,57 @@ def test_a_packed_read_that_raises_midway_loses_only_the_frame_that_raises():
     assert [b.asset for b in balances] == ["BTC"]
     assert adapter.rejects.counts == {"parser_error": 1}
     assert type(books) is PackedBooks and books.buf is not None  # every row still has its tuple
-    # The frame it had taken before raising (ETHUSDT 2) was redone and dropped by admission: a duplicate.
+    # The frame it had taken before raising (ETHUSDT 2) was redone and dropped by admission: not a duplicate of
+    # the feed, so not counted as one.
+    assert adapter.stats.duplicates == 0
+
+
+@pytest.mark.parametrize("c_path", [True, False], ids=["c", "python"])
+def test_a_deep_frame_inside_a_packed_read_counts_no_duplicate(c_path):
+    # The deep frame raises inside book_read (RecursionError), after it took the two frames before it; the
+    # intake redoes the read from where that call began and must not count those two as duplicates. A frame
+    # the feed did repeat (BTCUSDT 2 again) is still counted, once.
+    adapter, intake = intake_of(E.BINANCE_USDM, PackedSink({"BTCUSDT": 1, "ETHUSDT": 2}))
+    if not c_path:
+        intake.parser._scan = None
+    deep = '{"stream":"btcusdt@bookTicker","data":{"e":"bookTicker","x":%s}}' % DEEP
+    frames = [binance_book("BTCUSDT", 1), binance_book("ETHUSDT", 2), deep, binance_book("BTCUSDT", 3)]
+    books, _, _ = intake.process([(now_us(), [f.encode() for f in frames])])
+    assert [(b.symbol, b.update_id) for b in books] == [("BTCUSDT", 1), ("ETHUSDT", 2), ("BTCUSDT", 3)]
+    assert adapter.rejects.counts == {"too_deep": 1}
+    assert adapter.stats.duplicates == 0
+    frames = [binance_book("ETHUSDT", 4), binance_book("BTCUSDT", 3), deep, binance_book("ETHUSDT", 5)]
+    books, _, _ = intake.process([(now_us(), [f.encode() for f in frames])])
+    assert [(b.symbol, b.update_id) for b in books] == [("ETHUSDT", 4), ("ETHUSDT", 5)]
+    assert adapter.rejects.counts == {"too_deep": 2}
     assert adapter.stats.duplicates == 1
+
+
+def _spot_book(u: int) -> bytes:
+    data = {"u": u, "s": "BTCUSDT", "b": "1.5", "B": "2", "a": "1.6", "A": "3"}
+    return json.dumps({"stream": "btcusdt@bookTicker", "data": data}).encode()
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "public"])
+def test_an_update_id_out_of_range_does_not_block_its_spot_symbol(packed):
+    adapter, intake = intake_of(E.BINANCE_SPOT, (PackedSink if packed else MemorySink)({"BTCUSDT": 1}))
+    frames = [_spot_book(1), _spot_book(2**63), _spot_book(-2), _spot_book(2), _spot_book(2**64), _spot_book(3)]
+    books, _, _ = intake.process([(now_us(), frames[:3]), (now_us(), frames[3:])])
+    assert [b.update_id for b in books] == [1, 2, 3]
+    assert adapter.rejects.counts == {"bad_update_id": 3}
+    assert adapter.stats.duplicates == 0
+
+
+def test_a_balance_time_past_int8_is_rejected_bad_time():
+    adapter, intake = intake_of(E.BINANCE_SPOT, MemorySink())
+    frames = []
+    for event_ms in (MS, 10**30, MS + 1):
+        event = {"e": "outboundAccountPosition", "E": event_ms, "u": event_ms,
+                 "B": [{"a": "BTC", "f": "1", "l": "0"}]}
+        frames.append(json.dumps({"subscriptionId": 0, "event": event}).encode())
+    _, _, balances = intake.process([(now_us(), frames)])
+    assert [b.exchange_ts for b in balances] == [MS * 1000, (MS + 1) * 1000]
+    assert adapter.rejects.counts == {"bad_time": 1}
 
 
 def test_a_balance_asset_that_cannot_be_stored_is_rejected_alone():

@@ -30,7 +30,7 @@ from hftdb.tables import FUTURE_SLACK_US, BookTickerWriter
 
 USDM = ExchangeName.BINANCE_USDM
 SYMBOLS = [f"S{i:03d}USDT" for i in range(1, 41)]
-BIG_ID = "BIGIDUSDT"  # takes the update id beyond int8, after which admission drops its frames: kept apart
+BIG_ID = "BIGIDUSDT"  # sends an update id beyond int8 (rejected bad_update_id before admission): kept apart
 BAD = "BADQUOTEUSDT"  # the refused quotes' symbol, so that the generated ones never make theirs duplicates
 REGISTERED = SYMBOLS + [BIG_ID, BAD, "SUSHIUSDT", "CTKUSDT", "AKROUSDT", "KEEPUSDT", "NKNUSDT", "LRCBTC"]
 
@@ -97,12 +97,12 @@ class Frames:
             (frame(s, n(), "1", "1", "2", "-2"), False),
             (frame(s, n(), "3", "1", "2", "1"), False),  # crossed
             (frame(s, n(), "1", "1", "2", "1", e=future_ms), False),
-            (frame(BIG_ID, 2**63, "1", "1", "2", "1"), False),  # update id beyond int8
             (frame(s, n(), "1", "1", "2", "1", e=None), False),  # no event time (spot-shaped): stored, not packed
             (frame("NEWLISTUSDT", n(), "1", "1", "2", "1"), False),  # unregistered: registered on first sight
             (frame(s, n(), "1", "1", "1", "1"), True),  # bid == ask: stored
             # Frames the parser refuses or stores elsewhere add no book row: the call stays whole.
             (frame(s, n(), "1", "1", "2", "1", e=5), True),  # 5 ms after 1970: the intake's reject (bad_time)
+            (frame(BIG_ID, 2**63, "1", "1", "2", "1"), True),  # update id beyond int8: the intake's (bad_update_id)
             (b'{"stream":"s001usdt@bookTicker","data":{"e":"bookTicker","u":5,"s":"S001USDT","b":"1"}}', True),
             (b'{"stream":"s001usdt@bookTicker","data":{"e":"bookTicker","u":6,"s":"S001USDT","b":"x","B":"1",'
              b'"a":"2","A":"1","E":1700000000000}}', True),
@@ -213,8 +213,9 @@ async def test_packed_and_public_paths_store_the_same_rows_and_rejects(dsn, othe
     assert set(fast["rejects"]) >= {
         "bid_price_nan", "bid_qty_nan", "ask_price_infinite", "bid_price_infinite", "bid_price_negative",
         "bid_price_zero", "empty_quote", "ask_qty_negative", "crossed_quote", "exchange_ts_out_of_range",
-        "update_id_invalid", "recv_ts_out_of_range",
+        "recv_ts_out_of_range",
     }, fast["rejects"]
+    assert {"bad_update_id", "bad_time"} <= set(fast["feed"]["rejects_by_reason"])
     assert fast["feed"]["duplicates"] >= 2
     assert fast["feed"]["rejects_by_reason"]
     assert fast["committed"] == len(fast["rows"]) > 500

@@ -5,7 +5,8 @@
  *
  *   - the frame is bytes holding exactly one JSON object {"stream": "...", "data": {...}}, each key once, in any
  *     order, whitespace where JSON allows it;
- *   - data holds "e":"bookTicker", "u" and "E" (JSON integers, at most 18 digits), "s" (a non-empty string),
+ *   - data holds "e":"bookTicker", "u" and "E" (JSON integers, at most 18 digits, u not negative: the update
+ *     ids the Python path admits are 0 to 2**63 - 1), "s" (a non-empty string),
  *     "b" "B" "a" "A" (strings holding a plain JSON number: digits, an optional fraction, no sign, no exponent),
  *     and optionally "T" (a JSON integer, not stored); no other key;
  *   - no string has an escape, a control character or a non-ASCII byte;
@@ -214,6 +215,10 @@ read_data(const char *p, const char *end, Book *book)
         case 'u':
             bit = K_U;
             p = read_int(p, end, &book->u);
+            /* A negative id is refused by the Python path (bad_update_id); 18 digits keep it below 2**63. */
+            if (p != NULL && book->u < 0) {
+                return NULL;
+            }
             break;
         case 's':
             bit = K_S;

@@ -7,7 +7,9 @@ replay (:mod:`hftdb.replay`) both run their frames through an :class:`Intake`.
   named a reason) and the loop goes on with the next frame of the same read. The general decode refuses frames
   past :data:`~hftdb.exchanges.parsing.MAX_FRAME_BYTES` (``frame_too_large``) before decoding them, and rows
   whose symbol the venue's parser refuses (``bad_symbol``, ``wrong_market``) or whose exchange time the writers
-  would refuse (``bad_time``) before admission, where a corrupt time would pass for a duplicate.
+  would refuse (``bad_time``) before admission, where a corrupt time would pass for a duplicate. The parsers
+  refuse an update id outside ``0`` to ``2**63 - 1`` (``bad_update_id``) for the same reason: admitted, it would
+  become the symbol's last id and every later frame of the symbol a duplicate.
 * **Sequence.** Within one connection an update id that jumps is a gap (counted where the venue's ids are
   consecutive) and one that repeats or goes back is a duplicate (dropped). A snapshot may restart ids (Bybit
   sends ``u=1`` after a service restart): on a live connection it resets the stream. Unsequenced book rows are
@@ -122,16 +124,23 @@ class Intake:
                 before = len(books)
                 n = len(payloads)
                 start = 0  # where the book_read call in progress began
+                mark = before  # how many rows there were when it began
                 try:  # free while nothing raises (3.11); _general never raises
                     i, dups = book_read(payloads, 0, recv_ts, ts_max, ids, books, buf)
                     duplicates += dups
                     while i < n:
                         general(payloads[i], recv_ts, admit, books, funding, balances)
                         start = i + 1
+                        mark = len(books)
                         i, dups = book_read(payloads, start, recv_ts, ts_max, ids, books, buf)
                         duplicates += dups
                 except Exception:
-                    duplicates += self._read_after(payloads, start, recv_ts, ts_max, books, funding, balances, buf)
+                    # The redo drops the frames the failing call had admitted as duplicates of themselves: one
+                    # each, not duplicates of the feed. (Those it had dropped are counted again rightly: the failing
+                    # call's own count was lost with it.)
+                    taken = len(books) - mark
+                    duplicates += self._read_after(payloads, start, recv_ts, ts_max, books, funding, balances,
+                                                   buf) - taken
                 if len(books) > before:
                     if not lo:
                         lo = recv_ts
@@ -205,8 +214,8 @@ class Intake:
                     funding: list[FundingRate], balances: list[Balance], buf: bytearray) -> int:
         # The parser's book_read raised somewhere from payloads[i] on (which frame, it cannot say): redo the rest
         # of the read one frame at a time, so that only the frame that raises (again) is lost and counted. The
-        # bookTicker frames it had already taken are then dropped by admission (counted as duplicates, not
-        # stored twice); it takes no other frame, so nothing else is redone.
+        # bookTicker frames it had already taken are then dropped by admission (not stored twice; the caller
+        # takes them off the duplicates returned); it takes no other frame, so nothing else is redone.
         book_read = self._book_read
         ids = self.runner.book_ids
         duplicates = 0
@@ -276,13 +285,17 @@ class Intake:
         return out_books, out_rates
 
     def _checked_balances(self, rows: list[Balance]) -> list[Balance]:
-        # An asset's text reaches the database as a symbol's does: the same rule (bad_symbol), without the market.
+        # An asset's text reaches the database as a symbol's does: the same rule (bad_symbol), without the market;
+        # and its exchange time as a quote's (bad_time): a replay looks stored balances up by it.
         out = []
+        ts_max = now_us() + FUTURE_SLACK_US
         for row in rows:
-            if name_ok(row.asset):
-                out.append(row)
-            else:
+            if not name_ok(row.asset):
                 self.runner.adapter.rejects.add("bad_symbol", f"balance asset {row.asset!r:.80}")
+            elif not time_ok(row.exchange_ts, MIN_TS_US, ts_max):
+                self.runner.adapter.rejects.add("bad_time", f"balance {row.asset}: exchange time {row.exchange_ts} µs")
+            else:
+                out.append(row)
         return out
 
     def _sequence(self, rows: list[BookTicker], snapshot: bool, out: list[BookTicker]) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
 
@@ -43,6 +43,7 @@ from .parsing import (
     Parsed,
     decode_any,
     too_deep,
+    bad_update_id,
     ms_to_us,
     to_decimal,
     to_float,
@@ -116,13 +117,14 @@ class _Level1Data(msgspec.Struct, gc=False):
     s: str
     b: list[_Level]
     a: list[_Level]
-    u: int
+    # An id outside 0 to 2**63 - 1 fails the decode (checked in C): the general decode rejects it, bad_update_id.
+    u: Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
 
 
 class _Level1(msgspec.Struct, gc=False, kw_only=True):
     topic: str
     type: str
-    ts: int = 0
+    ts: Annotated[int, msgspec.Meta(le=((1 << 63) - 1) // 1000)] = 0  # past int8 in µs: the general decode (bad_time)
     data: _Level1Data
 
 
@@ -397,6 +399,9 @@ class BybitParser(VenueParser):
             raise FrameError("orderbook frame without a symbol", reason="missing_field")
         if data.u is None:  # every orderbook frame carries u: without it the quote cannot be sequenced
             raise FrameError("orderbook frame without an update id", reason="missing_field")
+        error = bad_update_id(data.u)
+        if error is not None:
+            raise error
         self.check_symbol(symbol)
         book = self._books.get(topic)
         snapshot = frame.type == "snapshot"

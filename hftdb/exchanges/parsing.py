@@ -26,6 +26,9 @@ Reasons carried by ``FrameError`` are short, stable strings, counted by :class:`
 ``bad_time``         an exchange time outside what the writers take (before 2009, or a day past the local clock):
                      refused before admission, where it would pass for a duplicate (or make later rows pass for
                      duplicates)
+``bad_update_id``    an update id (a sequencing key: Binance ``u``, Bybit ``u``, OKX ``seqId``) outside ``0`` to
+                     ``2**63 - 1``, what the writers store (int8) and exchanges send: refused before sequencing and
+                     admission, where it would become the symbol's last id and drop every later frame
 ``parser_error``     any other exception raised while handling the frame (a parser bug): the frame alone is lost
 """
 
@@ -65,6 +68,7 @@ __all__ = [
     "MAX_SYMBOL_CHARS",
     "time_ok",
     "name_ok",
+    "bad_update_id",
 ]
 
 logger = logging.getLogger(__name__)
@@ -246,6 +250,14 @@ def time_ok(ts: int | None, ts_min: int, ts_max: int) -> bool:
     """Whether an exchange time (µs, or None: none sent) lies within ``[ts_min, ts_max]`` (the writers' bounds,
     which the intake passes: this module does not import the write path)."""
     return ts is None or ts_min <= ts <= ts_max
+
+
+def bad_update_id(u: object) -> FrameError | None:
+    """The error for an update id the writers cannot store or that no exchange sends (negative, or past int8:
+    ``u >> 63`` is non-zero exactly then), else None. Checked before sequencing and admission, which key on it."""
+    if type(u) is int and not u >> 63:
+        return None
+    return FrameError(f"update id {u!r:.40} outside 0 to 2**63 - 1", reason="bad_update_id")
 
 
 def validation_error(exc: msgspec.ValidationError) -> FrameError:
