@@ -66,32 +66,11 @@ REPLAY_TIMEOUT = 15.0
 HOSTILE = tuple(f for f in FAMILIES if f != "valid")
 
 
-# -- known failures: each names the fix it waits for (the lead removes the mark after merging it) -------------
+# -- known failures: each names the fix it waits for (remove the mark when the fix lands) -------------------------
+# None today. A case is marked ``xfail(strict=True)`` with the missing fix named, so it turns red when fixed.
 
-_ID_RANGE = ("an update id past int8 (2**63 and up) is admitted by the intake, so every later frame of its symbol "
-             "is dropped as a duplicate (the writer refuses the row itself later): needs a range check of the "
-             "update id before admission, as bad_time does for times (edges-frames)")
-_REDO_DUPLICATES = ("a frame that raises inside a packed read (Binance book_read) makes the intake redo the read, "
-                    "and the frames before it are counted again as duplicates (edges-frames 56cd98f)")
-_OKX_TS = "an OKX bbo-tbt push without ts is stored with no exchange time, not rejected missing_field (edges-frames)"
-_INGEST_RANGE = ("ingest-file with an update id or exchange time past int8: the intake admits it (later good rows "
-                 "of the symbol are dropped) or replay's stored-row lookup passes it to asyncpg (OverflowError, "
-                 "DataError from hftdb/replay.py snapshot: the whole replay aborts); needs the range checks "
-                 "before admission (edges-frames) and before the lookup (edges-backfill)")
-
-_XFAIL_INTAKE: dict[tuple[str, str], str] = {
-    ("binance_spot-bookTicker", "huge_number"): _ID_RANGE,
-    ("binance_usdm-bookTicker", "huge_number"): _ID_RANGE,
-    ("okx_swap-bbo-tbt", "huge_number"): _ID_RANGE,
-    ("binance_spot-bookTicker", "deep_nesting"): _REDO_DUPLICATES,
-    ("binance_usdm-bookTicker", "deep_nesting"): _REDO_DUPLICATES,
-    ("okx_swap-bbo-tbt", "missing_key"): _OKX_TS,
-}
-_XFAIL_INGEST: dict[tuple[str, str], str] = {
-    ("binance_spot-bookTicker", "huge"): _INGEST_RANGE,
-    ("bybit_spot-orderbook.1", "huge"): _INGEST_RANGE,
-    ("okx_swap-bbo-tbt", "huge"): _INGEST_RANGE,
-}
+_XFAIL_INTAKE: dict[tuple[str, str], str] = {}
+_XFAIL_INGEST: dict[tuple[str, str], str] = {}
 
 
 def _cases(xfails: dict[tuple[str, str], str], groups: tuple[str, ...]) -> list:
