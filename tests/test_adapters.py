@@ -20,8 +20,11 @@ from hftdb.errors import ClosedError, ExchangeError, ExchangeHTTPError, Signatur
 from hftdb.exchanges.base import Backoff, ExchangeAdapter, Sink
 from hftdb.exchanges.binance import BinanceAdapter
 from hftdb.exchanges.bybit import BybitAdapter
+from hftdb.exchanges.connection import WsConnection
 from hftdb.exchanges.okx import OkxAdapter
 from hftdb.exchanges.registry import ADAPTERS, adapter_class, create_adapter, create_parser
+from hftdb.exchanges.runner import StreamRunner
+from hftdb.exchanges.session import Session
 from hftdb.exchanges.signing import Credentials
 from hftdb.models import Balance, BookTicker, Exchange, ExchangeName as E, FundingRate, Symbol
 from hftdb.simulator import ExchangeSimulator, Limits
@@ -531,6 +534,62 @@ async def test_a_corrupt_bybit_book_is_resynced(sim, adapters):
     ids = [r.update_id for r in sink.books]
     assert len(ids) == len(set(ids)) and ids == sorted(ids)  # whatever was stored, once and in order
     assert adapter.rejects.counts.get("bad_number") == 1 and adapter.stats.reconnects == 0
+
+
+class _FailsOnceOn(RecordingSink):
+    """Refuses, once, the first book batch that holds a row with one of ``ids`` (its push retries later)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[int] = set()
+
+    async def insert_book_ticker_snapshots(self, rows: Iterable[BookTicker]) -> int:
+        rows = list(rows)
+        if self.ids and any(r.update_id in self.ids for r in rows):
+            self.ids = set()
+            raise RuntimeError("sink unavailable (on purpose)")
+        return self._take(self.books, rows)
+
+
+@contextlib.asynccontextmanager
+async def _released_session(sim, adapters, sink: _FailsOnceOn) -> AsyncIterator[tuple[Session, list[int]]]:
+    """A handover's successor on its own (Bybit spot, BTCUSDT), released once it holds rows, the push of which
+    the sink refuses once (retried after 0.25-0.5 s); yields it and the held update ids, closes it after."""
+    adapter = await adapters(sim, E.BYBIT_SPOT, sink, symbols=["BTCUSDT"], reconnect=Backoff(initial=0.5, maximum=0.5))
+    runner = StreamRunner(adapter)
+    conn = await WsConnection.open(adapter.ws_endpoint(), timeout=adapter.timeout, name="successor")
+    session = Session(runner, conn, tuple(adapter.topics()), hold=True)
+    session.start()
+    try:
+        await session.subscribe(runner.next_id)
+        await adapter.wait_until(lambda s: session.held, timeout=10)
+        held = [r.update_id for books, _, _ in session.held for r in books]
+        sink.ids = set(held)
+        session.release()
+        yield session, held
+    finally:
+        await session.close()
+    assert adapter.stats.sink_errors == 1
+
+
+async def test_released_rows_reach_the_sink_before_later_live_rows(sim, adapters):
+    # A successor admits its held rows first on release, but they went to the sink in a task of their own: a live
+    # batch pushed while that task was in flight (received in the same loop turn as the release, or, as forced
+    # here, while the sink's refusal kept the task retrying) was stored before them.
+    sink = _FailsOnceOn()
+    async with _released_session(sim, adapters, sink) as (_, held):
+        await sink.wait_until(lambda: set(held) <= {r.update_id for r in sink.books}
+                              and len(sink.books) >= len(held) + 5)
+    ids = [r.update_id for r in sink.books]
+    assert len(ids) == len(set(ids)) and ids == sorted(ids)
+
+
+async def test_closing_a_released_session_stores_its_held_rows_first(sim, adapters):
+    # Closed means stored: a successor released after this one must not overtake its held rows either.
+    sink = _FailsOnceOn()
+    async with _released_session(sim, adapters, sink) as (_, held):
+        pass
+    assert set(held) <= {r.update_id for r in sink.books}
 
 
 # -- the sink, cancellation, construction ----------------------------------------------------------------

@@ -10,7 +10,8 @@
   venue announces a shutdown, or when the parser lost a book and needs a fresh snapshot, a successor is
   connected and subscribed while the old connection still streams; its rows are held until the old connection
   is closed and drained, then released. Each stream's frames are processed in order, so dropping rows whose
-  update id (or exchange time) was already stored makes the overlap exact: nothing lost, nothing twice.
+  update id (or exchange time) was already stored makes the overlap exact: nothing lost, nothing twice. The
+  released rows reach the sink before any later row of the successor (and before its close returns).
 * **Listing changes**: :meth:`StreamRunner.update` (called by the adapter's symbol sync) unsubscribes the
   topics no longer wanted on the connections carrying them, subscribes new ones on connections with room left
   (within the per-connection and per-message limits), and opens new connections for the rest. A connection
@@ -363,11 +364,21 @@ class StreamRunner:
                     setattr(stats, counter, getattr(stats, counter) + len(rows))
                     break
 
-    def spawn_push(self, books: list[BookTicker], funding: list[FundingRate], balances: list[Balance]) -> None:
-        """Push without waiting (for held rows released from synchronous code); the task is owned here."""
-        if not (books or funding or balances):
-            return
-        task = asyncio.create_task(self.push(books, funding, balances))
+    def spawn_push(
+        self, batches: list[tuple[list[BookTicker], list[FundingRate], list[Balance]]]
+    ) -> asyncio.Task | None:
+        """Push ``batches`` one after the other without waiting (for held rows released from synchronous code).
+        The task is owned here (awaited when the streams stop); it is returned so that whoever pushes later rows
+        can wait for it first: two pushes in flight at once may reach the sink in either order."""
+        batches = [b for b in batches if b[0] or b[1] or b[2]]
+        if not batches:
+            return None
+        task = asyncio.create_task(self._push_in_order(batches))
         self._pushes.add(task)
         task.add_done_callback(self._pushes.discard)
+        return task
+
+    async def _push_in_order(self, batches: list[tuple[list[BookTicker], list[FundingRate], list[Balance]]]) -> None:
+        for books, funding, balances in batches:
+            await self.push(books, funding, balances)
 

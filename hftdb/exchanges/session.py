@@ -9,6 +9,8 @@ session when it goes stale (no frame at all for ``stale_after`` seconds) or reac
   is acknowledged.
 * **Hold**: a handover's successor parses and sequences from the start but holds its rows until
   :meth:`Session.release`, once its predecessor is closed and drained (see :mod:`hftdb.exchanges.runner`).
+  The released rows are pushed in one task that the consumer (and :meth:`Session.close`) waits for before
+  pushing a live row: two pushes in flight at once could reach the sink in either order.
 * **End**: :meth:`Session.end` records why (``stale``, ``rollover``, ``reconnect``, ``resync``,
   ``resubscribe``, a close or a loss); the runner decides between a handover and a reconnect.
 """
@@ -52,6 +54,7 @@ class Session:
         self.subscribe_error: str | None = None
         self.subscribed = asyncio.Event()
         self.held: list[tuple[list[BookTicker], list[FundingRate], list[Balance]]] = []
+        self._released: asyncio.Task | None = None  # the push of the rows held until release()
         self.ended = asyncio.Event()
         self.reason = ""
         self.closing = False
@@ -159,6 +162,14 @@ class Session:
                     if books or funding or balances:
                         self.held.append((books, funding, balances))
                 elif books or funding or balances:
+                    released = self._released
+                    if released is not None:
+                        # The held rows were admitted first and must reach the sink first: this batch was
+                        # received while release() ran, or a failing sink keeps the released push retrying.
+                        # asyncio.wait: the push is the runner's and goes on even if this task is cancelled.
+                        if not released.done():
+                            await asyncio.wait((released,))
+                        self._released = None
                     await runner.push(books, funding, balances)
                 notify()
         except Exception as exc:  # a bug must end the connection loudly, not kill the feed
@@ -229,9 +240,12 @@ class Session:
         held, self.held = self.held, []
         self.intake.holding = False
         runner = self.runner
+        admitted = []
         for books, funding, balances in held:
             books, funding = runner.admit(books, funding)
-            runner.spawn_push(books, funding, balances)
+            admitted.append((books, funding, balances))
+        # One task pushes them in order; the consumer waits for it before pushing any live row (see _consume).
+        self._released = runner.spawn_push(admitted)
 
     async def close(self, *, graceful: bool = True) -> None:
         """Close the connection (``graceful``: read on until the server's close frame; else drop it at once),
@@ -252,3 +266,7 @@ class Session:
                 await asyncio.shield(consumer)
         consumer.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        released, self._released = self._released, None
+        if released is not None:
+            # Closed means stored: a successor released after this one must not overtake its held rows.
+            await asyncio.wait((released,))
