@@ -351,20 +351,10 @@ def _expired(table: str, name: str, upper_us: int | None, cutoff_us: int) -> boo
 
 
 async def _finish_interrupted_drops(conn: asyncpg.Connection, table: str) -> None:
-    for row in await _partitions(conn, table):
-        if row["detach_pending"] and row["comment"] == _DROP_MARKER and _is_ours(table, row["name"]):
-            logger.warning("finishing the interrupted detach of %s", row["name"])
-            await conn.execute(f"ALTER TABLE {_ident(table)} DETACH PARTITION {_ident(row['name'])} FINALIZE")
-    leftovers = await conn.fetch(
-        "SELECT c.relname FROM pg_class c WHERE c.relkind = 'r' AND NOT c.relispartition"
-        " AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = $1::regclass)"
-        " AND obj_description(c.oid, 'pg_class') = $2",
-        table, _DROP_MARKER,
-    )
-    for row in leftovers:
-        if _is_ours(table, row["relname"]):
-            logger.warning("dropping %s, detached by an interrupted retention run", row["relname"])
-            await conn.execute(f"DROP TABLE {_ident(row['relname'])}")
+    # Retention's own leftovers: the same recovery archiving uses, with retention's marker.
+    for name in await detached_tables(conn, table, marker=_DROP_MARKER):
+        logger.warning("dropping %s, detached by an interrupted retention run", name)
+        await conn.execute(f"DROP TABLE {_ident(name)}")
 
 
 def is_hftdb_partition(table: str, name: str) -> bool:
