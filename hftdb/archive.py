@@ -59,6 +59,7 @@ import msgspec
 
 from . import columnar, partitions
 from .config import ArchiveSettings
+from .durable import fsync_dir, write_atomic
 from .errors import DatabaseError, ValidationError
 
 __all__ = ["ArchiveReport", "ArchiveTier", "FileEntry", "Manifest", "SPECS", "archive_table", "expire", "restore_day",
@@ -316,21 +317,7 @@ def read_manifests(root: Path, table: str, lower_us: int | None = None, upper_us
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name("." + path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomic(path, data, tmp=path.with_name("." + path.name + ".tmp"))
 
 
 def _step(name: str) -> None:
@@ -632,9 +619,9 @@ def _write_files(pa: Any, spec: _Spec, root: Path, settings: ArchiveSettings, w:
     _step("verified")
     for tmp, final, _ in checked:
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
     if checked:
-        _fsync_dir(day_dir)
+        fsync_dir(day_dir)
     _step("renamed")
     entries = [e for _, _, e in checked]
     mins = [e.min_recv_us for e in entries if e.min_recv_us is not None]
@@ -704,7 +691,7 @@ def _expire(root: Path, table: str, cutoff_us: int, dry_run: bool) -> list[str]:
             continue
         day = _date_dir(root, table, m.lower_us)
         (day / _manifest_name(m.partition, m.generation)).unlink(missing_ok=True)
-        _fsync_dir(day)
+        fsync_dir(day)
         for f in m.files:
             (day / f.path).unlink(missing_ok=True)
         logger.info("expired archived %s (%d rows)", m.partition, m.rows)
@@ -770,7 +757,7 @@ async def restore_day(conn: asyncpg.Connection, table: str, date: str, *, settin
             _step("loaded")
             day = _date_dir(root, table, m.lower_us)
             (day / _manifest_name(m.partition, m.generation)).unlink()
-            _fsync_dir(day)
+            fsync_dir(day)
             for f in m.files:
                 (day / f.path).unlink(missing_ok=True)
             restored.append(m.partition)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import msgspec
 
+from .durable import write_atomic
+
 __all__ = ["Spool", "SpooledBatch"]
 
 logger = logging.getLogger(__name__)
@@ -78,12 +80,7 @@ class Spool:
         tmp = path.with_suffix(".tmp")
         data = _encoder.encode(batch)
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(self.directory)
+            write_atomic(path, data, tmp=tmp)
         except OSError:
             # Not durable, so not spooled: the caller keeps the batch. A file left here would replay it a second
             # time, out of order (the ledger would skip it, but it would hold spool room until then).
@@ -106,11 +103,3 @@ class Spool:
             return
         path.unlink(missing_ok=True)
         self.bytes_used = max(0, self.bytes_used - size)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
