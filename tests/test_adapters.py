@@ -317,7 +317,7 @@ async def test_signed_balance_poll_and_refused_signature(sim, adapters, venue, c
     caplog.set_level(logging.DEBUG)
     poller = asyncio.create_task(bad.run_balance_poller(0.01))
     try:
-        await bad.wait_until(lambda s: s.rest_errors >= 3, timeout=10)
+        await bad.wait_until(lambda s: s.rest_errors >= 6, timeout=10)
         assert not poller.done()  # a refused signature is logged and counted, and polling goes on
     finally:
         poller.cancel()
@@ -325,6 +325,10 @@ async def test_signed_balance_poll_and_refused_signature(sim, adapters, venue, c
             await poller
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "balance request refused" in logged
+    # Asking again does not fix a refused signature: logged at the 1st, 2nd, 4th... refusal in a row, not each poll.
+    refusals = bad.stats.rest_errors
+    lines = [r for r in caplog.records if "balance request refused" in r.getMessage()]
+    assert len(lines) == refusals.bit_length() < refusals
     assert secret not in logged and secret not in repr(bad) and secret not in repr(bad._credentials)
 
 

@@ -34,7 +34,7 @@ from .signing import Credentials
 if TYPE_CHECKING:
     from .runner import StreamRunner
 
-__all__ = ["Sink", "Backoff", "FeedStats", "ExchangeAdapter", "parse_rest"]
+__all__ = ["Sink", "Backoff", "FeedStats", "ExchangeAdapter", "REFUSED_MAX_WAIT_S", "parse_rest"]
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +160,9 @@ class _State(enum.Enum):
 
 
 _DEFAULT = object()
+
+#: the longest wait between balance polls while the venue keeps refusing the signature (seconds)
+REFUSED_MAX_WAIT_S = 300.0
 
 
 class ExchangeAdapter:
@@ -503,16 +506,25 @@ class ExchangeAdapter:
 
     async def run_balance_poller(self, interval: float, *, timeout: float | None = None) -> None:
         """Poll balances now and every ``interval`` seconds until cancelled. A refused signature or a failed
-        request is counted (``rest_errors``) and logged, and polling goes on."""
+        request is counted (``rest_errors``) and logged, and polling goes on. A refused signature is not fixed by
+        asking again (a wrong key or secret, a clock far off): while refusals repeat, the wait doubles up to
+        :data:`REFUSED_MAX_WAIT_S` (or ``interval``, if longer) and the error is logged at the 1st, 2nd, 4th, 8th...
+        refusal in a row, not on every poll."""
         if interval <= 0:
             raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
+        refused = 0
         while True:
+            wait = interval
             try:
                 await self.poll_balances(timeout=timeout)
             except SignatureError as exc:
                 self.stats.rest_errors += 1
                 self.notify()
-                logger.error("%s: balance request refused (check the API key and clock): %s", self.venue.value, exc)
+                refused += 1
+                wait = min(interval * 2 ** (refused - 1), max(interval, REFUSED_MAX_WAIT_S))
+                if refused & (refused - 1) == 0:  # a power of two
+                    logger.error("%s: balance request refused (check the API key and clock; %d in a row, next "
+                                 "try in %.0fs): %s", self.venue.value, refused, wait, exc)
             except FrameError as exc:  # a body that does not parse: counted by reason, logged rate-limited
                 self.stats.rest_errors += 1
                 self.rejects.add_error(exc)
@@ -521,7 +533,11 @@ class ExchangeAdapter:
                 self.stats.rest_errors += 1
                 self.notify()
                 logger.warning("%s: balance poll failed: %s", self.venue.value, exc)
-            await asyncio.sleep(interval)
+            else:
+                if refused:
+                    logger.info("%s: balance requests accepted again after %d refusals", self.venue.value, refused)
+                refused = 0
+            await asyncio.sleep(wait)
 
     # -- funding over REST ------------------------------------------------------------------------------
 
