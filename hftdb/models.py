@@ -15,6 +15,8 @@ from typing import Literal
 import msgspec
 
 __all__ = [
+    "MIN_TS_US",
+    "FUTURE_SLACK_US",
     "ExchangeName",
     "SymbolKind",
     "SymbolStatus",
@@ -44,6 +46,12 @@ class ExchangeName(enum.StrEnum):
 
 SymbolKind = Literal["spot", "perpetual", "future", "option", "unknown"]
 SymbolStatus = Literal["trading", "halted", "delisted", "unknown"]
+
+
+#: Earliest accepted timestamp (2009-01-01 UTC): anything older is a unit mistake, not market data.
+MIN_TS_US = 1_230_768_000_000_000
+#: How far past the local clock a timestamp may be (clock skew between us and the exchange).
+FUTURE_SLACK_US = 86_400_000_000
 
 
 def now_us() -> int:

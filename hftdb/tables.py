@@ -15,17 +15,13 @@ from typing import Any, Iterable
 from msgspec.structs import astuple
 
 from .copy import HEADER, PG_EPOCH_US, encode_numeric, split_tuples
-from .models import Balance, BookTicker, FundingRate, now_us
+from .models import FUTURE_SLACK_US, MIN_TS_US, Balance, BookTicker, FundingRate, now_us
 from .writer import BatchWriter
 
 __all__ = ["BookTickerWriter", "FundingRateWriter", "BalanceWriter", "MIN_TS_US", "FUTURE_SLACK_US", "bad_text",
            "seen_before"]
 
 INF = math.inf
-#: Earliest accepted timestamp (2009-01-01 UTC): anything older is a unit mistake, not market data.
-MIN_TS_US = 1_230_768_000_000_000
-#: How far past the local clock a timestamp may be (clock skew between us and the exchange).
-FUTURE_SLACK_US = 86_400_000_000
 
 
 def bad_text(value: str) -> bool:

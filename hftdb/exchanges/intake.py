@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import FrameError
 from ..models import Balance, BookTicker, FundingRate, now_us
 from ..packed import SIZE, PackedBooks
-from ..tables import FUTURE_SLACK_US, MIN_TS_US
+from ..models import FUTURE_SLACK_US, MIN_TS_US
 from .connection import Chunk
 from .parsing import CONTROL_SNAPSHOT, MAX_FRAME_BYTES, name_ok, time_ok
 

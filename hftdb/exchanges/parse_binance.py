@@ -43,9 +43,8 @@ from msgspec import field
 
 from ..copy import PG_EPOCH_US
 from ..errors import FrameError
-from ..models import Balance, BookTicker, ExchangeName, FundingRate, Symbol, SymbolKind, SymbolStatus
+from ..models import MIN_TS_US, Balance, BookTicker, ExchangeName, FundingRate, Symbol, SymbolKind, SymbolStatus
 from ..packed import PACK as _PACK
-from ..tables import MIN_TS_US
 from .parsing import (
     VenueParser,
     CONTROL_ERROR,

@@ -27,8 +27,7 @@ from typing import Annotated, Any, Generic, TypeVar
 import msgspec
 
 from ..errors import FrameError
-from ..models import Balance, BookTicker, ExchangeName, FundingRate, Symbol, SymbolKind, SymbolStatus
-from ..tables import MIN_TS_US
+from ..models import MIN_TS_US, Balance, BookTicker, ExchangeName, FundingRate, Symbol, SymbolKind, SymbolStatus
 from .parsing import (
     CONTROL_ERROR,
     CONTROL_IGNORED,

@@ -32,8 +32,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from ..errors import FrameError
-from ..models import Balance, BookTicker, ExchangeName, FundingRate, Symbol, SymbolKind, SymbolStatus
-from ..tables import MIN_TS_US
+from ..models import MIN_TS_US, Balance, BookTicker, ExchangeName, FundingRate, Symbol, SymbolKind, SymbolStatus
 from .parsing import (
     VenueParser,
     CONTROL_ERROR,
