@@ -36,7 +36,6 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import msgspec
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -143,7 +142,6 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             await _load(db, ids, quotes)
             out["load_rows_per_s"] = args.rows / (time.perf_counter() - t0)
             # The one-symbol read set, twice: archived (30 days back) and kept (20 days back).
-            one = ids[0]
             for back in (30, 20):
                 n = args.read_rows
                 start = today - back * DAY_US + HOUR_US
