@@ -48,9 +48,11 @@ __all__ = [
     "DistributeReport",
     "available",
     "distribute",
+    "distributed_before",
     "is_distributed",
     "layout_problems",
     "relation_stats",
+    "table_totals",
 ]
 
 logger = logging.getLogger(__name__)
@@ -273,3 +275,23 @@ async def relation_stats(conn: Any, names: list[str]) -> dict[str, tuple[int, in
         list(names),
     )
     return {r["name"]: (int(r["bytes"]), None if r["rows"] is None else int(r["rows"])) for r in rows}
+
+
+async def table_totals(db: Any, names: list[str]) -> dict[str, tuple[int, int | None]]:
+    """:func:`relation_stats` of each Citus table among ``names`` with its partitions' figures added in (a
+    partitioned table's own shards hold nothing). Empty on plain PostgreSQL."""
+    if not await db.fetchval("SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL"):
+        return {}
+    parts = await db.fetch(
+        "SELECT p.relname AS parent, c.relname AS child FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent"
+        " JOIN pg_class c ON c.oid = i.inhrelid WHERE p.relnamespace = current_schema()::regnamespace"
+        " AND p.relname = ANY($1::text[])", list(names))
+    stats = await relation_stats(db, [*names, *(r["child"] for r in parts)])
+    out: dict[str, tuple[int, int | None]] = {}
+    for name in names:
+        members = [name, *(r["child"] for r in parts if r["parent"] == name)]
+        known = [stats[m] for m in members if m in stats]
+        if name in stats:
+            rows = [r for _, r in known if r is not None]
+            out[name] = (sum(b for b, _ in known), sum(rows) if rows else None)
+    return out

@@ -26,7 +26,7 @@ import asyncpg
 import msgspec
 import orjson
 
-from . import __version__, dump, inventory, partitions, schema
+from . import __version__, citus, dump, inventory, partitions, schema
 from .config import Settings, load_settings, locate_config, redact_dsn
 from .redact import redact
 from .daemon import serve
@@ -476,6 +476,22 @@ async def _validate(ctx: _Context) -> int:
     return 1
 
 
+async def _distribute(ctx: _Context) -> int:
+    async with ctx.connect() as (target, conn):
+        await _require_schema(conn)
+        report = await citus.distribute(conn)
+        workers = await conn.fetchval("SELECT count(*) FROM pg_dist_node WHERE noderole = 'primary' AND groupid <> 0")
+    if not report.changed:
+        ctx.print(f"already distributed: {target.description} is laid out for Citus ({workers} worker(s))")
+        return 0
+    for what, tables in (("reference", report.reference), ("distributed", report.distributed),
+                         ("regrouped", report.regrouped)):
+        if tables:
+            ctx.print(f"{what:<12} {', '.join(tables)}")
+    ctx.print(f"distributed over {workers} worker(s); ingest_batches stays on the coordinator (docs/SCALE-OUT.md)")
+    return 0
+
+
 async def _optimize(ctx: _Context) -> int:
     async with ctx.connect() as (_, conn):
         await _require_schema(conn)
@@ -705,6 +721,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="confirm --clean")
     command("validate", "compare the live schema with the migrations: checksums, tables, columns, indexes", _validate)
     command("optimize", "ANALYZE, report index health, run partition maintenance", _optimize)
+    command("distribute", "on a Citus coordinator: distribute the tables over the workers (idempotent; see "
+                          "docs/SCALE-OUT.md)", _distribute)
     p = command("ingest-file", "replay files of raw websocket frames (one per line; plain, gzip or zstd) into the "
                 "database, in time order; exit 1 if a file's frames gave no stored row", _ingest)
     p.add_argument("--exchange", required=True, metavar="NAME",

@@ -179,6 +179,8 @@ class StorageSettings(_Section):
     ledger_retention_days: PosFloat = 7.0
     hot_index: Literal["brin", "btree"] = "brin"
     cold_btree: bool = True
+    #: On a Citus coordinator: distribute the tables at start (``hftdb distribute``; see hftdb.citus).
+    distribute: bool = False
 
 
 #: The channels each venue's adapter can stream (its defaults first), as named in the venue's own API.

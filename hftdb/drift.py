@@ -1,12 +1,15 @@
 """Schema drift: does the live schema match what the applied migrations create?
 
-Two checks, both read-only:
+Three checks, all read-only:
 
 * **Checksums**: every applied migration still ships, unedited (:meth:`hftdb.schema.Migrator.status`).
 * **Catalog**: the applied migrations are run again into a scratch schema inside a transaction that is rolled
   back, and the tables, columns (type, nullability, default, identity), constraints and indexes they create
   are compared with the live ones. Partitions are left out (hftdb makes them at run time), as is
   ``schema_migrations`` (made by the runner, not by a migration).
+
+* **Citus layout**: on a Citus coordinator whose tables are distributed, each table is a reference, distributed
+  or local table as :data:`hftdb.citus.LAYOUT` says, with the latest tables in a colocation group of their own.
 
 Differences that break hftdb (a missing table or column, another type, a missing constraint) are *problems*;
 additions that do not (an extra table or index) are *warnings*, as are pending migrations (the daemon applies
@@ -21,6 +24,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from . import citus
 from .schema import Migrator, MigrationSource, load_migrations
 
 __all__ = ["DriftReport", "check_drift"]
@@ -140,6 +144,12 @@ async def check_drift(conn: asyncpg.Connection, *, source: MigrationSource = Non
     _compare(problems, problems, "column", want["columns"], live["columns"], both, _column_text)
     _compare(problems, problems, "constraint", want["constraints"], live["constraints"], both, str)
     _compare(problems, warnings, "index", want["indexes"], live["indexes"], both, str)
+    citus_layout = await citus.layout_problems(conn)
+    if citus_layout is not None:
+        problems.extend(f"Citus: {p}" for p in citus_layout)
+    elif await citus.available(conn):
+        warnings.append("the citus extension is installed but no hftdb table is distributed: "
+                        "`hftdb distribute` spreads them over the workers")
     return DriftReport(applied=applied, pending=pending, tables=len(want["tables"]), problems=problems, warnings=warnings)
 
 

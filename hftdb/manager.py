@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator, Iterable, Literal, Sequence
 import asyncpg
 import msgspec
 
-from . import archive, packed, partitions, reads, schema
+from . import archive, citus, packed, partitions, reads, schema
 from .cache import TTLCache
 from .config import Settings, dsn_problem, load_settings, redact_dsn
 from .redact import register_dsn
@@ -174,6 +174,8 @@ class DatabaseManager:
                 async with self._pool.acquire() as conn:
                     await schema.migrate(conn)
                     await partitions.maintain(conn, self.settings.storage, now_us(), retention=False)
+                    if self.settings.storage.distribute:
+                        await citus.distribute(conn)
                 await self._warm_caches()
                 self._router = ReadRouter(self._dsn, self.settings.reads, database=db)
                 await self._router.start()
@@ -859,6 +861,15 @@ class DatabaseManager:
         for w in self._writers.values():
             w.forget_partitions()
         return report
+
+    async def distribute(self) -> citus.DistributeReport:
+        """On a Citus coordinator, distribute hftdb's tables over the workers (:func:`hftdb.citus.distribute`:
+        reference, distributed and colocated as :data:`hftdb.citus.LAYOUT`); idempotent. Raises
+        :class:`StateError` on plain PostgreSQL or without a worker. ``[storage] distribute = true`` does it at
+        start."""
+        self._check_open()
+        async with self.pool.acquire() as conn:
+            return await citus.distribute(conn)
 
     async def health_check(self, *, timeout: float = 5.0) -> dict[str, Any]:
         """Whether the database answers, how fast, and how much each writer holds uncommitted."""

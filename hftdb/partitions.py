@@ -11,7 +11,8 @@ Locks, chosen so that partition upkeep never stalls the writers' COPY into the p
     * a partition is created standalone and then ``ATTACH``-ed (SHARE UPDATE EXCLUSIVE on the parent) rather than
       made with ``CREATE TABLE ... PARTITION OF`` (ACCESS EXCLUSIVE on the parent, which queues every writer
       behind the longest running reader);
-    * retention uses ``DETACH PARTITION ... CONCURRENTLY`` then drops the detached table, for the same reason;
+    * retention uses ``DETACH PARTITION ... CONCURRENTLY`` then drops the detached table, for the same reason
+      (on Citus, which has no CONCURRENTLY for distributed tables, a plain DETACH: :mod:`hftdb.citus`);
     * sealed partitions are indexed with ``CREATE INDEX CONCURRENTLY``: late (spooled) rows may still arrive.
     Creation is serialized per table by a transaction-level advisory lock, drop and index by a session-level one.
 
@@ -30,6 +31,7 @@ from typing import Final, Literal
 import asyncpg
 import msgspec
 
+from . import citus
 from .config import StorageSettings
 from .errors import DatabaseError, StateError, ValidationError
 from .locks import unlock
@@ -191,19 +193,15 @@ async def _partitions(conn: asyncpg.Connection, table: str) -> list[asyncpg.Reco
 async def list_partitions(conn: asyncpg.Connection, table: str) -> list[PartitionInfo]:
     """The attached partitions of ``table``, oldest first, with bounds, size and whether the btree is built."""
     _check_table(table)
-    return [
-        PartitionInfo(
-            table=table,
-            name=row["name"],
-            lower_us=row["lower_us"],
-            upper_us=row["upper_us"],
-            rows=None if row["reltuples"] < 0 else row["reltuples"],
-            size_bytes=row["size_bytes"],
-            has_btree=row["has_btree"],
-        )
-        for row in await _partitions(conn, table)
-        if not row["detach_pending"]
-    ]
+    rows = [row for row in await _partitions(conn, table) if not row["detach_pending"]]
+    # On Citus the coordinator's partitions are empty shells: their shards' figures replace the catalog's.
+    shards = await citus.relation_stats(conn, [row["name"] for row in rows])
+    out = []
+    for row in rows:
+        size, est = shards.get(row["name"], (row["size_bytes"], None if row["reltuples"] < 0 else row["reltuples"]))
+        out.append(PartitionInfo(table=table, name=row["name"], lower_us=row["lower_us"], upper_us=row["upper_us"],
+                                 rows=est, size_bytes=size, has_btree=row["has_btree"]))
+    return out
 
 
 def _uncovered(
@@ -331,10 +329,8 @@ async def drop_partitions_before(
         for row in await _partitions(conn, table):
             if row["detach_pending"] or not _expired(table, row["name"], row["upper_us"], cutoff_us):
                 continue
-            part = _ident(row["name"])
-            await conn.execute(f"COMMENT ON TABLE {part} IS '{_DROP_MARKER}'")
-            await conn.execute(f"ALTER TABLE {_ident(table)} DETACH PARTITION {part} CONCURRENTLY")
-            await conn.execute(f"DROP TABLE {part}")
+            await _detach(conn, table, row["name"], _DROP_MARKER)
+            await conn.execute(f"DROP TABLE {_ident(row['name'])}")
             logger.info("dropped partition %s (upper bound %s <= cutoff %s)", row["name"], _utc(row["upper_us"]),
                         _utc(cutoff_us))
             dropped.append(row["name"])
@@ -377,11 +373,25 @@ async def sealed_partitions(conn: asyncpg.Connection, table: str, cutoff_us: int
 
 async def detach_partition(conn: asyncpg.Connection, table: str, name: str, *, marker: str) -> None:
     """Detach hftdb partition ``name`` of ``table`` CONCURRENTLY (writers are not blocked), first commenting it
-    with ``marker`` so that :func:`detached_tables` finds it again after a crash. Call it under
-    :func:`maintenance_lock`."""
+    with ``marker`` so that :func:`detached_tables` finds it again after a crash; on Citus plainly, the marker
+    set in the detach's own transaction. Call it under :func:`maintenance_lock`."""
     if not is_hftdb_partition(table, name):
         raise ValidationError(f"{name} is not an hftdb partition of {table}")
+    await _detach(conn, table, name, marker)
+
+
+async def _detach(conn: asyncpg.Connection, table: str, name: str, marker: str) -> None:
     part = _ident(name)
+    if await citus.is_distributed(conn, table):
+        # Citus supports neither DETACH ... CONCURRENTLY nor FINALIZE. A plain DETACH (ACCESS EXCLUSIVE on the
+        # parent while it runs: writers wait that long) commits with the marker, so the marker is only ever on a
+        # table that is detached, and a failed detach leaves the partition attached and unmarked.
+        async with conn.transaction():
+            await conn.execute(f"ALTER TABLE {_ident(table)} DETACH PARTITION {part}")
+            await conn.execute(f"COMMENT ON TABLE {part} IS {_literal(marker)}")
+        return
+    # CONCURRENTLY runs in two transactions: the marker goes first, so a detach interrupted between them is
+    # found (detach pending, marked) and finalized by detached_tables.
     await conn.execute(f"COMMENT ON TABLE {part} IS {_literal(marker)}")
     await conn.execute(f"ALTER TABLE {_ident(table)} DETACH PARTITION {part} CONCURRENTLY")
 

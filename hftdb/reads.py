@@ -12,7 +12,7 @@ import asyncio
 import operator
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Sequence
 
-from . import columnar
+from . import citus, columnar
 from .copy import PG_EPOCH_US
 from .errors import ValidationError
 from .models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Symbol, now_us
@@ -632,5 +632,8 @@ async def table_stats(db: Any) -> dict[str, Any]:
         ["exchanges", "symbols", "book_tickers", "book_tickers_latest", "funding_rates", "funding_rates_latest",
          "balances", "balances_latest", "ingest_batches"],
     )
-    return {"tables": {r[0]: {"bytes": int(r[1]), "estimated_rows": int(r[2]), "partitions": int(r[3])}
-                       for r in rows}}
+    tables = {r[0]: {"bytes": int(r[1]), "estimated_rows": int(r[2]), "partitions": int(r[3])} for r in rows}
+    # On Citus the coordinator holds empty shells: the shards' sizes and estimates replace the catalog's.
+    for name, (size, est) in (await citus.table_totals(db, list(tables))).items():
+        tables[name].update(bytes=size, estimated_rows=est or 0)
+    return {"tables": tables}

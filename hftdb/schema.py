@@ -6,7 +6,9 @@ applied file has changed or gone. Each migration runs in its own transaction, an
 session-level advisory lock :data:`MIGRATION_LOCK_KEY`, so concurrent processes apply each version once.
 :meth:`Migrator.down` reverts to a version with the down files.
 
-The partitions of the time-series tables are managed by :mod:`hftdb.partitions`.
+The partitions of the time-series tables are managed by :mod:`hftdb.partitions`. On a Citus coordinator whose
+tables were distributed, a run that applied or reverted anything distributes them again (:mod:`hftdb.citus`): a
+migration that rebuilds a table leaves it local.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Final, Union
 import asyncpg
 import msgspec
 
+from . import citus
 from .errors import MigrationError, StateError, ValidationError
 from .locks import unlock
 
@@ -205,6 +208,7 @@ class Migrator:
                     f"pending migration(s) {', '.join(stale)} are older than applied version {newest:04d}; "
                     "renumber them after it"
                 )
+            was_distributed = await citus.distributed_before(self._conn)
             done = []
             for mig in pending:
                 logger.info("applying migration %s", mig.filename)
@@ -218,6 +222,8 @@ class Migrator:
                 except asyncpg.PostgresError as exc:
                     raise MigrationError(f"migration {mig.filename} failed and was rolled back: {exc}") from exc
                 done.append(mig.version)
+            if done and was_distributed:
+                await citus.distribute(self._conn)  # a migration may rebuild a table as local (0004 does)
             return done
 
     async def down(self, target: int) -> list[int]:
@@ -231,6 +237,7 @@ class Migrator:
             no_down = [shipped[v].filename for v in doomed if shipped[v].down_sql is None]
             if no_down:
                 raise MigrationError(f"cannot revert: no down file for {', '.join(no_down)}")
+            was_distributed = await citus.distributed_before(self._conn)
             for version in doomed:
                 mig = shipped[version]
                 logger.info("reverting migration %s", mig.filename)
@@ -240,6 +247,8 @@ class Migrator:
                         await self._conn.execute("DELETE FROM schema_migrations WHERE version = $1", version)
                 except asyncpg.PostgresError as exc:
                     raise MigrationError(f"reverting {mig.filename} failed and was rolled back: {exc}") from exc
+            if doomed and was_distributed and await self._conn.fetchval("SELECT to_regclass('exchanges') IS NOT NULL"):
+                await citus.distribute(self._conn)
             return doomed
 
     async def _applied(self) -> dict[int, asyncpg.Record]:

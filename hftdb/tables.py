@@ -109,7 +109,7 @@ _UPDATE_THEN_INSERT = _LEDGER + """, u AS (
 ), inserted AS (
     INSERT INTO {table}_latest AS l (symbol_id, exchange_id, {columns})
     SELECT u.symbol_id, s.exchange_id, {u_columns} FROM u LEFT JOIN symbols s ON s.id = u.symbol_id
-    WHERE NOT EXISTS (SELECT FROM {table}_latest x WHERE x.symbol_id = u.symbol_id)
+    LEFT JOIN {table}_latest x ON x.symbol_id = u.symbol_id WHERE x.symbol_id IS NULL
     ON CONFLICT (symbol_id) DO UPDATE SET exchange_id = coalesce(l.exchange_id, EXCLUDED.exchange_id), {excluded}
     WHERE l.recv_ts <= EXCLUDED.recv_ts
 )""" + _NOTIFY

@@ -7,15 +7,19 @@ on the embedded server, which has no Citus.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import asyncpg
+import msgspec
 import pytest
 
-from hftdb import citus
+from hftdb import DatabaseManager, ExchangeName, citus
 from hftdb.schema import migrate
 
 from citus_cluster import CitusCluster, find_citus_bin
+from helpers import settings, tickers
+from test_cli import cli, free_port
 
 CITUS_BIN, WHY_NOT = find_citus_bin()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(CITUS_BIN is None, reason=WHY_NOT)]
@@ -76,3 +80,89 @@ async def test_migrate_and_distribute_lays_out_the_tables(citus_dsn):
         assert history != latest
     finally:
         await conn.close()
+
+
+def _settings(tmp_path, **writer):
+    s = settings(tmp_path, **writer)
+    return msgspec.structs.replace(s, storage=msgspec.structs.replace(s.storage, distribute=True))
+
+
+async def _worker_counts(cluster: CitusCluster, dsn: str, table: str) -> list[int]:
+    """Rows of ``table`` held by each worker's shards (counted on the workers themselves)."""
+    conn = await _connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT nodeport, sum(result::bigint) AS n FROM run_command_on_shards($1, 'SELECT count(*) FROM %s') r"
+            " JOIN citus_shards s USING (shardid) GROUP BY nodeport", table)
+    finally:
+        await conn.close()
+    by_port = {r["nodeport"]: int(r["n"]) for r in rows}
+    return [by_port.get(w.port, 0) for w in cluster.workers]
+
+
+async def test_ingest_reads_and_latest_on_the_cluster(citus_cluster, citus_dsn, tmp_path):
+    async with DatabaseManager(citus_dsn, settings=_settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        rows = tickers(5_000, symbols=50)
+        await db.insert_book_ticker_snapshots(rows)
+        await db.flush(timeout=WAIT)
+        more = tickers(5_000, start_id=5_000, symbols=50, base_ts=rows[-1].recv_ts + 1)
+        await db.insert_book_ticker_snapshots(more)
+        await db.flush(timeout=WAIT)
+        stats = db.writer("book_tickers").snapshot()
+        assert stats["rows_committed"] == 10_000
+        latest = await db.get_latest_book_tickers(ExchangeName.BINANCE_SPOT)
+        assert len(latest) == 50
+        newest = {}
+        for r in rows + more:
+            newest[r.symbol] = r.update_id
+        assert {r.symbol: r.update_id for r in latest} == newest
+        history = await db.get_book_ticker_history(ExchangeName.BINANCE_SPOT, "SYM3USDT", start=rows[0].recv_ts,
+                                                  end=more[-1].recv_ts + 1)
+        assert [r.update_id for r in history] == [r.update_id for r in rows + more if r.symbol == "SYM3USDT"]
+    conn = await _connect(citus_dsn)
+    try:
+        assert await conn.fetchval("SELECT count(DISTINCT update_id) FROM book_tickers") == 10_000
+        assert await conn.fetchval("SELECT count(*) FROM book_tickers") == 10_000
+        assert await citus.layout_problems(conn) == []
+    finally:
+        await conn.close()
+    on_workers = await _worker_counts(citus_cluster, citus_dsn, "book_tickers")
+    assert sum(on_workers) == 10_000 and all(n > 0 for n in on_workers), on_workers
+
+
+async def test_cli_distribute_validate_and_migrations_keep_the_layout(citus_dsn, tmp_path):
+    e = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    e.update(HFTDB_WRITER_SPOOL_DIR=str(tmp_path / "spool"), HFTDB_METRICS_PORT=str(free_port()))
+    e["HFTDB_DSN"] = citus_dsn
+    code, out, err = await cli("migrate", "up", env=e, cwd=tmp_path)
+    assert code == 0, err
+    code, out, err = await cli("validate", env=e, cwd=tmp_path)
+    assert code == 0 and "no hftdb table is distributed" in out, out + err
+    code, out, err = await cli("distribute", env=e, cwd=tmp_path)
+    assert code == 0 and "reference    exchanges, symbols" in out and "2 worker(s)" in out, out + err
+    code, out, err = await cli("distribute", env=e, cwd=tmp_path)
+    assert code == 0 and out.startswith("already distributed"), out + err
+    code, out, err = await cli("validate", env=e, cwd=tmp_path)
+    assert code == 0 and out.startswith("valid:"), out + err
+    # 0004 rebuilds the latest tables: down and up again leaves them local unless the run distributes them again.
+    code, out, err = await cli("migrate", "down", "--to", "3", "--yes", env=e, cwd=tmp_path)
+    assert code == 0, err
+    code, out, err = await cli("migrate", "up", env=e, cwd=tmp_path)
+    assert code == 0, err
+    code, out, err = await cli("validate", env=e, cwd=tmp_path)
+    assert code == 0 and out.startswith("valid:"), out + err
+    # A latest table colocated with its history (what made every commit fail) is a problem validate names.
+    conn = await _connect(citus_dsn)
+    try:
+        await conn.execute("SELECT update_distributed_table_colocation('book_tickers_latest', "
+                           "colocate_with => 'book_tickers')")
+    finally:
+        await conn.close()
+    code, out, err = await cli("validate", env=e, cwd=tmp_path)
+    assert code == 1 and "PROBLEM  Citus: the *_latest tables are colocated with their history tables" in out, out
+    code, out, err = await cli("distribute", env=e, cwd=tmp_path)
+    assert code == 0 and "regrouped" in out, out + err
+    code, out, err = await cli("validate", env=e, cwd=tmp_path)
+    assert code == 0, out + err
+

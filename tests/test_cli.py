@@ -357,3 +357,13 @@ async def test_ingest_file_is_callable_from_python(dsn, tmp_path, fixtures_dir):
         latest = await db.get_latest_book_tickers("bybit_linear")
     assert seen and seen[-1][0] == seen[-1][1] > 0
     assert latest and all(t.update_id is not None for t in latest)
+
+
+async def test_cli_distribute_on_plain_postgresql_is_one_error_line(dsn, env, tmp_path):
+    e = env
+    e["HFTDB_DSN"] = dsn
+    code, out, err = await cli("migrate", "up", env=e, cwd=tmp_path)
+    assert code == 0, err
+    code, out, err = await cli("distribute", env=e, cwd=tmp_path)
+    assert code == 1
+    one_error_line(err, "citus extension is not created")
