@@ -289,9 +289,11 @@ async def table_totals(db: Any, names: list[str]) -> dict[str, tuple[int, int | 
     stats = await relation_stats(db, [*names, *(r["child"] for r in parts)])
     out: dict[str, tuple[int, int | None]] = {}
     for name in names:
-        members = [name, *(r["child"] for r in parts if r["parent"] == name)]
-        known = [stats[m] for m in members if m in stats]
-        if name in stats:
-            rows = [r for _, r in known if r is not None]
-            out[name] = (sum(b for b, _ in known), sum(rows) if rows else None)
+        children = [r["child"] for r in parts if r["parent"] == name]
+        if name not in stats:
+            continue
+        known = [stats[m] for m in (name, *children) if m in stats]
+        # An analyzed partitioned table's reltuples already counts its partitions' rows: rows from these alone.
+        rows = [r for m in (children or [name]) if m in stats and (r := stats[m][1]) is not None]
+        out[name] = (sum(b for b, _ in known), sum(rows) if rows else None)
     return out

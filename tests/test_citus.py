@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from decimal import Decimal
 
 import asyncpg
 import msgspec
 import pytest
 
-from hftdb import DatabaseManager, ExchangeName, citus
+from hftdb import Balance, DatabaseManager, ExchangeName, FundingRate, citus, now_us, partitions
 from hftdb.schema import migrate
 
 from citus_cluster import CitusCluster, find_citus_bin
@@ -166,3 +167,51 @@ async def test_cli_distribute_validate_and_migrations_keep_the_layout(citus_dsn,
     code, out, err = await cli("validate", env=e, cwd=tmp_path)
     assert code == 0, out + err
 
+
+
+async def test_funding_balances_notifications_retention_and_stats(citus_cluster, citus_dsn, tmp_path):
+    async with DatabaseManager(citus_dsn, settings=_settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_USDM)
+        await db.insert_exchange(ExchangeName.OKX_SPOT)
+        t = now_us()
+        old = t - 40 * 86_400_000_000  # a backfill 40 days back: its partition is made on demand, distributed
+        async with db.notifications("book_tickers", exchange="binance_usdm") as feed:
+            await db.insert_book_ticker_snapshots(tickers(100, exchange="binance_usdm", symbols=10, base_ts=old))
+            await db.insert_book_ticker_snapshots(tickers(2_000, start_id=100, exchange="binance_usdm", symbols=10))
+            await db.flush(timeout=WAIT)
+            notes = [await asyncio.wait_for(feed.__anext__(), WAIT)]
+            while sum(n.rows for n in notes) < 2_100:
+                notes.append(await asyncio.wait_for(feed.__anext__(), WAIT))
+            assert sum(n.rows for n in notes) == 2_100 and not any(n.catch_up for n in notes)
+        await db.insert_funding_rates([FundingRate("binance_usdm", f"SYM{i % 10}USDT", 0.0001 * i, t + i,
+                                                   exchange_ts=t + i, mark_price=100.0 + i) for i in range(50)])
+        await db.insert_balance_snapshots([Balance(exchange="okx_spot", asset=a, free=Decimal(f"{i}.5"),
+                                                   locked=Decimal("0"), recv_ts=t + i)
+                                           for i, a in enumerate(("BTC", "ETH", "USDT", "BTC"))])
+        await db.flush(timeout=WAIT)
+        funding = {f.symbol: f.rate for f in await db.get_latest_funding_rates(ExchangeName.BINANCE_USDM)}
+        assert funding == {f"SYM{i % 10}USDT": 0.0001 * i for i in range(40, 50)}
+        balances = {b.asset: b.free for b in await db.get_latest_balances(ExchangeName.OKX_SPOT)}
+        assert balances == {"BTC": Decimal("3.5"), "ETH": Decimal("1.5"), "USDT": Decimal("2.5")}
+
+        # Statistics come from the shards: the coordinator's partitions are empty shells.
+        await db.pool.execute("ANALYZE book_tickers")
+        stats = (await db.get_database_stats())["tables"]["book_tickers"]
+        assert stats["estimated_rows"] == 2_100 and stats["bytes"] > 100_000, stats
+        async with db.pool.acquire() as conn:
+            parts = await partitions.list_partitions(conn, "book_tickers")
+        assert sum(p.rows for p in parts) == 2_100 and min(p.size_bytes for p in parts) > 16_384, parts
+
+        dropped = await db.cleanup_old_data(30)
+        assert dropped["book_tickers"] == [parts[0].name]
+        assert await db.pool.fetchval("SELECT count(*) FROM book_tickers") == 2_000
+        assert await db.pool.fetchval("SELECT to_regclass($1)", parts[0].name) is None
+        assert await db.pool.fetchval("SELECT count(*) FROM pg_description WHERE description LIKE 'hftdb:%'") == 0
+        # The writer forgot the dropped partition: another old row recreates (and distributes) it.
+        await db.insert_book_ticker_snapshots(tickers(1, start_id=9_999, exchange="binance_usdm", base_ts=old))
+        await db.flush(timeout=WAIT)
+        assert await db.pool.fetchval("SELECT count(*) FROM book_tickers") == 2_001
+        report = await db.run_maintenance()
+        assert report.dropped == [parts[0].name]
+        code = await db.pool.fetchval("SELECT count(*) FROM citus_tables WHERE table_name::text LIKE 'book_tickers%'")
+        assert code == len(parts) + 1  # the parent, its partitions: all distributed, the dropped one gone
