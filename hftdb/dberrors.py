@@ -15,6 +15,11 @@ registration, the manager's start-up). Its answer is one of:
       the passing of a load peak fixes;
     - ``40001`` serialization_failure, ``40P01`` deadlock_detected, ``55P03`` lock_not_available, ``55006``
       object_in_use (a concurrent DDL such as a partition being attached or detached);
+    - ``XX000`` when Citus says a worker was lost: ``failure on connection marked as essential``, ``could not
+      connect to any active placements``, or libpq's own words for a dead connection (``SSL SYSCALL error``,
+      ``server closed the connection unexpectedly``, ...) passed on from a worker connection lost under an open
+      transaction. Citus raises these as internal errors, not class 08, and a worker restart or failover fixes
+      them (its errors while connecting are 08006 already);
     - ``23514`` when it is "no partition of relation ... found for row" (retention dropped a partition under the
       writer; the retry creates it): fixed by the retry itself, so waited out, not held against the rows.
 
@@ -62,6 +67,13 @@ CATCH: tuple[type[BaseException], ...] = (
 _WAIT_STATES = frozenset({"57P01", "57P02", "57P03", "57014", "40001", "40P01", "55P03", "55006"})
 _WAIT_CLASSES = frozenset({"08", "53"})
 _DATA_CLASSES = frozenset({"22", "23"})
+#: Citus's XX000 errors that mean a worker was unreachable (see the module docstring): Citus's own, then libpq's.
+_CITUS_UNREACHABLE = (
+    "failure on connection marked as essential", "could not connect to any active placements",
+    "SSL SYSCALL error", "SSL error", "server closed the connection unexpectedly", "could not receive data from server",
+    "could not send data to server", "connection not open", "no connection to the server",
+    "lost synchronization with server",
+)
 
 
 def sqlstate(exc: BaseException) -> str | None:
@@ -81,6 +93,8 @@ def classify(exc: BaseException) -> str:
     if state in _WAIT_STATES or state[:2] in _WAIT_CLASSES:
         return WAIT
     if state == "23514" and "no partition of relation" in str(exc):
+        return WAIT
+    if state == "XX000" and any(words in str(exc) for words in _CITUS_UNREACHABLE):
         return WAIT
     if state[:2] in _DATA_CLASSES:
         return DATA

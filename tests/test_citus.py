@@ -16,6 +16,8 @@ import msgspec
 import pytest
 
 from hftdb import Balance, DatabaseManager, ExchangeName, FundingRate, citus, now_us, partitions
+from hftdb import dberrors
+from hftdb.dberrors import MAX_OTHER_ATTEMPTS
 from hftdb.schema import migrate
 
 from citus_cluster import CitusCluster, find_citus_bin
@@ -215,3 +217,114 @@ async def test_funding_balances_notifications_retention_and_stats(citus_cluster,
         assert report.dropped == [parts[0].name]
         code = await db.pool.fetchval("SELECT count(*) FROM citus_tables WHERE table_name::text LIKE 'book_tickers%'")
         assert code == len(parts) + 1  # the parent, its partitions: all distributed, the dropped one gone
+
+
+async def _produce(db: DatabaseManager, stop: asyncio.Event, *, chunk: int = 200) -> int:
+    sent = 0
+    while not stop.is_set():
+        sent += await db.insert_book_ticker_snapshots(tickers(chunk, start_id=sent, symbols=40))
+        await asyncio.sleep(0.002)
+    return sent
+
+
+async def _committed_more(db: DatabaseManager, n: int) -> None:
+    target = db.writer("book_tickers").stats.rows_committed + n
+    await _until(lambda: _true(db.writer("book_tickers").stats.rows_committed >= target), f"{n} more rows commit")
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _counts(dsn: str) -> tuple[int, int]:
+    conn = await _connect(dsn)
+    try:
+        row = await conn.fetchrow("SELECT count(*), count(DISTINCT update_id) FROM book_tickers")
+        return row[0], row[1]
+    finally:
+        await conn.close()
+
+
+async def _exactly_once(dsn: str, sent: int) -> None:
+    # A worker that was down when the coordinator committed gets its prepared transaction committed by Citus's
+    # recovery (citus.recover_2pc_interval, 1 s here): wait for it, then every row is there once.
+    async def settled() -> bool:
+        return (await _counts(dsn))[0] >= sent
+
+    await _until(settled, f"all {sent} rows are visible")
+    assert await _counts(dsn) == (sent, sent)
+
+
+@pytest.mark.parametrize("node", ["worker", "coordinator"])
+async def test_exactly_once_when_a_node_restarts_during_ingest(citus_cluster, citus_dsn, tmp_path, node):
+    async with DatabaseManager(citus_dsn, settings=_settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        stop = asyncio.Event()
+        producer = asyncio.create_task(_produce(db, stop))
+        try:
+            for mode in ("immediate", "fast"):
+                await _committed_more(db, 2_000)
+                target = citus_cluster.coordinator if node == "coordinator" else citus_cluster.workers[0]
+                await target.restart(mode)
+            await _committed_more(db, 2_000)
+        finally:
+            stop.set()
+            sent = await producer
+        await db.flush(timeout=WAIT)
+        stats = db.writer("book_tickers").stats
+        rejected = db.writer("book_tickers").snapshot().get("rejects")
+    assert stats.retries > 0, "the restarts never hit the writer: the test did not test anything"
+    assert not rejected, rejected
+    await _exactly_once(citus_dsn, sent)
+
+
+async def test_a_worker_down_longer_than_the_retries_loses_nothing(citus_cluster, citus_dsn, tmp_path):
+    # While the worker is down every commit fails (08006, or XX000 mid-commit, see the next test) and is waited
+    # out: sealed batches go to the spool, and once the worker is back everything commits exactly once.
+    async with DatabaseManager(citus_dsn, settings=_settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        stop = asyncio.Event()
+        producer = asyncio.create_task(_produce(db, stop))
+        worker = citus_cluster.workers[1]
+        try:
+            await _committed_more(db, 2_000)
+            await worker.stop("immediate")
+            try:
+                writer = db.writer("book_tickers")
+                await _until(lambda: _true(writer.stats.retries >= 3 * MAX_OTHER_ATTEMPTS),
+                             "the writer retried the outage many times")
+                assert writer.stats.batches_spooled > 0  # sealed batches wait on disk, oldest first
+            finally:
+                await worker.start()
+            await _committed_more(db, 2_000)
+        finally:
+            stop.set()
+            sent = await producer
+        await db.flush(timeout=WAIT)
+        rejected = db.writer("book_tickers").snapshot().get("rejects")
+    assert not rejected, rejected
+    await _exactly_once(citus_dsn, sent)
+
+
+async def test_a_worker_lost_mid_transaction_is_waited_out_not_held_against_the_rows(citus_cluster, citus_dsn):
+    # Citus reports a worker lost under an open transaction as XX000 ("failure on connection marked as
+    # essential"), not as a connection error: classified as an unknown error, its bounded retries would end in
+    # rejected rows.
+    conn = await _connect(citus_dsn)
+    worker = citus_cluster.workers[0]
+    try:
+        await migrate(conn)
+        await citus.distribute(conn)
+        tr = conn.transaction()
+        await tr.start()
+        await conn.execute("INSERT INTO book_tickers_latest (symbol_id, recv_ts, bid_price, bid_qty, ask_price, ask_qty)"
+                           " SELECT i, now(), 1, 1, 2, 1 FROM generate_series(1, 100) i")
+        await worker.stop("immediate")
+        try:
+            with pytest.raises(asyncpg.PostgresError) as caught:
+                await tr.commit()
+        finally:
+            await worker.start()
+    finally:
+        await conn.close()
+    assert dberrors.classify(caught.value) == dberrors.WAIT, (caught.value.sqlstate, str(caught.value))
