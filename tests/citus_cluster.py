@@ -80,14 +80,15 @@ class Node:
         """DSN of ``database`` on this node (trust authentication on loopback)."""
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
-    async def init(self) -> None:
+    async def init(self, *, citus: bool = True) -> None:
+        """initdb and the configuration; ``citus=False`` makes a plain server of the same installation."""
         await self.cluster.run("initdb", "-D", str(self.data_dir), "-U", "postgres", "-A", "trust", "-E", "UTF8",
                                "--no-sync")
         conf = {
             "port": self.port,
             "listen_addresses": "'127.0.0.1'",
             "unix_socket_directories": f"'{self.cluster.root}'",
-            "shared_preload_libraries": "'citus'",
+            "shared_preload_libraries": "'citus'" if citus else "''",
             "max_connections": 300,
             # Citus commits every distributed write with two-phase commit: the workers need prepared transactions.
             "max_prepared_transactions": 300,
@@ -95,6 +96,8 @@ class Node:
             # A test restarts nodes: recover a dropped 2PC transaction in 1 s, not the default minute.
             "citus.recover_2pc_interval": "'1s'",
             "citus.node_connection_timeout": "'5s'",
+            # Shard moves of a rebalance copy by logical replication, so writes go on during them.
+            "wal_level": "logical",
             # Durability against a process crash is what the fault tests need; an OS crash is not tested.
             "fsync": "off",
             "full_page_writes": "off",
@@ -142,6 +145,7 @@ class CitusCluster:
         self.coordinator = Node(self, "coordinator", ports[0])
         self.workers = [Node(self, f"worker{i}", p) for i, p in enumerate(ports[1:], 1)]
         self.databases: list[str] = []
+        self.others: list[Node] = []  # servers outside the cluster (add_plain_node)
 
     @property
     def nodes(self) -> list[Node]:
@@ -175,11 +179,21 @@ class CitusCluster:
 
     async def add_worker(self) -> Node:
         """Create and start one more worker (not yet in any database's metadata: ``citus_add_node`` does that)."""
-        (port,) = _free_ports(1, skip={n.port for n in self.nodes})
+        (port,) = _free_ports(1, skip={n.port for n in self.nodes} | {n.port for n in self.others})
         node = Node(self, f"worker{len(self.workers) + 1}", port)
         await node.init()
         await node.start()
         self.workers.append(node)
+        return node
+
+    async def add_plain_node(self, name: str) -> Node:
+        """Create and start a server of the same installation without Citus (not part of the cluster), for a
+        single-server comparison."""
+        (port,) = _free_ports(1, skip={n.port for n in self.nodes} | {n.port for n in self.others})
+        node = Node(self, name, port)
+        await node.init(citus=False)
+        await node.start()
+        self.others.append(node)
         return node
 
     async def prepare_node(self, node: Node, database: str) -> None:
@@ -211,7 +225,7 @@ class CitusCluster:
 
     async def stop(self) -> None:
         """Stop every node and remove the cluster's directory."""
-        for node in self.nodes:
+        for node in [*self.nodes, *self.others]:
             with contextlib.suppress(Exception):
                 await node.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)

@@ -91,16 +91,17 @@ def _settings(tmp_path, **writer):
 
 
 async def _worker_counts(cluster: CitusCluster, dsn: str, table: str) -> list[int]:
-    """Rows of ``table`` held by each worker's shards (counted on the workers themselves)."""
+    """Rows of ``table`` held by each worker of this database (counted on the workers themselves)."""
     conn = await _connect(dsn)
     try:
         rows = await conn.fetch(
             "SELECT nodeport, sum(result::bigint) AS n FROM run_command_on_shards($1, 'SELECT count(*) FROM %s') r"
             " JOIN citus_shards s USING (shardid) GROUP BY nodeport", table)
+        ports = {r[0] for r in await conn.fetch("SELECT nodeport FROM pg_dist_node WHERE groupid <> 0")}
     finally:
         await conn.close()
     by_port = {r["nodeport"]: int(r["n"]) for r in rows}
-    return [by_port.get(w.port, 0) for w in cluster.workers]
+    return [by_port.get(w.port, 0) for w in cluster.workers if w.port in ports]
 
 
 async def test_ingest_reads_and_latest_on_the_cluster(citus_cluster, citus_dsn, tmp_path):
@@ -328,3 +329,37 @@ async def test_a_worker_lost_mid_transaction_is_waited_out_not_held_against_the_
     finally:
         await conn.close()
     assert dberrors.classify(caught.value) == dberrors.WAIT, (caught.value.sqlstate, str(caught.value))
+
+
+async def test_adding_a_worker_and_rebalancing_while_ingesting(citus_cluster, citus_dsn, tmp_path):
+    database = citus_dsn.rsplit("/", 1)[1]
+    async with DatabaseManager(citus_dsn, settings=_settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        stop = asyncio.Event()
+        producer = asyncio.create_task(_produce(db, stop))
+        try:
+            await _committed_more(db, 2_000)
+            worker = await citus_cluster.add_worker()
+            await citus_cluster.prepare_node(worker, database)
+            admin = await _connect(citus_dsn)
+            try:
+                await admin.execute("SELECT citus_add_node('127.0.0.1', $1)", worker.port)
+                # book_tickers has no primary key: logical replication still moves it, as it only gets INSERTs.
+                await admin.execute("SELECT citus_rebalance_start(shard_transfer_mode => 'force_logical')")
+                await admin.execute("SELECT citus_rebalance_wait()", timeout=WAIT * 3)
+                status = await admin.fetchval("SELECT state::text FROM citus_rebalance_status()")
+                assert status == "finished", status
+            finally:
+                await admin.close()
+            await _committed_more(db, 2_000)
+        finally:
+            stop.set()
+            sent = await producer
+        await db.flush(timeout=WAIT)
+        rejected = db.writer("book_tickers").snapshot().get("rejects")
+        latest = await db.get_latest_book_tickers(ExchangeName.BINANCE_SPOT)
+    assert not rejected, rejected
+    assert len(latest) == 40
+    await _exactly_once(citus_dsn, sent)
+    on_workers = await _worker_counts(citus_cluster, citus_dsn, "book_tickers")
+    assert len(on_workers) == 3 and on_workers[2] > 0 and sum(on_workers) == sent, on_workers
