@@ -13,6 +13,7 @@ from decimal import Decimal
 
 import asyncpg
 import msgspec
+import orjson
 import pytest
 
 from hftdb import Balance, DatabaseManager, ExchangeName, FundingRate, citus, now_us, partitions
@@ -363,3 +364,51 @@ async def test_adding_a_worker_and_rebalancing_while_ingesting(citus_cluster, ci
     await _exactly_once(citus_dsn, sent)
     on_workers = await _worker_counts(citus_cluster, citus_dsn, "book_tickers")
     assert len(on_workers) == 3 and on_workers[2] > 0 and sum(on_workers) == sent, on_workers
+
+
+async def test_cli_stats_optimize_archive_retention_backup_and_restore(citus_cluster, citus_dsn, tmp_path):
+    e = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    e.update(HFTDB_WRITER_SPOOL_DIR=str(tmp_path / "spool"), HFTDB_METRICS_PORT=str(free_port()), HFTDB_DSN=citus_dsn)
+    old = now_us() - 40 * 86_400_000_000
+    async with DatabaseManager(citus_dsn, settings=_settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        await db.insert_book_ticker_snapshots(tickers(300, symbols=20, base_ts=old))
+        await db.insert_book_ticker_snapshots(tickers(700, start_id=300, symbols=20))
+        await db.flush(timeout=WAIT)
+        await db.pool.execute("ANALYZE book_tickers")
+    code, out, err = await cli("stats", "--json", env=e, cwd=tmp_path)
+    assert code == 0, err
+    report = orjson.loads(out)
+    assert report["tables"]["book_tickers"]["rows"] == 1_000, report["tables"]["book_tickers"]
+    code, out, err = await cli("optimize", env=e, cwd=tmp_path)
+    assert code == 0 and "indexes: all valid" in out, out + err
+    # Retention archives the old partition to Parquet (the default [archive] root), verified, then drops it.
+    code, out, err = await cli("cleanup", "--retention-days", "30", env=e, cwd=tmp_path)
+    assert code == 0 and "(archived first)" in out, out + err
+    conn = await _connect(citus_dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM book_tickers") == 700
+    finally:
+        await conn.close()
+    # pg_dump of the coordinator holds the rows (Citus serves COPY TO from the shards), not the distribution:
+    # a restore gives local tables, and distribute lays them out again.
+    code, out, err = await cli("backup", str(tmp_path / "b.dump"), env=e, cwd=tmp_path)
+    assert code == 0 and "book_tickers 700" in out, out + err
+    fresh = await citus_cluster.new_database(workers=2)
+    try:
+        e["HFTDB_DSN"] = fresh
+        code, out, err = await cli("restore", str(tmp_path / "b.dump"), env=e, cwd=tmp_path)
+        assert code == 0 and "book_tickers 700" in out, out + err
+        code, out, err = await cli("validate", env=e, cwd=tmp_path)
+        assert code == 0 and "no hftdb table is distributed" in out, out + err
+        code, out, err = await cli("distribute", env=e, cwd=tmp_path)
+        assert code == 0, out + err
+        conn = await _connect(fresh)
+        try:
+            assert await citus.layout_problems(conn) == []
+            assert await conn.fetchval("SELECT count(DISTINCT update_id) FROM book_tickers") == 700
+        finally:
+            await conn.close()
+        assert sum(await _worker_counts(citus_cluster, fresh, "book_tickers")) == 700
+    finally:
+        await citus_cluster.drop_database(fresh.rsplit("/", 1)[1])
