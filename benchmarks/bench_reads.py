@@ -45,6 +45,7 @@ import uvloop
 from hftdb import (
     BookTicker, DatabaseManager, DatabaseSettings, ExchangeName, FundingRate, Settings, Symbol, WriterSettings, now_us,
 )
+from hftdb.catalog import SymbolDirectory
 from hftdb.manager import init_connection
 from hftdb.vector import copy_columns
 from hftdb.schema import Migrator, load_migrations
@@ -223,7 +224,9 @@ def test_join_baseline(benchmark, loop, db):
 def test_rows(benchmark, loop, db, name, sql):
     ex_id = loop.run_until_complete(db.get_exchange_by_enum(EXCHANGE)).id
     pool = db.read_router.primary.pool
-    directory = db._directory
+    directory = SymbolDirectory()
+    for sym in loop.run_until_complete(db.get_symbols_by_exchange(EXCHANGE)):
+        directory.remember(sym.id, sym.exchange_id, EXCHANGE.value, sym.symbol)
 
     async def rows() -> list[BookTicker]:
         exchange_of, symbol_of = directory.exchange_of, directory.symbol_of
