@@ -21,6 +21,7 @@ import orjson
 from aiohttp import web
 
 from .errors import ConfigError, StateError
+from .tablespec import TABLES
 
 __all__ = ["MetricsServer", "render", "CONTENT_TYPE"]
 
@@ -47,7 +48,7 @@ _FEED_COUNTERS = (
     ("dropped_rows", "Received rows lost after the writes failed repeatedly."),
     ("rest_errors", "Failed REST requests (symbol sync, balance polls)."),
 )
-_FEED_ROWS = (("book_rows", "book_tickers"), ("funding_rows", "funding_rates"), ("balance_rows", "balances"))
+_FEED_ROWS = tuple((t.feed_rows, t.name) for t in TABLES)
 _WRITER_COUNTERS = (
     ("rows_accepted", "Rows accepted for writing."),
     ("rows_committed", "Rows committed."),

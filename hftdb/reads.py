@@ -16,6 +16,7 @@ from .copy import PG_EPOCH_US
 from .errors import ValidationError
 from .models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, now_us
 from .notify import Filter
+from .tablespec import ALL_TABLES
 
 if TYPE_CHECKING:
     from .archive import ArchiveTier
@@ -476,8 +477,7 @@ async def table_stats(db: Any) -> dict[str, Any]:
            WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
              AND c.relname = ANY($1::text[])
            ORDER BY c.relname""",
-        ["exchanges", "symbols", "book_tickers", "book_tickers_latest", "funding_rates", "funding_rates_latest",
-         "balances", "balances_latest", "ingest_batches"],
+        list(ALL_TABLES),
     )
     return {"tables": {r[0]: {"bytes": int(r[1]), "estimated_rows": int(r[2]), "partitions": int(r[3])}
                        for r in rows}}
