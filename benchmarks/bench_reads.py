@@ -118,7 +118,7 @@ def db(loop, bench_dsn):
                             100.2 + i, 100.1 + i)
                 for i in range(N_SYMBOLS)])
             await manager.flush()
-        async with manager.pool.acquire() as conn:
+        async with manager.connection() as conn:
             await conn.execute("ANALYZE")  # steady state: autovacuum would have analyzed these tables
 
     loop.run_until_complete(setup())
@@ -215,7 +215,8 @@ def test_join_baseline(benchmark, loop, db):
     ex_id = loop.run_until_complete(db.get_exchange_by_enum(EXCHANGE)).id
 
     async def old() -> list[BookTicker]:
-        return [BookTicker(*r) for r in await db.pool.fetch(_JOIN_BASELINE, ex_id)]
+        async with db.connection() as conn:
+            return [BookTicker(*r) for r in await conn.fetch(_JOIN_BASELINE, ex_id)]
 
     _measure(benchmark, loop, "join_baseline", old, N_SYMBOLS)
 

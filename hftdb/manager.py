@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Iterable, Literal, Sequence
 
 import asyncpg
+from asyncpg.pool import PoolAcquireContext
 import msgspec
 
-from . import archive, packed, partitions, reads, schema
+from . import archive, packed, partitions, reads, schema, tables, tablespec
 from .cache import TTLCache
 from .catalog import SymbolCatalog
 from .config import Settings, dsn_problem, load_settings, redact_dsn
@@ -35,7 +36,7 @@ from .notify import Filter, LatestMirror, Subscription
 from .replicas import ReadRouter
 from .resolve import RowResolver
 from .server import EmbeddedServer
-from .tables import BalanceWriter, BookTickerWriter, FundingRateWriter, bad_text
+from .tables import bad_text
 from .unit import UnitOfWork, unit_of_work
 from .writer import RETRYABLE, BatchWriter
 
@@ -43,6 +44,7 @@ __all__ = ["DatabaseManager"]
 
 logger = logging.getLogger(__name__)
 
+_MIRRORED = tuple(t.name for t in tablespec.TABLES if t.mirrored)
 _SYMBOL_ID = attrgetter("symbol_id")
 _EXCHANGE = attrgetter("exchange")
 _SYMBOL = attrgetter("symbol")
@@ -131,16 +133,18 @@ class DatabaseManager:
         return self._dsn
 
     @property
-    def server(self) -> EmbeddedServer | None:
-        """The embedded server, when hftdb started one."""
-        return self._server
-
-    @property
-    def pool(self) -> asyncpg.Pool:
-        """The asyncpg pool (timestamptz as integer Unix microseconds on its connections)."""
+    def _open_pool(self) -> asyncpg.Pool:
         self._check_open()
-        assert self._pool is not None
+        assert self._pool is not None  # set before the state becomes "open"
         return self._pool
+
+    def connection(self, *, timeout: float | None = None) -> PoolAcquireContext:
+        """A connection of the pool for statements of your own, as ``async with db.connection() as conn:``.
+
+        ``timestamptz`` travels as integer Unix microseconds on it. It goes back to the pool at the end of the
+        block; for writes that must commit together with hftdb's, use :meth:`transaction`.
+        """
+        return self._open_pool.acquire(timeout=timeout)
 
     async def initialize(self) -> None:
         """Start or connect to PostgreSQL, apply migrations, warm the caches and start the writers."""
@@ -165,13 +169,13 @@ class DatabaseManager:
                                             archive=archive.ArchiveTier(self.settings.archive.root)
                                             if archive.enabled(self.settings.archive) else None)
                 spool_root = Path(self._spool_dir) if self._spool_dir else None
-                for cls in (BookTickerWriter, FundingRateWriter, BalanceWriter):
-                    writer = cls(
+                for spec in tablespec.TABLES:
+                    writer = _writer_class(spec.name)(
                         self._pool, settings=self.settings.writer, storage=self.settings.storage,
                         spool_dir=spool_root, notify=self._notify, command_timeout=db.command_timeout,
                     )
                     await writer.start()
-                    self._writers[cls.table] = writer
+                    self._writers[spec.name] = writer
             except BaseException:
                 await self._teardown()
                 self._state = "closed"
@@ -227,6 +231,11 @@ class DatabaseManager:
         if self._server is not None:
             await self._server.stop()
             self._server = None
+
+    def _reads(self) -> reads.Reader:
+        self._check_open()
+        assert self._reader is not None  # set before the state becomes "open"
+        return self._reader
 
     def _check_open(self) -> None:
         if self._state != "open":
@@ -456,14 +465,14 @@ class DatabaseManager:
         ``uow.transaction()`` blocks are savepoints.
         """
         self._check_open()
-        async with self.pool.acquire() as conn, unit_of_work(conn, catalog=self._catalog,
+        async with self._open_pool.acquire() as conn, unit_of_work(conn, catalog=self._catalog,
                                                               encoder=self._encoder) as uow:
             yield uow
 
     def _encoder(self, table: str) -> BatchWriter:
         # A writer never started: a unit of work packs its rows with it and COPYs them on its own connection.
-        cls = {"book_tickers": BookTickerWriter, "funding_rates": FundingRateWriter, "balances": BalanceWriter}[table]
-        return cls(self.pool, settings=self.settings.writer, storage=self.settings.storage, spool_dir=None)
+        return _writer_class(table)(self._open_pool, settings=self.settings.writer, storage=self.settings.storage,
+                                    spool_dir=None)
 
     # -- reads -------------------------------------------------------------------------------------------------
     # The bodies live in hftdb.reads.Reader (filters, caches, SQL, decoding); these are the documented front.
@@ -482,8 +491,7 @@ class DatabaseManager:
         In no particular order (sort by ``symbol_id`` if you need one). Reads go to a healthy replica when replicas
         are configured; ``primary=True`` reads the primary (read-your-writes after :meth:`flush`).
         """
-        self._check_open()
-        return await self._reader.latest_book_tickers(  # type: ignore[union-attr]
+        return await self._reads().latest_book_tickers(
             exchange, symbols, symbol_ids, primary=primary)
 
     async def get_latest_funding_rates(
@@ -495,8 +503,7 @@ class DatabaseManager:
         primary: bool = False,
     ) -> list[FundingRate]:
         """The current funding rate of each perpetual, from ``funding_rates_latest``; filters as for book tickers."""
-        self._check_open()
-        return await self._reader.latest_funding_rates(  # type: ignore[union-attr]
+        return await self._reads().latest_funding_rates(
             exchange, symbols, symbol_ids, primary=primary)
 
     async def get_book_ticker_history(
@@ -518,8 +525,7 @@ class DatabaseManager:
         bid_price, bid_qty, ask_price, ask_qty, update_id; NULL as None); ``"numpy"`` a dict of numpy arrays
         decoded straight from binary COPY (see :mod:`hftdb.columnar`).
         """
-        self._check_open()
-        return await self._reader.book_ticker_history(  # type: ignore[union-attr]
+        return await self._reads().book_ticker_history(
             exchange, symbol, start=start, end=end, hours=hours, limit=limit, format=format, primary=primary)
 
     async def get_funding_rate_history(
@@ -528,16 +534,14 @@ class DatabaseManager:
         format: Literal["objects", "columns", "numpy"] = "objects", primary: bool = False,
     ) -> Any:
         """Funding rates of one symbol in a receipt-time window, oldest first; ``format`` as for book tickers."""
-        self._check_open()
-        return await self._reader.funding_history(  # type: ignore[union-attr]
+        return await self._reads().funding_history(
             exchange, symbol, start=start, end=end, hours=hours, limit=limit, format=format, primary=primary)
 
     async def get_latest_balances(
         self, exchange: ExchangeName | str | None = None, *, account: str | None = None, primary: bool = False
     ) -> list[Balance]:
         """The current balance of every asset (of one exchange and/or account), from ``balances_latest``."""
-        self._check_open()
-        return await self._reader.latest_balances(exchange, account, primary=primary)  # type: ignore[union-attr]
+        return await self._reads().latest_balances(exchange, account, primary=primary)
 
     async def get_balance_history(
         self, exchange: ExchangeName | str, asset: str, *, account: str = "default", start: int | None = None,
@@ -548,8 +552,7 @@ class DatabaseManager:
 
         ``objects`` and ``columns`` keep amounts exact (Decimal); ``numpy`` gives float64 approximations.
         """
-        self._check_open()
-        return await self._reader.balance_history(  # type: ignore[union-attr]
+        return await self._reads().balance_history(
             exchange, asset, account=account, start=start, end=end, hours=hours, limit=limit, format=format,
             primary=primary)
 
@@ -605,16 +608,15 @@ class DatabaseManager:
         For a strategy that wants every quote on every tick: ``mirror.snapshot()`` costs microseconds where a read
         of 1,000 rows costs over a millisecond. Use with ``async with``; see :class:`hftdb.notify.LatestMirror`.
         """
-        if table not in ("book_tickers", "funding_rates"):
-            raise ValidationError(f"table must be 'book_tickers' or 'funding_rates', got {table!r}")
+        if table not in _MIRRORED:
+            raise ValidationError(f"table must be {' or '.join(map(repr, _MIRRORED))}, got {table!r}")
         sub = self.notifications(table, exchange=exchange, symbols=symbols, symbol_ids=symbol_ids)
-        load = self._reader.mirror_loader(table, exchange, symbols, symbol_ids)  # type: ignore[union-attr]
+        load = self._reads().mirror_loader(table, exchange, symbols, symbol_ids)
         return LatestMirror(sub, load, retry_max_s=self.settings.reads.listen_retry_max_s)
 
     def read_status(self) -> list[dict[str, Any]]:
         """Health, lag and read counters of the primary and of each read replica."""
-        self._check_open()
-        return self._router.status()  # type: ignore[union-attr]
+        return self.read_router.status()
 
     @property
     def read_router(self) -> ReadRouter:
@@ -632,7 +634,7 @@ class DatabaseManager:
         caches = self._catalog.cache_stats()
         if self._latest_cache is not None:
             caches["latest"] = self._latest_cache.stats()
-        stats = await reads.database_stats(self.pool, writers=self._writers, caches=caches, router=self._router)
+        stats = await reads.database_stats(self._open_pool, writers=self._writers, caches=caches, router=self._router)
         if archive.enabled(self.settings.archive):
             stats["archive"] = await asyncio.to_thread(archive.summary, self.settings.archive.root,
                                                        hot=stats.get("tables"))
@@ -662,7 +664,7 @@ class DatabaseManager:
         now = now_us()
         cutoff = now - int(days * 86_400_000_000)
         dropped: dict[str, list[str]] = {}
-        async with self.pool.acquire() as conn:
+        async with self._open_pool.acquire() as conn:
             if archive.enabled(self.settings.archive):
                 if not dry_run:
                     archive.require_pyarrow()
@@ -696,7 +698,7 @@ class DatabaseManager:
             archive.require_pyarrow()
         cutoff = now_us() - int(days * 86_400_000_000)
         reports = {}
-        async with self.pool.acquire() as conn:
+        async with self._open_pool.acquire() as conn:
             for t in chosen:
                 reports[t] = await archive.archive_table(
                     conn, t, settings=self.settings.archive, cutoff_us=cutoff,
@@ -711,7 +713,7 @@ class DatabaseManager:
         restored and their rows. The files are deleted once the rows are in and checked; the upkeep archives the
         day again once it is older than ``[archive] after_days``."""
         self._check_open()
-        async with self.pool.acquire() as conn:
+        async with self._open_pool.acquire() as conn:
             result = await archive.restore_day(conn, table, date, settings=self.settings.archive,
                                                interval_s=self.settings.storage.partition_interval_s)
         for w in self._writers.values():
@@ -741,7 +743,7 @@ class DatabaseManager:
         arch = self.settings.archive
         storage = self.settings.storage
         now = now_us()
-        async with self.pool.acquire() as conn:
+        async with self._open_pool.acquire() as conn:
             report = await partitions.maintain(conn, storage, now, drop=not archive.enabled(arch))
             if archive.enabled(arch):
                 try:
@@ -767,7 +769,7 @@ class DatabaseManager:
             return result
         started = time.perf_counter()
         try:
-            async with self.pool.acquire(timeout=timeout) as conn:
+            async with self._open_pool.acquire(timeout=timeout) as conn:
                 await conn.fetchval("SELECT 1", timeout=timeout)
             result["ok"] = True
             result["latency_ms"] = (time.perf_counter() - started) * 1000
@@ -778,6 +780,12 @@ class DatabaseManager:
             for name, w in self._writers.items()
         }
         return result
+
+
+def _writer_class(table: str) -> type[BatchWriter]:
+    # The registry names each table's writer; the classes live on the write path, which the registry cannot import.
+    cls: type[BatchWriter] = getattr(tables, tablespec.spec(table).encoder)
+    return cls
 
 
 def _days(value: timedelta | float | None, default: float, name: str) -> float:

@@ -616,7 +616,7 @@ class _Replay:
 @asynccontextmanager
 async def _session(db: DatabaseManager, venue: ExchangeName, channels: tuple[str, ...], account: str,
                    since: int | None, until: int | None) -> AsyncIterator[_Replay]:
-    async with db.pool.acquire() as conn:
+    async with db.connection() as conn:
         stored = _Stored(db, conn, venue.value)
         replay = _Replay(db, venue, channels, account, stored)
         ex = await db.insert_exchange(replay.adapter.exchange_record())
