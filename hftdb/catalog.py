@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Sequence
 
+from . import venues
 from .cache import TTLCache
 from .errors import StateError, UnknownExchangeError, UnknownSymbolError, ValidationError
 from .models import Exchange, ExchangeName, Symbol
@@ -37,8 +38,6 @@ MAX_SYMBOL_LEN = 64
 #: Longest exchange name accepted (the column is varchar(32)).
 MAX_EXCHANGE_LEN = 32
 
-_DERIVATIVE_VENUES = frozenset({ExchangeName.BINANCE_USDM.value, ExchangeName.BYBIT_LINEAR.value,
-                                ExchangeName.OKX_SWAP.value})
 #: The largest id an ``int4`` column holds: an id outside (0, 2**31) would fail a lookup's statement.
 _INT4_END = 2**31
 
@@ -196,13 +195,14 @@ class SymbolCatalog:
     async def add_exchange(self, exchange: Exchange | ExchangeName | str, *, market: str | None = None) -> Exchange:
         """Register an exchange (or update its market and active flag); return it with its id.
 
-        Without ``market``, the venues known to trade derivatives get ``'derivatives'``, the rest ``'spot'``.
+        Without ``market``, a registered venue gets its market (:mod:`hftdb.venues`), any other name ``'spot'``.
         """
         if isinstance(exchange, Exchange):
             name, mkt, active = exchange.name, exchange.market, exchange.active
         else:
             name = exchange_name(exchange)
-            mkt = market or ("derivatives" if name in _DERIVATIVE_VENUES else "spot")
+            venue = venues.spec(name)
+            mkt = market or (venue.market if venue is not None else "spot")
             active = True
         if not 0 < len(name) <= MAX_EXCHANGE_LEN or bad_text(name):
             raise ValidationError(f"exchange name must be 1..{MAX_EXCHANGE_LEN} printable characters, got {name!r}")

@@ -26,7 +26,7 @@ import asyncpg
 import msgspec
 import orjson
 
-from . import __version__, dump, inventory, partitions, schema, tablespec
+from . import __version__, dump, inventory, partitions, schema, tablespec, venues
 from .config import Settings, load_settings, locate_config, redact_dsn
 from .redact import redact
 from .daemon import serve
@@ -708,7 +708,7 @@ def _parser() -> argparse.ArgumentParser:
     p = command("ingest-file", "replay files of raw websocket frames (one per line; plain, gzip or zstd) into the "
                 "database, in time order; exit 1 if a file's frames gave no stored row", _ingest)
     p.add_argument("--exchange", required=True, metavar="NAME",
-                   help="venue: binance_spot, binance_usdm, bybit_spot, bybit_linear, okx_spot or okx_swap")
+                   help=f"venue: {', '.join(venues.NAMES[:-1])} or {venues.NAMES[-1]}")
     p.add_argument("--channel", required=True, action="append", metavar="CHANNEL",
                    help="the channel the frames came from (repeat for a file of several); e.g. bookTicker, tickers")
     p.add_argument("--account", default="default", help="account name for balance frames (default: default)")
