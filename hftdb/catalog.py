@@ -115,8 +115,7 @@ class SymbolCatalog:
         self._pool = None
 
     @property
-    def pool(self) -> Any:
-        """The pool lookups run on; StateError before :meth:`open`."""
+    def _db(self) -> Any:
         if self._pool is None:
             raise StateError("the symbol catalog is not open")
         return self._pool
@@ -208,7 +207,7 @@ class SymbolCatalog:
             raise ValidationError(f"exchange name must be 1..{MAX_EXCHANGE_LEN} printable characters, got {name!r}")
         if mkt not in ("spot", "derivatives"):
             raise ValidationError(f"market must be 'spot' or 'derivatives', got {mkt!r}")
-        ex = await upsert_exchange(self.pool, name, mkt, active)
+        ex = await upsert_exchange(self._db, name, mkt, active)
         self.remember_exchange(ex)
         return ex
 
@@ -217,7 +216,7 @@ class SymbolCatalog:
         key = exchange_name(name)
         ex = self._exchanges.get(key)
         if ex is None:
-            ex = await fetch_exchange(self.pool, key)
+            ex = await fetch_exchange(self._db, key)
             if ex is None:
                 raise UnknownExchangeError(f"unknown exchange {key!r}; register it with insert_exchange()")
             self.remember_exchange(ex)
@@ -225,7 +224,7 @@ class SymbolCatalog:
 
     async def exchanges(self) -> list[Exchange]:
         """Every registered exchange, by id, read from the database."""
-        found = await fetch_exchanges(self.pool)
+        found = await fetch_exchanges(self._db)
         for ex in found:
             self.remember_exchange(ex)
         return found
@@ -235,7 +234,7 @@ class SymbolCatalog:
     async def add_symbol(self, symbol: Symbol) -> Symbol:
         """Register a symbol or update its metadata (upsert on exchange and native symbol); return it with its id."""
         check_symbol(symbol)
-        sym = (await upsert_symbols(self.pool, [symbol]))[0]
+        sym = (await upsert_symbols(self._db, [symbol]))[0]
         self.remember_symbol(sym)
         return sym
 
@@ -251,7 +250,7 @@ class SymbolCatalog:
             check_symbol(s)
             if s.exchange_id != exchange_id:
                 raise ValidationError(f"symbol {s.symbol!r} has exchange_id {s.exchange_id}, expected {exchange_id}")
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._db.acquire() as conn, conn.transaction():
             rows = await upsert_symbols(conn, list(symbols))
             delisted = await delist_missing(conn, exchange_id, [s.symbol for s in symbols])
         for sym in rows:
@@ -268,7 +267,7 @@ class SymbolCatalog:
             raise ValidationError(f"symbol_id must be an int, got {type(symbol_id).__name__}")
         sym = self._symbols_by_id.get(symbol_id)
         if sym is None:
-            sym = await fetch_symbol(self.pool, symbol_id)
+            sym = await fetch_symbol(self._db, symbol_id)
             if sym is None:
                 raise UnknownSymbolError(f"unknown symbol id {symbol_id}")
             self.remember_symbol(sym)
@@ -282,7 +281,7 @@ class SymbolCatalog:
             return sid
         ex = await self.exchange(name)
         assert ex.id is not None
-        sym = await fetch_symbol_by_name(self.pool, ex.id, symbol)
+        sym = await fetch_symbol_by_name(self._db, ex.id, symbol)
         if sym is None or sym.id is None:
             raise UnknownSymbolError(f"unknown symbol {symbol!r} on {name}")
         self.remember_symbol(sym)
@@ -291,7 +290,7 @@ class SymbolCatalog:
     async def symbols(self, exchange: ExchangeName | str, *, status: str | None = None) -> list[Symbol]:
         """Every symbol of an exchange (optionally only those with ``status``), by native symbol."""
         ex = await self.exchange(exchange)
-        found = await fetch_symbols(self.pool, exchange_id=ex.id, status=status)
+        found = await fetch_symbols(self._db, exchange_id=ex.id, status=status)
         for sym in found:
             self.remember_symbol(sym)
         return found
@@ -300,7 +299,7 @@ class SymbolCatalog:
         """Read the symbols of ``ids`` not yet known into the caches; return those found. Ids no ``int4`` column
         can hold are skipped: no symbol has them."""
         wanted = sorted({i for i in ids if type(i) is int and 0 < i < _INT4_END and i not in self._known_ids})
-        found = await fetch_symbols_by_ids(self.pool, wanted) if wanted else []
+        found = await fetch_symbols_by_ids(self._db, wanted) if wanted else []
         for sym in found:
             self.remember_symbol(sym)
         return found
@@ -308,7 +307,7 @@ class SymbolCatalog:
     async def register(self, exchange_id: int, names: list[str]) -> tuple[list[Symbol], int]:
         """Make sure each name exists as a symbol of the exchange (status 'unknown' until the next sync), in one
         statement, and cache them. Returns every requested symbol and how many were created now."""
-        registered, created = await register_symbols(self.pool, exchange_id, names)
+        registered, created = await register_symbols(self._db, exchange_id, names)
         for sym in registered:
             self.remember_symbol(sym)
         return registered, created
