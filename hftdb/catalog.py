@@ -23,7 +23,7 @@ from typing import Any, Iterable, Sequence
 
 from . import venues
 from .cache import TTLCache
-from .errors import StateError, UnknownExchangeError, UnknownSymbolError, ValidationError
+from .errors import ClosedError, StateError, UnknownExchangeError, UnknownSymbolError, ValidationError
 from .models import Exchange, ExchangeName, Symbol
 from .tables import bad_text
 
@@ -89,6 +89,7 @@ class SymbolCatalog:
         if not ttl > 0:
             raise ValueError(f"ttl must be > 0, got {ttl!r}")
         self._pool: Any = None
+        self._closed = False
         self._exchanges = TTLCache[str, Exchange](ttl)
         self._symbols_by_id = TTLCache[int, Symbol](ttl)
         self._symbol_ids = TTLCache[tuple[str, str], int](ttl)
@@ -113,10 +114,14 @@ class SymbolCatalog:
     def close(self) -> None:
         """Forget the pool (the caches stay, for a repr or stats after close)."""
         self._pool = None
+        self._closed = True
 
     @property
     def _db(self) -> Any:
         if self._pool is None:
+            # The manager's own error after close(): a late lookup (a subscription's filter) meets the same one.
+            if self._closed:
+                raise ClosedError("DatabaseManager is closed")
             raise StateError("the symbol catalog is not open")
         return self._pool
 
