@@ -38,6 +38,7 @@ from typing import Any, Final
 import asyncpg
 import msgspec
 
+from . import tablespec
 from .errors import StateError
 
 __all__ = [
@@ -66,20 +67,17 @@ class DistributedTable(msgspec.Struct, frozen=True):
 
 
 #: Reference tables, in creation order (symbols has a foreign key to exchanges).
-REFERENCE_TABLES: Final = ("exchanges", "symbols")
+REFERENCE_TABLES: Final = tablespec.REFERENCE_TABLES
 
 #: Tables that stay local to the coordinator (see the module docstring for the ledger).
 LOCAL_TABLES: Final = ("ingest_batches",)
 
-#: The hash-distributed tables, in creation order within each group. The groups are hftdb's names for two
+#: The hash-distributed tables, in creation order within each group: each time-series table and its latest
+#: table by the first column of its key (every unique key includes it). The groups are hftdb's names for two
 #: colocation groups that must differ: ``history`` and ``latest``.
 LAYOUT: Final = {
-    "book_tickers": DistributedTable("symbol_id", "history"),
-    "funding_rates": DistributedTable("symbol_id", "history"),
-    "balances": DistributedTable("exchange_id", "history"),
-    "book_tickers_latest": DistributedTable("symbol_id", "latest"),
-    "funding_rates_latest": DistributedTable("symbol_id", "latest"),
-    "balances_latest": DistributedTable("exchange_id", "latest"),
+    **{t.name: DistributedTable(t.key[0], "history") for t in tablespec.TABLES},
+    **{t.latest: DistributedTable(t.key[0], "latest") for t in tablespec.TABLES},
 }
 
 

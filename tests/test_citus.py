@@ -51,6 +51,11 @@ async def citus_dsn(citus_cluster):
         await citus_cluster.drop_database(dsn.rsplit("/", 1)[1])
 
 
+async def _value(db: DatabaseManager, sql: str, *args: object) -> object:
+    async with db.connection() as conn:
+        return await conn.fetchval(sql, *args)
+
+
 async def _connect(dsn: str) -> asyncpg.Connection:
     return await asyncpg.connect(dsn, timeout=30)
 
@@ -199,25 +204,25 @@ async def test_funding_balances_notifications_retention_and_stats(citus_cluster,
         assert balances == {"BTC": Decimal("3.5"), "ETH": Decimal("1.5"), "USDT": Decimal("2.5")}
 
         # Statistics come from the shards: the coordinator's partitions are empty shells.
-        await db.pool.execute("ANALYZE book_tickers")
+        await _value(db, "ANALYZE book_tickers")
         stats = (await db.get_database_stats())["tables"]["book_tickers"]
         assert stats["estimated_rows"] == 2_100 and stats["bytes"] > 100_000, stats
-        async with db.pool.acquire() as conn:
+        async with db.connection() as conn:
             parts = await partitions.list_partitions(conn, "book_tickers")
         assert sum(p.rows for p in parts) == 2_100 and min(p.size_bytes for p in parts) > 16_384, parts
 
         dropped = await db.cleanup_old_data(30)
         assert dropped["book_tickers"] == [parts[0].name]
-        assert await db.pool.fetchval("SELECT count(*) FROM book_tickers") == 2_000
-        assert await db.pool.fetchval("SELECT to_regclass($1)", parts[0].name) is None
-        assert await db.pool.fetchval("SELECT count(*) FROM pg_description WHERE description LIKE 'hftdb:%'") == 0
+        assert await _value(db, "SELECT count(*) FROM book_tickers") == 2_000
+        assert await _value(db, "SELECT to_regclass($1)", parts[0].name) is None
+        assert await _value(db, "SELECT count(*) FROM pg_description WHERE description LIKE 'hftdb:%'") == 0
         # The writer forgot the dropped partition: another old row recreates (and distributes) it.
         await db.insert_book_ticker_snapshots(tickers(1, start_id=9_999, exchange="binance_usdm", base_ts=old))
         await db.flush(timeout=WAIT)
-        assert await db.pool.fetchval("SELECT count(*) FROM book_tickers") == 2_001
+        assert await _value(db, "SELECT count(*) FROM book_tickers") == 2_001
         report = await db.run_maintenance()
         assert report.dropped == [parts[0].name]
-        code = await db.pool.fetchval("SELECT count(*) FROM citus_tables WHERE table_name::text LIKE 'book_tickers%'")
+        code = await _value(db, "SELECT count(*) FROM citus_tables WHERE table_name::text LIKE 'book_tickers%'")
         assert code == len(parts) + 1  # the parent, its partitions: all distributed, the dropped one gone
 
 
@@ -375,7 +380,7 @@ async def test_cli_stats_optimize_archive_retention_backup_and_restore(citus_clu
         await db.insert_book_ticker_snapshots(tickers(300, symbols=20, base_ts=old))
         await db.insert_book_ticker_snapshots(tickers(700, start_id=300, symbols=20))
         await db.flush(timeout=WAIT)
-        await db.pool.execute("ANALYZE book_tickers")
+        await _value(db, "ANALYZE book_tickers")
     code, out, err = await cli("stats", "--json", env=e, cwd=tmp_path)
     assert code == 0, err
     report = orjson.loads(out)
