@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator, Iterable, Literal, Sequence
 import asyncpg
 import msgspec
 
-from . import archive, packed, partitions, reads, schema
+from . import archive, packed, partitions, reads, schema, vector
 from .cache import TTLCache
 from .config import Settings, dsn_problem, load_settings, redact_dsn
 from .redact import register_dsn
@@ -465,10 +465,10 @@ class DatabaseManager:
                 cols = [c[keep] for c in cols]
                 ex = None if ex is None else ex[keep]
                 uid = None if uid is None else uid[keep]
-        from . import vector
-
         added = vector.add_columns(writer, sid, *cols, recv, ex, uid)  # type: ignore[arg-type]
         writer.submitted(added)
+        if self._latest_cache is not None and added:
+            self._latest_cache.invalidate()
         return added
 
     async def insert_packed_book_tickers(self, rows: packed.PackedBooks) -> int:

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 from msgspec.structs import astuple
 
-from .copy import HEADER, PG_EPOCH_US, encode_numeric, split_tuples
+from .copy import PG_EPOCH_US, encode_numeric
 from .models import FUTURE_SLACK_US, MIN_TS_US, Balance, BookTicker, FundingRate, now_us
 from .writer import BatchWriter
 
@@ -36,22 +36,9 @@ def bad_text(value: str) -> bool:
 
 
 def seen_before(batch: Any, row: bytes | memoryview) -> bool:
-    """Whether ``row`` (one COPY tuple) equals a tuple already in ``batch``'s buffer: an exact duplicate.
-
-    Asked only of a row that could repeat an earlier one, i.e. one not newer than its key's newest row in the
-    batch (a row newer by receipt time cannot equal any earlier row of its key), so a stream of rows in receipt
-    order never pays for it. The set of the batch's tuples is built on the first such row and extended from where
-    it stopped on the next, never rebuilt: each tuple is read once per batch at most.
-    """
-    seen = batch.seen
-    if seen is None:
-        seen = batch.seen = set()
-        batch.seen_upto = len(HEADER)
-    end = len(batch.buf)
-    if batch.seen_upto < end:
-        seen.update(split_tuples(batch.buf, batch.seen_upto, end))
-        batch.seen_upto = end
-    return row in seen
+    """Whether ``row`` (one COPY tuple) equals a tuple already in ``batch``'s buffer: an exact duplicate
+    (:meth:`hftdb.writer.Batch.holds`)."""
+    return batch.holds(row)
 
 
 def _ts_reason(ts: Any, ts_max: int, what: str) -> str | None:

@@ -20,8 +20,6 @@ the per-row path's own reasons and the rest are taken.
 
 The columnar API (:meth:`DatabaseManager.insert_book_ticker_columns`) shares steps 2-3.
 
-:func:`copy_columns` packs a commit's latest rows (column arrays, NULLs as None) the same way, for the binary COPY
-into the latest-upsert staging table (:mod:`hftdb.commit`).
 """
 
 from __future__ import annotations
@@ -34,10 +32,9 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 from msgspec.structs import astuple
 
-from .copy import HEADER, PG_EPOCH_US, TRAILER
-from .models import BookTicker, now_us
-
-from .tables import FUTURE_SLACK_US, MIN_TS_US, _book_ticker_reason, seen_before
+from .copy import PG_EPOCH_US
+from .models import FUTURE_SLACK_US, MIN_TS_US, BookTicker, now_us
+from .tables import _book_ticker_reason
 
 try:
     from ._vector_fast import pack_tickers as _pack_tickers
@@ -46,8 +43,9 @@ except ImportError:  # built without a C compiler: add_tickers packs with struct
 
 if TYPE_CHECKING:
     from .tables import BookTickerWriter
+    from .writer import Batch
 
-__all__ = ["Layout", "LAYOUTS", "add_tickers", "add_columns", "append_rows", "copy_columns", "latest_of"]
+__all__ = ["Layout", "LAYOUTS", "TickerRows", "add_tickers", "add_columns", "latest_of"]
 
 _INF = np.inf
 
@@ -153,6 +151,100 @@ LAYOUTS = {(e, u): Layout(e, u) for e in (True, False) for u in (True, False)}
 MIN_ROWS = 128
 
 
+class TickerRows:
+    """Checked book-ticker COPY tuples of one :class:`Layout`, as :meth:`hftdb.writer.BatchWriter.append` takes
+    them (the writer's :class:`~hftdb.writer.Encoded`).
+
+    ``data`` holds the tuples (constants set), ``sids`` each row's symbol id and ``rows`` its ``BookTicker`` (the
+    batch keeps the newest per symbol), or None for rows that came as columns (the newest are then built from the
+    tuples). ``lo``/``hi``: the receipt-time range; ``ordered``: receipt times never decrease along the rows;
+    ``rising``: no row can repeat an earlier one of them (receipt times rising strictly, or rows a feed's intake
+    admitted in order).
+    """
+
+    __slots__ = ("layout", "data", "sids", "rows", "lo", "hi", "ordered", "rising", "_recv")
+
+    def __init__(self, layout: Layout, data: Any, sids: Sequence[int], rows: Sequence[BookTicker] | None, lo: int,
+                 hi: int, *, ordered: bool, rising: bool, recv: Any = None) -> None:
+        self.layout, self.data, self.sids, self.rows = layout, data, sids, rows
+        self.lo, self.hi, self.ordered, self.rising = lo, hi, ordered, rising
+        self._recv = recv
+
+    def __len__(self) -> int:
+        """The number of rows."""
+        return len(self.sids)
+
+    def _recv_ts(self) -> Any:
+        # Unix µs, read back from the tuples when the encoder did not keep them: only a call that crosses a batch
+        # or partition boundary needs them.
+        if self._recv is None:
+            self._recv = np.frombuffer(self.data, self.layout.dtype)["recv"].astype(np.int64) + PG_EPOCH_US
+        return self._recv
+
+    def slice(self, start: int, end: int) -> TickerRows:
+        """Rows ``start`` to ``end``."""
+        size = self.layout.dtype.itemsize
+        recv = self._recv_ts()[start:end]
+        return TickerRows(
+            self.layout, memoryview(self.data)[start * size:end * size], self.sids[start:end],
+            None if self.rows is None else self.rows[start:end], int(recv.min()), int(recv.max()),
+            ordered=self.ordered, rising=self.rising, recv=recv)
+
+    def partition_starts(self, interval_us: int) -> list[int]:
+        """The start of every partition the rows' receipt times fall in."""
+        recv = self._recv_ts()
+        return np.unique(recv - recv % interval_us).tolist()  # type: ignore[no-any-return]
+
+    def append_to(self, batch: Batch) -> int:
+        """Append the tuples to ``batch`` and keep its newest row per symbol, dropping exact repeats of its rows or
+        of earlier ones of these; return the rows appended.
+
+        Rows newer than the whole batch and rising strictly pay nothing more than the append. Otherwise a row not
+        newer than its symbol's newest in the batch is compared with the batch's rows; rows in order pay only for
+        the rows at the same receipt time as an earlier one of their symbol.
+        """
+        buf = batch.buf
+        assert buf is not None
+        if self.rows is None:
+            return self._append_columns(batch)
+        data, sids, rows = self.data, self.sids, self.rows
+        if self.rising and self.lo > batch.max_ts:
+            buf += data
+            latest_of(batch.latest, sids, rows, in_order=True)
+            return len(rows)
+        if self.ordered and self.lo > batch.max_ts:
+            # Newer than the whole batch: only a row at the same time as an earlier one of the call may repeat it.
+            latest_of(batch.latest, sids, rows, in_order=True)
+            suspects = _equal_times(sids, rows)
+        else:
+            suspects = _latest_and_suspects(batch.latest, sids, rows)
+        if suspects:
+            drop = _repeated(batch, data, self.layout.dtype.itemsize, suspects)
+            if drop:
+                data, sids, rows = _without(drop, data, sids, rows)
+        buf += data
+        return len(rows)
+
+    def _append_columns(self, batch: Batch) -> int:
+        layout = self.layout
+        recs = np.frombuffer(self.data, layout.dtype)
+        sid, recv = np.asarray(self.sids, dtype=np.int64), self._recv_ts()
+        if not (self.rising and self.lo > batch.max_ts):
+            # Some row may repeat an earlier one (of the batch, or of the call): compare their tuples.
+            drop = _repeated(batch, self.data, layout.dtype.itemsize, range(len(recs)))
+            if drop:
+                keep = np.ones(len(recs), dtype=bool)
+                keep[drop] = False
+                recs, sid, recv = recs[keep], sid[keep], recv[keep]
+                if not len(recs):
+                    return 0
+        ex = recs["ex"].astype(np.int64) + PG_EPOCH_US if layout.has_e else None
+        _latest_columns(batch.latest, recs, layout, sid, recv, ex)
+        assert batch.buf is not None
+        batch.buf += recs.tobytes() if len(recs) < len(self.sids) else self.data
+        return len(recs)
+
+
 def add_tickers(
     writer: BookTickerWriter, rows: Sequence[BookTicker], known_ids: set[int], sids: list[int] | None = None,
 ) -> int | None:
@@ -177,11 +269,9 @@ def add_tickers(
             if sids is not None:
                 np.frombuffer(data, layout.dtype)["sid"] = np.asarray(sids, dtype=np.int64)
                 ids = sids
-            b = writer.current
-            if ok and b.rows + n <= writer._max_rows and b.part_lo <= lo and hi < b.part_hi:
-                # Every row valid, all in the current batch and its partition: no numpy pass at all. Receipt times
-                # rising strictly from past the batch's newest: no row can repeat another, nothing to look up.
-                return append_rows(writer, data, ids, rows, lo, hi, ordered=ordered, fresh=rising and lo > b.max_ts)
+            if ok:
+                # Every row valid: no numpy pass at all unless the call crosses a batch or partition boundary.
+                return writer.append(TickerRows(layout, data, ids, rows, lo, hi, ordered=ordered, rising=rising))
             recs = np.frombuffer(data, layout.dtype)
             recv = recs["recv"].astype(np.int64) + PG_EPOCH_US
             ex = recs["ex"].astype(np.int64) + PG_EPOCH_US if layout.has_e else None
@@ -233,7 +323,7 @@ def _take(
     writer: BookTickerWriter, layout: Layout, recs: Any, sid: Any, recv: Any, ex: Any,
     rows: Sequence[BookTicker] | None, ts_max: int | None = None,
 ) -> int:
-    """Validate packed tuples, reject the bad ones by reason, and append the rest to the writer's batches."""
+    """Validate packed tuples, reject the bad ones by reason, and hand the rest to the writer."""
     if ts_max is None:
         ts_max = now_us() + FUTURE_SLACK_US
     bp, bq, ap, aq = (recs[k].astype(np.float64) for k in ("bp", "bq", "ap", "aq"))
@@ -249,96 +339,14 @@ def _take(
             writer.rejects.add(_book_ticker_reason(r, ts_max), f"{r.exchange}:{r.symbol} id {r.symbol_id} {r!r}")
         keep = np.flatnonzero(ok)
         recs, sid, recv = recs[keep], sid[keep], recv[keep]
-        ex = None if ex is None else ex[keep]
         if rows is not None:
             rows = [rows[i] for i in keep.tolist()]
-    total = len(recs)
-    b = writer.current
-    if total and not (int(recv.min()) > b.max_ts and _strictly_rising(recv)):
-        # Some row may repeat an earlier one (of the batch, or of the call): compare those rows' tuples.
-        raw = recs.tobytes()
-        drop = _repeated(b, raw, recs.dtype.itemsize, range(total))
-        if drop:
-            keep = np.ones(total, dtype=bool)
-            keep[drop] = False
-            recs, sid, recv = recs[keep], sid[keep], recv[keep]
-            ex = None if ex is None else ex[keep]
-            if rows is not None:
-                rows = [r for r, k in zip(rows, keep.tolist()) if k]
-            writer.stats.rows_duplicate += len(drop)
-            total = len(recs)
-    start = 0
-    while start < total:
-        b = writer.current
-        take = min(total - start, writer._max_rows - b.rows)
-        end = start + take
-        r_recv = recv[start:end]
-        r_sid = sid[start:end]
-        lo, hi = int(r_recv.min()), int(r_recv.max())
-        assert b.buf is not None
-        b.buf += recs[start:end].tobytes()
-        if rows is not None:
-            _latest_rows(b.latest, r_sid, r_recv, rows[start:end], in_order=lo >= b.max_ts)
-        else:
-            _latest_columns(b.latest, recs[start:end], layout, r_sid, r_recv, None if ex is None else ex[start:end])
-        if lo < b.min_ts:
-            b.min_ts = lo
-        if hi > b.max_ts:
-            b.max_ts = hi
-        if not (b.part_lo <= lo and hi < b.part_hi):
-            interval = writer._interval_us
-            for part in np.unique(r_recv - r_recv % interval).tolist():
-                writer._note_partition(b, part)
-        b.rows += take
-        start = end
-        if b.rows >= writer._max_rows:
-            writer._seal()
-    return total
-
-
-def _latest_rows(latest: dict[int, Any], sid: Any, recv: Any, rows: Sequence[BookTicker], *, in_order: bool) -> None:
-    latest_of(latest, sid.tolist(), rows,
-              in_order=in_order and (len(recv) < 2 or bool((recv[1:] >= recv[:-1]).all())))
-
-
-def append_rows(
-    writer: BookTickerWriter, data: Any, sids: Sequence[int], rows: Sequence[BookTicker], lo: int, hi: int, *,
-    ordered: bool, fresh: bool = False,
-) -> int:
-    """Append checked tuples and their rows to the writer's current batch, whose partitions already cover
-    ``lo``..``hi`` (the rows' receipt-time range; ``ordered``: non-decreasing along them), and seal it if full;
-    return the rows appended.
-
-    ``fresh`` says no row can repeat an earlier one (each is newer than the batch and than the rows before it).
-    Otherwise a row not newer than its symbol's newest in the batch is compared with the batch's rows, and an
-    exact repeat is dropped and counted (``rows_duplicate``); rows in order pay nothing more than before.
-    """
-    b = writer.current
-    assert b.buf is not None
-    if fresh:
-        b.buf += data
-        latest_of(b.latest, sids, rows, in_order=True)
-    else:
-        if ordered and lo > b.max_ts:
-            # Newer than the whole batch: only a row at the same time as an earlier one of the call may repeat it.
-            latest_of(b.latest, sids, rows, in_order=True)
-            suspects = _equal_times(sids, rows)
-        else:
-            suspects = _latest_and_suspects(b.latest, sids, rows)
-        if suspects:
-            drop = _repeated(b, data, len(data) // len(rows), suspects)
-            if drop:
-                data, sids, rows = _without(drop, data, sids, rows)
-                writer.stats.rows_duplicate += len(drop)
-        b.buf += data
-    if lo < b.min_ts:
-        b.min_ts = lo
-    if hi > b.max_ts:
-        b.max_ts = hi
-    b.rows += len(rows)
-    if b.rows >= writer._max_rows:
-        writer._seal()
-    return len(rows)
+    if not len(recs):
+        return 0
+    ordered = len(recv) < 2 or bool((recv[1:] >= recv[:-1]).all())
+    encoded = TickerRows(layout, recs.tobytes(), sid.tolist() if rows is not None else sid, rows, int(recv.min()),
+                         int(recv.max()), ordered=ordered, rising=_strictly_rising(recv), recv=recv)
+    return writer.append(encoded)
 
 
 def _strictly_rising(recv: Any) -> bool:
@@ -391,7 +399,7 @@ def _repeated(batch: Any, data: Any, size: int, suspects: Sequence[int]) -> list
             local.add(bytes(data[j * size:(j + 1) * size]))
             j += 1
         t = bytes(data[i * size:(i + 1) * size])
-        if t in local or seen_before(batch, t):
+        if t in local or batch.holds(t):
             drop.append(i)
         else:
             local.add(t)
@@ -444,45 +452,3 @@ def _ticker_at(recs: Any, layout: Layout, i: int, sid: int, recv: int, ex: Any) 
         "", "", float(rec["bp"]), float(rec["bq"]), float(rec["ap"]), float(rec["aq"]), recv,
         None if ex is None else int(ex[i]), int(rec["uid"]) if layout.has_u else None, sid,
     )
-
-
-#: numpy type of each column kind of :func:`copy_columns`: int4, int8, float8, and timestamptz given as Unix µs.
-_KINDS = {"i": ">i4", "q": ">i8", "d": ">f8", "t": ">i8"}
-_COLUMN_DTYPES: dict[str, Any] = {}
-
-
-def copy_columns(kinds: str, columns: Sequence[Sequence[Any]]) -> bytes:
-    """A whole binary COPY stream (header, one tuple per row, trailer) of rows given as columns, one kind per
-    column (``i`` int4, ``q`` int8, ``d`` float8, ``t`` timestamptz as Unix µs); None is NULL.
-
-    The rows are laid out at full width by numpy; a column holding None gets length -1 there and its value bytes
-    are dropped by one boolean mask. About 0.3 ms for 1,000 rows of eight columns, where the same columns as text
-    array literals cost ~2 ms (``repr`` of every float).
-    """
-    dtype = _COLUMN_DTYPES.get(kinds)
-    if dtype is None:
-        fields = [("nf", ">i2")]
-        for k, kind in enumerate(kinds):
-            fields += [(f"l{k}", ">i4"), (f"v{k}", _KINDS[kind])]
-        dtype = _COLUMN_DTYPES[kinds] = np.dtype(fields)
-    n = len(columns[0])
-    recs = np.empty(n, dtype)
-    recs["nf"] = len(kinds)
-    keep = None
-    for k, (kind, col) in enumerate(zip(kinds, columns)):
-        lengths = recs[f"l{k}"]
-        value, offset = dtype.fields[f"v{k}"][:2]
-        lengths[:] = value.itemsize
-        if None in col:
-            null = np.array([v is None for v in col], dtype=bool)
-            col = [0 if v is None else v for v in col]
-            lengths[null] = -1
-            if keep is None:
-                keep = np.ones((n, dtype.itemsize), dtype=bool)
-            keep[null, offset:offset + value.itemsize] = False
-        values = np.array(col, dtype=np.float64 if kind == "d" else np.int64)
-        if kind == "t":
-            values -= PG_EPOCH_US
-        recs[f"v{k}"] = values
-    raw = recs.view(np.uint8).reshape(n, dtype.itemsize)
-    return HEADER + (raw if keep is None else raw[keep]).tobytes() + TRAILER

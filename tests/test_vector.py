@@ -6,9 +6,10 @@ take the per-row path. Both get the same mix of good and bad values, and the dat
 
 import random
 
+import msgspec
 import pytest
 
-from hftdb import BookTicker, DatabaseManager, ExchangeName, Symbol, now_us, vector
+from hftdb import BookTicker, CacheSettings, DatabaseManager, ExchangeName, Symbol, now_us, vector
 from hftdb.cache import TTLCache
 
 from helpers import settings
@@ -191,3 +192,18 @@ def test_whole_tuple_packing_matches_the_row_path_and_refuses_values_where_the_f
                 odd = list(rows)
                 odd[5] = BookTicker(**{**{f: getattr(rows[5], f) for f in BookTicker.__struct_fields__}, field: value})
                 assert writer().add_fast(odd, set(range(1, 8))) is None
+
+
+async def test_columns_path_invalidates_the_latest_cache_like_the_others(dsn, tmp_path):
+    # With the latest cache on, a read after a flush must see the columns just written, as after any other insert.
+    cfg = msgspec.structs.replace(settings(tmp_path), cache=CacheSettings(latest_ttl_ms=600_000.0))
+    async with DatabaseManager(dsn, settings=cfg) as db:
+        ex = await db.insert_exchange(EXCHANGE)
+        sym = await db.insert_symbol(Symbol(exchange_id=ex.id, symbol="BTCUSDT"))
+        t = now_us()
+        await db.insert_book_ticker_columns([sym.id], [10.0], [1.0], [10.5], [1.0], [t])
+        await db.flush()
+        assert [r.bid_price for r in await db.get_latest_book_tickers(symbol_ids=[sym.id])] == [10.0]  # cached now
+        await db.insert_book_ticker_columns([sym.id], [11.0], [1.0], [11.5], [1.0], [t + 1])
+        await db.flush()
+        assert [r.bid_price for r in await db.get_latest_book_tickers(symbol_ids=[sym.id])] == [11.0]
