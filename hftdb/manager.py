@@ -528,6 +528,14 @@ class DatabaseManager:
                 if None in sids:
                     sids = None
             if sids is not None or rows[0].symbol_id is not None:
+                step = writer.settings.batch_max_rows
+                if len(rows) > 2 * step and (sids is not None or self._known_ids.issuperset(map(_SYMBOL_ID, rows))):
+                    # A big call (a backfill) is encoded a batch at a time, yielding between slices, so the first
+                    # COPY starts while the rest is encoded and the loop is never held for the whole call.
+                    added = await self._add_sliced(writer, rows, sids, step)
+                    if self._latest_cache is not None and added:
+                        self._latest_cache.invalidate()
+                    return added
                 added = writer.add_fast(rows, self._known_ids, sids)  # type: ignore[arg-type]
         if added is None:
             pairs = await self._resolver.pairs(rows, writer)
@@ -535,6 +543,27 @@ class DatabaseManager:
         writer.submitted(added)
         if self._latest_cache is not None and added:
             self._latest_cache.invalidate()
+        return added
+
+    async def _add_sliced(self, writer: BatchWriter, rows: list[Any], sids: list[int] | None, step: int) -> int:
+        # Every id is known (checked by the caller), so no slice can raise half way: a slice the vectorized path
+        # refuses (a wrong type) goes per row, which only rejects rows. Rows are counted as accepted slice by
+        # slice, which wakes the flusher for each sealed batch.
+        added = 0
+        for start in range(0, len(rows), step):
+            part = rows[start:start + step]
+            part_sids = None if sids is None else sids[start:start + step]
+            taken = writer.add_fast(part, self._known_ids, part_sids)  # type: ignore[arg-type]
+            if taken is None:
+                taken = writer.add(  # type: ignore[attr-defined]
+                    list(zip(part_sids or map(_SYMBOL_ID, part), part)))
+            writer.submitted(taken)
+            added += taken
+            if start + step < len(rows):
+                await asyncio.sleep(0)
+                if not writer.accepting:
+                    # Closed meanwhile: what was taken is committed (or spooled) by the close.
+                    raise ClosedError(f"the {writer.table} writer closed during a call; {added} rows were taken")
         return added
 
     async def flush(self, *, timeout: float | None = None) -> None:

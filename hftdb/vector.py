@@ -145,10 +145,12 @@ class _Whole:
 
 LAYOUTS = {(e, u): Layout(e, u) for e in (True, False) for u in (True, False)}
 
-#: Calls smaller than this go the per-row path: a vectorized call has a fixed cost of tens of µs (a dozen numpy
-#: operations), which pays for itself only over about a hundred rows. Measured on 1..2,000-row calls (busy 2-core
-#: machine): per-row ~1.2-1.9 µs/row at any size; vectorized ~50 µs a call, then ~0.6-0.7 µs/row.
-MIN_ROWS = 128
+#: Calls smaller than this go the per-row path. With the C packer a call that packs whole costs a few µs (the C
+#: call, the id check, the append; no numpy pass), so it pays from about ten rows: measured on rising 1..1,000-row
+#: calls of the same rows (busy 2-core machine), per-row ~1.5-4.5 µs/row at any size, C-packed 5-9 µs for one row,
+#: ~1.5 µs/row at 10 rows, 0.3-0.6 µs/row at 100 rows and more. Without it (struct packing, a dozen numpy
+#: operations, ~50 µs a call) only calls of about a hundred rows pay.
+MIN_ROWS = 8 if _pack_tickers is not None else 128
 
 
 class TickerRows:

@@ -374,8 +374,12 @@ class BatchWriter:
             part = rows if start == 0 and end == n else rows.slice(start, end)
             lo, hi = part.lo, part.hi
             if not (b.part_lo <= lo and hi < b.part_hi):
-                for ts in part.partition_starts(self._interval_us):
-                    self._note_partition(b, ts)
+                interval = self._interval_us
+                if hi - hi % interval == lo - lo % interval:  # one partition (nearly always): no pass over the rows
+                    self._note_partition(b, lo)
+                else:
+                    for ts in part.partition_starts(interval):
+                        self._note_partition(b, ts)
             added = part.append_to(b)
             if added < end - start:
                 self.stats.rows_duplicate += end - start - added
@@ -737,6 +741,11 @@ class BatchWriter:
         self._committer.forget_partitions()
 
     # -- introspection -----------------------------------------------------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        """Whether the writer takes rows (started, and not closing or closed)."""
+        return self._state == "open"
 
     @property
     def pending_rows(self) -> int:
