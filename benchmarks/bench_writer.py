@@ -544,8 +544,8 @@ async def _send_latest(conn: asyncpg.Connection, enc: BookTickerWriter, latest: 
     if text:
         await conn.execute(_TEXT_LATEST_SQL, *(array_text(k, col) for k, col in zip("iqqddddq", args)), *ledger)
         return
-    await conn.copy_to_table(enc.latest_stage, schema_name="pg_temp", source=memoryview(copy_columns(enc.latest_kinds, args)),
-                             format="binary")
+    await conn.copy_to_table(enc.latest_stage, schema_name="pg_temp",
+                             source=memoryview(copy_columns(enc.latest_kinds, args)), format="binary")
     await conn.execute(enc.latest_sql, *ledger)
 
 

@@ -455,7 +455,8 @@ class Committer:
                 raise
         await conn.execute(
             # (A staged table's statement reads the staging table; another takes the column arrays.)
-            spec.latest_sql, *([] if spec.latest_stage else latest_args), [b.id for b in group], [b.rows for b in group],
+            spec.latest_sql, *([] if spec.latest_stage else latest_args),
+            [b.id for b in group], [b.rows for b in group],
             [int(b.min_ts) for b in group], [int(b.max_ts) for b in group],
             self._notify_payload(sum(b.rows for b in group), hi, latest_args) if self._notify else None,
             timeout=self.command_timeout,

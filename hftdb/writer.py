@@ -12,9 +12,10 @@ The path of a row::
                          BEGIN; COPY ... FROM STDIN (BINARY); ledger rows + latest upsert + NOTIFY; COMMIT
                          (the writer's hftdb.commit.Committer; the next group's COPY starts while this one finishes)
 
-Encoders hand the writer rows already checked and packed as COPY tuples through one method, :meth:`BatchWriter.append`
-(anything that implements :class:`Encoded`: hftdb.vector's book tickers, whichever way they came in); the writer
-cuts them at batch boundaries, notes their partitions and receipt-time range, and seals full batches.
+Encoders hand the writer rows already checked and packed as COPY tuples through one method,
+:meth:`BatchWriter.append` (anything that implements :class:`Encoded`: hftdb.vector's book tickers, whichever way
+they came in); the writer cuts them at batch boundaries, notes their partitions and receipt-time range, and seals
+full batches.
 
 Rows are encoded as they are accepted, so encoding overlaps the COPY in flight. When no COPY is in flight the
 flusher seals and sends at once (low latency when quiet); while one is in flight rows accumulate (big batches
@@ -469,7 +470,8 @@ class BatchWriter:
                             await self._reap(later)
                         await asyncio.sleep(self._committer.backoff())
                 timeout = None
-                if len(inflight) < (1 if self._committer.failing else 2) and (not inflight or inflight[-1].copied.is_set()):
+                pipeline = 1 if self._committer.failing else 2
+                if len(inflight) < pipeline and (not inflight or inflight[-1].copied.is_set()):
                     # A second commit starts only on a backlog of sealed batches: sealing a few rows early just to
                     # fill the pipeline would make commits small and many, and each pays the latest upsert.
                     ready = self._ready_group(seal=not inflight)
