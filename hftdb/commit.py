@@ -9,7 +9,7 @@ backends), but waits for the earlier outcome before its own ledger/latest step a
 commits land in queue order and never deadlock on the latest table's rows.
 
 A :class:`Committer` belongs to one :class:`hftdb.writer.BatchWriter`, which hands it at construction everything
-it works with (the pool, the table's :class:`TableSpec`, the spool, the writer's statistics and rejects) and calls
+it works with (the pool, the table's :class:`CommitSpec`, the spool, the writer's statistics and rejects) and calls
 :meth:`Committer.commit` with each group of sealed batches. The committer owns what only commits need: which
 partitions exist, which backends hold the staging table, which batches are being taken apart, and whether commits
 are failing (:attr:`Committer.failing`, with the backoff :meth:`Committer.backoff`). :func:`copy_columns` packs a
@@ -39,7 +39,7 @@ from .spool import Spool
 if TYPE_CHECKING:
     from .writer import Batch, WriterStats
 
-__all__ = ["RETRYABLE", "Committer", "InFlight", "TableSpec", "copy_columns"]
+__all__ = ["RETRYABLE", "Committer", "InFlight", "CommitSpec", "copy_columns"]
 
 logger = logging.getLogger("hftdb.writer")
 
@@ -68,7 +68,7 @@ _SPARE_MAX_BYTES = 32 << 20
 
 
 
-class TableSpec:
+class CommitSpec:
     """What committing needs to know of a table: its COPY columns, its latest-row statement and how to build that
     statement's arguments from a batch's newest rows (the table's writer, in :mod:`hftdb.tables`, supplies them)."""
 
@@ -109,7 +109,7 @@ class Committer:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        spec: TableSpec,
+        spec: CommitSpec,
         *,
         settings: WriterSettings,
         storage: StorageSettings,

@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 import asyncpg
 
-from .commit import RETRYABLE, Committer, InFlight, TableSpec
+from .commit import RETRYABLE, CommitSpec, Committer, InFlight
 from .config import StorageSettings, WriterSettings
 from .copy import HEADER, TRAILER, split_tuples
 from .errors import BufferFullError, ClosedError
@@ -175,7 +175,7 @@ class BatchWriter:
 
     table: str = ""
     columns: tuple[str, ...] = ()
-    #: The kind of each COPY column (see :class:`hftdb.commit.TableSpec`).
+    #: The kind of each COPY column (see :class:`hftdb.commit.CommitSpec`).
     row_kinds: str = ""
     latest_sql: str = ""
     #: The temp table (and its DDL) that a commit's newest rows are COPied into before ``latest_sql`` reads them,
@@ -226,7 +226,7 @@ class BatchWriter:
         self._state = "new"
         self.stats = WriterStats()
         self.rejects = Rejects(self.table, noun="row", interval=settings.reject_log_interval_s, log=logger)
-        spec = TableSpec(
+        spec = CommitSpec(
             self.table, columns=self.columns, row_kinds=self.row_kinds, latest_sql=self.latest_sql,
             latest_stage=self.latest_stage, latest_stage_ddl=self.latest_stage_ddl, latest_kinds=self.latest_kinds,
             latest_key_cols=self.latest_key_cols, latest_ts_col=self.latest_ts_col,
