@@ -228,5 +228,5 @@ async def test_a_big_call_does_not_hold_the_loop_for_its_whole_encode(dsn, tmp_p
         assert await call == len(rows)
         assert any(0 < n < len(rows) for n in seen)
         await db.flush()
-        assert await db.pool.fetchval("SELECT count(DISTINCT update_id) FROM book_tickers") == len(rows)
-        assert await db.pool.fetchval("SELECT count(*) FROM book_tickers") == len(rows)
+        assert await sql(db).fetchval("SELECT count(DISTINCT update_id) FROM book_tickers") == len(rows)
+        assert await sql(db).fetchval("SELECT count(*) FROM book_tickers") == len(rows)
