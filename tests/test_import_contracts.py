@@ -1,0 +1,58 @@
+"""The import rule is enforced: pyproject.toml's import-linter contracts hold on the package, and one new bad
+import makes ``lint-imports`` (run by ``./test``, so by CI) fail.
+
+The check runs against a copy of the package's sources with one line added, so it proves the contracts catch a
+real violation, not that they happen to pass today.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LINT = Path(sys.executable).with_name("lint-imports")
+
+pytestmark = pytest.mark.skipif(not LINT.exists(), reason="import-linter not installed (the test extra)")
+
+
+def _copy(tmp_path: Path) -> Path:
+    dest = tmp_path / "src"
+    shutil.copytree(ROOT / "hftdb", dest / "hftdb", ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.c"))
+    shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
+    return dest
+
+
+def _lint(cwd: Path) -> subprocess.CompletedProcess[str]:
+    # lint-imports puts its working directory first on sys.path: the copy's hftdb is the one analysed.
+    return subprocess.run([str(LINT), "--no-cache"], cwd=cwd, capture_output=True, text=True, timeout=100)
+
+
+def _add_line(path: Path, line: str) -> None:
+    text = path.read_text()
+    head, sep, rest = text.partition("from __future__ import annotations\n")
+    assert sep, path
+    path.write_text(head + sep + line + "\n" + rest)
+
+
+def test_contracts_hold_on_the_package(tmp_path: Path) -> None:
+    out = _lint(_copy(tmp_path))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 broken" in out.stdout
+
+
+@pytest.mark.parametrize(("module", "line", "contract"), [
+    ("exchanges/intake.py", "from ..writer import BatchWriter", "never import the database layer"),
+    ("exchanges/session.py", "import hftdb.commit", "never import the database layer"),
+])
+def test_a_new_violation_fails_the_check(tmp_path: Path, module: str, line: str, contract: str) -> None:
+    src = _copy(tmp_path)
+    _add_line(src / "hftdb" / module, line)
+    out = _lint(src)
+    assert out.returncode != 0
+    assert contract in out.stdout
+    assert "BROKEN" in out.stdout
