@@ -32,10 +32,11 @@ from typing import TYPE_CHECKING
 
 from ..errors import ExchangeError, StateError
 from ..models import Balance, BookTicker, FundingRate
-from ..packed import PackedBooks
+from ..wire.books import PackedBooks
 from .connection import ConnectionLost, Pacer, WsConnection
 from .parsing import newer_funding
 from .session import Session
+from .sink import PackedSink
 
 if TYPE_CHECKING:
     from .base import ExchangeAdapter
@@ -339,8 +340,8 @@ class StreamRunner:
         stats = adapter.stats
         sink = adapter.sink
         insert_books = sink.insert_book_ticker_snapshots
-        if type(books) is PackedBooks:  # COPY tuples packed by the intake, for a sink that takes them
-            insert_books = getattr(sink, "insert_packed_book_tickers", insert_books)
+        if type(books) is PackedBooks and isinstance(sink, PackedSink):  # COPY tuples packed by the intake
+            insert_books = sink.insert_packed_book_tickers
         for rows, insert, counter in (
             (books, insert_books, "book_rows"),
             (funding, sink.insert_funding_rates, "funding_rows"),
