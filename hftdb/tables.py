@@ -1,8 +1,9 @@
-"""The three time-series writers: validation, binary row layouts and latest-row upserts per table.
+"""The three time-series writers: rows into batches, and latest-row upserts per table.
 
-Each row is checked on a fast path (one chained comparison that also fails on NaN and on a wrong type) and
-packed with a precompiled ``struct.Struct`` chosen by its NULL pattern. A row that fails is rejected alone,
-with a reason, and the rows beside it go on.
+Each row is checked by the wire layer's rules (:mod:`hftdb.wire.rules`; book tickers on a fast path, one
+chained comparison that also fails on NaN and on a wrong type) and packed in its layout
+(:mod:`hftdb.wire.books`, :mod:`hftdb.wire.rows`). A row that fails is rejected alone, with a reason, and the
+rows beside it go on.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Any, Iterable
 from msgspec.structs import astuple
 
 from .models import Balance, BookTicker, FundingRate, now_us
-from .wire.copy import HEADER, PG_EPOCH_US, encode_numeric, split_tuples
+from .wire.books import LAYOUTS
+from .wire.copy import HEADER, PG_EPOCH_US, split_tuples
+from .wire.rows import balance_tuple, funding_tuple
 # The acceptance rules and reasons are the wire layer's; bad_text and the time bounds stay importable from here.
 from .wire.rules import (
     FUTURE_SLACK_US, INF, MIN_TS_US, bad_text, balance_check, book_ticker_reason, funding_reason,
@@ -135,12 +138,8 @@ def _staged_latest(table: str, types: dict[str, str]) -> tuple[str, str, str, st
 _BT_LATEST_FIELDS = tuple(BookTicker.__struct_fields__.index(c) for c in (
     "recv_ts", "exchange_ts", "bid_price", "bid_qty", "ask_price", "ask_qty", "update_id"))
 
-# 8 fields: symbol_id int4, recv_ts, exchange_ts?, bid_price, bid_qty, ask_price, ask_qty float8, update_id int8?
-_BT_HEAD = "hiiiq"  # field count; symbol_id (len, int4); recv_ts (len, int8)
-_BT = {
-    (e, u): struct.Struct("!" + _BT_HEAD + ("iq" if e else "i") + "id" * 4 + ("iq" if u else "i"))
-    for e in (True, False) for u in (True, False)
-}
+# The whole COPY tuple per NULL pattern of (exchange_ts, update_id), from the wire layer's one layout.
+_BT = {pattern: layout.row for pattern, layout in LAYOUTS.items()}
 
 
 class BookTickerWriter(BatchWriter):
@@ -275,7 +274,6 @@ class _KeyedRowWriter(BatchWriter):
         self.stats.rows_duplicate += 1
         return True
 
-# 7 fields: symbol_id, recv_ts, exchange_ts?, rate, next_funding_ts?, mark_price?, index_price?
 
 
 class FundingRateWriter(_KeyedRowWriter):
@@ -297,13 +295,7 @@ class FundingRateWriter(_KeyedRowWriter):
             if reason:
                 self.rejects.add(reason, f"{r.exchange}:{r.symbol} {r!r}")
                 continue
-            parts = [struct.pack("!hiiiq", 7, 4, sid, 8, r.recv_ts - PG_EPOCH_US)]
-            parts.append(_opt_ts(r.exchange_ts))
-            parts.append(struct.pack("!id", 8, r.rate))
-            parts.append(_opt_ts(r.next_funding_ts))
-            parts.append(_opt_f8(r.mark_price))
-            parts.append(_opt_f8(r.index_price))
-            row = b"".join(parts)
+            row = funding_tuple(sid, r)
             if self._repeats(sid, r.recv_ts, row):
                 continue
             self._append_row(sid, r, row, r.recv_ts)
@@ -321,19 +313,6 @@ class FundingRateWriter(_KeyedRowWriter):
             [r.mark_price for _, (_, r) in items],
             [r.index_price for _, (_, r) in items],
         ]
-
-
-_TS = struct.Struct("!iq")
-_F8 = struct.Struct("!id")
-_NULL = struct.pack("!i", -1)
-
-
-def _opt_ts(value: int | None) -> bytes:
-    return _NULL if value is None else _TS.pack(8, value - PG_EPOCH_US)
-
-
-def _opt_f8(value: float | None) -> bytes:
-    return _NULL if value is None else _F8.pack(8, value)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -363,17 +342,7 @@ class BalanceWriter(_KeyedRowWriter):
             if reason:
                 self.rejects.add(reason, repr(r))
                 continue
-            account, asset = r.account.encode(), r.asset.encode()
-            f_bytes, l_bytes = encode_numeric(free), encode_numeric(locked)
-            row = b"".join((
-                struct.pack("!hii", 7, 4, exchange_id),
-                struct.pack("!i", len(account)), account,
-                struct.pack("!i", len(asset)), asset,
-                _TS.pack(8, r.recv_ts - PG_EPOCH_US),
-                _opt_ts(r.exchange_ts),
-                struct.pack("!i", len(f_bytes)), f_bytes,
-                struct.pack("!i", len(l_bytes)), l_bytes,
-            ))
+            row = balance_tuple(exchange_id, r, free, locked)
             key = (exchange_id, r.account, r.asset)
             if self._repeats(key, r.recv_ts, row):
                 continue

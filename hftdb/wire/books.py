@@ -25,7 +25,22 @@ import numpy as np
 
 from ..models import BookTicker
 
-__all__ = ["Layout", "LAYOUTS", "LAYOUT", "PACK", "SIZE", "PackedBooks"]
+__all__ = ["COLUMNS", "Layout", "LAYOUTS", "LAYOUT", "PACK", "SIZE", "PackedBooks"]
+
+
+#: ``book_tickers``' columns in COPY order, with their ``struct`` codes (int4, timestamptz as int8 µs since
+#: 2000-01-01, float8, int8). exchange_ts and update_id may be NULL.
+COLUMNS = (("symbol_id", "i"), ("recv_ts", "q"), ("exchange_ts", "q"), ("bid_price", "d"), ("bid_qty", "d"),
+           ("ask_price", "d"), ("ask_qty", "d"), ("update_id", "q"))
+
+
+def _format(has_e: bool, has_u: bool, *, constants: bool) -> str:
+    # The tuple: a field count, then each field's length and, unless it is NULL, its value. Without constants,
+    # pad bytes stand where the count and lengths go, for a template to fill in a whole call at a time.
+    null = ({"exchange_ts"} if not has_e else set()) | ({"update_id"} if not has_u else set())
+    size = "i" if constants else "4x"
+    return "!" + ("h" if constants else "2x") + "".join(
+        size + ("" if name in null else code) for name, code in COLUMNS)
 
 
 class Layout:
@@ -33,9 +48,13 @@ class Layout:
 
     def __init__(self, has_e: bool, has_u: bool) -> None:
         self.has_e, self.has_u = has_e, has_u
-        # Pad bytes ("4x") stand where the constants go; the template fills them in.
-        fmt = "2x4xi4xq" + ("4xq" if has_e else "4x") + "4xd" * 4 + ("4xq" if has_u else "4x")
+        fmt = _format(has_e, has_u, constants=False)[1:]
+        #: ``pack(symbol_id, recv, [exchange_ts,] bp, bq, ap, aq, [update_id])`` (times in PostgreSQL µs): the
+        #: tuple without its constants, which :meth:`template` holds.
         self.pack: Callable[..., bytes] = struct.Struct("!" + fmt).pack
+        #: The whole tuple, one row at a time (the writers' per-row path):
+        #: ``row.pack(8, 4, symbol_id, 8, recv, [8, exchange_ts | -1], 8, bp, 8, bq, 8, ap, 8, aq, [8, uid | -1])``.
+        self.row = struct.Struct(_format(has_e, has_u, constants=True))
         # A row's values in COPY column order, picked from msgspec's astuple (a C-level copy of the fields, much
         # cheaper than eight attribute reads) by position in BookTicker's field order.
         index = {name: i for i, name in enumerate(BookTicker.__struct_fields__)}
@@ -53,7 +72,7 @@ class Layout:
         if has_u:
             fields.append(("uid", ">i8"))
         self.dtype = np.dtype(fields)
-        assert struct.calcsize("!" + fmt) == self.dtype.itemsize
+        assert struct.calcsize("!" + fmt) == self.dtype.itemsize == self.row.size
         one = np.zeros(1, self.dtype)
         one["nf"] = 8
         for name in ("l_sid",):
