@@ -14,7 +14,7 @@ import asyncpg
 
 from hftdb import BookTicker, DatabaseManager, ExchangeName, FundingRate, now_us
 from hftdb.config import DatabaseSettings, Settings
-from hftdb.copy import HEADER, TRAILER
+from hftdb.wire.copy import HEADER, TRAILER
 from hftdb.tables import _BT, BookTickerWriter
 from hftdb.vector import copy_columns
 
