@@ -67,6 +67,8 @@ class StreamRunner:
     def __init__(self, adapter: ExchangeAdapter) -> None:
         self.adapter = adapter
         self.drop_unsequenced = adapter.drops_unsequenced_books
+        # Asked once: an isinstance against a runtime Protocol tests every member (microseconds, too dear per push).
+        self._packed_sink = isinstance(adapter.sink, PackedSink)
         self.next_id = itertools.count(1).__next__
         self.book_ids: dict[str, int] = {}
         self._book_times: dict[str, int] = {}
@@ -340,7 +342,7 @@ class StreamRunner:
         stats = adapter.stats
         sink = adapter.sink
         insert_books = sink.insert_book_ticker_snapshots
-        if type(books) is PackedBooks and isinstance(sink, PackedSink):  # COPY tuples packed by the intake
+        if type(books) is PackedBooks and self._packed_sink:  # COPY tuples packed by the intake
             insert_books = sink.insert_packed_book_tickers
         for rows, insert, counter in (
             (books, insert_books, "book_rows"),
