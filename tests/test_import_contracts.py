@@ -53,6 +53,8 @@ def test_contracts_hold_on_the_package(tmp_path: Path) -> None:
     ("vector.py", "from .wire._native import _vector_fast", "Only the wire layer's loader imports the C extensions"),
     ("wire/rules.py", "import asyncio", "The wire layer does no I/O"),
     ("wire/books.py", "from ..exchanges import parsing", "Layers"),
+    ("models.py", "from .wire import rules", "Layers"),
+    ("manager.py", "from . import daemon", "Layers"),
 ])
 def test_a_new_violation_fails_the_check(tmp_path: Path, module: str, line: str, contract: str) -> None:
     src = _copy(tmp_path)
