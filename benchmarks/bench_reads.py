@@ -46,7 +46,7 @@ from hftdb import (
     BookTicker, DatabaseManager, DatabaseSettings, ExchangeName, FundingRate, Settings, Symbol, WriterSettings, now_us,
 )
 from hftdb.manager import init_connection
-from hftdb.vector import copy_columns
+from hftdb.wire.copy import copy_columns
 from hftdb.schema import Migrator, load_migrations
 from hftdb.tables import BookTickerWriter
 

@@ -1,5 +1,6 @@
 """The import rule is enforced: pyproject.toml's import-linter contracts hold on the package, and one new bad
-import makes ``lint-imports`` (run by ``./test``, so by CI) fail.
+import (into the database layer from a feed, of a C extension, of an I/O module from the wire layer, up a layer,
+or closing a loop) makes ``lint-imports`` (run by ``./test``, so by CI) fail.
 
 The check runs against a copy of the package's sources with one line added, so it proves the contracts catch a
 real violation, not that they happen to pass today.
@@ -55,6 +56,8 @@ def test_contracts_hold_on_the_package(tmp_path: Path) -> None:
     ("wire/books.py", "from ..exchanges import parsing", "Layers"),
     ("models.py", "from .wire import rules", "Layers"),
     ("manager.py", "from . import daemon", "Layers"),
+    ("exchanges/parsing.py", "from . import intake", "No new import loops"),
+    ("spool.py", "from . import writer", "No new import loops"),
 ])
 def test_a_new_violation_fails_the_check(tmp_path: Path, module: str, line: str, contract: str) -> None:
     src = _copy(tmp_path)

@@ -16,7 +16,7 @@ from hftdb import BookTicker, DatabaseManager, ExchangeName, FundingRate, now_us
 from hftdb.config import DatabaseSettings, Settings
 from hftdb.wire.copy import HEADER, TRAILER
 from hftdb.tables import _BT, BookTickerWriter
-from hftdb.vector import copy_columns
+from hftdb.wire.copy import copy_columns
 
 from helpers import settings
 

