@@ -342,7 +342,7 @@ async def part1(args: argparse.Namespace, admin_dsn: str) -> dict[str, Any]:
     for m, v in rates.items():
         print(f"  {m:15s} {med[m]:>10,.0f}   runs: {', '.join(f'{x:,.0f}' for x in v)}")
     cpu_med = {m: statistics.median(v) for m, v in cpu_us.items()}
-    print(f"  CPU of this process per frame (time.process_time over the timed part; PostgreSQL not included), median: "
+    print("  CPU of this process per frame (time.process_time over the timed part; PostgreSQL not included), median: "
           + ", ".join(f"{m} {cpu_med[m]:.2f} us" for m in methods)
           + f"; ratio writer-only / frames-to-rows {cpu_med['writer-only'] / cpu_med['frames-to-rows']:.2f}")
     serial = 1 / (1 / med["intake-only"] + 1 / med["writer-only"])

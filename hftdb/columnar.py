@@ -22,6 +22,7 @@ fields, aggregated by the server into one bytea, turned into records column by c
 from __future__ import annotations
 
 import functools
+import importlib.util
 import itertools
 import math
 import operator
@@ -303,10 +304,8 @@ def check_format(format: str) -> str:
     if format not in FORMATS:
         raise ValidationError(f"format must be one of {', '.join(map(repr, FORMATS))}, got {format!r}")
     if format == "numpy":
-        try:
-            import numpy  # noqa: F401
-        except ImportError:
-            raise ValidationError("format='numpy' needs numpy: pip install 'hftdb[numpy]'") from None
+        if importlib.util.find_spec("numpy") is None:
+            raise ValidationError("format='numpy' needs numpy: pip install 'hftdb[numpy]'")
     return format
 
 
