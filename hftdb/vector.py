@@ -19,27 +19,22 @@ rows pack but fail a value check (NaN, crossed, out of range...) stays here: the
 the per-row path's own reasons and the rest are taken.
 
 The columnar API (:meth:`DatabaseManager.insert_book_ticker_columns`) shares steps 2-3.
-
 """
 
 from __future__ import annotations
 
 import struct
 from itertools import starmap
-from operator import attrgetter, itemgetter
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from msgspec.structs import astuple
 
-from .copy import PG_EPOCH_US
-from .models import FUTURE_SLACK_US, MIN_TS_US, BookTicker, now_us
-from .tables import _book_ticker_reason
-
-try:
-    from ._vector_fast import pack_tickers as _pack_tickers
-except ImportError:  # built without a C compiler: add_tickers packs with struct alone
-    _pack_tickers = None
+from .models import BookTicker, now_us
+from .wire.books import LAYOUTS, Layout
+from .wire.copy import PG_EPOCH_US
+from .wire.loader import NATIVE
+from .wire.rules import FUTURE_SLACK_US, MIN_TS_US, book_ok_columns, book_ticker_reason
 
 if TYPE_CHECKING:
     from .tables import BookTickerWriter
@@ -47,110 +42,13 @@ if TYPE_CHECKING:
 
 __all__ = ["Layout", "LAYOUTS", "TickerRows", "add_tickers", "add_columns", "latest_of"]
 
-_INF = np.inf
-
-
-class Layout:
-    """The binary COPY tuple of ``book_tickers`` for one NULL pattern of (exchange_ts, update_id)."""
-
-    def __init__(self, has_e: bool, has_u: bool) -> None:
-        self.has_e, self.has_u = has_e, has_u
-        # Pad bytes ("4x") stand where the constants go; the template fills them in.
-        fmt = "2x4xi4xq" + ("4xq" if has_e else "4x") + "4xd" * 4 + ("4xq" if has_u else "4x")
-        self.pack: Callable[..., bytes] = struct.Struct("!" + fmt).pack
-        # A row's values in COPY column order, picked from msgspec's astuple (a C-level copy of the fields, much
-        # cheaper than eight attribute reads) by position in BookTicker's field order.
-        index = {name: i for i, name in enumerate(BookTicker.__struct_fields__)}
-        names = ["symbol_id", "recv_ts"] + (["exchange_ts"] if has_e else []) + [
-            "bid_price", "bid_qty", "ask_price", "ask_qty"] + (["update_id"] if has_u else [])
-        self.values: Callable[[Any], tuple[Any, ...]] = itemgetter(*(index[name] for name in names))
-        #: The same without symbol_id, for rows whose ids were resolved from their names (prepended per row).
-        self.values_but_id: Callable[[Any], tuple[Any, ...]] = itemgetter(*(index[name] for name in names[1:]))
-        fields = [("nf", ">i2"), ("l_sid", ">i4"), ("sid", ">i4"), ("l_recv", ">i4"), ("recv", ">i8"), ("l_ex", ">i4")]
-        if has_e:
-            fields.append(("ex", ">i8"))
-        for name in ("bp", "bq", "ap", "aq"):
-            fields += [(f"l_{name}", ">i4"), (name, ">f8")]
-        fields.append(("l_uid", ">i4"))
-        if has_u:
-            fields.append(("uid", ">i8"))
-        self.dtype = np.dtype(fields)
-        assert struct.calcsize("!" + fmt) == self.dtype.itemsize
-        one = np.zeros(1, self.dtype)
-        one["nf"] = 8
-        for name in ("l_sid",):
-            one[name] = 4
-        for name in ("l_recv", "l_bp", "l_bq", "l_ap", "l_aq"):
-            one[name] = 8
-        one["l_ex"] = 8 if has_e else -1
-        one["l_uid"] = 8 if has_u else -1
-        self._one = one.view(np.uint8)
-        self._template = np.tile(self._one, 1024)
-        self.whole = _Whole(has_e, has_u, with_id=True)
-        self.whole_but_id = _Whole(has_e, has_u, with_id=False)
-
-    def template(self, n: int) -> Any:
-        """The constant bytes of ``n`` tuples (field count and field lengths), zeros elsewhere (read-only)."""
-        size = n * self.dtype.itemsize
-        if len(self._template) < size:
-            self._template = np.tile(self._one, max(n, 2 * len(self._template) // self.dtype.itemsize))
-        return self._template[:size]
-
-    def empty(self, n: int) -> Any:
-        """``n`` tuples with their constants set, values to be filled in."""
-        return self.template(n).copy().view(self.dtype)
-
-
-#: struct codes and numpy types of BookTicker's fields for :class:`_Whole` (names and venues are skipped).
-_FIELD_CODES = {
-    "exchange": ("?", "u1"), "symbol": ("?", "u1"), "bid_price": ("d", ">f8"), "bid_qty": ("d", ">f8"),
-    "ask_price": ("d", ">f8"), "ask_qty": ("d", ">f8"), "recv_ts": ("q", ">i8"), "exchange_ts": ("q", ">i8"),
-    "update_id": ("q", ">i8"), "symbol_id": ("i", ">i4"),
-}
-
-
-class _Whole:
-    """A row's whole ``astuple`` packed in BookTicker's field order, for one NULL pattern.
-
-    Cheaper than picking the COPY columns out of each tuple first (an ``itemgetter`` call per row, ~85 ns of a
-    ~340 ns encode, measured): ``?`` takes the exchange and symbol names (and any field the pattern has as NULL,
-    or symbol_id when the ids come apart) as one ignored byte, and numpy moves the columns into COPY order. A
-    field the pattern has as NULL must then be None in every row, checked apart (:meth:`nulls_hold`): ``?``
-    would take any value.
-    """
-
-    def __init__(self, has_e: bool, has_u: bool, *, with_id: bool) -> None:
-        null = ({"exchange_ts"} if not has_e else set()) | ({"update_id"} if not has_u else set())
-        codes, fields = [], []
-        for name in BookTicker.__struct_fields__:
-            code, dtype = _FIELD_CODES[name]
-            if name in null or (name == "symbol_id" and not with_id):
-                code, dtype = "?", "u1"
-            codes.append(code)
-            fields.append((name, dtype))
-        self.pack: Callable[..., bytes] = struct.Struct("!" + "".join(codes)).pack
-        self.dtype = np.dtype(fields)
-        assert struct.calcsize("!" + "".join(codes)) == self.dtype.itemsize
-        self.nulls = [(name, attrgetter(name)) for name in sorted(null)]
-
-    def nulls_hold(self, rows: Sequence[BookTicker], src: Any) -> bool:
-        """Whether every field the pattern has as NULL is None in every row (its ``?`` byte is 0 for None and for
-        any falsy value, so the bytes only rule out the truthy ones cheaply; ``count`` settles the rest in C)."""
-        n = len(rows)
-        for name, getter in self.nulls:
-            if src[name].any() or list(map(getter, rows)).count(None) != n:
-                return False
-        return True
-
-
-LAYOUTS = {(e, u): Layout(e, u) for e in (True, False) for u in (True, False)}
 
 #: Calls smaller than this go the per-row path. With the C packer a call that packs whole costs a few µs (the C
 #: call, the id check, the append; no numpy pass), so it pays from about ten rows: measured on rising 1..1,000-row
 #: calls of the same rows (busy 2-core machine), per-row ~1.5-4.5 µs/row at any size, C-packed 5-9 µs for one row,
 #: ~1.5 µs/row at 10 rows, 0.3-0.6 µs/row at 100 rows and more. Without it (struct packing, a dozen numpy
 #: operations, ~50 µs a call) only calls of about a hundred rows pay.
-MIN_ROWS = 8 if _pack_tickers is not None else 128
+MIN_ROWS = 8 if NATIVE.pack_tickers is not None else 128
 
 
 class TickerRows:
@@ -258,12 +156,13 @@ def add_tickers(
         return None
     first = rows[0]
     layout = LAYOUTS[(first.exchange_ts is not None, first.update_id is not None)]
-    if _pack_tickers is not None and type(rows) is list:
+    pack_tickers = NATIVE.pack_tickers
+    if pack_tickers is not None and type(rows) is list:
         # The C packer (_vector_fast.c) writes the COPY tuples straight from the records' slots and checks their
         # values on the way, or refuses the call (any row of another type or NULL pattern, a value that is not a
         # float or int, an int out of range) and leaves it to the struct packing below, as before.
         ts_max = now_us() + FUTURE_SLACK_US
-        fast = _pack_tickers(rows, BookTicker, layout.has_e, layout.has_u, sids is None, MIN_TS_US, ts_max)
+        fast = pack_tickers(rows, BookTicker, layout.has_e, layout.has_u, sids is None, MIN_TS_US, ts_max)
         if fast is not None:
             data, ids, ok, lo, hi, ordered, rising = fast
             if not known_ids.issuperset(ids if sids is None else sids):
@@ -329,16 +228,12 @@ def _take(
     if ts_max is None:
         ts_max = now_us() + FUTURE_SLACK_US
     bp, bq, ap, aq = (recs[k].astype(np.float64) for k in ("bp", "bq", "ap", "aq"))
-    with np.errstate(invalid="ignore"):
-        ok = (bp > 0) & (bp <= ap) & (ap < _INF) & (bq > 0) & (bq < _INF) & (aq > 0) & (aq < _INF)
-        ok &= (recv >= MIN_TS_US) & (recv <= ts_max)
-        if ex is not None:
-            ok &= (ex >= MIN_TS_US) & (ex <= ts_max)
+    ok = book_ok_columns(bp, bq, ap, aq, recv, ex, ts_max)
     if not ok.all():
         bad = np.flatnonzero(~ok).tolist()
         for i in bad:
             r = rows[i] if rows is not None else _ticker_at(recs, layout, i, int(sid[i]), int(recv[i]), ex)
-            writer.rejects.add(_book_ticker_reason(r, ts_max), f"{r.exchange}:{r.symbol} id {r.symbol_id} {r!r}")
+            writer.rejects.add(book_ticker_reason(r, ts_max), f"{r.exchange}:{r.symbol} id {r.symbol_id} {r!r}")
         keep = np.flatnonzero(ok)
         recs, sid, recv = recs[keep], sid[keep], recv[keep]
         if rows is not None:

@@ -179,7 +179,7 @@ class BatchWriter:
     row_kinds: str = ""
     latest_sql: str = ""
     #: The temp table (and its DDL) that a commit's newest rows are COPied into before ``latest_sql`` reads them,
-    #: and the kinds of its columns (see :func:`hftdb.commit.copy_columns`); empty for a table whose ``latest_sql``
+    #: and the kinds of its columns (see :func:`hftdb.wire.copy.copy_columns`); empty for a table whose ``latest_sql``
     #: takes the column arrays as parameters.
     latest_stage: str = ""
     latest_stage_ddl: str = ""
