@@ -28,14 +28,15 @@ import operator
 import struct
 import sys
 from array import array
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Awaitable, Callable, NamedTuple, Sequence
 
 import asyncpg
 
 from .copy import HEADER, TRAILER
 from .errors import DatabaseError, ValidationError
 
-__all__ = ["Column", "Layout", "FORMATS", "TO_UNIX", "copy_out", "to_lists", "to_numpy", "check_format", "PackedRows"]
+__all__ = ["Column", "Layout", "FORMATS", "TO_UNIX", "copy_out", "copy_out_pieces", "to_lists", "to_numpy",
+           "check_format", "PackedRows"]
 
 #: The ``format=`` values of the history reads.
 FORMATS = ("objects", "columns", "numpy")
@@ -110,6 +111,35 @@ async def copy_out(conn: asyncpg.Connection, layout: Layout, query: str, *args: 
     decoder: _Decoder = _NumpyDecoder(layout) if format == "numpy" else _ListDecoder(layout)
     await conn.copy_from_query(query, *args, output=decoder.feed, format="binary", timeout=timeout)
     return decoder.finish(sort_by)
+
+
+async def copy_out_pieces(conn: asyncpg.Connection, layout: Layout, query: str, *args: Any, piece_rows: int,
+                          sink: Callable[[dict[str, Any]], Awaitable[None]], timeout: float | None = None) -> int:
+    """Run ``COPY (query) TO STDOUT (FORMAT binary)`` and hand its rows to ``sink`` in pieces of about
+    ``piece_rows`` rows, in the stream's order, as numpy columns (as :func:`copy_out` gives them for ``"numpy"``);
+    return the number of rows. At most one piece is held here: while ``sink`` runs, asyncpg stops reading the
+    socket, so the server waits and a result of any size streams through bounded memory."""
+    if piece_rows < 1:
+        raise ValueError(f"piece_rows must be positive, got {piece_rows}")
+    decoder = _NumpyDecoder(layout)
+    decoder._piece = piece_rows * layout.row_size
+    rows = 0
+
+    async def feed(chunk: bytes) -> None:
+        nonlocal rows
+        decoder.feed_sync(chunk)
+        if decoder._pieces:
+            cols = decoder._columns(None)
+            rows += len(cols[layout.columns[0].name])
+            await sink(cols)
+
+    await conn.copy_from_query(query, *args, output=feed, format="binary", timeout=timeout)
+    cols = decoder.finish(None)
+    n = len(cols[layout.columns[0].name])
+    if n:
+        rows += n
+        await sink(cols)
+    return rows
 
 
 class _Decoder:

@@ -13,7 +13,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from hftdb import Balance, BookTicker, DatabaseManager, ExchangeName, FundingRate, now_us
+from hftdb import Balance, BookTicker, DatabaseManager, ExchangeName, FundingRate, Symbol, now_us
 from hftdb import archive, metrics
 from hftdb.config import ArchiveSettings
 
@@ -32,7 +32,7 @@ DAY0 = (now_us() // DAY_US - 20) * DAY_US
 
 def settings(tmp_path: Path, **archive_kw: object):
     s = base_settings(tmp_path)
-    kw = {"root": str(tmp_path / "archive"), "row_group_rows": 64, **archive_kw}
+    kw = {"root": str(tmp_path / "archive"), "row_group_rows": 64, "piece_rows": 128, **archive_kw}
     return msgspec.structs.replace(s, archive=ArchiveSettings(**kw))  # type: ignore[arg-type]
 
 
@@ -431,3 +431,86 @@ async def test_late_rows_go_to_a_new_generation_or_into_the_rewrite(dsn, tmp_pat
         assert len(got) == len(want) + 2 and set(want) <= set(got)
         again = await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=day1, end=day1 + DAY_US)
         assert again == history
+
+
+# Run in a child process: the archive command as a user runs it, and its peak resident set (VmHWM) against its
+# resident set once everything it imports is loaded, just before the command starts. Not ru_maxrss: that keeps
+# the peak of the image before exec, here the forked test process's.
+_MEMORY_PROBE = r"""
+import json, os, sys
+import asyncpg, msgspec, numpy, pyarrow, pyarrow.compute, pyarrow.parquet
+from hftdb import archive, cli, columnar, manager
+
+def status_kb(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak resident set starts again from the current one
+base = status_kb("VmRSS")
+assert status_kb("VmHWM") <= base + 1024
+rc = cli.main(sys.argv[1:])
+with open(os.environ["PROBE_OUT"], "w") as f:
+    json.dump({"rc": rc, "base_kb": base, "peak_kb": status_kb("VmHWM")}, f)
+sys.exit(rc)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status")
+async def test_a_partition_larger_than_the_memory_budget_is_archived_within_it(dsn, tmp_path):
+    # 600,000 book tickers in one day. Whole in memory (the COPY buffer, numpy columns, the Arrow copy) the
+    # archive took 269 MB above the loaded process (measured on the whole-partition archiver this replaced); in
+    # pieces of 16,384 rows it takes about 40 MB (allocator arenas and Parquet metadata), however big the day.
+    rows, budget_mb = 600_000, 64
+
+    s = settings(tmp_path)
+    root = Path(s.archive.root)
+    day = DAY0 + DAY_US
+    async with DatabaseManager(dsn, settings=s) as db:
+        ex = await db.insert_exchange(ExchangeName.BINANCE_USDM)
+        syms = [Symbol(exchange_id=ex.id, symbol=f"S{i:03d}USDT", kind="perpetual", status="trading")
+                for i in range(200)]
+        await db.sync_symbols(ExchangeName.BINANCE_USDM, syms)
+        ids = np.array([(await db.get_symbol(ExchangeName.BINANCE_USDM, x.symbol)).id for x in syms])
+        rng = np.random.default_rng(7)
+        for lo in range(0, rows, 200_000):
+            n = min(200_000, rows - lo)
+            recv = day + np.sort(rng.integers(0, DAY_US, n))
+            price = 100 + rng.integers(0, 1000, n) * 0.01
+            await db.insert_book_ticker_columns(ids[rng.integers(0, len(ids), n)], price, rng.random(n), price + 0.01,
+                                                rng.random(n), recv, exchange_ts=recv - 7,
+                                                update_id=np.arange(lo, lo + n))
+        await db.flush()
+    assert await _count(dsn, "book_tickers") == rows
+    want = await _server_total(dsn, "book_tickers")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    out = tmp_path / "probe.json"
+    env.update(HFTDB_DSN=dsn, HFTDB_ARCHIVE_ROOT=str(root), HFTDB_METRICS_PORT="1", PROBE_OUT=str(out),
+               HFTDB_WRITER_SPOOL_DIR=str(tmp_path / "spool"), HFTDB_ARCHIVE_ROW_GROUP_ROWS="4096",
+               HFTDB_ARCHIVE_PIECE_ROWS="16384")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _MEMORY_PROBE, "archive", "--older-than-days", "10", "--table", "book_tickers",
+        cwd=str(tmp_path), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(200):
+        stdout, stderr = await proc.communicate()
+    assert proc.returncode == 0, (stdout.decode(), stderr.decode())
+    probe = json.loads(out.read_text())
+    growth_mb = (probe["peak_kb"] - probe["base_kb"]) / 1024
+    print(f"archive of {rows:,} rows: peak RSS {growth_mb:.1f} MB above the loaded process")
+    assert growth_mb < budget_mb, probe
+    # And the partition is archived whole: every row, verified, in row groups of 4,096.
+    assert await _count(dsn, "book_tickers") == 0
+    (m,) = archive.read_manifests(root, "book_tickers")
+    assert m.state == "dropped" and (m.rows, m.checksum) == (rows, str(want))
+    meta = pq.ParquetFile(root / "book_tickers" / f"date={m.date}" / m.files[0].path).metadata
+    assert meta.num_rows == rows
+    assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == \
+        [4096] * (rows // 4096) + [rows % 4096]
+
+
+async def _server_total(dsn: str, table: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return (await archive._server_checksum(conn, archive.SPECS[table], table, 0))[1]
+    finally:
+        await conn.close()
