@@ -46,6 +46,7 @@ import hashlib
 import logging
 import os
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -62,7 +63,7 @@ from .config import ArchiveSettings
 from .durable import fsync_dir, write_atomic
 from .errors import DatabaseError, ValidationError
 
-__all__ = ["ArchiveReport", "ArchiveTier", "FileEntry", "Manifest", "SPECS", "archive_table", "expire", "restore_day",
+__all__ = ["ArchiveReport", "ArchiveSummary", "ArchiveTier", "FileEntry", "Manifest", "SPECS", "archive_table", "expire", "restore_day",
            "read_manifests", "require_pyarrow", "enabled", "summary", "STEPS", "RESTORE_STEPS", "MARKER"]
 
 logger = logging.getLogger(__name__)
@@ -309,15 +310,18 @@ def read_manifests(root: Path, table: str, lower_us: int | None = None, upper_us
         dirs = [base / f"date={_date(d)}" for d in range(first, upper_us, _US_PER_DAY)]
     out = []
     for d in dirs:
-        try:
-            names = sorted(n for n in os.listdir(d) if n.startswith("_manifest.") and n.endswith(".json"))
-        except FileNotFoundError:
-            continue
-        for name in names:
-            m = msgspec.json.decode((d / name).read_bytes(), type=Manifest)
+        for m in _day_manifests(d):
             if lower_us is None or upper_us is None or (m.lower_us < upper_us and m.upper_us > lower_us):
                 out.append(m)
     return out
+
+
+def _day_manifests(day: Path) -> list[Manifest]:
+    try:
+        names = sorted(n for n in os.listdir(day) if n.startswith("_manifest.") and n.endswith(".json"))
+    except FileNotFoundError:
+        return []
+    return [msgspec.json.decode((day / name).read_bytes(), type=Manifest) for name in names]
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -858,26 +862,112 @@ async def _mark_dropped(root: Path, manifest: Manifest) -> None:
 def summary(root: str | os.PathLike[str], *, hot: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """What the archive holds, per table, from its manifests (no Parquet file is opened, pyarrow not needed):
     days, partitions, files, rows, bytes and bytes per row; with ``hot`` (``table_stats()["tables"]``), also the
-    hot tier's bytes per row (indexes included) and how many times smaller the archive is."""
-    out: dict[str, Any] = {"root": str(root), "tables": {}}
-    for table in SPECS:
-        found = read_manifests(Path(root), table)
-        rows = sum(m.rows for m in found)
-        size = sum(f.bytes for m in found for f in m.files)
-        t: dict[str, Any] = {
-            "days": len({m.date for m in found}), "partitions": len(found),
-            "files": sum(len(m.files) for m in found), "rows": rows, "bytes": size,
-            "bytes_per_row": size / rows if rows else None,
-            "first_day": min((m.date for m in found), default=None),
-            "last_day": max((m.date for m in found), default=None),
-        }
-        h = (hot or {}).get(table)
-        if h and h.get("estimated_rows"):
-            t["hot_bytes_per_row"] = h["bytes"] / h["estimated_rows"]
-            if t["bytes_per_row"]:
-                t["times_smaller"] = t["hot_bytes_per_row"] / t["bytes_per_row"]
-        out["tables"][table] = t
-    return out
+    hot tier's bytes per row (indexes included) and how many times smaller the archive is. Only the days that
+    changed since the last call (of any process) are read: see :class:`ArchiveSummary`."""
+    return ArchiveSummary(root).read(hot=hot)
+
+
+class _DayTotals(msgspec.Struct, array_like=True, frozen=True):
+    mtime_ns: int  # the day directory's mtime when read; -1: read too soon after a change to be trusted later
+    partitions: int
+    files: int
+    rows: int
+    bytes: int
+
+
+class _SummaryFile(msgspec.Struct):
+    format: int = 1
+    days: dict[str, _DayTotals] = {}
+
+
+#: A directory changed this recently may change again within one tick of a coarse file-system clock and keep its
+#: mtime: what is read from it then is used once, never kept.
+_RACY_NS: Final = 2_000_000_000
+_SUMMARY_FILE: Final = "_summary.json"
+
+
+class ArchiveSummary:
+    """The archive's summary (see :func:`summary`), kept between calls. Every manifest is written, rewritten and
+    removed by a rename in its day's directory, which changes that directory's mtime: a day's totals are read
+    again only when its mtime changed. Kept in memory (the daemon's ``/metrics`` and ``/stats``) and in
+    ``<root>/<table>/_summary.json`` (``hftdb stats``, a new process each time; written best effort: a read-only
+    archive is summarised from its manifests). One ``stat`` per day directory per call."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self._days: dict[str, dict[str, _DayTotals]] = {}
+        self._lock = threading.Lock()
+        #: Day directories whose manifests were read, over this object's life (what the cache saves).
+        self.days_read = 0
+
+    def read(self, *, hot: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The summary now (blocking file-system calls: run it in a thread from async code)."""
+        out: dict[str, Any] = {"root": str(self.root), "tables": {}}
+        with self._lock:
+            for table in SPECS:
+                days = {name[5:]: d for name, d in self._table(table).items() if d.partitions}
+                rows = sum(d.rows for d in days.values())
+                size = sum(d.bytes for d in days.values())
+                t: dict[str, Any] = {
+                    "days": len(days), "partitions": sum(d.partitions for d in days.values()),
+                    "files": sum(d.files for d in days.values()), "rows": rows, "bytes": size,
+                    "bytes_per_row": size / rows if rows else None,
+                    "first_day": min(days, default=None), "last_day": max(days, default=None),
+                }
+                h = (hot or {}).get(table)
+                if h and h.get("estimated_rows"):
+                    t["hot_bytes_per_row"] = h["bytes"] / h["estimated_rows"]
+                    if t["bytes_per_row"]:
+                        t["times_smaller"] = t["hot_bytes_per_row"] / t["bytes_per_row"]
+                out["tables"][table] = t
+        return out
+
+    def _table(self, table: str) -> dict[str, _DayTotals]:
+        base = self.root / table
+        try:
+            names = sorted(n for n in os.listdir(base) if n.startswith("date="))
+        except (FileNotFoundError, NotADirectoryError):
+            self._days.pop(table, None)
+            return {}
+        known = self._days.get(table)
+        if known is None:
+            known = self._load(base)
+        fresh: dict[str, _DayTotals] = {}
+        for name in names:
+            day = base / name
+            try:
+                mtime = os.stat(day).st_mtime_ns
+            except FileNotFoundError:
+                continue
+            old = known.get(name)
+            if old is not None and old.mtime_ns == mtime:
+                fresh[name] = old
+                continue
+            read_at = time.time_ns()
+            found = _day_manifests(day)
+            self.days_read += 1
+            fresh[name] = _DayTotals(mtime if read_at - mtime > _RACY_NS else -1, len(found),
+                                     sum(len(m.files) for m in found), sum(m.rows for m in found),
+                                     sum(f.bytes for m in found for f in m.files))
+        self._days[table] = fresh
+        if fresh != known:
+            self._save(base, fresh)
+        return fresh
+
+    @staticmethod
+    def _load(base: Path) -> dict[str, _DayTotals]:
+        try:
+            return msgspec.json.decode((base / _SUMMARY_FILE).read_bytes(), type=_SummaryFile).days
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+            return {}
+
+    @staticmethod
+    def _save(base: Path, days: dict[str, _DayTotals]) -> None:
+        keep = {k: v for k, v in days.items() if v.mtime_ns != -1}
+        try:
+            _write_atomic(base / _SUMMARY_FILE, msgspec.json.encode(_SummaryFile(days=keep)))
+        except OSError as exc:  # a read-only archive: summarised from its manifests each time
+            logger.debug("archive summary not saved under %s: %s", base, exc)
 
 
 # -- expiry and restore ------------------------------------------------------------------------------------

@@ -514,3 +514,47 @@ async def _server_total(dsn: str, table: str) -> int:
         return (await archive._server_checksum(conn, archive.SPECS[table], table, 0))[1]
     finally:
         await conn.close()
+
+
+def _totals(summary: dict) -> dict:
+    keys = ("days", "partitions", "files", "rows", "bytes", "first_day", "last_day")
+    return {t: {k: v[k] for k in keys} for t, v in summary["tables"].items()}
+
+
+async def test_archive_summary_reads_again_only_the_days_that_changed(dsn, tmp_path):
+    s = settings(tmp_path)
+    root = Path(s.archive.root)
+    async with DatabaseManager(dsn, settings=s) as db:
+        n = await _seed(db)
+        await db.archive_partitions(10)
+        # Archived a while ago (a directory changed within the last seconds is read again at every call).
+        for day in root.glob("*/date=*"):
+            os.utime(day, ns=(now_us() * 1000 - 60 * 10**9,) * 2)
+        want = _totals((await db.get_database_stats())["archive"])
+        assert want["book_tickers"]["rows"] == n - 30 and want["book_tickers"]["days"] == 3
+        # Later calls read no manifest of an unchanged day: one spoiled in place (its directory unchanged) is
+        # not noticed, by the daemon's stats (/metrics) nor by a new process's (hftdb stats: the summary file).
+        day0 = root / "book_tickers" / f"date={archive._date(DAY0)}"
+        (manifest,) = day0.glob("_manifest.*.json")
+        good = manifest.read_bytes()
+        manifest.write_bytes(b"spoiled")
+        assert _totals((await db.get_database_stats())["archive"]) == want
+        assert _totals(archive.summary(root)) == want
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+        env.update(HFTDB_DSN=dsn, HFTDB_ARCHIVE_ROOT=str(root), HFTDB_METRICS_PORT="1")
+        rc, out, err = await _cli("stats", "--json", env=env, cwd=tmp_path)
+        assert rc == 0, err
+        assert _totals(json.loads(out)["archive"]) == want
+        manifest.write_bytes(good)
+        # A day that changes is read again: restored, it leaves the summary; the other days are not re-read.
+        day1 = archive._date(DAY0 + DAY_US)
+        _, restored = await db.restore_archive("book_tickers", day1)
+        manifest.write_bytes(b"spoiled")
+        got = _totals((await db.get_database_stats())["archive"])
+        assert got["book_tickers"]["rows"] == n - 30 - restored and got["book_tickers"]["days"] == 2
+        assert got["funding_rates"] == want["funding_rates"]
+        assert _totals(archive.summary(root)) == got
+        manifest.write_bytes(good)
+        # Archived again: back in the summary.
+        await db.archive_partitions(10, tables=["book_tickers"])
+        assert _totals((await db.get_database_stats())["archive"])["book_tickers"]["rows"] == n - 30
