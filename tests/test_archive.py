@@ -558,3 +558,24 @@ async def test_archive_summary_reads_again_only_the_days_that_changed(dsn, tmp_p
         # Archived again: back in the summary.
         await db.archive_partitions(10, tables=["book_tickers"])
         assert _totals((await db.get_database_stats())["archive"])["book_tickers"]["rows"] == n - 30
+
+
+async def test_without_pyarrow_reads_of_archived_days_and_restore_name_the_extra(dsn, tmp_path, monkeypatch):
+    from hftdb import ValidationError
+
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await _seed(db)
+        await db.archive_partitions(10)
+        monkeypatch.setitem(sys.modules, "pyarrow", None)  # what `import pyarrow` meets where it is not installed
+        for fmt in ("objects", "columns", "numpy"):
+            with pytest.raises(ValidationError, match=r"pip install 'hftdb\[archive\]'"):
+                await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=DAY0, end=now_us() + 1, format=fmt)
+        with pytest.raises(ValidationError, match=r"hftdb\[archive\]"):
+            await db.get_balance_history("binance_spot", "USDT", start=DAY0, format="columns")
+        with pytest.raises(ValidationError, match=r"hftdb\[archive\]"):
+            await db.restore_archive("book_tickers", archive._date(DAY0))
+        # What needs no Parquet file still works: today's rows, and the archive's figures.
+        today = await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=now_us() - 3_600_000_000)
+        assert len(today) == 10
+        stats = await db.get_database_stats()
+        assert stats["archive"]["tables"]["book_tickers"]["days"] == 3
