@@ -16,9 +16,13 @@ of one symbol's hour touches the row groups whose ``symbol_id`` and ``recv_ts`` 
 
 **Nothing lost, nothing twice.** For each partition (:func:`archive_table`):
 
-1. ``fetched``: its rows and a server-side checksum, in one REPEATABLE READ snapshot;
-2. ``written``: each exchange's file written to a hidden temporary name (``.part-0.parquet.tmp``) and fsynced;
-3. ``verified``: each temporary file read back; row count and checksum must equal the server's;
+1. ``fetched``: in one REPEATABLE READ snapshot, the server's row count and checksum per symbol (one grouped
+   scan), then the rows by binary COPY sorted by symbol, time and ``ctid``, handed in pieces of ``[archive]
+   piece_rows`` to a worker thread that appends each to its exchange's file under a hidden temporary name
+   (``.part-0.parquet.tmp``), row group by row group: memory holds a piece or two, whatever the partition's size;
+2. ``written``: each file's last row group and footer written, the file fsynced;
+3. ``verified``: each temporary file read back in batches; its row count and checksum must equal the server's
+   for its exchange;
 4. ``renamed``: files renamed into place, directory fsynced;
 5. ``manifest``: the manifest (rows, min/max times, checksum, files, hftdb version) written the same way, in
    state ``written``;
@@ -36,6 +40,8 @@ process kills itself (SIGKILL): the fault tests use it to crash at each step.
 Reads (:class:`ArchiveTier`) take the files of manifests in state ``dropped``, and of those in state ``written``
 whose partition is no longer attached; PostgreSQL is read for the whole window as well, so the two never count a
 row twice. pyarrow is imported here only, when a file is written or read: ``pip install 'hftdb[archive]'``.
+:class:`ArchiveSummary` gives ``/metrics`` and ``hftdb stats`` the archive's totals, reading again only the days
+whose directory changed.
 """
 
 from __future__ import annotations
@@ -64,7 +70,7 @@ from .durable import fsync_dir, write_atomic
 from .errors import DatabaseError, ValidationError
 
 __all__ = ["ArchiveReport", "ArchiveSummary", "ArchiveTier", "FileEntry", "Manifest", "SPECS", "archive_table", "expire", "restore_day",
-           "read_manifests", "require_pyarrow", "enabled", "summary", "STEPS", "RESTORE_STEPS", "MARKER"]
+           "read_manifests", "require_pyarrow", "enabled", "summary", "verify", "VerifyReport", "STEPS", "RESTORE_STEPS", "MARKER"]
 
 logger = logging.getLogger(__name__)
 
@@ -971,6 +977,79 @@ class ArchiveSummary:
             _write_atomic(base / _SUMMARY_FILE, msgspec.json.encode(_SummaryFile(days=keep)))
         except OSError as exc:  # a read-only archive: summarised from its manifests each time
             logger.debug("archive summary not saved under %s: %s", base, exc)
+
+
+# -- verification ------------------------------------------------------------------------------------------
+
+
+class VerifyReport(msgspec.Struct, kw_only=True):
+    """What :func:`verify` read and what did not match."""
+
+    manifests: int = 0
+    files: int = 0
+    rows: int = 0
+    bytes: int = 0
+    problems: list[str] = []
+
+
+def verify(root: str | os.PathLike[str], *, table: str | None = None, date: str | None = None,
+           batch_rows: int = 262_144) -> VerifyReport:
+    """Read every archived file (of ``table``, of day ``date``) back in batches and check it against its
+    manifest: present, of its size, with its rows and checksum; and each manifest's totals against its files.
+    Only reads; for an archive copied elsewhere, or after a disk scare. Needs pyarrow; blocking (run it in a
+    thread from async code)."""
+    if table is not None and table not in SPECS:
+        raise ValidationError(f"table must be one of {', '.join(SPECS)}; got {table!r}")
+    if date is not None:
+        try:
+            datetime.strptime(date, "%Y-%m-%d")
+        except (TypeError, ValueError):
+            raise ValidationError(f"date must be YYYY-MM-DD, got {date!r}") from None
+    pa = require_pyarrow()
+    import pyarrow.parquet as pq
+
+    root = Path(root)
+    report = VerifyReport()
+    for t in [table] if table else list(SPECS):
+        spec = SPECS[t]
+        for m in read_manifests(root, t):
+            if date is not None and m.date != date:
+                continue
+            report.manifests += 1
+            rows, total = 0, 0
+            for f in m.files:
+                path = _date_dir(root, t, m.lower_us) / f.path
+                where = f"{t}/date={m.date}/{f.path}"
+                report.files += 1
+                try:
+                    size = path.stat().st_size
+                    n, c = 0, 0
+                    pf = pq.ParquetFile(path, pre_buffer=False)
+                    for batch in pf.iter_batches(batch_size=batch_rows, columns=[col.name for col in spec.cols],
+                                                 use_threads=False):
+                        bt = pa.Table.from_batches([batch])
+                        n += bt.num_rows
+                        c = (c + _checksum_arrays(spec, _file_values(spec, bt, m.decimal_scale))) % _M64
+                except FileNotFoundError:
+                    report.problems.append(f"{where}: missing")
+                    continue
+                except (OSError, pa.ArrowException) as exc:
+                    report.problems.append(f"{where}: unreadable ({exc})")
+                    continue
+                report.rows += n
+                report.bytes += size
+                rows += n
+                total = (total + c) % _M64
+                if size != f.bytes:
+                    report.problems.append(f"{where}: {size} bytes, the manifest says {f.bytes}")
+                if (n, str(c)) != (f.rows, f.checksum):
+                    report.problems.append(f"{where}: {n} rows, checksum {c}; the manifest says {f.rows} rows, "
+                                           f"checksum {f.checksum}")
+            if (rows, str(total)) != (m.rows, m.checksum) and not any(p.startswith(f"{t}/date={m.date}/")
+                                                                      for p in report.problems):
+                report.problems.append(f"{t}/date={m.date}: its files hold {rows} rows, checksum {total}; "
+                                       f"{_manifest_name(m.partition, m.generation)} says {m.rows}, {m.checksum}")
+    return report
 
 
 # -- expiry and restore ------------------------------------------------------------------------------------

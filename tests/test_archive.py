@@ -579,3 +579,39 @@ async def test_without_pyarrow_reads_of_archived_days_and_restore_name_the_extra
         assert len(today) == 10
         stats = await db.get_database_stats()
         assert stats["archive"]["tables"]["book_tickers"]["days"] == 3
+
+
+async def test_archive_verify_reads_every_file_back_and_names_each_mismatch(dsn, tmp_path):
+    s = settings(tmp_path)
+    root = Path(s.archive.root)
+    async with DatabaseManager(dsn, settings=s) as db:
+        n = await _seed(db)
+        await db.archive_partitions(10)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    env.update(HFTDB_DSN=dsn, HFTDB_ARCHIVE_ROOT=str(root), HFTDB_METRICS_PORT="1")
+    rc, out, err = await _cli("archive", "verify", env=env, cwd=tmp_path)
+    assert rc == 0, (out, err)
+    assert "verified 12 file(s) of 9 archived partition(s)" in out and "every file matches its manifest" in out
+    report = archive.verify(root, table="book_tickers", batch_rows=64)
+    assert (report.files, report.rows, report.problems) == (6, n - 30, [])
+    # One value changed (a file rewritten as the archiver writes it), one file cut short, one gone.
+    day0, day1, day2 = (f"date={archive._date(DAY0 + d * DAY_US)}" for d in range(3))
+    changed = root / "book_tickers" / day0 / "exchange=binance_spot" / "part-0.parquet"
+    t = pq.read_table(changed)
+    bids = t.column("bid_price").to_pylist()
+    bids[7] += 0.5
+    t = t.set_column(t.column_names.index("bid_price"), "bid_price", pa.array(bids))
+    archive._write_parquet(pa, t, changed, s.archive, archive.SPECS["book_tickers"])
+    cut = root / "book_tickers" / day1 / "exchange=okx_spot" / "part-0.parquet"
+    cut.write_bytes(cut.read_bytes()[:-100])
+    (root / "funding_rates" / day2 / "exchange=binance_usdm" / "part-0.parquet").unlink()
+    report = archive.verify(root)
+    assert len(report.problems) == 3, report.problems
+    assert report.problems[0].startswith(f"book_tickers/{day0}/exchange=binance_spot/part-0.parquet: ")
+    assert "checksum" in report.problems[0]
+    assert report.problems[1].startswith(f"book_tickers/{day1}/exchange=okx_spot/part-0.parquet: unreadable")
+    assert report.problems[2] == f"funding_rates/{day2}/exchange=binance_usdm/part-0.parquet: missing"
+    rc, out, err = await _cli("archive", "verify", "--table", "funding_rates", env=env, cwd=tmp_path)
+    assert rc == 1 and "MISMATCH funding_rates/" in out and "1 problem(s)" in out and "Traceback" not in err
+    rc, out, err = await _cli("archive", "verify", "--date", archive._date(DAY0 + DAY_US), env=env, cwd=tmp_path)
+    assert rc == 1 and "verified 4 file(s) of 3 archived partition(s)" in out and "okx_spot" in out
