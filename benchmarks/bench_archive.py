@@ -10,11 +10,13 @@ Two data sets, loaded through ``insert_book_ticker_columns`` (the real ingest pa
             (kept in PostgreSQL, sealed with its btree). Reads of both alternate, ``--runs`` times each.
 
 Reported: heap and total bytes/row of the quotes' partition hot (BRIN only) and sealed (btree added), Parquet
-bytes/row of its archive; archive rows/s (fetch, write, verify, rename, detach, drop: the whole command);
+bytes/row of its archive; archive rows/s (fetch, write, verify, rename, detach, drop: the whole command) and
+the archive's peak RSS above the process's when it starts (VmHWM, Linux);
 history rows/s per format from each tier (medians); and a sweep of row-group sizes and zstd levels over the
 archived quotes: file bytes/row, write seconds, and the time to read one symbol's 10 % time window.
 
     .venv/bin/python benchmarks/bench_archive.py --rows 2000000 --read-rows 1000000 --runs 5
+    .venv/bin/python benchmarks/bench_archive.py --rows 2000000 --only-archive --copy-archive /tmp/a  # A/B runs
 
 The server is an embedded PostgreSQL in a temp dir, or ``HFTDB_BENCH_DSN``. The machine is shared and noisy:
 compare medians, not single figures.
