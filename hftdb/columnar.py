@@ -11,7 +11,8 @@ parse loop, and ``struct.iter_unpack`` does the same without numpy. The SELECT l
 - a NULL float becomes ``NaN`` (hftdb never stores NaN: its writers reject it);
 - a NULL integer becomes 0 beside a boolean ``IS NULL`` flag column.
 
-:func:`to_numpy` returns ``{name: ndarray}`` (timestamps as ``datetime64[us]``, NULL as NaT; nullable floats with
+:func:`copy_out_pieces` hands the same numpy columns to a sink a piece at a time, for results larger than memory
+(the archiver's). :func:`to_numpy` returns ``{name: ndarray}`` (timestamps as ``datetime64[us]``, NULL as NaT; nullable floats with
 NaN; nullable integers as ``numpy.ma.MaskedArray``). :func:`to_lists` returns ``{name: list}`` of Python values,
 timestamps as integer Unix microseconds and NULL as ``None``. numpy is a dependency of hftdb.
 
