@@ -615,3 +615,33 @@ async def test_archive_verify_reads_every_file_back_and_names_each_mismatch(dsn,
     assert rc == 1 and "MISMATCH funding_rates/" in out and "1 problem(s)" in out and "Traceback" not in err
     rc, out, err = await _cli("archive", "verify", "--date", archive._date(DAY0 + DAY_US), env=env, cwd=tmp_path)
     assert rc == 1 and "verified 4 file(s) of 3 archived partition(s)" in out and "okx_spot" in out
+
+
+async def test_copy_out_pieces_streams_the_rows_copy_out_returns_whole(dsn, tmp_path):
+    from hftdb import columnar
+
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await _seed(db)
+    spec = archive.SPECS["book_tickers"]
+    query = f"SELECT {spec.layout.select_list} FROM book_tickers ORDER BY symbol_id, recv_ts, ctid"
+    conn = await asyncpg.connect(dsn)
+    try:
+        whole = await columnar.copy_out(conn, spec.layout, query, format="numpy")
+        pieces: list[dict] = []
+
+        async def sink(piece: dict) -> None:
+            pieces.append(piece)
+
+        n = await columnar.copy_out_pieces(conn, spec.layout, query, piece_rows=5, sink=sink)
+        assert n == len(whole["recv_ts"]) == sum(len(p["recv_ts"]) for p in pieces) > 0
+        for name, col in whole.items():
+            joined = np.ma.concatenate([p[name] for p in pieces]) if isinstance(col, np.ma.MaskedArray) \
+                else np.concatenate([p[name] for p in pieces])
+            _same(col, joined)
+        pieces.clear()
+        assert await columnar.copy_out_pieces(conn, spec.layout, query + " LIMIT 0", piece_rows=5, sink=sink) == 0
+        assert pieces == []
+        with pytest.raises(ValueError, match="piece_rows"):
+            await columnar.copy_out_pieces(conn, spec.layout, query, piece_rows=0, sink=sink)
+    finally:
+        await conn.close()
