@@ -645,3 +645,30 @@ async def test_copy_out_pieces_streams_the_rows_copy_out_returns_whole(dsn, tmp_
             await columnar.copy_out_pieces(conn, spec.layout, query, piece_rows=0, sink=sink)
     finally:
         await conn.close()
+
+
+async def test_a_file_that_reads_back_wrong_is_removed_and_nothing_is_dropped(dsn, tmp_path, monkeypatch):
+    from hftdb import DatabaseError
+
+    s = settings(tmp_path)
+    root = Path(s.archive.root)
+    async with DatabaseManager(dsn, settings=s) as db:
+        await _seed(db)
+        want = sorted(map(_norm, await _pg_rows(dsn, "book_tickers")))
+        real = archive._file_values
+
+        def one_value_off(spec, table, scale):  # what a bad disk or a writer bug would read back
+            values = real(spec, table, scale)
+            values["bid_price"] = values["bid_price"].copy()
+            values["bid_price"][0] += 1
+            return values
+
+        monkeypatch.setattr(archive, "_file_values", one_value_off)
+        with pytest.raises(DatabaseError, match="does not match the partition"):
+            await db.archive_partitions(10, tables=["book_tickers"])
+        assert sorted(map(_norm, await _pg_rows(dsn, "book_tickers"))) == want
+        assert not [p for p in root.rglob("*") if p.is_file()]  # no file, temporary or not, and no manifest
+        monkeypatch.undo()
+        assert len((await db.archive_partitions(10, tables=["book_tickers"]))["book_tickers"].archived) == 3
+        assert sorted(map(_norm, await _pg_rows(dsn, "book_tickers") + _file_rows(root, "book_tickers",
+                                                                                  listed_only=False))) == want
