@@ -672,3 +672,45 @@ async def test_a_file_that_reads_back_wrong_is_removed_and_nothing_is_dropped(ds
         assert len((await db.archive_partitions(10, tables=["book_tickers"]))["book_tickers"].archived) == 3
         assert sorted(map(_norm, await _pg_rows(dsn, "book_tickers") + _file_rows(root, "book_tickers",
                                                                                   listed_only=False))) == want
+
+
+async def test_an_archive_cancelled_mid_stream_leaves_no_temporary_file_and_drops_nothing(dsn, tmp_path, monkeypatch):
+    import threading
+
+    s = settings(tmp_path, piece_rows=64)
+    root = Path(s.archive.root)
+    async with DatabaseManager(dsn, settings=s) as db:
+        await _seed(db)
+        want = sorted(map(_norm, await _pg_rows(dsn, "book_tickers")))
+        loop = asyncio.get_running_loop()
+        written, go = asyncio.Event(), threading.Event()
+        real = archive._Generation.add
+        seen = 0
+
+        def add(self, piece):  # on the worker thread: holds a piece's thread until the task is cancelled
+            nonlocal seen
+            real(self, piece)
+            seen += 1
+            if seen == 2:
+                loop.call_soon_threadsafe(written.set)
+                go.wait(60)
+
+        monkeypatch.setattr(archive._Generation, "add", add)
+        task = asyncio.create_task(db.archive_partitions(10, tables=["book_tickers"]))
+        await written.wait()
+        assert [p for p in root.rglob("*") if p.name.endswith(".tmp")]  # a file is being written
+        task.cancel()
+        go.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        monkeypatch.undo()
+        # Each row in PostgreSQL or in a listed file, once; the interrupted partition's files are gone.
+        assert sorted(map(_norm, await _pg_rows(dsn, "book_tickers") + _file_rows(root, "book_tickers",
+                                                                                  listed_only=True))) == want
+        assert not [p for p in root.rglob("*") if p.name.endswith(".tmp")]
+        done = len(archive.read_manifests(root, "book_tickers"))
+        assert done < 3
+        report = (await db.archive_partitions(10, tables=["book_tickers"]))["book_tickers"]
+        assert len(report.archived) == 3 - done
+        assert sorted(map(_norm, await _pg_rows(dsn, "book_tickers") + _file_rows(root, "book_tickers",
+                                                                                  listed_only=False))) == want
