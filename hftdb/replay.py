@@ -73,6 +73,7 @@ from .exchanges.intake import Intake, exchange_time_ok
 from .exchanges.registry import create_adapter
 from .exchanges.runner import StreamRunner
 from .locks import unlock
+from .tablespec import TIME_SERIES
 from .manager import DatabaseManager
 from .models import Balance, BookTicker, ExchangeName, FundingRate, now_us
 
@@ -80,7 +81,7 @@ __all__ = ["MAX_LINE_BYTES", "ReplayProgress", "ReplayResult", "ingest_file", "i
 
 logger = logging.getLogger(__name__)
 
-_TABLES = ("book_tickers", "funding_rates", "balances")
+_TABLES = TIME_SERIES
 
 #: A longer line is rejected (``line_too_long``) and skipped without being read into memory whole. The largest
 #: frame of any supported channel (a balance snapshot of a big account) is a few hundred KB.
@@ -615,7 +616,7 @@ class _Replay:
 @asynccontextmanager
 async def _session(db: DatabaseManager, venue: ExchangeName, channels: tuple[str, ...], account: str,
                    since: int | None, until: int | None) -> AsyncIterator[_Replay]:
-    async with db.pool.acquire() as conn:
+    async with db.connection() as conn:
         stored = _Stored(db, conn, venue.value)
         replay = _Replay(db, venue, channels, account, stored)
         ex = await db.insert_exchange(replay.adapter.exchange_record())
