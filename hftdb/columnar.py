@@ -23,6 +23,7 @@ fields, aggregated by the server into one bytea, turned into records column by c
 from __future__ import annotations
 
 import functools
+import importlib
 import itertools
 import math
 import operator
@@ -334,7 +335,7 @@ def check_format(format: str) -> str:
         raise ValidationError(f"format must be one of {', '.join(map(repr, FORMATS))}, got {format!r}")
     if format == "numpy":
         try:
-            import numpy  # noqa: F401
+            importlib.import_module("numpy")  # only whether it imports: the decoder imports it for use
         except ImportError:
             raise ValidationError("format='numpy' needs numpy: pip install 'hftdb[numpy]'") from None
     return format
