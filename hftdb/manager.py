@@ -111,6 +111,9 @@ class DatabaseManager:
         self._reader: reads.Reader | None = None
         self._subscriptions: set[Subscription] = set()
         self._lock = asyncio.Lock()
+        # /metrics asks for the stats every scrape: the archive's totals are read again only for days that changed.
+        self._archive_summary = archive.ArchiveSummary(settings.archive.root) if archive.enabled(settings.archive) \
+            else None
 
     def __repr__(self) -> str:
         target = redact_dsn(self._dsn) if self._dsn else f"embedded:{self.settings.database.data_dir}"
@@ -664,9 +667,8 @@ class DatabaseManager:
         if self._latest_cache is not None:
             caches["latest"] = self._latest_cache.stats()
         stats = await reads.database_stats(self._open_pool, writers=self._writers, caches=caches, router=self._router)
-        if archive.enabled(self.settings.archive):
-            stats["archive"] = await asyncio.to_thread(archive.summary, self.settings.archive.root,
-                                                       hot=stats.get("tables"))
+        if self._archive_summary is not None:
+            stats["archive"] = await asyncio.to_thread(self._archive_summary.read, hot=stats.get("tables"))
         return stats
 
     async def cleanup_old_data(
