@@ -47,7 +47,7 @@ from hftdb import (
 )
 from hftdb.catalog import SymbolDirectory
 from hftdb.manager import init_connection
-from hftdb.vector import copy_columns
+from hftdb.wire.copy import copy_columns
 from hftdb.schema import Migrator, load_migrations
 from hftdb.tables import BookTickerWriter
 

@@ -11,7 +11,8 @@ parse loop, and ``struct.iter_unpack`` does the same without numpy. The SELECT l
 - a NULL float becomes ``NaN`` (hftdb never stores NaN: its writers reject it);
 - a NULL integer becomes 0 beside a boolean ``IS NULL`` flag column.
 
-:func:`to_numpy` returns ``{name: ndarray}`` (timestamps as ``datetime64[us]``, NULL as NaT; nullable floats with
+:func:`copy_out_pieces` hands the same numpy columns to a sink a piece at a time, for results larger than memory
+(the archiver's). :func:`to_numpy` returns ``{name: ndarray}`` (timestamps as ``datetime64[us]``, NULL as NaT; nullable floats with
 NaN; nullable integers as ``numpy.ma.MaskedArray``). :func:`to_lists` returns ``{name: list}`` of Python values,
 timestamps as integer Unix microseconds and NULL as ``None``. numpy is a dependency of hftdb.
 
@@ -22,20 +23,23 @@ fields, aggregated by the server into one bytea, turned into records column by c
 from __future__ import annotations
 
 import functools
+import importlib.util
 import itertools
 import math
 import operator
 import struct
 import sys
 from array import array
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Awaitable, Callable, NamedTuple, Sequence
 
 import asyncpg
 
-from .copy import HEADER, TRAILER
 from .errors import DatabaseError, ValidationError
+from .wire.copy import HEADER, TRAILER
+from .wire.loader import NATIVE
 
-__all__ = ["Column", "Layout", "FORMATS", "TO_UNIX", "copy_out", "to_lists", "to_numpy", "check_format", "PackedRows"]
+__all__ = ["Column", "Layout", "FORMATS", "TO_UNIX", "copy_out", "copy_out_pieces", "to_lists", "to_numpy",
+           "check_format", "PackedRows"]
 
 #: The ``format=`` values of the history reads.
 FORMATS = ("objects", "columns", "numpy")
@@ -110,6 +114,35 @@ async def copy_out(conn: asyncpg.Connection, layout: Layout, query: str, *args: 
     decoder: _Decoder = _NumpyDecoder(layout) if format == "numpy" else _ListDecoder(layout)
     await conn.copy_from_query(query, *args, output=decoder.feed, format="binary", timeout=timeout)
     return decoder.finish(sort_by)
+
+
+async def copy_out_pieces(conn: asyncpg.Connection, layout: Layout, query: str, *args: Any, piece_rows: int,
+                          sink: Callable[[dict[str, Any]], Awaitable[None]], timeout: float | None = None) -> int:
+    """Run ``COPY (query) TO STDOUT (FORMAT binary)`` and hand its rows to ``sink`` in pieces of about
+    ``piece_rows`` rows, in the stream's order, as numpy columns (as :func:`copy_out` gives them for ``"numpy"``);
+    return the number of rows. At most one piece is held here: while ``sink`` runs, asyncpg stops reading the
+    socket, so the server waits and a result of any size streams through bounded memory."""
+    if piece_rows < 1:
+        raise ValueError(f"piece_rows must be positive, got {piece_rows}")
+    decoder = _NumpyDecoder(layout)
+    decoder._piece = piece_rows * layout.row_size
+    rows = 0
+
+    async def feed(chunk: bytes) -> None:
+        nonlocal rows
+        decoder.feed_sync(chunk)
+        if decoder._pieces:
+            cols = decoder._columns(None)
+            rows += len(cols[layout.columns[0].name])
+            await sink(cols)
+
+    await conn.copy_from_query(query, *args, output=feed, format="binary", timeout=timeout)
+    cols = decoder.finish(None)
+    n = len(cols[layout.columns[0].name])
+    if n:
+        rows += n
+        await sink(cols)
+    return rows
 
 
 class _Decoder:
@@ -302,10 +335,8 @@ def check_format(format: str) -> str:
     if format not in FORMATS:
         raise ValidationError(f"format must be one of {', '.join(map(repr, FORMATS))}, got {format!r}")
     if format == "numpy":
-        try:
-            import numpy  # noqa: F401
-        except ImportError:
-            raise ValidationError("format='numpy' needs numpy: pip install 'hftdb[numpy]'") from None
+        if importlib.util.find_spec("numpy") is None:
+            raise ValidationError("format='numpy' needs numpy: pip install 'hftdb[numpy]'")
     return format
 
 
@@ -313,10 +344,6 @@ def check_format(format: str) -> str:
 
 _SWAP = sys.byteorder == "little"  # the packed fields are big-endian
 
-try:
-    from ._columnar_fast import decode_packed as _decode_packed
-except ImportError:  # built without a C compiler: PackedRows.decode slices columns in Python
-    _decode_packed = None
 
 
 class PackedRows:
@@ -332,7 +359,7 @@ class PackedRows:
     from them, and the server sends one value instead of eight a row (its per-value output was the larger cost).
     """
 
-    __slots__ = ("record", "fields", "width", "_has_f8", "_kinds", "_bits", "_fast")
+    __slots__ = ("record", "fields", "width", "_has_f8", "_kinds", "_bits")
 
     def __init__(self, record: type, fields: Sequence[tuple[str, int | None]]) -> None:
         for kind, _ in fields:
@@ -344,9 +371,6 @@ class PackedRows:
         self._has_f8 = any(kind == "f8" for kind, _ in self.fields)
         self._kinds = "".join(kind[0] for kind, _ in self.fields).encode()
         self._bits = tuple(bit or 0 for _, bit in self.fields)
-        #: The C decoder (``_columnar_fast.c``, where it was built), or None: :meth:`decode` then slices columns
-        #: in Python. A test runs both on the same rows.
-        self._fast = _decode_packed
 
     def ids(self, buf: bytes) -> list[int]:
         """The symbol ids of the rows in ``buf``."""
@@ -371,11 +395,13 @@ class PackedRows:
 
         ``exchange`` names every row's exchange when the read was filtered to one, and skips a lookup per row.
         """
-        if self._fast is not None:
-            # One pass in C, a record at a time: about half the CPU of the columns below (1,000 book tickers),
-            # and no column lists to build and free.
+        fast = NATIVE.decode_packed
+        if fast is not None:
+            # The C decoder (_columnar_fast.c, where built and not turned off: hftdb.wire.loader). One pass in C, a
+            # record at a time: about half the CPU of the columns below (1,000 book tickers), and no column lists
+            # to build and free. A test runs both on the same rows.
             self._check_length(buf)
-            return self._fast(buf, self._kinds, self._bits, self.record, exchange, exchange_of, symbol_of)
+            return fast(buf, self._kinds, self._bits, self.record, exchange, exchange_of, symbol_of)
         w = self.width
         q = self._ints(buf)
         # Strided views of the one host-order buffer: tolist() reads each column straight out of it, with no

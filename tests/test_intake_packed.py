@@ -25,8 +25,9 @@ from hftdb.exchanges.binance import BinanceAdapter
 from hftdb.exchanges.intake import Intake
 from hftdb.exchanges.runner import StreamRunner
 from hftdb.models import BookTicker, ExchangeName, Symbol
-from hftdb.packed import PackedBooks, fits
 from hftdb.tables import FUTURE_SLACK_US, BookTickerWriter
+from hftdb.wire.books import PackedBooks
+from hftdb.wire.rules import book_fits
 
 USDM = ExchangeName.BINANCE_USDM
 SYMBOLS = [f"S{i:03d}USDT" for i in range(1, 41)]
@@ -223,7 +224,7 @@ async def test_packed_and_public_paths_store_the_same_rows_and_rejects(dsn, othe
 
 
 def test_fits_agrees_with_the_per_row_writer():
-    """``hftdb.packed.fits`` (inlined in the parsers' packed hot path) takes exactly what the writer's per-row
+    """``hftdb.wire.rules.book_fits`` (inlined in the per-row writer) takes exactly what the writer's per-row
     path takes, over every combination of edge values."""
     writer = BookTickerWriter(None, settings=WriterSettings(spool_dir=None), storage=StorageSettings(),  # type: ignore[arg-type]
                               spool_dir=None)
@@ -237,6 +238,6 @@ def test_fits_agrees_with_the_per_row_writer():
         before = writer.rejects.total
         assert writer.add([(1, row)]) in (0, 1)
         took = writer.rejects.total == before
-        assert fits(bp, bq, ap, aq, ex, ts_max) is took, row
+        assert book_fits(bp, bq, ap, aq, ex, ts_max) is took, row
         seen[took] += 1
     assert seen[True] and seen[False]

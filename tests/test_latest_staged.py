@@ -15,9 +15,9 @@ import asyncpg
 
 from hftdb import BookTicker, DatabaseManager, ExchangeName, FundingRate, now_us
 from hftdb.config import DatabaseSettings, Settings
-from hftdb.copy import HEADER, TRAILER
+from hftdb.wire.copy import HEADER, TRAILER
 from hftdb.tables import _BT, BookTickerWriter
-from hftdb.vector import copy_columns
+from hftdb.wire.copy import copy_columns
 
 from helpers import settings, sql
 
