@@ -49,9 +49,9 @@ _environ_lock = threading.Lock()
 #: Settings the embedded cluster gets where it has PostgreSQL's default (an operator's own value, in
 #: postgresql.conf or by ALTER SYSTEM, is kept). Past ``shared_buffers`` (128 MB, about 1.3M book rows) the stock
 #: background writer (at most 100 pages per 200 ms) leaves nearly every eviction to the COPY backend: 10M book rows
-#: replayed, 81k-89k writes of 8 kB by the COPY backends, 2.1-4.1 s of their time (pg_stat_io, track_io_timing),
-#: none at 1M rows, which fit. With these the background writer wrote 99.7k pages ahead of them in 0.66 s of
-#: its own and the COPY backends wrote 47 (BENCHMARKS.md, "ingest-file"). It writes a dirty page only when
+#: replayed, 42k-105k writes of 8 kB by the COPY backends, 1.1-6.0 s of their time (pg_stat_io, track_io_timing),
+#: none at 1M rows, which fit. With these the background writer wrote 99.7k-152k pages ahead of them in 0.66-1.31 s
+#: of its own and the COPY backends wrote 47-157 (BENCHMARKS.md, "ingest-file"). It writes a dirty page only when
 #: the clock sweep is about to reuse it, and sleeps when nothing is written.
 SERVER_SETTINGS = {"bgwriter_delay": "10ms", "bgwriter_lru_maxpages": "1000", "bgwriter_lru_multiplier": "4"}
 
