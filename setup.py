@@ -1,23 +1,16 @@
 """Build hook for the optional C hot paths; everything else about the package is in pyproject.toml.
 
 ``optional=True``: where no C compiler is available the build skips an extension and hftdb does the same work in
-pure Python (``hftdb.exchanges.parse_binance``, ``hftdb.vector`` and ``hftdb.columnar`` import them when present).
+pure Python. They live in ``hftdb.wire._native`` and only ``hftdb.wire.loader`` imports them (``HFTDB_NO_C=1``
+turns them off).
 """
 
 from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        Extension(
-            "hftdb.exchanges._binance_fast",
-            ["hftdb/exchanges/_binance_fast.c"],
-            depends=["hftdb/_copy_fast.h"],
-            optional=True,
-            extra_compile_args=["-O2"],
-        ),
-        Extension("hftdb._vector_fast", ["hftdb/_vector_fast.c"], depends=["hftdb/_copy_fast.h"], optional=True,
-                  extra_compile_args=["-O2"]),
-        Extension("hftdb._columnar_fast", ["hftdb/_columnar_fast.c"], depends=["hftdb/_copy_fast.h"], optional=True,
-                  extra_compile_args=["-O2"]),
+        Extension(f"hftdb.wire._native.{name}", [f"hftdb/wire/_native/{name}.c"],
+                  depends=["hftdb/wire/_native/_copy_fast.h"], optional=True, extra_compile_args=["-O2"])
+        for name in ("_binance_fast", "_vector_fast", "_columnar_fast")
     ]
 )

@@ -151,7 +151,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                         "aq": 0.002 * (1 + np.arange(n) % 30), "recv": recv, "exch": recv - 250,
                         "uid": 10_000_000_000 + np.arange(n)}
                 await _load(db, ids, cols)
-            async with db.pool.acquire() as conn:
+            async with db.connection() as conn:
                 name = partitions.partition_name("book_tickers", today - 40 * DAY_US + HOUR_US, interval_s=86_400)
                 await conn.execute("VACUUM ANALYZE book_tickers")
                 hot = await _sizes(conn, name)

@@ -278,6 +278,16 @@ class _NoSink:
     def resolve_symbol_id(self, exchange: str, symbol: str) -> int | None:
         return self.ids.get(symbol)
 
+    # The rest of the PackedSink protocol (hftdb.exchanges.sink), so that the intake sees a sink that takes
+    # packed rows; none is called.
+    async def insert_exchange(self, exchange: Any) -> Any: ...
+    async def get_exchange_by_enum(self, name: Any) -> Any: ...
+    async def sync_symbols(self, exchange: Any, symbols: Any) -> Any: ...
+    async def insert_book_ticker_snapshots(self, rows: Any) -> int: ...
+    async def insert_funding_rates(self, rows: Any) -> int: ...
+    async def insert_balance_snapshots(self, rows: Any) -> int: ...
+    async def flush(self) -> None: ...
+
     def insert_packed_book_tickers(self, rows: Any) -> None:
         raise AssertionError("intake-only never writes")
 
@@ -332,7 +342,7 @@ async def part1(args: argparse.Namespace, admin_dsn: str) -> dict[str, Any]:
     for m, v in rates.items():
         print(f"  {m:15s} {med[m]:>10,.0f}   runs: {', '.join(f'{x:,.0f}' for x in v)}")
     cpu_med = {m: statistics.median(v) for m, v in cpu_us.items()}
-    print(f"  CPU of this process per frame (time.process_time over the timed part; PostgreSQL not included), median: "
+    print("  CPU of this process per frame (time.process_time over the timed part; PostgreSQL not included), median: "
           + ", ".join(f"{m} {cpu_med[m]:.2f} us" for m in methods)
           + f"; ratio writer-only / frames-to-rows {cpu_med['writer-only'] / cpu_med['frames-to-rows']:.2f}")
     serial = 1 / (1 / med["intake-only"] + 1 / med["writer-only"])

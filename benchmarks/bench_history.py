@@ -51,7 +51,7 @@ async def _fill(db: DatabaseManager, rows: int, start: int) -> int:
     ex = await db.insert_exchange(EXCHANGE)
     sym = await db.insert_symbol(Symbol(exchange_id=ex.id, symbol=SYMBOL, kind="spot", status="trading"))  # type: ignore[arg-type]
     step = HOUR_US // rows
-    async with db.pool.acquire() as conn:
+    async with db.connection() as conn:
         # Generated on the server: loading is not what is measured here. Timestamps are bound as Unix µs (the
         # pool's codec); the arithmetic stays in microseconds.
         await conn.execute(

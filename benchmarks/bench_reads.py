@@ -45,8 +45,9 @@ import uvloop
 from hftdb import (
     BookTicker, DatabaseManager, DatabaseSettings, ExchangeName, FundingRate, Settings, Symbol, WriterSettings, now_us,
 )
+from hftdb.catalog import SymbolDirectory
 from hftdb.manager import init_connection
-from hftdb.vector import copy_columns
+from hftdb.wire.copy import copy_columns
 from hftdb.schema import Migrator, load_migrations
 from hftdb.tables import BookTickerWriter
 
@@ -117,7 +118,7 @@ def db(loop, bench_dsn):
                             100.2 + i, 100.1 + i)
                 for i in range(N_SYMBOLS)])
             await manager.flush()
-        async with manager.pool.acquire() as conn:
+        async with manager.connection() as conn:
             await conn.execute("ANALYZE")  # steady state: autovacuum would have analyzed these tables
 
     loop.run_until_complete(setup())
@@ -214,7 +215,8 @@ def test_join_baseline(benchmark, loop, db):
     ex_id = loop.run_until_complete(db.get_exchange_by_enum(EXCHANGE)).id
 
     async def old() -> list[BookTicker]:
-        return [BookTicker(*r) for r in await db.pool.fetch(_JOIN_BASELINE, ex_id)]
+        async with db.connection() as conn:
+            return [BookTicker(*r) for r in await conn.fetch(_JOIN_BASELINE, ex_id)]
 
     _measure(benchmark, loop, "join_baseline", old, N_SYMBOLS)
 
@@ -223,7 +225,9 @@ def test_join_baseline(benchmark, loop, db):
 def test_rows(benchmark, loop, db, name, sql):
     ex_id = loop.run_until_complete(db.get_exchange_by_enum(EXCHANGE)).id
     pool = db.read_router.primary.pool
-    directory = db._directory
+    directory = SymbolDirectory()
+    for sym in loop.run_until_complete(db.get_symbols_by_exchange(EXCHANGE)):
+        directory.remember(sym.id, sym.exchange_id, EXCHANGE.value, sym.symbol)
 
     async def rows() -> list[BookTicker]:
         exchange_of, symbol_of = directory.exchange_of, directory.symbol_of

@@ -76,7 +76,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hftdb import BookTicker, DatabaseManager, DatabaseSettings, Settings, StorageSettings, WriterSettings, now_us
 from hftdb import partitions, schema
-from hftdb.copy import TRAILER
+from hftdb.wire.copy import TRAILER
 from hftdb.manager import init_connection
 from hftdb.server import EmbeddedServer
 from hftdb.tables import BookTickerWriter, _update_then_insert_sql

@@ -60,6 +60,7 @@ from . import columnar, partitions
 from .config import ArchiveSettings
 from .durable import fsync_dir, write_atomic
 from .errors import DatabaseError, ValidationError
+from .tablespec import TABLES
 
 __all__ = ["ArchiveReport", "ArchiveTier", "FileEntry", "Manifest", "SPECS", "archive_table", "expire", "restore_day",
            "read_manifests", "require_pyarrow", "enabled", "summary", "STEPS", "RESTORE_STEPS", "MARKER"]
@@ -127,10 +128,21 @@ _FR_COLS = (_Col("symbol_id", "i4"), _Col("recv_ts", "ts"), _Col("exchange_ts", 
 _BAL_COLS = (_Col("exchange_id", "i4"), _Col("account", "text"), _Col("asset", "text"), _Col("recv_ts", "ts"),
              _Col("exchange_ts", "ts", True), _Col("free", "dec"), _Col("locked", "dec"))
 
+# The archive's own view of each registered table: its columns in checksum order and its files' sort order
+# (a table's files hold one exchange, so balances sort without their exchange_id). A table added to the registry
+# without an entry here fails at import.
+_ARCHIVED: Final = {
+    "book_tickers": (_BT_COLS, ("symbol_id", "recv_ts")),
+    "funding_rates": (_FR_COLS, ("symbol_id", "recv_ts")),
+    "balances": (_BAL_COLS, ("account", "asset", "recv_ts")),
+}
 SPECS: Final = {
-    "book_tickers": _Spec("book_tickers", _BT_COLS, "symbol", _fixed_layout(_BT_COLS), ("symbol_id", "recv_ts")),
-    "funding_rates": _Spec("funding_rates", _FR_COLS, "symbol", _fixed_layout(_FR_COLS), ("symbol_id", "recv_ts")),
-    "balances": _Spec("balances", _BAL_COLS, "exchange", None, ("account", "asset", "recv_ts")),
+    t.name: _Spec(
+        t.name, _ARCHIVED[t.name][0], "symbol" if t.key == ("symbol_id",) else "exchange",
+        # Fixed-width tables are read by binary COPY; text and numeric columns are not fixed-width.
+        None if any(c.kind in ("text", "dec") for c in _ARCHIVED[t.name][0]) else _fixed_layout(_ARCHIVED[t.name][0]),
+        _ARCHIVED[t.name][1])
+    for t in TABLES
 }
 
 

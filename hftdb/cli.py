@@ -26,7 +26,7 @@ import asyncpg
 import msgspec
 import orjson
 
-from . import __version__, dump, inventory, partitions, schema
+from . import __version__, dump, inventory, partitions, schema, tablespec, venues
 from .config import Settings, load_settings, locate_config, redact_dsn
 from .redact import redact
 from .daemon import serve
@@ -44,7 +44,7 @@ from .replay import ReplayProgress, ReplayResult, ingest_files
 __all__ = ["main"]
 
 _HFTDB_TABLES = inventory.TABLES
-_COUNTED = ("exchanges", "symbols", "book_tickers", "funding_rates", "balances")
+_COUNTED = tablespec.REFERENCE_TABLES + tablespec.TIME_SERIES
 _TS = partitions.TIME_SERIES_TABLES
 
 
@@ -199,7 +199,7 @@ async def _status(ctx: _Context) -> int:
             parts = [f"{t} {_approx(stats[t]['rows'])} rows ({_size(stats[t]['bytes'])})" for t in _TS if t in stats]
             ctx.print(f"data      {'; '.join(parts)}")
             newest = []
-            for table in ("book_tickers_latest", "funding_rates_latest", "balances_latest"):
+            for table in (t.latest for t in tablespec.TABLES):
                 age = await conn.fetchval(  # fixed identifiers
                     f"SELECT extract(epoch FROM clock_timestamp() - max(recv_ts))::float8 FROM {table}"
                 )
@@ -708,7 +708,7 @@ def _parser() -> argparse.ArgumentParser:
     p = command("ingest-file", "replay files of raw websocket frames (one per line; plain, gzip or zstd) into the "
                 "database, in time order; exit 1 if a file's frames gave no stored row", _ingest)
     p.add_argument("--exchange", required=True, metavar="NAME",
-                   help="venue: binance_spot, binance_usdm, bybit_spot, bybit_linear, okx_spot or okx_swap")
+                   help=f"venue: {', '.join(venues.NAMES[:-1])} or {venues.NAMES[-1]}")
     p.add_argument("--channel", required=True, action="append", metavar="CHANNEL",
                    help="the channel the frames came from (repeat for a file of several); e.g. bookTicker, tickers")
     p.add_argument("--account", default="default", help="account name for balance frames (default: default)")

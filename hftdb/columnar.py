@@ -22,6 +22,7 @@ fields, aggregated by the server into one bytea, turned into records column by c
 from __future__ import annotations
 
 import functools
+import importlib.util
 import itertools
 import math
 import operator
@@ -32,8 +33,9 @@ from typing import Any, NamedTuple, Sequence
 
 import asyncpg
 
-from .copy import HEADER, TRAILER
 from .errors import DatabaseError, ValidationError
+from .wire.copy import HEADER, TRAILER
+from .wire.loader import NATIVE
 
 __all__ = ["Column", "Layout", "FORMATS", "TO_UNIX", "copy_out", "to_lists", "to_numpy", "check_format", "PackedRows"]
 
@@ -302,10 +304,8 @@ def check_format(format: str) -> str:
     if format not in FORMATS:
         raise ValidationError(f"format must be one of {', '.join(map(repr, FORMATS))}, got {format!r}")
     if format == "numpy":
-        try:
-            import numpy  # noqa: F401
-        except ImportError:
-            raise ValidationError("format='numpy' needs numpy: pip install 'hftdb[numpy]'") from None
+        if importlib.util.find_spec("numpy") is None:
+            raise ValidationError("format='numpy' needs numpy: pip install 'hftdb[numpy]'")
     return format
 
 
@@ -313,10 +313,6 @@ def check_format(format: str) -> str:
 
 _SWAP = sys.byteorder == "little"  # the packed fields are big-endian
 
-try:
-    from ._columnar_fast import decode_packed as _decode_packed
-except ImportError:  # built without a C compiler: PackedRows.decode slices columns in Python
-    _decode_packed = None
 
 
 class PackedRows:
@@ -332,7 +328,7 @@ class PackedRows:
     from them, and the server sends one value instead of eight a row (its per-value output was the larger cost).
     """
 
-    __slots__ = ("record", "fields", "width", "_has_f8", "_kinds", "_bits", "_fast")
+    __slots__ = ("record", "fields", "width", "_has_f8", "_kinds", "_bits")
 
     def __init__(self, record: type, fields: Sequence[tuple[str, int | None]]) -> None:
         for kind, _ in fields:
@@ -344,9 +340,6 @@ class PackedRows:
         self._has_f8 = any(kind == "f8" for kind, _ in self.fields)
         self._kinds = "".join(kind[0] for kind, _ in self.fields).encode()
         self._bits = tuple(bit or 0 for _, bit in self.fields)
-        #: The C decoder (``_columnar_fast.c``, where it was built), or None: :meth:`decode` then slices columns
-        #: in Python. A test runs both on the same rows.
-        self._fast = _decode_packed
 
     def ids(self, buf: bytes) -> list[int]:
         """The symbol ids of the rows in ``buf``."""
@@ -371,11 +364,13 @@ class PackedRows:
 
         ``exchange`` names every row's exchange when the read was filtered to one, and skips a lookup per row.
         """
-        if self._fast is not None:
-            # One pass in C, a record at a time: about half the CPU of the columns below (1,000 book tickers),
-            # and no column lists to build and free.
+        fast = NATIVE.decode_packed
+        if fast is not None:
+            # The C decoder (_columnar_fast.c, where built and not turned off: hftdb.wire.loader). One pass in C, a
+            # record at a time: about half the CPU of the columns below (1,000 book tickers), and no column lists
+            # to build and free. A test runs both on the same rows.
             self._check_length(buf)
-            return self._fast(buf, self._kinds, self._bits, self.record, exchange, exchange_of, symbol_of)
+            return fast(buf, self._kinds, self._bits, self.record, exchange, exchange_of, symbol_of)
         w = self.width
         q = self._ints(buf)
         # Strided views of the one host-order buffer: tolist() reads each column straight out of it, with no

@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 from msgspec import Meta
 
+from . import venues
 from .errors import ConfigError
 from .redact import redact, register_dsn, register_environment
 
@@ -181,15 +182,9 @@ class StorageSettings(_Section):
     cold_btree: bool = True
 
 
-#: The channels each venue's adapter can stream (its defaults first), as named in the venue's own API.
-VENUE_CHANNELS: dict[str, tuple[str, ...]] = {
-    "binance_spot": ("bookTicker",),
-    "binance_usdm": ("bookTicker", "markPrice@1s", "markPrice"),
-    "bybit_spot": ("orderbook.1",),
-    "bybit_linear": ("orderbook.1", "tickers"),
-    "okx_spot": ("bbo-tbt", "tickers"),
-    "okx_swap": ("bbo-tbt", "funding-rate", "tickers"),
-}
+#: The channels each venue's adapter can stream (its defaults first), as named in the venue's own API
+#: (from the venue registry, :mod:`hftdb.venues`).
+VENUE_CHANNELS: dict[str, tuple[str, ...]] = dict(venues.CHANNELS)
 
 
 class VenueSettings(_Section):

@@ -41,6 +41,7 @@ from .feeds import Feed, FeedState, open_feed
 from .manager import DatabaseManager
 from .metrics import MetricsServer
 from .models import now_us
+from .tablespec import TIME_SERIES
 from .status import StatusReporter, Summary
 from .target import Target, open_target
 
@@ -350,7 +351,7 @@ class Daemon:
             status_logger.info("%s", line, extra=fields)
 
     def _writer_snapshots(self) -> dict[str, dict[str, Any]]:
-        return {t: self.db.writer(t).snapshot() for t in ("book_tickers", "funding_rates", "balances")}
+        return {t: self.db.writer(t).snapshot() for t in TIME_SERIES}
 
     # -- observability ---------------------------------------------------------------------------------
 

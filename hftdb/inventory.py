@@ -16,12 +16,12 @@ import msgspec
 
 from . import reads
 from .partitions import TIME_SERIES_TABLES, list_partitions
+from .tablespec import ALL_TABLES
 
 __all__ = ["TABLES", "tables", "collect", "render", "size", "utc", "approx"]
 
 #: hftdb's tables, in the order reports list them
-TABLES = ("exchanges", "symbols", "book_tickers", "book_tickers_latest", "funding_rates", "funding_rates_latest",
-          "balances", "balances_latest", "ingest_batches")
+TABLES = ALL_TABLES
 
 
 async def tables(conn: asyncpg.Connection, partitions: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, dict[str, Any]]:

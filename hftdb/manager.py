@@ -1,9 +1,10 @@
 """``DatabaseManager``: the one public front of hftdb.
 
-It owns the asyncpg pool (and the embedded server when no DSN is configured), the exchange and symbol caches,
-and one batch writer per time-series table. The work is delegated to small modules: :mod:`hftdb.writer` and
-:mod:`hftdb.tables` (batching and COPY), :mod:`hftdb.cache`, :mod:`hftdb.schema` (migrations, partitions),
-:mod:`hftdb.server` (embedded PostgreSQL) and :mod:`hftdb.reads` (queries).
+It owns the asyncpg pool (and the embedded server when no DSN is configured), the symbol catalog, and one batch
+writer per time-series table. The work is delegated to small modules: :mod:`hftdb.catalog` (exchanges and
+symbols: caches, SQL, registration), :mod:`hftdb.resolve` (ids of written rows), :mod:`hftdb.writer` and
+:mod:`hftdb.tables` (batching and COPY), :mod:`hftdb.schema` (migrations, partitions), :mod:`hftdb.server`
+(embedded PostgreSQL), :mod:`hftdb.reads` (queries) and :mod:`hftdb.unit` (units of work).
 """
 
 from __future__ import annotations
@@ -19,41 +20,34 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Iterable, Literal, Sequence
 
 import asyncpg
+from asyncpg.pool import PoolAcquireContext
 import msgspec
 
-from . import archive, packed, partitions, reads, schema
+from . import archive, packed, partitions, reads, schema, tables, tablespec
 from .cache import TTLCache
+from .catalog import SymbolCatalog
 from .config import Settings, dsn_problem, load_settings, redact_dsn
 from .redact import register_dsn
 from .copy import PG_EPOCH_US
-from .errors import (
-    ClosedError,
-    ConfigError,
-    DatabaseUnavailableError,
-    StateError,
-    UnknownExchangeError,
-    UnknownSymbolError,
-    ValidationError,
-)
+from .errors import ClosedError, ConfigError, DatabaseUnavailableError, StateError, ValidationError
 from .models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Symbol, now_us
 from .notify import TABLES as NOTIFY_TABLES
 from .notify import Filter, LatestMirror, Subscription
 from .replicas import ReadRouter
-from .resolve import MAX_SYMBOL_LEN, RowResolver
+from .resolve import RowResolver
 from .server import EmbeddedServer
-from .tables import BalanceWriter, BookTickerWriter, FundingRateWriter, bad_text
-from .unit import UnitOfWork
+from .tables import bad_text
+from .unit import UnitOfWork, unit_of_work
 from .writer import RETRYABLE, BatchWriter
 
 __all__ = ["DatabaseManager"]
 
 logger = logging.getLogger(__name__)
 
-_MAX_EXCHANGE_LEN = 32
+_MIRRORED = tuple(t.name for t in tablespec.TABLES if t.mirrored)
 _SYMBOL_ID = attrgetter("symbol_id")
 _EXCHANGE = attrgetter("exchange")
 _SYMBOL = attrgetter("symbol")
-_DERIVATIVE_VENUES = {ExchangeName.BINANCE_USDM, ExchangeName.BYBIT_LINEAR, ExchangeName.OKX_SWAP}
 
 
 def _ts_encode(us: int) -> tuple[int]:
@@ -109,18 +103,10 @@ class DatabaseManager:
         self._state = "new"
         self._server: EmbeddedServer | None = None
         self._pool: asyncpg.Pool | None = None
-        ttl = settings.cache.ttl_s
-        self._exchanges = TTLCache[str, Exchange](ttl)
-        self._symbols_by_id = TTLCache[int, Symbol](ttl)
-        self._symbol_ids = TTLCache[tuple[str, str], int](ttl)
-        self._exchange_names: dict[int, str] = {}
-        # Ids are identities: once a symbol id exists it never means another symbol. A plain set lets the hot
-        # path check a caller's symbol_id in ~30 ns instead of a TTL lookup; invalidate_caches() clears it.
-        self._known_ids: set[int] = set()
-        self._resolver = RowResolver(self)
+        self._catalog = SymbolCatalog(ttl=settings.cache.ttl_s)
+        self._resolver = RowResolver(self._catalog, settings=settings.writer, check_open=self._check_open)
         self._latest_cache = TTLCache[Any, Any](settings.cache.latest_ttl_ms / 1000) if settings.cache.latest_ttl_ms else None
         self._writers: dict[str, BatchWriter] = {}
-        self._directory = reads.SymbolDirectory()
         self._router: ReadRouter | None = None
         self._reader: reads.Reader | None = None
         self._subscriptions: set[Subscription] = set()
@@ -147,16 +133,18 @@ class DatabaseManager:
         return self._dsn
 
     @property
-    def server(self) -> EmbeddedServer | None:
-        """The embedded server, when hftdb started one."""
-        return self._server
-
-    @property
-    def pool(self) -> asyncpg.Pool:
-        """The asyncpg pool (timestamptz as integer Unix microseconds on its connections)."""
+    def _open_pool(self) -> asyncpg.Pool:
         self._check_open()
-        assert self._pool is not None
+        assert self._pool is not None  # set before the state becomes "open"
         return self._pool
+
+    def connection(self, *, timeout: float | None = None) -> PoolAcquireContext:
+        """A connection of the pool for statements of your own, as ``async with db.connection() as conn:``.
+
+        ``timestamptz`` travels as integer Unix microseconds on it. It goes back to the pool at the end of the
+        block; for writes that must commit together with hftdb's, use :meth:`transaction`.
+        """
+        return self._open_pool.acquire(timeout=timeout)
 
     async def initialize(self) -> None:
         """Start or connect to PostgreSQL, apply migrations, warm the caches and start the writers."""
@@ -174,21 +162,20 @@ class DatabaseManager:
                 async with self._pool.acquire() as conn:
                     await schema.migrate(conn)
                     await partitions.maintain(conn, self.settings.storage, now_us(), retention=False)
-                await self._warm_caches()
+                await self._catalog.open(self._pool)
                 self._router = ReadRouter(self._dsn, self.settings.reads, database=db)
                 await self._router.start()
-                self._reader = reads.Reader(self._router, self._directory, exchange=self.get_exchange_by_enum,
-                                            symbol_id=self._symbol_id, latest_cache=self._latest_cache,
+                self._reader = reads.Reader(self._router, self._catalog, latest_cache=self._latest_cache,
                                             archive=archive.ArchiveTier(self.settings.archive.root)
                                             if archive.enabled(self.settings.archive) else None)
                 spool_root = Path(self._spool_dir) if self._spool_dir else None
-                for cls in (BookTickerWriter, FundingRateWriter, BalanceWriter):
-                    writer = cls(
+                for spec in tablespec.TABLES:
+                    writer = _writer_class(spec.name)(
                         self._pool, settings=self.settings.writer, storage=self.settings.storage,
                         spool_dir=spool_root, notify=self._notify, command_timeout=db.command_timeout,
                     )
                     await writer.start()
-                    self._writers[cls.table] = writer
+                    self._writers[spec.name] = writer
             except BaseException:
                 await self._teardown()
                 self._state = "closed"
@@ -234,6 +221,7 @@ class DatabaseManager:
         router, self._router = self._router, None
         if router is not None:
             await router.close()
+        self._catalog.close()
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
@@ -244,6 +232,11 @@ class DatabaseManager:
             await self._server.stop()
             self._server = None
 
+    def _reads(self) -> reads.Reader:
+        self._check_open()
+        assert self._reader is not None  # set before the state becomes "open"
+        return self._reader
+
     def _check_open(self) -> None:
         if self._state != "open":
             if self._state == "new":
@@ -252,90 +245,39 @@ class DatabaseManager:
 
     # -- caches ------------------------------------------------------------------------------------------------
 
-    async def _warm_caches(self) -> None:
-        assert self._pool is not None
-        for ex in await reads.fetch_exchanges(self._pool):
-            self._remember_exchange(ex)
-        for sym in await reads.fetch_symbols(self._pool):
-            self._remember_symbol(sym)
-
-    def _remember_exchange(self, ex: Exchange) -> None:
-        assert ex.id is not None
-        self._exchanges.set(ex.name, ex)
-        self._exchange_names[ex.id] = ex.name
-
-    def _remember_symbol(self, sym: Symbol) -> None:
-        assert sym.id is not None
-        self._symbols_by_id.set(sym.id, sym)
-        self._known_ids.add(sym.id)
-        name = self._exchange_names.get(sym.exchange_id)
-        if name is not None:
-            self._symbol_ids.set((name, sym.symbol), sym.id)
-            self._directory.remember(sym.id, sym.exchange_id, name, sym.symbol)
-
     def invalidate_caches(self, *, exchanges: bool = True, symbols: bool = True) -> None:
         """Drop cached exchanges and/or symbols; the next lookups read the database."""
-        if exchanges:
-            self._exchanges.invalidate()
-        if symbols:
-            self._symbols_by_id.invalidate()
-            self._symbol_ids.invalidate()
-            self._known_ids.clear()
+        self._catalog.invalidate(exchanges=exchanges, symbols=symbols)
         if self._latest_cache is not None:
             self._latest_cache.invalidate()
 
     def resolve_symbol_id(self, exchange: str, symbol: str) -> int | None:
         """The cached id of ``exchange``/``symbol``, or None on a cache miss. Never touches the database."""
-        return self._symbol_ids.get((exchange, symbol))
+        return self._catalog.cached_id(exchange, symbol)
 
     # -- exchanges ---------------------------------------------------------------------------------------------
 
     async def insert_exchange(self, exchange: Exchange | ExchangeName | str, *, market: str | None = None) -> Exchange:
         """Register an exchange (or update its market and active flag); return it with its id."""
         self._check_open()
-        if isinstance(exchange, Exchange):
-            name, mkt, active = exchange.name, exchange.market, exchange.active
-        else:
-            name = _exchange_name(exchange)
-            mkt = market or ("derivatives" if name in {v.value for v in _DERIVATIVE_VENUES} else "spot")
-            active = True
-        if not 0 < len(name) <= _MAX_EXCHANGE_LEN or bad_text(name):
-            raise ValidationError(f"exchange name must be 1..{_MAX_EXCHANGE_LEN} printable characters, got {name!r}")
-        if mkt not in ("spot", "derivatives"):
-            raise ValidationError(f"market must be 'spot' or 'derivatives', got {mkt!r}")
-        ex = await reads.upsert_exchange(self.pool, name, mkt, active)
-        self._remember_exchange(ex)
-        return ex
+        return await self._catalog.add_exchange(exchange, market=market)
 
     async def get_exchange_by_enum(self, name: ExchangeName | str) -> Exchange:
         """The exchange named by ``name`` (an :class:`ExchangeName` or its string); UnknownExchangeError if absent."""
         self._check_open()
-        key = _exchange_name(name)
-        ex = self._exchanges.get(key)
-        if ex is None:
-            ex = await reads.fetch_exchange(self.pool, key)
-            if ex is None:
-                raise UnknownExchangeError(f"unknown exchange {key!r}; register it with insert_exchange()")
-            self._remember_exchange(ex)
-        return ex
+        return await self._catalog.exchange(name)
 
     async def get_all_exchanges(self) -> list[Exchange]:
         """Every registered exchange, by id."""
         self._check_open()
-        exchanges = await reads.fetch_exchanges(self.pool)
-        for ex in exchanges:
-            self._remember_exchange(ex)
-        return exchanges
+        return await self._catalog.exchanges()
 
     # -- symbols -----------------------------------------------------------------------------------------------
 
     async def insert_symbol(self, symbol: Symbol) -> Symbol:
         """Register a symbol or update its metadata (upsert on exchange and native symbol); return it with its id."""
         self._check_open()
-        _check_symbol(symbol)
-        sym = (await reads.upsert_symbols(self.pool, [symbol]))[0]
-        self._remember_symbol(sym)
-        return sym
+        return await self._catalog.add_symbol(symbol)
 
     async def sync_symbols(self, exchange: ExchangeName | str, symbols: Sequence[Symbol]) -> tuple[int, int]:
         """Upsert an exchange's full instrument list; mark its symbols missing from the list 'delisted'.
@@ -343,58 +285,23 @@ class DatabaseManager:
         Returns ``(upserted, delisted)``. Invalid entries raise :class:`ValidationError` before anything is
         written.
         """
-        ex = await self.get_exchange_by_enum(exchange)
-        for s in symbols:
-            _check_symbol(s)
-            if s.exchange_id != ex.id:
-                raise ValidationError(f"symbol {s.symbol!r} has exchange_id {s.exchange_id}, expected {ex.id}")
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await reads.upsert_symbols(conn, list(symbols))
-            delisted = await reads.delist_missing(conn, ex.id, [s.symbol for s in symbols])  # type: ignore[arg-type]
-        for sym in rows:
-            self._remember_symbol(sym)
-        self._symbols_by_id.invalidate()
-        for sym in rows:
-            self._symbols_by_id.set(sym.id, sym)  # type: ignore[arg-type]
-        return len(rows), delisted
+        self._check_open()
+        return await self._catalog.sync(exchange, symbols)
 
     async def get_symbol_by_id(self, symbol_id: int) -> Symbol:
         """The symbol with this id; UnknownSymbolError if there is none."""
         self._check_open()
-        if type(symbol_id) is not int:
-            raise ValidationError(f"symbol_id must be an int, got {type(symbol_id).__name__}")
-        sym = self._symbols_by_id.get(symbol_id)
-        if sym is None:
-            sym = await reads.fetch_symbol(self.pool, symbol_id)
-            if sym is None:
-                raise UnknownSymbolError(f"unknown symbol id {symbol_id}")
-            self._remember_symbol(sym)
-        return sym
+        return await self._catalog.symbol(symbol_id)
 
     async def get_symbol(self, exchange: ExchangeName | str, symbol: str) -> Symbol:
         """The symbol named by exchange and native symbol; UnknownSymbolError if there is none."""
-        sid = await self._symbol_id(exchange, symbol)
-        return await self.get_symbol_by_id(sid)
+        self._check_open()
+        return await self._catalog.symbol(await self._catalog.symbol_id(exchange, symbol))
 
     async def get_symbols_by_exchange(self, exchange: ExchangeName | str, *, status: str | None = None) -> list[Symbol]:
         """Every symbol of an exchange (optionally only those with ``status``), by native symbol."""
-        ex = await self.get_exchange_by_enum(exchange)
-        symbols = await reads.fetch_symbols(self.pool, exchange_id=ex.id, status=status)
-        for sym in symbols:
-            self._remember_symbol(sym)
-        return symbols
-
-    async def _symbol_id(self, exchange: ExchangeName | str, symbol: str) -> int:
-        name = _exchange_name(exchange)
-        sid = self._symbol_ids.get((name, symbol))
-        if sid is None:
-            ex = await self.get_exchange_by_enum(name)
-            sym = await reads.fetch_symbol_by_name(self.pool, ex.id, symbol)  # type: ignore[arg-type]
-            if sym is None:
-                raise UnknownSymbolError(f"unknown symbol {symbol!r} on {name}")
-            self._remember_symbol(sym)
-            sid = sym.id
-        return sid  # type: ignore[return-value]
+        self._check_open()
+        return await self._catalog.symbols(exchange, status=status)
 
     # -- writes ------------------------------------------------------------------------------------------------
 
@@ -449,14 +356,11 @@ class DatabaseManager:
             return 0
         writer = self._writers["book_tickers"]
         await writer.reserve(n)
-        unknown = ~np.isin(sid, np.fromiter(self._known_ids, dtype=np.int64, count=len(self._known_ids)))
+        known = self._catalog.known_ids
+        unknown = ~np.isin(sid, np.fromiter(known, dtype=np.int64, count=len(known)))
         if unknown.any():
-            # An id outside int4 would fail the lookup's statement: no symbol has it.
-            lookup = [i for i in np.unique(sid[unknown]).tolist() if 0 < i < 2**31]
-            found = await reads.fetch_symbols_by_ids(self.pool, lookup) if lookup else []
-            for sym in found:
-                self._remember_symbol(sym)
-            unknown = ~np.isin(sid, np.fromiter(self._known_ids, dtype=np.int64, count=len(self._known_ids)))
+            await self._catalog.load_ids(np.unique(sid[unknown]).tolist())
+            unknown = ~np.isin(sid, np.fromiter(known, dtype=np.int64, count=len(known)))
             if unknown.any():
                 for bad in sid[unknown].tolist():
                     writer.rejects.add("unknown_symbol_id", f"symbol_id {bad}")
@@ -480,7 +384,7 @@ class DatabaseManager:
         self._check_open()
         writer = self._writers["book_tickers"]
         await writer.reserve(len(rows))
-        added = packed.add_packed(writer, rows, self._known_ids)  # type: ignore[arg-type]
+        added = packed.add_packed(writer, rows, self._catalog.known_ids)  # type: ignore[arg-type]
         if added is None:
             return await self._submit("book_tickers", rows)
         writer.submitted(added)
@@ -504,7 +408,7 @@ class DatabaseManager:
                 # No exchange has such a name, and looked up the server would refuse the query: a bad row.
                 writer.rejects.add("exchange_bad_char", repr(r))
                 continue
-            ex = await self.get_exchange_by_enum(r.exchange)
+            ex = await self._catalog.exchange(r.exchange)
             pairs.append((ex.id, r))
         added = writer.add(pairs)  # type: ignore[attr-defined]
         writer.submitted(added)
@@ -524,11 +428,11 @@ class DatabaseManager:
             if rows[0].symbol_id is None and list(map(_SYMBOL_ID, rows)).count(None) == len(rows):
                 # Named by exchange and symbol: resolve the whole call from the cache at once; any miss (a new
                 # symbol, an unknown exchange) sends the call down the per-row path, which handles each.
-                sids = self._symbol_ids.get_many(zip(map(_EXCHANGE, rows), map(_SYMBOL, rows)))
+                sids = self._catalog.cached_ids(zip(map(_EXCHANGE, rows), map(_SYMBOL, rows)))
                 if None in sids:
                     sids = None
             if sids is not None or rows[0].symbol_id is not None:
-                added = writer.add_fast(rows, self._known_ids, sids)  # type: ignore[arg-type]
+                added = writer.add_fast(rows, self._catalog.known_ids, sids)  # type: ignore[arg-type]
         if added is None:
             pairs = await self._resolver.pairs(rows, writer)
             added = writer.add(pairs)  # type: ignore[attr-defined]
@@ -561,11 +465,14 @@ class DatabaseManager:
         ``uow.transaction()`` blocks are savepoints.
         """
         self._check_open()
-        async with self.pool.acquire() as conn:
-            uow = UnitOfWork(self, conn)
-            async with conn.transaction():
-                yield uow
-            uow._committed()
+        async with self._open_pool.acquire() as conn, unit_of_work(conn, catalog=self._catalog,
+                                                              encoder=self._encoder) as uow:
+            yield uow
+
+    def _encoder(self, table: str) -> BatchWriter:
+        # A writer never started: a unit of work packs its rows with it and COPYs them on its own connection.
+        return _writer_class(table)(self._open_pool, settings=self.settings.writer, storage=self.settings.storage,
+                                    spool_dir=None)
 
     # -- reads -------------------------------------------------------------------------------------------------
     # The bodies live in hftdb.reads.Reader (filters, caches, SQL, decoding); these are the documented front.
@@ -584,8 +491,7 @@ class DatabaseManager:
         In no particular order (sort by ``symbol_id`` if you need one). Reads go to a healthy replica when replicas
         are configured; ``primary=True`` reads the primary (read-your-writes after :meth:`flush`).
         """
-        self._check_open()
-        return await self._reader.latest_book_tickers(  # type: ignore[union-attr]
+        return await self._reads().latest_book_tickers(
             exchange, symbols, symbol_ids, primary=primary)
 
     async def get_latest_funding_rates(
@@ -597,8 +503,7 @@ class DatabaseManager:
         primary: bool = False,
     ) -> list[FundingRate]:
         """The current funding rate of each perpetual, from ``funding_rates_latest``; filters as for book tickers."""
-        self._check_open()
-        return await self._reader.latest_funding_rates(  # type: ignore[union-attr]
+        return await self._reads().latest_funding_rates(
             exchange, symbols, symbol_ids, primary=primary)
 
     async def get_book_ticker_history(
@@ -620,8 +525,7 @@ class DatabaseManager:
         bid_price, bid_qty, ask_price, ask_qty, update_id; NULL as None); ``"numpy"`` a dict of numpy arrays
         decoded straight from binary COPY (see :mod:`hftdb.columnar`).
         """
-        self._check_open()
-        return await self._reader.book_ticker_history(  # type: ignore[union-attr]
+        return await self._reads().book_ticker_history(
             exchange, symbol, start=start, end=end, hours=hours, limit=limit, format=format, primary=primary)
 
     async def get_funding_rate_history(
@@ -630,16 +534,14 @@ class DatabaseManager:
         format: Literal["objects", "columns", "numpy"] = "objects", primary: bool = False,
     ) -> Any:
         """Funding rates of one symbol in a receipt-time window, oldest first; ``format`` as for book tickers."""
-        self._check_open()
-        return await self._reader.funding_history(  # type: ignore[union-attr]
+        return await self._reads().funding_history(
             exchange, symbol, start=start, end=end, hours=hours, limit=limit, format=format, primary=primary)
 
     async def get_latest_balances(
         self, exchange: ExchangeName | str | None = None, *, account: str | None = None, primary: bool = False
     ) -> list[Balance]:
         """The current balance of every asset (of one exchange and/or account), from ``balances_latest``."""
-        self._check_open()
-        return await self._reader.latest_balances(exchange, account, primary=primary)  # type: ignore[union-attr]
+        return await self._reads().latest_balances(exchange, account, primary=primary)
 
     async def get_balance_history(
         self, exchange: ExchangeName | str, asset: str, *, account: str = "default", start: int | None = None,
@@ -650,8 +552,7 @@ class DatabaseManager:
 
         ``objects`` and ``columns`` keep amounts exact (Decimal); ``numpy`` gives float64 approximations.
         """
-        self._check_open()
-        return await self._reader.balance_history(  # type: ignore[union-attr]
+        return await self._reads().balance_history(
             exchange, asset, account=account, start=start, end=end, hours=hours, limit=limit, format=format,
             primary=primary)
 
@@ -707,16 +608,15 @@ class DatabaseManager:
         For a strategy that wants every quote on every tick: ``mirror.snapshot()`` costs microseconds where a read
         of 1,000 rows costs over a millisecond. Use with ``async with``; see :class:`hftdb.notify.LatestMirror`.
         """
-        if table not in ("book_tickers", "funding_rates"):
-            raise ValidationError(f"table must be 'book_tickers' or 'funding_rates', got {table!r}")
+        if table not in _MIRRORED:
+            raise ValidationError(f"table must be {' or '.join(map(repr, _MIRRORED))}, got {table!r}")
         sub = self.notifications(table, exchange=exchange, symbols=symbols, symbol_ids=symbol_ids)
-        load = self._reader.mirror_loader(table, exchange, symbols, symbol_ids)  # type: ignore[union-attr]
+        load = self._reads().mirror_loader(table, exchange, symbols, symbol_ids)
         return LatestMirror(sub, load, retry_max_s=self.settings.reads.listen_retry_max_s)
 
     def read_status(self) -> list[dict[str, Any]]:
         """Health, lag and read counters of the primary and of each read replica."""
-        self._check_open()
-        return self._router.status()  # type: ignore[union-attr]
+        return self.read_router.status()
 
     @property
     def read_router(self) -> ReadRouter:
@@ -731,9 +631,10 @@ class DatabaseManager:
         """Table sizes and row estimates, partitions, writer counters, cache hit/miss counters and pool usage;
         with an archive, what it holds (``archive``: days, files, rows, bytes per table)."""
         self._check_open()
-        caches = {"exchanges": self._exchanges, "symbols_by_id": self._symbols_by_id, "symbol_ids": self._symbol_ids,
-                  "latest": self._latest_cache}
-        stats = await reads.database_stats(self.pool, writers=self._writers, caches=caches, router=self._router)
+        caches = self._catalog.cache_stats()
+        if self._latest_cache is not None:
+            caches["latest"] = self._latest_cache.stats()
+        stats = await reads.database_stats(self._open_pool, writers=self._writers, caches=caches, router=self._router)
         if archive.enabled(self.settings.archive):
             stats["archive"] = await asyncio.to_thread(archive.summary, self.settings.archive.root,
                                                        hot=stats.get("tables"))
@@ -763,7 +664,7 @@ class DatabaseManager:
         now = now_us()
         cutoff = now - int(days * 86_400_000_000)
         dropped: dict[str, list[str]] = {}
-        async with self.pool.acquire() as conn:
+        async with self._open_pool.acquire() as conn:
             if archive.enabled(self.settings.archive):
                 if not dry_run:
                     archive.require_pyarrow()
@@ -797,7 +698,7 @@ class DatabaseManager:
             archive.require_pyarrow()
         cutoff = now_us() - int(days * 86_400_000_000)
         reports = {}
-        async with self.pool.acquire() as conn:
+        async with self._open_pool.acquire() as conn:
             for t in chosen:
                 reports[t] = await archive.archive_table(
                     conn, t, settings=self.settings.archive, cutoff_us=cutoff,
@@ -812,7 +713,7 @@ class DatabaseManager:
         restored and their rows. The files are deleted once the rows are in and checked; the upkeep archives the
         day again once it is older than ``[archive] after_days``."""
         self._check_open()
-        async with self.pool.acquire() as conn:
+        async with self._open_pool.acquire() as conn:
             result = await archive.restore_day(conn, table, date, settings=self.settings.archive,
                                                interval_s=self.settings.storage.partition_interval_s)
         for w in self._writers.values():
@@ -842,7 +743,7 @@ class DatabaseManager:
         arch = self.settings.archive
         storage = self.settings.storage
         now = now_us()
-        async with self.pool.acquire() as conn:
+        async with self._open_pool.acquire() as conn:
             report = await partitions.maintain(conn, storage, now, drop=not archive.enabled(arch))
             if archive.enabled(arch):
                 try:
@@ -868,7 +769,7 @@ class DatabaseManager:
             return result
         started = time.perf_counter()
         try:
-            async with self.pool.acquire(timeout=timeout) as conn:
+            async with self._open_pool.acquire(timeout=timeout) as conn:
                 await conn.fetchval("SELECT 1", timeout=timeout)
             result["ok"] = True
             result["latency_ms"] = (time.perf_counter() - started) * 1000
@@ -879,6 +780,12 @@ class DatabaseManager:
             for name, w in self._writers.items()
         }
         return result
+
+
+def _writer_class(table: str) -> type[BatchWriter]:
+    # The registry names each table's writer; the classes live on the write path, which the registry cannot import.
+    cls: type[BatchWriter] = getattr(tables, tablespec.spec(table).encoder)
+    return cls
 
 
 def _days(value: timedelta | float | None, default: float, name: str) -> float:
@@ -893,20 +800,3 @@ def _days(value: timedelta | float | None, default: float, name: str) -> float:
     if not days > 0:
         raise ValidationError(f"{name} must be positive, got {days} days")
     return days
-
-
-def _exchange_name(name: ExchangeName | str) -> str:
-    if isinstance(name, ExchangeName):
-        return name.value
-    if isinstance(name, str):
-        return name
-    raise ValidationError(f"exchange must be an ExchangeName or a string, got {type(name).__name__}")
-
-
-def _check_symbol(symbol: Symbol) -> None:
-    if not isinstance(symbol, Symbol):
-        raise ValidationError(f"expected hftdb.Symbol, got {type(symbol).__name__}")
-    if not isinstance(symbol.symbol, str) or not 0 < len(symbol.symbol) <= MAX_SYMBOL_LEN:
-        raise ValidationError(f"symbol must be 1..{MAX_SYMBOL_LEN} characters, got {symbol.symbol!r}")
-    if bad_text(symbol.symbol):
-        raise ValidationError(f"symbol must hold printable characters only, got {symbol.symbol!r}")

@@ -33,13 +33,14 @@ import msgspec
 from .config import ReadSettings, redact_dsn
 from .errors import ClosedError, HftdbError, StateError
 from .models import now_us
+from .tablespec import TIME_SERIES
 
 __all__ = ["Notification", "Subscription", "LatestMirror", "TABLES"]
 
 logger = logging.getLogger(__name__)
 
 #: The tables whose writers notify, and so the tables one can subscribe to.
-TABLES = ("book_tickers", "funding_rates", "balances")
+TABLES = TIME_SERIES
 
 _LISTEN_ERRORS: tuple[type[BaseException], ...] = (
     OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError,

@@ -33,6 +33,7 @@ import msgspec
 from .config import StorageSettings
 from .errors import DatabaseError, StateError, ValidationError
 from .locks import unlock
+from .tablespec import TABLES, TIME_SERIES
 
 __all__ = [
     "TIME_SERIES_TABLES",
@@ -59,14 +60,11 @@ logger = logging.getLogger(__name__)
 _PARTITION_LOCK_BASE: Final = int.from_bytes(b"hftdbpt\x00", "big")
 _MAINTENANCE_LOCK_BASE: Final = int.from_bytes(b"hftdbmn\x00", "big")
 
-#: The range-partitioned tables, the only identifiers partition management formats into SQL.
-TIME_SERIES_TABLES: Final = ("book_tickers", "funding_rates", "balances")
+#: The range-partitioned tables (:mod:`hftdb.tablespec`), the only identifiers partition management formats
+#: into SQL.
+TIME_SERIES_TABLES: Final = TIME_SERIES
 # Lookup key of the btree given to sealed partitions (and to new ones with hot_index="btree").
-_BTREE_COLUMNS: Final = {
-    "book_tickers": "symbol_id, recv_ts",
-    "funding_rates": "symbol_id, recv_ts",
-    "balances": "exchange_id, account, asset, recv_ts",
-}
+_BTREE_COLUMNS: Final = {t.name: ", ".join((*t.key, "recv_ts")) for t in TABLES}
 
 _US: Final = 1_000_000
 _DAY_S: Final = 86_400

@@ -1,200 +1,48 @@
-"""SQL of the read side and of the small reference-table writes. Values always travel as bind parameters.
+"""SQL of the read side. Values always travel as bind parameters.
 
-The reference-table functions take a pool or a connection of the manager's pool (anything with
-``fetch``/``fetchrow``/``execute``), where timestamps come back as integer Unix microseconds thanks to the codec
-that :func:`hftdb.manager.init_connection` installs. :class:`Reader` serves the strategy-side reads (latest
-rows, history as objects, lists or numpy columns) over the read pools of :mod:`hftdb.replicas`.
+:class:`Reader` serves the strategy-side reads (latest rows, history as objects, lists or numpy columns) over the
+read pools of :mod:`hftdb.replicas`, turning names into ids with the :class:`~hftdb.catalog.SymbolCatalog` it is
+given. The exchanges and symbols tables' own SQL lives in :mod:`hftdb.catalog`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import operator
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
 from . import columnar
 from .copy import PG_EPOCH_US
 from .errors import ValidationError
-from .models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Symbol, now_us
+from .models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, now_us
 from .notify import Filter
+from .tablespec import ALL_TABLES
 
 if TYPE_CHECKING:
     from .archive import ArchiveTier
     from .cache import TTLCache
+    from .catalog import SymbolCatalog
     from .replicas import ReadRouter
 
-__all__ = [
-    "fetch_exchanges", "fetch_exchange", "upsert_exchange", "fetch_symbols", "fetch_symbol", "fetch_symbol_by_name",
-    "fetch_symbols_by_ids", "upsert_symbols", "delist_missing", "register_symbols", "table_stats", "database_stats",
-    "SymbolDirectory", "Reader", "window", "check_limit",
-]
-
-_EXCHANGE_COLS = "id, name, market, active"
-_SYMBOL_COLS = ("id, exchange_id, symbol, base, quote, kind, status, tick_size, lot_size, contract_size, "
-                "last_synced")
-
-
-def _exchange(r: Any) -> Exchange:
-    return Exchange(id=r[0], name=r[1], market=r[2], active=r[3])
-
-
-def _symbol(r: Any) -> Symbol:
-    return Symbol(id=r[0], exchange_id=r[1], symbol=r[2], base=r[3], quote=r[4], kind=r[5], status=r[6],
-                  tick_size=r[7], lot_size=r[8], contract_size=r[9], last_synced=r[10])
-
-
-async def fetch_exchanges(db: Any) -> list[Exchange]:
-    return [_exchange(r) for r in await db.fetch(f"SELECT {_EXCHANGE_COLS} FROM exchanges ORDER BY id")]
-
-
-async def fetch_exchange(db: Any, name: str) -> Exchange | None:
-    r = await db.fetchrow(f"SELECT {_EXCHANGE_COLS} FROM exchanges WHERE name = $1", name)
-    return None if r is None else _exchange(r)
-
-
-async def upsert_exchange(db: Any, name: str, market: str, active: bool) -> Exchange:
-    r = await db.fetchrow(
-        f"""INSERT INTO exchanges (name, market, active) VALUES ($1, $2, $3)
-            ON CONFLICT (name) DO UPDATE SET market = EXCLUDED.market, active = EXCLUDED.active
-            RETURNING {_EXCHANGE_COLS}""",
-        name, market, active,
-    )
-    return _exchange(r)
-
-
-async def fetch_symbols(db: Any, *, exchange_id: int | None = None, status: str | None = None) -> list[Symbol]:
-    rows = await db.fetch(
-        f"""SELECT {_SYMBOL_COLS} FROM symbols
-            WHERE ($1::int IS NULL OR exchange_id = $1) AND ($2::text IS NULL OR status = $2)
-            ORDER BY exchange_id, symbol""",
-        exchange_id, status,
-    )
-    return [_symbol(r) for r in rows]
-
-
-async def fetch_symbol(db: Any, symbol_id: int) -> Symbol | None:
-    r = await db.fetchrow(f"SELECT {_SYMBOL_COLS} FROM symbols WHERE id = $1", symbol_id)
-    return None if r is None else _symbol(r)
-
-
-async def fetch_symbol_by_name(db: Any, exchange_id: int, symbol: str) -> Symbol | None:
-    r = await db.fetchrow(f"SELECT {_SYMBOL_COLS} FROM symbols WHERE exchange_id = $1 AND symbol = $2",
-                          exchange_id, symbol)
-    return None if r is None else _symbol(r)
-
-
-async def fetch_symbols_by_ids(db: Any, ids: Sequence[int]) -> list[Symbol]:
-    rows = await db.fetch(f"SELECT {_SYMBOL_COLS} FROM symbols WHERE id = ANY($1::int[])", list(ids))
-    return [_symbol(r) for r in rows]
-
-
-async def upsert_symbols(db: Any, symbols: list[Symbol]) -> list[Symbol]:
-    """Insert or update symbols on (exchange_id, symbol) in one statement; return them with ids."""
-    if not symbols:
-        return []
-    cols = list(zip(*[
-        (s.exchange_id, s.symbol, s.base, s.quote, s.kind, s.status, s.tick_size, s.lot_size, s.contract_size,
-         s.last_synced)
-        for s in symbols
-    ]))
-    rows = await db.fetch(
-        f"""INSERT INTO symbols (exchange_id, symbol, base, quote, kind, status, tick_size, lot_size,
-                                 contract_size, last_synced)
-            SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                 $7::numeric[], $8::numeric[], $9::numeric[], $10::timestamptz[])
-            ON CONFLICT (exchange_id, symbol) DO UPDATE SET
-                base = COALESCE(EXCLUDED.base, symbols.base), quote = COALESCE(EXCLUDED.quote, symbols.quote),
-                kind = CASE WHEN EXCLUDED.kind = 'unknown' THEN symbols.kind ELSE EXCLUDED.kind END,
-                status = CASE WHEN EXCLUDED.status = 'unknown' THEN symbols.status ELSE EXCLUDED.status END,
-                tick_size = COALESCE(EXCLUDED.tick_size, symbols.tick_size),
-                lot_size = COALESCE(EXCLUDED.lot_size, symbols.lot_size),
-                contract_size = COALESCE(EXCLUDED.contract_size, symbols.contract_size),
-                last_synced = COALESCE(EXCLUDED.last_synced, symbols.last_synced)
-            RETURNING {_SYMBOL_COLS}""",
-        *[list(c) for c in cols],
-    )
-    return [_symbol(r) for r in rows]
-
-
-async def delist_missing(db: Any, exchange_id: int, present: list[str]) -> int:
-    """Mark the exchange's symbols not in ``present`` as delisted; return how many changed."""
-    status = await db.execute(
-        """UPDATE symbols SET status = 'delisted'
-           WHERE exchange_id = $1 AND status <> 'delisted' AND NOT (symbol = ANY($2::text[]))""",
-        exchange_id, present,
-    )
-    return int(status.split()[-1])
-
-
-async def register_symbols(db: Any, exchange_id: int, names: list[str]) -> tuple[list[Symbol], int]:
-    """Make sure each name exists as a symbol of the exchange (status 'unknown' until the next sync).
-
-    Returns every requested symbol and how many were created now.
-    """
-    created = await db.fetch(
-        """INSERT INTO symbols (exchange_id, symbol) SELECT $1, unnest($2::text[])
-           ON CONFLICT (exchange_id, symbol) DO NOTHING RETURNING id""",
-        exchange_id, names,
-    )
-    rows = await db.fetch(
-        f"SELECT {_SYMBOL_COLS} FROM symbols WHERE exchange_id = $1 AND symbol = ANY($2::text[])", exchange_id, names
-    )
-    return [_symbol(r) for r in rows], len(created)
-
-
-class SymbolDirectory:
-    """What never changes about a symbol id: its exchange and native name. Records are built from it, not joins.
-
-    An id's exchange and symbol are fixed once assigned (upserts keep the id; identity never reuses one), so the
-    maps need no expiry. An id not in them (registered by another process) is looked up once, on the read's own
-    connection: a server that holds a latest row for the id also holds its symbol row, committed before it.
-    """
-
-    __slots__ = ("exchange_of", "symbol_of", "exchange_ids")
-
-    def __init__(self) -> None:
-        self.exchange_of: dict[int, str] = {}
-        self.symbol_of: dict[int, str] = {}
-        self.exchange_ids: dict[int, int] = {}
-
-    def remember(self, symbol_id: int, exchange_id: int, exchange: str, symbol: str) -> None:
-        """Record one symbol id."""
-        self.exchange_of[symbol_id] = exchange
-        self.symbol_of[symbol_id] = symbol
-        self.exchange_ids[symbol_id] = exchange_id
-
-    async def resolve(self, db: Any, ids: Iterable[int]) -> None:
-        """Look up the ids not known yet."""
-        missing = sorted({i for i in ids if i not in self.symbol_of})
-        if not missing:
-            return
-        rows = await db.fetch(
-            """SELECT s.id, s.exchange_id, e.name, s.symbol FROM symbols s JOIN exchanges e ON e.id = s.exchange_id
-               WHERE s.id = ANY($1::int4[])""",
-            missing,
-        )
-        for r in rows:
-            self.remember(r[0], r[1], r[2], r[3])
-
+__all__ = ["table_stats", "database_stats", "Reader", "window", "check_limit"]
 
 class Reader:
     """The strategy-side reads behind ``DatabaseManager``'s read methods, over a :class:`~hftdb.replicas.ReadRouter`.
 
-    It checks the arguments, turns names into ids (with the manager's caches, through ``exchange`` and
-    ``symbol_id``), picks the SQL and decodes the result. Latest rows come from the tables' ``packed`` column
+    It checks the arguments, turns names into ids (with the manager's :class:`~hftdb.catalog.SymbolCatalog`),
+    picks the SQL and decodes the result. Latest rows come from the tables' ``packed`` column
     (:class:`hftdb.columnar.PackedRows`); history timestamps are shifted to Unix microseconds on the server (the
     read pools decode them as raw int64 in C).
     """
 
     __slots__ = ("router", "directory", "_exchange", "_symbol_id", "_cache", "_archive")
 
-    def __init__(self, router: ReadRouter, directory: SymbolDirectory, *,
-                 exchange: Callable[[Any], Awaitable[Exchange]], symbol_id: Callable[[Any, str], Awaitable[int]],
+    def __init__(self, router: ReadRouter, catalog: SymbolCatalog, *,
                  latest_cache: TTLCache[Any, Any] | None = None, archive: ArchiveTier | None = None) -> None:
         self.router = router
-        self.directory = directory
-        self._exchange = exchange
-        self._symbol_id = symbol_id
+        self.directory = catalog.directory
+        self._exchange = catalog.exchange
+        self._symbol_id = catalog.symbol_id
         self._cache = latest_cache
         #: The Parquet tier history reads also take rows from (:mod:`hftdb.archive`), or None.
         self._archive = archive
@@ -605,12 +453,12 @@ _BAL_LAYOUT = columnar.Layout([
 ])
 
 
-async def database_stats(pool: Any, *, writers: dict[str, Any], caches: dict[str, TTLCache[Any, Any] | None],
+async def database_stats(pool: Any, *, writers: dict[str, Any], caches: dict[str, dict[str, int]],
                          router: ReadRouter | None) -> dict[str, Any]:
     """``DatabaseManager.get_database_stats()``: table sizes, writer and cache counters, read nodes, pool usage."""
     stats = await table_stats(pool)
     stats["writers"] = {name: w.snapshot() for name, w in writers.items()}
-    stats["caches"] = {name: cache.stats() for name, cache in caches.items() if cache is not None}
+    stats["caches"] = caches
     stats["reads"] = router.status() if router is not None else []
     stats["pool"] = {"size": pool.get_size(), "idle": pool.get_idle_size(), "max": pool.get_max_size()}
     return stats
@@ -629,8 +477,7 @@ async def table_stats(db: Any) -> dict[str, Any]:
            WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
              AND c.relname = ANY($1::text[])
            ORDER BY c.relname""",
-        ["exchanges", "symbols", "book_tickers", "book_tickers_latest", "funding_rates", "funding_rates_latest",
-         "balances", "balances_latest", "ingest_batches"],
+        list(ALL_TABLES),
     )
     return {"tables": {r[0]: {"bytes": int(r[1]), "estimated_rows": int(r[2]), "partitions": int(r[3])}
                        for r in rows}}

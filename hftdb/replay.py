@@ -73,15 +73,16 @@ from .exchanges.intake import Intake, exchange_time_ok
 from .exchanges.registry import create_adapter
 from .exchanges.runner import StreamRunner
 from .locks import unlock
+from .tablespec import TIME_SERIES
 from .manager import DatabaseManager
 from .models import Balance, BookTicker, ExchangeName, FundingRate, now_us
-from .packed import exchange_span
+from .wire.books import PackedBooks
 
 __all__ = ["MAX_LINE_BYTES", "ReplayProgress", "ReplayResult", "ingest_file", "ingest_files", "replay_frames"]
 
 logger = logging.getLogger(__name__)
 
-_TABLES = ("book_tickers", "funding_rates", "balances")
+_TABLES = TIME_SERIES
 
 #: A longer line is rejected (``line_too_long``) and skipped without being read into memory whole. The largest
 #: frame of any supported channel (a balance snapshot of a big account) is a few hundred KB.
@@ -256,7 +257,7 @@ class _Stored:
         spans = self._spans
         since = self._since
         # The usual block needs no Python per row: its times are read from its packed tuples (numpy), else in C.
-        span = exchange_span(rows)
+        span = rows.exchange_span() if isinstance(rows, PackedBooks) else None
         if span is not None:
             lowest, highest = span
         else:
@@ -622,7 +623,7 @@ class _Replay:
 @asynccontextmanager
 async def _session(db: DatabaseManager, venue: ExchangeName, channels: tuple[str, ...], account: str,
                    since: int | None, until: int | None) -> AsyncIterator[_Replay]:
-    async with db.pool.acquire() as conn:
+    async with db.connection() as conn:
         stored = _Stored(db, conn, venue.value)
         replay = _Replay(db, venue, channels, account, stored)
         ex = await db.insert_exchange(replay.adapter.exchange_record())

@@ -1,4 +1,4 @@
-"""Which symbol id each written row belongs to: the manager's caches first, the database for the rest.
+"""Which symbol id each written row belongs to: the symbol catalog's caches first, the database for the rest.
 
 The writers need an id per row before they can encode it. Rows that carry a known ``symbol_id`` or whose
 (exchange, symbol) is cached are paired at once; the rest take one query per exchange, and a symbol never seen
@@ -17,68 +17,49 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Callable, Iterable
 
-from . import dberrors, reads
+from . import dberrors
+from .catalog import MAX_SYMBOL_LEN, SymbolCatalog
+from .config import WriterSettings
 from .errors import DatabaseUnavailableError, ValidationError
 from .tables import bad_text
 from .writer import BatchWriter
-
-if TYPE_CHECKING:
-    from .manager import DatabaseManager
 
 __all__ = ["RowResolver", "MAX_SYMBOL_LEN"]
 
 logger = logging.getLogger("hftdb.manager")
 
-#: Longest native symbol accepted (the column is varchar(64)).
-MAX_SYMBOL_LEN = 64
-
 
 class RowResolver:
-    """Pairs rows with symbol ids for a :class:`~hftdb.manager.DatabaseManager`, using its caches and pool."""
+    """Pairs rows with symbol ids through a :class:`~hftdb.catalog.SymbolCatalog`.
 
-    def __init__(self, db: DatabaseManager) -> None:
-        self._db = db
+    ``check_open`` raises once the owner is closed (so a wait for the database ends with ClosedError);
+    ``settings`` gives the retry delays and the full-buffer policy of that wait.
+    """
+
+    def __init__(self, catalog: SymbolCatalog, *, settings: WriterSettings, check_open: Callable[[], None]) -> None:
+        self._catalog = catalog
+        self._settings = settings
+        self._check_open = check_open
 
     async def pairs(self, rows: Iterable[Any], writer: BatchWriter) -> list[tuple[int, Any]]:
         """Pair rows with symbol ids: cache first, then one query per exchange for misses, registering unknowns."""
-        db = self._db
-        get = db._symbol_ids.get
-        known_ids = db._known_ids
-        pairs: list[tuple[int, Any]] = []
-        append = pairs.append
-        missing: list[Any] = []
-        for r in rows:
-            sid = r.symbol_id
-            if sid is None:
-                sid = get((r.exchange, r.symbol))
-                if sid is None:
-                    missing.append(r)
-                    continue
-            elif sid not in known_ids:
-                missing.append(r)
-                continue
-            append((sid, r))
+        pairs, missing = self._catalog.pair_cached(rows)
         if missing:
             pairs.extend(await self._slow(missing, writer))
         return pairs
 
     async def _slow(self, rows: list[Any], writer: BatchWriter) -> list[tuple[int, Any]]:
-        db = self._db
+        catalog = self._catalog
         by_id = [r for r in rows if r.symbol_id is not None]
         by_name = [r for r in rows if r.symbol_id is None]
         out: list[tuple[int, Any]] = []
         if by_id:
-            # An id outside int4 would fail the lookup's statement: no symbol has it.
-            wanted_ids = sorted({r.symbol_id for r in by_id if type(r.symbol_id) is int and 0 < r.symbol_id < 2**31})
-            found = (await self.until_reachable(reads.fetch_symbols_by_ids, wanted_ids, writer=writer)
-                     if wanted_ids else [])
-            for sym in found:
-                db._remember_symbol(sym)
-            ids = {s.id for s in found}
+            await self.until_reachable(catalog.load_ids, [r.symbol_id for r in by_id], writer=writer)
+            known = catalog.known_ids
             for r in by_id:
-                if r.symbol_id in ids:
+                if r.symbol_id in known:
                     out.append((r.symbol_id, r))
                 else:
                     writer.rejects.add("unknown_symbol_id", f"symbol_id {r.symbol_id!r}")
@@ -90,8 +71,7 @@ class RowResolver:
             if not isinstance(name, str):
                 raise ValidationError(f"exchange must be a string, got {type(name).__name__}")
             if not bad_text(name):
-                exchanges[name] = await self.until_reachable(
-                    db.get_exchange_by_enum, name, writer=writer, pool=False)
+                exchanges[name] = await self.until_reachable(catalog.exchange, name, writer=writer)
         wanted: dict[str, set[str]] = {}
         refused: set[str] = set()
         for r in by_name:
@@ -107,46 +87,40 @@ class RowResolver:
             else:
                 wanted.setdefault(r.exchange, set()).add(sym)
         for name, syms in wanted.items():
-            registered, created = await self._register(exchanges[name].id, sorted(syms), writer, refused)
-            for sym in registered:
-                db._remember_symbol(sym)
+            created = await self._register(exchanges[name].id, sorted(syms), writer, refused)
             if created:
                 logger.info("registered %d new symbol(s) of %s on first sight; the next sync fills them in",
                             created, name)
-        get = db._symbol_ids.get
+        cached_id = catalog.cached_id
         for r in by_name:
             if r.exchange in exchanges and isinstance(r.symbol, str) and 0 < len(r.symbol) <= MAX_SYMBOL_LEN:
-                sid = get((r.exchange, r.symbol))
+                sid = cached_id(r.exchange, r.symbol)
                 if sid is not None:
                     out.append((sid, r))
                 elif r.symbol in refused:
                     writer.rejects.add("symbol_rejected", repr(r))
         return out
 
-    async def _register(
-        self, exchange_id: int, names: list[str], writer: BatchWriter, refused: set[str],
-    ) -> tuple[list[Any], int]:
+    async def _register(self, exchange_id: int, names: list[str], writer: BatchWriter, refused: set[str]) -> int:
         """Register ``names`` in one statement; if the server refuses the statement for a value in it, one name at
-        a time, so that only the refused names' rows are rejected (they find no id and are counted)."""
+        a time, so that only the refused names' rows are rejected (they find no id and are counted). Returns how
+        many symbols were created."""
+        register = self._catalog.register
         try:
-            return await self.until_reachable(reads.register_symbols, exchange_id, names, writer=writer)
+            return (await self.until_reachable(register, exchange_id, names, writer=writer))[1]
         except dberrors.CATCH as exc:
             if len(names) == 1:
                 _refuse(names[0], exc, writer, refused)
-                return [], 0
-        registered: list[Any] = []
+                return 0
         created = 0
         for name in names:
             try:
-                got, made = await self.until_reachable(reads.register_symbols, exchange_id, [name], writer=writer)
+                created += (await self.until_reachable(register, exchange_id, [name], writer=writer))[1]
             except dberrors.CATCH as exc:
                 _refuse(name, exc, writer, refused)
-                continue
-            registered += got
-            created += made
-        return registered, created
+        return created
 
-    async def until_reachable(self, fn: Any, *args: Any, writer: BatchWriter, pool: bool = True) -> Any:
+    async def until_reachable(self, fn: Any, *args: Any, writer: BatchWriter) -> Any:
         """Run a lookup the hot path cannot do without (an unknown symbol's id), retrying while the database is away.
 
         Rows of known symbols keep flowing into the writers' buffer and spool during an outage; a row whose
@@ -157,15 +131,15 @@ class RowResolver:
         Only what :func:`hftdb.dberrors.classify` calls ``WAIT`` is waited out. A data error is raised at once, and
         any other error after :data:`hftdb.dberrors.MAX_OTHER_ATTEMPTS` attempts: retrying cannot fix either.
         """
-        db = self._db
-        delay = db.settings.writer.retry_initial_ms / 1000.0
-        cap = db.settings.writer.retry_max_ms / 1000.0
+        settings = self._settings
+        delay = settings.retry_initial_ms / 1000.0
+        cap = settings.retry_max_ms / 1000.0
         warned = False
         others = 0
         while True:
-            db._check_open()
+            self._check_open()
             try:
-                return await (fn(db.pool, *args) if pool else fn(*args))
+                return await fn(*args)
             except dberrors.CATCH as exc:
                 kind = dberrors.classify(exc)
                 if kind == dberrors.DATA:
@@ -174,7 +148,7 @@ class RowResolver:
                     others += 1
                     if others >= dberrors.MAX_OTHER_ATTEMPTS:
                         raise
-                elif db.settings.writer.full_policy == "raise":
+                elif settings.full_policy == "raise":
                     raise DatabaseUnavailableError(
                         f"cannot register new symbols while the database is unreachable: {type(exc).__name__}"
                     ) from exc

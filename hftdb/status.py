@@ -17,9 +17,11 @@ from typing import Any
 
 import msgspec
 
+from .tablespec import TABLES
+
 __all__ = ["StatusReporter", "Summary"]
 
-_FEED_TABLES = (("book_rows", "book_tickers"), ("funding_rows", "funding_rates"), ("balance_rows", "balances"))
+_FEED_TABLES = tuple((t.feed_rows, t.name) for t in TABLES)
 
 
 class StatusReporter:

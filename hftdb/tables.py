@@ -1,38 +1,31 @@
-"""The three time-series writers: validation, binary row layouts and latest-row upserts per table.
+"""The three time-series writers: rows into batches, and latest-row upserts per table.
 
-Each row is checked on a fast path (one chained comparison that also fails on NaN and on a wrong type) and
-packed with a precompiled ``struct.Struct`` chosen by its NULL pattern. A row that fails is rejected alone,
-with a reason, and the rows beside it go on.
+Each row is checked by the wire layer's rules (:mod:`hftdb.wire.rules`; book tickers on a fast path, one
+chained comparison that also fails on NaN and on a wrong type) and packed in its layout
+(:mod:`hftdb.wire.books`, :mod:`hftdb.wire.rows`). A row that fails is rejected alone, with a reason, and the
+rows beside it go on.
 """
 
 from __future__ import annotations
 
-import math
 import struct
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Iterable
 
 from msgspec.structs import astuple
 
-from .copy import HEADER, PG_EPOCH_US, encode_numeric, split_tuples
-from .models import FUTURE_SLACK_US, MIN_TS_US, Balance, BookTicker, FundingRate, now_us
+from .models import Balance, BookTicker, FundingRate, now_us
+from .wire.books import LAYOUTS
+from .wire.copy import HEADER, PG_EPOCH_US, split_tuples
+from .wire.rows import balance_tuple, funding_tuple
+# The acceptance rules and reasons are the wire layer's; bad_text and the time bounds stay importable from here.
+from .wire.rules import (
+    FUTURE_SLACK_US, INF, MIN_TS_US, bad_text, balance_check, book_ticker_reason, funding_reason,
+)
 from .writer import BatchWriter
 
 __all__ = ["BookTickerWriter", "FundingRateWriter", "BalanceWriter", "MIN_TS_US", "FUTURE_SLACK_US", "bad_text",
            "seen_before"]
-
-INF = math.inf
-
-
-def bad_text(value: str) -> bool:
-    """Whether a text value must not reach the database: it holds a character that is not printable.
-
-    ``str.isprintable`` (one C pass) is False for NUL, which PostgreSQL text cannot hold (22021), for a lone
-    surrogate, which UTF-8 cannot encode, and for control, format, private-use and unassigned characters and
-    separators other than the space, none of which belong in a symbol, an asset or an account name. Such a value
-    is rejected with its row (``<field>_bad_char``) before any query: sent, it would fail the statement.
-    """
-    return not value.isprintable()
 
 
 def seen_before(batch: Any, row: bytes | memoryview) -> bool:
@@ -52,28 +45,6 @@ def seen_before(batch: Any, row: bytes | memoryview) -> bool:
         seen.update(split_tuples(batch.buf, batch.seen_upto, end))
         batch.seen_upto = end
     return row in seen
-
-
-def _ts_reason(ts: Any, ts_max: int, what: str) -> str | None:
-    if type(ts) is not int:
-        return f"{what}_wrong_type"
-    if ts < MIN_TS_US or ts > ts_max:
-        return f"{what}_out_of_range"
-    return None
-
-
-def _price_reason(value: Any, what: str, *, allow_zero: bool = False) -> str | None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return f"{what}_wrong_type"
-    if value != value:
-        return f"{what}_nan"
-    if value in (INF, -INF):
-        return f"{what}_infinite"
-    if value < 0:
-        return f"{what}_negative"
-    if value == 0 and not allow_zero:
-        return f"{what}_zero"
-    return None
 
 
 # The ledger rows of a commit's batches, and the NOTIFY that ends it: shared by every writer's latest statement.
@@ -167,12 +138,8 @@ def _staged_latest(table: str, types: dict[str, str]) -> tuple[str, str, str, st
 _BT_LATEST_FIELDS = tuple(BookTicker.__struct_fields__.index(c) for c in (
     "recv_ts", "exchange_ts", "bid_price", "bid_qty", "ask_price", "ask_qty", "update_id"))
 
-# 8 fields: symbol_id int4, recv_ts, exchange_ts?, bid_price, bid_qty, ask_price, ask_qty float8, update_id int8?
-_BT_HEAD = "hiiiq"  # field count; symbol_id (len, int4); recv_ts (len, int8)
-_BT = {
-    (e, u): struct.Struct("!" + _BT_HEAD + ("iq" if e else "i") + "id" * 4 + ("iq" if u else "i"))
-    for e in (True, False) for u in (True, False)
-}
+# The whole COPY tuple per NULL pattern of (exchange_ts, update_id), from the wire layer's one layout.
+_BT = {pattern: layout.row for pattern, layout in LAYOUTS.items()}
 
 
 class BookTickerWriter(BatchWriter):
@@ -218,6 +185,7 @@ class BookTickerWriter(BatchWriter):
         for sid, r in rows:
             bp, bq, ap, aq, recv, ex, uid = r.bid_price, r.bid_qty, r.ask_price, r.ask_qty, r.recv_ts, r.exchange_ts, r.update_id
             try:
+                # wire.rules.book_fits inlined, with the receipt time (a call per row would cost more than the check)
                 if 0.0 < bp <= ap < INF and 0.0 < bq < INF and 0.0 < aq < INF and MIN_TS_US <= recv <= ts_max:
                     if ex is not None:
                         if not MIN_TS_US <= ex <= ts_max:
@@ -233,7 +201,7 @@ class BookTickerWriter(BatchWriter):
                 else:
                     raise TypeError
             except (TypeError, struct.error):
-                reject(_book_ticker_reason(r, ts_max), f"{r.exchange}:{r.symbol} {r!r}")
+                reject(book_ticker_reason(r, ts_max), f"{r.exchange}:{r.symbol} {r!r}")
                 continue
             prev = latest_get(sid)
             if prev is None or prev.recv_ts < recv:
@@ -290,31 +258,6 @@ def _vector() -> Any:
     return vector
 
 
-def _book_ticker_reason(r: BookTicker, ts_max: int) -> str:
-    for value, what in ((r.bid_price, "bid_price"), (r.ask_price, "ask_price")):
-        reason = _price_reason(value, what)
-        if reason:
-            return reason
-    for value, what in ((r.bid_qty, "bid_qty"), (r.ask_qty, "ask_qty")):
-        reason = _price_reason(value, what, allow_zero=True)
-        if reason:
-            return reason
-        if value == 0:
-            return "empty_quote"
-    if r.bid_price > r.ask_price:
-        return "crossed_quote"
-    reason = _ts_reason(r.recv_ts, ts_max, "recv_ts")
-    if reason:
-        return reason
-    if r.exchange_ts is not None:
-        reason = _ts_reason(r.exchange_ts, ts_max, "exchange_ts")
-        if reason:
-            return reason
-    if r.update_id is not None and (type(r.update_id) is not int or not -(2**63) <= r.update_id < 2**63):
-        return "update_id_invalid"
-    return "invalid"
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # funding_rates and balances: rows through ``BatchWriter._append_row``
 
@@ -331,7 +274,6 @@ class _KeyedRowWriter(BatchWriter):
         self.stats.rows_duplicate += 1
         return True
 
-# 7 fields: symbol_id, recv_ts, exchange_ts?, rate, next_funding_ts?, mark_price?, index_price?
 
 
 class FundingRateWriter(_KeyedRowWriter):
@@ -349,17 +291,11 @@ class FundingRateWriter(_KeyedRowWriter):
         ts_max = now_us() + FUTURE_SLACK_US
         added = 0
         for sid, r in rows:
-            reason = _funding_reason(r, ts_max)
+            reason = funding_reason(r, ts_max)
             if reason:
                 self.rejects.add(reason, f"{r.exchange}:{r.symbol} {r!r}")
                 continue
-            parts = [struct.pack("!hiiiq", 7, 4, sid, 8, r.recv_ts - PG_EPOCH_US)]
-            parts.append(_opt_ts(r.exchange_ts))
-            parts.append(struct.pack("!id", 8, r.rate))
-            parts.append(_opt_ts(r.next_funding_ts))
-            parts.append(_opt_f8(r.mark_price))
-            parts.append(_opt_f8(r.index_price))
-            row = b"".join(parts)
+            row = funding_tuple(sid, r)
             if self._repeats(sid, r.recv_ts, row):
                 continue
             self._append_row(sid, r, row, r.recv_ts)
@@ -379,51 +315,8 @@ class FundingRateWriter(_KeyedRowWriter):
         ]
 
 
-_TS = struct.Struct("!iq")
-_F8 = struct.Struct("!id")
-_NULL = struct.pack("!i", -1)
-
-
-def _opt_ts(value: int | None) -> bytes:
-    return _NULL if value is None else _TS.pack(8, value - PG_EPOCH_US)
-
-
-def _opt_f8(value: float | None) -> bytes:
-    return _NULL if value is None else _F8.pack(8, value)
-
-
-def _funding_reason(r: FundingRate, ts_max: int) -> str | None:
-    rate = r.rate
-    if not isinstance(rate, (int, float)) or isinstance(rate, bool):
-        return "rate_wrong_type"
-    if not math.isfinite(rate):
-        return "rate_not_finite"
-    for value, what in ((r.mark_price, "mark_price"), (r.index_price, "index_price")):
-        if value is not None:
-            reason = _price_reason(value, what)
-            if reason:
-                return reason
-    reason = _ts_reason(r.recv_ts, ts_max, "recv_ts")
-    if reason:
-        return reason
-    if r.exchange_ts is not None:
-        reason = _ts_reason(r.exchange_ts, ts_max, "exchange_ts")
-        if reason:
-            return reason
-    if r.next_funding_ts is not None:
-        # The next funding time is in the future by design; allow up to a year ahead.
-        reason = _ts_reason(r.next_funding_ts, ts_max + 365 * 86_400_000_000, "next_funding_ts")
-        if reason:
-            return reason
-    return None
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # balances
-
-_MAX_ASSET_LEN = 32
-_MAX_ACCOUNT_LEN = 64
-
 
 class BalanceWriter(_KeyedRowWriter):
     """Writer of ``balances`` (exact numerics); keeps ``balances_latest`` current in the same transaction."""
@@ -445,21 +338,11 @@ class BalanceWriter(_KeyedRowWriter):
         ts_max = now_us() + FUTURE_SLACK_US
         added = 0
         for exchange_id, r in rows:
-            reason, free, locked = _balance_check(r, ts_max)
+            reason, free, locked = balance_check(r, ts_max)
             if reason:
                 self.rejects.add(reason, repr(r))
                 continue
-            account, asset = r.account.encode(), r.asset.encode()
-            f_bytes, l_bytes = encode_numeric(free), encode_numeric(locked)
-            row = b"".join((
-                struct.pack("!hii", 7, 4, exchange_id),
-                struct.pack("!i", len(account)), account,
-                struct.pack("!i", len(asset)), asset,
-                _TS.pack(8, r.recv_ts - PG_EPOCH_US),
-                _opt_ts(r.exchange_ts),
-                struct.pack("!i", len(f_bytes)), f_bytes,
-                struct.pack("!i", len(l_bytes)), l_bytes,
-            ))
+            row = balance_tuple(exchange_id, r, free, locked)
             key = (exchange_id, r.account, r.asset)
             if self._repeats(key, r.recv_ts, row):
                 continue
@@ -487,47 +370,3 @@ class BalanceWriter(_KeyedRowWriter):
 
     def _decode_latest(self, stored: list[Any]) -> list[Any]:
         return stored[:5] + [[Decimal(v) for v in stored[5]], [Decimal(v) for v in stored[6]]]
-
-
-def _to_decimal(value: Any) -> Decimal | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, Decimal):
-        return value
-    if isinstance(value, int):
-        return Decimal(value)
-    if isinstance(value, float):
-        return Decimal(repr(value))
-    if isinstance(value, str):
-        try:
-            return Decimal(value)
-        except InvalidOperation:
-            return None
-    return None
-
-
-def _balance_check(r: Balance, ts_max: int) -> tuple[str | None, Decimal, Decimal]:
-    zero = Decimal(0)
-    if not isinstance(r.asset, str) or not 0 < len(r.asset) <= _MAX_ASSET_LEN:
-        return "asset_invalid", zero, zero
-    if not r.asset.isprintable():
-        return "asset_bad_char", zero, zero
-    if not isinstance(r.account, str) or not 0 < len(r.account) <= _MAX_ACCOUNT_LEN:
-        return "account_invalid", zero, zero
-    if not r.account.isprintable():
-        return "account_bad_char", zero, zero
-    free, locked = _to_decimal(r.free), _to_decimal(r.locked)
-    if free is None or locked is None:
-        return "amount_wrong_type", zero, zero
-    if not free.is_finite() or not locked.is_finite():
-        return "amount_not_finite", zero, zero
-    if locked < 0:
-        return "locked_negative", zero, zero
-    reason = _ts_reason(r.recv_ts, ts_max, "recv_ts")
-    if reason:
-        return reason, zero, zero
-    if r.exchange_ts is not None:
-        reason = _ts_reason(r.exchange_ts, ts_max, "exchange_ts")
-        if reason:
-            return reason, zero, zero
-    return None, free, locked

@@ -3,34 +3,49 @@
 A :class:`UnitOfWork` wraps one connection inside one transaction. Its writes go straight to the database with
 the same validation and binary COPY encoding as the batch writers, but a rejected row fails the whole unit
 (raising :class:`ValidationError`, which rolls the transaction back) instead of being skipped: atomic means atomic.
-Cache updates are applied only after the commit.
+Exchanges and symbols it registers reach the :class:`~hftdb.catalog.SymbolCatalog` only after the commit
+(:func:`unit_of_work`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable
+from typing import Any, AsyncIterator, Callable, Iterable
 
 import asyncpg
 
-from . import dberrors, reads
+from . import catalog as _sql
+from . import dberrors
+from .catalog import MAX_SYMBOL_LEN, SymbolCatalog, check_symbol
 from .errors import UnknownExchangeError, UnknownSymbolError, ValidationError
 from .models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Symbol
-from .resolve import MAX_SYMBOL_LEN
 from .tables import bad_text
 
-if TYPE_CHECKING:
-    from .manager import DatabaseManager
+__all__ = ["UnitOfWork", "unit_of_work"]
 
-__all__ = ["UnitOfWork"]
+#: Builds the encoder of one table (a batch writer that is never started): how a unit packs its rows.
+EncoderFactory = Callable[[str], Any]
+
+
+@contextlib.asynccontextmanager
+async def unit_of_work(conn: asyncpg.Connection, *, catalog: SymbolCatalog,
+                       encoder: EncoderFactory) -> AsyncIterator[UnitOfWork]:
+    """A :class:`UnitOfWork` in a transaction on ``conn``; its exchanges and symbols are cached once it commits."""
+    uow = UnitOfWork(conn, encoder=encoder)
+    async with conn.transaction():
+        yield uow
+    for ex in uow._new_exchanges:
+        catalog.remember_exchange(ex)
+    for sym in uow._new_symbols:
+        catalog.remember_symbol(sym)
 
 
 class UnitOfWork:
     """Writes inside one transaction. Obtain it from ``DatabaseManager.transaction()``."""
 
-    def __init__(self, manager: DatabaseManager, conn: asyncpg.Connection) -> None:
-        self._manager = manager
+    def __init__(self, conn: asyncpg.Connection, *, encoder: EncoderFactory) -> None:
         self._conn = conn
+        self._encoder = encoder
         self._new_exchanges: list[Exchange] = []
         self._new_symbols: list[Symbol] = []
 
@@ -50,16 +65,14 @@ class UnitOfWork:
         text = str(getattr(name, "value", name))
         if bad_text(text):
             raise ValidationError(f"exchange name must hold printable characters only, got {text!r}")
-        ex = await reads.upsert_exchange(self._conn, text, market, True)
+        ex = await _sql.upsert_exchange(self._conn, text, market, True)
         self._new_exchanges.append(ex)
         return ex
 
     async def insert_symbol(self, symbol: Symbol) -> Symbol:
         """Register or update a symbol in this transaction."""
-        from .manager import _check_symbol
-
-        _check_symbol(symbol)
-        sym = (await reads.upsert_symbols(self._conn, [symbol]))[0]
+        check_symbol(symbol)
+        sym = (await _sql.upsert_symbols(self._conn, [symbol]))[0]
         self._new_symbols.append(sym)
         return sym
 
@@ -82,13 +95,16 @@ class UnitOfWork:
         if not isinstance(name, str) or bad_text(name):
             # Looked up, the server would refuse the query and abort the whole transaction with a database error.
             raise ValidationError(f"exchange name must hold printable characters only, got {name!r}")
+        found: Exchange | None = None
         for ex in self._new_exchanges:
             if ex.name == name:
-                return ex.id  # type: ignore[return-value]
-        ex = await reads.fetch_exchange(self._conn, name)
-        if ex is None:
+                found = ex
+                break
+        else:
+            found = await _sql.fetch_exchange(self._conn, name)
+        if found is None or found.id is None:
             raise UnknownExchangeError(f"unknown exchange {name!r}")
-        return ex.id  # type: ignore[return-value]
+        return found.id
 
     async def _pairs(self, rows: list[Any]) -> list[tuple[int, Any]]:
         pairs = []
@@ -97,7 +113,7 @@ class UnitOfWork:
             if sid is None:
                 if not isinstance(r.symbol, str) or bad_text(r.symbol) or not 0 < len(r.symbol) <= MAX_SYMBOL_LEN:
                     raise ValidationError(f"invalid symbol {r.symbol!r} on {r.exchange!r} in a unit of work")
-                sym = await reads.fetch_symbol_by_name(self._conn, await self._exchange_id(r.exchange), r.symbol)
+                sym = await _sql.fetch_symbol_by_name(self._conn, await self._exchange_id(r.exchange), r.symbol)
                 if sym is None:
                     raise UnknownSymbolError(f"unknown symbol {r.symbol!r} on {r.exchange}")
                 sid = sym.id
@@ -105,12 +121,8 @@ class UnitOfWork:
         return pairs
 
     async def _write(self, table: str, pairs: list[tuple[int, Any]]) -> int:
-        from .tables import BalanceWriter, BookTickerWriter, FundingRateWriter
-
-        cls = {"book_tickers": BookTickerWriter, "funding_rates": FundingRateWriter, "balances": BalanceWriter}[table]
-        m = self._manager
-        encoder = cls(m.pool, settings=m.settings.writer, storage=m.settings.storage, spool_dir=None)
-        added = encoder.add(pairs)  # type: ignore[attr-defined]
+        encoder = self._encoder(table)
+        added = encoder.add(pairs)
         if added != len(pairs):
             raise ValidationError(f"{len(pairs) - added} invalid {table} row(s) in a unit of work: "
                                   f"{encoder.rejects.snapshot()}")
@@ -123,9 +135,3 @@ class UnitOfWork:
             # mistake, so a typed error, and the transaction rolls back as for any invalid row.
             raise ValidationError(f"the database refused a {table} row in a unit of work "
                                   f"({dberrors.sqlstate(exc)}: {exc})") from exc
-
-    def _committed(self) -> None:
-        for ex in self._new_exchanges:
-            self._manager._remember_exchange(ex)
-        for sym in self._new_symbols:
-            self._manager._remember_symbol(sym)

@@ -20,132 +20,32 @@ the per-row path's own reasons and the rest are taken.
 
 The columnar API (:meth:`DatabaseManager.insert_book_ticker_columns`) shares steps 2-3.
 
-:func:`copy_columns` packs a commit's latest rows (column arrays, NULLs as None) the same way, for the binary COPY
-into the latest-upsert staging table (:mod:`hftdb.commit`).
+:func:`~hftdb.wire.copy.copy_columns` (the wire layer's) packs a commit's latest rows the same way, for the
+binary COPY into the latest-upsert staging table (:mod:`hftdb.commit`).
 """
 
 from __future__ import annotations
 
 import struct
 from itertools import starmap
-from operator import attrgetter, itemgetter
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from msgspec.structs import astuple
 
-from .copy import HEADER, PG_EPOCH_US, TRAILER
 from .models import BookTicker, now_us
-
-from .tables import FUTURE_SLACK_US, MIN_TS_US, _book_ticker_reason, seen_before
-
-try:
-    from ._vector_fast import pack_tickers as _pack_tickers
-except ImportError:  # built without a C compiler: add_tickers packs with struct alone
-    _pack_tickers = None
+from .tables import seen_before
+from .wire.books import LAYOUTS, Layout
+# copy_columns stays importable from here for the writer.
+from .wire.copy import PG_EPOCH_US, copy_columns
+from .wire.loader import NATIVE
+from .wire.rules import FUTURE_SLACK_US, MIN_TS_US, book_ok_columns, book_ticker_reason
 
 if TYPE_CHECKING:
     from .tables import BookTickerWriter
 
 __all__ = ["Layout", "LAYOUTS", "add_tickers", "add_columns", "append_rows", "copy_columns", "latest_of"]
 
-_INF = np.inf
-
-
-class Layout:
-    """The binary COPY tuple of ``book_tickers`` for one NULL pattern of (exchange_ts, update_id)."""
-
-    def __init__(self, has_e: bool, has_u: bool) -> None:
-        self.has_e, self.has_u = has_e, has_u
-        # Pad bytes ("4x") stand where the constants go; the template fills them in.
-        fmt = "2x4xi4xq" + ("4xq" if has_e else "4x") + "4xd" * 4 + ("4xq" if has_u else "4x")
-        self.pack: Callable[..., bytes] = struct.Struct("!" + fmt).pack
-        # A row's values in COPY column order, picked from msgspec's astuple (a C-level copy of the fields, much
-        # cheaper than eight attribute reads) by position in BookTicker's field order.
-        index = {name: i for i, name in enumerate(BookTicker.__struct_fields__)}
-        names = ["symbol_id", "recv_ts"] + (["exchange_ts"] if has_e else []) + [
-            "bid_price", "bid_qty", "ask_price", "ask_qty"] + (["update_id"] if has_u else [])
-        self.values: Callable[[Any], tuple[Any, ...]] = itemgetter(*(index[name] for name in names))
-        #: The same without symbol_id, for rows whose ids were resolved from their names (prepended per row).
-        self.values_but_id: Callable[[Any], tuple[Any, ...]] = itemgetter(*(index[name] for name in names[1:]))
-        fields = [("nf", ">i2"), ("l_sid", ">i4"), ("sid", ">i4"), ("l_recv", ">i4"), ("recv", ">i8"), ("l_ex", ">i4")]
-        if has_e:
-            fields.append(("ex", ">i8"))
-        for name in ("bp", "bq", "ap", "aq"):
-            fields += [(f"l_{name}", ">i4"), (name, ">f8")]
-        fields.append(("l_uid", ">i4"))
-        if has_u:
-            fields.append(("uid", ">i8"))
-        self.dtype = np.dtype(fields)
-        assert struct.calcsize("!" + fmt) == self.dtype.itemsize
-        one = np.zeros(1, self.dtype)
-        one["nf"] = 8
-        for name in ("l_sid",):
-            one[name] = 4
-        for name in ("l_recv", "l_bp", "l_bq", "l_ap", "l_aq"):
-            one[name] = 8
-        one["l_ex"] = 8 if has_e else -1
-        one["l_uid"] = 8 if has_u else -1
-        self._one = one.view(np.uint8)
-        self._template = np.tile(self._one, 1024)
-        self.whole = _Whole(has_e, has_u, with_id=True)
-        self.whole_but_id = _Whole(has_e, has_u, with_id=False)
-
-    def template(self, n: int) -> Any:
-        """The constant bytes of ``n`` tuples (field count and field lengths), zeros elsewhere (read-only)."""
-        size = n * self.dtype.itemsize
-        if len(self._template) < size:
-            self._template = np.tile(self._one, max(n, 2 * len(self._template) // self.dtype.itemsize))
-        return self._template[:size]
-
-    def empty(self, n: int) -> Any:
-        """``n`` tuples with their constants set, values to be filled in."""
-        return self.template(n).copy().view(self.dtype)
-
-
-#: struct codes and numpy types of BookTicker's fields for :class:`_Whole` (names and venues are skipped).
-_FIELD_CODES = {
-    "exchange": ("?", "u1"), "symbol": ("?", "u1"), "bid_price": ("d", ">f8"), "bid_qty": ("d", ">f8"),
-    "ask_price": ("d", ">f8"), "ask_qty": ("d", ">f8"), "recv_ts": ("q", ">i8"), "exchange_ts": ("q", ">i8"),
-    "update_id": ("q", ">i8"), "symbol_id": ("i", ">i4"),
-}
-
-
-class _Whole:
-    """A row's whole ``astuple`` packed in BookTicker's field order, for one NULL pattern.
-
-    Cheaper than picking the COPY columns out of each tuple first (an ``itemgetter`` call per row, ~85 ns of a
-    ~340 ns encode, measured): ``?`` takes the exchange and symbol names (and any field the pattern has as NULL,
-    or symbol_id when the ids come apart) as one ignored byte, and numpy moves the columns into COPY order. A
-    field the pattern has as NULL must then be None in every row, checked apart (:meth:`nulls_hold`): ``?``
-    would take any value.
-    """
-
-    def __init__(self, has_e: bool, has_u: bool, *, with_id: bool) -> None:
-        null = ({"exchange_ts"} if not has_e else set()) | ({"update_id"} if not has_u else set())
-        codes, fields = [], []
-        for name in BookTicker.__struct_fields__:
-            code, dtype = _FIELD_CODES[name]
-            if name in null or (name == "symbol_id" and not with_id):
-                code, dtype = "?", "u1"
-            codes.append(code)
-            fields.append((name, dtype))
-        self.pack: Callable[..., bytes] = struct.Struct("!" + "".join(codes)).pack
-        self.dtype = np.dtype(fields)
-        assert struct.calcsize("!" + "".join(codes)) == self.dtype.itemsize
-        self.nulls = [(name, attrgetter(name)) for name in sorted(null)]
-
-    def nulls_hold(self, rows: Sequence[BookTicker], src: Any) -> bool:
-        """Whether every field the pattern has as NULL is None in every row (its ``?`` byte is 0 for None and for
-        any falsy value, so the bytes only rule out the truthy ones cheaply; ``count`` settles the rest in C)."""
-        n = len(rows)
-        for name, getter in self.nulls:
-            if src[name].any() or list(map(getter, rows)).count(None) != n:
-                return False
-        return True
-
-
-LAYOUTS = {(e, u): Layout(e, u) for e in (True, False) for u in (True, False)}
 
 #: Calls smaller than this go the per-row path: a vectorized call has a fixed cost of tens of µs (a dozen numpy
 #: operations), which pays for itself only over about a hundred rows. Measured on 1..2,000-row calls (busy 2-core
@@ -164,12 +64,13 @@ def add_tickers(
         return None
     first = rows[0]
     layout = LAYOUTS[(first.exchange_ts is not None, first.update_id is not None)]
-    if _pack_tickers is not None and type(rows) is list:
+    pack_tickers = NATIVE.pack_tickers
+    if pack_tickers is not None and type(rows) is list:
         # The C packer (_vector_fast.c) writes the COPY tuples straight from the records' slots and checks their
         # values on the way, or refuses the call (any row of another type or NULL pattern, a value that is not a
         # float or int, an int out of range) and leaves it to the struct packing below, as before.
         ts_max = now_us() + FUTURE_SLACK_US
-        fast = _pack_tickers(rows, BookTicker, layout.has_e, layout.has_u, sids is None, MIN_TS_US, ts_max)
+        fast = pack_tickers(rows, BookTicker, layout.has_e, layout.has_u, sids is None, MIN_TS_US, ts_max)
         if fast is not None:
             data, ids, ok, lo, hi, ordered, rising = fast
             if not known_ids.issuperset(ids if sids is None else sids):
@@ -237,16 +138,12 @@ def _take(
     if ts_max is None:
         ts_max = now_us() + FUTURE_SLACK_US
     bp, bq, ap, aq = (recs[k].astype(np.float64) for k in ("bp", "bq", "ap", "aq"))
-    with np.errstate(invalid="ignore"):
-        ok = (bp > 0) & (bp <= ap) & (ap < _INF) & (bq > 0) & (bq < _INF) & (aq > 0) & (aq < _INF)
-        ok &= (recv >= MIN_TS_US) & (recv <= ts_max)
-        if ex is not None:
-            ok &= (ex >= MIN_TS_US) & (ex <= ts_max)
+    ok = book_ok_columns(bp, bq, ap, aq, recv, ex, ts_max)
     if not ok.all():
         bad = np.flatnonzero(~ok).tolist()
         for i in bad:
             r = rows[i] if rows is not None else _ticker_at(recs, layout, i, int(sid[i]), int(recv[i]), ex)
-            writer.rejects.add(_book_ticker_reason(r, ts_max), f"{r.exchange}:{r.symbol} id {r.symbol_id} {r!r}")
+            writer.rejects.add(book_ticker_reason(r, ts_max), f"{r.exchange}:{r.symbol} id {r.symbol_id} {r!r}")
         keep = np.flatnonzero(ok)
         recs, sid, recv = recs[keep], sid[keep], recv[keep]
         ex = None if ex is None else ex[keep]
@@ -444,45 +341,3 @@ def _ticker_at(recs: Any, layout: Layout, i: int, sid: int, recv: int, ex: Any) 
         "", "", float(rec["bp"]), float(rec["bq"]), float(rec["ap"]), float(rec["aq"]), recv,
         None if ex is None else int(ex[i]), int(rec["uid"]) if layout.has_u else None, sid,
     )
-
-
-#: numpy type of each column kind of :func:`copy_columns`: int4, int8, float8, and timestamptz given as Unix µs.
-_KINDS = {"i": ">i4", "q": ">i8", "d": ">f8", "t": ">i8"}
-_COLUMN_DTYPES: dict[str, Any] = {}
-
-
-def copy_columns(kinds: str, columns: Sequence[Sequence[Any]]) -> bytes:
-    """A whole binary COPY stream (header, one tuple per row, trailer) of rows given as columns, one kind per
-    column (``i`` int4, ``q`` int8, ``d`` float8, ``t`` timestamptz as Unix µs); None is NULL.
-
-    The rows are laid out at full width by numpy; a column holding None gets length -1 there and its value bytes
-    are dropped by one boolean mask. About 0.3 ms for 1,000 rows of eight columns, where the same columns as text
-    array literals cost ~2 ms (``repr`` of every float).
-    """
-    dtype = _COLUMN_DTYPES.get(kinds)
-    if dtype is None:
-        fields = [("nf", ">i2")]
-        for k, kind in enumerate(kinds):
-            fields += [(f"l{k}", ">i4"), (f"v{k}", _KINDS[kind])]
-        dtype = _COLUMN_DTYPES[kinds] = np.dtype(fields)
-    n = len(columns[0])
-    recs = np.empty(n, dtype)
-    recs["nf"] = len(kinds)
-    keep = None
-    for k, (kind, col) in enumerate(zip(kinds, columns)):
-        lengths = recs[f"l{k}"]
-        value, offset = dtype.fields[f"v{k}"][:2]
-        lengths[:] = value.itemsize
-        if None in col:
-            null = np.array([v is None for v in col], dtype=bool)
-            col = [0 if v is None else v for v in col]
-            lengths[null] = -1
-            if keep is None:
-                keep = np.ones((n, dtype.itemsize), dtype=bool)
-            keep[null, offset:offset + value.itemsize] = False
-        values = np.array(col, dtype=np.float64 if kind == "d" else np.int64)
-        if kind == "t":
-            values -= PG_EPOCH_US
-        recs[f"v{k}"] = values
-    raw = recs.view(np.uint8).reshape(n, dtype.itemsize)
-    return HEADER + (raw if keep is None else raw[keep]).tobytes() + TRAILER

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from hftdb import BookTicker, now_us
 from hftdb.config import ArchiveSettings, CacheSettings, DatabaseSettings, Settings, StorageSettings, WriterSettings
@@ -29,3 +30,32 @@ def tickers(n: int, *, start_id: int = 0, exchange: str = "binance_spot", symbol
                    exchange_ts=t + i - 5, update_id=start_id + i)
         for i in range(n)
     ]
+
+
+class SQL:
+    """A test's own statements on a DatabaseManager's pool, through its public ``connection()`` seam (timestamps
+    as integer Unix microseconds, like hftdb's own queries)."""
+
+    def __init__(self, db: Any) -> None:
+        self._db = db
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        async with self._db.connection() as conn:
+            return await conn.fetchval(query, *args)
+
+    async def fetchrow(self, query: str, *args: Any) -> Any:
+        async with self._db.connection() as conn:
+            return await conn.fetchrow(query, *args)
+
+    async def fetch(self, query: str, *args: Any) -> Any:
+        async with self._db.connection() as conn:
+            return await conn.fetch(query, *args)
+
+    async def execute(self, query: str, *args: Any) -> Any:
+        async with self._db.connection() as conn:
+            return await conn.execute(query, *args)
+
+
+def sql(db: Any) -> SQL:
+    """:class:`SQL` on ``db``."""
+    return SQL(db)

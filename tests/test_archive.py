@@ -18,6 +18,7 @@ from hftdb import archive, metrics
 from hftdb.config import ArchiveSettings
 
 from helpers import settings as base_settings
+from helpers import sql
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -171,7 +172,7 @@ async def test_archive_writes_verified_files_then_drops_the_partitions(dsn, tmp_
         again = await db.archive_partitions(10)
         assert all(not r.archived and not r.finished for r in again.values())
         # What the archive holds, in the stats and on /metrics (the hot tier's figure needs the planner's rows).
-        await db.pool.execute("ANALYZE book_tickers")
+        await sql(db).execute("ANALYZE book_tickers")
         stats = await db.get_database_stats()
         bt = stats["archive"]["tables"]["book_tickers"]
         assert (bt["days"], bt["partitions"], bt["files"], bt["rows"]) == (3, 3, 6, n - 30)

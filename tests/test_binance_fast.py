@@ -1,4 +1,4 @@
-"""The C hot path of ``BinanceParser.book_read`` (``hftdb.exchanges._binance_fast``) against its Python loop.
+"""The C hot path of ``BinanceParser.book_read`` (``hftdb.wire._native._binance_fast``) against its Python loop.
 
 The C module takes only frames it can take whole and hands every other one back, so the two must agree on every
 input: the same rows, the same COPY tuples, the same duplicates, the same frames left for the general decode and
@@ -17,11 +17,12 @@ import msgspec
 import numpy as np
 import pytest
 
-from hftdb.exchanges import parse_binance
 from hftdb.exchanges.parse_binance import BinanceParser
 from hftdb.models import ExchangeName
-from hftdb.packed import LAYOUT, SIZE
 from hftdb.tables import FUTURE_SLACK_US, MIN_TS_US
+from hftdb.wire import loader
+from hftdb.wire.books import LAYOUT, SIZE
+from hftdb.wire.loader import NATIVE
 
 USDM = ExchangeName.BINANCE_USDM
 RECV = 1_795_387_612_694_618
@@ -29,7 +30,7 @@ TS_MAX = RECV + FUTURE_SLACK_US
 E_MS = 1_700_000_000_123
 IDS = {f"S{i:03d}USDT": i for i in range(1, 31)} | {"BTCUSDT": 100, "HUGEIDUSDT": 2**31, "NEGIDUSDT": -5}
 
-needs_c = pytest.mark.skipif(parse_binance._fast_book_read is None, reason="hftdb built without its C hot path")
+needs_c = pytest.mark.skipif(NATIVE.book_read is None, reason="hftdb built without its C hot path")
 
 
 def test_the_c_hot_paths_are_built_where_a_compiler_is():
@@ -37,11 +38,7 @@ def test_the_c_hot_paths_are_built_where_a_compiler_is():
     # present (CI, development), a silently skipped build would leave the feeds and writers ~2x slower.
     if shutil.which(sysconfig.get_config_var("CC").split()[0]) is None:
         pytest.skip("no C compiler on this machine")
-    from hftdb import columnar, vector
-
-    assert parse_binance._fast_book_read is not None
-    assert vector._pack_tickers is not None
-    assert columnar._decode_packed is not None
+    assert loader.built() == {"book_read": True, "pack_tickers": True, "decode_packed": True}
 
 
 def event(**fields: object) -> dict[str, object]:
@@ -59,9 +56,10 @@ def combined(ev: dict[str, object], **top: object) -> bytes:
 
 
 def run(frames: list[bytes | str], *, c: bool, per_read: int = 7, ids: dict[str, int] = IDS) -> dict[str, object]:
-    parser = BinanceParser(USDM, symbol_ids=lambda _exchange, symbol: ids.get(symbol))
     if not c:
-        parser._scan = None
+        with loader.disabled():
+            return run(frames, c=True, per_read=per_read, ids=ids)
+    parser = BinanceParser(USDM, symbol_ids=lambda _exchange, symbol: ids.get(symbol))
     last: dict[str, int] = {}
     rows: list = []
     buf = bytearray()
@@ -205,7 +203,7 @@ def test_recorded_frames_agree(fixtures_dir):
 
 @needs_c
 def test_bad_arguments_raise_type_errors():
-    scan = parse_binance._fast_book_read
+    scan = NATIVE.book_read
     with pytest.raises(TypeError):
         scan([], 0)
     with pytest.raises(TypeError):

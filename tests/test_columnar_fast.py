@@ -1,4 +1,4 @@
-"""The C decoder of packed latest rows (``hftdb._columnar_fast``) against ``PackedRows.decode``'s Python columns.
+"""The C decoder of packed latest rows (``hftdb.wire._native._columnar_fast``) against ``PackedRows.decode``'s Python columns.
 
 Both decode the same buffers, built as migration 0002's ``packed`` column lays rows out (big-endian symbol id,
 NULL bitmask, fields), for book tickers and funding rates, with every NULL pattern, extreme values and ids missing
@@ -7,6 +7,7 @@ from the maps; the records and the errors must be the same.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import struct
@@ -15,21 +16,21 @@ import pytest
 
 from hftdb import columnar, reads
 from hftdb.errors import DatabaseError
+from hftdb.wire import loader
+from hftdb.wire.loader import NATIVE
 
-needs_c = pytest.mark.skipif(columnar._decode_packed is None, reason="hftdb built without its C decoders")
+needs_c = pytest.mark.skipif(NATIVE.decode_packed is None, reason="hftdb built without its C decoders")
 
 
 def both(packed: columnar.PackedRows, *args):
     """(C result or exception, Python result or exception)."""
     out = []
-    for fast in (packed._fast, None):
-        saved, packed._fast = packed._fast, fast
-        try:
-            out.append(packed.decode(*args))
-        except Exception as exc:  # compared by type and message below
-            out.append((type(exc), str(exc)))
-        finally:
-            packed._fast = saved
+    for with_c in (True, False):
+        with contextlib.nullcontext() if with_c else loader.disabled():
+            try:
+                out.append(packed.decode(*args))
+            except Exception as exc:  # compared by type and message below
+                out.append((type(exc), str(exc)))
     return out
 
 

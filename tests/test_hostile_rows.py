@@ -17,7 +17,7 @@ import pytest
 from hftdb import Balance, BookTicker, DatabaseManager, ExchangeName, FundingRate, Symbol, ValidationError, now_us
 from hftdb import dberrors
 
-from helpers import settings, tickers
+from helpers import settings, sql, tickers
 
 #: Bound on a call that must return at once (generous: the machine is shared). Not a timing assertion: a hang
 #: fails the test instead of stalling it until the suite's timeout.
@@ -27,7 +27,7 @@ BAD_TEXT = {"nul": "BAD\x00USDT", "surrogate": "BAD\ud800USDT", "control": "BAD\
 
 
 async def _count(db: DatabaseManager, sql: str, *args: object) -> int:
-    async with db.pool.acquire() as conn:
+    async with db.connection() as conn:
         return await conn.fetchval(sql, *args)
 
 
@@ -169,7 +169,7 @@ def test_classify_by_sqlstate():
 
 async def _latest_matches_history(db: DatabaseManager) -> None:
     """Each symbol's latest row is its newest stored row (no refused row got into the latest table)."""
-    async with db.pool.acquire() as conn:
+    async with db.connection() as conn:
         wrong = await conn.fetchval("""
             SELECT count(*) FROM book_tickers_latest l
             WHERE (l.recv_ts, l.bid_price, l.update_id) IS DISTINCT FROM (
@@ -184,7 +184,7 @@ async def test_rows_the_server_refuses_at_commit_are_rejected_alone(dsn, tmp_pat
     (history) or at the latest upsert (latest table). Only they are lost, counted; the writer goes on."""
     async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
         await db.insert_exchange(ExchangeName.BINANCE_SPOT)
-        async with db.pool.acquire() as conn:
+        async with db.connection() as conn:
             await conn.execute("ALTER TABLE book_tickers ADD CONSTRAINT no_13 CHECK (bid_price <> 13.0)")
             await conn.execute("ALTER TABLE book_tickers_latest ADD CONSTRAINT no_77 CHECK (ask_qty <> 77.0)")
         rows = tickers(size, symbols=7)
@@ -197,7 +197,7 @@ async def test_rows_the_server_refuses_at_commit_are_rejected_alone(dsn, tmp_pat
         rows[latest_refused].ask_qty = 77.0
         assert await asyncio.wait_for(db.insert_book_ticker_snapshots(rows), BOUND) == size
         await asyncio.wait_for(db.flush(), BOUND * 3)
-        stored = {r["update_id"] for r in await db.pool.fetch("SELECT update_id FROM book_tickers")}
+        stored = {r["update_id"] for r in await sql(db).fetch("SELECT update_id FROM book_tickers")}
         assert stored == {r.update_id for i, r in enumerate(rows) if i not in refused | {latest_refused}}
         assert await _count(db, "SELECT count(*) FROM book_tickers") == len(stored)
         w = db.writer("book_tickers")
@@ -217,7 +217,7 @@ async def test_rows_the_server_refuses_at_commit_are_rejected_alone(dsn, tmp_pat
 async def test_refused_balances_and_funding_rates_are_rejected_alone(dsn, tmp_path):
     async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
         await db.insert_exchange(ExchangeName.BINANCE_USDM)
-        async with db.pool.acquire() as conn:
+        async with db.connection() as conn:
             await conn.execute("ALTER TABLE balances ADD CONSTRAINT small CHECK (free < 1000000)")
             await conn.execute("ALTER TABLE funding_rates ADD CONSTRAINT sane CHECK (rate < 0.5)")
         t = now_us()
@@ -237,7 +237,7 @@ async def test_refused_balances_and_funding_rates_are_rejected_alone(dsn, tmp_pa
         # Latest rows are the newest stored ones, exact numerics intact.
         latest = {(b.asset): b for b in await db.get_latest_balances(ExchangeName.BINANCE_USDM)}
         assert latest["A3"].free == Decimal(39) / 3 and latest["A3"].recv_ts == t + 39
-        async with db.pool.acquire() as conn:
+        async with db.connection() as conn:
             assert await conn.fetchval("SELECT count(*) FROM funding_rates_latest") == 3
 
 
@@ -246,7 +246,7 @@ async def test_taking_a_batch_apart_is_exactly_once_across_a_lost_connection(dsn
     attempt finds those parts in the ledger by their derived ids and sends only the rest."""
     async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
         await db.insert_exchange(ExchangeName.BINANCE_SPOT)
-        async with db.pool.acquire() as conn:
+        async with db.connection() as conn:
             await conn.execute("""
                 ALTER TABLE book_tickers ADD CONSTRAINT no_13 CHECK (bid_price <> 13.0);
                 CREATE SEQUENCE ledger_writes;
@@ -264,7 +264,7 @@ async def test_taking_a_batch_apart_is_exactly_once_across_a_lost_connection(dsn
         assert await asyncio.wait_for(db.insert_book_ticker_snapshots(rows), BOUND) == 1000
         await asyncio.wait_for(db.flush(), BOUND * 3)
         w = db.writer("book_tickers")
-        async with db.pool.acquire() as conn:
+        async with db.connection() as conn:
             assert await conn.fetchval("SELECT last_value FROM ledger_writes") > 2  # the kill did happen
             stored = [r[0] for r in await conn.fetch("SELECT update_id FROM book_tickers")]
             ledger_rows = await conn.fetchval("SELECT sum(row_count) FROM ingest_batches")
@@ -363,7 +363,7 @@ async def test_duplicate_columns_and_other_tables(dsn, tmp_path):
 async def test_names_the_server_refuses_reject_only_their_rows(dsn, tmp_path):
     async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
         await db.insert_exchange(ExchangeName.BINANCE_SPOT)
-        async with db.pool.acquire() as conn:
+        async with db.connection() as conn:
             await conn.execute("ALTER TABLE symbols ADD CONSTRAINT no_evil CHECK (symbol <> 'EVILUSDT')")
         good = tickers(30, symbols=3)
         t = good[-1].recv_ts
@@ -379,7 +379,7 @@ async def test_an_error_retrying_cannot_fix_is_retried_a_few_times_then_rejected
     tried a bounded number of times, then that row alone is rejected and the writer goes on."""
     async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
         await db.insert_exchange(ExchangeName.BINANCE_SPOT)
-        async with db.pool.acquire() as conn:
+        async with db.connection() as conn:
             await conn.execute("""
                 CREATE FUNCTION no_13() RETURNS trigger LANGUAGE plpgsql AS $$
                 BEGIN
@@ -401,7 +401,7 @@ async def test_a_unit_of_work_gets_a_validation_error_for_a_refused_row(dsn, tmp
     async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
         ex = await db.insert_exchange(ExchangeName.BINANCE_SPOT)
         sym = await db.insert_symbol(Symbol(exchange_id=ex.id, symbol="BTCUSDT"))
-        async with db.pool.acquire() as conn:
+        async with db.connection() as conn:
             await conn.execute("ALTER TABLE book_tickers ADD CONSTRAINT no_13 CHECK (bid_price <> 13.0)")
         rows = tickers(10, symbols=1)
         for r in rows:

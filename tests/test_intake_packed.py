@@ -25,8 +25,10 @@ from hftdb.exchanges.binance import BinanceAdapter
 from hftdb.exchanges.intake import Intake
 from hftdb.exchanges.runner import StreamRunner
 from hftdb.models import BookTicker, ExchangeName, Symbol
-from hftdb.packed import PackedBooks, add_packed, exchange_span, fits
 from hftdb.tables import FUTURE_SLACK_US, BookTickerWriter
+from hftdb.packed import add_packed
+from hftdb.wire.books import PackedBooks
+from hftdb.wire.rules import book_fits
 
 USDM = ExchangeName.BINANCE_USDM
 SYMBOLS = [f"S{i:03d}USDT" for i in range(1, 41)]
@@ -223,7 +225,7 @@ async def test_packed_and_public_paths_store_the_same_rows_and_rejects(dsn, othe
 
 
 def test_fits_agrees_with_the_per_row_writer():
-    """``hftdb.packed.fits`` (inlined in the parsers' packed hot path) takes exactly what the writer's per-row
+    """``hftdb.wire.rules.book_fits`` (inlined in the per-row writer) takes exactly what the writer's per-row
     path takes, over every combination of edge values."""
     writer = BookTickerWriter(None, settings=WriterSettings(spool_dir=None), storage=StorageSettings(),  # type: ignore[arg-type]
                               spool_dir=None)
@@ -237,13 +239,13 @@ def test_fits_agrees_with_the_per_row_writer():
         before = writer.rejects.total
         assert writer.add([(1, row)]) in (0, 1)
         took = writer.rejects.total == before
-        assert fits(bp, bq, ap, aq, ex, ts_max) is took, row
+        assert book_fits(bp, bq, ap, aq, ex, ts_max) is took, row
         seen[took] += 1
     assert seen[True] and seen[False]
 
 
 class _Ids:
-    """A sink that takes packed rows and knows every symbol (the intake never calls it here)."""
+    """A sink that takes packed rows and knows every symbol; the intake never calls it here."""
 
     def __init__(self) -> None:
         self.ids = {s: i for i, s in enumerate(REGISTERED, 1)}
@@ -251,13 +253,23 @@ class _Ids:
     def resolve_symbol_id(self, exchange: str, symbol: str) -> int | None:
         return self.ids.get(symbol)
 
-    def insert_packed_book_tickers(self, rows) -> None:
+    # The rest of the PackedSink protocol (hftdb.exchanges.sink), so that the intake packs for it.
+    async def insert_exchange(self, exchange): ...
+    async def get_exchange_by_enum(self, name): ...
+    async def sync_symbols(self, exchange, symbols): ...
+    async def insert_book_ticker_snapshots(self, rows): ...
+    async def insert_funding_rates(self, rows): ...
+    async def insert_balance_snapshots(self, rows): ...
+    async def flush(self): ...
+
+    async def insert_packed_book_tickers(self, rows):
         raise AssertionError("not called")
 
 
 def test_exchange_span_and_straddled_batches_read_the_packed_call():
-    """``exchange_span`` gives a packed call's exchange-time range from its tuples, and a call in receipt order
-    that straddles batches gives each batch the range of its own rows (read from the slice's ends)."""
+    """``PackedBooks.exchange_span`` gives a packed call's exchange-time range from its tuples, and a call in
+    receipt order that straddles batches gives each batch the range of its own rows (read from the slice's
+    ends)."""
     sink = _Ids()
     adapter = BinanceAdapter(USDM, sink, symbols=REGISTERED, channels=("bookTicker",))  # type: ignore[arg-type]
     intake = Intake(StreamRunner(adapter), adapter.new_parser())
@@ -268,8 +280,8 @@ def test_exchange_span_and_straddled_batches_read_the_packed_call():
     first, _, _ = intake.process([(t, frames[:13])])
     books, _, _ = intake.process([(t + 1 + i, frames[13 + i * 10:23 + i * 10]) for i in range(10)])
     assert type(books) is PackedBooks and books.buf is not None and books.ordered and len(books) == 95
-    assert exchange_span(books) == (min(r.exchange_ts for r in books), max(r.exchange_ts for r in books))
-    assert exchange_span(list(books)) is None and exchange_span(PackedBooks()) is None
+    assert books.exchange_span() == (min(r.exchange_ts for r in books), max(r.exchange_ts for r in books))
+    assert PackedBooks(books).exchange_span() is None and PackedBooks().exchange_span() is None
 
     writer = BookTickerWriter(None, settings=WriterSettings(spool_dir=None, batch_max_rows=20),  # type: ignore[arg-type]
                               storage=StorageSettings(), spool_dir=None)

@@ -5,14 +5,14 @@ older than the stored one changes nothing, a row deleted by hand comes back, and
 ``exchange_id`` gets it (the meaning 0003 gives the column), with ``packed`` recomputed on every change.
 """
 
-import asyncpg
+from typing import Any
 
 from hftdb import BookTicker, DatabaseManager, ExchangeName, FundingRate, now_us
 
-from helpers import settings
+from helpers import settings, sql
 
 
-async def _latest(conn: asyncpg.Connection, table: str) -> dict[int, tuple]:
+async def _latest(conn: Any, table: str) -> dict[int, tuple]:
     rows = await conn.fetch(f"SELECT symbol_id, exchange_id, recv_ts, packed FROM {table}")  # table: fixed names
     return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
@@ -43,11 +43,11 @@ async def test_book_ticker_latest_keeps_the_newest_row_through_update_and_insert
 
         # Rows changed by hand: A deleted, D's exchange_id cleared (as a row inserted by other SQL has it).
         ids = {r.symbol: r.symbol_id for r in got.values()}
-        await db.pool.execute("DELETE FROM book_tickers_latest WHERE symbol_id = $1", ids["A"])
-        await db.pool.execute("UPDATE book_tickers_latest SET exchange_id = NULL WHERE symbol_id = $1", ids["D"])
+        await sql(db).execute("DELETE FROM book_tickers_latest WHERE symbol_id = $1", ids["A"])
+        await sql(db).execute("UPDATE book_tickers_latest SET exchange_id = NULL WHERE symbol_id = $1", ids["D"])
         await db.insert_book_ticker_snapshots([bt("binance_spot", "A", 12.0, t + 20), bt("binance_spot", "D", 31.0, t + 20)])
         await db.flush()
-        stored = await _latest(db.pool, "book_tickers_latest")  # type: ignore[arg-type]
+        stored = await _latest(sql(db), "book_tickers_latest")
         assert stored[ids["A"]][0] == spot.id and stored[ids["D"]][0] == spot.id
         assert stored[ids["B-C"]][0] == okx.id
         got = {r.symbol: r for r in await db.get_latest_book_tickers(ExchangeName.BINANCE_SPOT)}
@@ -71,10 +71,10 @@ async def test_funding_rate_latest_keeps_the_newest_row_through_update_and_inser
         await db.flush()
         got = {r.symbol: r for r in await db.get_latest_funding_rates(ExchangeName.BINANCE_USDM)}
         assert (got["X"].rate, got["X"].recv_ts, got["Y"].rate) == (0.001, t, 0.003)
-        await db.pool.execute("UPDATE funding_rates_latest SET exchange_id = NULL")
+        await sql(db).execute("UPDATE funding_rates_latest SET exchange_id = NULL")
         await db.insert_funding_rates([fr("X", 0.004, t + 5), fr("Y", 0.005, t + 5)])
         await db.flush()
-        stored = await _latest(db.pool, "funding_rates_latest")  # type: ignore[arg-type]
+        stored = await _latest(sql(db), "funding_rates_latest")
         assert {v[0] for v in stored.values()} == {ex.id}
         got = {r.symbol: r for r in await db.get_latest_funding_rates(ExchangeName.BINANCE_USDM)}
         assert (got["X"].rate, got["Y"].rate, got["X"].index_price) == (0.004, 0.005, None)

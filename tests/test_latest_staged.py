@@ -9,16 +9,17 @@ two writes in one unit of work.
 
 import asyncio
 import random
+from typing import Any
 
 import asyncpg
 
 from hftdb import BookTicker, DatabaseManager, ExchangeName, FundingRate, now_us
 from hftdb.config import DatabaseSettings, Settings
-from hftdb.copy import HEADER, TRAILER
+from hftdb.wire.copy import HEADER, TRAILER
 from hftdb.tables import _BT, BookTickerWriter
-from hftdb.vector import copy_columns
+from hftdb.wire.copy import copy_columns
 
-from helpers import settings
+from helpers import settings, sql
 
 STAGE = BookTickerWriter.latest_stage
 
@@ -52,7 +53,7 @@ async def _stored_latest(db: DatabaseManager) -> dict[str, tuple]:
             for r in await db.get_latest_book_tickers(ExchangeName.BINANCE_SPOT)}
 
 
-async def _counts(conn: asyncpg.Connection) -> tuple[int, int]:
+async def _counts(conn: Any) -> tuple[int, int]:
     row = await conn.fetchrow("SELECT count(*), count(DISTINCT (recv_ts, symbol_id)) FROM book_tickers")
     return row[0], row[1]
 
@@ -86,8 +87,8 @@ async def test_out_of_order_rows_with_nulls_over_several_batches_per_commit(dsn,
         stats = db.writer("book_tickers").stats
         # Several batches went in one commit (the group's latest rows merged across batches out of order).
         assert stats.batches_committed > len(stats.commit_seconds)
-        assert await _counts(db.pool) == (300, 300)  # type: ignore[arg-type]
-        nulls = await db.pool.fetchrow(
+        assert await _counts(sql(db)) == (300, 300)
+        nulls = await sql(db).fetchrow(
             "SELECT count(*) FILTER (WHERE exchange_ts IS NULL), count(*) FILTER (WHERE update_id IS NULL)"
             " FROM book_tickers_latest")
         assert nulls[0] > 0 and nulls[1] > 0
@@ -143,7 +144,7 @@ async def test_spooled_batches_replay_their_latest_rows(dsn, tmp_path):
         assert writer.stats.batches_replayed > 1
         assert not list((tmp_path / "spool" / "book_tickers").glob("*.spool"))
         assert await _stored_latest(db) == _newest(first + held)
-        assert await _counts(db.pool) == (160, 160)  # type: ignore[arg-type]
+        assert await _counts(sql(db)) == (160, 160)
 
 
 async def test_backend_terminated_inside_the_latest_statement_is_retried_once(dsn, tmp_path):
@@ -178,7 +179,7 @@ async def test_backend_terminated_inside_the_latest_statement_is_retried_once(ds
             await admin.close()
         assert writer.stats.retries >= 1
         assert await _stored_latest(db) == _newest(first + second)
-        assert await _counts(db.pool) == (80, 80)  # type: ignore[arg-type]
+        assert await _counts(sql(db)) == (80, 80)
 
 
 def _one_connection(tmp_path) -> Settings:
@@ -204,7 +205,7 @@ async def test_new_backends_and_dropped_staging_tables(dsn, tmp_path):
         await commit(0)
         # The writer's backend forgets its temp tables (DISCARD TEMP): the next attempt fails, the one after
         # creates the table again.
-        async with db.pool.acquire() as conn:
+        async with db.connection() as conn:
             await conn.execute("DISCARD TEMP")
         retries = writer.stats.retries
         await commit(1)
@@ -212,14 +213,14 @@ async def test_new_backends_and_dropped_staging_tables(dsn, tmp_path):
         # Every backend of the pool replaced by a new one (no staging table yet).
         admin = await asyncpg.connect(dsn)
         try:
-            old = await db.pool.fetchval("SELECT pg_backend_pid()")
+            old = await sql(db).fetchval("SELECT pg_backend_pid()")
             await admin.execute("SELECT pg_terminate_backend($1)", old)
         finally:
             await admin.close()
         await commit(2)
-        assert await db.pool.fetchval("SELECT pg_backend_pid()") != old
-        assert await db.pool.fetchval(f"SELECT count(*) FROM pg_temp.{STAGE}") == 0  # emptied at COMMIT
-        assert await _counts(db.pool) == (120, 120)  # type: ignore[arg-type]
+        assert await sql(db).fetchval("SELECT pg_backend_pid()") != old
+        assert await sql(db).fetchval(f"SELECT count(*) FROM pg_temp.{STAGE}") == 0  # emptied at COMMIT
+        assert await _counts(sql(db)) == (120, 120)
 
 
 async def test_two_writes_in_one_unit_of_work(dsn, tmp_path):

@@ -1,5 +1,6 @@
 import asyncio
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -10,16 +11,47 @@ from hftdb import (
 )
 from hftdb.cache import TTLCache
 
-from helpers import settings, tickers
+from helpers import settings, sql, tickers
 
 
 def test_public_surface_is_explicit():
-    assert set(hftdb.__all__) >= {
-        "DatabaseManager", "BookTicker", "FundingRate", "Balance", "Exchange", "Symbol", "ExchangeName", "HftdbError",
+    assert set(hftdb.__all__) == {
+        "DatabaseManager", "UnitOfWork", "Notification", "Subscription", "LatestMirror", "Exchange", "ExchangeName",
+        "Symbol", "BookTicker", "FundingRate", "Balance", "now_us", "Settings", "DatabaseSettings", "WriterSettings",
+        "CacheSettings", "StorageSettings", "ReadSettings", "ArchiveSettings", "load_settings", "HftdbError",
+        "ConfigError", "ValidationError", "UnknownExchangeError", "UnknownSymbolError", "StateError", "ClosedError",
+        "DatabaseError", "DatabaseUnavailableError", "MigrationError", "BufferFullError", "ExchangeError", "FrameError",
     }
+    assert len(hftdb.__all__) == len(set(hftdb.__all__))
     for name in hftdb.__all__:
         assert hasattr(hftdb, name), name
     assert not hasattr(hftdb, "BatchWriter")
+
+
+#: DatabaseManager's documented API (README.md, "The whole API"): nothing else on it is public.
+MANAGER_API = {
+    "initialize", "close", "settings", "dsn",
+    "insert_exchange", "get_exchange_by_enum", "get_all_exchanges", "insert_symbol", "sync_symbols", "get_symbol",
+    "get_symbol_by_id", "get_symbols_by_exchange", "resolve_symbol_id", "invalidate_caches",
+    "insert_book_ticker_snapshots", "insert_book_ticker_columns", "insert_funding_rates", "insert_balance_snapshots",
+    "insert_packed_book_tickers", "flush", "transaction", "writer",
+    "get_latest_book_tickers", "get_latest_funding_rates", "get_latest_balances", "get_book_ticker_history",
+    "get_funding_rate_history", "get_balance_history", "notifications", "latest_mirror", "read_status",
+    "read_router", "connection",
+    "get_database_stats", "health_check", "cleanup_old_data", "run_maintenance", "archive_partitions",
+    "restore_archive",
+}
+
+
+def test_manager_public_members_are_the_documented_api(tmp_path):
+    db = DatabaseManager("postgresql://u@127.0.0.1:1/x", settings=settings(tmp_path))
+    public = {name for name in dir(db) if not name.startswith("_")}
+    assert public == MANAGER_API
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("**The whole API**"):]
+    section = section[:section.index("\n\n")]
+    for name in MANAGER_API:
+        assert f"`{name}" in section, name
 
 
 async def test_no_io_in_constructor_and_use_before_open(tmp_path):
@@ -108,7 +140,7 @@ async def test_unknown_symbol_is_registered_unknown_exchange_raises(dsn, tmp_pat
                 BookTicker("okx_swap", "NEW-USDT-SWAP", 1, 1, 2, 1, t + 1),
                 BookTicker("nowhere", "X", 1, 1, 2, 1, t)])
         await db.flush()
-        assert await db.pool.fetchval("SELECT count(*) FROM book_tickers") == 1
+        assert await sql(db).fetchval("SELECT count(*) FROM book_tickers") == 1
 
 
 BAD = {
@@ -142,7 +174,7 @@ async def test_each_bad_row_is_rejected_alone_and_counted(dsn, tmp_path):
         for reason in BAD:
             assert rejects.get(reason) == 1, (reason, rejects)
         assert rejects["symbol_too_long"] == 1
-        ids = [r["update_id"] for r in await db.pool.fetch("SELECT update_id FROM book_tickers ORDER BY 1")]
+        ids = [r["update_id"] for r in await sql(db).fetch("SELECT update_id FROM book_tickers ORDER BY 1")]
         assert ids == list(range(0, 2 * len(BAD), 2))
         with pytest.raises(ValidationError):
             await db.get_book_ticker_history("bybit_linear", "BTCUSDT", hours=-1)
@@ -182,15 +214,15 @@ async def test_transaction_commits_together_and_rolls_back(dsn, tmp_path):
                 await uow.insert_book_ticker_snapshots([BookTicker("okx_swap", "ETH-USDT-SWAP", 1, 1, 2, 1, t,
                                                                    symbol_id=sym2.id)])
                 raise RuntimeError("boom")
-        assert await db.pool.fetchval("SELECT count(*) FROM symbols WHERE symbol = 'ETH-USDT-SWAP'") == 0
-        assert await db.pool.fetchval("SELECT count(*) FROM book_tickers") == 1
+        assert await sql(db).fetchval("SELECT count(*) FROM symbols WHERE symbol = 'ETH-USDT-SWAP'") == 0
+        assert await sql(db).fetchval("SELECT count(*) FROM book_tickers") == 1
         # An invalid row fails the whole unit.
         with pytest.raises(ValidationError):
             async with db.transaction() as uow:
                 await uow.insert_balance_snapshots([
                     Balance(exchange="okx_swap", asset="USDT", free=Decimal(5), locked=Decimal(0), recv_ts=t),
                     Balance(exchange="okx_swap", asset="USDT", free=Decimal(5), locked=Decimal(-1), recv_ts=t)])
-        assert await db.pool.fetchval("SELECT count(*) FROM balances") == 0
+        assert await sql(db).fetchval("SELECT count(*) FROM balances") == 0
         # Nested blocks are savepoints.
         async with db.transaction() as uow:
             await uow.insert_symbol(Symbol(exchange_id=ex.id, symbol="KEEP"))
@@ -214,7 +246,7 @@ async def test_close_flushes_is_idempotent_and_blocks_use(dsn, tmp_path):
     with pytest.raises(ClosedError):
         await db.initialize()
     async with DatabaseManager(dsn, settings=settings(tmp_path)) as db2:
-        assert await db2.pool.fetchval("SELECT count(DISTINCT update_id) FROM book_tickers") == 2_345
+        assert await sql(db2).fetchval("SELECT count(DISTINCT update_id) FROM book_tickers") == 2_345
 
 
 def test_ttl_cache_expires_and_invalidates():
@@ -255,26 +287,26 @@ async def test_maintenance_and_retention_through_the_manager(dsn, tmp_path):
         await db.insert_book_ticker_snapshots(tickers(10, base_ts=old))
         await db.insert_book_ticker_snapshots(tickers(10, start_id=10))
         await db.flush()
-        async with db.pool.acquire() as conn:
+        async with db.connection() as conn:
             before = [p.name for p in await partitions.list_partitions(conn, "book_tickers")]
         assert len(before) >= 2
         assert await db.cleanup_old_data(30, dry_run=True) == {
             "book_tickers": [before[0]], "funding_rates": [], "balances": []}
-        assert await db.pool.fetchval("SELECT count(*) FROM book_tickers") == 20
+        assert await sql(db).fetchval("SELECT count(*) FROM book_tickers") == 20
         dropped = await db.cleanup_old_data(30)
         assert dropped["book_tickers"] == [before[0]]
-        assert await db.pool.fetchval("SELECT count(*) FROM book_tickers") == 10
+        assert await sql(db).fetchval("SELECT count(*) FROM book_tickers") == 10
         # The writer forgot the dropped partition: another old row recreates it instead of failing.
         await db.insert_book_ticker_snapshots(tickers(1, start_id=99, base_ts=old))
         await db.flush()
-        assert await db.pool.fetchval("SELECT count(*) FROM book_tickers") == 11
+        assert await sql(db).fetchval("SELECT count(*) FROM book_tickers") == 11
         with pytest.raises(ValidationError):
             await db.cleanup_old_data(-1)
         # Periodic upkeep applies the configured 30-day retention itself, and trims nothing recent from the ledger.
         report = await db.run_maintenance()
         assert report.dropped == [before[0]]
         assert report.ledger_rows_deleted == 0
-        assert await db.pool.fetchval("SELECT count(*) FROM book_tickers") == 10
+        assert await sql(db).fetchval("SELECT count(*) FROM book_tickers") == 10
 
 
 async def test_age_timer_seals_a_batch_with_no_new_rows(dsn, tmp_path):
@@ -309,7 +341,7 @@ async def test_columnar_insert_matches_the_row_path(dsn, tmp_path):
         await db.flush()
         rejects = db.writer("book_tickers").rejects.snapshot()
         assert rejects == {"bid_price_nan": 1, "exchange_ts_out_of_range": 1, "unknown_symbol_id": 1}
-        rows = await db.pool.fetch(
+        rows = await sql(db).fetch(
             "SELECT symbol_id, recv_ts, exchange_ts, bid_price, bid_qty, ask_price, ask_qty, update_id"
             " FROM book_tickers ORDER BY update_id")
         keep = [i for i in range(n) if i not in (17, 18, 19)]

@@ -10,7 +10,7 @@ from hftdb import Balance, BookTicker, DatabaseManager, ExchangeName, FundingRat
 from hftdb import columnar, reads
 from hftdb.errors import DatabaseError
 from hftdb.schema import Migrator
-from hftdb.copy import HEADER, TRAILER
+from hftdb.wire.copy import HEADER, TRAILER
 
 from helpers import settings
 

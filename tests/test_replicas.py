@@ -246,7 +246,7 @@ async def test_primary_restart_under_writers_while_reads_continue_on_the_replica
         assert _replica(db)["reads"] > replica_reads
         # Everything the writers accepted reaches the primary exactly once, and streams on to the replica.
         count = "SELECT count(*) FROM book_tickers"
-        async with db.pool.acquire() as conn:
+        async with db.connection() as conn:
             assert await conn.fetchval(count) == sent
 
         async def replica_has_all() -> bool:

@@ -377,7 +377,7 @@ async def test_a_database_outage_leaks_nothing(password_server, logs, tmp_path):
         await password_server.server.start_again()
         await db.close(timeout=30)
     async with DatabaseManager(password_server.dsn(database="hftdb_secrets"), settings=cfg) as again:
-        async with again.pool.acquire() as conn:
+        async with again.connection() as conn:
             assert await conn.fetchval("SELECT count(*) FROM book_tickers") == 20
     out = "\n".join(seen) + logs.everything()
     assert "***" in out

@@ -7,7 +7,7 @@ import pytest
 
 from hftdb import Balance, BookTicker, DatabaseManager, ExchangeName, Symbol, ValidationError, now_us
 
-from helpers import settings
+from helpers import settings, sql
 
 
 async def test_a_balance_set_is_one_snapshot_invisible_until_commit(dsn, tmp_path):
@@ -15,7 +15,7 @@ async def test_a_balance_set_is_one_snapshot_invisible_until_commit(dsn, tmp_pat
         await db.insert_exchange(ExchangeName.BYBIT_SPOT)
         t = now_us()
         assets = {"BTC": Decimal("0.5"), "ETH": Decimal("12.25"), "USDT": Decimal("1000.000001")}
-        async with db.pool.acquire() as other:
+        async with db.connection() as other:
             async with db.transaction() as uow:
                 assert await uow.insert_balance_snapshots([
                     Balance(exchange="bybit_spot", asset=a, free=f, locked=Decimal(0), recv_ts=t, account="main")
@@ -37,7 +37,7 @@ async def test_a_symbol_and_its_first_snapshot_reach_the_caches_only_on_commit(d
                 await uow.insert_book_ticker_snapshots([BookTicker("okx_swap", "ETH-USDT-SWAP", 2, 1, 1, 1, t,
                                                                    symbol_id=sym.id)])  # crossed: fails the unit
         assert db.resolve_symbol_id("okx_swap", "ETH-USDT-SWAP") is None
-        assert await db.pool.fetchval("SELECT count(*) FROM symbols") == 0
+        assert await sql(db).fetchval("SELECT count(*) FROM symbols") == 0
 
         async with db.transaction() as uow:
             sym = await uow.insert_symbol(Symbol(exchange_id=ex.id, symbol="ETH-USDT-SWAP"))  # type: ignore[arg-type]
@@ -68,7 +68,7 @@ async def test_nested_blocks_roll_back_alone_and_outer_writes_stand(dsn, tmp_pat
                     raise KeyError("inner block fails after its own nested block succeeded")
             async with uow.transaction():
                 await uow.insert_book_ticker_snapshots([quote(4)])
-        ids = await db.pool.fetch("SELECT update_id FROM book_tickers ORDER BY update_id")
+        ids = await sql(db).fetch("SELECT update_id FROM book_tickers ORDER BY update_id")
         assert [r[0] for r in ids] == [0, 1, 4]
         (latest,) = await db.get_latest_book_tickers(primary=True)
         assert latest.update_id == 4
@@ -107,7 +107,7 @@ async def test_a_unit_larger_than_a_batch_writes_every_row(dsn, tmp_path):
                                    symbol_id=sym.id) for i in range(n)]
                 assert await uow.insert_book_ticker_snapshots(rows) == n
             t += n
-        assert await db.pool.fetchval("SELECT count(*) FROM book_tickers") == 5_500
-        assert await db.pool.fetchval("SELECT count(DISTINCT update_id) FROM book_tickers") == 5_500
-        latest = await db.pool.fetchval("SELECT update_id FROM book_tickers_latest WHERE symbol_id = $1", sym.id)
+        assert await sql(db).fetchval("SELECT count(*) FROM book_tickers") == 5_500
+        assert await sql(db).fetchval("SELECT count(DISTINCT update_id) FROM book_tickers") == 5_500
+        latest = await sql(db).fetchval("SELECT update_id FROM book_tickers_latest WHERE symbol_id = $1", sym.id)
         assert latest == t - 1

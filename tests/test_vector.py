@@ -11,7 +11,7 @@ import pytest
 from hftdb import BookTicker, DatabaseManager, ExchangeName, Symbol, now_us, vector
 from hftdb.cache import TTLCache
 
-from helpers import settings
+from helpers import settings, sql
 
 N_SYMBOLS = 12
 EXCHANGE = ExchangeName.BINANCE_USDM
@@ -63,7 +63,7 @@ def _typed_oddities(t: int) -> list[dict]:
 async def _rows(db: DatabaseManager, table: str, ids: list[int]) -> list[tuple]:
     """``table``'s rows of the symbols ``ids``, with each id replaced by its position (to compare two sets)."""
     assert table in ("book_tickers", "book_tickers_latest")
-    rows = await db.pool.fetch(
+    rows = await sql(db).fetch(
         "SELECT symbol_id, recv_ts, exchange_ts, bid_price, bid_qty, ask_price, ask_qty, update_id"
         f" FROM {table} WHERE symbol_id = ANY($1::int4[])", ids)
     index = {sid: i for i, sid in enumerate(ids)}
@@ -129,7 +129,7 @@ async def test_small_calls_take_the_per_row_path(dsn, tmp_path):
         assert writer.add_fast(rows[:-1], {sym.id}) is None  # below MIN_ROWS: not worth its fixed cost
         assert await db.insert_book_ticker_snapshots(rows[:-1]) == vector.MIN_ROWS - 1
         await db.flush()
-        assert await db.pool.fetchval("SELECT count(*) FROM book_tickers") == vector.MIN_ROWS - 1
+        assert await sql(db).fetchval("SELECT count(*) FROM book_tickers") == vector.MIN_ROWS - 1
 
 
 async def test_vectorized_path_falls_back_per_row_on_odd_types(dsn, tmp_path, monkeypatch):
@@ -144,7 +144,7 @@ async def test_vectorized_path_falls_back_per_row_on_odd_types(dsn, tmp_path, mo
         await db.flush()
         assert db.writer("book_tickers").rejects.snapshot() == {
             "bid_price_wrong_type": 1, "recv_ts_wrong_type": 1, "unknown_symbol_id": 1}
-        stored = await db.pool.fetch("SELECT exchange_ts, update_id FROM book_tickers ORDER BY update_id")
+        stored = await sql(db).fetch("SELECT exchange_ts, update_id FROM book_tickers ORDER BY update_id")
         assert [tuple(r) for r in stored] == [(t - 1, 1), (None, 2), (t - 1, 3)]
 
 

@@ -1,4 +1,4 @@
-"""The C packer of ``hftdb.vector.add_tickers`` (``hftdb._vector_fast``) against its struct packing.
+"""The C packer of ``hftdb.vector.add_tickers`` (``hftdb.wire._native._vector_fast``) against its struct packing.
 
 Two writers (no database) take the same calls, one with the C packer and one without; what each leaves behind
 (the COPY bytes of its batches, the newest row per symbol, the rejects by reason, the rows taken or the refusal)
@@ -7,6 +7,7 @@ must be the same, over every NULL pattern, ids on the rows or given apart, bad v
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 
@@ -16,8 +17,11 @@ import pytest
 from hftdb import BookTicker, now_us, vector
 from hftdb.config import StorageSettings, WriterSettings
 from hftdb.tables import BookTickerWriter
+from hftdb.wire import loader
+from hftdb.wire.books import LAYOUTS
+from hftdb.wire.loader import NATIVE
 
-needs_c = pytest.mark.skipif(vector._pack_tickers is None, reason="hftdb built without its C packer")
+needs_c = pytest.mark.skipif(NATIVE.pack_tickers is None, reason="hftdb built without its C packer")
 IDS = set(range(1, 21))
 
 
@@ -32,13 +36,13 @@ def state(w: BookTickerWriter, taken: int | None) -> tuple:
     return taken, batches, latest, w.rejects.snapshot(), w.current.rows, w.current.min_ts, w.current.max_ts
 
 
-def run(calls: list[tuple[list[BookTicker], list[int] | None]], *, c: bool, monkeypatch) -> list[tuple]:
-    monkeypatch.setattr(vector, "_pack_tickers", vector._pack_tickers if c else None)
-    w = writer()
-    out = []
-    for rows, sids in calls:
-        out.append(state(w, w.add_fast(rows, IDS, sids)))
-    return out
+def run(calls: list[tuple[list[BookTicker], list[int] | None]], *, c: bool) -> list[tuple]:
+    with contextlib.nullcontext() if c else loader.disabled():
+        w = writer()
+        out = []
+        for rows, sids in calls:
+            out.append(state(w, w.add_fast(rows, IDS, sids)))
+        return out
 
 
 def ticker(rng: random.Random, t: int, has_e: bool, has_u: bool, *, named: bool) -> BookTicker:
@@ -76,23 +80,23 @@ def calls_for(seed: int, has_e: bool, has_u: bool) -> list[tuple[list[BookTicker
 @pytest.mark.parametrize("has_e", [True, False])
 @pytest.mark.parametrize("has_u", [True, False])
 @pytest.mark.parametrize("seed", range(4))
-def test_c_and_struct_packing_leave_the_same_batches(has_e, has_u, seed, monkeypatch):
+def test_c_and_struct_packing_leave_the_same_batches(has_e, has_u, seed):
     calls = calls_for(seed, has_e, has_u)
-    with_c = run(calls, c=True, monkeypatch=monkeypatch)
-    without = run(calls, c=False, monkeypatch=monkeypatch)
+    with_c = run(calls, c=True)
+    without = run(calls, c=False)
     assert with_c == without
     assert any(s[0] for s in with_c)  # some calls were taken
 
 
 @needs_c
 @pytest.mark.parametrize("field,value", ODD, ids=[f"{f}={v!r}" for f, v in ODD])
-def test_each_odd_value_agrees(field, value, monkeypatch):
+def test_each_odd_value_agrees(field, value):
     t = now_us()
     rng = random.Random(7)
     rows = [ticker(rng, t, True, True, named=False) for _ in range(vector.MIN_ROWS)]
     rows[3] = BookTicker(**{**{f: getattr(rows[3], f) for f in BookTicker.__struct_fields__}, field: value})
     calls = [(rows, None)]
-    assert run(calls, c=True, monkeypatch=monkeypatch) == run(calls, c=False, monkeypatch=monkeypatch)
+    assert run(calls, c=True) == run(calls, c=False)
 
 
 @needs_c
@@ -100,11 +104,11 @@ def test_the_c_packer_refuses_what_it_does_not_take():
     t = now_us()
 
     def pack(rows, has_e=True, has_u=True, with_id=True):
-        return vector._pack_tickers(rows, BookTicker, has_e, has_u, with_id, t - 10, t + 10)
+        return NATIVE.pack_tickers(rows, BookTicker, has_e, has_u, with_id, t - 10, t + 10)
 
     good = BookTicker("x", "S", 1.0, 2.0, 3.0, 4.0, t, t, 5, 6)
     data, ids, ok, lo, hi, ordered, rising = pack([good, good])
-    assert len(data) == 2 * vector.LAYOUTS[(True, True)].dtype.itemsize
+    assert len(data) == 2 * LAYOUTS[(True, True)].dtype.itemsize
     assert (ids, ok, lo, hi, ordered, rising) == ([6, 6], True, t, t, True, False)
     for field, value in [("bid_price", 1), ("recv_ts", True), ("exchange_ts", None), ("symbol_id", 2**31)]:
         odd = BookTicker(**{**{f: getattr(good, f) for f in BookTicker.__struct_fields__}, field: value})
@@ -119,7 +123,7 @@ def test_the_c_packer_reports_checks_range_and_order():
     t = now_us()
 
     def pack(rows):
-        return vector._pack_tickers(rows, BookTicker, True, True, False, t - 10, t + 10)[1:]
+        return NATIVE.pack_tickers(rows, BookTicker, True, True, False, t - 10, t + 10)[1:]
 
     def row(**kw):
         return BookTicker(**{**dict(exchange="x", symbol="S", bid_price=1.0, bid_qty=2.0, ask_price=3.0, ask_qty=4.0,

@@ -17,59 +17,27 @@ import enum
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
 from ..errors import ClosedError, ExchangeError, ExchangeHTTPError, FrameError, SignatureError, StateError
-from ..models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Symbol, now_us
+from ..models import Balance, Exchange, ExchangeName, FundingRate, Symbol, now_us
 from .connection import Pacer
 from .intake import exchange_time_ok
 from .parsing import Rejects, name_ok, newer_funding
 from .rest import RestClient
 from .signing import Credentials
+from .sink import PackedSink, Sink
 
 if TYPE_CHECKING:
     from .runner import StreamRunner
 
-__all__ = ["Sink", "Backoff", "FeedStats", "ExchangeAdapter", "REFUSED_MAX_WAIT_S", "parse_rest"]
+__all__ = ["Sink", "PackedSink", "Backoff", "FeedStats", "ExchangeAdapter", "REFUSED_MAX_WAIT_S", "parse_rest"]
 
 logger = logging.getLogger(__name__)
-
-
-@runtime_checkable
-class Sink(Protocol):
-    """Where an adapter puts what it receives. :class:`~hftdb.manager.DatabaseManager` is one."""
-
-    async def insert_exchange(self, exchange: Exchange | ExchangeName | str) -> Exchange:
-        """Create the exchange if needed (by name) and return it with its id."""
-        ...
-
-    async def get_exchange_by_enum(self, name: ExchangeName | str) -> Exchange:
-        """Return the registered exchange of that name."""
-        ...
-
-    async def sync_symbols(self, exchange: ExchangeName | str, symbols: Sequence[Symbol]) -> tuple[int, int]:
-        """Upsert the exchange's symbols; mark the ones missing from the list delisted."""
-        ...
-
-    async def insert_book_ticker_snapshots(self, rows: Iterable[BookTicker]) -> int:
-        """Store best bid/ask rows; return how many were accepted."""
-        ...
-
-    async def insert_funding_rates(self, rows: Iterable[FundingRate]) -> int:
-        """Store funding rows; return how many were accepted."""
-        ...
-
-    async def insert_balance_snapshots(self, rows: Iterable[Balance]) -> int:
-        """Store balance rows; return how many were accepted."""
-        ...
-
-    async def flush(self) -> None:
-        """Make everything accepted so far durable."""
-        ...
 
 
 class Backoff(msgspec.Struct, frozen=True, kw_only=True):

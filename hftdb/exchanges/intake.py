@@ -29,11 +29,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FrameError
-from ..models import Balance, BookTicker, FundingRate, now_us
-from ..packed import SIZE, PackedBooks
-from ..models import FUTURE_SLACK_US, MIN_TS_US
+from ..models import FUTURE_SLACK_US, MIN_TS_US, Balance, BookTicker, FundingRate, now_us
+from ..wire.books import SIZE, PackedBooks
 from .connection import Chunk
 from .parsing import CONTROL_SNAPSHOT, MAX_FRAME_BYTES, name_ok, time_ok
+from .sink import PackedSink
 
 if TYPE_CHECKING:
     from .runner import StreamRunner
@@ -79,15 +79,15 @@ class Intake:
         self._fast = getattr(parser, "book_ticker", None)
         # With a hot path, the rest of the frames skip a second try of it.
         self._parse = getattr(parser, "parse_general", parser.parse) if self._fast is not None else parser.parse
-        # Book rows are packed for the writer as they are parsed when the sink takes them so (hftdb.packed).
+        # Book rows are packed for the writer as they are parsed when the sink takes them so (hftdb.wire.books).
         self._book_read = (getattr(parser, "book_read", None)
-                           if hasattr(runner.adapter.sink, "insert_packed_book_tickers") else None)
+                           if isinstance(runner.adapter.sink, PackedSink) else None)
 
     def process(self, chunks: list[Chunk]) -> Rows:
         """Parse, sequence and (unless holding) admit the frames of ``chunks``, in order.
 
         When the sink takes packed rows and the intake admits without counting gaps (a live feed's usual case),
-        the book rows come as a :class:`~hftdb.packed.PackedBooks` (a list of ``BookTicker``) whose COPY tuples
+        the book rows come as a :class:`~hftdb.wire.books.PackedBooks` (a list of ``BookTicker``) whose COPY tuples
         the parser's hot path packed from the values it decoded (its ``book_read``)."""
         runner = self.runner
         stats = runner.adapter.stats

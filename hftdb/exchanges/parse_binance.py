@@ -33,7 +33,6 @@ engine's transaction time) is earlier by the push latency, and exists on that on
 
 from __future__ import annotations
 
-import math
 import struct
 from decimal import Decimal
 from typing import Annotated, Any
@@ -41,10 +40,12 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import field
 
-from ..copy import PG_EPOCH_US
 from ..errors import FrameError
 from ..models import MIN_TS_US, Balance, BookTicker, ExchangeName, FundingRate, Symbol, SymbolKind, SymbolStatus
-from ..packed import PACK as _PACK
+from ..wire.books import PACK
+from ..wire.copy import PG_EPOCH_US
+from ..wire.loader import NATIVE
+from ..wire.rules import book_fits
 from .parsing import (
     VenueParser,
     CONTROL_ERROR,
@@ -62,17 +63,11 @@ from .parsing import (
     validation_error,
 )
 
-try:
-    from ._binance_fast import book_read as _fast_book_read
-except ImportError:  # built without a C compiler: BinanceParser.book_read runs its Python loop alone
-    _fast_book_read = None
-
 __all__ = ["BinanceParser"]
 
 _VENUES = (ExchangeName.BINANCE_SPOT, ExchangeName.BINANCE_USDM)
 _MS_BELOW = 100_000_000_000_000  # below this an event time is in ms (see parsing.to_us)
 _MIN_MS = MIN_TS_US // 1000  # an event time in ms below this is corrupt (before 2009)
-_INF = math.inf
 _EPOCH = PG_EPOCH_US
 
 
@@ -285,10 +280,8 @@ class BinanceParser(VenueParser):
 
     def __init__(self, venue: ExchangeName, **kwargs: Any) -> None:
         super().__init__(venue, **kwargs)
-        #: The C hot path of :meth:`book_read`, or None: without it (no compiler at install, or a test that sets
-        #: it to None) the same frames take the Python loop. Spot bookTicker frames have no event time and are
-        #: never packed: they go straight to the Python loop.
-        self._scan = _fast_book_read if venue is ExchangeName.BINANCE_USDM else None
+        # Spot bookTicker frames have no event time and are never packed: they go straight to the Python loop.
+        self._usdm = venue is ExchangeName.BINANCE_USDM
 
     def in_market(self, symbol: str) -> bool:
         """Spot lists ``BTCUSDT``; USD-M lists USDT/USDC-margined perpetuals (``BTCUSDT``) and quarterlies
@@ -332,7 +325,7 @@ class BinanceParser(VenueParser):
         self, payloads: list[bytes], i: int, recv_ts: int, ts_max: int, last_ids: dict[str, int],
         rows: list[BookTicker], buf: bytearray,
     ) -> tuple[int, int]:
-        """The hot path over one socket read, for an intake whose sink takes packed rows (:mod:`hftdb.packed`).
+        """The hot path over one socket read, for an intake whose sink takes packed rows (:mod:`hftdb.wire.books`).
 
         From ``payloads[i]`` on, each bookTicker frame is decoded as by :meth:`book_ticker`; one whose update id
         is not above ``last_ids[symbol]`` is skipped and counted (the intake's admission, done here so that a
@@ -348,7 +341,9 @@ class BinanceParser(VenueParser):
         The C hot path (``_binance_fast``, built when a compiler was at hand) takes every frame it can take whole,
         with the same results; the loop here does each frame it hands back, then calls it again.
         """
-        scan = self._scan
+        # The C hot path, where built and not turned off (hftdb.wire.loader); without it the same frames take the
+        # Python loop below.
+        scan = NATIVE.book_read if self._usdm else None
         decode = _BOOK_DECODER.decode
         ids_get = self._ids.get
         good = self._good
@@ -398,10 +393,9 @@ class BinanceParser(VenueParser):
                 continue
             last_ids[symbol] = u
             bid, bid_qty, ask, ask_qty = ev.bid, ev.bid_qty, ev.ask, ev.ask_qty
-            try:  # hftdb.packed.fits, inlined
-                if (0.0 < bid <= ask < _INF and 0.0 < bid_qty < _INF and 0.0 < ask_qty < _INF
-                        and MIN_TS_US <= exchange_ts <= ts_max):  # type: ignore[operator]
-                    buf += _PACK(sid, recv_pg, exchange_ts - _EPOCH, bid, bid_qty, ask, ask_qty, u)  # type: ignore[operator]
+            try:
+                if book_fits(bid, bid_qty, ask, ask_qty, exchange_ts, ts_max):  # type: ignore[arg-type]
+                    buf += PACK(sid, recv_pg, exchange_ts - _EPOCH, bid, bid_qty, ask, ask_qty, u)  # type: ignore[operator]
             except (TypeError, struct.error):  # no exchange time (spot), no symbol id, an id out of range
                 pass
             append(BookTicker(exchange, symbol, bid, bid_qty, ask, ask_qty, recv_ts, exchange_ts, u, sid))

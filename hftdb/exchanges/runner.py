@@ -32,10 +32,11 @@ from typing import TYPE_CHECKING
 
 from ..errors import ExchangeError, StateError
 from ..models import Balance, BookTicker, FundingRate
-from ..packed import PackedBooks
+from ..wire.books import PackedBooks
 from .connection import ConnectionLost, Pacer, WsConnection
 from .parsing import newer_funding
 from .session import Session
+from .sink import PackedSink
 
 if TYPE_CHECKING:
     from .base import ExchangeAdapter
@@ -66,6 +67,8 @@ class StreamRunner:
     def __init__(self, adapter: ExchangeAdapter) -> None:
         self.adapter = adapter
         self.drop_unsequenced = adapter.drops_unsequenced_books
+        # Asked once: an isinstance against a runtime Protocol tests every member (microseconds, too dear per push).
+        self._packed_sink = isinstance(adapter.sink, PackedSink)
         self.next_id = itertools.count(1).__next__
         self.book_ids: dict[str, int] = {}
         self._book_times: dict[str, int] = {}
@@ -339,8 +342,8 @@ class StreamRunner:
         stats = adapter.stats
         sink = adapter.sink
         insert_books = sink.insert_book_ticker_snapshots
-        if type(books) is PackedBooks:  # COPY tuples packed by the intake, for a sink that takes them
-            insert_books = getattr(sink, "insert_packed_book_tickers", insert_books)
+        if type(books) is PackedBooks and self._packed_sink:  # COPY tuples packed by the intake
+            insert_books = sink.insert_packed_book_tickers
         for rows, insert, counter in (
             (books, insert_books, "book_rows"),
             (funding, sink.insert_funding_rates, "funding_rows"),

@@ -17,10 +17,11 @@ import random
 from dataclasses import dataclass, field
 
 from ..models import ExchangeName
+from ..venues import VENUES
 
 __all__ = ["Instrument", "Quote", "Market", "PERPETUAL_VENUES"]
 
-PERPETUAL_VENUES = frozenset({ExchangeName.BINANCE_USDM, ExchangeName.BYBIT_LINEAR, ExchangeName.OKX_SWAP})
+PERPETUAL_VENUES = frozenset(v.name for v in VENUES if v.market == "derivatives")
 
 # Bases with roughly realistic prices; beyond these the universe continues with synthetic names.
 _BASES = (

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from ..errors import ClosedError, StateError
 from ..models import ExchangeName
+from ..venues import VENUES
 from .binance import BinanceHost
 from .bybit import BybitHost
 from .core import Credentials, Faults, Host, Limits, _HttpFault
@@ -26,15 +27,8 @@ __all__ = ["ExchangeSimulator", "HOST_OF"]
 logger = logging.getLogger(__name__)
 
 #: which simulated host serves each venue (one port per host)
-HOST_OF: dict[ExchangeName, str] = {
-    ExchangeName.BINANCE_SPOT: "binance_spot",
-    ExchangeName.BINANCE_USDM: "binance_usdm",
-    ExchangeName.BYBIT_SPOT: "bybit",
-    ExchangeName.BYBIT_LINEAR: "bybit",
-    ExchangeName.OKX_SPOT: "okx",
-    ExchangeName.OKX_SWAP: "okx",
-}
-_HOST_ORDER = ("binance_spot", "binance_usdm", "bybit", "okx")
+HOST_OF: dict[ExchangeName, str] = {v.name: v.simulator_host for v in VENUES}
+_HOST_ORDER = tuple(dict.fromkeys(HOST_OF.values()))
 _PRICE = re.compile(r'"(\d+\.\d+)"')
 
 

@@ -3,10 +3,10 @@
  * pack_tickers(rows, record_type, has_e, has_u, with_id, min_ts, ts_max) returns
  * (tuples, ids, ok, lo, hi, ordered, rising), or None when some row is not one this function can take whole (below):
  *
- *   tuples   a bytearray of len(rows) tuples in the layout of hftdb.vector.LAYOUTS[(has_e, has_u)] (field count
+ *   tuples   a bytearray of len(rows) tuples in the layout of hftdb.wire.books.LAYOUTS[(has_e, has_u)] (field count
  *            and lengths included; symbol_id left 0 when with_id is false, for the caller to fill in);
  *   ids      the rows' symbol_id objects as a list (with_id), else None;
- *   ok       whether every row passes the per-row writer's value checks (hftdb.packed.fits, and min_ts <= recv_ts
+ *   ok       whether every row passes the per-row writer's value checks (hftdb.wire.rules.book_fits, and min_ts <= recv_ts
  *            <= ts_max): when it is false the caller's numpy checks find the rows and their reasons;
  *   lo, hi   the smallest and largest recv_ts; ordered: whether recv_ts never decreases along the rows;
  *   rising   whether recv_ts strictly increases along the rows (then no row can repeat another: the caller's

@@ -10,7 +10,7 @@
  *     "b" "B" "a" "A" (strings holding a plain JSON number: digits, an optional fraction, no sign, no exponent),
  *     and optionally "T" (a JSON integer, not stored); no other key;
  *   - no string has an escape, a control character or a non-ASCII byte;
- *   - E is a time in milliseconds, the quote passes the per-row writer's checks (hftdb.packed.fits) and the
+ *   - E is a time in milliseconds, the quote passes the per-row writer's checks (hftdb.wire.rules.book_fits) and the
  *     symbol has an integer id in the parser's map that fits int4.
  *
  * At the first frame that is anything else it stops and returns that frame's index; the Python loop then handles
@@ -21,7 +21,7 @@
  * compares rows, tuples, counts and admission state.
  *
  * For each frame taken, in order: a frame whose update id is not above last_ids[symbol] is counted as a
- * duplicate and dropped; otherwise last_ids[symbol] = u, the COPY tuple (hftdb.packed.LAYOUT, field counts and
+ * duplicate and dropped; otherwise last_ids[symbol] = u, the COPY tuple (hftdb.wire.books.LAYOUT, field counts and
  * lengths included) is appended to buf and BookTicker(exchange, symbol, b, B, a, A, recv_ts, E * 1000, u, sid)
  * to rows.
  */
@@ -31,7 +31,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "../_copy_fast.h"
+#include "_copy_fast.h"
 
 #define MS_BELOW 100000000000000LL /* below this an event time is in ms (parsing.to_us) */
 #define TUPLE_SIZE 94              /* 2 + (4 + 4) + 7 * (4 + 8) */

@@ -1,0 +1,191 @@
+"""The acceptance rules of the time-series rows, with their reject reasons: written here once.
+
+A row is taken when it passes these checks and rejected alone, with the reason named here, when it does not.
+Every path that stores rows uses them: the writers' per-row path (:mod:`hftdb.tables`), the vectorized path
+(:mod:`hftdb.vector`, through :func:`book_ok_columns`), the feeds' hot paths that pack rows while parsing
+(:mod:`hftdb.exchanges.parse_binance`, :func:`book_fits`). The two C hot paths (``_binance_fast.c``,
+``_vector_fast.c``) compile the same comparison; ``tests/test_wire_rules.py`` runs them and these functions on
+the same inputs.
+
+A book ticker is taken when ``0 < bid_price <= ask_price < inf``, both quantities are in ``(0, inf)``, and its
+times are in ``[MIN_TS_US, ts_max]`` where ``ts_max`` is the local clock plus
+:data:`~hftdb.models.FUTURE_SLACK_US`. The chained comparison is False for NaN and raises ``TypeError`` for a
+value of the wrong type, so one expression settles the common case.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import numpy as np
+
+from ..models import FUTURE_SLACK_US, MIN_TS_US, Balance, BookTicker, FundingRate
+
+__all__ = [
+    "INF", "MIN_TS_US", "FUTURE_SLACK_US", "MAX_ASSET_LEN", "MAX_ACCOUNT_LEN", "NEXT_FUNDING_AHEAD_US",
+    "book_fits", "book_ok_columns", "book_ticker_reason", "funding_reason", "balance_check", "bad_text",
+    "ts_reason", "price_reason", "to_decimal",
+]
+
+INF = math.inf
+MAX_ASSET_LEN = 32
+MAX_ACCOUNT_LEN = 64
+#: A funding row's next funding time is in the future by design: it may be up to a year past ``ts_max``.
+NEXT_FUNDING_AHEAD_US = 365 * 86_400_000_000
+
+
+def book_fits(bid_price: float, bid_qty: float, ask_price: float, ask_qty: float, exchange_ts: int,
+              ts_max: int) -> bool:
+    """Whether a book ticker with these values is taken (its receipt time checked apart, once per read).
+
+    False for NaN; raises ``TypeError`` for a value of the wrong type (the caller's cue to name the reason with
+    :func:`book_ticker_reason`)."""
+    return (0.0 < bid_price <= ask_price < INF and 0.0 < bid_qty < INF and 0.0 < ask_qty < INF
+            and MIN_TS_US <= exchange_ts <= ts_max)
+
+
+def book_ok_columns(bp: Any, bq: Any, ap: Any, aq: Any, recv: Any, ex: Any, ts_max: int) -> Any:
+    """:func:`book_fits` over numpy columns (float64 prices and quantities, int64 Unix µs times, ``ex`` None
+    when the rows have no exchange time): a boolean array, True where the row is taken."""
+    with np.errstate(invalid="ignore"):
+        ok = (bp > 0) & (bp <= ap) & (ap < INF) & (bq > 0) & (bq < INF) & (aq > 0) & (aq < INF)
+        ok &= (recv >= MIN_TS_US) & (recv <= ts_max)
+        if ex is not None:
+            ok &= (ex >= MIN_TS_US) & (ex <= ts_max)
+    return ok
+
+
+def bad_text(value: str) -> bool:
+    """Whether a text value must not reach the database: it holds a character that is not printable.
+
+    ``str.isprintable`` (one C pass) is False for NUL, which PostgreSQL text cannot hold (22021), for a lone
+    surrogate, which UTF-8 cannot encode, and for control, format, private-use and unassigned characters and
+    separators other than the space, none of which belong in a symbol, an asset or an account name. Such a value
+    is rejected with its row (``<field>_bad_char``) before any query: sent, it would fail the statement.
+    """
+    return not value.isprintable()
+
+
+def ts_reason(ts: Any, ts_max: int, what: str) -> str | None:
+    """Why a time (Unix µs) is refused (``<what>_wrong_type``, ``<what>_out_of_range``), or None."""
+    if type(ts) is not int:
+        return f"{what}_wrong_type"
+    if ts < MIN_TS_US or ts > ts_max:
+        return f"{what}_out_of_range"
+    return None
+
+
+def price_reason(value: Any, what: str, *, allow_zero: bool = False) -> str | None:
+    """Why a price or quantity is refused (``_wrong_type``, ``_nan``, ``_infinite``, ``_negative``, ``_zero``
+    after ``what``), or None."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return f"{what}_wrong_type"
+    if value != value:
+        return f"{what}_nan"
+    if value in (INF, -INF):
+        return f"{what}_infinite"
+    if value < 0:
+        return f"{what}_negative"
+    if value == 0 and not allow_zero:
+        return f"{what}_zero"
+    return None
+
+
+def book_ticker_reason(r: BookTicker, ts_max: int) -> str:
+    """The reason a book ticker that :func:`book_fits` refused is rejected (``invalid`` if none more precise)."""
+    for value, what in ((r.bid_price, "bid_price"), (r.ask_price, "ask_price")):
+        reason = price_reason(value, what)
+        if reason:
+            return reason
+    for value, what in ((r.bid_qty, "bid_qty"), (r.ask_qty, "ask_qty")):
+        reason = price_reason(value, what, allow_zero=True)
+        if reason:
+            return reason
+        if value == 0:
+            return "empty_quote"
+    if r.bid_price > r.ask_price:
+        return "crossed_quote"
+    reason = ts_reason(r.recv_ts, ts_max, "recv_ts")
+    if reason:
+        return reason
+    if r.exchange_ts is not None:
+        reason = ts_reason(r.exchange_ts, ts_max, "exchange_ts")
+        if reason:
+            return reason
+    if r.update_id is not None and (type(r.update_id) is not int or not -(2**63) <= r.update_id < 2**63):
+        return "update_id_invalid"
+    return "invalid"
+
+
+def funding_reason(r: FundingRate, ts_max: int) -> str | None:
+    """Why a funding row is rejected, or None when it is taken."""
+    rate = r.rate
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool):
+        return "rate_wrong_type"
+    if not math.isfinite(rate):
+        return "rate_not_finite"
+    for value, what in ((r.mark_price, "mark_price"), (r.index_price, "index_price")):
+        if value is not None:
+            reason = price_reason(value, what)
+            if reason:
+                return reason
+    reason = ts_reason(r.recv_ts, ts_max, "recv_ts")
+    if reason:
+        return reason
+    if r.exchange_ts is not None:
+        reason = ts_reason(r.exchange_ts, ts_max, "exchange_ts")
+        if reason:
+            return reason
+    if r.next_funding_ts is not None:
+        reason = ts_reason(r.next_funding_ts, ts_max + NEXT_FUNDING_AHEAD_US, "next_funding_ts")
+        if reason:
+            return reason
+    return None
+
+
+def to_decimal(value: Any) -> Decimal | None:
+    """An amount as an exact Decimal (a float by its shortest repr), or None when it is not a number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, str):
+        try:
+            return Decimal(value)
+        except InvalidOperation:
+            return None
+    return None
+
+
+def balance_check(r: Balance, ts_max: int) -> tuple[str | None, Decimal, Decimal]:
+    """(reason, free, locked): why a balance row is rejected (None when taken), and its amounts as Decimals."""
+    zero = Decimal(0)
+    if not isinstance(r.asset, str) or not 0 < len(r.asset) <= MAX_ASSET_LEN:
+        return "asset_invalid", zero, zero
+    if not r.asset.isprintable():
+        return "asset_bad_char", zero, zero
+    if not isinstance(r.account, str) or not 0 < len(r.account) <= MAX_ACCOUNT_LEN:
+        return "account_invalid", zero, zero
+    if not r.account.isprintable():
+        return "account_bad_char", zero, zero
+    free, locked = to_decimal(r.free), to_decimal(r.locked)
+    if free is None or locked is None:
+        return "amount_wrong_type", zero, zero
+    if not free.is_finite() or not locked.is_finite():
+        return "amount_not_finite", zero, zero
+    if locked < 0:
+        return "locked_negative", zero, zero
+    reason = ts_reason(r.recv_ts, ts_max, "recv_ts")
+    if reason:
+        return reason, zero, zero
+    if r.exchange_ts is not None:
+        reason = ts_reason(r.exchange_ts, ts_max, "exchange_ts")
+        if reason:
+            return reason, zero, zero
+    return None, free, locked

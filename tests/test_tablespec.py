@@ -1,0 +1,34 @@
+"""The table registry (hftdb.tablespec) against what it describes: the migrated schema and the writers."""
+
+import asyncpg
+
+from hftdb import tables, tablespec
+from hftdb.schema import migrate
+
+
+async def test_registry_names_every_table_the_migrations_create(dsn):
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+        names = {r[0] for r in await conn.fetch(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND NOT c.relispartition")}
+        assert set(tablespec.ALL_TABLES) == names - {"schema_migrations"}
+        for spec in tablespec.TABLES:
+            # The latest table's primary key is the registered key: one newest row per key.
+            key = await conn.fetchval(
+                """SELECT array_agg(a.attname ORDER BY k.ord) FROM pg_index i
+                   CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                   WHERE i.indrelid = $1::regclass AND i.indisprimary""", spec.latest)
+            assert tuple(key) == spec.key, spec.name
+    finally:
+        await conn.close()
+
+
+def test_each_table_names_its_writer_and_record():
+    for spec in tablespec.TABLES:
+        cls = getattr(tables, spec.encoder)
+        assert cls.table == spec.name
+        assert tablespec.spec(spec.name) is spec
+    assert tablespec.TIME_SERIES == ("book_tickers", "funding_rates", "balances")
