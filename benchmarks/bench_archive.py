@@ -10,11 +10,13 @@ Two data sets, loaded through ``insert_book_ticker_columns`` (the real ingest pa
             (kept in PostgreSQL, sealed with its btree). Reads of both alternate, ``--runs`` times each.
 
 Reported: heap and total bytes/row of the quotes' partition hot (BRIN only) and sealed (btree added), Parquet
-bytes/row of its archive; archive rows/s (fetch, write, verify, rename, detach, drop: the whole command);
+bytes/row of its archive; archive rows/s (fetch, write, verify, rename, detach, drop: the whole command) and
+the archive's peak RSS above the process's when it starts (VmHWM, Linux);
 history rows/s per format from each tier (medians); and a sweep of row-group sizes and zstd levels over the
 archived quotes: file bytes/row, write seconds, and the time to read one symbol's 10 % time window.
 
     .venv/bin/python benchmarks/bench_archive.py --rows 2000000 --read-rows 1000000 --runs 5
+    .venv/bin/python benchmarks/bench_archive.py --rows 2000000 --only-archive --copy-archive /tmp/a  # A/B runs
 
 The server is an embedded PostgreSQL in a temp dir, or ``HFTDB_BENCH_DSN``. The machine is shared and noisy:
 compare medians, not single figures.
@@ -24,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -124,7 +128,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     settings = Settings(database=DatabaseSettings(data_dir=str(tmp / "unused")),
                         writer=WriterSettings(spool_dir=None), storage=StorageSettings(cold_btree=False),
                         archive=ArchiveSettings(root=str(root), row_group_rows=args.row_group_rows,
-                                                compression_level=args.level))
+                                                compression_level=args.level, **(
+                                                    {"piece_rows": args.piece_rows} if args.piece_rows else {})))
     out: dict[str, Any] = {"args": vars(args)}
     rng = np.random.default_rng(args.seed)
     today = now_us() // DAY_US * DAY_US
@@ -161,15 +166,25 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                              "total_bytes_per_row": hot["total"] / hot["rows"], "rows": hot["rows"]}
             out["pg_sealed"] = {"heap_bytes_per_row": sealed["heap"] / sealed["rows"],
                                 "total_bytes_per_row": sealed["total"] / sealed["rows"]}
+            del quotes
+            gc.collect()
+            archive.require_pyarrow()  # its import is not the archive's memory
+            sampler = _RssSampler()
             t0 = time.perf_counter()
-            rep = (await db.archive_partitions(35, tables=["book_tickers"]))["book_tickers"]
+            with sampler:
+                rep = (await db.archive_partitions(35, tables=["book_tickers"]))["book_tickers"]
             secs = time.perf_counter() - t0
+            if args.copy_archive:
+                shutil.copytree(root, args.copy_archive, dirs_exist_ok=True)
             files = list((root / "book_tickers").rglob("*.parquet"))
             pq_bytes = sum(f.stat().st_size for f in files)
             out["archive"] = {"rows": rep.rows, "seconds": secs, "rows_per_s": rep.rows / secs,
                               "parquet_bytes": pq_bytes, "parquet_bytes_per_row": pq_bytes / rep.rows,
-                              "vs_heap": sealed["heap"] / pq_bytes, "vs_sealed_total": sealed["total"] / pq_bytes}
+                              "vs_heap": sealed["heap"] / pq_bytes, "vs_sealed_total": sealed["total"] / pq_bytes,
+                              "rss_before_mb": sampler.before / 2**20, "peak_rss_growth_mb": sampler.growth / 2**20}
             print(json.dumps(out, indent=1), flush=True)
+            if args.only_archive:
+                return out
             out["sweep"] = _sweep(root, files[0], args)
             print(json.dumps(out["sweep"], indent=1), flush=True)
             await db.archive_partitions(25, tables=["book_tickers"])
@@ -178,6 +193,32 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         if server is not None:
             await server.stop()
     return out
+
+
+class _RssSampler:
+    """The process's peak resident set while the block runs, above what it was when it started: the kernel's
+    high-water mark (VmHWM), reset to the current resident set on entry (/proc/self/clear_refs, Linux)."""
+
+    def __init__(self) -> None:
+        self.before = self.peak = 0
+
+    @staticmethod
+    def _status(key: str) -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) * 1024
+
+    def __enter__(self) -> _RssSampler:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        self.before = self._status("VmRSS")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.peak = self._status("VmHWM")
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.before
 
 
 async def _reads(db: DatabaseManager, today: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -255,6 +296,9 @@ if __name__ == "__main__":
     p.add_argument("--level", type=int, default=ArchiveSettings().compression_level)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", metavar="FILE", help="also write the results here")
+    p.add_argument("--piece-rows", type=int, help="[archive] piece_rows (default: its default)")
+    p.add_argument("--only-archive", action="store_true", help="stop after the archive (no sweep, no reads)")
+    p.add_argument("--copy-archive", metavar="DIR", help="copy the archived files here (to compare two versions)")
     a = p.parse_args()
     result = asyncio.run(main(a))
     print(json.dumps(result, indent=1))

@@ -11,6 +11,11 @@ registered, partitions pre-created with hftdb.partitions.ensure_partitions), aft
                   timed from the first insert to the return of flush. The BookTicker objects (symbol_id set) are
                   built before timing. The producer yields to the loop after each call, as a feed handler does.
                   Each batch also carries the ledger row, the latest-table upsert and a NOTIFY.
+  writer-small    the same as ``writer``, in ``--small-chunk``-row calls (default 100) of rows named by exchange and
+                  symbol (symbol_id None, resolved by the writer's cache): a feed that hands over a socket read at a
+                  time.
+  writer-huge     the same rows named by exchange and symbol, in ONE call, then ``flush()``: a backfill. The call
+                  must not hold the loop for its whole encode (the first COPY starts while the rest is encoded).
   copy_records    asyncpg ``copy_records_to_table`` of all rows in one call. The records (tuples with aware
                   datetimes for timestamptz, which asyncpg's default codec needs) are built before timing: only
                   the call is timed, which favours it.
@@ -76,7 +81,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hftdb import BookTicker, DatabaseManager, DatabaseSettings, Settings, StorageSettings, WriterSettings, now_us
 from hftdb import partitions, schema
-from hftdb.wire.copy import TRAILER
+from hftdb.wire.copy import TRAILER, copy_columns
 from hftdb.manager import init_connection
 from hftdb.server import EmbeddedServer
 from hftdb.tables import BookTickerWriter, _update_then_insert_sql
@@ -87,7 +92,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _INSERT = (
     f"INSERT INTO book_tickers ({', '.join(COLUMNS)}) VALUES ({', '.join(f'${i}' for i in range(1, len(COLUMNS) + 1))})"
 )
-METHODS = ("server-binary", "server-text", "writer", "writer-columns", "copy_records", "executemany")
+METHODS = ("server-binary", "server-text", "writer", "writer-small", "writer-huge", "writer-columns", "copy_records",
+           "executemany")
 DIAGNOSTICS = ("writer-drain", "writer-db", "batched-copy", "encode", "encode-vector", "latest-upsert",
                "latest-compare")
 
@@ -453,7 +459,7 @@ async def bench_batches(
         for b in batches:
             async with conn.transaction():
                 if full:
-                    await enc._write(conn, [b], [(b.buf, enc._latest_args(b))])
+                    await enc._committer.write(conn, [b], [(b.buf, b.latest)])
                 else:
                     await conn.copy_to_table("book_tickers", source=b.buf, columns=COLUMNS, format="binary")
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
@@ -537,8 +543,8 @@ async def _send_latest(conn: asyncpg.Connection, enc: BookTickerWriter, latest: 
     if text:
         await conn.execute(_TEXT_LATEST_SQL, *(array_text(k, col) for k, col in zip("iqqddddq", args)), *ledger)
         return
-    await conn.copy_to_table(enc.latest_stage, schema_name="pg_temp", source=memoryview(enc._latest_payload(args)),
-                             format="binary")
+    await conn.copy_to_table(enc.latest_stage, schema_name="pg_temp",
+                             source=memoryview(copy_columns(enc.latest_kinds, args)), format="binary")
     await conn.execute(enc.latest_sql, *ledger)
 
 
@@ -635,6 +641,8 @@ async def _run(args: argparse.Namespace, admin_dsn: str, tmp: Path) -> dict[str,
     log(f"generating {args.rows:,} book tickers over {args.symbols:,} symbols ...")
     tickers = make_tickers(args.rows, args.symbols, seed=args.seed, start_us=start_us, span_us=span_us)
     records = as_records(tickers)
+    # The same rows named by exchange and symbol, as a feed without the ids at hand hands them over.
+    named = [msgspec.structs.replace(t, symbol_id=None) for t in tickers]
     em_records = records[: args.executemany_rows]
     # The data is built once and lives for the whole run: keep the cycle collector from rescanning it during
     # every method's timing.
@@ -655,6 +663,8 @@ async def _run(args: argparse.Namespace, admin_dsn: str, tmp: Path) -> dict[str,
         "server-binary": lambda dsn: bench_server_copy(dsn, bin_path, "binary"),
         "server-text": lambda dsn: bench_server_copy(dsn, text_path, "text"),
         "writer": lambda dsn: bench_writer(dsn, tickers, args.chunk, args.batch_max_rows, profile),
+        "writer-small": lambda dsn: bench_writer(dsn, named, args.small_chunk, args.batch_max_rows, None),
+        "writer-huge": lambda dsn: bench_writer(dsn, named, len(named), args.batch_max_rows, None),
         "writer-columns": lambda dsn: bench_writer_columns(dsn, tickers, args.column_chunk, args.batch_max_rows),
         "copy_records": lambda dsn: bench_copy_records(dsn, records),
         "executemany": lambda dsn: bench_executemany(dsn, em_records),
@@ -748,7 +758,7 @@ def _report(
               f"{summary['writer']['mean_batch_rows']:.0f} rows/batch, commit p50 "
               f"{summary['writer']['commit_p50_ms']:.1f} ms, p99 {summary['writer']['commit_p99_ms']:.1f} ms")
     ratios = {}
-    for mine in ("writer", "writer-columns"):
+    for mine in ("writer", "writer-small", "writer-huge", "writer-columns"):
         if mine not in med:
             continue
         for other, target in (("server-binary", 0.85), ("server-text", None), ("copy_records", 2.0),
@@ -784,6 +794,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--executemany-rows", type=int, default=50_000, help="rows for executemany (default 50,000)")
     p.add_argument("--span-s", type=int, default=600, help="recv_ts span of the rows in seconds (default 600)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--small-chunk", type=int, default=100, help="rows per call of writer-small (default 100)")
     p.add_argument("--column-chunk", type=int, default=10_000, help="rows per insert_book_ticker_columns call")
     p.add_argument("--methods", default=",".join(METHODS), type=lambda s: s.split(","),
                    help=f"comma-separated, of {','.join(METHODS + DIAGNOSTICS)} (default: all but the diagnostics)")

@@ -16,9 +16,13 @@ of one symbol's hour touches the row groups whose ``symbol_id`` and ``recv_ts`` 
 
 **Nothing lost, nothing twice.** For each partition (:func:`archive_table`):
 
-1. ``fetched``: its rows and a server-side checksum, in one REPEATABLE READ snapshot;
-2. ``written``: each exchange's file written to a hidden temporary name (``.part-0.parquet.tmp``) and fsynced;
-3. ``verified``: each temporary file read back; row count and checksum must equal the server's;
+1. ``fetched``: in one REPEATABLE READ snapshot, the server's row count and checksum per symbol (one grouped
+   scan), then the rows by binary COPY sorted by symbol, time and ``ctid``, handed in pieces of ``[archive]
+   piece_rows`` to a worker thread that appends each to its exchange's file under a hidden temporary name
+   (``.part-0.parquet.tmp``), row group by row group: memory holds a piece or two, whatever the partition's size;
+2. ``written``: each file's last row group and footer written, the file fsynced;
+3. ``verified``: each temporary file read back in batches; its row count and checksum must equal the server's
+   for its exchange;
 4. ``renamed``: files renamed into place, directory fsynced;
 5. ``manifest``: the manifest (rows, min/max times, checksum, files, hftdb version) written the same way, in
    state ``written``;
@@ -36,6 +40,8 @@ process kills itself (SIGKILL): the fault tests use it to crash at each step.
 Reads (:class:`ArchiveTier`) take the files of manifests in state ``dropped``, and of those in state ``written``
 whose partition is no longer attached; PostgreSQL is read for the whole window as well, so the two never count a
 row twice. pyarrow is imported here only, when a file is written or read: ``pip install 'hftdb[archive]'``.
+:class:`ArchiveSummary` gives ``/metrics`` and ``hftdb stats`` the archive's totals, reading again only the days
+whose directory changed.
 """
 
 from __future__ import annotations
@@ -46,7 +52,9 @@ import hashlib
 import logging
 import os
 import signal
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -62,8 +70,8 @@ from .durable import fsync_dir, write_atomic
 from .errors import DatabaseError, ValidationError
 from .tablespec import TABLES
 
-__all__ = ["ArchiveReport", "ArchiveTier", "FileEntry", "Manifest", "SPECS", "archive_table", "expire", "restore_day",
-           "read_manifests", "require_pyarrow", "enabled", "summary", "STEPS", "RESTORE_STEPS", "MARKER"]
+__all__ = ["ArchiveReport", "ArchiveSummary", "ArchiveTier", "FileEntry", "Manifest", "SPECS", "archive_table", "expire", "restore_day",
+           "read_manifests", "require_pyarrow", "enabled", "summary", "verify", "VerifyReport", "STEPS", "RESTORE_STEPS", "MARKER"]
 
 logger = logging.getLogger(__name__)
 
@@ -175,16 +183,20 @@ def _sql_value(col: _Col, scale: int) -> str:
     return f"coalesce({expr}, ({_NULL})::int8)" if col.nullable else expr
 
 
-def _checksum_sql(spec: _Spec, source: str, scale: int) -> str:
+def _checksum_sql(spec: _Spec, source: str, scale: int, *, group: str | None = None) -> str:
     # Each value is computed once, in a subquery the planner may not flatten (OFFSET 0): inlined, every
-    # rotation would compute its value twice, which cost more than the values themselves.
+    # rotation would compute its value twice, which cost more than the values themselves. With ``group`` (a
+    # column of the fixed specs), one row per value of it: (value, count, sum), in one scan.
     values = ", ".join(f"{_sql_value(col, scale)} AS v{k}" for k, col in enumerate(spec.cols))
     terms = []
     for k in range(len(spec.cols)):
         r = _rot(k)
         terms.append(f"(v{k} << {r}) # ((v{k} >> {64 - r}) & {(1 << r) - 1}::int8)")
-    return (f"SELECT count(*), coalesce(sum(({' # '.join(terms)})::numeric), 0)"
-            f" FROM (SELECT {values} FROM {source} OFFSET 0) AS v")
+    agg = f"count(*), coalesce(sum(({' # '.join(terms)})::numeric), 0)"
+    if group is None:
+        return f"SELECT {agg} FROM (SELECT {values} FROM {source} OFFSET 0) AS v"
+    assert group in {c.name for c in spec.cols}
+    return f"SELECT g, {agg} FROM (SELECT {group} AS g, {values} FROM {source} OFFSET 0) AS v GROUP BY g"
 
 
 def _checksum_arrays(spec: _Spec, values: dict[str, Any]) -> int:
@@ -316,15 +328,18 @@ def read_manifests(root: Path, table: str, lower_us: int | None = None, upper_us
         dirs = [base / f"date={_date(d)}" for d in range(first, upper_us, _US_PER_DAY)]
     out = []
     for d in dirs:
-        try:
-            names = sorted(n for n in os.listdir(d) if n.startswith("_manifest.") and n.endswith(".json"))
-        except FileNotFoundError:
-            continue
-        for name in names:
-            m = msgspec.json.decode((d / name).read_bytes(), type=Manifest)
+        for m in _day_manifests(d):
             if lower_us is None or upper_us is None or (m.lower_us < upper_us and m.upper_us > lower_us):
                 out.append(m)
     return out
+
+
+def _day_manifests(day: Path) -> list[Manifest]:
+    try:
+        names = sorted(n for n in os.listdir(day) if n.startswith("_manifest.") and n.endswith(".json"))
+    except FileNotFoundError:
+        return []
+    return [msgspec.json.decode((day / name).read_bytes(), type=Manifest) for name in names]
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -347,124 +362,326 @@ async def _names(conn: asyncpg.Connection) -> tuple[dict[int, tuple[int, str]], 
     return symbols, exchanges
 
 
-async def _fetch(conn: asyncpg.Connection, spec: _Spec, source: str) -> tuple[dict[str, Any], int, int, int]:
-    """The rows of ``source`` as numpy columns (fixed-width tables) or lists (balances), with the server's row
-    count, checksum and the decimal scale, all from one snapshot."""
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        scale = 0
-        if spec.table == "balances":
-            scale = await conn.fetchval(f"SELECT coalesce(max(greatest(scale(free), scale(locked))), 0) FROM {source}")
-            rows = await conn.fetch(
-                f"SELECT exchange_id, account, asset, (extract(epoch FROM recv_ts) * 1000000)::int8,"
-                f" (extract(epoch FROM exchange_ts) * 1000000)::int8, free, locked FROM {source}")
-            data: dict[str, Any] = {c.name: [r[i] for r in rows] for i, c in enumerate(spec.cols)}
-        else:
-            assert spec.layout is not None
-            data = await columnar.copy_out(conn, spec.layout, f"SELECT {spec.layout.select_list} FROM {source}",
-                                           format="numpy")
-        count, total = await conn.fetchrow(_checksum_sql(spec, source, scale))
-    return data, count, int(total) % _M64, scale
+def _piece_rows(settings: ArchiveSettings) -> int:
+    # Whole row groups per piece: a piece's rows then fill row groups exactly, and a file's row groups fall
+    # where one write of the whole partition would put them.
+    rg = settings.row_group_rows
+    return max(rg, settings.piece_rows // rg * rg)
 
 
-def _arrow_tables(pa: Any, spec: _Spec, data: dict[str, Any], scale: int,
-                  symbols: dict[int, tuple[int, str]], exchanges: dict[int, str]) -> list[tuple[int, str, Any]]:
-    """``(exchange_id, exchange, arrow table)`` per exchange, rows in the file's sort order."""
-    import numpy as np
-
-    ts = pa.timestamp("us", tz="UTC")
-    out = []
-    if spec.by == "exchange":  # balances: a few rows, plain Python
-        n = len(data["recv_ts"])
-        order = sorted(range(n), key=lambda i: (data["exchange_id"][i], data["account"][i], data["asset"][i],
-                                                 data["recv_ts"][i]))
-        dec = pa.decimal128(38, scale)
-        for ex_id in sorted(set(data["exchange_id"])):
-            idx = [i for i in order if data["exchange_id"][i] == ex_id]
-            name = exchanges[ex_id]
-            cols = {
-                "recv_ts": pa.array([data["recv_ts"][i] for i in idx], pa.int64()).cast(ts),
-                "exchange_ts": pa.array([data["exchange_ts"][i] for i in idx], pa.int64()).cast(ts),
-                "exchange_id": pa.array([ex_id] * len(idx), pa.int32()),
-                "exchange_name": pa.array([name] * len(idx), pa.string()).dictionary_encode(),
-                "account": pa.array([data["account"][i] for i in idx], pa.string()),
-                "asset": pa.array([data["asset"][i] for i in idx], pa.string()),
-                "free": pa.array([data["free"][i] for i in idx], dec),
-                "locked": pa.array([data["locked"][i] for i in idx], dec),
-            }
-            out.append((ex_id, name, pa.table(cols)))
-        return out
-    sid = data["symbol_id"]
-    if len(sid) == 0:
-        return []
-    # lexsort is stable: rows of one symbol and one receipt time keep the partition's order, as reads see it.
-    order = np.lexsort((data["recv_ts"].view(np.int64), sid))
-    cols = {name: (col[order] if not isinstance(col, np.ma.MaskedArray) else np.ma.MaskedArray(
-        col.data[order], mask=np.ma.getmaskarray(col)[order])) for name, col in data.items()}
-    sid = cols["symbol_id"]
-    uniq = np.unique(sid)
-    missing = [int(i) for i in uniq if int(i) not in symbols]
-    if missing:
-        raise DatabaseError(f"{spec.table}: symbol ids {missing[:5]} have no row in symbols")
-    ex_of = np.array([symbols[int(i)][0] for i in uniq], dtype=np.int32)
-    row_ex = ex_of[np.searchsorted(uniq, sid)]
-    for ex_id in np.unique(ex_of):
-        sel = row_ex == ex_id
-        name = exchanges[int(ex_id)]
-        s = sid[sel]
-        u, inv = np.unique(s, return_inverse=True)
-        arrays: dict[str, Any] = {
-            "recv_ts": pa.array(cols["recv_ts"][sel].view(np.int64)).view(ts),
-        }
-        for c in spec.cols:
-            if c.name in ("symbol_id", "recv_ts"):
-                continue
-            v = cols[c.name]
-            if c.kind == "ts":
-                raw = v[sel].view(np.int64)
-                arrays[c.name] = pa.array(raw, mask=raw == _NULL if c.nullable else None).view(ts)
-            elif c.kind == "f8":
-                raw = v[sel]
-                arrays[c.name] = pa.array(raw, mask=np.isnan(raw) if c.nullable else None)
-            elif isinstance(v, np.ma.MaskedArray):
-                arrays[c.name] = pa.array(v.data[sel], mask=np.ma.getmaskarray(v)[sel])
-            else:
-                arrays[c.name] = pa.array(v[sel])
-        arrays["exchange_id"] = pa.array(np.full(len(s), ex_id, dtype=np.int32))
-        arrays["exchange_name"] = pa.DictionaryArray.from_arrays(
-            pa.array(np.zeros(len(s), dtype=np.int32)), pa.array([name]))
-        arrays["symbol_id"] = pa.array(s.astype(np.int32))
-        arrays["symbol"] = pa.DictionaryArray.from_arrays(
-            pa.array(inv.astype(np.int32)), pa.array([symbols[int(i)][1] for i in u]))
-        order_names = ["recv_ts", "exchange_ts", "exchange_id", "exchange_name", "symbol_id", "symbol"]
-        order_names += [c.name for c in spec.cols if c.name not in order_names]
-        out.append((int(ex_id), name, pa.table({n: arrays[n] for n in order_names})))
-    return out
+async def _server_groups(conn: asyncpg.Connection, spec: _Spec, source: str, scale: int) -> dict[int, tuple[int, int]]:
+    """``{symbol_id: (rows, checksum)}`` (balances: by exchange_id) of ``source``, computed by the server."""
+    key = "exchange_id" if spec.by == "exchange" else "symbol_id"
+    return {r[0]: (r[1], int(r[2]) % _M64) for r in await conn.fetch(_checksum_sql(spec, source, scale, group=key))}
 
 
-def _write_parquet(pa: Any, table: Any, path: Path, settings: ArchiveSettings, spec: _Spec) -> None:
+def _parquet_options(table_columns: Sequence[str], settings: ArchiveSettings, spec: _Spec) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     # Timestamps and ids change little from row to row within a symbol: delta encoding is what makes them a
     # byte or two a row; prices and quantities repeat (a quote moves a tick at a time), so a dictionary wins.
-    delta = [c for c in ("recv_ts", "exchange_ts", "next_funding_ts", "update_id") if c in table.column_names]
-    dictionary = [c for c in table.column_names if c not in delta]
-    sorting = [pq.SortingColumn(table.column_names.index(c)) for c in spec.sort if c in table.column_names]
+    names = list(table_columns)
+    delta = [c for c in ("recv_ts", "exchange_ts", "next_funding_ts", "update_id") if c in names]
+    return dict(
+        compression="zstd", compression_level=settings.compression_level,
+        use_dictionary=[c for c in names if c not in delta],
+        column_encoding={c: "DELTA_BINARY_PACKED" for c in delta}, write_statistics=True,
+        sorting_columns=[pq.SortingColumn(names.index(c)) for c in spec.sort if c in names], store_schema=True,
+    )
+
+
+def _write_parquet(pa: Any, table: Any, path: Path, settings: ArchiveSettings, spec: _Spec) -> None:
+    """Write a whole Arrow table as one archive file (what :class:`_ExchangeFile` writes piece by piece)."""
+    import pyarrow.parquet as pq
+
     with open(path, "wb") as f:
-        pq.write_table(
-            table, f, row_group_size=settings.row_group_rows, compression="zstd",
-            compression_level=settings.compression_level, use_dictionary=dictionary,
-            column_encoding={c: "DELTA_BINARY_PACKED" for c in delta}, write_statistics=True,
-            sorting_columns=sorting, store_schema=True,
-        )
+        pq.write_table(table, f, row_group_size=settings.row_group_rows,
+                       **_parquet_options(table.column_names, settings, spec))
         f.flush()
         os.fsync(f.fileno())
 
 
-def _verify_file(spec: _Spec, path: Path, scale: int) -> tuple[int, int]:
-    import pyarrow.parquet as pq
+class _ExchangeFile:
+    """One exchange's file of a generation, written piece by piece to its temporary name: rows are held only
+    until they fill a whole row group, so the row groups are those one write of the whole file would make."""
 
-    table = pq.read_table(path, columns=[c.name for c in spec.cols])
-    return table.num_rows, _checksum_arrays(spec, _file_values(spec, table, scale))
+    def __init__(self, spec: _Spec, settings: ArchiveSettings, day_dir: Path, stem: str, ex_id: int, name: str,
+                 expected: tuple[int, int]) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.ex_id = ex_id
+        self.name = name
+        self.expected = expected  # the server's (rows, checksum) for this exchange
+        self.rel = f"exchange={name}/{stem}.parquet"
+        self.final = day_dir / self.rel
+        self.tmp = self.final.with_name(f".{stem}.parquet.tmp")
+        self.rows = 0
+        self.min_us: int | None = None
+        self.max_us: int | None = None
+        self._buffer: list[Any] = []
+        self._buffered = 0
+        self._file: Any = None
+        self._writer: Any = None
+
+    def add(self, table: Any, lo: int, hi: int) -> None:
+        """Append rows (in the file's order) whose receipt times span ``[lo, hi]``."""
+        self.rows += table.num_rows
+        self.min_us = lo if self.min_us is None else min(self.min_us, lo)
+        self.max_us = hi if self.max_us is None else max(self.max_us, hi)
+        self._buffer.append(table)
+        self._buffered += table.num_rows
+        rg = self.settings.row_group_rows
+        if self._buffered >= rg:
+            import pyarrow as pa
+
+            whole = pa.concat_tables(self._buffer)
+            n = self._buffered // rg * rg
+            self._write(whole.slice(0, n))
+            rest = whole.slice(n)
+            self._buffer = [rest] if rest.num_rows else []
+            self._buffered = rest.num_rows
+
+    def _write(self, table: Any) -> None:
+        import pyarrow.parquet as pq
+
+        table = table.combine_chunks()  # one chunk per column, as one write of the whole file passes it
+        if self._writer is None:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.tmp, "wb")
+            self._writer = pq.ParquetWriter(self._file, table.schema,
+                                            **_parquet_options(table.column_names, self.settings, self.spec))
+        self._writer.write_table(table, row_group_size=self.settings.row_group_rows)
+
+    def finish(self) -> None:
+        """Write the last, partial row group; close and fsync the temporary file."""
+        if self._buffered:
+            import pyarrow as pa
+
+            self._write(pa.concat_tables(self._buffer))
+            self._buffer, self._buffered = [], 0
+        assert self._writer is not None
+        self._writer.close()
+        self._writer = None
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+
+    def discard(self) -> None:
+        """Close without finishing (an error on the way) and remove the temporary file."""
+        with contextlib.suppress(Exception):
+            if self._writer is not None:
+                self._writer.close()
+        if self._file is not None:
+            self._file.close()
+        self._writer = self._file = None
+        self.tmp.unlink(missing_ok=True)
+
+    def verify(self, scale: int, batch_rows: int) -> FileEntry:
+        """Read the temporary file back in batches: its rows and checksum must be the server's for this exchange."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows, total = 0, 0
+        # pre_buffer off: on, the reader keeps what it read ahead, and memory grows with the file.
+        pf = pq.ParquetFile(self.tmp, pre_buffer=False)
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=[c.name for c in self.spec.cols],
+                                     use_threads=False):
+            t = pa.Table.from_batches([batch])
+            rows += t.num_rows
+            total = (total + _checksum_arrays(self.spec, _file_values(self.spec, t, scale))) % _M64
+        if (rows, total) != self.expected:
+            raise DatabaseError(f"{self.tmp.name} of exchange {self.name} does not match the partition: {rows} rows, "
+                                f"checksum {total} in the file against {self.expected[0]} rows, checksum "
+                                f"{self.expected[1]} in PostgreSQL; nothing was dropped")
+        return FileEntry(path=self.rel, exchange=self.name, exchange_id=self.ex_id, rows=rows,
+                         bytes=self.tmp.stat().st_size, checksum=str(total), min_recv_us=self.min_us,
+                         max_recv_us=self.max_us)
+
+
+class _Generation:
+    """The files of one generation of a partition, fed pieces of its rows in the files' order (sorted by
+    symbol, or by exchange, account and asset) and routing each row to its exchange's file."""
+
+    def __init__(self, spec: _Spec, settings: ArchiveSettings, day_dir: Path, stem: str,
+                 groups: dict[int, tuple[int, int]], scale: int, symbols: dict[int, tuple[int, str]],
+                 exchanges: dict[int, str]) -> None:
+        self.spec = spec
+        self.scale = scale
+        self.symbols = symbols
+        per_ex: dict[int, list[int]] = {}
+        if spec.by == "exchange":
+            for ex_id in groups:
+                per_ex[ex_id] = [ex_id]
+        else:
+            missing = sorted(i for i in groups if i not in symbols)
+            if missing:
+                raise DatabaseError(f"{spec.table}: symbol ids {missing[:5]} have no row in symbols")
+            for sid in groups:
+                per_ex.setdefault(symbols[sid][0], []).append(sid)
+        unknown = sorted(e for e in per_ex if e not in exchanges)
+        if unknown:
+            raise DatabaseError(f"{spec.table}: exchange ids {unknown[:5]} have no row in exchanges")
+        self.files: dict[int, _ExchangeFile] = {}
+        # Per exchange, its symbols in the partition (the file's dictionary of names, as one write of the whole
+        # file would build it); per symbol, its exchange.
+        self._dict_ids: dict[int, Any] = {}
+        ex_of: dict[int, int] = {}
+        for ex_id in sorted(per_ex):
+            keys = sorted(per_ex[ex_id])
+            expected = (sum(groups[k][0] for k in keys), sum(groups[k][1] for k in keys) % _M64)
+            self.files[ex_id] = _ExchangeFile(spec, settings, day_dir, stem, ex_id, exchanges[ex_id], expected)
+            self._dict_ids[ex_id] = keys
+            for k in keys:
+                ex_of[k] = ex_id
+        self._ex_of = ex_of
+        self._sym_sorted: Any = None
+        self._ex_by_sym: Any = None
+
+    def add(self, piece: dict[str, Any]) -> None:
+        """Route one piece (numpy columns from :func:`columnar.copy_out_pieces`, or balance records) to the files."""
+        pa = require_pyarrow()
+        if self.spec.by == "exchange":
+            self._add_balances(pa, piece)
+        else:
+            self._add_symbols(pa, piece)
+
+    def _add_symbols(self, pa: Any, cols: dict[str, Any]) -> None:
+        import numpy as np
+
+        ts = pa.timestamp("us", tz="UTC")
+        if self._sym_sorted is None:
+            self._sym_sorted = np.array(sorted(self._ex_of), dtype=np.int64)
+            self._ex_by_sym = np.array([self._ex_of[i] for i in self._sym_sorted.tolist()], dtype=np.int64)
+        sid = cols["symbol_id"]
+        pos = np.searchsorted(self._sym_sorted, sid)
+        if len(sid) and (pos.max() >= len(self._sym_sorted) or (self._sym_sorted[pos] != sid).any()):
+            raise DatabaseError(f"{self.spec.table}: a symbol appeared that the snapshot's checksum did not count")
+        row_ex = self._ex_by_sym[pos]
+        recv_all = cols["recv_ts"].view(np.int64)
+        for ex_id in np.unique(row_ex).tolist():
+            sel = row_ex == ex_id
+            f = self.files[ex_id]
+            s = sid[sel]
+            dict_ids = np.array(self._dict_ids[ex_id], dtype=np.int64)
+            recv = recv_all[sel]
+            arrays: dict[str, Any] = {"recv_ts": pa.array(recv).view(ts)}
+            for c in self.spec.cols:
+                if c.name in ("symbol_id", "recv_ts"):
+                    continue
+                v = cols[c.name]
+                if c.kind == "ts":
+                    raw = v[sel].view(np.int64)
+                    arrays[c.name] = pa.array(raw, mask=raw == _NULL if c.nullable else None).view(ts)
+                elif c.kind == "f8":
+                    raw = v[sel]
+                    arrays[c.name] = pa.array(raw, mask=np.isnan(raw) if c.nullable else None)
+                elif isinstance(v, np.ma.MaskedArray):
+                    arrays[c.name] = pa.array(v.data[sel], mask=np.ma.getmaskarray(v)[sel])
+                else:
+                    arrays[c.name] = pa.array(v[sel])
+            arrays["exchange_id"] = pa.array(np.full(len(s), ex_id, dtype=np.int32))
+            arrays["exchange_name"] = pa.DictionaryArray.from_arrays(
+                pa.array(np.zeros(len(s), dtype=np.int32)), pa.array([f.name]))
+            arrays["symbol_id"] = pa.array(s.astype(np.int32))
+            arrays["symbol"] = pa.DictionaryArray.from_arrays(
+                pa.array(np.searchsorted(dict_ids, s).astype(np.int32)),
+                pa.array([self.symbols[i][1] for i in dict_ids.tolist()]))
+            order_names = ["recv_ts", "exchange_ts", "exchange_id", "exchange_name", "symbol_id", "symbol"]
+            order_names += [c.name for c in self.spec.cols if c.name not in order_names]
+            f.add(pa.table({n: arrays[n] for n in order_names}), int(recv.min()), int(recv.max()))
+
+    def _add_balances(self, pa: Any, rows: list[tuple[Any, ...]]) -> None:
+        ts = pa.timestamp("us", tz="UTC")
+        dec = pa.decimal128(38, self.scale)
+        start = 0
+        while start < len(rows):  # rows come sorted by exchange: one run per exchange
+            ex_id = rows[start][0]
+            end = start
+            while end < len(rows) and rows[end][0] == ex_id:
+                end += 1
+            run = rows[start:end]
+            f = self.files[ex_id]
+            recv = [r[3] for r in run]
+            cols = {
+                "recv_ts": pa.array(recv, pa.int64()).cast(ts),
+                "exchange_ts": pa.array([r[4] for r in run], pa.int64()).cast(ts),
+                "exchange_id": pa.array([ex_id] * len(run), pa.int32()),
+                "exchange_name": pa.array([f.name] * len(run), pa.string()).dictionary_encode(),
+                "account": pa.array([r[1] for r in run], pa.string()),
+                "asset": pa.array([r[2] for r in run], pa.string()),
+                "free": pa.array([r[5] for r in run], dec),
+                "locked": pa.array([r[6] for r in run], dec),
+            }
+            f.add(pa.table(cols), min(recv), max(recv))
+            start = end
+
+    def finish(self) -> None:
+        """Finish every file (the ``written`` step follows)."""
+        for f in self.files.values():
+            f.finish()
+
+    def discard(self) -> None:
+        """Remove every temporary file (an error on the way)."""
+        for f in self.files.values():
+            f.discard()
+
+
+class _Pieces:
+    """Pieces handed to a worker thread in order, one at a time, while the next is read from the server: the
+    CPU work of a piece overlaps reading the next, and at most two are held at once."""
+
+    def __init__(self, work: Any) -> None:
+        self._work = work
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="hftdb-archive")
+        self._pending: Any = None
+
+    async def add(self, piece: Any) -> None:
+        """Queue ``piece`` once the one before it is done (its error, if any, is raised here)."""
+        await self.drain()
+        self._pending = self._pool.submit(self._work, piece)
+
+    async def drain(self) -> None:
+        """Wait for the piece in flight."""
+        if self._pending is not None:
+            pending = self._pending
+            await asyncio.wrap_future(pending)
+            self._pending = None
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(*args)`` on the same worker once it is idle: memory the pieces freed in that thread's
+        allocator arenas is reused, not taken again in another thread's."""
+        await self.drain()
+        return await asyncio.wrap_future(self._pool.submit(fn, *args))
+
+    def close(self) -> None:
+        """Wait for the worker to go idle and stop it (blocks for at most one piece: on the error path only)."""
+        self._pool.shutdown(wait=True)
+
+
+async def _stream(conn: asyncpg.Connection, spec: _Spec, source: str, piece_rows: int, pieces: _Pieces) -> int:
+    """Read ``source`` in the files' order, piece by piece, into ``pieces``; return the rows read."""
+    if spec.by == "exchange":
+        query = (f"SELECT exchange_id, account, asset, (extract(epoch FROM recv_ts) * 1000000)::int8,"
+                 f" (extract(epoch FROM exchange_ts) * 1000000)::int8, free, locked FROM {source}"
+                 # C collation: the order of Python's str comparison (code points), which readers may rely on
+                 ' ORDER BY exchange_id, account COLLATE "C", asset COLLATE "C", recv_ts, ctid')
+        n = 0
+        batch: list[tuple[Any, ...]] = []
+        async for r in conn.cursor(query, prefetch=min(piece_rows, 10_000)):
+            batch.append(tuple(r))
+            if len(batch) >= piece_rows:
+                n += len(batch)
+                await pieces.add(batch)
+                batch = []
+        if batch:
+            n += len(batch)
+            await pieces.add(batch)
+        return n
+    assert spec.layout is not None
+    # ctid last: rows of one symbol and one receipt time keep the partition's order, as reads see it.
+    query = f"SELECT {spec.layout.select_list} FROM {source} ORDER BY symbol_id, recv_ts, ctid"
+    return await columnar.copy_out_pieces(conn, spec.layout, query, piece_rows=piece_rows, sink=pieces.add)
 
 
 def _version() -> str:
@@ -587,54 +804,61 @@ async def _server_checksum(conn: asyncpg.Connection, spec: _Spec, source: str, s
 
 async def _write_generation(conn: asyncpg.Connection, pa: Any, spec: _Spec, root: Path, settings: ArchiveSettings,
                             w: _Partition, interval_s: int, generation: int) -> Manifest:
-    data, count, total, scale = await _fetch(conn, spec, _quote(w.name))
-    _step("fetched")
+    """Write, verify and publish one generation of ``w``'s files, streaming the partition in pieces: the server's
+    per-symbol checksums and the rows sorted by symbol and time come from one snapshot; each exchange's file is
+    written row group by row group and read back in batches; memory holds a piece or two, whatever the size."""
     symbols, exchanges = await _names(conn)
-    return await asyncio.to_thread(_write_files, pa, spec, root, settings, w, interval_s, generation, data, count,
-                                   total, scale, symbols, exchanges)
-
-
-def _write_files(pa: Any, spec: _Spec, root: Path, settings: ArchiveSettings, w: _Partition, interval_s: int,
-                 generation: int, data: dict[str, Any], count: int, total: int, scale: int,
-                 symbols: dict[int, tuple[int, str]], exchanges: dict[int, str]) -> Manifest:
+    source = _quote(w.name)
     day_dir = _date_dir(root, spec.table, w.lower_us)
     stem = _part_stem(w.lower_us, interval_s * 1_000_000, generation)
-    tables = _arrow_tables(pa, spec, data, scale, symbols, exchanges)
-    written: list[tuple[Path, Path, FileEntry]] = []
-    for ex_id, name, table in tables:
-        ex_dir = day_dir / f"exchange={name}"
-        ex_dir.mkdir(parents=True, exist_ok=True)
-        final = ex_dir / f"{stem}.parquet"
-        tmp = ex_dir / f".{stem}.parquet.tmp"
-        _write_parquet(pa, table, tmp, settings, spec)
-        recv = table.column("recv_ts")
-        lo, hi = pa.compute.min_max(recv).values() if len(recv) else (None, None)
-        entry = FileEntry(path=f"exchange={name}/{stem}.parquet", exchange=name, exchange_id=ex_id,
-                          rows=table.num_rows, bytes=tmp.stat().st_size, checksum="",
-                          min_recv_us=None if lo is None else lo.value, max_recv_us=None if hi is None else hi.value)
-        written.append((tmp, final, entry))
-    _step("written")
-    rows = 0
-    acc = 0
-    checked = []
-    for tmp, final, entry in written:
-        n, c = _verify_file(spec, tmp, scale)
-        rows += n
-        acc = (acc + c) % _M64
-        checked.append((tmp, final, msgspec.structs.replace(entry, checksum=str(c))))
-    if (rows, acc) != (count, total):
-        for tmp, _, _ in written:
-            tmp.unlink(missing_ok=True)
-        raise DatabaseError(f"archive of {w.name} does not match the partition: {rows} rows, checksum {acc} in the "
-                            f"files against {count} rows, checksum {total} in PostgreSQL; nothing was dropped")
-    _step("verified")
-    for tmp, final, _ in checked:
-        os.replace(tmp, final)
-        fsync_dir(final.parent)
-    if checked:
+    piece_rows = _piece_rows(settings)
+    gen: _Generation | None = None
+    pieces: _Pieces | None = None
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            scale = 0
+            if spec.table == "balances":
+                scale = await conn.fetchval(
+                    f"SELECT coalesce(max(greatest(scale(free), scale(locked))), 0) FROM {source}")
+            groups = await _server_groups(conn, spec, source, scale)
+            # A seq scan and a sort, never the sealed partition's btree: in its order every row is a random
+            # heap read (2.7x slower on 2M cached rows, far worse on a day that does not fit in memory).
+            await conn.execute("SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off")
+            gen = _Generation(spec, settings, day_dir, stem, groups, scale, symbols, exchanges)
+            pieces = _Pieces(gen.add)
+            streamed = await _stream(conn, spec, source, piece_rows, pieces)
+            await pieces.drain()
+        count = sum(g[0] for g in groups.values())
+        total = sum(g[1] for g in groups.values()) % _M64
+        if streamed != count:
+            raise DatabaseError(f"{w.name}: {streamed} rows streamed from a snapshot whose count is {count}")
+        _step("fetched")
+        await pieces.run(gen.finish)
+        _step("written")
+        entries = []
+        for f in gen.files.values():
+            entries.append(await pieces.run(f.verify, scale, piece_rows))
+        _step("verified")
+    except (Exception, asyncio.CancelledError):
+        if pieces is not None:
+            pieces.close()  # the worker must be idle before its files are closed under it
+        if gen is not None:
+            gen.discard()
+        raise
+    finally:
+        if pieces is not None:
+            pieces.close()
+    return await asyncio.to_thread(_publish, spec, w, generation, day_dir, gen, entries, count, total, scale)
+
+
+def _publish(spec: _Spec, w: _Partition, generation: int, day_dir: Path, gen: _Generation,
+             entries: list[FileEntry], count: int, total: int, scale: int) -> Manifest:
+    for f in gen.files.values():
+        os.replace(f.tmp, f.final)
+        fsync_dir(f.final.parent)
+    if gen.files:
         fsync_dir(day_dir)
     _step("renamed")
-    entries = [e for _, _, e in checked]
     mins = [e.min_recv_us for e in entries if e.min_recv_us is not None]
     maxs = [e.max_recv_us for e in entries if e.max_recv_us is not None]
     manifest = Manifest(
@@ -659,26 +883,185 @@ async def _mark_dropped(root: Path, manifest: Manifest) -> None:
 def summary(root: str | os.PathLike[str], *, hot: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """What the archive holds, per table, from its manifests (no Parquet file is opened, pyarrow not needed):
     days, partitions, files, rows, bytes and bytes per row; with ``hot`` (``table_stats()["tables"]``), also the
-    hot tier's bytes per row (indexes included) and how many times smaller the archive is."""
-    out: dict[str, Any] = {"root": str(root), "tables": {}}
-    for table in SPECS:
-        found = read_manifests(Path(root), table)
-        rows = sum(m.rows for m in found)
-        size = sum(f.bytes for m in found for f in m.files)
-        t: dict[str, Any] = {
-            "days": len({m.date for m in found}), "partitions": len(found),
-            "files": sum(len(m.files) for m in found), "rows": rows, "bytes": size,
-            "bytes_per_row": size / rows if rows else None,
-            "first_day": min((m.date for m in found), default=None),
-            "last_day": max((m.date for m in found), default=None),
-        }
-        h = (hot or {}).get(table)
-        if h and h.get("estimated_rows"):
-            t["hot_bytes_per_row"] = h["bytes"] / h["estimated_rows"]
-            if t["bytes_per_row"]:
-                t["times_smaller"] = t["hot_bytes_per_row"] / t["bytes_per_row"]
-        out["tables"][table] = t
-    return out
+    hot tier's bytes per row (indexes included) and how many times smaller the archive is. Only the days that
+    changed since the last call (of any process) are read: see :class:`ArchiveSummary`."""
+    return ArchiveSummary(root).read(hot=hot)
+
+
+class _DayTotals(msgspec.Struct, array_like=True, frozen=True):
+    mtime_ns: int  # the day directory's mtime when read; -1: read too soon after a change to be trusted later
+    partitions: int
+    files: int
+    rows: int
+    bytes: int
+
+
+class _SummaryFile(msgspec.Struct):
+    format: int = 1
+    days: dict[str, _DayTotals] = {}
+
+
+#: A directory changed this recently may change again within one tick of a coarse file-system clock and keep its
+#: mtime: what is read from it then is used once, never kept.
+_RACY_NS: Final = 2_000_000_000
+_SUMMARY_FILE: Final = "_summary.json"
+
+
+class ArchiveSummary:
+    """The archive's summary (see :func:`summary`), kept between calls. Every manifest is written, rewritten and
+    removed by a rename in its day's directory, which changes that directory's mtime: a day's totals are read
+    again only when its mtime changed. Kept in memory (the daemon's ``/metrics`` and ``/stats``) and in
+    ``<root>/<table>/_summary.json`` (``hftdb stats``, a new process each time; written best effort: a read-only
+    archive is summarised from its manifests). One ``stat`` per day directory per call."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self._days: dict[str, dict[str, _DayTotals]] = {}
+        self._lock = threading.Lock()
+        #: Day directories whose manifests were read, over this object's life (what the cache saves).
+        self.days_read = 0
+
+    def read(self, *, hot: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The summary now (blocking file-system calls: run it in a thread from async code)."""
+        out: dict[str, Any] = {"root": str(self.root), "tables": {}}
+        with self._lock:
+            for table in SPECS:
+                days = {name[5:]: d for name, d in self._table(table).items() if d.partitions}
+                rows = sum(d.rows for d in days.values())
+                size = sum(d.bytes for d in days.values())
+                t: dict[str, Any] = {
+                    "days": len(days), "partitions": sum(d.partitions for d in days.values()),
+                    "files": sum(d.files for d in days.values()), "rows": rows, "bytes": size,
+                    "bytes_per_row": size / rows if rows else None,
+                    "first_day": min(days, default=None), "last_day": max(days, default=None),
+                }
+                h = (hot or {}).get(table)
+                if h and h.get("estimated_rows"):
+                    t["hot_bytes_per_row"] = h["bytes"] / h["estimated_rows"]
+                    if t["bytes_per_row"]:
+                        t["times_smaller"] = t["hot_bytes_per_row"] / t["bytes_per_row"]
+                out["tables"][table] = t
+        return out
+
+    def _table(self, table: str) -> dict[str, _DayTotals]:
+        base = self.root / table
+        try:
+            names = sorted(n for n in os.listdir(base) if n.startswith("date="))
+        except (FileNotFoundError, NotADirectoryError):
+            self._days.pop(table, None)
+            return {}
+        known = self._days.get(table)
+        if known is None:
+            known = self._load(base)
+        fresh: dict[str, _DayTotals] = {}
+        for name in names:
+            day = base / name
+            try:
+                mtime = os.stat(day).st_mtime_ns
+            except FileNotFoundError:
+                continue
+            old = known.get(name)
+            if old is not None and old.mtime_ns == mtime:
+                fresh[name] = old
+                continue
+            read_at = time.time_ns()
+            found = _day_manifests(day)
+            self.days_read += 1
+            fresh[name] = _DayTotals(mtime if read_at - mtime > _RACY_NS else -1, len(found),
+                                     sum(len(m.files) for m in found), sum(m.rows for m in found),
+                                     sum(f.bytes for m in found for f in m.files))
+        self._days[table] = fresh
+        if fresh != known:
+            self._save(base, fresh)
+        return fresh
+
+    @staticmethod
+    def _load(base: Path) -> dict[str, _DayTotals]:
+        try:
+            return msgspec.json.decode((base / _SUMMARY_FILE).read_bytes(), type=_SummaryFile).days
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+            return {}
+
+    @staticmethod
+    def _save(base: Path, days: dict[str, _DayTotals]) -> None:
+        keep = {k: v for k, v in days.items() if v.mtime_ns != -1}
+        try:
+            _write_atomic(base / _SUMMARY_FILE, msgspec.json.encode(_SummaryFile(days=keep)))
+        except OSError as exc:  # a read-only archive: summarised from its manifests each time
+            logger.debug("archive summary not saved under %s: %s", base, exc)
+
+
+# -- verification ------------------------------------------------------------------------------------------
+
+
+class VerifyReport(msgspec.Struct, kw_only=True):
+    """What :func:`verify` read and what did not match."""
+
+    manifests: int = 0
+    files: int = 0
+    rows: int = 0
+    bytes: int = 0
+    problems: list[str] = []
+
+
+def verify(root: str | os.PathLike[str], *, table: str | None = None, date: str | None = None,
+           batch_rows: int = 262_144) -> VerifyReport:
+    """Read every archived file (of ``table``, of day ``date``) back in batches and check it against its
+    manifest: present, of its size, with its rows and checksum; and each manifest's totals against its files.
+    Only reads; for an archive copied elsewhere, or after a disk scare. Needs pyarrow; blocking (run it in a
+    thread from async code)."""
+    if table is not None and table not in SPECS:
+        raise ValidationError(f"table must be one of {', '.join(SPECS)}; got {table!r}")
+    if date is not None:
+        try:
+            datetime.strptime(date, "%Y-%m-%d")
+        except (TypeError, ValueError):
+            raise ValidationError(f"date must be YYYY-MM-DD, got {date!r}") from None
+    pa = require_pyarrow()
+    import pyarrow.parquet as pq
+
+    root = Path(root)
+    report = VerifyReport()
+    for t in [table] if table else list(SPECS):
+        spec = SPECS[t]
+        for m in read_manifests(root, t):
+            if date is not None and m.date != date:
+                continue
+            report.manifests += 1
+            rows, total = 0, 0
+            for f in m.files:
+                path = _date_dir(root, t, m.lower_us) / f.path
+                where = f"{t}/date={m.date}/{f.path}"
+                report.files += 1
+                try:
+                    size = path.stat().st_size
+                    n, c = 0, 0
+                    pf = pq.ParquetFile(path, pre_buffer=False)
+                    for batch in pf.iter_batches(batch_size=batch_rows, columns=[col.name for col in spec.cols],
+                                                 use_threads=False):
+                        bt = pa.Table.from_batches([batch])
+                        n += bt.num_rows
+                        c = (c + _checksum_arrays(spec, _file_values(spec, bt, m.decimal_scale))) % _M64
+                except FileNotFoundError:
+                    report.problems.append(f"{where}: missing")
+                    continue
+                except (OSError, pa.ArrowException) as exc:
+                    report.problems.append(f"{where}: unreadable ({exc})")
+                    continue
+                report.rows += n
+                report.bytes += size
+                rows += n
+                total = (total + c) % _M64
+                if size != f.bytes:
+                    report.problems.append(f"{where}: {size} bytes, the manifest says {f.bytes}")
+                if (n, str(c)) != (f.rows, f.checksum):
+                    report.problems.append(f"{where}: {n} rows, checksum {c}; the manifest says {f.rows} rows, "
+                                           f"checksum {f.checksum}")
+            if (rows, str(total)) != (m.rows, m.checksum) and not any(p.startswith(f"{t}/date={m.date}/")
+                                                                      for p in report.problems):
+                report.problems.append(f"{t}/date={m.date}: its files hold {rows} rows, checksum {total}; "
+                                       f"{_manifest_name(m.partition, m.generation)} says {m.rows}, {m.checksum}")
+    return report
 
 
 # -- expiry and restore ------------------------------------------------------------------------------------
@@ -760,7 +1143,7 @@ async def restore_day(conn: asyncpg.Connection, table: str, date: str, *, settin
                                         _manifest_name(m.partition, m.generation), msgspec.json.encode(m))
                 _step("restoring")
             if not present:  # one transaction: the rows are all in PostgreSQL or none are
-                await _load_back(conn, spec, root, m, interval_s)
+                await _load_back(conn, spec, root, m, interval_s, _piece_rows(settings))
             count, total = await _server_checksum(conn, spec, source, m.decimal_scale)
             if (count, str(total)) != (m.rows, m.checksum):
                 raise DatabaseError(f"restored rows of {m.partition} do not match its archive ({count} rows, "
@@ -780,26 +1163,42 @@ async def restore_day(conn: asyncpg.Connection, table: str, date: str, *, settin
 _SQL_TYPES: Final = {"i4": "int4", "i8": "int8", "ts": "int8", "f8": "float8", "dec": "numeric", "text": "text"}
 
 
-async def _load_back(conn: asyncpg.Connection, spec: _Spec, root: Path, m: Manifest, interval_s: int) -> None:
+async def _load_back(conn: asyncpg.Connection, spec: _Spec, root: Path, m: Manifest, interval_s: int,
+                     piece_rows: int) -> None:
+    """Insert the rows of ``m``'s files into PostgreSQL in one transaction, a batch of ``piece_rows`` at a
+    time: memory holds one batch, whatever the size of the day."""
     import pyarrow.parquet as pq
 
     pa = require_pyarrow()
     day = _date_dir(root, spec.table, m.lower_us)
-    records: list[tuple[Any, ...]] = []
-    for f in m.files:
-        t = pq.read_table(day / f.path, columns=[c.name for c in spec.cols])
-        cols = [t.column(c.name).cast(pa.int64()) if c.kind == "ts" else t.column(c.name) for c in spec.cols]
-        records += zip(*(c.to_pylist() for c in cols))
     names = [c.name for c in spec.cols]
     select = ", ".join(f"'epoch'::timestamptz + {c.name} * interval '1 microsecond'" if c.kind == "ts" else c.name
                        for c in spec.cols)
+
+    def batches(path: Path) -> Any:
+        return iter(pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=piece_rows, columns=names,
+                                                                        use_threads=False))
+
+    def records(it: Any) -> list[tuple[Any, ...]] | None:
+        batch = next(it, None)
+        if batch is None:
+            return None
+        cols = [batch.column(c.name).cast(pa.int64()) if c.kind == "ts" else batch.column(c.name)
+                for c in spec.cols]
+        return list(zip(*(c.to_pylist() for c in cols)))
+
     async with conn.transaction():
         await partitions.ensure_partitions(conn, spec.table, m.lower_us, m.upper_us - 1, interval_s=interval_s)
         await conn.execute(
             "CREATE TEMP TABLE hftdb_restore_in (" + ", ".join(f"{c.name} {_SQL_TYPES[c.kind]}" for c in spec.cols)
             + ") ON COMMIT DROP")
-        await conn.copy_records_to_table("hftdb_restore_in", records=records, columns=names)
-        await conn.execute(f"INSERT INTO {_quote(spec.table)} ({', '.join(names)}) SELECT {select} FROM hftdb_restore_in")
+        for f in m.files:
+            it = await asyncio.to_thread(batches, day / f.path)
+            while (rows := await asyncio.to_thread(records, it)) is not None:
+                await conn.copy_records_to_table("hftdb_restore_in", records=rows, columns=names)
+                await conn.execute(f"INSERT INTO {_quote(spec.table)} ({', '.join(names)})"
+                                   f" SELECT {select} FROM hftdb_restore_in")
+                await conn.execute("TRUNCATE hftdb_restore_in")
 
 
 # -- reading -----------------------------------------------------------------------------------------------

@@ -315,8 +315,10 @@ async def _archive(ctx: _Context) -> int:
     args = ctx.args
     if args.action == "restore":
         return await _archive_restore(ctx)
+    if args.action == "verify":
+        return await _archive_verify(ctx)
     if args.date is not None:
-        raise ValidationError("--date goes with `hftdb archive restore`")
+        raise ValidationError("--date goes with `hftdb archive restore` or `verify`")
     if not archive.enabled(ctx.settings.archive):
         raise ValidationError("the archive is off: [archive] root is empty")
     days = args.older_than_days if args.older_than_days is not None else ctx.settings.archive.after_days
@@ -347,6 +349,23 @@ async def _archive(ctx: _Context) -> int:
     else:
         ctx.print(f"archived {done} partition(s), {rows:,} rows, under {_archive_settings(ctx).root}")
     return 0
+
+
+async def _archive_verify(ctx: _Context) -> int:
+    from . import archive
+
+    args = ctx.args
+    root = _archive_settings(ctx).root
+    if not root:
+        raise ValidationError("the archive is off: [archive] root is empty")
+    report = await asyncio.to_thread(archive.verify, root, table=args.table, date=args.date,
+                                     batch_rows=_archive_settings(ctx).piece_rows)
+    for problem in report.problems:
+        ctx.print(f"MISMATCH {problem}")
+    verdict = f"{len(report.problems)} problem(s)" if report.problems else "every file matches its manifest"
+    ctx.print(f"verified {report.files} file(s) of {report.manifests} archived partition(s), {report.rows:,} rows, "
+              f"{report.bytes:,} bytes under {root}: {verdict}")
+    return 1 if report.problems else 0
 
 
 async def _archive_restore(ctx: _Context) -> int:
@@ -689,9 +708,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list the partitions that would be dropped, drop nothing")
     p = command("archive", "move sealed partitions to Parquet files under [archive] root, verified, then drop "
                            "them", _archive)
-    p.add_argument("action", nargs="?", choices=["restore"],
-                   help="restore: load the archived day --date of --table back into PostgreSQL")
-    p.add_argument("--date", metavar="YYYY-MM-DD", help="with restore: the day to load back")
+    p.add_argument("action", nargs="?", choices=["restore", "verify"],
+                   help="restore: load the archived day --date of --table back into PostgreSQL; verify: read "
+                        "every archived file back and check it against its manifest (--table, --date narrow it)")
+    p.add_argument("--date", metavar="YYYY-MM-DD", help="with restore: the day to load back; with verify: only it")
     p.add_argument("--older-than-days", type=float, metavar="DAYS", help="default: [archive] after_days")
     p.add_argument("--table", choices=_TS, help="only this table (default: all three)")
     p.add_argument("--dry-run", action="store_true", help="list the partitions that would be archived, touch nothing")

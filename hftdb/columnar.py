@@ -11,7 +11,8 @@ parse loop, and ``struct.iter_unpack`` does the same without numpy. The SELECT l
 - a NULL float becomes ``NaN`` (hftdb never stores NaN: its writers reject it);
 - a NULL integer becomes 0 beside a boolean ``IS NULL`` flag column.
 
-:func:`to_numpy` returns ``{name: ndarray}`` (timestamps as ``datetime64[us]``, NULL as NaT; nullable floats with
+:func:`copy_out_pieces` hands the same numpy columns to a sink a piece at a time, for results larger than memory
+(the archiver's). :func:`to_numpy` returns ``{name: ndarray}`` (timestamps as ``datetime64[us]``, NULL as NaT; nullable floats with
 NaN; nullable integers as ``numpy.ma.MaskedArray``). :func:`to_lists` returns ``{name: list}`` of Python values,
 timestamps as integer Unix microseconds and NULL as ``None``. numpy is a dependency of hftdb.
 
@@ -29,7 +30,7 @@ import operator
 import struct
 import sys
 from array import array
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Awaitable, Callable, NamedTuple, Sequence
 
 import asyncpg
 
@@ -37,7 +38,8 @@ from .errors import DatabaseError, ValidationError
 from .wire.copy import HEADER, TRAILER
 from .wire.loader import NATIVE
 
-__all__ = ["Column", "Layout", "FORMATS", "TO_UNIX", "copy_out", "to_lists", "to_numpy", "check_format", "PackedRows"]
+__all__ = ["Column", "Layout", "FORMATS", "TO_UNIX", "copy_out", "copy_out_pieces", "to_lists", "to_numpy",
+           "check_format", "PackedRows"]
 
 #: The ``format=`` values of the history reads.
 FORMATS = ("objects", "columns", "numpy")
@@ -112,6 +114,35 @@ async def copy_out(conn: asyncpg.Connection, layout: Layout, query: str, *args: 
     decoder: _Decoder = _NumpyDecoder(layout) if format == "numpy" else _ListDecoder(layout)
     await conn.copy_from_query(query, *args, output=decoder.feed, format="binary", timeout=timeout)
     return decoder.finish(sort_by)
+
+
+async def copy_out_pieces(conn: asyncpg.Connection, layout: Layout, query: str, *args: Any, piece_rows: int,
+                          sink: Callable[[dict[str, Any]], Awaitable[None]], timeout: float | None = None) -> int:
+    """Run ``COPY (query) TO STDOUT (FORMAT binary)`` and hand its rows to ``sink`` in pieces of about
+    ``piece_rows`` rows, in the stream's order, as numpy columns (as :func:`copy_out` gives them for ``"numpy"``);
+    return the number of rows. At most one piece is held here: while ``sink`` runs, asyncpg stops reading the
+    socket, so the server waits and a result of any size streams through bounded memory."""
+    if piece_rows < 1:
+        raise ValueError(f"piece_rows must be positive, got {piece_rows}")
+    decoder = _NumpyDecoder(layout)
+    decoder._piece = piece_rows * layout.row_size
+    rows = 0
+
+    async def feed(chunk: bytes) -> None:
+        nonlocal rows
+        decoder.feed_sync(chunk)
+        if decoder._pieces:
+            cols = decoder._columns(None)
+            rows += len(cols[layout.columns[0].name])
+            await sink(cols)
+
+    await conn.copy_from_query(query, *args, output=feed, format="binary", timeout=timeout)
+    cols = decoder.finish(None)
+    n = len(cols[layout.columns[0].name])
+    if n:
+        rows += n
+        await sink(cols)
+    return rows
 
 
 class _Decoder:

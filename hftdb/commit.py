@@ -8,8 +8,12 @@ later one sends its COPY as soon as the earlier one's is handed over (the two CO
 backends), but waits for the earlier outcome before its own ledger/latest step and rolls back if that failed, so
 commits land in queue order and never deadlock on the latest table's rows.
 
-:class:`Committing` is the committing half of :class:`hftdb.writer.BatchWriter`, kept here so each module does
-one job; it works on the writer's queue, pool, spool and counters.
+A :class:`Committer` belongs to one :class:`hftdb.writer.BatchWriter`, which hands it at construction everything
+it works with (the pool, the table's :class:`CommitSpec`, the spool, the writer's statistics and rejects) and calls
+:meth:`Committer.start` with each group of sealed batches. The committer owns what only commits need: which
+partitions exist, which backends hold the staging table, which batches are being taken apart, and whether commits
+are failing (:attr:`Committer.failing`, with the backoff :meth:`Committer.backoff`). A commit's latest rows go to
+the staging table packed by :func:`hftdb.wire.copy.copy_columns`.
 """
 
 from __future__ import annotations
@@ -18,25 +22,30 @@ import asyncio
 import logging
 import socket
 import time
+import random
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import asyncpg
 import orjson
 
 from . import dberrors, partitions
+from .config import StorageSettings, WriterSettings
 from .copy import HEADER, TRAILER, decode_tuple, split_tuples
+from .rejects import Rejects
+from .spool import Spool
+from .wire.copy import copy_columns
 
 if TYPE_CHECKING:
-    from .writer import _Batch
+    from .writer import Batch, WriterStats
 
-__all__ = ["RETRYABLE", "Committing"]
+__all__ = ["RETRYABLE", "CommitSpec", "Committer", "InFlight"]
 
 logger = logging.getLogger("hftdb.writer")
 
 #: What a commit attempt catches (anything from the server or the socket); :func:`hftdb.dberrors.classify` then
 #: says what it means: wait for the database (retried with backoff for as long as it takes), a row the server
-#: refused (the batch is taken apart, see :meth:`Committing._isolate`), or something else (retried
+#: refused (the batch is taken apart, see :meth:`Committer._isolate`), or something else (retried
 #: ``MAX_OTHER_ATTEMPTS`` times, then taken apart the same way).
 RETRYABLE: tuple[type[BaseException], ...] = dberrors.CATCH
 
@@ -59,14 +68,85 @@ _SPARE_MAX_BYTES = 32 << 20
 
 
 
-class Committing:
-    """Mixin: the commit path of a batch writer (see the module docstring)."""
+class CommitSpec:
+    """What committing needs to know of a table: its COPY columns, its latest-row statement and how to build that
+    statement's arguments from a batch's newest rows (the table's writer, in :mod:`hftdb.tables`, supplies them)."""
 
-    #: The kind of each column of the table's COPY tuples (see :func:`hftdb.copy.decode_tuple`), in the order of
-    #: the latest-row arguments, so that a batch taken apart can build its parts' latest rows from their tuples.
-    row_kinds: str = ""
+    __slots__ = ("table", "columns", "row_kinds", "latest_sql", "latest_stage", "latest_stage_ddl", "latest_kinds",
+                 "latest_key_cols", "latest_ts_col", "latest_args_of", "decode_latest")
 
-    def _init_commit_state(self) -> None:
+    def __init__(
+        self, table: str, *, columns: Sequence[str], row_kinds: str, latest_sql: str, latest_stage: str = "",
+        latest_stage_ddl: str = "", latest_kinds: str = "", latest_key_cols: int = 1, latest_ts_col: int = 1,
+        latest_args_of: Callable[[Any], list[Any]], decode_latest: Callable[[list[Any]], list[Any]],
+    ) -> None:
+        if not table:
+            raise ValueError("table must be named")
+        self.table = table
+        self.columns = tuple(columns)
+        #: The kind of each column of the table's COPY tuples (see :func:`hftdb.copy.decode_tuple`), in the order
+        #: of the latest-row arguments, so that a batch taken apart can build its parts' latest rows from them.
+        self.row_kinds = row_kinds
+        self.latest_sql = latest_sql
+        #: The temp table (and its DDL) a commit's newest rows are COPied into before ``latest_sql`` reads them,
+        #: and the kinds of its columns (:func:`hftdb.wire.copy.copy_columns`); empty for a table whose
+        #: ``latest_sql`` takes the column arrays as parameters.
+        self.latest_stage = latest_stage
+        self.latest_stage_ddl = latest_stage_ddl
+        self.latest_kinds = latest_kinds
+        #: How the latest-row arguments are keyed (leading columns) and which column holds the receipt time.
+        self.latest_key_cols = latest_key_cols
+        self.latest_ts_col = latest_ts_col
+        #: The latest upsert's column arrays for a batch's {key: newest row} dict.
+        self.latest_args_of = latest_args_of
+        #: The latest column arrays of a spooled batch as read back from its file.
+        self.decode_latest = decode_latest
+
+
+class Committer:
+    """The commit path of one batch writer (see the module docstring)."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        spec: CommitSpec,
+        *,
+        settings: WriterSettings,
+        storage: StorageSettings,
+        spool: Spool | None,
+        stats: WriterStats,
+        rejects: Rejects,
+        notify: bool = True,
+        command_timeout: float = 60.0,
+        on_failure: Callable[[], None] = lambda: None,
+        wake: Callable[[], None] = lambda: None,
+    ) -> None:
+        if command_timeout <= 0:
+            raise ValueError(f"command_timeout must be > 0, got {command_timeout!r}")
+        self._pool = pool
+        self.spec = spec
+        self.table = spec.table
+        self.settings = settings
+        self.storage = storage
+        self._spool = spool
+        self.stats = stats
+        self.rejects = rejects
+        self._notify = notify
+        #: Bound on each statement of a commit, so a connection that dies silently cannot stall the writer.
+        self.command_timeout = command_timeout
+        #: Called after each failed attempt (the writer spools what it must and wakes blocked producers).
+        self._on_failure = on_failure
+        #: Called as a commit's COPY is handed over, so the writer can start the next group beside it.
+        self._wake = wake
+        #: Whether the last attempt failed: the writer then spools sealed batches and retries only the head.
+        self.failing = False
+        self._delay = settings.retry_initial_ms / 1000.0
+        self._interval_us = storage.partition_interval_s * 1_000_000
+        self._covered: list[tuple[int, int]] = []
+        #: Backends (by pid) known to hold this table's staging table; a connection to any other creates it first.
+        self._staged: set[int] = set()
+        #: Buffers of earlier commits' concatenated COPY payloads, reused (at most two: two commits in flight).
+        self._spare_payloads: list[bytearray] = []
         #: Batches (by id) that a data error, or too many other errors, sent to :meth:`_isolate`.
         self._suspect: set[uuid.UUID] = set()
         #: Failed attempts per batch (by id) on errors that are neither an outage nor a refused row.
@@ -75,7 +155,25 @@ class Committing:
         #: count them twice when the batch is taken apart again.
         self._rejected_nodes: dict[uuid.UUID, set[int]] = {}
 
-    async def _commit(self, group: list[_Batch], prev: _Commit | None, copied: asyncio.Event) -> bool:
+    def backoff(self) -> float:
+        """How long to wait before retrying after a failed commit (jittered), doubling the next wait up to
+        ``retry_max_ms``."""
+        delay = self._delay * random.uniform(0.5, 1.5)
+        self._delay = min(self._delay * 2, self.settings.retry_max_ms / 1000.0)
+        return delay
+
+    def _succeeded_now(self) -> None:
+        self.failing = False
+        self._delay = self.settings.retry_initial_ms / 1000.0
+
+    def start(self, group: list[Batch], prev: InFlight | None) -> InFlight:
+        """Start one attempt at committing ``group`` (after ``prev``, the attempt still in flight before it, if
+        any) as a task; its :class:`InFlight` tells when its COPY is handed over and whether it committed."""
+        commit = InFlight(group)
+        commit.task = asyncio.create_task(self._commit(group, prev, commit.copied), name=f"hftdb-{self.table}-commit")
+        return commit
+
+    async def _commit(self, group: list[Batch], prev: InFlight | None, copied: asyncio.Event) -> bool:
         """One attempt at committing ``group``; False if it failed (the flusher backs off and re-forms)."""
         try:
             if self._suspect and any(b.id in self._suspect for b in group):
@@ -97,8 +195,7 @@ class Committing:
         finally:
             copied.set()
         elapsed = time.perf_counter() - started
-        self._failing = False
-        self._delay = self.settings.retry_initial_ms / 1000.0
+        self._succeeded_now()
         if self._other_failures:
             for b in group:
                 self._other_failures.pop(b.id, None)
@@ -115,7 +212,7 @@ class Committing:
         self.stats.last_error = None
         return True
 
-    def _failed(self, group: list[_Batch], exc: BaseException) -> None:
+    def _failed(self, group: list[Batch], exc: BaseException) -> None:
         """Account for a failed attempt at ``group``, by what its error means (:func:`hftdb.dberrors.classify`)."""
         kind = dberrors.classify(exc)
         if _is_missing_partition(exc):
@@ -134,7 +231,7 @@ class Committing:
                 self._other_failures[b.id] = tries
                 if tries >= dberrors.MAX_OTHER_ATTEMPTS:
                     self._suspect.add(b.id)
-        self._failing = True
+        self.failing = True
         self.stats.retries += 1
         self.stats.last_error = f"{type(exc).__name__}: {exc}"
         rows = sum(b.rows for b in group)
@@ -146,11 +243,11 @@ class Committing:
             logger.warning("%s commit of %d rows failed (%s [%s]: %s); %s", self.table, rows, type(exc).__name__,
                            dberrors.sqlstate(exc), exc,
                            "finding the refused rows" if kind == dberrors.DATA else "retrying a few times")
-        self._spill_excess()
-        # Producers blocked on a full buffer re-check: now that commits fail, they may spill instead.
-        self._space.set()
+        # The writer spools what now must go to disk, and producers blocked on a full buffer re-check: now that
+        # commits fail, they may spill instead.
+        self._on_failure()
 
-    async def _isolate(self, group: list[_Batch], prev: _Commit | None) -> bool:
+    async def _isolate(self, group: list[Batch], prev: InFlight | None) -> bool:
         """Commit ``group`` batch by batch, taking apart each batch the server refuses: True once every row is
         committed or rejected, False on an outage (the flusher backs off and comes back).
 
@@ -192,8 +289,7 @@ class Committing:
             self._suspect.discard(b.id)
             self._other_failures.pop(b.id, None)
             self._rejected_nodes.pop(b.id, None)
-        self._failing = False
-        self._delay = self.settings.retry_initial_ms / 1000.0
+        self._succeeded_now()
         self.stats.commit_seconds.append(time.perf_counter() - started)
         self.stats.batch_rows.append(committed)
         self.stats.rows_committed += committed
@@ -202,7 +298,7 @@ class Committing:
         return True
 
     async def _bisect(
-        self, batch: _Batch, tuples: list[bytes], node: int, lo: int, hi: int, done: set[int],
+        self, batch: Batch, tuples: list[bytes], node: int, lo: int, hi: int, done: set[int],
     ) -> int:
         """Commit ``tuples[lo:hi]`` of ``batch`` as tree node ``node`` (1 is the whole batch), cutting it in two
         where the server refuses it; return the rows committed now. ``done``: the nodes the ledger holds."""
@@ -226,19 +322,18 @@ class Committing:
                 rejected.add(node)
                 state = dberrors.sqlstate(exc)
                 self.rejects.add(f"db_{state}" if state else "db_error",
-                                 f"{decode_tuple(self.row_kinds, tuples[lo])}: {type(exc).__name__}: {exc}")
+                                 f"{decode_tuple(self.spec.row_kinds, tuples[lo])}: {type(exc).__name__}: {exc}")
                 return 0
         mid = (lo + hi) // 2
         return (await self._bisect(batch, tuples, 2 * node, lo, mid, done)
                 + await self._bisect(batch, tuples, 2 * node + 1, mid, hi, done))
 
-    async def _commit_part(self, batch: _Batch, tuples: list[bytes], part_id: uuid.UUID) -> None:
+    async def _commit_part(self, batch: Batch, tuples: list[bytes], part_id: uuid.UUID) -> None:
         """One transaction for some tuples of ``batch``, under ledger id ``part_id``: rows, ledger, latest rows
         (built from the tuples themselves), NOTIFY."""
-        from .writer import _Batch  # (writer imports this module)
-
-        rows = [decode_tuple(self.row_kinds, t) for t in tuples]
-        key_cols, ts_col = self.latest_key_cols, self.latest_ts_col
+        spec = self.spec
+        rows = [decode_tuple(spec.row_kinds, t) for t in tuples]
+        key_cols, ts_col = spec.latest_key_cols, spec.latest_ts_col
         newest: dict[Any, list[Any]] = {}
         for row in rows:
             key = row[0] if key_cols == 1 else tuple(row[:key_cols])
@@ -246,21 +341,16 @@ class Committing:
             if prev is None or prev[ts_col] <= row[ts_col]:  # (a later row wins a tie, as in the writers)
                 newest[key] = row
         latest_args = [list(col) for col in zip(*newest.values())]
-        part = _Batch(batch.seq, batch.born)
-        part.id = part_id
-        part.rows = len(rows)
-        part.min_ts = min(r[ts_col] for r in rows)
-        part.max_ts = max(r[ts_col] for r in rows)
-        part.parts = set(batch.parts)
+        part = _Part(part_id, len(rows), min(r[ts_col] for r in rows), max(r[ts_col] for r in rows), batch.parts)
         payload = HEADER + b"".join(tuples) + TRAILER
         async with self._pool.acquire(timeout=self.settings.retry_max_ms / 1000.0 + 5) as conn:
-            if self.latest_stage and conn.get_server_pid() not in self._staged:
-                await conn.execute(self.latest_stage_ddl, timeout=self.command_timeout)
+            if spec.latest_stage and conn.get_server_pid() not in self._staged:
+                await conn.execute(spec.latest_stage_ddl, timeout=self.command_timeout)
                 self._staged.add(conn.get_server_pid())
             async with conn.transaction():
-                await self._write(conn, [part], [(payload, latest_args)])
+                await self.write(conn, [part], [(payload, latest_args)])
 
-    def _materialize(self, batch: _Batch) -> tuple[Any, Any]:
+    def _materialize(self, batch: Batch) -> tuple[Any, Any]:
         """A batch's COPY payload and its latest rows: the {key: row} dict in memory, or column arrays spooled."""
         if batch.buf is not None:
             return batch.buf, batch.latest
@@ -268,19 +358,19 @@ class Committing:
         spooled = self._spool.read(batch.spool_path)
         batch.min_ts, batch.max_ts = spooled.min_ts, spooled.max_ts
         batch.parts = set(spooled.parts)
-        return spooled.payload, self._decode_latest(spooled.latest)
+        return spooled.payload, self.spec.decode_latest(spooled.latest)
 
     async def _attempt(
-        self, group: list[_Batch], parts: list[tuple[Any, list[Any]]], prev: _Commit | None, copied: asyncio.Event,
+        self, group: list[Batch], parts: list[tuple[Any, list[Any]]], prev: InFlight | None, copied: asyncio.Event,
         *, check_ledger: bool,
     ) -> set[uuid.UUID]:
         """One try at committing ``group``; returns the ids of its batches the ledger showed as committed."""
         skipped: set[uuid.UUID] = set()
         async with self._pool.acquire(timeout=self.settings.retry_max_ms / 1000.0 + 5) as conn:
             _widen_send_buffer(conn)
-            if self.latest_stage and conn.get_server_pid() not in self._staged:
+            if self.spec.latest_stage and conn.get_server_pid() not in self._staged:
                 # Outside the transaction: created inside one that then failed, the table would go with it.
-                await conn.execute(self.latest_stage_ddl, timeout=self.command_timeout)
+                await conn.execute(self.spec.latest_stage_ddl, timeout=self.command_timeout)
                 self._staged.add(conn.get_server_pid())
             if check_ledger:
                 found = await conn.fetch(_LEDGER_CHECK, [b.id for b in group], [_part_id(b.id, 0) for b in group],
@@ -304,13 +394,14 @@ class Committing:
                 await self._write_latest(conn, group, parts)
         return skipped
 
-    async def _write(self, conn: asyncpg.Connection, group: list[_Batch], parts: list[tuple[Any, list[Any]]]) -> None:
-        """The body of a commit's transaction: partitions, one COPY, then ledger rows + latest upsert + NOTIFY."""
+    async def write(self, conn: asyncpg.Connection, group: Sequence[Any], parts: list[tuple[Any, Any]]) -> None:
+        """The body of a commit's transaction on ``conn`` (the caller's): partitions, one COPY of ``group``'s
+        payloads, then ledger rows + latest upsert + NOTIFY. ``parts``: each batch's payload and latest rows."""
         await self._write_rows(conn, group, parts)
         await self._write_latest(conn, group, parts)
 
     async def _write_rows(
-        self, conn: asyncpg.Connection, group: list[_Batch], parts: list[tuple[Any, list[Any]]],
+        self, conn: asyncpg.Connection, group: list[Batch], parts: list[tuple[Any, list[Any]]],
         copied: asyncio.Event | None = None,
     ) -> None:
         starts: set[int] = set()
@@ -334,9 +425,9 @@ class Committing:
                 # this COPY to end, the server's COPY stopped for ~10-15 ms per commit while the loop formed,
                 # concatenated and handed over the next group (timed per commit; see BENCHMARKS.md).
                 copied.set()
-                self._wakeup.set()
+                self._wake()
             await conn.copy_to_table(
-                self.table, source=source, columns=self.columns, format="binary", timeout=self.command_timeout)
+                self.table, source=source, columns=self.spec.columns, format="binary", timeout=self.command_timeout)
         finally:
             # asyncpg copied the buffer into its own message before its first wait on the server: ours is free.
             try:
@@ -347,46 +438,50 @@ class Committing:
                 self._spare_payloads.append(spare)
 
     async def _write_latest(
-        self, conn: asyncpg.Connection, group: list[_Batch], parts: list[tuple[Any, list[Any]]]
+        self, conn: asyncpg.Connection, group: list[Batch], parts: list[tuple[Any, list[Any]]]
     ) -> None:
         hi = int(max(b.max_ts for b in group))
+        spec = self.spec
         latest_args = self._group_latest(group, [p[1] for p in parts])
-        if self.latest_stage:
+        if spec.latest_stage:
             try:
                 await conn.copy_to_table(
-                    self.latest_stage, schema_name="pg_temp", source=memoryview(self._latest_payload(latest_args)),
+                    spec.latest_stage, schema_name="pg_temp",
+                    source=memoryview(copy_columns(spec.latest_kinds, latest_args)),
                     format="binary", timeout=self.command_timeout)
             except asyncpg.UndefinedTableError:
                 # Dropped under us (DISCARD TEMP), or a new backend that reused a known pid: the retry creates it.
                 self._staged.discard(conn.get_server_pid())
                 raise
         await conn.execute(
-            self.latest_sql, *self._latest_params(latest_args), [b.id for b in group], [b.rows for b in group],
+            # (A staged table's statement reads the staging table; another takes the column arrays.)
+            spec.latest_sql, *([] if spec.latest_stage else latest_args),
+            [b.id for b in group], [b.rows for b in group],
             [int(b.min_ts) for b in group], [int(b.max_ts) for b in group],
             self._notify_payload(sum(b.rows for b in group), hi, latest_args) if self._notify else None,
             timeout=self.command_timeout,
         )
 
-    def _group_latest(self, group: list[_Batch], latests: list[Any]) -> list[Any]:
+    def _group_latest(self, group: list[Batch], latests: list[Any]) -> list[Any]:
         """The latest-table arrays of a group: one row per key, the newest by receipt time."""
         if all(type(x) is dict for x in latests):
             if len(latests) == 1:
-                return self._latest_args_of(latests[0])
+                return self.spec.latest_args_of(latests[0])
             if all(group[i + 1].min_ts >= group[i].max_ts for i in range(len(group) - 1)):
                 # Batches in receipt order (the usual case): a later batch's row is the newer, so C-level dict
                 # updates merge them with no per-key comparison.
                 merged: dict[Any, Any] = {}
                 for latest in latests:
                     merged.update(latest)
-                return self._latest_args_of(merged)
-        return self._merge_latest([self._latest_args_of(x) if type(x) is dict else x for x in latests])
+                return self.spec.latest_args_of(merged)
+        return self._merge_latest([self.spec.latest_args_of(x) if type(x) is dict else x for x in latests])
 
     def _merge_latest(self, args_list: list[list[Any]]) -> list[Any]:
         """One latest row per key across batches: the newest by receipt time (later batch wins a tie)."""
         if len(args_list) == 1:
             return args_list[0]
         ncols = len(args_list[0])
-        key_cols, ts_col = self.latest_key_cols, self.latest_ts_col
+        key_cols, ts_col = self.spec.latest_key_cols, self.spec.latest_ts_col
         best: dict[Any, tuple[int, int, int]] = {}
         for bi, args in enumerate(args_list):
             keys = args[0] if key_cols == 1 else list(zip(*args[:key_cols]))
@@ -396,27 +491,11 @@ class Committing:
                     best[key] = (ts, bi, ri)
         return [[args_list[bi][c][ri] for _, bi, ri in best.values()] for c in range(ncols)]
 
-    async def write_in(self, conn: asyncpg.Connection) -> int:
-        """Write every row added so far on ``conn`` inside the caller's transaction (used by units of work, whose
-        writer is their own: nothing else is queued on it)."""
-        self._seal()
-        group = list(self._queue)
-        self._queue.clear()
-        if not group:
-            return 0
-        if self.latest_stage:
-            # In the caller's transaction, which may roll back and take a new table with it: not remembered. The
-            # same transaction may have staged rows already (two writes in one unit).
-            await conn.execute(f"{self.latest_stage_ddl}; TRUNCATE pg_temp.{self.latest_stage}",
-                               timeout=self.command_timeout)
-        await self._write(conn, group, [(b.buf, b.latest) for b in group])
-        return sum(b.rows for b in group)
-
     async def _ensure_partitions(self, conn: asyncpg.Connection, lo: int, hi: int) -> None:
         for c_lo, c_hi in self._covered:
             if c_lo <= lo and hi < c_hi:
                 return
-        interval_us = self.storage.partition_interval_s * 1_000_000
+        interval_us = self._interval_us
         await partitions.ensure_partitions(
             conn, self.table, lo, hi, interval_s=self.storage.partition_interval_s, hot_index=self.storage.hot_index
         )
@@ -439,16 +518,25 @@ class Committing:
         return orjson.dumps(body).decode()
 
 
-class _Commit:
-    """A group's commit attempt in flight; ``copied`` is set as its COPY is handed to the connection (or once
-    the attempt ended)."""
+class InFlight:
+    """A group's commit attempt in flight: ``task`` says whether it committed, ``copied`` is set as its COPY is
+    handed to the connection (or once the attempt ended)."""
 
     __slots__ = ("group", "copied", "task")
 
-    def __init__(self, group: list[_Batch]) -> None:
+    def __init__(self, group: list[Batch]) -> None:
         self.group = group
         self.copied = asyncio.Event()
         self.task: asyncio.Task[bool]
+
+
+class _Part:
+    """The ledger and partition facts of some tuples of a batch taken apart, committed on their own."""
+
+    __slots__ = ("id", "rows", "min_ts", "max_ts", "parts")
+
+    def __init__(self, part_id: uuid.UUID, rows: int, min_ts: int, max_ts: int, parts: set[int]) -> None:
+        self.id, self.rows, self.min_ts, self.max_ts, self.parts = part_id, rows, min_ts, max_ts, parts
 
 
 class _EarlierFailed(Exception):
@@ -475,7 +563,7 @@ def _under(descendant: int, node: int) -> bool:
     return shift > 0 and descendant >> shift == node
 
 
-async def _succeeded(commit: _Commit) -> bool:
+async def _succeeded(commit: InFlight) -> bool:
     # Shielded: this attempt being cancelled must not cancel the earlier one it is waiting on.
     try:
         return await asyncio.shield(commit.task)

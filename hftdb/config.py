@@ -324,6 +324,9 @@ class ArchiveSettings(_Section):
     retention_days: PosFloat | None = None
     row_group_rows: PosInt = 65_536
     compression_level: Annotated[int, Meta(ge=1, le=22)] = 9
+    #: Rows the archiver reads from PostgreSQL at a time (rounded down to whole row groups, at least one): its
+    #: memory is a piece or two (about 400 bytes a row of piece, whatever the partition's size).
+    piece_rows: PosInt = 262_144
 
 
 class Settings(_Section):

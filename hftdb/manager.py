@@ -23,7 +23,7 @@ import asyncpg
 from asyncpg.pool import PoolAcquireContext
 import msgspec
 
-from . import archive, packed, partitions, reads, schema, tables, tablespec
+from . import archive, packed, partitions, reads, schema, tables, tablespec, vector
 from .cache import TTLCache
 from .catalog import SymbolCatalog
 from .config import Settings, dsn_problem, load_settings, redact_dsn
@@ -111,6 +111,9 @@ class DatabaseManager:
         self._reader: reads.Reader | None = None
         self._subscriptions: set[Subscription] = set()
         self._lock = asyncio.Lock()
+        # /metrics asks for the stats every scrape: the archive's totals are read again only for days that changed.
+        self._archive_summary = archive.ArchiveSummary(settings.archive.root) if archive.enabled(settings.archive) \
+            else None
 
     def __repr__(self) -> str:
         target = redact_dsn(self._dsn) if self._dsn else f"embedded:{self.settings.database.data_dir}"
@@ -369,10 +372,10 @@ class DatabaseManager:
                 cols = [c[keep] for c in cols]
                 ex = None if ex is None else ex[keep]
                 uid = None if uid is None else uid[keep]
-        from . import vector
-
         added = vector.add_columns(writer, sid, *cols, recv, ex, uid)  # type: ignore[arg-type]
         writer.submitted(added)
+        if self._latest_cache is not None and added:
+            self._latest_cache.invalidate()
         return added
 
     async def insert_packed_book_tickers(self, rows: packed.PackedBooks) -> int:
@@ -432,6 +435,14 @@ class DatabaseManager:
                 if None in sids:
                     sids = None
             if sids is not None or rows[0].symbol_id is not None:
+                step = writer.settings.batch_max_rows
+                if len(rows) > 2 * step and (sids is not None or self._catalog.known_ids.issuperset(map(_SYMBOL_ID, rows))):
+                    # A big call (a backfill) is encoded a batch at a time, yielding between slices, so the first
+                    # COPY starts while the rest is encoded and the loop is never held for the whole call.
+                    added = await self._add_sliced(writer, rows, sids, step)
+                    if self._latest_cache is not None and added:
+                        self._latest_cache.invalidate()
+                    return added
                 added = writer.add_fast(rows, self._catalog.known_ids, sids)  # type: ignore[arg-type]
         if added is None:
             pairs = await self._resolver.pairs(rows, writer)
@@ -439,6 +450,27 @@ class DatabaseManager:
         writer.submitted(added)
         if self._latest_cache is not None and added:
             self._latest_cache.invalidate()
+        return added
+
+    async def _add_sliced(self, writer: BatchWriter, rows: list[Any], sids: list[int] | None, step: int) -> int:
+        # Every id is known (checked by the caller), so no slice can raise half way: a slice the vectorized path
+        # refuses (a wrong type) goes per row, which only rejects rows. Rows are counted as accepted slice by
+        # slice, which wakes the flusher for each sealed batch.
+        added = 0
+        for start in range(0, len(rows), step):
+            part = rows[start:start + step]
+            part_sids = None if sids is None else sids[start:start + step]
+            taken = writer.add_fast(part, self._catalog.known_ids, part_sids)  # type: ignore[arg-type]
+            if taken is None:
+                taken = writer.add(  # type: ignore[attr-defined]
+                    list(zip(part_sids or map(_SYMBOL_ID, part), part)))
+            writer.submitted(taken)
+            added += taken
+            if start + step < len(rows):
+                await asyncio.sleep(0)
+                if not writer.accepting:
+                    # Closed meanwhile: what was taken is committed (or spooled) by the close.
+                    raise ClosedError(f"the {writer.table} writer closed during a call; {added} rows were taken")
         return added
 
     async def flush(self, *, timeout: float | None = None) -> None:
@@ -635,9 +667,8 @@ class DatabaseManager:
         if self._latest_cache is not None:
             caches["latest"] = self._latest_cache.stats()
         stats = await reads.database_stats(self._open_pool, writers=self._writers, caches=caches, router=self._router)
-        if archive.enabled(self.settings.archive):
-            stats["archive"] = await asyncio.to_thread(archive.summary, self.settings.archive.root,
-                                                       hot=stats.get("tables"))
+        if self._archive_summary is not None:
+            stats["archive"] = await asyncio.to_thread(self._archive_summary.read, hot=stats.get("tables"))
         return stats
 
     async def cleanup_old_data(

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .vector import append_rows
+from .vector import TickerRows
 # PackedBooks stays importable from here for the manager.
 from .wire.books import LAYOUT, SIZE, PackedBooks
 
@@ -29,7 +29,8 @@ def add_packed(writer: BookTickerWriter, rows: PackedBooks, known_ids: set[int])
     repeats of a batch's rows are dropped and counted, as there), or None when the call must go the public path
     (not every row packed, an unregistered id, a changed list).
 
-    The caller has reserved room for the rows and calls ``writer.submitted`` after.
+    The caller has reserved room for the rows and calls ``writer.submitted`` after; the rows reach the writer
+    through :meth:`hftdb.writer.BatchWriter.append`, as every encoded book ticker does.
     """
     buf = rows.buf
     n = len(rows)
@@ -39,32 +40,7 @@ def add_packed(writer: BookTickerWriter, rows: PackedBooks, known_ids: set[int])
     if not known_ids.issuperset(sids):
         return None
     data = (np.frombuffer(buf, np.uint8) | LAYOUT.template(n)).tobytes()
-    max_rows = writer._max_rows
-    start = taken = 0
-    while start < n:
-        b = writer.current
-        end = min(n, start + max_rows - b.rows)
-        if start == 0 and end == n:
-            part, part_sids, lo, hi, ordered = rows, sids, rows.lo, rows.hi, rows.ordered
-        else:  # the call straddles a batch boundary: each batch gets its own rows' range and latest
-            part, part_sids = rows[start:end], sids[start:end]
-            if rows.ordered:
-                # Receipt times never decrease along the call, so a slice's range is its ends'. A replay's calls
-                # (a block of a file, ~6,000 rows) straddle most batches: a pass per row here was ~12% of its CPU.
-                lo, hi, ordered = part[0].recv_ts, part[-1].recv_ts, True
-            else:
-                recv = [r.recv_ts for r in part]
-                lo, hi = min(recv), max(recv)
-                ordered = all(a <= c for a, c in zip(recv, recv[1:]))
-        if not (b.part_lo <= lo and hi < b.part_hi):
-            for ts in sorted({r.recv_ts for r in part}):
-                if not b.part_lo <= ts < b.part_hi:
-                    writer._note_partition(b, ts)
-        # The intake admitted these rows (a repeated update id is dropped there): in order and newer than the
-        # batch, none can repeat another; otherwise append_rows looks.
-        taken += append_rows(writer, data[start * SIZE:end * SIZE], part_sids, part, lo, hi, ordered=ordered,
-                             fresh=ordered and lo > b.max_ts)
-        start = end
-    return taken
-
-
+    # The intake admitted these rows (a repeated update id is dropped there): in order and newer than the batch,
+    # none can repeat another; otherwise the writer's batch looks (TickerRows.append_to).
+    return writer.append(TickerRows(LAYOUT, data, sids, rows, rows.lo, rows.hi, ordered=rows.ordered,
+                                    rising=rows.ordered))

@@ -16,7 +16,7 @@ from msgspec.structs import astuple
 
 from .models import Balance, BookTicker, FundingRate, now_us
 from .wire.books import LAYOUTS
-from .wire.copy import HEADER, PG_EPOCH_US, split_tuples
+from .wire.copy import PG_EPOCH_US
 from .wire.rows import balance_tuple, funding_tuple
 # The acceptance rules and reasons are the wire layer's; bad_text and the time bounds stay importable from here.
 from .wire.rules import (
@@ -29,22 +29,9 @@ __all__ = ["BookTickerWriter", "FundingRateWriter", "BalanceWriter", "MIN_TS_US"
 
 
 def seen_before(batch: Any, row: bytes | memoryview) -> bool:
-    """Whether ``row`` (one COPY tuple) equals a tuple already in ``batch``'s buffer: an exact duplicate.
-
-    Asked only of a row that could repeat an earlier one, i.e. one not newer than its key's newest row in the
-    batch (a row newer by receipt time cannot equal any earlier row of its key), so a stream of rows in receipt
-    order never pays for it. The set of the batch's tuples is built on the first such row and extended from where
-    it stopped on the next, never rebuilt: each tuple is read once per batch at most.
-    """
-    seen = batch.seen
-    if seen is None:
-        seen = batch.seen = set()
-        batch.seen_upto = len(HEADER)
-    end = len(batch.buf)
-    if batch.seen_upto < end:
-        seen.update(split_tuples(batch.buf, batch.seen_upto, end))
-        batch.seen_upto = end
-    return row in seen
+    """Whether ``row`` (one COPY tuple) equals a tuple already in ``batch``'s buffer: an exact duplicate
+    (:meth:`hftdb.writer.Batch.holds`)."""
+    return batch.holds(row)
 
 
 # The ledger rows of a commit's batches, and the NOTIFY that ends it: shared by every writer's latest statement.

@@ -19,9 +19,6 @@ rows pack but fail a value check (NaN, crossed, out of range...) stays here: the
 the per-row path's own reasons and the rest are taken.
 
 The columnar API (:meth:`DatabaseManager.insert_book_ticker_columns`) shares steps 2-3.
-
-:func:`~hftdb.wire.copy.copy_columns` (the wire layer's) packs a commit's latest rows the same way, for the
-binary COPY into the latest-upsert staging table (:mod:`hftdb.commit`).
 """
 
 from __future__ import annotations
@@ -34,23 +31,118 @@ import numpy as np
 from msgspec.structs import astuple
 
 from .models import BookTicker, now_us
-from .tables import seen_before
 from .wire.books import LAYOUTS, Layout
-# copy_columns stays importable from here for the writer.
-from .wire.copy import PG_EPOCH_US, copy_columns
+from .wire.copy import PG_EPOCH_US
 from .wire.loader import NATIVE
 from .wire.rules import FUTURE_SLACK_US, MIN_TS_US, book_ok_columns, book_ticker_reason
 
 if TYPE_CHECKING:
     from .tables import BookTickerWriter
+    from .writer import Batch
 
-__all__ = ["Layout", "LAYOUTS", "add_tickers", "add_columns", "append_rows", "copy_columns", "latest_of"]
+__all__ = ["Layout", "LAYOUTS", "TickerRows", "add_tickers", "add_columns", "latest_of"]
 
 
-#: Calls smaller than this go the per-row path: a vectorized call has a fixed cost of tens of µs (a dozen numpy
-#: operations), which pays for itself only over about a hundred rows. Measured on 1..2,000-row calls (busy 2-core
-#: machine): per-row ~1.2-1.9 µs/row at any size; vectorized ~50 µs a call, then ~0.6-0.7 µs/row.
-MIN_ROWS = 128
+#: Calls smaller than this go the per-row path. With the C packer a call that packs whole costs a few µs (the C
+#: call, the id check, the append; no numpy pass), so it pays from about ten rows: measured on rising 1..1,000-row
+#: calls of the same rows (busy 2-core machine), per-row ~1.5-4.5 µs/row at any size, C-packed 5-9 µs for one row,
+#: ~1.5 µs/row at 10 rows, 0.3-0.6 µs/row at 100 rows and more. Without it (struct packing, a dozen numpy
+#: operations, ~50 µs a call) only calls of about a hundred rows pay.
+MIN_ROWS = 8 if NATIVE.pack_tickers is not None else 128
+
+
+class TickerRows:
+    """Checked book-ticker COPY tuples of one :class:`Layout`, as :meth:`hftdb.writer.BatchWriter.append` takes
+    them (the writer's :class:`~hftdb.writer.Encoded`).
+
+    ``data`` holds the tuples (constants set), ``sids`` each row's symbol id and ``rows`` its ``BookTicker`` (the
+    batch keeps the newest per symbol), or None for rows that came as columns (the newest are then built from the
+    tuples). ``lo``/``hi``: the receipt-time range; ``ordered``: receipt times never decrease along the rows;
+    ``rising``: no row can repeat an earlier one of them (receipt times rising strictly, or rows a feed's intake
+    admitted in order).
+    """
+
+    __slots__ = ("layout", "data", "sids", "rows", "lo", "hi", "ordered", "rising", "_recv")
+
+    def __init__(self, layout: Layout, data: Any, sids: Sequence[int], rows: Sequence[BookTicker] | None, lo: int,
+                 hi: int, *, ordered: bool, rising: bool, recv: Any = None) -> None:
+        self.layout, self.data, self.sids, self.rows = layout, data, sids, rows
+        self.lo, self.hi, self.ordered, self.rising = lo, hi, ordered, rising
+        self._recv = recv
+
+    def __len__(self) -> int:
+        """The number of rows."""
+        return len(self.sids)
+
+    def _recv_ts(self) -> Any:
+        # Unix µs, read back from the tuples when the encoder did not keep them: only a call that crosses a batch
+        # or partition boundary needs them.
+        if self._recv is None:
+            self._recv = np.frombuffer(self.data, self.layout.dtype)["recv"].astype(np.int64) + PG_EPOCH_US
+        return self._recv
+
+    def slice(self, start: int, end: int) -> TickerRows:
+        """Rows ``start`` to ``end``."""
+        size = self.layout.dtype.itemsize
+        recv = self._recv_ts()[start:end]
+        return TickerRows(
+            self.layout, memoryview(self.data)[start * size:end * size], self.sids[start:end],
+            None if self.rows is None else self.rows[start:end], int(recv.min()), int(recv.max()),
+            ordered=self.ordered, rising=self.rising, recv=recv)
+
+    def partition_starts(self, interval_us: int) -> list[int]:
+        """The start of every partition the rows' receipt times fall in."""
+        recv = self._recv_ts()
+        return np.unique(recv - recv % interval_us).tolist()  # type: ignore[no-any-return]
+
+    def append_to(self, batch: Batch) -> int:
+        """Append the tuples to ``batch`` and keep its newest row per symbol, dropping exact repeats of its rows or
+        of earlier ones of these; return the rows appended.
+
+        Rows newer than the whole batch and rising strictly pay nothing more than the append. Otherwise a row not
+        newer than its symbol's newest in the batch is compared with the batch's rows; rows in order pay only for
+        the rows at the same receipt time as an earlier one of their symbol.
+        """
+        buf = batch.buf
+        assert buf is not None
+        if self.rows is None:
+            return self._append_columns(batch)
+        data, sids, rows = self.data, self.sids, self.rows
+        if self.rising and self.lo > batch.max_ts:
+            buf += data
+            latest_of(batch.latest, sids, rows, in_order=True)
+            return len(rows)
+        if self.ordered and self.lo > batch.max_ts:
+            # Newer than the whole batch: only a row at the same time as an earlier one of the call may repeat it.
+            latest_of(batch.latest, sids, rows, in_order=True)
+            suspects = _equal_times(sids, rows)
+        else:
+            suspects = _latest_and_suspects(batch.latest, sids, rows)
+        if suspects:
+            drop = _repeated(batch, data, self.layout.dtype.itemsize, suspects)
+            if drop:
+                data, sids, rows = _without(drop, data, sids, rows)
+        buf += data
+        return len(rows)
+
+    def _append_columns(self, batch: Batch) -> int:
+        layout = self.layout
+        recs = np.frombuffer(self.data, layout.dtype)
+        sid, recv = np.asarray(self.sids, dtype=np.int64), self._recv_ts()
+        if not (self.rising and self.lo > batch.max_ts):
+            # Some row may repeat an earlier one (of the batch, or of the call): compare their tuples.
+            drop = _repeated(batch, self.data, layout.dtype.itemsize, range(len(recs)))
+            if drop:
+                keep = np.ones(len(recs), dtype=bool)
+                keep[drop] = False
+                recs, sid, recv = recs[keep], sid[keep], recv[keep]
+                if not len(recs):
+                    return 0
+        ex = recs["ex"].astype(np.int64) + PG_EPOCH_US if layout.has_e else None
+        _latest_columns(batch.latest, recs, layout, sid, recv, ex)
+        assert batch.buf is not None
+        batch.buf += recs.tobytes() if len(recs) < len(self.sids) else self.data
+        return len(recs)
 
 
 def add_tickers(
@@ -78,11 +170,9 @@ def add_tickers(
             if sids is not None:
                 np.frombuffer(data, layout.dtype)["sid"] = np.asarray(sids, dtype=np.int64)
                 ids = sids
-            b = writer.current
-            if ok and b.rows + n <= writer._max_rows and b.part_lo <= lo and hi < b.part_hi:
-                # Every row valid, all in the current batch and its partition: no numpy pass at all. Receipt times
-                # rising strictly from past the batch's newest: no row can repeat another, nothing to look up.
-                return append_rows(writer, data, ids, rows, lo, hi, ordered=ordered, fresh=rising and lo > b.max_ts)
+            if ok:
+                # Every row valid: no numpy pass at all unless the call crosses a batch or partition boundary.
+                return writer.append(TickerRows(layout, data, ids, rows, lo, hi, ordered=ordered, rising=rising))
             recs = np.frombuffer(data, layout.dtype)
             recv = recs["recv"].astype(np.int64) + PG_EPOCH_US
             ex = recs["ex"].astype(np.int64) + PG_EPOCH_US if layout.has_e else None
@@ -134,7 +224,7 @@ def _take(
     writer: BookTickerWriter, layout: Layout, recs: Any, sid: Any, recv: Any, ex: Any,
     rows: Sequence[BookTicker] | None, ts_max: int | None = None,
 ) -> int:
-    """Validate packed tuples, reject the bad ones by reason, and append the rest to the writer's batches."""
+    """Validate packed tuples, reject the bad ones by reason, and hand the rest to the writer."""
     if ts_max is None:
         ts_max = now_us() + FUTURE_SLACK_US
     bp, bq, ap, aq = (recs[k].astype(np.float64) for k in ("bp", "bq", "ap", "aq"))
@@ -146,96 +236,14 @@ def _take(
             writer.rejects.add(book_ticker_reason(r, ts_max), f"{r.exchange}:{r.symbol} id {r.symbol_id} {r!r}")
         keep = np.flatnonzero(ok)
         recs, sid, recv = recs[keep], sid[keep], recv[keep]
-        ex = None if ex is None else ex[keep]
         if rows is not None:
             rows = [rows[i] for i in keep.tolist()]
-    total = len(recs)
-    b = writer.current
-    if total and not (int(recv.min()) > b.max_ts and _strictly_rising(recv)):
-        # Some row may repeat an earlier one (of the batch, or of the call): compare those rows' tuples.
-        raw = recs.tobytes()
-        drop = _repeated(b, raw, recs.dtype.itemsize, range(total))
-        if drop:
-            keep = np.ones(total, dtype=bool)
-            keep[drop] = False
-            recs, sid, recv = recs[keep], sid[keep], recv[keep]
-            ex = None if ex is None else ex[keep]
-            if rows is not None:
-                rows = [r for r, k in zip(rows, keep.tolist()) if k]
-            writer.stats.rows_duplicate += len(drop)
-            total = len(recs)
-    start = 0
-    while start < total:
-        b = writer.current
-        take = min(total - start, writer._max_rows - b.rows)
-        end = start + take
-        r_recv = recv[start:end]
-        r_sid = sid[start:end]
-        lo, hi = int(r_recv.min()), int(r_recv.max())
-        assert b.buf is not None
-        b.buf += recs[start:end].tobytes()
-        if rows is not None:
-            _latest_rows(b.latest, r_sid, r_recv, rows[start:end], in_order=lo >= b.max_ts)
-        else:
-            _latest_columns(b.latest, recs[start:end], layout, r_sid, r_recv, None if ex is None else ex[start:end])
-        if lo < b.min_ts:
-            b.min_ts = lo
-        if hi > b.max_ts:
-            b.max_ts = hi
-        if not (b.part_lo <= lo and hi < b.part_hi):
-            interval = writer._interval_us
-            for part in np.unique(r_recv - r_recv % interval).tolist():
-                writer._note_partition(b, part)
-        b.rows += take
-        start = end
-        if b.rows >= writer._max_rows:
-            writer._seal()
-    return total
-
-
-def _latest_rows(latest: dict[int, Any], sid: Any, recv: Any, rows: Sequence[BookTicker], *, in_order: bool) -> None:
-    latest_of(latest, sid.tolist(), rows,
-              in_order=in_order and (len(recv) < 2 or bool((recv[1:] >= recv[:-1]).all())))
-
-
-def append_rows(
-    writer: BookTickerWriter, data: Any, sids: Sequence[int], rows: Sequence[BookTicker], lo: int, hi: int, *,
-    ordered: bool, fresh: bool = False,
-) -> int:
-    """Append checked tuples and their rows to the writer's current batch, whose partitions already cover
-    ``lo``..``hi`` (the rows' receipt-time range; ``ordered``: non-decreasing along them), and seal it if full;
-    return the rows appended.
-
-    ``fresh`` says no row can repeat an earlier one (each is newer than the batch and than the rows before it).
-    Otherwise a row not newer than its symbol's newest in the batch is compared with the batch's rows, and an
-    exact repeat is dropped and counted (``rows_duplicate``); rows in order pay nothing more than before.
-    """
-    b = writer.current
-    assert b.buf is not None
-    if fresh:
-        b.buf += data
-        latest_of(b.latest, sids, rows, in_order=True)
-    else:
-        if ordered and lo > b.max_ts:
-            # Newer than the whole batch: only a row at the same time as an earlier one of the call may repeat it.
-            latest_of(b.latest, sids, rows, in_order=True)
-            suspects = _equal_times(sids, rows)
-        else:
-            suspects = _latest_and_suspects(b.latest, sids, rows)
-        if suspects:
-            drop = _repeated(b, data, len(data) // len(rows), suspects)
-            if drop:
-                data, sids, rows = _without(drop, data, sids, rows)
-                writer.stats.rows_duplicate += len(drop)
-        b.buf += data
-    if lo < b.min_ts:
-        b.min_ts = lo
-    if hi > b.max_ts:
-        b.max_ts = hi
-    b.rows += len(rows)
-    if b.rows >= writer._max_rows:
-        writer._seal()
-    return len(rows)
+    if not len(recs):
+        return 0
+    ordered = len(recv) < 2 or bool((recv[1:] >= recv[:-1]).all())
+    encoded = TickerRows(layout, recs.tobytes(), sid.tolist() if rows is not None else sid, rows, int(recv.min()),
+                         int(recv.max()), ordered=ordered, rising=_strictly_rising(recv), recv=recv)
+    return writer.append(encoded)
 
 
 def _strictly_rising(recv: Any) -> bool:
@@ -288,7 +296,7 @@ def _repeated(batch: Any, data: Any, size: int, suspects: Sequence[int]) -> list
             local.add(bytes(data[j * size:(j + 1) * size]))
             j += 1
         t = bytes(data[i * size:(i + 1) * size])
-        if t in local or seen_before(batch, t):
+        if t in local or batch.holds(t):
             drop.append(i)
         else:
             local.add(t)

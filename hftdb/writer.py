@@ -10,7 +10,12 @@ The path of a row::
                            │
                            ▼ flusher: the sealed batches at the head, up to commit_max_rows, as one group
                          BEGIN; COPY ... FROM STDIN (BINARY); ledger rows + latest upsert + NOTIFY; COMMIT
-                         (hftdb.commit; the next group's COPY starts while this one finishes)
+                         (the writer's hftdb.commit.Committer; the next group's COPY starts while this one finishes)
+
+Encoders hand the writer rows already checked and packed as COPY tuples through one method,
+:meth:`BatchWriter.append` (anything that implements :class:`Encoded`: hftdb.vector's book tickers, whichever way
+they came in); the writer cuts them at batch boundaries, notes their partitions and receipt-time range, and seals
+full batches.
 
 Rows are encoded as they are accepted, so encoding overlaps the COPY in flight. When no COPY is in flight the
 flusher seals and sends at once (low latency when quiet); while one is in flight rows accumulate (big batches
@@ -34,26 +39,28 @@ import collections
 import itertools
 import logging
 import math
-import random
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Protocol
 
 import asyncpg
 
-from .commit import RETRYABLE, Committing, _Commit
+from .commit import RETRYABLE, CommitSpec, Committer, InFlight
 from .config import StorageSettings, WriterSettings
-from .copy import HEADER, TRAILER
+from .copy import HEADER, TRAILER, split_tuples
 from .errors import BufferFullError, ClosedError
 from .rejects import Rejects
 from .spool import Spool, SpooledBatch
 
-__all__ = ["BatchWriter", "WriterStats", "RETRYABLE"]
+__all__ = ["BatchWriter", "Batch", "Encoded", "WriterStats", "RETRYABLE"]
 
 logger = logging.getLogger(__name__)
 
-class _Batch:
+class Batch:
+    """One batch of a writer: its COPY payload so far, row count, receipt-time range, partitions and newest row per
+    key. Encoders add to the writer's current batch only through :meth:`Encoded.append_to`."""
+
     __slots__ = ("seq", "id", "buf", "rows", "min_ts", "max_ts", "latest", "born", "spool_path", "nbytes", "uncertain",
                  "parts", "part_lo", "part_hi", "seen", "seen_upto")
 
@@ -75,9 +82,54 @@ class _Batch:
         self.part_lo = 0
         self.part_hi = 0
         #: The batch's tuples up to byte ``seen_upto`` of ``buf``, built only when a row that could repeat an
-        #: earlier one arrives (see ``hftdb.tables.seen_before``); None until then.
+        #: earlier one arrives (see :meth:`holds`); None until then.
         self.seen: set[bytes] | None = None
         self.seen_upto = 0
+
+    def holds(self, row: bytes | memoryview) -> bool:
+        """Whether ``row`` (one COPY tuple) equals a tuple already in this batch: an exact duplicate.
+
+        Asked only of a row that could repeat an earlier one, i.e. one not newer than its key's newest row in the
+        batch (a row newer by receipt time cannot equal any earlier row of its key), so a stream of rows in receipt
+        order never pays for it. The set of the batch's tuples is built on the first such row and extended from
+        where it stopped on the next, never rebuilt: each tuple is read once per batch at most.
+        """
+        seen = self.seen
+        if seen is None:
+            seen = self.seen = set()
+            self.seen_upto = len(HEADER)
+        assert self.buf is not None
+        end = len(self.buf)
+        if self.seen_upto < end:
+            seen.update(split_tuples(self.buf, self.seen_upto, end))
+            self.seen_upto = end
+        return row in seen
+
+
+class Encoded(Protocol):
+    """Rows of one table, checked and packed as binary COPY tuples, as an encoder hands them to
+    :meth:`BatchWriter.append`. ``lo``/``hi``: the smallest and largest receipt time (Unix µs)."""
+
+    lo: int
+    hi: int
+
+    def __len__(self) -> int:
+        """The number of rows."""
+        ...
+
+    def slice(self, start: int, end: int) -> Encoded:
+        """Rows ``start`` to ``end`` (the writer cuts a call at a batch boundary)."""
+        ...
+
+    def partition_starts(self, interval_us: int) -> Iterable[int]:
+        """The start of every partition (``interval_us`` wide) the rows' receipt times fall in."""
+        ...
+
+    def append_to(self, batch: Batch) -> int:
+        """Append the tuples to ``batch``'s payload and keep its newest row per key, dropping rows that exactly
+        repeat one of the batch's or an earlier one of these; return how many were appended. Row count and time
+        range are the writer's to update."""
+        ...
 
 
 class WriterStats:
@@ -113,19 +165,21 @@ class WriterStats:
         return data[min(len(data) - 1, int(q * len(data)))]
 
 
-class BatchWriter(Committing):
-    """Buffers encoded rows of one table and commits them in group-commit batches.
+class BatchWriter:
+    """Buffers encoded rows of one table and commits them in group-commit batches (by its :class:`Committer`).
 
     Subclasses (in :mod:`hftdb.tables`) define ``table``, ``columns``, ``latest_sql`` and how rows are
-    validated and encoded (``_latest_args_of``). Producers call :meth:`reserve`, append rows to
-    :attr:`current` through the subclass, then :meth:`submitted`.
+    validated and encoded (``_latest_args_of``). Producers call :meth:`reserve`, hand the rows over (encoded, to
+    :meth:`append`, or to the subclass's per-row ``add``), then :meth:`submitted`.
     """
 
     table: str = ""
     columns: tuple[str, ...] = ()
+    #: The kind of each COPY column (see :class:`hftdb.commit.CommitSpec`).
+    row_kinds: str = ""
     latest_sql: str = ""
     #: The temp table (and its DDL) that a commit's newest rows are COPied into before ``latest_sql`` reads them,
-    #: and the kinds of its columns (see ``hftdb.vector.copy_columns``); empty for a table whose ``latest_sql``
+    #: and the kinds of its columns (see :func:`hftdb.wire.copy.copy_columns`); empty for a table whose ``latest_sql``
     #: takes the column arrays as parameters.
     latest_stage: str = ""
     latest_stage_ddl: str = ""
@@ -157,29 +211,29 @@ class BatchWriter(Committing):
         self._linger = settings.linger_ms / 1000.0
         self._seq = 0
         self.current = self._new_batch()
-        self._queue: collections.deque[_Batch] = collections.deque()
+        self._queue: collections.deque[Batch] = collections.deque()
         self._mem_rows = 0
         self._pending_rows = 0
         self._committed_seq = 0
-        self._inflight: list[_Batch] = []
-        self._failing = False
-        self._delay = settings.retry_initial_ms / 1000.0
+        self._inflight: list[Batch] = []
         self._wakeup = asyncio.Event()
         self._space = asyncio.Event()
         self._progress = asyncio.Condition()
         self._spool = Spool(Path(spool_dir) / self.table, max_bytes=settings.spool_max_bytes) if spool_dir else None
         self._spool_error_logged = -math.inf
-        self._covered: list[tuple[int, int]] = []
-        #: Backends (by pid) known to hold this table's staging table; a connection to any other creates it first.
-        self._staged: set[int] = set()
-        #: Buffers of earlier commits' concatenated COPY payloads, reused (at most two: two commits in flight).
-        self._spare_payloads: list[bytearray] = []
         self._interval_us = storage.partition_interval_s * 1_000_000
         self._tasks: set[asyncio.Task[None]] = set()
         self._state = "new"
         self.stats = WriterStats()
-        self._init_commit_state()
         self.rejects = Rejects(self.table, noun="row", interval=settings.reject_log_interval_s, log=logger)
+        spec = CommitSpec(
+            self.table, columns=self.columns, row_kinds=self.row_kinds, latest_sql=self.latest_sql,
+            latest_stage=self.latest_stage, latest_stage_ddl=self.latest_stage_ddl, latest_kinds=self.latest_kinds,
+            latest_key_cols=self.latest_key_cols, latest_ts_col=self.latest_ts_col,
+            latest_args_of=self._latest_args_of, decode_latest=self._decode_latest)
+        self._committer = Committer(
+            pool, spec, settings=settings, storage=storage, spool=self._spool, stats=self.stats, rejects=self.rejects,
+            notify=notify, command_timeout=command_timeout, on_failure=self._commit_failed, wake=self._wakeup.set)
 
     def __repr__(self) -> str:
         return (
@@ -265,9 +319,9 @@ class BatchWriter(Committing):
 
     # -- producer side ---------------------------------------------------------------------------------------
 
-    def _new_batch(self) -> _Batch:
+    def _new_batch(self) -> Batch:
         self._seq += 1
-        return _Batch(self._seq, self._clock())
+        return Batch(self._seq, self._clock())
 
     async def reserve(self, n: int) -> None:
         """Wait (or act per ``full_policy``) until ``n`` more rows fit in the in-memory buffer."""
@@ -275,7 +329,7 @@ class BatchWriter(Committing):
         limit = self.settings.buffer_max_rows
         while self._mem_rows + n > limit and self._mem_rows > 0:
             # Spill only while commits are failing: a slow but healthy database gets backpressure instead.
-            if self._failing and self._spill_one():
+            if self._committer.failing and self._spill_one():
                 continue
             policy = self.settings.full_policy
             if policy == "raise":
@@ -307,6 +361,40 @@ class BatchWriter(Committing):
         """Take a whole call's rows at once where the table has a vectorized path; None means use ``add``."""
         return None
 
+    def append(self, rows: Encoded) -> int:
+        """Take encoded, checked rows into the current batch (and the next ones, sealing each as it fills); return
+        how many were taken: all but exact repeats of a batch's rows, which are dropped and counted
+        (``rows_duplicate``). Every encoded way in (hftdb.vector, hftdb.packed) ends here; the caller has reserved
+        room (:meth:`reserve`) and calls :meth:`submitted` after."""
+        n = len(rows)
+        max_rows = self._max_rows
+        start = taken = 0
+        while start < n:
+            b = self.current
+            end = min(n, start + max_rows - b.rows)
+            part = rows if start == 0 and end == n else rows.slice(start, end)
+            lo, hi = part.lo, part.hi
+            if not (b.part_lo <= lo and hi < b.part_hi):
+                interval = self._interval_us
+                if hi - hi % interval == lo - lo % interval:  # one partition (nearly always): no pass over the rows
+                    self._note_partition(b, lo)
+                else:
+                    for ts in part.partition_starts(interval):
+                        self._note_partition(b, ts)
+            added = part.append_to(b)
+            if added < end - start:
+                self.stats.rows_duplicate += end - start - added
+            if lo < b.min_ts:
+                b.min_ts = lo
+            if hi > b.max_ts:
+                b.max_ts = hi
+            b.rows += added
+            taken += added
+            start = end
+            if b.rows >= max_rows:
+                self._seal()
+        return taken
+
     def _append_row(self, key: Any, value: Any, row: bytes, ts: int) -> None:
         """Append one encoded row; keep the newest ``value`` per ``key`` for the latest-table upsert."""
         b = self.current
@@ -325,7 +413,7 @@ class BatchWriter(Committing):
         if b.rows >= self._max_rows:
             self._seal()
 
-    def _note_partition(self, batch: _Batch, ts: int) -> None:
+    def _note_partition(self, batch: Batch, ts: int) -> None:
         interval = self._interval_us
         lo = ts - ts % interval
         batch.parts.add(lo)
@@ -343,7 +431,7 @@ class BatchWriter(Committing):
         batch.seen = None  # no row joins a sealed batch
         self._queue.append(batch)
         self.current = self._new_batch()
-        if self._failing:
+        if self._committer.failing:
             # Commits fail: the batch goes to disk now (after every older one), not when memory runs short, so a
             # crash during an outage loses at most the newest batches (see _spill_excess).
             self._spill_excess()
@@ -369,7 +457,7 @@ class BatchWriter(Committing):
         # its own COPY on another connection, beside it and beside the first one's latest upsert and COMMIT (the
         # server never waits for the loop to form and hand over the next group, and the WAL flush overlaps). A later group never commits before an
         # earlier one: it waits for the earlier outcome before its latest upsert, and rolls back if that failed.
-        inflight: collections.deque[_Commit] = collections.deque()
+        inflight: collections.deque[InFlight] = collections.deque()
         try:
             while True:
                 self._wakeup.clear()
@@ -380,10 +468,10 @@ class BatchWriter(Committing):
                             later = inflight.popleft()
                             await asyncio.wait([later.task])
                             await self._reap(later)
-                        await asyncio.sleep(self._delay * random.uniform(0.5, 1.5))
-                        self._delay = min(self._delay * 2, self.settings.retry_max_ms / 1000.0)
+                        await asyncio.sleep(self._committer.backoff())
                 timeout = None
-                if len(inflight) < (1 if self._failing else 2) and (not inflight or inflight[-1].copied.is_set()):
+                pipeline = 1 if self._committer.failing else 2
+                if len(inflight) < pipeline and (not inflight or inflight[-1].copied.is_set()):
                     # A second commit starts only on a backlog of sealed batches: sealing a few rows early just to
                     # fill the pipeline would make commits small and many, and each pays the latest upsert.
                     ready = self._ready_group(seal=not inflight)
@@ -404,7 +492,7 @@ class BatchWriter(Committing):
                 await asyncio.gather(*(c.task for c in inflight), return_exceptions=True)
             self._inflight = []
 
-    def _ready_group(self, *, seal: bool = True) -> list[_Batch] | float | None:
+    def _ready_group(self, *, seal: bool = True) -> list[Batch] | float | None:
         """The next group to commit, or how long to linger first (seconds), or None when there is nothing (or, with
         ``seal`` false, no sealed batch yet)."""
         if len(self._queue) <= len(self._inflight):
@@ -417,25 +505,24 @@ class BatchWriter(Committing):
             self._seal()
         return self._take_group()
 
-    def _start_commit(self, group: list[_Batch], prev: _Commit | None) -> _Commit:
+    def _start_commit(self, group: list[Batch], prev: InFlight | None) -> InFlight:
         self._inflight = self._inflight + group
-        commit = _Commit(group)
-        commit.task = asyncio.create_task(self._commit(group, prev, commit.copied), name=f"hftdb-{self.table}-commit")
+        commit = self._committer.start(group, prev)
         # Wake the flusher when this commit's COPY is handed over (the next group may start) and when it ends.
         commit.task.add_done_callback(lambda _: self._wakeup.set())
         return commit
 
-    async def _reap(self, commit: _Commit) -> bool:
+    async def _reap(self, commit: InFlight) -> bool:
         """Account for a finished commit, in queue order; True if it committed."""
         try:
             ok = commit.task.result()
         except Exception:
-            # _commit retries everything it knows; anything else is a bug, but if the flusher died every row
+            # The committer retries everything it knows; anything else is a bug, but if the flusher died every row
             # behind it would sit uncommitted forever. Log it, keep the group at the head, try again.
             self.stats.retries += 1
             logger.exception("%s writer: unexpected error committing %d batch(es); retrying",
                              self.table, len(commit.group))
-            self._failing = True
+            self._committer.failing = True
             ok = False
         self._inflight = self._inflight[len(commit.group):]
         if not ok:
@@ -449,7 +536,7 @@ class BatchWriter(Committing):
             self._progress.notify_all()
         return True
 
-    def _take_group(self) -> list[_Batch]:
+    def _take_group(self) -> list[Batch]:
         """The sealed batches at the head of the queue that one transaction will commit.
 
         Group commit proper: while a commit was in flight, several batches may have been sealed; committing them
@@ -458,7 +545,7 @@ class BatchWriter(Committing):
         """
         first = len(self._inflight)  # the batches before it are in an earlier commit still in flight
         group = [self._queue[first]]
-        if self._failing:
+        if self._committer.failing:
             # While commits fail, retry only the head: the rest stays spillable.
             return group
         rows = group[0].rows
@@ -470,7 +557,7 @@ class BatchWriter(Committing):
             rows += batch.rows
         return group
 
-    def _release(self, batch: _Batch) -> None:
+    def _release(self, batch: Batch) -> None:
         if batch.buf is not None:
             self._mem_rows -= batch.rows
         self._pending_rows -= batch.rows
@@ -497,11 +584,11 @@ class BatchWriter(Committing):
 
     # -- memory bound and spool ------------------------------------------------------------------------------
 
-    def _sealed_in_memory(self) -> list[_Batch]:
+    def _sealed_in_memory(self) -> list[Batch]:
         """The sealed batches still held in memory, oldest first (those in flight included)."""
         # Spooled batches always precede in-memory ones in the queue (replayed ones come first, spills go oldest
         # first), so the in-memory ones are the tail after the last spooled batch.
-        tail: list[_Batch] = []
+        tail: list[Batch] = []
         for batch in reversed(self._queue):
             if batch.buf is None:
                 break
@@ -529,7 +616,7 @@ class BatchWriter(Committing):
             return False
         return self._spill(sealed[0])
 
-    def _spill(self, batch: _Batch) -> bool:
+    def _spill(self, batch: Batch) -> bool:
         """Write ``batch`` to the spool; False (logged, the batch stays in memory) when the spool cannot be
         written."""
         assert self._spool is not None and batch.buf is not None
@@ -558,6 +645,12 @@ class BatchWriter(Committing):
         self.stats.batches_spooled += 1
         self._space.set()
         return True
+
+    def _commit_failed(self) -> None:
+        # After a failed attempt: what must go to disk now goes, and producers blocked on a full buffer re-check
+        # (now that commits fail, they may spill instead).
+        self._spill_excess()
+        self._space.set()
 
     def _spill_excess(self) -> None:
         """While commits fail: spool sealed batches, oldest first, until at most ``memory_max_batches`` of them
@@ -614,23 +707,12 @@ class BatchWriter(Committing):
 
     # -- per-table hooks ---------------------------------------------------------------------------------------
 
-    def _latest_args(self, batch: _Batch) -> list[Any]:
+    def _latest_args(self, batch: Batch) -> list[Any]:
         return self._latest_args_of(batch.latest)
 
     def _latest_args_of(self, latest: dict[Any, Any]) -> list[Any]:
         """The latest-table upsert's column arrays for a {key: newest row} dict."""
         raise NotImplementedError
-
-    def _latest_params(self, args: list[Any]) -> list[Any]:
-        """The latest upsert's parameters for its column arrays: none where the rows go through the staging
-        table (:meth:`_latest_payload`), else the lists as they are."""
-        return [] if self.latest_stage else args
-
-    def _latest_payload(self, args: list[Any]) -> bytes:
-        """The binary COPY stream of the latest rows for the staging table."""
-        from .vector import copy_columns  # numpy: imported on use, as tables.py does
-
-        return copy_columns(self.latest_kinds, args)
 
     def _encode_latest(self, args: list[Any]) -> list[Any]:
         return args
@@ -638,7 +720,34 @@ class BatchWriter(Committing):
     def _decode_latest(self, stored: list[Any]) -> list[Any]:
         return stored
 
+    # -- units of work -----------------------------------------------------------------------------------------
+
+    async def write_in(self, conn: asyncpg.Connection) -> int:
+        """Write every row added so far on ``conn`` inside the caller's transaction (used by units of work, whose
+        writer is their own: nothing else is queued on it)."""
+        self._seal()
+        group = list(self._queue)
+        self._queue.clear()
+        if not group:
+            return 0
+        if self.latest_stage:
+            # In the caller's transaction, which may roll back and take a new table with it: not remembered by the
+            # committer. The same transaction may have staged rows already (two writes in one unit).
+            await conn.execute(f"{self.latest_stage_ddl}; TRUNCATE pg_temp.{self.latest_stage}",
+                               timeout=self.command_timeout)
+        await self._committer.write(conn, group, [(b.buf, b.latest) for b in group])
+        return sum(b.rows for b in group)
+
+    def forget_partitions(self) -> None:
+        """Forget which partitions exist (after retention or a schema change dropped some)."""
+        self._committer.forget_partitions()
+
     # -- introspection -----------------------------------------------------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        """Whether the writer takes rows (started, and not closing or closed)."""
+        return self._state == "open"
 
     @property
     def pending_rows(self) -> int:

@@ -13,7 +13,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from hftdb import Balance, BookTicker, DatabaseManager, ExchangeName, FundingRate, now_us
+from hftdb import Balance, BookTicker, DatabaseManager, ExchangeName, FundingRate, Symbol, now_us
 from hftdb import archive, metrics
 from hftdb.config import ArchiveSettings
 
@@ -33,7 +33,7 @@ DAY0 = (now_us() // DAY_US - 20) * DAY_US
 
 def settings(tmp_path: Path, **archive_kw: object):
     s = base_settings(tmp_path)
-    kw = {"root": str(tmp_path / "archive"), "row_group_rows": 64, **archive_kw}
+    kw = {"root": str(tmp_path / "archive"), "row_group_rows": 64, "piece_rows": 128, **archive_kw}
     return msgspec.structs.replace(s, archive=ArchiveSettings(**kw))  # type: ignore[arg-type]
 
 
@@ -432,3 +432,245 @@ async def test_late_rows_go_to_a_new_generation_or_into_the_rewrite(dsn, tmp_pat
         assert len(got) == len(want) + 2 and set(want) <= set(got)
         again = await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=day1, end=day1 + DAY_US)
         assert again == history
+
+
+# Run in a child process: the archive command as a user runs it, and its peak resident set (VmHWM) against its
+# resident set once everything it imports is loaded, just before the command starts. Not ru_maxrss: that keeps
+# the peak of the image before exec, here the forked test process's.
+_MEMORY_PROBE = r"""
+import json, os, sys
+import asyncpg, msgspec, numpy, pyarrow, pyarrow.compute, pyarrow.parquet
+from hftdb import archive, cli, columnar, manager
+
+def status_kb(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak resident set starts again from the current one
+base = status_kb("VmRSS")
+assert status_kb("VmHWM") <= base + 1024
+rc = cli.main(sys.argv[1:])
+with open(os.environ["PROBE_OUT"], "w") as f:
+    json.dump({"rc": rc, "base_kb": base, "peak_kb": status_kb("VmHWM")}, f)
+sys.exit(rc)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status")
+async def test_a_partition_larger_than_the_memory_budget_is_archived_within_it(dsn, tmp_path):
+    # 600,000 book tickers in one day. Whole in memory (the COPY buffer, numpy columns, the Arrow copy) the
+    # archive took 269 MB above the loaded process (measured on the whole-partition archiver this replaced); in
+    # pieces of 16,384 rows it takes about 40 MB (allocator arenas and Parquet metadata), however big the day.
+    rows, budget_mb = 600_000, 64
+
+    s = settings(tmp_path)
+    root = Path(s.archive.root)
+    day = DAY0 + DAY_US
+    async with DatabaseManager(dsn, settings=s) as db:
+        ex = await db.insert_exchange(ExchangeName.BINANCE_USDM)
+        syms = [Symbol(exchange_id=ex.id, symbol=f"S{i:03d}USDT", kind="perpetual", status="trading")
+                for i in range(200)]
+        await db.sync_symbols(ExchangeName.BINANCE_USDM, syms)
+        ids = np.array([(await db.get_symbol(ExchangeName.BINANCE_USDM, x.symbol)).id for x in syms])
+        rng = np.random.default_rng(7)
+        for lo in range(0, rows, 200_000):
+            n = min(200_000, rows - lo)
+            recv = day + np.sort(rng.integers(0, DAY_US, n))
+            price = 100 + rng.integers(0, 1000, n) * 0.01
+            await db.insert_book_ticker_columns(ids[rng.integers(0, len(ids), n)], price, rng.random(n), price + 0.01,
+                                                rng.random(n), recv, exchange_ts=recv - 7,
+                                                update_id=np.arange(lo, lo + n))
+        await db.flush()
+    assert await _count(dsn, "book_tickers") == rows
+    want = await _server_total(dsn, "book_tickers")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    out = tmp_path / "probe.json"
+    env.update(HFTDB_DSN=dsn, HFTDB_ARCHIVE_ROOT=str(root), HFTDB_METRICS_PORT="1", PROBE_OUT=str(out),
+               HFTDB_WRITER_SPOOL_DIR=str(tmp_path / "spool"), HFTDB_ARCHIVE_ROW_GROUP_ROWS="4096",
+               HFTDB_ARCHIVE_PIECE_ROWS="16384")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _MEMORY_PROBE, "archive", "--older-than-days", "10", "--table", "book_tickers",
+        cwd=str(tmp_path), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(200):
+        stdout, stderr = await proc.communicate()
+    assert proc.returncode == 0, (stdout.decode(), stderr.decode())
+    probe = json.loads(out.read_text())
+    growth_mb = (probe["peak_kb"] - probe["base_kb"]) / 1024
+    print(f"archive of {rows:,} rows: peak RSS {growth_mb:.1f} MB above the loaded process")
+    assert growth_mb < budget_mb, probe
+    # And the partition is archived whole: every row, verified, in row groups of 4,096.
+    assert await _count(dsn, "book_tickers") == 0
+    (m,) = archive.read_manifests(root, "book_tickers")
+    assert m.state == "dropped" and (m.rows, m.checksum) == (rows, str(want))
+    meta = pq.ParquetFile(root / "book_tickers" / f"date={m.date}" / m.files[0].path).metadata
+    assert meta.num_rows == rows
+    assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == \
+        [4096] * (rows // 4096) + [rows % 4096]
+
+
+async def _server_total(dsn: str, table: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return (await archive._server_checksum(conn, archive.SPECS[table], table, 0))[1]
+    finally:
+        await conn.close()
+
+
+def _totals(summary: dict) -> dict:
+    keys = ("days", "partitions", "files", "rows", "bytes", "first_day", "last_day")
+    return {t: {k: v[k] for k in keys} for t, v in summary["tables"].items()}
+
+
+async def test_archive_summary_reads_again_only_the_days_that_changed(dsn, tmp_path):
+    s = settings(tmp_path)
+    root = Path(s.archive.root)
+    async with DatabaseManager(dsn, settings=s) as db:
+        n = await _seed(db)
+        await db.archive_partitions(10)
+        # Archived a while ago (a directory changed within the last seconds is read again at every call).
+        for day in root.glob("*/date=*"):
+            os.utime(day, ns=(now_us() * 1000 - 60 * 10**9,) * 2)
+        want = _totals((await db.get_database_stats())["archive"])
+        assert want["book_tickers"]["rows"] == n - 30 and want["book_tickers"]["days"] == 3
+        # Later calls read no manifest of an unchanged day: one spoiled in place (its directory unchanged) is
+        # not noticed, by the daemon's stats (/metrics) nor by a new process's (hftdb stats: the summary file).
+        day0 = root / "book_tickers" / f"date={archive._date(DAY0)}"
+        (manifest,) = day0.glob("_manifest.*.json")
+        good = manifest.read_bytes()
+        manifest.write_bytes(b"spoiled")
+        assert _totals((await db.get_database_stats())["archive"]) == want
+        assert _totals(archive.summary(root)) == want
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+        env.update(HFTDB_DSN=dsn, HFTDB_ARCHIVE_ROOT=str(root), HFTDB_METRICS_PORT="1")
+        rc, out, err = await _cli("stats", "--json", env=env, cwd=tmp_path)
+        assert rc == 0, err
+        assert _totals(json.loads(out)["archive"]) == want
+        manifest.write_bytes(good)
+        # A day that changes is read again: restored, it leaves the summary; the other days are not re-read.
+        day1 = archive._date(DAY0 + DAY_US)
+        _, restored = await db.restore_archive("book_tickers", day1)
+        manifest.write_bytes(b"spoiled")
+        got = _totals((await db.get_database_stats())["archive"])
+        assert got["book_tickers"]["rows"] == n - 30 - restored and got["book_tickers"]["days"] == 2
+        assert got["funding_rates"] == want["funding_rates"]
+        assert _totals(archive.summary(root)) == got
+        manifest.write_bytes(good)
+        # Archived again: back in the summary.
+        await db.archive_partitions(10, tables=["book_tickers"])
+        assert _totals((await db.get_database_stats())["archive"])["book_tickers"]["rows"] == n - 30
+
+
+async def test_without_pyarrow_reads_of_archived_days_and_restore_name_the_extra(dsn, tmp_path, monkeypatch):
+    from hftdb import ValidationError
+
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await _seed(db)
+        await db.archive_partitions(10)
+        monkeypatch.setitem(sys.modules, "pyarrow", None)  # what `import pyarrow` meets where it is not installed
+        for fmt in ("objects", "columns", "numpy"):
+            with pytest.raises(ValidationError, match=r"pip install 'hftdb\[archive\]'"):
+                await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=DAY0, end=now_us() + 1, format=fmt)
+        with pytest.raises(ValidationError, match=r"hftdb\[archive\]"):
+            await db.get_balance_history("binance_spot", "USDT", start=DAY0, format="columns")
+        with pytest.raises(ValidationError, match=r"hftdb\[archive\]"):
+            await db.restore_archive("book_tickers", archive._date(DAY0))
+        # What needs no Parquet file still works: today's rows, and the archive's figures.
+        today = await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=now_us() - 3_600_000_000)
+        assert len(today) == 10
+        stats = await db.get_database_stats()
+        assert stats["archive"]["tables"]["book_tickers"]["days"] == 3
+
+
+async def test_archive_verify_reads_every_file_back_and_names_each_mismatch(dsn, tmp_path):
+    s = settings(tmp_path)
+    root = Path(s.archive.root)
+    async with DatabaseManager(dsn, settings=s) as db:
+        n = await _seed(db)
+        await db.archive_partitions(10)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    env.update(HFTDB_DSN=dsn, HFTDB_ARCHIVE_ROOT=str(root), HFTDB_METRICS_PORT="1")
+    rc, out, err = await _cli("archive", "verify", env=env, cwd=tmp_path)
+    assert rc == 0, (out, err)
+    assert "verified 12 file(s) of 9 archived partition(s)" in out and "every file matches its manifest" in out
+    report = archive.verify(root, table="book_tickers", batch_rows=64)
+    assert (report.files, report.rows, report.problems) == (6, n - 30, [])
+    # One value changed (a file rewritten as the archiver writes it), one file cut short, one gone.
+    day0, day1, day2 = (f"date={archive._date(DAY0 + d * DAY_US)}" for d in range(3))
+    changed = root / "book_tickers" / day0 / "exchange=binance_spot" / "part-0.parquet"
+    t = pq.read_table(changed)
+    bids = t.column("bid_price").to_pylist()
+    bids[7] += 0.5
+    t = t.set_column(t.column_names.index("bid_price"), "bid_price", pa.array(bids))
+    archive._write_parquet(pa, t, changed, s.archive, archive.SPECS["book_tickers"])
+    cut = root / "book_tickers" / day1 / "exchange=okx_spot" / "part-0.parquet"
+    cut.write_bytes(cut.read_bytes()[:-100])
+    (root / "funding_rates" / day2 / "exchange=binance_usdm" / "part-0.parquet").unlink()
+    report = archive.verify(root)
+    assert len(report.problems) == 3, report.problems
+    assert report.problems[0].startswith(f"book_tickers/{day0}/exchange=binance_spot/part-0.parquet: ")
+    assert "checksum" in report.problems[0]
+    assert report.problems[1].startswith(f"book_tickers/{day1}/exchange=okx_spot/part-0.parquet: unreadable")
+    assert report.problems[2] == f"funding_rates/{day2}/exchange=binance_usdm/part-0.parquet: missing"
+    rc, out, err = await _cli("archive", "verify", "--table", "funding_rates", env=env, cwd=tmp_path)
+    assert rc == 1 and "MISMATCH funding_rates/" in out and "1 problem(s)" in out and "Traceback" not in err
+    rc, out, err = await _cli("archive", "verify", "--date", archive._date(DAY0 + DAY_US), env=env, cwd=tmp_path)
+    assert rc == 1 and "verified 4 file(s) of 3 archived partition(s)" in out and "okx_spot" in out
+
+
+async def test_copy_out_pieces_streams_the_rows_copy_out_returns_whole(dsn, tmp_path):
+    from hftdb import columnar
+
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await _seed(db)
+    spec = archive.SPECS["book_tickers"]
+    query = f"SELECT {spec.layout.select_list} FROM book_tickers ORDER BY symbol_id, recv_ts, ctid"
+    conn = await asyncpg.connect(dsn)
+    try:
+        whole = await columnar.copy_out(conn, spec.layout, query, format="numpy")
+        pieces: list[dict] = []
+
+        async def sink(piece: dict) -> None:
+            pieces.append(piece)
+
+        n = await columnar.copy_out_pieces(conn, spec.layout, query, piece_rows=5, sink=sink)
+        assert n == len(whole["recv_ts"]) == sum(len(p["recv_ts"]) for p in pieces) > 0
+        for name, col in whole.items():
+            joined = np.ma.concatenate([p[name] for p in pieces]) if isinstance(col, np.ma.MaskedArray) \
+                else np.concatenate([p[name] for p in pieces])
+            _same(col, joined)
+        pieces.clear()
+        assert await columnar.copy_out_pieces(conn, spec.layout, query + " LIMIT 0", piece_rows=5, sink=sink) == 0
+        assert pieces == []
+        with pytest.raises(ValueError, match="piece_rows"):
+            await columnar.copy_out_pieces(conn, spec.layout, query, piece_rows=0, sink=sink)
+    finally:
+        await conn.close()
+
+
+async def test_a_file_that_reads_back_wrong_is_removed_and_nothing_is_dropped(dsn, tmp_path, monkeypatch):
+    from hftdb import DatabaseError
+
+    s = settings(tmp_path)
+    root = Path(s.archive.root)
+    async with DatabaseManager(dsn, settings=s) as db:
+        await _seed(db)
+        want = sorted(map(_norm, await _pg_rows(dsn, "book_tickers")))
+        real = archive._file_values
+
+        def one_value_off(spec, table, scale):  # what a bad disk or a writer bug would read back
+            values = real(spec, table, scale)
+            values["bid_price"] = values["bid_price"].copy()
+            values["bid_price"][0] += 1
+            return values
+
+        monkeypatch.setattr(archive, "_file_values", one_value_off)
+        with pytest.raises(DatabaseError, match="does not match the partition"):
+            await db.archive_partitions(10, tables=["book_tickers"])
+        assert sorted(map(_norm, await _pg_rows(dsn, "book_tickers"))) == want
+        assert not [p for p in root.rglob("*") if p.is_file()]  # no file, temporary or not, and no manifest
+        monkeypatch.undo()
+        assert len((await db.archive_partitions(10, tables=["book_tickers"]))["book_tickers"].archived) == 3
+        assert sorted(map(_norm, await _pg_rows(dsn, "book_tickers") + _file_rows(root, "book_tickers",
+                                                                                  listed_only=False))) == want
+

@@ -4,11 +4,13 @@ Rows that carry a registered ``symbol_id`` take the vectorized path; the same ro
 take the per-row path. Both get the same mix of good and bad values, and the database must end up the same.
 """
 
+import asyncio
 import random
 
+import msgspec
 import pytest
 
-from hftdb import BookTicker, DatabaseManager, ExchangeName, Symbol, now_us, vector
+from hftdb import BookTicker, CacheSettings, DatabaseManager, ExchangeName, Symbol, now_us, vector
 from hftdb.cache import TTLCache
 
 from helpers import settings, sql
@@ -70,7 +72,7 @@ async def _rows(db: DatabaseManager, table: str, ids: list[int]) -> list[tuple]:
     return sorted((index[r[0]], *r[1:]) for r in rows)
 
 
-@pytest.mark.parametrize("chunk", [vector.MIN_ROWS, 250, 1_000])
+@pytest.mark.parametrize("chunk", [vector.MIN_ROWS, 100, 250, 1_000, 3_000])  # 3,000: one call, taken in slices
 async def test_vectorized_path_matches_row_path(dsn, tmp_path, chunk, monkeypatch):
     # The same values three times, each on its own symbols: through the per-row path (the vectorized one switched
     # off), vectorized with ids on the rows, and vectorized with ids resolved from the rows' names.
@@ -191,3 +193,40 @@ def test_whole_tuple_packing_matches_the_row_path_and_refuses_values_where_the_f
                 odd = list(rows)
                 odd[5] = BookTicker(**{**{f: getattr(rows[5], f) for f in BookTicker.__struct_fields__}, field: value})
                 assert writer().add_fast(odd, set(range(1, 8))) is None
+
+
+async def test_columns_path_invalidates_the_latest_cache_like_the_others(dsn, tmp_path):
+    # With the latest cache on, a read after a flush must see the columns just written, as after any other insert.
+    cfg = msgspec.structs.replace(settings(tmp_path), cache=CacheSettings(latest_ttl_ms=600_000.0))
+    async with DatabaseManager(dsn, settings=cfg) as db:
+        ex = await db.insert_exchange(EXCHANGE)
+        sym = await db.insert_symbol(Symbol(exchange_id=ex.id, symbol="BTCUSDT"))
+        t = now_us()
+        await db.insert_book_ticker_columns([sym.id], [10.0], [1.0], [10.5], [1.0], [t])
+        await db.flush()
+        assert [r.bid_price for r in await db.get_latest_book_tickers(symbol_ids=[sym.id])] == [10.0]  # cached now
+        await db.insert_book_ticker_columns([sym.id], [11.0], [1.0], [11.5], [1.0], [t + 1])
+        await db.flush()
+        assert [r.bid_price for r in await db.get_latest_book_tickers(symbol_ids=[sym.id])] == [11.0]
+
+
+async def test_a_big_call_does_not_hold_the_loop_for_its_whole_encode(dsn, tmp_path):
+    # A call of many batches is encoded a batch at a time, yielding between: another task runs while the call is
+    # under way, and sees part of its rows accepted already. Every row is then stored once.
+    async with DatabaseManager(dsn, settings=settings(tmp_path, batch_max_rows=500)) as db:
+        ex = await db.insert_exchange(EXCHANGE)
+        syms = [await db.insert_symbol(Symbol(exchange_id=ex.id, symbol=f"S{i}USDT")) for i in range(3)]
+        t = now_us()
+        rows = [BookTicker(EXCHANGE.value, syms[i % 3].symbol, 10.0, 1.0, 10.5, 1.0, t + i, update_id=i)
+                for i in range(5_000)]
+        writer = db.writer("book_tickers")
+        seen: list[int] = []
+        call = asyncio.ensure_future(db.insert_book_ticker_snapshots(rows))
+        while not call.done():
+            seen.append(writer.stats.rows_accepted)
+            await asyncio.sleep(0)
+        assert await call == len(rows)
+        assert any(0 < n < len(rows) for n in seen)
+        await db.flush()
+        assert await sql(db).fetchval("SELECT count(DISTINCT update_id) FROM book_tickers") == len(rows)
+        assert await sql(db).fetchval("SELECT count(*) FROM book_tickers") == len(rows)
