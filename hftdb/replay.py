@@ -76,6 +76,7 @@ from .locks import unlock
 from .tablespec import TIME_SERIES
 from .manager import DatabaseManager
 from .models import Balance, BookTicker, ExchangeName, FundingRate, now_us
+from .wire.books import PackedBooks
 
 __all__ = ["MAX_LINE_BYTES", "ReplayProgress", "ReplayResult", "ingest_file", "ingest_files", "replay_frames"]
 
@@ -255,15 +256,21 @@ class _Stored:
         """``rows`` without the ones already stored; ``rows`` itself (packed rows intact) when none is."""
         spans = self._spans
         since = self._since
-        try:
-            lowest = min(map(_EXCHANGE_TS, rows))  # in C: the usual block needs no Python per row
-        except TypeError:  # a row without an exchange time
-            lowest = None
+        # The usual block needs no Python per row: its times are read from its packed tuples (numpy), else in C.
+        span = rows.exchange_span() if isinstance(rows, PackedBooks) else None
+        if span is not None:
+            lowest, highest = span
+        else:
+            try:
+                lowest = min(map(_EXCHANGE_TS, rows))
+            except TypeError:  # a row without an exchange time
+                lowest = None
         # A stored copy of a message has its exchange time: a block newer than all copied rows, and not older
         # than the copied range, has none stored (a backfill past what is stored, the new part of an overlap).
         until = self._until
         if lowest is not None and (since is None or lowest - _SKEW_US >= since):
-            highest = max(map(_EXCHANGE_TS, rows))
+            if span is None:
+                highest = max(map(_EXCHANGE_TS, rows))
             if until is None or highest <= until:  # the whole block inside the copied range
                 if lowest > self._newest:
                     return rows

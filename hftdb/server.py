@@ -10,6 +10,11 @@ value per query (a whole exchange's latest rows: 72 kB, in a string_agg state do
 zeroes and unmaps the same pages on every call: most of the 47% of that backend's time perf found in the kernel on
 the 2-core bench machine (docs/READS.md, "Server memory"). A server hftdb does not start is its operator's to tune
 the same way.
+
+It also runs with a background writer that keeps ahead of bulk COPY (:data:`SERVER_SETTINGS`, set with ``ALTER
+SYSTEM`` where the cluster still has PostgreSQL's default): once the stored rows outgrow ``shared_buffers``, every
+page a COPY fills must first evict a dirty one, and with the stock background writer the COPY backend writes
+nearly all of them itself, in the middle of its COPY.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
+import asyncpg
+
 from .errors import DatabaseUnavailableError, StateError
 
-__all__ = ["MALLOC_ENV", "EmbeddedServer", "bin_dir", "server_environ"]
+__all__ = ["MALLOC_ENV", "SERVER_SETTINGS", "EmbeddedServer", "bin_dir", "server_environ"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +45,15 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(4 << 20), "MALLOC_TRIM_THRESHOLD_": 
 _TUNABLE = {"MALLOC_MMAP_THRESHOLD_": "glibc.malloc.mmap_threshold",
             "MALLOC_TRIM_THRESHOLD_": "glibc.malloc.trim_threshold"}
 _environ_lock = threading.Lock()
+
+#: Settings the embedded cluster gets where it has PostgreSQL's default (an operator's own value, in
+#: postgresql.conf or by ALTER SYSTEM, is kept). Past ``shared_buffers`` (128 MB, about 1.3M book rows) the stock
+#: background writer (at most 100 pages per 200 ms) leaves nearly every eviction to the COPY backend: 10M book rows
+#: replayed, 42k-105k writes of 8 kB by the COPY backends, 1.1-6.0 s of their time (pg_stat_io, track_io_timing),
+#: none at 1M rows, which fit. With these the background writer wrote 99.7k-152k pages ahead of them in 0.66-1.31 s
+#: of its own and the COPY backends wrote 47-157 (BENCHMARKS.md, "ingest-file"). It writes a dirty page only when
+#: the clock sweep is about to reuse it, and sleeps when nothing is written.
+SERVER_SETTINGS = {"bgwriter_delay": "10ms", "bgwriter_lru_maxpages": "1000", "bgwriter_lru_multiplier": "4"}
 
 
 def server_environ() -> dict[str, str]:
@@ -117,8 +133,29 @@ class EmbeddedServer:
                 f"could not start the embedded PostgreSQL in {self.data_dir}: {exc!r}; see {self.data_dir / 'log'}"
             ) from exc
         self._dsn = self._handle.get_uri()
+        try:
+            await self._apply_settings(self._dsn, timeout=timeout)
+        except (asyncpg.PostgresError, OSError, asyncio.TimeoutError) as exc:
+            # A server that runs but refuses the settings still serves: it is only slower under bulk loads.
+            logger.warning("embedded PostgreSQL in %s: could not apply %s (%s: %s)", self.data_dir,
+                           ", ".join(SERVER_SETTINGS), type(exc).__name__, exc)
         logger.info("embedded PostgreSQL running in %s (pid %s)", self.data_dir, self.pid)
         return self._dsn
+
+    @staticmethod
+    async def _apply_settings(dsn: str, *, timeout: float) -> None:
+        conn = await asyncpg.connect(dsn, timeout=timeout)
+        try:
+            defaults = [r[0] for r in await conn.fetch(
+                "SELECT name FROM pg_settings WHERE name = ANY($1::text[]) AND source = 'default'",
+                list(SERVER_SETTINGS), timeout=timeout)]
+            for name in defaults:
+                # ALTER SYSTEM takes no parameters; names and values come from SERVER_SETTINGS only.
+                await conn.execute(f"ALTER SYSTEM SET {name} = '{SERVER_SETTINGS[name]}'", timeout=timeout)
+            if defaults:
+                await conn.execute("SELECT pg_reload_conf()", timeout=timeout)
+        finally:
+            await conn.close()
 
     def _start_sync(self) -> Any:
         with warnings.catch_warnings():

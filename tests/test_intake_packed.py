@@ -26,6 +26,7 @@ from hftdb.exchanges.intake import Intake
 from hftdb.exchanges.runner import StreamRunner
 from hftdb.models import BookTicker, ExchangeName, Symbol
 from hftdb.tables import FUTURE_SLACK_US, BookTickerWriter
+from hftdb.packed import add_packed
 from hftdb.wire.books import PackedBooks
 from hftdb.wire.rules import book_fits
 
@@ -241,3 +242,54 @@ def test_fits_agrees_with_the_per_row_writer():
         assert book_fits(bp, bq, ap, aq, ex, ts_max) is took, row
         seen[took] += 1
     assert seen[True] and seen[False]
+
+
+class _Ids:
+    """A sink that takes packed rows and knows every symbol; the intake never calls it here."""
+
+    def __init__(self) -> None:
+        self.ids = {s: i for i, s in enumerate(REGISTERED, 1)}
+
+    def resolve_symbol_id(self, exchange: str, symbol: str) -> int | None:
+        return self.ids.get(symbol)
+
+    # The rest of the PackedSink protocol (hftdb.exchanges.sink), so that the intake packs for it.
+    async def insert_exchange(self, exchange): ...
+    async def get_exchange_by_enum(self, name): ...
+    async def sync_symbols(self, exchange, symbols): ...
+    async def insert_book_ticker_snapshots(self, rows): ...
+    async def insert_funding_rates(self, rows): ...
+    async def insert_balance_snapshots(self, rows): ...
+    async def flush(self): ...
+
+    async def insert_packed_book_tickers(self, rows):
+        raise AssertionError("not called")
+
+
+def test_exchange_span_and_straddled_batches_read_the_packed_call():
+    """``PackedBooks.exchange_span`` gives a packed call's exchange-time range from its tuples, and a call in
+    receipt order that straddles batches gives each batch the range of its own rows (read from the slice's
+    ends)."""
+    sink = _Ids()
+    adapter = BinanceAdapter(USDM, sink, symbols=REGISTERED, channels=("bookTicker",))  # type: ignore[arg-type]
+    intake = Intake(StreamRunner(adapter), adapter.new_parser())
+    gen = Frames(seed=5)
+    t = now_us()
+    frames = [frame(f"S{1 + i % 40:03d}USDT", gen.next_u(), "1.5", "2", "1.6", "3", e=1_700_000_000_000 + i * 7)
+              for i in range(108)]
+    first, _, _ = intake.process([(t, frames[:13])])
+    books, _, _ = intake.process([(t + 1 + i, frames[13 + i * 10:23 + i * 10]) for i in range(10)])
+    assert type(books) is PackedBooks and books.buf is not None and books.ordered and len(books) == 95
+    assert books.exchange_span() == (min(r.exchange_ts for r in books), max(r.exchange_ts for r in books))
+    assert PackedBooks(books).exchange_span() is None and PackedBooks().exchange_span() is None
+
+    writer = BookTickerWriter(None, settings=WriterSettings(spool_dir=None, batch_max_rows=20),  # type: ignore[arg-type]
+                              storage=StorageSettings(), spool_dir=None)
+    ids = set(sink.ids.values())
+    assert add_packed(writer, first, ids) == 13
+    assert add_packed(writer, books, ids) == 95  # 7 rows fill the first batch, then 20 a batch
+    batches = [*writer._queue, writer.current]
+    assert [b.rows for b in batches] == [20, 20, 20, 20, 20, 8]
+    recv = [r.recv_ts for r in (*first, *books)]
+    assert [(b.min_ts, b.max_ts) for b in batches] == [
+        (min(recv[lo:lo + 20]), max(recv[lo:lo + 20])) for lo in range(0, 108, 20)]

@@ -1,3 +1,4 @@
+import asyncio
 import os
 import sys
 from pathlib import Path
@@ -5,7 +6,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from hftdb.server import MALLOC_ENV, EmbeddedServer, server_environ
+from hftdb.server import MALLOC_ENV, SERVER_SETTINGS, EmbeddedServer, server_environ
 
 
 async def test_embedded_server_persists_and_restarts(tmp_path):
@@ -28,6 +29,42 @@ async def test_embedded_server_persists_and_restarts(tmp_path):
     assert await conn.fetchval("SELECT v FROM kept") == 42
     await conn.close()
     await again.stop()
+
+
+async def _settings_when(dsn: str, wanted: dict[str, str]) -> dict[str, str]:
+    # pg_reload_conf() only signals the postmaster: a session started after it has read the files sees them.
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        conn = await asyncpg.connect(dsn)
+        try:
+            got = {r[0]: r[1] for r in await conn.fetch(
+                "SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY($1::text[])", list(wanted))}
+        finally:
+            await conn.close()
+        if got == wanted or asyncio.get_running_loop().time() > deadline:
+            return got
+        await asyncio.sleep(0.05)
+
+
+async def test_embedded_server_sets_its_background_writer_and_keeps_an_operators_own(tmp_path):
+    server = EmbeddedServer(tmp_path / "pg")
+    dsn = await server.start()
+    try:
+        assert await _settings_when(dsn, SERVER_SETTINGS) == SERVER_SETTINGS
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute("ALTER SYSTEM SET bgwriter_delay = '150ms'")  # the operator's own
+        finally:
+            await conn.close()
+    finally:
+        await server.stop()
+    again = EmbeddedServer(tmp_path / "pg")
+    dsn = await again.start()
+    try:
+        kept = {**SERVER_SETTINGS, "bgwriter_delay": "150ms"}
+        assert await _settings_when(dsn, kept) == kept
+    finally:
+        await again.stop()
 
 
 def test_repr_names_directory_not_secrets(tmp_path):

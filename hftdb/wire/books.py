@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..models import BookTicker
+from .copy import PG_EPOCH_US
 
 __all__ = ["COLUMNS", "Layout", "LAYOUTS", "LAYOUT", "PACK", "SIZE", "PackedBooks"]
 
@@ -170,3 +171,13 @@ class PackedBooks(list):  # type: ignore[type-arg]
         self.lo = 0
         self.hi = 0
         self.ordered = True
+
+    def exchange_span(self) -> tuple[int, int] | None:
+        """The lowest and highest exchange time of the rows, in µs since the Unix epoch, read from the packed
+        tuples (every packed row has one: a C-level pass, not one per row in Python); None when there are no rows
+        or no tuples for them."""
+        buf = self.buf
+        if buf is None or not self or len(buf) != len(self) * SIZE:
+            return None
+        ex = np.frombuffer(buf, LAYOUT.dtype)["ex"]
+        return int(ex.min()) + PG_EPOCH_US, int(ex.max()) + PG_EPOCH_US
