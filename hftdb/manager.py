@@ -38,6 +38,7 @@ from .resolve import RowResolver
 from .server import EmbeddedServer
 from .tables import bad_text
 from .unit import UnitOfWork, unit_of_work
+from .wire.books import BookTuples
 from .writer import RETRYABLE, BatchWriter
 
 __all__ = ["DatabaseManager"]
@@ -380,8 +381,9 @@ class DatabaseManager:
             self._latest_cache.invalidate()
         return added
 
-    async def insert_packed_book_tickers(self, rows: packed.PackedBooks) -> int:
-        """Accept a feed's book tickers whose COPY tuples its intake packed while parsing (:mod:`hftdb.packed`).
+    async def insert_packed_book_tickers(self, rows: packed.PackedBooks | BookTuples) -> int:
+        """Accept a feed's book tickers whose COPY tuples its intake packed while parsing (:mod:`hftdb.packed`),
+        with their records or, from the file replay, without (:class:`~hftdb.wire.books.BookTuples`).
 
         Taken whole when every row was packed and every id is registered; otherwise exactly as
         :meth:`insert_book_ticker_snapshots` takes them. Internal to the exchange feeds.
@@ -389,7 +391,12 @@ class DatabaseManager:
         self._check_open()
         writer = self._writers["book_tickers"]
         await writer.reserve(len(rows))
-        added = packed.add_packed(writer, rows, self._catalog.known_ids)  # type: ignore[arg-type]
+        if type(rows) is BookTuples:
+            added = packed.add_tuples(writer, rows, self._catalog.known_ids)  # type: ignore[arg-type]
+            if added is None:
+                return await self._submit("book_tickers", rows.records())
+        else:
+            added = packed.add_packed(writer, rows, self._catalog.known_ids)  # type: ignore[arg-type]
         if added is None:
             return await self._submit("book_tickers", rows)
         writer.submitted(added)

@@ -14,12 +14,12 @@ import numpy as np
 
 from .vector import TickerRows
 # PackedBooks stays importable from here for the manager.
-from .wire.books import LAYOUT, SIZE, PackedBooks
+from .wire.books import LAYOUT, SIZE, BookTuples, PackedBooks
 
 if TYPE_CHECKING:
     from .tables import BookTickerWriter
 
-__all__ = ["PackedBooks", "add_packed"]
+__all__ = ["PackedBooks", "add_packed", "add_tuples"]
 
 _SYMBOL_ID = attrgetter("symbol_id")
 
@@ -44,3 +44,19 @@ def add_packed(writer: BookTickerWriter, rows: PackedBooks, known_ids: set[int])
     # none can repeat another; otherwise the writer's batch looks (TickerRows.append_to).
     return writer.append(TickerRows(LAYOUT, data, sids, rows, rows.lo, rows.hi, ordered=rows.ordered,
                                     rising=rows.ordered))
+
+
+def add_tuples(writer: BookTickerWriter, rows: BookTuples, known_ids: set[int]) -> int | None:
+    """:func:`add_packed` for rows without records (:class:`~hftdb.wire.books.BookTuples`): the writer keeps each
+    symbol's newest row from the tuples themselves. None when an id is not registered (the caller then sends
+    ``rows.records()`` down the public path)."""
+    n = len(rows)
+    if n == 0:
+        return 0
+    sids = rows.sids()
+    if not known_ids.issuperset(np.unique(sids).tolist()):
+        return None
+    data = (np.frombuffer(rows.buf, np.uint8) | LAYOUT.template(n)).tobytes()
+    # Admitted by the intake in order, all received at one time: none can repeat another (see add_packed).
+    return writer.append(TickerRows(LAYOUT, data, sids, None, rows.recv_ts, rows.recv_ts, ordered=True,
+                                    rising=True))

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import FrameError
 from ..models import FUTURE_SLACK_US, MIN_TS_US, Balance, BookTicker, FundingRate, now_us
-from ..wire.books import SIZE, PackedBooks
+from ..wire.books import SIZE, BookTuples, PackedBooks
 from .connection import Chunk
 from .parsing import CONTROL_SNAPSHOT, MAX_FRAME_BYTES, name_ok, time_ok
 from .sink import PackedSink
@@ -82,6 +82,8 @@ class Intake:
         # Book rows are packed for the writer as they are parsed when the sink takes them so (hftdb.wire.books).
         self._book_read = (getattr(parser, "book_read", None)
                            if isinstance(runner.adapter.sink, PackedSink) else None)
+        # A buffer of frames, one a line, scanned without records (the file replay; process_lines).
+        self._book_tuples = getattr(parser, "book_tuples", None) if self._book_read is not None else None
 
     def process(self, chunks: list[Chunk]) -> Rows:
         """Parse, sequence and (unless holding) admit the frames of ``chunks``, in order.
@@ -197,6 +199,60 @@ class Intake:
         if books or funding:
             self.got_data = True
         return books, funding, balances
+
+    def process_lines(self, recv_ts: int, data: bytes, start: int, end: int) -> tuple[int, list[Rows]]:
+        """:meth:`process` for the frames of a buffer, one a line (``data[start:end]``, whole lines; each stripped
+        as by ``bytes.strip``, a blank line is no frame), all received at ``recv_ts``: the file replay's block.
+
+        Returns the frames and their rows as groups, in order. Where the parser can scan a buffer (its
+        ``book_tuples``; the USD-M bookTicker C path), the book rows it takes come as
+        :class:`~hftdb.wire.books.BookTuples`, COPY tuples without records, and a line it hands back goes
+        :meth:`process` alone, as its own group; otherwise the lines go :meth:`process` as one read."""
+        tuples_of = self._book_tuples
+        tuples = None
+        if (tuples_of is not None and self._book_read is not None and not self.holding
+                and not self.runner.adapter.count_gaps):
+            ts_max = now_us() + FUTURE_SLACK_US
+            if MIN_TS_US <= recv_ts <= ts_max:
+                tuples = tuples_of(recv_ts)
+        if tuples is None:
+            lines = [line for line in map(bytes.strip, data[start:end].split(b"\n")) if line]
+            return len(lines), [self.process([(recv_ts, lines)])] if lines else []
+        stats = self.runner.adapter.stats
+        scan = self.parser.book_scan
+        ids = self.runner.book_ids
+        groups: list[Rows] = []
+        frames = 0
+        pos = start
+        while True:
+            pos, taken, dups = scan(data, pos, end, ts_max, ids, tuples)
+            frames += taken
+            stats.messages += taken
+            stats.duplicates += dups
+            if pos >= end:
+                break
+            # A line the scan hands back: the whole path, alone, after the tuples taken before it.
+            nl = data.find(b"\n", pos, end)
+            stop = end if nl < 0 else nl
+            line = data[pos:stop].strip()
+            pos = stop + 1
+            if line:
+                frames += 1
+                rows = self.process([(recv_ts, [line])])
+                if rows[0] or rows[1] or rows[2]:
+                    if tuples:
+                        groups.append((tuples, [], []))  # type: ignore[arg-type]
+                        tuples = BookTuples(recv_ts, tuples.exchange, tuples.ids)
+                    groups.append(rows)
+            if pos >= end:
+                break
+        if tuples:
+            groups.append((tuples, [], []))  # type: ignore[arg-type]
+        if frames:
+            stats.last_message_us = recv_ts
+            if groups:
+                self.got_data = True
+        return frames, groups
 
     def _reject(self, exc: Exception) -> None:
         # Any exception raised while handling one frame: that frame is rejected, counted by reason and logged

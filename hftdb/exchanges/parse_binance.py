@@ -42,7 +42,7 @@ from msgspec import field
 
 from ..errors import FrameError
 from ..models import MIN_TS_US, Balance, BookTicker, ExchangeName, FundingRate, Symbol, SymbolKind, SymbolStatus
-from ..wire.books import PACK
+from ..wire.books import PACK, BookTuples
 from ..wire.copy import PG_EPOCH_US
 from ..wire.loader import NATIVE
 from ..wire.rules import book_fits
@@ -400,6 +400,32 @@ class BinanceParser(VenueParser):
                 pass
             append(BookTicker(exchange, symbol, bid, bid_qty, ask, ask_qty, recv_ts, exchange_ts, u, sid))
         return i, duplicates
+
+    def book_tuples(self, recv_ts: int) -> BookTuples | None:
+        """An empty :class:`~hftdb.wire.books.BookTuples` of rows received at ``recv_ts`` for :meth:`book_scan`
+        to fill, or None when this parser has no scan (not USD-M, or the C hot path not in use): the caller then
+        splits the lines and calls :meth:`book_read`."""
+        if not self._usdm or NATIVE.book_scan is None:
+            return None
+        return BookTuples(recv_ts, self._exchange, self._ids)
+
+    def book_scan(
+        self, data: bytes, start: int, end: int, ts_max: int, last_ids: dict[str, int], tuples: BookTuples,
+    ) -> tuple[int, int, int]:
+        """:meth:`book_read` over a buffer of newline-separated frames (a file's block), packing tuples only.
+
+        From offset ``start`` to ``end`` of ``data``, each line (stripped as by ``bytes.strip``; a blank line is
+        no frame) that is a bookTicker frame :meth:`book_read` would take and pack is admitted against
+        ``last_ids`` (a duplicate is counted and skipped) and its COPY tuple appended to ``tuples``; no record is
+        built. Stops at the first line it cannot take so (any other frame, a row the writer would refuse, a
+        symbol without an id yet) and returns (that line's offset or ``end``, frames taken, duplicates).
+        ``tuples`` comes from :meth:`book_tuples` (which says whether there is a scan).
+        """
+        scan = NATIVE.book_scan
+        if scan is None:  # turned off since book_tuples: every line goes back to the caller's path
+            return start, 0, 0
+        return scan(data, start, end, tuples.recv_ts, ts_max, last_ids, self._ids, tuples.buf,  # type: ignore[no-any-return]
+                    MIN_TS_US)
 
     def parse_general(self, raw: bytes | str, recv_ts: int) -> Parsed:
         """:meth:`parse` without the bookTicker hot path (for callers that tried :meth:`book_ticker` first)."""

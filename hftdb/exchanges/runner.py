@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ExchangeError, StateError
 from ..models import Balance, BookTicker, FundingRate
-from ..wire.books import PackedBooks
+from ..wire.books import BookTuples, PackedBooks
 from .connection import ConnectionLost, Pacer, WsConnection
 from .parsing import newer_funding
 from .session import Session
@@ -335,14 +335,16 @@ class StreamRunner:
         out_funding = newer_funding(funding, self._funding_times, stats) if funding else funding
         return out_books, out_funding
 
-    async def push(self, books: list[BookTicker], funding: list[FundingRate], balances: list[Balance]) -> None:
+    async def push(self, books: list[BookTicker] | BookTuples, funding: list[FundingRate],
+                   balances: list[Balance]) -> None:
         """Hand one batch of admitted rows to the sink, retrying a failing sink a few times before giving up on
         the batch (counted in ``sink_errors`` and ``dropped_rows``, and logged)."""
         adapter = self.adapter
         stats = adapter.stats
         sink = adapter.sink
         insert_books = sink.insert_book_ticker_snapshots
-        if type(books) is PackedBooks and self._packed_sink:  # COPY tuples packed by the intake
+        # COPY tuples packed by the intake (BookTuples: the file replay's, without records)
+        if (type(books) is PackedBooks or type(books) is BookTuples) and self._packed_sink:
             insert_books = sink.insert_packed_book_tickers
         for rows, insert, counter in (
             (books, insert_books, "book_rows"),

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
 from ..models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Symbol
-from ..wire.books import PackedBooks
+from ..wire.books import BookTuples, PackedBooks
 
 __all__ = ["Sink", "PackedSink"]
 
@@ -54,7 +54,8 @@ class Sink(Protocol):
 class PackedSink(Sink, Protocol):
     """A :class:`Sink` that also takes book rows the feed packed as binary COPY tuples while parsing them."""
 
-    async def insert_packed_book_tickers(self, rows: PackedBooks) -> int:
+    async def insert_packed_book_tickers(self, rows: PackedBooks | BookTuples) -> int:
         """Store a call of packed book rows (taken whole, or sent down :meth:`insert_book_ticker_snapshots`'s path
-        when any row was not packed); return how many were accepted."""
+        when any row was not packed); return how many were accepted. :class:`~hftdb.wire.books.BookTuples`
+        (the file replay's rows, tuples without records) come only from an intake of this sink."""
         ...

@@ -26,7 +26,7 @@ import numpy as np
 from ..models import BookTicker
 from .copy import PG_EPOCH_US
 
-__all__ = ["COLUMNS", "Layout", "LAYOUTS", "LAYOUT", "PACK", "SIZE", "PackedBooks"]
+__all__ = ["COLUMNS", "BookTuples", "Layout", "LAYOUTS", "LAYOUT", "PACK", "SIZE", "PackedBooks"]
 
 
 #: ``book_tickers``' columns in COPY order, with their ``struct`` codes (int4, timestamptz as int8 µs since
@@ -181,3 +181,53 @@ class PackedBooks(list):  # type: ignore[type-arg]
             return None
         ex = np.frombuffer(buf, LAYOUT.dtype)["ex"]
         return int(ex.min()) + PG_EPOCH_US, int(ex.max()) + PG_EPOCH_US
+
+
+class BookTuples:
+    """Admitted book rows as their COPY tuples alone, without a record per row: the file replay's bulk form
+    (:meth:`hftdb.exchanges.intake.Intake.process_lines`), which the writer takes as columns.
+
+    ``buf`` holds :data:`LAYOUT` tuples (constants not yet OR-ed in) of rows all received at ``recv_ts``, in
+    admission order (no row repeats an earlier one). ``exchange`` and ``ids`` (symbol -> id, a map that only
+    grows) name the rows when records are wanted after all (:meth:`records`). Not changed once handed over.
+    """
+
+    __slots__ = ("buf", "recv_ts", "exchange", "ids")
+
+    def __init__(self, recv_ts: int, exchange: str, ids: dict[str, int], buf: bytearray | None = None) -> None:
+        self.buf = bytearray() if buf is None else buf
+        self.recv_ts = recv_ts
+        self.exchange = exchange
+        self.ids = ids
+
+    def __len__(self) -> int:
+        """The number of rows."""
+        return len(self.buf) // SIZE
+
+    def __repr__(self) -> str:
+        return f"BookTuples({len(self)} rows, recv_ts={self.recv_ts})"
+
+    def sids(self) -> Any:
+        """The rows' symbol ids (numpy int64)."""
+        return np.frombuffer(self.buf, LAYOUT.dtype)["sid"].astype(np.int64)
+
+    def exchange_span(self) -> tuple[int, int] | None:
+        """The lowest and highest exchange time of the rows (µs since the Unix epoch); None without rows."""
+        if not self.buf:
+            return None
+        ex = np.frombuffer(self.buf, LAYOUT.dtype)["ex"]
+        return int(ex.min()) + PG_EPOCH_US, int(ex.max()) + PG_EPOCH_US
+
+    def records(self) -> PackedBooks:
+        """The rows as records (the same values a parser builds), with these tuples: a :class:`PackedBooks`."""
+        recs = np.frombuffer(self.buf, LAYOUT.dtype)
+        names = {sid: symbol for symbol, sid in self.ids.items()}
+        recv, exchange = self.recv_ts, self.exchange
+        rows = PackedBooks(
+            BookTicker(exchange, names[sid], bp, bq, ap, aq, recv, ex + PG_EPOCH_US, uid, sid)
+            for sid, ex, bp, bq, ap, aq, uid in zip(
+                recs["sid"].tolist(), recs["ex"].tolist(), recs["bp"].tolist(), recs["bq"].tolist(),
+                recs["ap"].tolist(), recs["aq"].tolist(), recs["uid"].tolist()))
+        rows.buf = self.buf
+        rows.lo = rows.hi = recv if rows else 0
+        return rows

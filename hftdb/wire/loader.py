@@ -40,20 +40,28 @@ _BUILT: dict[str, Callable[..., Any] | None] = {
     "decode_packed": getattr(_columnar_fast, "decode_packed", None),
 }
 
+# Functions built in the same extension as one of _BUILT's, and reported under its name by built().
+_WITH: dict[str, Callable[..., Any] | None] = {
+    "book_scan": getattr(_binance_fast, "book_scan", None),  # with book_read
+}
+
 
 class Native:
     """The C functions in use (None: not built, or turned off).
 
     * ``book_read``: USD-M bookTicker frames of a socket read into admitted rows and COPY tuples
       (``_binance_fast.c``; :meth:`hftdb.exchanges.parse_binance.BinanceParser.book_read`);
+    * ``book_scan``: the same from a whole buffer of newline-separated frames, tuples only, no records
+      (``_binance_fast.c``; :meth:`hftdb.exchanges.parse_binance.BinanceParser.book_scan`, the file replay);
     * ``pack_tickers``: a call's ``BookTicker`` rows into COPY tuples (``_vector_fast.c``; ``hftdb.vector``);
     * ``decode_packed``: packed latest rows into records (``_columnar_fast.c``; ``hftdb.columnar``).
     """
 
-    __slots__ = ("book_read", "pack_tickers", "decode_packed")
+    __slots__ = ("book_read", "book_scan", "pack_tickers", "decode_packed")
 
     def __init__(self) -> None:
         self.book_read: Callable[..., Any] | None = None
+        self.book_scan: Callable[..., Any] | None = None
         self.pack_tickers: Callable[..., Any] | None = None
         self.decode_packed: Callable[..., Any] | None = None
 
@@ -76,7 +84,7 @@ def set_enabled(on: bool) -> None:
     """Use the built C functions (``True``) or the pure-Python paths alone (``False``) from now on."""
     global _enabled
     _enabled = bool(on)
-    for name, fn in _BUILT.items():
+    for name, fn in (*_BUILT.items(), *_WITH.items()):
         setattr(NATIVE, name, fn if _enabled else None)
 
 

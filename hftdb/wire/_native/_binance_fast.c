@@ -500,8 +500,157 @@ book_read(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return Py_BuildValue("(nn)", i, duplicates);
 }
 
+/* bytes.strip()'s whitespace: what a replayed line loses at both ends before it is a frame. */
+static inline int
+line_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
+
+PyDoc_STRVAR(book_scan_doc,
+"book_scan(data, start, end, recv_ts, ts_max, last_ids, ids, buf, min_ts) -> (pos, frames, duplicates)\n"
+"\n"
+"The lines of data[start:end] (newline-separated, each stripped as by bytes.strip; blank lines are no frame)\n"
+"from start on: each USD-M bookTicker frame this module can take whole (see the module source) is admitted\n"
+"against last_ids and its COPY tuple appended to buf; no record is built. Stops at the first line it cannot\n"
+"take and returns its offset (end when all were taken), the frames taken (duplicates included) and the\n"
+"duplicates dropped.");
+
+static PyObject *
+book_scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "book_scan() takes 9 arguments");
+        return NULL;
+    }
+    PyObject *data = args[0], *last_ids = args[5], *ids = args[6], *buf = args[7];
+    if (!PyBytes_Check(data) || !PyDict_Check(last_ids) || !PyDict_Check(ids) || !PyByteArray_Check(buf)) {
+        PyErr_SetString(PyExc_TypeError, "book_scan(): bytes, int, int, int, int, dict, dict, bytearray, int");
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t end = PyLong_AsSsize_t(args[2]);
+    long long recv_ts = PyLong_AsLongLong(args[3]);
+    long long ts_max = PyLong_AsLongLong(args[4]);
+    long long min_ts = PyLong_AsLongLong(args[8]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t size = PyBytes_GET_SIZE(data);
+    if (end > size) {
+        end = size;
+    }
+    if (pos < 0) {
+        pos = 0;
+    }
+    const char *base = PyBytes_AS_STRING(data);
+    long long recv_pg = recv_ts - PG_EPOCH_US;
+    Py_ssize_t frames = 0, duplicates = 0;
+    Py_ssize_t used = PyByteArray_GET_SIZE(buf), cap = used;
+    int failed = 0;
+    while (pos < end) {
+        const char *line = base + pos;
+        const char *nl = memchr(line, '\n', (size_t)(end - pos));
+        const char *stop = nl != NULL ? nl : base + end;
+        Py_ssize_t next = nl != NULL ? (nl - base) + 1 : end;
+        while (line < stop && line_space(*line)) {
+            line++;
+        }
+        while (stop > line && line_space(stop[-1])) {
+            stop--;
+        }
+        if (line == stop) {
+            pos = next; /* a blank line: no frame */
+            continue;
+        }
+        Book book;
+        if (!read_frame(line, stop, &book) || book.event_time <= 0 || book.event_time >= MS_BELOW) {
+            break;
+        }
+        long long exchange_ts = book.event_time * 1000;
+        if (!fits(&book, exchange_ts, min_ts, ts_max)) {
+            break;
+        }
+        PyObject *symbol = PyUnicode_DecodeASCII(book.symbol, book.symbol_len, NULL);
+        if (symbol == NULL) {
+            failed = 1;
+            break;
+        }
+        PyObject *sid_obj = PyDict_GetItemWithError(ids, symbol); /* borrowed */
+        int overflow = 0;
+        long sid = 0;
+        if (sid_obj != NULL && PyLong_CheckExact(sid_obj)) {
+            sid = PyLong_AsLongAndOverflow(sid_obj, &overflow);
+        }
+        if (sid_obj == NULL || !PyLong_CheckExact(sid_obj) || overflow || sid < INT32_MIN || sid > INT32_MAX) {
+            Py_DECREF(symbol);
+            failed = PyErr_Occurred() != NULL;
+            break; /* no id yet (the Python path resolves it), or one the tuple cannot hold */
+        }
+        PyObject *last = PyDict_GetItemWithError(last_ids, symbol); /* borrowed */
+        if (last != NULL) {
+            long long last_u = PyLong_CheckExact(last) ? PyLong_AsLongLongAndOverflow(last, &overflow) : 0;
+            if (!PyLong_CheckExact(last) || (last_u == -1 && PyErr_Occurred()) || overflow) {
+                PyErr_Clear();
+                Py_DECREF(symbol);
+                break;
+            }
+            if (book.u <= last_u) {
+                Py_DECREF(symbol);
+                frames++;
+                duplicates++;
+                pos = next;
+                continue;
+            }
+        }
+        else if (PyErr_Occurred()) {
+            Py_DECREF(symbol);
+            failed = 1;
+            break;
+        }
+        if (used + TUPLE_SIZE > cap) {
+            /* Room for the rest of the lines at one tuple per 64 bytes (a frame is longer), at least doubled. */
+            Py_ssize_t want = used + TUPLE_SIZE * (2 + (end - pos) / 64);
+            if (want < 2 * cap) {
+                want = 2 * cap;
+            }
+            if (PyByteArray_Resize(buf, want) < 0) {
+                Py_DECREF(symbol);
+                failed = 1;
+                break;
+            }
+            cap = want;
+        }
+        PyObject *u = PyLong_FromLongLong(book.u);
+        int rc = u == NULL ? -1 : PyDict_SetItem(last_ids, symbol, u);
+        Py_XDECREF(u);
+        Py_DECREF(symbol);
+        if (rc < 0) {
+            failed = 1;
+            break;
+        }
+        pack_tuple((unsigned char *)PyByteArray_AS_STRING(buf) + used, &book, sid, recv_pg, exchange_ts - PG_EPOCH_US);
+        used += TUPLE_SIZE;
+        frames++;
+        pos = next;
+    }
+    if (cap != used) {
+        /* The exception of a failed step, if any, survives a shrink (which cannot fail). */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyByteArray_Resize(buf, used);
+        PyErr_Restore(type, value, tb);
+    }
+    if (failed) {
+        return NULL;
+    }
+    return Py_BuildValue("(nnn)", pos, frames, duplicates);
+}
+
 static PyMethodDef methods[] = {
     {"book_read", (PyCFunction)(void (*)(void))book_read, METH_FASTCALL, book_read_doc},
+    {"book_scan", (PyCFunction)(void (*)(void))book_scan, METH_FASTCALL, book_scan_doc},
     {NULL, NULL, 0, NULL},
 };
 
