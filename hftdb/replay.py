@@ -562,6 +562,9 @@ def _pieces(stream: IO[bytes], rejects: Callable[[str, str], None], name: str) -
                 yield head, 0, len(head)
             tail = b""
             start = first + 1
+        elif first > MAX_LINE_BYTES:  # (only where a block is longer than a line may be: tests)
+            rejects("line_too_long", f"{name}: a line is over {MAX_LINE_BYTES:,} bytes")
+            start = first + 1
         last = data.rfind(b"\n")
         if start <= last:
             yield data, start, last + 1
