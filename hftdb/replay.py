@@ -93,6 +93,9 @@ DISORDER_US = 60_000_000
 # A stored copy of a message was stamped on receipt or replay, after the exchange sent it, less clock skew.
 _SKEW_US = 1_000_000
 _BLOCK = 1 << 20
+# What a file's replay reads and hands to the intake at a time (_pieces): the writer's per-call costs (its newest
+# row per symbol) are paid per block, and a 1M-frame replay took ~10% less client CPU with 4 MiB than with 1 MiB.
+_READ = 4 << 20
 _INT8_MAX = (1 << 63) - 1
 _EXCHANGE_TS = operator.attrgetter("exchange_ts")
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -525,21 +528,39 @@ def _blocks(stream: IO[bytes], rejects: Callable[[str, str], None], name: str) -
         yield [tail]
 
 
-def _pieces(stream: IO[bytes], rejects: Callable[[str, str], None], name: str) -> Iterator[tuple[bytes, int, int]]:
-    """:func:`_blocks` without splitting: ``(data, start, end)`` a block at a time, ``data[start:end]`` whole lines
-    (the file's last one may lack its newline); a line over MAX_LINE_BYTES is counted by ``rejects`` and skipped
-    without being kept whole. The lines are left to the intake to split (Intake.process_lines)."""
-    tail = b""  # the start of a line that began in an earlier block
-    skipping = False  # inside a line already rejected as too long
+def _reads(stream: IO[bytes], rejects: Callable[[str, str], None], name: str, *, plain: bool) -> Iterator[bytes]:
+    """``stream``'s bytes about :data:`_READ` at a time; a compressed stream is read a block at a time, so that a
+    read that fails (a truncated or corrupt file: one reject) loses no more than a block of what came before."""
+    parts: list[bytes] = []
+    held = 0
+    step = _READ if plain else _BLOCK
     while True:
         try:
-            data = stream.read(_BLOCK)
+            data = stream.read(step)
         except Exception as exc:  # noqa: BLE001 - any decompressor's error: a truncated or corrupt file
             # Keep what came before it; the rest of the file is one reject.
             rejects("corrupt_file", f"{name}: {type(exc).__name__}: {exc}")
             break
         if not data:
             break
+        parts.append(data)
+        held += len(data)
+        if held >= _READ:
+            yield parts[0] if len(parts) == 1 else b"".join(parts)
+            parts, held = [], 0
+    if parts:
+        yield parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _pieces(stream: IO[bytes], rejects: Callable[[str, str], None], name: str, *,
+            plain: bool = False) -> Iterator[tuple[bytes, int, int]]:
+    """:func:`_blocks` without splitting: ``(data, start, end)`` about :data:`_READ` bytes at a time,
+    ``data[start:end]`` whole lines (the file's last one may lack its newline); a line over MAX_LINE_BYTES is
+    counted by ``rejects`` and skipped without being kept whole. The lines are left to the intake to split
+    (Intake.process_lines). ``plain``: ``stream`` is the file itself, not a decompressor."""
+    tail = b""  # the start of a line that began in an earlier block
+    skipping = False  # inside a line already rejected as too long
+    for data in _reads(stream, rejects, name, plain=plain):
         first = data.find(b"\n")
         if first < 0:
             if not skipping:
@@ -832,7 +853,7 @@ async def ingest_files(
                             bytes_done=done_before + min(raw.tell(), sizes[path]), bytes_total=total,
                             elapsed=time.monotonic() - started))
 
-                pieces = _pieces(stream, replay.adapter.rejects.add, str(path))
+                pieces = _pieces(stream, replay.adapter.rejects.add, str(path), plain=stream is raw)
                 results.append(await replay.run(replay.lines_of(pieces), str(path), on_block))
             done_before += sizes[path]
     return results

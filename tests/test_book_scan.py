@@ -103,25 +103,28 @@ def lines_of_blocks(data: bytes) -> tuple[list[bytes], list[str]]:
     return [f for f in map(bytes.strip, lines) if f], rejects
 
 
-def lines_of_pieces(data: bytes) -> tuple[list[bytes], list[str]]:
+def lines_of_pieces(data: bytes, *, plain: bool) -> tuple[list[bytes], list[str]]:
     rejects: list[str] = []
     lines = []
-    for buf, start, end in _pieces(io.BytesIO(data), lambda r, d: rejects.append(r), "x"):
+    for buf, start, end in _pieces(io.BytesIO(data), lambda r, d: rejects.append(r), "x", plain=plain):
         assert end == len(buf) or buf[end - 1:end] == b"\n"  # whole lines only
         lines.extend(f for f in map(bytes.strip, buf[start:end].split(b"\n")) if f)
     return lines, rejects
 
 
-@pytest.mark.parametrize("block", [1, 7, 64, 200])
-def test_pieces_hold_the_lines_blocks_give(monkeypatch, block):
+@pytest.mark.parametrize("plain", [True, False], ids=["plain", "compressed"])
+@pytest.mark.parametrize("block", [1, 7, 16])
+def test_pieces_hold_the_lines_blocks_give(monkeypatch, block, plain):
     monkeypatch.setattr(replay_module, "_BLOCK", block)
+    # A compressed stream's reads joined, 3 blocks a piece; shorter than the longest line, as in a real replay.
+    monkeypatch.setattr(replay_module, "_READ", 3 * block)
     monkeypatch.setattr(replay_module, "MAX_LINE_BYTES", 50)
     rng = random.Random(block)
     for _ in range(200):
         lines = [bytes(rng.choice(b"ab {}\r\t") for _ in range(rng.choice([0, 1, 5, 30, 49, 50, 51, 60, 140])))
                  for _ in range(rng.randint(0, 12))]
         data = b"\n".join(lines) + rng.choice([b"", b"\n", b"\n\n", b"\r\n"])
-        assert lines_of_pieces(data) == lines_of_blocks(data), data
+        assert lines_of_pieces(data, plain=plain) == lines_of_blocks(data), data
 
 
 # -- the intake ------------------------------------------------------------------------------------------------------
@@ -292,7 +295,7 @@ async def replay_twice(dsn: str, path, max_rows: int) -> tuple[list[dict[str, ob
 async def test_a_file_replays_the_same_scanned_and_not(dsn, other_dsn, tmp_path, monkeypatch, max_rows, extras):
     # Mixed: a stored row without an exchange time makes the second replay check its blocks key by key; quotes
     # only: by their time windows.
-    monkeypatch.setattr(replay_module, "_BLOCK", 4096)  # many blocks, lines across their ends
+    monkeypatch.setattr(replay_module, "_READ", 4096)  # many blocks, lines across their ends
     path = tmp_path / "mixed.jsonl"
     path.write_bytes(joined(mixed_lines(5, 4000, extras=extras), 5))
     scanned, scanned_rows = await replay_twice(dsn, path, max_rows)

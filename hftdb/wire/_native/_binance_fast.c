@@ -507,6 +507,95 @@ line_space(char c)
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
 }
 
+/* book_scan's per-call memory of symbols: a block of a capture has a few hundred symbols and thousands of rows, so
+ * each symbol's text is decoded, looked up in ids and last_ids once per call and admitted in C after that; the
+ * update ids admitted are written back to last_ids before the call returns, whatever stopped it. Open addressing,
+ * never emptied during a call: a symbol found once is found again at the same place; a symbol that finds no
+ * room (or is longer than SCAN_SYMBOL) takes the dictionaries every time. */
+#define SCAN_SLOTS 1024 /* a power of two */
+#define SCAN_PROBES 8
+#define SCAN_SYMBOL 40
+
+typedef struct {
+    PyObject *symbol; /* strong reference; NULL: the slot is empty */
+    long long last_u; /* the symbol's last admitted update id, when has_last */
+    long sid;
+    int has_last;
+    int dirty; /* last_u changed: write it back to last_ids */
+    Py_ssize_t len;
+    char text[SCAN_SYMBOL];
+} ScanSlot;
+
+static inline size_t
+symbol_hash(const char *s, Py_ssize_t n)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        h = (h ^ (unsigned char)s[k]) * 1099511628211ULL;
+    }
+    return (size_t)(h ^ (h >> 29));
+}
+
+/* Write the admitted ids back to last_ids and release the slots; 0, or -1 with an exception set (all released). */
+static int
+scan_release(ScanSlot *slots, PyObject *last_ids)
+{
+    int rc = 0;
+    for (int k = 0; k < SCAN_SLOTS; k++) {
+        ScanSlot *slot = &slots[k];
+        if (slot->symbol == NULL) {
+            continue;
+        }
+        if (slot->dirty && rc == 0) {
+            PyObject *u = PyLong_FromLongLong(slot->last_u);
+            if (u == NULL || PyDict_SetItem(last_ids, slot->symbol, u) < 0) {
+                rc = -1;
+            }
+            Py_XDECREF(u);
+        }
+        Py_DECREF(slot->symbol);
+    }
+    PyMem_Free(slots);
+    return rc;
+}
+
+/* The symbol's id and last admitted update id from the dictionaries, as book_read reads them.
+ * 1: found (has_last says whether last_ids holds one); 0: hand the frame back; -1: an exception is set. */
+static int
+scan_lookup(PyObject *symbol, PyObject *ids, PyObject *last_ids, long *sid, long long *last_u, int *has_last)
+{
+    PyObject *sid_obj = PyDict_GetItemWithError(ids, symbol); /* borrowed */
+    int overflow = 0;
+    if (sid_obj == NULL) {
+        return PyErr_Occurred() ? -1 : 0; /* no id yet: the Python path resolves it */
+    }
+    if (!PyLong_CheckExact(sid_obj)) {
+        return 0;
+    }
+    *sid = PyLong_AsLongAndOverflow(sid_obj, &overflow);
+    if (overflow || *sid < INT32_MIN || *sid > INT32_MAX) {
+        return 0; /* an id the tuple cannot hold */
+    }
+    PyObject *last = PyDict_GetItemWithError(last_ids, symbol); /* borrowed */
+    if (last == NULL) {
+        if (PyErr_Occurred()) {
+            return -1;
+        }
+        *has_last = 0;
+        return 1;
+    }
+    if (!PyLong_CheckExact(last)) {
+        return 0;
+    }
+    *last_u = PyLong_AsLongLongAndOverflow(last, &overflow);
+    if ((*last_u == -1 && PyErr_Occurred()) || overflow) {
+        PyErr_Clear();
+        return 0;
+    }
+    *has_last = 1;
+    return 1;
+}
+
 PyDoc_STRVAR(book_scan_doc,
 "book_scan(data, start, end, recv_ts, ts_max, last_ids, ids, buf, min_ts) -> (pos, frames, duplicates)\n"
 "\n"
@@ -514,7 +603,7 @@ PyDoc_STRVAR(book_scan_doc,
 "from start on: each USD-M bookTicker frame this module can take whole (see the module source) is admitted\n"
 "against last_ids and its COPY tuple appended to buf; no record is built. Stops at the first line it cannot\n"
 "take and returns its offset (end when all were taken), the frames taken (duplicates included) and the\n"
-"duplicates dropped.");
+"duplicates dropped. last_ids holds every id admitted when it returns.");
 
 static PyObject *
 book_scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -536,6 +625,10 @@ book_scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     long long min_ts = PyLong_AsLongLong(args[8]);
     if (PyErr_Occurred()) {
         return NULL;
+    }
+    ScanSlot *slots = PyMem_Calloc(SCAN_SLOTS, sizeof(ScanSlot));
+    if (slots == NULL) {
+        return PyErr_NoMemory();
     }
     Py_ssize_t size = PyBytes_GET_SIZE(data);
     if (end > size) {
@@ -572,42 +665,66 @@ book_scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (!fits(&book, exchange_ts, min_ts, ts_max)) {
             break;
         }
-        PyObject *symbol = PyUnicode_DecodeASCII(book.symbol, book.symbol_len, NULL);
-        if (symbol == NULL) {
-            failed = 1;
-            break;
+        /* The symbol's slot: found, or taken now (an empty one on its probe path), or none (NULL). */
+        ScanSlot *slot = NULL;
+        if (book.symbol_len <= SCAN_SYMBOL) {
+            size_t h = symbol_hash(book.symbol, book.symbol_len);
+            for (int k = 0; k < SCAN_PROBES; k++) {
+                ScanSlot *s = &slots[(h + (size_t)k) & (SCAN_SLOTS - 1)];
+                if (s->symbol == NULL || (s->len == book.symbol_len && memcmp(s->text, book.symbol, book.symbol_len) == 0)) {
+                    slot = s;
+                    break;
+                }
+            }
         }
-        PyObject *sid_obj = PyDict_GetItemWithError(ids, symbol); /* borrowed */
-        int overflow = 0;
-        long sid = 0;
-        if (sid_obj != NULL && PyLong_CheckExact(sid_obj)) {
-            sid = PyLong_AsLongAndOverflow(sid_obj, &overflow);
+        long sid;
+        long long last_u = 0;
+        int has_last = 0;
+        if (slot != NULL && slot->symbol != NULL) {
+            sid = slot->sid;
+            last_u = slot->last_u;
+            has_last = slot->has_last;
         }
-        if (sid_obj == NULL || !PyLong_CheckExact(sid_obj) || overflow || sid < INT32_MIN || sid > INT32_MAX) {
-            Py_DECREF(symbol);
-            failed = PyErr_Occurred() != NULL;
-            break; /* no id yet (the Python path resolves it), or one the tuple cannot hold */
-        }
-        PyObject *last = PyDict_GetItemWithError(last_ids, symbol); /* borrowed */
-        if (last != NULL) {
-            long long last_u = PyLong_CheckExact(last) ? PyLong_AsLongLongAndOverflow(last, &overflow) : 0;
-            if (!PyLong_CheckExact(last) || (last_u == -1 && PyErr_Occurred()) || overflow) {
-                PyErr_Clear();
-                Py_DECREF(symbol);
+        else {
+            PyObject *symbol = PyUnicode_DecodeASCII(book.symbol, book.symbol_len, NULL);
+            if (symbol == NULL) {
+                failed = 1;
                 break;
             }
-            if (book.u <= last_u) {
+            int found = scan_lookup(symbol, ids, last_ids, &sid, &last_u, &has_last);
+            if (found <= 0) {
                 Py_DECREF(symbol);
-                frames++;
-                duplicates++;
-                pos = next;
-                continue;
+                failed = found < 0;
+                break;
+            }
+            if (slot != NULL) {
+                slot->symbol = symbol; /* the slot keeps the reference */
+                slot->sid = sid;
+                slot->last_u = last_u;
+                slot->has_last = has_last;
+                slot->len = book.symbol_len;
+                memcpy(slot->text, book.symbol, (size_t)book.symbol_len);
+            }
+            else if (!(has_last && book.u <= last_u)) {
+                /* No slot: admitted in the dictionary itself. */
+                PyObject *u = PyLong_FromLongLong(book.u);
+                int rc = u == NULL ? -1 : PyDict_SetItem(last_ids, symbol, u);
+                Py_XDECREF(u);
+                Py_DECREF(symbol);
+                if (rc < 0) {
+                    failed = 1;
+                    break;
+                }
+            }
+            else {
+                Py_DECREF(symbol);
             }
         }
-        else if (PyErr_Occurred()) {
-            Py_DECREF(symbol);
-            failed = 1;
-            break;
+        if (has_last && book.u <= last_u) {
+            frames++;
+            duplicates++;
+            pos = next;
+            continue;
         }
         if (used + TUPLE_SIZE > cap) {
             /* Room for the rest of the lines at one tuple per 64 bytes (a frame is longer), at least doubled. */
@@ -616,32 +733,37 @@ book_scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 want = 2 * cap;
             }
             if (PyByteArray_Resize(buf, want) < 0) {
-                Py_DECREF(symbol);
                 failed = 1;
                 break;
             }
             cap = want;
         }
-        PyObject *u = PyLong_FromLongLong(book.u);
-        int rc = u == NULL ? -1 : PyDict_SetItem(last_ids, symbol, u);
-        Py_XDECREF(u);
-        Py_DECREF(symbol);
-        if (rc < 0) {
-            failed = 1;
-            break;
+        if (slot != NULL) {
+            slot->last_u = book.u;
+            slot->has_last = 1;
+            slot->dirty = 1;
         }
         pack_tuple((unsigned char *)PyByteArray_AS_STRING(buf) + used, &book, sid, recv_pg, exchange_ts - PG_EPOCH_US);
         used += TUPLE_SIZE;
         frames++;
         pos = next;
     }
-    if (cap != used) {
-        /* The exception of a failed step, if any, survives a shrink (which cannot fail). */
-        PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
-        PyByteArray_Resize(buf, used);
-        PyErr_Restore(type, value, tb);
+    /* The exception of a failed step, if any, survives the write-back and the shrink. */
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (scan_release(slots, last_ids) < 0) {
+        if (type == NULL) {
+            PyErr_Fetch(&type, &value, &tb);
+        }
+        else {
+            PyErr_Clear();
+        }
+        failed = 1;
     }
+    if (cap != used) {
+        PyByteArray_Resize(buf, used); /* a shrink: cannot fail */
+    }
+    PyErr_Restore(type, value, tb);
     if (failed) {
         return NULL;
     }
