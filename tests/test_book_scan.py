@@ -133,8 +133,8 @@ def test_pieces_hold_the_lines_blocks_give(monkeypatch, block, plain):
 class Sink:
     """A sink that takes packed rows and is never written to: symbol ids from a map."""
 
-    def __init__(self) -> None:
-        self.ids = {name: i for i, name in enumerate(SYMBOLS + [BAD], 1)}
+    def __init__(self, symbols: list[str] = SYMBOLS + [BAD]) -> None:
+        self.ids = {name: i for i, name in enumerate(symbols, 1)}
 
     def resolve_symbol_id(self, exchange: str, symbol: str) -> int | None:
         return self.ids.get(symbol)
@@ -149,8 +149,8 @@ class Sink:
     async def insert_packed_book_tickers(self, rows): ...
 
 
-def intake() -> tuple[Intake, StreamRunner]:
-    adapter = BinanceAdapter(USDM, Sink(), symbols=SYMBOLS + [BAD], channels=("bookTicker", "markPrice@1s"))
+def intake(symbols: list[str] = SYMBOLS + [BAD]) -> tuple[Intake, StreamRunner]:
+    adapter = BinanceAdapter(USDM, Sink(symbols), symbols=symbols, channels=("bookTicker", "markPrice@1s"))
     runner = StreamRunner(adapter)
     return Intake(runner, adapter.new_parser()), runner
 
@@ -201,6 +201,36 @@ def test_process_lines_gives_what_process_gives(c, seed):
         assert sum(got[2]) > 20 and not all(got[2])
         assert sum(len(b) for b, _, _ in groups if type(b) is BookTuples) > 2500
     assert state(runner)["duplicates"] > 5 and state(runner)["rejects"]
+
+
+@needs_c
+def test_more_symbols_than_the_scan_remembers_and_long_names_agree_too():
+    # The C scan remembers up to 1,024 symbols a call and names of up to 40 characters; the rest take the
+    # dictionaries on every row. Both ways must admit alike, repeats included.
+    rng = random.Random(9)
+    symbols = [f"S{i:04d}USDT" for i in range(1500)] + ["L" * n + "USDT" for n in (36, 37, 50, 60)]
+    lines = []
+    u = 1
+    for _ in range(12_000):
+        u += rng.randint(0, 3)  # 0: a repeat of the id before (a duplicate when the symbol is the same)
+        s = rng.choice(symbols)
+        lines.append(frame(s, u if rng.random() < 0.9 else u - 50, "1.5", "2", "1.6", "3", T0_MS))
+    data = b"\n".join(lines)
+    recv = now_us()
+    reference, ref_runner = intake(symbols)
+    expected = rows_of([reference.process([(recv, lines)])])
+    scanned, runner = intake(symbols)
+    frames = 0
+    groups = []
+    for start in range(0, 2):  # twice the same buffer: the second time every row is a duplicate
+        n, g = scanned.process_lines(recv, data, 0, len(data))
+        frames += n
+        groups.extend(g)
+    reference.process([(recv, lines)])
+    assert rows_of(groups)[:2] == expected[:2]
+    assert frames == 2 * len(lines)
+    assert state(runner) == state(ref_runner)
+    assert state(runner)["duplicates"] > len(lines) + 10
 
 
 class _nothing:
