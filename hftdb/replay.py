@@ -66,6 +66,7 @@ from typing import IO, Any
 
 import asyncpg
 import msgspec
+import numpy as np
 
 from .config import VENUE_CHANNELS
 from .errors import StateError, UnknownSymbolError, ValidationError
@@ -77,6 +78,7 @@ from .tablespec import TIME_SERIES
 from .manager import DatabaseManager
 from .models import Balance, BookTicker, ExchangeName, FundingRate, now_us
 from .wire.books import BookTuples, PackedBooks
+from .wire.copy import PG_EPOCH_US
 
 __all__ = ["MAX_LINE_BYTES", "ReplayProgress", "ReplayResult", "ingest_file", "ingest_files", "replay_frames"]
 
@@ -187,6 +189,8 @@ _SNAPSHOT_LOOKUP = f"""SELECT t.symbol_id, t.update_id, t.exchange_ts, t.bid_pri
 _SNAPSHOT_WINDOW = f"""SELECT t.symbol_id, t.update_id, t.exchange_ts, t.bid_price, t.bid_qty, t.ask_price, t.ask_qty
     FROM {_SNAPSHOT_TABLE} t WHERE t.exchange_ts BETWEEN $1 AND $2"""
 _WINDOW_US = 10_000_000
+# Rows of a block of tuples checked by one window (BookTuples: _Stored._tuples).
+_WINDOW_ROWS = 4096
 # The copy reads every row received in range once: on a big database that is longer than a command's usual
 # timeout, and it is not a hang.
 _SNAPSHOT_TIMEOUT_S = 3600.0
@@ -260,8 +264,8 @@ class _Stored:
         spans = self._spans
         since = self._since
         if type(rows) is BookTuples:
-            # Tuples without records: the usual block (nothing stored in its window) passes as it is; a block
-            # that may repeat stored rows is checked as records (below).
+            # Tuples without records: the usual block (nothing stored in its window) passes as it is, one that
+            # may repeat stored rows is checked by time windows; any other is checked as records (below).
             span = rows.exchange_span()
             if span is None:
                 return rows
@@ -269,9 +273,10 @@ class _Stored:
             if (since is None or lowest - _SKEW_US >= since) and (self._until is None or highest <= self._until):
                 if lowest > self._newest:
                     return rows
-                if self._windows and highest - lowest <= _WINDOW_US:
-                    found = await self.conn.fetch(_SNAPSHOT_WINDOW, lowest, highest)
-                    return self._drop(rows.records(), found) if found else rows
+                if self._windows:
+                    checked = await self._tuples(rows)
+                    if checked is not None:
+                        return checked
             rows = rows.records()
         # The usual block needs no Python per row: its times are read from its packed tuples (numpy), else in C.
         span = rows.exchange_span() if isinstance(rows, PackedBooks) else None
@@ -325,6 +330,34 @@ class _Stored:
         if older:
             found.extend(await self._older(older))
         return self._drop(rows, found)
+
+    async def _tuples(self, rows: BookTuples) -> BookTuples | None:
+        """``rows`` without the stored ones, found by one range scan per run of :data:`_WINDOW_ROWS` rows (a block
+        of a file is about a thousand times that: its rows' times are near each other, not the whole block's);
+        None when a run spans more than :data:`_WINDOW_US` (then the block is checked as records)."""
+        recs = rows.columns()
+        ex = recs["ex"].astype(np.int64) + PG_EPOCH_US
+        found: list[Any] = []
+        for i in range(0, len(ex), _WINDOW_ROWS):
+            part = ex[i:i + _WINDOW_ROWS]
+            lowest, highest = int(part.min()), int(part.max())
+            if lowest > self._newest:
+                continue
+            if highest - lowest > _WINDOW_US:
+                return None
+            found.extend(await self.conn.fetch(_SNAPSHOT_WINDOW, lowest, highest))
+        if not found:
+            return rows
+        stored = {(sid, u if u is not None else t, bp, bq, ap, aq) for sid, u, t, bp, bq, ap, aq in found}
+        keep = np.fromiter(
+            (key not in stored for key in zip(recs["sid"].tolist(), recs["uid"].tolist(), recs["bp"].tolist(),
+                                                recs["bq"].tolist(), recs["ap"].tolist(), recs["aq"].tolist())),
+            dtype=bool, count=len(recs))
+        dropped = len(keep) - int(keep.sum())
+        if not dropped:
+            return rows
+        self.duplicates += dropped
+        return rows.select(keep)
 
     def _drop(self, rows: list[BookTicker], found: list[Any]) -> list[BookTicker]:
         if not found:

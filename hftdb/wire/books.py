@@ -218,6 +218,14 @@ class BookTuples:
         ex = np.frombuffer(self.buf, LAYOUT.dtype)["ex"]
         return int(ex.min()) + PG_EPOCH_US, int(ex.max()) + PG_EPOCH_US
 
+    def columns(self) -> Any:
+        """The tuples as a numpy record array of :data:`LAYOUT` (a view: read only)."""
+        return np.frombuffer(self.buf, LAYOUT.dtype)
+
+    def select(self, keep: Any) -> BookTuples:
+        """The rows where ``keep`` (numpy bool, one per row) is true, as new tuples."""
+        return BookTuples(self.recv_ts, self.exchange, self.ids, bytearray(self.columns()[keep].tobytes()))
+
     def records(self) -> PackedBooks:
         """The rows as records (the same values a parser builds), with these tuples: a :class:`PackedBooks`."""
         recs = np.frombuffer(self.buf, LAYOUT.dtype)
