@@ -36,7 +36,7 @@ from .parsing import CONTROL_SNAPSHOT, MAX_FRAME_BYTES, name_ok, time_ok
 from .sink import PackedSink
 
 if TYPE_CHECKING:
-    from .runner import StreamRunner
+    from .stream import StreamOwner
 
 __all__ = ["Intake", "exchange_time_ok"]
 
@@ -62,7 +62,7 @@ class Intake:
 
     def __init__(
         self,
-        runner: StreamRunner,
+        runner: StreamOwner,
         parser: Any,
         *,
         holding: bool = False,

@@ -37,7 +37,7 @@ from .spool import Spool
 from ..wire.copy import copy_columns
 
 if TYPE_CHECKING:
-    from .writer import Batch, WriterStats
+    from .batch import Batch, WriterStats
 
 __all__ = ["RETRYABLE", "CommitSpec", "Committer", "InFlight"]
 

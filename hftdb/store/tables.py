@@ -20,6 +20,7 @@ from ..wire.copy import PG_EPOCH_US
 from ..wire.rows import balance_tuple, funding_tuple
 # The acceptance rules and reasons are the wire layer's; bad_text and the time bounds stay importable from here.
 from ..wire.rules import FUTURE_SLACK_US, INF, MIN_TS_US, bad_text, balance_check, book_ticker_reason, funding_reason
+from . import vector
 from .writer import BatchWriter
 
 __all__ = ["BookTickerWriter", "FundingRateWriter", "BalanceWriter", "MIN_TS_US", "FUTURE_SLACK_US", "bad_text",
@@ -139,14 +140,9 @@ class BookTickerWriter(BatchWriter):
         "symbol_id": "int4", "recv_ts": "timestamptz", "exchange_ts": "timestamptz", "bid_price": "float8",
         "bid_qty": "float8", "ask_price": "float8", "ask_qty": "float8", "update_id": "int8"})
 
-    async def start(self) -> None:
-        """Load the vectorized path (it imports numpy) now rather than inside the first write, then start."""
-        _vector()
-        await super().start()
-
     def vectorizes(self, n: int) -> bool:
         """Whether a call of ``n`` rows is worth the vectorized path (``hftdb.store.vector.MIN_ROWS`` or more)."""
-        return n >= _vector().MIN_ROWS
+        return n >= vector.MIN_ROWS
 
     def add_fast(self, rows: list[BookTicker], known_ids: set[int], sids: list[int] | None = None) -> int | None:
         """Take a whole call's tickers at once when each carries a registered ``symbol_id`` (the feeds' case) or
@@ -154,7 +150,7 @@ class BookTickerWriter(BatchWriter):
         path (:meth:`add`)."""
         if sids is None and rows[0].symbol_id is None:
             return None
-        return _vector().add_tickers(self, rows, known_ids, sids)
+        return vector.add_tickers(self, rows, known_ids, sids)
 
     def add(self, rows: Iterable[tuple[int, BookTicker]]) -> int:
         """Validate and encode ``(symbol_id, ticker)`` pairs into the current batch; return how many were taken."""
@@ -235,14 +231,6 @@ class BookTickerWriter(BatchWriter):
         # where a comprehension per column cost ~0.4 ms.
         fields = list(zip(*map(astuple, latest.values())))
         return [list(latest), *(fields[i] for i in _BT_LATEST_FIELDS)]
-
-
-def _vector() -> Any:
-    # Imported on use, not at module level: hftdb.store.vector imports this module, and processes that only read need
-    # not import numpy. After the first import this is a dict lookup.
-    from . import vector
-
-    return vector
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -37,8 +37,8 @@ from ..wire.loader import NATIVE
 from ..wire.rules import FUTURE_SLACK_US, MIN_TS_US, book_ok_columns, book_ticker_reason
 
 if TYPE_CHECKING:
-    from .tables import BookTickerWriter
-    from .writer import Batch
+    from .batch import Batch
+    from .writer import BatchWriter
 
 __all__ = ["Layout", "LAYOUTS", "TickerRows", "add_tickers", "add_columns", "latest_of"]
 
@@ -146,7 +146,7 @@ class TickerRows:
 
 
 def add_tickers(
-    writer: BookTickerWriter, rows: Sequence[BookTicker], known_ids: set[int], sids: list[int] | None = None,
+    writer: BatchWriter, rows: Sequence[BookTicker], known_ids: set[int], sids: list[int] | None = None,
 ) -> int | None:
     """Take ``rows`` into ``writer``'s batches: each carries a registered ``symbol_id``, or ``sids`` gives their
     ids (resolved from their names). None if they can't all be taken this way (the caller then uses the per-row
@@ -205,7 +205,7 @@ def add_tickers(
 
 
 def add_columns(
-    writer: BookTickerWriter, sid: Any, bp: Any, bq: Any, ap: Any, aq: Any, recv: Any, ex: Any, uid: Any
+    writer: BatchWriter, sid: Any, bp: Any, bq: Any, ap: Any, aq: Any, recv: Any, ex: Any, uid: Any
 ) -> int:
     """Take book tickers given as numpy columns (ids already checked); return how many were taken."""
     layout = LAYOUTS[(ex is not None, uid is not None)]
@@ -221,7 +221,7 @@ def add_columns(
 
 
 def _take(
-    writer: BookTickerWriter, layout: Layout, recs: Any, sid: Any, recv: Any, ex: Any,
+    writer: BatchWriter, layout: Layout, recs: Any, sid: Any, recv: Any, ex: Any,
     rows: Sequence[BookTicker] | None, ts_max: int | None = None,
 ) -> int:
     """Validate packed tuples, reject the bad ones by reason, and hand the rest to the writer."""
