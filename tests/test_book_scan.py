@@ -25,10 +25,10 @@ from hftdb.exchanges.binance import BinanceAdapter
 from hftdb.exchanges.intake import Intake
 from hftdb.exchanges.runner import StreamRunner
 from hftdb.models import ExchangeName, Symbol
-from hftdb.packed import add_tuples
-from hftdb.replay import _blocks, _pieces, ingest_file
-from hftdb import replay as replay_module
-from hftdb.tables import FUTURE_SLACK_US
+from hftdb.store.packed import add_tuples
+from hftdb.ops.replay import _blocks, _pieces, ingest_file
+from hftdb.ops import replay as replay_module
+from hftdb.store.tables import FUTURE_SLACK_US
 from hftdb.wire import loader
 from hftdb.wire.books import PACK, BookTuples
 from hftdb.wire.copy import PG_EPOCH_US

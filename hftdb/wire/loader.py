@@ -53,8 +53,8 @@ class Native:
       (``_binance_fast.c``; :meth:`hftdb.exchanges.parse_binance.BinanceParser.book_read`);
     * ``book_scan``: the same from a whole buffer of newline-separated frames, tuples only, no records
       (``_binance_fast.c``; :meth:`hftdb.exchanges.parse_binance.BinanceParser.book_scan`, the file replay);
-    * ``pack_tickers``: a call's ``BookTicker`` rows into COPY tuples (``_vector_fast.c``; ``hftdb.vector``);
-    * ``decode_packed``: packed latest rows into records (``_columnar_fast.c``; ``hftdb.columnar``).
+    * ``pack_tickers``: a call's ``BookTicker`` rows into COPY tuples (``_vector_fast.c``; ``hftdb.store.vector``);
+    * ``decode_packed``: packed latest rows into records (``_columnar_fast.c``; ``hftdb.read.columnar``).
     """
 
     __slots__ = ("book_read", "book_scan", "pack_tickers", "decode_packed")
