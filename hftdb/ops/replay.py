@@ -12,7 +12,9 @@ bookTicker captures, by name after those). A line longer than :data:`MAX_LINE_BY
 the file.
 
 Frames are stamped with the time they are replayed, as a live connection stamps them on receipt, and handed
-to the intake a block of the file (about 1 MiB) at a time, as one socket read.
+to the intake a block of the file (about 4 MiB of whole lines) at a time, as one socket read
+(:meth:`~hftdb.exchanges.intake.Intake.process_lines`: where the parser can, USD-M bookTicker lines are scanned
+in C straight into COPY tuples, :class:`~hftdb.wire.books.BookTuples`, without a record per row).
 
 **Replaying is idempotent.** A row is identified by the key live admission uses: ``(symbol, update_id)`` on
 sequenced channels, ``(symbol, exchange_ts)`` on the others (funding included), with the same values (an
@@ -850,7 +852,7 @@ async def ingest_files(
     """Replay the files at ``paths`` (one raw websocket frame per line; plain, gzip or zstd; a directory stands
     for its files) into ``db`` as one stream, in time order (see the module docstring), and return one
     :class:`ReplayResult` per file, in the order replayed. ``progress`` gets a :class:`ReplayProgress` after
-    each block of about 1 MiB.
+    each block of about 4 MiB.
 
     A missing or unreadable file, or a zstd file without ``zstandard`` installed, is a
     :class:`~hftdb.errors.ValidationError` naming it, raised before any row is written; a second replay into
