@@ -222,8 +222,7 @@ async def run_frames_to_rows(dsn: str, frames: list[bytes], per_call: int, per_r
         cpu = time.process_time()
         started = time.perf_counter()
         for reads in chunks:
-            books, funding, balances = process([(now_us(), payloads) for payloads in reads])
-            await push(books, funding, balances)
+            await push(process([(now_us(), payloads) for payloads in reads]))
             await asyncio.sleep(0)
         await db.flush()
         elapsed = time.perf_counter() - started

@@ -105,7 +105,7 @@ async def test_rows_stored_live_by_a_feed_are_not_written_again(dsn, tmp_path):
         intake = Intake(runner, adapter.new_parser())
         for i in range(0, len(live), 100):
             recv = (T0_MS + (i + 99) * 10 + 5) * 1000
-            await runner.push(*intake.process([(recv, live[i:i + 100])]))
+            await runner.push(intake.process([(recv, live[i:i + 100])]))
         await db.flush()
         assert await stored_ids(dsn) == ids(0, 2000)
         # A capture of the same stream, a minute longer on each side.
