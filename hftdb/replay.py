@@ -573,7 +573,7 @@ class _Replay:
     def __init__(self, db: DatabaseManager, venue: ExchangeName, channels: tuple[str, ...], account: str,
                  stored: _Stored) -> None:
         self.db = db
-        self.adapter = create_adapter(venue, db, channels=list(channels), account=account)
+        self.adapter = create_adapter(venue, db.feed_sink(), channels=list(channels), account=account)
         self.runner = StreamRunner(self.adapter)
         # The live session's own processing, fed from the file instead of a socket.
         self.intake = Intake(self.runner, self.adapter.new_parser())
@@ -581,7 +581,7 @@ class _Replay:
 
     def _counts(self) -> tuple[dict[str, Any], dict[str, int], int, int, int]:
         stats = self.adapter.stats
-        return ({t: self.db.writer(t).snapshot() for t in _TABLES}, self.adapter.rejects.counts,
+        return ({t: self.db.writer_stats(t) for t in _TABLES}, self.adapter.rejects.counts,
                 stats.duplicates + self.stored.duplicates, stats.gaps, stats.dropped_rows)
 
     async def run(self, blocks: Iterable[list[bytes]], path: str, on_block: Callable[[int], None] | None) -> ReplayResult:

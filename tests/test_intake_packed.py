@@ -155,7 +155,7 @@ async def run(dsn: str, calls, *, packed: bool, max_rows: int):
         ex = await db.insert_exchange(USDM)
         await db.sync_symbols(USDM, [Symbol(exchange_id=ex.id, symbol=s, kind="perpetual", status="trading")
                                      for s in REGISTERED])
-        sink = db if packed else PublicPath(db)
+        sink = db.feed_sink() if packed else PublicPath(db)
         adapter = BinanceAdapter(USDM, sink, symbols=REGISTERED, channels=("bookTicker",))
         runner = StreamRunner(adapter)
         intake = Intake(runner, adapter.new_parser())

@@ -99,7 +99,7 @@ async def test_rows_stored_live_by_a_feed_are_not_written_again(dsn, tmp_path):
     async with DatabaseManager(dsn, settings=settings()) as db:
         # What a live connection does with frames: its own intake, stamped on receipt (a few ms after the
         # exchange time), pushed to the same DatabaseManager.
-        adapter = BinanceAdapter(USDM, db, symbols=SYMBOLS, channels=("bookTicker",))
+        adapter = BinanceAdapter(USDM, db.feed_sink(), symbols=SYMBOLS, channels=("bookTicker",))
         await db.insert_exchange(adapter.exchange_record())
         runner = StreamRunner(adapter)
         intake = Intake(runner, adapter.new_parser())

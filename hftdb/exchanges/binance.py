@@ -57,8 +57,8 @@ class BinanceAdapter(ExchangeAdapter):
 
     def new_parser(self) -> BinanceParser:
         """A :class:`~hftdb.exchanges.parse_binance.BinanceParser` of this venue; its book rows carry their
-        ``symbol_id`` when the sink can resolve it without I/O (``DatabaseManager.resolve_symbol_id``)."""
-        return BinanceParser(self.venue, account=self.account, symbol_ids=getattr(self.sink, "resolve_symbol_id", None))
+        ``symbol_id`` when the sink can resolve it without I/O (:meth:`symbol_ids`)."""
+        return BinanceParser(self.venue, account=self.account, symbol_ids=self.symbol_ids())
 
     def symbols_request(self) -> tuple[str, str]:
         """``GET /api/v3/exchangeInfo`` or ``GET /fapi/v1/exchangeInfo``."""

@@ -74,7 +74,7 @@ class BybitAdapter(ExchangeAdapter):
     def new_parser(self) -> BybitParser:
         """A :class:`~hftdb.exchanges.parse_bybit.BybitParser` (it holds book state: one per connection); its book
         rows carry their ``symbol_id`` when the sink can resolve it without I/O."""
-        return BybitParser(self.venue, account=self.account, symbol_ids=getattr(self.sink, "resolve_symbol_id", None))
+        return BybitParser(self.venue, account=self.account, symbol_ids=self.symbol_ids())
 
     def symbols_request(self) -> tuple[str, str]:
         """``GET /v5/market/instruments-info?category=...&limit=1000`` (first page)."""

@@ -47,7 +47,7 @@ class OkxAdapter(ExchangeAdapter):
 
     def new_parser(self) -> OkxParser:
         """An :class:`~hftdb.exchanges.parse_okx.OkxParser` of this venue."""
-        return OkxParser(self.venue, account=self.account, symbol_ids=getattr(self.sink, "resolve_symbol_id", None))
+        return OkxParser(self.venue, account=self.account, symbol_ids=self.symbol_ids())
 
     def symbols_request(self) -> tuple[str, str]:
         """``GET /api/v5/public/instruments?instType=SPOT|SWAP``."""
