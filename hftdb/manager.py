@@ -31,7 +31,6 @@ from .redact import register_dsn
 from .copy import PG_EPOCH_US
 from .errors import ClosedError, ConfigError, DatabaseUnavailableError, StateError, ValidationError
 from .models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Symbol, now_us
-from .notify import TABLES as NOTIFY_TABLES
 from .notify import Filter, LatestMirror, Subscription
 from .replicas import ReadRouter
 from .resolve import RowResolver
@@ -625,8 +624,8 @@ class DatabaseManager:
         ...         quotes = await db.get_latest_book_tickers(symbol_ids=note.ids or None)
         """
         self._check_open()
-        if table not in NOTIFY_TABLES:
-            raise ValidationError(f"table must be one of {', '.join(NOTIFY_TABLES)}, got {table!r}")
+        if table not in tablespec.TIME_SERIES:
+            raise ValidationError(f"table must be one of {', '.join(tablespec.TIME_SERIES)}, got {table!r}")
         if table == "balances" and (symbols is not None or symbol_ids is not None):
             raise ValidationError("balances notifications filter by exchange only")
         if symbols is not None and exchange is None:
@@ -722,7 +721,7 @@ class DatabaseManager:
                     archive.require_pyarrow()
                 dropped = await self._archive_then_drop(conn, cutoff, now, dry_run=dry_run)
             else:
-                for table in partitions.TIME_SERIES_TABLES:
+                for table in tablespec.TIME_SERIES:
                     dropped[table] = await partitions.drop_partitions_before(conn, table, cutoff, dry_run=dry_run)
         if not dry_run:
             for w in self._writers.values():
@@ -742,10 +741,10 @@ class DatabaseManager:
         """
         self._check_open()
         days = _days(older_than, self.settings.archive.after_days, "older_than")
-        chosen = list(partitions.TIME_SERIES_TABLES if tables is None else tables)
+        chosen = list(tablespec.TIME_SERIES if tables is None else tables)
         for t in chosen:
-            if t not in partitions.TIME_SERIES_TABLES:
-                raise ValidationError(f"tables: {t!r} is not one of {', '.join(partitions.TIME_SERIES_TABLES)}")
+            if t not in tablespec.TIME_SERIES:
+                raise ValidationError(f"tables: {t!r} is not one of {', '.join(tablespec.TIME_SERIES)}")
         if not dry_run:
             archive.require_pyarrow()
         cutoff = now_us() - int(days * 86_400_000_000)
@@ -776,7 +775,7 @@ class DatabaseManager:
                                  dry_run: bool = False) -> dict[str, list[str]]:
         arch = self.settings.archive
         out: dict[str, list[str]] = {}
-        for table in partitions.TIME_SERIES_TABLES:
+        for table in tablespec.TIME_SERIES:
             report = await archive.archive_table(conn, table, settings=arch, cutoff_us=cutoff, dry_run=dry_run,
                                                  interval_s=self.settings.storage.partition_interval_s)
             out[table] = report.pending if dry_run else report.archived + report.finished

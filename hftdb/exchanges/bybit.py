@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from ..errors import ExchangeError
 from ..models import ExchangeName, Symbol, now_us
+from ..venues import served_by
 from .base import ExchangeAdapter, parse_rest
 from .parse_bybit import BybitParser
 from .signing import Credentials, bybit_signature
@@ -35,7 +36,7 @@ class BybitAdapter(ExchangeAdapter):
     Channels are topic prefixes: ``orderbook.1`` (default) and, on linear, ``tickers`` (default, for funding).
     """
 
-    venues = (_SPOT, _LINEAR)
+    venues = served_by("BybitAdapter")
     default_rest_url = {_SPOT: "https://api.bybit.com", _LINEAR: "https://api.bybit.com"}
     default_ws_url = {_SPOT: "wss://stream.bybit.com", _LINEAR: "wss://stream.bybit.com"}
     default_channels = {_SPOT: ("orderbook.1",), _LINEAR: ("orderbook.1", "tickers")}
