@@ -48,6 +48,8 @@ _SYMBOL_ID = attrgetter("symbol_id")
 _EXCHANGE = attrgetter("exchange")
 _SYMBOL = attrgetter("symbol")
 _W = TypeVar("_W", bound=BatchWriter)
+# A pool that does not close within its timeout, or whose connections are gone, is terminated.
+_CLOSE_ERRORS: tuple[type[BaseException], ...] = (asyncio.TimeoutError, *RETRYABLE)
 
 
 def _ts_encode(us: int) -> tuple[int]:
@@ -231,7 +233,7 @@ class DatabaseManager:
         if pool is not None:
             try:
                 await asyncio.wait_for(pool.close(), 10)
-            except (asyncio.TimeoutError, *RETRYABLE):
+            except _CLOSE_ERRORS:
                 pool.terminate()
         if self._server is not None:
             await self._server.stop()
@@ -403,13 +405,14 @@ class DatabaseManager:
         writer = self._table_writer(tables.BalanceWriter)
         rows = balances if isinstance(balances, list) else list(balances)
         await writer.reserve(len(rows))
-        pairs = []
+        pairs: list[tuple[int, Balance]] = []
         for r in rows:
             if isinstance(r.exchange, str) and bad_text(r.exchange):
                 # No exchange has such a name, and looked up the server would refuse the query: a bad row.
                 writer.rejects.add("exchange_bad_char", repr(r))
                 continue
             ex = await self._catalog.exchange(r.exchange)
+            assert ex.id is not None  # the catalog's exchanges are registered ones
             pairs.append((ex.id, r))
         added = writer.add(pairs)
         writer.submitted(added)
