@@ -23,7 +23,7 @@ import asyncpg
 import pytest
 
 from hftdb import DatabaseManager, ExchangeName
-from hftdb.server import EmbeddedServer
+from hftdb.db.server import EmbeddedServer
 
 from conftest import with_database
 from helpers import settings, tickers
