@@ -26,7 +26,7 @@ from helpers import settings, sql, tickers
 
 def test_public_surface_is_explicit():
     assert set(hftdb.__all__) == {
-        "DatabaseManager", "UnitOfWork", "Notification", "Subscription", "LatestMirror", "Exchange", "ExchangeName",
+        "DatabaseManager", "FeedSink", "UnitOfWork", "Notification", "Subscription", "LatestMirror", "Exchange", "ExchangeName",
         "Symbol", "BookTicker", "FundingRate", "Balance", "now_us", "Settings", "DatabaseSettings", "WriterSettings",
         "CacheSettings", "StorageSettings", "ReadSettings", "ArchiveSettings", "load_settings", "HftdbError",
         "ConfigError", "ValidationError", "UnknownExchangeError", "UnknownSymbolError", "StateError", "ClosedError",
