@@ -25,7 +25,6 @@ from hftdb.exchanges.binance import BinanceAdapter
 from hftdb.exchanges.intake import Intake
 from hftdb.exchanges.runner import StreamRunner
 from hftdb.models import ExchangeName, Symbol
-from hftdb.store.packed import add_tuples
 from hftdb.ops.replay import _blocks, _pieces, ingest_file
 from hftdb.ops import replay as replay_module
 from hftdb.store.tables import FUTURE_SLACK_US
@@ -163,7 +162,8 @@ def state(runner: StreamRunner) -> dict[str, object]:
 
 def rows_of(groups) -> tuple[list[str], list[str], list[bool]]:
     books, funding, scanned = [], [], []
-    for b, f, _ in groups:
+    for batch in groups:
+        b, f = batch.book_tickers, batch.funding_rates
         scanned.append(type(b) is BookTuples)
         rows = b.records() if type(b) is BookTuples else b
         # repr, not the tuples: NaN (a refused quote's price) never equals itself.
@@ -199,7 +199,7 @@ def test_process_lines_gives_what_process_gives(c, seed):
     if c:
         # Most rows came as tuples; the lines handed back came in groups of their own, in order.
         assert sum(got[2]) > 20 and not all(got[2])
-        assert sum(len(b) for b, _, _ in groups if type(b) is BookTuples) > 2500
+        assert sum(len(g.book_tickers) for g in groups if type(g.book_tickers) is BookTuples) > 2500
     assert state(runner)["duplicates"] > 5 and state(runner)["rejects"]
 
 
@@ -356,9 +356,8 @@ async def test_tuples_with_an_unregistered_id_go_the_public_path(dsn, other_dsn)
             buf = bytearray(PACK(sid, recv - PG_EPOCH_US, ex_pg, 1.5, 2.0, 1.6, 3.0, 7)
                             + PACK(sid + 1000, recv - PG_EPOCH_US, ex_pg, 1.5, 2.0, 1.6, 3.0, 8))
             tuples = BookTuples(recv, USDM.value, ids, buf)
-            assert add_tuples(db.writer("book_tickers"), tuples, {sid}) is None
             if target == dsn:
-                await db.insert_packed_book_tickers(tuples)
+                await db.feed_sink().insert_packed_book_tickers(tuples)
             else:
                 await db.insert_book_ticker_snapshots(tuples.records())
             await db.flush()

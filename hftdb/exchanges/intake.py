@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FrameError
-from ..models import FUTURE_SLACK_US, MIN_TS_US, Balance, BookTicker, FundingRate, now_us
+from ..models import FUTURE_SLACK_US, MIN_TS_US, Balance, BookTicker, FeedRows, FundingRate, now_us
 from ..wire.books import SIZE, BookTuples, PackedBooks
 from .connection import Chunk
 from .parsing import CONTROL_SNAPSHOT, MAX_FRAME_BYTES, name_ok, time_ok
@@ -41,9 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["Intake", "exchange_time_ok"]
 
 logger = logging.getLogger(__name__)
-
-Rows = tuple[list[BookTicker], list[FundingRate], list[Balance]]
-
 
 
 def exchange_time_ok(ts: int | None) -> bool:
@@ -85,8 +82,8 @@ class Intake:
         # A buffer of frames, one a line, scanned without records (the file replay; process_lines).
         self._book_tuples = getattr(parser, "book_tuples", None) if self._book_read is not None else None
 
-    def process(self, chunks: list[Chunk]) -> Rows:
-        """Parse, sequence and (unless holding) admit the frames of ``chunks``, in order.
+    def process(self, chunks: list[Chunk]) -> FeedRows:
+        """Parse, sequence and (unless holding) admit the frames of ``chunks``, in order; the rows by table.
 
         When the sink takes packed rows and the intake admits without counting gaps (a live feed's usual case),
         the book rows come as a :class:`~hftdb.wire.books.PackedBooks` (a list of ``BookTicker``) whose COPY tuples
@@ -117,6 +114,7 @@ class Intake:
             lo = hi = 0
         else:
             books = []
+        out = FeedRows(books, funding, balances)
         append = books.append
         for recv_ts, payloads in chunks:
             frames += len(payloads)
@@ -131,7 +129,7 @@ class Intake:
                     i, dups = book_read(payloads, 0, recv_ts, ts_max, ids, books, buf)
                     duplicates += dups
                     while i < n:
-                        general(payloads[i], recv_ts, admit, books, funding, balances)
+                        general(payloads[i], recv_ts, admit, out)
                         start = i + 1
                         mark = len(books)
                         i, dups = book_read(payloads, start, recv_ts, ts_max, ids, books, buf)
@@ -141,8 +139,7 @@ class Intake:
                     # each, not duplicates of the feed. (Those it had dropped are counted again rightly: the failing
                     # call's own count was lost with it.)
                     taken = len(books) - mark
-                    duplicates += self._read_after(payloads, start, recv_ts, ts_max, books, funding, balances,
-                                                   buf) - taken
+                    duplicates += self._read_after(payloads, start, recv_ts, ts_max, out, buf) - taken
                 if len(books) > before:
                     if not lo:
                         lo = recv_ts
@@ -182,7 +179,7 @@ class Intake:
                                     ids[symbol] = u
                                 append(row)
                                 continue
-                        self._general(payload, recv_ts, admit, books, funding, balances)
+                        self._general(payload, recv_ts, admit, out)
                 except Exception as exc:
                     self._reject(exc)
                     continue
@@ -198,9 +195,9 @@ class Intake:
             stats.last_message_us = chunks[-1][0]
         if books or funding:
             self.got_data = True
-        return books, funding, balances
+        return out
 
-    def process_lines(self, recv_ts: int, data: bytes, start: int, end: int) -> tuple[int, list[Rows]]:
+    def process_lines(self, recv_ts: int, data: bytes, start: int, end: int) -> tuple[int, list[FeedRows]]:
         """:meth:`process` for the frames of a buffer, one a line (``data[start:end]``, whole lines; each stripped
         as by ``bytes.strip``, a blank line is no frame), all received at ``recv_ts``: the file replay's block.
 
@@ -221,7 +218,7 @@ class Intake:
         stats = self.runner.adapter.stats
         scan = self.parser.book_scan
         ids = self.runner.book_ids
-        groups: list[Rows] = []
+        groups: list[FeedRows] = []
         frames = 0
         pos = start
         while True:
@@ -239,15 +236,15 @@ class Intake:
             if line:
                 frames += 1
                 rows = self.process([(recv_ts, [line])])
-                if rows[0] or rows[1] or rows[2]:
+                if rows.has_rows():
                     if tuples:
-                        groups.append((tuples, [], []))  # type: ignore[arg-type]
+                        groups.append(FeedRows(tuples))  # type: ignore[arg-type]
                         tuples = BookTuples(recv_ts, tuples.exchange, tuples.ids)
                     groups.append(rows)
             if pos >= end:
                 break
         if tuples:
-            groups.append((tuples, [], []))  # type: ignore[arg-type]
+            groups.append(FeedRows(tuples))  # type: ignore[arg-type]
         if frames:
             stats.last_message_us = recv_ts
             if groups:
@@ -266,27 +263,27 @@ class Intake:
             rejects.add("parser_error", f"{type(exc).__name__}: {exc}")
             logger.debug("%s: frame handling raised", self.runner.adapter.venue.value, exc_info=exc)
 
-    def _read_after(self, payloads: list[bytes], i: int, recv_ts: int, ts_max: int, books: list[BookTicker],
-                    funding: list[FundingRate], balances: list[Balance], buf: bytearray) -> int:
+    def _read_after(self, payloads: list[bytes], i: int, recv_ts: int, ts_max: int, out: FeedRows,
+                    buf: bytearray) -> int:
         # The parser's book_read raised somewhere from payloads[i] on (which frame, it cannot say): redo the rest
         # of the read one frame at a time, so that only the frame that raises (again) is lost and counted. The
         # bookTicker frames it had already taken are then dropped by admission (not stored twice; the caller
         # takes them off the duplicates returned); it takes no other frame, so nothing else is redone.
         book_read = self._book_read
         ids = self.runner.book_ids
+        books = out.book_tickers
         duplicates = 0
         for payload in payloads[i:]:
             try:
                 taken, dups = book_read([payload], 0, recv_ts, ts_max, ids, books, buf)
                 duplicates += dups
                 if not taken:
-                    self._general(payload, recv_ts, True, books, funding, balances)
+                    self._general(payload, recv_ts, True, out)
             except Exception as again:
                 self._reject(again)
         return duplicates
 
-    def _general(self, payload: bytes, recv_ts: int, admit: bool, books: list[BookTicker],
-                 funding: list[FundingRate], balances: list[Balance]) -> None:
+    def _general(self, payload: bytes, recv_ts: int, admit: bool, out: FeedRows) -> None:
         runner = self.runner
         try:
             if len(payload) > MAX_FRAME_BYTES:
@@ -313,10 +310,10 @@ class Intake:
             return
         if admit and (rows or rates):
             rows, rates = runner.admit(rows, rates)
-        books.extend(rows)
-        funding.extend(rates)
+        out.book_tickers.extend(rows)
+        out.funding_rates.extend(rates)
         if parsed.balances:
-            balances.extend(self._checked_balances(parsed.balances))
+            out.balances.extend(self._checked_balances(parsed.balances))
 
     def _checked(self, books: list[BookTicker], rates: list[FundingRate]) -> tuple[list[BookTicker], list[FundingRate]]:
         # Rows the parser built without its symbol check (it runs where a row gets its symbol id), and rows
