@@ -26,7 +26,30 @@ import numpy as np
 from ..models import BookTicker
 from .copy import PG_EPOCH_US
 
-__all__ = ["COLUMNS", "Layout", "LAYOUTS", "LAYOUT", "PACK", "SIZE", "PackedBooks"]
+__all__ = ["COLUMNS", "Layout", "LAYOUTS", "LAYOUT", "PACK", "SIZE", "PackedBooks", "ids_by_name"]
+
+_EXCHANGE = attrgetter("exchange")
+_SYMBOL = attrgetter("symbol")
+
+
+def ids_by_name(rows: Sequence[BookTicker], names: dict[str, dict[str, int]]) -> list[int] | None:
+    """The symbol id of every row named by exchange and symbol, from ``names`` (``names[exchange][symbol]``, the
+    symbol catalog's live names), or None when one is missing. The Python twin of the lookup ``pack_tickers``
+    (``_vector_fast.c``) makes in its packing pass: calls of one exchange (nearly all) cost one C-level ``map``
+    per column, no tuple key per row."""
+    if not rows:
+        return []
+    exchanges = list(map(_EXCHANGE, rows))
+    first = exchanges[0]
+    if exchanges.count(first) == len(exchanges):
+        by_symbol = names.get(first)
+        if by_symbol is None:
+            return None
+        ids = list(map(by_symbol.get, map(_SYMBOL, rows)))
+    else:
+        empty: dict[str, int] = {}
+        ids = [names.get(e, empty).get(s) for e, s in zip(exchanges, map(_SYMBOL, rows))]
+    return None if None in ids else ids  # type: ignore[return-value]
 
 
 #: ``book_tickers``' columns in COPY order, with their ``struct`` codes (int4, timestamptz as int8 µs since
