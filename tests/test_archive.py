@@ -879,3 +879,25 @@ async def _no_other_session(conn: asyncpg.Connection) -> bool:
     # The interrupted command's backend goes once the server sees its socket closed.
     return not await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                                    " AND pid <> pg_backend_pid() AND backend_type = 'client backend'")
+
+
+async def test_with_the_embedded_default_hftdb_cleanup_archives_before_it_drops(tmp_path):
+    # No DSN anywhere: DatabaseManager and the `hftdb` command each start the embedded server in [database]
+    # data_dir, as a user's first run does; retention (`hftdb cleanup`) archives each partition before dropping it.
+    s = settings(tmp_path)
+    root = Path(s.archive.root)
+    async with DatabaseManager(settings=s) as db:
+        n = await _seed(db)
+        before = _comparable(await _all_reads(db))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    env.update(HFTDB_DATABASE_DATA_DIR=s.database.data_dir, HFTDB_ARCHIVE_ROOT=str(root), HFTDB_METRICS_PORT="1",
+               HFTDB_WRITER_SPOOL_DIR=str(tmp_path / "spool"))
+    rc, out, err = await _cli("cleanup", "--retention-days", "10", env=env, cwd=tmp_path)
+    assert rc == 0, (out, err)
+    assert out.count("(archived first)") == 9 and f"each archived under {root} first" in out, out
+    assert _archived_rows(root, "book_tickers") == n - 30
+    async with DatabaseManager(settings=s) as db:
+        assert await sql(db).fetchval("SELECT count(*) FROM book_tickers") == 30
+        for key, value in _comparable(await _all_reads(db)).items():
+            _same(before[key], value)
+    assert [m.state for t in archive.SPECS for m in archive.read_manifests(root, t)] == ["dropped"] * 9
