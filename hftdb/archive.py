@@ -661,9 +661,10 @@ class _Pieces:
         it). Waited for without blocking the event loop, and to its end even if cancelled again meanwhile."""
         self._pool.shutdown(wait=False)
         pending, self._pending = self._pending, None
-        if pending is not None:
-            with contextlib.suppress(Exception):
-                await _to_the_end(asyncio.wrap_future(pending))
+        if pending is None or pending.cancelled():  # cancelled before the worker took it up: it never runs
+            return
+        with contextlib.suppress(Exception):  # the job's own error: the caller is raising its own
+            await _to_the_end(asyncio.wrap_future(pending))
 
     def close(self) -> None:
         """Stop the idle worker (the normal end)."""
@@ -889,10 +890,12 @@ async def _write_generation(conn: asyncpg.Connection, pa: Any, spec: _Spec, root
             entries.append(await pieces.run(f.verify, scale, piece_rows))
         _step("verified")
     except (Exception, asyncio.CancelledError):
-        if pieces is not None:
-            await pieces.stop()  # the worker must be idle before its files are closed under it
-        if gen is not None:
-            gen.discard()
+        try:
+            if pieces is not None:
+                await pieces.stop()  # the worker must be idle before its files are closed under it
+        finally:
+            if gen is not None:
+                gen.discard()
         raise
     finally:
         if pieces is not None:
