@@ -43,13 +43,21 @@ import pytest
 import uvloop
 
 from hftdb import (
-    BookTicker, DatabaseManager, DatabaseSettings, ExchangeName, FundingRate, Settings, Symbol, WriterSettings, now_us,
+    BookTicker,
+    DatabaseManager,
+    DatabaseSettings,
+    ExchangeName,
+    FundingRate,
+    Settings,
+    Symbol,
+    WriterSettings,
+    now_us,
 )
-from hftdb.catalog import SymbolDirectory
+from hftdb.db.catalog import SymbolDirectory
 from hftdb.manager import init_connection
 from hftdb.wire.copy import copy_columns
-from hftdb.schema import Migrator, load_migrations
-from hftdb.tables import BookTickerWriter
+from hftdb.db.schema import Migrator, load_migrations
+from hftdb.store.tables import BookTickerWriter
 
 N_SYMBOLS = 1_000
 ROUNDS = 5_000

@@ -1,10 +1,10 @@
 """``DatabaseManager``: the one public front of hftdb.
 
 It owns the asyncpg pool (and the embedded server when no DSN is configured), the symbol catalog, and one batch
-writer per time-series table. The work is delegated to small modules: :mod:`hftdb.catalog` (exchanges and
-symbols: caches, SQL, registration), :mod:`hftdb.resolve` (ids of written rows), :mod:`hftdb.writer` and
-:mod:`hftdb.tables` (batching and COPY), :mod:`hftdb.schema` (migrations, partitions), :mod:`hftdb.server`
-(embedded PostgreSQL), :mod:`hftdb.reads` (queries) and :mod:`hftdb.unit` (units of work).
+writer per time-series table. The work is delegated to small modules: :mod:`hftdb.db.catalog` (exchanges and
+symbols: caches, SQL, registration), :mod:`hftdb.store.resolve` (ids of written rows), :mod:`hftdb.store.writer` and
+:mod:`hftdb.store.tables` (batching and COPY), :mod:`hftdb.db.schema` (migrations, partitions), :mod:`hftdb.db.server`
+(embedded PostgreSQL), :mod:`hftdb.read.reads` (queries) and :mod:`hftdb.store.unit` (units of work).
 """
 
 from __future__ import annotations
@@ -23,22 +23,25 @@ import asyncpg
 from asyncpg.pool import PoolAcquireContext
 import msgspec
 
-from . import archive, citus, packed, partitions, reads, schema, tables, tablespec, vector
-from .cache import TTLCache
-from .catalog import SymbolCatalog
+from .read import archive, reads
+from .db import citus, partitions, schema
+from .store import packed, tables, vector
+from . import tablespec
+from .db.cache import TTLCache
+from .db.catalog import SymbolCatalog
 from .config import Settings, dsn_problem, load_settings, redact_dsn
 from .redact import register_dsn
-from .copy import PG_EPOCH_US
+from .wire.copy import PG_EPOCH_US
 from .errors import ClosedError, ConfigError, DatabaseUnavailableError, StateError, ValidationError
 from .models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Symbol, now_us
-from .notify import TABLES as NOTIFY_TABLES
-from .notify import Filter, LatestMirror, Subscription
-from .replicas import ReadRouter
-from .resolve import RowResolver
-from .server import EmbeddedServer
-from .tables import bad_text
-from .unit import UnitOfWork, unit_of_work
-from .writer import RETRYABLE, BatchWriter
+from .read.notify import TABLES as NOTIFY_TABLES
+from .read.notify import Filter, LatestMirror, Subscription
+from .read.replicas import ReadRouter
+from .store.resolve import RowResolver
+from .db.server import EmbeddedServer
+from .wire.rules import bad_text
+from .store.unit import UnitOfWork, unit_of_work
+from .store.writer import RETRYABLE, BatchWriter
 
 __all__ = ["DatabaseManager"]
 
@@ -381,7 +384,7 @@ class DatabaseManager:
         return added
 
     async def insert_packed_book_tickers(self, rows: packed.PackedBooks) -> int:
-        """Accept a feed's book tickers whose COPY tuples its intake packed while parsing (:mod:`hftdb.packed`).
+        """Accept a feed's book tickers whose COPY tuples its intake packed while parsing (:mod:`hftdb.store.packed`).
 
         Taken whole when every row was packed and every id is registered; otherwise exactly as
         :meth:`insert_book_ticker_snapshots` takes them. Internal to the exchange feeds.
@@ -509,7 +512,7 @@ class DatabaseManager:
                                     spool_dir=None)
 
     # -- reads -------------------------------------------------------------------------------------------------
-    # The bodies live in hftdb.reads.Reader (filters, caches, SQL, decoding); these are the documented front.
+    # The bodies live in hftdb.read.reads.Reader (filters, caches, SQL, decoding); these are the documented front.
 
     async def get_latest_book_tickers(
         self,
@@ -557,7 +560,7 @@ class DatabaseManager:
         Give ``start``/``end`` (Unix µs; end exclusive, default now) or ``hours`` back from now. ``format``:
         ``"objects"`` a list of :class:`BookTicker`; ``"columns"`` a dict of lists (recv_ts, exchange_ts,
         bid_price, bid_qty, ask_price, ask_qty, update_id; NULL as None); ``"numpy"`` a dict of numpy arrays
-        decoded straight from binary COPY (see :mod:`hftdb.columnar`).
+        decoded straight from binary COPY (see :mod:`hftdb.read.columnar`).
         """
         return await self._reads().book_ticker_history(
             exchange, symbol, start=start, end=end, hours=hours, limit=limit, format=format, primary=primary)
@@ -603,7 +606,7 @@ class DatabaseManager:
 
         Narrow them to an exchange, to native ``symbols`` of that exchange, or to ``symbol_ids`` (for
         ``balances``: an exchange only). The subscription listens on its own connection to the primary, reconnects
-        by itself, and yields a catch-up notification for any gap; see :mod:`hftdb.notify`.
+        by itself, and yields a catch-up notification for any gap; see :mod:`hftdb.read.notify`.
 
         >>> async with db.notifications("book_tickers", exchange="binance_spot") as feed:
         ...     async for note in feed:
@@ -640,7 +643,7 @@ class DatabaseManager:
         """The latest rows of ``table`` for a filter, in memory, kept current by commit notifications.
 
         For a strategy that wants every quote on every tick: ``mirror.snapshot()`` costs microseconds where a read
-        of 1,000 rows costs over a millisecond. Use with ``async with``; see :class:`hftdb.notify.LatestMirror`.
+        of 1,000 rows costs over a millisecond. Use with ``async with``; see :class:`hftdb.read.notify.LatestMirror`.
         """
         if table not in _MIRRORED:
             raise ValidationError(f"table must be {' or '.join(map(repr, _MIRRORED))}, got {table!r}")
@@ -718,7 +721,7 @@ class DatabaseManager:
         to the Parquet tier under ``[archive] root``: written, verified against PostgreSQL, then dropped.
 
         ``tables`` narrows it (default: all three time-series tables). Idempotent, and a rerun finishes what an
-        interrupted one left (see :mod:`hftdb.archive`). With ``dry_run`` nothing is written or dropped: the
+        interrupted one left (see :mod:`hftdb.read.archive`). With ``dry_run`` nothing is written or dropped: the
         reports list the partitions that would be archived. Needs ``pip install 'hftdb[archive]'``.
         """
         self._check_open()
@@ -795,8 +798,8 @@ class DatabaseManager:
         return report
 
     async def distribute(self) -> citus.DistributeReport:
-        """On a Citus coordinator, distribute hftdb's tables over the workers (:func:`hftdb.citus.distribute`:
-        reference, distributed and colocated as :data:`hftdb.citus.LAYOUT`); idempotent. Raises
+        """On a Citus coordinator, distribute hftdb's tables over the workers (:func:`hftdb.db.citus.distribute`:
+        reference, distributed and colocated as :data:`hftdb.db.citus.LAYOUT`); idempotent. Raises
         :class:`StateError` on plain PostgreSQL or without a worker. ``[storage] distribute = true`` does it at
         start."""
         async with self._open_pool.acquire() as conn:

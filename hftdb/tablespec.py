@@ -27,7 +27,7 @@ class TableSpec(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     #: The record one row is read and written as.
     record: type
-    #: The writer class in :mod:`hftdb.tables` that validates and encodes the record (its row layout).
+    #: The writer class in :mod:`hftdb.store.tables` that validates and encodes the record (its row layout).
     encoder: str
     #: The table holding the newest row of each key.
     latest: str

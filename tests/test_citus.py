@@ -16,10 +16,11 @@ import msgspec
 import orjson
 import pytest
 
-from hftdb import Balance, DatabaseManager, ExchangeName, FundingRate, citus, now_us, partitions
-from hftdb import dberrors
-from hftdb.dberrors import MAX_OTHER_ATTEMPTS
-from hftdb.schema import migrate
+from hftdb import Balance, DatabaseManager, ExchangeName, FundingRate, now_us
+from hftdb.db import citus, partitions
+from hftdb.db import dberrors
+from hftdb.db.dberrors import MAX_OTHER_ATTEMPTS
+from hftdb.db.schema import migrate
 
 from citus_cluster import CitusCluster, find_citus_bin
 from helpers import settings, tickers

@@ -23,8 +23,8 @@ import asyncpg
 import pytest
 
 from hftdb import DatabaseManager, ExchangeName
-from hftdb.server import EmbeddedServer
-from hftdb.writer import BatchWriter
+from hftdb.db.server import EmbeddedServer
+from hftdb.store.writer import BatchWriter
 
 from conftest import with_database
 from helpers import settings, tickers

@@ -123,7 +123,7 @@ async def test_spool_survives_process_restart(fault_server, tmp_path):
 
 async def test_replay_of_a_committed_batch_is_not_duplicated(fault_server, tmp_path):
     """A batch that committed but stayed in the spool (crash before the file was removed) is skipped."""
-    from hftdb.spool import Spool
+    from hftdb.store.spool import Spool
 
     cfg = settings(tmp_path, batch_max_rows=1000)
     async with DatabaseManager(fault_server.dsn, settings=cfg) as db:

@@ -33,7 +33,7 @@ from hftdb.exchanges.signing import Credentials
 from hftdb.models import Balance, BookTicker, Exchange, ExchangeName as E, FundingRate, Symbol, now_us
 from hftdb.wire import loader
 from hftdb.wire.books import PackedBooks
-from hftdb.replay import ingest_file
+from hftdb.ops.replay import ingest_file
 from hftdb.simulator import ExchangeSimulator, Limits
 
 MS = 1_700_000_000_000  # a plausible exchange time (2023), in ms

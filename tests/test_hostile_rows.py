@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from hftdb import Balance, BookTicker, DatabaseManager, ExchangeName, FundingRate, Symbol, ValidationError, now_us
-from hftdb import dberrors
+from hftdb.db import dberrors
 
 from helpers import settings, sql, tickers
 

@@ -1,4 +1,4 @@
-"""Packed book rows (``hftdb.packed``): the intake packs COPY tuples while parsing, and the writer takes them whole.
+"""Packed book rows (``hftdb.store.packed``): the intake packs COPY tuples while parsing, and the writer takes them whole.
 
 The same frames go once through the packed path (the sink is a ``DatabaseManager``) and once through the public
 path (the same manager behind a proxy without ``insert_packed_book_tickers``), each into its own database. The
@@ -25,8 +25,8 @@ from hftdb.exchanges.binance import BinanceAdapter
 from hftdb.exchanges.intake import Intake
 from hftdb.exchanges.runner import StreamRunner
 from hftdb.models import BookTicker, ExchangeName, Symbol
-from hftdb.tables import FUTURE_SLACK_US, BookTickerWriter
-from hftdb.packed import add_packed
+from hftdb.store.tables import FUTURE_SLACK_US, BookTickerWriter
+from hftdb.store.packed import add_packed
 from hftdb.wire.books import PackedBooks
 from hftdb.wire.rules import book_fits
 

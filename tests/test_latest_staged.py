@@ -16,7 +16,7 @@ import asyncpg
 from hftdb import BookTicker, DatabaseManager, ExchangeName, FundingRate, now_us
 from hftdb.config import DatabaseSettings, Settings
 from hftdb.wire.copy import HEADER, TRAILER
-from hftdb.tables import _BT, BookTickerWriter
+from hftdb.store.tables import _BT, BookTickerWriter
 from hftdb.wire.copy import copy_columns
 
 from helpers import settings, sql

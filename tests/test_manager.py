@@ -6,10 +6,20 @@ import pytest
 
 import hftdb
 from hftdb import (
-    Balance, BookTicker, ClosedError, DatabaseManager, ExchangeName, FundingRate, StateError, Symbol,
-    UnknownExchangeError, UnknownSymbolError, ValidationError, now_us,
+    Balance,
+    BookTicker,
+    ClosedError,
+    DatabaseManager,
+    ExchangeName,
+    FundingRate,
+    StateError,
+    Symbol,
+    UnknownExchangeError,
+    UnknownSymbolError,
+    ValidationError,
+    now_us,
 )
-from hftdb.cache import TTLCache
+from hftdb.db.cache import TTLCache
 
 from helpers import settings, sql, tickers
 
@@ -279,7 +289,7 @@ async def test_symbol_cache_expiry_reads_database_again(dsn, tmp_path):
 
 
 async def test_maintenance_and_retention_through_the_manager(dsn, tmp_path):
-    from hftdb import partitions
+    from hftdb.db import partitions
 
     async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
         await db.insert_exchange(ExchangeName.BINANCE_SPOT)

@@ -26,7 +26,7 @@ from hftdb.exchanges.binance import BinanceAdapter
 from hftdb.exchanges.intake import Intake
 from hftdb.exchanges.runner import StreamRunner
 from hftdb.models import ExchangeName, now_us
-from hftdb.replay import DISORDER_US, MAX_LINE_BYTES, ingest_file, ingest_files
+from hftdb.ops.replay import DISORDER_US, MAX_LINE_BYTES, ingest_file, ingest_files
 
 USDM = ExchangeName.BINANCE_USDM
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
@@ -232,7 +232,7 @@ async def test_unreadable_inputs_are_refused_before_anything_is_written(dsn, tmp
 
 async def cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hftdb.cli", *args, cwd=str(cwd), env=env,
+        sys.executable, "-m", "hftdb.ops.cli", *args, cwd=str(cwd), env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     async with asyncio.timeout(120):
         out, err = await proc.communicate()

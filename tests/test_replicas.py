@@ -19,8 +19,8 @@ import pytest
 
 from hftdb import ConfigError, DatabaseManager, DatabaseUnavailableError, ExchangeName, load_settings
 from hftdb.config import ReadSettings
-from hftdb.replicas import ReadRouter
-from hftdb.server import _run_tool, bin_dir
+from hftdb.read.replicas import ReadRouter
+from hftdb.db.server import _run_tool, bin_dir
 
 from helpers import settings, tickers
 

@@ -2,8 +2,9 @@
 
 import asyncpg
 
-from hftdb import tables, tablespec
-from hftdb.schema import migrate
+from hftdb.store import tables
+from hftdb import tablespec
+from hftdb.db.schema import migrate
 
 
 async def test_registry_names_every_table_the_migrations_create(dsn):

@@ -1,4 +1,4 @@
-"""The vectorized book-ticker path (hftdb.vector) stores, rejects and keeps latest exactly like the per-row path.
+"""The vectorized book-ticker path (hftdb.store.vector) stores, rejects and keeps latest exactly like the per-row path.
 
 Rows that carry a registered ``symbol_id`` take the vectorized path; the same rows named by exchange and symbol
 take the per-row path. Both get the same mix of good and bad values, and the database must end up the same.
@@ -10,8 +10,9 @@ import random
 import msgspec
 import pytest
 
-from hftdb import BookTicker, CacheSettings, DatabaseManager, ExchangeName, Symbol, now_us, vector
-from hftdb.cache import TTLCache
+from hftdb import BookTicker, CacheSettings, DatabaseManager, ExchangeName, Symbol, now_us
+from hftdb.store import vector
+from hftdb.db.cache import TTLCache
 
 from helpers import settings, sql
 
@@ -168,7 +169,7 @@ def test_whole_tuple_packing_matches_the_row_path_and_refuses_values_where_the_f
     # No database: the bytes and latest rows each path leaves in a batch. The vectorized path packs BookTicker's
     # whole astuple, taking a NULL-pattern field as an ignored byte, so it must refuse a value there, even 0.
     from hftdb.config import StorageSettings, WriterSettings
-    from hftdb.tables import BookTickerWriter
+    from hftdb.store.tables import BookTickerWriter
 
     def writer() -> BookTickerWriter:
         ws = WriterSettings(spool_dir=None, batch_max_rows=100_000, buffer_max_rows=100_000)

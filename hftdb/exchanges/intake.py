@@ -1,5 +1,5 @@
 """One connection's frames to rows: parse, sequence, admit. The consumer of a live session and the file
-replay (:mod:`hftdb.replay`) both run their frames through an :class:`Intake`.
+replay (:mod:`hftdb.ops.replay`) both run their frames through an :class:`Intake`.
 
 * **Parse.** A parser with a hot path (``book_ticker(raw, recv_ts)``, a book row or None) gets it first;
   any other frame goes through ``parse``. A frame that fails is counted by reason and never stops the feed:
@@ -36,7 +36,7 @@ from .parsing import CONTROL_SNAPSHOT, MAX_FRAME_BYTES, name_ok, time_ok
 from .sink import PackedSink
 
 if TYPE_CHECKING:
-    from .runner import StreamRunner
+    from .stream import StreamOwner
 
 __all__ = ["Intake", "exchange_time_ok"]
 
@@ -62,7 +62,7 @@ class Intake:
 
     def __init__(
         self,
-        runner: StreamRunner,
+        runner: StreamOwner,
         parser: Any,
         *,
         holding: bool = False,

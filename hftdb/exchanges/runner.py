@@ -39,7 +39,7 @@ from .session import Session
 from .sink import PackedSink
 
 if TYPE_CHECKING:
-    from .base import ExchangeAdapter
+    from .stream import StreamAdapter
 
 __all__ = ["StreamRunner"]
 
@@ -64,7 +64,7 @@ class _Shard:
 class StreamRunner:
     """Runs an adapter's streams: one supervised shard per connection the topics need."""
 
-    def __init__(self, adapter: ExchangeAdapter) -> None:
+    def __init__(self, adapter: StreamAdapter) -> None:
         self.adapter = adapter
         self.drop_unsequenced = adapter.drops_unsequenced_books
         # Asked once: an isinstance against a runtime Protocol tests every member (microseconds, too dear per push).

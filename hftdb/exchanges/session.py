@@ -30,7 +30,7 @@ from .intake import Intake
 from .parsing import CONTROL_ERROR, CONTROL_PONG, CONTROL_RECONNECT, CONTROL_SUBSCRIBED, CONTROL_UNSUBSCRIBED
 
 if TYPE_CHECKING:
-    from .runner import StreamRunner
+    from .stream import StreamOwner
 
 __all__ = ["Session"]
 
@@ -42,7 +42,7 @@ _DETAIL_LIMIT = 300  # characters of an exchange's error or notice text that are
 class Session:
     """One subscribed connection of a shard and its two tasks: the consumer and the watchdog."""
 
-    def __init__(self, runner: StreamRunner, conn: WsConnection, topics: tuple[str, ...], *, hold: bool) -> None:
+    def __init__(self, runner: StreamOwner, conn: WsConnection, topics: tuple[str, ...], *, hold: bool) -> None:
         adapter = runner.adapter
         self.runner = runner
         self.conn = conn

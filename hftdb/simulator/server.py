@@ -17,7 +17,7 @@ from ..models import ExchangeName
 from ..venues import VENUES
 from .binance import BinanceHost
 from .bybit import BybitHost
-from .core import Credentials, Faults, Host, Limits, _HttpFault
+from .core import Credentials, Faults, Host, HttpFault, Limits
 from .ledger import Ledger
 from .market import Market
 from .okx import OkxHost
@@ -375,7 +375,7 @@ class ExchangeSimulator:
             raise ValueError(f"status must be an HTTP error status, got {status!r}")
         if count <= 0:
             raise ValueError(f"count must be > 0, got {count!r}")
-        self.faults.http.setdefault(self.host(venue).name, []).append(_HttpFault(status, path, count, retry_after))
+        self.faults.http.setdefault(self.host(venue).name, []).append(HttpFault(status, path, count, retry_after))
 
     def http_body(self, venue: ExchangeName | str, body: str | bytes, *, path: str, count: int = 1) -> None:
         """Answer the next ``count`` requests to ``venue``'s host whose path starts with ``path`` with HTTP 200 and
@@ -383,7 +383,7 @@ class ExchangeSimulator:
         if count <= 0:
             raise ValueError(f"count must be > 0, got {count!r}")
         raw = body.encode() if isinstance(body, str) else bytes(body)
-        self.faults.http.setdefault(self.host(venue).name, []).append(_HttpFault(200, path, count, None, raw))
+        self.faults.http.setdefault(self.host(venue).name, []).append(HttpFault(200, path, count, None, raw))
 
     # -- generation ------------------------------------------------------------------------------------
 
