@@ -849,7 +849,7 @@ async def test_ctrl_c_during_hftdb_archive_exits_at_once_with_one_line_and_a_rer
                HFTDB_WRITER_SPOOL_DIR=str(tmp_path / "spool"), HFTDB_ARCHIVE_ROW_GROUP_ROWS="1024",
                HFTDB_ARCHIVE_PIECE_ROWS="4096")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hftdb.cli", "archive", "--older-than-days", "10", cwd=str(tmp_path), env=env,
+        sys.executable, "-m", "hftdb.ops.cli", "archive", "--older-than-days", "10", cwd=str(tmp_path), env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     async with asyncio.timeout(120):  # hang guards only
         # Mid-stream: the first row groups are in a temporary file, more pieces to come (74 in all).
