@@ -848,8 +848,12 @@ async def test_ctrl_c_during_hftdb_archive_exits_at_once_with_one_line_and_a_rer
     env.update(HFTDB_DSN=dsn, HFTDB_ARCHIVE_ROOT=str(root), HFTDB_METRICS_PORT="1",
                HFTDB_WRITER_SPOOL_DIR=str(tmp_path / "spool"), HFTDB_ARCHIVE_ROW_GROUP_ROWS="1024",
                HFTDB_ARCHIVE_PIECE_ROWS="4096")
+    # The command as a terminal runs it: SIGINT handled (a test run started in the background, by a shell without
+    # job control, hands its children SIGINT ignored, and Python then leaves it so).
+    main = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "sys.argv[0] = 'hftdb'; runpy.run_module('hftdb.ops.cli', run_name='__main__')")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hftdb.ops.cli", "archive", "--older-than-days", "10", cwd=str(tmp_path), env=env,
+        sys.executable, "-c", main, "archive", "--older-than-days", "10", cwd=str(tmp_path), env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     async with asyncio.timeout(120):  # hang guards only
         # Mid-stream: the first row groups are in a temporary file, more pieces to come (74 in all).
