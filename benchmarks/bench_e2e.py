@@ -9,7 +9,7 @@ Part 1, in memory (``--frames`` frames, ``--runs`` runs, medians):
                   ``--frames-per-read`` frames each stamped ``now_us()`` (a live connection stamps once per read),
                   run through ``Intake.process`` (the BinanceParser hot path with symbol ids, per-connection
                   sequencing, admission, COPY tuples packed as parsed: hftdb.store.packed) and ``StreamRunner.push``
-                  into ``DatabaseManager`` (``insert_packed_book_tickers``), yield to the loop, then
+                  into ``DatabaseManager.feed_sink()`` (``insert_packed_book_tickers``), yield to the loop, then
                   ``flush()``. Symbols are registered and the manager's caches warm before timing.
   writer-only     the same frames parsed before timing into BookTicker objects with ``symbol_id`` set, pushed in
                   the same chunks through ``insert_book_ticker_snapshots`` + ``flush()``.
@@ -201,7 +201,7 @@ def reads_of(chunk: list[bytes], per_read: int) -> list[list[bytes]]:
 
 
 class _PublicPath:
-    """The manager as a sink without ``insert_packed_book_tickers``: the intake hands over plain rows and every
+    """The manager as a sink without ``insert_packed_book_tickers`` (not its feed_sink()): the intake hands over plain rows and every
     call takes the public ``insert_book_ticker_snapshots`` (what the feeds did before hftdb.store.packed)."""
 
     def __init__(self, db: DatabaseManager) -> None:
@@ -217,13 +217,12 @@ async def run_frames_to_rows(dsn: str, frames: list[bytes], per_call: int, per_r
                              *, packed: bool = True) -> tuple[float, float]:
     chunks = [reads_of(frames[i:i + per_call], per_read) for i in range(0, len(frames), per_call)]
     async with DatabaseManager(dsn, settings=settings_for(dsn)) as db:
-        intake, runner = client_intake(db if packed else _PublicPath(db), n_symbols)  # type: ignore[arg-type]
+        intake, runner = client_intake(db.feed_sink() if packed else _PublicPath(db), n_symbols)
         process, push = intake.process, runner.push
         cpu = time.process_time()
         started = time.perf_counter()
         for reads in chunks:
-            books, funding, balances = process([(now_us(), payloads) for payloads in reads])
-            await push(books, funding, balances)
+            await push(process([(now_us(), payloads) for payloads in reads]))
             await asyncio.sleep(0)
         await db.flush()
         elapsed = time.perf_counter() - started
@@ -417,7 +416,7 @@ async def run_rate(args: argparse.Namespace, admin_dsn: str, rate: float) -> dic
         rest_url, ws_url = await loop.run_in_executor(None, sim_parent.recv)
         await loop.run_in_executor(None, lis_parent.recv)
         async with DatabaseManager(dsn, settings=settings_for(dsn)) as db:
-            adapter = BinanceAdapter(USDM, db, rest_url=rest_url, ws_url=ws_url, channels=("bookTicker",))
+            adapter = BinanceAdapter(USDM, db.feed_sink(), rest_url=rest_url, ws_url=ws_url, channels=("bookTicker",))
             async with adapter:
                 await adapter.sync_symbols()
                 task = asyncio.create_task(adapter.run_streams())

@@ -141,7 +141,7 @@ async def main() -> int:
     serials = itertools.count(2, 2).__next__
     ok = True
     try:
-        sink = DatabaseManager(admin, settings=_settings())  # never opened: the intake asks it for no I/O
+        sink = DatabaseManager(admin, settings=_settings()).feed_sink()  # never opened: the intake asks it for no I/O
         for cid in args.channels:
             steps, intake = intake_run(cid, args.plans, args.seed, serials, sink, tuple(args.families))
             outcomes = Counter(s.outcome for s in steps)

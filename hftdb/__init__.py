@@ -37,7 +37,7 @@ from .models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Sy
 from .version import __version__
 
 if TYPE_CHECKING:
-    from .manager import DatabaseManager
+    from .manager import DatabaseManager, FeedSink
     from .read.notify import LatestMirror, Notification, Subscription
     from .store.unit import UnitOfWork
 
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 # path and the read path.
 _LAZY = {
     "DatabaseManager": "hftdb.manager",
+    "FeedSink": "hftdb.manager",
     "UnitOfWork": "hftdb.store.unit",
     "Notification": "hftdb.read.notify",
     "Subscription": "hftdb.read.notify",
@@ -68,6 +69,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "DatabaseManager",
+    "FeedSink",
     "UnitOfWork",
     "Notification",
     "Subscription",

@@ -85,9 +85,9 @@ def _cases(xfails: dict[tuple[str, str], str], groups: tuple[str, ...]) -> list:
 
 @pytest.fixture(scope="module")
 def sink(pg_admin_dsn):
-    """The intake's sink: a real DatabaseManager (the intake packs rows for it, as live), never opened: the
-    intake only asks it for symbol ids it already knows, which takes no I/O."""
-    return DatabaseManager(pg_admin_dsn, settings=_settings())
+    """The intake's sink: a real DatabaseManager's feed sink (the intake packs rows for it, as live), never opened:
+    the intake only asks it for symbol ids it already knows, which takes no I/O."""
+    return DatabaseManager(pg_admin_dsn, settings=_settings()).feed_sink()
 
 
 @pytest.fixture

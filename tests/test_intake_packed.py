@@ -155,15 +155,16 @@ async def run(dsn: str, calls, *, packed: bool, max_rows: int):
         ex = await db.insert_exchange(USDM)
         await db.sync_symbols(USDM, [Symbol(exchange_id=ex.id, symbol=s, kind="perpetual", status="trading")
                                      for s in REGISTERED])
-        sink = db if packed else PublicPath(db)
+        sink = db.feed_sink() if packed else PublicPath(db)
         adapter = BinanceAdapter(USDM, sink, symbols=REGISTERED, channels=("bookTicker",))
         runner = StreamRunner(adapter)
         intake = Intake(runner, adapter.new_parser())
         taken_packed = []
         for chunks in calls:
-            books, funding, balances = intake.process(chunks)
+            batch = intake.process(chunks)
+            books = batch.book_tickers
             taken_packed.append(type(books) is PackedBooks and books.buf is not None)
-            await runner.push(books, funding, balances)
+            await runner.push(batch)
         await db.flush()
         writer = (await db.get_database_stats())["writers"]["book_tickers"]
         feed = adapter.stats.as_dict()
@@ -277,8 +278,8 @@ def test_exchange_span_and_straddled_batches_read_the_packed_call():
     t = now_us()
     frames = [frame(f"S{1 + i % 40:03d}USDT", gen.next_u(), "1.5", "2", "1.6", "3", e=1_700_000_000_000 + i * 7)
               for i in range(108)]
-    first, _, _ = intake.process([(t, frames[:13])])
-    books, _, _ = intake.process([(t + 1 + i, frames[13 + i * 10:23 + i * 10]) for i in range(10)])
+    first = intake.process([(t, frames[:13])]).book_tickers
+    books = intake.process([(t + 1 + i, frames[13 + i * 10:23 + i * 10]) for i in range(10)]).book_tickers
     assert type(books) is PackedBooks and books.buf is not None and books.ordered and len(books) == 95
     assert books.exchange_span() == (min(r.exchange_ts for r in books), max(r.exchange_ts for r in books))
     assert PackedBooks(books).exchange_span() is None and PackedBooks().exchange_span() is None

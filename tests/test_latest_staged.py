@@ -16,7 +16,8 @@ import asyncpg
 from hftdb import BookTicker, DatabaseManager, ExchangeName, FundingRate, now_us
 from hftdb.config import DatabaseSettings, Settings
 from hftdb.wire.copy import HEADER, TRAILER
-from hftdb.store.tables import _BT, BookTickerWriter
+from hftdb.store.tables import BookTickerWriter
+from hftdb.wire.books import LAYOUTS
 from hftdb.wire.copy import copy_columns
 
 from helpers import settings, sql
@@ -64,7 +65,7 @@ def test_copy_columns_packs_what_the_per_row_layouts_pack():
             (9, t + 2, t - 1, 2.0, 1.0, 3.0, 1.0, None), (2**31 - 1, t + 3, None, 1.0, 1.0, 1.0, 1.0, -(2**63))]
     expected = HEADER
     for sid, recv, ex, bp, bq, ap, aq, uid in rows:
-        pack = _BT[(ex is not None, uid is not None)].pack
+        pack = LAYOUTS[(ex is not None, uid is not None)].row.pack
         head = (8, 4, sid, 8, recv - 946_684_800_000_000)
         ex_part = (8, ex - 946_684_800_000_000) if ex is not None else (-1,)
         uid_part = (8, uid) if uid is not None else (-1,)
@@ -84,9 +85,9 @@ async def test_out_of_order_rows_with_nulls_over_several_batches_per_commit(dsn,
             assert await db.insert_book_ticker_snapshots(rows) == len(rows)
             await db.flush()
             assert await _stored_latest(db) == _newest(sent)
-        stats = db.writer("book_tickers").stats
+        stats = db.writer_stats("book_tickers")
         # Several batches went in one commit (the group's latest rows merged across batches out of order).
-        assert stats.batches_committed > len(stats.commit_seconds)
+        assert stats["batches_committed"] > stats["commits"]
         assert await _counts(sql(db)) == (300, 300)
         nulls = await sql(db).fetchrow(
             "SELECT count(*) FILTER (WHERE exchange_ts IS NULL), count(*) FILTER (WHERE update_id IS NULL)"
@@ -139,9 +140,8 @@ async def test_spooled_batches_replay_their_latest_rows(dsn, tmp_path):
             await admin.close()
     assert list((tmp_path / "spool" / "book_tickers").glob("*.spool"))
     async with DatabaseManager(dsn, settings=cfg) as db:
-        writer = db.writer("book_tickers")
         await db.flush(timeout=60)
-        assert writer.stats.batches_replayed > 1
+        assert db.writer_stats("book_tickers")["batches_replayed"] > 1
         assert not list((tmp_path / "spool" / "book_tickers").glob("*.spool"))
         assert await _stored_latest(db) == _newest(first + held)
         assert await _counts(sql(db)) == (160, 160)
@@ -155,7 +155,6 @@ async def test_backend_terminated_inside_the_latest_statement_is_retried_once(ds
         await db.insert_exchange(ExchangeName.BINANCE_SPOT)
         await db.insert_book_ticker_snapshots(first)
         await db.flush()
-        writer = db.writer("book_tickers")
         locker, admin = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
         try:
             tx = locker.transaction()
@@ -177,7 +176,7 @@ async def test_backend_terminated_inside_the_latest_statement_is_retried_once(ds
         finally:
             await locker.close()
             await admin.close()
-        assert writer.stats.retries >= 1
+        assert db.writer_stats("book_tickers")["retries"] >= 1
         assert await _stored_latest(db) == _newest(first + second)
         assert await _counts(sql(db)) == (80, 80)
 
@@ -193,7 +192,6 @@ async def test_new_backends_and_dropped_staging_tables(dsn, tmp_path):
     sent: list[BookTicker] = []
     async with DatabaseManager(dsn, settings=_one_connection(tmp_path)) as db:
         await db.insert_exchange(ExchangeName.BINANCE_SPOT)
-        writer = db.writer("book_tickers")
 
         async def commit(seed: int) -> None:
             rows = _rows(40, symbols=7, t=t + seed * 1_000, seed=seed, start_id=seed * 1_000)
@@ -207,9 +205,9 @@ async def test_new_backends_and_dropped_staging_tables(dsn, tmp_path):
         # creates the table again.
         async with db.connection() as conn:
             await conn.execute("DISCARD TEMP")
-        retries = writer.stats.retries
+        retries = db.writer_stats("book_tickers")["retries"]
         await commit(1)
-        assert writer.stats.retries == retries + 1
+        assert db.writer_stats("book_tickers")["retries"] == retries + 1
         # Every backend of the pool replaced by a new one (no staging table yet).
         admin = await asyncpg.connect(dsn)
         try:

@@ -28,10 +28,10 @@ from .parsing import Rejects, name_ok, newer_funding
 from .rest import RestClient
 from .runner import StreamRunner
 from .signing import Credentials
-from .sink import PackedSink, Sink
+from .sink import PackedSink, Sink, SymbolIds
 from .stream import Backoff, FeedStats
 
-__all__ = ["Sink", "PackedSink", "Backoff", "FeedStats", "ExchangeAdapter", "REFUSED_MAX_WAIT_S", "parse_rest"]
+__all__ = ["Sink", "SymbolIds", "PackedSink", "Backoff", "FeedStats", "ExchangeAdapter", "REFUSED_MAX_WAIT_S", "parse_rest"]
 
 logger = logging.getLogger(__name__)
 
@@ -523,6 +523,11 @@ class ExchangeAdapter:
         await self.run_symbol_sync(interval)
 
     # -- venue specifics (overridden by the venue modules) ---------------------------------------------
+
+    def symbol_ids(self) -> Callable[[str, str], int | None] | None:
+        """The sink's lookup of cached symbol ids for this adapter's parsers (a :class:`SymbolIds` sink's
+        ``resolve_symbol_id``), or None: the sink then resolves the rows' symbols itself."""
+        return self.sink.resolve_symbol_id if isinstance(self.sink, SymbolIds) else None
 
     def new_parser(self) -> Any:
         """A parser of this venue's payloads (one per connection: some hold book state)."""

@@ -351,7 +351,7 @@ class Daemon:
             status_logger.info("%s", line, extra=fields)
 
     def _writer_snapshots(self) -> dict[str, dict[str, Any]]:
-        return {t: self.db.writer(t).snapshot() for t in TIME_SERIES}
+        return {t: self.db.writer_stats(t) for t in TIME_SERIES}
 
     # -- observability ---------------------------------------------------------------------------------
 

@@ -163,7 +163,7 @@ async def open_feed(venue: str, config: VenueSettings, settings: ExchangesSettin
     if settings.balance_interval_s > 0 and not poll:
         logger.info("%s: no API keys (%s_API_KEY and _API_SECRET, or %s_..., or [exchanges] secrets_file): "
                     "balances not polled", venue, venue.split("_")[0].upper(), venue.upper())
-    adapter = create_adapter(venue, db, **kwargs)
+    adapter = create_adapter(venue, db.feed_sink(), **kwargs)
     await adapter.start()
     return Feed(adapter, config, settings, db, poll_balances=poll)
 

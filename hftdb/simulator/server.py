@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 #: which simulated host serves each venue (one port per host)
 HOST_OF: dict[ExchangeName, str] = {v.name: v.simulator_host for v in VENUES}
+# The host class speaking the protocol of each adapter (hftdb.venues.VenueSpec.adapter).
+_HOST_CLASSES: dict[str, Callable[..., Host]] = {"BinanceAdapter": BinanceHost, "BybitAdapter": BybitHost,
+                                                 "OkxAdapter": OkxHost}
 _HOST_ORDER = tuple(dict.fromkeys(HOST_OF.values()))
 _PRICE = re.compile(r'"(\d+\.\d+)"')
 
@@ -88,12 +91,15 @@ class ExchangeSimulator:
         self.faults = Faults()
         self.markets = {venue: Market(venue, symbols, seed=seed) for venue in ExchangeName}
         common = dict(ledger=self.ledger, faults=self.faults, limits=self.limits, credentials=self.credentials, clock=clock)
-        m = self.markets
+        # The venue registry says which host serves each venue (hftdb.venues: simulator_host); the host's protocol
+        # is that of the venue's adapter.
+        served: dict[str, dict[ExchangeName, Market]] = {}
+        adapter_of: dict[str, str] = {}
+        for v in VENUES:
+            served.setdefault(v.simulator_host, {})[v.name] = self.markets[v.name]
+            adapter_of[v.simulator_host] = v.adapter
         self.hosts: dict[str, Host] = {
-            "binance_spot": BinanceHost(ExchangeName.BINANCE_SPOT, {ExchangeName.BINANCE_SPOT: m[ExchangeName.BINANCE_SPOT]}, **common),
-            "binance_usdm": BinanceHost(ExchangeName.BINANCE_USDM, {ExchangeName.BINANCE_USDM: m[ExchangeName.BINANCE_USDM]}, **common),
-            "bybit": BybitHost({v: m[v] for v in (ExchangeName.BYBIT_SPOT, ExchangeName.BYBIT_LINEAR)}, **common),
-            "okx": OkxHost({v: m[v] for v in (ExchangeName.OKX_SPOT, ExchangeName.OKX_SWAP)}, **common),
+            host: _HOST_CLASSES[adapter_of[host]](markets, **common) for host, markets in served.items()
         }
         self._changed = asyncio.Event()
         for h in self.hosts.values():

@@ -99,7 +99,7 @@ class WriterStats:
     """Counters and recent commit timings of one writer."""
 
     __slots__ = (
-        "rows_accepted", "rows_committed", "rows_duplicate", "batches_committed", "duplicates_skipped", "retries",
+        "rows_accepted", "rows_committed", "rows_duplicate", "batches_committed", "commits", "duplicates_skipped", "retries",
         "batches_spooled", "batches_replayed", "rows_dropped", "commit_seconds", "batch_rows", "last_commit_at",
         "last_error",
     )
@@ -110,6 +110,8 @@ class WriterStats:
         #: Rows dropped as exact duplicates of an earlier row of the same batch.
         self.rows_duplicate = 0
         self.batches_committed = 0
+        #: Commit transactions (a commit takes a group of sealed batches).
+        self.commits = 0
         self.duplicates_skipped = 0
         self.retries = 0
         self.batches_spooled = 0

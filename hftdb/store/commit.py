@@ -204,6 +204,7 @@ class Committer:
             logger.info("%s: %d batch(es) were already committed by an earlier attempt; not sent again",
                         self.table, len(skipped))
         committed = rows - sum(b.rows for b in group if b.id in skipped)
+        self.stats.commits += 1
         self.stats.commit_seconds.append(elapsed)
         self.stats.batch_rows.append(committed)
         self.stats.rows_committed += committed
@@ -290,6 +291,7 @@ class Committer:
             self._other_failures.pop(b.id, None)
             self._rejected_nodes.pop(b.id, None)
         self._succeeded_now()
+        self.stats.commits += 1
         self.stats.commit_seconds.append(time.perf_counter() - started)
         self.stats.batch_rows.append(committed)
         self.stats.rows_committed += committed
