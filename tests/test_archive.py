@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -677,3 +678,235 @@ async def test_a_file_that_reads_back_wrong_is_removed_and_nothing_is_dropped(ds
         assert sorted(map(_norm, await _pg_rows(dsn, "book_tickers") + _file_rows(root, "book_tickers",
                                                                                   listed_only=False))) == want
 
+
+
+# -- cancellation: the daemon's upkeep stopped, Ctrl-C on `hftdb archive` --------------------------------------
+
+_CANCEL_POINTS = ("copy", "stream", "write", "finish", "verify", "rename", "detach", "drop", "mark")
+
+
+async def _waiting(dsn: str, like: str) -> bool:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return bool(await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            " AND query LIKE $1", like))
+    finally:
+        await conn.close()
+
+
+async def _until(condition) -> None:
+    while not await condition():
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("point", _CANCEL_POINTS)
+async def test_an_archive_cancelled_at_each_point_unwinds_and_a_rerun_finishes_it(dsn, tmp_path, monkeypatch, point):
+    import threading
+
+    # Three partitions of about 164 book tickers, each read in three pieces of 64 rows (row groups of 16). No
+    # command_timeout to end a wait for the server early: a wait that never ends shows as a hang.
+    s = settings(tmp_path, piece_rows=64, row_group_rows=16)
+    s = msgspec.structs.replace(s, database=msgspec.structs.replace(s.database, command_timeout=3600.0))
+    root = Path(s.archive.root)
+    async with DatabaseManager(dsn, settings=s) as db:
+        await _seed(db)
+        want = sorted(map(_norm, await _pg_rows(dsn, "book_tickers")))
+        before = _comparable(await _all_reads(db))
+        loop = asyncio.get_running_loop()
+        reached = asyncio.Event()
+        release = threading.Event()  # lets a worker thread held at the point go on
+        done: list[str] = []  # the held step, once it returned
+        blocker = await asyncpg.connect(dsn)
+        calls = 0
+        hold_at = 2 if point in ("write", "verify") else 1  # the second piece, the second file's read-back
+
+        def held_thread(real):  # on a worker thread: hold the step there until the test lets it go
+            def run(*args, **kw):
+                nonlocal calls
+                if point == "mark" and b'"state":"dropped"' not in args[1]:
+                    return real(*args, **kw)
+                calls += 1
+                if calls == hold_at:
+                    loop.call_soon_threadsafe(reached.set)
+                    release.wait(60)
+                    out = real(*args, **kw)
+                    done.append(point)
+                    return out
+                return real(*args, **kw)
+            return run
+
+        if point in ("copy", "stream"):
+            real_add = archive._Pieces.add
+
+            async def add(self, piece):  # on the event loop, inside asyncpg's COPY OUT: the stream's sink
+                nonlocal calls
+                calls += 1
+                await real_add(self, piece)
+                if calls == 2:
+                    reached.set()
+                    if point == "copy":
+                        await asyncio.Event().wait()  # cancelled here, in the sink
+
+            monkeypatch.setattr(archive._Pieces, "add", add)
+        elif point == "write":
+            monkeypatch.setattr(archive._Generation, "add", held_thread(archive._Generation.add))
+        elif point == "finish":
+            monkeypatch.setattr(archive._Generation, "finish", held_thread(archive._Generation.finish))
+        elif point == "verify":
+            monkeypatch.setattr(archive._ExchangeFile, "verify", held_thread(archive._ExchangeFile.verify))
+        elif point == "rename":  # after the first file's rename, before the second's
+            monkeypatch.setattr(archive, "fsync_dir", held_thread(archive.fsync_dir))
+        elif point == "mark":  # the manifest's rewrite in state dropped, after the DROP
+            monkeypatch.setattr(archive, "_write_atomic", held_thread(archive._write_atomic))
+        elif point == "detach":
+            # An open transaction that read the table: DETACH ... CONCURRENTLY waits for it in its second step.
+            await blocker.execute("BEGIN; SELECT count(*) FROM book_tickers")
+        elif point == "drop":
+            real_drop = archive.partitions.drop_detached
+
+            async def drop(conn, table, name, *, marker):
+                await blocker.execute(f'BEGIN; LOCK TABLE "{name}" IN ACCESS SHARE MODE')  # DROP TABLE waits
+                return await real_drop(conn, table, name, marker=marker)
+
+            monkeypatch.setattr(archive.partitions, "drop_detached", drop)
+        task = asyncio.create_task(db.archive_partitions(10, tables=["book_tickers"]))
+        async with asyncio.timeout(60):  # hang guards only, here and below
+            if point == "detach":
+                await _until(lambda: _waiting(dsn, "%DETACH PARTITION%"))
+            elif point == "drop":
+                await _until(lambda: _waiting(dsn, "DROP TABLE%"))
+            else:
+                await reached.wait()
+        task.cancel()
+        # The step held on a thread goes on once the event loop runs this: a loop blocked waiting for the
+        # thread would never run it (the hang this test guards against).
+        loop.call_soon(release.set)
+        async with asyncio.timeout(60):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            if point in ("detach", "drop"):
+                await blocker.execute("ROLLBACK")
+        await blocker.close()
+        monkeypatch.undo()
+        if point in ("finish", "verify", "rename", "mark", "write"):
+            assert done == [point]  # the step on the thread ended before the cancellation did
+        # The connection is back in the pool, its lock released, nothing left running on the server.
+        async with asyncio.timeout(60), contextlib.AsyncExitStack() as stack:
+            conns = [await stack.enter_async_context(db.connection())
+                     for _ in range(s.database.pool_max_size)]
+            assert await conns[0].fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+            assert await conns[0].fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND (state <> 'idle' OR xact_start IS NOT NULL)") == 0
+        # No temporary file; no file in place that no manifest lists; reads take each row from one tier.
+        assert not [p for p in root.rglob("*") if p.name.endswith(".tmp")]
+        listed = {root / "book_tickers" / f"date={m.date}" / f.path
+                  for m in archive.read_manifests(root, "book_tickers") for f in m.files}
+        assert set(root.rglob("*.parquet")) == listed
+        for key, value in _comparable(await _all_reads(db)).items():
+            _same(before[key], value)
+        # A rerun finishes the job: every row once across both tiers.
+        report = (await db.archive_partitions(10, tables=["book_tickers"]))["book_tickers"]
+        assert len(report.archived) + len(report.finished) >= 1
+        assert await _count(dsn, "book_tickers") == 30
+        assert sorted(map(_norm, await _pg_rows(dsn, "book_tickers") + _file_rows(root, "book_tickers",
+                                                                                  listed_only=False))) == want
+        assert [m.state for m in archive.read_manifests(root, "book_tickers")] == ["dropped"] * 3
+        assert not [p for p in root.rglob("*") if p.name.endswith(".tmp")]
+        for key, value in _comparable(await _all_reads(db)).items():
+            _same(before[key], value)
+
+
+async def _seed_one_day(db: DatabaseManager, rows: int, day: int) -> None:
+    ex = await db.insert_exchange(ExchangeName.BINANCE_USDM)
+    syms = [Symbol(exchange_id=ex.id, symbol=f"S{i:03d}USDT", kind="perpetual", status="trading") for i in range(200)]
+    await db.sync_symbols(ExchangeName.BINANCE_USDM, syms)
+    ids = np.array([(await db.get_symbol(ExchangeName.BINANCE_USDM, x.symbol)).id for x in syms])
+    rng = np.random.default_rng(7)
+    for lo in range(0, rows, 200_000):
+        n = min(200_000, rows - lo)
+        recv = day + np.sort(rng.integers(0, DAY_US, n))
+        price = 100 + rng.integers(0, 1000, n) * 0.01
+        await db.insert_book_ticker_columns(ids[rng.integers(0, len(ids), n)], price, rng.random(n), price + 0.01,
+                                            rng.random(n), recv, exchange_ts=recv - 7, update_id=np.arange(lo, lo + n))
+    await db.flush()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT")
+async def test_ctrl_c_during_hftdb_archive_exits_at_once_with_one_line_and_a_rerun_finishes(dsn, tmp_path):
+    import signal
+
+    rows = 300_000
+    s = settings(tmp_path)
+    root = Path(s.archive.root)
+    async with DatabaseManager(dsn, settings=s) as db:
+        await _seed_one_day(db, rows, DAY0 + DAY_US)
+    want = await _server_total(dsn, "book_tickers")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    env.update(HFTDB_DSN=dsn, HFTDB_ARCHIVE_ROOT=str(root), HFTDB_METRICS_PORT="1",
+               HFTDB_WRITER_SPOOL_DIR=str(tmp_path / "spool"), HFTDB_ARCHIVE_ROW_GROUP_ROWS="1024",
+               HFTDB_ARCHIVE_PIECE_ROWS="4096")
+    # The command as a terminal runs it: SIGINT handled (a test run started in the background, by a shell without
+    # job control, hands its children SIGINT ignored, and Python then leaves it so).
+    main = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "sys.argv[0] = 'hftdb'; runpy.run_module('hftdb.ops.cli', run_name='__main__')")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", main, "archive", "--older-than-days", "10", cwd=str(tmp_path), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(120):  # hang guards only
+        # Mid-stream: the first row groups are in a temporary file, more pieces to come (74 in all).
+        while not [p for p in root.rglob("*") if p.name.endswith(".tmp")] and proc.returncode is None:
+            await asyncio.sleep(0.005)
+        assert proc.returncode is None, "the archive ended before a temporary file was seen"
+        proc.send_signal(signal.SIGINT)
+        out, err = await proc.communicate()
+    assert proc.returncode == 130, (out, err)
+    assert err.decode().splitlines()[-1:] == ["hftdb: interrupted"] and "Traceback" not in err.decode(), err
+    assert not [p for p in root.rglob("*") if p.name.endswith(".tmp")]
+    # Nothing lost: the day whole in PostgreSQL (attached, or detached with its marker: the signal may land as late
+    # as the detach), or a complete archive, or both; and no session of the command is left on the server.
+    listed = [m for m in archive.read_manifests(root, "book_tickers") if (m.rows, m.checksum) == (rows, str(want))]
+    assert len(await _pg_rows(dsn, "book_tickers")) == rows or listed
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with asyncio.timeout(60):
+            await _until(lambda: _no_other_session(conn))
+        assert await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+    finally:
+        await conn.close()
+    rc, out, err = await _cli("archive", "--older-than-days", "10", env=env, cwd=tmp_path)
+    assert rc == 0 and "archived 1 partition(s)" in out, (out, err)
+    assert await _count(dsn, "book_tickers") == 0
+    (m,) = archive.read_manifests(root, "book_tickers")
+    assert m.state == "dropped" and (m.rows, m.checksum) == (rows, str(want))
+    assert archive.verify(root).problems == []
+
+
+async def _no_other_session(conn: asyncpg.Connection) -> bool:
+    # The interrupted command's backend goes once the server sees its socket closed.
+    return not await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                   " AND pid <> pg_backend_pid() AND backend_type = 'client backend'")
+
+
+async def test_with_the_embedded_default_hftdb_cleanup_archives_before_it_drops(tmp_path):
+    # No DSN anywhere: DatabaseManager and the `hftdb` command each start the embedded server in [database]
+    # data_dir, as a user's first run does; retention (`hftdb cleanup`) archives each partition before dropping it.
+    s = settings(tmp_path)
+    root = Path(s.archive.root)
+    async with DatabaseManager(settings=s) as db:
+        n = await _seed(db)
+        before = _comparable(await _all_reads(db))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    env.update(HFTDB_DATABASE_DATA_DIR=s.database.data_dir, HFTDB_ARCHIVE_ROOT=str(root), HFTDB_METRICS_PORT="1",
+               HFTDB_WRITER_SPOOL_DIR=str(tmp_path / "spool"))
+    rc, out, err = await _cli("cleanup", "--retention-days", "10", env=env, cwd=tmp_path)
+    assert rc == 0, (out, err)
+    assert out.count("(archived first)") == 9 and f"each archived under {root} first" in out, out
+    assert _archived_rows(root, "book_tickers") == n - 30
+    async with DatabaseManager(settings=s) as db:
+        assert await sql(db).fetchval("SELECT count(*) FROM book_tickers") == 30
+        for key, value in _comparable(await _all_reads(db)).items():
+            _same(before[key], value)
+    assert [m.state for t in archive.SPECS for m in archive.read_manifests(root, t)] == ["dropped"] * 9

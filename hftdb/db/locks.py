@@ -18,8 +18,11 @@ logger = logging.getLogger(__name__)
 
 async def unlock(conn: asyncpg.Connection, key: int) -> None:
     """Release the session-level advisory lock ``key`` held by ``conn``; a failure is logged, never raised."""
-    if conn.is_closed():
-        return  # the session, and its locks, are gone
+    try:
+        if conn.is_closed():
+            return  # the session, and its locks, are gone
+    except asyncpg.InterfaceError:
+        return  # a pool's connection closed under its proxy (terminated): released to the pool, its session gone
     try:
         await conn.execute("SELECT pg_advisory_unlock($1)", key)
     except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

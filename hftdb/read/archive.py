@@ -636,7 +636,7 @@ class _Pieces:
     def __init__(self, work: Any) -> None:
         self._work = work
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="hftdb-archive")
-        self._pending: Any = None
+        self._pending: Any = None  # the job in flight on the worker (a piece, or a run())
 
     async def add(self, piece: Any) -> None:
         """Queue ``piece`` once the one before it is done (its error, if any, is raised here)."""
@@ -644,21 +644,51 @@ class _Pieces:
         self._pending = self._pool.submit(self._work, piece)
 
     async def drain(self) -> None:
-        """Wait for the piece in flight."""
+        """Wait for the job in flight."""
         if self._pending is not None:
-            pending = self._pending
-            await asyncio.wrap_future(pending)
+            await asyncio.wrap_future(self._pending)
             self._pending = None
 
     async def run(self, fn: Any, *args: Any) -> Any:
         """Run ``fn(*args)`` on the same worker once it is idle: memory the pieces freed in that thread's
         allocator arenas is reused, not taken again in another thread's."""
         await self.drain()
-        return await asyncio.wrap_future(self._pool.submit(fn, *args))
+        self._pending = self._pool.submit(fn, *args)
+        result = await asyncio.wrap_future(self._pending)
+        self._pending = None
+        return result
+
+    async def stop(self) -> None:
+        """Stop the worker once the job in flight is done (on the error path: its files are then closed under
+        it). Waited for without blocking the event loop, and to its end even if cancelled again meanwhile."""
+        self._pool.shutdown(wait=False)
+        pending, self._pending = self._pending, None
+        if pending is None or pending.cancelled():  # cancelled before the worker took it up: it never runs
+            return
+        with contextlib.suppress(Exception):  # the job's own error: the caller is raising its own
+            await _to_the_end(asyncio.wrap_future(pending))
 
     def close(self) -> None:
-        """Wait for the worker to go idle and stop it (blocks for at most one piece: on the error path only)."""
+        """Stop the idle worker (the normal end)."""
         self._pool.shutdown(wait=True)
+
+
+async def _to_the_end(aw: Any) -> Any:
+    """Await ``aw`` to its end even if this task is cancelled meanwhile, then raise the cancellation. For a step
+    on a thread (a thread cannot be cancelled: left running, it would still write, rename or delete files after
+    the task gave up the maintenance lock, under a rerun that may have started) or the worker's last piece."""
+    fut = asyncio.ensure_future(aw)
+    interrupted = False
+    while not fut.done():
+        try:
+            await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            interrupted = True
+    if interrupted:
+        if not fut.cancelled():
+            fut.exception()  # retrieved: the cancellation is what the caller gets
+        raise asyncio.CancelledError
+    return fut.result()
 
 
 async def _stream(conn: asyncpg.Connection, spec: _Spec, source: str, piece_rows: int, pieces: _Pieces) -> int:
@@ -815,7 +845,10 @@ async def _write_generation(conn: asyncpg.Connection, pa: Any, spec: _Spec, root
     gen: _Generation | None = None
     pieces: _Pieces | None = None
     try:
-        async with conn.transaction(isolation="repeatable_read", readonly=True):
+        snapshot = conn.transaction(isolation="repeatable_read", readonly=True)
+        terminated = False
+        await snapshot.start()
+        try:
             scale = 0
             if spec.table == "balances":
                 scale = await conn.fetchval(
@@ -826,8 +859,25 @@ async def _write_generation(conn: asyncpg.Connection, pa: Any, spec: _Spec, root
             await conn.execute("SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off")
             gen = _Generation(spec, settings, day_dir, stem, groups, scale, symbols, exchanges)
             pieces = _Pieces(gen.add)
-            streamed = await _stream(conn, spec, source, piece_rows, pieces)
+            try:
+                streamed = await _stream(conn, spec, source, piece_rows, pieces)
+            except asyncpg.PostgresError:
+                raise  # the server's error: the connection is in step with it
+            except (Exception, asyncio.CancelledError):
+                # Interrupted in the stream's sink (cancelled, or a piece's error raised there) after asyncpg had
+                # read the COPY's last message, asyncpg waits for an answer to its cancel request that never
+                # comes: command_timeout (60 s in the pool), forever on a connection without one (the CLI's;
+                # asyncpg 0.32). The connection is closed instead: the session's snapshot and maintenance lock go
+                # with it, and the pool opens a new one.
+                terminated = True
+                conn.terminate()
+                raise
             await pieces.drain()
+        except (Exception, asyncio.CancelledError):
+            if not terminated:
+                await snapshot.rollback()
+            raise
+        await snapshot.commit()
         count = sum(g[0] for g in groups.values())
         total = sum(g[1] for g in groups.values()) % _M64
         if streamed != count:
@@ -840,15 +890,19 @@ async def _write_generation(conn: asyncpg.Connection, pa: Any, spec: _Spec, root
             entries.append(await pieces.run(f.verify, scale, piece_rows))
         _step("verified")
     except (Exception, asyncio.CancelledError):
-        if pieces is not None:
-            pieces.close()  # the worker must be idle before its files are closed under it
-        if gen is not None:
-            gen.discard()
+        try:
+            if pieces is not None:
+                await pieces.stop()  # the worker must be idle before its files are closed under it
+        finally:
+            if gen is not None:
+                gen.discard()
         raise
     finally:
         if pieces is not None:
             pieces.close()
-    return await asyncio.to_thread(_publish, spec, w, generation, day_dir, gen, entries, count, total, scale)
+    # Renames and the manifest: a thread's work, taken to its end through a cancellation (see _to_the_end).
+    return await _to_the_end(asyncio.to_thread(_publish, spec, w, generation, day_dir, gen, entries, count, total,
+                                               scale))
 
 
 def _publish(spec: _Spec, w: _Partition, generation: int, day_dir: Path, gen: _Generation,
@@ -877,7 +931,7 @@ async def _mark_dropped(root: Path, manifest: Manifest) -> None:
     manifest.state = "dropped"
     path = _date_dir(root, manifest.table, manifest.lower_us) / _manifest_name(manifest.partition,
                                                                                manifest.generation)
-    await asyncio.to_thread(_write_atomic, path, msgspec.json.encode(manifest))
+    await _to_the_end(asyncio.to_thread(_write_atomic, path, msgspec.json.encode(manifest)))
 
 
 def summary(root: str | os.PathLike[str], *, hot: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -1072,7 +1126,7 @@ async def expire(root: str | os.PathLike[str], table: str, cutoff_us: int, *, dr
     retention_days``); return their names. Only archives whose partition is gone from PostgreSQL (state
     ``dropped``) are deleted. The manifest goes first, so no reader ever sees a manifest without its files; an
     interrupted run's leftovers (files of a day with no manifest left) are removed on the next."""
-    return await asyncio.to_thread(_expire, Path(root), table, cutoff_us, dry_run)
+    return await _to_the_end(asyncio.to_thread(_expire, Path(root), table, cutoff_us, dry_run))
 
 
 def _expire(root: Path, table: str, cutoff_us: int, dry_run: bool) -> list[str]:
@@ -1139,8 +1193,8 @@ async def restore_day(conn: asyncpg.Connection, table: str, date: str, *, settin
                                       "archive them first (`hftdb archive`), then restore")
             if m.state == "dropped":
                 m.state = "restoring"
-                await asyncio.to_thread(_write_atomic, _date_dir(root, table, m.lower_us) /
-                                        _manifest_name(m.partition, m.generation), msgspec.json.encode(m))
+                await _to_the_end(asyncio.to_thread(_write_atomic, _date_dir(root, table, m.lower_us) /
+                                                    _manifest_name(m.partition, m.generation), msgspec.json.encode(m)))
                 _step("restoring")
             if not present:  # one transaction: the rows are all in PostgreSQL or none are
                 await _load_back(conn, spec, root, m, interval_s, _piece_rows(settings))
