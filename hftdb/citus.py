@@ -257,6 +257,58 @@ async def _truncate_local(conn: asyncpg.Connection, table: str) -> None:
             await conn.execute("SELECT truncate_local_data_after_distributing_table($1)", part["name"])
 
 
+class _ShardResult(msgspec.Struct, frozen=True):
+    table: str
+    shardid: int
+    result: str
+
+
+async def _on_shards(conn: Any, where: str, args: list[Any], command: str) -> tuple[list[_ShardResult], int]:
+    """Run ``command`` (``%1$s`` is the shard's name) on one placement of every shard of the Citus tables that
+    ``where`` (over ``pg_class c`` and ``pg_dist_partition p``) selects, in parallel; return the answers and how
+    many shards could not be read.
+
+    The workers are asked first, once, whether they answer (``run_command_on_workers``): a shard whose every
+    placement is on a worker that does not is counted without a connection to it being tried. So a worker that
+    hangs instead of refusing costs one ``citus.node_connection_timeout``, not one per shard as
+    ``run_command_on_shards`` would; a reference table is read on a placement that answers.
+    """
+    down = {(r["nodename"], r["nodeport"]) for r in await conn.fetch(
+        "SELECT nodename, nodeport FROM run_command_on_workers('SELECT 1') WHERE NOT success")}
+    shards = await conn.fetch(
+        f"""SELECT c.relname AS table, s.shardid, shard_name(s.logicalrelid, s.shardid) AS shard,
+                   array_agg(n.nodename ORDER BY n.groupid) AS hosts, array_agg(n.nodeport ORDER BY n.groupid) AS ports
+            FROM pg_dist_shard s JOIN pg_class c ON c.oid = s.logicalrelid
+            JOIN pg_dist_partition p ON p.logicalrelid = s.logicalrelid
+            JOIN pg_dist_placement pl ON pl.shardid = s.shardid
+            JOIN pg_dist_node n ON n.groupid = pl.groupid AND n.noderole = 'primary'
+            WHERE c.relnamespace = current_schema()::regnamespace AND {where}
+            GROUP BY 1, 2, 3 ORDER BY 1, 2""",
+        *args,
+    )
+    picked, hosts, ports, commands = [], [], [], []
+    unreachable = 0
+    for r in shards:
+        node = next(((h, p) for h, p in zip(r["hosts"], r["ports"]) if (h, p) not in down), None)
+        if node is None:
+            unreachable += 1
+            continue
+        picked.append(r)
+        hosts.append(node[0])
+        ports.append(node[1])
+        commands.append(command.replace("%1$s", r["shard"]))
+    out = []
+    if picked:
+        for r, answer in zip(picked, await conn.fetch(
+                "SELECT success, result FROM master_run_on_worker($1::text[], $2::int[], $3::text[], true)"
+                " WITH ORDINALITY ORDER BY ordinality", hosts, ports, commands)):
+            if answer["success"]:
+                out.append(_ShardResult(r["table"], r["shardid"], answer["result"]))
+            else:
+                unreachable += 1  # the worker went away since it was asked
+    return out, unreachable
+
+
 class ShardFigures(msgspec.Struct, frozen=True):
     """A Citus table's figures summed over its shards: bytes, estimated rows (None when no shard was analyzed
     yet, or when a shard could not be read), and how many shards could not be read (their worker is down)."""
@@ -266,7 +318,7 @@ class ShardFigures(msgspec.Struct, frozen=True):
     unreachable: int = 0
 
 
-#: Run on each shard by run_command_on_shards, which puts the shard's name in for ``%1$s``.
+#: Run on each shard, its name put in for ``%1$s``.
 _SHARD_FIGURES = "SELECT pg_total_relation_size('%1$s') || ' ' || reltuples FROM pg_class WHERE oid = '%1$s'::regclass"
 
 
@@ -276,26 +328,21 @@ async def relation_stats(conn: Any, names: list[str]) -> dict[str, ShardFigures]
 
     The coordinator's catalog only knows its empty shells (``book_tickers`` showed 200 kB and no rows while one
     partition held 152 MB), so sizes and row estimates come from each shard (``pg_total_relation_size``,
-    ``reltuples``). ``run_command_on_shards`` reports a shard on a worker that is down as failed instead of
-    failing the statement (``citus_total_relation_size`` would): those shards are counted in ``unreachable``, so
-    the figures of a cluster with a worker down are partial and say so.
+    ``reltuples``). With a worker down the statement does not fail (``citus_total_relation_size`` would): the
+    shards that cannot be read are counted in ``unreachable`` and the figures are partial, and say so.
     """
     if not names or not await available(conn):
         return {}
-    rows = await conn.fetch(
-        """SELECT c.relname AS name, s.success, s.result
-           FROM pg_class c JOIN pg_dist_partition p ON p.logicalrelid = c.oid
-           CROSS JOIN LATERAL run_command_on_shards(c.oid, $2) s
-           WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY($1::text[])""",
-        list(names), _SHARD_FIGURES,
-    )
-    sums: dict[str, list[Any]] = {}  # name -> [bytes, rows or None, unreachable]
-    for r in rows:
-        acc = sums.setdefault(r["name"], [0, None, 0])
-        if not r["success"]:
-            acc[2] += 1
-            continue
-        size, tuples = r["result"].split()
+    results, _ = await _on_shards(conn, "c.relname = ANY($1::text[])", [list(names)], _SHARD_FIGURES)
+    lost = await conn.fetch(  # shards per table, to count those not read
+        "SELECT c.relname AS name, count(*) AS n FROM pg_dist_shard s JOIN pg_class c ON c.oid = s.logicalrelid"
+        " WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY($1::text[]) GROUP BY 1",
+        list(names))
+    sums: dict[str, list[Any]] = {r["name"]: [0, None, r["n"]] for r in lost}  # bytes, rows or None, not read
+    for r in results:
+        acc = sums[r.table]
+        acc[2] -= 1
+        size, tuples = r.result.split()
         acc[0] += int(size)
         if float(tuples) >= 0:  # -1: never analyzed
             acc[1] = (acc[1] or 0) + int(float(tuples))
@@ -347,11 +394,12 @@ class IndexUsage(msgspec.Struct, frozen=True, kw_only=True):
     unreachable: int
 
 
-#: Run on each shard: its indexes' names, scans, bytes, validity and uniqueness, as one JSON array.
+#: Run on each shard (its name put in for ``%1$s``): its indexes' names, scans, bytes, validity and uniqueness,
+#: as one JSON array.
 _SHARD_INDEXES = (
     "SELECT coalesce(json_agg(json_build_array(i.relname, coalesce(s.idx_scan, 0), pg_relation_size(x.indexrelid),"
     " x.indisvalid, x.indisunique OR x.indisprimary)), '[]') FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid"
-    " LEFT JOIN pg_stat_user_indexes s ON s.indexrelid = x.indexrelid WHERE x.indrelid = '%s'::regclass"
+    " LEFT JOIN pg_stat_user_indexes s ON s.indexrelid = x.indexrelid WHERE x.indrelid = '%1$s'::regclass"
 )
 
 
@@ -367,33 +415,26 @@ async def index_usage(conn: asyncpg.Connection) -> IndexUsage | None:
     """
     if not await available(conn):
         return None
-    rows = await conn.fetch(
-        """SELECT c.relname AS table, s.shardid, s.success, s.result
-           FROM pg_class c JOIN pg_dist_partition p ON p.logicalrelid = c.oid
-           CROSS JOIN LATERAL run_command_on_shards(c.oid, $1) s
-           WHERE c.relnamespace = current_schema()::regnamespace AND p.partmethod = 'h' AND c.relkind = 'r'
-           ORDER BY 1, 2""",
-        _SHARD_INDEXES,
-    )
-    if not rows:
+    where = "p.partmethod = 'h' AND c.relkind = 'r'"
+    tables = [r["relname"] for r in await conn.fetch(
+        f"SELECT c.relname FROM pg_class c JOIN pg_dist_partition p ON p.logicalrelid = c.oid"
+        f" WHERE c.relnamespace = current_schema()::regnamespace AND {where} ORDER BY 1")]
+    if not tables:
         return None
+    results, unreachable = await _on_shards(conn, where, [], _SHARD_INDEXES)
     sums: dict[tuple[str, str], dict[str, Any]] = {}
-    unreachable = 0
-    for r in rows:
-        if not r["success"]:
-            unreachable += 1
-            continue
-        suffix = f"_{r['shardid']}"
-        for name, scans, size, valid, unique in msgspec.json.decode(r["result"]):
+    for r in results:
+        suffix = f"_{r.shardid}"
+        for name, scans, size, valid, unique in msgspec.json.decode(r.result):
             index = name[: -len(suffix)] if name.endswith(suffix) else name
-            acc = sums.setdefault((r["table"], index), {"bytes": 0, "scans": 0, "shards": 0, "invalid_shards": 0,
-                                                         "unique": unique})
+            acc = sums.setdefault((r.table, index), {"bytes": 0, "scans": 0, "shards": 0, "invalid_shards": 0,
+                                                     "unique": unique})
             acc["bytes"] += size
             acc["scans"] += scans
             acc["shards"] += 1
             acc["invalid_shards"] += not valid
     return IndexUsage(indexes=[ShardIndex(table=t, index=i, **acc) for (t, i), acc in sums.items()],
-                      tables=sorted({r["table"] for r in rows}), unreachable=unreachable)
+                      tables=tables, unreachable=unreachable)
 
 
 async def workers(conn: asyncpg.Connection) -> list[tuple[str, str | None]] | None:

@@ -84,15 +84,16 @@ def sqlstate(exc: BaseException) -> str | None:
 
 def citus_worker_unreachable(exc: BaseException) -> bool:
     """Whether the server (a Citus coordinator) answered that it could not reach one of its workers: a class
-    ``08`` error it sent about a remote node (``connection to the remote node ... failed``, ``could not connect to
-    ... to get size of table``), or its ``XX000`` for a worker connection lost mid-statement. The coordinator itself
+    ``08`` error it sent about a remote node (``connection to the remote node ... failed``, ``could not establish
+    any connections to the node ...`` after ``citus.node_connection_timeout``, ``could not connect to ... to get
+    size of table``), or its ``XX000`` for a worker connection lost mid-statement. The coordinator itself
     is up; statements that need only the other workers' shards still work."""
     state = sqlstate(exc)
     if state is None or not isinstance(exc, asyncpg.PostgresError):
         return False
     text = str(exc)
     if state[:2] == "08":
-        return "remote node" in text or text.startswith("could not connect to ")
+        return any(words in text for words in ("remote node", "connections to the node", "could not connect to "))
     return state == "XX000" and any(words in text for words in _CITUS_UNREACHABLE)
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from decimal import Decimal
+from pathlib import Path
 
 import asyncpg
 import msgspec
@@ -508,6 +510,42 @@ async def test_reads_and_stats_with_a_worker_down_fail_clearly_or_answer_partial
     assert code == 0 and "WARNING" not in out, out + err
     code, out, err = await cli("health", "--db-only", env=e, cwd=tmp_path)
     assert code == 0 and "citus workers: ok, 2 of 2 answering" in out, out + err
+
+
+def _processes(node) -> list[int]:
+    """The node's postmaster and its children (backends, background workers)."""
+    postmaster = int((node.data_dir / "postmaster.pid").read_text().split()[0])
+    children = [int(line.split()[0]) for line in Path("/proc").joinpath(str(postmaster), "task", str(postmaster),
+                                                                        "children").read_text().split()]
+    return [postmaster, *children]
+
+
+async def test_a_worker_that_hangs_bounds_reads_and_stats(citus_cluster, citus_dsn, tmp_path):
+    # A worker that stops answering without refusing (a frozen host, a network black hole): reads end with a
+    # typed error after the command timeout, or after citus.node_connection_timeout (5 s here) for a new
+    # connection; statistics ask each worker once and leave its shards out. Nothing waits forever.
+    s = _settings(tmp_path)
+    s = msgspec.structs.replace(s, database=msgspec.structs.replace(s.database, command_timeout=10.0))
+    worker = citus_cluster.workers[1]
+    async with DatabaseManager(citus_dsn, settings=s) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        await db.insert_book_ticker_snapshots(tickers(2_000, symbols=40))
+        await db.flush(timeout=WAIT)
+        assert len(await db.get_latest_book_tickers(ExchangeName.BINANCE_SPOT)) == 40
+        frozen = _processes(worker)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            for _ in range(2):  # a cached connection to the worker times out; then a new one cannot be made
+                with pytest.raises(DatabaseUnavailableError):
+                    await db.get_latest_book_tickers(ExchangeName.BINANCE_SPOT)
+            stats = (await db.get_database_stats())["tables"]
+            assert stats["book_tickers"]["unreachable_shards"] > 0, stats
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+        assert len(await db.get_latest_book_tickers(ExchangeName.BINANCE_SPOT)) == 40
+        assert "unreachable_shards" not in (await db.get_database_stats())["tables"]["book_tickers"]
 
 
 async def test_notifications_catch_up_and_the_latest_mirror_heals_across_a_coordinator_restart(
