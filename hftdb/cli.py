@@ -521,7 +521,8 @@ async def _distribute(ctx: _Context) -> int:
                          ("regrouped", report.regrouped)):
         if tables:
             ctx.print(f"{what:<12} {', '.join(tables)}")
-    ctx.print(f"distributed over {workers} worker(s); ingest_batches stays on the coordinator (docs/SCALE-OUT.md)")
+    ctx.print(f"distributed over {workers} worker(s); ingest_batches (the exactly-once ledger) stays local on the "
+              "coordinator: it commits in the coordinator's two-phase commit decision (docs/SCALE-OUT.md)")
     return 0
 
 

@@ -133,6 +133,8 @@ async def test_ingest_reads_and_latest_on_the_cluster(citus_cluster, citus_dsn, 
         await db.flush(timeout=WAIT)
         stats = db.writer("book_tickers").snapshot()
         assert stats["rows_committed"] == 10_000
+        # [storage] distribute laid the tables out at start: the public call finds nothing left to do.
+        assert not (await db.distribute()).changed
         latest = await db.get_latest_book_tickers(ExchangeName.BINANCE_SPOT)
         assert len(latest) == 50
         newest = {}
@@ -163,6 +165,7 @@ async def test_cli_distribute_validate_and_migrations_keep_the_layout(citus_dsn,
     assert code == 0 and "no hftdb table is distributed" in out, out + err
     code, out, err = await cli("distribute", env=e, cwd=tmp_path)
     assert code == 0 and "reference    exchanges, symbols" in out and "2 worker(s)" in out, out + err
+    assert "ingest_batches (the exactly-once ledger) stays local on the coordinator" in out, out
     code, out, err = await cli("distribute", env=e, cwd=tmp_path)
     assert code == 0 and out.startswith("already distributed"), out + err
     code, out, err = await cli("validate", env=e, cwd=tmp_path)
