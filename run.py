@@ -6,7 +6,7 @@
 Configuration: --config PATH, else $HFTDB_CONFIG, else ./config/default.toml; every key can be overridden by
 HFTDB_<SECTION>_<KEY>. With no DSN, PostgreSQL is embedded in ./data/postgres. The first SIGINT/SIGTERM stops
 the feeds, flushes every writer and exits 0 with a one-line summary; a second one forces the stop. The work is
-done by hftdb.daemon.
+done by hftdb.service.daemon.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import asyncio
 import sys
 
 from hftdb.config import load_settings, locate_config
-from hftdb.daemon import serve
+from hftdb.service.daemon import serve
 from hftdb.errors import HftdbError
-from hftdb.logsetup import configure_logging
+from hftdb.service.logsetup import configure_logging
 
 
 def _parser() -> argparse.ArgumentParser:

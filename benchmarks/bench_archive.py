@@ -45,9 +45,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hftdb import DatabaseManager, DatabaseSettings, ExchangeName, Settings, Symbol, WriterSettings, now_us  # noqa: E402
-from hftdb import archive, partitions  # noqa: E402
+from hftdb.read import archive
+from hftdb.db import partitions  # noqa: E402
 from hftdb.config import ArchiveSettings, StorageSettings  # noqa: E402
-from hftdb.server import EmbeddedServer  # noqa: E402
+from hftdb.db.server import EmbeddedServer  # noqa: E402
 
 DAY_US = 86_400_000_000
 HOUR_US = 3_600_000_000

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from hftdb.cache import TTLCache
+from hftdb.db.cache import TTLCache
 
 from conftest import WARM_SYMBOLS, symbol_name
 

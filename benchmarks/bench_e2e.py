@@ -8,13 +8,13 @@ Part 1, in memory (``--frames`` frames, ``--runs`` runs, medians):
                   ``--frames-per-call`` at a time (one consumer wake-up), split into socket reads of
                   ``--frames-per-read`` frames each stamped ``now_us()`` (a live connection stamps once per read),
                   run through ``Intake.process`` (the BinanceParser hot path with symbol ids, per-connection
-                  sequencing, admission, COPY tuples packed as parsed: hftdb.packed) and ``StreamRunner.push``
-                  into ``DatabaseManager`` (``insert_packed_book_tickers``), yield to the loop, then
+                  sequencing, admission, COPY tuples packed as parsed: hftdb.store.packed) and ``StreamRunner.push``
+                  into ``DatabaseManager.feed_sink()`` (``insert_packed_book_tickers``), yield to the loop, then
                   ``flush()``. Symbols are registered and the manager's caches warm before timing.
   writer-only     the same frames parsed before timing into BookTicker objects with ``symbol_id`` set, pushed in
                   the same chunks through ``insert_book_ticker_snapshots`` + ``flush()``.
   frames-public   (diagnostic) frames-to-rows with a sink that does not take packed rows: the same intake hands
-                  plain BookTicker lists to ``insert_book_ticker_snapshots``, as before hftdb.packed.
+                  plain BookTicker lists to ``insert_book_ticker_snapshots``, as before hftdb.store.packed.
   Reported: msgs/s of each, this process's CPU per frame (``time.process_time`` over the timed part), and the
   ratio frames-to-rows / writer-only (target >= 0.7). The three methods run in rotating order, each on a fresh
   database.
@@ -44,7 +44,7 @@ Part 3, file replay (``--parts replay``; ``--replay-frames`` frames per capture,
   Capture files of N frames (the Part 1 generator, one frame per line) are written to a temp dir under /tmp:
   A, and B whose first half is A's second half. Timed, each on a fresh database with the symbols registered,
   alternating which goes first: writer-only (A's frames parsed before timing, as in Part 1) and
-  ``hftdb.replay.ingest_file`` of A (file-replay); then, on file-replay's database, A again (replay-again:
+  ``hftdb.ops.replay.ingest_file`` of A (file-replay); then, on file-replay's database, A again (replay-again:
   every row already stored) and B (half-overlap). Rows are counted after each step (A: N, A again: N, B:
   1.5 N). Reported: medians, and file-replay / writer-only (target >= 0.7), and across several N the growth
   of file-replay's time (target: 10x the frames in no more than 10x the time).
@@ -78,15 +78,15 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hftdb import DatabaseManager, DatabaseSettings, Settings, WriterSettings, now_us  # noqa: E402
-from hftdb import partitions, schema  # noqa: E402
+from hftdb.db import partitions, schema  # noqa: E402
 from hftdb.config import StorageSettings  # noqa: E402
 from hftdb.exchanges.binance import BinanceAdapter  # noqa: E402
 from hftdb.exchanges.intake import Intake  # noqa: E402
 from hftdb.exchanges.parse_binance import BinanceParser  # noqa: E402
 from hftdb.exchanges.runner import StreamRunner  # noqa: E402
 from hftdb.models import ExchangeName, Symbol  # noqa: E402
-from hftdb.replay import ingest_file  # noqa: E402
-from hftdb.server import EmbeddedServer  # noqa: E402
+from hftdb.ops.replay import ingest_file  # noqa: E402
+from hftdb.db.server import EmbeddedServer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_writer import with_database  # noqa: E402
@@ -201,8 +201,8 @@ def reads_of(chunk: list[bytes], per_read: int) -> list[list[bytes]]:
 
 
 class _PublicPath:
-    """The manager as a sink without ``insert_packed_book_tickers``: the intake hands over plain rows and every
-    call takes the public ``insert_book_ticker_snapshots`` (what the feeds did before hftdb.packed)."""
+    """The manager as a sink without ``insert_packed_book_tickers`` (not its feed_sink()): the intake hands over plain rows and every
+    call takes the public ``insert_book_ticker_snapshots`` (what the feeds did before hftdb.store.packed)."""
 
     def __init__(self, db: DatabaseManager) -> None:
         self._db = db
@@ -217,13 +217,12 @@ async def run_frames_to_rows(dsn: str, frames: list[bytes], per_call: int, per_r
                              *, packed: bool = True) -> tuple[float, float]:
     chunks = [reads_of(frames[i:i + per_call], per_read) for i in range(0, len(frames), per_call)]
     async with DatabaseManager(dsn, settings=settings_for(dsn)) as db:
-        intake, runner = client_intake(db if packed else _PublicPath(db), n_symbols)  # type: ignore[arg-type]
+        intake, runner = client_intake(db.feed_sink() if packed else _PublicPath(db), n_symbols)
         process, push = intake.process, runner.push
         cpu = time.process_time()
         started = time.perf_counter()
         for reads in chunks:
-            books, funding, balances = process([(now_us(), payloads) for payloads in reads])
-            await push(books, funding, balances)
+            await push(process([(now_us(), payloads) for payloads in reads]))
             await asyncio.sleep(0)
         await db.flush()
         elapsed = time.perf_counter() - started
@@ -417,7 +416,7 @@ async def run_rate(args: argparse.Namespace, admin_dsn: str, rate: float) -> dic
         rest_url, ws_url = await loop.run_in_executor(None, sim_parent.recv)
         await loop.run_in_executor(None, lis_parent.recv)
         async with DatabaseManager(dsn, settings=settings_for(dsn)) as db:
-            adapter = BinanceAdapter(USDM, db, rest_url=rest_url, ws_url=ws_url, channels=("bookTicker",))
+            adapter = BinanceAdapter(USDM, db.feed_sink(), rest_url=rest_url, ws_url=ws_url, channels=("bookTicker",))
             async with adapter:
                 await adapter.sync_symbols()
                 task = asyncio.create_task(adapter.run_streams())

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hftdb import DatabaseManager, DatabaseSettings, ExchangeName, Settings, Symbol, WriterSettings, now_us  # noqa: E402
 from hftdb.manager import init_connection  # noqa: E402
-from hftdb.server import EmbeddedServer  # noqa: E402
+from hftdb.db.server import EmbeddedServer  # noqa: E402
 
 EXCHANGE = ExchangeName.BINANCE_SPOT
 SYMBOL = "BTCUSDT"

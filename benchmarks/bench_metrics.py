@@ -1,6 +1,6 @@
 """``/metrics`` rendering: hftdb's hand-written exposition against prometheus_client's, on one daemon snapshot.
 
-Both walk the same snapshot with :func:`hftdb.metrics.collect` (six venues, three writers, nine tables, four
+Both walk the same snapshot with :func:`hftdb.service.metrics.collect` (six venues, three writers, nine tables, four
 caches: ~330 lines); the prometheus_client side builds ``CounterMetricFamily``/``GaugeMetricFamily`` objects,
 registers them through a custom collector in a fresh ``CollectorRegistry`` and renders with ``generate_latest``.
 Prints the median time of one render of each, alternating, and whether the two declare the same families.
@@ -16,7 +16,7 @@ import statistics
 import time
 from typing import Any
 
-from hftdb import metrics
+from hftdb.service import metrics
 
 
 class _PromFamily:
@@ -63,7 +63,7 @@ def render_prometheus_client(snapshot: dict[str, Any]) -> str:
     return generate_latest(registry).decode()
 
 
-# The snapshot keys hftdb.metrics exports (FeedStats and writer snapshot counters).
+# The snapshot keys hftdb.service.metrics exports (FeedStats and writer snapshot counters).
 _FEED_COUNTERS = ("messages", "duplicates", "gaps", "missed_ids", "reconnects", "rollovers", "resyncs", "stale",
                   "errors", "sink_errors", "dropped_rows", "rest_errors")
 _WRITER_COUNTERS = ("rows_accepted", "rows_committed", "batches_committed", "batches_spooled", "batches_replayed",

@@ -43,13 +43,22 @@ import pytest
 import uvloop
 
 from hftdb import (
-    BookTicker, DatabaseManager, DatabaseSettings, ExchangeName, FundingRate, Settings, Symbol, WriterSettings, now_us,
+    BookTicker,
+    DatabaseManager,
+    DatabaseSettings,
+    ExchangeName,
+    FundingRate,
+    Settings,
+    Symbol,
+    WriterSettings,
+    now_us,
 )
-from hftdb.catalog import SymbolDirectory
+from hftdb.db.catalog import SymbolDirectory
 from hftdb.manager import init_connection
+from hftdb.read.replicas import ReadPool
 from hftdb.wire.copy import copy_columns
-from hftdb.schema import Migrator, load_migrations
-from hftdb.tables import BookTickerWriter
+from hftdb.db.schema import Migrator, load_migrations
+from hftdb.store.tables import BookTickerWriter
 
 N_SYMBOLS = 1_000
 ROUNDS = 5_000
@@ -224,7 +233,8 @@ def test_join_baseline(benchmark, loop, db):
 @pytest.mark.parametrize("name, sql", [("rows_baseline", _ROWS_BASELINE), ("rows_exchange_id", _ROWS_EXCHANGE_ID)])
 def test_rows(benchmark, loop, db, name, sql):
     ex_id = loop.run_until_complete(db.get_exchange_by_enum(EXCHANGE)).id
-    pool = db.read_router.primary.pool
+    # A read pool of its own on the same database, as the manager's reader holds on the primary.
+    pool = ReadPool(loop.run_until_complete(asyncpg.create_pool(db.dsn, min_size=2, max_size=2, init=init_connection)))
     directory = SymbolDirectory()
     for sym in loop.run_until_complete(db.get_symbols_by_exchange(EXCHANGE)):
         directory.remember(sym.id, sym.exchange_id, EXCHANGE.value, sym.symbol)
@@ -234,7 +244,10 @@ def test_rows(benchmark, loop, db, name, sql):
         return [BookTicker(exchange_of[sid], symbol_of[sid], bp, bq, ap, aq, rt, et, u, sid)
                 for bp, bq, ap, aq, rt, et, u, sid in await pool.fetch(sql, ex_id)]
 
-    _measure(benchmark, loop, name, rows, N_SYMBOLS)
+    try:
+        _measure(benchmark, loop, name, rows, N_SYMBOLS)
+    finally:
+        loop.run_until_complete(pool.close())
 
 
 @pytest.mark.parametrize("version", [len(load_migrations())])

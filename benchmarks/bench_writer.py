@@ -2,7 +2,7 @@
 
 Every method loads the SAME rows (``--rows`` book tickers over ``--symbols`` symbols, realistic prices, with
 exchange_ts and update_id) into ``book_tickers`` of a fresh database (migrations applied, exchange and symbols
-registered, partitions pre-created with hftdb.partitions.ensure_partitions), after a CHECKPOINT:
+registered, partitions pre-created with hftdb.db.partitions.ensure_partitions), after a CHECKPOINT:
 
   server-binary   ``COPY book_tickers (...) FROM '<file>' (FORMAT binary)``: the server reads a file that
                   hftdb's own encoder wrote (HEADER + rows + TRAILER). The ceiling for the schema.
@@ -32,7 +32,7 @@ Diagnostics, only with ``--methods`` (they reach into the writer's private API, 
   encode          BookTickerWriter.add alone, on ``--chunk``-row lists of (symbol_id, ticker) pairs built inside
                   the timing as the manager builds them: the per-row path's encoding cost, no database.
   encode-vector   BookTickerWriter.add_fast alone on the same ``--chunk``-row calls: the vectorized path the
-                  writer takes for rows that carry their symbol_id (hftdb.vector), no database.
+                  writer takes for rows that carry their symbol_id (hftdb.store.vector), no database.
   latest-upsert   the commit's latest step alone as the writer sends it: the newest rows by binary COPY into the
                   staging table, then the ledger + latest-table upsert + NOTIFY statement (BookTickerWriter.latest_sql),
                   every symbol once per statement, ``--upserts`` times in a transaction each, on one connection;
@@ -43,7 +43,7 @@ Diagnostics, only with ``--methods`` (they reach into the writer's private API, 
                   as eight text array literals); medians of client CPU per upsert (build + send) and of the
                   backend's CPU per upsert (whole transactions, per block, from /proc).
 
-The default variant keeps the indexes hftdb.schema gives the hot partition (BRIN on recv_ts); ``--no-indexes``
+The default variant keeps the indexes hftdb.db.schema gives the hot partition (BRIN on recv_ts); ``--no-indexes``
 drops every index on the partitions first. ``--runs`` runs of each method, in rotating order; medians are
 reported. The server is an embedded PostgreSQL in a temp dir, or ``HFTDB_BENCH_DSN`` (a superuser, or a role
 with CREATEDB and pg_read_server_files, on this host: the server must read the COPY files).
@@ -80,11 +80,11 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hftdb import BookTicker, DatabaseManager, DatabaseSettings, Settings, StorageSettings, WriterSettings, now_us
-from hftdb import partitions, schema
+from hftdb.db import partitions, schema
 from hftdb.wire.copy import TRAILER, copy_columns
 from hftdb.manager import init_connection
-from hftdb.server import EmbeddedServer
-from hftdb.tables import BookTickerWriter, _update_then_insert_sql
+from hftdb.db.server import EmbeddedServer
+from hftdb.store.tables import BookTickerWriter, _update_then_insert_sql
 
 COLUMNS = BookTickerWriter.columns
 EXCHANGE = "binance_spot"

@@ -20,7 +20,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hftdb import DatabaseManager, DatabaseSettings, ExchangeName, Settings, Symbol, WriterSettings  # noqa: E402
-from hftdb.server import EmbeddedServer  # noqa: E402
+from hftdb.db.server import EmbeddedServer  # noqa: E402
 
 WARM_SYMBOLS = 10_000
 

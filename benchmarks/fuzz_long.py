@@ -7,7 +7,7 @@ same invariants:
 1. **intake**: for each drawn plan (good frames interleaved with mutations of every family, in random socket
    reads), no exception escapes, each frame alone gives what its family says, and the interleaved run gives the
    sum of the frames alone. Counted: plans and frames checked, the first failure (Hypothesis shrinks it).
-2. **ingest-file**: all the frames drawn for the channel, in one replay (:func:`hftdb.replay.replay_frames`)
+2. **ingest-file**: all the frames drawn for the channel, in one replay (:func:`hftdb.ops.replay.replay_frames`)
    into a fresh database of an embedded PostgreSQL (or ``HFTDB_BENCH_DSN``), bounded by ``--timeout``; then the
    rows are counted in the database by each frame's own key. Printed: frames/s of the replay, rejects by
    reason, rows stored and expected, and whether every good row is stored once and no bad one.
@@ -43,8 +43,8 @@ from fuzzing import CHANNELS, FAMILIES, GOOD, Plan, Step, check_intake, check_st
 
 from hftdb import DatabaseManager  # noqa: E402
 from hftdb.config import load_settings  # noqa: E402
-from hftdb.replay import replay_frames  # noqa: E402
-from hftdb.server import EmbeddedServer  # noqa: E402
+from hftdb.ops.replay import replay_frames  # noqa: E402
+from hftdb.db.server import EmbeddedServer  # noqa: E402
 
 HOSTILE = tuple(f for f in FAMILIES if f != "valid")
 
@@ -141,7 +141,7 @@ async def main() -> int:
     serials = itertools.count(2, 2).__next__
     ok = True
     try:
-        sink = DatabaseManager(admin, settings=_settings())  # never opened: the intake asks it for no I/O
+        sink = DatabaseManager(admin, settings=_settings()).feed_sink()  # never opened: the intake asks it for no I/O
         for cid in args.channels:
             steps, intake = intake_run(cid, args.plans, args.seed, serials, sink, tuple(args.families))
             outcomes = Counter(s.outcome for s in steps)

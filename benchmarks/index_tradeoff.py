@@ -33,9 +33,9 @@ from pathlib import Path
 
 import asyncpg
 
-from hftdb.partitions import ensure_partitions, partition_name
-from hftdb.schema import migrate
-from hftdb.server import EmbeddedServer
+from hftdb.db.partitions import ensure_partitions, partition_name
+from hftdb.db.schema import migrate
+from hftdb.db.server import EmbeddedServer
 
 _DAY_US = 86_400_000_000
 _DAY_START_US = int(datetime(2026, 11, 22, tzinfo=timezone.utc).timestamp()) * 1_000_000

@@ -180,7 +180,7 @@ class StorageSettings(_Section):
     ledger_retention_days: PosFloat = 7.0
     hot_index: Literal["brin", "btree"] = "brin"
     cold_btree: bool = True
-    #: On a Citus coordinator: distribute the tables at start (``hftdb distribute``; see hftdb.citus).
+    #: On a Citus coordinator: distribute the tables at start (``hftdb distribute``; see hftdb.db.citus).
     distribute: bool = False
 
 
@@ -318,7 +318,7 @@ class ReadSettings(_Section):
 
 
 class ArchiveSettings(_Section):
-    """The Parquet tier of the time-series tables (:mod:`hftdb.archive`): where sealed partitions go, when, and
+    """The Parquet tier of the time-series tables (:mod:`hftdb.read.archive`): where sealed partitions go, when, and
     how the files are laid out."""
 
     root: str = "./data/archive"

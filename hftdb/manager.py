@@ -1,10 +1,10 @@
 """``DatabaseManager``: the one public front of hftdb.
 
 It owns the asyncpg pool (and the embedded server when no DSN is configured), the symbol catalog, and one batch
-writer per time-series table. The work is delegated to small modules: :mod:`hftdb.catalog` (exchanges and
-symbols: caches, SQL, registration), :mod:`hftdb.resolve` (ids of written rows), :mod:`hftdb.writer` and
-:mod:`hftdb.tables` (batching and COPY), :mod:`hftdb.schema` (migrations, partitions), :mod:`hftdb.server`
-(embedded PostgreSQL), :mod:`hftdb.reads` (queries) and :mod:`hftdb.unit` (units of work).
+writer per time-series table. The work is delegated to small modules: :mod:`hftdb.db.catalog` (exchanges and
+symbols: caches, SQL, registration), :mod:`hftdb.store.resolve` (ids of written rows), :mod:`hftdb.store.writer` and
+:mod:`hftdb.store.tables` (batching and COPY), :mod:`hftdb.db.schema` (migrations, partitions), :mod:`hftdb.db.server`
+(embedded PostgreSQL), :mod:`hftdb.read.reads` (queries) and :mod:`hftdb.store.unit` (units of work).
 """
 
 from __future__ import annotations
@@ -17,30 +17,32 @@ import time
 from datetime import timedelta
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable, Literal, Sequence
+from typing import Any, AsyncIterator, Iterable, Literal, Sequence, TypeVar, cast
 
 import asyncpg
 from asyncpg.pool import PoolAcquireContext
 import msgspec
 
-from . import archive, citus, packed, partitions, reads, schema, tables, tablespec, vector
-from .cache import TTLCache
-from .catalog import SymbolCatalog
+from .read import archive, reads
+from .db import citus, partitions, schema
+from .store import packed, tables, vector
+from . import tablespec
+from .db.cache import TTLCache
+from .db.catalog import SymbolCatalog
 from .config import Settings, dsn_problem, load_settings, redact_dsn
 from .redact import register_dsn
-from .copy import PG_EPOCH_US
+from .wire.copy import PG_EPOCH_US
 from .errors import ClosedError, ConfigError, DatabaseUnavailableError, StateError, ValidationError
 from .models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Symbol, now_us
-from .notify import TABLES as NOTIFY_TABLES
-from .notify import Filter, LatestMirror, Subscription
-from .replicas import ReadRouter
-from .resolve import RowResolver
-from .server import EmbeddedServer
-from .tables import bad_text
-from .unit import UnitOfWork, unit_of_work
-from .writer import RETRYABLE, BatchWriter
+from .read.notify import Filter, LatestMirror, Subscription
+from .read.replicas import ReadRouter
+from .store.resolve import RowResolver
+from .db.server import EmbeddedServer
+from .wire.rules import bad_text
+from .store.unit import UnitOfWork, unit_of_work
+from .store.writer import RETRYABLE, BatchWriter
 
-__all__ = ["DatabaseManager"]
+__all__ = ["DatabaseManager", "FeedSink"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,9 @@ _MIRRORED = tuple(t.name for t in tablespec.TABLES if t.mirrored)
 _SYMBOL_ID = attrgetter("symbol_id")
 _EXCHANGE = attrgetter("exchange")
 _SYMBOL = attrgetter("symbol")
+_W = TypeVar("_W", bound=BatchWriter)
+# A pool that does not close within its timeout, or whose connections are gone, is terminated.
+_CLOSE_ERRORS: tuple[type[BaseException], ...] = (asyncio.TimeoutError, *RETRYABLE)
 
 
 def _ts_encode(us: int) -> tuple[int]:
@@ -231,7 +236,7 @@ class DatabaseManager:
         if pool is not None:
             try:
                 await asyncio.wait_for(pool.close(), 10)
-            except (asyncio.TimeoutError, *RETRYABLE):
+            except _CLOSE_ERRORS:
                 pool.terminate()
         if self._server is not None:
             await self._server.stop()
@@ -317,7 +322,7 @@ class DatabaseManager:
         of a known exchange is registered on first sight; an unknown exchange raises UnknownExchangeError and
         takes no row of the call.
         """
-        return await self._submit("book_tickers", tickers)
+        return await self._submit(self._table_writer(tables.BookTickerWriter), tickers)
 
     async def insert_book_ticker_columns(
         self,
@@ -359,7 +364,7 @@ class DatabaseManager:
                 raise ValidationError(f"{name} has shape {col.shape}, expected ({n},) like symbol_ids")
         if n == 0:
             return 0
-        writer = self._writers["book_tickers"]
+        writer = self._table_writer(tables.BookTickerWriter)
         await writer.reserve(n)
         known = self._catalog.known_ids
         unknown = ~np.isin(sid, np.fromiter(known, dtype=np.int64, count=len(known)))
@@ -374,24 +379,21 @@ class DatabaseManager:
                 cols = [c[keep] for c in cols]
                 ex = None if ex is None else ex[keep]
                 uid = None if uid is None else uid[keep]
-        added = vector.add_columns(writer, sid, *cols, recv, ex, uid)  # type: ignore[arg-type]
+        added = vector.add_columns(writer, sid, cols[0], cols[1], cols[2], cols[3], recv, ex, uid)
         writer.submitted(added)
         if self._latest_cache is not None and added:
             self._latest_cache.invalidate()
         return added
 
-    async def insert_packed_book_tickers(self, rows: packed.PackedBooks) -> int:
-        """Accept a feed's book tickers whose COPY tuples its intake packed while parsing (:mod:`hftdb.packed`).
-
-        Taken whole when every row was packed and every id is registered; otherwise exactly as
-        :meth:`insert_book_ticker_snapshots` takes them. Internal to the exchange feeds.
-        """
-        self._check_open()
-        writer = self._writers["book_tickers"]
+    async def _insert_packed(self, rows: packed.PackedBooks) -> int:
+        # A feed's book tickers whose COPY tuples its intake packed while parsing (hftdb.store.packed), through the
+        # FeedSink: taken whole when every row was packed and every id is registered; otherwise exactly as
+        # insert_book_ticker_snapshots takes them.
+        writer = self._table_writer(tables.BookTickerWriter)
         await writer.reserve(len(rows))
-        added = packed.add_packed(writer, rows, self._catalog.known_ids)  # type: ignore[arg-type]
+        added = packed.add_packed(writer, rows, self._catalog.known_ids)
         if added is None:
-            return await self._submit("book_tickers", rows)
+            return await self._submit(writer, rows)
         writer.submitted(added)
         if self._latest_cache is not None:
             self._latest_cache.invalidate()
@@ -399,43 +401,48 @@ class DatabaseManager:
 
     async def insert_funding_rates(self, rates: Iterable[FundingRate]) -> int:
         """Accept funding rates for writing; return how many were taken. See :meth:`insert_book_ticker_snapshots`."""
-        return await self._submit("funding_rates", rates)
+        return await self._submit(self._table_writer(tables.FundingRateWriter), rates)
 
     async def insert_balance_snapshots(self, balances: Iterable[Balance]) -> int:
         """Accept balances for writing; return how many were taken. Amounts are stored as exact numerics."""
-        self._check_open()
+        writer = self._table_writer(tables.BalanceWriter)
         rows = balances if isinstance(balances, list) else list(balances)
-        writer = self._writers["balances"]
         await writer.reserve(len(rows))
-        pairs = []
+        pairs: list[tuple[int, Balance]] = []
         for r in rows:
             if isinstance(r.exchange, str) and bad_text(r.exchange):
                 # No exchange has such a name, and looked up the server would refuse the query: a bad row.
                 writer.rejects.add("exchange_bad_char", repr(r))
                 continue
             ex = await self._catalog.exchange(r.exchange)
+            assert ex.id is not None  # the catalog's exchanges are registered ones
             pairs.append((ex.id, r))
-        added = writer.add(pairs)  # type: ignore[attr-defined]
+        added = writer.add(pairs)
         writer.submitted(added)
         return added
 
-    async def _submit(self, table: str, rows: Iterable[Any]) -> int:
+    def _table_writer(self, cls: type[_W]) -> _W:
+        # The started writer of cls's table, typed as its class (the insert paths call its own methods).
         self._check_open()
+        writer = self._writers[cls.table]
+        assert isinstance(writer, cls)
+        return writer
+
+    async def _submit(self, writer: tables.BookTickerWriter | tables.FundingRateWriter, rows: Iterable[Any]) -> int:
         rows = rows if isinstance(rows, list) else list(rows)
         if not rows:
             return 0
-        writer = self._writers[table]
         await writer.reserve(len(rows))
         added = None
         if writer.vectorizes(len(rows)):
             # (A small call goes straight to the per-row path: neither the names nor the rows are looked at twice.)
-            sids = None
+            sids: list[int] | None = None
             if rows[0].symbol_id is None and list(map(_SYMBOL_ID, rows)).count(None) == len(rows):
                 # Named by exchange and symbol: resolve the whole call from the cache at once; any miss (a new
                 # symbol, an unknown exchange) sends the call down the per-row path, which handles each.
-                sids = self._catalog.cached_ids(zip(map(_EXCHANGE, rows), map(_SYMBOL, rows)))
-                if None in sids:
-                    sids = None
+                found = self._catalog.cached_ids(zip(map(_EXCHANGE, rows), map(_SYMBOL, rows)))
+                if None not in found:
+                    sids = cast("list[int]", found)
             if sids is not None or rows[0].symbol_id is not None:
                 step = writer.settings.batch_max_rows
                 if len(rows) > 2 * step and (sids is not None or self._catalog.known_ids.issuperset(map(_SYMBOL_ID, rows))):
@@ -445,16 +452,17 @@ class DatabaseManager:
                     if self._latest_cache is not None and added:
                         self._latest_cache.invalidate()
                     return added
-                added = writer.add_fast(rows, self._catalog.known_ids, sids)  # type: ignore[arg-type]
+                added = writer.add_fast(rows, self._catalog.known_ids, sids)
         if added is None:
             pairs = await self._resolver.pairs(rows, writer)
-            added = writer.add(pairs)  # type: ignore[attr-defined]
+            added = writer.add(pairs)
         writer.submitted(added)
         if self._latest_cache is not None and added:
             self._latest_cache.invalidate()
         return added
 
-    async def _add_sliced(self, writer: BatchWriter, rows: list[Any], sids: list[int] | None, step: int) -> int:
+    async def _add_sliced(self, writer: tables.BookTickerWriter | tables.FundingRateWriter, rows: list[Any],
+                          sids: list[int] | None, step: int) -> int:
         # Every id is known (checked by the caller), so no slice can raise half way: a slice the vectorized path
         # refuses (a wrong type) goes per row, which only rejects rows. Rows are counted as accepted slice by
         # slice, which wakes the flusher for each sealed batch.
@@ -462,10 +470,9 @@ class DatabaseManager:
         for start in range(0, len(rows), step):
             part = rows[start:start + step]
             part_sids = None if sids is None else sids[start:start + step]
-            taken = writer.add_fast(part, self._catalog.known_ids, part_sids)  # type: ignore[arg-type]
+            taken = writer.add_fast(part, self._catalog.known_ids, part_sids)
             if taken is None:
-                taken = writer.add(  # type: ignore[attr-defined]
-                    list(zip(part_sids or map(_SYMBOL_ID, part), part)))
+                taken = writer.add(list(zip(part_sids or map(_SYMBOL_ID, part), part)))
             writer.submitted(taken)
             added += taken
             if start + step < len(rows):
@@ -480,12 +487,25 @@ class DatabaseManager:
         self._check_open()
         await asyncio.gather(*(w.flush(timeout=timeout) for w in self._writers.values()))
 
-    def writer(self, table: str) -> BatchWriter:
-        """The batch writer of ``table`` ('book_tickers', 'funding_rates' or 'balances'), for its counters."""
-        try:
-            return self._writers[table]
-        except KeyError:
-            raise ValidationError(f"no writer for table {table!r}; tables: {', '.join(self._writers)}") from None
+    def writer_stats(self, table: str) -> dict[str, Any]:
+        """The counters of ``table``'s writer ('book_tickers', 'funding_rates' or 'balances'), without I/O: rows
+        accepted, committed, pending and in memory, duplicates, batches committed, queued, spooled and replayed,
+        retries, rows dropped, rejects by reason, commit p50/p99, the last error. The same dict as
+        ``get_database_stats()["writers"][table]``; still readable after :meth:`close` (its final counts)."""
+        if table not in tablespec.TIME_SERIES:
+            raise ValidationError(f"table must be one of {', '.join(tablespec.TIME_SERIES)}, got {table!r}")
+        writer = self._writers.get(table)
+        if writer is None:
+            self._check_open()  # not started yet: says so
+            raise StateError(f"the {table} writer did not start")
+        return writer.snapshot()
+
+    def feed_sink(self) -> FeedSink:
+        """The sink an exchange adapter writes to (:class:`hftdb.exchanges.sink.PackedSink`): this manager's writes,
+        plus the two seams of the feeds' hot path, cached symbol ids for the parsers and book rows whose COPY
+        tuples the intake packed while parsing. Give it to ``create_adapter`` (the daemon and ``ingest-file`` do);
+        an adapter given the manager itself stores the same rows through the public inserts. No I/O."""
+        return FeedSink(self)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[UnitOfWork]:
@@ -509,7 +529,7 @@ class DatabaseManager:
                                     spool_dir=None)
 
     # -- reads -------------------------------------------------------------------------------------------------
-    # The bodies live in hftdb.reads.Reader (filters, caches, SQL, decoding); these are the documented front.
+    # The bodies live in hftdb.read.reads.Reader (filters, caches, SQL, decoding); these are the documented front.
 
     async def get_latest_book_tickers(
         self,
@@ -557,7 +577,7 @@ class DatabaseManager:
         Give ``start``/``end`` (Unix µs; end exclusive, default now) or ``hours`` back from now. ``format``:
         ``"objects"`` a list of :class:`BookTicker`; ``"columns"`` a dict of lists (recv_ts, exchange_ts,
         bid_price, bid_qty, ask_price, ask_qty, update_id; NULL as None); ``"numpy"`` a dict of numpy arrays
-        decoded straight from binary COPY (see :mod:`hftdb.columnar`).
+        decoded straight from binary COPY (see :mod:`hftdb.read.columnar`).
         """
         return await self._reads().book_ticker_history(
             exchange, symbol, start=start, end=end, hours=hours, limit=limit, format=format, primary=primary)
@@ -603,15 +623,15 @@ class DatabaseManager:
 
         Narrow them to an exchange, to native ``symbols`` of that exchange, or to ``symbol_ids`` (for
         ``balances``: an exchange only). The subscription listens on its own connection to the primary, reconnects
-        by itself, and yields a catch-up notification for any gap; see :mod:`hftdb.notify`.
+        by itself, and yields a catch-up notification for any gap; see :mod:`hftdb.read.notify`.
 
         >>> async with db.notifications("book_tickers", exchange="binance_spot") as feed:
         ...     async for note in feed:
         ...         quotes = await db.get_latest_book_tickers(symbol_ids=note.ids or None)
         """
         self._check_open()
-        if table not in NOTIFY_TABLES:
-            raise ValidationError(f"table must be one of {', '.join(NOTIFY_TABLES)}, got {table!r}")
+        if table not in tablespec.TIME_SERIES:
+            raise ValidationError(f"table must be one of {', '.join(tablespec.TIME_SERIES)}, got {table!r}")
         if table == "balances" and (symbols is not None or symbol_ids is not None):
             raise ValidationError("balances notifications filter by exchange only")
         if symbols is not None and exchange is None:
@@ -640,7 +660,7 @@ class DatabaseManager:
         """The latest rows of ``table`` for a filter, in memory, kept current by commit notifications.
 
         For a strategy that wants every quote on every tick: ``mirror.snapshot()`` costs microseconds where a read
-        of 1,000 rows costs over a millisecond. Use with ``async with``; see :class:`hftdb.notify.LatestMirror`.
+        of 1,000 rows costs over a millisecond. Use with ``async with``; see :class:`hftdb.read.notify.LatestMirror`.
         """
         if table not in _MIRRORED:
             raise ValidationError(f"table must be {' or '.join(map(repr, _MIRRORED))}, got {table!r}")
@@ -650,13 +670,17 @@ class DatabaseManager:
 
     def read_status(self) -> list[dict[str, Any]]:
         """Health, lag and read counters of the primary and of each read replica."""
-        return self.read_router.status()
+        return self._read_router().status()
 
-    @property
-    def read_router(self) -> ReadRouter:
-        """The router that sends reads to replicas or the primary (for its health rounds and status)."""
+    async def check_reads(self) -> list[dict[str, Any]]:
+        """Run a health round of the primary and the read replicas now (rotation follows it), then return
+        :meth:`read_status`. The background rounds run every ``[reads] health_interval_ms`` regardless."""
+        await self._read_router().check_now()
+        return self.read_status()
+
+    def _read_router(self) -> ReadRouter:
         self._check_open()
-        assert self._router is not None
+        assert self._router is not None  # set before the state becomes "open"
         return self._router
 
     # -- operations --------------------------------------------------------------------------------------------
@@ -703,7 +727,7 @@ class DatabaseManager:
                     archive.require_pyarrow()
                 dropped = await self._archive_then_drop(conn, cutoff, now, dry_run=dry_run)
             else:
-                for table in partitions.TIME_SERIES_TABLES:
+                for table in tablespec.TIME_SERIES:
                     dropped[table] = await partitions.drop_partitions_before(conn, table, cutoff, dry_run=dry_run)
         if not dry_run:
             for w in self._writers.values():
@@ -718,15 +742,15 @@ class DatabaseManager:
         to the Parquet tier under ``[archive] root``: written, verified against PostgreSQL, then dropped.
 
         ``tables`` narrows it (default: all three time-series tables). Idempotent, and a rerun finishes what an
-        interrupted one left (see :mod:`hftdb.archive`). With ``dry_run`` nothing is written or dropped: the
+        interrupted one left (see :mod:`hftdb.read.archive`). With ``dry_run`` nothing is written or dropped: the
         reports list the partitions that would be archived. Needs ``pip install 'hftdb[archive]'``.
         """
         self._check_open()
         days = _days(older_than, self.settings.archive.after_days, "older_than")
-        chosen = list(partitions.TIME_SERIES_TABLES if tables is None else tables)
+        chosen = list(tablespec.TIME_SERIES if tables is None else tables)
         for t in chosen:
-            if t not in partitions.TIME_SERIES_TABLES:
-                raise ValidationError(f"tables: {t!r} is not one of {', '.join(partitions.TIME_SERIES_TABLES)}")
+            if t not in tablespec.TIME_SERIES:
+                raise ValidationError(f"tables: {t!r} is not one of {', '.join(tablespec.TIME_SERIES)}")
         if not dry_run:
             archive.require_pyarrow()
         cutoff = now_us() - int(days * 86_400_000_000)
@@ -757,7 +781,7 @@ class DatabaseManager:
                                  dry_run: bool = False) -> dict[str, list[str]]:
         arch = self.settings.archive
         out: dict[str, list[str]] = {}
-        for table in partitions.TIME_SERIES_TABLES:
+        for table in tablespec.TIME_SERIES:
             report = await archive.archive_table(conn, table, settings=arch, cutoff_us=cutoff, dry_run=dry_run,
                                                  interval_s=self.settings.storage.partition_interval_s)
             out[table] = report.pending if dry_run else report.archived + report.finished
@@ -795,8 +819,8 @@ class DatabaseManager:
         return report
 
     async def distribute(self) -> citus.DistributeReport:
-        """On a Citus coordinator, distribute hftdb's tables over the workers (:func:`hftdb.citus.distribute`:
-        reference, distributed and colocated as :data:`hftdb.citus.LAYOUT`); idempotent. Raises
+        """On a Citus coordinator, distribute hftdb's tables over the workers (:func:`hftdb.db.citus.distribute`:
+        reference, distributed and colocated as :data:`hftdb.db.citus.LAYOUT`); idempotent. Raises
         :class:`StateError` on plain PostgreSQL or without a worker. ``[storage] distribute = true`` does it at
         start."""
         async with self._open_pool.acquire() as conn:
@@ -821,6 +845,58 @@ class DatabaseManager:
             for name, w in self._writers.items()
         }
         return result
+
+
+class FeedSink:
+    """What :meth:`DatabaseManager.feed_sink` hands out: the sink of the exchange feeds
+    (:class:`hftdb.exchanges.sink.PackedSink`). Everything but the packed book rows is the manager's public API;
+    those go to the manager's own packed path, so they live on this object, not on the manager."""
+
+    __slots__ = ("_db",)
+
+    def __init__(self, db: DatabaseManager) -> None:
+        self._db = db
+
+    def __repr__(self) -> str:
+        return f"FeedSink({self._db!r})"
+
+    def resolve_symbol_id(self, exchange: str, symbol: str) -> int | None:
+        """:meth:`DatabaseManager.resolve_symbol_id`: the cached id, or None; no I/O."""
+        return self._db.resolve_symbol_id(exchange, symbol)
+
+    async def insert_exchange(self, exchange: Exchange | ExchangeName | str) -> Exchange:
+        """:meth:`DatabaseManager.insert_exchange`."""
+        return await self._db.insert_exchange(exchange)
+
+    async def get_exchange_by_enum(self, name: ExchangeName | str) -> Exchange:
+        """:meth:`DatabaseManager.get_exchange_by_enum`."""
+        return await self._db.get_exchange_by_enum(name)
+
+    async def sync_symbols(self, exchange: ExchangeName | str, symbols: Sequence[Symbol]) -> tuple[int, int]:
+        """:meth:`DatabaseManager.sync_symbols`."""
+        return await self._db.sync_symbols(exchange, symbols)
+
+    async def insert_book_ticker_snapshots(self, rows: Iterable[BookTicker]) -> int:
+        """:meth:`DatabaseManager.insert_book_ticker_snapshots`."""
+        return await self._db.insert_book_ticker_snapshots(rows)
+
+    async def insert_packed_book_tickers(self, rows: packed.PackedBooks) -> int:
+        """Book tickers whose COPY tuples the feed's intake packed while parsing them (:mod:`hftdb.packed`): taken
+        whole when every row was packed and every id is registered, otherwise exactly as
+        :meth:`insert_book_ticker_snapshots` takes them (same rows, same rejects)."""
+        return await self._db._insert_packed(rows)
+
+    async def insert_funding_rates(self, rows: Iterable[FundingRate]) -> int:
+        """:meth:`DatabaseManager.insert_funding_rates`."""
+        return await self._db.insert_funding_rates(rows)
+
+    async def insert_balance_snapshots(self, rows: Iterable[Balance]) -> int:
+        """:meth:`DatabaseManager.insert_balance_snapshots`."""
+        return await self._db.insert_balance_snapshots(rows)
+
+    async def flush(self) -> None:
+        """:meth:`DatabaseManager.flush`."""
+        await self._db.flush()
 
 
 def _writer_class(table: str) -> type[BatchWriter]:

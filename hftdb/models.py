@@ -8,7 +8,9 @@ cycle collector never needs to track them.
 from __future__ import annotations
 
 import enum
+import itertools
 import time
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Literal
 
@@ -25,6 +27,7 @@ __all__ = [
     "BookTicker",
     "FundingRate",
     "Balance",
+    "FeedRows",
     "now_us",
 ]
 
@@ -127,3 +130,24 @@ class Balance(msgspec.Struct, kw_only=True):
     recv_ts: int
     exchange_ts: int | None = None
     account: str = "default"
+
+
+class FeedRows(msgspec.Struct, gc=False):
+    """What a feed hands its sink in one go: a list of rows per time-series table, each field named by its table
+    (:data:`hftdb.tablespec.TABLES`; ``tests/test_tablespec.py`` holds the two equal). A new table is a new field
+    here, not a new argument in every signature between a parser and the sink.
+
+    ``gc=False`` is safe: it holds lists of records and never refers back to itself.
+    """
+
+    book_tickers: list[BookTicker] = []
+    funding_rates: list[FundingRate] = []
+    balances: list[Balance] = []
+
+    def has_rows(self) -> bool:
+        """Whether any table's list holds a row."""
+        return bool(self.book_tickers or self.funding_rates or self.balances)
+
+    def every_row(self) -> Iterator[BookTicker | FundingRate | Balance]:
+        """Every row, table by table."""
+        return itertools.chain(self.book_tickers, self.funding_rates, self.balances)

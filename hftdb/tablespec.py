@@ -27,12 +27,15 @@ class TableSpec(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     #: The record one row is read and written as.
     record: type
-    #: The writer class in :mod:`hftdb.tables` that validates and encodes the record (its row layout).
+    #: The writer class in :mod:`hftdb.store.tables` that validates and encodes the record (its row layout).
     encoder: str
     #: The table holding the newest row of each key.
     latest: str
     #: The key of the latest table: one newest row per distinct key. History indexes lead with it too.
     key: tuple[str, ...]
+    #: The method of a sink (:class:`hftdb.exchanges.sink.Sink`, :class:`~hftdb.manager.DatabaseManager`) that
+    #: takes a list of its records; a feed's :class:`~hftdb.models.FeedRows` field of the same name goes there.
+    insert: str
     #: The feed counter (:class:`hftdb.exchanges.base.FeedStats`) of the rows a feed hands over for this table.
     feed_rows: str
     #: Whether :meth:`DatabaseManager.latest_mirror` can mirror its latest rows (rows keyed by symbol id).
@@ -42,11 +45,14 @@ class TableSpec(msgspec.Struct, frozen=True, kw_only=True):
 #: The time-series tables, in the order every report lists them.
 TABLES: Final[tuple[TableSpec, ...]] = (
     TableSpec(name="book_tickers", record=BookTicker, encoder="BookTickerWriter", latest="book_tickers_latest",
-              key=("symbol_id",), feed_rows="book_rows", mirrored=True),
+              key=("symbol_id",),
+              insert="insert_book_ticker_snapshots", feed_rows="book_rows", mirrored=True),
     TableSpec(name="funding_rates", record=FundingRate, encoder="FundingRateWriter", latest="funding_rates_latest",
-              key=("symbol_id",), feed_rows="funding_rows", mirrored=True),
+              key=("symbol_id",),
+              insert="insert_funding_rates", feed_rows="funding_rows", mirrored=True),
     TableSpec(name="balances", record=Balance, encoder="BalanceWriter", latest="balances_latest",
-              key=("exchange_id", "account", "asset"), feed_rows="balance_rows", mirrored=False),
+              key=("exchange_id", "account", "asset"),
+              insert="insert_balance_snapshots", feed_rows="balance_rows", mirrored=False),
 )
 
 #: The names of the time-series tables.

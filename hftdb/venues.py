@@ -18,7 +18,7 @@ import msgspec
 
 from .models import ExchangeName
 
-__all__ = ["VenueSpec", "VENUES", "NAMES", "CHANNELS", "spec"]
+__all__ = ["VenueSpec", "VENUES", "NAMES", "CHANNELS", "spec", "served_by"]
 
 
 class VenueSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -65,3 +65,9 @@ _BY_NAME: Final = {v.name.value: v for v in VENUES}
 def spec(name: ExchangeName | str) -> VenueSpec | None:
     """The entry of venue ``name``, or None for a name no venue has."""
     return _BY_NAME.get(name.value if isinstance(name, ExchangeName) else name)
+
+
+def served_by(cls_name: str) -> tuple[ExchangeName, ...]:
+    """The venues whose adapter or parser is the class named ``cls_name``, in registry order (what that class
+    declares it serves)."""
+    return tuple(v.name for v in VENUES if cls_name in (v.adapter, v.parser))

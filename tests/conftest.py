@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from hftdb.server import EmbeddedServer
+from hftdb.db.server import EmbeddedServer
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "exchanges"
 

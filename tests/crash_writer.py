@@ -51,14 +51,13 @@ async def main(dsn: str, config: dict) -> None:
     db = DatabaseManager(dsn, settings=cfg)
     await db.initialize()
     await db.insert_exchange(ExchangeName.BINANCE_SPOT)
-    writer = db.writer("book_tickers")
     sent = 0
     while True:
         try:
             sent += await db.insert_book_ticker_snapshots(tickers(chunk, start_id=sent + 1))
         except BufferFullError:
             print("full", flush=True)
-        snap = writer.snapshot()
+        snap = db.writer_stats("book_tickers")
         durable = snap["rows_accepted"] - snap["rows_in_memory"]
         print("progress", sent, durable, snap["batches_spooled"], snap["retries"], flush=True)
         # Paced so that batches seal by age as well as by size, as they do under a live feed.

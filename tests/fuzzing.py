@@ -540,7 +540,8 @@ def run_intake(ch: Channel, sink: Any, reads: list[list[bytes]]) -> Outcome:
     intake = Intake(StreamRunner(adapter), adapter.new_parser())
     rows: Counter = Counter()
     for read in reads:
-        books, funding, _ = intake.process([(now_us(), list(read))])
+        batch = intake.process([(now_us(), list(read))])
+        books, funding = batch.book_tickers, batch.funding_rates
         rows.update(("book_tickers", _key(ch, r)) for r in books)
         rows.update(("funding_rates", r.exchange_ts) for r in funding)
     return Outcome(rows, Counter(adapter.rejects.counts), adapter.stats.duplicates)

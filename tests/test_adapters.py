@@ -567,7 +567,7 @@ async def _released_session(sim, adapters, sink: _FailsOnceOn) -> AsyncIterator[
     try:
         await session.subscribe(runner.next_id)
         await adapter.wait_until(lambda s: session.held, timeout=10)
-        held = [r.update_id for books, _, _ in session.held for r in books]
+        held = [r.update_id for batch in session.held for r in batch.book_tickers]
         sink.ids = set(held)
         session.release()
         yield session, held

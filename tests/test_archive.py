@@ -14,7 +14,8 @@ import msgspec
 import pytest
 
 from hftdb import Balance, BookTicker, DatabaseManager, ExchangeName, FundingRate, Symbol, now_us
-from hftdb import archive, metrics
+from hftdb.read import archive
+from hftdb.service import metrics
 from hftdb.config import ArchiveSettings
 
 from helpers import settings as base_settings
@@ -208,7 +209,7 @@ async def test_archive_writes_verified_files_then_drops_the_partitions(dsn, tmp_
 
 async def _cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hftdb.cli", *args, cwd=str(cwd), env=env,
+        sys.executable, "-m", "hftdb.ops.cli", *args, cwd=str(cwd), env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     async with asyncio.timeout(120):
@@ -440,7 +441,9 @@ async def test_late_rows_go_to_a_new_generation_or_into_the_rewrite(dsn, tmp_pat
 _MEMORY_PROBE = r"""
 import json, os, sys
 import asyncpg, msgspec, numpy, pyarrow, pyarrow.compute, pyarrow.parquet
-from hftdb import archive, cli, columnar, manager
+from hftdb import manager
+from hftdb.ops import cli
+from hftdb.read import archive, columnar
 
 def status_kb(key):
     with open("/proc/self/status") as f:
@@ -619,7 +622,7 @@ async def test_archive_verify_reads_every_file_back_and_names_each_mismatch(dsn,
 
 
 async def test_copy_out_pieces_streams_the_rows_copy_out_returns_whole(dsn, tmp_path):
-    from hftdb import columnar
+    from hftdb.read import columnar
 
     async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
         await _seed(db)

@@ -19,7 +19,7 @@ import pytest
 
 from hftdb.exchanges.parse_binance import BinanceParser
 from hftdb.models import ExchangeName
-from hftdb.tables import FUTURE_SLACK_US, MIN_TS_US
+from hftdb.store.tables import FUTURE_SLACK_US, MIN_TS_US
 from hftdb.wire import loader
 from hftdb.wire.books import LAYOUT, SIZE
 from hftdb.wire.loader import NATIVE

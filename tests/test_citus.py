@@ -19,12 +19,13 @@ import msgspec
 import orjson
 import pytest
 
-from hftdb import Balance, DatabaseManager, ExchangeName, FundingRate, citus, now_us, partitions
-from hftdb import dberrors
+from hftdb import Balance, DatabaseManager, ExchangeName, FundingRate, now_us
+from hftdb.db import citus, partitions
+from hftdb.db import dberrors
+from hftdb.db.dberrors import MAX_OTHER_ATTEMPTS
+from hftdb.db.schema import migrate
 from hftdb.config import ReadSettings
 from hftdb.errors import DatabaseUnavailableError
-from hftdb.dberrors import MAX_OTHER_ATTEMPTS
-from hftdb.schema import migrate
 
 from citus_cluster import CitusCluster, find_citus_bin
 from helpers import settings, tickers
@@ -132,7 +133,7 @@ async def test_ingest_reads_and_latest_on_the_cluster(citus_cluster, citus_dsn, 
         more = tickers(5_000, start_id=5_000, symbols=50, base_ts=rows[-1].recv_ts + 1)
         await db.insert_book_ticker_snapshots(more)
         await db.flush(timeout=WAIT)
-        stats = db.writer("book_tickers").snapshot()
+        stats = db.writer_stats("book_tickers")
         assert stats["rows_committed"] == 10_000
         # [storage] distribute laid the tables out at start: the public call finds nothing left to do.
         assert not (await db.distribute()).changed
@@ -251,8 +252,8 @@ async def _produce(db: DatabaseManager, stop: asyncio.Event, *, chunk: int = 200
 
 
 async def _committed_more(db: DatabaseManager, n: int) -> None:
-    target = db.writer("book_tickers").stats.rows_committed + n
-    await _until(lambda: _true(db.writer("book_tickers").stats.rows_committed >= target), f"{n} more rows commit")
+    target = db.writer_stats("book_tickers")["rows_committed"] + n
+    await _until(lambda: _true(db.writer_stats("book_tickers")["rows_committed"] >= target), f"{n} more rows commit")
 
 
 async def _true(value: bool) -> bool:
@@ -294,9 +295,9 @@ async def test_exactly_once_when_a_node_restarts_during_ingest(citus_cluster, ci
             stop.set()
             sent = await producer
         await db.flush(timeout=WAIT)
-        stats = db.writer("book_tickers").stats
-        rejected = db.writer("book_tickers").snapshot().get("rejects")
-    assert stats.retries > 0, "the restarts never hit the writer: the test did not test anything"
+        stats = db.writer_stats("book_tickers")
+        rejected = stats.get("rejects")
+    assert stats["retries"] > 0, "the restarts never hit the writer: the test did not test anything"
     assert not rejected, rejected
     await _exactly_once(citus_dsn, sent)
 
@@ -313,10 +314,9 @@ async def test_a_worker_down_longer_than_the_retries_loses_nothing(citus_cluster
             await _committed_more(db, 2_000)
             await worker.stop("immediate")
             try:
-                writer = db.writer("book_tickers")
-                await _until(lambda: _true(writer.stats.retries >= 3 * MAX_OTHER_ATTEMPTS),
+                await _until(lambda: _true(db.writer_stats("book_tickers")["retries"] >= 3 * MAX_OTHER_ATTEMPTS),
                              "the writer retried the outage many times")
-                assert writer.stats.batches_spooled > 0  # sealed batches wait on disk, oldest first
+                assert db.writer_stats("book_tickers")["batches_spooled"] > 0  # sealed batches wait on disk, oldest first
             finally:
                 await worker.start()
             await _committed_more(db, 2_000)
@@ -324,7 +324,7 @@ async def test_a_worker_down_longer_than_the_retries_loses_nothing(citus_cluster
             stop.set()
             sent = await producer
         await db.flush(timeout=WAIT)
-        rejected = db.writer("book_tickers").snapshot().get("rejects")
+        rejected = db.writer_stats("book_tickers").get("rejects")
     assert not rejected, rejected
     await _exactly_once(citus_dsn, sent)
 
@@ -378,7 +378,7 @@ async def test_adding_a_worker_and_rebalancing_while_ingesting(citus_cluster, ci
             stop.set()
             sent = await producer
         await db.flush(timeout=WAIT)
-        rejected = db.writer("book_tickers").snapshot().get("rejects")
+        rejected = db.writer_stats("book_tickers").get("rejects")
         latest = await db.get_latest_book_tickers(ExchangeName.BINANCE_SPOT)
     assert not rejected, rejected
     assert len(latest) == 40

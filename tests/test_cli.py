@@ -19,10 +19,10 @@ import aiohttp
 import asyncpg
 import pytest
 
-from hftdb import partitions
-from hftdb.target import with_database
+from hftdb.db import partitions
+from hftdb.db.target import with_database
 from hftdb.models import now_us
-from hftdb.server import EmbeddedServer
+from hftdb.db.server import EmbeddedServer
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -53,7 +53,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 async def cli(*args: str, env: dict[str, str], cwd: Path, timeout: float = 120) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hftdb.cli", *args, cwd=str(cwd), env=env,
+        sys.executable, "-m", "hftdb.ops.cli", *args, cwd=str(cwd), env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     async with asyncio.timeout(timeout):
@@ -266,7 +266,7 @@ async def test_backup_then_restore_into_a_fresh_database_on_the_embedded_server(
         code, _, err = await cli("ingest-file", "--exchange", venue, "--channel", channel, str(fixtures_dir / name),
                                  env=env, cwd=tmp_path)
         assert code == 0, err
-    dump = tmp_path / "hftdb.dump"
+    dump = tmp_path / "hftdb.ops.dump"
     code, out, err = await cli("backup", str(dump), env=env, cwd=tmp_path)
     assert code == 0, err
     assert out.startswith(f"backup written to {dump}") and "book_tickers 19" in out
@@ -309,7 +309,7 @@ async def test_backup_then_restore_into_a_fresh_database_on_the_embedded_server(
 
 async def test_simulate_serves_until_interrupted(env, tmp_path):
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hftdb.cli", "simulate", "--rate", "20", "--symbols", "2", cwd=str(tmp_path), env=env,
+        sys.executable, "-m", "hftdb.ops.cli", "simulate", "--rate", "20", "--symbols", "2", cwd=str(tmp_path), env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:
@@ -344,7 +344,7 @@ async def test_ingest_file_is_callable_from_python(dsn, tmp_path, fixtures_dir):
 
     from hftdb import DatabaseManager
     from hftdb.config import load_settings
-    from hftdb.replay import ingest_file
+    from hftdb.ops.replay import ingest_file
 
     base = load_settings(environ={})
     settings = msgspec.structs.replace(base, writer=msgspec.structs.replace(base.writer, spool_dir=None))

@@ -14,7 +14,7 @@ import struct
 
 import pytest
 
-from hftdb import columnar, reads
+from hftdb.read import columnar, reads
 from hftdb.errors import DatabaseError
 from hftdb.wire import loader
 from hftdb.wire.loader import NATIVE

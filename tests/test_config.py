@@ -16,7 +16,7 @@ import pytest
 
 from hftdb.config import Settings, VENUE_CHANNELS, apply_env, load_settings, locate_config
 from hftdb.errors import ConfigError
-from hftdb.logsetup import configure_logging
+from hftdb.service.logsetup import configure_logging
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "config" / "default.toml"
@@ -231,7 +231,7 @@ def test_entry_points_print_one_line_and_exit_1(tmp_path, entry, text, env, mess
     if text is not None:
         config = write(tmp_path, text)
     cmd = [str(ROOT / "run.py"), "--config", str(config)] if entry == "run.py" else \
-        ["-m", "hftdb.cli", "--config", str(config), "status"]
+        ["-m", "hftdb.ops.cli", "--config", str(config), "status"]
     proc = _run(cmd, tmp_path, **env)
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.strip().splitlines()

@@ -23,8 +23,7 @@ import asyncpg
 import pytest
 
 from hftdb import DatabaseManager, ExchangeName
-from hftdb.server import EmbeddedServer
-from hftdb.writer import BatchWriter
+from hftdb.db.server import EmbeddedServer
 
 from conftest import with_database
 from helpers import settings, tickers
@@ -131,8 +130,8 @@ async def _replay_committed_first(dsn: str) -> bool:
         await conn.close()
 
 
-async def _spooling(writer: BatchWriter) -> None:
-    while writer.stats.batches_spooled == 0:
+async def _spooling(db: DatabaseManager) -> None:
+    while db.writer_stats("book_tickers")["batches_spooled"] == 0:
         await asyncio.sleep(0.01)
 
 
@@ -182,7 +181,7 @@ async def test_sigkill_during_outage_leaves_a_prefix(crash_server, crash_dsn, tm
         # New rows at once: the spooled ones must still be committed before them.
         await db.insert_book_ticker_snapshots(tickers(100, start_id=NEW_IDS))
         await db.flush(timeout=WAIT_S)
-        replayed = db.writer("book_tickers").stats.batches_replayed
+        replayed = db.writer_stats("book_tickers")["batches_replayed"]
     ids = await _stored_ids(crash_dsn)
     assert ids[-100:] == list(range(NEW_IDS, NEW_IDS + 100))
     assert await _replay_committed_first(crash_dsn)
@@ -208,18 +207,17 @@ async def test_close_with_a_full_spool_keeps_a_prefix(crash_server, crash_dsn, t
     db = DatabaseManager(crash_dsn, settings=cfg)
     await db.initialize()
     await db.insert_exchange(ExchangeName.BINANCE_SPOT)
-    writer = db.writer("book_tickers")
     sent = await db.insert_book_ticker_snapshots(tickers(10, start_id=1))
     await db.flush(timeout=WAIT_S)
     await crash_server.kill()
     sent += await db.insert_book_ticker_snapshots(tickers(1_000, start_id=sent + 1))
-    await asyncio.wait_for(_spooling(writer), WAIT_S)  # the outage's first commit must fail before batches spool
+    await asyncio.wait_for(_spooling(db), WAIT_S)  # the outage's first commit must fail before batches spool
     for _ in range(14):
         sent += await db.insert_book_ticker_snapshots(tickers(1_000, start_id=sent + 1))
-    assert writer.stats.batches_spooled == 10 and writer.snapshot()["rows_in_memory"] == 5_000
+    assert db.writer_stats("book_tickers")["batches_spooled"] == 10 and db.writer_stats("book_tickers")["rows_in_memory"] == 5_000
     sent += await db.insert_book_ticker_snapshots(tickers(1, start_id=sent + 1))
     await db.close(timeout=0.5)
-    dropped = writer.stats.rows_dropped
+    dropped = db.writer_stats("book_tickers")["rows_dropped"]
     assert dropped == 5_001
     assert "no room to spool" in caplog.text
     await crash_server.start_again()
@@ -235,7 +233,6 @@ async def test_unwritable_spool_during_outage_keeps_rows_in_memory(crash_server,
     spool = tmp_path / "spool" / "book_tickers"
     async with DatabaseManager(crash_dsn, settings=cfg) as db:
         await db.insert_exchange(ExchangeName.BINANCE_SPOT)
-        writer = db.writer("book_tickers")
         sent = await db.insert_book_ticker_snapshots(tickers(10, start_id=1))
         await db.flush(timeout=WAIT_S)
         spool.rmdir()
@@ -246,8 +243,8 @@ async def test_unwritable_spool_during_outage_keeps_rows_in_memory(crash_server,
         for _ in range(5):
             sent += await db.insert_book_ticker_snapshots(tickers(150, start_id=sent + 1))
         # The age timer seals the last 150 rows while commits fail: it tries to spool them and must survive that.
-        await asyncio.wait_for(_sealed_all(writer, sent - 10), WAIT_S)
-        assert writer.stats.batches_spooled == 0
+        await asyncio.wait_for(_sealed_all(db, sent - 10), WAIT_S)
+        assert db.writer_stats("book_tickers")["batches_spooled"] == 0
         spool.unlink()
         spool.mkdir()
         await crash_server.start_again()
@@ -261,7 +258,7 @@ async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> None:
         await asyncio.sleep(0.01)
 
 
-async def _sealed_all(writer: BatchWriter, rows: int) -> None:
+async def _sealed_all(db: DatabaseManager, rows: int) -> None:
     # Every row in a sealed batch (the current one empty), all of them still in memory.
-    while writer.snapshot()["rows_in_memory"] != rows or writer.current.rows:
+    while (stats := db.writer_stats("book_tickers"))["rows_in_memory"] != rows or stats["rows_unsealed"]:
         await asyncio.sleep(0.01)

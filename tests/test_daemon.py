@@ -27,12 +27,12 @@ import msgspec
 import pytest
 
 from hftdb.config import Settings, load_settings
-from hftdb.daemon import Daemon
-from hftdb.target import with_database
+from hftdb.service.daemon import Daemon
+from hftdb.db.target import with_database
 from hftdb.errors import ConfigError
-from hftdb.metrics import family_names
+from hftdb.service.metrics import family_names
 from hftdb.models import ExchangeName as E
-from hftdb.server import EmbeddedServer
+from hftdb.db.server import EmbeddedServer
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -147,7 +147,7 @@ def json_lines(text: str) -> list[dict]:
 
 async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hftdb.cli", *args, cwd=str(ROOT), env=env,
+        sys.executable, "-m", "hftdb.ops.cli", *args, cwd=str(ROOT), env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     async with asyncio.timeout(60):
@@ -223,7 +223,7 @@ async def test_demo_daemon_ingests_until_sigterm_then_holds_every_sent_message_o
     summary = stdout.strip().splitlines()
     assert len(summary) == 1 and summary[0].startswith("hftdb stopped after"), stdout
     logs = json_lines(stderr)
-    status_lines = [r for r in logs if r["logger"] == "hftdb.status" and r.get("feed")]
+    status_lines = [r for r in logs if r["logger"] == "hftdb.service.status" and r.get("feed")]
     assert {r["feed"] for r in status_lines} == set(VENUES)
     line = status_lines[-1]
     for field in ("msgs_per_s", "rows", "queue_rows", "flush_p99_ms", "reconnects", "gaps", "rejects"):
@@ -330,7 +330,7 @@ async def wait_for(predicate, *, timeout: float) -> None:
 
 
 async def test_health_turns_503_while_a_feed_is_stale_and_recovers(demo_settings, caplog):
-    caplog.set_level("INFO", logger="hftdb.status")
+    caplog.set_level("INFO", logger="hftdb.service.status")
     daemon = Daemon(demo_settings, demo=True)
     await daemon.start()
     try:
@@ -353,7 +353,7 @@ async def test_health_turns_503_while_a_feed_is_stale_and_recovers(demo_settings
         summary = await daemon.close()
     assert summary.feeds == 6 and summary.committed["book_tickers"] > 0
     assert summary.line().startswith("hftdb stopped after")
-    lines = [r.getMessage() for r in caplog.records if r.name == "hftdb.status"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "hftdb.service.status"]
     assert any(line.startswith("okx_spot: ") and "msg/s" in line for line in lines)
     assert any(line.startswith("writers: book_tickers") for line in lines)
     assert await daemon.close() is summary  # idempotent
@@ -423,7 +423,7 @@ async def test_a_metrics_port_in_use_stops_the_start_with_the_key_named(demo_set
 async def test_hftdb_run_is_the_daemon_too(tmp_path):
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hftdb.cli", "--demo", "run", cwd=str(ROOT), env=daemon_env(tmp_path, port),
+        sys.executable, "-m", "hftdb.ops.cli", "--demo", "run", cwd=str(ROOT), env=daemon_env(tmp_path, port),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
     )
     try:

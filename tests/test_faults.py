@@ -35,7 +35,7 @@ async def _produce(db: DatabaseManager, stop: asyncio.Event, *, chunk: int = 200
 
 
 async def _wait_committed(db: DatabaseManager, at_least: int) -> None:
-    while db.writer("book_tickers").stats.rows_committed < at_least:
+    while db.writer_stats("book_tickers")["rows_committed"] < at_least:
         await asyncio.sleep(0.01)
 
 
@@ -45,14 +45,14 @@ async def test_server_restart_during_sustained_ingest(fault_server, tmp_path):
         stop = asyncio.Event()
         producer = asyncio.create_task(_produce(db, stop))
         for mode in ("fast", "immediate", "fast"):
-            committed = db.writer("book_tickers").stats.rows_committed
+            committed = db.writer_stats("book_tickers")["rows_committed"]
             await asyncio.wait_for(_wait_committed(db, committed + 2_000), 60)
             await fault_server.restart(mode=mode)
-        await asyncio.wait_for(_wait_committed(db, db.writer("book_tickers").stats.rows_committed + 2_000), 60)
+        await asyncio.wait_for(_wait_committed(db, db.writer_stats("book_tickers")["rows_committed"] + 2_000), 60)
         stop.set()
         sent = await producer
         await db.flush(timeout=60)
-        retries = db.writer("book_tickers").stats.retries
+        retries = db.writer_stats("book_tickers")["retries"]
     assert retries > 0, "the restarts never hit the writer: the test did not test anything"
     assert await _counts(fault_server.dsn) == (sent, sent)
 
@@ -66,7 +66,7 @@ async def test_terminate_backend_during_flush(fault_server, tmp_path):
         killed = 0
         try:
             for _ in range(20):
-                await asyncio.wait_for(_wait_committed(db, db.writer("book_tickers").stats.rows_committed + 500), 60)
+                await asyncio.wait_for(_wait_committed(db, db.writer_stats("book_tickers")["rows_committed"] + 500), 60)
                 # The COPY (or the statement after it) of an in-flight batch: terminate that backend.
                 killed += await admin.fetchval(
                     """SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
@@ -90,9 +90,8 @@ async def test_outage_spools_and_replays_in_order(fault_server, tmp_path):
         await fault_server.kill()
         for i in range(30):
             sent += await db.insert_book_ticker_snapshots(tickers(500, start_id=sent))
-        writer = db.writer("book_tickers")
-        assert writer.stats.batches_spooled > 0
-        assert writer.snapshot()["rows_in_memory"] <= 2_000 + 500
+        assert db.writer_stats("book_tickers")["batches_spooled"] > 0
+        assert db.writer_stats("book_tickers")["rows_in_memory"] <= 2_000 + 500
         spool_files = list((tmp_path / "spool" / "book_tickers").glob("*.spool"))
         assert spool_files
         await fault_server.start_again()
@@ -116,14 +115,14 @@ async def test_spool_survives_process_restart(fault_server, tmp_path):
     assert list((tmp_path / "spool" / "book_tickers").glob("*.spool"))
     await fault_server.start_again()
     async with DatabaseManager(fault_server.dsn, settings=cfg) as db2:
-        assert db2.writer("book_tickers").stats.batches_replayed > 0
+        assert db2.writer_stats("book_tickers")["batches_replayed"] > 0
         await db2.flush(timeout=60)
     assert await _counts(fault_server.dsn) == (sent + 10, sent + 10)
 
 
 async def test_replay_of_a_committed_batch_is_not_duplicated(fault_server, tmp_path):
     """A batch that committed but stayed in the spool (crash before the file was removed) is skipped."""
-    from hftdb.spool import Spool
+    from hftdb.store.spool import Spool
 
     cfg = settings(tmp_path, batch_max_rows=1000)
     async with DatabaseManager(fault_server.dsn, settings=cfg) as db:
@@ -143,7 +142,7 @@ async def test_replay_of_a_committed_batch_is_not_duplicated(fault_server, tmp_p
     path.write_bytes(copy_of)
     async with DatabaseManager(fault_server.dsn, settings=cfg) as db:
         await db.flush(timeout=60)
-        assert db.writer("book_tickers").stats.duplicates_skipped == 1
+        assert db.writer_stats("book_tickers")["duplicates_skipped"] == 1
     assert await _counts(fault_server.dsn) == (310, 310)
 
 
@@ -155,18 +154,17 @@ async def test_full_buffer_policies(fault_server, tmp_path, policy):
         await db.insert_book_ticker_snapshots(tickers(10, start_id=10**6))
         await db.flush()
         await fault_server.kill()
-        writer = db.writer("book_tickers")
         accepted = 0
         if policy == "raise":
             with pytest.raises(BufferFullError):
                 for _ in range(50):
                     accepted += await db.insert_book_ticker_snapshots(tickers(100, start_id=accepted))
-            assert writer.snapshot()["rows_in_memory"] <= 1_000
+            assert db.writer_stats("book_tickers")["rows_in_memory"] <= 1_000
         elif policy == "drop_oldest":
             for _ in range(50):
                 accepted += await db.insert_book_ticker_snapshots(tickers(100, start_id=accepted))
-            assert writer.stats.rows_dropped > 0
-            assert writer.snapshot()["rows_in_memory"] <= 1_000 + 100
+            assert db.writer_stats("book_tickers")["rows_dropped"] > 0
+            assert db.writer_stats("book_tickers")["rows_in_memory"] <= 1_000 + 100
         else:
             async def produce() -> int:
                 n = 0
@@ -176,12 +174,12 @@ async def test_full_buffer_policies(fault_server, tmp_path, policy):
             task = asyncio.create_task(produce())
             done, _ = await asyncio.wait({task}, timeout=1.0)
             assert not done, "producer should be blocked while the buffer is full"
-            assert writer.snapshot()["rows_in_memory"] <= 1_000
+            assert db.writer_stats("book_tickers")["rows_in_memory"] <= 1_000
         await fault_server.start_again()
         if policy == "block":
             accepted = await asyncio.wait_for(task, 60)
         await db.flush(timeout=60)
-        dropped = writer.stats.rows_dropped
+        dropped = db.writer_stats("book_tickers")["rows_dropped"]
     total, distinct = await _counts(fault_server.dsn)
     assert total == distinct == accepted - dropped + 10
     if policy != "drop_oldest":
@@ -199,7 +197,7 @@ async def test_close_while_database_down_without_spool_reports_loss(fault_server
     await db.insert_book_ticker_snapshots(tickers(10, start_id=10))
     with contextlib.suppress(Exception):
         await db.close(timeout=0.5)
-    assert db.writer("book_tickers").stats.rows_dropped == 10
+    assert db.writer_stats("book_tickers")["rows_dropped"] == 10
     assert "no room to spool" in caplog.text
     await fault_server.start_again()
 

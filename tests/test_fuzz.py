@@ -8,7 +8,7 @@ the sizes of the socket reads they arrive in, then checks:
   book), gives what its family says (a good frame its own row and nothing else, a bad frame exactly one reject
   and no row); and the interleaved run gives exactly the sum of the frames alone: the same rows, each once, the
   same rejects by reason, the same duplicates. So no frame costs another frame.
-* **Through ingest-file** (:func:`~hftdb.replay.replay_frames` into a real database): within a bounded time,
+* **Through ingest-file** (:func:`~hftdb.ops.replay.replay_frames` into a real database): within a bounded time,
   every good frame's row is stored exactly once (counted in the database by the frame's own update id or
   exchange time), no bad frame's row is stored, and the rejects the result reports are the bad frames.
 
@@ -41,7 +41,7 @@ from hftdb.exchanges.intake import Intake
 from hftdb.exchanges.registry import create_adapter, create_parser
 from hftdb.exchanges.runner import StreamRunner
 from hftdb.models import now_us
-from hftdb.replay import replay_frames
+from hftdb.ops.replay import replay_frames
 
 from fuzzing import (CHANNELS, DOCUMENTS, FAMILIES, FIXTURES, check_intake, check_stored, mutated_documents, plans,
                      stored)
@@ -85,9 +85,9 @@ def _cases(xfails: dict[tuple[str, str], str], groups: tuple[str, ...]) -> list:
 
 @pytest.fixture(scope="module")
 def sink(pg_admin_dsn):
-    """The intake's sink: a real DatabaseManager (the intake packs rows for it, as live), never opened: the
-    intake only asks it for symbol ids it already knows, which takes no I/O."""
-    return DatabaseManager(pg_admin_dsn, settings=_settings())
+    """The intake's sink: a real DatabaseManager's feed sink (the intake packs rows for it, as live), never opened:
+    the intake only asks it for symbol ids it already knows, which takes no I/O."""
+    return DatabaseManager(pg_admin_dsn, settings=_settings()).feed_sink()
 
 
 @pytest.fixture

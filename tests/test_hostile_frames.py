@@ -33,7 +33,7 @@ from hftdb.exchanges.signing import Credentials
 from hftdb.models import Balance, BookTicker, Exchange, ExchangeName as E, FundingRate, Symbol, now_us
 from hftdb.wire import loader
 from hftdb.wire.books import PackedBooks
-from hftdb.replay import ingest_file
+from hftdb.ops.replay import ingest_file
 from hftdb.simulator import ExchangeSimulator, Limits
 
 MS = 1_700_000_000_000  # a plausible exchange time (2023), in ms
@@ -193,7 +193,8 @@ def test_each_hostile_frame_is_rejected_alone_with_its_reason(venue, per_read):
     t = now_us()
     books: list[BookTicker] = []
     for start in range(0, len(raw), per_read):
-        got, funding, _ = intake.process([(t, raw[start:start + per_read])])
+        batch = intake.process([(t, raw[start:start + per_read])])
+        got, funding = batch.book_tickers, batch.funding_rates
         books.extend(got)
         assert funding == []
     good = [json.loads(f) for f, reason in frames if reason is None]
@@ -218,7 +219,7 @@ def test_a_frame_whose_handling_raises_costs_only_itself(packed):
     adapter, intake = intake_of(E.BINANCE_USDM, sink)
     frames = [binance_book("BTCUSDT", 1), binance_book("SOLUSDT", 2), binance_book("ETHUSDT", 3),
               binance_book("SOLUSDT", 4), binance_book("BTCUSDT", 5)]
-    books, _, _ = intake.process([(now_us(), [f.encode() for f in frames])])
+    books = intake.process([(now_us(), [f.encode() for f in frames])]).book_tickers
     assert [(b.symbol, b.update_id) for b in books] == [("BTCUSDT", 1), ("ETHUSDT", 3), ("BTCUSDT", 5)]
     assert adapter.rejects.counts == {"parser_error": 2}
     assert adapter.stats.duplicates == 0
@@ -247,7 +248,8 @@ def test_a_packed_read_that_raises_midway_loses_only_the_frame_that_raises():
     position = {"e": "outboundAccountPosition", "E": MS, "u": MS, "B": [{"a": "BTC", "f": "1", "l": "0"}]}
     frames = [binance_book("BTCUSDT", 1), json.dumps(position), binance_book("ETHUSDT", 2),
               binance_book("BOOMUSDT", 3), binance_book("ETHUSDT", 4), binance_book("BTCUSDT", 5)]
-    books, _, balances = intake.process([(now_us(), [f.encode() for f in frames])])
+    batch = intake.process([(now_us(), [f.encode() for f in frames])])
+    books, balances = batch.book_tickers, batch.balances
     assert [(b.symbol, b.update_id) for b in books] == [("BTCUSDT", 1), ("ETHUSDT", 2), ("ETHUSDT", 4),
                                                          ("BTCUSDT", 5)]
     assert [b.asset for b in balances] == ["BTC"]
@@ -271,12 +273,12 @@ def _a_deep_frame_inside_a_packed_read_counts_no_duplicate():
     adapter, intake = intake_of(E.BINANCE_USDM, PackedSink({"BTCUSDT": 1, "ETHUSDT": 2}))
     deep = '{"stream":"btcusdt@bookTicker","data":{"e":"bookTicker","x":%s}}' % DEEP
     frames = [binance_book("BTCUSDT", 1), binance_book("ETHUSDT", 2), deep, binance_book("BTCUSDT", 3)]
-    books, _, _ = intake.process([(now_us(), [f.encode() for f in frames])])
+    books = intake.process([(now_us(), [f.encode() for f in frames])]).book_tickers
     assert [(b.symbol, b.update_id) for b in books] == [("BTCUSDT", 1), ("ETHUSDT", 2), ("BTCUSDT", 3)]
     assert adapter.rejects.counts == {"too_deep": 1}
     assert adapter.stats.duplicates == 0
     frames = [binance_book("ETHUSDT", 4), binance_book("BTCUSDT", 3), deep, binance_book("ETHUSDT", 5)]
-    books, _, _ = intake.process([(now_us(), [f.encode() for f in frames])])
+    books = intake.process([(now_us(), [f.encode() for f in frames])]).book_tickers
     assert [(b.symbol, b.update_id) for b in books] == [("ETHUSDT", 4), ("ETHUSDT", 5)]
     assert adapter.rejects.counts == {"too_deep": 2}
     assert adapter.stats.duplicates == 1
@@ -291,7 +293,7 @@ def _spot_book(u: int) -> bytes:
 def test_an_update_id_out_of_range_does_not_block_its_spot_symbol(packed):
     adapter, intake = intake_of(E.BINANCE_SPOT, (PackedSink if packed else MemorySink)({"BTCUSDT": 1}))
     frames = [_spot_book(1), _spot_book(2**63), _spot_book(-2), _spot_book(2), _spot_book(2**64), _spot_book(3)]
-    books, _, _ = intake.process([(now_us(), frames[:3]), (now_us(), frames[3:])])
+    books = intake.process([(now_us(), frames[:3]), (now_us(), frames[3:])]).book_tickers
     assert [b.update_id for b in books] == [1, 2, 3]
     assert adapter.rejects.counts == {"bad_update_id": 3}
     assert adapter.stats.duplicates == 0
@@ -304,7 +306,7 @@ def test_a_balance_time_past_int8_is_rejected_bad_time():
         event = {"e": "outboundAccountPosition", "E": event_ms, "u": event_ms,
                  "B": [{"a": "BTC", "f": "1", "l": "0"}]}
         frames.append(json.dumps({"subscriptionId": 0, "event": event}).encode())
-    _, _, balances = intake.process([(now_us(), frames)])
+    balances = intake.process([(now_us(), frames)]).balances
     assert [b.exchange_ts for b in balances] == [MS * 1000, (MS + 1) * 1000]
     assert adapter.rejects.counts == {"bad_time": 1}
 
@@ -314,7 +316,7 @@ def test_a_balance_asset_that_cannot_be_stored_is_rejected_alone():
     event = {"e": "outboundAccountPosition", "E": MS, "u": MS, "B": [
         {"a": "BTC", "f": "1", "l": "0"}, {"a": "E\u0000TH", "f": "1", "l": "0"}, {"a": "\u001b[31m", "f": "1", "l": "0"},
         {"a": "USDT", "f": "2", "l": "1"}]}
-    _, _, balances = intake.process([(now_us(), [json.dumps({"subscriptionId": 0, "event": event}).encode()])])
+    balances = intake.process([(now_us(), [json.dumps({"subscriptionId": 0, "event": event}).encode()])]).balances
     assert [b.asset for b in balances] == ["BTC", "USDT"]
     assert adapter.rejects.counts == {"bad_symbol": 2}
 
@@ -329,7 +331,7 @@ def test_okx_funding_without_ts_keeps_the_settlement_time_and_each_new_rate():
     period, next_period = MS + 3_600_000, MS + 3_600_000 + 28_800_000
     pushes = [push("0.0001", period), push("0.0001", period), push("0.0002", period), push("0.0001", period),
               push("0.0003", next_period)]
-    _, funding, _ = intake.process([(now_us(), pushes)])
+    funding = intake.process([(now_us(), pushes)]).funding_rates
     assert [(f.rate, f.exchange_ts, f.next_funding_ts) for f in funding] == [
         (0.0001, None, period * 1000), (0.0002, None, period * 1000), (0.0001, None, period * 1000),
         (0.0003, None, next_period * 1000)]

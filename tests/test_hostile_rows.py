@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from hftdb import Balance, BookTicker, DatabaseManager, ExchangeName, FundingRate, Symbol, ValidationError, now_us
-from hftdb import dberrors
+from hftdb.db import dberrors
 
 from helpers import settings, sql, tickers
 
@@ -47,7 +47,7 @@ async def test_bad_symbols_are_rejected_and_good_rows_stored(dsn, tmp_path, size
         await asyncio.wait_for(db.flush(), BOUND)
         assert await _count(db, "SELECT count(*) FROM book_tickers") == size
         assert await _count(db, "SELECT count(DISTINCT update_id) FROM book_tickers") == size
-        assert db.writer("book_tickers").rejects.counts == {"symbol_bad_char": len(BAD_TEXT)}
+        assert db.writer_stats("book_tickers")["rejects"] == {"symbol_bad_char": len(BAD_TEXT)}
         assert await _count(db, "SELECT count(*) FROM symbols") == 5
         # The writer goes on: a later call (cached names, vectorized when big) is stored too.
         more = tickers(size, start_id=size, symbols=5)
@@ -66,7 +66,7 @@ async def test_bad_exchange_names_are_rejected_alone(dsn, tmp_path):
         assert await asyncio.wait_for(db.insert_book_ticker_snapshots(good + bad), BOUND) == 10
         await asyncio.wait_for(db.flush(), BOUND)
         assert await _count(db, "SELECT count(*) FROM book_tickers") == 10
-        assert db.writer("book_tickers").rejects.counts == {"exchange_bad_char": 2}
+        assert db.writer_stats("book_tickers")["rejects"] == {"exchange_bad_char": 2}
         with pytest.raises(ValidationError):
             await db.insert_exchange("bad\x00name")
 
@@ -80,7 +80,7 @@ async def test_bad_funding_symbols_are_rejected(dsn, tmp_path):
         assert await asyncio.wait_for(db.insert_funding_rates(good[:4] + bad + good[4:]), BOUND) == 9
         await asyncio.wait_for(db.flush(), BOUND)
         assert await _count(db, "SELECT count(*) FROM funding_rates") == 9
-        assert db.writer("funding_rates").rejects.counts == {"symbol_bad_char": len(BAD_TEXT)}
+        assert db.writer_stats("funding_rates")["rejects"] == {"symbol_bad_char": len(BAD_TEXT)}
 
 
 async def test_bad_balance_text_is_rejected(dsn, tmp_path):
@@ -100,7 +100,7 @@ async def test_bad_balance_text_is_rejected(dsn, tmp_path):
         await asyncio.wait_for(db.flush(), BOUND)
         assert await _count(db, "SELECT count(*) FROM balances") == 6
         assert await _count(db, "SELECT count(*) FROM balances_latest") == 6
-        assert db.writer("balances").rejects.counts == {
+        assert db.writer_stats("balances")["rejects"] == {
             "asset_bad_char": 3, "account_bad_char": 2, "exchange_bad_char": 1}
 
 
@@ -146,7 +146,7 @@ async def test_columns_path_beside_bad_rows(dsn, tmp_path):
         assert taken == n - 1
         await asyncio.wait_for(db.flush(), BOUND)
         assert await _count(db, "SELECT count(*) FROM book_tickers") == n - 1
-        assert db.writer("book_tickers").rejects.counts == {"symbol_bad_char": len(BAD_TEXT),
+        assert db.writer_stats("book_tickers")["rejects"] == {"symbol_bad_char": len(BAD_TEXT),
                                                             "unknown_symbol_id": 1}
 
 
@@ -200,9 +200,8 @@ async def test_rows_the_server_refuses_at_commit_are_rejected_alone(dsn, tmp_pat
         stored = {r["update_id"] for r in await sql(db).fetch("SELECT update_id FROM book_tickers")}
         assert stored == {r.update_id for i, r in enumerate(rows) if i not in refused | {latest_refused}}
         assert await _count(db, "SELECT count(*) FROM book_tickers") == len(stored)
-        w = db.writer("book_tickers")
-        assert w.rejects.counts == {"db_23514": len(refused) + 1}
-        assert w.stats.rows_committed == len(stored)
+        assert db.writer_stats("book_tickers")["rejects"] == {"db_23514": len(refused) + 1}
+        assert db.writer_stats("book_tickers")["rows_committed"] == len(stored)
         await _latest_matches_history(db)
         # The writer keeps committing, and the batches' ledger rows cover the stored rows exactly.
         more = tickers(size, start_id=size, symbols=7)
@@ -232,8 +231,8 @@ async def test_refused_balances_and_funding_rates_are_rejected_alone(dsn, tmp_pa
         assert await _count(db, "SELECT count(*) FROM balances") == 39
         assert await _count(db, "SELECT count(*) FROM balances WHERE free >= 1000000") == 0
         assert await _count(db, "SELECT count(*) FROM funding_rates") == 38
-        assert db.writer("balances").rejects.counts == {"db_23514": 1}
-        assert db.writer("funding_rates").rejects.counts == {"db_23514": 2}
+        assert db.writer_stats("balances")["rejects"] == {"db_23514": 1}
+        assert db.writer_stats("funding_rates")["rejects"] == {"db_23514": 2}
         # Latest rows are the newest stored ones, exact numerics intact.
         latest = {(b.asset): b for b in await db.get_latest_balances(ExchangeName.BINANCE_USDM)}
         assert latest["A3"].free == Decimal(39) / 3 and latest["A3"].recv_ts == t + 39
@@ -263,15 +262,14 @@ async def test_taking_a_batch_apart_is_exactly_once_across_a_lost_connection(dsn
             rows[i].bid_price, rows[i].ask_price = 13.0, 14.0
         assert await asyncio.wait_for(db.insert_book_ticker_snapshots(rows), BOUND) == 1000
         await asyncio.wait_for(db.flush(), BOUND * 3)
-        w = db.writer("book_tickers")
         async with db.connection() as conn:
             assert await conn.fetchval("SELECT last_value FROM ledger_writes") > 2  # the kill did happen
             stored = [r[0] for r in await conn.fetch("SELECT update_id FROM book_tickers")]
             ledger_rows = await conn.fetchval("SELECT sum(row_count) FROM ingest_batches")
         assert sorted(stored) == [r.update_id for i, r in enumerate(rows) if i not in refused]
         assert ledger_rows == 998
-        assert w.rejects.counts == {"db_23514": 2}
-        assert w.stats.retries >= 2  # the refusal, and the lost connection
+        assert db.writer_stats("book_tickers")["rejects"] == {"db_23514": 2}
+        assert db.writer_stats("book_tickers")["retries"] >= 2  # the refusal, and the lost connection
         await _latest_matches_history(db)
 
 
@@ -305,12 +303,10 @@ async def test_a_call_sent_twice_is_stored_once(dsn, tmp_path, size, by_id):
         doubled = [r for pair in zip(again, again) for r in pair]
         assert await db.insert_book_ticker_snapshots(doubled) == size
         await db.flush()
-        w = db.writer("book_tickers")
         assert await _stored_count(db) == 2 * size
         assert await _count(db, "SELECT count(DISTINCT update_id) FROM book_tickers") == 2 * size
-        assert w.stats.rows_duplicate == len(rest) + size
-        assert w.snapshot()["rows_duplicate"] == len(rest) + size
-        assert w.rejects.counts == {}
+        assert db.writer_stats("book_tickers")["rows_duplicate"] == len(rest) + size
+        assert db.writer_stats("book_tickers")["rejects"] == {}
         await _latest_matches_history(db)
 
 
@@ -327,7 +323,7 @@ async def test_rows_at_one_receipt_time_are_not_duplicates_unless_equal(dsn, tmp
             t += 1_000_000
         await db.flush()
         assert await _stored_count(db) == 620
-        assert db.writer("book_tickers").stats.rows_duplicate == 0
+        assert db.writer_stats("book_tickers")["rows_duplicate"] == 0
 
 
 async def test_duplicate_columns_and_other_tables(dsn, tmp_path):
@@ -355,9 +351,9 @@ async def test_duplicate_columns_and_other_tables(dsn, tmp_path):
         assert await _stored_count(db) == n
         assert await _stored_count(db, "funding_rates") == 5
         assert await _stored_count(db, "balances") == 5
-        assert db.writer("book_tickers").stats.rows_duplicate == n
-        assert db.writer("funding_rates").stats.rows_duplicate == 10
-        assert db.writer("balances").stats.rows_duplicate == 4
+        assert db.writer_stats("book_tickers")["rows_duplicate"] == n
+        assert db.writer_stats("funding_rates")["rows_duplicate"] == 10
+        assert db.writer_stats("balances")["rows_duplicate"] == 4
 
 
 async def test_names_the_server_refuses_reject_only_their_rows(dsn, tmp_path):
@@ -371,7 +367,7 @@ async def test_names_the_server_refuses_reject_only_their_rows(dsn, tmp_path):
         assert await asyncio.wait_for(db.insert_book_ticker_snapshots(evil + good), BOUND) == 30
         await asyncio.wait_for(db.flush(), BOUND)
         assert await _stored_count(db) == 30
-        assert db.writer("book_tickers").rejects.counts == {"symbol_rejected": 2}
+        assert db.writer_stats("book_tickers")["rejects"] == {"symbol_rejected": 2}
 
 
 async def test_an_error_retrying_cannot_fix_is_retried_a_few_times_then_rejected(dsn, tmp_path):
@@ -391,10 +387,9 @@ async def test_an_error_retrying_cannot_fix_is_retried_a_few_times_then_rejected
         rows[77].bid_price, rows[77].ask_price = 13.0, 14.0
         assert await asyncio.wait_for(db.insert_book_ticker_snapshots(rows), BOUND) == 200
         await asyncio.wait_for(db.flush(), BOUND * 3)
-        w = db.writer("book_tickers")
         assert await _stored_count(db) == 199
-        assert w.rejects.counts == {"db_P0001": 1}
-        assert w.stats.retries == dberrors.MAX_OTHER_ATTEMPTS
+        assert db.writer_stats("book_tickers")["rejects"] == {"db_P0001": 1}
+        assert db.writer_stats("book_tickers")["retries"] == dberrors.MAX_OTHER_ATTEMPTS
 
 
 async def test_a_unit_of_work_gets_a_validation_error_for_a_refused_row(dsn, tmp_path):

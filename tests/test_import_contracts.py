@@ -48,16 +48,26 @@ def test_contracts_hold_on_the_package(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("module", "line", "contract"), [
-    ("exchanges/intake.py", "from ..writer import BatchWriter", "never import the database layer"),
-    ("exchanges/session.py", "import hftdb.commit", "never import the database layer"),
-    ("exchanges/intake.py", "from ..packed import add_packed", "never import the database layer"),
-    ("vector.py", "from .wire._native import _vector_fast", "Only the wire layer's loader imports the C extensions"),
+    ("exchanges/intake.py", "from ..store.writer import BatchWriter", "never import the database layer"),
+    ("exchanges/session.py", "import hftdb.store.commit", "never import the database layer"),
+    ("exchanges/intake.py", "from ..store.packed import add_packed", "never import the database layer"),
+    ("exchanges/runner.py", "from ..read import notify", "never import the database layer"),
+    ("exchanges/parsing.py", "from ..db import dberrors", "never import the database layer"),
+    ("exchanges/connection.py", "import asyncpg", "never import the database layer"),
+    ("store/vector.py", "from ..wire._native import _vector_fast", "Only the wire layer's loader imports"),
     ("wire/rules.py", "import asyncio", "The wire layer does no I/O"),
     ("wire/books.py", "from ..exchanges import parsing", "Layers"),
     ("models.py", "from .wire import rules", "Layers"),
-    ("manager.py", "from . import daemon", "Layers"),
+    ("errors.py", "from . import config", "Layers"),
+    ("manager.py", "from .service import daemon", "Layers"),
+    ("service/daemon.py", "from ..ops import cli", "Layers"),
+    ("db/partitions.py", "from ..store import writer", "Layers"),
+    ("read/reads.py", "from ..store import tables", "Layers"),
+    ("store/writer.py", "from ..read import notify", "Layers"),
+    ("store/tables.py", "from ..exchanges import parsing", "Layers"),
     ("exchanges/parsing.py", "from . import intake", "No new import loops"),
-    ("spool.py", "from . import writer", "No new import loops"),
+    ("store/spool.py", "from . import writer", "No new import loops"),
+    ("db/locks.py", "from . import schema", "No new import loops"),
 ])
 def test_a_new_violation_fails_the_check(tmp_path: Path, module: str, line: str, contract: str) -> None:
     src = _copy(tmp_path)
@@ -85,3 +95,22 @@ def test_only_the_loader_names_a_c_extension():
             if any(part in native for name in names for part in name.split(".")):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert offenders == []
+
+
+@pytest.mark.parametrize("module", [
+    "hftdb", "hftdb.models", "hftdb.wire", "hftdb.wire.books", "hftdb.exchanges.parse_binance",
+])
+def test_the_bottom_layers_load_without_the_database_client(module: str) -> None:
+    # The package root imports its front lazily (PEP 562): a fresh interpreter that imports the records, the wire
+    # formats or a feed's parser has not loaded asyncpg, the write path, the read path or the manager.
+    code = f"import sys, {module}; print(sorted(m for m in sys.modules if m == 'asyncpg' or m.startswith(" \
+           "('hftdb.store', 'hftdb.read', 'hftdb.db', 'hftdb.manager'))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_root_still_gives_the_lazy_names() -> None:
+    code = "import sys, hftdb; m = hftdb.DatabaseManager; print(m.__module__, 'asyncpg' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.stdout.split() == ["hftdb.manager", "True"], out.stderr

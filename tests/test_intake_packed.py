@@ -1,4 +1,4 @@
-"""Packed book rows (``hftdb.packed``): the intake packs COPY tuples while parsing, and the writer takes them whole.
+"""Packed book rows (``hftdb.store.packed``): the intake packs COPY tuples while parsing, and the writer takes them whole.
 
 The same frames go once through the packed path (the sink is a ``DatabaseManager``) and once through the public
 path (the same manager behind a proxy without ``insert_packed_book_tickers``), each into its own database. The
@@ -25,8 +25,8 @@ from hftdb.exchanges.binance import BinanceAdapter
 from hftdb.exchanges.intake import Intake
 from hftdb.exchanges.runner import StreamRunner
 from hftdb.models import BookTicker, ExchangeName, Symbol
-from hftdb.tables import FUTURE_SLACK_US, BookTickerWriter
-from hftdb.packed import add_packed
+from hftdb.store.tables import FUTURE_SLACK_US, BookTickerWriter
+from hftdb.store.packed import add_packed
 from hftdb.wire.books import PackedBooks
 from hftdb.wire.rules import book_fits
 
@@ -155,15 +155,16 @@ async def run(dsn: str, calls, *, packed: bool, max_rows: int):
         ex = await db.insert_exchange(USDM)
         await db.sync_symbols(USDM, [Symbol(exchange_id=ex.id, symbol=s, kind="perpetual", status="trading")
                                      for s in REGISTERED])
-        sink = db if packed else PublicPath(db)
+        sink = db.feed_sink() if packed else PublicPath(db)
         adapter = BinanceAdapter(USDM, sink, symbols=REGISTERED, channels=("bookTicker",))
         runner = StreamRunner(adapter)
         intake = Intake(runner, adapter.new_parser())
         taken_packed = []
         for chunks in calls:
-            books, funding, balances = intake.process(chunks)
+            batch = intake.process(chunks)
+            books = batch.book_tickers
             taken_packed.append(type(books) is PackedBooks and books.buf is not None)
-            await runner.push(books, funding, balances)
+            await runner.push(batch)
         await db.flush()
         writer = (await db.get_database_stats())["writers"]["book_tickers"]
         feed = adapter.stats.as_dict()
@@ -277,8 +278,8 @@ def test_exchange_span_and_straddled_batches_read_the_packed_call():
     t = now_us()
     frames = [frame(f"S{1 + i % 40:03d}USDT", gen.next_u(), "1.5", "2", "1.6", "3", e=1_700_000_000_000 + i * 7)
               for i in range(108)]
-    first, _, _ = intake.process([(t, frames[:13])])
-    books, _, _ = intake.process([(t + 1 + i, frames[13 + i * 10:23 + i * 10]) for i in range(10)])
+    first = intake.process([(t, frames[:13])]).book_tickers
+    books = intake.process([(t + 1 + i, frames[13 + i * 10:23 + i * 10]) for i in range(10)]).book_tickers
     assert type(books) is PackedBooks and books.buf is not None and books.ordered and len(books) == 95
     assert books.exchange_span() == (min(r.exchange_ts for r in books), max(r.exchange_ts for r in books))
     assert PackedBooks(books).exchange_span() is None and PackedBooks().exchange_span() is None

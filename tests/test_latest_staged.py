@@ -16,7 +16,7 @@ import asyncpg
 from hftdb import BookTicker, DatabaseManager, ExchangeName, FundingRate, now_us
 from hftdb.config import DatabaseSettings, Settings
 from hftdb.wire.copy import HEADER, TRAILER
-from hftdb.tables import _BT, BookTickerWriter
+from hftdb.store.tables import _BT, BookTickerWriter
 from hftdb.wire.copy import copy_columns
 
 from helpers import settings, sql
@@ -84,9 +84,9 @@ async def test_out_of_order_rows_with_nulls_over_several_batches_per_commit(dsn,
             assert await db.insert_book_ticker_snapshots(rows) == len(rows)
             await db.flush()
             assert await _stored_latest(db) == _newest(sent)
-        stats = db.writer("book_tickers").stats
+        stats = db.writer_stats("book_tickers")
         # Several batches went in one commit (the group's latest rows merged across batches out of order).
-        assert stats.batches_committed > len(stats.commit_seconds)
+        assert stats["batches_committed"] > stats["commits"]
         assert await _counts(sql(db)) == (300, 300)
         nulls = await sql(db).fetchrow(
             "SELECT count(*) FILTER (WHERE exchange_ts IS NULL), count(*) FILTER (WHERE update_id IS NULL)"
@@ -139,9 +139,8 @@ async def test_spooled_batches_replay_their_latest_rows(dsn, tmp_path):
             await admin.close()
     assert list((tmp_path / "spool" / "book_tickers").glob("*.spool"))
     async with DatabaseManager(dsn, settings=cfg) as db:
-        writer = db.writer("book_tickers")
         await db.flush(timeout=60)
-        assert writer.stats.batches_replayed > 1
+        assert db.writer_stats("book_tickers")["batches_replayed"] > 1
         assert not list((tmp_path / "spool" / "book_tickers").glob("*.spool"))
         assert await _stored_latest(db) == _newest(first + held)
         assert await _counts(sql(db)) == (160, 160)
@@ -155,7 +154,6 @@ async def test_backend_terminated_inside_the_latest_statement_is_retried_once(ds
         await db.insert_exchange(ExchangeName.BINANCE_SPOT)
         await db.insert_book_ticker_snapshots(first)
         await db.flush()
-        writer = db.writer("book_tickers")
         locker, admin = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
         try:
             tx = locker.transaction()
@@ -177,7 +175,7 @@ async def test_backend_terminated_inside_the_latest_statement_is_retried_once(ds
         finally:
             await locker.close()
             await admin.close()
-        assert writer.stats.retries >= 1
+        assert db.writer_stats("book_tickers")["retries"] >= 1
         assert await _stored_latest(db) == _newest(first + second)
         assert await _counts(sql(db)) == (80, 80)
 
@@ -193,7 +191,6 @@ async def test_new_backends_and_dropped_staging_tables(dsn, tmp_path):
     sent: list[BookTicker] = []
     async with DatabaseManager(dsn, settings=_one_connection(tmp_path)) as db:
         await db.insert_exchange(ExchangeName.BINANCE_SPOT)
-        writer = db.writer("book_tickers")
 
         async def commit(seed: int) -> None:
             rows = _rows(40, symbols=7, t=t + seed * 1_000, seed=seed, start_id=seed * 1_000)
@@ -207,9 +204,9 @@ async def test_new_backends_and_dropped_staging_tables(dsn, tmp_path):
         # creates the table again.
         async with db.connection() as conn:
             await conn.execute("DISCARD TEMP")
-        retries = writer.stats.retries
+        retries = db.writer_stats("book_tickers")["retries"]
         await commit(1)
-        assert writer.stats.retries == retries + 1
+        assert db.writer_stats("book_tickers")["retries"] == retries + 1
         # Every backend of the pool replaced by a new one (no staging table yet).
         admin = await asyncpg.connect(dsn)
         try:

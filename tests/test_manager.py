@@ -6,17 +6,27 @@ import pytest
 
 import hftdb
 from hftdb import (
-    Balance, BookTicker, ClosedError, DatabaseManager, ExchangeName, FundingRate, StateError, Symbol,
-    UnknownExchangeError, UnknownSymbolError, ValidationError, now_us,
+    Balance,
+    BookTicker,
+    ClosedError,
+    DatabaseManager,
+    ExchangeName,
+    FundingRate,
+    StateError,
+    Symbol,
+    UnknownExchangeError,
+    UnknownSymbolError,
+    ValidationError,
+    now_us,
 )
-from hftdb.cache import TTLCache
+from hftdb.db.cache import TTLCache
 
 from helpers import settings, sql, tickers
 
 
 def test_public_surface_is_explicit():
     assert set(hftdb.__all__) == {
-        "DatabaseManager", "UnitOfWork", "Notification", "Subscription", "LatestMirror", "Exchange", "ExchangeName",
+        "DatabaseManager", "FeedSink", "UnitOfWork", "Notification", "Subscription", "LatestMirror", "Exchange", "ExchangeName",
         "Symbol", "BookTicker", "FundingRate", "Balance", "now_us", "Settings", "DatabaseSettings", "WriterSettings",
         "CacheSettings", "StorageSettings", "ReadSettings", "ArchiveSettings", "load_settings", "HftdbError",
         "ConfigError", "ValidationError", "UnknownExchangeError", "UnknownSymbolError", "StateError", "ClosedError",
@@ -34,10 +44,10 @@ MANAGER_API = {
     "insert_exchange", "get_exchange_by_enum", "get_all_exchanges", "insert_symbol", "sync_symbols", "get_symbol",
     "get_symbol_by_id", "get_symbols_by_exchange", "resolve_symbol_id", "invalidate_caches",
     "insert_book_ticker_snapshots", "insert_book_ticker_columns", "insert_funding_rates", "insert_balance_snapshots",
-    "insert_packed_book_tickers", "flush", "transaction", "writer",
+    "flush", "transaction", "writer_stats", "feed_sink",
     "get_latest_book_tickers", "get_latest_funding_rates", "get_latest_balances", "get_book_ticker_history",
     "get_funding_rate_history", "get_balance_history", "notifications", "latest_mirror", "read_status",
-    "read_router", "connection",
+    "check_reads", "connection",
     "get_database_stats", "health_check", "cleanup_old_data", "run_maintenance", "archive_partitions",
     "restore_archive", "distribute",
 }
@@ -170,7 +180,7 @@ async def test_each_bad_row_is_rejected_alone_and_counted(dsn, tmp_path):
         accepted = await db.insert_book_ticker_snapshots(rows)
         assert accepted == len(BAD)
         await db.flush()
-        rejects = db.writer("book_tickers").rejects.snapshot()
+        rejects = db.writer_stats("book_tickers")["rejects"]
         for reason in BAD:
             assert rejects.get(reason) == 1, (reason, rejects)
         assert rejects["symbol_too_long"] == 1
@@ -191,7 +201,7 @@ async def test_bad_balances_and_funding_rejected(dsn, tmp_path):
             Balance(**ok), Balance(**{**ok, "free": Decimal("NaN")}), Balance(**{**ok, "locked": Decimal("-1")}),
             Balance(**{**ok, "asset": ""}), Balance(**{**ok, "free": object()})])
         assert n == 1
-        assert db.writer("balances").rejects.snapshot() == {
+        assert db.writer_stats("balances")["rejects"] == {
             "amount_not_finite": 1, "locked_negative": 1, "asset_invalid": 1, "amount_wrong_type": 1}
         n = await db.insert_funding_rates([
             FundingRate("okx_spot", "BTC-USDT", 0.0001, t), FundingRate("okx_spot", "BTC-USDT", float("nan"), t),
@@ -279,7 +289,7 @@ async def test_symbol_cache_expiry_reads_database_again(dsn, tmp_path):
 
 
 async def test_maintenance_and_retention_through_the_manager(dsn, tmp_path):
-    from hftdb import partitions
+    from hftdb.db import partitions
 
     async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
         await db.insert_exchange(ExchangeName.BINANCE_SPOT)
@@ -313,11 +323,10 @@ async def test_age_timer_seals_a_batch_with_no_new_rows(dsn, tmp_path):
     # linger holds the idle flusher back; only the age timer can seal this batch.
     async with DatabaseManager(dsn, settings=settings(tmp_path, linger_ms=60_000.0, batch_max_age_ms=30.0)) as db:
         await db.insert_exchange(ExchangeName.BINANCE_SPOT)
-        writer = db.writer("book_tickers")
         await db.insert_book_ticker_snapshots(tickers(5))
-        while writer.stats.rows_committed < 5:
+        while db.writer_stats("book_tickers")["rows_committed"] < 5:
             await asyncio.sleep(0.005)
-        assert writer.stats.batches_committed == 1
+        assert db.writer_stats("book_tickers")["batches_committed"] == 1
 
 
 async def test_columnar_insert_matches_the_row_path(dsn, tmp_path):
@@ -339,7 +348,7 @@ async def test_columnar_insert_matches_the_row_path(dsn, tmp_path):
                                                     exchange_ts=exts, update_id=uid)
         assert taken == n - 3
         await db.flush()
-        rejects = db.writer("book_tickers").rejects.snapshot()
+        rejects = db.writer_stats("book_tickers")["rejects"]
         assert rejects == {"bid_price_nan": 1, "exchange_ts_out_of_range": 1, "unknown_symbol_id": 1}
         rows = await sql(db).fetch(
             "SELECT symbol_id, recv_ts, exchange_ts, bid_price, bid_qty, ask_price, ask_qty, update_id"

@@ -10,7 +10,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from hftdb.replicas import ReadPool
+from hftdb.read.replicas import ReadPool
 
 CLOSE_WAIT = 30.0  # a hang guard, not a timing assertion
 

@@ -7,9 +7,9 @@ import asyncpg
 import pytest
 
 from hftdb import Balance, BookTicker, DatabaseManager, ExchangeName, FundingRate, Symbol, ValidationError, now_us
-from hftdb import columnar, reads
+from hftdb.read import columnar, reads
 from hftdb.errors import DatabaseError
-from hftdb.schema import Migrator
+from hftdb.db.schema import Migrator
 from hftdb.wire.copy import HEADER, TRAILER
 
 from helpers import settings

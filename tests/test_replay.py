@@ -15,7 +15,7 @@ import pytest
 
 from hftdb import DatabaseManager
 from hftdb.config import load_settings
-from hftdb.replay import ingest_file
+from hftdb.ops.replay import ingest_file
 
 CAPTURES = [  # fixture, venue, channel, table, rows stored
     ("binance_usdm_bookTicker_combined_recorded.jsonl", "binance_usdm", "bookTicker", "book_tickers", None),

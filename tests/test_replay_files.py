@@ -26,7 +26,7 @@ from hftdb.exchanges.binance import BinanceAdapter
 from hftdb.exchanges.intake import Intake
 from hftdb.exchanges.runner import StreamRunner
 from hftdb.models import ExchangeName, now_us
-from hftdb.replay import DISORDER_US, MAX_LINE_BYTES, ingest_file, ingest_files
+from hftdb.ops.replay import DISORDER_US, MAX_LINE_BYTES, ingest_file, ingest_files
 
 USDM = ExchangeName.BINANCE_USDM
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
@@ -99,13 +99,13 @@ async def test_rows_stored_live_by_a_feed_are_not_written_again(dsn, tmp_path):
     async with DatabaseManager(dsn, settings=settings()) as db:
         # What a live connection does with frames: its own intake, stamped on receipt (a few ms after the
         # exchange time), pushed to the same DatabaseManager.
-        adapter = BinanceAdapter(USDM, db, symbols=SYMBOLS, channels=("bookTicker",))
+        adapter = BinanceAdapter(USDM, db.feed_sink(), symbols=SYMBOLS, channels=("bookTicker",))
         await db.insert_exchange(adapter.exchange_record())
         runner = StreamRunner(adapter)
         intake = Intake(runner, adapter.new_parser())
         for i in range(0, len(live), 100):
             recv = (T0_MS + (i + 99) * 10 + 5) * 1000
-            await runner.push(*intake.process([(recv, live[i:i + 100])]))
+            await runner.push(intake.process([(recv, live[i:i + 100])]))
         await db.flush()
         assert await stored_ids(dsn) == ids(0, 2000)
         # A capture of the same stream, a minute longer on each side.
@@ -232,7 +232,7 @@ async def test_unreadable_inputs_are_refused_before_anything_is_written(dsn, tmp
 
 async def cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hftdb.cli", *args, cwd=str(cwd), env=env,
+        sys.executable, "-m", "hftdb.ops.cli", *args, cwd=str(cwd), env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     async with asyncio.timeout(120):
         out, err = await proc.communicate()

@@ -19,8 +19,8 @@ import pytest
 
 from hftdb import ConfigError, DatabaseManager, DatabaseUnavailableError, ExchangeName, load_settings
 from hftdb.config import ReadSettings
-from hftdb.replicas import ReadRouter
-from hftdb.server import _run_tool, bin_dir
+from hftdb.read.replicas import ReadRouter
+from hftdb.db.server import _run_tool, bin_dir
 
 from helpers import settings, tickers
 
@@ -90,8 +90,8 @@ def _settings(tmp_path, replica_dsn: str, **reads):
     return msgspec.structs.replace(settings(tmp_path), reads=ReadSettings(**r))
 
 
-async def _until(router: ReadRouter, condition, what: str) -> None:
-    """Wait, health round by health round, until ``condition()`` (a bool or an awaitable of one) holds."""
+async def _until(db: DatabaseManager, condition, what: str) -> None:
+    """Health round by health round, until ``condition()`` (a bool or an awaitable of one) holds."""
     deadline = time.monotonic() + WAIT
     while True:
         met = condition()
@@ -100,8 +100,8 @@ async def _until(router: ReadRouter, condition, what: str) -> None:
         if met:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}: {router.status()}")
-        await router.wait_round(timeout=WAIT)
+            raise AssertionError(f"timed out waiting until {what}: {db.read_status()}")
+        await asyncio.wait_for(db.check_reads(), WAIT)
 
 
 def _replica(db: DatabaseManager) -> dict:
@@ -114,7 +114,6 @@ async def _latest_ids(db: DatabaseManager, **kw) -> set[int]:
 
 async def test_reads_use_the_replica_and_survive_it_going_down(fault_server, replica, tmp_path):
     async with DatabaseManager(fault_server.dsn, settings=_settings(tmp_path, replica.dsn)) as db:
-        router = db.read_router
         await db.insert_exchange(ExchangeName.BINANCE_SPOT)
         rows = tickers(50, symbols=5)
         await db.insert_book_ticker_snapshots(rows)
@@ -124,7 +123,7 @@ async def test_reads_use_the_replica_and_survive_it_going_down(fault_server, rep
         async def replica_current() -> bool:
             return _replica(db)["healthy"] and await _latest_ids(db) == want
 
-        await _until(router, replica_current, "the replica serves the committed rows")
+        await _until(db, replica_current, "the replica serves the committed rows")
         before = _replica(db)["reads"]
         for _ in range(10):
             assert await _latest_ids(db) == want
@@ -147,9 +146,9 @@ async def test_reads_use_the_replica_and_survive_it_going_down(fault_server, rep
         async def replica_out() -> bool:
             return not _replica(db)["healthy"]
 
-        await _until(router, replica_out, "the dead replica leaves the rotation")
+        await _until(db, replica_out, "the dead replica leaves the rotation")
         primary_reads = db.read_status()[0]["reads"]
-        await _until(router, lambda: (db.read_status()[0]["reads"] > primary_reads + 5),
+        await _until(db, lambda: (db.read_status()[0]["reads"] > primary_reads + 5),
                      "reads go to the primary")
         stop.set()
         await task
@@ -161,7 +160,7 @@ async def test_reads_use_the_replica_and_survive_it_going_down(fault_server, rep
         async def replica_back() -> bool:
             return _replica(db)["healthy"]
 
-        await _until(router, replica_back, "the replica rejoins")
+        await _until(db, replica_back, "the replica rejoins")
         before = _replica(db)["reads"]
         assert await _latest_ids(db) == want
         assert _replica(db)["reads"] == before + 1
@@ -169,12 +168,11 @@ async def test_reads_use_the_replica_and_survive_it_going_down(fault_server, rep
 
 async def test_a_lagging_replica_is_bypassed_until_it_catches_up(fault_server, replica, tmp_path):
     async with DatabaseManager(fault_server.dsn, settings=_settings(tmp_path, replica.dsn, max_lag_ms=300.0)) as db:
-        router = db.read_router
         await db.insert_exchange(ExchangeName.BINANCE_SPOT)
         first = tickers(5, symbols=5, start_id=0)
         await db.insert_book_ticker_snapshots(first)
         await db.flush()
-        await _until(router, lambda: (_replica(db)["healthy"] and _replica(db)["lag_ms"] == 0),
+        await _until(db, lambda: (_replica(db)["healthy"] and _replica(db)["lag_ms"] == 0),
                      "the replica is current")
 
         await replica.execute("SELECT pg_wal_replay_pause()")
@@ -186,14 +184,14 @@ async def test_a_lagging_replica_is_bypassed_until_it_catches_up(fault_server, r
         async def lagging() -> bool:
             return not _replica(db)["healthy"]
 
-        await _until(router, lagging, "the paused replica exceeds the lag bound")
+        await _until(db, lagging, "the paused replica exceeds the lag bound")
         assert "lags" in _replica(db)["last_error"] and _replica(db)["lag_ms"] > 300
         # Reads now come from the primary, so they see the new rows the replica has not replayed.
         assert await _latest_ids(db) == want
         assert await replica.execute("SELECT count(*) FROM book_tickers WHERE update_id >= 100") == 0
 
         await replica.execute("SELECT pg_wal_replay_resume()")
-        await _until(router, lambda: (_replica(db)["healthy"]), "the replica catches up and rejoins")
+        await _until(db, lambda: (_replica(db)["healthy"]), "the replica catches up and rejoins")
         before = _replica(db)["reads"]
         assert await _latest_ids(db) == want
         assert _replica(db)["reads"] == before + 1
@@ -201,11 +199,10 @@ async def test_a_lagging_replica_is_bypassed_until_it_catches_up(fault_server, r
 
 async def test_primary_restart_under_writers_while_reads_continue_on_the_replica(fault_server, replica, tmp_path):
     async with DatabaseManager(fault_server.dsn, settings=_settings(tmp_path, replica.dsn)) as db:
-        router = db.read_router
         await db.insert_exchange(ExchangeName.BINANCE_SPOT)
         await db.insert_book_ticker_snapshots(tickers(10, symbols=5))
         await db.flush()
-        await _until(router, lambda: (_replica(db)["healthy"]), "the replica is in rotation")
+        await _until(db, lambda: (_replica(db)["healthy"]), "the replica is in rotation")
 
         stop = asyncio.Event()
         read_errors: list[BaseException] = []
@@ -230,18 +227,17 @@ async def test_primary_restart_under_writers_while_reads_continue_on_the_replica
 
         producer = asyncio.create_task(produce())
         reader = asyncio.create_task(read())
-        writer = db.writer("book_tickers")
-        committed = writer.stats.rows_committed
-        await asyncio.wait_for(_wait(lambda: writer.stats.rows_committed > committed + 500), WAIT)
+        committed = db.writer_stats("book_tickers")["rows_committed"]
+        await asyncio.wait_for(_wait(lambda: db.writer_stats("book_tickers")["rows_committed"] > committed + 500), WAIT)
         replica_reads = _replica(db)["reads"]
         await fault_server.restart(mode="fast")
-        await asyncio.wait_for(_wait(lambda: writer.stats.rows_committed > committed + 2_000), WAIT)
+        await asyncio.wait_for(_wait(lambda: db.writer_stats("book_tickers")["rows_committed"] > committed + 2_000), WAIT)
         stop.set()
         sent = await producer
         await reader
         await db.flush(timeout=WAIT)
 
-        assert writer.stats.retries > 0, "the restart never hit the writer: nothing was tested"
+        assert db.writer_stats("book_tickers")["retries"] > 0, "the restart never hit the writer: nothing was tested"
         assert read_errors == [] and reads > 0
         assert _replica(db)["reads"] > replica_reads
         # Everything the writers accepted reaches the primary exactly once, and streams on to the replica.
@@ -252,7 +248,7 @@ async def test_primary_restart_under_writers_while_reads_continue_on_the_replica
         async def replica_has_all() -> bool:
             return await replica.execute(count) == sent
 
-        await _until(router, replica_has_all, "the replica has replayed every row")
+        await _until(db, replica_has_all, "the replica has replayed every row")
 
 
 async def _wait(condition) -> None:
@@ -285,7 +281,7 @@ def test_read_settings_validate_and_hide_passwords(tmp_path):
 
 async def test_a_server_that_is_not_a_standby_never_joins_the_rotation(dsn, tmp_path):
     async with DatabaseManager(dsn, settings=_settings(tmp_path, dsn)) as db:  # the "replica" is the primary
-        await db.read_router.check_now()
+        await db.check_reads()
         primary, impostor = db.read_status()
         assert not impostor["healthy"] and "not a standby" in impostor["last_error"]
         await db.get_latest_book_tickers()

@@ -7,7 +7,7 @@ import pytest
 
 from hftdb.config import StorageSettings
 from hftdb.errors import MigrationError, StateError, ValidationError
-from hftdb.partitions import (
+from hftdb.db.partitions import (
     TIME_SERIES_TABLES,
     drop_partitions_before,
     ensure_partitions,
@@ -17,7 +17,7 @@ from hftdb.partitions import (
     partition_bounds,
     partition_name,
 )
-from hftdb.schema import MIGRATION_LOCK_KEY, Migrator, load_migrations, migrate
+from hftdb.db.schema import MIGRATION_LOCK_KEY, Migrator, load_migrations, migrate
 
 TABLES = [
     "exchanges", "symbols", "book_tickers", "book_tickers_latest", "funding_rates", "funding_rates_latest",
@@ -50,7 +50,7 @@ async def migrated(conn):
 
 
 def shipped_files() -> dict[str, bytes]:
-    root = importlib.resources.files("hftdb.migrations")
+    root = importlib.resources.files("hftdb.db.migrations")
     return {e.name: e.read_bytes() for e in root.iterdir() if e.name.endswith(".sql")}
 
 

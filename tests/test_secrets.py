@@ -3,7 +3,7 @@
 The battery runs real failures with long, distinctive secrets set (a wrong password against a private server that
 really asks for one, an unreachable host, a bad port, a refused signature against the simulator, a database
 outage) and greps everything they produce for each secret, as written and percent-encoded: the records caplog
-sees, the text and JSON lines of the handlers :func:`hftdb.logsetup.configure_logging` installs, every exception
+sees, the text and JSON lines of the handlers :func:`hftdb.service.logsetup.configure_logging` installs, every exception
 message and repr, and the stdout and stderr of the ``hftdb`` command run as a subprocess.
 """
 
@@ -32,12 +32,12 @@ from hftdb.exchanges.base import Backoff
 from hftdb.exchanges.registry import create_adapter
 from hftdb.exchanges.rest import RestClient
 from hftdb.exchanges.signing import Credentials
-from hftdb.logsetup import configure_logging
+from hftdb.service.logsetup import configure_logging
 from hftdb.redact import MIN_SECRET_LENGTH, dsn_password, redact, register_secret
-from hftdb.server import EmbeddedServer
+from hftdb.db.server import EmbeddedServer
 from hftdb.simulator import ExchangeSimulator
 from hftdb.simulator.core import Credentials as SimCredentials
-from hftdb.target import Target
+from hftdb.db.target import Target
 
 from helpers import settings, tickers
 
@@ -162,7 +162,7 @@ def test_a_bad_dsn_is_a_config_error_naming_the_problem(dsn, problem):
 def _hftdb(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("HFTDB_", "PG"))}
     environ.update(HFTDB_METRICS_ENABLED="false", **env)
-    return subprocess.run([sys.executable, "-m", "hftdb.cli", *args], cwd=cwd, env=environ, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "hftdb.ops.cli", *args], cwd=cwd, env=environ, capture_output=True,
                           text=True, timeout=90)
 
 
@@ -364,15 +364,14 @@ async def test_a_database_outage_leaks_nothing(password_server, logs, tmp_path):
         seen += [repr(db), repr(cfg), repr(db.settings), str(db.settings.database)]
         await password_server.server.kill()
         await db.insert_book_ticker_snapshots(tickers(10, start_id=10))
-        writer = db.writer("book_tickers")
         with pytest.raises(Exception) as info:  # noqa: PT011 - whatever flush raises must not carry the password
             await db.flush(timeout=1.0)
         seen.append(_exc_text(info.value))
         health = await db.health_check(timeout=1.0)
         assert not health["ok"]
         seen.append(json.dumps(health, default=str))
-        seen.append(json.dumps(writer.snapshot(), default=str))
-        assert writer.stats.retries > 0 or writer.stats.batches_spooled > 0
+        seen.append(json.dumps(db.writer_stats("book_tickers"), default=str))
+        assert db.writer_stats("book_tickers")["retries"] > 0 or db.writer_stats("book_tickers")["batches_spooled"] > 0
     finally:
         await password_server.server.start_again()
         await db.close(timeout=30)

@@ -6,7 +6,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from hftdb.server import MALLOC_ENV, SERVER_SETTINGS, EmbeddedServer, server_environ
+from hftdb.db.server import MALLOC_ENV, SERVER_SETTINGS, EmbeddedServer, server_environ
 
 
 async def test_embedded_server_persists_and_restarts(tmp_path):

@@ -1,4 +1,4 @@
-"""The vectorized book-ticker path (hftdb.vector) stores, rejects and keeps latest exactly like the per-row path.
+"""The vectorized book-ticker path (hftdb.store.vector) stores, rejects and keeps latest exactly like the per-row path.
 
 Rows that carry a registered ``symbol_id`` take the vectorized path; the same rows named by exchange and symbol
 take the per-row path. Both get the same mix of good and bad values, and the database must end up the same.
@@ -7,11 +7,14 @@ take the per-row path. Both get the same mix of good and bad values, and the dat
 import asyncio
 import random
 
+import asyncpg
 import msgspec
 import pytest
 
-from hftdb import BookTicker, CacheSettings, DatabaseManager, ExchangeName, Symbol, now_us, vector
-from hftdb.cache import TTLCache
+from hftdb import BookTicker, CacheSettings, DatabaseManager, ExchangeName, Symbol, now_us
+from hftdb.store import vector
+from hftdb.db.cache import TTLCache
+from hftdb.store.tables import BookTickerWriter
 
 from helpers import settings, sql
 
@@ -90,10 +93,9 @@ async def test_vectorized_path_matches_row_path(dsn, tmp_path, chunk, monkeypatc
         ex = await db.insert_exchange(EXCHANGE)
         sets = {how: [await db.insert_symbol(Symbol(exchange_id=ex.id, symbol=f"{how[0].upper()}{i}USDT"))
                       for i in range(N_SYMBOLS)] for how in ("rows", "ids", "names")}
-        writer = db.writer("book_tickers")
 
         async def insert(how: str) -> dict[str, int]:
-            before = writer.rejects.snapshot()
+            before = db.writer_stats("book_tickers")["rejects"]
             syms = sets[how]
             rows = [BookTicker(EXCHANGE.value, syms[i % N_SYMBOLS].symbol, **v,
                                symbol_id=syms[i % N_SYMBOLS].id if how == "ids" else None)
@@ -103,7 +105,7 @@ async def test_vectorized_path_matches_row_path(dsn, tmp_path, chunk, monkeypatc
             for i in range(0, len(rows), chunk):
                 taken += await db.insert_book_ticker_snapshots(rows[i:i + chunk])
             await db.flush()
-            after = writer.rejects.snapshot()
+            after = db.writer_stats("book_tickers")["rejects"]
             return {"taken": taken, **{k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}}
 
         by_row = await insert("rows")
@@ -127,8 +129,10 @@ async def test_small_calls_take_the_per_row_path(dsn, tmp_path):
         t = now_us()
         rows = [BookTicker(EXCHANGE.value, "BTCUSDT", 10.0, 1.0, 10.5, 1.0, t + i, symbol_id=sym.id)
                 for i in range(vector.MIN_ROWS)]
-        writer = db.writer("book_tickers")
-        assert writer.add_fast(rows[:-1], {sym.id}) is None  # below MIN_ROWS: not worth its fixed cost
+        # A writer like the manager's (never started: units of work use one so), asked alone.
+        async with asyncpg.create_pool(dsn, min_size=1, max_size=1) as pool:
+            writer = BookTickerWriter(pool, settings=db.settings.writer, storage=db.settings.storage, spool_dir=None)
+            assert writer.add_fast(rows[:-1], {sym.id}) is None  # below MIN_ROWS: not worth its fixed cost
         assert await db.insert_book_ticker_snapshots(rows[:-1]) == vector.MIN_ROWS - 1
         await db.flush()
         assert await sql(db).fetchval("SELECT count(*) FROM book_tickers") == vector.MIN_ROWS - 1
@@ -144,7 +148,7 @@ async def test_vectorized_path_falls_back_per_row_on_odd_types(dsn, tmp_path, mo
         monkeypatch.setattr(vector, "MIN_ROWS", 1)  # so this small call is offered to the vectorized path
         assert await db.insert_book_ticker_snapshots(rows) == 3
         await db.flush()
-        assert db.writer("book_tickers").rejects.snapshot() == {
+        assert db.writer_stats("book_tickers")["rejects"] == {
             "bid_price_wrong_type": 1, "recv_ts_wrong_type": 1, "unknown_symbol_id": 1}
         stored = await sql(db).fetch("SELECT exchange_ts, update_id FROM book_tickers ORDER BY update_id")
         assert [tuple(r) for r in stored] == [(t - 1, 1), (None, 2), (t - 1, 3)]
@@ -168,7 +172,7 @@ def test_whole_tuple_packing_matches_the_row_path_and_refuses_values_where_the_f
     # No database: the bytes and latest rows each path leaves in a batch. The vectorized path packs BookTicker's
     # whole astuple, taking a NULL-pattern field as an ignored byte, so it must refuse a value there, even 0.
     from hftdb.config import StorageSettings, WriterSettings
-    from hftdb.tables import BookTickerWriter
+    from hftdb.store.tables import BookTickerWriter
 
     def writer() -> BookTickerWriter:
         ws = WriterSettings(spool_dir=None, batch_max_rows=100_000, buffer_max_rows=100_000)
@@ -219,11 +223,10 @@ async def test_a_big_call_does_not_hold_the_loop_for_its_whole_encode(dsn, tmp_p
         t = now_us()
         rows = [BookTicker(EXCHANGE.value, syms[i % 3].symbol, 10.0, 1.0, 10.5, 1.0, t + i, update_id=i)
                 for i in range(5_000)]
-        writer = db.writer("book_tickers")
         seen: list[int] = []
         call = asyncio.ensure_future(db.insert_book_ticker_snapshots(rows))
         while not call.done():
-            seen.append(writer.stats.rows_accepted)
+            seen.append(db.writer_stats("book_tickers")["rows_accepted"])
             await asyncio.sleep(0)
         assert await call == len(rows)
         assert any(0 < n < len(rows) for n in seen)

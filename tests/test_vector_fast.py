@@ -1,4 +1,4 @@
-"""The C packer of ``hftdb.vector.add_tickers`` (``hftdb.wire._native._vector_fast``) against its struct packing.
+"""The C packer of ``hftdb.store.vector.add_tickers`` (``hftdb.wire._native._vector_fast``) against its struct packing.
 
 Two writers (no database) take the same calls, one with the C packer and one without; what each leaves behind
 (the COPY bytes of its batches, the newest row per symbol, the rejects by reason, the rows taken or the refusal)
@@ -14,9 +14,10 @@ import random
 import numpy as np
 import pytest
 
-from hftdb import BookTicker, now_us, vector
+from hftdb import BookTicker, now_us
+from hftdb.store import vector
 from hftdb.config import StorageSettings, WriterSettings
-from hftdb.tables import BookTickerWriter
+from hftdb.store.tables import BookTickerWriter
 from hftdb.wire import loader
 from hftdb.wire.books import LAYOUTS
 from hftdb.wire.loader import NATIVE

@@ -23,3 +23,14 @@ def test_config_sections_and_feed_classes_follow_the_registry():
         assert ADAPTERS[v.name].__name__ == v.adapter, v.name
         assert PARSERS[v.name].__name__ == v.parser, v.name
         assert v.channels and len(set(v.channels)) == len(v.channels), v.name
+
+
+def test_feed_classes_and_simulator_hosts_serve_what_the_registry_says():
+    from hftdb.simulator.server import HOST_OF, ExchangeSimulator
+
+    sim = ExchangeSimulator()  # no I/O until started
+    for v in venues.VENUES:
+        assert v.name in ADAPTERS[v.name].venues and v.name in PARSERS[v.name].venues, v.name
+        assert HOST_OF[v.name] == v.simulator_host
+        assert v.name in sim.hosts[v.simulator_host].markets, v.name
+    assert sorted(n for h in sim.hosts.values() for n in h.markets) == sorted(ExchangeName)

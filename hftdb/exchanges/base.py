@@ -15,13 +15,10 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
-
-import msgspec
+from typing import Any, ClassVar
 
 from ..errors import ClosedError, ExchangeError, ExchangeHTTPError, FrameError, SignatureError, StateError
 from ..models import Balance, Exchange, ExchangeName, FundingRate, Symbol, now_us
@@ -29,96 +26,14 @@ from .connection import Pacer
 from .intake import exchange_time_ok
 from .parsing import Rejects, name_ok, newer_funding
 from .rest import RestClient
+from .runner import StreamRunner
 from .signing import Credentials
-from .sink import PackedSink, Sink
+from .sink import PackedSink, Sink, SymbolIds
+from .stream import Backoff, FeedStats
 
-if TYPE_CHECKING:
-    from .runner import StreamRunner
-
-__all__ = ["Sink", "PackedSink", "Backoff", "FeedStats", "ExchangeAdapter", "REFUSED_MAX_WAIT_S", "parse_rest"]
+__all__ = ["Sink", "SymbolIds", "PackedSink", "Backoff", "FeedStats", "ExchangeAdapter", "REFUSED_MAX_WAIT_S", "parse_rest"]
 
 logger = logging.getLogger(__name__)
-
-
-class Backoff(msgspec.Struct, frozen=True, kw_only=True):
-    """Exponential back-off with jitter: attempt ``n`` waits ``min(maximum, initial * factor**n)``, less up to
-    ``jitter`` of it at random, so that many clients dropped together do not come back together."""
-
-    initial: float = 0.5
-    maximum: float = 30.0
-    factor: float = 2.0
-    jitter: float = 0.5
-
-    def __post_init__(self) -> None:
-        if not 0 < self.initial <= self.maximum:
-            raise ValueError(f"need 0 < initial <= maximum, got initial={self.initial!r}, maximum={self.maximum!r}")
-        if self.factor < 1:
-            raise ValueError(f"factor must be >= 1, got {self.factor!r}")
-        if not 0 <= self.jitter <= 1:
-            raise ValueError(f"jitter must be within [0, 1], got {self.jitter!r}")
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait before retry number ``attempt`` (0 for the first retry)."""
-        base = min(self.maximum, self.initial * self.factor ** min(attempt, 64))
-        return base * (1.0 - self.jitter * random.random())
-
-
-class FeedStats:
-    """Counters of one adapter's feed, for a status line and metrics. Plain ints: the hot path increments them.
-
-    ``messages``: frames received; ``book_rows``/``funding_rows``/``balance_rows``: rows handed to the sink;
-    ``duplicates``: rows dropped because their update id (or exchange time) was already stored; ``gaps``: jumps
-    in update ids within one connection (``missed_ids`` the ids skipped); ``reconnects``: connections lost and
-    replaced; ``rollovers``: connections replaced on purpose (age limit, announced shutdown, resync);
-    ``resyncs``: of those, the ones to recover a book the parser lost to a corrupt frame; ``stale``:
-    connections given up for silence; ``errors``: error answers from the exchange; ``sink_errors``: failed sink
-    calls (``dropped_rows`` the rows they lost); ``rest_errors``: failed REST polls; ``retry_after_waits``:
-    refused websocket upgrades whose ``Retry-After`` set the wait before the next attempt; ``rest_funding_rows``:
-    funding rows taken from REST polls; ``rejects`` by reason are in the adapter's
-    :class:`~hftdb.exchanges.parsing.Rejects`.
-    """
-
-    __slots__ = (
-        "venue", "messages", "book_rows", "funding_rows", "balance_rows", "duplicates", "gaps", "missed_ids",
-        "reconnects", "rollovers", "resyncs", "stale", "connections", "errors", "sink_errors", "dropped_rows", "rest_errors",
-        "retry_after_waits", "rest_funding_rows", "last_message_us", "rejects",
-    )
-
-    def __init__(self, venue: str, rejects: Rejects) -> None:
-        self.venue = venue
-        self.rejects = rejects
-        self.messages = self.book_rows = self.funding_rows = self.balance_rows = 0
-        self.duplicates = self.gaps = self.missed_ids = 0
-        self.reconnects = self.rollovers = self.resyncs = self.stale = self.connections = 0
-        self.errors = self.sink_errors = self.dropped_rows = self.rest_errors = 0
-        self.retry_after_waits = self.rest_funding_rows = 0
-        self.last_message_us: int | None = None
-
-    @property
-    def rejected(self) -> int:
-        """Frames rejected by the parser, all reasons together."""
-        return self.rejects.total
-
-    def as_dict(self) -> dict[str, Any]:
-        """Every counter by name, plus ``rejected`` and ``rejects_by_reason``."""
-        out = {name: getattr(self, name) for name in self.__slots__ if name != "rejects"}
-        out["rejected"] = self.rejected
-        out["rejects_by_reason"] = self.rejects.counts
-        return out
-
-    def status_line(self, now: int | None = None) -> str:
-        """One line for a periodic status log."""
-        now = now_us() if now is None else now
-        age = "never" if self.last_message_us is None else f"{(now - self.last_message_us) / 1e6:.1f}s ago"
-        return (
-            f"{self.venue}: conns={self.connections} msgs={self.messages} books={self.book_rows} "
-            f"funding={self.funding_rows} balances={self.balance_rows} dups={self.duplicates} gaps={self.gaps} "
-            f"rejected={self.rejected} reconnects={self.reconnects} rollovers={self.rollovers} stale={self.stale} "
-            f"errors={self.errors} last={age}"
-        )
-
-    def __repr__(self) -> str:
-        return f"<FeedStats {self.status_line()}>"
 
 
 class _State(enum.Enum):
@@ -423,8 +338,6 @@ class ExchangeAdapter:
         self._check_open()
         if self.symbols is None and self._synced is None:
             await self.sync_symbols()
-        from .runner import StreamRunner  # runner imports this module
-
         runner = self._runner = StreamRunner(self)
         try:
             await runner.run()
@@ -610,6 +523,11 @@ class ExchangeAdapter:
         await self.run_symbol_sync(interval)
 
     # -- venue specifics (overridden by the venue modules) ---------------------------------------------
+
+    def symbol_ids(self) -> Callable[[str, str], int | None] | None:
+        """The sink's lookup of cached symbol ids for this adapter's parsers (a :class:`SymbolIds` sink's
+        ``resolve_symbol_id``), or None: the sink then resolves the rows' symbols itself."""
+        return self.sink.resolve_symbol_id if isinstance(self.sink, SymbolIds) else None
 
     def new_parser(self) -> Any:
         """A parser of this venue's payloads (one per connection: some hold book state)."""

@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable, Sequence
 
 from ..models import ExchangeName
+from ..venues import served_by
 from .base import ExchangeAdapter
 from .parse_binance import BinanceParser
 from .signing import Credentials, binance_signature
@@ -33,7 +34,7 @@ class BinanceAdapter(ExchangeAdapter):
     ``markPrice``. ``recv_window`` is the signed requests' ``recvWindow`` in milliseconds.
     """
 
-    venues = (_SPOT, _USDM)
+    venues = served_by("BinanceAdapter")
     default_rest_url = {_SPOT: "https://api.binance.com", _USDM: "https://fapi.binance.com"}
     default_ws_url = {_SPOT: "wss://stream.binance.com:9443", _USDM: "wss://fstream.binance.com"}
     default_channels = {_SPOT: ("bookTicker",), _USDM: ("bookTicker", "markPrice@1s")}
@@ -57,8 +58,8 @@ class BinanceAdapter(ExchangeAdapter):
 
     def new_parser(self) -> BinanceParser:
         """A :class:`~hftdb.exchanges.parse_binance.BinanceParser` of this venue; its book rows carry their
-        ``symbol_id`` when the sink can resolve it without I/O (``DatabaseManager.resolve_symbol_id``)."""
-        return BinanceParser(self.venue, account=self.account, symbol_ids=getattr(self.sink, "resolve_symbol_id", None))
+        ``symbol_id`` when the sink can resolve it without I/O (:meth:`symbol_ids`)."""
+        return BinanceParser(self.venue, account=self.account, symbol_ids=self.symbol_ids())
 
     def symbols_request(self) -> tuple[str, str]:
         """``GET /api/v3/exchangeInfo`` or ``GET /fapi/v1/exchangeInfo``."""

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from ..errors import ExchangeError
 from ..models import ExchangeName, Symbol, now_us
+from ..venues import served_by
 from .base import ExchangeAdapter, parse_rest
 from .parse_bybit import BybitParser
 from .signing import Credentials, bybit_signature
@@ -35,7 +36,7 @@ class BybitAdapter(ExchangeAdapter):
     Channels are topic prefixes: ``orderbook.1`` (default) and, on linear, ``tickers`` (default, for funding).
     """
 
-    venues = (_SPOT, _LINEAR)
+    venues = served_by("BybitAdapter")
     default_rest_url = {_SPOT: "https://api.bybit.com", _LINEAR: "https://api.bybit.com"}
     default_ws_url = {_SPOT: "wss://stream.bybit.com", _LINEAR: "wss://stream.bybit.com"}
     default_channels = {_SPOT: ("orderbook.1",), _LINEAR: ("orderbook.1", "tickers")}
@@ -74,7 +75,7 @@ class BybitAdapter(ExchangeAdapter):
     def new_parser(self) -> BybitParser:
         """A :class:`~hftdb.exchanges.parse_bybit.BybitParser` (it holds book state: one per connection); its book
         rows carry their ``symbol_id`` when the sink can resolve it without I/O."""
-        return BybitParser(self.venue, account=self.account, symbol_ids=getattr(self.sink, "resolve_symbol_id", None))
+        return BybitParser(self.venue, account=self.account, symbol_ids=self.symbol_ids())
 
     def symbols_request(self) -> tuple[str, str]:
         """``GET /v5/market/instruments-info?category=...&limit=1000`` (first page)."""

@@ -1,5 +1,5 @@
 """One connection's frames to rows: parse, sequence, admit. The consumer of a live session and the file
-replay (:mod:`hftdb.replay`) both run their frames through an :class:`Intake`.
+replay (:mod:`hftdb.ops.replay`) both run their frames through an :class:`Intake`.
 
 * **Parse.** A parser with a hot path (``book_ticker(raw, recv_ts)``, a book row or None) gets it first;
   any other frame goes through ``parse``. A frame that fails is counted by reason and never stops the feed:
@@ -29,21 +29,18 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FrameError
-from ..models import FUTURE_SLACK_US, MIN_TS_US, Balance, BookTicker, FundingRate, now_us
+from ..models import FUTURE_SLACK_US, MIN_TS_US, Balance, BookTicker, FeedRows, FundingRate, now_us
 from ..wire.books import SIZE, PackedBooks
 from .connection import Chunk
 from .parsing import CONTROL_SNAPSHOT, MAX_FRAME_BYTES, name_ok, time_ok
 from .sink import PackedSink
 
 if TYPE_CHECKING:
-    from .runner import StreamRunner
+    from .stream import StreamOwner
 
 __all__ = ["Intake", "exchange_time_ok"]
 
 logger = logging.getLogger(__name__)
-
-Rows = tuple[list[BookTicker], list[FundingRate], list[Balance]]
-
 
 
 def exchange_time_ok(ts: int | None) -> bool:
@@ -62,7 +59,7 @@ class Intake:
 
     def __init__(
         self,
-        runner: StreamRunner,
+        runner: StreamOwner,
         parser: Any,
         *,
         holding: bool = False,
@@ -83,8 +80,8 @@ class Intake:
         self._book_read = (getattr(parser, "book_read", None)
                            if isinstance(runner.adapter.sink, PackedSink) else None)
 
-    def process(self, chunks: list[Chunk]) -> Rows:
-        """Parse, sequence and (unless holding) admit the frames of ``chunks``, in order.
+    def process(self, chunks: list[Chunk]) -> FeedRows:
+        """Parse, sequence and (unless holding) admit the frames of ``chunks``, in order; the rows by table.
 
         When the sink takes packed rows and the intake admits without counting gaps (a live feed's usual case),
         the book rows come as a :class:`~hftdb.wire.books.PackedBooks` (a list of ``BookTicker``) whose COPY tuples
@@ -115,6 +112,7 @@ class Intake:
             lo = hi = 0
         else:
             books = []
+        out = FeedRows(books, funding, balances)
         append = books.append
         for recv_ts, payloads in chunks:
             frames += len(payloads)
@@ -129,7 +127,7 @@ class Intake:
                     i, dups = book_read(payloads, 0, recv_ts, ts_max, ids, books, buf)
                     duplicates += dups
                     while i < n:
-                        general(payloads[i], recv_ts, admit, books, funding, balances)
+                        general(payloads[i], recv_ts, admit, out)
                         start = i + 1
                         mark = len(books)
                         i, dups = book_read(payloads, start, recv_ts, ts_max, ids, books, buf)
@@ -139,8 +137,7 @@ class Intake:
                     # each, not duplicates of the feed. (Those it had dropped are counted again rightly: the failing
                     # call's own count was lost with it.)
                     taken = len(books) - mark
-                    duplicates += self._read_after(payloads, start, recv_ts, ts_max, books, funding, balances,
-                                                   buf) - taken
+                    duplicates += self._read_after(payloads, start, recv_ts, ts_max, out, buf) - taken
                 if len(books) > before:
                     if not lo:
                         lo = recv_ts
@@ -180,7 +177,7 @@ class Intake:
                                     ids[symbol] = u
                                 append(row)
                                 continue
-                        self._general(payload, recv_ts, admit, books, funding, balances)
+                        self._general(payload, recv_ts, admit, out)
                 except Exception as exc:
                     self._reject(exc)
                     continue
@@ -196,7 +193,7 @@ class Intake:
             stats.last_message_us = chunks[-1][0]
         if books or funding:
             self.got_data = True
-        return books, funding, balances
+        return out
 
     def _reject(self, exc: Exception) -> None:
         # Any exception raised while handling one frame: that frame is rejected, counted by reason and logged
@@ -210,27 +207,27 @@ class Intake:
             rejects.add("parser_error", f"{type(exc).__name__}: {exc}")
             logger.debug("%s: frame handling raised", self.runner.adapter.venue.value, exc_info=exc)
 
-    def _read_after(self, payloads: list[bytes], i: int, recv_ts: int, ts_max: int, books: list[BookTicker],
-                    funding: list[FundingRate], balances: list[Balance], buf: bytearray) -> int:
+    def _read_after(self, payloads: list[bytes], i: int, recv_ts: int, ts_max: int, out: FeedRows,
+                    buf: bytearray) -> int:
         # The parser's book_read raised somewhere from payloads[i] on (which frame, it cannot say): redo the rest
         # of the read one frame at a time, so that only the frame that raises (again) is lost and counted. The
         # bookTicker frames it had already taken are then dropped by admission (not stored twice; the caller
         # takes them off the duplicates returned); it takes no other frame, so nothing else is redone.
         book_read = self._book_read
         ids = self.runner.book_ids
+        books = out.book_tickers
         duplicates = 0
         for payload in payloads[i:]:
             try:
                 taken, dups = book_read([payload], 0, recv_ts, ts_max, ids, books, buf)
                 duplicates += dups
                 if not taken:
-                    self._general(payload, recv_ts, True, books, funding, balances)
+                    self._general(payload, recv_ts, True, out)
             except Exception as again:
                 self._reject(again)
         return duplicates
 
-    def _general(self, payload: bytes, recv_ts: int, admit: bool, books: list[BookTicker],
-                 funding: list[FundingRate], balances: list[Balance]) -> None:
+    def _general(self, payload: bytes, recv_ts: int, admit: bool, out: FeedRows) -> None:
         runner = self.runner
         try:
             if len(payload) > MAX_FRAME_BYTES:
@@ -257,10 +254,10 @@ class Intake:
             return
         if admit and (rows or rates):
             rows, rates = runner.admit(rows, rates)
-        books.extend(rows)
-        funding.extend(rates)
+        out.book_tickers.extend(rows)
+        out.funding_rates.extend(rates)
         if parsed.balances:
-            balances.extend(self._checked_balances(parsed.balances))
+            out.balances.extend(self._checked_balances(parsed.balances))
 
     def _checked(self, books: list[BookTicker], rates: list[FundingRate]) -> tuple[list[BookTicker], list[FundingRate]]:
         # Rows the parser built without its symbol check (it runs where a row gets its symbol id), and rows

@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 from ..errors import ExchangeError
 from ..models import ExchangeName
+from ..venues import served_by
 from .base import ExchangeAdapter
 from .parse_okx import OkxParser
 from .signing import Credentials, okx_signature, okx_timestamp
@@ -30,7 +31,7 @@ class OkxAdapter(ExchangeAdapter):
     ``funding-rate`` (default).
     """
 
-    venues = (_SPOT, _SWAP)
+    venues = served_by("OkxAdapter")
     default_rest_url = {_SPOT: "https://www.okx.com", _SWAP: "https://www.okx.com"}
     default_ws_url = {_SPOT: "wss://ws.okx.com:8443", _SWAP: "wss://ws.okx.com:8443"}
     default_channels = {_SPOT: ("bbo-tbt",), _SWAP: ("bbo-tbt", "funding-rate")}
@@ -47,7 +48,7 @@ class OkxAdapter(ExchangeAdapter):
 
     def new_parser(self) -> OkxParser:
         """An :class:`~hftdb.exchanges.parse_okx.OkxParser` of this venue."""
-        return OkxParser(self.venue, account=self.account, symbol_ids=getattr(self.sink, "resolve_symbol_id", None))
+        return OkxParser(self.venue, account=self.account, symbol_ids=self.symbol_ids())
 
     def symbols_request(self) -> tuple[str, str]:
         """``GET /api/v5/public/instruments?instType=SPOT|SWAP``."""

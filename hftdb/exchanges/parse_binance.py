@@ -42,6 +42,7 @@ from msgspec import field
 
 from ..errors import FrameError
 from ..models import MIN_TS_US, Balance, BookTicker, ExchangeName, FundingRate, Symbol, SymbolKind, SymbolStatus
+from ..venues import served_by
 from ..wire.books import PACK
 from ..wire.copy import PG_EPOCH_US
 from ..wire.loader import NATIVE
@@ -65,7 +66,7 @@ from .parsing import (
 
 __all__ = ["BinanceParser"]
 
-_VENUES = (ExchangeName.BINANCE_SPOT, ExchangeName.BINANCE_USDM)
+_VENUES = served_by("BinanceParser")
 _MS_BELOW = 100_000_000_000_000  # below this an event time is in ms (see parsing.to_us)
 _MIN_MS = MIN_TS_US // 1000  # an event time in ms below this is corrupt (before 2009)
 _EPOCH = PG_EPOCH_US

@@ -28,6 +28,7 @@ import msgspec
 
 from ..errors import FrameError
 from ..models import MIN_TS_US, Balance, BookTicker, ExchangeName, FundingRate, Symbol, SymbolKind, SymbolStatus
+from ..venues import served_by
 from .parsing import (
     CONTROL_ERROR,
     CONTROL_IGNORED,
@@ -51,7 +52,7 @@ from .parsing import (
 
 __all__ = ["BybitParser"]
 
-_VENUES = (ExchangeName.BYBIT_SPOT, ExchangeName.BYBIT_LINEAR)
+_VENUES = served_by("BybitParser")
 # Inverse perpetuals (BTCUSD) and inverse futures (BTCUSDH25: a month code and a year) end so.
 _INVERSE = re.compile(r"USD(?:[FGHJKMNQUVXZ]\d\d)?$")
 

@@ -33,6 +33,7 @@ import msgspec
 
 from ..errors import FrameError
 from ..models import MIN_TS_US, Balance, BookTicker, ExchangeName, FundingRate, Symbol, SymbolKind, SymbolStatus
+from ..venues import served_by
 from .parsing import (
     VenueParser,
     CONTROL_ERROR,
@@ -55,7 +56,7 @@ from .parsing import (
 
 __all__ = ["OkxParser"]
 
-_VENUES = (ExchangeName.OKX_SPOT, ExchangeName.OKX_SWAP)
+_VENUES = served_by("OkxParser")
 
 
 class _Arg(msgspec.Struct, gc=False):

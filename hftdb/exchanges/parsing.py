@@ -41,7 +41,7 @@ from typing import Any, Callable, Collection
 import msgspec
 
 from ..errors import FrameError
-from ..models import Balance, BookTicker, ExchangeName, FundingRate
+from ..models import Balance, BookTicker, ExchangeName, FeedRows, FundingRate
 
 from ..rejects import Rejects
 
@@ -92,15 +92,13 @@ CONTROL_SNAPSHOT = "snapshot"  # rows from a full snapshot: update ids may resta
 CONTROL_IGNORED = "ignored"  # a valid frame of a channel hftdb knowingly does not store; ``detail`` names it
 
 
-class Parsed(msgspec.Struct, gc=False):
-    """What one payload turned into: rows to store, and/or a control signal for the adapter.
+class Parsed(FeedRows, gc=False):
+    """What one payload turned into: rows to store (a :class:`~hftdb.models.FeedRows`, one list per table), and/or
+    a control signal for the adapter.
 
     ``gc=False`` is safe: a ``Parsed`` holds lists of scalar-only records and never refers back to itself.
     """
 
-    book_tickers: list[BookTicker] = []
-    funding_rates: list[FundingRate] = []
-    balances: list[Balance] = []
     control: str | None = None
     detail: str | None = None
 

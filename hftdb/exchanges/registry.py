@@ -1,10 +1,11 @@
-"""Which adapter and parser serve each venue."""
+"""Which adapter and parser serve each venue: the classes :data:`hftdb.venues.VENUES` names, by venue."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ..models import ExchangeName
+from ..venues import VENUES
 from .base import ExchangeAdapter, Sink
 from .binance import BinanceAdapter
 from .bybit import BybitAdapter
@@ -15,19 +16,13 @@ from .parse_okx import OkxParser
 
 __all__ = ["ADAPTERS", "PARSERS", "adapter_class", "create_adapter", "create_parser"]
 
+_ADAPTER_CLASSES: dict[str, type[ExchangeAdapter]] = {c.__name__: c for c in (BinanceAdapter, BybitAdapter, OkxAdapter)}
+_PARSER_CLASSES: dict[str, type] = {c.__name__: c for c in (BinanceParser, BybitParser, OkxParser)}
+
 #: the adapter class of every venue
-ADAPTERS: dict[ExchangeName, type[ExchangeAdapter]] = {
-    venue: cls for cls in (BinanceAdapter, BybitAdapter, OkxAdapter) for venue in cls.venues
-}
+ADAPTERS: dict[ExchangeName, type[ExchangeAdapter]] = {v.name: _ADAPTER_CLASSES[v.adapter] for v in VENUES}
 #: the parser class of every venue
-PARSERS: dict[ExchangeName, type] = {
-    ExchangeName.BINANCE_SPOT: BinanceParser,
-    ExchangeName.BINANCE_USDM: BinanceParser,
-    ExchangeName.BYBIT_SPOT: BybitParser,
-    ExchangeName.BYBIT_LINEAR: BybitParser,
-    ExchangeName.OKX_SPOT: OkxParser,
-    ExchangeName.OKX_SWAP: OkxParser,
-}
+PARSERS: dict[ExchangeName, type] = {v.name: _PARSER_CLASSES[v.parser] for v in VENUES}
 
 
 def adapter_class(venue: ExchangeName | str) -> type[ExchangeAdapter]:

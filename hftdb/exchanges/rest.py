@@ -21,7 +21,7 @@ from ..errors import ClosedError, ExchangeError, ExchangeHTTPError, StateError
 from ..redact import redact
 
 if TYPE_CHECKING:
-    from .base import Backoff
+    from .stream import Backoff
 
 __all__ = ["RestClient", "Signer"]
 

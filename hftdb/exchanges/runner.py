@@ -28,10 +28,11 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ..errors import ExchangeError, StateError
-from ..models import Balance, BookTicker, FundingRate
+from ..models import BookTicker, FeedRows, FundingRate
+from ..tablespec import TABLES
 from ..wire.books import PackedBooks
 from .connection import ConnectionLost, Pacer, WsConnection
 from .parsing import newer_funding
@@ -39,11 +40,14 @@ from .session import Session
 from .sink import PackedSink
 
 if TYPE_CHECKING:
-    from .base import ExchangeAdapter
+    from .stream import StreamAdapter
 
 __all__ = ["StreamRunner"]
 
 logger = logging.getLogger(__name__)
+
+# Per table: the FeedRows field, the sink's method that takes it, the FeedStats counter of the rows handed over.
+_TABLES = tuple((t.name, t.insert, t.feed_rows) for t in TABLES)
 
 
 class _Shard:
@@ -64,7 +68,7 @@ class _Shard:
 class StreamRunner:
     """Runs an adapter's streams: one supervised shard per connection the topics need."""
 
-    def __init__(self, adapter: ExchangeAdapter) -> None:
+    def __init__(self, adapter: StreamAdapter) -> None:
         self.adapter = adapter
         self.drop_unsequenced = adapter.drops_unsequenced_books
         # Asked once: an isinstance against a runtime Protocol tests every member (microseconds, too dear per push).
@@ -335,22 +339,21 @@ class StreamRunner:
         out_funding = newer_funding(funding, self._funding_times, stats) if funding else funding
         return out_books, out_funding
 
-    async def push(self, books: list[BookTicker], funding: list[FundingRate], balances: list[Balance]) -> None:
-        """Hand one batch of admitted rows to the sink, retrying a failing sink a few times before giving up on
-        the batch (counted in ``sink_errors`` and ``dropped_rows``, and logged)."""
+    async def push(self, batch: FeedRows) -> None:
+        """Hand one batch of admitted rows to the sink, a call per table (the method :mod:`hftdb.tablespec`
+        names), retrying a failing sink a few times before giving up on that table's rows (counted in
+        ``sink_errors`` and ``dropped_rows``, and logged)."""
         adapter = self.adapter
         stats = adapter.stats
         sink = adapter.sink
-        insert_books = sink.insert_book_ticker_snapshots
-        if type(books) is PackedBooks and self._packed_sink:  # COPY tuples packed by the intake
-            insert_books = sink.insert_packed_book_tickers
-        for rows, insert, counter in (
-            (books, insert_books, "book_rows"),
-            (funding, sink.insert_funding_rates, "funding_rows"),
-            (balances, sink.insert_balance_snapshots, "balance_rows"),
-        ):
+        for table, method, counter in _TABLES:
+            rows = getattr(batch, table)
             if not rows:
                 continue
+            if type(rows) is PackedBooks and self._packed_sink:  # COPY tuples packed by the intake
+                insert = cast(PackedSink, sink).insert_packed_book_tickers
+            else:
+                insert = getattr(sink, method)
             for attempt in range(4):
                 try:
                     await insert(rows)
@@ -367,13 +370,11 @@ class StreamRunner:
                     setattr(stats, counter, getattr(stats, counter) + len(rows))
                     break
 
-    def spawn_push(
-        self, batches: list[tuple[list[BookTicker], list[FundingRate], list[Balance]]]
-    ) -> asyncio.Task | None:
+    def spawn_push(self, batches: list[FeedRows]) -> asyncio.Task | None:
         """Push ``batches`` one after the other without waiting (for held rows released from synchronous code).
         The task is owned here (awaited when the streams stop); it is returned so that whoever pushes later rows
         can wait for it first: two pushes in flight at once may reach the sink in either order."""
-        batches = [b for b in batches if b[0] or b[1] or b[2]]
+        batches = [b for b in batches if b.has_rows()]
         if not batches:
             return None
         task = asyncio.create_task(self._push_in_order(batches))
@@ -381,7 +382,6 @@ class StreamRunner:
         task.add_done_callback(self._pushes.discard)
         return task
 
-    async def _push_in_order(self, batches: list[tuple[list[BookTicker], list[FundingRate], list[Balance]]]) -> None:
-        for books, funding, balances in batches:
-            await self.push(books, funding, balances)
-
+    async def _push_in_order(self, batches: list[FeedRows]) -> None:
+        for batch in batches:
+            await self.push(batch)

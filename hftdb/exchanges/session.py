@@ -24,13 +24,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..models import Balance, BookTicker, FundingRate
+from ..models import FeedRows
 from .connection import ConnectionLost, Pacer, WsConnection
 from .intake import Intake
 from .parsing import CONTROL_ERROR, CONTROL_PONG, CONTROL_RECONNECT, CONTROL_SUBSCRIBED, CONTROL_UNSUBSCRIBED
 
 if TYPE_CHECKING:
-    from .runner import StreamRunner
+    from .stream import StreamOwner
 
 __all__ = ["Session"]
 
@@ -42,7 +42,7 @@ _DETAIL_LIMIT = 300  # characters of an exchange's error or notice text that are
 class Session:
     """One subscribed connection of a shard and its two tasks: the consumer and the watchdog."""
 
-    def __init__(self, runner: StreamRunner, conn: WsConnection, topics: tuple[str, ...], *, hold: bool) -> None:
+    def __init__(self, runner: StreamOwner, conn: WsConnection, topics: tuple[str, ...], *, hold: bool) -> None:
         adapter = runner.adapter
         self.runner = runner
         self.conn = conn
@@ -53,7 +53,7 @@ class Session:
         self.acks = 0
         self.subscribe_error: str | None = None
         self.subscribed = asyncio.Event()
-        self.held: list[tuple[list[BookTicker], list[FundingRate], list[Balance]]] = []
+        self.held: list[FeedRows] = []
         self._released: asyncio.Task | None = None  # the push of the rows held until release()
         self.ended = asyncio.Event()
         self.reason = ""
@@ -157,11 +157,11 @@ class Session:
                     self.end(f"closed by the server ({code}: {conn.close_reason})" if code is not None else "connection lost")
                     return
                 holding = intake.holding  # process() admits only when not holding; no await in between
-                books, funding, balances = intake.process(chunks)
+                batch = intake.process(chunks)
                 if holding:
-                    if books or funding or balances:
-                        self.held.append((books, funding, balances))
-                elif books or funding or balances:
+                    if batch.has_rows():
+                        self.held.append(batch)
+                elif batch.has_rows():
                     released = self._released
                     if released is not None:
                         # The held rows were admitted first and must reach the sink first: this batch was
@@ -170,7 +170,7 @@ class Session:
                         if not released.done():
                             await asyncio.wait((released,))
                         self._released = None
-                    await runner.push(books, funding, balances)
+                    await runner.push(batch)
                 notify()
         except Exception as exc:  # a bug must end the connection loudly, not kill the feed
             logger.exception("%s: consumer failed", conn.name)
@@ -241,9 +241,9 @@ class Session:
         self.intake.holding = False
         runner = self.runner
         admitted = []
-        for books, funding, balances in held:
-            books, funding = runner.admit(books, funding)
-            admitted.append((books, funding, balances))
+        for batch in held:
+            books, funding = runner.admit(batch.book_tickers, batch.funding_rates)
+            admitted.append(FeedRows(books, funding, batch.balances))
         # One task pushes them in order; the consumer waits for it before pushing any live row (see _consume).
         self._released = runner.spawn_push(admitted)
 

@@ -1,9 +1,13 @@
-"""The interface between the feeds and storage: :class:`Sink`, and :class:`PackedSink` for a sink that also takes
-rows already encoded (:class:`~hftdb.wire.books.PackedBooks`).
+"""The interface between the feeds and storage: :class:`Sink`; :class:`SymbolIds` for a sink that gives the
+parsers symbol ids without I/O; :class:`PackedSink` for a sink that also takes rows already encoded
+(:class:`~hftdb.wire.books.PackedBooks`).
 
-A declared interface, not a probe: the intake packs book rows while parsing them only for a sink that is a
-:class:`PackedSink` (``isinstance``, checked once per intake), and the runner then hands them to
-``insert_packed_book_tickers``. :class:`~hftdb.manager.DatabaseManager` is both.
+Declared interfaces, not probes: an adapter's parsers stamp symbol ids only for a sink that is a
+:class:`SymbolIds`, the intake packs book rows while parsing them only for a sink that is a :class:`PackedSink`
+(``isinstance``, checked once per parser and per intake), and the runner then hands them to
+``insert_packed_book_tickers``. A feed hands over its rows as a :class:`~hftdb.models.FeedRows`, one sink call
+per table (the method :data:`hftdb.tablespec.TABLES` names). :class:`~hftdb.manager.DatabaseManager` is a
+:class:`Sink` and a :class:`SymbolIds`; what its ``feed_sink()`` hands out is all three.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Protocol, runtime_checkable
 from ..models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Symbol
 from ..wire.books import PackedBooks
 
-__all__ = ["Sink", "PackedSink"]
+__all__ = ["Sink", "SymbolIds", "PackedSink"]
 
 
 @runtime_checkable
@@ -51,8 +55,18 @@ class Sink(Protocol):
 
 
 @runtime_checkable
-class PackedSink(Sink, Protocol):
-    """A :class:`Sink` that also takes book rows the feed packed as binary COPY tuples while parsing them."""
+class SymbolIds(Protocol):
+    """A sink that knows symbol ids without I/O, so that parsers can stamp them on the rows they build."""
+
+    def resolve_symbol_id(self, exchange: str, symbol: str) -> int | None:
+        """The cached id of ``exchange``/``symbol``, or None when it is not cached. Never does I/O."""
+        ...
+
+
+@runtime_checkable
+class PackedSink(Sink, SymbolIds, Protocol):
+    """A :class:`Sink` that also takes book rows the feed packed as binary COPY tuples while parsing them (packing
+    needs each row's symbol id, hence :class:`SymbolIds`)."""
 
     async def insert_packed_book_tickers(self, rows: PackedBooks) -> int:
         """Store a call of packed book rows (taken whole, or sent down :meth:`insert_book_ticker_snapshots`'s path

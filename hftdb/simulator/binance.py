@@ -22,6 +22,7 @@ from aiohttp import web
 
 from ..models import ExchangeName
 from .core import Host, Session
+from .market import Market
 
 __all__ = ["BinanceHost"]
 
@@ -38,13 +39,14 @@ class BinanceHost(Host):
 
     id_channels = frozenset({"bookTicker"})
 
-    def __init__(self, venue: ExchangeName, *args, **kwargs) -> None:
+    def __init__(self, markets: dict[ExchangeName, Market], **kwargs) -> None:
+        (venue,) = markets  # one market per Binance host: spot and USD-M have different hosts
         if venue not in (_SPOT, _USDM):
             raise ValueError(f"venue must be binance_spot or binance_usdm, got {venue!r}")
         self.venue = venue
         self.name = venue.value
         self.channels = {venue: (("bookTicker",), ("markPrice@1s", "markPrice") if venue is _USDM else ())}
-        super().__init__(*args, **kwargs)
+        super().__init__(markets, **kwargs)
         lim = self.limits
         spot = venue is _SPOT
         self.max_streams = lim.binance_spot_max_streams if spot else lim.binance_usdm_max_streams

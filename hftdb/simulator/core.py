@@ -30,7 +30,7 @@ from ..models import ExchangeName
 from .ledger import Ledger
 from .market import Market
 
-__all__ = ["Limits", "Credentials", "Faults", "Session", "Host"]
+__all__ = ["Limits", "Credentials", "Faults", "HttpFault", "Session", "Host"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,10 @@ class Credentials(msgspec.Struct, frozen=True, kw_only=True):
         return f"Credentials(api_key={self.api_key!r}, api_secret='***', passphrase='***')"
 
 
-class _HttpFault(msgspec.Struct):
+class HttpFault(msgspec.Struct):
+    """One injected HTTP answer: ``status`` (and ``body``, else the venue's error body) for the next ``remaining``
+    requests to ``path`` (None: any path) on a host, with an optional ``Retry-After``."""
+
     status: int
     path: str | None
     remaining: int
@@ -91,7 +94,7 @@ class Faults:
     def __init__(self) -> None:
         self.stall_until: dict[str, float] = {}
         self.unstalled: dict[str, asyncio.Event] = {}
-        self.http: dict[str, list[_HttpFault]] = {}
+        self.http: dict[str, list[HttpFault]] = {}
         self.gaps: dict[ExchangeName, deque[tuple[str | None, int]]] = {}
         self.duplicates: dict[ExchangeName, deque[str | None]] = {}
 
@@ -108,7 +111,7 @@ class Faults:
             ev.set()
         return ev
 
-    def take_http(self, host: str, path: str) -> _HttpFault | None:
+    def take_http(self, host: str, path: str) -> HttpFault | None:
         """Consume one pending HTTP error for a request to ``path``, if any."""
         for fault in self.http.get(host, ()):
             if fault.remaining > 0 and (fault.path is None or path.startswith(fault.path)):

@@ -17,7 +17,7 @@ from ..models import ExchangeName
 from ..venues import VENUES
 from .binance import BinanceHost
 from .bybit import BybitHost
-from .core import Credentials, Faults, Host, Limits, _HttpFault
+from .core import Credentials, Faults, Host, HttpFault, Limits
 from .ledger import Ledger
 from .market import Market
 from .okx import OkxHost
@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 #: which simulated host serves each venue (one port per host)
 HOST_OF: dict[ExchangeName, str] = {v.name: v.simulator_host for v in VENUES}
+# The host class speaking the protocol of each adapter (hftdb.venues.VenueSpec.adapter).
+_HOST_CLASSES: dict[str, Callable[..., Host]] = {"BinanceAdapter": BinanceHost, "BybitAdapter": BybitHost,
+                                                 "OkxAdapter": OkxHost}
 _HOST_ORDER = tuple(dict.fromkeys(HOST_OF.values()))
 _PRICE = re.compile(r'"(\d+\.\d+)"')
 
@@ -88,12 +91,15 @@ class ExchangeSimulator:
         self.faults = Faults()
         self.markets = {venue: Market(venue, symbols, seed=seed) for venue in ExchangeName}
         common = dict(ledger=self.ledger, faults=self.faults, limits=self.limits, credentials=self.credentials, clock=clock)
-        m = self.markets
+        # The venue registry says which host serves each venue (hftdb.venues: simulator_host); the host's protocol
+        # is that of the venue's adapter.
+        served: dict[str, dict[ExchangeName, Market]] = {}
+        adapter_of: dict[str, str] = {}
+        for v in VENUES:
+            served.setdefault(v.simulator_host, {})[v.name] = self.markets[v.name]
+            adapter_of[v.simulator_host] = v.adapter
         self.hosts: dict[str, Host] = {
-            "binance_spot": BinanceHost(ExchangeName.BINANCE_SPOT, {ExchangeName.BINANCE_SPOT: m[ExchangeName.BINANCE_SPOT]}, **common),
-            "binance_usdm": BinanceHost(ExchangeName.BINANCE_USDM, {ExchangeName.BINANCE_USDM: m[ExchangeName.BINANCE_USDM]}, **common),
-            "bybit": BybitHost({v: m[v] for v in (ExchangeName.BYBIT_SPOT, ExchangeName.BYBIT_LINEAR)}, **common),
-            "okx": OkxHost({v: m[v] for v in (ExchangeName.OKX_SPOT, ExchangeName.OKX_SWAP)}, **common),
+            host: _HOST_CLASSES[adapter_of[host]](markets, **common) for host, markets in served.items()
         }
         self._changed = asyncio.Event()
         for h in self.hosts.values():
@@ -375,7 +381,7 @@ class ExchangeSimulator:
             raise ValueError(f"status must be an HTTP error status, got {status!r}")
         if count <= 0:
             raise ValueError(f"count must be > 0, got {count!r}")
-        self.faults.http.setdefault(self.host(venue).name, []).append(_HttpFault(status, path, count, retry_after))
+        self.faults.http.setdefault(self.host(venue).name, []).append(HttpFault(status, path, count, retry_after))
 
     def http_body(self, venue: ExchangeName | str, body: str | bytes, *, path: str, count: int = 1) -> None:
         """Answer the next ``count`` requests to ``venue``'s host whose path starts with ``path`` with HTTP 200 and
@@ -383,7 +389,7 @@ class ExchangeSimulator:
         if count <= 0:
             raise ValueError(f"count must be > 0, got {count!r}")
         raw = body.encode() if isinstance(body, str) else bytes(body)
-        self.faults.http.setdefault(self.host(venue).name, []).append(_HttpFault(200, path, count, None, raw))
+        self.faults.http.setdefault(self.host(venue).name, []).append(HttpFault(200, path, count, None, raw))
 
     # -- generation ------------------------------------------------------------------------------------
 

@@ -46,8 +46,8 @@ class Native:
 
     * ``book_read``: USD-M bookTicker frames of a socket read into admitted rows and COPY tuples
       (``_binance_fast.c``; :meth:`hftdb.exchanges.parse_binance.BinanceParser.book_read`);
-    * ``pack_tickers``: a call's ``BookTicker`` rows into COPY tuples (``_vector_fast.c``; ``hftdb.vector``);
-    * ``decode_packed``: packed latest rows into records (``_columnar_fast.c``; ``hftdb.columnar``).
+    * ``pack_tickers``: a call's ``BookTicker`` rows into COPY tuples (``_vector_fast.c``; ``hftdb.store.vector``);
+    * ``decode_packed``: packed latest rows into records (``_columnar_fast.c``; ``hftdb.read.columnar``).
     """
 
     __slots__ = ("book_read", "pack_tickers", "decode_packed")

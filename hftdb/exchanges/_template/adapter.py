@@ -18,10 +18,10 @@ __all__ = ["TemplateAdapter"]
 
 
 class TemplateAdapter(ExchangeAdapter):
-    """Template: rename, set ``venues`` to the venue's ExchangeName(s) and the limits to the venue's documented
-    ones, then register the class in ``hftdb/exchanges/registry.py``."""
+    """Template: rename, name the class in the venue's ``VenueSpec`` (``hftdb/venues.py``), set the limits to the
+    venue's documented ones, then add the class to the tuple in ``hftdb/exchanges/registry.py``."""
 
-    venues = ()  # (ExchangeName.<EXCHANGE>_<MARKET>,), after adding the name to hftdb.models.ExchangeName
+    venues = ()  # served_by("<Exchange>Adapter") (hftdb.venues), once its VenueSpec names this class
     default_rest_url: dict = {}
     default_ws_url: dict = {}
     default_channels: dict = {}  # the same defaults as hftdb/venues.py lists first
@@ -35,7 +35,7 @@ class TemplateAdapter(ExchangeAdapter):
 
     def new_parser(self) -> Any:
         """A parser of this venue's payloads (one per connection)."""
-        raise NotImplementedError("return Parse<Exchange>(self.venue, account=self.account)")
+        raise NotImplementedError("return <Exchange>Parser(self.venue, account=self.account, symbol_ids=self.symbol_ids())")
 
     def symbols_request(self) -> tuple[str, str]:
         """Path and query of the instruments request."""

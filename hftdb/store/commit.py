@@ -1,0 +1,621 @@
+"""Committing a group of sealed batches: one transaction, exactly once, in order.
+
+The body of a commit is ``BEGIN; COPY ... FROM STDIN (BINARY); COPY of the newest row per symbol into a temp
+staging table; ledger rows + latest-table upsert (from that table) + NOTIFY; COMMIT``. Every batch carries a uuid
+written to ``ingest_batches`` in that transaction; after a failure whose outcome is unknown (the connection died
+around COMMIT) the next attempt looks the ids up first and skips what did commit. Two groups may be in flight: the
+later one sends its COPY as soon as the earlier one's is handed over (the two COPYs run side by side on two
+backends), but waits for the earlier outcome before its own ledger/latest step and rolls back if that failed, so
+commits land in queue order and never deadlock on the latest table's rows.
+
+A :class:`Committer` belongs to one :class:`hftdb.store.writer.BatchWriter`, which hands it at construction everything
+it works with (the pool, the table's :class:`CommitSpec`, the spool, the writer's statistics and rejects) and calls
+:meth:`Committer.start` with each group of sealed batches. The committer owns what only commits need: which
+partitions exist, which backends hold the staging table, which batches are being taken apart, and whether commits
+are failing (:attr:`Committer.failing`, with the backoff :meth:`Committer.backoff`). A commit's latest rows go to
+the staging table packed by :func:`hftdb.wire.copy.copy_columns`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+import random
+import uuid
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import asyncpg
+import orjson
+
+from ..db import dberrors, partitions
+from ..config import StorageSettings, WriterSettings
+from ..wire.copy import HEADER, TRAILER, decode_tuple, split_tuples
+from ..rejects import Rejects
+from .spool import Spool
+from ..wire.copy import copy_columns
+
+if TYPE_CHECKING:
+    from .batch import Batch, WriterStats
+
+__all__ = ["RETRYABLE", "CommitSpec", "Committer", "InFlight"]
+
+logger = logging.getLogger("hftdb.store.writer")
+
+#: What a commit attempt catches (anything from the server or the socket); :func:`hftdb.db.dberrors.classify` then
+#: says what it means: wait for the database (retried with backoff for as long as it takes), a row the server
+#: refused (the batch is taken apart, see :meth:`Committer._isolate`), or something else (retried
+#: ``MAX_OTHER_ATTEMPTS`` times, then taken apart the same way).
+RETRYABLE: tuple[type[BaseException], ...] = dberrors.CATCH
+
+#: The batches of a group the ledger holds whole (``whole``), or only parts of, committed when an earlier attempt
+#: took the batch apart: each part's id is the batch's first ten bytes and a node number (:func:`_part_id`), so one
+#: range scan of the ledger's primary key finds them.
+_LEDGER_CHECK = """
+SELECT r.id, bool_or(i.batch_id = r.id) AS whole
+FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS r(id, lo, hi)
+JOIN ingest_batches i ON i.batch_id BETWEEN r.lo AND r.hi
+GROUP BY r.id"""
+
+#: Socket send buffer asked for on the connections that carry a commit's COPY (the kernel grants at most twice
+#: net.core.wmem_max). With the default (~208 kB, ~2,000 rows) the server's COPY drains the socket in ~2 ms and then
+#: waits for the event loop to write more, which it does only between callbacks (a producer's call, a commit's
+#: Python); with most of a commit's payload in the kernel the server reads at its own pace.
+_COPY_SNDBUF = 16 << 20
+#: Largest concatenation buffer kept for the next commit (~300k book-ticker rows); a bigger one is let go.
+_SPARE_MAX_BYTES = 32 << 20
+
+
+
+class CommitSpec:
+    """What committing needs to know of a table: its COPY columns, its latest-row statement and how to build that
+    statement's arguments from a batch's newest rows (the table's writer, in :mod:`hftdb.store.tables`, supplies them)."""
+
+    __slots__ = ("table", "columns", "row_kinds", "latest_sql", "latest_stage", "latest_stage_ddl", "latest_kinds",
+                 "latest_key_cols", "latest_ts_col", "latest_args_of", "decode_latest")
+
+    def __init__(
+        self, table: str, *, columns: Sequence[str], row_kinds: str, latest_sql: str, latest_stage: str = "",
+        latest_stage_ddl: str = "", latest_kinds: str = "", latest_key_cols: int = 1, latest_ts_col: int = 1,
+        latest_args_of: Callable[[Any], list[Any]], decode_latest: Callable[[list[Any]], list[Any]],
+    ) -> None:
+        if not table:
+            raise ValueError("table must be named")
+        self.table = table
+        self.columns = tuple(columns)
+        #: The kind of each column of the table's COPY tuples (see :func:`hftdb.wire.copy.decode_tuple`), in the order
+        #: of the latest-row arguments, so that a batch taken apart can build its parts' latest rows from them.
+        self.row_kinds = row_kinds
+        self.latest_sql = latest_sql
+        #: The temp table (and its DDL) a commit's newest rows are COPied into before ``latest_sql`` reads them,
+        #: and the kinds of its columns (:func:`hftdb.wire.copy.copy_columns`); empty for a table whose
+        #: ``latest_sql`` takes the column arrays as parameters.
+        self.latest_stage = latest_stage
+        self.latest_stage_ddl = latest_stage_ddl
+        self.latest_kinds = latest_kinds
+        #: How the latest-row arguments are keyed (leading columns) and which column holds the receipt time.
+        self.latest_key_cols = latest_key_cols
+        self.latest_ts_col = latest_ts_col
+        #: The latest upsert's column arrays for a batch's {key: newest row} dict.
+        self.latest_args_of = latest_args_of
+        #: The latest column arrays of a spooled batch as read back from its file.
+        self.decode_latest = decode_latest
+
+
+class Committer:
+    """The commit path of one batch writer (see the module docstring)."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        spec: CommitSpec,
+        *,
+        settings: WriterSettings,
+        storage: StorageSettings,
+        spool: Spool | None,
+        stats: WriterStats,
+        rejects: Rejects,
+        notify: bool = True,
+        command_timeout: float = 60.0,
+        on_failure: Callable[[], None] = lambda: None,
+        wake: Callable[[], None] = lambda: None,
+    ) -> None:
+        if command_timeout <= 0:
+            raise ValueError(f"command_timeout must be > 0, got {command_timeout!r}")
+        self._pool = pool
+        self.spec = spec
+        self.table = spec.table
+        self.settings = settings
+        self.storage = storage
+        self._spool = spool
+        self.stats = stats
+        self.rejects = rejects
+        self._notify = notify
+        #: Bound on each statement of a commit, so a connection that dies silently cannot stall the writer.
+        self.command_timeout = command_timeout
+        #: Called after each failed attempt (the writer spools what it must and wakes blocked producers).
+        self._on_failure = on_failure
+        #: Called as a commit's COPY is handed over, so the writer can start the next group beside it.
+        self._wake = wake
+        #: Whether the last attempt failed: the writer then spools sealed batches and retries only the head.
+        self.failing = False
+        self._delay = settings.retry_initial_ms / 1000.0
+        self._interval_us = storage.partition_interval_s * 1_000_000
+        self._covered: list[tuple[int, int]] = []
+        #: Backends (by pid) known to hold this table's staging table; a connection to any other creates it first.
+        self._staged: set[int] = set()
+        #: Buffers of earlier commits' concatenated COPY payloads, reused (at most two: two commits in flight).
+        self._spare_payloads: list[bytearray] = []
+        #: Batches (by id) that a data error, or too many other errors, sent to :meth:`_isolate`.
+        self._suspect: set[uuid.UUID] = set()
+        #: Failed attempts per batch (by id) on errors that are neither an outage nor a refused row.
+        self._other_failures: dict[uuid.UUID, int] = {}
+        #: Rows (tree nodes) of a batch being taken apart that are rejected already: an outage midway must not
+        #: count them twice when the batch is taken apart again.
+        self._rejected_nodes: dict[uuid.UUID, set[int]] = {}
+
+    def backoff(self) -> float:
+        """How long to wait before retrying after a failed commit (jittered), doubling the next wait up to
+        ``retry_max_ms``."""
+        delay = self._delay * random.uniform(0.5, 1.5)
+        self._delay = min(self._delay * 2, self.settings.retry_max_ms / 1000.0)
+        return delay
+
+    def _succeeded_now(self) -> None:
+        self.failing = False
+        self._delay = self.settings.retry_initial_ms / 1000.0
+
+    def start(self, group: list[Batch], prev: InFlight | None) -> InFlight:
+        """Start one attempt at committing ``group`` (after ``prev``, the attempt still in flight before it, if
+        any) as a task; its :class:`InFlight` tells when its COPY is handed over and whether it committed."""
+        commit = InFlight(group)
+        commit.task = asyncio.create_task(self._commit(group, prev, commit.copied), name=f"hftdb-{self.table}-commit")
+        return commit
+
+    async def _commit(self, group: list[Batch], prev: InFlight | None, copied: asyncio.Event) -> bool:
+        """One attempt at committing ``group``; False if it failed (the flusher backs off and re-forms)."""
+        try:
+            if self._suspect and any(b.id in self._suspect for b in group):
+                return await self._isolate(group, prev)
+            parts = [self._materialize(b) for b in group]
+            rows = sum(b.rows for b in group)
+            started = time.perf_counter()
+            skipped = await self._attempt(group, parts, prev, copied, check_ledger=any(b.uncertain for b in group))
+        except _EarlierFailed:
+            return False  # rolled back before COMMIT was sent: the outcome is known, nothing to check
+        except _PartlyCommitted as exc:
+            # An earlier run took these batches apart and committed some parts: only _isolate knows which rest
+            # to send. The flusher comes back at once (nothing failed).
+            self._suspect.update(exc.ids)
+            return False
+        except RETRYABLE as exc:
+            self._failed(group, exc)
+            return False
+        finally:
+            copied.set()
+        elapsed = time.perf_counter() - started
+        self._succeeded_now()
+        if self._other_failures:
+            for b in group:
+                self._other_failures.pop(b.id, None)
+        if skipped:
+            self.stats.duplicates_skipped += len(skipped)
+            logger.info("%s: %d batch(es) were already committed by an earlier attempt; not sent again",
+                        self.table, len(skipped))
+        committed = rows - sum(b.rows for b in group if b.id in skipped)
+        self.stats.commits += 1
+        self.stats.commit_seconds.append(elapsed)
+        self.stats.batch_rows.append(committed)
+        self.stats.rows_committed += committed
+        self.stats.batches_committed += len(group) - len(skipped)
+        self.stats.last_commit_at = time.time()
+        self.stats.last_error = None
+        return True
+
+    def _failed(self, group: list[Batch], exc: BaseException) -> None:
+        """Account for a failed attempt at ``group``, by what its error means (:func:`hftdb.db.dberrors.classify`)."""
+        kind = dberrors.classify(exc)
+        if _is_missing_partition(exc):
+            self._covered.clear()
+        for b in group:
+            # The attempt may have committed (the connection can die after COMMIT is sent): look in the
+            # ledger before sending these rows again.
+            b.uncertain = True
+        if kind == dberrors.DATA:
+            # The server refused a value: sent again, the same rows fail the same way. The next attempt takes
+            # these batches apart (_isolate) instead.
+            self._suspect.update(b.id for b in group)
+        elif kind == dberrors.OTHER:
+            for b in group:
+                tries = self._other_failures.get(b.id, 0) + 1
+                self._other_failures[b.id] = tries
+                if tries >= dberrors.MAX_OTHER_ATTEMPTS:
+                    self._suspect.add(b.id)
+        self.failing = True
+        self.stats.retries += 1
+        self.stats.last_error = f"{type(exc).__name__}: {exc}"
+        rows = sum(b.rows for b in group)
+        if kind == dberrors.WAIT:
+            log = logger.warning if self.stats.retries % 20 == 1 else logger.debug
+            log("%s commit of %d rows failed (%s: %s); retrying in about %.0f ms",
+                self.table, rows, type(exc).__name__, exc, self._delay * 1000)
+        else:
+            logger.warning("%s commit of %d rows failed (%s [%s]: %s); %s", self.table, rows, type(exc).__name__,
+                           dberrors.sqlstate(exc), exc,
+                           "finding the refused rows" if kind == dberrors.DATA else "retrying a few times")
+        # The writer spools what now must go to disk, and producers blocked on a full buffer re-check: now that
+        # commits fail, they may spill instead.
+        self._on_failure()
+
+    async def _isolate(self, group: list[Batch], prev: InFlight | None) -> bool:
+        """Commit ``group`` batch by batch, taking apart each batch the server refuses: True once every row is
+        committed or rejected, False on an outage (the flusher backs off and comes back).
+
+        A batch is tried whole, under its own ledger id; refused, it is cut in two halves, each tried under an
+        id of its own, and so on down to single rows, which are rejected (``db_<sqlstate>``, counted, logged).
+        The cut is always at the middle of the batch's tuples, and a part's id is derived from the batch's id and
+        its place in that tree (:func:`_part_id`), so a batch taken apart again (after an outage midway, or after
+        a crash, from the spool) gets the same parts and ids: the ledger shows which are committed, and only the
+        rest are sent. A part is never sent whole if any part under it was committed. Exactly once holds across
+        crashes, as for whole batches. Cost: about 2·log2(rows) small transactions per refused row.
+        """
+        if prev is not None and not await _succeeded(prev):
+            return False
+        started = time.perf_counter()
+        committed = 0
+        for b in group:
+            payload, _ = self._materialize(b)
+            try:
+                async with self._pool.acquire(timeout=self.settings.retry_max_ms / 1000.0 + 5) as conn:
+                    found = await conn.fetch(
+                        "SELECT batch_id FROM ingest_batches WHERE batch_id BETWEEN $1 AND $2",
+                        _part_id(b.id, 0), _part_id(b.id, (1 << 48) - 1), timeout=self.command_timeout)
+                done = {r[0] for r in found}
+                if b.id in done:
+                    self.stats.duplicates_skipped += 1
+                else:
+                    # (_bisect raises only what classify calls WAIT: it rejects what it cannot commit.)
+                    tuples = split_tuples(payload)
+                    nodes = {int.from_bytes(i.bytes[10:], "big") for i in done}
+                    committed += await self._bisect(b, tuples, 1, 0, len(tuples), nodes)
+            except RETRYABLE as exc:
+                # An outage midway: what committed is in the ledger under its batch's or part's id, and every
+                # batch of the group is marked for a ledger check, so the next run skips it however the group
+                # is formed again.
+                self.stats.rows_committed += committed
+                self._failed(group, exc)
+                return False
+            self.stats.batches_committed += 1
+            self._suspect.discard(b.id)
+            self._other_failures.pop(b.id, None)
+            self._rejected_nodes.pop(b.id, None)
+        self._succeeded_now()
+        self.stats.commits += 1
+        self.stats.commit_seconds.append(time.perf_counter() - started)
+        self.stats.batch_rows.append(committed)
+        self.stats.rows_committed += committed
+        self.stats.last_commit_at = time.time()
+        self.stats.last_error = None
+        return True
+
+    async def _bisect(
+        self, batch: Batch, tuples: list[bytes], node: int, lo: int, hi: int, done: set[int],
+    ) -> int:
+        """Commit ``tuples[lo:hi]`` of ``batch`` as tree node ``node`` (1 is the whole batch), cutting it in two
+        where the server refuses it; return the rows committed now. ``done``: the nodes the ledger holds."""
+        if node > 1 and node in done:
+            return 0
+        rejected = self._rejected_nodes.setdefault(batch.id, set())
+        if node in rejected:
+            return 0
+        if any(_under(d, node) for d in done):
+            # Some part below was committed already: sending this node whole would store those rows twice.
+            mid = (lo + hi) // 2
+            return (await self._bisect(batch, tuples, 2 * node, lo, mid, done)
+                    + await self._bisect(batch, tuples, 2 * node + 1, mid, hi, done))
+        try:
+            await self._commit_part(batch, tuples[lo:hi], batch.id if node == 1 else _part_id(batch.id, node))
+            return hi - lo
+        except RETRYABLE as exc:
+            if dberrors.classify(exc) == dberrors.WAIT:
+                raise
+            if hi - lo == 1:
+                rejected.add(node)
+                state = dberrors.sqlstate(exc)
+                self.rejects.add(f"db_{state}" if state else "db_error",
+                                 f"{decode_tuple(self.spec.row_kinds, tuples[lo])}: {type(exc).__name__}: {exc}")
+                return 0
+        mid = (lo + hi) // 2
+        return (await self._bisect(batch, tuples, 2 * node, lo, mid, done)
+                + await self._bisect(batch, tuples, 2 * node + 1, mid, hi, done))
+
+    async def _commit_part(self, batch: Batch, tuples: list[bytes], part_id: uuid.UUID) -> None:
+        """One transaction for some tuples of ``batch``, under ledger id ``part_id``: rows, ledger, latest rows
+        (built from the tuples themselves), NOTIFY."""
+        spec = self.spec
+        rows = [decode_tuple(spec.row_kinds, t) for t in tuples]
+        key_cols, ts_col = spec.latest_key_cols, spec.latest_ts_col
+        newest: dict[Any, list[Any]] = {}
+        for row in rows:
+            key = row[0] if key_cols == 1 else tuple(row[:key_cols])
+            prev = newest.get(key)
+            if prev is None or prev[ts_col] <= row[ts_col]:  # (a later row wins a tie, as in the writers)
+                newest[key] = row
+        latest_args = [list(col) for col in zip(*newest.values())]
+        part = _Part(part_id, len(rows), min(r[ts_col] for r in rows), max(r[ts_col] for r in rows), batch.parts)
+        payload = HEADER + b"".join(tuples) + TRAILER
+        async with self._pool.acquire(timeout=self.settings.retry_max_ms / 1000.0 + 5) as conn:
+            if spec.latest_stage and conn.get_server_pid() not in self._staged:
+                await conn.execute(spec.latest_stage_ddl, timeout=self.command_timeout)
+                self._staged.add(conn.get_server_pid())
+            async with conn.transaction():
+                await self.write(conn, [part], [(payload, latest_args)])
+
+    def _materialize(self, batch: Batch) -> tuple[Any, Any]:
+        """A batch's COPY payload and its latest rows: the {key: row} dict in memory, or column arrays spooled."""
+        if batch.buf is not None:
+            return batch.buf, batch.latest
+        assert batch.spool_path is not None and self._spool is not None
+        spooled = self._spool.read(batch.spool_path)
+        batch.min_ts, batch.max_ts = spooled.min_ts, spooled.max_ts
+        batch.parts = set(spooled.parts)
+        return spooled.payload, self.spec.decode_latest(spooled.latest)
+
+    async def _attempt(
+        self, group: list[Batch], parts: list[tuple[Any, list[Any]]], prev: InFlight | None, copied: asyncio.Event,
+        *, check_ledger: bool,
+    ) -> set[uuid.UUID]:
+        """One try at committing ``group``; returns the ids of its batches the ledger showed as committed."""
+        skipped: set[uuid.UUID] = set()
+        async with self._pool.acquire(timeout=self.settings.retry_max_ms / 1000.0 + 5) as conn:
+            _widen_send_buffer(conn)
+            if self.spec.latest_stage and conn.get_server_pid() not in self._staged:
+                # Outside the transaction: created inside one that then failed, the table would go with it.
+                await conn.execute(self.spec.latest_stage_ddl, timeout=self.command_timeout)
+                self._staged.add(conn.get_server_pid())
+            if check_ledger:
+                found = await conn.fetch(_LEDGER_CHECK, [b.id for b in group], [_part_id(b.id, 0) for b in group],
+                                         [_part_id(b.id, (1 << 48) - 1) for b in group])
+                partly = [r[0] for r in found if not r[1]]
+                if partly:
+                    raise _PartlyCommitted(partly)
+                skipped = {r[0] for r in found}
+                if skipped:
+                    keep = [i for i, b in enumerate(group) if b.id not in skipped]
+                    group = [group[i] for i in keep]
+                    parts = [parts[i] for i in keep]
+                    if not group:
+                        if prev is not None and not await _succeeded(prev):
+                            raise _EarlierFailed
+                        return skipped
+            async with conn.transaction():
+                await self._write_rows(conn, group, parts, copied)
+                if prev is not None and not await _succeeded(prev):
+                    raise _EarlierFailed
+                await self._write_latest(conn, group, parts)
+        return skipped
+
+    async def write(self, conn: asyncpg.Connection, group: Sequence[Any], parts: list[tuple[Any, Any]]) -> None:
+        """The body of a commit's transaction on ``conn`` (the caller's): partitions, one COPY of ``group``'s
+        payloads, then ledger rows + latest upsert + NOTIFY. ``parts``: each batch's payload and latest rows."""
+        await self._write_rows(conn, group, parts)
+        await self._write_latest(conn, group, parts)
+
+    async def _write_rows(
+        self, conn: asyncpg.Connection, group: list[Batch], parts: list[tuple[Any, list[Any]]],
+        copied: asyncio.Event | None = None,
+    ) -> None:
+        starts: set[int] = set()
+        for b in group:
+            starts |= b.parts
+        for start in sorted(starts):
+            await self._ensure_partitions(conn, start, start + self._interval_us - 1)
+        # A memoryview, never bytes: asyncpg treats a bytes source as a file *path* (os.fspath accepts bytes).
+        # One contiguous buffer, not an async iterator: asyncpg's iterator path can wait forever for a dead socket.
+        spare = None
+        if len(parts) == 1:
+            source = memoryview(parts[0][0])
+        else:
+            # Into a buffer kept from an earlier commit: touching ~10 MB of fresh memory per commit cost more in
+            # page faults than the copy itself.
+            spare = self._spare_payloads.pop() if self._spare_payloads else bytearray()
+            source = _concat_into(spare, [p[0] for p in parts])
+        try:
+            if copied is not None:
+                # The next group may start now, its COPY beside this one on its own backend: were it to wait for
+                # this COPY to end, the server's COPY stopped for ~10-15 ms per commit while the loop formed,
+                # concatenated and handed over the next group (timed per commit; see BENCHMARKS.md).
+                copied.set()
+                self._wake()
+            await conn.copy_to_table(
+                self.table, source=source, columns=self.spec.columns, format="binary", timeout=self.command_timeout)
+        finally:
+            # asyncpg copied the buffer into its own message before its first wait on the server: ours is free.
+            try:
+                source.release()
+            except BufferError:  # still exported somewhere: let that buffer go rather than write over it
+                spare = None
+            if spare is not None and len(spare) <= _SPARE_MAX_BYTES and len(self._spare_payloads) < 2:
+                self._spare_payloads.append(spare)
+
+    async def _write_latest(
+        self, conn: asyncpg.Connection, group: list[Batch], parts: list[tuple[Any, list[Any]]]
+    ) -> None:
+        hi = int(max(b.max_ts for b in group))
+        spec = self.spec
+        latest_args = self._group_latest(group, [p[1] for p in parts])
+        if spec.latest_stage:
+            try:
+                await conn.copy_to_table(
+                    spec.latest_stage, schema_name="pg_temp",
+                    source=memoryview(copy_columns(spec.latest_kinds, latest_args)),
+                    format="binary", timeout=self.command_timeout)
+            except asyncpg.UndefinedTableError:
+                # Dropped under us (DISCARD TEMP), or a new backend that reused a known pid: the retry creates it.
+                self._staged.discard(conn.get_server_pid())
+                raise
+        await conn.execute(
+            # (A staged table's statement reads the staging table; another takes the column arrays.)
+            spec.latest_sql, *([] if spec.latest_stage else latest_args),
+            [b.id for b in group], [b.rows for b in group],
+            [int(b.min_ts) for b in group], [int(b.max_ts) for b in group],
+            self._notify_payload(sum(b.rows for b in group), hi, latest_args) if self._notify else None,
+            timeout=self.command_timeout,
+        )
+
+    def _group_latest(self, group: list[Batch], latests: list[Any]) -> list[Any]:
+        """The latest-table arrays of a group: one row per key, the newest by receipt time."""
+        if all(type(x) is dict for x in latests):
+            if len(latests) == 1:
+                return self.spec.latest_args_of(latests[0])
+            if all(group[i + 1].min_ts >= group[i].max_ts for i in range(len(group) - 1)):
+                # Batches in receipt order (the usual case): a later batch's row is the newer, so C-level dict
+                # updates merge them with no per-key comparison.
+                merged: dict[Any, Any] = {}
+                for latest in latests:
+                    merged.update(latest)
+                return self.spec.latest_args_of(merged)
+        return self._merge_latest([self.spec.latest_args_of(x) if type(x) is dict else x for x in latests])
+
+    def _merge_latest(self, args_list: list[list[Any]]) -> list[Any]:
+        """One latest row per key across batches: the newest by receipt time (later batch wins a tie)."""
+        if len(args_list) == 1:
+            return args_list[0]
+        ncols = len(args_list[0])
+        key_cols, ts_col = self.spec.latest_key_cols, self.spec.latest_ts_col
+        best: dict[Any, tuple[int, int, int]] = {}
+        for bi, args in enumerate(args_list):
+            keys = args[0] if key_cols == 1 else list(zip(*args[:key_cols]))
+            for ri, (key, ts) in enumerate(zip(keys, args[ts_col])):
+                prev = best.get(key)
+                if prev is None or prev[0] <= ts:
+                    best[key] = (ts, bi, ri)
+        return [[args_list[bi][c][ri] for _, bi, ri in best.values()] for c in range(ncols)]
+
+    async def _ensure_partitions(self, conn: asyncpg.Connection, lo: int, hi: int) -> None:
+        for c_lo, c_hi in self._covered:
+            if c_lo <= lo and hi < c_hi:
+                return
+        interval_us = self._interval_us
+        await partitions.ensure_partitions(
+            conn, self.table, lo, hi, interval_s=self.storage.partition_interval_s, hot_index=self.storage.hot_index
+        )
+        start = lo - lo % interval_us
+        end = hi - hi % interval_us + interval_us
+        self._covered.append((start, end))
+        self._covered = _merge(self._covered)
+
+    def forget_partitions(self) -> None:
+        """Forget which partitions exist (after retention or a schema change dropped some)."""
+        self._covered.clear()
+
+    def _notify_payload(self, rows: int, max_ts: int, latest_args: list[Any]) -> str:
+        keys = latest_args[0]
+        body: dict[str, Any] = {"table": self.table, "rows": rows, "max_ts": max_ts}
+        if len(keys) <= 200:
+            body["ids"] = sorted(set(keys))
+        else:
+            body["id_range"] = [min(keys), max(keys)]
+        return orjson.dumps(body).decode()
+
+
+class InFlight:
+    """A group's commit attempt in flight: ``task`` says whether it committed, ``copied`` is set as its COPY is
+    handed to the connection (or once the attempt ended)."""
+
+    __slots__ = ("group", "copied", "task")
+
+    def __init__(self, group: list[Batch]) -> None:
+        self.group = group
+        self.copied = asyncio.Event()
+        self.task: asyncio.Task[bool]
+
+
+class _Part:
+    """The ledger and partition facts of some tuples of a batch taken apart, committed on their own."""
+
+    __slots__ = ("id", "rows", "min_ts", "max_ts", "parts")
+
+    def __init__(self, part_id: uuid.UUID, rows: int, min_ts: int, max_ts: int, parts: set[int]) -> None:
+        self.id, self.rows, self.min_ts, self.max_ts, self.parts = part_id, rows, min_ts, max_ts, parts
+
+
+class _EarlierFailed(Exception):
+    """The commit before this one failed; this one rolls back so commits stay in order."""
+
+
+class _PartlyCommitted(Exception):
+    """The ledger holds parts of these batches (an earlier attempt took them apart): they go to ``_isolate``."""
+
+    def __init__(self, ids: list[uuid.UUID]) -> None:
+        super().__init__(f"{len(ids)} batch(es) partly committed")
+        self.ids = ids
+
+
+def _part_id(batch_id: uuid.UUID, node: int) -> uuid.UUID:
+    """The ledger id of tree node ``node`` of a batch taken apart: the batch id's first ten bytes, then the node
+    number (node 1, the whole batch, keeps the batch's own id)."""
+    return uuid.UUID(bytes=batch_id.bytes[:10] + node.to_bytes(6, "big"))
+
+
+def _under(descendant: int, node: int) -> bool:
+    """Whether tree node ``descendant`` lies strictly below ``node`` (children of k are 2k and 2k+1)."""
+    shift = descendant.bit_length() - node.bit_length()
+    return shift > 0 and descendant >> shift == node
+
+
+async def _succeeded(commit: InFlight) -> bool:
+    # Shielded: this attempt being cancelled must not cancel the earlier one it is waiting on.
+    try:
+        return await asyncio.shield(commit.task)
+    except Exception:
+        return False
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    ranges.sort()
+    out: list[tuple[int, int]] = []
+    for lo, hi in ranges:
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _is_missing_partition(exc: BaseException) -> bool:
+    # 23514: "no partition of relation ... found for row" (a partition was dropped under us by retention).
+    return getattr(exc, "sqlstate", None) == "23514"
+
+
+def _widen_send_buffer(conn: asyncpg.Connection) -> None:
+    # asyncpg has no public handle on its socket; the transport's is the connection's own. Best effort: a
+    # transport without one, or a kernel that refuses, leaves the default.
+    transport = getattr(conn, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return
+    try:
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < _COPY_SNDBUF:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _COPY_SNDBUF)
+    except (OSError, ValueError):  # a closed socket: the commit will fail and retry on another connection
+        pass
+
+
+def _concat_into(out: bytearray, payloads: list[Any]) -> memoryview:
+    """Several batches' COPY payloads as one in ``out`` (grown if short): one header, every batch's tuples, one
+    trailer; returns a view of the bytes written, to be released before ``out`` is used again."""
+    bodies = [memoryview(p)[len(HEADER):-len(TRAILER)] for p in payloads]
+    size = len(HEADER) + sum(map(len, bodies)) + len(TRAILER)
+    if len(out) < size:
+        out.extend(bytes(size - len(out)))
+    with memoryview(out) as view:
+        view[:len(HEADER)] = HEADER
+        pos = len(HEADER)
+        for body in bodies:
+            view[pos:pos + len(body)] = body
+            pos += len(body)
+            body.release()
+        view[pos:size] = TRAILER
+        return view[:size]

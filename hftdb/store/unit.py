@@ -1,0 +1,137 @@
+"""Units of work: several writes that commit together or not at all.
+
+A :class:`UnitOfWork` wraps one connection inside one transaction. Its writes go straight to the database with
+the same validation and binary COPY encoding as the batch writers, but a rejected row fails the whole unit
+(raising :class:`ValidationError`, which rolls the transaction back) instead of being skipped: atomic means atomic.
+Exchanges and symbols it registers reach the :class:`~hftdb.db.catalog.SymbolCatalog` only after the commit
+(:func:`unit_of_work`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, AsyncIterator, Callable, Iterable
+
+import asyncpg
+
+from ..db import catalog as _sql
+from ..db import dberrors
+from ..db.catalog import MAX_SYMBOL_LEN, SymbolCatalog, check_symbol
+from ..errors import UnknownExchangeError, UnknownSymbolError, ValidationError
+from ..models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Symbol
+from ..wire.rules import bad_text
+
+__all__ = ["UnitOfWork", "unit_of_work"]
+
+#: Builds the encoder of one table (a batch writer that is never started): how a unit packs its rows.
+EncoderFactory = Callable[[str], Any]
+
+
+@contextlib.asynccontextmanager
+async def unit_of_work(conn: asyncpg.Connection, *, catalog: SymbolCatalog,
+                       encoder: EncoderFactory) -> AsyncIterator[UnitOfWork]:
+    """A :class:`UnitOfWork` in a transaction on ``conn``; its exchanges and symbols are cached once it commits."""
+    uow = UnitOfWork(conn, encoder=encoder)
+    async with conn.transaction():
+        yield uow
+    for ex in uow._new_exchanges:
+        catalog.remember_exchange(ex)
+    for sym in uow._new_symbols:
+        catalog.remember_symbol(sym)
+
+
+class UnitOfWork:
+    """Writes inside one transaction. Obtain it from ``DatabaseManager.transaction()``."""
+
+    def __init__(self, conn: asyncpg.Connection, *, encoder: EncoderFactory) -> None:
+        self._conn = conn
+        self._encoder = encoder
+        self._new_exchanges: list[Exchange] = []
+        self._new_symbols: list[Symbol] = []
+
+    @property
+    def connection(self) -> asyncpg.Connection:
+        """The transaction's connection, for statements of your own."""
+        return self._conn
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[UnitOfWork]:
+        """A nested block as a savepoint: an error inside rolls back only the block."""
+        async with self._conn.transaction():
+            yield self
+
+    async def insert_exchange(self, name: ExchangeName | str, *, market: str = "spot") -> Exchange:
+        """Register an exchange in this transaction."""
+        text = str(getattr(name, "value", name))
+        if bad_text(text):
+            raise ValidationError(f"exchange name must hold printable characters only, got {text!r}")
+        ex = await _sql.upsert_exchange(self._conn, text, market, True)
+        self._new_exchanges.append(ex)
+        return ex
+
+    async def insert_symbol(self, symbol: Symbol) -> Symbol:
+        """Register or update a symbol in this transaction."""
+        check_symbol(symbol)
+        sym = (await _sql.upsert_symbols(self._conn, [symbol]))[0]
+        self._new_symbols.append(sym)
+        return sym
+
+    async def insert_book_ticker_snapshots(self, tickers: Iterable[BookTicker]) -> int:
+        """Write book tickers in this transaction; any invalid row fails the unit."""
+        return await self._write("book_tickers", await self._pairs(list(tickers)))
+
+    async def insert_funding_rates(self, rates: Iterable[FundingRate]) -> int:
+        """Write funding rates in this transaction; any invalid row fails the unit."""
+        return await self._write("funding_rates", await self._pairs(list(rates)))
+
+    async def insert_balance_snapshots(self, balances: Iterable[Balance]) -> int:
+        """Write a balance set in this transaction, e.g. one account snapshot; any invalid row fails the unit."""
+        pairs = []
+        for b in balances:
+            pairs.append((await self._exchange_id(b.exchange), b))
+        return await self._write("balances", pairs)
+
+    async def _exchange_id(self, name: str) -> int:
+        if not isinstance(name, str) or bad_text(name):
+            # Looked up, the server would refuse the query and abort the whole transaction with a database error.
+            raise ValidationError(f"exchange name must hold printable characters only, got {name!r}")
+        found: Exchange | None = None
+        for ex in self._new_exchanges:
+            if ex.name == name:
+                found = ex
+                break
+        else:
+            found = await _sql.fetch_exchange(self._conn, name)
+        if found is None or found.id is None:
+            raise UnknownExchangeError(f"unknown exchange {name!r}")
+        return found.id
+
+    async def _pairs(self, rows: list[Any]) -> list[tuple[int, Any]]:
+        pairs = []
+        for r in rows:
+            sid = r.symbol_id
+            if sid is None:
+                if not isinstance(r.symbol, str) or bad_text(r.symbol) or not 0 < len(r.symbol) <= MAX_SYMBOL_LEN:
+                    raise ValidationError(f"invalid symbol {r.symbol!r} on {r.exchange!r} in a unit of work")
+                sym = await _sql.fetch_symbol_by_name(self._conn, await self._exchange_id(r.exchange), r.symbol)
+                if sym is None:
+                    raise UnknownSymbolError(f"unknown symbol {r.symbol!r} on {r.exchange}")
+                sid = sym.id
+            pairs.append((sid, r))
+        return pairs
+
+    async def _write(self, table: str, pairs: list[tuple[int, Any]]) -> int:
+        encoder = self._encoder(table)
+        added = encoder.add(pairs)
+        if added != len(pairs):
+            raise ValidationError(f"{len(pairs) - added} invalid {table} row(s) in a unit of work: "
+                                  f"{encoder.rejects.snapshot()}")
+        try:
+            return await encoder.write_in(self._conn)
+        except dberrors.CATCH as exc:
+            if dberrors.classify(exc) != dberrors.DATA:
+                raise
+            # The server refused a value the checks let through (a CHECK of your own, a range): the unit's
+            # mistake, so a typed error, and the transaction rolls back as for any invalid row.
+            raise ValidationError(f"the database refused a {table} row in a unit of work "
+                                  f"({dberrors.sqlstate(exc)}: {exc})") from exc
