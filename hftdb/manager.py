@@ -17,7 +17,7 @@ import time
 from datetime import timedelta
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable, Literal, Sequence, TypeVar, cast
+from typing import Any, AsyncIterator, Iterable, Literal, Sequence, TypeVar
 
 import asyncpg
 from asyncpg.pool import PoolAcquireContext
@@ -48,8 +48,6 @@ logger = logging.getLogger(__name__)
 
 _MIRRORED = tuple(t.name for t in tablespec.TABLES if t.mirrored)
 _SYMBOL_ID = attrgetter("symbol_id")
-_EXCHANGE = attrgetter("exchange")
-_SYMBOL = attrgetter("symbol")
 _W = TypeVar("_W", bound=BatchWriter)
 # A pool that does not close within its timeout, or whose connections are gone, is terminated.
 _CLOSE_ERRORS: tuple[type[BaseException], ...] = (asyncio.TimeoutError, *RETRYABLE)
@@ -436,23 +434,28 @@ class DatabaseManager:
         added = None
         if writer.vectorizes(len(rows)):
             # (A small call goes straight to the per-row path: neither the names nor the rows are looked at twice.)
-            sids: list[int] | None = None
-            if rows[0].symbol_id is None and list(map(_SYMBOL_ID, rows)).count(None) == len(rows):
-                # Named by exchange and symbol: resolve the whole call from the cache at once; any miss (a new
-                # symbol, an unknown exchange) sends the call down the per-row path, which handles each.
-                found = self._catalog.cached_ids(zip(map(_EXCHANGE, rows), map(_SYMBOL, rows)))
-                if None not in found:
-                    sids = cast("list[int]", found)
-            if sids is not None or rows[0].symbol_id is not None:
-                step = writer.settings.batch_max_rows
-                if len(rows) > 2 * step and (sids is not None or self._catalog.known_ids.issuperset(map(_SYMBOL_ID, rows))):
-                    # A big call (a backfill) is encoded a batch at a time, yielding between slices, so the first
-                    # COPY starts while the rest is encoded and the loop is never held for the whole call.
+            named = rows[0].symbol_id is None
+            step = writer.settings.batch_max_rows
+            if len(rows) > 2 * step:
+                # A big call (a backfill) is encoded a batch at a time, yielding between slices, so the first COPY
+                # starts while the rest is encoded and the loop is never held for the whole call. Only when every
+                # row's id is known at once: then no slice can raise half way (an unknown exchange takes no row).
+                sids = None
+                if named and list(map(_SYMBOL_ID, rows)).count(None) == len(rows):
+                    sids = self._catalog.cached_ids(rows)
+                if sids is not None or (not named and self._catalog.known_ids.issuperset(map(_SYMBOL_ID, rows))):
                     added = await self._add_sliced(writer, rows, sids, step)
                     if self._latest_cache is not None and added:
                         self._latest_cache.invalidate()
                     return added
-                added = writer.add_fast(rows, self._catalog.known_ids, sids)
+            else:
+                # Named by exchange and symbol: the vectorized path resolves the whole call from the cache in its
+                # packing pass; any miss (a new symbol, an unknown exchange, a row with an id among named ones)
+                # sends the call down the per-row path, which handles each.
+                names = self._catalog.names() if named else None
+                added = writer.add_fast(rows, self._catalog.known_ids, None, names)
+                if added is not None and named:
+                    self._catalog.count_hits(len(rows))
         if added is None:
             pairs = await self._resolver.pairs(rows, writer)
             added = writer.add(pairs)

@@ -16,7 +16,8 @@ import asyncpg
 from hftdb import BookTicker, DatabaseManager, ExchangeName, FundingRate, now_us
 from hftdb.config import DatabaseSettings, Settings
 from hftdb.wire.copy import HEADER, TRAILER
-from hftdb.store.tables import _BT, BookTickerWriter
+from hftdb.store.tables import BookTickerWriter
+from hftdb.wire.books import LAYOUTS
 from hftdb.wire.copy import copy_columns
 
 from helpers import settings, sql
@@ -64,7 +65,7 @@ def test_copy_columns_packs_what_the_per_row_layouts_pack():
             (9, t + 2, t - 1, 2.0, 1.0, 3.0, 1.0, None), (2**31 - 1, t + 3, None, 1.0, 1.0, 1.0, 1.0, -(2**63))]
     expected = HEADER
     for sid, recv, ex, bp, bq, ap, aq, uid in rows:
-        pack = _BT[(ex is not None, uid is not None)].pack
+        pack = LAYOUTS[(ex is not None, uid is not None)].row.pack
         head = (8, 4, sid, 8, recv - 946_684_800_000_000)
         ex_part = (8, ex - 946_684_800_000_000) if ex is not None else (-1,)
         uid_part = (8, uid) if uid is not None else (-1,)

@@ -59,9 +59,21 @@ class TTLCache(Generic[K, V]):
         self.misses += misses
         return found
 
-    def set(self, key: K, value: V) -> None:
-        """Store ``value`` under ``key`` for ``ttl`` seconds from now."""
-        self._data[key] = (self._clock() + self.ttl, value)
+    def set(self, key: K, value: V) -> float:
+        """Store ``value`` under ``key`` for ``ttl`` seconds from now; return when it expires (on the cache's
+        clock)."""
+        expires = self._clock() + self.ttl
+        self._data[key] = (expires, value)
+        return expires
+
+    def now(self) -> float:
+        """The cache's clock."""
+        return self._clock()
+
+    def live_items(self) -> list[tuple[K, V, float]]:
+        """(key, value, expiry) of every entry not yet expired (expired ones are left for :meth:`get` to drop)."""
+        now = self._clock()
+        return [(k, v, t) for k, (t, v) in self._data.items() if t > now]
 
     def invalidate(self, key: K | None = None) -> None:
         """Drop one entry, or every entry when ``key`` is None."""

@@ -19,12 +19,14 @@ transaction, as units of work use them).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Sequence
 
 from .. import venues
 from .cache import TTLCache
 from ..errors import ClosedError, StateError, UnknownExchangeError, UnknownSymbolError, ValidationError
 from ..models import Exchange, ExchangeName, Symbol
+from ..wire.books import ids_by_name
 from ..wire.rules import bad_text
 
 __all__ = [
@@ -93,6 +95,11 @@ class SymbolCatalog:
         self._exchanges = TTLCache[str, Exchange](ttl)
         self._symbols_by_id = TTLCache[int, Symbol](ttl)
         self._symbol_ids = TTLCache[tuple[str, str], int](ttl)
+        #: The live entries of ``_symbol_ids`` as {exchange: {symbol: id}}, for the writers' fast paths (one dict
+        #: lookup per row on a cached string hash, no tuple key); valid until its first entry expires
+        #: (``_names_until``), then rebuilt from the TTL cache's live entries (:meth:`names`).
+        self._names: dict[str, dict[str, int]] = {}
+        self._names_until = math.inf
         self._exchange_names: dict[int, str] = {}
         self._known_ids: set[int] = set()
         self.directory = SymbolDirectory()
@@ -148,7 +155,10 @@ class SymbolCatalog:
         self._known_ids.add(sym.id)
         name = self._exchange_names.get(sym.exchange_id)
         if name is not None:
-            self._symbol_ids.set((name, sym.symbol), sym.id)
+            expires = self._symbol_ids.set((name, sym.symbol), sym.id)
+            self._names.setdefault(name, {})[sym.symbol] = sym.id
+            if expires < self._names_until:
+                self._names_until = expires
             self.directory.remember(sym.id, sym.exchange_id, name, sym.symbol)
 
     def invalidate(self, *, exchanges: bool = True, symbols: bool = True) -> None:
@@ -158,15 +168,37 @@ class SymbolCatalog:
         if symbols:
             self._symbols_by_id.invalidate()
             self._symbol_ids.invalidate()
+            self._names = {}
+            self._names_until = math.inf
             self._known_ids.clear()
 
     def cached_id(self, exchange: str, symbol: str) -> int | None:
         """The cached id of ``exchange``/``symbol``, or None on a miss."""
         return self._symbol_ids.get((exchange, symbol))
 
-    def cached_ids(self, names: Iterable[tuple[str, str]]) -> list[int | None]:
-        """:meth:`cached_id` of many (exchange, symbol) pairs at once (None for each miss)."""
-        return self._symbol_ids.get_many(names)
+    def names(self) -> dict[str, dict[str, int]]:
+        """The cached symbol ids as {exchange: {symbol: id}}, every entry live (the writers' fast paths resolve a
+        call's names in it at C level). Read it, do not change it; count what it resolved with :meth:`count_hits`.
+        """
+        if self._symbol_ids.now() >= self._names_until:
+            names: dict[str, dict[str, int]] = {}
+            until = math.inf
+            for (exchange, symbol), sid, expires in self._symbol_ids.live_items():
+                names.setdefault(exchange, {})[symbol] = sid
+                until = min(until, expires)
+            self._names, self._names_until = names, until
+        return self._names
+
+    def count_hits(self, n: int) -> None:
+        """Count ``n`` names resolved through :meth:`names` as cache hits (``cache_stats``)."""
+        self._symbol_ids.hits += n
+
+    def cached_ids(self, rows: Sequence[Any]) -> list[int] | None:
+        """The cached symbol id of every row named by exchange and symbol, or None when one is not cached."""
+        ids = ids_by_name(rows, self.names())
+        if ids is not None:
+            self._symbol_ids.hits += len(ids)
+        return ids
 
     def pair_cached(self, rows: Iterable[Any]) -> tuple[list[tuple[int, Any]], list[Any]]:
         """Split written rows into (symbol id, row) pairs known from the cache, and the rows that need a lookup:

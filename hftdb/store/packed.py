@@ -25,7 +25,7 @@ _SYMBOL_ID = attrgetter("symbol_id")
 
 
 def add_packed(writer: BookTickerWriter, rows: PackedBooks, known_ids: set[int]) -> int | None:
-    """Append a packed call to ``writer``'s batches as the per-row path would have; return the rows taken (exact
+    """Append a packed call to ``writer``'s batches as the writer's ``add`` would have; return the rows taken (exact
     repeats of a batch's rows are dropped and counted, as there), or None when the call must go the public path
     (not every row packed, an unregistered id, a changed list).
 

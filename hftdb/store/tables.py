@@ -1,36 +1,27 @@
 """The three time-series writers: rows into batches, and latest-row upserts per table.
 
-Each row is checked by the wire layer's rules (:mod:`hftdb.wire.rules`; book tickers on a fast path, one
-chained comparison that also fails on NaN and on a wrong type) and packed in its layout
-(:mod:`hftdb.wire.books`, :mod:`hftdb.wire.rows`). A row that fails is rejected alone, with a reason, and the
-rows beside it go on.
+Each row is checked by the wire layer's rules (:mod:`hftdb.wire.rules`) and packed in its layout
+(:mod:`hftdb.wire.books`, :mod:`hftdb.wire.rows`), then handed to :meth:`~hftdb.store.writer.BatchWriter.append`:
+book tickers by their one encoder (:mod:`hftdb.store.vector`), funding rates and balances as :class:`KeyedRows`. A row
+that fails is rejected alone, with a reason, and the rows beside it go on.
 """
 
 from __future__ import annotations
 
-import struct
 from decimal import Decimal
 from typing import Any, Iterable
 
 from msgspec.structs import astuple
 
 from ..models import Balance, BookTicker, FundingRate, now_us
-from ..wire.books import LAYOUTS
-from ..wire.copy import PG_EPOCH_US
 from ..wire.rows import balance_tuple, funding_tuple
 # The acceptance rules and reasons are the wire layer's; bad_text and the time bounds stay importable from here.
-from ..wire.rules import FUTURE_SLACK_US, INF, MIN_TS_US, bad_text, balance_check, book_ticker_reason, funding_reason
+from ..wire.rules import FUTURE_SLACK_US, MIN_TS_US, bad_text, balance_check, funding_reason
 from . import vector
 from .writer import BatchWriter
 
-__all__ = ["BookTickerWriter", "FundingRateWriter", "BalanceWriter", "MIN_TS_US", "FUTURE_SLACK_US", "bad_text",
-           "seen_before"]
-
-
-def seen_before(batch: Any, row: bytes | memoryview) -> bool:
-    """Whether ``row`` (one COPY tuple) equals a tuple already in ``batch``'s buffer: an exact duplicate
-    (:meth:`hftdb.store.writer.Batch.holds`)."""
-    return batch.holds(row)
+__all__ = ["BookTickerWriter", "FundingRateWriter", "BalanceWriter", "KeyedRows", "MIN_TS_US", "FUTURE_SLACK_US",
+           "bad_text"]
 
 
 # The ledger rows of a commit's batches, and the NOTIFY that ends it: shared by every writer's latest statement.
@@ -126,9 +117,6 @@ def _staged_latest(table: str, types: dict[str, str]) -> tuple[str, str, str, st
 _BT_LATEST_FIELDS = tuple(BookTicker.__struct_fields__.index(c) for c in (
     "recv_ts", "exchange_ts", "bid_price", "bid_qty", "ask_price", "ask_qty", "update_id"))
 
-# The whole COPY tuple per NULL pattern of (exchange_ts, update_id), from the wire layer's one layout.
-_BT = {pattern: layout.row for pattern, layout in LAYOUTS.items()}
-
 
 class BookTickerWriter(BatchWriter):
     """Writer of ``book_tickers``; keeps ``book_tickers_latest`` current in the same transaction."""
@@ -144,85 +132,21 @@ class BookTickerWriter(BatchWriter):
         """Whether a call of ``n`` rows is worth the vectorized path (``hftdb.store.vector.MIN_ROWS`` or more)."""
         return n >= vector.MIN_ROWS
 
-    def add_fast(self, rows: list[BookTicker], known_ids: set[int], sids: list[int] | None = None) -> int | None:
-        """Take a whole call's tickers at once when each carries a registered ``symbol_id`` (the feeds' case) or
-        ``sids`` gives every row's id, vectorized by :mod:`hftdb.store.vector`; None when the call needs the per-row
-        path (:meth:`add`)."""
-        if sids is None and rows[0].symbol_id is None:
+    def add_fast(self, rows: list[BookTicker], known_ids: set[int], sids: list[int] | None = None,
+                 names: dict[str, dict[str, int]] | None = None) -> int | None:
+        """Take a whole call's tickers at once when each carries a registered ``symbol_id`` (the feeds' case),
+        ``sids`` gives every row's id, or every row is named by a name in ``names`` (the symbol catalog's
+        :meth:`~hftdb.db.catalog.SymbolCatalog.names`), vectorized by :mod:`hftdb.store.vector`; None when the call
+        needs its ids paired first (:meth:`add`)."""
+        if len(rows) < vector.MIN_ROWS or (sids is None and names is None and rows[0].symbol_id is None):
             return None
-        return vector.add_tickers(self, rows, known_ids, sids)
+        return vector.add_tickers(self, rows, known_ids, sids, names)
 
     def add(self, rows: Iterable[tuple[int, BookTicker]]) -> int:
-        """Validate and encode ``(symbol_id, ticker)`` pairs into the current batch; return how many were taken."""
-        ts_max = now_us() + FUTURE_SLACK_US
-        max_rows = self._max_rows
-        reject = self.rejects.add
-        # One bound pack per NULL pattern, chosen by branching: no per-row tuple or dict lookup.
-        pack_eu, pack_e, pack_u, pack_ = _BT[(True, True)].pack, _BT[(True, False)].pack, _BT[(False, True)].pack, _BT[(False, False)].pack
-        epoch = PG_EPOCH_US
-        added = dups = 0
-        b = self.current
-        buf, latest, n, lo, hi = b.buf, b.latest, b.rows, b.min_ts, b.max_ts
-        plo, phi = b.part_lo, b.part_hi
-        latest_get = latest.get
-        for sid, r in rows:
-            bp, bq, ap, aq, recv, ex, uid = r.bid_price, r.bid_qty, r.ask_price, r.ask_qty, r.recv_ts, r.exchange_ts, r.update_id
-            try:
-                # wire.rules.book_fits inlined, with the receipt time (a call per row would cost more than the check)
-                if 0.0 < bp <= ap < INF and 0.0 < bq < INF and 0.0 < aq < INF and MIN_TS_US <= recv <= ts_max:
-                    if ex is not None:
-                        if not MIN_TS_US <= ex <= ts_max:
-                            raise TypeError
-                        if uid is not None:
-                            buf += pack_eu(8, 4, sid, 8, recv - epoch, 8, ex - epoch, 8, bp, 8, bq, 8, ap, 8, aq, 8, uid)
-                        else:
-                            buf += pack_e(8, 4, sid, 8, recv - epoch, 8, ex - epoch, 8, bp, 8, bq, 8, ap, 8, aq, -1)
-                    elif uid is not None:
-                        buf += pack_u(8, 4, sid, 8, recv - epoch, -1, 8, bp, 8, bq, 8, ap, 8, aq, 8, uid)
-                    else:
-                        buf += pack_(8, 4, sid, 8, recv - epoch, -1, 8, bp, 8, bq, 8, ap, 8, aq, -1)
-                else:
-                    raise TypeError
-            except (TypeError, struct.error):
-                reject(book_ticker_reason(r, ts_max), f"{r.exchange}:{r.symbol} {r!r}")
-                continue
-            prev = latest_get(sid)
-            if prev is None or prev.recv_ts < recv:
-                latest[sid] = r
-            elif recv < prev.recv_ts or uid is None or prev.update_id is None or uid <= prev.update_id:
-                # Not newer than this symbol's newest row in the batch: it may repeat an earlier row (a call
-                # sent twice). Rows in receipt order (or sharing a receipt time with rising update ids, as a
-                # feed's socket read does) never come here.
-                row = bytes(buf[-_BT[(ex is not None, uid is not None)].size:])
-                del buf[-len(row):]
-                if seen_before(b, row):
-                    dups += 1
-                    continue
-                buf += row
-                if prev.recv_ts == recv:
-                    latest[sid] = r
-            else:
-                latest[sid] = r
-            if recv < lo:
-                lo = recv
-            if recv > hi:
-                hi = recv
-            if not plo <= recv < phi:
-                self._note_partition(b, recv)
-                plo, phi = b.part_lo, b.part_hi
-            n += 1
-            added += 1
-            if n >= max_rows:
-                b.rows, b.min_ts, b.max_ts = n, lo, hi
-                self._seal()
-                b = self.current
-                buf, latest, n, lo, hi = b.buf, b.latest, b.rows, b.min_ts, b.max_ts
-                plo, phi = b.part_lo, b.part_hi
-                latest_get = latest.get
-        b.rows, b.min_ts, b.max_ts = n, lo, hi
-        if dups:
-            self.stats.rows_duplicate += dups
-        return added
+        """Validate and encode ``(symbol_id, ticker)`` pairs (ids resolved and registered) into the batches; return
+        how many were taken. The same encoder as a whole call's (:func:`hftdb.store.vector.add_pairs`), through
+        :meth:`append`."""
+        return vector.add_pairs(self, rows)
 
     def _latest_args_of(self, latest: dict[Any, Any]) -> list[Any]:
         if not latest:
@@ -234,24 +158,57 @@ class BookTickerWriter(BatchWriter):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# funding_rates and balances: rows through ``BatchWriter._append_row``
+# funding_rates and balances: rows checked and packed one at a time, handed over as KeyedRows
 
 
-class _KeyedRowWriter(BatchWriter):
-    """A writer whose batches keep ``{key: (recv_ts, value)}`` as their newest rows (``_append_row``)."""
+class KeyedRows:
+    """Checked rows of a table without a vectorized path (funding rates, balances) as COPY tuples, with each row's
+    key (of its latest-table row), the value its latest row is built from and its receipt time: the writer's
+    :class:`~hftdb.store.writer.Encoded` for them, taken by :meth:`~hftdb.store.writer.BatchWriter.append` like book tickers.
+    """
 
-    def _repeats(self, key: Any, recv_ts: int, row: bytes) -> bool:
-        """Whether ``row`` repeats a row of the current batch (then counted as a duplicate, to be dropped); only
-        a row not newer than its key's newest is looked up (:func:`seen_before`)."""
-        prev = self.current.latest.get(key)
-        if prev is None or prev[0] < recv_ts or not seen_before(self.current, row):
-            return False
-        self.stats.rows_duplicate += 1
-        return True
+    __slots__ = ("keys", "values", "tuples", "times", "lo", "hi")
+
+    def __init__(self, keys: list[Any], values: list[Any], tuples: list[bytes], times: list[int]) -> None:
+        self.keys, self.values, self.tuples, self.times = keys, values, tuples, times
+        self.lo, self.hi = min(times), max(times)
+
+    def __len__(self) -> int:
+        """The number of rows."""
+        return len(self.tuples)
+
+    def slice(self, start: int, end: int) -> KeyedRows:
+        """Rows ``start`` to ``end``."""
+        return KeyedRows(self.keys[start:end], self.values[start:end], self.tuples[start:end],
+                         self.times[start:end])
+
+    def partition_starts(self, interval_us: int) -> list[int]:
+        """The start of every partition the rows' receipt times fall in."""
+        return sorted({t - t % interval_us for t in self.times})
+
+    def append_to(self, batch: Any) -> int:
+        """Append the tuples to ``batch`` and keep its newest row per key (a later row wins a tie), dropping a row
+        that exactly repeats one of the batch's; only a row not newer than its key's newest is looked up
+        (:meth:`hftdb.store.writer.Batch.holds`)."""
+        buf, latest = batch.buf, batch.latest
+        get = latest.get
+        added = 0
+        for key, value, row, ts in zip(self.keys, self.values, self.tuples, self.times):
+            prev = get(key)
+            if prev is not None and ts <= prev[0]:
+                if batch.holds(row):
+                    continue
+                if ts < prev[0]:
+                    buf += row
+                    added += 1
+                    continue
+            buf += row
+            latest[key] = (ts, value)
+            added += 1
+        return added
 
 
-
-class FundingRateWriter(_KeyedRowWriter):
+class FundingRateWriter(BatchWriter):
     """Writer of ``funding_rates``; keeps ``funding_rates_latest`` current in the same transaction."""
 
     table = "funding_rates"
@@ -264,18 +221,20 @@ class FundingRateWriter(_KeyedRowWriter):
     def add(self, rows: Iterable[tuple[int, FundingRate]]) -> int:
         """Validate and encode ``(symbol_id, funding_rate)`` pairs; return how many were taken."""
         ts_max = now_us() + FUTURE_SLACK_US
-        added = 0
+        keys: list[Any] = []
+        values: list[Any] = []
+        tuples: list[bytes] = []
+        times: list[int] = []
         for sid, r in rows:
             reason = funding_reason(r, ts_max)
             if reason:
                 self.rejects.add(reason, f"{r.exchange}:{r.symbol} {r!r}")
                 continue
-            row = funding_tuple(sid, r)
-            if self._repeats(sid, r.recv_ts, row):
-                continue
-            self._append_row(sid, r, row, r.recv_ts)
-            added += 1
-        return added
+            keys.append(sid)
+            values.append(r)
+            tuples.append(funding_tuple(sid, r))
+            times.append(r.recv_ts)
+        return self.append(KeyedRows(keys, values, tuples, times)) if keys else 0
 
     def _latest_args_of(self, latest: dict[Any, Any]) -> list[Any]:
         items = latest.items()
@@ -293,7 +252,7 @@ class FundingRateWriter(_KeyedRowWriter):
 # ---------------------------------------------------------------------------------------------------------------
 # balances
 
-class BalanceWriter(_KeyedRowWriter):
+class BalanceWriter(BatchWriter):
     """Writer of ``balances`` (exact numerics); keeps ``balances_latest`` current in the same transaction."""
 
     table = "balances"
@@ -311,19 +270,20 @@ class BalanceWriter(_KeyedRowWriter):
     def add(self, rows: Iterable[tuple[int, Balance]]) -> int:
         """Validate and encode ``(exchange_id, balance)`` pairs; return how many were taken."""
         ts_max = now_us() + FUTURE_SLACK_US
-        added = 0
+        keys: list[Any] = []
+        values: list[Any] = []
+        tuples: list[bytes] = []
+        times: list[int] = []
         for exchange_id, r in rows:
             reason, free, locked = balance_check(r, ts_max)
             if reason:
                 self.rejects.add(reason, repr(r))
                 continue
-            row = balance_tuple(exchange_id, r, free, locked)
-            key = (exchange_id, r.account, r.asset)
-            if self._repeats(key, r.recv_ts, row):
-                continue
-            self._append_row(key, (r, free, locked), row, r.recv_ts)
-            added += 1
-        return added
+            keys.append((exchange_id, r.account, r.asset))
+            values.append((r, free, locked))
+            tuples.append(balance_tuple(exchange_id, r, free, locked))
+            times.append(r.recv_ts)
+        return self.append(KeyedRows(keys, values, tuples, times)) if keys else 0
 
     def _latest_args_of(self, latest: dict[Any, Any]) -> list[Any]:
         items = latest.items()

@@ -1,53 +1,57 @@
-"""Vectorized book-ticker encoding: a whole call's rows packed, checked and batched at once.
+"""Book-ticker encoding: the one encoder of ``book_tickers`` rows, a call's rows packed, checked and batched at once.
 
-The per-row path in :mod:`hftdb.store.tables` spends about a microsecond of Python per row, as much as the server
-spends storing it, so on a small machine the producer, not PostgreSQL, set the ingest rate. Here a call's rows
-become binary COPY tuples in a few C-level passes:
+Every way a book ticker comes in is encoded here and handed to :meth:`hftdb.store.writer.BatchWriter.append` as
+:class:`TickerRows`: a whole call (:func:`add_tickers`), ``(symbol_id, ticker)`` pairs from the resolver or a
+unit of work (:func:`add_pairs`, the writer's ``add``), numpy columns (:func:`add_columns`) and the feeds' packed
+calls (:mod:`hftdb.store.packed`). A call's rows become binary COPY tuples in a few C-level passes:
 
-1. each row's whole msgspec ``astuple`` is packed by one precompiled ``struct.Struct`` per NULL pattern, in
-   BookTicker's field order, all driven from C (``starmap``), as strict about types as the per-row path (a
-   string price or a float time raises ``struct.error``); names, and the fields the pattern has as NULL, take
-   one ignored byte each (:class:`_Whole`);
-2. numpy moves those columns into COPY tuples made from a template that holds the constant field count and
-   lengths;
-3. numpy views of the tuples give the columns for validation, the receipt-time range, the partitions the rows
-   fall in and the newest row per symbol.
+1. the C packer (``_vector_fast.c``) writes each row's COPY tuple straight from the record's slots, checks its
+   values on the way and, for rows named by exchange and symbol, looks their ids up in the symbol catalog's names
+   in the same pass; where it is not built (or refuses the call), each row's whole msgspec ``astuple`` is packed
+   by one precompiled ``struct.Struct`` per NULL pattern, in BookTicker's field order, all driven from C
+   (``starmap``), strict about types (a string price or a float time raises ``struct.error``); names, and the
+   fields the pattern has as NULL, take one ignored byte each (:class:`_Whole`), and numpy moves those columns
+   into COPY tuples made from a template that holds the constant field count and lengths;
+2. numpy views of the tuples give the columns for validation (only when some row fails the C packer's check),
+   the receipt-time range, the partitions the rows fall in and the newest row per symbol.
 
-A call the fast path cannot take whole (a None where the first row has a value or the reverse, a wrong type, an
-unregistered symbol id) returns None and goes through the per-row path, which rejects the bad rows one by one. A call whose
-rows pack but fail a value check (NaN, crossed, out of range...) stays here: the failing rows are counted under
-the per-row path's own reasons and the rest are taken.
-
-The columnar API (:meth:`DatabaseManager.insert_book_ticker_columns`) shares steps 2-3.
+A call the packers cannot take whole (rows of several NULL patterns, a wrong type, an unregistered symbol id)
+returns None from :func:`add_tickers`; the caller resolves its ids and hands it to :func:`add_pairs`, which cuts
+it into runs of one NULL pattern and halves a refused run until each refused row stands alone, to be checked and
+packed by itself or rejected with its reason. A call whose rows pack but fail a value check (NaN, crossed, out
+of range...) stays whole: the failing rows are counted under their reasons (:mod:`hftdb.wire.rules`) and the
+rest are taken.
 """
 
 from __future__ import annotations
 
 import struct
 from itertools import starmap
-from typing import TYPE_CHECKING, Any, Sequence
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 from msgspec.structs import astuple
 
 from ..models import BookTicker, now_us
-from ..wire.books import LAYOUTS, Layout
+from ..wire.books import LAYOUTS, Layout, ids_by_name
 from ..wire.copy import PG_EPOCH_US
 from ..wire.loader import NATIVE
-from ..wire.rules import FUTURE_SLACK_US, MIN_TS_US, book_ok_columns, book_ticker_reason
+from ..wire.rules import FUTURE_SLACK_US, INF, MIN_TS_US, book_ok_columns, book_ticker_reason
 
 if TYPE_CHECKING:
     from .batch import Batch
     from .writer import BatchWriter
 
-__all__ = ["Layout", "LAYOUTS", "TickerRows", "add_tickers", "add_columns", "latest_of"]
+__all__ = ["Layout", "LAYOUTS", "TickerRows", "add_pairs", "add_tickers", "add_columns", "latest_of"]
 
 
-#: Calls smaller than this go the per-row path. With the C packer a call that packs whole costs a few µs (the C
-#: call, the id check, the append; no numpy pass), so it pays from about ten rows: measured on rising 1..1,000-row
-#: calls of the same rows (busy 2-core machine), per-row ~1.5-4.5 µs/row at any size, C-packed 5-9 µs for one row,
-#: ~1.5 µs/row at 10 rows, 0.3-0.6 µs/row at 100 rows and more. Without it (struct packing, a dozen numpy
-#: operations, ~50 µs a call) only calls of about a hundred rows pay.
+_SYMBOL_ID = attrgetter("symbol_id")
+
+#: Calls smaller than this are not offered whole (``BookTickerWriter.add_fast``): the manager pairs their rows with
+#: ids first (:mod:`hftdb.store.resolve`), then they are encoded here all the same (:func:`add_pairs`). Pairing a few rows
+#: costs less than a failed whole-call attempt. Without the C packer (struct packing, a dozen numpy operations,
+#: ~50 µs a call) only calls of about a hundred rows pay for the whole-call attempt.
 MIN_ROWS = 8 if NATIVE.pack_tickers is not None else 128
 
 
@@ -145,30 +149,104 @@ class TickerRows:
         return len(recs)
 
 
+def add_pairs(writer: BatchWriter, pairs: Iterable[tuple[int, BookTicker]]) -> int:
+    """Take ``(symbol_id, ticker)`` pairs (ids already resolved and registered) into ``writer``'s batches, every
+    row through the same encoder as a whole call (:func:`add_tickers`); return how many were taken.
+
+    A call the packers refuse whole (rows of several NULL patterns, a value of a type they do not take) is cut
+    into runs of one NULL pattern, and a run still refused is halved until each refused row stands alone: a bad
+    row is rejected alone with its reason, and the rows beside it are taken in their order.
+    """
+    pairs = pairs if isinstance(pairs, list) else list(pairs)
+    if not pairs:
+        return 0
+    sids = [p[0] for p in pairs]
+    rows = [p[1] for p in pairs]
+    return _add_known(writer, rows, sids)
+
+
+def _add_known(writer: BatchWriter, rows: list[BookTicker], sids: list[int]) -> int:
+    taken = add_tickers(writer, rows, None, sids)
+    if taken is not None:
+        return taken
+    if len(rows) == 1:
+        return _add_one(writer, sids[0], rows[0])
+    runs = _null_runs(rows)
+    if len(runs) > 1:
+        return sum(_add_known(writer, rows[a:b], sids[a:b]) for a, b in runs)
+    mid = len(rows) // 2
+    return _add_known(writer, rows[:mid], sids[:mid]) + _add_known(writer, rows[mid:], sids[mid:])
+
+
+def _null_runs(rows: Sequence[BookTicker]) -> list[tuple[int, int]]:
+    """(start, end) of each run of consecutive rows of one NULL pattern of (exchange_ts, update_id)."""
+    runs = []
+    start, pattern = 0, None
+    for i, r in enumerate(rows):
+        p = (r.exchange_ts is None, r.update_id is None)
+        if p != pattern:
+            if i:
+                runs.append((start, i))
+            start, pattern = i, p
+    runs.append((start, len(rows)))
+    return runs
+
+
+def _add_one(writer: BatchWriter, sid: int, r: BookTicker) -> int:
+    """One row neither packer takes (a value of an odd type, or not a BookTicker): checked by the same rules and
+    packed alone by its layout's ``struct``, which takes what the packers' ``struct`` path takes; rejected with
+    its reason otherwise."""
+    ts_max = now_us() + FUTURE_SLACK_US
+    bp, bq, ap, aq, recv, ex, uid = r.bid_price, r.bid_qty, r.ask_price, r.ask_qty, r.recv_ts, r.exchange_ts, r.update_id
+    layout = LAYOUTS[(ex is not None, uid is not None)]
+    try:
+        if not (0.0 < bp <= ap < INF and 0.0 < bq < INF and 0.0 < aq < INF and MIN_TS_US <= recv <= ts_max):
+            raise TypeError
+        values = [8, 4, sid, 8, recv - PG_EPOCH_US]
+        if ex is not None:
+            if not MIN_TS_US <= ex <= ts_max:
+                raise TypeError
+            values += [8, ex - PG_EPOCH_US]
+        else:
+            values.append(-1)
+        values += [8, bp, 8, bq, 8, ap, 8, aq] + ([8, uid] if uid is not None else [-1])
+        data = layout.row.pack(*values)
+    except (TypeError, struct.error):
+        writer.rejects.add(book_ticker_reason(r, ts_max), f"{r.exchange}:{r.symbol} {r!r}")
+        return 0
+    return writer.append(TickerRows(layout, data, [sid], [r], recv, recv, ordered=True, rising=True))
+
+
 def add_tickers(
-    writer: BatchWriter, rows: Sequence[BookTicker], known_ids: set[int], sids: list[int] | None = None,
+    writer: BatchWriter, rows: Sequence[BookTicker], known_ids: set[int] | None, sids: list[int] | None = None,
+    names: dict[str, dict[str, int]] | None = None,
 ) -> int | None:
     """Take ``rows`` into ``writer``'s batches: each carries a registered ``symbol_id``, or ``sids`` gives their
-    ids (resolved from their names). None if they can't all be taken this way (the caller then uses the per-row
-    path, which sorts out each bad row)."""
+    ids, or (``names``, the symbol catalog's :meth:`~hftdb.db.catalog.SymbolCatalog.names`) every row is named by a
+    cached exchange and symbol. ``known_ids``: the registered ids (None: ``sids`` are known to be). None if they
+    can't all be taken this way (:func:`add_pairs` then sorts out each bad row)."""
     n = len(rows)
-    if n < MIN_ROWS:
-        return None
+    if n == 0:
+        return 0
     first = rows[0]
     layout = LAYOUTS[(first.exchange_ts is not None, first.update_id is not None)]
     pack_tickers = NATIVE.pack_tickers
     if pack_tickers is not None and type(rows) is list:
         # The C packer (_vector_fast.c) writes the COPY tuples straight from the records' slots and checks their
-        # values on the way, or refuses the call (any row of another type or NULL pattern, a value that is not a
-        # float or int, an int out of range) and leaves it to the struct packing below, as before.
+        # values on the way (and looks named rows' ids up in ``names``), or refuses the call (any row of another
+        # type or NULL pattern, a value that is not a float or int, an int out of range, a name not cached) and
+        # leaves it to the struct packing below, as before.
         ts_max = now_us() + FUTURE_SLACK_US
-        fast = pack_tickers(rows, BookTicker, layout.has_e, layout.has_u, sids is None, MIN_TS_US, ts_max)
+        ids_from: Any = (sids if type(sids) is list else False) if sids is not None else (
+            names if names is not None else True)
+        fast = pack_tickers(rows, BookTicker, layout.has_e, layout.has_u, ids_from, MIN_TS_US, ts_max)
         if fast is not None:
             data, ids, ok, lo, hi, ordered, rising = fast
-            if not known_ids.issuperset(ids if sids is None else sids):
+            if known_ids is not None and not known_ids.issuperset(ids if sids is None else sids):
                 return None
             if sids is not None:
-                np.frombuffer(data, layout.dtype)["sid"] = np.asarray(sids, dtype=np.int64)
+                if ids is None:
+                    np.frombuffer(data, layout.dtype)["sid"] = np.asarray(sids, dtype=np.int64)
                 ids = sids
             if ok:
                 # Every row valid: no numpy pass at all unless the call crosses a batch or partition boundary.
@@ -177,16 +255,24 @@ def add_tickers(
             recv = recs["recv"].astype(np.int64) + PG_EPOCH_US
             ex = recs["ex"].astype(np.int64) + PG_EPOCH_US if layout.has_e else None
             return _take(writer, layout, recs, np.asarray(ids, dtype=np.int64), recv, ex, rows, ts_max)
+    if sids is None and names is not None:
+        if list(map(_SYMBOL_ID, rows)).count(None) != n:
+            return None
+        sids = ids_by_name(rows, names)
+        if sids is None:
+            return None
     whole = layout.whole if sids is None else layout.whole_but_id
     try:
         packed = b"".join(starmap(whole.pack, map(astuple, rows)))
-    except struct.error:
-        return None  # a wrong type, a None where the first row has a value, an out-of-range integer
+    except (struct.error, TypeError):
+        # A wrong type, a None where the first row has a value, an out-of-range integer; a row that is not a
+        # msgspec Struct (astuple's TypeError).
+        return None
     src = np.frombuffer(packed, whole.dtype)
     if whole.nulls and not whole.nulls_hold(rows, src):
         return None  # a value where the first row has None
     sid = src["symbol_id"].astype(np.int64) if sids is None else np.asarray(sids, dtype=np.int64)
-    if not known_ids.issuperset(sid.tolist()):
+    if known_ids is not None and not known_ids.issuperset(sid.tolist()):
         return None
     recs = layout.empty(n)
     recs["sid"] = sid

@@ -61,9 +61,10 @@ logger = logging.getLogger(__name__)
 class BatchWriter:
     """Buffers encoded rows of one table and commits them in group-commit batches (by its :class:`Committer`).
 
-    Subclasses (in :mod:`hftdb.store.tables`) define ``table``, ``columns``, ``latest_sql`` and how rows are
-    validated and encoded (``_latest_args_of``). Producers call :meth:`reserve`, hand the rows over (encoded, to
-    :meth:`append`, or to the subclass's per-row ``add``), then :meth:`submitted`.
+    Subclasses (in :mod:`hftdb.store.tables`) define ``table``, ``columns``, ``latest_sql``, how rows are
+    validated and encoded (their ``add``, which hands the encoded rows to :meth:`append`) and the latest rows'
+    arguments (``_latest_args_of``). Producers call :meth:`reserve`, hand the rows over (through the subclass's
+    ``add``, or already encoded straight to :meth:`append`), then :meth:`submitted`.
     """
 
     table: str = ""
@@ -243,22 +244,29 @@ class BatchWriter:
             self._pending_rows += added
             if self.current.rows >= self._max_rows:
                 self._seal()
-            self._wakeup.set()
+            if not self._inflight or len(self._queue) > len(self._inflight):
+                # With a commit in flight the flusher only takes sealed batches (a second commit starts on a
+                # backlog): waking it for rows that join the current batch would cost a loop turn per call for
+                # nothing (~14 us per 100-row call, profiled).
+                self._wakeup.set()
 
     def vectorizes(self, n: int) -> bool:
         """Whether :meth:`add_fast` is worth offering a call of ``n`` rows (never, unless the table has a
         vectorized path)."""
         return False
 
-    def add_fast(self, rows: list[Any], known_ids: set[int], sids: list[int] | None = None) -> int | None:
-        """Take a whole call's rows at once where the table has a vectorized path; None means use ``add``."""
+    def add_fast(self, rows: list[Any], known_ids: set[int], sids: list[int] | None = None,
+                 names: dict[str, dict[str, int]] | None = None) -> int | None:
+        """Take a whole call's rows at once where the table has a vectorized path (rows carrying ids, ``sids``
+        giving them, or rows named by a name in ``names``); None means use ``add``."""
         return None
 
     def append(self, rows: Encoded) -> int:
         """Take encoded, checked rows into the current batch (and the next ones, sealing each as it fills); return
         how many were taken: all but exact repeats of a batch's rows, which are dropped and counted
-        (``rows_duplicate``). Every encoded way in (hftdb.store.vector, hftdb.store.packed) ends here; the caller has reserved
-        room (:meth:`reserve`) and calls :meth:`submitted` after."""
+        (``rows_duplicate``). Every way in ends here (the writers' ``add``, hftdb.store.vector's whole calls and
+        columns, hftdb.store.packed, units of work); the caller has reserved room (:meth:`reserve`) and calls
+        :meth:`submitted` after."""
         n = len(rows)
         max_rows = self._max_rows
         start = taken = 0
@@ -287,24 +295,6 @@ class BatchWriter:
             if b.rows >= max_rows:
                 self._seal()
         return taken
-
-    def _append_row(self, key: Any, value: Any, row: bytes, ts: int) -> None:
-        """Append one encoded row; keep the newest ``value`` per ``key`` for the latest-table upsert."""
-        b = self.current
-        assert b.buf is not None
-        b.buf += row
-        prev = b.latest.get(key)
-        if prev is None or prev[0] <= ts:
-            b.latest[key] = (ts, value)
-        if ts < b.min_ts:
-            b.min_ts = ts
-        if ts > b.max_ts:
-            b.max_ts = ts
-        if not b.part_lo <= ts < b.part_hi:
-            self._note_partition(b, ts)
-        b.rows += 1
-        if b.rows >= self._max_rows:
-            self._seal()
 
     def _note_partition(self, batch: Batch, ts: int) -> None:
         interval = self._interval_us

@@ -9,7 +9,7 @@ a template holding those constants, which the writer ORs in a whole call at a ti
 **Packed books.** A feed that has a row's values in hand checks and packs it in the same loop that parses it
 (:func:`hftdb.wire.rules.book_fits`, then :data:`PACK`), so the writer takes the whole call in a few C-level steps
 instead of reading each row back. A row is packed only when it carries a symbol id, an exchange time and an update
-id and passes the same checks as the writer's per-row path; the writer takes the call only whole (every row packed,
+id and passes the same checks as the writers' encoder; the writer takes the call only whole (every row packed,
 every id registered, as many tuples as rows), and otherwise sends its rows down the public path, which stores,
 rejects and counts exactly what it always did.
 """
@@ -26,7 +26,30 @@ import numpy as np
 from ..models import BookTicker
 from .copy import PG_EPOCH_US
 
-__all__ = ["COLUMNS", "Layout", "LAYOUTS", "LAYOUT", "PACK", "SIZE", "PackedBooks"]
+__all__ = ["COLUMNS", "Layout", "LAYOUTS", "LAYOUT", "PACK", "SIZE", "PackedBooks", "ids_by_name"]
+
+_EXCHANGE = attrgetter("exchange")
+_SYMBOL = attrgetter("symbol")
+
+
+def ids_by_name(rows: Sequence[BookTicker], names: dict[str, dict[str, int]]) -> list[int] | None:
+    """The symbol id of every row named by exchange and symbol, from ``names`` (``names[exchange][symbol]``, the
+    symbol catalog's live names), or None when one is missing. The Python twin of the lookup ``pack_tickers``
+    (``_vector_fast.c``) makes in its packing pass: calls of one exchange (nearly all) cost one C-level ``map``
+    per column, no tuple key per row."""
+    if not rows:
+        return []
+    exchanges = list(map(_EXCHANGE, rows))
+    first = exchanges[0]
+    if exchanges.count(first) == len(exchanges):
+        by_symbol = names.get(first)
+        if by_symbol is None:
+            return None
+        ids = list(map(by_symbol.get, map(_SYMBOL, rows)))
+    else:
+        empty: dict[str, int] = {}
+        ids = [names.get(e, empty).get(s) for e, s in zip(exchanges, map(_SYMBOL, rows))]
+    return None if None in ids else ids  # type: ignore[return-value]
 
 
 #: ``book_tickers``' columns in COPY order, with their ``struct`` codes (int4, timestamptz as int8 µs since
@@ -53,7 +76,7 @@ class Layout:
         #: ``pack(symbol_id, recv, [exchange_ts,] bp, bq, ap, aq, [update_id])`` (times in PostgreSQL µs): the
         #: tuple without its constants, which :meth:`template` holds.
         self.pack: Callable[..., bytes] = struct.Struct("!" + fmt).pack
-        #: The whole tuple, one row at a time (the writers' per-row path):
+        #: The whole tuple, one row at a time (a row the vectorized packers refuse, packed alone):
         #: ``row.pack(8, 4, symbol_id, 8, recv, [8, exchange_ts | -1], 8, bp, 8, bq, 8, ap, 8, aq, [8, uid | -1])``.
         self.row = struct.Struct(_format(has_e, has_u, constants=True))
         # A row's values in COPY column order, picked from msgspec's astuple (a C-level copy of the fields, much

@@ -1,7 +1,7 @@
 """The acceptance rules of the time-series rows, with their reject reasons: written here once.
 
 A row is taken when it passes these checks and rejected alone, with the reason named here, when it does not.
-Every path that stores rows uses them: the writers' per-row path (:mod:`hftdb.store.tables`), the vectorized path
+Every path that stores rows uses them: the writers (:mod:`hftdb.store.tables`), the book-ticker encoder
 (:mod:`hftdb.store.vector`, through :func:`book_ok_columns`), the feeds' hot paths that pack rows while parsing
 (:mod:`hftdb.exchanges.parse_binance`, :func:`book_fits`). The two C hot paths (``_binance_fast.c``,
 ``_vector_fast.c``) compile the same comparison; ``tests/test_wire_rules.py`` runs them and these functions on

@@ -1,11 +1,16 @@
 /* Book-ticker records to binary COPY tuples in C: hftdb.vector.add_tickers's packing and checks in one pass.
  *
- * pack_tickers(rows, record_type, has_e, has_u, with_id, min_ts, ts_max) returns
+ * pack_tickers(rows, record_type, has_e, has_u, ids_from, min_ts, ts_max) returns
  * (tuples, ids, ok, lo, hi, ordered, rising), or None when some row is not one this function can take whole (below):
  *
+ *   ids_from True: each row's symbol_id; a list: the rows' ids, one per row (resolved by the caller; the rows'
+ *            own symbol_id is not read); a dict: the rows are named by exchange and symbol (symbol_id None) and
+ *            ids_from[exchange][symbol] is the id (the symbol catalog's live names, hftdb.catalog.SymbolCatalog.
+ *            names: the lookup runs here, in the same pass, instead of a tuple key per row in Python); false: the
+ *            caller fills the ids in (symbol_id left 0);
  *   tuples   a bytearray of len(rows) tuples in the layout of hftdb.wire.books.LAYOUTS[(has_e, has_u)] (field count
- *            and lengths included; symbol_id left 0 when with_id is false, for the caller to fill in);
- *   ids      the rows' symbol_id objects as a list (with_id), else None;
+ *            and lengths included);
+ *   ids      the rows' symbol ids as a list (ids_from true, a list or a dict), else None;
  *   ok       whether every row passes the per-row writer's value checks (hftdb.wire.rules.book_fits, and min_ts <= recv_ts
  *            <= ts_max): when it is false the caller's numpy checks find the rows and their reasons;
  *   lo, hi   the smallest and largest recv_ts; ordered: whether recv_ts never decreases along the rows;
@@ -17,7 +22,8 @@
  *   - its type is exactly record_type (hftdb.models.BookTicker);
  *   - bid_price, bid_qty, ask_price, ask_qty are floats (float subclasses, numpy.float64 among them, included);
  *   - recv_ts is an int, exchange_ts and update_id are ints where has_e / has_u say so and None where not,
- *     symbol_id (with_id) an int; every int within its column's range (int8, int4 for the id).
+ *     symbol_id (ids_from True) an int; every int within its column's range (int8, int4 for the id);
+ *   - with ids_from a dict: symbol_id is None, and the exchange and symbol (exact str) are in it.
  *
  * None sends the call to the Python packing (struct), which takes what it can and leaves the rest to the per-row
  * path's rejections, as before. Fields are read straight from the record's slots, by
@@ -33,9 +39,10 @@
 #include "_copy_fast.h"
 
 
-enum { F_SYMBOL_ID, F_RECV, F_EXCHANGE_TS, F_BID, F_BID_QTY, F_ASK, F_ASK_QTY, F_UPDATE_ID, N_FIELDS };
+enum { F_SYMBOL_ID, F_RECV, F_EXCHANGE_TS, F_BID, F_BID_QTY, F_ASK, F_ASK_QTY, F_UPDATE_ID, F_EXCHANGE, F_SYMBOL,
+       N_FIELDS };
 static const char *FIELD_NAMES[N_FIELDS] = {"symbol_id", "recv_ts", "exchange_ts", "bid_price", "bid_qty",
-                                            "ask_price", "ask_qty", "update_id"};
+                                            "ask_price", "ask_qty", "update_id", "exchange", "symbol"};
 
 static PyTypeObject *cached_type = NULL; /* strong reference */
 static Py_ssize_t offsets[N_FIELDS];
@@ -85,7 +92,7 @@ as_int64(PyObject *v, long long *out)
 }
 
 PyDoc_STRVAR(pack_tickers_doc,
-"pack_tickers(rows, record_type, has_e, has_u, with_id, min_ts, ts_max) -> tuple | None\n"
+"pack_tickers(rows, record_type, has_e, has_u, ids_from, min_ts, ts_max) -> tuple | None\n"
 "\n"
 "(tuples, ids, ok, lo, hi, ordered, rising) for rows, or None when some row is not one this function takes (see the\n"
 "module source).");
@@ -96,12 +103,19 @@ pack_tickers(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     (void)module;
     if (nargs != 7 || !PyList_Check(args[0]) || !PyType_Check(args[1])) {
         PyErr_SetString(PyExc_TypeError,
-                        "pack_tickers(rows: list, record_type: type, has_e, has_u, with_id, min_ts, ts_max)");
+                        "pack_tickers(rows: list, record_type: type, has_e, has_u, ids_from, min_ts, ts_max)");
         return NULL;
     }
     PyObject *rows = args[0];
     PyTypeObject *type = (PyTypeObject *)args[1];
-    int has_e = PyObject_IsTrue(args[2]), has_u = PyObject_IsTrue(args[3]), with_id = PyObject_IsTrue(args[4]);
+    PyObject *names = PyDict_CheckExact(args[4]) ? args[4] : NULL;
+    PyObject *given = PyList_CheckExact(args[4]) ? args[4] : NULL;
+    int has_e = PyObject_IsTrue(args[2]), has_u = PyObject_IsTrue(args[3]);
+    int with_id = (names != NULL || given != NULL) ? 1 : PyObject_IsTrue(args[4]);
+    if (given != NULL && PyList_GET_SIZE(given) != PyList_GET_SIZE(args[0])) {
+        PyErr_SetString(PyExc_ValueError, "pack_tickers: as many ids as rows");
+        return NULL;
+    }
     long long min_ts = PyLong_AsLongLong(args[5]), ts_max = PyLong_AsLongLong(args[6]);
     if (has_e < 0 || has_u < 0 || with_id < 0 || PyErr_Occurred() || load_offsets(type) < 0) {
         return NULL;
@@ -118,6 +132,7 @@ pack_tickers(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     unsigned char *p = (unsigned char *)PyByteArray_AS_STRING(out);
     int ok = 1, ordered = 1, rising = 1;
     long long lo = 0, hi = 0;
+    PyObject *last_exchange = NULL, *symbols = NULL; /* borrowed: names[last_exchange] */
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *row = PyList_GET_ITEM(rows, i);
         if (Py_TYPE(row) != type) {
@@ -125,7 +140,27 @@ pack_tickers(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         long long sid = 0, recv, ex = 0, uid = 0;
         double prices[4];
-        if (with_id && (!as_int64(field(row, F_SYMBOL_ID), &sid) || sid < INT32_MIN || sid > INT32_MAX)) {
+        PyObject *id = given != NULL ? PyList_GET_ITEM(given, i) : field(row, F_SYMBOL_ID);
+        if (names != NULL) {
+            /* Named rows: the id from the catalog's names (a miss, or a row that has an id, goes the slow path). */
+            PyObject *exchange = field(row, F_EXCHANGE), *symbol = field(row, F_SYMBOL);
+            if (id != Py_None || exchange == NULL || !PyUnicode_CheckExact(exchange) || symbol == NULL
+                || !PyUnicode_CheckExact(symbol)) {
+                goto refuse;
+            }
+            if (exchange != last_exchange) {
+                symbols = PyDict_GetItemWithError(names, exchange);
+                if (symbols == NULL || !PyDict_CheckExact(symbols)) {
+                    goto refuse_or_fail;
+                }
+                last_exchange = exchange;
+            }
+            id = PyDict_GetItemWithError(symbols, symbol);
+            if (id == NULL) {
+                goto refuse_or_fail;
+            }
+        }
+        if (with_id && (!as_int64(id, &sid) || sid < INT32_MIN || sid > INT32_MAX)) {
             goto refuse;
         }
         if (!as_int64(field(row, F_RECV), &recv)) {
@@ -149,7 +184,7 @@ pack_tickers(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto refuse;
         }
         if (with_id) {
-            PyList_SET_ITEM(ids, i, Py_NewRef(field(row, F_SYMBOL_ID)));
+            PyList_SET_ITEM(ids, i, Py_NewRef(id));
         }
         /* hftdb.packed.fits, with the receipt time (false for NaN) */
         if (ok && !(0.0 < prices[0] && prices[0] <= prices[2] && prices[2] < INFINITY && 0.0 < prices[1]
@@ -202,6 +237,12 @@ pack_tickers(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     return Py_BuildValue("(NNOLLOO)", out, ids, ok ? Py_True : Py_False, lo, hi, ordered ? Py_True : Py_False,
                          rising ? Py_True : Py_False);
+refuse_or_fail:
+    if (PyErr_Occurred()) { /* a key whose hash or comparison raised */
+        Py_DECREF(out);
+        Py_DECREF(ids);
+        return NULL;
+    }
 refuse:
     Py_DECREF(out);
     Py_DECREF(ids);
