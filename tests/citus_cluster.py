@@ -15,6 +15,7 @@ the extension created and the workers registered, so each test starts empty.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import glob
 import os
@@ -174,8 +175,20 @@ class CitusCluster:
 
     async def start(self) -> None:
         """Create and start every node."""
+        # Whatever becomes of the event loop that would run stop(), no server outlives the test process.
+        atexit.register(self._stop_now)
         await asyncio.gather(*(n.init() for n in self.nodes))
         await asyncio.gather(*(n.start() for n in self.nodes))
+
+    def _stop_now(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k != "LD_LIBRARY_PATH"}
+        for node in [*self.nodes, *self.others]:
+            if (node.data_dir / "postmaster.pid").exists():
+                with contextlib.suppress(OSError, subprocess.SubprocessError):
+                    subprocess.run([str(self.bin_dir / "pg_ctl"), "-D", str(node.data_dir), "-w", "-t", "60", "-m",
+                                    "immediate", "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   stdin=subprocess.DEVNULL, timeout=90, user=self.user, env=env, cwd=self.root)
+        shutil.rmtree(self.root, ignore_errors=True)
 
     async def add_worker(self) -> Node:
         """Create and start one more worker (not yet in any database's metadata: ``citus_add_node`` does that)."""
@@ -229,3 +242,4 @@ class CitusCluster:
             with contextlib.suppress(Exception):
                 await node.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
+        atexit.unregister(self._stop_now)

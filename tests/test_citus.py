@@ -7,9 +7,12 @@ on the embedded server, which has no Citus.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import time
 from decimal import Decimal
+from pathlib import Path
 
 import asyncpg
 import msgspec
@@ -21,10 +24,13 @@ from hftdb.db import citus, partitions
 from hftdb.db import dberrors
 from hftdb.db.dberrors import MAX_OTHER_ATTEMPTS
 from hftdb.db.schema import migrate
+from hftdb.config import ReadSettings
+from hftdb.errors import DatabaseUnavailableError
 
 from citus_cluster import CitusCluster, find_citus_bin
 from helpers import settings, tickers
-from test_cli import cli, free_port
+from test_cli import cli, free_port, one_error_line
+from test_notify import _consume_until, _next
 
 CITUS_BIN, WHY_NOT = find_citus_bin()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(CITUS_BIN is None, reason=WHY_NOT)]
@@ -84,6 +90,13 @@ async def test_migrate_and_distribute_lays_out_the_tables(citus_dsn):
         kinds = {r["t"]: r["k"] for r in await conn.fetch(
             "SELECT table_name::text AS t, citus_table_type AS k FROM citus_tables")}
         assert "ingest_batches" not in kinds
+        assert kinds["exchanges"] == kinds["symbols"] == "reference"
+        columns = {r["t"]: r["c"] for r in await conn.fetch(
+            "SELECT table_name::text AS t, distribution_column AS c FROM citus_tables WHERE citus_table_type = "
+            "'distributed' AND table_name::text NOT LIKE '%\\_p2%'")}
+        assert columns == {"book_tickers": "symbol_id", "book_tickers_latest": "symbol_id",
+                           "funding_rates": "symbol_id", "funding_rates_latest": "symbol_id",
+                           "balances": "exchange_id", "balances_latest": "exchange_id"}, columns
         history = await conn.fetchval("SELECT colocation_id FROM citus_tables WHERE table_name = 'book_tickers'::regclass")
         latest = await conn.fetchval(
             "SELECT colocation_id FROM citus_tables WHERE table_name = 'book_tickers_latest'::regclass")
@@ -122,6 +135,8 @@ async def test_ingest_reads_and_latest_on_the_cluster(citus_cluster, citus_dsn, 
         await db.flush(timeout=WAIT)
         stats = db.writer_stats("book_tickers")
         assert stats["rows_committed"] == 10_000
+        # [storage] distribute laid the tables out at start: the public call finds nothing left to do.
+        assert not (await db.distribute()).changed
         latest = await db.get_latest_book_tickers(ExchangeName.BINANCE_SPOT)
         assert len(latest) == 50
         newest = {}
@@ -152,6 +167,7 @@ async def test_cli_distribute_validate_and_migrations_keep_the_layout(citus_dsn,
     assert code == 0 and "no hftdb table is distributed" in out, out + err
     code, out, err = await cli("distribute", env=e, cwd=tmp_path)
     assert code == 0 and "reference    exchanges, symbols" in out and "2 worker(s)" in out, out + err
+    assert "ingest_batches (the exactly-once ledger) stays local on the coordinator" in out, out
     code, out, err = await cli("distribute", env=e, cwd=tmp_path)
     assert code == 0 and out.startswith("already distributed"), out + err
     code, out, err = await cli("validate", env=e, cwd=tmp_path)
@@ -417,3 +433,212 @@ async def test_cli_stats_optimize_archive_retention_backup_and_restore(citus_clu
         assert sum(await _worker_counts(citus_cluster, fresh, "book_tickers")) == 700
     finally:
         await citus_cluster.drop_database(fresh.rsplit("/", 1)[1])
+
+
+async def _symbol_nodes(dsn: str) -> dict[str, set[int]]:
+    """Ports of the workers holding each book-ticker symbol's rows: its latest row's shard and its history's."""
+    conn = await _connect(dsn)
+    try:
+        port_of = {r["shardid"]: r["nodeport"] for r in await conn.fetch("SELECT shardid, nodeport FROM citus_shards")}
+        names = {r["id"]: r["symbol"] for r in await conn.fetch("SELECT id, symbol FROM symbols")}
+        # Every partition of book_tickers is colocated with it: the parent's shard of a symbol says where.
+        out: dict[str, set[int]] = {}
+        for table, sid in [(t, i) for t in ("book_tickers", "book_tickers_latest") for i in names]:
+            shard = await conn.fetchval("SELECT get_shard_id_for_distribution_column($1, $2::bigint)", table, sid)
+            out.setdefault(names[sid], set()).add(port_of[shard])
+        return out
+    finally:
+        await conn.close()
+
+
+async def test_reads_and_stats_with_a_worker_down_fail_clearly_or_answer_partially_and_recover(
+        citus_cluster, citus_dsn, tmp_path):
+    e = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    e.update(HFTDB_WRITER_SPOOL_DIR=str(tmp_path / "spool-cli"), HFTDB_METRICS_PORT=str(free_port()),
+             HFTDB_DSN=citus_dsn)
+    worker = citus_cluster.workers[0]
+    async with DatabaseManager(citus_dsn, settings=_settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        rows = tickers(4_000, symbols=40)
+        await db.insert_book_ticker_snapshots(rows)
+        await db.flush(timeout=WAIT)
+        await _value(db, "ANALYZE book_tickers")
+        nodes = await _symbol_nodes(citus_dsn)
+        alive = next(s for s, ports in sorted(nodes.items()) if worker.port not in ports)
+        lost = next(s for s, ports in sorted(nodes.items()) if ports == {worker.port})
+        start = rows[0].recv_ts
+        await worker.stop("immediate")
+        try:
+            # A read that needs a shard of the stopped worker: a typed error that says so, at once.
+            with pytest.raises(DatabaseUnavailableError, match="a Citus worker is unreachable from the coordinator"):
+                await db.get_latest_book_tickers(ExchangeName.BINANCE_SPOT)
+            with pytest.raises(DatabaseUnavailableError, match="a Citus worker is unreachable"):
+                await db.get_latest_book_tickers(ExchangeName.BINANCE_SPOT, symbols=[lost])
+            with pytest.raises(DatabaseUnavailableError, match="a Citus worker is unreachable"):
+                await db.get_book_ticker_history(ExchangeName.BINANCE_SPOT, lost, start=start)
+            # Reads that reach only live shards are answered.
+            (one,) = await db.get_latest_book_tickers(ExchangeName.BINANCE_SPOT, symbols=[alive])
+            assert one.update_id == max(r.update_id for r in rows if r.symbol == alive)
+            history = await db.get_book_ticker_history(ExchangeName.BINANCE_SPOT, alive, start=start)
+            assert sorted(r.update_id for r in history) == sorted(r.update_id for r in rows if r.symbol == alive)
+            # Statistics answer with what the live workers hold, and count the shards left out.
+            stats = (await db.get_database_stats())["tables"]
+            assert stats["book_tickers"]["unreachable_shards"] > 0 and stats["book_tickers"]["bytes"] > 0, stats
+            assert stats["book_tickers_latest"]["unreachable_shards"] > 0, stats
+            assert "unreachable_shards" not in stats["ingest_batches"]
+            code, out, err = await cli("stats", env=e, cwd=tmp_path)
+            assert code == 0 and "WARNING Citus:" in out and "Traceback" not in err, out + err
+            code, out, err = await cli("stats", "--json", env=e, cwd=tmp_path)
+            table = orjson.loads(out)["tables"]["book_tickers"]
+            assert code == 0 and table["rows"] is None and table["unreachable_shards"] > 0, table
+            code, out, err = await cli("status", env=e, cwd=tmp_path)
+            assert code == 0 and "newest    unknown: a Citus worker is unreachable" in out, out + err
+            assert "WARNING Citus:" in out, out
+            code, out, err = await cli("health", "--db-only", env=e, cwd=tmp_path)
+            assert code == 1 and "citus workers: UNREACHABLE, 1 of 2 answering" in out, out + err
+            assert f"127.0.0.1:{worker.port}" in out and "unhealthy" in out, out
+            # A command that needs every worker fails with one line naming the cause, no traceback.
+            code, out, err = await cli("validate", env=e, cwd=tmp_path)
+            assert code == 1
+            one_error_line(err, "a Citus worker is unreachable from the coordinator")
+        finally:
+            await worker.start()
+        # The worker is back: the same reads and statistics are whole again.
+        latest = await db.get_latest_book_tickers(ExchangeName.BINANCE_SPOT)
+        assert len(latest) == 40
+        history = await db.get_book_ticker_history(ExchangeName.BINANCE_SPOT, lost, start=start)
+        assert len(history) == sum(1 for r in rows if r.symbol == lost)
+        stats = (await db.get_database_stats())["tables"]
+        assert "unreachable_shards" not in stats["book_tickers"] and stats["book_tickers"]["estimated_rows"] == 4_000
+    code, out, err = await cli("stats", env=e, cwd=tmp_path)
+    assert code == 0 and "WARNING" not in out, out + err
+    code, out, err = await cli("health", "--db-only", env=e, cwd=tmp_path)
+    assert code == 0 and "citus workers: ok, 2 of 2 answering" in out, out + err
+
+
+def _processes(node) -> list[int]:
+    """The node's postmaster and its children (backends, background workers)."""
+    postmaster = int((node.data_dir / "postmaster.pid").read_text().split()[0])
+    children = [int(line.split()[0]) for line in Path("/proc").joinpath(str(postmaster), "task", str(postmaster),
+                                                                        "children").read_text().split()]
+    return [postmaster, *children]
+
+
+async def test_a_worker_that_hangs_bounds_reads_and_stats(citus_cluster, citus_dsn, tmp_path):
+    # A worker that stops answering without refusing (a frozen host, a network black hole): reads end with a
+    # typed error after the command timeout, or after citus.node_connection_timeout (5 s here) for a new
+    # connection; statistics ask each worker once and leave its shards out. Nothing waits forever.
+    s = _settings(tmp_path)
+    s = msgspec.structs.replace(s, database=msgspec.structs.replace(s.database, command_timeout=10.0))
+    worker = citus_cluster.workers[1]
+    async with DatabaseManager(citus_dsn, settings=s) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        await db.insert_book_ticker_snapshots(tickers(2_000, symbols=40))
+        await db.flush(timeout=WAIT)
+        assert len(await db.get_latest_book_tickers(ExchangeName.BINANCE_SPOT)) == 40
+        frozen = _processes(worker)
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):  # a backend may end meanwhile
+                os.kill(pid, signal.SIGSTOP)
+        try:
+            for _ in range(2):  # a cached connection to the worker times out; then a new one cannot be made
+                with pytest.raises(DatabaseUnavailableError):
+                    await db.get_latest_book_tickers(ExchangeName.BINANCE_SPOT)
+            stats = (await db.get_database_stats())["tables"]
+            assert stats["book_tickers"]["unreachable_shards"] > 0, stats
+        finally:
+            for pid in frozen:
+                with contextlib.suppress(ProcessLookupError):  # an exited backend reaped after the postmaster resumed
+                    os.kill(pid, signal.SIGCONT)
+        assert len(await db.get_latest_book_tickers(ExchangeName.BINANCE_SPOT)) == 40
+        assert "unreachable_shards" not in (await db.get_database_stats())["tables"]["book_tickers"]
+
+
+async def test_notifications_catch_up_and_the_latest_mirror_heals_across_a_coordinator_restart(
+        citus_cluster, citus_dsn, tmp_path):
+    s = msgspec.structs.replace(_settings(tmp_path), reads=ReadSettings(listen_keepalive_s=0.5,
+                                                                         listen_retry_max_s=0.2))
+    async with DatabaseManager(citus_dsn, settings=s) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        await db.insert_book_ticker_snapshots(tickers(5, symbols=5, start_id=0))
+        await db.flush(timeout=WAIT)
+        sid = db.resolve_symbol_id("binance_spot", "SYM0USDT")
+        async with db.notifications("book_tickers", exchange="binance_spot", symbols=["SYM0USDT"]) as feed, \
+                db.latest_mirror("book_tickers", exchange="binance_spot") as mirror:
+            seen: set[int] = set()
+            notes: list = []
+            await db.insert_book_ticker_snapshots(tickers(100, symbols=1, start_id=0))
+            await db.flush(timeout=WAIT)
+            await _consume_until(db, feed, set(range(100)), seen, notes)
+            last_max = notes[-1].max_ts
+
+            await citus_cluster.coordinator.restart("fast")
+            # Rows written while the listener is down (the writer waits until the coordinator is back).
+            await db.insert_book_ticker_snapshots(tickers(100, symbols=1, start_id=100))
+            await db.flush(timeout=WAIT)
+            catch_up = await _next(feed)
+            assert catch_up.catch_up and catch_up.since_ts <= last_max and catch_up.ids is None
+            rows = await db.get_book_ticker_history("binance_spot", "SYM0USDT", start=catch_up.since_ts,
+                                                    primary=True, format="columns")
+            seen.update(rows["update_id"])
+            assert set(range(200)) <= seen
+
+            # The LISTEN is back on the restarted coordinator: later batches are notified as usual.
+            await db.insert_book_ticker_snapshots(tickers(100, symbols=1, start_id=200))
+            await db.flush(timeout=WAIT)
+            await _consume_until(db, feed, set(range(300)), seen, notes)
+            assert feed.reconnects >= 1
+            assert not any(n.catch_up for n in notes)
+            # The mirror reloaded after its own catch-up: it holds the newest row of every symbol.
+            while (mirror.get(sid) is None or mirror.get(sid).update_id != 299):
+                await mirror.changed(timeout=WAIT)
+            assert {r.update_id for r in mirror.snapshot()} == {299, 1, 2, 3, 4}
+
+
+async def _unused(conn: asyncpg.Connection, index: str) -> citus.ShardIndex:
+    usage = await citus.index_usage(conn)
+    assert usage is not None and usage.unreachable == 0
+    (found,) = [i for i in usage.indexes if i.index == index]
+    return found
+
+
+async def test_optimize_reports_index_usage_from_the_shards(citus_cluster, citus_dsn, tmp_path):
+    e = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    e.update(HFTDB_WRITER_SPOOL_DIR=str(tmp_path / "spool-cli"), HFTDB_METRICS_PORT=str(free_port()),
+             HFTDB_DSN=citus_dsn)
+    day = 86_400_000_000
+    yesterday = (now_us() // day - 1) * day + 3_600_000_000  # a sealed partition, which optimize gives its btree
+    async with DatabaseManager(citus_dsn, settings=_settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        rows = tickers(60_000, symbols=40, base_ts=yesterday)
+        await db.insert_book_ticker_snapshots(rows)
+        await db.flush(timeout=WAIT)
+        (part,) = [p.name for p in await _partitions(db) if p.lower_us <= yesterday < p.upper_us]
+    code, out, err = await cli("optimize", env=e, cwd=tmp_path)
+    assert code == 0 and f"sealed partition(s) indexed ({part})" in out, out + err
+    assert "Citus: index health and usage of" in out and "indexes: all valid" in out, out
+    # The btree lives in the partition's shards: never scanned yet, and big enough to report.
+    line = f"unused index {part}_btree on {part} ("
+    assert line in out and "shard(s) on the workers, no scan" in out, out
+    conn = await _connect(citus_dsn)
+    try:
+        index = await _unused(conn, f"{part}_btree")
+        assert index.scans == 0 and index.shards == 8 and index.bytes >= 1 << 20 and index.invalid_shards == 0
+        # One lookup by its key scans it on one worker; the workers' counters are flushed within seconds.
+        sid = await conn.fetchval("SELECT id FROM symbols WHERE symbol = 'SYM0USDT'")
+        assert await conn.fetchval("SELECT count(*) FROM book_tickers WHERE symbol_id = $1 AND recv_ts = "
+                                   "to_timestamp($2 / 1e6)", sid, rows[0].recv_ts) == 1
+
+        async def scanned() -> bool:
+            return (await _unused(conn, f"{part}_btree")).scans > 0
+
+        await _until(scanned, "the shard's index scan is counted")
+    finally:
+        await conn.close()
+    code, out, err = await cli("optimize", env=e, cwd=tmp_path)
+    assert code == 0 and line not in out, out + err
+
+
+async def _partitions(db: DatabaseManager) -> list[partitions.PartitionInfo]:
+    async with db.connection() as conn:
+        return await partitions.list_partitions(conn, "book_tickers")

@@ -363,3 +363,9 @@ async def test_columnar_insert_matches_the_row_path(dsn, tmp_path):
             assert (latest[s.id].recv_ts, latest[s.id].update_id) == (int(recv[last]), int(uid[last]))
         with pytest.raises(ValidationError):
             await db.insert_book_ticker_columns(sid[:3], bp, bp, bp, bp, recv)
+
+
+async def test_distribute_on_plain_postgresql_says_why(dsn, tmp_path):
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        with pytest.raises(StateError, match="the citus extension is not created in this database"):
+            await db.distribute()

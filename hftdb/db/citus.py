@@ -47,6 +47,11 @@ __all__ = [
     "LOCAL_TABLES",
     "DistributedTable",
     "DistributeReport",
+    "ShardFigures",
+    "ShardIndex",
+    "IndexUsage",
+    "index_usage",
+    "workers",
     "available",
     "distribute",
     "distributed_before",
@@ -252,46 +257,192 @@ async def _truncate_local(conn: asyncpg.Connection, table: str) -> None:
             await conn.execute("SELECT truncate_local_data_after_distributing_table($1)", part["name"])
 
 
-async def relation_stats(conn: Any, names: list[str]) -> dict[str, tuple[int, int | None]]:
-    """Bytes and estimated rows (None when no shard was analyzed yet) of each Citus table among ``names``, read
-    from their shards on the workers; tables that are not Citus tables are left out. Empty on plain PostgreSQL.
+class _ShardResult(msgspec.Struct, frozen=True):
+    table: str
+    shardid: int
+    result: str
+
+
+async def _on_shards(conn: Any, where: str, args: list[Any], command: str) -> tuple[list[_ShardResult], int]:
+    """Run ``command`` (``%1$s`` is the shard's name) on one placement of every shard of the Citus tables that
+    ``where`` (over ``pg_class c`` and ``pg_dist_partition p``) selects, in parallel; return the answers and how
+    many shards could not be read.
+
+    The workers are asked first, once, whether they answer (``run_command_on_workers``): a shard whose every
+    placement is on a worker that does not is counted without a connection to it being tried. So a worker that
+    hangs instead of refusing costs one ``citus.node_connection_timeout``, not one per shard as
+    ``run_command_on_shards`` would; a reference table is read on a placement that answers.
+    """
+    down = {(r["nodename"], r["nodeport"]) for r in await conn.fetch(
+        "SELECT nodename, nodeport FROM run_command_on_workers('SELECT 1') WHERE NOT success")}
+    shards = await conn.fetch(
+        f"""SELECT c.relname AS table, s.shardid, shard_name(s.logicalrelid, s.shardid) AS shard,
+                   array_agg(n.nodename ORDER BY n.groupid) AS hosts, array_agg(n.nodeport ORDER BY n.groupid) AS ports
+            FROM pg_dist_shard s JOIN pg_class c ON c.oid = s.logicalrelid
+            JOIN pg_dist_partition p ON p.logicalrelid = s.logicalrelid
+            JOIN pg_dist_placement pl ON pl.shardid = s.shardid
+            JOIN pg_dist_node n ON n.groupid = pl.groupid AND n.noderole = 'primary'
+            WHERE c.relnamespace = current_schema()::regnamespace AND {where}
+            GROUP BY 1, 2, 3 ORDER BY 1, 2""",
+        *args,
+    )
+    picked, hosts, ports, commands = [], [], [], []
+    unreachable = 0
+    for r in shards:
+        node = next(((h, p) for h, p in zip(r["hosts"], r["ports"]) if (h, p) not in down), None)
+        if node is None:
+            unreachable += 1
+            continue
+        picked.append(r)
+        hosts.append(node[0])
+        ports.append(node[1])
+        commands.append(command.replace("%1$s", r["shard"]))
+    out = []
+    if picked:
+        for r, answer in zip(picked, await conn.fetch(
+                "SELECT success, result FROM master_run_on_worker($1::text[], $2::int[], $3::text[], true)"
+                " WITH ORDINALITY ORDER BY ordinality", hosts, ports, commands)):
+            if answer["success"]:
+                out.append(_ShardResult(r["table"], r["shardid"], answer["result"]))
+            else:
+                unreachable += 1  # the worker went away since it was asked
+    return out, unreachable
+
+
+class ShardFigures(msgspec.Struct, frozen=True):
+    """A Citus table's figures summed over its shards: bytes, estimated rows (None when no shard was analyzed
+    yet, or when a shard could not be read), and how many shards could not be read (their worker is down)."""
+
+    bytes: int
+    rows: int | None
+    unreachable: int = 0
+
+
+#: Run on each shard, its name put in for ``%1$s``.
+_SHARD_FIGURES = "SELECT pg_total_relation_size('%1$s') || ' ' || reltuples FROM pg_class WHERE oid = '%1$s'::regclass"
+
+
+async def relation_stats(conn: Any, names: list[str]) -> dict[str, ShardFigures]:
+    """:class:`ShardFigures` of each Citus table among ``names``, read from its shards on the workers; tables
+    that are not Citus tables are left out. Empty on plain PostgreSQL.
 
     The coordinator's catalog only knows its empty shells (``book_tickers`` showed 200 kB and no rows while one
-    partition held 152 MB), so sizes come from ``citus_total_relation_size`` and the row estimates from each
-    shard's ``reltuples``.
+    partition held 152 MB), so sizes and row estimates come from each shard (``pg_total_relation_size``,
+    ``reltuples``). With a worker down the statement does not fail (``citus_total_relation_size`` would): the
+    shards that cannot be read are counted in ``unreachable`` and the figures are partial, and say so.
     """
-    if not names or not await conn.fetchval("SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL"):
+    if not names or not await available(conn):
         return {}
-    rows = await conn.fetch(
-        """SELECT c.relname AS name, citus_total_relation_size(c.oid) AS bytes,
-                  (SELECT CASE WHEN bool_or(s.result::float8 >= 0)
-                               THEN sum(greatest(s.result::float8, 0))::bigint END
-                   FROM run_command_on_shards(c.oid, $q$SELECT reltuples FROM pg_class WHERE oid = '%s'::regclass$q$) s
-                   WHERE s.success) AS rows
-           FROM pg_class c JOIN pg_dist_partition p ON p.logicalrelid = c.oid
-           WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY($1::text[])""",
-        list(names),
-    )
-    return {r["name"]: (int(r["bytes"]), None if r["rows"] is None else int(r["rows"])) for r in rows}
+    results, _ = await _on_shards(conn, "c.relname = ANY($1::text[])", [list(names)], _SHARD_FIGURES)
+    lost = await conn.fetch(  # shards per table, to count those not read
+        "SELECT c.relname AS name, count(*) AS n FROM pg_dist_shard s JOIN pg_class c ON c.oid = s.logicalrelid"
+        " WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY($1::text[]) GROUP BY 1",
+        list(names))
+    sums: dict[str, list[Any]] = {r["name"]: [0, None, r["n"]] for r in lost}  # bytes, rows or None, not read
+    for r in results:
+        acc = sums[r.table]
+        acc[2] -= 1
+        size, tuples = r.result.split()
+        acc[0] += int(size)
+        if float(tuples) >= 0:  # -1: never analyzed
+            acc[1] = (acc[1] or 0) + int(float(tuples))
+    return {name: ShardFigures(b, None if lost else n, lost) for name, (b, n, lost) in sums.items()}
 
 
-async def table_totals(db: Any, names: list[str]) -> dict[str, tuple[int, int | None]]:
+async def table_totals(db: Any, names: list[str]) -> dict[str, ShardFigures]:
     """:func:`relation_stats` of each Citus table among ``names`` with its partitions' figures added in (a
     partitioned table's own shards hold nothing). Empty on plain PostgreSQL."""
-    if not await db.fetchval("SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL"):
+    if not await available(db):
         return {}
     parts = await db.fetch(
         "SELECT p.relname AS parent, c.relname AS child FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent"
         " JOIN pg_class c ON c.oid = i.inhrelid WHERE p.relnamespace = current_schema()::regnamespace"
         " AND p.relname = ANY($1::text[])", list(names))
     stats = await relation_stats(db, [*names, *(r["child"] for r in parts)])
-    out: dict[str, tuple[int, int | None]] = {}
+    out: dict[str, ShardFigures] = {}
     for name in names:
-        children = [r["child"] for r in parts if r["parent"] == name]
         if name not in stats:
             continue
+        children = [r["child"] for r in parts if r["parent"] == name]
         known = [stats[m] for m in (name, *children) if m in stats]
         # An analyzed partitioned table's reltuples already counts its partitions' rows: rows from these alone.
-        rows = [r for m in (children or [name]) if m in stats and (r := stats[m][1]) is not None]
-        out[name] = (sum(b for b, _ in known), sum(rows) if rows else None)
+        counted = [stats[m] for m in (children or [name]) if m in stats]
+        rows = [f.rows for f in counted if f.rows is not None]
+        lost = sum(f.unreachable for f in known)
+        out[name] = ShardFigures(sum(f.bytes for f in known), sum(rows) if rows and not lost else None, lost)
     return out
+
+
+class ShardIndex(msgspec.Struct, frozen=True, kw_only=True):
+    """One index of a distributed table, summed over the table's shards: bytes, scans since each worker's
+    statistics were reset, and on how many of its shards it is invalid (an interrupted build)."""
+
+    table: str
+    index: str
+    bytes: int
+    scans: int
+    shards: int
+    invalid_shards: int
+    unique: bool
+
+
+class IndexUsage(msgspec.Struct, frozen=True, kw_only=True):
+    """:func:`index_usage`: the distributed tables' indexes, the tables they cover, and the shards not read."""
+
+    indexes: list[ShardIndex]
+    tables: list[str]
+    unreachable: int
+
+
+#: Run on each shard (its name put in for ``%1$s``): its indexes' names, scans, bytes, validity and uniqueness,
+#: as one JSON array.
+_SHARD_INDEXES = (
+    "SELECT coalesce(json_agg(json_build_array(i.relname, coalesce(s.idx_scan, 0), pg_relation_size(x.indexrelid),"
+    " x.indisvalid, x.indisunique OR x.indisprimary)), '[]') FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid"
+    " LEFT JOIN pg_stat_user_indexes s ON s.indexrelid = x.indexrelid WHERE x.indrelid = '%1$s'::regclass"
+)
+
+
+async def index_usage(conn: asyncpg.Connection) -> IndexUsage | None:
+    """Scans, sizes and validity of the indexes of every hash-distributed table here (the *_latest tables and
+    every partition), read from their shards on the workers; None on plain PostgreSQL or when nothing is
+    distributed. For ``hftdb optimize``: the coordinator's own counters never see a scan of a shard's index, and
+    its index of a distributed table is an empty shell.
+
+    A shard's index is named after the coordinator's with ``_<shard id>`` appended (Citus shortens a name that
+    would pass 63 bytes, which is then shown as the shard's). Shards on a worker that does not answer are counted
+    in ``unreachable``.
+    """
+    if not await available(conn):
+        return None
+    where = "p.partmethod = 'h' AND c.relkind = 'r'"
+    tables = [r["relname"] for r in await conn.fetch(
+        f"SELECT c.relname FROM pg_class c JOIN pg_dist_partition p ON p.logicalrelid = c.oid"
+        f" WHERE c.relnamespace = current_schema()::regnamespace AND {where} ORDER BY 1")]
+    if not tables:
+        return None
+    results, unreachable = await _on_shards(conn, where, [], _SHARD_INDEXES)
+    sums: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in results:
+        suffix = f"_{r.shardid}"
+        for name, scans, size, valid, unique in msgspec.json.decode(r.result):
+            index = name[: -len(suffix)] if name.endswith(suffix) else name
+            acc = sums.setdefault((r.table, index), {"bytes": 0, "scans": 0, "shards": 0, "invalid_shards": 0,
+                                                     "unique": unique})
+            acc["bytes"] += size
+            acc["scans"] += scans
+            acc["shards"] += 1
+            acc["invalid_shards"] += not valid
+    return IndexUsage(indexes=[ShardIndex(table=t, index=i, **acc) for (t, i), acc in sums.items()],
+                      tables=tables, unreachable=unreachable)
+
+
+async def workers(conn: asyncpg.Connection) -> list[tuple[str, str | None]] | None:
+    """Each primary worker of this coordinator as ``("host:port", None)`` when it answers a ``SELECT 1``, or with
+    the reason it does not; None on plain PostgreSQL or when nothing is distributed. For ``hftdb health`` and
+    ``status``: the coordinator answering says nothing of its workers."""
+    if not await distributed_before(conn):
+        return None
+    rows = await conn.fetch("SELECT nodename, nodeport, success, result FROM run_command_on_workers('SELECT 1') "
+                            "ORDER BY nodename, nodeport")
+    return [(f"{r['nodename']}:{r['nodeport']}", None if r["success"] else r["result"]) for r in rows]

@@ -44,7 +44,7 @@ from typing import Final
 
 import asyncpg
 
-__all__ = ["WAIT", "DATA", "OTHER", "CATCH", "MAX_OTHER_ATTEMPTS", "classify", "sqlstate"]
+__all__ = ["WAIT", "DATA", "OTHER", "CATCH", "MAX_OTHER_ATTEMPTS", "classify", "sqlstate", "citus_worker_unreachable"]
 
 WAIT: Final = "wait"
 DATA: Final = "data"
@@ -80,6 +80,21 @@ def sqlstate(exc: BaseException) -> str | None:
     """The SQLSTATE an exception carries (asyncpg's server errors and its client-side ``DataError``), or None."""
     state = getattr(exc, "sqlstate", None)
     return state if isinstance(state, str) else None
+
+
+def citus_worker_unreachable(exc: BaseException) -> bool:
+    """Whether the server (a Citus coordinator) answered that it could not reach one of its workers: a class
+    ``08`` error it sent about a remote node (``connection to the remote node ... failed``, ``could not establish
+    any connections to the node ...`` after ``citus.node_connection_timeout``, ``could not connect to ... to get
+    size of table``), or its ``XX000`` for a worker connection lost mid-statement. The coordinator itself
+    is up; statements that need only the other workers' shards still work."""
+    state = sqlstate(exc)
+    if state is None or not isinstance(exc, asyncpg.PostgresError):
+        return False
+    text = str(exc)
+    if state[:2] == "08":
+        return any(words in text for words in ("remote node", "connections to the node", "could not connect to "))
+    return state == "XX000" and any(words in text for words in _CITUS_UNREACHABLE)
 
 
 def classify(exc: BaseException) -> str:

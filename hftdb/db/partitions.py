@@ -196,7 +196,10 @@ async def list_partitions(conn: asyncpg.Connection, table: str) -> list[Partitio
     shards = await citus.relation_stats(conn, [row["name"] for row in rows])
     out = []
     for row in rows:
-        size, est = shards.get(row["name"], (row["size_bytes"], None if row["reltuples"] < 0 else row["reltuples"]))
+        # A partition with a shard on a worker that is down has a partial size and no row estimate (unknown).
+        figures = shards.get(row["name"])
+        size, est = ((row["size_bytes"], None if row["reltuples"] < 0 else row["reltuples"]) if figures is None
+                     else (figures.bytes, figures.rows))
         out.append(PartitionInfo(table=table, name=row["name"], lower_us=row["lower_us"], upper_us=row["upper_us"],
                                  rows=est, size_bytes=size, has_btree=row["has_btree"]))
     return out

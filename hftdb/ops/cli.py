@@ -28,7 +28,7 @@ import orjson
 
 from .. import tablespec, venues
 from ..version import __version__
-from ..db import citus, partitions, schema
+from ..db import citus, dberrors, partitions, schema
 from . import dump, inventory
 from ..config import Settings, load_settings, locate_config, redact_dsn
 from ..redact import redact
@@ -201,13 +201,21 @@ async def _status(ctx: _Context) -> int:
             stats = await inventory.tables(conn)
             parts = [f"{t} {_approx(stats[t]['rows'])} rows ({_size(stats[t]['bytes'])})" for t in _TS if t in stats]
             ctx.print(f"data      {'; '.join(parts)}")
+            lost = sum(t.get("unreachable_shards", 0) for t in stats.values())
+            if lost:
+                ctx.print(f"          WARNING Citus: {lost} shard(s) on a worker that does not answer are left out")
             newest = []
-            for table in (t.latest for t in tablespec.TABLES):
-                age = await conn.fetchval(  # fixed identifiers
-                    f"SELECT extract(epoch FROM clock_timestamp() - max(recv_ts))::float8 FROM {table}"
-                )
-                if age is not None:
-                    newest.append(f"{table.removesuffix('_latest')} {age:,.1f}s ago")
+            try:
+                for table in (t.latest for t in tablespec.TABLES):
+                    age = await conn.fetchval(  # fixed identifiers
+                        f"SELECT extract(epoch FROM clock_timestamp() - max(recv_ts))::float8 FROM {table}"
+                    )
+                    if age is not None:
+                        newest.append(f"{table.removesuffix('_latest')} {age:,.1f}s ago")
+            except asyncpg.PostgresError as exc:
+                if not dberrors.citus_worker_unreachable(exc):
+                    raise
+                newest = [f"unknown: a Citus worker is unreachable ({' '.join(str(exc).split())})"]
             ctx.print(f"newest    {'; '.join(newest) or 'no rows yet'}")
     answer = await ctx.daemon("/stats")
     if answer is None:
@@ -235,6 +243,12 @@ async def _health(ctx: _Context) -> int:
             schema_ok, schema_text = await _schema_line(conn)
             ctx.print(f"schema: {'ok' if schema_ok else 'PROBLEM'}, {schema_text}")
             ok = ok and schema_ok
+            nodes = await citus.workers(conn)
+            if nodes is not None:
+                down = [f"{node} ({why})" for node, why in nodes if why is not None]
+                ctx.print(f"citus workers: {'ok' if not down else 'UNREACHABLE'}, {len(nodes) - len(down)} of "
+                          f"{len(nodes)} answering" + (f"; not answering: {', '.join(down)}" if down else ""))
+                ok = ok and not down
     except DatabaseUnavailableError as exc:
         ctx.print(f"database: UNREACHABLE, {exc}")
         ok = False
@@ -510,8 +524,13 @@ async def _distribute(ctx: _Context) -> int:
                          ("regrouped", report.regrouped)):
         if tables:
             ctx.print(f"{what:<12} {', '.join(tables)}")
-    ctx.print(f"distributed over {workers} worker(s); ingest_batches stays on the coordinator (docs/SCALE-OUT.md)")
+    ctx.print(f"distributed over {workers} worker(s); ingest_batches (the exactly-once ledger) stays local on the "
+              "coordinator: it commits in the coordinator's two-phase commit decision (docs/SCALE-OUT.md)")
     return 0
+
+
+#: Indexes smaller than this are left out of optimize's unused-index report: fresh partitions' are noise.
+_UNUSED_MIN_BYTES = 1 << 20
 
 
 async def _optimize(ctx: _Context) -> int:
@@ -522,27 +541,41 @@ async def _optimize(ctx: _Context) -> int:
             await conn.execute(f"ANALYZE {table}")  # fixed identifiers
         ctx.progress("partition maintenance (partitions ahead, btrees of sealed partitions)")
         report = await partitions.maintain(conn, ctx.settings.storage, now_us(), retention=False)
-        invalid = await conn.fetch(
+        # On Citus the distributed tables' indexes live in their shards on the workers: read there, and the
+        # coordinator's empty shells of them are left out of its own report.
+        shards = await citus.index_usage(conn)
+        skip = shards.tables if shards is not None else []
+        invalid = [(r["index"], r["table"], "") for r in await conn.fetch(
             "SELECT i.relname AS index, t.relname AS table FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid"
             " JOIN pg_class t ON t.oid = x.indrelid WHERE NOT x.indisvalid AND t.relnamespace = current_schema()::regnamespace"
-        )
-        unused = await conn.fetch(
+            " AND t.relname <> ALL($1::text[])", skip)]
+        unused = [(r["index"], r["table"], r["bytes"], "") for r in await conn.fetch(
             "SELECT s.indexrelname AS index, s.relname AS table, pg_relation_size(s.indexrelid) AS bytes"
             " FROM pg_stat_user_indexes s JOIN pg_index x ON x.indexrelid = s.indexrelid"
             " WHERE s.schemaname = current_schema() AND s.idx_scan = 0 AND NOT x.indisunique AND NOT x.indisprimary"
-            " AND pg_relation_size(s.indexrelid) >= 1048576"  # small ones (fresh partitions) are noise
-            " ORDER BY bytes DESC LIMIT 10"
-        )
+            " AND pg_relation_size(s.indexrelid) >= $2"  # small ones (fresh partitions) are noise
+            " AND s.relname <> ALL($1::text[])", skip, _UNUSED_MIN_BYTES)]
+    if shards is not None:
+        invalid += [(i.index, i.table, f" on {i.invalid_shards} of {i.shards} shard(s)")
+                    for i in shards.indexes if i.invalid_shards]
+        unused += [(i.index, i.table, i.bytes, f" over {i.shards} shard(s) on the workers") for i in shards.indexes
+                   if i.scans == 0 and not i.unique and i.bytes >= _UNUSED_MIN_BYTES]
+    unused = sorted(unused, key=lambda u: -u[2])[:10]
     ctx.print(f"analyzed {len(_HFTDB_TABLES)} tables")
     ctx.print(f"partitions: {len(report.created)} created, {len(report.indexed)} sealed partition(s) indexed"
               + (f" ({', '.join(report.indexed)})" if report.indexed else ""))
+    if shards is not None:
+        ctx.print(f"Citus: index health and usage of {len(shards.tables)} distributed table(s) read from their shards "
+                  "on the workers (scans since each worker's statistics reset)"
+                  + (f"; {shards.unreachable} shard(s) on a worker that does not answer are left out"
+                     if shards.unreachable else ""))
     if invalid:
-        for r in invalid:
-            ctx.print(f"INVALID index {r['index']} on {r['table']} (an interrupted build): drop and recreate it")
+        for index, table, note in invalid:
+            ctx.print(f"INVALID index {index} on {table}{note} (an interrupted build): drop and recreate it")
     else:
         ctx.print("indexes: all valid")
-    for r in unused:
-        ctx.print(f"unused index {r['index']} on {r['table']} ({_size(r['bytes'])}, no scan since statistics reset)")
+    for index, table, size, note in unused:
+        ctx.print(f"unused index {index} on {table} ({_size(size)}{note}, no scan since statistics reset)")
     return 1 if invalid else 0
 
 
@@ -782,7 +815,11 @@ def main(argv: list[str] | None = None) -> int:
         _fail(str(exc))
         return 1
     except asyncpg.PostgresError as exc:
-        _fail(f"the database refused: {exc}")
+        if dberrors.citus_worker_unreachable(exc):
+            _fail(f"a Citus worker is unreachable from the coordinator, and this command needs it (bring it back, "
+                  f"then run the command again): {' '.join(str(exc).split())}")
+        else:
+            _fail(f"the database refused: {exc}")
         return 1
     except asyncpg.InterfaceError as exc:
         # The client side of the connection: asyncpg's own check of what it was given.

@@ -25,7 +25,8 @@ TABLES = ALL_TABLES
 
 
 async def tables(conn: asyncpg.Connection, partitions: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, dict[str, Any]]:
-    """Bytes, estimated rows (None when unknown) and partition count of each hftdb table."""
+    """Bytes, estimated rows (None when unknown) and partition count of each hftdb table, and on Citus with a
+    worker down the number of ``unreachable_shards`` left out of a table's size."""
     if partitions is None:
         partitions = await _partitions(conn)
     out = {}
@@ -37,6 +38,9 @@ async def tables(conn: asyncpg.Connection, partitions: dict[str, list[dict[str, 
             known = [p["rows"] for p in parts]
             rows = None if any(r is None for r in known) else sum(known)
         out[name] = {"bytes": t["bytes"], "rows": rows, "partitions": t["partitions"]}
+        if t.get("unreachable_shards"):
+            # Citus with a worker down: the size leaves its shards out and the row count is unknown.
+            out[name].update(rows=None, unreachable_shards=t["unreachable_shards"])
     return out
 
 
@@ -102,6 +106,10 @@ def render(report: dict[str, Any], *, daemon_url: str) -> list[str]:
         t = report["tables"].get(table)
         if t is not None:
             out.append(f"  {table:<22} {approx(t['rows']):>14} {size(t['bytes']):>10} {t['partitions'] or '':>10}")
+    lost = sum(t.get("unreachable_shards", 0) for t in report["tables"].values())
+    if lost:
+        out.append(f"  WARNING Citus: {lost} shard(s) are on a worker that does not answer: sizes leave them out, "
+                   "rows of their tables are unknown (?)")
     kind = "counted" if report["rows_per_day_exact"] else "estimated from partition statistics; --exact counts"
     out.append(f"\nRows per day ({kind})")
     unknown = False

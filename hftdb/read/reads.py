@@ -466,7 +466,8 @@ async def database_stats(pool: Any, *, writers: dict[str, Any], caches: dict[str
 
 
 async def table_stats(db: Any) -> dict[str, Any]:
-    """Size, estimated rows and partition count of each hftdb table."""
+    """Size, estimated rows and partition count of each hftdb table; on Citus with a worker down, also
+    ``unreachable_shards`` (the shards left out of a table's figures)."""
     rows = await db.fetch(
         """SELECT c.relname,
                   COALESCE((SELECT sum(pg_total_relation_size(i.inhrelid)) FROM pg_inherits i WHERE i.inhparent = c.oid),
@@ -482,6 +483,9 @@ async def table_stats(db: Any) -> dict[str, Any]:
     )
     tables = {r[0]: {"bytes": int(r[1]), "estimated_rows": int(r[2]), "partitions": int(r[3])} for r in rows}
     # On Citus the coordinator holds empty shells: the shards' sizes and estimates replace the catalog's.
-    for name, (size, est) in (await citus.table_totals(db, list(tables))).items():
-        tables[name].update(bytes=size, estimated_rows=est or 0)
+    # With a worker down, its shards are left out of the figures and counted in unreachable_shards.
+    for name, figures in (await citus.table_totals(db, list(tables))).items():
+        tables[name].update(bytes=figures.bytes, estimated_rows=figures.rows or 0)
+        if figures.unreachable:
+            tables[name]["unreachable_shards"] = figures.unreachable
     return {"tables": tables}

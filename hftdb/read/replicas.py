@@ -27,6 +27,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import asyncpg
 
+from ..db import dberrors
 from ..config import DatabaseSettings, ReadSettings, redact_dsn
 from ..errors import ClosedError, DatabaseUnavailableError
 
@@ -311,7 +312,15 @@ class ReadRouter:
             raise ClosedError("the read router is closed")
         try:
             result = await fn(node.pool)
-        except NODE_DOWN as exc:
+        except (*NODE_DOWN, asyncpg.PostgresError) as exc:
+            if dberrors.citus_worker_unreachable(exc):
+                # The coordinator answered: one of its workers did not. Said as such, not as the primary down.
+                raise DatabaseUnavailableError(
+                    f"a Citus worker is unreachable from the coordinator ({' '.join(redact_dsn(str(exc)).split())}): a read that "
+                    "needs its shards fails until it is back; reads of shards on other workers are answered"
+                ) from exc
+            if not isinstance(exc, NODE_DOWN):
+                raise
             node.last_error = f"{type(exc).__name__}: {redact_dsn(str(exc))}"
             raise DatabaseUnavailableError(
                 f"no server answered the read: every replica is down or lagging and the primary failed "
