@@ -41,7 +41,7 @@ from typing import Any, Callable, Collection
 import msgspec
 
 from ..errors import FrameError
-from ..models import Balance, BookTicker, ExchangeName, FeedRows, FundingRate
+from ..models import BookTicker, ExchangeName, FeedRows, FundingRate
 
 from ..rejects import Rejects
 

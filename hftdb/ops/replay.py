@@ -516,20 +516,26 @@ def _open(path: Path) -> tuple[IO[bytes], IO[bytes]]:
     return raw, raw
 
 
+def _chunks(stream: IO[bytes], step: int, rejects: Callable[[str, str], None], name: str) -> Iterator[bytes]:
+    """``stream``'s bytes ``step`` at a time until its end or a read that fails: a truncated or corrupt file keeps
+    what came before the damage, and the rest of it is one ``corrupt_file`` reject."""
+    while True:
+        try:
+            data = stream.read(step)
+        except Exception as exc:  # noqa: BLE001 - any decompressor's error: a truncated or corrupt file
+            rejects("corrupt_file", f"{name}: {type(exc).__name__}: {exc}")
+            return
+        if not data:
+            return
+        yield data
+
+
 def _blocks(stream: IO[bytes], rejects: Callable[[str, str], None], name: str) -> Iterator[list[bytes]]:
     """The non-empty lines of ``stream`` a block at a time, stripped; a line over MAX_LINE_BYTES is counted by
     ``rejects`` and skipped without being kept whole."""
     tail = b""
     skipping = False  # inside a line already rejected as too long
-    while True:
-        try:
-            data = stream.read(_BLOCK)
-        except Exception as exc:  # noqa: BLE001 - any decompressor's error: a truncated or corrupt file
-            # Keep what came before it; the rest of the file is one reject.
-            rejects("corrupt_file", f"{name}: {type(exc).__name__}: {exc}")
-            break
-        if not data:
-            break
+    for data in _chunks(stream, _BLOCK, rejects, name):
         lines = data.split(b"\n")
         last = lines.pop()
         if skipping:
@@ -569,15 +575,7 @@ def _reads(stream: IO[bytes], rejects: Callable[[str, str], None], name: str, *,
     parts: list[bytes] = []
     held = 0
     step = _READ if plain else _BLOCK
-    while True:
-        try:
-            data = stream.read(step)
-        except Exception as exc:  # noqa: BLE001 - any decompressor's error: a truncated or corrupt file
-            # Keep what came before it; the rest of the file is one reject.
-            rejects("corrupt_file", f"{name}: {type(exc).__name__}: {exc}")
-            break
-        if not data:
-            break
+    for data in _chunks(stream, step, rejects, name):
         parts.append(data)
         held += len(data)
         if held >= _READ:
