@@ -84,7 +84,7 @@ from hftdb.db import partitions, schema
 from hftdb.wire.copy import TRAILER, copy_columns
 from hftdb.manager import init_connection
 from hftdb.db.server import EmbeddedServer
-from hftdb.store.tables import BookTickerWriter, _update_then_insert_sql
+from hftdb.store.tables import BookTickerWriter, update_then_insert_sql
 
 COLUMNS = BookTickerWriter.columns
 EXCHANGE = "binance_spot"
@@ -529,7 +529,7 @@ def array_text(kind: str, values: list[object]) -> str:
 
 #: The latest statement as hftdb sent it before the staging table, for latest-compare: the newest rows as eight
 #: text array literals (array_text), unnested and converted by the server.
-_TEXT_LATEST_SQL = _update_then_insert_sql(
+_TEXT_LATEST_SQL = update_then_insert_sql(
     "book_tickers",
     "unnest($1::text::int4[], $2::text::int8[], $3::text::int8[], $4::text::float8[], $5::text::float8[],"
     " $6::text::float8[], $7::text::float8[], $8::text::int8[])"

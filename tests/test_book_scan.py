@@ -25,7 +25,7 @@ from hftdb.exchanges.binance import BinanceAdapter
 from hftdb.exchanges.intake import Intake
 from hftdb.exchanges.runner import StreamRunner
 from hftdb.models import ExchangeName, Symbol
-from hftdb.ops.replay import _blocks, _pieces, ingest_file
+from hftdb.ops.replay import line_blocks, line_pieces, ingest_file
 from hftdb.ops import replay as replay_module
 from hftdb.store.tables import FUTURE_SLACK_US
 from hftdb.wire import loader
@@ -96,8 +96,8 @@ def joined(lines: list[bytes], seed: int) -> bytes:
 
 def lines_of_blocks(data: bytes) -> tuple[list[bytes], list[str]]:
     rejects: list[str] = []
-    lines = [f for block in _blocks(io.BytesIO(data), lambda r, d: rejects.append(r), "x") for f in block]
-    # Stripped, blank ones dropped, as _blocks says (it leaves a block's lines as split when the block itself holds
+    lines = [f for block in line_blocks(io.BytesIO(data), lambda r, d: rejects.append(r), "x") for f in block]
+    # Stripped, blank ones dropped, as line_blocks says (it leaves a block's lines as split when the block itself holds
     # no CR and no blank line, for the parser to skip their JSON whitespace).
     return [f for f in map(bytes.strip, lines) if f], rejects
 
@@ -105,7 +105,7 @@ def lines_of_blocks(data: bytes) -> tuple[list[bytes], list[str]]:
 def lines_of_pieces(data: bytes, *, plain: bool) -> tuple[list[bytes], list[str]]:
     rejects: list[str] = []
     lines = []
-    for buf, start, end in _pieces(io.BytesIO(data), lambda r, d: rejects.append(r), "x", plain=plain):
+    for buf, start, end in line_pieces(io.BytesIO(data), lambda r, d: rejects.append(r), "x", plain=plain):
         assert end == len(buf) or buf[end - 1:end] == b"\n"  # whole lines only
         lines.extend(f for f in map(bytes.strip, buf[start:end].split(b"\n")) if f)
     return lines, rejects
@@ -184,7 +184,7 @@ def test_process_lines_gives_what_process_gives(c, seed):
     expected = rows_of([reference.process([(recv, [f for f in map(bytes.strip, data.split(b"\n")) if f])])])
     scanned, runner = intake()
     with loader.disabled() if not c else _nothing():
-        # The buffer in uneven pieces of whole lines, as _pieces hands them over.
+        # The buffer in uneven pieces of whole lines, as line_pieces hands them over.
         frames = 0
         groups = []
         cuts = sorted(random.Random(seed).sample([i + 1 for i, ch in enumerate(data) if ch == 10], 20))

@@ -20,7 +20,7 @@ import pytest
 from hftdb import ConfigError, DatabaseManager, DatabaseUnavailableError, ExchangeName, load_settings
 from hftdb.config import ReadSettings
 from hftdb.read.replicas import ReadRouter
-from hftdb.db.server import _run_tool, bin_dir
+from hftdb.db.server import run_tool, bin_dir
 
 from helpers import settings, tickers
 
@@ -68,7 +68,7 @@ class StreamingReplica:
             await conn.close()
 
     async def _tool(self, name: str, *args: str) -> str:
-        return await asyncio.to_thread(_run_tool, [str(bin_dir() / name), *args], user=self.user, timeout=120)
+        return await asyncio.to_thread(run_tool, [str(bin_dir() / name), *args], user=self.user, timeout=120)
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ import asyncpg
 
 from ..errors import DatabaseUnavailableError, StateError
 
-__all__ = ["MALLOC_ENV", "SERVER_SETTINGS", "EmbeddedServer", "bin_dir", "server_environ"]
+__all__ = ["MALLOC_ENV", "SERVER_SETTINGS", "EmbeddedServer", "bin_dir", "run_tool", "server_environ"]
 
 logger = logging.getLogger(__name__)
 
@@ -225,10 +225,12 @@ class EmbeddedServer:
         """Run ``pg_ctl -D data_dir ARGS`` as the server's system user."""
         cmd = [str(bin_dir() / "pg_ctl"), "-D", str(self.data_dir), *args]
         user = getattr(self._handle, "system_user", None)
-        return await asyncio.to_thread(_run_tool, cmd, user=user, timeout=timeout)
+        return await asyncio.to_thread(run_tool, cmd, user=user, timeout=timeout)
 
 
-def _run_tool(cmd: list[str], *, user: str | None, timeout: float) -> str:
+def run_tool(cmd: list[str], *, user: str | None, timeout: float) -> str:
+    """Run a PostgreSQL tool ``cmd`` (blocking) as system ``user`` (None: this process's user) in the server's
+    environment; its output (stdout and stderr together), or :class:`DatabaseUnavailableError` if it fails."""
     # Not pipes: a postmaster started by pg_ctl inherits them and holds them open, so reading them never ends.
     with tempfile.TemporaryFile("w+") as out:
         proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,

@@ -82,7 +82,8 @@ from ..models import Balance, BookTicker, ExchangeName, FeedRows, FundingRate, n
 from ..wire.books import BookTuples, PackedBooks
 from ..wire.copy import PG_EPOCH_US
 
-__all__ = ["MAX_LINE_BYTES", "ReplayProgress", "ReplayResult", "ingest_file", "ingest_files", "replay_frames"]
+__all__ = ["MAX_LINE_BYTES", "ReplayProgress", "ReplayResult", "ingest_file", "ingest_files", "line_blocks",
+           "line_pieces", "replay_frames"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ DISORDER_US = 60_000_000
 # A stored copy of a message was stamped on receipt or replay, after the exchange sent it, less clock skew.
 _SKEW_US = 1_000_000
 _BLOCK = 1 << 20
-# What a file's replay reads and hands to the intake at a time (_pieces): the writer's per-call costs (its newest
+# What a file's replay reads and hands to the intake at a time (line_pieces): the writer's per-call costs (its newest
 # row per symbol) are paid per block, and a 1M-frame replay took ~10% less client CPU with 4 MiB than with 1 MiB.
 _READ = 4 << 20
 _INT8_MAX = (1 << 63) - 1
@@ -530,7 +531,7 @@ def _chunks(stream: IO[bytes], step: int, rejects: Callable[[str, str], None], n
         yield data
 
 
-def _blocks(stream: IO[bytes], rejects: Callable[[str, str], None], name: str) -> Iterator[list[bytes]]:
+def line_blocks(stream: IO[bytes], rejects: Callable[[str, str], None], name: str) -> Iterator[list[bytes]]:
     """The non-empty lines of ``stream`` a block at a time, stripped; a line over MAX_LINE_BYTES is counted by
     ``rejects`` and skipped without being kept whole."""
     tail = b""
@@ -585,9 +586,9 @@ def _reads(stream: IO[bytes], rejects: Callable[[str, str], None], name: str, *,
         yield parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _pieces(stream: IO[bytes], rejects: Callable[[str, str], None], name: str, *,
+def line_pieces(stream: IO[bytes], rejects: Callable[[str, str], None], name: str, *,
             plain: bool = False) -> Iterator[tuple[bytes, int, int]]:
-    """:func:`_blocks` without splitting: ``(data, start, end)`` about :data:`_READ` bytes at a time,
+    """:func:`line_blocks` without splitting: ``(data, start, end)`` about :data:`_READ` bytes at a time,
     ``data[start:end]`` whole lines (the file's last one may lack its newline); a line over MAX_LINE_BYTES is
     counted by ``rejects`` and skipped without being kept whole. The lines are left to the intake to split
     (Intake.process_lines). ``plain``: ``stream`` is the file itself, not a decompressor."""
@@ -635,7 +636,7 @@ def _first_time(path: Path, parser: Any) -> int | None:
     """The exchange time of the first frame of the first block of ``path`` that has one (None if none)."""
     stream, raw = _open(path)
     with raw, stream:
-        for frames in _blocks(stream, lambda reason, detail: None, str(path)):
+        for frames in line_blocks(stream, lambda reason, detail: None, str(path)):
             return _block_time(frames, parser)
     return None
 
@@ -711,7 +712,7 @@ class _Replay:
             yield len(block), [process([(now_us(), block)])]
 
     def lines_of(self, pieces: Iterable[tuple[bytes, int, int]]) -> Iterator[tuple[int, list[FeedRows]]]:
-        """Pieces of a file (whole lines, :func:`_pieces`) through the intake, each stamped as one socket read."""
+        """Pieces of a file (whole lines, :func:`line_pieces`) through the intake, each stamped as one socket read."""
         process_lines = self.intake.process_lines
         for data, start, end in pieces:
             yield process_lines(now_us(), data, start, end)
@@ -886,7 +887,7 @@ async def ingest_files(
                             bytes_done=done_before + min(raw.tell(), sizes[path]), bytes_total=total,
                             elapsed=time.monotonic() - started))
 
-                pieces = _pieces(stream, replay.adapter.rejects.add, str(path), plain=stream is raw)
+                pieces = line_pieces(stream, replay.adapter.rejects.add, str(path), plain=stream is raw)
                 results.append(await replay.run(replay.lines_of(pieces), str(path), on_block))
             done_before += sizes[path]
     return results

@@ -21,7 +21,7 @@ from . import vector
 from .writer import BatchWriter
 
 __all__ = ["BookTickerWriter", "FundingRateWriter", "BalanceWriter", "KeyedRows", "MIN_TS_US", "FUTURE_SLACK_US",
-           "bad_text"]
+           "bad_text", "update_then_insert_sql"]
 
 
 # The ledger rows of a commit's batches, and the NOTIFY that ends it: shared by every writer's latest statement.
@@ -65,7 +65,7 @@ _UPDATE_THEN_INSERT = _LEDGER + """, u AS (
 )""" + _NOTIFY
 
 
-def _update_then_insert_sql(table: str, source: str, values: dict[str, str], *, nargs: int) -> str:
+def update_then_insert_sql(table: str, source: str, values: dict[str, str], *, nargs: int) -> str:
     """A commit's ledger rows, latest-table upsert and NOTIFY, the upsert as an UPDATE of the symbols' existing
     rows and an INSERT of the missing ones only.
 
@@ -106,7 +106,7 @@ def _staged_latest(table: str, types: dict[str, str]) -> tuple[str, str, str, st
     ddl = (f"CREATE TEMP TABLE IF NOT EXISTS {stage} ("
            + ", ".join(f"{col} {typ}" for col, typ in types.items()) + ") ON COMMIT DELETE ROWS")
     kinds = "".join(_STAGE_KINDS[typ] for typ in types.values())
-    sql = _update_then_insert_sql(table, f"pg_temp.{stage} u", {col: f"u.{col}" for col in list(types)[1:]}, nargs=0)
+    sql = update_then_insert_sql(table, f"pg_temp.{stage} u", {col: f"u.{col}" for col in list(types)[1:]}, nargs=0)
     return stage, ddl, kinds, sql
 
 
