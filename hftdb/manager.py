@@ -40,8 +40,9 @@ from .store.resolve import RowResolver
 from .db.server import EmbeddedServer
 from .wire.rules import bad_text
 from .store.unit import UnitOfWork, unit_of_work
-from .store.writer import RETRYABLE, BatchWriter
-from .wire.books import BookTuples
+from .store.commit import RETRYABLE
+from .store.writer import BatchWriter
+from .wire.books import BookTuples, PackedBooks
 
 __all__ = ["DatabaseManager", "FeedSink"]
 
@@ -384,7 +385,7 @@ class DatabaseManager:
             self._latest_cache.invalidate()
         return added
 
-    async def _insert_packed(self, rows: packed.PackedBooks | BookTuples) -> int:
+    async def _insert_packed(self, rows: PackedBooks | BookTuples) -> int:
         # A feed's book tickers whose COPY tuples its intake packed while parsing (hftdb.store.packed), with their
         # records or, from the file replay, without (BookTuples), through the FeedSink: taken whole when every row
         # was packed and every id is registered; otherwise exactly as insert_book_ticker_snapshots takes them.
@@ -889,7 +890,7 @@ class FeedSink:
         """:meth:`DatabaseManager.insert_book_ticker_snapshots`."""
         return await self._db.insert_book_ticker_snapshots(rows)
 
-    async def insert_packed_book_tickers(self, rows: packed.PackedBooks | BookTuples) -> int:
+    async def insert_packed_book_tickers(self, rows: PackedBooks | BookTuples) -> int:
         """Book tickers whose COPY tuples the feed's intake packed while parsing them (:mod:`hftdb.packed`), with
         their records or, from the file replay, without (:class:`~hftdb.wire.books.BookTuples`): taken whole when
         every row was packed and every id is registered, otherwise exactly as

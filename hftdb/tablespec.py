@@ -36,7 +36,7 @@ class TableSpec(msgspec.Struct, frozen=True, kw_only=True):
     #: The method of a sink (:class:`hftdb.exchanges.sink.Sink`, :class:`~hftdb.manager.DatabaseManager`) that
     #: takes a list of its records; a feed's :class:`~hftdb.models.FeedRows` field of the same name goes there.
     insert: str
-    #: The feed counter (:class:`hftdb.exchanges.base.FeedStats`) of the rows a feed hands over for this table.
+    #: The feed counter (:class:`hftdb.exchanges.stream.FeedStats`) of the rows a feed hands over for this table.
     feed_rows: str
     #: Whether :meth:`DatabaseManager.latest_mirror` can mirror its latest rows (rows keyed by symbol id).
     mirrored: bool

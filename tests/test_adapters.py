@@ -17,7 +17,9 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 import pytest
 
 from hftdb.errors import ClosedError, ExchangeError, ExchangeHTTPError, SignatureError, StateError, UnknownExchangeError
-from hftdb.exchanges.base import Backoff, ExchangeAdapter, Sink
+from hftdb.exchanges.base import ExchangeAdapter
+from hftdb.exchanges.sink import Sink
+from hftdb.exchanges.stream import Backoff
 from hftdb.exchanges.binance import BinanceAdapter
 from hftdb.exchanges.bybit import BybitAdapter
 from hftdb.exchanges.connection import WsConnection

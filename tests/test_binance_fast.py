@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 
 from hftdb.exchanges.parse_binance import BinanceParser
-from hftdb.models import ExchangeName
-from hftdb.store.tables import FUTURE_SLACK_US, MIN_TS_US
+from hftdb.models import FUTURE_SLACK_US, MIN_TS_US, ExchangeName
 from hftdb.wire import loader
 from hftdb.wire.books import LAYOUT, SIZE
 from hftdb.wire.loader import NATIVE

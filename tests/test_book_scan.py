@@ -24,10 +24,9 @@ from hftdb.config import load_settings
 from hftdb.exchanges.binance import BinanceAdapter
 from hftdb.exchanges.intake import Intake
 from hftdb.exchanges.runner import StreamRunner
-from hftdb.models import ExchangeName, Symbol
+from hftdb.models import FUTURE_SLACK_US, ExchangeName, Symbol
 from hftdb.ops.replay import line_blocks, line_pieces, ingest_file
 from hftdb.ops import replay as replay_module
-from hftdb.store.tables import FUTURE_SLACK_US
 from hftdb.wire import loader
 from hftdb.wire.books import PACK, BookTuples
 from hftdb.wire.copy import PG_EPOCH_US

@@ -23,13 +23,14 @@ import pytest
 
 from hftdb import DatabaseManager
 from hftdb.config import load_settings
-from hftdb.exchanges.base import Backoff, ExchangeAdapter
+from hftdb.exchanges.base import ExchangeAdapter
 from hftdb.exchanges.intake import Intake
 from hftdb.exchanges.parse_binance import BinanceParser
 from hftdb.exchanges.parsing import MAX_FRAME_BYTES
 from hftdb.exchanges.registry import create_adapter, create_parser
 from hftdb.exchanges.runner import StreamRunner
 from hftdb.exchanges.signing import Credentials
+from hftdb.exchanges.stream import Backoff
 from hftdb.models import Balance, BookTicker, Exchange, ExchangeName as E, FundingRate, Symbol, now_us
 from hftdb.wire import loader
 from hftdb.wire.books import PackedBooks

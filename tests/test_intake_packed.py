@@ -24,8 +24,8 @@ from hftdb.config import StorageSettings, WriterSettings, load_settings
 from hftdb.exchanges.binance import BinanceAdapter
 from hftdb.exchanges.intake import Intake
 from hftdb.exchanges.runner import StreamRunner
-from hftdb.models import BookTicker, ExchangeName, Symbol
-from hftdb.store.tables import FUTURE_SLACK_US, BookTickerWriter
+from hftdb.models import FUTURE_SLACK_US, BookTicker, ExchangeName, Symbol
+from hftdb.store.tables import BookTickerWriter
 from hftdb.store.packed import add_packed
 from hftdb.wire.books import PackedBooks
 from hftdb.wire.rules import book_fits

@@ -18,8 +18,9 @@ from hftdb.errors import FrameError
 from hftdb.exchanges.parse_binance import BinanceParser
 from hftdb.exchanges.parse_bybit import BybitParser
 from hftdb.exchanges.parse_okx import OkxParser
-from hftdb.exchanges.parsing import FloatCache, Parsed, Rejects, ms_to_us, to_decimal, to_float, to_int, to_us
+from hftdb.exchanges.parsing import FloatCache, Parsed, ms_to_us, to_decimal, to_float, to_int, to_us
 from hftdb.models import BookTicker, ExchangeName
+from hftdb.rejects import Rejects
 
 SPOT = ExchangeName.BINANCE_SPOT
 USDM = ExchangeName.BINANCE_USDM

@@ -28,7 +28,7 @@ import pytest
 from hftdb import DatabaseManager, ExchangeName, Settings
 from hftdb.config import DatabaseSettings, LoggingSettings, ReadSettings, load_settings
 from hftdb.errors import ConfigError, DatabaseUnavailableError, ExchangeError, HftdbError, SignatureError
-from hftdb.exchanges.base import Backoff
+from hftdb.exchanges.stream import Backoff
 from hftdb.exchanges.registry import create_adapter
 from hftdb.exchanges.rest import RestClient
 from hftdb.exchanges.signing import Credentials

@@ -40,7 +40,7 @@ def test_feed_rows_and_the_sink_follow_the_registry():
     # through the method the registry names, and the feed counts it in the counter the registry names.
     import msgspec
 
-    from hftdb.exchanges.base import FeedStats
+    from hftdb.exchanges.stream import FeedStats
     from hftdb.exchanges.parsing import Parsed
     from hftdb.exchanges.sink import Sink
     from hftdb.manager import DatabaseManager

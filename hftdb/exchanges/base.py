@@ -24,14 +24,15 @@ from ..errors import ClosedError, ExchangeError, ExchangeHTTPError, FrameError, 
 from ..models import Balance, Exchange, ExchangeName, FundingRate, Symbol, now_us
 from .connection import Pacer
 from .intake import exchange_time_ok
-from .parsing import Rejects, name_ok, newer_funding
+from ..rejects import Rejects
+from .parsing import name_ok, newer_funding
 from .rest import RestClient
 from .runner import StreamRunner
 from .signing import Credentials
-from .sink import PackedSink, Sink, SymbolIds
+from .sink import Sink, SymbolIds
 from .stream import Backoff, FeedStats
 
-__all__ = ["Sink", "SymbolIds", "PackedSink", "Backoff", "FeedStats", "ExchangeAdapter", "REFUSED_MAX_WAIT_S", "parse_rest"]
+__all__ = ["ExchangeAdapter", "REFUSED_MAX_WAIT_S", "parse_rest"]
 
 logger = logging.getLogger(__name__)
 

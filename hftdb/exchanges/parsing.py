@@ -48,7 +48,6 @@ from ..rejects import Rejects
 __all__ = [
     "Parsed",
     "newer_funding",
-    "Rejects",
     "FloatCache",
     "CONTROL_SUBSCRIBED",
     "CONTROL_UNSUBSCRIBED",

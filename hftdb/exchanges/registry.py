@@ -6,10 +6,11 @@ from typing import Any
 
 from ..models import ExchangeName
 from ..venues import VENUES
-from .base import ExchangeAdapter, Sink
+from .base import ExchangeAdapter
 from .binance import BinanceAdapter
 from .bybit import BybitAdapter
 from .okx import OkxAdapter
+from .sink import Sink
 from .parse_binance import BinanceParser
 from .parse_bybit import BybitParser
 from .parse_okx import OkxParser

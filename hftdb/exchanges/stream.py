@@ -58,7 +58,7 @@ class FeedStats:
     calls (``dropped_rows`` the rows they lost); ``rest_errors``: failed REST polls; ``retry_after_waits``:
     refused websocket upgrades whose ``Retry-After`` set the wait before the next attempt; ``rest_funding_rows``:
     funding rows taken from REST polls; ``rejects`` by reason are in the adapter's
-    :class:`~hftdb.exchanges.parsing.Rejects`.
+    :class:`~hftdb.rejects.Rejects`.
     """
 
     __slots__ = (

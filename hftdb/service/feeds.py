@@ -17,9 +17,10 @@ from typing import Any
 
 from ..config import ExchangesSettings, VenueSettings
 from ..errors import ConfigError, DatabaseUnavailableError, ExchangeError
-from ..exchanges.base import Backoff, ExchangeAdapter
+from ..exchanges.base import ExchangeAdapter
 from ..exchanges.registry import create_adapter
 from ..exchanges.signing import Credentials
+from ..exchanges.stream import Backoff
 from ..manager import DatabaseManager
 from ..models import now_us
 

@@ -19,7 +19,7 @@ from ..wire.books import LAYOUT, SIZE, BookTuples, PackedBooks
 if TYPE_CHECKING:
     from .tables import BookTickerWriter
 
-__all__ = ["PackedBooks", "add_packed", "add_tuples"]
+__all__ = ["add_packed", "add_tuples"]
 
 _SYMBOL_ID = attrgetter("symbol_id")
 

@@ -7,7 +7,7 @@ for the database during an outage instead of failing the call.
 
 A name is checked once, here, when it is first met (a cached name or a known id was checked then, so the hot
 path pays nothing): an empty, too long or unprintable symbol or exchange name (NUL, a lone surrogate, a control
-character: :func:`hftdb.store.tables.bad_text`) rejects its rows with a reason before any query. A database error is
+character: :func:`hftdb.wire.rules.bad_text`) rejects its rows with a reason before any query. A database error is
 classified by :func:`hftdb.db.dberrors.classify`: only an unreachable database is waited for; a name the server
 refuses anyway (a data error) rejects that name's rows alone, and the other names of the call are registered.
 """
@@ -26,7 +26,7 @@ from ..errors import DatabaseUnavailableError, ValidationError
 from ..wire.rules import bad_text
 from .writer import BatchWriter
 
-__all__ = ["RowResolver", "MAX_SYMBOL_LEN"]
+__all__ = ["RowResolver"]
 
 logger = logging.getLogger("hftdb.manager")
 

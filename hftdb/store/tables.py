@@ -13,15 +13,14 @@ from typing import Any, Iterable
 
 from msgspec.structs import astuple
 
-from ..models import Balance, BookTicker, FundingRate, now_us
+from ..models import FUTURE_SLACK_US, MIN_TS_US, Balance, BookTicker, FundingRate, now_us
 from ..wire.rows import balance_tuple, funding_tuple
 # The acceptance rules and reasons are the wire layer's; bad_text and the time bounds stay importable from here.
-from ..wire.rules import FUTURE_SLACK_US, MIN_TS_US, bad_text, balance_check, funding_reason
+from ..wire.rules import bad_text, balance_check, funding_reason
 from . import vector
 from .writer import BatchWriter
 
-__all__ = ["BookTickerWriter", "FundingRateWriter", "BalanceWriter", "KeyedRows", "MIN_TS_US", "FUTURE_SLACK_US",
-           "bad_text", "update_then_insert_sql"]
+__all__ = ["BookTickerWriter", "FundingRateWriter", "BalanceWriter", "KeyedRows", "update_then_insert_sql"]
 
 
 # The ledger rows of a commit's batches, and the NOTIFY that ends it: shared by every writer's latest statement.
@@ -164,7 +163,7 @@ class BookTickerWriter(BatchWriter):
 class KeyedRows:
     """Checked rows of a table without a vectorized path (funding rates, balances) as COPY tuples, with each row's
     key (of its latest-table row), the value its latest row is built from and its receipt time: the writer's
-    :class:`~hftdb.store.writer.Encoded` for them, taken by :meth:`~hftdb.store.writer.BatchWriter.append` like book tickers.
+    :class:`~hftdb.store.batch.Encoded` for them, taken by :meth:`~hftdb.store.writer.BatchWriter.append` like book tickers.
     """
 
     __slots__ = ("keys", "values", "tuples", "times", "lo", "hi")
@@ -189,7 +188,7 @@ class KeyedRows:
     def append_to(self, batch: Any) -> int:
         """Append the tuples to ``batch`` and keep its newest row per key (a later row wins a tie), dropping a row
         that exactly repeats one of the batch's; only a row not newer than its key's newest is looked up
-        (:meth:`hftdb.store.writer.Batch.holds`)."""
+        (:meth:`hftdb.store.batch.Batch.holds`)."""
         buf, latest = batch.buf, batch.latest
         get = latest.get
         added = 0

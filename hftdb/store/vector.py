@@ -33,17 +33,17 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 from msgspec.structs import astuple
 
-from ..models import BookTicker, now_us
+from ..models import FUTURE_SLACK_US, MIN_TS_US, BookTicker, now_us
 from ..wire.books import LAYOUTS, Layout, ids_by_name
 from ..wire.copy import PG_EPOCH_US
 from ..wire.loader import NATIVE
-from ..wire.rules import FUTURE_SLACK_US, INF, MIN_TS_US, book_ok_columns, book_ticker_reason
+from ..wire.rules import INF, book_ok_columns, book_ticker_reason
 
 if TYPE_CHECKING:
     from .batch import Batch
     from .writer import BatchWriter
 
-__all__ = ["Layout", "LAYOUTS", "TickerRows", "add_pairs", "add_tickers", "add_columns", "latest_of"]
+__all__ = ["TickerRows", "add_pairs", "add_tickers", "add_columns", "latest_of"]
 
 
 _SYMBOL_ID = attrgetter("symbol_id")
@@ -57,7 +57,7 @@ MIN_ROWS = 8 if NATIVE.pack_tickers is not None else 128
 
 class TickerRows:
     """Checked book-ticker COPY tuples of one :class:`Layout`, as :meth:`hftdb.store.writer.BatchWriter.append` takes
-    them (the writer's :class:`~hftdb.store.writer.Encoded`).
+    them (the writer's :class:`~hftdb.store.batch.Encoded`).
 
     ``data`` holds the tuples (constants set), ``sids`` each row's symbol id and ``rows`` its ``BookTicker`` (the
     batch keeps the newest per symbol), or None for rows that came as columns (the newest are then built from the

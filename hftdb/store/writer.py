@@ -54,7 +54,7 @@ from ..rejects import Rejects
 from .spool import Spool, SpooledBatch
 from .batch import Batch, Encoded, WriterStats
 
-__all__ = ["BatchWriter", "Batch", "Encoded", "WriterStats", "RETRYABLE"]
+__all__ = ["BatchWriter"]
 
 logger = logging.getLogger(__name__)
 

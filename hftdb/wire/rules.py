@@ -24,7 +24,7 @@ import numpy as np
 from ..models import FUTURE_SLACK_US, MIN_TS_US, Balance, BookTicker, FundingRate
 
 __all__ = [
-    "INF", "MIN_TS_US", "FUTURE_SLACK_US", "MAX_ASSET_LEN", "MAX_ACCOUNT_LEN", "NEXT_FUNDING_AHEAD_US",
+    "INF", "MAX_ASSET_LEN", "MAX_ACCOUNT_LEN", "NEXT_FUNDING_AHEAD_US",
     "book_fits", "book_ok_columns", "book_ticker_reason", "funding_reason", "balance_check", "bad_text",
     "ts_reason", "price_reason", "to_decimal",
 ]
