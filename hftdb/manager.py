@@ -891,7 +891,7 @@ class FeedSink:
         return await self._db.insert_book_ticker_snapshots(rows)
 
     async def insert_packed_book_tickers(self, rows: PackedBooks | BookTuples) -> int:
-        """Book tickers whose COPY tuples the feed's intake packed while parsing them (:mod:`hftdb.packed`), with
+        """Book tickers whose COPY tuples the feed's intake packed while parsing them (:mod:`hftdb.store.packed`), with
         their records or, from the file replay, without (:class:`~hftdb.wire.books.BookTuples`): taken whole when
         every row was packed and every id is registered, otherwise exactly as
         :meth:`insert_book_ticker_snapshots` takes them (same rows, same rejects)."""

@@ -357,7 +357,7 @@ pack_tuple(unsigned char *p, const Book *book, long sid, long long recv_pg, long
 static inline int
 fits(const Book *book, long long exchange_ts, long long min_ts, long long ts_max)
 {
-    /* hftdb.packed.fits */
+    /* hftdb.wire.rules.book_fits */
     double bid = book->prices[0], bid_qty = book->prices[1], ask = book->prices[2], ask_qty = book->prices[3];
     return 0.0 < bid && bid <= ask && ask < INFINITY && 0.0 < bid_qty && bid_qty < INFINITY && 0.0 < ask_qty
            && ask_qty < INFINITY && min_ts <= exchange_ts && exchange_ts <= ts_max;

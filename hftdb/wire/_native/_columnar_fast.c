@@ -1,4 +1,4 @@
-/* Packed latest rows to records in C: hftdb.columnar.PackedRows.decode without a Python pass per column.
+/* Packed latest rows to records in C: hftdb.read.columnar.PackedRows.decode without a Python pass per column.
  *
  * decode_packed(buf, kinds, bits, record_type, exchange, exchange_of, symbol_of) -> list
  *

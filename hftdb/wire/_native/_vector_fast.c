@@ -1,11 +1,11 @@
-/* Book-ticker records to binary COPY tuples in C: hftdb.vector.add_tickers's packing and checks in one pass.
+/* Book-ticker records to binary COPY tuples in C: hftdb.store.vector.add_tickers's packing and checks in one pass.
  *
  * pack_tickers(rows, record_type, has_e, has_u, ids_from, min_ts, ts_max) returns
  * (tuples, ids, ok, lo, hi, ordered, rising), or None when some row is not one this function can take whole (below):
  *
  *   ids_from True: each row's symbol_id; a list: the rows' ids, one per row (resolved by the caller; the rows'
  *            own symbol_id is not read); a dict: the rows are named by exchange and symbol (symbol_id None) and
- *            ids_from[exchange][symbol] is the id (the symbol catalog's live names, hftdb.catalog.SymbolCatalog.
+ *            ids_from[exchange][symbol] is the id (the symbol catalog's live names, hftdb.db.catalog.SymbolCatalog.
  *            names: the lookup runs here, in the same pass, instead of a tuple key per row in Python); false: the
  *            caller fills the ids in (symbol_id left 0);
  *   tuples   a bytearray of len(rows) tuples in the layout of hftdb.wire.books.LAYOUTS[(has_e, has_u)] (field count
@@ -186,7 +186,7 @@ pack_tickers(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (with_id) {
             PyList_SET_ITEM(ids, i, Py_NewRef(id));
         }
-        /* hftdb.packed.fits, with the receipt time (false for NaN) */
+        /* hftdb.wire.rules.book_fits, with the receipt time (false for NaN) */
         if (ok && !(0.0 < prices[0] && prices[0] <= prices[2] && prices[2] < INFINITY && 0.0 < prices[1]
                     && prices[1] < INFINITY && 0.0 < prices[3] && prices[3] < INFINITY && min_ts <= recv
                     && recv <= ts_max && (!has_e || (min_ts <= ex && ex <= ts_max)))) {
