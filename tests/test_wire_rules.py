@@ -15,9 +15,9 @@ import msgspec
 import numpy as np
 import pytest
 
-from hftdb.models import FUTURE_SLACK_US, MIN_TS_US, BookTicker, ExchangeName, now_us
+from hftdb.models import FUTURE_SLACK_US, MIN_TS_US, BookTicker, ExchangeName, FundingRate, now_us
 from hftdb.wire.loader import NATIVE
-from hftdb.wire.rules import book_fits, book_ok_columns, book_ticker_reason
+from hftdb.wire.rules import NEXT_FUNDING_AHEAD_US, book_fits, book_ok_columns, book_ticker_reason, funding_fits, funding_reason
 
 VALUES = [math.nan, math.inf, -math.inf, -1.0, -0.0, 0.0, 5e-324, 1.0, 2.0, 1.7976931348623157e308]
 NOW = now_us()
@@ -43,6 +43,28 @@ def test_a_refused_row_has_a_precise_reason():
         if not book_fits(*case, TS_MAX):
             bp, bq, ap, aq, ex = case
             assert book_ticker_reason(BookTicker("x", "S", bp, bq, ap, aq, NOW, ex, 1, 1), TS_MAX) != "invalid"
+
+
+def test_the_funding_shortcut_is_the_rule():
+    # funding_fits settles the common shape (every field set, floats and ints) in one expression: it must take a
+    # row exactly when funding_reason does, and never take a row of another shape that funding_reason refuses.
+    floats = [math.nan, math.inf, -math.inf, -1.0, -0.0, 0.0, 5e-324, 1.0]
+    odd = [None, 1, True, "1.0", np.float64(1.0)]
+    nexts = TIMES + [TS_MAX + NEXT_FUNDING_AHEAD_US, TS_MAX + NEXT_FUNDING_AHEAD_US + 1]
+    taken = 0
+    for rate, mark, index, recv, ex, nxt in itertools.chain(
+        itertools.product(floats, floats[3:], floats[3:], TIMES, TIMES[1:3], nexts[1:3]),
+        itertools.product(floats[3:] + odd, floats + odd, [1.0], TIMES[1:3], TIMES + [None, 1.5], nexts + [None]),
+        itertools.product([1e-4], [2.0], [2.0] + odd, TIMES + [True, NOW * 1.0], [NOW], nexts + [True]),
+    ):
+        r = FundingRate("x", "S", rate, recv, ex, nxt, mark, index, 1)
+        reason = funding_reason(r, TS_MAX)
+        if funding_fits(r, TS_MAX):
+            assert reason is None, r
+            taken += 1
+        elif all(type(v) is float for v in (rate, mark, index)) and all(type(v) is int for v in (recv, ex, nxt)):
+            assert reason is not None, r
+    assert taken
 
 
 @pytest.mark.skipif(NATIVE.pack_tickers is None, reason="hftdb built without its C packer (or HFTDB_NO_C set)")

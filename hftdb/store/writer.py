@@ -269,6 +269,20 @@ class BatchWriter:
         :meth:`submitted` after."""
         n = len(rows)
         max_rows = self._max_rows
+        b = self.current
+        lo, hi = rows.lo, rows.hi
+        if b.rows + n < max_rows and b.part_lo <= lo and hi < b.part_hi:
+            # The common case of a small call: the rows fit the current batch and its last partition, so there is
+            # nothing to cut, note or seal (the loop below costs ~0.3 us more a call, measured on 1-row calls).
+            added = rows.append_to(b)
+            if added < n:
+                self.stats.rows_duplicate += n - added
+            if lo < b.min_ts:
+                b.min_ts = lo
+            if hi > b.max_ts:
+                b.max_ts = hi
+            b.rows += added
+            return added
         start = taken = 0
         while start < n:
             b = self.current

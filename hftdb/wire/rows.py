@@ -24,6 +24,7 @@ _F8 = struct.Struct("!id")
 _I4 = struct.Struct("!i")
 _NULL = _I4.pack(-1)
 _FUNDING_HEAD = struct.Struct("!hiiiq")
+_FUNDING_FULL = struct.Struct("!hiiiqiqidiqidid")
 _BALANCE_HEAD = struct.Struct("!hii")
 
 
@@ -37,6 +38,11 @@ def _opt_f8(value: float | None) -> bytes:
 
 def funding_tuple(symbol_id: int, r: FundingRate) -> bytes:
     """The COPY tuple of a checked funding row."""
+    ex, nxt, mark, index = r.exchange_ts, r.next_funding_ts, r.mark_price, r.index_price
+    if ex is not None and nxt is not None and mark is not None and index is not None:
+        # Every field set (a feed's row): one pack, not six and a join.
+        return _FUNDING_FULL.pack(7, 4, symbol_id, 8, r.recv_ts - PG_EPOCH_US, 8, ex - PG_EPOCH_US, 8, r.rate,
+                                  8, nxt - PG_EPOCH_US, 8, mark, 8, index)
     return b"".join((
         _FUNDING_HEAD.pack(7, 4, symbol_id, 8, r.recv_ts - PG_EPOCH_US),
         _opt_ts(r.exchange_ts),

@@ -25,7 +25,7 @@ from ..models import FUTURE_SLACK_US, MIN_TS_US, Balance, BookTicker, FundingRat
 
 __all__ = [
     "INF", "MAX_ASSET_LEN", "MAX_ACCOUNT_LEN", "NEXT_FUNDING_AHEAD_US",
-    "book_fits", "book_ok_columns", "book_ticker_reason", "funding_reason", "balance_check", "bad_text",
+    "book_fits", "book_ok_columns", "book_ticker_reason", "funding_fits", "funding_reason", "balance_check", "bad_text",
     "ts_reason", "price_reason", "to_decimal",
 ]
 
@@ -117,6 +117,18 @@ def book_ticker_reason(r: BookTicker, ts_max: int) -> str:
     if r.update_id is not None and (type(r.update_id) is not int or not -(2**63) <= r.update_id < 2**63):
         return "update_id_invalid"
     return "invalid"
+
+
+def funding_fits(r: FundingRate, ts_max: int) -> bool:
+    """Whether a funding row with every field set, as a feed sends it (float rate and prices, int times), is taken:
+    :func:`funding_reason`'s rule for that common shape in one expression (~0.2 µs against ~0.6). False means
+    only "ask :func:`funding_reason`", which also takes the rows of other shapes (an int rate, NULL fields)."""
+    rate, mark, index = r.rate, r.mark_price, r.index_price
+    recv, ex, nxt = r.recv_ts, r.exchange_ts, r.next_funding_ts
+    return (type(rate) is float and -INF < rate < INF and type(mark) is float and 0.0 < mark < INF
+            and type(index) is float and 0.0 < index < INF and type(recv) is int and MIN_TS_US <= recv <= ts_max
+            and type(ex) is int and MIN_TS_US <= ex <= ts_max and type(nxt) is int
+            and MIN_TS_US <= nxt <= ts_max + NEXT_FUNDING_AHEAD_US)
 
 
 def funding_reason(r: FundingRate, ts_max: int) -> str | None:

@@ -1,0 +1,102 @@
+"""What does one writer call cost, by call size? The encoder alone, no database.
+
+``BookTickerWriter.add`` and ``FundingRateWriter.add`` (the ``(symbol_id, row)`` pairs every call of a known
+symbol reaches after the manager's name resolution, small calls included), on ``--rows`` rows in calls of n rows
+each, for every n of ``--sizes``: Python CPU (``time.process_time``) per row, the minimum of ``--runs`` runs (each on
+a fresh writer; the pairs are built before timing). The writers are never started: rows are encoded into their
+batches (sealed at ``batch_max_rows`` as usual) and nothing is committed. The minimum, not the median, because the
+machine is shared: a run can only be slowed by other load, never sped up.
+
+    .venv/bin/python benchmarks/bench_calls.py                       # sizes 1,4,8,100; book tickers and funding
+    .venv/bin/python benchmarks/bench_calls.py --sizes 1,2,100,10000 --tables book_tickers
+
+A/B against another tree: run this script from one tree with ``PYTHONPATH`` pointing at each tree in turn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+# Run from a checkout: this tree's hftdb unless PYTHONPATH names another (it comes first: A/B from one script).
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+
+from hftdb import BookTicker, FundingRate, StorageSettings, WriterSettings, now_us  # noqa: E402
+try:
+    from hftdb.store.tables import BookTickerWriter, FundingRateWriter  # noqa: E402
+except ImportError:  # a tree from before the layer move (session 8's 6fb2fde), for A/B against it
+    from hftdb.tables import BookTickerWriter, FundingRateWriter  # type: ignore[no-redef]  # noqa: E402
+
+
+def make_rows(table: str, n: int, n_symbols: int) -> list[tuple[int, Any]]:
+    """``n`` valid rows of ``table`` over ``n_symbols`` symbols, receipt times rising, as (symbol_id, row) pairs."""
+    start = now_us() - 600_000_000
+    out: list[tuple[int, Any]] = []
+    for i in range(n):
+        sid = i % n_symbols + 1
+        recv = start + i * 10
+        if table == "book_tickers":
+            bid = 100.0 + (i % 97) * 0.01
+            out.append((sid, BookTicker("binance_spot", f"S{sid:05d}USDT", bid, 1.5, bid + 0.01, 2.5, recv, recv - 300,
+                                        10**9 + i, symbol_id=sid)))
+        else:
+            out.append((sid, FundingRate("binance_usdm", f"S{sid:05d}USDT", 0.0001, recv, recv - 300,
+                                         recv + 3_600_000_000, 100.0, 100.01, symbol_id=sid)))
+    return out
+
+
+def writer_for(table: str, rows: int) -> Any:
+    ws = WriterSettings(spool_dir=None, buffer_max_rows=rows + 1)
+    cls = BookTickerWriter if table == "book_tickers" else FundingRateWriter
+    return cls(None, settings=ws, storage=StorageSettings(), spool_dir=None)  # type: ignore[arg-type]
+
+
+def run_once(table: str, pairs: list[tuple[int, Any]], n: int) -> float:
+    """Python CPU seconds for ``pairs`` in calls of ``n``, on a fresh writer."""
+    writer = writer_for(table, len(pairs))
+    calls = [pairs[i:i + n] for i in range(0, len(pairs), n)]
+    add: Callable[[list[tuple[int, Any]]], int] = writer.add
+    writer.add(calls[0][:1])  # first-call imports; then a fresh writer for the timed part
+    writer = writer_for(table, len(pairs))
+    add = writer.add
+    gc.collect()
+    gc.disable()
+    try:
+        started = time.process_time()
+        taken = 0
+        for part in calls:
+            taken += add(part)
+        elapsed = time.process_time() - started
+    finally:
+        gc.enable()
+    if taken != len(pairs):
+        raise SystemExit(f"{table}: took {taken} of {len(pairs)} rows: {writer.rejects.snapshot()}")
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=20_000, help="rows per run (default 20,000)")
+    p.add_argument("--symbols", type=int, default=100, help="distinct symbols (default 100)")
+    p.add_argument("--runs", type=int, default=5, help="runs per size; the minimum is reported (default 5)")
+    p.add_argument("--sizes", default="1,4,8,100", help="rows per call, comma-separated (default 1,4,8,100)")
+    p.add_argument("--tables", default="book_tickers,funding_rates", help="book_tickers and/or funding_rates")
+    args = p.parse_args(argv)
+    import hftdb
+    print(f"hftdb from {Path(hftdb.__file__).parent}", file=sys.stderr)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    for table in args.tables.split(","):
+        pairs = make_rows(table, args.rows, args.symbols)
+        cells = []
+        for n in sizes:
+            best = min(run_once(table, pairs, n) for _ in range(args.runs))
+            cells.append(f"n={n} {best / len(pairs) * 1e6:.2f}")
+        print(f"{table:<14} us/row (Python CPU, min of {args.runs}): " + "  ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
