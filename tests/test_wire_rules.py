@@ -17,7 +17,7 @@ import pytest
 
 from hftdb.models import FUTURE_SLACK_US, MIN_TS_US, BookTicker, ExchangeName, FundingRate, now_us
 from hftdb.wire.loader import NATIVE
-from hftdb.wire.rules import NEXT_FUNDING_AHEAD_US, book_fits, book_ok_columns, book_ticker_reason, funding_fits, funding_reason
+from hftdb.wire.rules import NEXT_FUNDING_AHEAD_US, book_fits, book_ok_columns, book_ticker_reason, funding_fits, funding_reason, funding_reason_full
 
 VALUES = [math.nan, math.inf, -math.inf, -1.0, -0.0, 0.0, 5e-324, 1.0, 2.0, 1.7976931348623157e308]
 NOW = now_us()
@@ -46,8 +46,9 @@ def test_a_refused_row_has_a_precise_reason():
 
 
 def test_the_funding_shortcut_is_the_rule():
-    # funding_fits settles the common shape (every field set, floats and ints) in one expression: it must take a
-    # row exactly when funding_reason does, and never take a row of another shape that funding_reason refuses.
+    # funding_fits settles the common shape (every field set, floats and ints) in one expression, before
+    # funding_reason's checks: it must take a row of that shape exactly when the checks do, and never take a row of
+    # another shape that they refuse.
     floats = [math.nan, math.inf, -math.inf, -1.0, -0.0, 0.0, 5e-324, 1.0]
     odd = [None, 1, True, "1.0", np.float64(1.0)]
     nexts = TIMES + [TS_MAX + NEXT_FUNDING_AHEAD_US, TS_MAX + NEXT_FUNDING_AHEAD_US + 1]
@@ -58,7 +59,8 @@ def test_the_funding_shortcut_is_the_rule():
         itertools.product([1e-4], [2.0], [2.0] + odd, TIMES + [True, NOW * 1.0], [NOW], nexts + [True]),
     ):
         r = FundingRate("x", "S", rate, recv, ex, nxt, mark, index, 1)
-        reason = funding_reason(r, TS_MAX)
+        reason = funding_reason_full(r, TS_MAX)
+        assert funding_reason(r, TS_MAX) == reason
         if funding_fits(r, TS_MAX):
             assert reason is None, r
             taken += 1
