@@ -369,3 +369,45 @@ async def test_distribute_on_plain_postgresql_says_why(dsn, tmp_path):
     async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
         with pytest.raises(StateError, match="the citus extension is not created in this database"):
             await db.distribute()
+
+
+async def test_a_huge_named_call_is_taken_whole_or_not_at_all_as_a_small_one(dsn, tmp_path):
+    # A call of more than two batches named by exchange and symbol is taken slice by slice (its names checked
+    # once, each slice's ids looked up while it is packed) only when every name is cached; a call with a new
+    # symbol, an unknown exchange or a bad name is handled as a small call is: the new symbol registered, the
+    # unknown exchange raising before any row of the call is taken, the bad name's row rejected alone.
+    async with DatabaseManager(dsn, settings=settings(tmp_path, batch_max_rows=50)) as db:
+        ex = await db.insert_exchange(ExchangeName.BYBIT_LINEAR)
+        for i in range(3):
+            await db.insert_symbol(Symbol(exchange_id=ex.id, symbol=f"S{i}USDT"))
+        t = now_us()
+        count = 0
+
+        def call(last: BookTicker) -> list[BookTicker]:
+            nonlocal t
+            rows = [BookTicker("bybit_linear", f"S{i % 3}USDT", 100.0, 1.0, 100.5, 1.0, t + i, update_id=i)
+                    for i in range(399)]
+            t += 1_000
+            return rows + [last]
+
+        async def stored() -> int:
+            await db.flush()
+            return await sql(db).fetchval("SELECT count(*) FROM book_tickers")
+
+        hits = (await db.get_database_stats())["caches"]["symbol_ids"]["hits"]
+        assert await db.insert_book_ticker_snapshots(call(BookTicker("bybit_linear", "S0USDT", 1, 1, 2, 1, t))) == 400
+        assert (await db.get_database_stats())["caches"]["symbol_ids"]["hits"] - hits == 400
+        count += 400
+        assert await stored() == count
+        assert await db.insert_book_ticker_snapshots(call(BookTicker("bybit_linear", "NEWUSDT", 1, 1, 2, 1, t))) == 400
+        count += 400
+        assert await stored() == count
+        assert (await db.get_symbol("bybit_linear", "NEWUSDT")).status == "unknown"
+        with pytest.raises(UnknownExchangeError):
+            await db.insert_book_ticker_snapshots(call(BookTicker("nowhere", "X", 1, 1, 2, 1, t)))
+        assert await stored() == count
+        before = db.writer_stats("book_tickers")["rejects"].get("symbol_bad_char", 0)
+        assert await db.insert_book_ticker_snapshots(call(BookTicker("bybit_linear", "B\x00D", 1, 1, 2, 1, t))) == 399
+        assert db.writer_stats("book_tickers")["rejects"]["symbol_bad_char"] == before + 1
+        count += 399
+        assert await stored() == count

@@ -137,3 +137,33 @@ def test_the_c_packer_reports_checks_range_and_order():
     for bad in (dict(bid_price=math.nan), dict(ask_qty=math.inf), dict(bid_price=3.5), dict(bid_qty=0.0),
                 dict(recv_ts=t + 11), dict(recv_ts=t - 11), dict(exchange_ts=t + 11), dict(exchange_ts=t - 11)):
         assert pack([row(), row(**bad)])[1] is False, bad
+
+
+def test_names_cached_agrees_with_its_python_twin():
+    # The C pass a huge call's names are checked with, against its Python twin: every name cached, one symbol or
+    # exchange missing, a row with an id among named ones, a row of another type, a name that is not a str.
+    from hftdb.wire.books import names_cached
+
+    t = now_us()
+    names = {"a": {"X": 1, "Y": 2}, "b": {"X": 3}}
+
+    def row(exchange: object = "a", symbol: object = "X", sid: int | None = None) -> BookTicker:
+        return BookTicker(exchange, symbol, 1.0, 1.0, 2.0, 1.0, t, symbol_id=sid)  # type: ignore[arg-type]
+
+    class Other(BookTicker):
+        pass
+
+    cases = {
+        "cached": ([row(), row(symbol="Y"), row("b")], True),
+        "empty": ([], True),
+        "symbol missing": ([row(), row(symbol="Z")], False),
+        "exchange missing": ([row(), row("c")], False),
+        "an id": ([row(), row(sid=1)], False),
+        "another type": ([row(), Other("a", "X", 1.0, 1.0, 2.0, 1.0, t)], False),
+        "not a str": ([row(), row(symbol=1)], False),
+    }
+    for what, (rows, expected) in cases.items():
+        if NATIVE.names_cached is not None:
+            assert names_cached(rows, names) is expected, what
+        with loader.disabled():
+            assert names_cached(rows, names) is expected, what

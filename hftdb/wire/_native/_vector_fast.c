@@ -249,8 +249,60 @@ refuse:
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(names_cached_doc,
+"names_cached(rows, record_type, names) -> bool\n"
+"\n"
+"Whether every row is a record_type named by exchange and symbol (symbol_id None, exact str names) whose id is in\n"
+"names[exchange][symbol]: the lookup pack_tickers makes with a dict ids_from, alone, no tuple packed and no id\n"
+"kept. A huge call checks its names once with it, then packs slice by slice.");
+
+static PyObject *
+names_cached(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 3 || !PyList_Check(args[0]) || !PyType_Check(args[1]) || !PyDict_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "names_cached(rows: list, record_type: type, names: dict)");
+        return NULL;
+    }
+    PyObject *rows = args[0], *names = args[2];
+    PyTypeObject *type = (PyTypeObject *)args[1];
+    if (load_offsets(type) < 0) {
+        return NULL;
+    }
+    PyObject *last_exchange = NULL, *symbols = NULL; /* borrowed: names[last_exchange] */
+    Py_ssize_t n = PyList_GET_SIZE(rows);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *row = PyList_GET_ITEM(rows, i);
+        if (Py_TYPE(row) != type) {
+            Py_RETURN_FALSE;
+        }
+        PyObject *exchange = field(row, F_EXCHANGE), *symbol = field(row, F_SYMBOL);
+        if (field(row, F_SYMBOL_ID) != Py_None || exchange == NULL || !PyUnicode_CheckExact(exchange)
+            || symbol == NULL || !PyUnicode_CheckExact(symbol)) {
+            Py_RETURN_FALSE;
+        }
+        if (exchange != last_exchange) {
+            symbols = PyDict_GetItemWithError(names, exchange);
+            if (symbols == NULL || !PyDict_CheckExact(symbols)) {
+                goto miss;
+            }
+            last_exchange = exchange;
+        }
+        if (PyDict_GetItemWithError(symbols, symbol) == NULL) {
+            goto miss;
+        }
+    }
+    Py_RETURN_TRUE;
+miss:
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_RETURN_FALSE;
+}
+
 static PyMethodDef methods[] = {
     {"pack_tickers", (PyCFunction)(void (*)(void))pack_tickers, METH_FASTCALL, pack_tickers_doc},
+    {"names_cached", (PyCFunction)(void (*)(void))names_cached, METH_FASTCALL, names_cached_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -6,3 +6,6 @@ def pack_tickers(
     """A call's rows as COPY tuples: (tuples, ids, ok, lo, hi, ordered, rising), or None when some row cannot be
     taken whole. ``ids_from``: True (each row's symbol_id), a list (one id per row), a dict (``ids_from[exchange][symbol]``, the rows named)
     or False (the caller fills the ids in)."""
+
+def names_cached(rows: list[Any], record_type: type, names: dict[str, dict[str, int]], /) -> bool:
+    """Whether every row is named by an exchange and symbol (symbol_id None) that ``names`` holds."""
