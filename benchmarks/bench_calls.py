@@ -9,6 +9,11 @@ machine is shared: a run can only be slowed by other load, never sped up.
 
     .venv/bin/python benchmarks/bench_calls.py                       # sizes 1,4,8,100; book tickers and funding
     .venv/bin/python benchmarks/bench_calls.py --sizes 1,2,100,10000 --tables book_tickers
+    .venv/bin/python benchmarks/bench_calls.py --names 500000     # also: a huge named call's check before slice 1
+
+``--names N``: what a call of N book tickers named by exchange and symbol (1,000 symbols) costs the manager before
+its first slice is packed: resolving every name in Python (``ids_by_name``, what it did up to session 8) against
+checking them in one C pass (``names_cached``); CPU ms, min of ``--runs``. Only on a tree that has both.
 
 A/B against another tree: run this script from one tree with ``PYTHONPATH`` pointing at each tree in turn.
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import sys
 import time
 from pathlib import Path
@@ -85,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", type=int, default=5, help="runs per size; the minimum is reported (default 5)")
     p.add_argument("--sizes", default="1,4,8,100", help="rows per call, comma-separated (default 1,4,8,100)")
     p.add_argument("--tables", default="book_tickers,funding_rates", help="book_tickers and/or funding_rates")
+    p.add_argument("--names", type=int, default=0, metavar="N", help="also time a huge call's name check on N rows")
     args = p.parse_args(argv)
     import hftdb
     print(f"hftdb from {Path(hftdb.__file__).parent}", file=sys.stderr)
@@ -96,6 +103,29 @@ def main(argv: list[str] | None = None) -> None:
             best = min(run_once(table, pairs, n) for _ in range(args.runs))
             cells.append(f"n={n} {best / len(pairs) * 1e6:.2f}")
         print(f"{table:<14} us/row (Python CPU, min of {args.runs}): " + "  ".join(cells), flush=True)
+    if args.names:
+        names_check(args.names, args.runs)
+
+
+def names_check(n: int, runs: int) -> None:
+    """Print the CPU a huge named call's name check costs before its first slice, both ways."""
+    from hftdb.wire.books import ids_by_name, names_cached
+
+    symbols = [f"S{i:05d}USDT" for i in range(1_000)]
+    names = {"binance_spot": {s: i + 1 for i, s in enumerate(symbols)}}
+    t = now_us()
+    # Each row's symbol its own str object, as rows decoded from a file or a socket have (hash not yet cached).
+    rows = [BookTicker("binance_spot", "".join(symbols[i % 1_000]), 1.0, 1.0, 2.0, 1.0, t + i) for i in range(n)]
+    for name, check in (("ids_by_name (Python)", lambda: ids_by_name(rows, names) is not None),
+                        ("names_cached (C)", lambda: names_cached(rows, names))):
+        best = math.inf
+        for _ in range(runs):
+            fresh = [BookTicker(r.exchange, "".join(r.symbol), 1.0, 1.0, 2.0, 1.0, r.recv_ts) for r in rows]
+            rows[:] = fresh
+            started = time.process_time()
+            assert check()
+            best = min(best, time.process_time() - started)
+        print(f"{n:,} named rows, {name}: {best * 1e3:.1f} ms ({best / n * 1e9:.0f} ns/row)", flush=True)
 
 
 if __name__ == "__main__":
