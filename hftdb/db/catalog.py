@@ -26,7 +26,6 @@ from .. import venues
 from .cache import TTLCache
 from ..errors import ClosedError, StateError, UnknownExchangeError, UnknownSymbolError, ValidationError
 from ..models import Exchange, ExchangeName, Symbol
-from ..wire.books import ids_by_name
 from ..wire.rules import bad_text
 
 __all__ = [
@@ -192,13 +191,6 @@ class SymbolCatalog:
     def count_hits(self, n: int) -> None:
         """Count ``n`` names resolved through :meth:`names` as cache hits (``cache_stats``)."""
         self._symbol_ids.hits += n
-
-    def cached_ids(self, rows: Sequence[Any]) -> list[int] | None:
-        """The cached symbol id of every row named by exchange and symbol, or None when one is not cached."""
-        ids = ids_by_name(rows, self.names())
-        if ids is not None:
-            self._symbol_ids.hits += len(ids)
-        return ids
 
     def pair_cached(self, rows: Iterable[Any]) -> tuple[list[tuple[int, Any]], list[Any]]:
         """Split written rows into (symbol id, row) pairs known from the cache, and the rows that need a lookup:
