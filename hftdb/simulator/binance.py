@@ -44,8 +44,6 @@ class BinanceHost(Host):
         if venue not in (_SPOT, _USDM):
             raise ValueError(f"venue must be binance_spot or binance_usdm, got {venue!r}")
         self.venue = venue
-        self.name = venue.value
-        self.channels = {venue: (("bookTicker",), ("markPrice@1s", "markPrice") if venue is _USDM else ())}
         super().__init__(markets, **kwargs)
         lim = self.limits
         spot = venue is _SPOT
