@@ -116,3 +116,13 @@ def _spec(**changes):
 def test_a_venue_spec_that_contradicts_itself_is_refused(changes, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         _spec(**changes)
+
+
+def test_default_toml_lists_each_venue_channels_as_the_registry():
+    text = (Path(venues.__file__).parent.parent / "config" / "default.toml").read_text()
+    for v in venues.VENUES:
+        m = re.search(rf"^\[exchanges\.{v.name.value}\]\n# channels: (.*)$", text, re.MULTILINE)
+        assert m, v.name
+        # "bookTicker, markPrice@1s (funding, default), markPrice (every 3 s)": the names, notes dropped
+        listed = tuple(re.sub(r"\([^)]*\)", "", m.group(1)).replace(" ", "").split(","))
+        assert listed == v.channels, v.name

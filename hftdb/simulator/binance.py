@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from ..models import ExchangeName
+from ..venues import served_by
 from .core import Host, Session
 from .market import Market
 
@@ -41,8 +42,8 @@ class BinanceHost(Host):
 
     def __init__(self, markets: dict[ExchangeName, Market], **kwargs) -> None:
         (venue,) = markets  # one market per Binance host: spot and USD-M have different hosts
-        if venue not in (_SPOT, _USDM):
-            raise ValueError(f"venue must be binance_spot or binance_usdm, got {venue!r}")
+        if venue not in served_by("BinanceAdapter"):
+            raise ValueError(f"venue must be one of {[v.value for v in served_by('BinanceAdapter')]}, got {venue!r}")
         self.venue = venue
         super().__init__(markets, **kwargs)
         lim = self.limits
