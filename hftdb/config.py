@@ -207,7 +207,7 @@ class VenueSettings(_Section):
 
 
 if TYPE_CHECKING:
-    class _VenueSections(_Section):
+    class _VenueSections(_Section, frozen=True):
         """What a type checker sees of the venue sections built below: a VenueSettings per venue name."""
 
         def __getattr__(self, name: str) -> VenueSettings: ...
