@@ -17,7 +17,7 @@ import types
 import typing
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
@@ -206,8 +206,30 @@ class VenueSettings(_Section):
             raise ValueError("account must not be empty")
 
 
-class ExchangesSettings(_Section):
+if TYPE_CHECKING:
+    class _VenueSections(_Section, frozen=True):
+        """What a type checker sees of the venue sections built below: a VenueSettings per venue name."""
+
+        def __getattr__(self, name: str) -> VenueSettings: ...
+else:
+    # One [exchanges.<venue>] table per venue of the registry (hftdb.venues), in its order: a field of type
+    # VenueSettings named as the venue. Built from the registry so that adding a venue does not touch this file.
+    _VenueSections = msgspec.defstruct(
+        "_VenueSections",
+        [(name, VenueSettings, VenueSettings()) for name in venues.NAMES],
+        bases=(_Section,),
+        module=__name__,
+        frozen=True,
+        forbid_unknown_fields=True,
+    )
+
+
+class ExchangesSettings(_VenueSections):
     """The venues the daemon streams, and how often it syncs symbols, polls balances and polls funding over REST.
+
+    Each venue of :data:`hftdb.venues.VENUES` is a :class:`VenueSettings` field named as the venue
+    (``exchanges.binance_spot`` ... ``exchanges.okx_swap``: the ``[exchanges.<venue>]`` tables), in registry order
+    and before the keys below.
 
     ``funding_poll_interval_s`` paces the REST funding fallback on perpetual venues: seconds between two polls
     where the websocket does not carry funding, and the silence on a streamed funding channel after which REST
@@ -215,12 +237,6 @@ class ExchangesSettings(_Section):
     funding fallback off (funding then comes only from the websocket).
     """
 
-    binance_spot: VenueSettings = VenueSettings()
-    binance_usdm: VenueSettings = VenueSettings()
-    bybit_spot: VenueSettings = VenueSettings()
-    bybit_linear: VenueSettings = VenueSettings()
-    okx_spot: VenueSettings = VenueSettings()
-    okx_swap: VenueSettings = VenueSettings()
     symbol_sync_interval_s: PosFloat = 3_600.0
     balance_interval_s: NonNegFloat = 60.0
     funding_poll_interval_s: NonNegFloat = 60.0

@@ -30,12 +30,13 @@ from hftdb.exchanges.session import Session
 from hftdb.exchanges.signing import Credentials
 from hftdb.models import Balance, BookTicker, Exchange, ExchangeName as E, FundingRate, Symbol
 from hftdb.simulator import ExchangeSimulator, Limits
+from hftdb import venues
 
 pytestmark = pytest.mark.timeout(90)
 
 N_SYMBOLS = 6
-FUNDING_CHANNELS = frozenset({"markPrice@1s", "markPrice", "tickers", "funding-rate"})
-PERPETUALS = (E.BINANCE_USDM, E.BYBIT_LINEAR, E.OKX_SWAP)
+FUNDING_CHANNELS = frozenset(c for v in venues.VENUES for c in v.funding_channels)
+PERPETUALS = tuple(v.name for v in venues.VENUES if v.market == "derivatives")
 ONE_PER_EXCHANGE = (E.BINANCE_SPOT, E.BYBIT_LINEAR, E.OKX_SWAP)
 
 

@@ -33,12 +33,13 @@ from hftdb.errors import ConfigError
 from hftdb.service.metrics import family_names
 from hftdb.models import ExchangeName as E
 from hftdb.db.server import EmbeddedServer
+from hftdb import venues
 
 pytestmark = pytest.mark.timeout(240)
 
 ROOT = Path(__file__).resolve().parents[1]
-FUNDING_CHANNELS = frozenset({"markPrice@1s", "markPrice", "tickers", "funding-rate"})
-VENUES = ("binance_spot", "binance_usdm", "bybit_spot", "bybit_linear", "okx_spot", "okx_swap")
+FUNDING_CHANNELS = frozenset(c for v in venues.VENUES for c in v.funding_channels)
+VENUES = venues.NAMES
 
 
 def free_port() -> int:

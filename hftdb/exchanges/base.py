@@ -16,12 +16,14 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from ..errors import ClosedError, ExchangeError, ExchangeHTTPError, FrameError, SignatureError, StateError
 from ..models import Balance, Exchange, ExchangeName, FundingRate, Symbol, now_us
+from ..venues import VENUES, spec
 from .connection import Pacer
 from .intake import exchange_time_ok
 from ..rejects import Rejects
@@ -63,9 +65,12 @@ class ExchangeAdapter:
 
     #: the venues this class serves
     venues: ClassVar[tuple[ExchangeName, ...]] = ()
-    default_rest_url: ClassVar[dict[ExchangeName, str]] = {}
-    default_ws_url: ClassVar[dict[ExchangeName, str]] = {}
-    default_channels: ClassVar[dict[ExchangeName, tuple[str, ...]]] = {}
+    #: every venue's REST and websocket base URLs and default channels: the venue registry's (hftdb.venues),
+    #: which a venue module never writes out
+    default_rest_url: ClassVar[Mapping[ExchangeName, str]] = MappingProxyType({v.name: v.rest_url for v in VENUES})
+    default_ws_url: ClassVar[Mapping[ExchangeName, str]] = MappingProxyType({v.name: v.ws_url for v in VENUES})
+    default_channels: ClassVar[Mapping[ExchangeName, tuple[str, ...]]] = MappingProxyType(
+        {v.name: v.default_channels for v in VENUES})
     #: the venue's own limits; ``None`` where it documents none
     max_topics_per_connection: ClassVar[int] = 1024
     max_topic_chars_per_connection: ClassVar[int | None] = None
@@ -81,8 +86,7 @@ class ExchangeAdapter:
     default_max_connection_age: ClassVar[float | None] = None
     #: whether update ids of the book channel are consecutive (so that a jump is a gap)
     consecutive_ids: ClassVar[bool] = False
-    #: the channels that carry funding, and seconds between two REST funding requests (the venue's rate limit)
-    funding_channels: ClassVar[frozenset[str]] = frozenset()
+    #: seconds between two REST funding requests (the venue's rate limit)
     funding_request_interval: ClassVar[float] = 0.0
 
     def __init__(
@@ -427,6 +431,12 @@ class ExchangeAdapter:
     def has_funding(self) -> bool:
         """Whether the venue has funding rates (its perpetuals) that REST polling can fetch."""
         return bool(self.funding_requests(["_"]))
+
+    @property
+    def funding_channels(self) -> tuple[str, ...]:
+        """The venue's channels that carry funding (its ``funding_channels`` in :data:`hftdb.venues.VENUES`)."""
+        venue = spec(self.venue)
+        return venue.funding_channels if venue is not None else ()
 
     @property
     def streams_funding(self) -> bool:

@@ -35,9 +35,6 @@ class BinanceAdapter(ExchangeAdapter):
     """
 
     venues = served_by("BinanceAdapter")
-    default_rest_url = {_SPOT: "https://api.binance.com", _USDM: "https://fapi.binance.com"}
-    default_ws_url = {_SPOT: "wss://stream.binance.com:9443", _USDM: "wss://fstream.binance.com"}
-    default_channels = {_SPOT: ("bookTicker",), _USDM: ("bookTicker", "markPrice@1s")}
     max_topics_per_connection = 1024
     max_topics_per_message = 200
     connect_interval = 0.2
@@ -46,7 +43,6 @@ class BinanceAdapter(ExchangeAdapter):
     default_stale_after = 60.0
     default_max_connection_age = 23.5 * 3600
     consecutive_ids = False  # bookTicker's "u" is the book's update id: it moves on with every depth change
-    funding_channels = frozenset({"markPrice", "markPrice@1s"})
 
     def __init__(self, venue: ExchangeName | str, sink, *, recv_window: int = 5000, **kwargs) -> None:  # noqa: ANN001
         super().__init__(venue, sink, **kwargs)

@@ -37,9 +37,6 @@ class BybitAdapter(ExchangeAdapter):
     """
 
     venues = served_by("BybitAdapter")
-    default_rest_url = {_SPOT: "https://api.bybit.com", _LINEAR: "https://api.bybit.com"}
-    default_ws_url = {_SPOT: "wss://stream.bybit.com", _LINEAR: "wss://stream.bybit.com"}
-    default_channels = {_SPOT: ("orderbook.1",), _LINEAR: ("orderbook.1", "tickers")}
     max_topics_per_connection = 5000  # linear is bounded by characters below; spot documents no count
     max_topics_per_message = 200
     connect_interval = 0.1
@@ -47,7 +44,6 @@ class BybitAdapter(ExchangeAdapter):
     default_ping_interval = 20.0
     default_stale_after = 45.0
     consecutive_ids = True
-    funding_channels = frozenset({"tickers"})  # linear tickers carry fundingRate
     # Bybit's IP rate limit answers a bare 403 ("access too frequent"): worth a retry after a pause.
     rest_retry_statuses = frozenset({403})
 

@@ -32,9 +32,6 @@ class OkxAdapter(ExchangeAdapter):
     """
 
     venues = served_by("OkxAdapter")
-    default_rest_url = {_SPOT: "https://www.okx.com", _SWAP: "https://www.okx.com"}
-    default_ws_url = {_SPOT: "wss://ws.okx.com:8443", _SWAP: "wss://ws.okx.com:8443"}
-    default_channels = {_SPOT: ("bbo-tbt",), _SWAP: ("bbo-tbt", "funding-rate")}
     max_topics_per_connection = 1000  # OKX documents none; this keeps one connection's traffic modest
     max_topics_per_message = 500
     max_message_bytes = 65_536
@@ -43,7 +40,6 @@ class OkxAdapter(ExchangeAdapter):
     default_ping_interval = 25.0
     default_stale_after = 40.0
     consecutive_ids = False  # seqId is shared with the depth channels: it jumps
-    funding_channels = frozenset({"funding-rate"})
     funding_request_interval = 0.1  # GET /public/funding-rate: 20 requests per 2 s per IP, one instId each
 
     def new_parser(self) -> OkxParser:

@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from ..models import ExchangeName
+from ..venues import served_by
 from .core import Host, Session
 from .market import Market
 
@@ -41,11 +42,9 @@ class BinanceHost(Host):
 
     def __init__(self, markets: dict[ExchangeName, Market], **kwargs) -> None:
         (venue,) = markets  # one market per Binance host: spot and USD-M have different hosts
-        if venue not in (_SPOT, _USDM):
-            raise ValueError(f"venue must be binance_spot or binance_usdm, got {venue!r}")
+        if venue not in served_by("BinanceAdapter"):
+            raise ValueError(f"venue must be one of {[v.value for v in served_by('BinanceAdapter')]}, got {venue!r}")
         self.venue = venue
-        self.name = venue.value
-        self.channels = {venue: (("bookTicker",), ("markPrice@1s", "markPrice") if venue is _USDM else ())}
         super().__init__(markets, **kwargs)
         lim = self.limits
         spot = venue is _SPOT

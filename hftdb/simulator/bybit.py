@@ -34,8 +34,6 @@ _CATEGORY = {"spot": _SPOT, "linear": _LINEAR}
 class BybitHost(Host):
     """Bybit's spot and linear markets: REST and public websockets."""
 
-    name = "bybit"
-    channels = {_SPOT: (("orderbook.1",), ()), _LINEAR: (("orderbook.1",), ("tickers",))}
     id_channels = frozenset({"orderbook.1"})
     tick = 0.5
 

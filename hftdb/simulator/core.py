@@ -27,6 +27,7 @@ import msgspec
 from aiohttp import WSMsgType, web
 
 from ..models import ExchangeName
+from ..venues import VENUES
 from .ledger import Ledger
 from .market import Market
 
@@ -313,9 +314,6 @@ class Host:
     (:meth:`encode`) and run their heartbeat rules (:meth:`housekeep`).
     """
 
-    name: str = ""
-    #: native channel names per market: (book channels, funding channels)
-    channels: dict[ExchangeName, tuple[tuple[str, ...], tuple[str, ...]]] = {}
     #: channels whose key is an update id (a gap there is visible to clients)
     id_channels: frozenset[str] = frozenset()
 
@@ -323,13 +321,19 @@ class Host:
         self,
         markets: dict[ExchangeName, Market],
         *,
+        name: str,
         ledger: Ledger,
         faults: Faults,
         limits: Limits,
         credentials: Credentials,
         clock: Callable[[], float],
     ) -> None:
+        #: the host's name: the venues' ``simulator_host`` in the registry (hftdb.venues)
+        self.name = name
         self.markets = markets
+        #: native channel names per market, (book channels, funding channels): the venue registry's
+        self.channels: dict[ExchangeName, tuple[tuple[str, ...], tuple[str, ...]]] = {
+            v.name: (v.book_channels, v.funding_channels) for v in VENUES if v.name in markets}
         self.ledger = ledger
         self.faults = faults
         self.limits = limits

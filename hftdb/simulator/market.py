@@ -17,7 +17,7 @@ import random
 from dataclasses import dataclass, field
 
 from ..models import ExchangeName
-from ..venues import VENUES
+from ..venues import VENUES, spec
 
 __all__ = ["Instrument", "Quote", "Market", "PERPETUAL_VENUES"]
 
@@ -92,7 +92,11 @@ class Market:
     def __init__(self, venue: ExchangeName, symbols: int, *, seed: int = 0) -> None:
         if symbols <= 0:
             raise ValueError(f"symbols must be > 0, got {symbols!r}")
+        registered = spec(venue)
+        if registered is None:
+            raise ValueError(f"venue: {venue!r} is not a registered venue (hftdb.venues)")
         self.venue = venue
+        self._spec = registered
         self.rng = random.Random(f"{seed}:{venue.value}")
         self.instruments: list[Instrument] = []
         self.by_symbol: dict[str, Instrument] = {}
@@ -120,7 +124,7 @@ class Market:
         pdec = min(8, max(0, 5 - math.floor(math.log10(price))))
         qdec = min(6, max(0, math.floor(math.log10(price)) - 1))
         kind = "perpetual" if self._perpetual else "spot"
-        inst = Instrument(self._native(base, self._perpetual), base, "USDT", kind, pdec, qdec)
+        inst = Instrument(self._native(base), base, "USDT", kind, pdec, qdec)
         inst.sizes = self._qty_table(qdec)
         self.instruments.append(inst)
         self.by_symbol[inst.symbol] = inst
@@ -153,11 +157,12 @@ class Market:
             self.listed.append(symbol)
             self.version += 1
             return inst
-        okx = self.venue in (ExchangeName.OKX_SPOT, ExchangeName.OKX_SWAP)
-        base = symbol.split("-", 1)[0] if okx else symbol.removesuffix("USDT")
-        if not base or self._native(base, self._perpetual) != symbol:
+        # The text around the base in the venue's symbols: ("", "USDT"), ("", "-USDT-SWAP")...
+        head, _, tail = self._native("\0").partition("\0")
+        base = symbol[len(head):len(symbol) - len(tail)] if symbol.startswith(head) and symbol.endswith(tail) else ""
+        if not base.isalnum() or self._native(base) != symbol:  # a base of letters and digits: BTC, 1000SHIB
             raise ValueError(f"symbol: {symbol!r} is not a USDT {'perpetual' if self._perpetual else 'spot'} "
-                             f"symbol of {self.venue.value} (e.g. {self._native('ABC', self._perpetual)!r})")
+                             f"symbol of {self.venue.value} (e.g. {self._native('ABC')!r})")
         return self._add(base, price)
 
     def delist_symbol(self, symbol: str) -> Instrument:
@@ -170,10 +175,8 @@ class Market:
         self.version += 1
         return inst
 
-    def _native(self, base: str, perpetual: bool) -> str:
-        if self.venue in (ExchangeName.OKX_SPOT, ExchangeName.OKX_SWAP):
-            return f"{base}-USDT-SWAP" if perpetual else f"{base}-USDT"
-        return f"{base}USDT"
+    def _native(self, base: str) -> str:
+        return self._spec.native_symbol(base, "USDT")
 
     def step_book(self, symbol: str, *, skip: int = 0) -> Quote:
         """Move the quote of ``symbol`` one random step; ``skip`` ids are consumed unsent (an injected gap)."""

@@ -34,8 +34,6 @@ _INST_TYPE = {"SPOT": _SPOT, "SWAP": _SWAP}
 class OkxHost(Host):
     """OKX's spot and swap markets: REST and the public websocket."""
 
-    name = "okx"
-    channels = {_SPOT: (("bbo-tbt", "tickers"), ()), _SWAP: (("bbo-tbt", "tickers"), ("funding-rate",))}
     id_channels = frozenset({"bbo-tbt"})
 
     def __init__(self, *args, **kwargs) -> None:

@@ -1,4 +1,5 @@
-"""The exchange simulator: four exchange hosts on loopback ports, a quote generator per market, fault injection."""
+"""The exchange simulator: the registry's exchange hosts on loopback ports, a quote generator per market, fault
+injection."""
 
 from __future__ import annotations
 
@@ -45,10 +46,11 @@ class ExchangeSimulator:
     """Binance, Bybit and OKX as far as hftdb's adapters use them, over real HTTP and websockets on loopback.
 
     Each exchange host listens on its own port (``port=0`` picks free ones; a fixed ``port`` uses it and the
-    next three), in the order binance_spot, binance_usdm, bybit, okx. Every market streams random-walk quotes of
-    ``symbols`` instruments at ``rate`` book updates per second (all its symbols together), and perpetual
-    markets a funding update per symbol every ``limits.funding_interval`` seconds. Only connections subscribed
-    to a stream are sent its messages, and each frame written is entered in :attr:`ledger`.
+    next ones), one per ``simulator_host`` of the venue registry (hftdb.venues) in its order: binance_spot,
+    binance_usdm, bybit, okx. Every market streams random-walk quotes of ``symbols`` instruments at ``rate`` book
+    updates per second (all its symbols together), and perpetual markets a funding update per symbol every
+    ``limits.funding_interval`` seconds. Only connections subscribed to a stream are sent its messages, and each
+    frame written is entered in :attr:`ledger`.
 
     Listings change at runtime with :meth:`list_symbol` and :meth:`delist_symbol`: a delisted symbol stays in
     the instruments answer with the venue's halted status, is refused to new subscriptions, and is no longer
@@ -72,8 +74,9 @@ class ExchangeSimulator:
         clock: Callable[[], float] = time.time,
         tick: float = 0.01,
     ) -> None:
-        if not 0 <= port <= 65535 - 3:
-            raise ValueError(f"port must be 0 or a free port below 65533, got {port!r}")
+        highest = 65535 - (len(_HOST_ORDER) - 1)  # the last host takes port + hosts - 1
+        if not 0 <= port <= highest:
+            raise ValueError(f"port must be 0 or a free port below {highest + 1}, got {port!r}")
         if rate < 0:
             raise ValueError(f"rate must be >= 0 messages/s, got {rate!r}")
         if symbols <= 0:
@@ -99,7 +102,7 @@ class ExchangeSimulator:
             served.setdefault(v.simulator_host, {})[v.name] = self.markets[v.name]
             adapter_of[v.simulator_host] = v.adapter
         self.hosts: dict[str, Host] = {
-            host: _HOST_CLASSES[adapter_of[host]](markets, **common) for host, markets in served.items()
+            host: _HOST_CLASSES[adapter_of[host]](markets, name=host, **common) for host, markets in served.items()
         }
         self._changed = asyncio.Event()
         for h in self.hosts.values():
@@ -116,7 +119,7 @@ class ExchangeSimulator:
     # -- lifecycle -------------------------------------------------------------------------------------
 
     async def start(self) -> ExchangeSimulator:
-        """Bind the four hosts and start streaming. Returns ``self``."""
+        """Bind the hosts and start streaming. Returns ``self``."""
         if self._state is not _State.UNOPENED:
             raise StateError(f"simulator already {self._state.value}")
         self._state = _State.OPENED

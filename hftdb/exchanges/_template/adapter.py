@@ -19,19 +19,21 @@ __all__ = ["TemplateAdapter"]
 
 class TemplateAdapter(ExchangeAdapter):
     """Template: rename, name the class in the venue's ``VenueSpec`` (``hftdb/venues.py``), set the limits to the
-    venue's documented ones, then add the class to the tuple in ``hftdb/exchanges/registry.py``."""
+    venue's documented ones, then add the class to the tuple in ``hftdb/exchanges/registry.py``.
+
+    The venue's URLs, channels, default channels and funding channels are its ``VenueSpec``'s (``rest_url``,
+    ``ws_url``, ``channels``, ``default_channels``, ``funding_channels``): the base class reads them from there, so
+    the adapter writes none of them out. It adds the paths: :meth:`ws_endpoint` to ``self.ws_url``, each request's
+    path to ``self.rest_url``.
+    """
 
     venues = ()  # served_by("<Exchange>Adapter") (hftdb.venues), once its VenueSpec names this class
-    default_rest_url: dict = {}
-    default_ws_url: dict = {}
-    default_channels: dict = {}  # the same defaults as hftdb/venues.py lists first
     max_topics_per_connection = 1024
     max_topics_per_message = 200
     ping_mode = "idle"
     default_ping_interval = 20.0
     default_stale_after = 60.0
     consecutive_ids = False
-    funding_channels: frozenset[str] = frozenset()
 
     def new_parser(self) -> Any:
         """A parser of this venue's payloads (one per connection)."""
@@ -54,7 +56,7 @@ class TemplateAdapter(ExchangeAdapter):
         raise NotImplementedError
 
     def ws_endpoint(self) -> str:
-        """The URL each stream connection opens."""
+        """The URL each stream connection opens: ``f"{self.ws_url}/<the venue's stream path>"``."""
         raise NotImplementedError
 
     def topic(self, symbol: str, channel: str) -> str:
