@@ -675,7 +675,8 @@ def _first_time(path: Path, parser: Any, tuning: ReplayTuning) -> int | None:
 
 
 def _last_time(path: Path, parser: Any) -> int | None:
-    """The newest exchange time among the frames of the last block of a plain file (None: compressed, or none)."""
+    """The newest exchange time among the frames of the last :data:`_TAIL` bytes of a plain file (None: compressed,
+    or none)."""
     stream, raw = _open(path)
     with raw, stream:
         if stream is not raw:
