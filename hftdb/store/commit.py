@@ -72,7 +72,7 @@ _SPARE_MAX_BYTES = 32 << 20
 #: adds and removes the same pointer 1,000 times in quadratic time: perf found over half of the staging COPY's
 #: server CPU in ResourceArrayAdd/Enlarge/Remove. One at a time, the staging step of a 1,000-symbol commit took
 #: 0.74 ms of the backend's CPU against 1.6 ms (BENCHMARKS.md, "Session 9").
-_ONE_AT_A_TIME = "random() >= 0"
+_ONE_AT_A_TIME = "pg_catalog.random() >= 0"
 
 
 async def stage_latest(conn: asyncpg.Connection, stage: str, kinds: str, latest_args: list[Any], *,
