@@ -529,7 +529,8 @@ def array_text(kind: str, values: list[object]) -> str:
 
 
 #: The latest statement as hftdb sent it before the staging table, for latest-compare: the newest rows as eight
-#: text array literals (array_text), unnested and converted by the server.
+#: text array literals (array_text), unnested and converted by the server (since session 9 twice, by the UPDATE
+#: and by the INSERT, which read their source directly).
 _TEXT_LATEST_SQL = update_then_insert_sql(
     "book_tickers",
     "unnest($1::text::int4[], $2::text::int8[], $3::text::int8[], $4::text::float8[], $5::text::float8[],"

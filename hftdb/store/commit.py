@@ -68,7 +68,7 @@ _SPARE_MAX_BYTES = 32 << 20
 
 #: The WHERE of the COPY into a staging table: true for every row, but volatile, and a COPY with a volatile WHERE
 #: inserts its rows one at a time. Otherwise it buffers up to 1,000 rows, each in a tuple slot of its own, and
-#: every slot pins the table's descriptor in the transaction's resource owner, whose array (PostgreSQL up to 16)
+#: every slot pins the table's descriptor in the statement's resource owner, whose array (PostgreSQL up to 16)
 #: adds and removes the same pointer 1,000 times in quadratic time: perf found over half of the staging COPY's
 #: server CPU in ResourceArrayAdd/Enlarge/Remove. One at a time, the staging step of a 1,000-symbol commit took
 #: 0.74 ms of the backend's CPU against 1.6 ms (BENCHMARKS.md, "Session 9").
