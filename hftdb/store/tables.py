@@ -13,10 +13,10 @@ from typing import Any, Iterable
 
 from msgspec.structs import astuple
 
-from ..models import FUTURE_SLACK_US, MIN_TS_US, Balance, BookTicker, FundingRate, now_us
+from ..models import FUTURE_SLACK_US, Balance, BookTicker, FundingRate, now_us
 from ..wire.rows import balance_tuple, funding_tuple
-# The acceptance rules and reasons are the wire layer's; bad_text and the time bounds stay importable from here.
-from ..wire.rules import bad_text, balance_check, funding_reason
+# The acceptance rules and reasons are the wire layer's.
+from ..wire.rules import balance_check, funding_reason
 from . import vector
 from .writer import BatchWriter
 
