@@ -575,7 +575,7 @@ async def part3(args: argparse.Namespace, admin_dsn: str, tmp: Path) -> dict[int
                     else:
                         overlaps = args.overlap_runs is None or run < args.overlap_runs
                         for k, v in (await run_file_replay(dsn, a, b, n, overlaps=overlaps)).items():
-                            (cpus if k.endswith(" cpu") else times)[k.removesuffix(" cpu")].append(v)
+                            (cpus if k.endswith(" cpu") else times).setdefault(k.removesuffix(" cpu"), []).append(v)
                 finally:
                     await drop_db(admin_dsn, name)
             ratios.append(times["writer-only"][-1] / times["file-replay"][-1])
