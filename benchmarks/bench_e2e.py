@@ -46,8 +46,10 @@ Part 3, file replay (``--parts replay``; ``--replay-frames`` frames per capture,
   alternating which goes first: writer-only (A's frames parsed before timing, as in Part 1) and
   ``hftdb.ops.replay.ingest_file`` of A (file-replay); then, on file-replay's database, A again (replay-again:
   every row already stored) and B (half-overlap). Rows are counted after each step (A: N, A again: N, B:
-  1.5 N). Reported: medians, and file-replay / writer-only (target >= 0.7), and across several N the growth
-  of file-replay's time (target: 10x the frames in no more than 10x the time).
+  1.5 N). Reported: medians, and file-replay / writer-only (target >= 0.7) from the medians and run by run
+  (the two methods of a run share its load: on a shared machine the per-run ratio is the steadier figure), the
+  client's CPU time of each run, and across several N the growth of file-replay's time (target: 10x the frames
+  in no more than 10x the time).
 
     .venv/bin/python benchmarks/bench_e2e.py --frames 200000 --runs 3
     .venv/bin/python benchmarks/bench_e2e.py --parts replay --replay-frames 1000000,10000000 --symbols 500
@@ -536,12 +538,15 @@ async def run_file_replay(dsn: str, a: Path, b: Path, n: int, *, overlaps: bool 
     async with DatabaseManager(dsn, settings=settings_for(dsn)) as db:
         for name, path, stored in steps if overlaps else steps[:1]:
             gc.collect()
+            cpu = time.process_time()
             started = time.perf_counter()
             result = await ingest_file(db, path, exchange=USDM, channels=["bookTicker"])
             out[name] = time.perf_counter() - started
+            out[name + " cpu"] = time.process_time() - cpu
             if await committed(dsn) != stored or result.rejects:
                 raise SystemExit(f"{name}: {await committed(dsn)} rows stored, expected {stored}; {result}")
-            log(f"  {name:13s} {out[name]:8.2f} s {n / out[name]:>10,.0f} frames/s  ({result.duplicates:,} duplicates)")
+            log(f"  {name:13s} {out[name]:8.2f} s {n / out[name]:>10,.0f} frames/s  ({result.duplicates:,} duplicates;"
+                f" client CPU {out[name + ' cpu']:.2f} s)")
     return out
 
 
@@ -551,6 +556,8 @@ async def part3(args: argparse.Namespace, admin_dsn: str, tmp: Path) -> dict[int
         log(f"writing capture files of {n:,} frames over {args.symbols:,} symbols ...")
         a, b = write_captures(tmp, n, args.symbols, seed=args.seed)
         times: dict[str, list[float]] = {"writer-only": [], "file-replay": [], "replay-again": [], "half-overlap": []}
+        cpus: dict[str, list[float]] = {"writer-only": [], "file-replay": []}
+        ratios: list[float] = []  # file-replay / writer-only rate of each run: the two of a run share its load
         for run in range(args.replay_runs):
             for method in (("writer-only", "file-replay") if run % 2 == 0 else ("file-replay", "writer-only")):
                 name, dsn = await create_db(admin_dsn)
@@ -558,17 +565,21 @@ async def part3(args: argparse.Namespace, admin_dsn: str, tmp: Path) -> dict[int
                     await register_symbols(dsn, args.symbols)
                     if method == "writer-only":
                         frames = a.read_bytes().splitlines()
-                        elapsed, _ = await run_writer_only(dsn, frames, args.frames_per_call, args.frames_per_read,
-                                                           args.symbols)
+                        elapsed, cpu = await run_writer_only(dsn, frames, args.frames_per_call, args.frames_per_read,
+                                                             args.symbols)
                         del frames
                         times["writer-only"].append(elapsed)
-                        log(f"run {run + 1} writer-only   {elapsed:8.2f} s {n / elapsed:>10,.0f} rows/s")
+                        cpus["writer-only"].append(cpu)
+                        log(f"run {run + 1} writer-only   {elapsed:8.2f} s {n / elapsed:>10,.0f} rows/s"
+                            f"  (client CPU {cpu:.2f} s)")
                     else:
                         overlaps = args.overlap_runs is None or run < args.overlap_runs
                         for k, v in (await run_file_replay(dsn, a, b, n, overlaps=overlaps)).items():
-                            times[k].append(v)
+                            (cpus if k.endswith(" cpu") else times)[k.removesuffix(" cpu")].append(v)
                 finally:
                     await drop_db(admin_dsn, name)
+            ratios.append(times["writer-only"][-1] / times["file-replay"][-1])
+            log(f"run {run + 1} ratio file-replay / writer-only = {ratios[-1]:.2f}")
         a.unlink()
         b.unlink()
         med = {k: statistics.median(v) for k, v in times.items() if v}
@@ -578,7 +589,9 @@ async def part3(args: argparse.Namespace, admin_dsn: str, tmp: Path) -> dict[int
               f"{args.replay_runs} run(s) (median seconds, frames/s)")
         for k, v in med.items():
             print(f"  {k:13s} {v:8.2f} s {n / v:>10,.0f}/s   runs: {', '.join(f'{x:.2f}' for x in times[k])}")
-        print(f"  ratio file-replay / writer-only = {ratio:.2f}  (target >= 0.7: {'MET' if ratio >= 0.7 else 'NOT MET'})",
+        print(f"  ratio file-replay / writer-only = {ratio:.2f}  (target >= 0.7: {'MET' if ratio >= 0.7 else 'NOT MET'});"
+              f" per run: {', '.join(f'{x:.2f}' for x in ratios)}, median {statistics.median(ratios):.2f}", flush=True)
+        print("  client CPU per run, s: " + "; ".join(f"{k} {', '.join(f'{x:.2f}' for x in v)}" for k, v in cpus.items()),
               flush=True)
     if len(summary) > 1:
         ns = sorted(summary)

@@ -56,7 +56,7 @@ from hftdb import (
 from hftdb.db.catalog import SymbolDirectory
 from hftdb.manager import init_connection
 from hftdb.read.replicas import ReadPool
-from hftdb.wire.copy import copy_columns
+from hftdb.store.commit import stage_latest
 from hftdb.db.schema import Migrator, load_migrations
 from hftdb.store.tables import BookTickerWriter
 
@@ -279,8 +279,7 @@ def test_upsert(benchmark, loop, bench_dsn, version):
             columns = [ids, [t + i for i in ids], [t - 5] * N_SYMBOLS, [100.0 + k] * N_SYMBOLS, [1.0] * N_SYMBOLS,
                        [101.0 + k] * N_SYMBOLS, [2.0] * N_SYMBOLS, [k] * N_SYMBOLS]
             # As a commit sends it: the rows by binary COPY into the staging table, then the statement over it.
-            await conn.copy_to_table(BookTickerWriter.latest_stage, schema_name="pg_temp", format="binary",
-                                     source=memoryview(copy_columns(BookTickerWriter.latest_kinds, columns)))
+            await stage_latest(conn, BookTickerWriter.latest_stage, BookTickerWriter.latest_kinds, columns)
             await conn.execute(BookTickerWriter.latest_sql, [uuid.uuid4()], [N_SYMBOLS], [t], [t + N_SYMBOLS], None)
         return ids
 

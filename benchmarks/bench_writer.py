@@ -81,9 +81,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hftdb import BookTicker, DatabaseManager, DatabaseSettings, Settings, StorageSettings, WriterSettings, now_us
 from hftdb.db import partitions, schema
-from hftdb.wire.copy import TRAILER, copy_columns
+from hftdb.wire.copy import TRAILER
 from hftdb.manager import init_connection
 from hftdb.db.server import EmbeddedServer
+from hftdb.store.commit import stage_latest
 from hftdb.store.tables import BookTickerWriter, update_then_insert_sql
 
 COLUMNS = BookTickerWriter.columns
@@ -528,7 +529,8 @@ def array_text(kind: str, values: list[object]) -> str:
 
 
 #: The latest statement as hftdb sent it before the staging table, for latest-compare: the newest rows as eight
-#: text array literals (array_text), unnested and converted by the server.
+#: text array literals (array_text), unnested and converted by the server (since session 9 twice, by the UPDATE
+#: and by the INSERT, which read their source directly).
 _TEXT_LATEST_SQL = update_then_insert_sql(
     "book_tickers",
     "unnest($1::text::int4[], $2::text::int8[], $3::text::int8[], $4::text::float8[], $5::text::float8[],"
@@ -548,8 +550,7 @@ async def _send_latest(conn: asyncpg.Connection, enc: BookTickerWriter, latest: 
     if text:
         await conn.execute(_TEXT_LATEST_SQL, *(array_text(k, col) for k, col in zip("iqqddddq", args)), *ledger)
         return
-    await conn.copy_to_table(enc.latest_stage, schema_name="pg_temp",
-                             source=memoryview(copy_columns(enc.latest_kinds, args)), format="binary")
+    await stage_latest(conn, enc.latest_stage, enc.latest_kinds, args)
     await conn.execute(enc.latest_sql, *ledger)
 
 

@@ -25,7 +25,7 @@ from hftdb.exchanges.binance import BinanceAdapter
 from hftdb.exchanges.intake import Intake
 from hftdb.exchanges.runner import StreamRunner
 from hftdb.models import FUTURE_SLACK_US, ExchangeName, Symbol
-from hftdb.ops.replay import line_blocks, line_pieces, ingest_file
+from hftdb.ops.replay import ReplayTuning, line_blocks, line_pieces, ingest_file
 from hftdb.ops import replay as replay_module
 from hftdb.wire import loader
 from hftdb.wire.books import PACK, BookTuples
@@ -93,18 +93,20 @@ def joined(lines: list[bytes], seed: int) -> bytes:
 # -- the file's lines ------------------------------------------------------------------------------------------------
 
 
-def lines_of_blocks(data: bytes) -> tuple[list[bytes], list[str]]:
+def lines_of_blocks(data: bytes, tuning: ReplayTuning) -> tuple[list[bytes], list[str]]:
     rejects: list[str] = []
-    lines = [f for block in line_blocks(io.BytesIO(data), lambda r, d: rejects.append(r), "x") for f in block]
+    lines = [f for block in line_blocks(io.BytesIO(data), lambda r, d: rejects.append(r), "x", tuning=tuning)
+             for f in block]
     # Stripped, blank ones dropped, as line_blocks says (it leaves a block's lines as split when the block itself holds
     # no CR and no blank line, for the parser to skip their JSON whitespace).
     return [f for f in map(bytes.strip, lines) if f], rejects
 
 
-def lines_of_pieces(data: bytes, *, plain: bool) -> tuple[list[bytes], list[str]]:
+def lines_of_pieces(data: bytes, tuning: ReplayTuning, *, plain: bool) -> tuple[list[bytes], list[str]]:
     rejects: list[str] = []
     lines = []
-    for buf, start, end in line_pieces(io.BytesIO(data), lambda r, d: rejects.append(r), "x", plain=plain):
+    for buf, start, end in line_pieces(io.BytesIO(data), lambda r, d: rejects.append(r), "x", plain=plain,
+                                       tuning=tuning):
         assert end == len(buf) or buf[end - 1:end] == b"\n"  # whole lines only
         lines.extend(f for f in map(bytes.strip, buf[start:end].split(b"\n")) if f)
     return lines, rejects
@@ -113,16 +115,15 @@ def lines_of_pieces(data: bytes, *, plain: bool) -> tuple[list[bytes], list[str]
 @pytest.mark.parametrize("plain", [True, False], ids=["plain", "compressed"])
 @pytest.mark.parametrize("block", [1, 7, 16])
 def test_pieces_hold_the_lines_blocks_give(monkeypatch, block, plain):
-    monkeypatch.setattr(replay_module, "_BLOCK", block)
     # A compressed stream's reads joined, 3 blocks a piece; shorter than the longest line, as in a real replay.
-    monkeypatch.setattr(replay_module, "_READ", 3 * block)
+    tuning = ReplayTuning(block_bytes=block, read_bytes=3 * block)
     monkeypatch.setattr(replay_module, "MAX_LINE_BYTES", 50)
     rng = random.Random(block)
     for _ in range(200):
         lines = [bytes(rng.choice(b"ab {}\r\t") for _ in range(rng.choice([0, 1, 5, 30, 49, 50, 51, 60, 140])))
                  for _ in range(rng.randint(0, 12))]
         data = b"\n".join(lines) + rng.choice([b"", b"\n", b"\n\n", b"\r\n"])
-        assert lines_of_pieces(data, plain=plain) == lines_of_blocks(data), data
+        assert lines_of_pieces(data, tuning, plain=plain) == lines_of_blocks(data, tuning), data
 
 
 # -- the intake ------------------------------------------------------------------------------------------------------
@@ -313,7 +314,9 @@ async def replay_twice(dsn: str, path, max_rows: int) -> tuple[list[dict[str, ob
         await db.sync_symbols(USDM, [Symbol(exchange_id=ex.id, symbol=s, kind="perpetual", status="trading")
                                      for s in SYMBOLS + [BAD]])
         for _ in range(2):  # the second time every row is stored already: the blocks are checked as records
-            r = await ingest_file(db, path, exchange=USDM, channels=["bookTicker", "markPrice@1s"])
+            # Many blocks, lines across their ends.
+            r = await ingest_file(db, path, exchange=USDM, channels=["bookTicker", "markPrice@1s"],
+                                  tuning=ReplayTuning(read_bytes=4096))
             results.append({k: v for k, v in msgspec.structs.asdict(r).items() if k != "seconds"})
     return results, await stored(dsn)
 
@@ -321,10 +324,9 @@ async def replay_twice(dsn: str, path, max_rows: int) -> tuple[list[dict[str, ob
 @needs_c
 @pytest.mark.parametrize("extras", [0.08, 0.0], ids=["mixed", "quotes-only"])
 @pytest.mark.parametrize("max_rows", [10_000, 7], ids=["one-batch", "calls-straddle-batches"])
-async def test_a_file_replays_the_same_scanned_and_not(dsn, other_dsn, tmp_path, monkeypatch, max_rows, extras):
+async def test_a_file_replays_the_same_scanned_and_not(dsn, other_dsn, tmp_path, max_rows, extras):
     # Mixed: a stored row without an exchange time makes the second replay check its blocks key by key; quotes
     # only: by their time windows.
-    monkeypatch.setattr(replay_module, "_READ", 4096)  # many blocks, lines across their ends
     path = tmp_path / "mixed.jsonl"
     path.write_bytes(joined(mixed_lines(5, 4000, extras=extras), 5))
     scanned, scanned_rows = await replay_twice(dsn, path, max_rows)

@@ -26,7 +26,7 @@ from hftdb.exchanges.binance import BinanceAdapter
 from hftdb.exchanges.intake import Intake
 from hftdb.exchanges.runner import StreamRunner
 from hftdb.models import ExchangeName, now_us
-from hftdb.ops.replay import DISORDER_US, MAX_LINE_BYTES, ingest_file, ingest_files
+from hftdb.ops.replay import DISORDER_US, MAX_LINE_BYTES, ReplayTuning, ingest_file, ingest_files
 
 USDM = ExchangeName.BINANCE_USDM
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
@@ -135,12 +135,38 @@ async def test_a_frame_far_ahead_of_its_file_end_is_still_found_stored(dsn, tmp_
     ahead = json.loads(frames(1, 1)[0])  # ETHUSDT, ten minutes ahead of everything else, lowest id
     ahead["data"].update(u=999, T=T0_MS + 600_000, E=T0_MS + 600_003)
     ahead = json.dumps(ahead).encode()
-    body = frames(0, 8000)  # > 1 MiB: the last block does not hold the second line
+    body = frames(0, 8000)  # > 1 MiB: the end of the file read for its newest time does not hold the second line
     async with DatabaseManager(dsn, settings=settings()) as db:
         await replay(db, write(tmp_path / "ahead.jsonl", [ahead]))
         (r,) = await replay(db, write(tmp_path / "capture.jsonl", body[:1] + [ahead] + body[1:]))
         assert r.committed["book_tickers"] == 8000 and r.duplicates == 1
     assert await stored_ids(dsn) == [999] + ids(0, 8000)
+
+
+def test_tuning_refuses_sizes_that_cannot_work():
+    for kw, name in (({"read_bytes": 0}, "read_bytes"), ({"block_bytes": -1}, "block_bytes"),
+                     ({"ahead_rows": -1}, "ahead_rows"), ({"read_bytes": 1.5}, "read_bytes")):
+        with pytest.raises(ValueError, match=name):
+            ReplayTuning(**kw)
+
+
+async def test_a_replay_parses_no_further_ahead_of_the_commits_than_it_is_told(dsn, tmp_path):
+    base = settings()
+    small = msgspec.structs.replace(base, writer=msgspec.structs.replace(
+        base.writer, batch_max_rows=50, commit_max_rows=100))
+    for first, ahead, bounded in ((0, 0, False), (3000, 100, True)):  # ahead_rows 0: no bound
+        path = write(tmp_path / f"capture-{first}.jsonl", frames(first, 3000))
+        held: list[int] = []
+        async with DatabaseManager(dsn, settings=small) as db:
+            def progress(done: int, total: int) -> None:
+                held.append(db.writer_stats("book_tickers")["rows_in_memory"])
+
+            r = await ingest_file(db, path, exchange=USDM, channels=["bookTicker"], progress=progress,
+                                  tuning=ReplayTuning(read_bytes=4096, ahead_rows=ahead))
+        assert r.committed["book_tickers"] == 3000 and r.duplicates == 0
+        assert len(held) > 20
+        assert (max(held) <= ahead) is bounded, held
+    assert await stored_ids(dsn) == ids(0, 6000)
 
 
 async def test_several_files_and_a_directory_replay_in_time_order_as_one_stream(dsn, tmp_path):

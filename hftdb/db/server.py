@@ -8,8 +8,12 @@ The server starts with glibc's malloc told to keep freed memory (:data:`MALLOC_E
 allocations of 128 kB and more to mmap and trims the heap top past twice that, so a backend that builds one large
 value per query (a whole exchange's latest rows: 72 kB, in a string_agg state doubled to 128 kB) maps, faults in,
 zeroes and unmaps the same pages on every call: most of the 47% of that backend's time perf found in the kernel on
-the 2-core bench machine (docs/READS.md, "Server memory"). A server hftdb does not start is its operator's to tune
-the same way.
+the 2-core bench machine (docs/READS.md, "Server memory"). A commit's COPY is one CopyData message of its whole
+group (asyncpg sends a buffer as one), which the backend reads into one buffer doubled up to its size: 8 MiB for
+50,000 book tickers, 16 MiB for 100,000 (``commit_max_rows``). The thresholds cover that too: with the first ones
+(4 and 16 MiB) that buffer was mapped and faulted in for every commit, 8-10% of the COPY's server CPU (perf), the
+most of what a COPY over the socket cost beyond the same COPY from a file (docs/READS.md). A server hftdb does not
+start is its operator's to tune the same way.
 
 It also runs with a background writer that keeps ahead of bulk COPY (:data:`SERVER_SETTINGS`, set with ``ALTER
 SYSTEM`` where the cluster still has PostgreSQL's default): once the stored rows outgrow ``shared_buffers``, every
@@ -38,10 +42,11 @@ __all__ = ["MALLOC_ENV", "SERVER_SETTINGS", "EmbeddedServer", "bin_dir", "run_to
 
 logger = logging.getLogger(__name__)
 
-# glibc's malloc, through its environment: allocations under 4 MiB from the heap (not a fresh mapping each),
-# and the heap top given back to the kernel only past 16 MiB free (not after every large query). A backend keeps
-# at most its own peak heap; other C libraries ignore these names.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(4 << 20), "MALLOC_TRIM_THRESHOLD_": str(16 << 20)}
+# glibc's malloc, through its environment: allocations under 32 MiB from the heap (not a fresh mapping each),
+# and the heap top given back to the kernel only past 64 MiB free (not after every large query or commit): the
+# most glibc's own sliding threshold would reach (it stops at 32 MiB, trimming past twice that), fixed from the
+# start. A backend keeps at most its own peak heap; other C libraries ignore these names.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}
 _TUNABLE = {"MALLOC_MMAP_THRESHOLD_": "glibc.malloc.mmap_threshold",
             "MALLOC_TRIM_THRESHOLD_": "glibc.malloc.trim_threshold"}
 _environ_lock = threading.Lock()

@@ -82,8 +82,8 @@ from ..models import Balance, BookTicker, ExchangeName, FeedRows, FundingRate, n
 from ..wire.books import BookTuples, PackedBooks
 from ..wire.copy import PG_EPOCH_US
 
-__all__ = ["MAX_LINE_BYTES", "ReplayProgress", "ReplayResult", "ingest_file", "ingest_files", "line_blocks",
-           "line_pieces", "replay_frames"]
+__all__ = ["MAX_LINE_BYTES", "ReplayProgress", "ReplayResult", "ReplayTuning", "ingest_file", "ingest_files",
+           "line_blocks", "line_pieces", "replay_frames"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,10 +97,10 @@ MAX_LINE_BYTES = 8 << 20
 DISORDER_US = 60_000_000
 # A stored copy of a message was stamped on receipt or replay, after the exchange sent it, less clock skew.
 _SKEW_US = 1_000_000
-_BLOCK = 1 << 20
-# What a file's replay reads and hands to the intake at a time (line_pieces): the writer's per-call costs (its newest
-# row per symbol) are paid per block, and a 1M-frame replay took ~10% less client CPU with 4 MiB than with 1 MiB.
-_READ = 4 << 20
+# The newest exchange time of a plain file is read from this much of its end (_last_time).
+_TAIL = 64 << 10
+# How often a replay that is ahead of the writer looks again (_Replay.run).
+_WAIT_S = 0.002
 _INT8_MAX = (1 << 63) - 1
 _EXCHANGE_TS = operator.attrgetter("exchange_ts")
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -137,6 +137,35 @@ class ReplayResult(msgspec.Struct, kw_only=True):
         replay, or found already stored): every frame was rejected, or was not market data at all. A file
         without frames has not failed."""
         return self.frames > 0 and self.stored == 0 and self.duplicates == 0
+
+
+class ReplayTuning(msgspec.Struct, frozen=True, kw_only=True):
+    """How a replay reads its files and how far it parses ahead of the writer. The defaults are the measured
+    ones (BENCHMARKS.md, ingest-file); tests make the reads small, to put lines across their ends.
+
+    * ``read_bytes``: what a file's replay reads and hands to the intake at a time (:func:`line_pieces`). The
+      writer's per-call costs (its newest row per symbol) are paid per piece: a 1M-frame replay took ~10% less
+      client CPU with 4 MiB than with 1 MiB.
+    * ``block_bytes``: one read of a compressed stream (a read that fails loses no more than this of what came
+      before it), and what :func:`line_blocks` splits at a time.
+    * ``ahead_rows``: how many book rows the replay may hold in the writer's memory, not yet committed, before it
+      waits for the commits to catch up; None: three of the writer's commits (``commit_max_rows``); 0: no limit.
+    """
+
+    read_bytes: int = 4 << 20
+    block_bytes: int = 1 << 20
+    ahead_rows: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("read_bytes", "block_bytes"):
+            value = getattr(self, name)
+            if type(value) is not int or value <= 0:
+                raise ValueError(f"{name} must be an int > 0, got {value!r}")
+        if self.ahead_rows is not None and (type(self.ahead_rows) is not int or self.ahead_rows < 0):
+            raise ValueError(f"ahead_rows must be None or an int >= 0, got {self.ahead_rows!r}")
+
+
+_TUNING = ReplayTuning()
 
 
 class ReplayProgress(msgspec.Struct, kw_only=True):
@@ -531,12 +560,13 @@ def _chunks(stream: IO[bytes], step: int, rejects: Callable[[str, str], None], n
         yield data
 
 
-def line_blocks(stream: IO[bytes], rejects: Callable[[str, str], None], name: str) -> Iterator[list[bytes]]:
-    """The non-empty lines of ``stream`` a block at a time, stripped; a line over MAX_LINE_BYTES is counted by
-    ``rejects`` and skipped without being kept whole."""
+def line_blocks(stream: IO[bytes], rejects: Callable[[str, str], None], name: str, *,
+                tuning: ReplayTuning = _TUNING) -> Iterator[list[bytes]]:
+    """The non-empty lines of ``stream`` a block (``tuning.block_bytes``) at a time, stripped; a line over
+    MAX_LINE_BYTES is counted by ``rejects`` and skipped without being kept whole."""
     tail = b""
     skipping = False  # inside a line already rejected as too long
-    for data in _chunks(stream, _BLOCK, rejects, name):
+    for data in _chunks(stream, tuning.block_bytes, rejects, name):
         lines = data.split(b"\n")
         last = lines.pop()
         if skipping:
@@ -570,16 +600,19 @@ def line_blocks(stream: IO[bytes], rejects: Callable[[str, str], None], name: st
         yield [tail]
 
 
-def _reads(stream: IO[bytes], rejects: Callable[[str, str], None], name: str, *, plain: bool) -> Iterator[bytes]:
-    """``stream``'s bytes about :data:`_READ` at a time; a compressed stream is read a block at a time, so that a
-    read that fails (a truncated or corrupt file: one reject) loses no more than a block of what came before."""
+def _reads(stream: IO[bytes], rejects: Callable[[str, str], None], name: str, *, plain: bool,
+           tuning: ReplayTuning) -> Iterator[bytes]:
+    """``stream``'s bytes about ``tuning.read_bytes`` at a time; a compressed stream is read a block at a time, so
+    that a read that fails (a truncated or corrupt file: one reject) loses no more than a block of what came
+    before."""
     parts: list[bytes] = []
     held = 0
-    step = _READ if plain else _BLOCK
+    read = tuning.read_bytes
+    step = read if plain else tuning.block_bytes
     for data in _chunks(stream, step, rejects, name):
         parts.append(data)
         held += len(data)
-        if held >= _READ:
+        if held >= read:
             yield parts[0] if len(parts) == 1 else b"".join(parts)
             parts, held = [], 0
     if parts:
@@ -587,14 +620,14 @@ def _reads(stream: IO[bytes], rejects: Callable[[str, str], None], name: str, *,
 
 
 def line_pieces(stream: IO[bytes], rejects: Callable[[str, str], None], name: str, *,
-            plain: bool = False) -> Iterator[tuple[bytes, int, int]]:
-    """:func:`line_blocks` without splitting: ``(data, start, end)`` about :data:`_READ` bytes at a time,
+                plain: bool = False, tuning: ReplayTuning = _TUNING) -> Iterator[tuple[bytes, int, int]]:
+    """:func:`line_blocks` without splitting: ``(data, start, end)`` about ``tuning.read_bytes`` at a time,
     ``data[start:end]`` whole lines (the file's last one may lack its newline); a line over MAX_LINE_BYTES is
     counted by ``rejects`` and skipped without being kept whole. The lines are left to the intake to split
     (Intake.process_lines). ``plain``: ``stream`` is the file itself, not a decompressor."""
     tail = b""  # the start of a line that began in an earlier block
     skipping = False  # inside a line already rejected as too long
-    for data in _reads(stream, rejects, name, plain=plain):
+    for data in _reads(stream, rejects, name, plain=plain, tuning=tuning):
         first = data.find(b"\n")
         if first < 0:
             if not skipping:
@@ -632,25 +665,26 @@ def line_pieces(stream: IO[bytes], rejects: Callable[[str, str], None], name: st
         yield tail, 0, len(tail)
 
 
-def _first_time(path: Path, parser: Any) -> int | None:
+def _first_time(path: Path, parser: Any, tuning: ReplayTuning) -> int | None:
     """The exchange time of the first frame of the first block of ``path`` that has one (None if none)."""
     stream, raw = _open(path)
     with raw, stream:
-        for frames in line_blocks(stream, lambda reason, detail: None, str(path)):
+        for frames in line_blocks(stream, lambda reason, detail: None, str(path), tuning=tuning):
             return _block_time(frames, parser)
     return None
 
 
 def _last_time(path: Path, parser: Any) -> int | None:
-    """The newest exchange time among the frames of the last block of a plain file (None: compressed, or none)."""
+    """The newest exchange time among the frames of the last :data:`_TAIL` bytes of a plain file (None: compressed,
+    or none)."""
     stream, raw = _open(path)
     with raw, stream:
         if stream is not raw:
             return None
         size = raw.seek(0, os.SEEK_END)
-        raw.seek(max(0, size - _BLOCK))
-        lines = raw.read(_BLOCK).split(b"\n")
-        if size > _BLOCK:
+        raw.seek(max(0, size - _TAIL))
+        lines = raw.read(_TAIL).split(b"\n")
+        if size > _TAIL:
             lines = lines[1:]  # the first may be the end of a line
     times = []
     for frame in lines:
@@ -718,10 +752,14 @@ class _Replay:
             yield process_lines(now_us(), data, start, end)
 
     async def run(self, blocks: Iterable[tuple[int, list[FeedRows]]], path: str,
-                  on_block: Callable[[int], None] | None) -> ReplayResult:
+                  on_block: Callable[[int], None] | None, *, tuning: ReplayTuning = _TUNING) -> ReplayResult:
         started = time.monotonic()
         before = self._counts()
         runner, stored = self.runner, self.stored
+        stats = self.db.writer_stats
+        ahead = tuning.ahead_rows
+        if ahead is None:
+            ahead = 3 * self.db.settings.writer.commit_max_rows
         frames = 0
         for n, groups in blocks:
             frames += n
@@ -737,6 +775,12 @@ class _Replay:
             # this the loop runs block after block until the writer's memory is full, and then parsing and COPY
             # take turns (3M frames: 10.1 s against 7.1 s with it, medians of two alternated runs).
             await asyncio.sleep(0)
+            if ahead:
+                # Parse no further ahead of the commits than this: past it the loop would only queue rows, and
+                # each round trip of the writer's commits would wait for a whole block's parse (the first commit
+                # of a 1M replay came 0.4-0.6 s after its first block, the server idle meanwhile).
+                while stats("book_tickers")["rows_in_memory"] > ahead:
+                    await asyncio.sleep(_WAIT_S)
             if on_block is not None:
                 on_block(frames)
         await self.db.flush()
@@ -786,9 +830,11 @@ async def replay_frames(
     account: str = "default",
     chunk: int = 4096,
     progress: Callable[[int], None] | None = None,
+    tuning: ReplayTuning | None = None,
 ) -> ReplayResult:
     """Parse ``frames`` as ``exchange`` would send them on ``channels`` and write the rows through ``db``;
-    wait until they are committed and return the counts. ``progress(frames_done)`` is called per chunk.
+    wait until they are committed and return the counts. ``progress(frames_done)`` is called per chunk;
+    ``tuning.ahead_rows`` bounds how far the replay parses ahead of the writer (:class:`ReplayTuning`).
 
     Rows already stored are compared with those received from 1 s before the first frame's exchange time on
     (see the module docstring)."""
@@ -818,7 +864,7 @@ async def replay_frames(
     since = _block_time(first, probe)
     async with _session(db, venue, channels, account, None if since is None else since - DISORDER_US - _SKEW_US,
                         None) as r:
-        return await r.run(r.frames_of(_chain(first, blocks)), "", progress)
+        return await r.run(r.frames_of(_chain(first, blocks)), "", progress, tuning=tuning or _TUNING)
 
 
 def _block_time(block: list[bytes], parser: Any) -> int | None:
@@ -847,11 +893,13 @@ async def ingest_files(
     channels: Sequence[str],
     account: str = "default",
     progress: Callable[[ReplayProgress], None] | None = None,
+    tuning: ReplayTuning | None = None,
 ) -> list[ReplayResult]:
     """Replay the files at ``paths`` (one raw websocket frame per line; plain, gzip or zstd; a directory stands
     for its files) into ``db`` as one stream, in time order (see the module docstring), and return one
     :class:`ReplayResult` per file, in the order replayed. ``progress`` gets a :class:`ReplayProgress` after
-    each block of about 4 MiB.
+    each block (about 4 MiB: ``tuning.read_bytes``). ``tuning`` (a :class:`ReplayTuning`; None: the defaults)
+    sets the sizes of the reads and how far the replay parses ahead of the writer's commits.
 
     A missing or unreadable file, or a zstd file without ``zstandard`` installed, is a
     :class:`~hftdb.errors.ValidationError` naming it, raised before any row is written; a second replay into
@@ -860,7 +908,8 @@ async def ingest_files(
     venue, channels = _check(exchange, channels)
     files = _expand_paths(paths)
     probe = create_adapter(venue, db, channels=list(channels), account=account).new_parser()
-    firsts = {p: _first_time(p, probe) for p in files}  # also opens each file: unreadable ones fail here
+    tuning = tuning or _TUNING
+    firsts = {p: _first_time(p, probe, tuning) for p in files}  # also opens each file: unreadable ones fail here
     files.sort(key=lambda p: (firsts[p] is None, firsts[p] or 0, str(p)))
     times = [t for t in firsts.values() if t is not None]
     # No time anywhere (Binance spot bookTicker): stored copies may be anywhere, all the venue's rows are copied.
@@ -887,8 +936,9 @@ async def ingest_files(
                             bytes_done=done_before + min(raw.tell(), sizes[path]), bytes_total=total,
                             elapsed=time.monotonic() - started))
 
-                pieces = line_pieces(stream, replay.adapter.rejects.add, str(path), plain=stream is raw)
-                results.append(await replay.run(replay.lines_of(pieces), str(path), on_block))
+                pieces = line_pieces(stream, replay.adapter.rejects.add, str(path), plain=stream is raw,
+                                     tuning=tuning)
+                results.append(await replay.run(replay.lines_of(pieces), str(path), on_block, tuning=tuning))
             done_before += sizes[path]
     return results
 
@@ -901,9 +951,10 @@ async def ingest_file(
     channels: Sequence[str],
     account: str = "default",
     progress: Callable[[int, int], None] | None = None,
+    tuning: ReplayTuning | None = None,
 ) -> ReplayResult:
     """Replay the file at ``path`` (one raw websocket frame per line; plain, gzip or zstd) into ``db``; see
-    :func:`ingest_files`. ``progress(bytes_read, bytes_total)`` is called after each block. A missing or
+    :func:`ingest_files` (``tuning`` too). ``progress(bytes_read, bytes_total)`` is called after each block. A missing or
     unreadable file, or a directory, is a :class:`~hftdb.errors.ValidationError` naming it."""
     p = Path(path)
     if p.is_dir():
@@ -914,4 +965,4 @@ async def ingest_file(
             progress(state.bytes_done, state.bytes_total)
 
     return (await ingest_files(db, [p], exchange=exchange, channels=channels, account=account,
-                               progress=report))[0]
+                               progress=report, tuning=tuning))[0]

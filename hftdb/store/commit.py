@@ -39,7 +39,7 @@ from ..wire.copy import copy_columns
 if TYPE_CHECKING:
     from .batch import Batch, WriterStats
 
-__all__ = ["RETRYABLE", "CommitSpec", "Committer", "InFlight"]
+__all__ = ["RETRYABLE", "CommitSpec", "Committer", "InFlight", "stage_latest"]
 
 logger = logging.getLogger("hftdb.store.writer")
 
@@ -65,6 +65,22 @@ GROUP BY r.id"""
 _COPY_SNDBUF = 16 << 20
 #: Largest concatenation buffer kept for the next commit (~300k book-ticker rows); a bigger one is let go.
 _SPARE_MAX_BYTES = 32 << 20
+
+#: The WHERE of the COPY into a staging table: true for every row, but volatile, and a COPY with a volatile WHERE
+#: inserts its rows one at a time. Otherwise it buffers up to 1,000 rows, each in a tuple slot of its own, and
+#: every slot pins the table's descriptor in the statement's resource owner, whose array (PostgreSQL up to 16)
+#: adds and removes the same pointer 1,000 times in quadratic time: perf found over half of the staging COPY's
+#: server CPU in ResourceArrayAdd/Enlarge/Remove. One at a time, the staging step of a 1,000-symbol commit took
+#: 0.74 ms of the backend's CPU against 1.6 ms (BENCHMARKS.md, "Session 9").
+_ONE_AT_A_TIME = "pg_catalog.random() >= 0"
+
+
+async def stage_latest(conn: asyncpg.Connection, stage: str, kinds: str, latest_args: list[Any], *,
+                       timeout: float | None = None) -> None:
+    """COPY a commit's newest rows (column arrays, of ``kinds``, see :func:`hftdb.wire.copy.copy_columns`) into
+    the temp staging table ``stage`` on ``conn``, in the transaction that then runs the latest statement over them."""
+    await conn.copy_to_table(stage, schema_name="pg_temp", source=memoryview(copy_columns(kinds, latest_args)),
+                             format="binary", where=_ONE_AT_A_TIME, timeout=timeout)
 
 
 
@@ -447,10 +463,8 @@ class Committer:
         latest_args = self._group_latest(group, [p[1] for p in parts])
         if spec.latest_stage:
             try:
-                await conn.copy_to_table(
-                    spec.latest_stage, schema_name="pg_temp",
-                    source=memoryview(copy_columns(spec.latest_kinds, latest_args)),
-                    format="binary", timeout=self.command_timeout)
+                await stage_latest(conn, spec.latest_stage, spec.latest_kinds, latest_args,
+                                   timeout=self.command_timeout)
             except asyncpg.UndefinedTableError:
                 # Dropped under us (DISCARD TEMP), or a new backend that reused a known pid: the retry creates it.
                 self._staged.discard(conn.get_server_pid())

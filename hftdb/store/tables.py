@@ -13,10 +13,10 @@ from typing import Any, Iterable
 
 from msgspec.structs import astuple
 
-from ..models import FUTURE_SLACK_US, MIN_TS_US, Balance, BookTicker, FundingRate, now_us
+from ..models import FUTURE_SLACK_US, Balance, BookTicker, FundingRate, now_us
 from ..wire.rows import balance_tuple, funding_tuple
-# The acceptance rules and reasons are the wire layer's; bad_text and the time bounds stay importable from here.
-from ..wire.rules import bad_text, balance_check, funding_reason
+# The acceptance rules and reasons are the wire layer's.
+from ..wire.rules import balance_check, funding_reason
 from . import vector
 from .writer import BatchWriter
 
@@ -46,18 +46,16 @@ def _latest_sql(table: str, nargs: int, upsert: str) -> str:
     )
 
 
-_UPDATE_THEN_INSERT = _LEDGER + """, u AS (
-    SELECT u.symbol_id, {values} FROM {source}
-), updated AS (
+_UPDATE_THEN_INSERT = _LEDGER + """, updated AS (
     UPDATE {table}_latest l SET
         exchange_id = coalesce(l.exchange_id, (SELECT s.exchange_id FROM symbols s WHERE s.id = l.symbol_id)),
         {updates}
-    FROM u WHERE l.symbol_id = u.symbol_id AND l.recv_ts <= u.recv_ts
+    FROM {source} WHERE l.symbol_id = u.symbol_id AND l.recv_ts <= {recv_ts}
 ), inserted AS (
     -- An anti-join, not NOT EXISTS: Citus refuses a correlated subquery beside a CTE, and PostgreSQL plans both
     -- as the same hash anti-join (server CPU per upsert 4.63 against 4.77 ms, medians, bench_writer.py).
     INSERT INTO {table}_latest AS l (symbol_id, exchange_id, {columns})
-    SELECT u.symbol_id, s.exchange_id, {u_columns} FROM u LEFT JOIN symbols s ON s.id = u.symbol_id
+    SELECT u.symbol_id, s.exchange_id, {u_values} FROM {source} LEFT JOIN symbols s ON s.id = u.symbol_id
     LEFT JOIN {table}_latest x ON x.symbol_id = u.symbol_id WHERE x.symbol_id IS NULL
     ON CONFLICT (symbol_id) DO UPDATE SET exchange_id = coalesce(l.exchange_id, EXCLUDED.exchange_id), {excluded}
     WHERE l.recv_ts <= EXCLUDED.recv_ts
@@ -74,15 +72,16 @@ def update_then_insert_sql(table: str, source: str, values: dict[str, str], *, n
     4.5-5.1 ms (``benchmarks/bench_writer.py --methods latest-upsert`` measures the current one). The INSERT
     skips the rows that existed when the statement started (its snapshot: the UPDATE's rows) and keeps ON CONFLICT
     for a row another process inserted meanwhile. ``source`` is the FROM item of the newest rows, aliased ``u``
-    (the staging table, see :func:`_staged_latest`); ``values`` maps each latest column (symbol_id and exchange_id
-    aside) to its expression over ``u``; ``nargs`` parameters come before the ledger's.
+    (the staging table, see :func:`_staged_latest`), which the UPDATE and the INSERT each read: a CTE over it,
+    which both would share, is materialized into a tuplestore first, and that cost ~0.4 ms of server CPU per
+    1,000-symbol commit (12 %; BENCHMARKS.md, "Session 9"). ``values`` maps each latest column (symbol_id and
+    exchange_id aside) to its expression over ``u``; ``nargs`` parameters come before the ledger's.
     """
-    columns = ", ".join(values)
     return _UPDATE_THEN_INSERT.format(
         id=nargs + 1, rows=nargs + 2, lo=nargs + 3, hi=nargs + 4, payload=nargs + 5, table=table, source=source,
-        values=", ".join(f"{expr} AS {col}" for col, expr in values.items()),
-        updates=", ".join(f"{col} = u.{col}" for col in values),
-        columns=columns, u_columns=", ".join(f"u.{col}" for col in values),
+        recv_ts=values["recv_ts"],
+        updates=", ".join(f"{col} = {expr}" for col, expr in values.items()),
+        columns=", ".join(values), u_values=", ".join(values.values()),
         excluded=", ".join(f"{col} = EXCLUDED.{col}" for col in values),
     )
 
@@ -98,8 +97,9 @@ def _staged_latest(table: str, types: dict[str, str]) -> tuple[str, str, str, st
     A commit sends the group's newest row per symbol by binary COPY into this per-backend temp table, then runs
     the ledger + upsert + NOTIFY statement over it: building the same rows as text array literals cost ~3x the
     client CPU (``repr`` of every float) and more server CPU (parsing them; measured alternating in one run with
-    ``benchmarks/bench_writer.py --methods latest-compare``). ON COMMIT DELETE ROWS empties it at every commit
-    that touched it; rows of a transaction that rolled back are never seen.
+    ``benchmarks/bench_writer.py --methods latest-compare``). The rows go in one at a time
+    (:func:`hftdb.store.commit.stage_latest` says why). ON COMMIT DELETE ROWS empties it at every commit that
+    touched it; rows of a transaction that rolled back are never seen.
     """
     stage = f"hftdb_{table}_latest_in"
     ddl = (f"CREATE TEMP TABLE IF NOT EXISTS {stage} ("

@@ -26,8 +26,8 @@ rest are taken.
 from __future__ import annotations
 
 import struct
+from itertools import repeat, starmap
 from time import time_ns as _time_ns
-from itertools import starmap
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -49,6 +49,7 @@ __all__ = ["TickerRows", "add_pairs", "add_tickers", "add_columns", "latest_of"]
 
 
 _SYMBOL_ID = attrgetter("symbol_id")
+_RECV_TS = attrgetter("recv_ts")
 
 #: Calls smaller than this are not offered whole (``BookTickerWriter.add_fast``): the manager pairs their rows with
 #: ids first (:mod:`hftdb.store.resolve`), then they are encoded here all the same (:func:`add_pairs`). Pairing a few rows
@@ -447,7 +448,12 @@ def latest_of(latest: dict[int, Any], sids: Sequence[int], rows: Sequence[BookTi
 
 def _latest_columns(latest: dict[int, Any], recs: Any, layout: Layout, sid: Any, recv: Any, ex: Any) -> None:
     # The newest row of each symbol (the last by receipt time), built as a BookTicker: one per symbol, not per row.
-    order = np.lexsort((recv, sid))
+    if len(sid) and recv[0] == recv[-1] and (recv == recv[0]).all() and 0 <= sid.min() and sid.max() <= 0xFFFF:
+        # One receipt time (a replayed block) and ids of 16 bits: a stable sort by id alone, which numpy does by
+        # radix (~0.1 ms for a block's ~10k rows against ~1 ms for the two-key lexsort).
+        order = np.argsort(sid.astype(np.uint16), kind="stable")
+    else:
+        order = np.lexsort((recv, sid))
     s_sorted = sid[order]
     last = order[np.append(s_sorted[1:] != s_sorted[:-1], True)]
     picked = recs[last]
@@ -455,6 +461,11 @@ def _latest_columns(latest: dict[int, Any], recs: Any, layout: Layout, sid: Any,
     cols.append(recv[last].tolist())
     cols.append(ex[last].tolist() if ex is not None else [None] * len(last))
     cols.append(picked["uid"].astype(np.int64).tolist() if layout.has_u else [None] * len(last))
+    if not latest or min(cols[5]) >= max(map(_RECV_TS, latest.values())):
+        # Every row here at least as new as every kept one (a tie goes to the later row): no comparison per
+        # symbol, and the records built and stored at C level (~10% of a replay's client CPU as a loop).
+        latest.update(zip(cols[0], starmap(BookTicker, zip(repeat(""), repeat(""), *cols[1:], cols[0]))))
+        return
     get = latest.get
     for s, bp, bq, ap, aq, rv, e, u in zip(*cols):
         prev = get(s)
