@@ -2,8 +2,8 @@
 
 The manager starts one writer per entry, partitions and retention manage each entry's table, the archive and the
 CLI (stats, validate, cleanup, analyze) walk them, notifications and mirrors check table names against them. A
-new time-series table is one :class:`TableSpec` here plus its migration, record type and writer (see "Adding a
-table" in docs/ARCHITECTURE.md).
+new time-series table is one :class:`TableSpec` here plus its migration, record type, writer, sink method and the
+rest of the list in docs/ARCHITECTURE.md, "Adding a table or a venue".
 
 Bottom layer: no I/O, and no import but the record types. Names in it are the only table identifiers that hftdb
 formats into SQL, so they come from this fixed set, never from input.

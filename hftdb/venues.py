@@ -3,7 +3,7 @@
 the facts out.
 
 A venue is one market of one exchange (spot and derivatives are separate venues: their native symbols collide).
-Adding one is a :class:`VenueSpec` here plus the files listed under "Adding a venue" in docs/ARCHITECTURE.md
+Adding one is a :class:`VenueSpec` here plus the files listed under "Adding a table or a venue" in docs/ARCHITECTURE.md
 (``hftdb/exchanges/_template`` is the adapter's starting point).
 
 Bottom layer: no I/O, and no import but :class:`~hftdb.models.ExchangeName`. The adapter and parser are named,

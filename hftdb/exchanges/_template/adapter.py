@@ -1,4 +1,5 @@
-"""<Exchange>: the adapter of the <exchange>_<market> venue (template; see docs/ARCHITECTURE.md, "Adding a venue").
+"""<Exchange>: the adapter of the <exchange>_<market> venue (template; docs/ARCHITECTURE.md, "Adding a table or a
+venue").
 
 The base class (:class:`hftdb.exchanges.base.ExchangeAdapter`) runs connections, subscriptions, keep-alive,
 reconnects, symbol sync and the REST pollers; a venue only says how its protocol spells each step. Every hook
