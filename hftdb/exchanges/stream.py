@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from ..models import Balance, BookTicker, ExchangeName, FundingRate, now_us
+from ..models import BookTicker, ExchangeName, FeedRows, FundingRate, now_us
 from ..rejects import Rejects
 from .sink import Sink
 
@@ -164,8 +164,6 @@ class StreamOwner(Protocol):
 
     def restart_if_lower(self, symbol: str, update_id: int) -> None: ...
 
-    async def push(self, books: list[BookTicker], funding: list[FundingRate], balances: list[Balance]) -> None: ...
+    async def push(self, batch: FeedRows) -> None: ...
 
-    def spawn_push(
-        self, batches: list[tuple[list[BookTicker], list[FundingRate], list[Balance]]]
-    ) -> asyncio.Task | None: ...
+    def spawn_push(self, batches: list[FeedRows]) -> asyncio.Task | None: ...

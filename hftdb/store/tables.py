@@ -86,7 +86,7 @@ def update_then_insert_sql(table: str, source: str, values: dict[str, str], *, n
     )
 
 
-#: The kind (see ``hftdb.store.vector.copy_columns``) of each staging-table column type.
+#: The kind (see ``hftdb.wire.copy.copy_columns``) of each staging-table column type.
 _STAGE_KINDS = {"int4": "i", "int8": "q", "float8": "d", "timestamptz": "t"}
 
 
