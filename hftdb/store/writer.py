@@ -46,7 +46,7 @@ from typing import Any, Callable
 
 import asyncpg
 
-from .commit import RETRYABLE, CommitSpec, Committer, InFlight
+from .commit import CommitSpec, Committer, InFlight
 from ..config import StorageSettings, WriterSettings
 from ..wire.copy import TRAILER
 from ..errors import BufferFullError, ClosedError
