@@ -21,11 +21,12 @@ import pytest
 
 from hftdb import DatabaseManager
 from hftdb.config import load_settings
-from hftdb.errors import StateError, ValidationError
+from hftdb.errors import DatabaseUnavailableError, StateError, ValidationError
 from hftdb.exchanges.binance import BinanceAdapter
 from hftdb.exchanges.intake import Intake
 from hftdb.exchanges.runner import StreamRunner
 from hftdb.models import ExchangeName, now_us
+import helpers
 from hftdb.ops.replay import DISORDER_US, MAX_LINE_BYTES, ReplayTuning, ingest_file, ingest_files
 
 USDM = ExchangeName.BINANCE_USDM
@@ -305,3 +306,70 @@ async def test_the_command_prints_a_summary_per_file_and_fails_when_a_file_gave_
     assert f"{bad}: FAILED: none of its 3 frames gave a row that is stored" in out
     assert "Traceback" not in err
     assert await stored_ids(dsn) == ids(0, 400)
+
+
+async def _count_distinct(dsn: str) -> tuple[int, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow("SELECT count(*), count(DISTINCT (symbol_id, update_id)) FROM book_tickers")
+        return row[0], row[1]
+    finally:
+        await conn.close()
+
+
+@pytest.mark.slow
+async def test_a_replay_goes_on_through_a_server_restart_and_an_outage(fault_server, tmp_path):
+    """New rows need no stored-row query: the replay outlives its own connection, the writer spools through the
+    outage, and every frame is stored once."""
+    n = 200_000
+    path = write(tmp_path / "capture.jsonl", frames(0, n))
+    cfg = helpers.settings(tmp_path, batch_max_rows=500, commit_max_rows=2000, buffer_max_rows=5000)
+    async with DatabaseManager(fault_server.dsn, settings=cfg) as db:
+        stats = lambda: db.writer_stats("book_tickers")  # noqa: E731
+        task = asyncio.create_task(ingest_file(db, path, exchange=USDM, channels=["bookTicker"],
+                                               tuning=ReplayTuning(read_bytes=1 << 16)))
+        while stats()["rows_committed"] < 20_000 and not task.done():
+            await asyncio.sleep(0.002)
+        await fault_server.restart(mode="immediate")
+        committed = stats()["rows_committed"]
+        while stats()["rows_committed"] < committed + 20_000 and not task.done():
+            await asyncio.sleep(0.002)
+        await fault_server.kill()
+        while not stats()["batches_spooled"] and not task.done():
+            await asyncio.sleep(0.01)
+        await fault_server.start_again()
+        r = await asyncio.wait_for(task, 120)
+        await db.flush(timeout=60)
+        assert stats()["retries"] > 0, "the restarts never reached the writer: the test tested nothing"
+    assert r.frames == n and not r.rejects and r.duplicates == 0
+    assert await _count_distinct(fault_server.dsn) == (n, n)
+
+
+@pytest.mark.slow
+async def test_a_replay_that_loses_its_check_says_so_and_a_second_run_finishes(fault_server, tmp_path):
+    """Rows older than the stored ones are checked against the replay's snapshot, which lives in its session: a
+    restart there stops the replay with a typed error, and the same command run again stores the rest once."""
+    n = 200_000
+    cfg = helpers.settings(tmp_path, batch_max_rows=500, commit_max_rows=2000)
+    async with DatabaseManager(fault_server.dsn, settings=cfg) as db:
+        # The newest tenth is stored first, so every block of the file before it is checked by a query.
+        await ingest_file(db, write(tmp_path / "tail.jsonl", frames(n - n // 10, n // 10)), exchange=USDM,
+                          channels=["bookTicker"])
+        path = write(tmp_path / "capture.jsonl", frames(0, n))
+        reached = asyncio.Event()
+
+        def progress(done: int, total: int) -> None:
+            if done >= n // 20:
+                reached.set()
+
+        task = asyncio.create_task(ingest_file(db, path, exchange=USDM, channels=["bookTicker"], progress=progress,
+                                               tuning=ReplayTuning(read_bytes=1 << 16)))
+        await asyncio.wait([task, asyncio.create_task(reached.wait())], return_when=asyncio.FIRST_COMPLETED)
+        assert not task.done(), "the replay ended before the restart: the test tested nothing"
+        await fault_server.restart(mode="immediate")
+        with pytest.raises(DatabaseUnavailableError, match="run the same ingest-file again"):
+            await asyncio.wait_for(task, 120)
+        await db.flush(timeout=60)
+        r = await ingest_file(db, path, exchange=USDM, channels=["bookTicker"])
+        assert r.frames == n and not r.rejects and r.duplicates > 0
+    assert await _count_distinct(fault_server.dsn) == (n, n)

@@ -71,7 +71,8 @@ import msgspec
 import numpy as np
 
 from ..config import VENUE_CHANNELS
-from ..errors import StateError, UnknownSymbolError, ValidationError
+from ..db import dberrors
+from ..errors import DatabaseUnavailableError, StateError, UnknownSymbolError, ValidationError
 from ..exchanges.intake import Intake, exchange_time_ok
 from ..exchanges.registry import create_adapter
 from ..exchanges.runner import StreamRunner
@@ -287,9 +288,27 @@ class _Stored:
             self._newest = _INT8_MAX if untimed or newest is None else newest
             self._windows = not untimed
 
+    def lost(self) -> bool:
+        """Whether this replay's connection, and the session holding its snapshot table and lock, is gone (a
+        server restart or a terminated backend)."""
+        try:
+            return self.conn.is_closed()
+        except asyncpg.InterfaceError:  # closed under the pool's proxy: released, its session gone
+            return True
+
     async def close(self) -> None:
-        """Drop the temporary table (the connection goes back to the pool)."""
-        await self.conn.execute(f"DROP TABLE IF EXISTS {_SNAPSHOT_TABLE}")
+        """Drop the temporary table (the connection goes back to the pool); nothing to drop when the session that
+        held it is gone."""
+        if self.lost():
+            return
+        try:
+            await self.conn.execute(f"DROP TABLE IF EXISTS {_SNAPSHOT_TABLE}")
+        except dberrors.CATCH as exc:
+            if dberrors.classify(exc) != dberrors.WAIT:
+                raise
+            # Lost on the way: the table went with its session. Raising would turn a replay whose rows were all
+            # handed to the writer into a failure.
+            logger.info("ingest-file: the snapshot table went with its session (%s)", type(exc).__name__)
 
     async def books(self, rows: list[BookTicker] | BookTuples) -> list[BookTicker] | BookTuples:
         """``rows`` without the ones already stored; ``rows`` itself (packed rows intact) when none is."""
@@ -764,12 +783,24 @@ class _Replay:
         for n, groups in blocks:
             frames += n
             for batch in groups:
-                if batch.book_tickers:
-                    batch.book_tickers = await stored.books(batch.book_tickers)
-                if batch.funding_rates:
-                    batch.funding_rates = await stored.funding(batch.funding_rates)
-                if batch.balances:
-                    batch.balances = await stored.balances(batch.balances)
+                try:
+                    if batch.book_tickers:
+                        batch.book_tickers = await stored.books(batch.book_tickers)
+                    if batch.funding_rates:
+                        batch.funding_rates = await stored.funding(batch.funding_rates)
+                    if batch.balances:
+                        batch.balances = await stored.balances(batch.balances)
+                except dberrors.CATCH as exc:
+                    if dberrors.classify(exc) != dberrors.WAIT and not stored.lost():
+                        raise
+                    # The snapshot the check reads lived in that session: no row can be checked any more. What
+                    # went to the writer before is committed (or spooled, then committed) exactly once, and a
+                    # second run skips it, so the answer is to stop and say so, not to go on unchecked.
+                    raise DatabaseUnavailableError(
+                        f"{path}: the database connection that finds already stored rows was lost "
+                        f"({type(exc).__name__}) after {frames:,} frames; the rows before it are stored exactly "
+                        "once (or spooled until the database is back): run the same ingest-file again to finish"
+                    ) from None
                 await runner.push(batch)
             # Let the flusher hand the sealed batches to its COPY now, while the next block is parsed: without
             # this the loop runs block after block until the writer's memory is full, and then parsing and COPY
