@@ -304,7 +304,7 @@ class _Stored:
         try:
             await self.conn.execute(f"DROP TABLE IF EXISTS {_SNAPSHOT_TABLE}")
         except dberrors.CATCH as exc:
-            if dberrors.classify(exc) != dberrors.WAIT:
+            if not self.lost():
                 raise
             # Lost on the way: the table went with its session. Raising would turn a replay whose rows were all
             # handed to the writer into a failure.
@@ -791,8 +791,8 @@ class _Replay:
                     if batch.balances:
                         batch.balances = await stored.balances(batch.balances)
                 except dberrors.CATCH as exc:
-                    if dberrors.classify(exc) != dberrors.WAIT and not stored.lost():
-                        raise
+                    if not stored.lost():
+                        raise  # the database refused or timed out a check: its own error says which
                     # The snapshot the check reads lived in that session: no row can be checked any more. What
                     # went to the writer before is committed (or spooled, then committed) exactly once, and a
                     # second run skips it, so the answer is to stop and say so, not to go on unchecked.

@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from ..models import FUTURE_SLACK_US, MIN_TS_US, Balance, BookTicker, FundingRate
+from ..models import MIN_TS_US, Balance, BookTicker, FundingRate
 
 __all__ = [
     "INF", "MAX_ASSET_LEN", "MAX_ACCOUNT_LEN", "NEXT_FUNDING_AHEAD_US",
-    "book_fits", "book_ok_columns", "book_ticker_reason", "funding_fits", "funding_reason", "funding_reason_full", "balance_check", "bad_text",
+    "book_fits", "book_ok_columns", "book_ticker_reason", "funding_fits", "funding_reason", "funding_reason_full",
+    "balance_check", "bad_text",
     "ts_reason", "price_reason", "to_decimal",
 ]
 
