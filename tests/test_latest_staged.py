@@ -241,3 +241,28 @@ async def test_two_writes_in_one_unit_of_work(dsn, tmp_path):
             assert await uow.connection.fetchval(f"SELECT count(*) FROM pg_temp.{STAGE}") == 3
         got = {r.symbol: (r.bid_price, r.recv_ts) for r in await db.get_latest_book_tickers(ExchangeName.BINANCE_SPOT)}
         assert (got["S0"], got["S1"], got["S2"]) == ((10.0, t + 100), (21.0, t + 200), (22.0, t + 200))
+
+
+async def test_writer_start_readies_the_pools_connections_for_commits(dsn, tmp_path):
+    # Before the first row: both connections a writer commits on (two commits in flight) hold the staging table
+    # and have the latest statement prepared, so the first commits pay no extra round trips for them; the first
+    # commit then stores as usual. A pool of one connection starts too (one readied, no wait for a second).
+    base = settings(tmp_path)
+    two = DatabaseSettings(data_dir=str(tmp_path / "pg"), connect_timeout=20.0, pool_min_size=2, pool_max_size=2)
+    async with DatabaseManager(dsn, settings=Settings(database=two, writer=base.writer, storage=base.storage)) as db:
+        async with db.connection() as a, db.connection() as b:
+            for conn in (a, b):
+                assert await conn.fetchval(f"SELECT to_regclass('pg_temp.{STAGE}') IS NOT NULL")
+                prepared = await conn.fetch("SELECT statement FROM pg_prepared_statements")
+                assert any("book_tickers_latest" in r[0] and "ingest_batches" in r[0] for r in prepared)
+                assert any("funding_rates_latest" in r[0] for r in prepared)
+            assert await a.fetchval("SELECT count(*) FROM ingest_batches") == 0  # readying wrote nothing
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        rows = _rows(50, symbols=5, t=now_us(), seed=3)
+        await db.insert_book_ticker_snapshots(rows)
+        await db.flush(timeout=60)
+        assert await _stored_latest(db) == _newest(rows)
+        assert await _counts(sql(db)) == (50, 50)
+    async with DatabaseManager(dsn, settings=_one_connection(tmp_path)) as db:
+        async with db.connection() as conn:
+            assert await conn.fetchval(f"SELECT to_regclass('pg_temp.{STAGE}') IS NOT NULL")

@@ -155,6 +155,7 @@ class BatchWriter:
                 self._pending_rows += batch.rows
                 self.stats.batches_replayed += 1
             self.current = self._new_batch()
+        await self._committer.warm()
         self._state = "open"
         for coro in (self._flusher(), self._ager()):
             task = asyncio.create_task(coro, name=f"hftdb-{self.table}-{coro.__name__}")
