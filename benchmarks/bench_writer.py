@@ -29,6 +29,9 @@ Diagnostics, only with ``--methods`` (they reach into the writer's private API, 
                   on batches encoded before timing, committed back to back on one connection: the writer with a
                   free producer.
   batched-copy    only the binary COPY of those same batches, one transaction each.
+  parallel-copy   the same, on two connections at once (alternate batches each), as the writer's two commits in
+                  flight COPY side by side: with ``--cpu-by-process``, what two backends inserting into one partition
+                  cost the server per row against one (batched-copy), with the BRIN index and with ``--no-indexes``.
   encode          BookTickerWriter.add alone, on ``--chunk``-row lists of (symbol_id, ticker) pairs built inside
                   the timing as the manager builds them: the per-row path's encoding cost, no database.
   encode-vector   BookTickerWriter.add_fast alone on the same ``--chunk``-row calls: the vectorized path the
@@ -95,8 +98,8 @@ _INSERT = (
 )
 METHODS = ("server-binary", "server-text", "writer", "writer-small", "writer-huge", "writer-columns", "copy_records",
            "executemany")
-DIAGNOSTICS = ("writer-drain", "writer-db", "batched-copy", "encode", "encode-vector", "latest-upsert",
-               "latest-compare")
+DIAGNOSTICS = ("writer-drain", "writer-db", "batched-copy", "parallel-copy", "encode", "encode-vector",
+               "latest-upsert", "latest-compare")
 
 
 # -- data ----------------------------------------------------------------------------------------------------------
@@ -616,6 +619,23 @@ async def bench_encode(tickers: list[BookTicker], chunk: int, *, vector: bool = 
 # -- driver --------------------------------------------------------------------------------------------------------
 
 
+async def bench_parallel_batches(dsn: str, batches: list[Any]) -> tuple[float, dict[str, Any]]:
+    conns = [await asyncpg.connect(dsn) for _ in range(2)]
+    try:
+        async def copy_all(conn: asyncpg.Connection, mine: list[Any]) -> None:
+            for b in mine:
+                async with conn.transaction():
+                    await conn.copy_to_table("book_tickers", source=b.buf, columns=COLUMNS, format="binary")
+
+        timing = Timing()
+        await asyncio.gather(*(copy_all(c, batches[i::2]) for i, c in enumerate(conns)))
+        elapsed, extra = timing.stop()
+        return elapsed, {**extra, "batches": len(batches)}
+    finally:
+        for c in conns:
+            await c.close()
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.commit_max_rows:
         _WRITER_OVERRIDES["commit_max_rows"] = args.commit_max_rows
@@ -680,6 +700,7 @@ async def _run(args: argparse.Namespace, admin_dsn: str, tmp: Path) -> dict[str,
         runners["writer-db"] = lambda dsn: bench_batches(dsn, enc, batches, full=True)
         runners["writer-drain"] = lambda dsn: bench_drain(dsn, tickers, args.batch_max_rows)
         runners["batched-copy"] = lambda dsn: bench_batches(dsn, enc, batches, full=False)
+        runners["parallel-copy"] = lambda dsn: bench_parallel_batches(dsn, batches)
     runners["latest-upsert"] = lambda dsn: bench_latest_upsert(dsn, tickers, args.symbols, args.upserts)
     runners["latest-compare"] = lambda dsn: bench_latest_compare(dsn, tickers, args.symbols, args.upserts, args.block)
     runners["encode"] = lambda dsn: bench_encode(tickers, args.chunk)
