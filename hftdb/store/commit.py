@@ -50,13 +50,13 @@ logger = logging.getLogger("hftdb.store.writer")
 #: ``MAX_OTHER_ATTEMPTS`` times, then taken apart the same way).
 RETRYABLE: tuple[type[BaseException], ...] = dberrors.CATCH
 
-#: The batches of a group the ledger holds whole (``whole``), or only parts of, committed when an earlier attempt
-#: took the batch apart: each part's id is the batch's first ten bytes and a node number (:func:`_part_id`), so one
-#: range scan of the ledger's primary key finds them.
 #: How long :meth:`Committer.warm` waits for a connection and for each of its steps before leaving them to the
 #: first commits (a writer may start beside a database that is slow to answer).
 _WARM_TIMEOUT_S = 5.0
 
+#: The batches of a group the ledger holds whole (``whole``), or only parts of, committed when an earlier attempt
+#: took the batch apart: each part's id is the batch's first ten bytes and a node number (:func:`_part_id`), so one
+#: range scan of the ledger's primary key finds them.
 _LEDGER_CHECK = """
 SELECT r.id, bool_or(i.batch_id = r.id) AS whole
 FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS r(id, lo, hi)
