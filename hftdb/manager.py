@@ -482,20 +482,21 @@ class DatabaseManager:
         # wrong type, a short last slice) goes per row, which only rejects rows. Rows are counted as accepted
         # slice by slice, which wakes the flusher for each sealed batch.
         added = 0
-        for start in range(0, len(rows), step):
-            part = rows[start:start + step]
-            taken = writer.add_fast(part, self._catalog.known_ids, None, names)
-            if taken is None:
-                sids = ids_by_name(part, names) if names is not None else list(map(_SYMBOL_ID, part))
-                assert sids is not None  # checked by the caller
-                taken = writer.add(list(zip(sids, part)))
-            writer.submitted(taken)
-            added += taken
-            if start + step < len(rows):
-                await asyncio.sleep(0)
-                if not writer.accepting:
-                    # Closed meanwhile: what was taken is committed (or spooled) by the close.
-                    raise ClosedError(f"the {writer.table} writer closed during a call; {added} rows were taken")
+        with writer.producing():
+            for start in range(0, len(rows), step):
+                part = rows[start:start + step]
+                taken = writer.add_fast(part, self._catalog.known_ids, None, names)
+                if taken is None:
+                    sids = ids_by_name(part, names) if names is not None else list(map(_SYMBOL_ID, part))
+                    assert sids is not None  # checked by the caller
+                    taken = writer.add(list(zip(sids, part)))
+                writer.submitted(taken)
+                added += taken
+                if start + step < len(rows):
+                    await asyncio.sleep(0)
+                    if not writer.accepting:
+                        # Closed meanwhile: what was taken is committed (or spooled) by the close.
+                        raise ClosedError(f"the {writer.table} writer closed during a call; {added} rows were taken")
         return added
 
     async def flush(self, *, timeout: float | None = None) -> None:

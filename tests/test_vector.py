@@ -6,6 +6,7 @@ take the per-row path. Both get the same mix of good and bad values, and the dat
 
 import asyncio
 import random
+import threading
 
 import asyncpg
 import msgspec
@@ -15,6 +16,7 @@ from hftdb import BookTicker, CacheSettings, DatabaseManager, ExchangeName, Symb
 from hftdb.store import vector
 from hftdb.db.cache import TTLCache
 from hftdb.store.tables import BookTickerWriter
+from hftdb.store.writer import COPIES_WHILE_PRODUCING
 
 from helpers import settings, sql
 
@@ -233,3 +235,56 @@ async def test_a_big_call_does_not_hold_the_loop_for_its_whole_encode(dsn, tmp_p
         await db.flush()
         assert await sql(db).fetchval("SELECT count(DISTINCT update_id) FROM book_tickers") == len(rows)
         assert await sql(db).fetchval("SELECT count(*) FROM book_tickers") == len(rows)
+
+
+class _CopyWatch:
+    """Counts, from a thread and a connection of its own (the test's loop is busy packing), the book_tickers COPYs
+    the server is running, sample after sample."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.samples: list[int] = []
+        self.ready, self.stop = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=asyncio.run, args=(self._run(),))
+
+    async def _run(self) -> None:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            while not self.stop.is_set():
+                n = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
+                                        " AND query LIKE 'COPY \"book_tickers\"%'")
+                self.samples.append(n)
+                self.ready.set()
+        finally:
+            await conn.close()
+
+
+async def test_a_big_call_copies_one_group_at_a_time_on_a_small_host(dsn, tmp_path):
+    # While a big call packs its slices, its commits COPY at most COPIES_WHILE_PRODUCING groups at once (one on a
+    # host of two CPUs, where the packing holds one of them); once it has returned, the backlog it left is
+    # committed two COPYs at a time. The server's own view (pg_stat_activity) counts the COPYs; every row is
+    # stored once.
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        ex = await db.insert_exchange(EXCHANGE)
+        syms = [await db.insert_symbol(Symbol(exchange_id=ex.id, symbol=f"S{i}USDT")) for i in range(200)]
+        t = now_us()
+        n = 600_000
+        rows = [BookTicker(EXCHANGE.value, syms[i % 200].symbol, 10.0, 1.0, 10.5, 1.0, t + i, update_id=i)
+                for i in range(n)]
+        watch = _CopyWatch(dsn)
+        watch.thread.start()
+        try:
+            assert await asyncio.to_thread(watch.ready.wait, 30)
+            assert await db.insert_book_ticker_snapshots(rows) == n
+            # (No commit has started since the call returned: this task has not given the loop up yet, so every
+            # sample counted so far saw the call's stretch.)
+            during = len(watch.samples)
+            await db.flush()
+        finally:
+            watch.stop.set()
+            await asyncio.to_thread(watch.thread.join)
+        assert during > 10  # it did look while the call ran
+        assert max(watch.samples[:during]) <= COPIES_WHILE_PRODUCING
+        assert max(watch.samples[during:]) == 2  # and two at once after it: the sampler does see them
+        assert await sql(db).fetchval("SELECT count(DISTINCT update_id) FROM book_tickers") == n
+        assert await sql(db).fetchval("SELECT count(*) FROM book_tickers") == n

@@ -223,10 +223,10 @@ class Committer:
         """Start one attempt at committing ``group`` (after ``prev``, the attempt still in flight before it, if
         any) as a task; its :class:`InFlight` tells when its COPY is handed over and whether it committed."""
         commit = InFlight(group)
-        commit.task = asyncio.create_task(self._commit(group, prev, commit.copied), name=f"hftdb-{self.table}-commit")
+        commit.task = asyncio.create_task(self._commit(group, prev, commit), name=f"hftdb-{self.table}-commit")
         return commit
 
-    async def _commit(self, group: list[Batch], prev: InFlight | None, copied: asyncio.Event) -> bool:
+    async def _commit(self, group: list[Batch], prev: InFlight | None, commit: InFlight) -> bool:
         """One attempt at committing ``group``; False if it failed (the flusher backs off and re-forms)."""
         try:
             if self._suspect and any(b.id in self._suspect for b in group):
@@ -234,7 +234,7 @@ class Committer:
             parts = [self._materialize(b) for b in group]
             rows = sum(b.rows for b in group)
             started = time.perf_counter()
-            skipped = await self._attempt(group, parts, prev, copied, check_ledger=any(b.uncertain for b in group))
+            skipped = await self._attempt(group, parts, prev, commit, check_ledger=any(b.uncertain for b in group))
         except _EarlierFailed:
             return False  # rolled back before COMMIT was sent: the outcome is known, nothing to check
         except _PartlyCommitted as exc:
@@ -246,7 +246,8 @@ class Committer:
             self._failed(group, exc)
             return False
         finally:
-            copied.set()
+            commit.copied.set()
+            commit.copy_ended = True
         elapsed = time.perf_counter() - started
         self._succeeded_now()
         if self._other_failures:
@@ -416,7 +417,7 @@ class Committer:
         return spooled.payload, self.spec.decode_latest(spooled.latest)
 
     async def _attempt(
-        self, group: list[Batch], parts: list[tuple[Any, list[Any]]], prev: InFlight | None, copied: asyncio.Event,
+        self, group: list[Batch], parts: list[tuple[Any, list[Any]]], prev: InFlight | None, commit: InFlight,
         *, check_ledger: bool,
     ) -> set[uuid.UUID]:
         """One try at committing ``group``; returns the ids of its batches the ledger showed as committed."""
@@ -443,7 +444,7 @@ class Committer:
                             raise _EarlierFailed
                         return skipped
             async with conn.transaction():
-                await self._write_rows(conn, group, parts, copied)
+                await self._write_rows(conn, group, parts, commit)
                 if prev is not None and not await _succeeded(prev):
                     raise _EarlierFailed
                 await self._write_latest(conn, group, parts)
@@ -457,7 +458,7 @@ class Committer:
 
     async def _write_rows(
         self, conn: asyncpg.Connection, group: list[Batch], parts: list[tuple[Any, list[Any]]],
-        copied: asyncio.Event | None = None,
+        commit: InFlight | None = None,
     ) -> None:
         starts: set[int] = set()
         for b in group:
@@ -475,14 +476,18 @@ class Committer:
             spare = self._spare_payloads.pop() if self._spare_payloads else bytearray()
             source = _concat_into(spare, [p[0] for p in parts])
         try:
-            if copied is not None:
+            if commit is not None:
                 # The next group may start now, its COPY beside this one on its own backend: were it to wait for
                 # this COPY to end, the server's COPY stopped for ~10-15 ms per commit while the loop formed,
                 # concatenated and handed over the next group (timed per commit; see BENCHMARKS.md).
-                copied.set()
+                commit.copied.set()
                 self._wake()
             await conn.copy_to_table(
                 self.table, source=source, columns=self.spec.columns, format="binary", timeout=self.command_timeout)
+            if commit is not None:
+                # The server holds the rows: a writer that lets one COPY run at a time may start the next.
+                commit.copy_ended = True
+                self._wake()
         finally:
             # asyncpg copied the buffer into its own message before its first wait on the server: ours is free.
             try:
@@ -573,13 +578,15 @@ class Committer:
 
 class InFlight:
     """A group's commit attempt in flight: ``task`` says whether it committed, ``copied`` is set as its COPY is
-    handed to the connection (or once the attempt ended)."""
+    handed to the connection (or once the attempt ended), ``copy_ended`` once that COPY has ended (or the attempt
+    did)."""
 
-    __slots__ = ("group", "copied", "task")
+    __slots__ = ("group", "copied", "copy_ended", "task")
 
     def __init__(self, group: list[Batch]) -> None:
         self.group = group
         self.copied = asyncio.Event()
+        self.copy_ended = False
         self.task: asyncio.Task[bool]
 
 

@@ -36,13 +36,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import logging
 import math
+import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import asyncpg
 
@@ -54,9 +56,25 @@ from ..rejects import Rejects
 from .spool import Spool, SpooledBatch
 from .batch import Batch, Encoded, WriterStats
 
-__all__ = ["BatchWriter"]
+__all__ = ["COPIES_WHILE_PRODUCING", "BatchWriter"]
 
 logger = logging.getLogger(__name__)
+
+#: How many COPYs may run at once while a producer keeps this process busy (:meth:`BatchWriter.producing`): one on
+#: a host of two CPUs or fewer, two otherwise. There the producer holds one CPU, and a second COPY would share the
+#: other with the first: on PostgreSQL 16 two backends inserting into one partition with a BRIN index also contend
+#: for its metapage and range map on every row (server CPU per row 0.60-0.62 µs on one backend, 0.68-0.76 on two at
+#: once; no difference without the index). One at a time, a 500k-row call's rate over copy_records_to_table's went
+#: from medians of 1.91-1.96x to 2.00-2.04x in three windows (BENCHMARKS.md, "Session 10"). Once the producer is
+#: done, two COPYs run again.
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the CPUs this process may run on
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+COPIES_WHILE_PRODUCING = 1 if _cpus() <= 2 else 2
 
 class BatchWriter:
     """Buffers encoded rows of one table and commits them in group-commit batches (by its :class:`Committer`).
@@ -118,6 +136,7 @@ class BatchWriter:
         self._interval_us = storage.partition_interval_s * 1_000_000
         self._tasks: set[asyncio.Task[None]] = set()
         self._state = "new"
+        self._producers = 0
         self.stats = WriterStats()
         self.rejects = Rejects(self.table, noun="row", interval=settings.reject_log_interval_s, log=logger)
         spec = CommitSpec(
@@ -251,6 +270,24 @@ class BatchWriter:
                 # nothing (~14 us per 100-row call, profiled).
                 self._wakeup.set()
 
+    @contextlib.contextmanager
+    def producing(self) -> Iterator[None]:
+        """Mark a stretch in which the caller keeps this process's CPU busy handing rows over (a big call packed
+        slice by slice, yielding only between slices): meanwhile at most :data:`COPIES_WHILE_PRODUCING` commits
+        COPY at once. No I/O."""
+        self._producers += 1
+        try:
+            yield
+        finally:
+            self._producers -= 1
+            self._wakeup.set()
+
+    @property
+    def copy_limit(self) -> int:
+        """How many commits may COPY at once now (two, or :data:`COPIES_WHILE_PRODUCING` while
+        :meth:`producing`)."""
+        return COPIES_WHILE_PRODUCING if self._producers else 2
+
     def vectorizes(self, n: int) -> bool:
         """Whether :meth:`add_fast` is worth offering a call of ``n`` rows (never, unless the table has a
         vectorized path)."""
@@ -369,7 +406,8 @@ class BatchWriter:
                         await asyncio.sleep(self._committer.backoff())
                 timeout = None
                 pipeline = 1 if self._committer.failing else 2
-                if len(inflight) < pipeline and (not inflight or inflight[-1].copied.is_set()):
+                if (len(inflight) < pipeline and (not inflight or inflight[-1].copied.is_set())
+                        and sum(not c.copy_ended for c in inflight) < self.copy_limit):
                     # A second commit starts only on a backlog of sealed batches: sealing a few rows early just to
                     # fill the pipeline would make commits small and many, and each pays the latest upsert.
                     ready = self._ready_group(seal=not inflight)
