@@ -8,13 +8,14 @@ two writes in one unit of work.
 """
 
 import asyncio
+import logging
 import random
 from typing import Any
 
 import asyncpg
 
 from hftdb import BookTicker, DatabaseManager, ExchangeName, FundingRate, now_us
-from hftdb.config import DatabaseSettings, Settings
+from hftdb.config import DatabaseSettings, Settings, StorageSettings, WriterSettings
 from hftdb.wire.copy import HEADER, TRAILER
 from hftdb.store.tables import BookTickerWriter
 from hftdb.wire.books import LAYOUTS
@@ -266,3 +267,20 @@ async def test_writer_start_readies_the_pools_connections_for_commits(dsn, tmp_p
     async with DatabaseManager(dsn, settings=_one_connection(tmp_path)) as db:
         async with db.connection() as conn:
             assert await conn.fetchval(f"SELECT to_regclass('pg_temp.{STAGE}') IS NOT NULL")
+
+
+async def test_writer_starts_when_the_database_does_not_answer(tmp_path, caplog):
+    # Readying connections is best effort: nothing listens on port 1, so no connection can be had, and the writer
+    # starts anyway (its first commits would do the work), saying so at debug level without the DSN's password.
+    caplog.set_level(logging.DEBUG, logger="hftdb.store.writer")
+    pool = await asyncpg.create_pool("postgresql://hftdb:s3cretpw@127.0.0.1:1/hftdb", min_size=0, max_size=2)
+    writer = BookTickerWriter(pool, settings=WriterSettings(spool_dir=None), storage=StorageSettings(),
+                              spool_dir=None)
+    try:
+        await asyncio.wait_for(writer.start(), 30)
+        assert writer.accepting
+        assert any("not readied for commits" in r.getMessage() for r in caplog.records)
+        assert "s3cretpw" not in caplog.text
+    finally:
+        await writer.terminate()
+        await pool.close()
