@@ -81,6 +81,48 @@ async def test_terminate_backend_during_flush(fault_server, tmp_path):
     assert await _counts(fault_server.dsn) == (sent, sent)
 
 
+async def test_backend_terminated_while_the_copy_waits_for_the_socket(dsn, tmp_path):
+    # A COPY whose backend waits for a lock reads nothing: the client's socket buffers fill, and asyncpg waits for
+    # them to drain before it sends the next CopyData message. Terminating that backend must fail the COPY at once
+    # (the commit is retried and every row lands once), not leave it waiting for a drain that never comes.
+    # Commits of ~28 MB: far more than the socket's buffers hold (the writer asks for 16 MB of send buffer).
+    cfg = settings(tmp_path, batch_max_rows=100_000, commit_max_rows=300_000)
+    async with DatabaseManager(dsn, settings=cfg) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        sent = await db.insert_book_ticker_snapshots(tickers(100))  # symbols registered, partition made
+        await db.flush()
+        locker, admin = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+        try:
+            lock = locker.transaction()
+            await lock.start()
+            await locker.execute("LOCK TABLE book_tickers IN ACCESS EXCLUSIVE MODE")
+            sent += await db.insert_book_ticker_snapshots(tickers(600_000, start_id=sent))
+            pid = None
+            for _ in range(1_000):
+                pid = await admin.fetchval(
+                    """SELECT pid FROM pg_stat_activity WHERE datname = current_database()
+                         AND query ILIKE 'COPY%' AND wait_event_type = 'Lock' LIMIT 1""")
+                if pid is not None:
+                    break
+                await asyncio.sleep(0.01)
+            assert pid is not None, "no COPY waited for the lock; nothing was tested"
+            await asyncio.sleep(0.5)  # the socket's buffers are full long before
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+            await lock.rollback()
+        finally:
+            await locker.close()
+            await admin.close()
+        await db.flush(timeout=30)
+        stats = db.writer_stats("book_tickers")
+    assert stats["retries"] >= 1
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow("SELECT count(*), count(DISTINCT update_id) FROM book_tickers")
+    finally:
+        await conn.close()
+    assert (row[0], row[1]) == (sent, sent)
+
+
 async def test_outage_spools_and_replays_in_order(fault_server, tmp_path):
     cfg = settings(tmp_path, batch_max_rows=500, batch_max_age_ms=20.0, buffer_max_rows=2_000)
     async with DatabaseManager(fault_server.dsn, settings=cfg) as db:

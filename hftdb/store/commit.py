@@ -25,7 +25,7 @@ import socket
 import time
 import random
 import uuid
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
 
 import asyncpg
 import orjson
@@ -40,7 +40,7 @@ from ..wire.copy import copy_columns
 if TYPE_CHECKING:
     from .batch import Batch, WriterStats
 
-__all__ = ["RETRYABLE", "CommitSpec", "Committer", "InFlight", "stage_latest"]
+__all__ = ["COPY_MESSAGE_BYTES", "RETRYABLE", "CommitSpec", "Committer", "InFlight", "copy_in_messages", "stage_latest"]
 
 logger = logging.getLogger("hftdb.store.writer")
 
@@ -68,8 +68,6 @@ GROUP BY r.id"""
 #: waits for the event loop to write more, which it does only between callbacks (a producer's call, a commit's
 #: Python); with most of a commit's payload in the kernel the server reads at its own pace.
 _COPY_SNDBUF = 16 << 20
-#: Largest concatenation buffer kept for the next commit (~300k book-ticker rows); a bigger one is let go.
-_SPARE_MAX_BYTES = 32 << 20
 
 #: The WHERE of the COPY into a staging table: true for every row, but volatile, and a COPY with a volatile WHERE
 #: inserts its rows one at a time. Otherwise it buffers up to 1,000 rows, each in a tuple slot of its own, and
@@ -166,8 +164,6 @@ class Committer:
         self._covered: list[tuple[int, int]] = []
         #: Backends (by pid) known to hold this table's staging table; a connection to any other creates it first.
         self._staged: set[int] = set()
-        #: Buffers of earlier commits' concatenated COPY payloads, reused (at most two: two commits in flight).
-        self._spare_payloads: list[bytearray] = []
         #: Batches (by id) that a data error, or too many other errors, sent to :meth:`_isolate`.
         self._suspect: set[uuid.UUID] = set()
         #: Failed attempts per batch (by id) on errors that are neither an outage nor a refused row.
@@ -465,37 +461,17 @@ class Committer:
             starts |= b.parts
         for start in sorted(starts):
             await self._ensure_partitions(conn, start, start + self._interval_us - 1)
-        # A memoryview, never bytes: asyncpg treats a bytes source as a file *path* (os.fspath accepts bytes).
-        # One contiguous buffer, not an async iterator: asyncpg's iterator path can wait forever for a dead socket.
-        spare = None
-        if len(parts) == 1:
-            source = memoryview(parts[0][0])
-        else:
-            # Into a buffer kept from an earlier commit: touching ~10 MB of fresh memory per commit cost more in
-            # page faults than the copy itself.
-            spare = self._spare_payloads.pop() if self._spare_payloads else bytearray()
-            source = _concat_into(spare, [p[0] for p in parts])
-        try:
-            if commit is not None:
-                # The next group may start now, its COPY beside this one on its own backend: were it to wait for
-                # this COPY to end, the server's COPY stopped for ~10-15 ms per commit while the loop formed,
-                # concatenated and handed over the next group (timed per commit; see BENCHMARKS.md).
-                commit.copied.set()
-                self._wake()
-            await conn.copy_to_table(
-                self.table, source=source, columns=self.spec.columns, format="binary", timeout=self.command_timeout)
-            if commit is not None:
-                # The server holds the rows: a writer that lets one COPY run at a time may start the next.
-                commit.copy_ended = True
-                self._wake()
-        finally:
-            # asyncpg copied the buffer into its own message before its first wait on the server: ours is free.
-            try:
-                source.release()
-            except BufferError:  # still exported somewhere: let that buffer go rather than write over it
-                spare = None
-            if spare is not None and len(spare) <= _SPARE_MAX_BYTES and len(self._spare_payloads) < 2:
-                self._spare_payloads.append(spare)
+        if commit is not None:
+            # The next group may start now, its COPY beside this one on its own backend: were it to wait for
+            # this COPY to end, the server's COPY stopped for ~10-15 ms per commit while the loop formed and
+            # handed over the next group (timed per commit; see BENCHMARKS.md).
+            commit.copied.set()
+            self._wake()
+        await copy_in_messages(conn, self.table, [p[0] for p in parts], self.spec.columns, self.command_timeout)
+        if commit is not None:
+            # The server holds the rows: a writer that lets one COPY run at a time may start the next.
+            commit.copy_ended = True
+            self._wake()
 
     async def _write_latest(
         self, conn: asyncpg.Connection, group: list[Batch], parts: list[tuple[Any, list[Any]]]
@@ -661,19 +637,54 @@ def _widen_send_buffer(conn: asyncpg.Connection) -> None:
         pass
 
 
-def _concat_into(out: bytearray, payloads: list[Any]) -> memoryview:
-    """Several batches' COPY payloads as one in ``out`` (grown if short): one header, every batch's tuples, one
-    trailer; returns a view of the bytes written, to be released before ``out`` is used again."""
-    bodies = [memoryview(p)[len(HEADER):-len(TRAILER)] for p in payloads]
-    size = len(HEADER) + sum(map(len, bodies)) + len(TRAILER)
-    if len(out) < size:
-        out.extend(bytes(size - len(out)))
-    with memoryview(out) as view:
-        view[:len(HEADER)] = HEADER
-        pos = len(HEADER)
-        for body in bodies:
-            view[pos:pos + len(body)] = body
-            pos += len(body)
-            body.release()
-        view[pos:size] = TRAILER
-        return view[:size]
+async def copy_in_messages(conn: asyncpg.Connection, table: str, payloads: list[Any], columns: Sequence[str],
+                           timeout: float | None) -> None:
+    """COPY ``payloads`` (each a binary COPY stream: header, tuples, trailer) into ``table`` as one stream, sent in
+    CopyData messages of at most :data:`COPY_MESSAGE_BYTES`, straight from the payloads (no concatenation).
+
+    asyncpg sends a buffer as one message, and the server reads a message whole before its COPY parses any of it:
+    a commit's ~8 MB then crossed the socket while the backend parsed nothing, and its copy into one message cost
+    the client ~0.1 µs a row. In messages, the backend parses one while the next arrives (BENCHMARKS.md,
+    "Session 11"). asyncpg waits for the socket to drain before each message, a wait that nothing ends if the
+    connection is lost meanwhile: a termination listener cancels the COPY then, and it fails as a lost connection
+    (retried as one) instead of waiting forever."""
+    task = asyncio.current_task()
+    assert task is not None
+    active, lost = True, False
+
+    def on_lost(_conn: Any) -> None:
+        nonlocal lost
+        if active:  # (called soon after the loss, not at it: the COPY may have ended meanwhile)
+            lost = True
+            task.cancel()
+
+    messages = _messages(payloads)
+    conn.add_termination_listener(on_lost)
+    try:
+        await conn.copy_to_table(table, source=messages, columns=columns, format="binary", timeout=timeout)
+    except asyncio.CancelledError:
+        if lost and task.uncancel() == 0:
+            raise asyncpg.ConnectionDoesNotExistError(f"the connection was lost during the COPY into {table}") from None
+        raise
+    finally:
+        active = False
+        conn.remove_termination_listener(on_lost)
+        await messages.aclose()  # (releases its views of the payloads now, not when collected)
+
+
+#: The largest CopyData message :func:`copy_in_messages` sends: big enough that the per-message work is noise
+#: (asyncpg's wait for the socket, a message header, ~360 of them per 500k book-ticker rows), small enough that a
+#: message is parsed while the next one is on its way (64 kB to 1 MB measured alike, BENCHMARKS.md "Session 11").
+COPY_MESSAGE_BYTES = 128 << 10
+
+
+async def _messages(payloads: list[Any]) -> AsyncIterator[memoryview]:
+    # Views into the payloads: the first one's header, every payload's tuples, the last one's trailer.
+    last = len(payloads) - 1
+    for i, payload in enumerate(payloads):
+        with memoryview(payload) as view:
+            start = 0 if i == 0 else len(HEADER)
+            end = len(view) if i == last else len(view) - len(TRAILER)
+            for pos in range(start, end, COPY_MESSAGE_BYTES):
+                with view[pos:min(pos + COPY_MESSAGE_BYTES, end)] as chunk:
+                    yield chunk
