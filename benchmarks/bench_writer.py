@@ -49,7 +49,8 @@ Diagnostics, only with ``--methods`` (they reach into the writer's private API, 
 The default variant keeps the indexes hftdb.db.schema gives the hot partition (BRIN on recv_ts); ``--no-indexes``
 drops every index on the partitions first. ``--runs`` runs of each method, in rotating order; medians are
 reported. The server is an embedded PostgreSQL in a temp dir, or ``HFTDB_BENCH_DSN`` (a superuser, or a role
-with CREATEDB and pg_read_server_files, on this host: the server must read the COPY files).
+with CREATEDB and pg_read_server_files, on this host: the server must read the COPY files; its CPU is measured
+from /proc as the embedded one's is).
 
     .venv/bin/python benchmarks/bench_writer.py --rows 1000000 --runs 3
     .venv/bin/python benchmarks/bench_writer.py --rows 1000000 --runs 3 --no-indexes
@@ -271,6 +272,24 @@ def writer_settings(batch_max_rows: int | None, **extra: Any) -> WriterSettings:
 _PG_PID: int | None = None
 #: --cpu-by-process: also split the server's CPU by process (each backend, walwriter, checkpointer...).
 _BY_PROCESS = False
+
+
+async def _local_postmaster(dsn: str) -> int | None:
+    """The pid of ``dsn``'s postmaster (its backends' parent, seen in /proc), so that the server's CPU is measured
+    too; None when the backend is not a process of this machine."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        backend = await conn.fetchval("SELECT pg_backend_pid()")
+        # (Read while the backend lives.)
+        with open(f"/proc/{backend}/cmdline", "rb") as f:
+            if not f.read().startswith(b"postgres"):
+                return None  # a pid of this machine, but not the server's backend
+        with open(f"/proc/{backend}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError):
+        return None
+    finally:
+        await conn.close()
 
 
 def _tree_cpu(root: int) -> float:
@@ -647,11 +666,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     server = None
     try:
         admin_dsn = os.environ.get("HFTDB_BENCH_DSN")
+        global _PG_PID
         if not admin_dsn:
             server = EmbeddedServer(tmp / "pg")
             admin_dsn = await server.start()
-            global _PG_PID
             _PG_PID = server.pid
+        else:
+            _PG_PID = await _local_postmaster(admin_dsn)
         return await _run(args, admin_dsn, tmp)
     finally:
         if server is not None:
