@@ -28,7 +28,10 @@ Diagnostics, only with ``--methods`` (they reach into the writer's private API, 
   writer-db       the writer's per-batch transaction (COPY + ledger + latest upsert + NOTIFY, BatchWriter._write)
                   on batches encoded before timing, committed back to back on one connection: the writer with a
                   free producer.
-  batched-copy    only the binary COPY of those same batches, one transaction each.
+  batched-copy    only the binary COPY of those same batches, one transaction each, each batch sent as one CopyData
+                  message (asyncpg's way with a buffer).
+  batched-messages the same, each batch in 128 kB CopyData messages (the writer's way since session 11,
+                  hftdb.store.commit.copy_in_messages): with ``--batch-max-rows 83334``, six COPYs of a commit's size.
   parallel-copy   the same, on two connections at once (alternate batches each), as the writer's two commits in
                   flight COPY side by side: with ``--cpu-by-process``, what two backends inserting into one partition
                   cost the server per row against one (batched-copy), with the BRIN index and with ``--no-indexes``.
@@ -88,7 +91,7 @@ from hftdb.db import partitions, schema
 from hftdb.wire.copy import TRAILER
 from hftdb.manager import init_connection
 from hftdb.db.server import EmbeddedServer
-from hftdb.store.commit import stage_latest
+from hftdb.store.commit import copy_in_messages, stage_latest
 from hftdb.store.tables import BookTickerWriter, update_then_insert_sql
 
 COLUMNS = BookTickerWriter.columns
@@ -99,7 +102,7 @@ _INSERT = (
 )
 METHODS = ("server-binary", "server-text", "writer", "writer-small", "writer-huge", "writer-columns", "copy_records",
            "executemany")
-DIAGNOSTICS = ("writer-drain", "writer-db", "batched-copy", "parallel-copy", "encode", "encode-vector",
+DIAGNOSTICS = ("writer-drain", "writer-db", "batched-copy", "batched-messages", "parallel-copy", "encode", "encode-vector",
                "latest-upsert", "latest-compare")
 
 
@@ -472,7 +475,7 @@ async def bench_drain(dsn: str, tickers: list[BookTicker], batch_max_rows: int |
 
 
 async def bench_batches(
-    dsn: str, enc: BookTickerWriter, batches: list[Any], *, full: bool
+    dsn: str, enc: BookTickerWriter, batches: list[Any], *, full: bool, messages: bool = False
 ) -> tuple[float, dict[str, Any]]:
     conn = await asyncpg.connect(dsn)
     try:
@@ -486,6 +489,8 @@ async def bench_batches(
             async with conn.transaction():
                 if full:
                     await enc._committer.write(conn, [b], [(b.buf, b.latest)])
+                elif messages:
+                    await copy_in_messages(conn, "book_tickers", [b.buf], COLUMNS, None)
                 else:
                     await conn.copy_to_table("book_tickers", source=b.buf, columns=COLUMNS, format="binary")
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
@@ -721,6 +726,7 @@ async def _run(args: argparse.Namespace, admin_dsn: str, tmp: Path) -> dict[str,
         runners["writer-db"] = lambda dsn: bench_batches(dsn, enc, batches, full=True)
         runners["writer-drain"] = lambda dsn: bench_drain(dsn, tickers, args.batch_max_rows)
         runners["batched-copy"] = lambda dsn: bench_batches(dsn, enc, batches, full=False)
+        runners["batched-messages"] = lambda dsn: bench_batches(dsn, enc, batches, full=False, messages=True)
         runners["parallel-copy"] = lambda dsn: bench_parallel_batches(dsn, batches)
     runners["latest-upsert"] = lambda dsn: bench_latest_upsert(dsn, tickers, args.symbols, args.upserts)
     runners["latest-compare"] = lambda dsn: bench_latest_compare(dsn, tickers, args.symbols, args.upserts, args.block)
