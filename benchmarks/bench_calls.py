@@ -13,7 +13,7 @@ machine is shared: a run can only be slowed by other load, never sped up.
 
 ``--names N``: what a call of N book tickers named by exchange and symbol (1,000 symbols) costs the manager before
 its first slice is packed: resolving every name in Python (``ids_by_name``, what it did up to session 8) against
-checking them in one C pass (``names_cached``); CPU ms, min of ``--runs``. Only on a tree that has both.
+looking them up in one C pass (``cached_ids``); CPU ms, min of ``--runs``. Only on a tree that has both.
 
 A/B against another tree: run this script from one tree with ``PYTHONPATH`` pointing at each tree in turn.
 """
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def names_check(n: int, runs: int) -> None:
     """Print the CPU a huge named call's name check costs before its first slice, both ways."""
-    from hftdb.wire.books import ids_by_name, names_cached
+    from hftdb.wire.books import cached_ids, ids_by_name
 
     symbols = [f"S{i:05d}USDT" for i in range(1_000)]
     names = {"binance_spot": {s: i + 1 for i, s in enumerate(symbols)}}
@@ -117,7 +117,7 @@ def names_check(n: int, runs: int) -> None:
     # Each row's symbol its own str object, as rows decoded from a file or a socket have (hash not yet cached).
     rows = [BookTicker("binance_spot", "".join(symbols[i % 1_000]), 1.0, 1.0, 2.0, 1.0, t + i) for i in range(n)]
     for name, check in (("ids_by_name (Python)", lambda: ids_by_name(rows, names) is not None),
-                        ("names_cached (C)", lambda: names_cached(rows, names))):
+                        ("cached_ids (C)", lambda: cached_ids(rows, names) is not None)):
         best = math.inf
         for _ in range(runs):
             fresh = [BookTicker(r.exchange, "".join(r.symbol), 1.0, 1.0, 2.0, 1.0, r.recv_ts) for r in rows]

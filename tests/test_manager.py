@@ -372,8 +372,8 @@ async def test_distribute_on_plain_postgresql_says_why(dsn, tmp_path):
 
 
 async def test_a_huge_named_call_is_taken_whole_or_not_at_all_as_a_small_one(dsn, tmp_path):
-    # A call of more than two batches named by exchange and symbol is taken slice by slice (its names checked
-    # once, each slice's ids looked up while it is packed) only when every name is cached; a call with a new
+    # A call of more than two batches named by exchange and symbol is taken slice by slice (its names looked up
+    # once, each slice packed with its ids) only when every name is cached; a call with a new
     # symbol, an unknown exchange or a bad name is handled as a small call is: the new symbol registered, the
     # unknown exchange raising before any row of the call is taken, the bad name's row rejected alone.
     async with DatabaseManager(dsn, settings=settings(tmp_path, batch_max_rows=50)) as db:

@@ -131,7 +131,7 @@ class BookTickerWriter(BatchWriter):
         """Whether a call of ``n`` rows is worth the vectorized path (``hftdb.store.vector.MIN_ROWS`` or more)."""
         return n >= vector.MIN_ROWS
 
-    def add_fast(self, rows: list[BookTicker], known_ids: set[int], sids: list[int] | None = None,
+    def add_fast(self, rows: list[BookTicker], known_ids: set[int] | None, sids: list[int] | None = None,
                  names: dict[str, dict[str, int]] | None = None) -> int | None:
         """Take a whole call's tickers at once when each carries a registered ``symbol_id`` (the feeds' case),
         ``sids`` gives every row's id, or every row is named by a name in ``names`` (the symbol catalog's

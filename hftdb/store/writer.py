@@ -296,10 +296,11 @@ class BatchWriter:
         vectorized path)."""
         return False
 
-    def add_fast(self, rows: list[Any], known_ids: set[int], sids: list[int] | None = None,
+    def add_fast(self, rows: list[Any], known_ids: set[int] | None, sids: list[int] | None = None,
                  names: dict[str, dict[str, int]] | None = None) -> int | None:
         """Take a whole call's rows at once where the table has a vectorized path (rows carrying ids, ``sids``
-        giving them, or rows named by a name in ``names``); None means use ``add``."""
+        giving them, or rows named by a name in ``names``); None means use ``add``. ``known_ids``: the registered
+        ids the rows' own are checked against (None: ``sids`` are registered ones)."""
         return None
 
     def append(self, rows: Encoded) -> int:

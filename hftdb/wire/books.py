@@ -28,7 +28,7 @@ from .copy import PG_EPOCH_US
 from .loader import NATIVE
 
 __all__ = ["COLUMNS", "BookTuples", "Layout", "LAYOUTS", "LAYOUT", "PACK", "SIZE", "PackedBooks", "ids_by_name",
-           "names_cached"]
+           "cached_ids"]
 
 _EXCHANGE = attrgetter("exchange")
 _SYMBOL = attrgetter("symbol")
@@ -55,16 +55,17 @@ def ids_by_name(rows: Sequence[BookTicker], names: dict[str, dict[str, int]]) ->
     return None if None in ids else ids  # type: ignore[return-value]
 
 
-def names_cached(rows: list[BookTicker], names: dict[str, dict[str, int]]) -> bool:
-    """Whether every row is a ``BookTicker`` named by exchange and symbol (``symbol_id`` None) whose id ``names``
-    holds (the symbol catalog's live names): then the C packer resolves any slice of the rows in its pass
-    (``pack_tickers`` with ``names``), and no slice can miss. One C pass over the names, no id kept (``_vector_fast``'s
-    ``names_cached``, ~10x cheaper than :func:`ids_by_name`); without it, :func:`ids_by_name`."""
-    check = NATIVE.names_cached
-    if check is not None:
-        return check(rows, BookTicker, names)  # type: ignore[no-any-return]
-    return (all(type(r) is BookTicker for r in rows) and list(map(_SYMBOL_ID, rows)).count(None) == len(rows)
-            and ids_by_name(rows, names) is not None)
+def cached_ids(rows: list[BookTicker], names: dict[str, dict[str, int]]) -> list[int] | None:
+    """Each row's symbol id when every row is a ``BookTicker`` named by exchange and symbol (``symbol_id`` None)
+    whose id ``names`` holds (the symbol catalog's live names), else None. A huge call looks its names up once
+    with it, then packs slice by slice with the ids, so no slice can miss. One C pass (``_vector_fast``'s
+    ``cached_ids``, ~10x cheaper than :func:`ids_by_name`); without it, :func:`ids_by_name`."""
+    look_up = NATIVE.cached_ids
+    if look_up is not None:
+        return look_up(rows, BookTicker, names)  # type: ignore[no-any-return]
+    if all(type(r) is BookTicker for r in rows) and list(map(_SYMBOL_ID, rows)).count(None) == len(rows):
+        return ids_by_name(rows, names)
+    return None
 
 
 #: ``book_tickers``' columns in COPY order, with their ``struct`` codes (int4, timestamptz as int8 µs since

@@ -43,7 +43,7 @@ _BUILT: dict[str, Callable[..., Any] | None] = {
 # Functions built in the same extension as one of _BUILT's, and reported under its name by built().
 _WITH: dict[str, Callable[..., Any] | None] = {
     "book_scan": getattr(_binance_fast, "book_scan", None),  # with book_read
-    "names_cached": getattr(_vector_fast, "names_cached", None),  # with pack_tickers
+    "cached_ids": getattr(_vector_fast, "cached_ids", None),  # with pack_tickers
 }
 
 
@@ -55,18 +55,18 @@ class Native:
     * ``book_scan``: the same from a whole buffer of newline-separated frames, tuples only, no records
       (``_binance_fast.c``; :meth:`hftdb.exchanges.parse_binance.BinanceParser.book_scan`, the file replay);
     * ``pack_tickers``: a call's ``BookTicker`` rows into COPY tuples (``_vector_fast.c``; ``hftdb.store.vector``);
-    * ``names_cached``: whether a call's named rows all have a cached id (``_vector_fast.c``;
-      :func:`hftdb.wire.books.names_cached`);
+    * ``cached_ids``: a call's named rows' ids, when all are cached (``_vector_fast.c``;
+      :func:`hftdb.wire.books.cached_ids`);
     * ``decode_packed``: packed latest rows into records (``_columnar_fast.c``; ``hftdb.read.columnar``).
     """
 
-    __slots__ = ("book_read", "book_scan", "pack_tickers", "names_cached", "decode_packed")
+    __slots__ = ("book_read", "book_scan", "pack_tickers", "cached_ids", "decode_packed")
 
     def __init__(self) -> None:
         self.book_read: Callable[..., Any] | None = None
         self.book_scan: Callable[..., Any] | None = None
         self.pack_tickers: Callable[..., Any] | None = None
-        self.names_cached: Callable[..., Any] | None = None
+        self.cached_ids: Callable[..., Any] | None = None
         self.decode_packed: Callable[..., Any] | None = None
 
 

@@ -249,60 +249,87 @@ refuse:
     Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(names_cached_doc,
-"names_cached(rows, record_type, names) -> bool\n"
+PyDoc_STRVAR(cached_ids_doc,
+"cached_ids(rows, record_type, names) -> list | None\n"
 "\n"
-"Whether every row is a record_type named by exchange and symbol (symbol_id None, exact str names) whose id is in\n"
-"names[exchange][symbol]: the lookup pack_tickers makes with a dict ids_from, alone, no tuple packed and no id\n"
-"kept. A huge call checks its names once with it, then packs slice by slice.");
+"The ids of rows that are all record_type named by exchange and symbol (symbol_id None, exact str names) with an id\n"
+"in names[exchange][symbol] (the lookup pack_tickers makes with a dict ids_from), or None when some row is not. A\n"
+"huge call looks its names up once with it, then packs slice by slice with the ids (a list ids_from).");
 
-static PyObject *
-names_cached(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+/* 1 when every row is named by a cached name (its id stored in ids[i] when ids is not NULL), 0 when one is not,
+ * -1 with an exception set. */
+static int
+check_names(PyObject *rows, PyTypeObject *type, PyObject *names, PyObject *ids)
 {
-    (void)module;
-    if (nargs != 3 || !PyList_Check(args[0]) || !PyType_Check(args[1]) || !PyDict_CheckExact(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "names_cached(rows: list, record_type: type, names: dict)");
-        return NULL;
-    }
-    PyObject *rows = args[0], *names = args[2];
-    PyTypeObject *type = (PyTypeObject *)args[1];
-    if (load_offsets(type) < 0) {
-        return NULL;
-    }
     PyObject *last_exchange = NULL, *symbols = NULL; /* borrowed: names[last_exchange] */
     Py_ssize_t n = PyList_GET_SIZE(rows);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *row = PyList_GET_ITEM(rows, i);
         if (Py_TYPE(row) != type) {
-            Py_RETURN_FALSE;
+            return 0;
         }
         PyObject *exchange = field(row, F_EXCHANGE), *symbol = field(row, F_SYMBOL);
         if (field(row, F_SYMBOL_ID) != Py_None || exchange == NULL || !PyUnicode_CheckExact(exchange)
             || symbol == NULL || !PyUnicode_CheckExact(symbol)) {
-            Py_RETURN_FALSE;
+            return 0;
         }
         if (exchange != last_exchange) {
             symbols = PyDict_GetItemWithError(names, exchange);
             if (symbols == NULL || !PyDict_CheckExact(symbols)) {
-                goto miss;
+                return PyErr_Occurred() ? -1 : 0;
             }
             last_exchange = exchange;
         }
-        if (PyDict_GetItemWithError(symbols, symbol) == NULL) {
-            goto miss;
+        PyObject *id = PyDict_GetItemWithError(symbols, symbol);
+        if (id == NULL) {
+            return PyErr_Occurred() ? -1 : 0;
+        }
+        if (ids != NULL) {
+            PyList_SET_ITEM(ids, i, Py_NewRef(id));
         }
     }
-    Py_RETURN_TRUE;
-miss:
-    if (PyErr_Occurred()) {
+    return 1;
+}
+
+static int
+names_args(PyObject *const *args, Py_ssize_t nargs, const char *name)
+{
+    if (nargs != 3 || !PyList_Check(args[0]) || !PyType_Check(args[1]) || !PyDict_CheckExact(args[2])) {
+        PyErr_Format(PyExc_TypeError, "%s(rows: list, record_type: type, names: dict)", name);
+        return -1;
+    }
+    return load_offsets((PyTypeObject *)args[1]);
+}
+
+static PyObject *
+cached_ids(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (names_args(args, nargs, "cached_ids") < 0) {
         return NULL;
     }
-    Py_RETURN_FALSE;
+    /* (On a miss the list is freed half-filled: a list's items are released with Py_XDECREF, NULLs included, as
+     * pack_tickers's ids are.) */
+    PyObject *ids = PyList_New(PyList_GET_SIZE(args[0]));
+    if (ids == NULL) {
+        return NULL;
+    }
+    /* The rows' list cannot change size meanwhile: nothing here runs Python code that could (a str's hash and
+     * equality are C; names holds only str keys, the catalog's). */
+    int found = check_names(args[0], (PyTypeObject *)args[1], args[2], ids);
+    if (found <= 0) {
+        Py_DECREF(ids);
+        if (found < 0) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    return ids;
 }
 
 static PyMethodDef methods[] = {
     {"pack_tickers", (PyCFunction)(void (*)(void))pack_tickers, METH_FASTCALL, pack_tickers_doc},
-    {"names_cached", (PyCFunction)(void (*)(void))names_cached, METH_FASTCALL, names_cached_doc},
+    {"cached_ids", (PyCFunction)(void (*)(void))cached_ids, METH_FASTCALL, cached_ids_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -7,5 +7,6 @@ def pack_tickers(
     taken whole. ``ids_from``: True (each row's symbol_id), a list (one id per row), a dict (``ids_from[exchange][symbol]``, the rows named)
     or False (the caller fills the ids in)."""
 
-def names_cached(rows: list[Any], record_type: type, names: dict[str, dict[str, int]], /) -> bool:
-    """Whether every row is named by an exchange and symbol (symbol_id None) that ``names`` holds."""
+def cached_ids(rows: list[Any], record_type: type, names: dict[str, dict[str, int]], /) -> list[int] | None:
+    """Each row's id from ``names[exchange][symbol]`` when every row is a ``record_type`` named by a cached exchange
+    and symbol (symbol_id None), else None."""
