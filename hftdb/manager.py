@@ -461,8 +461,9 @@ class DatabaseManager:
                 # Named by exchange and symbol: the vectorized path resolves the whole call from the cache in its
                 # packing pass; any miss (a new symbol, an unknown exchange, a row with an id among named ones)
                 # sends the call down the per-row path, which handles each.
+                # (Ids found in the catalog's names are registered ones: only rows' own ids are checked.)
                 names = self._catalog.names() if named else None
-                added = writer.add_fast(rows, self._catalog.known_ids, None, names)
+                added = writer.add_fast(rows, None if named else self._catalog.known_ids, None, names)
                 if added is not None and named:
                     self._catalog.count_hits(len(rows))
         if added is None:
