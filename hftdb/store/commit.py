@@ -674,7 +674,8 @@ async def copy_in_messages(conn: asyncpg.Connection, table: str, payloads: list[
 
 #: The largest CopyData message :func:`copy_in_messages` sends: big enough that the per-message work is noise
 #: (asyncpg's wait for the socket, a message header, ~360 of them per 500k book-ticker rows), small enough that a
-#: message is parsed while the next one is on its way (64 kB to 1 MB measured alike, BENCHMARKS.md "Session 11").
+#: message is parsed while the next one is on its way (64 kB to 1 MB came within ~7% of one another, BENCHMARKS.md
+#: "Session 11").
 COPY_MESSAGE_BYTES = 128 << 10
 
 
