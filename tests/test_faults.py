@@ -115,12 +115,7 @@ async def test_backend_terminated_while_the_copy_waits_for_the_socket(dsn, tmp_p
         await db.flush(timeout=30)
         stats = db.writer_stats("book_tickers")
     assert stats["retries"] >= 1
-    conn = await asyncpg.connect(dsn)
-    try:
-        row = await conn.fetchrow("SELECT count(*), count(DISTINCT update_id) FROM book_tickers")
-    finally:
-        await conn.close()
-    assert (row[0], row[1]) == (sent, sent)
+    assert await _counts(dsn) == (sent, sent)
 
 
 async def test_outage_spools_and_replays_in_order(fault_server, tmp_path):
