@@ -256,8 +256,8 @@ PyDoc_STRVAR(cached_ids_doc,
 "in names[exchange][symbol] (the lookup pack_tickers makes with a dict ids_from), or None when some row is not. A\n"
 "huge call looks its names up once with it, then packs slice by slice with the ids (a list ids_from).");
 
-/* 1 when every row is named by a cached name (its id stored in ids[i] when ids is not NULL), 0 when one is not,
- * -1 with an exception set. */
+/* 1 when every row is named by a cached name (its id stored in ids[i]), 0 when one is not, -1 with an exception
+ * set. */
 static int
 check_names(PyObject *rows, PyTypeObject *type, PyObject *names, PyObject *ids)
 {
@@ -284,38 +284,29 @@ check_names(PyObject *rows, PyTypeObject *type, PyObject *names, PyObject *ids)
         if (id == NULL) {
             return PyErr_Occurred() ? -1 : 0;
         }
-        if (ids != NULL) {
-            PyList_SET_ITEM(ids, i, Py_NewRef(id));
-        }
+        PyList_SET_ITEM(ids, i, Py_NewRef(id));
     }
     return 1;
-}
-
-static int
-names_args(PyObject *const *args, Py_ssize_t nargs, const char *name)
-{
-    if (nargs != 3 || !PyList_Check(args[0]) || !PyType_Check(args[1]) || !PyDict_CheckExact(args[2])) {
-        PyErr_Format(PyExc_TypeError, "%s(rows: list, record_type: type, names: dict)", name);
-        return -1;
-    }
-    return load_offsets((PyTypeObject *)args[1]);
 }
 
 static PyObject *
 cached_ids(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (names_args(args, nargs, "cached_ids") < 0) {
+    if (nargs != 3 || !PyList_Check(args[0]) || !PyType_Check(args[1]) || !PyDict_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "cached_ids(rows: list, record_type: type, names: dict)");
+        return NULL;
+    }
+    if (load_offsets((PyTypeObject *)args[1]) < 0) {
         return NULL;
     }
     /* (On a miss the list is freed half-filled: a list's items are released with Py_XDECREF, NULLs included, as
-     * pack_tickers's ids are.) */
+     * pack_tickers's ids are. Nothing in the pass runs Python code that could resize the rows' list: the names'
+     * keys and the rows' names are exact str, hashed and compared in C.) */
     PyObject *ids = PyList_New(PyList_GET_SIZE(args[0]));
     if (ids == NULL) {
         return NULL;
     }
-    /* The rows' list cannot change size meanwhile: nothing here runs Python code that could (a str's hash and
-     * equality are C; names holds only str keys, the catalog's). */
     int found = check_names(args[0], (PyTypeObject *)args[1], args[2], ids);
     if (found <= 0) {
         Py_DECREF(ids);
