@@ -39,7 +39,7 @@ def add_packed(writer: BookTickerWriter, rows: PackedBooks, known_ids: set[int])
     sids = list(map(_SYMBOL_ID, rows))  # (the tuples hold the same ids: the parser packed these)
     if not known_ids.issuperset(sids):
         return None
-    data = (np.frombuffer(buf, np.uint8) | LAYOUT.template(n)).tobytes()
+    data = bytes(buf)
     # The intake admitted these rows (a repeated update id is dropped there): in order and newer than the batch,
     # none can repeat another; otherwise the writer's batch looks (TickerRows.append_to).
     return writer.append(TickerRows(LAYOUT, data, sids, rows, rows.lo, rows.hi, ordered=rows.ordered,
@@ -56,7 +56,7 @@ def add_tuples(writer: BookTickerWriter, rows: BookTuples, known_ids: set[int]) 
     sids = rows.sids()
     if not known_ids.issuperset(np.unique(sids).tolist()):
         return None
-    data = (np.frombuffer(rows.buf, np.uint8) | LAYOUT.template(n)).tobytes()
+    data = bytes(rows.buf)
     # Admitted by the intake in order, all received at one time: none can repeat another (see add_packed).
     return writer.append(TickerRows(LAYOUT, data, sids, None, rows.recv_ts, rows.recv_ts, ordered=True,
                                     rising=True))

@@ -2,9 +2,9 @@
 
 A ``book_tickers`` tuple has eight fields: symbol_id int4, recv_ts and exchange_ts timestamptz (int8 µs since
 2000-01-01), four float8 prices and quantities, update_id int8; exchange_ts and update_id may be NULL, so there is
-one :class:`Layout` per NULL pattern (:data:`LAYOUTS`). A layout packs a row's values with one precompiled
-``struct`` (pad bytes where the constant field count and lengths go) and gives the numpy dtype of its tuples and
-a template holding those constants, which the writer ORs in a whole call at a time.
+one :class:`Layout` per NULL pattern (:data:`LAYOUTS`). A layout packs a row with one precompiled ``struct`` and
+gives the numpy dtype of its tuples and a template holding their constants (field count and lengths), from which
+the vectorized encoder fills a whole call at a time.
 
 **Packed books.** A feed that has a row's values in hand checks and packs it in the same loop that parses it
 (:func:`hftdb.wire.rules.book_fits`, then :data:`PACK`), so the writer takes the whole call in a few C-level steps
@@ -74,13 +74,10 @@ COLUMNS = (("symbol_id", "i"), ("recv_ts", "q"), ("exchange_ts", "q"), ("bid_pri
            ("ask_price", "d"), ("ask_qty", "d"), ("update_id", "q"))
 
 
-def _format(has_e: bool, has_u: bool, *, constants: bool) -> str:
-    # The tuple: a field count, then each field's length and, unless it is NULL, its value. Without constants,
-    # pad bytes stand where the count and lengths go, for a template to fill in a whole call at a time.
+def _format(has_e: bool, has_u: bool) -> str:
+    # The tuple: a field count, then each field's length and, unless it is NULL, its value.
     null = ({"exchange_ts"} if not has_e else set()) | ({"update_id"} if not has_u else set())
-    size = "i" if constants else "4x"
-    return "!" + ("h" if constants else "2x") + "".join(
-        size + ("" if name in null else code) for name, code in COLUMNS)
+    return "!h" + "".join("i" + ("" if name in null else code) for name, code in COLUMNS)
 
 
 class Layout:
@@ -88,13 +85,9 @@ class Layout:
 
     def __init__(self, has_e: bool, has_u: bool) -> None:
         self.has_e, self.has_u = has_e, has_u
-        fmt = _format(has_e, has_u, constants=False)[1:]
-        #: ``pack(symbol_id, recv, [exchange_ts,] bp, bq, ap, aq, [update_id])`` (times in PostgreSQL µs): the
-        #: tuple without its constants, which :meth:`template` holds.
-        self.pack: Callable[..., bytes] = struct.Struct("!" + fmt).pack
         #: The whole tuple, one row at a time (a row the vectorized packers refuse, packed alone):
         #: ``row.pack(8, 4, symbol_id, 8, recv, [8, exchange_ts | -1], 8, bp, 8, bq, 8, ap, 8, aq, [8, uid | -1])``.
-        self.row = struct.Struct(_format(has_e, has_u, constants=True))
+        self.row = struct.Struct(_format(has_e, has_u))
         # A row's values in COPY column order, picked from msgspec's astuple (a C-level copy of the fields, much
         # cheaper than eight attribute reads) by position in BookTicker's field order.
         index = {name: i for i, name in enumerate(BookTicker.__struct_fields__)}
@@ -112,7 +105,7 @@ class Layout:
         if has_u:
             fields.append(("uid", ">i8"))
         self.dtype = np.dtype(fields)
-        assert struct.calcsize("!" + fmt) == self.dtype.itemsize == self.row.size
+        assert self.dtype.itemsize == self.row.size
         one = np.zeros(1, self.dtype)
         one["nf"] = 8
         for name in ("l_sid",):
@@ -183,11 +176,18 @@ class _Whole:
 LAYOUTS = {(e, u): Layout(e, u) for e in (True, False) for u in (True, False)}
 
 #: The one tuple layout a feed packs: symbol id, receipt time, exchange time, four prices, update id (the feeds
-#: whose book rows carry both times and an id: Binance USD-M, OKX). Field counts and lengths are left as zero
-#: bytes and OR-ed in from the layout's template when the writer takes the call.
+#: whose book rows carry both times and an id: Binance USD-M, OKX). Its tuples are packed whole, field counts
+#: and lengths included, by :data:`PACK` and by the C hot paths alike, so the writer takes them as they are.
 LAYOUT = LAYOUTS[(True, True)]
-#: ``PACK(symbol_id, recv_ts - PG_EPOCH_US, exchange_ts - PG_EPOCH_US, bid, bid_qty, ask, ask_qty, update_id)``.
-PACK = LAYOUT.pack
+#: ``PACK(symbol_id, recv_ts - PG_EPOCH_US, exchange_ts - PG_EPOCH_US, bid, bid_qty, ask, ask_qty, update_id)``:
+#: one whole tuple, its field count and lengths too, as the C hot paths pack it (the writer then takes a call's
+#: tuples as they are, with no template OR-ed into each call).
+def PACK(symbol_id: int, recv: int, exchange: int, bid: float, bid_qty: float, ask: float, ask_qty: float,
+         update_id: int) -> bytes:
+    return _ROW(8, 4, symbol_id, 8, recv, 8, exchange, 8, bid, 8, bid_qty, 8, ask, 8, ask_qty, 8, update_id)
+
+
+_ROW = LAYOUT.row.pack
 #: Bytes per packed tuple.
 SIZE = LAYOUT.dtype.itemsize
 
@@ -196,7 +196,7 @@ class PackedBooks(list):  # type: ignore[type-arg]
     """One call's admitted ``BookTicker`` rows, in order, with their COPY tuples when every row could be packed.
 
     It *is* the list of rows (held rows, replay and every other sink use it as one); the packed tuples ride along.
-    ``buf`` holds :data:`LAYOUT` tuples (constants not yet OR-ed in) of every row, or is None when some row could
+    ``buf`` holds the whole :data:`LAYOUT` tuples of every row, or is None when some row could
     not be packed; ``lo``/``hi`` are the smallest and largest receipt times and ``ordered`` says whether receipt
     times never decrease along the rows. It must not be changed once handed over: the writer checks that there
     are as many tuples as rows, and a filtered copy is a plain list that goes the public path.
@@ -226,7 +226,7 @@ class BookTuples:
     """Admitted book rows as their COPY tuples alone, without a record per row: the file replay's bulk form
     (:meth:`hftdb.exchanges.intake.Intake.process_lines`), which the writer takes as columns.
 
-    ``buf`` holds :data:`LAYOUT` tuples (constants not yet OR-ed in) of rows all received at ``recv_ts``, in
+    ``buf`` holds whole :data:`LAYOUT` tuples of rows all received at ``recv_ts``, in
     admission order (no row repeats an earlier one). ``exchange`` and ``ids`` (symbol -> id, a map that only
     grows) name the rows when records are wanted after all (:meth:`records`). Not changed once handed over.
     """
