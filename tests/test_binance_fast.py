@@ -14,13 +14,12 @@ import shutil
 import sysconfig
 
 import msgspec
-import numpy as np
 import pytest
 
 from hftdb.exchanges.parse_binance import BinanceParser
 from hftdb.models import FUTURE_SLACK_US, MIN_TS_US, ExchangeName
 from hftdb.wire import loader
-from hftdb.wire.books import LAYOUT, SIZE
+from hftdb.wire.books import SIZE
 from hftdb.wire.loader import NATIVE
 
 USDM = ExchangeName.BINANCE_USDM
@@ -73,7 +72,7 @@ def run(frames: list[bytes | str], *, c: bool, per_read: int = 7, ids: dict[str,
             if i < len(payloads):
                 general.append(start + i)
                 i += 1
-    tuples = (np.frombuffer(bytes(buf), np.uint8) | LAYOUT.template(len(buf) // SIZE)).tobytes()
+    tuples = bytes(buf)  # whole tuples from either path: PACK writes the constants the C path writes
     # repr, not the tuples: NaN (which msgspec's lax decode reads from "nan") never equals itself.
     return {"rows": [repr(msgspec.structs.astuple(r)) for r in rows], "tuples": tuples, "dups": dups,
             "general": general, "last": last, "ids": dict(parser._ids), "packed": len(buf) // SIZE}
@@ -109,6 +108,19 @@ def test_generated_quotes_agree_digit_for_digit():
     result = assert_same(frames)
     # Every branch was taken: duplicates, packed rows and rows the Python loop took unpacked (crossed quotes).
     assert result["dups"] > 20 and 1000 < result["packed"] < len(result["rows"])
+
+
+@needs_c
+def test_more_symbols_than_the_c_paths_symbol_table_holds():
+    # book_read keeps symbol strings in a direct-mapped table of 4,096: with 6,000 symbols, slots collide and are
+    # replaced, and every row must still carry its own frame's symbol and id.
+    ids = {f"X{i:05d}USDT": i for i in range(1, 6001)}
+    names = list(ids)
+    rng = random.Random(5)
+    frames = [combined(event(u=k, s=rng.choice(names), b="1.5", a="1.6")) for k in range(1, 20001)]
+    result = assert_same(frames, ids=ids)
+    assert result["packed"] == len(result["rows"]) == 20000 and result["general"] == []
+    assert len({eval(r)[1] for r in result["rows"]}) > 4096
 
 
 @needs_c
