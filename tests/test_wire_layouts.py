@@ -7,12 +7,14 @@ tuples in PostgreSQL.
 
 from __future__ import annotations
 
+import random
 from decimal import Decimal
 
+import numpy as np
 import pytest
 
 from hftdb.models import Balance, FundingRate, now_us
-from hftdb.wire.books import LAYOUTS, PackedBooks
+from hftdb.wire.books import LAYOUTS, PACK, STORED, BookTuples, PackedBooks
 from hftdb.wire.copy import PG_EPOCH_US, decode_tuple
 from hftdb.wire.rows import balance_tuple, funding_tuple
 
@@ -56,3 +58,30 @@ def test_a_balance_tuple_reads_back():
                 locked=Decimal("0.000001"), recv_ts=T)
     got = decode_tuple("issttnn", balance_tuple(2, r, Decimal("1.50"), Decimal("0.000001")))
     assert got == [2, "main", "USDT", T, None, Decimal("1.50"), Decimal("0.000001")]
+
+
+def test_book_tuples_repeats_are_the_rows_a_set_of_the_stored_rows_holds():
+    # The replay's check of a block against stored rows (numpy hashes, then field by field) against the plain
+    # definition: a row repeats a stored one when its (id, update id, four prices) tuple is in the set of theirs.
+    rng = random.Random(3)
+    values = [(rng.randrange(1, 50), rng.randrange(1, 400), *(rng.choice([1.5, 2.25, 3.0]) for _ in range(4)))
+              for _ in range(3000)]
+    stored_rows = rng.sample(values, 1200) + [(sid + 1, *rest) for sid, *rest in values[:100]]  # other ids
+    stored_rows += [(sid, u, bp + 0.5, bq, ap, aq) for sid, u, bp, bq, ap, aq in values[100:200]]  # other prices
+    stored_rows += stored_rows[:50]  # rows stored twice
+    # Values a hash would get wrong: -0.0 against 0.0 (equal), NaN (equal to nothing, its own bits included).
+    # (Two NaN objects: a tuple holding the same one would equal itself.)
+    values += [(7, 1, 0.0, 1.0, -0.0, 1.0), (7, 2, float("nan"), 1.0, 2.0, 1.0)]
+    stored_rows += [(7, 1, -0.0, 1.0, 0.0, 1.0), (7, 2, float("nan"), 1.0, 2.0, 1.0)]
+    buf = bytearray()
+    for sid, u, bp, bq, ap, aq in values:
+        buf += PACK(sid, T - PG_EPOCH_US, T - 5 - PG_EPOCH_US, bp, bq, ap, aq, u)
+    tuples = BookTuples(T, "binance_usdm", {}, buf)
+    stored = np.zeros(len(stored_rows), STORED)
+    for name, column in zip(("sid", "key", "bp", "bq", "ap", "aq"), zip(*stored_rows)):
+        stored[name] = column
+    expected = [v in set(stored_rows) for v in values]
+    got = tuples.repeats(stored)
+    assert got.tolist() == expected
+    assert 1000 < sum(expected) < 3000 and expected[-2] and not expected[-1]
+    assert not tuples.repeats(np.zeros(0, STORED)).any()

@@ -32,8 +32,10 @@ writes each message once. Two sources of duplicates, checked two ways:
   without exchange times (Binance spot bookTicker) takes all the venue's rows. The server scans the rows
   received in range once; it copies only those in range. A block is then checked against that table only:
   not at all when it is newer than every copied row (a backfill into an empty range, the new part of an
-  overlap), by one index range scan of its exchange-time window when it spans at most 10 s, else key by key
-  for the rows inside the span of stored keys of their symbol. It never reads the rows the replay itself
+  overlap), by one index range scan of its exchange-time window when it spans at most 10 s (a block of
+  USD-M bookTicker tuples gets the window's stored rows as binary COPY tuples and matches them in numpy,
+  :meth:`~hftdb.wire.books.BookTuples.repeats`), else key by key for the rows inside the span of stored keys of
+  their symbol. It never reads the rows the replay itself
   writes, the reason the lookup it replaces (one query a block over the growing hot partition, BRIN only)
   made a replay's time grow with the square of its length. A row outside the copied range (more out of
   order than :data:`DISORDER_US`) is looked up in ``book_tickers`` itself, as before.
@@ -56,6 +58,7 @@ balance without an exchange time has no identity and is written as it comes.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import io
 import logging
 import operator
@@ -80,7 +83,7 @@ from ..db.locks import unlock
 from ..tablespec import TIME_SERIES
 from ..manager import DatabaseManager
 from ..models import Balance, BookTicker, ExchangeName, FeedRows, FundingRate, now_us
-from ..wire.books import BookTuples, PackedBooks
+from ..wire.books import STORED, BookTuples, PackedBooks
 from ..wire.copy import PG_EPOCH_US
 
 __all__ = ["MAX_LINE_BYTES", "ReplayProgress", "ReplayResult", "ReplayTuning", "ingest_file", "ingest_files",
@@ -221,6 +224,15 @@ _SNAPSHOT_LOOKUP = f"""SELECT t.symbol_id, t.update_id, t.exchange_ts, t.bid_pri
 # (a stored copy has its message's exchange time), one index range scan and no per-row parameters.
 _SNAPSHOT_WINDOW = f"""SELECT t.symbol_id, t.update_id, t.exchange_ts, t.bid_price, t.bid_qty, t.ask_price, t.ask_qty
     FROM {_SNAPSHOT_TABLE} t WHERE t.exchange_ts BETWEEN $1 AND $2"""
+#: The same window for a block of tuples (:meth:`_Stored._tuples`), as the binary COPY tuples of
+#: :data:`hftdb.wire.books.STORED` that numpy reads whole: the symbol id, the row's key as :func:`_key` makes it (its
+#: update id, else its exchange time in µs since the Unix epoch) and the four prices. No column is NULL: the
+#: window's rows have an exchange time, and prices are NOT NULL. ``{lo}``/``{hi}``: the window's bounds as ISO 8601 texts with their
+#: offset (formatted in by :func:`_iso`: a COPY takes no parameters).
+_SNAPSHOT_WINDOW_COPY = f"""SELECT t.symbol_id, coalesce(t.update_id, (extract(epoch FROM t.exchange_ts) * 1000000)::int8),
+        t.bid_price, t.bid_qty, t.ask_price, t.ask_qty
+    FROM {_SNAPSHOT_TABLE} t
+    WHERE t.exchange_ts BETWEEN '{{lo}}'::timestamptz AND '{{hi}}'::timestamptz"""
 _WINDOW_US = 10_000_000
 # Rows of a block of tuples checked by one window (BookTuples: _Stored._tuples).
 _WINDOW_ROWS = 4096
@@ -385,10 +397,14 @@ class _Stored:
     async def _tuples(self, rows: BookTuples) -> BookTuples | None:
         """``rows`` without the stored ones, found by one range scan per run of :data:`_WINDOW_ROWS` rows (a block
         of a file is about a thousand times that: its rows' times are near each other, not the whole block's);
-        None when a run spans more than :data:`_WINDOW_US` (then the block is checked as records)."""
+        None when a run spans more than :data:`_WINDOW_US` (then the block is checked as records).
+
+        The stored rows come as binary COPY tuples and are matched in numpy (:meth:`BookTuples.repeats`): fetched as
+        records and matched through a set of Python tuples, they cost a replay of stored rows ~2.5 µs a row of
+        this process's CPU, more than the rest of the replay (BENCHMARKS.md, "Session 12")."""
         recs = rows.columns()
         ex = recs["ex"].astype(np.int64) + PG_EPOCH_US
-        found: list[Any] = []
+        found: list[bytes] = []
         for i in range(0, len(ex), _WINDOW_ROWS):
             part = ex[i:i + _WINDOW_ROWS]
             lowest, highest = int(part.min()), int(part.max())
@@ -396,14 +412,19 @@ class _Stored:
                 continue
             if highest - lowest > _WINDOW_US:
                 return None
-            found.extend(await self.conn.fetch(_SNAPSHOT_WINDOW, lowest, highest))
-        if not found:
+            chunks: list[bytes] = []
+
+            async def take(chunk: bytes, chunks: list[bytes] = chunks) -> None:
+                chunks.append(chunk)
+
+            await self.conn.copy_from_query(_SNAPSHOT_WINDOW_COPY.format(lo=_iso(lowest), hi=_iso(highest)),
+                                            output=take, format="binary")
+            data = b"".join(chunks)
+            found.append(data[_COPY_HEADER_BYTES:len(data) - _COPY_TRAILER_BYTES])
+        stored = np.frombuffer(b"".join(found), STORED)
+        if not len(stored):
             return rows
-        stored = {(sid, u if u is not None else t, bp, bq, ap, aq) for sid, u, t, bp, bq, ap, aq in found}
-        keep = np.fromiter(
-            (key not in stored for key in zip(recs["sid"].tolist(), recs["uid"].tolist(), recs["bp"].tolist(),
-                                                recs["bq"].tolist(), recs["ap"].tolist(), recs["aq"].tolist())),
-            dtype=bool, count=len(recs))
+        keep = ~rows.repeats(stored)
         dropped = len(keep) - int(keep.sum())
         if not dropped:
             return rows
@@ -495,6 +516,19 @@ class _Stored:
                 stored.add(key)
             out.append(r)
         return out
+
+
+def _iso(us: int) -> str:
+    # µs since the Unix epoch as an exact timestamptz literal (ISO 8601 with its offset: no session setting reads it
+    # otherwise). The exchange times of packed rows passed the writer's time checks, well inside datetime's range.
+    return (_UNIX_EPOCH + datetime.timedelta(microseconds=us)).isoformat()
+
+
+_UNIX_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+# A binary COPY's signature, flags and header extension length; its trailer (a field count of -1).
+_COPY_HEADER_BYTES = 19
+_COPY_TRAILER_BYTES = 2
 
 
 def _plain(text: str) -> bool:

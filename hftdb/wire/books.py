@@ -27,8 +27,8 @@ from ..models import BookTicker
 from .copy import PG_EPOCH_US
 from .loader import NATIVE
 
-__all__ = ["COLUMNS", "BookTuples", "Layout", "LAYOUTS", "LAYOUT", "PACK", "SIZE", "PackedBooks", "ids_by_name",
-           "cached_ids"]
+__all__ = ["COLUMNS", "BookTuples", "Layout", "LAYOUTS", "LAYOUT", "PACK", "SIZE", "STORED", "PackedBooks",
+           "ids_by_name", "cached_ids"]
 
 _EXCHANGE = attrgetter("exchange")
 _SYMBOL = attrgetter("symbol")
@@ -222,6 +222,14 @@ class PackedBooks(list):  # type: ignore[type-arg]
         return int(ex.min()) + PG_EPOCH_US, int(ex.max()) + PG_EPOCH_US
 
 
+#: A stored book row as a replay reads it back to find the rows it must not write again (a binary COPY tuple, no
+#: column NULL): the symbol id, the row's key (its update id, else its exchange time in µs since the Unix epoch) and
+#: the four prices. See :meth:`BookTuples.repeats`.
+STORED = np.dtype([("nf", ">i2"), ("l_sid", ">i4"), ("sid", ">i4"), ("l_key", ">i4"), ("key", ">i8"),
+                   ("l_bp", ">i4"), ("bp", ">f8"), ("l_bq", ">i4"), ("bq", ">f8"), ("l_ap", ">i4"), ("ap", ">f8"),
+                   ("l_aq", ">i4"), ("aq", ">f8")])
+
+
 class BookTuples:
     """Admitted book rows as their COPY tuples alone, without a record per row: the file replay's bulk form
     (:meth:`hftdb.exchanges.intake.Intake.process_lines`), which the writer takes as columns.
@@ -261,6 +269,37 @@ class BookTuples:
         """The tuples as a numpy record array of :data:`LAYOUT` (a view: read only)."""
         return np.frombuffer(self.buf, LAYOUT.dtype)
 
+    def repeats(self, stored: Any) -> Any:
+        """Which rows (numpy bool, one per row) equal a row of ``stored`` (:data:`STORED` records): the same symbol
+        id, key (their update id) and four prices, compared as values (``-0.0`` equals ``0.0``, NaN nothing), as a
+        set of the stored rows' tuples would compare them.
+
+        Both sides' rows are hashed to 64 bits and the hashes matched in one sorted pass; a row whose hash matches
+        is compared field by field with the stored row of that hash, and one that is not equal to it (two stored
+        rows sharing a hash, or a NaN) is settled against every stored row. A block of a million rows costs tens of
+        milliseconds, against ~1.5 s through a set of Python tuples."""
+        recs = self.columns()
+        theirs = (recs["sid"], recs["uid"], recs["bp"], recs["bq"], recs["ap"], recs["aq"])
+        ours = (stored["sid"], stored["key"], stored["bp"], stored["bq"], stored["ap"], stored["aq"])
+        h_rows, h_stored = _row_hashes(theirs), _row_hashes(ours)
+        order = np.argsort(h_stored, kind="stable")
+        sorted_h = h_stored[order]
+        cand = np.flatnonzero(np.isin(h_rows, sorted_h))
+        mask = np.zeros(len(recs), dtype=bool)
+        if not len(cand):
+            return mask
+        first = order[np.searchsorted(sorted_h, h_rows[cand])]
+        same = np.ones(len(cand), dtype=bool)
+        for mine, other in zip(theirs, ours):
+            same &= mine[cand] == other[first]
+        mask[cand[same]] = True
+        unsure = cand[~same]
+        if len(unsure):
+            every = set(zip(*(col.tolist() for col in ours)))
+            for i in unsure.tolist():
+                mask[i] = tuple(col[i].item() for col in theirs) in every
+        return mask
+
     def select(self, keep: Any) -> BookTuples:
         """The rows where ``keep`` (numpy bool, one per row) is true, as new tuples."""
         return BookTuples(self.recv_ts, self.exchange, self.ids, bytearray(self.columns()[keep].tobytes()))
@@ -278,3 +317,22 @@ class BookTuples:
         rows.buf = self.buf
         rows.lo = rows.hi = recv if rows else 0
         return rows
+
+
+_HASH_MULTIPLIERS = [np.uint64(m) for m in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9,
+                                            0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53)]
+
+
+def _row_hashes(columns: Sequence[Any]) -> Any:
+    # A 64-bit hash of each row's values (ints by value, floats by their bits after +0.0, so -0.0 hashes as 0.0):
+    # wrapping multiplications mixed with shifts. Equal rows hash equal; BookTuples.repeats settles collisions.
+    h = np.zeros(len(columns[0]), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for col, mult in zip(columns, _HASH_MULTIPLIERS):
+            if col.dtype.kind == "f":
+                bits = (col.astype(np.float64) + 0.0).view(np.uint64)
+            else:
+                bits = col.astype(np.int64).view(np.uint64)
+            h ^= bits * mult
+            h ^= h >> np.uint64(31)
+    return h
