@@ -58,7 +58,6 @@ balance without an exchange time has no identity and is written as it comes.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import io
 import logging
 import operator
@@ -229,15 +228,17 @@ _SNAPSHOT_LOOKUP = f"""SELECT t.symbol_id, t.update_id, t.exchange_ts, t.bid_pri
 # (a stored copy has its message's exchange time), one index range scan and no per-row parameters.
 _SNAPSHOT_WINDOW = f"""SELECT t.symbol_id, t.update_id, t.exchange_ts, t.bid_price, t.bid_qty, t.ask_price, t.ask_qty
     FROM {_SNAPSHOT_TABLE} t WHERE t.exchange_ts BETWEEN $1 AND $2"""
-#: The same window for a block of tuples (:meth:`_Stored._tuples`), as the binary COPY tuples of
-#: :data:`hftdb.wire.books.STORED` that numpy reads whole: the symbol id, the row's key as :func:`_key` makes it (its
-#: update id, else its exchange time in µs since the Unix epoch) and the four prices. No column is NULL: the
-#: window's rows have an exchange time, and prices are NOT NULL. ``{lo}``/``{hi}``: the window's bounds as ISO 8601 texts with their
-#: offset (formatted in by :func:`_iso`: a COPY takes no parameters).
-_SNAPSHOT_WINDOW_COPY = f"""SELECT t.symbol_id, coalesce(t.update_id, (extract(epoch FROM t.exchange_ts) * 1000000)::int8),
+#: The same for the windows of a block of tuples (:meth:`_Stored._tuples`), all in one statement, as the binary COPY
+#: tuples of :data:`hftdb.wire.books.STORED` that numpy reads whole: the symbol id, the row's key as :func:`_key`
+#: makes it (its update id, else its exchange time in µs since the Unix epoch) and the four prices. No column is
+#: NULL: the windows' rows have an exchange time, and prices are NOT NULL. (A row in two windows comes twice.) A
+#: COPY takes no parameters: asyncpg's ``copy_from_query`` has the server quote them (``quote_literal``) into the
+#: statement, a round trip that one statement a block, not one a window, keeps cheap.
+_SNAPSHOT_WINDOWS_COPY = f"""SELECT t.symbol_id,
+        coalesce(t.update_id, (extract(epoch FROM t.exchange_ts) * 1000000)::int8),
         t.bid_price, t.bid_qty, t.ask_price, t.ask_qty
-    FROM {_SNAPSHOT_TABLE} t
-    WHERE t.exchange_ts BETWEEN '{{lo}}'::timestamptz AND '{{hi}}'::timestamptz"""
+    FROM unnest($1::timestamptz[], $2::timestamptz[]) AS w(lo, hi)
+    JOIN {_SNAPSHOT_TABLE} t ON t.exchange_ts BETWEEN w.lo AND w.hi"""
 _WINDOW_US = 10_000_000
 # Rows of a block of tuples checked by one window (BookTuples: _Stored._tuples).
 _WINDOW_ROWS = 4096
@@ -412,15 +413,16 @@ class _Stored:
 
     async def _tuples(self, rows: BookTuples) -> BookTuples | None:
         """``rows`` without the stored ones, found by one range scan per run of :data:`_WINDOW_ROWS` rows (a block
-        of a file is about a thousand times that: its rows' times are near each other, not the whole block's);
-        None when a run spans more than :data:`_WINDOW_US` (then the block is checked as records).
+        of a file is about a thousand times that: its rows' times are near each other, not the whole block's), all
+        in one statement; None when a run spans more than :data:`_WINDOW_US` (then the block is checked as records).
 
         The stored rows come as binary COPY tuples and are matched in numpy (:meth:`BookTuples.repeats`): fetched as
         records and matched through a set of Python tuples, they cost a replay of stored rows ~2.5 µs a row of
         this process's CPU, more than the rest of the replay (BENCHMARKS.md, "Session 12")."""
         recs = rows.columns()
         ex = recs["ex"].astype(np.int64) + PG_EPOCH_US
-        found: list[bytes] = []
+        lows: list[int] = []
+        highs: list[int] = []
         for i in range(0, len(ex), _WINDOW_ROWS):
             part = ex[i:i + _WINDOW_ROWS]
             lowest, highest = int(part.min()), int(part.max())
@@ -428,16 +430,18 @@ class _Stored:
                 continue
             if highest - lowest > _WINDOW_US:
                 return None
-            chunks: list[bytes] = []
+            lows.append(lowest)
+            highs.append(highest)
+        if not lows:
+            return rows
+        chunks: list[bytes] = []
 
-            async def take(chunk: bytes, chunks: list[bytes] = chunks) -> None:
-                chunks.append(chunk)
+        async def take(chunk: bytes) -> None:
+            chunks.append(chunk)
 
-            await self.conn.copy_from_query(_SNAPSHOT_WINDOW_COPY.format(lo=_iso(lowest), hi=_iso(highest)),
-                                            output=take, format="binary")
-            data = b"".join(chunks)
-            found.append(data[_COPY_HEADER_BYTES:len(data) - _COPY_TRAILER_BYTES])
-        stored = np.frombuffer(b"".join(found), STORED)
+        await self.conn.copy_from_query(_SNAPSHOT_WINDOWS_COPY, lows, highs, output=take, format="binary")
+        data = b"".join(chunks)
+        stored = np.frombuffer(data[_COPY_HEADER_BYTES:len(data) - _COPY_TRAILER_BYTES], STORED)
         if not len(stored):
             return rows
         keep = ~rows.repeats(stored)
@@ -533,14 +537,6 @@ class _Stored:
             out.append(r)
         return out
 
-
-def _iso(us: int) -> str:
-    # µs since the Unix epoch as an exact timestamptz literal (ISO 8601 with its offset: no session setting reads it
-    # otherwise). The exchange times of packed rows passed the writer's time checks, well inside datetime's range.
-    return (_UNIX_EPOCH + datetime.timedelta(microseconds=us)).isoformat()
-
-
-_UNIX_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
 # A binary COPY's signature, flags and header extension length; its trailer (a field count of -1).
 _COPY_HEADER_BYTES = 19
