@@ -179,15 +179,17 @@ LAYOUTS = {(e, u): Layout(e, u) for e in (True, False) for u in (True, False)}
 #: whose book rows carry both times and an id: Binance USD-M, OKX). Its tuples are packed whole, field counts
 #: and lengths included, by :data:`PACK` and by the C hot paths alike, so the writer takes them as they are.
 LAYOUT = LAYOUTS[(True, True)]
-#: ``PACK(symbol_id, recv_ts - PG_EPOCH_US, exchange_ts - PG_EPOCH_US, bid, bid_qty, ask, ask_qty, update_id)``:
-#: one whole tuple, its field count and lengths too, as the C hot paths pack it (the writer then takes a call's
-#: tuples as they are, with no template OR-ed into each call).
+_ROW = LAYOUT.row.pack
+
+
 def PACK(symbol_id: int, recv: int, exchange: int, bid: float, bid_qty: float, ask: float, ask_qty: float,
          update_id: int) -> bytes:
+    """One whole :data:`LAYOUT` tuple, its field count and lengths too, as the C hot paths pack it (so the writer
+    takes a call's tuples as they are): ``PACK(symbol_id, recv_ts - PG_EPOCH_US, exchange_ts - PG_EPOCH_US, bid,
+    bid_qty, ask, ask_qty, update_id)``."""
     return _ROW(8, 4, symbol_id, 8, recv, 8, exchange, 8, bid, 8, bid_qty, 8, ask, 8, ask_qty, 8, update_id)
 
 
-_ROW = LAYOUT.row.pack
 #: Bytes per packed tuple.
 SIZE = LAYOUT.dtype.itemsize
 
