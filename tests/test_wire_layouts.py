@@ -8,13 +8,14 @@ tuples in PostgreSQL.
 from __future__ import annotations
 
 import random
+import struct
 from decimal import Decimal
 
 import numpy as np
 import pytest
 
 from hftdb.models import Balance, FundingRate, now_us
-from hftdb.wire.books import LAYOUTS, PACK, STORED, BookTuples, PackedBooks
+from hftdb.wire.books import LAYOUTS, PACK, STORED, BookTuples, PackedBooks, read_stored
 from hftdb.wire.copy import PG_EPOCH_US, decode_tuple
 from hftdb.wire.rows import balance_tuple, funding_tuple
 
@@ -85,3 +86,21 @@ def test_book_tuples_repeats_are_the_rows_a_set_of_the_stored_rows_holds():
     assert got.tolist() == expected
     assert 1000 < sum(expected) < 3000 and expected[-2] and not expected[-1]
     assert not tuples.repeats(np.zeros(0, STORED)).any()
+
+
+def test_stored_rows_are_read_only_from_tuples_of_their_layout():
+    # The replay reads a window's stored rows back from a binary COPY; a tuple of another shape (a NULL column
+    # shortens it by its value's 8 bytes) makes the whole read None, so that the block is checked as records.
+    whole = struct.Struct("!hiiiqidididid")
+    row = whole.pack(6, 4, 7, 8, 42, 8, 1.5, 8, 2.0, 8, 1.75, 8, 3.0)
+    recs = read_stored(row * 3)
+    assert recs is not None and recs["sid"].tolist() == [7] * 3 and recs["key"].tolist() == [42] * 3
+    assert recs["aq"].tolist() == [3.0] * 3
+    assert len(read_stored(b"")) == 0
+    with_null = struct.pack("!hiiiqiididid", 6, 4, 7, 8, 42, -1, 8, 2.0, 8, 1.75, 8, 3.0)  # bid_price NULL
+    assert read_stored(row + with_null) is None
+    assert read_stored(row[:-1]) is None
+    # Nine tuples of which one lacks 8 bytes and another has 8 more: the total fits the layout, the lengths do not.
+    longer = struct.Struct("!hiiiqidididid").pack(7, 4, 7, 8, 42, 8, 1.5, 8, 2.0, 8, 1.75, 8, 3.0) + bytes(8)
+    assert len(row * 7 + with_null + longer) % len(row) == 0
+    assert read_stored(row * 7 + with_null + longer) is None

@@ -82,7 +82,7 @@ from ..db.locks import unlock
 from ..tablespec import TIME_SERIES
 from ..manager import DatabaseManager
 from ..models import Balance, BookTicker, ExchangeName, FeedRows, FundingRate, now_us
-from ..wire.books import STORED, BookTuples, PackedBooks
+from ..wire.books import BookTuples, PackedBooks, read_stored
 from ..wire.copy import PG_EPOCH_US
 
 __all__ = ["MAX_LINE_BYTES", "ReplayProgress", "ReplayResult", "ReplayTuning", "ingest_file", "ingest_files",
@@ -441,7 +441,9 @@ class _Stored:
 
         await self.conn.copy_from_query(_SNAPSHOT_WINDOWS_COPY, lows, highs, output=take, format="binary")
         data = b"".join(chunks)
-        stored = np.frombuffer(data[_COPY_HEADER_BYTES:len(data) - _COPY_TRAILER_BYTES], STORED)
+        stored = read_stored(memoryview(data)[_COPY_HEADER_BYTES:len(data) - _COPY_TRAILER_BYTES])
+        if stored is None:
+            return None  # not the fixed-width tuples (a NULL would shorten one): check the block as records
         if not len(stored):
             return rows
         keep = ~rows.repeats(stored)

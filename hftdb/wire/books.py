@@ -28,7 +28,7 @@ from .copy import PG_EPOCH_US
 from .loader import NATIVE
 
 __all__ = ["COLUMNS", "BookTuples", "Layout", "LAYOUTS", "LAYOUT", "PACK", "SIZE", "STORED", "PackedBooks",
-           "ids_by_name", "cached_ids"]
+           "ids_by_name", "cached_ids", "read_stored"]
 
 _EXCHANGE = attrgetter("exchange")
 _SYMBOL = attrgetter("symbol")
@@ -226,10 +226,23 @@ class PackedBooks(list):  # type: ignore[type-arg]
 
 #: A stored book row as a replay reads it back to find the rows it must not write again (a binary COPY tuple, no
 #: column NULL): the symbol id, the row's key (its update id, else its exchange time in µs since the Unix epoch) and
-#: the four prices. See :meth:`BookTuples.repeats`.
+#: the four prices. See :func:`read_stored` and :meth:`BookTuples.repeats`.
 STORED = np.dtype([("nf", ">i2"), ("l_sid", ">i4"), ("sid", ">i4"), ("l_key", ">i4"), ("key", ">i8"),
                    ("l_bp", ">i4"), ("bp", ">f8"), ("l_bq", ">i4"), ("bq", ">f8"), ("l_ap", ">i4"), ("ap", ">f8"),
                    ("l_aq", ">i4"), ("aq", ">f8")])
+
+
+def read_stored(data: Any) -> Any:
+    """``data`` (a binary COPY's tuples, without its header and trailer) as :data:`STORED` records, or None when
+    they are not all of that layout (a NULL in a column, another column list): each tuple's field count and field
+    lengths are checked, so a shorter tuple cannot shift the rest into place unnoticed."""
+    if len(data) % STORED.itemsize:
+        return None
+    recs = np.frombuffer(data, STORED)
+    lengths_ok = (recs["nf"] == 6) & (recs["l_sid"] == 4)
+    for name in ("l_key", "l_bp", "l_bq", "l_ap", "l_aq"):
+        lengths_ok &= recs[name] == 8
+    return recs if lengths_ok.all() else None
 
 
 class BookTuples:
