@@ -22,23 +22,23 @@ exchange time in ms can be shared by two different messages). Rows already store
 duplicates, so replaying a file twice, or a file that overlaps what was stored live or by an earlier replay,
 writes each message once. Two sources of duplicates, checked two ways:
 
-* *Rows stored before the replay began.* Before the first row is written, the book rows of the venue that a
-  frame of the files could repeat are copied once into a temporary table on the replay's own connection,
-  indexed by exchange time (and by key once a block must be checked key by key). A stored copy of a message was received (or replayed) after the exchange sent it, and has
-  the message's exchange time, so these are the rows received since the earliest first-frame exchange time
-  less :data:`DISORDER_US` (a capture is only roughly in time order) and 1 s of clock skew, sent from then on
-  and, when every file is plain (its last block can be read), until the newest time of the last blocks plus
-  :data:`DISORDER_US`; rows without an exchange time are copied whenever received in range, and a capture
-  without exchange times (Binance spot bookTicker) takes all the venue's rows. The server scans the rows
-  received in range once; it copies only those in range. A block is then checked against that table only:
-  not at all when it is newer than every copied row (a backfill into an empty range, the new part of an
-  overlap), by one index range scan of its exchange-time window when it spans at most 10 s (a block of
-  USD-M bookTicker tuples gets the window's stored rows as binary COPY tuples and matches them in numpy,
+* *Rows stored before the replay began.* Before the first row is written, the book rows of the venue that a frame of
+  the files could repeat are copied once into a temporary table on the replay's own connection, indexed by exchange
+  time (and by key once a block must be checked key by key). A stored copy of a message was received (or replayed)
+  after the exchange sent it, and has the message's exchange time, so these are the rows received since the earliest
+  first-frame exchange time less :data:`DISORDER_US` (a capture is only roughly in time order) and 1 s of clock
+  skew, sent from then on and, when every file is plain (its last block can be read), until the newest time of the
+  last blocks plus :data:`DISORDER_US`; rows without an exchange time are copied whenever received in range, and a
+  capture without exchange times (Binance spot bookTicker) takes all the venue's rows. The server scans the rows
+  received in range once; it copies only those in range. A block is then checked against that table only: not at all
+  when it is newer than every copied row (a backfill into an empty range, the new part of an overlap), by one index
+  range scan of its exchange-time window when it spans at most 10 s (a block of USD-M bookTicker tuples gets the
+  window's stored rows as binary COPY tuples and matches them in numpy,
   :meth:`~hftdb.wire.books.BookTuples.repeats`), else key by key for the rows inside the span of stored keys of
-  their symbol. It never reads the rows the replay itself
-  writes, the reason the lookup it replaces (one query a block over the growing hot partition, BRIN only)
-  made a replay's time grow with the square of its length. A row outside the copied range (more out of
-  order than :data:`DISORDER_US`) is looked up in ``book_tickers`` itself, as before.
+  their symbol. It never reads the rows the replay itself writes, the reason the lookup it replaces (one query a
+  block over the growing hot partition, BRIN only) made a replay's time grow with the square of its length. A row
+  outside the copied range (more out of order than :data:`DISORDER_US`) is looked up in ``book_tickers`` itself, as
+  before.
 * *Rows this replay wrote* (a file that repeats itself, files that overlap each other): the intake's admission
   drops a row whose key is not newer than its symbol's last, as on a live feed of several connections.
 
