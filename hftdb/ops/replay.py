@@ -31,14 +31,13 @@ writes each message once. Two sources of duplicates, checked two ways:
   last blocks plus :data:`DISORDER_US`; rows without an exchange time are copied whenever received in range, and a
   capture without exchange times (Binance spot bookTicker) takes all the venue's rows. The server scans the rows
   received in range once; it copies only those in range. A block is then checked against that table only: not at all
-  when it is newer than every copied row (a backfill into an empty range, the new part of an overlap), by one index
-  range scan of its exchange-time window when it spans at most 10 s (a block of USD-M bookTicker tuples gets the
-  window's stored rows as binary COPY tuples and matches them in numpy,
-  :meth:`~hftdb.wire.books.BookTuples.repeats`), else key by key for the rows inside the span of stored keys of
-  their symbol. It never reads the rows the replay itself writes, the reason the lookup it replaces (one query a
-  block over the growing hot partition, BRIN only) made a replay's time grow with the square of its length. A row
-  outside the copied range (more out of order than :data:`DISORDER_US`) is looked up in ``book_tickers`` itself, as
-  before.
+  when it is newer than every copied row (a backfill into an empty range, the new part of an overlap), by index
+  range scans of its exchange-time windows when each run of 4,096 of its rows spans at most 10 s (the windows'
+  stored rows come back as binary COPY tuples and are matched in numpy, :func:`~hftdb.wire.books.repeats_of`), else
+  key by key for the rows inside the span of stored keys of their symbol. It never reads the rows the replay itself
+  writes, the reason the lookup it replaces (one query a block over the growing hot partition, BRIN only) made a
+  replay's time grow with the square of its length. A row outside the copied range (more out of order than
+  :data:`DISORDER_US`) is looked up in ``book_tickers`` itself, as before.
 * *Rows this replay wrote* (a file that repeats itself, files that overlap each other): the intake's admission
   drops a row whose key is not newer than its symbol's last, as on a live feed of several connections.
 
@@ -82,7 +81,7 @@ from ..db.locks import unlock
 from ..tablespec import TIME_SERIES
 from ..manager import DatabaseManager
 from ..models import Balance, BookTicker, ExchangeName, FeedRows, FundingRate, now_us
-from ..wire.books import BookTuples, PackedBooks, read_stored
+from ..wire.books import BookTuples, PackedBooks, read_stored, repeats_of
 from ..wire.copy import PG_EPOCH_US
 
 __all__ = ["MAX_LINE_BYTES", "ReplayProgress", "ReplayResult", "ReplayTuning", "ingest_file", "ingest_files",
@@ -224,23 +223,21 @@ _SNAPSHOT_LOOKUP = f"""SELECT t.symbol_id, t.update_id, t.exchange_ts, t.bid_pri
         USING (symbol_id, exchange_ts)
     WHERE t.update_id IS NULL"""
 
-# A block of rows that all have exchange times, spread over at most _WINDOW_US: every copied row of that window
-# (a stored copy has its message's exchange time), one index range scan and no per-row parameters.
-_SNAPSHOT_WINDOW = f"""SELECT t.symbol_id, t.update_id, t.exchange_ts, t.bid_price, t.bid_qty, t.ask_price, t.ask_qty
-    FROM {_SNAPSHOT_TABLE} t WHERE t.exchange_ts BETWEEN $1 AND $2"""
-#: The same for the windows of a block of tuples (:meth:`_Stored._tuples`), all in one statement, as the binary COPY
-#: tuples of :data:`hftdb.wire.books.STORED` that numpy reads whole: the symbol id, the row's key as :func:`_key`
-#: makes it (its update id, else its exchange time in µs since the Unix epoch) and the four prices. No column is
-#: NULL: the windows' rows have an exchange time, and prices are NOT NULL. (A row in two windows comes twice.) A
-#: COPY takes no parameters: asyncpg's ``copy_from_query`` has the server quote them (``quote_literal``) into the
-#: statement, a round trip that one statement a block, not one a window, keeps cheap.
+# A block of rows that all have exchange times, in runs of _WINDOW_ROWS rows each spread over at most _WINDOW_US:
+# every copied row of each run's window (a stored copy has its message's exchange time), one index range scan a
+# window and no per-row parameters, all in one statement (:meth:`_Stored._stored_windows`), as the binary COPY
+# tuples of :data:`hftdb.wire.books.STORED` that numpy reads whole: the symbol id, the row's key as :func:`_key`
+# makes it (its update id, else its exchange time in µs since the Unix epoch) and the four prices. No column is
+# NULL: the windows' rows have an exchange time, and prices are NOT NULL. (A row in two windows comes twice.) A COPY
+# takes no parameters: asyncpg's ``copy_from_query`` has the server quote them (``quote_literal``) into the
+# statement, a round trip that one statement a block, not one a window, keeps cheap.
 _SNAPSHOT_WINDOWS_COPY = f"""SELECT t.symbol_id,
         coalesce(t.update_id, (extract(epoch FROM t.exchange_ts) * 1000000)::int8),
         t.bid_price, t.bid_qty, t.ask_price, t.ask_qty
     FROM unnest($1::timestamptz[], $2::timestamptz[]) AS w(lo, hi)
     JOIN {_SNAPSHOT_TABLE} t ON t.exchange_ts BETWEEN w.lo AND w.hi"""
 _WINDOW_US = 10_000_000
-# Rows of a block of tuples checked by one window (BookTuples: _Stored._tuples).
+# Rows of a block checked by one window (_Stored._tuples, _Stored._record_windows).
 _WINDOW_ROWS = 4096
 # The copy reads every row received in range once: on a big database that is longer than a command's usual
 # timeout, and it is not a hang.
@@ -373,9 +370,11 @@ class _Stored:
             if until is None or highest <= until:  # the whole block inside the copied range
                 if lowest > self._newest:
                     return rows
-                if self._windows and highest - lowest <= _WINDOW_US:
-                    await self._keyed()  # (_drop reads the spans' ids)
-                    return self._drop(rows, await self.conn.fetch(_SNAPSHOT_WINDOW, lowest, highest))
+                if self._windows:
+                    await self._keyed()  # (the rows' ids come with the spans)
+                    checked = await self._record_windows(rows)
+                    if checked is not None:
+                        return checked
         await self._keyed()
         spans = self._spans
         snap_u: list[int] = []
@@ -419,29 +418,12 @@ class _Stored:
         The stored rows come as binary COPY tuples and are matched in numpy (:meth:`BookTuples.repeats`): fetched as
         records and matched through a set of Python tuples, they cost a replay of stored rows ~2.5 µs a row of
         this process's CPU, more than the rest of the replay (BENCHMARKS.md, "Session 12")."""
-        recs = rows.columns()
-        ex = recs["ex"].astype(np.int64) + PG_EPOCH_US
-        lows: list[int] = []
-        highs: list[int] = []
-        for i in range(0, len(ex), _WINDOW_ROWS):
-            part = ex[i:i + _WINDOW_ROWS]
-            lowest, highest = int(part.min()), int(part.max())
-            if lowest > self._newest:
-                continue
-            if highest - lowest > _WINDOW_US:
-                return None
-            lows.append(lowest)
-            highs.append(highest)
-        if not lows:
+        windows = _windows(rows.columns()["ex"].astype(np.int64) + PG_EPOCH_US, self._newest)
+        if windows is None:
+            return None
+        if not windows[0]:
             return rows
-        chunks: list[bytes] = []
-
-        async def take(chunk: bytes) -> None:
-            chunks.append(chunk)
-
-        await self.conn.copy_from_query(_SNAPSHOT_WINDOWS_COPY, lows, highs, output=take, format="binary")
-        data = b"".join(chunks)
-        stored = read_stored(memoryview(data)[_COPY_HEADER_BYTES:len(data) - _COPY_TRAILER_BYTES])
+        stored = await self._stored_windows(*windows)
         if stored is None:
             return None  # not the fixed-width tuples (a NULL would shorten one): check the block as records
         if not len(stored):
@@ -453,13 +435,69 @@ class _Stored:
         self.duplicates += dropped
         return rows.select(keep)
 
+    async def _record_windows(self, rows: list[BookTicker]) -> list[BookTicker] | None:
+        """:meth:`_tuples` for records that all have an exchange time: ``rows`` without the stored ones (``rows``
+        itself, packed rows intact, when none is), or None when a run of :data:`_WINDOW_ROWS` rows spans more
+        than :data:`_WINDOW_US` or the rows' values do not fit the arrays (then they are checked key by key). Their
+        values are read into numpy columns once and matched with :func:`hftdb.wire.books.repeats_of`; each row's
+        id is its stored symbol's, as in :meth:`_drop`."""
+        try:
+            ex = np.fromiter(map(_EXCHANGE_TS, rows), dtype=np.int64, count=len(rows))
+            prices = [np.fromiter(map(get, rows), dtype=np.float64, count=len(rows)) for get in _PRICES]
+        except (TypeError, ValueError, OverflowError):
+            return None
+        windows = _windows(ex, self._newest)
+        if windows is None:
+            return None
+        if not windows[0]:
+            return rows
+        stored = await self._stored_windows(*windows)
+        if stored is None:
+            return None
+        if not len(stored):
+            return rows
+        get = self._ids_by_symbol().get
+        sids: list[int] = []
+        keys: list[int] = []
+        for r in rows:
+            sid = get(r.symbol, r.symbol_id)
+            key = _key(r)
+            if sid is None or key is None:  # no id, or a key out of range: nothing stored can equal it
+                sid, key = -1, 0
+            sids.append(sid)
+            keys.append(key)
+        try:
+            columns = (np.array(sids, dtype=np.int64), np.array(keys, dtype=np.int64), *prices)
+        except OverflowError:  # an id past int8: check these rows key by key
+            return None
+        drop = repeats_of(columns, stored) & (columns[0] >= 0)
+        dropped = int(drop.sum())
+        if not dropped:
+            return rows
+        self.duplicates += dropped
+        return [r for r, d in zip(rows, drop.tolist()) if not d]
+
+    async def _stored_windows(self, lows: list[int], highs: list[int]) -> Any:
+        # The copied rows of these exchange-time windows, as STORED records (None: not tuples of that layout).
+        chunks: list[bytes] = []
+
+        async def take(chunk: bytes) -> None:
+            chunks.append(chunk)
+
+        await self.conn.copy_from_query(_SNAPSHOT_WINDOWS_COPY, lows, highs, output=take, format="binary")
+        data = b"".join(chunks)
+        return read_stored(memoryview(data)[_COPY_HEADER_BYTES:len(data) - _COPY_TRAILER_BYTES])
+
+    def _ids_by_symbol(self) -> dict[str, int]:
+        ids = {sym: span[0] for sym, span in self._spans.items()}
+        ids.update({s: i for s, i in self._ids.items() if i is not None})
+        return ids
+
     def _drop(self, rows: list[BookTicker], found: list[Any]) -> list[BookTicker]:
         if not found:
             return rows
         stored = {(sid, u if u is not None else t, bp, bq, ap, aq) for sid, u, t, bp, bq, ap, aq in found}
-        ids = {sym: span[0] for sym, span in self._spans.items()}
-        ids.update({s: i for s, i in self._ids.items() if i is not None})
-        get = ids.get
+        get = self._ids_by_symbol().get
         out = []
         # Out-of-range values need no check here: nothing stored can equal them.
         for r in rows:
@@ -539,6 +577,25 @@ class _Stored:
             out.append(r)
         return out
 
+
+def _windows(ex: Any, newest: int) -> tuple[list[int], list[int]] | None:
+    # The exchange-time window of each run of _WINDOW_ROWS rows (by their exchange times, ``ex``) that may hold a
+    # copied row (not newer than ``newest``), as (lows, highs); None when a run spans more than _WINDOW_US.
+    lows: list[int] = []
+    highs: list[int] = []
+    for i in range(0, len(ex), _WINDOW_ROWS):
+        part = ex[i:i + _WINDOW_ROWS]
+        lowest, highest = int(part.min()), int(part.max())
+        if lowest > newest:
+            continue
+        if highest - lowest > _WINDOW_US:
+            return None
+        lows.append(lowest)
+        highs.append(highest)
+    return lows, highs
+
+
+_PRICES = tuple(operator.attrgetter(name) for name in ("bid_price", "bid_qty", "ask_price", "ask_qty"))
 
 # A binary COPY's signature, flags and header extension length; its trailer (a field count of -1).
 _COPY_HEADER_BYTES = 19

@@ -28,7 +28,7 @@ from .copy import PG_EPOCH_US
 from .loader import NATIVE
 
 __all__ = ["COLUMNS", "BookTuples", "Layout", "LAYOUTS", "LAYOUT", "PACK", "SIZE", "STORED", "PackedBooks",
-           "ids_by_name", "cached_ids", "read_stored"]
+           "ids_by_name", "cached_ids", "read_stored", "repeats_of"]
 
 _EXCHANGE = attrgetter("exchange")
 _SYMBOL = attrgetter("symbol")
@@ -226,7 +226,7 @@ class PackedBooks(list):  # type: ignore[type-arg]
 
 #: A stored book row as a replay reads it back to find the rows it must not write again (a binary COPY tuple, no
 #: column NULL): the symbol id, the row's key (its update id, else its exchange time in µs since the Unix epoch) and
-#: the four prices. See :func:`read_stored` and :meth:`BookTuples.repeats`.
+#: the four prices. See :func:`read_stored` and :func:`repeats_of`.
 STORED = np.dtype([("nf", ">i2"), ("l_sid", ">i4"), ("sid", ">i4"), ("l_key", ">i4"), ("key", ">i8"),
                    ("l_bp", ">i4"), ("bp", ">f8"), ("l_bq", ">i4"), ("bq", ">f8"), ("l_ap", ">i4"), ("ap", ">f8"),
                    ("l_aq", ">i4"), ("aq", ">f8")])
@@ -243,6 +243,37 @@ def read_stored(data: Any) -> Any:
     for name in ("l_key", "l_bp", "l_bq", "l_ap", "l_aq"):
         lengths_ok &= recs[name] == 8
     return recs if lengths_ok.all() else None
+
+
+def repeats_of(columns: Sequence[Any], stored: Any) -> Any:
+    """Which rows of ``columns`` (numpy arrays: symbol id, key, bid, bid qty, ask, ask qty) equal a row of ``stored``
+    (:data:`STORED` records): the same six values, compared as values (``-0.0`` equals ``0.0``, NaN nothing), as a
+    set of the stored rows' tuples would compare them. Numpy bool, one per row.
+
+    Both sides' rows are hashed to 64 bits and the hashes matched in one sorted pass; a row whose hash matches is
+    compared field by field with the stored row of that hash, and one that is not equal to it (two stored rows
+    sharing a hash, or a NaN) is settled against every stored row. A block of a million rows costs tens of
+    milliseconds, against ~1.5 s through a set of Python tuples."""
+    theirs = tuple(columns)
+    ours = (stored["sid"], stored["key"], stored["bp"], stored["bq"], stored["ap"], stored["aq"])
+    h_rows, h_stored = _row_hashes(theirs), _row_hashes(ours)
+    order = np.argsort(h_stored, kind="stable")
+    sorted_h = h_stored[order]
+    cand = np.flatnonzero(np.isin(h_rows, sorted_h))
+    mask = np.zeros(len(theirs[0]), dtype=bool)
+    if not len(cand):
+        return mask
+    first = order[np.searchsorted(sorted_h, h_rows[cand])]
+    same = np.ones(len(cand), dtype=bool)
+    for mine, other in zip(theirs, ours):
+        same &= mine[cand] == other[first]
+    mask[cand[same]] = True
+    unsure = cand[~same]
+    if len(unsure):
+        every = set(zip(*(col.tolist() for col in ours)))
+        for i in unsure.tolist():
+            mask[i] = tuple(col[i].item() for col in theirs) in every
+    return mask
 
 
 class BookTuples:
@@ -285,35 +316,10 @@ class BookTuples:
         return np.frombuffer(self.buf, LAYOUT.dtype)
 
     def repeats(self, stored: Any) -> Any:
-        """Which rows (numpy bool, one per row) equal a row of ``stored`` (:data:`STORED` records): the same symbol
-        id, key (their update id) and four prices, compared as values (``-0.0`` equals ``0.0``, NaN nothing), as a
-        set of the stored rows' tuples would compare them.
-
-        Both sides' rows are hashed to 64 bits and the hashes matched in one sorted pass; a row whose hash matches
-        is compared field by field with the stored row of that hash, and one that is not equal to it (two stored
-        rows sharing a hash, or a NaN) is settled against every stored row. A block of a million rows costs tens of
-        milliseconds, against ~1.5 s through a set of Python tuples."""
+        """Which rows (numpy bool, one per row) equal a row of ``stored`` (:data:`STORED` records), as
+        :func:`repeats_of` compares them (their update id is their key)."""
         recs = self.columns()
-        theirs = (recs["sid"], recs["uid"], recs["bp"], recs["bq"], recs["ap"], recs["aq"])
-        ours = (stored["sid"], stored["key"], stored["bp"], stored["bq"], stored["ap"], stored["aq"])
-        h_rows, h_stored = _row_hashes(theirs), _row_hashes(ours)
-        order = np.argsort(h_stored, kind="stable")
-        sorted_h = h_stored[order]
-        cand = np.flatnonzero(np.isin(h_rows, sorted_h))
-        mask = np.zeros(len(recs), dtype=bool)
-        if not len(cand):
-            return mask
-        first = order[np.searchsorted(sorted_h, h_rows[cand])]
-        same = np.ones(len(cand), dtype=bool)
-        for mine, other in zip(theirs, ours):
-            same &= mine[cand] == other[first]
-        mask[cand[same]] = True
-        unsure = cand[~same]
-        if len(unsure):
-            every = set(zip(*(col.tolist() for col in ours)))
-            for i in unsure.tolist():
-                mask[i] = tuple(col[i].item() for col in theirs) in every
-        return mask
+        return repeats_of((recs["sid"], recs["uid"], recs["bp"], recs["bq"], recs["ap"], recs["aq"]), stored)
 
     def select(self, keep: Any) -> BookTuples:
         """The rows where ``keep`` (numpy bool, one per row) is true, as new tuples."""
@@ -340,7 +346,7 @@ _HASH_MULTIPLIERS = [np.uint64(m) for m in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB
 
 def _row_hashes(columns: Sequence[Any]) -> Any:
     # A 64-bit hash of each row's values (ints by value, floats by their bits after +0.0, so -0.0 hashes as 0.0):
-    # wrapping multiplications mixed with shifts. Equal rows hash equal; BookTuples.repeats settles collisions.
+    # wrapping multiplications mixed with shifts. Equal rows hash equal; repeats_of settles collisions.
     h = np.zeros(len(columns[0]), dtype=np.uint64)
     with np.errstate(over="ignore"):
         for col, mult in zip(columns, _HASH_MULTIPLIERS):
