@@ -81,7 +81,7 @@ from ..db.locks import unlock
 from ..tablespec import TIME_SERIES
 from ..manager import DatabaseManager
 from ..models import Balance, BookTicker, ExchangeName, FeedRows, FundingRate, now_us
-from ..wire.books import BookTuples, PackedBooks, read_stored, repeats_of
+from ..wire.books import STORED, BookTuples, PackedBooks, read_stored, repeats_of
 from ..wire.copy import PG_EPOCH_US
 
 __all__ = ["MAX_LINE_BYTES", "ReplayProgress", "ReplayResult", "ReplayTuning", "ingest_file", "ingest_files",
@@ -418,14 +418,9 @@ class _Stored:
         The stored rows come as binary COPY tuples and are matched in numpy (:meth:`BookTuples.repeats`): fetched as
         records and matched through a set of Python tuples, they cost a replay of stored rows ~2.5 µs a row of
         this process's CPU, more than the rest of the replay (BENCHMARKS.md, "Session 12")."""
-        windows = _windows(rows.columns()["ex"].astype(np.int64) + PG_EPOCH_US, self._newest)
-        if windows is None:
-            return None
-        if not windows[0]:
-            return rows
-        stored = await self._stored_windows(*windows)
+        stored = await self._stored_windows(rows.columns()["ex"].astype(np.int64) + PG_EPOCH_US)
         if stored is None:
-            return None  # not the fixed-width tuples (a NULL would shorten one): check the block as records
+            return None
         if not len(stored):
             return rows
         keep = ~rows.repeats(stored)
@@ -446,12 +441,7 @@ class _Stored:
             prices = [np.fromiter(map(get, rows), dtype=np.float64, count=len(rows)) for get in _PRICES]
         except (TypeError, ValueError, OverflowError):
             return None
-        windows = _windows(ex, self._newest)
-        if windows is None:
-            return None
-        if not windows[0]:
-            return rows
-        stored = await self._stored_windows(*windows)
+        stored = await self._stored_windows(ex)
         if stored is None:
             return None
         if not len(stored):
@@ -477,8 +467,16 @@ class _Stored:
         self.duplicates += dropped
         return [r for r, d in zip(rows, drop.tolist()) if not d]
 
-    async def _stored_windows(self, lows: list[int], highs: list[int]) -> Any:
-        # The copied rows of these exchange-time windows, as STORED records (None: not tuples of that layout).
+    async def _stored_windows(self, ex: Any) -> Any:
+        # The copied rows in the windows of a block's runs of rows (``ex``: their exchange times, µs since the Unix
+        # epoch), as STORED records (none when every run is newer than every copied row); None when a run spans
+        # more than _WINDOW_US, or the server's tuples are not of that layout (a NULL would shorten one).
+        windows = _windows(ex, self._newest)
+        if windows is None:
+            return None
+        lows, highs = windows
+        if not lows:
+            return np.zeros(0, STORED)
         chunks: list[bytes] = []
 
         async def take(chunk: bytes) -> None:
