@@ -82,7 +82,7 @@ from ..tablespec import TIME_SERIES
 from ..manager import DatabaseManager
 from ..models import Balance, BookTicker, ExchangeName, FeedRows, FundingRate, now_us
 from ..wire.books import STORED, BookTuples, PackedBooks, read_stored, repeats_of
-from ..wire.copy import PG_EPOCH_US
+from ..wire.copy import HEADER, PG_EPOCH_US, TRAILER
 
 __all__ = ["MAX_LINE_BYTES", "ReplayProgress", "ReplayResult", "ReplayTuning", "ingest_file", "ingest_files",
            "line_blocks", "line_pieces", "replay_frames"]
@@ -484,7 +484,7 @@ class _Stored:
 
         await self.conn.copy_from_query(_SNAPSHOT_WINDOWS_COPY, lows, highs, output=take, format="binary")
         data = b"".join(chunks)
-        return read_stored(memoryview(data)[_COPY_HEADER_BYTES:len(data) - _COPY_TRAILER_BYTES])
+        return read_stored(memoryview(data)[len(HEADER):len(data) - len(TRAILER)])
 
     def _ids_by_symbol(self) -> dict[str, int]:
         ids = {sym: span[0] for sym, span in self._spans.items()}
@@ -594,11 +594,6 @@ def _windows(ex: Any, newest: int) -> tuple[list[int], list[int]] | None:
 
 
 _PRICES = tuple(operator.attrgetter(name) for name in ("bid_price", "bid_qty", "ask_price", "ask_qty"))
-
-# A binary COPY's signature, flags and header extension length; its trailer (a field count of -1).
-_COPY_HEADER_BYTES = 19
-_COPY_TRAILER_BYTES = 2
-
 
 def _plain(text: str) -> bool:
     # What the server's text type can hold and a venue's symbol can be: no NUL, no lone surrogate.
