@@ -17,7 +17,7 @@ import types
 import typing
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, Mapping
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
@@ -45,6 +45,7 @@ __all__ = [
     "load_settings",
     "locate_config",
     "apply_env",
+    "NOT_CONFIG_ENV",
     "redact_dsn",
     "dsn_problem",
 ]
@@ -390,7 +391,7 @@ def _resolve_env(name: str, key: str, tp: type[msgspec.Struct], path: tuple[str,
 def _env_overrides(environ: Mapping[str, str], settings_type: type) -> dict[tuple[str, ...], tuple[str, Any]]:
     out: dict[tuple[str, ...], tuple[str, Any]] = {}
     for name, value in environ.items():
-        if not name.startswith("HFTDB_") or name in _IGNORED_ENV:
+        if not name.startswith("HFTDB_") or name in NOT_CONFIG_ENV:
             continue
         key = name[len("HFTDB_"):].lower()
         if key == "dsn":
@@ -430,8 +431,17 @@ def _copy_tables(raw: dict[str, Any]) -> dict[str, Any]:
     return {k: _copy_tables(v) if isinstance(v, dict) else v for k, v in raw.items()}
 
 
-# Variables that share the prefix but are not config keys.
-_IGNORED_ENV = frozenset({"HFTDB_TEST_DSN", "HFTDB_CONFIG"})
+#: hftdb's own environment variables that share the prefix but are not config keys, with what each does. Every
+#: other ``HFTDB_`` variable must name a section and key (:func:`apply_env`), so these are the only ones a shell may
+#: hold for the daemon, the CLI and :class:`~hftdb.DatabaseManager` without a ConfigError.
+NOT_CONFIG_ENV: Final[Mapping[str, str]] = types.MappingProxyType({
+    "HFTDB_CONFIG": "the config file to load (locate_config)",
+    "HFTDB_NO_C": "1 turns the C extensions off for the process (hftdb.wire.loader)",
+    "HFTDB_TEST_DSN": "the server the test suite uses instead of an embedded one",
+    "HFTDB_BENCH_DSN": "the server the benchmarks use instead of an embedded one",
+    "HFTDB_CITUS_PG_BIN": "the PostgreSQL bin directory with Citus that the Citus tests and bench start",
+    "HFTDB_FUZZ_PROFILE": "'long' makes the property-based fuzz tests draw many more examples",
+})
 
 
 def _parse_env_value(text: str, ftype: Any) -> Any:

@@ -14,9 +14,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from hftdb.config import Settings, VENUE_CHANNELS, apply_env, load_settings, locate_config
+from hftdb.config import NOT_CONFIG_ENV, Settings, VENUE_CHANNELS, apply_env, load_settings, locate_config
 from hftdb.errors import ConfigError
 from hftdb.service.logsetup import configure_logging
+from hftdb.wire import loader
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "config" / "default.toml"
@@ -209,6 +210,26 @@ def test_json_logs_carry_extra_fields_and_never_a_password():
     assert "ValueError" in second["exc"] and "hunter2" not in stream.getvalue()
 
 
+@pytest.mark.parametrize("name", sorted(NOT_CONFIG_ENV))
+def test_hftdbs_own_variables_that_are_not_config_keys_are_left_alone(name):
+    # HFTDB_NO_C=1 (documented in the README) once stopped the daemon, the CLI and DatabaseManager() with
+    # "environment variable HFTDB_NO_C: no config section matches".
+    assert load_settings(DEFAULT, environ={name: "1"}) == load_settings(DEFAULT, environ={})
+
+
+_ENV_READ = re.compile(r"""(?:environ(?:\.get)?[\[(]|getenv\()\s*["'](HFTDB_[A-Z0-9_]+)["']""")
+
+
+def test_every_hftdb_variable_the_code_reads_is_a_config_key_or_declared_as_not_one():
+    files = [ROOT / "run.py", *(p for d in ("hftdb", "tests", "benchmarks") for p in (ROOT / d).rglob("*.py"))]
+    read = {loader.ENV_DISABLE}
+    for path in files:
+        read |= set(_ENV_READ.findall(path.read_text()))
+    assert {"HFTDB_CONFIG", "HFTDB_TEST_DSN", "HFTDB_BENCH_DSN", "HFTDB_CITUS_PG_BIN", "HFTDB_FUZZ_PROFILE"} <= read
+    for name in sorted(read - set(NOT_CONFIG_ENV)):
+        apply_env({}, {name: "1"})  # a config key, or ConfigError: declare it in NOT_CONFIG_ENV
+
+
 # -- what a user sees: one line, no traceback ---------------------------------------------------------------
 
 
@@ -243,4 +264,12 @@ def test_config_via_hftdb_config_and_a_disabled_everything(tmp_path):
     path = write(tmp_path, "".join(f"[exchanges.{v}]\nenabled = false\n" for v in VENUE_CHANNELS))
     proc = _run([str(ROOT / "run.py"), "--demo"], tmp_path, HFTDB_CONFIG=str(path))
     assert proc.returncode == 1
+    assert proc.stderr.strip() == "hftdb: [exchanges]: every venue is disabled; enable at least one (enabled = true)"
+
+
+def test_the_c_switch_does_not_stop_the_daemon(tmp_path):
+    path = write(tmp_path, "".join(f"[exchanges.{v}]\nenabled = false\n" for v in VENUE_CHANNELS))
+    env = {name: "1" for name in NOT_CONFIG_ENV if name != "HFTDB_CONFIG"}
+    proc = _run([str(ROOT / "run.py"), "--demo", "--config", str(path)], tmp_path, **env)
+    # (Past the configuration: it is the venues, all disabled here, that stop it.)
     assert proc.stderr.strip() == "hftdb: [exchanges]: every venue is disabled; enable at least one (enabled = true)"
