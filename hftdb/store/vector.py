@@ -10,7 +10,7 @@ calls (:mod:`hftdb.store.packed`). A call's rows become binary COPY tuples in a 
    in the same pass; where it is not built (or refuses the call), each row's whole msgspec ``astuple`` is packed
    by one precompiled ``struct.Struct`` per NULL pattern, in BookTicker's field order, all driven from C
    (``starmap``), strict about types (a string price or a float time raises ``struct.error``); names, and the
-   fields the pattern has as NULL, take one ignored byte each (:class:`_Whole`), and numpy moves those columns
+   fields the pattern has as NULL, take one ignored byte each (``hftdb.wire.books`` ``_Whole``), and numpy moves those columns
    into COPY tuples made from a template that holds the constant field count and lengths;
 2. numpy views of the tuples give the columns for validation (only when some row fails the C packer's check),
    the receipt-time range, the partitions the rows fall in and the newest row per symbol.
