@@ -233,8 +233,13 @@ def test_join_baseline(benchmark, loop, db):
 @pytest.mark.parametrize("name, sql", [("rows_baseline", _ROWS_BASELINE), ("rows_exchange_id", _ROWS_EXCHANGE_ID)])
 def test_rows(benchmark, loop, db, name, sql):
     ex_id = loop.run_until_complete(db.get_exchange_by_enum(EXCHANGE)).id
-    # A read pool of its own on the same database, as the manager's reader holds on the primary.
-    pool = ReadPool(loop.run_until_complete(asyncpg.create_pool(db.dsn, min_size=2, max_size=2, init=init_connection)))
+    # A read pool of its own on the same database, as the manager's reader holds on the primary. Created inside a
+    # coroutine: a pool built outside one binds to whatever loop is current then, not to this one.
+
+    async def make_pool() -> asyncpg.Pool:
+        return await asyncpg.create_pool(db.dsn, min_size=2, max_size=2, init=init_connection)
+
+    pool = ReadPool(loop.run_until_complete(make_pool()))
     directory = SymbolDirectory()
     for sym in loop.run_until_complete(db.get_symbols_by_exchange(EXCHANGE)):
         directory.remember(sym.id, sym.exchange_id, EXCHANGE.value, sym.symbol)
