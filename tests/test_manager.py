@@ -319,6 +319,23 @@ async def test_maintenance_and_retention_through_the_manager(dsn, tmp_path):
         assert await sql(db).fetchval("SELECT count(*) FROM book_tickers") == 10
 
 
+async def test_a_backfill_reaching_new_days_commits_without_a_failed_attempt(dsn, tmp_path, caplog):
+    # Two commits in flight reach a day that has no partition yet: the first creates it inside its transaction, so
+    # the second must wait for that commit, not COPY into a partition it cannot see yet (found in a benchmark: a
+    # failed attempt, a retry and a warning for each new day a backfill reached).
+    day = 86_400_000_000
+    async with DatabaseManager(dsn, settings=settings(tmp_path, batch_max_rows=500, commit_max_rows=1000)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        for back in (50, 49, 48):
+            base = (now_us() // day - back) * day + 3_600_000_000
+            assert await db.insert_book_ticker_snapshots(tickers(5000, start_id=back * 10_000, base_ts=base)) == 5000
+        await db.flush()
+        stats = db.writer_stats("book_tickers")
+        assert (stats["rows_committed"], stats["retries"], stats["last_error"]) == (15000, 0, None)
+        assert await sql(db).fetchval("SELECT count(*) FROM book_tickers") == 15000
+    assert not [r for r in caplog.records if "failed" in r.getMessage()]
+
+
 async def test_age_timer_seals_a_batch_with_no_new_rows(dsn, tmp_path):
     # linger holds the idle flusher back; only the age timer can seal this batch.
     async with DatabaseManager(dsn, settings=settings(tmp_path, linger_ms=60_000.0, batch_max_age_ms=30.0)) as db:

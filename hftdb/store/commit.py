@@ -530,9 +530,13 @@ class Committer:
             if c_lo <= lo and hi < c_hi:
                 return
         interval_us = self._interval_us
-        await partitions.ensure_partitions(
+        created = await partitions.ensure_partitions(
             conn, self.table, lo, hi, interval_s=self.storage.partition_interval_s, hot_index=self.storage.hot_index
         )
+        if created:
+            # Made inside this commit's transaction: other connections cannot see them until it commits, so the
+            # next commit must look again (and wait on the creation lock until then), not COPY straight in.
+            return
         start = lo - lo % interval_us
         end = hi - hi % interval_us + interval_us
         self._covered.append((start, end))
