@@ -13,6 +13,7 @@ registered with :mod:`hftdb.redact` so that it is starred wherever it shows up l
 from __future__ import annotations
 
 import os
+import sys
 import types
 import typing
 import re
@@ -52,8 +53,12 @@ __all__ = [
 
 PosInt = Annotated[int, Meta(gt=0)]
 NonNegInt = Annotated[int, Meta(ge=0)]
-PosFloat = Annotated[float, Meta(gt=0)]
-NonNegFloat = Annotated[float, Meta(ge=0)]
+# Floats are finite (msgspec bounds must be finite: the largest float keeps out inf, and NaN fails every bound).
+_FINITE = sys.float_info.max
+PosFloat = Annotated[float, Meta(gt=0, le=_FINITE)]
+NonNegFloat = Annotated[float, Meta(ge=0, le=_FINITE)]
+# A number of days: at most a century, so it converts to µs and to dates.
+Days = Annotated[float, Meta(gt=0, le=36_500)]
 
 def redact_dsn(dsn: str | None) -> str | None:
     """Return ``dsn`` with any password (and any registered secret) replaced by ``***``: safe for logs, errors and
@@ -137,6 +142,8 @@ class DatabaseSettings(_Section):
             register_dsn(self.dsn)  # before the check, whose message could otherwise quote it
             if problem := dsn_problem(self.dsn):
                 raise ValueError(f"dsn: {problem}")
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError(f"pool_min_size: {self.pool_min_size} is more than pool_max_size ({self.pool_max_size})")
 
     def __repr__(self) -> str:
         return (
@@ -177,12 +184,16 @@ class StorageSettings(_Section):
 
     partition_interval_s: PosInt = 86_400
     partitions_ahead: NonNegInt = 2
-    retention_days: PosFloat = 30.0
-    ledger_retention_days: PosFloat = 7.0
+    retention_days: Days = 30.0
+    ledger_retention_days: Days = 7.0
     hot_index: Literal["brin", "btree"] = "brin"
     cold_btree: bool = True
     #: On a Citus coordinator: distribute the tables at start (``hftdb distribute``; see hftdb.db.citus).
     distribute: bool = False
+
+    def __post_init__(self) -> None:
+        if self.partition_interval_s < 60 or self.partition_interval_s % 60:
+            raise ValueError(f"partition_interval_s: expected a multiple of 60 seconds, got {self.partition_interval_s}")
 
 
 #: The channels each venue's adapter can stream (its defaults first), as named in the venue's own API
@@ -339,8 +350,8 @@ class ArchiveSettings(_Section):
     how the files are laid out."""
 
     root: str = "./data/archive"
-    after_days: PosFloat = 7.0
-    retention_days: PosFloat | None = None
+    after_days: Days = 7.0
+    retention_days: Days | None = None
     row_group_rows: PosInt = 65_536
     compression_level: Annotated[int, Meta(ge=1, le=22)] = 9
     #: Rows the archiver reads from PostgreSQL at a time (rounded down to whole row groups, at least one): its
@@ -385,7 +396,9 @@ def _resolve_env(name: str, key: str, tp: type[msgspec.Struct], path: tuple[str,
         sections = ", ".join(f for f, info in fields.items() if _is_struct(info.type))
         raise ConfigError(f"environment variable {name}: no config section matches (sections: {sections})")
     keys = ", ".join(sorted(f for f, info in fields.items() if not _is_struct(info.type)))
-    raise ConfigError(f"environment variable {name}: [{'.'.join(path)}] has no key {key!r} (keys: {keys})")
+    tables = ", ".join(sorted(f for f, info in fields.items() if _is_struct(info.type)))
+    also = f"; tables: {tables}" if tables else ""
+    raise ConfigError(f"environment variable {name}: [{'.'.join(path)}] has no key {key!r} (keys: {keys}{also})")
 
 
 def _env_overrides(environ: Mapping[str, str], settings_type: type) -> dict[tuple[str, ...], tuple[str, Any]]:
@@ -622,14 +635,17 @@ def _describe(tp: Any) -> str:
     if origin is typing.Annotated:
         base, *metas = typing.get_args(tp)
         bounds = []
+        finite = False
         for meta in metas:
             if isinstance(meta, Meta):
                 for attr, sign in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
-                    if getattr(meta, attr) is not None:
+                    if getattr(meta, attr) is not None and getattr(meta, attr) != _FINITE:
                         bounds.append(f"{sign} {getattr(meta, attr)}")
+                finite = finite or meta.le == _FINITE
                 if meta.pattern is not None:
                     bounds.append(f"matching {meta.pattern}")
-        return f"{_describe(base)} {' and '.join(bounds)}" if bounds else _describe(base)
+        what = f"{_describe(base)} {' and '.join(bounds)}" if bounds else _describe(base)
+        return f"{what} (finite)" if finite else what
     if origin is Literal:
         return "one of " + ", ".join(_toml_repr(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):

@@ -24,7 +24,7 @@ from asyncpg.pool import PoolAcquireContext
 import msgspec
 
 from .read import archive, reads
-from .db import citus, partitions, schema
+from .db import citus, dberrors, partitions, schema
 from .store import packed, tables, vector
 from . import tablespec
 from .db.cache import TTLCache
@@ -204,9 +204,11 @@ class DatabaseManager:
                     command_timeout=db.command_timeout, timeout=db.connect_timeout, init=init_connection,
                 )
             except RETRYABLE as exc:
-                if time.monotonic() + delay > deadline:
+                # Only what waiting can cure is retried (a server starting, refusing, full); a wrong password, a
+                # missing role or database fails at once.
+                if dberrors.classify(exc) != dberrors.WAIT or time.monotonic() + delay > deadline:
                     raise DatabaseUnavailableError(
-                        f"cannot connect to {redact_dsn(self._dsn)}: {type(exc).__name__}: {redact_dsn(str(exc))}"
+                        f"cannot connect to {redact_dsn(self._dsn)}: {dberrors.describe(exc, timeout=db.connect_timeout)}"
                     ) from None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)

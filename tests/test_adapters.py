@@ -16,7 +16,9 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 import pytest
 
-from hftdb.errors import ClosedError, ExchangeError, ExchangeHTTPError, SignatureError, StateError, UnknownExchangeError
+from hftdb.errors import (
+    ClosedError, ConfigError, ExchangeError, ExchangeHTTPError, SignatureError, StateError, UnknownExchangeError,
+)
 from hftdb.exchanges.base import ExchangeAdapter
 from hftdb.exchanges.sink import Sink
 from hftdb.exchanges.stream import Backoff
@@ -355,6 +357,23 @@ def test_credentials_from_environment_and_secrets_file(tmp_path):
     assert Credentials.load(E.BINANCE_SPOT, environ={}, secrets_file=secrets) is None
     with pytest.raises(ValueError, match="BINANCE_API_SECRET"):
         Credentials.load(E.BINANCE_SPOT, environ={"BINANCE_API_KEY": "only-a-key"})
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    # A misspelt table or key once left the venue without keys, silently, until its first signed call.
+    ('[okx]\napi_key = "ok"\napi_secert = "hunter2"\n',
+     "[okx] has no key 'api_secert' (keys: api_key, api_secret, passphrase)"),
+    ('[okex]\napi_key = "ok"\napi_secret = "hunter2"\n', "unknown table [okex] (tables: binance, binance_spot, "),
+    ('okx = "hunter2"\n', "okx must be a table ([okx]) with api_key and api_secret"),
+    # Where the TOML breaks, and never the line itself, which may hold a secret.
+    ('[okx]\napi_key = "ok"\napi_secret = "hunter2\n', "is not valid TOML at line 3, column 22"),
+])
+def test_a_bad_secrets_file_says_where_without_a_secret(tmp_path, text, message):
+    secrets = tmp_path / "secrets.toml"
+    secrets.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        Credentials.load(E.OKX_SWAP, environ={}, secrets_file=secrets)
+    assert message in str(info.value) and "hunter2" not in str(info.value)
 
 
 # -- REST faults -----------------------------------------------------------------------------------------

@@ -157,6 +157,24 @@ ENV_ERRORS = [
      "expected a number >= 0"),
     ({"HFTDB_DATABASE_DSN": "5"}, "environment variable HFTDB_DATABASE_DSN: [database] dsn = ***: expected a string"),
     ({"HFTDB_READS_REPLICAS": "[1]"}, "environment variable HFTDB_READS_REPLICAS: [reads] replicas[0] = ***: expected a string"),
+    # Numbers that parse but no setting can hold (found by a sweep of user mistakes: each once reached a traceback,
+    # a wait without end or a late, unnamed error).
+    ({"HFTDB_STORAGE_RETENTION_DAYS": "inf"},
+     "environment variable HFTDB_STORAGE_RETENTION_DAYS: [storage] retention_days = inf: expected a number > 0 and "
+     "<= 36500"),
+    ({"HFTDB_ARCHIVE_AFTER_DAYS": "1e300"}, "[archive] after_days = 1e+300: expected a number > 0 and <= 36500"),
+    ({"HFTDB_DATABASE_CONNECT_TIMEOUT": "inf"}, "[database] connect_timeout = inf: expected a number > 0 (finite)"),
+    ({"HFTDB_DEMO_RATE": "nan"}, "[demo] rate = nan: expected a number > 0 (finite)"),
+    ({"HFTDB_WRITER_LINGER_MS": "inf"}, "[writer] linger_ms = inf: expected a number >= 0 (finite)"),
+    ({"HFTDB_STORAGE_PARTITION_INTERVAL_S": "30"},
+     "environment variable HFTDB_STORAGE_PARTITION_INTERVAL_S: [storage] partition_interval_s: expected a multiple "
+     "of 60 seconds, got 30"),
+    ({"HFTDB_DATABASE_POOL_MIN_SIZE": "20", "HFTDB_DATABASE_POOL_MAX_SIZE": "5"},
+     "[database] pool_min_size: 20 is more than pool_max_size (5)"),
+    ({"HFTDB_EXCHANGES_KRAKEN_ENABLED": "true"},
+     "[exchanges] has no key 'kraken_enabled' (keys: balance_interval_s, funding_poll_interval_s, request_timeout_s, "
+     "secrets_file, startup_timeout_s, symbol_sync_interval_s; tables: binance_spot, binance_usdm, bybit_linear, "
+     "bybit_spot, okx_spot, okx_swap)"),
 ]
 
 

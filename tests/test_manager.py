@@ -1,7 +1,9 @@
 import asyncio
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import msgspec
 import pytest
 
 import hftdb
@@ -10,6 +12,7 @@ from hftdb import (
     BookTicker,
     ClosedError,
     DatabaseManager,
+    DatabaseUnavailableError,
     ExchangeName,
     FundingRate,
     StateError,
@@ -19,6 +22,7 @@ from hftdb import (
     ValidationError,
     now_us,
 )
+from hftdb.db import dberrors
 from hftdb.db.cache import TTLCache
 
 from helpers import settings, sql, tickers
@@ -334,6 +338,26 @@ async def test_a_backfill_reaching_new_days_commits_without_a_failed_attempt(dsn
         assert (stats["rows_committed"], stats["retries"], stats["last_error"]) == (15000, 0, None)
         assert await sql(db).fetchval("SELECT count(*) FROM book_tickers") == 15000
     assert not [r for r in caplog.records if "failed" in r.getMessage()]
+
+
+@pytest.mark.timeout(120)
+async def test_a_connection_error_waiting_cannot_cure_fails_at_once(dsn, tmp_path):
+    # A missing role (as a wrong password or a missing database) is not retried until connect_timeout runs out:
+    # before, DatabaseManager retried it for the whole 600 s asked for here, and this test's timeout failed it.
+    parts = urlsplit(dsn)
+    bad = urlunsplit(parts._replace(netloc="nosuchuser@" + parts.netloc.rsplit("@", 1)[-1]))
+    s = settings(tmp_path)
+    s = msgspec.structs.replace(s, database=msgspec.structs.replace(s.database, connect_timeout=600.0))
+    with pytest.raises(DatabaseUnavailableError, match='role "nosuchuser" does not exist'):
+        async with DatabaseManager(bad, settings=s):
+            pass
+
+
+def test_a_timeout_is_described_not_left_blank():
+    # "cannot connect to ...: TimeoutError: " (or nothing at all after the colon) told a user nothing.
+    assert dberrors.describe(asyncio.TimeoutError(), timeout=10.0) == "no answer within 10 s (TimeoutError)"
+    assert dberrors.describe(OSError("refused"), timeout=10.0) == "OSError: refused"
+    assert dberrors.describe(asyncio.TimeoutError()) == "TimeoutError"
 
 
 async def test_age_timer_seals_a_batch_with_no_new_rows(dsn, tmp_path):

@@ -44,7 +44,10 @@ from typing import Final
 
 import asyncpg
 
-__all__ = ["WAIT", "DATA", "OTHER", "CATCH", "MAX_OTHER_ATTEMPTS", "classify", "sqlstate", "citus_worker_unreachable"]
+from ..redact import redact
+
+__all__ = ["WAIT", "DATA", "OTHER", "CATCH", "MAX_OTHER_ATTEMPTS", "classify", "sqlstate", "citus_worker_unreachable",
+           "describe"]
 
 WAIT: Final = "wait"
 DATA: Final = "data"
@@ -114,3 +117,12 @@ def classify(exc: BaseException) -> str:
     if state[:2] in _DATA_CLASSES:
         return DATA
     return OTHER
+
+
+def describe(exc: BaseException, *, timeout: float | None = None) -> str:
+    """An error met on the way to the database, for a user's eyes, secrets starred out: ``Type: message``, or,
+    for a timeout that carries no message, ``no answer within N s`` (a bare ``TimeoutError:`` said nothing)."""
+    text = redact(str(exc)).strip()
+    if not text and isinstance(exc, asyncio.TimeoutError) and timeout is not None:
+        return f"no answer within {timeout:g} s ({type(exc).__name__})"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -14,6 +14,7 @@ import msgspec
 
 from ..config import Settings, redact_dsn
 from ..errors import ConfigError, DatabaseUnavailableError
+from . import dberrors
 from .server import EmbeddedServer
 
 __all__ = ["Target", "open_target", "with_database"]
@@ -78,7 +79,8 @@ async def _ensure_database(dsn: str, name: str, *, timeout: float) -> None:
     try:
         conn = await asyncpg.connect(dsn, timeout=timeout)
     except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
-        raise DatabaseUnavailableError(f"cannot connect to {redact_dsn(dsn)}: {redact_dsn(str(exc))}") from None
+        raise DatabaseUnavailableError(
+            f"cannot connect to {redact_dsn(dsn)}: {dberrors.describe(exc, timeout=timeout)}") from None
     try:
         if not await conn.fetchval("SELECT true FROM pg_database WHERE datname = $1", name):
             # An identifier cannot be a bind parameter; the name is checked by [demo] database's pattern.

@@ -23,6 +23,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -89,8 +90,14 @@ class Credentials(msgspec.Struct, frozen=True, kw_only=True):
             tables = msgspec.toml.decode(path.read_bytes())
         except FileNotFoundError:
             raise ConfigError(f"secrets file not found: {path}") from None
-        except (OSError, msgspec.DecodeError) as exc:
-            raise ConfigError(f"secrets file {path} is not readable TOML: {type(exc).__name__}") from None
+        except msgspec.DecodeError as exc:
+            # Only where: the parser's message may quote the line, which may hold a secret.
+            where = _WHERE.search(str(exc))
+            at = f" at line {where.group(1)}, column {where.group(2)}" if where else ""
+            raise ConfigError(f"secrets file {path} is not valid TOML{at}") from None
+        except OSError as exc:
+            raise ConfigError(f"secrets file {path} cannot be read: {exc.strerror or type(exc).__name__}") from None
+        _check_tables(path, tables)
         for table in (venue.value, _family(venue)):
             entry = tables.get(table)
             if isinstance(entry, dict) and ("api_key" in entry or "api_secret" in entry):
@@ -103,6 +110,23 @@ class Credentials(msgspec.Struct, frozen=True, kw_only=True):
 
 def _family(venue: ExchangeName) -> str:
     return venue.value.split("_", 1)[0]
+
+
+_WHERE = re.compile(r"line (\d+), column (\d+)")
+_SECRET_KEYS = ("api_key", "api_secret", "passphrase")
+
+
+def _check_tables(path: Path, tables: dict[str, object]) -> None:
+    # A misspelt table or key would otherwise leave a venue without its keys, found only at the first signed call.
+    names = sorted({v.value for v in ExchangeName} | {_family(v) for v in ExchangeName})
+    for table, entry in tables.items():
+        if table not in names:
+            raise ConfigError(f"secrets file {path}: unknown table [{table}] (tables: {', '.join(names)})")
+        if not isinstance(entry, dict):
+            raise ConfigError(f"secrets file {path}: {table} must be a table ([{table}]) with api_key and api_secret")
+        for key in entry:
+            if key not in _SECRET_KEYS:
+                raise ConfigError(f"secrets file {path}: [{table}] has no key {key!r} (keys: {', '.join(_SECRET_KEYS)})")
 
 
 def _hmac(secret: str, message: str) -> hmac.HMAC:
