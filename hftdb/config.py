@@ -83,7 +83,8 @@ def dsn_problem(dsn: str) -> str | None:
                 "postgresql://user:password@host:port/database")
     scheme = _SCHEME.match(dsn)
     if scheme is None:
-        return (f"{redact(dsn)!r} has no scheme: write it as a URI, postgresql://{redact(dsn)}"
+        fixed = "postgresql:" + dsn if dsn.startswith("//") else "postgresql://" + dsn
+        return (f"{redact(dsn)!r} has no scheme: write it as a URI, {redact(fixed)}"
                 if "@" in dsn else f"{redact(dsn)!r} is not a postgresql:// URI")
     if scheme.group(1).lower() not in ("postgresql", "postgres"):
         return f"unknown scheme {scheme.group(1)!r}: a DSN starts with postgresql:// or postgres://"
@@ -92,7 +93,10 @@ def dsn_problem(dsn: str) -> str | None:
         query = parse_qs(parts.query, keep_blank_values=True)
     except ValueError as exc:
         return f"{redact(dsn)!r} cannot be parsed: {redact(str(exc))}"
-    hostlist = parts.netloc.rpartition("@")[2]
+    userinfo, _, hostlist = parts.netloc.rpartition("@")
+    if "@" in userinfo:
+        # asyncpg splits at the first "@": the rest of the password would be taken for the host.
+        return "the user or password holds an '@': percent-encode it as %40 (postgresql://user:p%40ss@host/db)"
     for host in hostlist.split(",") if hostlist else ():
         if host.startswith("["):
             end = host.find("]")
@@ -411,7 +415,10 @@ def _env_overrides(environ: Mapping[str, str], settings_type: type) -> dict[tupl
             path, ftype = ("database", "dsn"), str
         else:
             path, ftype = _resolve_env(name, key, settings_type, ())
-        out[path] = (name, _parse_env_value(value, ftype))
+        try:
+            out[path] = (name, _parse_env_value(value, ftype))
+        except ValueError as exc:
+            raise ConfigError(f"environment variable {name}: {exc}") from None
     return out
 
 
@@ -459,7 +466,13 @@ NOT_CONFIG_ENV: Final[Mapping[str, str]] = types.MappingProxyType({
 
 def _parse_env_value(text: str, ftype: Any) -> Any:
     value = _parse_scalar(text)
-    if isinstance(value, str) and _takes_sequence(ftype) and value != "all":
+    if isinstance(value, str) and _takes_sequence(ftype):
+        if value.strip().startswith("["):
+            # Meant as a TOML array, but it does not parse: split at commas it would become names like '["BTC"'.
+            raise ValueError('a value that starts with "[" must be a TOML array: write ["A", "B"] (quoted, closed), '
+                             'or A,B')
+        if value.lower() == "all":
+            return "all"
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
 

@@ -80,6 +80,8 @@ def test_environment_overrides_every_kind_of_key():
     assert s.metrics.port == 0 and s.logging.format == "json"
     assert s.database.dsn == "postgresql://u:pw@db/hftdb"
     assert "pw" not in repr(s) and "pw" not in str(s.database)
+    # "all" is a word, not a symbol, in any case (ALL once loaded as a symbol named ALL).
+    assert load_settings(DEFAULT, environ={"HFTDB_EXCHANGES_OKX_SPOT_SYMBOLS": "ALL"}).exchanges.okx_spot.symbols == "all"
 
 
 def test_funding_poll_interval_defaults_to_a_minute_and_is_set_from_toml_or_the_environment(tmp_path):
@@ -171,6 +173,8 @@ ENV_ERRORS = [
      "of 60 seconds, got 30"),
     ({"HFTDB_DATABASE_POOL_MIN_SIZE": "20", "HFTDB_DATABASE_POOL_MAX_SIZE": "5"},
      "[database] pool_min_size: 20 is more than pool_max_size (5)"),
+    ({"HFTDB_EXCHANGES_BINANCE_SPOT_SYMBOLS": '["BTCUSDT",'},
+     'environment variable HFTDB_EXCHANGES_BINANCE_SPOT_SYMBOLS: a value that starts with "[" must be a TOML array'),
     ({"HFTDB_EXCHANGES_KRAKEN_ENABLED": "true"},
      "[exchanges] has no key 'kraken_enabled' (keys: balance_interval_s, funding_poll_interval_s, request_timeout_s, "
      "secrets_file, startup_timeout_s, symbol_sync_interval_s; tables: binance_spot, binance_usdm, bybit_linear, "

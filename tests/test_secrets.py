@@ -139,8 +139,12 @@ BAD_DSNS = [
     (f"host=localhost user={ROLE} password='{DB_PASSWORD}'", "keyword/value DSN"),
     (f"postgresql://{ROLE}:{quote(DB_PASSWORD, safe='')}@[::1:5432/hftdb", "cannot be parsed"),
     (f"postgresql://{ROLE}:{quote(DB_PASSWORD, safe='')}@localhost/hftdb?port=5o32", "port '5o32' is not a number"),
+    # A password with a raw "@" (asyncpg split at the first one and looked up the rest as a host name), and a URI
+    # with the scheme left off ("postgresql:////..." was suggested).
+    (f"postgresql://{ROLE}:{quote(DB_PASSWORD, safe='')}@x@localhost/hftdb", "percent-encode it as %40"),
+    (f"//{ROLE}:{quote(DB_PASSWORD, safe='')}@localhost/hftdb", f"write it as a URI, postgresql://{ROLE}:***@localhost"),
 ]
-BAD_IDS = ["port", "range", "scheme", "no-scheme", "keyword", "unparseable", "query-port"]
+BAD_IDS = ["port", "range", "scheme", "no-scheme", "keyword", "unparseable", "query-port", "at-sign", "two-slashes"]
 
 
 @pytest.mark.parametrize(("dsn", "problem"), BAD_DSNS, ids=BAD_IDS)
