@@ -47,6 +47,7 @@ __all__ = [
     "locate_config",
     "apply_env",
     "NOT_CONFIG_ENV",
+    "MAX_DAYS",
     "redact_dsn",
     "dsn_problem",
 ]
@@ -57,8 +58,10 @@ NonNegInt = Annotated[int, Meta(ge=0)]
 _FINITE = sys.float_info.max
 PosFloat = Annotated[float, Meta(gt=0, le=_FINITE)]
 NonNegFloat = Annotated[float, Meta(ge=0, le=_FINITE)]
-# A number of days: at most a century, so it converts to µs and to dates.
-Days = Annotated[float, Meta(gt=0, le=36_500)]
+#: The most days a retention or archive age may name (a century): a longer one is a typo, and past it a cutoff
+#: leaves the range of a timestamp.
+MAX_DAYS: Final = 36_500
+Days = Annotated[float, Meta(gt=0, le=MAX_DAYS)]
 
 def redact_dsn(dsn: str | None) -> str | None:
     """Return ``dsn`` with any password (and any registered secret) replaced by ``***``: safe for logs, errors and

@@ -35,6 +35,9 @@ FRAMES = (  # fixture file, venue, channel, book rows it holds, duplicates among
 )
 # Two of the OKX capture's five rows are a dated future and a swap: not instruments of okx_spot.
 REJECTS = {"okx_tickers_recorded.jsonl": "wrong_market=2"}
+# Nothing listens on port 1: a command that reaches for this database fails with "cannot connect" (after the
+# connection's retries, for some), so a test that gets another error knows the command never tried.
+UNREACHABLE = "postgresql://hftdb:s3cret@127.0.0.1:1/nowhere"
 
 
 def free_port() -> int:
@@ -56,8 +59,13 @@ async def cli(*args: str, env: dict[str, str], cwd: Path, timeout: float = 120) 
         sys.executable, "-m", "hftdb.ops.cli", *args, cwd=str(cwd), env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
-    async with asyncio.timeout(timeout):
-        out, err = await proc.communicate()
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:  # timed out (a command that should have refused its arguments runs on)
+            proc.kill()
+            await proc.wait()
     return proc.returncode, out.decode(), err.decode()
 
 
@@ -367,3 +375,104 @@ async def test_cli_distribute_on_plain_postgresql_is_one_error_line(dsn, env, tm
     code, out, err = await cli("distribute", env=e, cwd=tmp_path)
     assert code == 1
     one_error_line(err, "citus extension is not created")
+
+
+async def test_days_that_are_not_a_sane_number_of_days_are_one_line(env, tmp_path):
+    # Refused before the database is reached, with no traceback turning them into a cutoff.
+    env.update(HFTDB_DSN=UNREACHABLE, HFTDB_ARCHIVE_ROOT=str(tmp_path / "archive"))
+    for value in ("nan", "inf", "1e300", "36501", "0"):
+        code, _, err = await cli("cleanup", "--retention-days", value, "--dry-run", env=env, cwd=tmp_path)
+        assert code == 1, (value, err)
+        one_error_line(err, "--retention-days must be > 0 and at most 36,500 days")
+        code, _, err = await cli("archive", "--older-than-days", value, "--dry-run", env=env, cwd=tmp_path)
+        assert code == 1, (value, err)
+        one_error_line(err, "--older-than-days must be > 0 and at most 36,500 days")
+    # The same values from the settings: one line too, whichever check (the config's or the command's) says it.
+    for key, command in (("HFTDB_STORAGE_RETENTION_DAYS", "cleanup"), ("HFTDB_ARCHIVE_AFTER_DAYS", "archive"),
+                         ("HFTDB_ARCHIVE_RETENTION_DAYS", "cleanup")):
+        for value in ("inf", "1e300"):
+            code, _, err = await cli(command, "--dry-run", env=dict(env, **{key: value}), cwd=tmp_path)
+            assert code == 1, (key, value, err)
+            one_error_line(err, key.split("_", 2)[2].lower())
+
+
+async def test_simulate_refuses_arguments_out_of_range_before_building_anything(env, tmp_path):
+    cases = [
+        (("--port", "99999"), "--port must be 0 (free ports) or at most 65532"),
+        (("--port", "-1"), "--port must be 0"),
+        (("--port", "65534"), "--port must be 0"),
+        (("--rate", "-5"), "--rate must be >= 0"),
+        (("--rate", "nan"), "--rate must be >= 0"),
+        (("--rate", "inf"), "--rate must be >= 0"),
+        (("--rate", "1e9"), "at most 1,000,000 book updates per second"),
+        (("--symbols", "0"), "--symbols must be between 1 and 20,000"),
+        (("--symbols", "-3"), "--symbols must be between 1 and 20,000"),
+        (("--funding-interval", "-1"), "--funding-interval must be > 0 seconds"),
+        (("--funding-interval", "nan"), "--funding-interval must be > 0 seconds"),
+        (("--funding-interval", "0"), "--funding-interval must be > 0 seconds"),
+        # Last: without the check it takes all the memory there is before it would fail.
+        (("--symbols", "100000000"), "--symbols must be between 1 and 20,000"),
+    ]
+    for args, message in cases:
+        code, out, err = await cli("simulate", *args, env=env, cwd=tmp_path, timeout=30)
+        assert code == 1, (args, out, err)
+        one_error_line(err, message)
+    code, _, err = await cli("simulate", env=dict(env, HFTDB_DEMO_SYMBOLS="0"), cwd=tmp_path, timeout=30)
+    assert code == 1
+    one_error_line(err, "symbols")
+
+
+async def test_run_refuses_a_ledger_it_could_not_write_before_starting(env, tmp_path):
+    env["HFTDB_DSN"] = UNREACHABLE
+    code, _, err = await cli("run", "--ledger", str(tmp_path / "ledger.json"), env=env, cwd=tmp_path)
+    assert code == 2 and "--ledger needs --demo" in err and "Traceback" not in err, err
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    code, _, err = await cli("run", "--demo", "--ledger", str(a_file / "ledger.json"), env=env, cwd=tmp_path)
+    assert code == 1
+    one_error_line(err, f"cannot write --ledger {a_file / 'ledger.json'}: {a_file} is not a directory")
+    code, _, err = await cli("--demo", "run", env=dict(env, HFTDB_DEMO_LEDGER_FILE=str(a_file / "deeper" / "l.json")),
+                             cwd=tmp_path)
+    assert code == 1
+    one_error_line(err, "cannot write [demo] ledger_file")
+    code, _, err = await cli("run", "--demo", "--ledger", str(tmp_path), env=env, cwd=tmp_path)
+    assert code == 1
+    one_error_line(err, f"--ledger {tmp_path} is a directory")
+
+
+async def test_migrate_to_a_version_that_does_not_exist_is_refused(dsn, env, tmp_path):
+    from hftdb.db.schema import load_migrations
+
+    env["HFTDB_DSN"] = dsn
+    versions = ", ".join(str(m.version) for m in load_migrations())
+    for args in (("up", "--to", "999"), ("up", "--to", "-1"), ("down", "--to", "999", "--yes"),
+                 ("down", "--to", "-1", "--yes")):
+        code, out, err = await cli("migrate", *args, env=env, cwd=tmp_path)
+        assert code == 1, (args, out, err)
+        one_error_line(err, f"migrate {args[0]} --to {args[2]}: no migration has that version; "
+                            f"the versions are {versions}")
+    assert not await fetchval(dsn, "SELECT to_regclass('schema_migrations') IS NOT NULL")  # nothing applied
+    code, out, err = await cli("migrate", "up", "--to", "2", env=env, cwd=tmp_path)
+    assert (code, out.strip()) == (0, "applied 0001, 0002; now at version 2"), err
+    code, out, err = await cli("migrate", "down", "--to", "999", "--yes", env=env, cwd=tmp_path)
+    assert code == 1
+    one_error_line(err, "(or 0: revert everything)")
+    assert await fetchval(dsn, "SELECT max(version) FROM schema_migrations") == 2
+
+
+async def test_ingest_file_checks_its_arguments_and_files_before_the_database(env, tmp_path, fixtures_dir):
+    env["HFTDB_DSN"] = UNREACHABLE
+    frames = str(fixtures_dir / FRAMES[0][0])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        (("--exchange", "okx", "--channel", "tickers", frames), "exchange must be one of"),
+        (("--exchange", "okx_spot", "--channel", "bookTicker", frames), "'bookTicker' is not a channel of okx_spot"),
+        (("--exchange", "okx_spot", "--channel", "tickers", frames, str(tmp_path / "none.jsonl")),
+         f"no such file: {tmp_path / 'none.jsonl'}"),
+        (("--exchange", "okx_spot", "--channel", "tickers", str(empty)), f"{empty} holds no files"),
+    ]
+    for args, message in cases:
+        code, _, err = await cli("ingest-file", *args, env=env, cwd=tmp_path)
+        assert code == 1, (args, err)
+        one_error_line(err, message)

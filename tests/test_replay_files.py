@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import sys
+import zlib
 from pathlib import Path
 
 import asyncpg
@@ -226,6 +227,26 @@ async def test_a_truncated_gzip_file_keeps_what_came_before_the_damage(dsn, tmp_
     assert 0 < n < 20000 and await stored_ids(dsn) == ids(0, n)
 
 
+def cut_gzip(path: Path, n: int) -> tuple[Path, int]:
+    """A gzip capture of frames 0 .. n - 1 cut in the middle of its compressed stream (much less than a read of
+    the replay's), and how many whole lines what is left holds: those zcat recovers."""
+    whole = gzip.compress(b"\n".join(frames(0, n)) + b"\n")
+    cut = whole[: len(whole) // 2]
+    path.write_bytes(cut)
+    return path, zlib.decompressobj(zlib.MAX_WBITS | 16).decompress(cut).count(b"\n")
+
+
+async def test_a_truncated_gzip_file_smaller_than_a_read_keeps_every_line_before_the_damage(dsn, tmp_path):
+    path, whole_lines = cut_gzip(tmp_path / "cut.jsonl.gz", 3000)
+    assert 0 < whole_lines < 3000
+    async with DatabaseManager(dsn, settings=settings()) as db:
+        r = await ingest_file(db, path, exchange=USDM, channels=["bookTicker"])
+    assert r.frames == r.committed["book_tickers"] == whole_lines
+    # The line the damage cut is part of it: one corrupt_file reject, not also a frame the parser refused.
+    assert r.rejects == {"corrupt_file": 1} and r.damaged and not r.failed
+    assert await stored_ids(dsn) == ids(0, whole_lines)
+
+
 async def test_a_second_replay_into_the_same_venue_at_once_is_refused(dsn, tmp_path):
     path = write(tmp_path / "a.jsonl", frames(0, 10))
     async with DatabaseManager(dsn, settings=settings()) as db:
@@ -306,6 +327,20 @@ async def test_the_command_prints_a_summary_per_file_and_fails_when_a_file_gave_
     assert f"{bad}: FAILED: none of its 3 frames gave a row that is stored" in out
     assert "Traceback" not in err
     assert await stored_ids(dsn) == ids(0, 400)
+
+
+async def test_the_command_fails_on_a_damaged_file_after_storing_what_came_before(dsn, env, tmp_path):
+    cut, whole_lines = cut_gzip(tmp_path / "cut.jsonl.gz", 3000)
+    a = write(tmp_path / "a.jsonl", frames(3000, 10))
+    args = ("ingest-file", "--exchange", "binance_usdm", "--channel", "bookTicker")
+    code, out, err = await cli(*args, str(cut), str(a), env=env, cwd=tmp_path)
+    assert code == 1, (out, err)
+    assert out.startswith(f"{cut}: {whole_lines:,} frames: rows written book_tickers={whole_lines:,}, ")
+    assert "rejects corrupt_file=1;" in out
+    assert (f"{cut}: DAMAGED: the file is truncated or corrupt (see the log); its {whole_lines:,} frames before "
+            "the damage were replayed, the rest is lost") in out
+    assert f"{a}: 10 frames: rows written book_tickers=10," in out and "Traceback" not in err
+    assert await stored_ids(dsn) == ids(0, whole_lines) + ids(3000, 10)
 
 
 async def _count_distinct(dsn: str) -> tuple[int, int]:

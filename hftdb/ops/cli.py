@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
+import os
 import signal
 import sys
 import time
@@ -30,7 +32,7 @@ from .. import tablespec, venues
 from ..version import __version__
 from ..db import citus, dberrors, partitions, schema
 from . import dump, inventory
-from ..config import Settings, load_settings, locate_config, redact_dsn
+from ..config import MAX_DAYS, DemoSettings, Settings, load_settings, locate_config
 from ..redact import redact
 from ..service.daemon import serve
 from ..db.target import Target, open_target
@@ -42,13 +44,17 @@ from ..models import now_us
 from .inventory import approx as _approx
 from .inventory import size as _size
 from .inventory import utc as _utc
-from .replay import ReplayProgress, ReplayResult, ingest_files
+from .replay import ReplayProgress, ReplayResult, check_files, ingest_files
 
 __all__ = ["main"]
 
 _HFTDB_TABLES = inventory.TABLES
 _COUNTED = tablespec.REFERENCE_TABLES + tablespec.TIME_SERIES
 _TS = partitions.TIME_SERIES_TABLES
+_US_PER_DAY = 86_400_000_000
+#: The fastest ``simulate --rate``: the simulator draws a tick's updates without yielding, so a much higher rate
+#: holds its event loop (and Ctrl-C) for seconds at a time.
+_MAX_SIM_RATE = 1_000_000
 
 
 # ------------------------------------------------------------------------------------------------- plumbing
@@ -119,8 +125,17 @@ async def _connect(target: Target, timeout: float, *, demo: bool, demo_db: str) 
                                            "(or `hftdb run --demo`) first") from None
         raise DatabaseUnavailableError(f"{target.description}: the database does not exist") from None
     except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise DatabaseUnavailableError(f"cannot connect to {target.description}: {redact_dsn(str(exc))}") from None
+        raise DatabaseUnavailableError(
+            f"cannot connect to {target.description}: {dberrors.describe(exc, timeout=timeout)}") from None
     return conn
+
+
+def _days_us(days: float, what: str) -> int:
+    """``days`` in microseconds; a ValidationError naming ``what`` (the option, or the setting it came from) when
+    it is not a finite number of days > 0 and at most :data:`MAX_DAYS`."""
+    if not (math.isfinite(days) and 0 < days <= MAX_DAYS):
+        raise ValidationError(f"{what} must be > 0 and at most {MAX_DAYS:,} days (a finite number), got {days:g}")
+    return int(days * _US_PER_DAY)
 
 
 async def _require_schema(conn: asyncpg.Connection) -> None:
@@ -139,8 +154,20 @@ async def _refuse_if_daemon_runs(ctx: _Context, what: str) -> None:
 # ------------------------------------------------------------------------------------------------- commands
 
 
+def _check_migration_target(version: int, *, action: str) -> None:
+    # A version that no migration has would be taken as "everything" (up) or "nothing" (down) and exit 0.
+    shipped = [m.version for m in schema.load_migrations()]
+    valid = ([0] if action == "down" else []) + shipped
+    if version not in valid:
+        listed = ", ".join(str(v) for v in shipped) or "none"
+        raise ValidationError(f"migrate {action} --to {version}: no migration has that version; the versions are "
+                              f"{listed}" + (" (or 0: revert everything)" if action == "down" else ""))
+
+
 async def _migrate(ctx: _Context) -> int:
     args = ctx.args
+    if args.action in ("up", "down") and args.to is not None:
+        _check_migration_target(args.to, action=args.action)
     async with ctx.connect(create=args.action == "up") as (_, conn):
         migrator = schema.Migrator(conn)
         if args.action == "status":
@@ -289,16 +316,21 @@ async def _stats(ctx: _Context) -> int:
 
 async def _cleanup(ctx: _Context) -> int:
     args = ctx.args
-    days = args.retention_days if args.retention_days is not None else ctx.settings.storage.retention_days
-    if days <= 0:
-        raise ValidationError(f"--retention-days must be > 0, got {days}")
+    if args.retention_days is not None:
+        days, source = args.retention_days, "--retention-days"
+    else:
+        days, source = ctx.settings.storage.retention_days, "[storage] retention_days"
+    span = _days_us(days, source)
     from ..read import archive
 
     now = now_us()
-    cutoff = now - int(days * 86_400_000_000)
+    cutoff = now - span
     total = 0
     arch = _archive_settings(ctx)
     archiving = archive.enabled(arch)
+    expire_span = None
+    if archiving and arch.retention_days is not None:
+        expire_span = _days_us(arch.retention_days, "[archive] retention_days")
     if archiving and not args.dry_run:
         archive.require_pyarrow()
     note = " (archived first)" if archiving else ""
@@ -316,9 +348,8 @@ async def _cleanup(ctx: _Context) -> int:
             total += len(names)
             for name in names:
                 ctx.print(f"{'would drop' if args.dry_run else 'dropped'} {name}{note}")
-            if archiving and arch.retention_days is not None:
-                for name in await archive.expire(arch.root, table, now - int(arch.retention_days * 86_400_000_000),
-                                                 dry_run=args.dry_run):
+            if expire_span is not None:
+                for name in await archive.expire(arch.root, table, now - expire_span, dry_run=args.dry_run):
                     ctx.print(f"{'would delete' if args.dry_run else 'deleted'} the archive of {name}")
     verb = "would drop" if args.dry_run else "dropped"
     ctx.print(f"{verb} {total} partition(s) older than {days:g} days"
@@ -338,13 +369,14 @@ async def _archive(ctx: _Context) -> int:
         raise ValidationError("--date goes with `hftdb archive restore` or `verify`")
     if not archive.enabled(ctx.settings.archive):
         raise ValidationError("the archive is off: [archive] root is empty")
-    days = args.older_than_days if args.older_than_days is not None else ctx.settings.archive.after_days
-    if not days > 0:
-        raise ValidationError(f"--older-than-days must be > 0, got {days}")
+    if args.older_than_days is not None:
+        span = _days_us(args.older_than_days, "--older-than-days")
+    else:
+        span = _days_us(ctx.settings.archive.after_days, "[archive] after_days")
     tables = [args.table] if args.table else list(_TS)
     if not args.dry_run:
         archive.require_pyarrow()
-    cutoff = now_us() - int(days * 86_400_000_000)
+    cutoff = now_us() - span
     rows = done = 0
     async with ctx.connect() as (_, conn):
         await _require_schema(conn)
@@ -642,6 +674,9 @@ async def _ingest(ctx: _Context) -> int:
     settings = msgspec.structs.replace(
         ctx.settings, writer=msgspec.structs.replace(ctx.settings.writer, spool_dir=None)
     )
+    # The arguments and the files are checked before the database is reached: a mistake in them is not reported
+    # after the connection's retries, nor hidden behind an unreachable database.
+    check_files(args.file, exchange=args.exchange, channels=args.channel)
     progress = _ReplayProgressLine(ctx.err)
     async with ctx.target(create=True) as target:
         async with DatabaseManager(target.dsn, settings=settings) as db:
@@ -653,6 +688,10 @@ async def _ingest(ctx: _Context) -> int:
     code = 0
     for r in results:
         ctx.print(f"{r.path}: {_replay_line(r)} ({r.seconds:.1f} s)")
+        if r.damaged:
+            ctx.print(f"{r.path}: DAMAGED: the file is truncated or corrupt (see the log); its {r.frames:,} frames "
+                      "before the damage were replayed, the rest is lost")
+            code = 1
         if r.failed:
             ctx.print(f"{r.path}: FAILED: none of its {r.frames:,} frames gave a row that is stored")
             code = 1
@@ -672,16 +711,53 @@ async def _ingest(ctx: _Context) -> int:
     return code
 
 
-async def _simulate(ctx: _Context) -> int:
-    from ..simulator import ExchangeSimulator, Limits
+def _demo_bound(name: str) -> Any:
+    # The upper bound config.py's [demo] section puts on ``name``: the simulate command keeps to the same one.
+    field = next(f for f in msgspec.inspect.type_info(DemoSettings).fields if f.name == name)
+    return field.type.le
+
+
+def _simulator_arguments(ctx: _Context) -> dict[str, Any]:
+    """The simulator's arguments from the options, else [demo]; a ValidationError naming the option (or setting)
+    that is out of range. Checked before anything is built: a huge --symbols would take all memory first."""
+    from ..simulator import HOST_OF, Limits
 
     args = ctx.args
     d = ctx.settings.demo
-    sim = ExchangeSimulator(
-        host=args.host, port=args.port, rate=args.rate if args.rate is not None else d.rate,
-        symbols=args.symbols if args.symbols is not None else d.symbols, seed=args.seed if args.seed is not None else d.seed,
-        limits=Limits(funding_interval=args.funding_interval or d.funding_interval_s),
-    )
+
+    def pick(value: Any, option: str, default: Any, setting: str) -> tuple[Any, str]:
+        return (value, option) if value is not None else (default, f"[demo] {setting}")
+
+    rate, source = pick(args.rate, "--rate", d.rate, "rate")
+    if not (math.isfinite(rate) and 0 <= rate <= _MAX_SIM_RATE):
+        raise ValidationError(f"{source} must be >= 0 and at most {_MAX_SIM_RATE:,} book updates per second "
+                              f"(a finite number), got {rate:g}")
+    symbols, source = pick(args.symbols, "--symbols", d.symbols, "symbols")
+    most = _demo_bound("symbols")
+    if not 0 < symbols <= most:
+        raise ValidationError(f"{source} must be between 1 and {most:,} instruments per venue, got {symbols}")
+    interval, source = pick(args.funding_interval, "--funding-interval", d.funding_interval_s, "funding_interval_s")
+    if not (math.isfinite(interval) and interval > 0):
+        raise ValidationError(f"{source} must be > 0 seconds (a finite number), got {interval:g}")
+    hosts = len(set(HOST_OF.values()))
+    highest = 65535 - (hosts - 1)  # the hosts bind PORT..PORT+hosts-1
+    if not 0 <= args.port <= highest:
+        raise ValidationError(f"--port must be 0 (free ports) or at most {highest} (the {hosts} hosts bind "
+                              f"PORT..PORT+{hosts - 1}), got {args.port}")
+    seed = args.seed if args.seed is not None else d.seed
+    return {"host": args.host, "port": args.port, "rate": rate, "symbols": symbols, "seed": seed,
+            "limits": Limits(funding_interval=interval)}
+
+
+async def _simulate(ctx: _Context) -> int:
+    from ..simulator import ExchangeSimulator
+
+    args = ctx.args
+    kw = _simulator_arguments(ctx)
+    try:
+        sim = ExchangeSimulator(**kw)
+    except ValueError as exc:  # the simulator's own check of its arguments
+        raise ValidationError(f"simulate: {exc}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -704,7 +780,25 @@ async def _simulate(ctx: _Context) -> int:
     return 0
 
 
+def _check_ledger_path(path: str, what: str) -> None:
+    # The daemon writes the ledger when it stops, after the whole run (or over the error that stopped it): a path
+    # it cannot write is refused before it starts. Missing directories are created then.
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise ValidationError(f"{what} {path} is a directory: name the file to write")
+    parent = next(a for a in (target.parent, *target.parent.parents) if a.exists())
+    if not parent.is_dir():
+        raise ValidationError(f"cannot write {what} {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValidationError(f"cannot write {what} {path}: {parent} is not writable")
+
+
 async def _run(ctx: _Context) -> int:
+    if ctx.demo:
+        if ctx.args.ledger is not None:
+            _check_ledger_path(ctx.args.ledger, "--ledger")
+        elif ctx.settings.demo.ledger_file:
+            _check_ledger_path(ctx.settings.demo.ledger_file, "[demo] ledger_file")
     summary = await serve(ctx.settings, demo=ctx.demo, ledger_file=ctx.args.ledger)
     ctx.print(summary.line())
     return 0
@@ -780,7 +874,8 @@ def _parser() -> argparse.ArgumentParser:
     command("distribute", "on a Citus coordinator: distribute the tables over the workers (idempotent; see "
                           "docs/SCALE-OUT.md)", _distribute)
     p = command("ingest-file", "replay files of raw websocket frames (one per line; plain, gzip or zstd) into the "
-                "database, in time order; exit 1 if a file's frames gave no stored row", _ingest)
+                "database, in time order; exit 1 if a file is truncated or corrupt (the frames before the damage "
+                "are replayed), or if its frames gave no stored row", _ingest)
     p.add_argument("--exchange", required=True, metavar="NAME",
                    help=f"venue: {', '.join(venues.NAMES[:-1])} or {venues.NAMES[-1]}")
     p.add_argument("--channel", required=True, action="append", metavar="CHANNEL",
@@ -800,7 +895,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hftdb`` console script; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "run" and args.ledger is not None and not getattr(args, "demo", False):
+        parser.error("--ledger needs --demo")  # as run.py says it: the ledger is the demo simulator's
     try:
         settings = load_settings(locate_config(getattr(args, "config", None)))
         log = settings.logging

@@ -65,7 +65,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -84,8 +84,8 @@ from ..models import Balance, BookTicker, ExchangeName, FeedRows, FundingRate, n
 from ..wire.books import STORED, BookTuples, PackedBooks, read_stored, repeats_of
 from ..wire.copy import HEADER, PG_EPOCH_US, TRAILER
 
-__all__ = ["MAX_LINE_BYTES", "ReplayProgress", "ReplayResult", "ReplayTuning", "ingest_file", "ingest_files",
-           "line_blocks", "line_pieces", "replay_frames"]
+__all__ = ["MAX_LINE_BYTES", "ReplayProgress", "ReplayResult", "ReplayTuning", "check_files", "ingest_file",
+           "ingest_files", "line_blocks", "line_pieces", "replay_frames"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,8 @@ _INT8_MAX = (1 << 63) - 1
 _EXCHANGE_TS = operator.attrgetter("exchange_ts")
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _GZIP_MAGIC = b"\x1f\x8b"
+# The reject reason of a file whose read failed part way (truncated or corrupt): what came before is replayed.
+_CORRUPT_FILE = "corrupt_file"
 # Session advisory lock key of a replay into one venue: the ASCII tag ``hftdbrp`` then the exchange id's low
 # byte (the scheme of hftdb.db.locks: cannot collide with its tags).
 _LOCK_TAG = int.from_bytes(b"hftdbrp\x00", "big")
@@ -139,6 +141,12 @@ class ReplayResult(msgspec.Struct, kw_only=True):
         replay, or found already stored): every frame was rejected, or was not market data at all. A file
         without frames has not failed."""
         return self.frames > 0 and self.stored == 0 and self.duplicates == 0
+
+    @property
+    def damaged(self) -> bool:
+        """True when the file could not be read to its end (truncated or corrupt: a ``corrupt_file`` reject). Its
+        frames before the damage were replayed and are counted here; what came after it is lost."""
+        return self.rejects.get(_CORRUPT_FILE, 0) > 0
 
 
 class ReplayTuning(msgspec.Struct, frozen=True, kw_only=True):
@@ -632,7 +640,7 @@ def _check(exchange: ExchangeName | str, channels: Sequence[str]) -> tuple[Excha
 # -- files -----------------------------------------------------------------------------------------------------------
 
 
-def _open(path: Path) -> tuple[IO[bytes], IO[bytes]]:
+def _open(path: Path) -> tuple[io.BufferedIOBase, io.BufferedIOBase]:
     """(the decompressed stream, the file as stored) of ``path``; a ValidationError naming it if unreadable."""
     try:
         raw = path.open("rb")
@@ -663,27 +671,49 @@ def _open(path: Path) -> tuple[IO[bytes], IO[bytes]]:
     return raw, raw
 
 
-def _chunks(stream: IO[bytes], step: int, rejects: Callable[[str, str], None], name: str) -> Iterator[bytes]:
-    """``stream``'s bytes ``step`` at a time until its end or a read that fails: a truncated or corrupt file keeps
-    what came before the damage, and the rest of it is one ``corrupt_file`` reject."""
+def _chunks(stream: io.BufferedIOBase, step: int, rejects: Callable[[str, str], None],
+            name: str) -> Iterator[bytes | None]:
+    """``stream``'s bytes about ``step`` at a time until its end or a read that fails, then None if one failed.
+
+    The stream is read with ``read1``, a decompressor's output at a time, so that a truncated or corrupt file keeps
+    everything that came before the damage, as ``zcat`` does (a ``read(step)`` that fails loses what it had read).
+    The rest of the file is one ``corrupt_file`` reject; the None tells the caller that the last line it holds was
+    cut by the damage, and is part of it."""
     while True:
+        parts: list[bytes] = []
+        held = 0
+        ended = False
         try:
-            data = stream.read(step)
+            while held < step:
+                data = stream.read1(step - held)
+                if not data:
+                    ended = True
+                    break
+                parts.append(data)
+                held += len(data)
         except Exception as exc:  # noqa: BLE001 - any decompressor's error: a truncated or corrupt file
-            rejects("corrupt_file", f"{name}: {type(exc).__name__}: {exc}")
+            if parts:
+                yield parts[0] if len(parts) == 1 else b"".join(parts)
+            rejects(_CORRUPT_FILE, f"{name}: {type(exc).__name__}: {exc}")
+            yield None
             return
-        if not data:
+        if parts:
+            yield parts[0] if len(parts) == 1 else b"".join(parts)
+        if ended:
             return
-        yield data
 
 
-def line_blocks(stream: IO[bytes], rejects: Callable[[str, str], None], name: str, *,
+def line_blocks(stream: io.BufferedIOBase, rejects: Callable[[str, str], None], name: str, *,
                 tuning: ReplayTuning = _TUNING) -> Iterator[list[bytes]]:
     """The non-empty lines of ``stream`` a block (``tuning.block_bytes``) at a time, stripped; a line over
-    MAX_LINE_BYTES is counted by ``rejects`` and skipped without being kept whole."""
+    MAX_LINE_BYTES is counted by ``rejects`` and skipped without being kept whole. A truncated or corrupt stream
+    gives its lines up to the damage (the line it cuts is dropped) and one ``corrupt_file`` reject."""
     tail = b""
     skipping = False  # inside a line already rejected as too long
     for data in _chunks(stream, tuning.block_bytes, rejects, name):
+        if data is None:
+            tail = b""  # cut by the damage: part of the corrupt_file reject, not a frame
+            break
         lines = data.split(b"\n")
         last = lines.pop()
         if skipping:
@@ -717,16 +747,19 @@ def line_blocks(stream: IO[bytes], rejects: Callable[[str, str], None], name: st
         yield [tail]
 
 
-def _reads(stream: IO[bytes], rejects: Callable[[str, str], None], name: str, *, plain: bool,
-           tuning: ReplayTuning) -> Iterator[bytes]:
-    """``stream``'s bytes about ``tuning.read_bytes`` at a time; a compressed stream is read a block at a time, so
-    that a read that fails (a truncated or corrupt file: one reject) loses no more than a block of what came
-    before."""
+def _reads(stream: io.BufferedIOBase, rejects: Callable[[str, str], None], name: str, *, plain: bool,
+           tuning: ReplayTuning) -> Iterator[bytes | None]:
+    """``stream``'s bytes about ``tuning.read_bytes`` at a time; a compressed stream is read a block at a time. After
+    a read that fails (a truncated or corrupt file: one reject), what came before it, then None (:func:`_chunks`)."""
     parts: list[bytes] = []
     held = 0
     read = tuning.read_bytes
     step = read if plain else tuning.block_bytes
+    damaged = False
     for data in _chunks(stream, step, rejects, name):
+        if data is None:
+            damaged = True
+            break
         parts.append(data)
         held += len(data)
         if held >= read:
@@ -734,17 +767,23 @@ def _reads(stream: IO[bytes], rejects: Callable[[str, str], None], name: str, *,
             parts, held = [], 0
     if parts:
         yield parts[0] if len(parts) == 1 else b"".join(parts)
+    if damaged:
+        yield None
 
 
-def line_pieces(stream: IO[bytes], rejects: Callable[[str, str], None], name: str, *,
+def line_pieces(stream: io.BufferedIOBase, rejects: Callable[[str, str], None], name: str, *,
                 plain: bool = False, tuning: ReplayTuning = _TUNING) -> Iterator[tuple[bytes, int, int]]:
     """:func:`line_blocks` without splitting: ``(data, start, end)`` about ``tuning.read_bytes`` at a time,
     ``data[start:end]`` whole lines (the file's last one may lack its newline); a line over MAX_LINE_BYTES is
     counted by ``rejects`` and skipped without being kept whole. The lines are left to the intake to split
-    (Intake.process_lines). ``plain``: ``stream`` is the file itself, not a decompressor."""
+    (Intake.process_lines). ``plain``: ``stream`` is the file itself, not a decompressor. A truncated or corrupt
+    stream gives its lines up to the damage (the line it cuts is dropped) and one ``corrupt_file`` reject."""
     tail = b""  # the start of a line that began in an earlier block
     skipping = False  # inside a line already rejected as too long
     for data in _reads(stream, rejects, name, plain=plain, tuning=tuning):
+        if data is None:
+            tail = b""  # cut by the damage: part of the corrupt_file reject, not a frame
+            break
         first = data.find(b"\n")
         if first < 0:
             if not skipping:
@@ -1014,6 +1053,22 @@ def _chain(first: list[bytes], rest: Iterator[list[bytes]]) -> Iterator[list[byt
     yield from rest
 
 
+def check_files(paths: Iterable[str | os.PathLike[str]], *, exchange: ExchangeName | str,
+                channels: Sequence[str]) -> list[Path]:
+    """The files :func:`ingest_files` would replay from ``paths`` (a directory stands for its files), after the
+    checks it makes before it touches the database: ``exchange`` is a venue, ``channels`` are channels of it, and
+    every file exists and can be opened (a zstd file needs ``zstandard``). Any of them failing is a
+    :class:`~hftdb.errors.ValidationError` naming it. Does no database I/O: a command checks its arguments with it
+    before it connects."""
+    _check(exchange, channels)
+    files = _expand_paths(paths)
+    for path in files:
+        stream, raw = _open(path)
+        with raw, stream:
+            pass
+    return files
+
+
 async def ingest_files(
     db: DatabaseManager,
     paths: Iterable[str | os.PathLike[str]],
@@ -1035,7 +1090,7 @@ async def ingest_files(
     the same venue at the same time is a :class:`~hftdb.errors.StateError`.
     """
     venue, channels = _check(exchange, channels)
-    files = _expand_paths(paths)
+    files = check_files(paths, exchange=venue, channels=channels)
     probe = create_adapter(venue, db, channels=list(channels), account=account).new_parser()
     tuning = tuning or _TUNING
     firsts = {p: _first_time(p, probe, tuning) for p in files}  # also opens each file: unreadable ones fail here
@@ -1057,7 +1112,8 @@ async def ingest_files(
         for index, path in enumerate(files):
             stream, raw = _open(path)
             with raw, stream:
-                def on_block(frames: int, path: Path = path, index: int = index, raw: IO[bytes] = raw) -> None:
+                def on_block(frames: int, path: Path = path, index: int = index,
+                             raw: io.BufferedIOBase = raw) -> None:
                     if progress is not None:
                         progress(ReplayProgress(
                             file_index=index, files=len(files), path=str(path),

@@ -6,10 +6,17 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 
+import msgspec
+
+from ..config import DemoSettings
 from .core import Limits
-from .server import ExchangeSimulator
+from .server import HOST_OF, ExchangeSimulator
+
+# The simulator draws a tick's updates without yielding: a much higher rate holds the event loop (and Ctrl-C).
+_MAX_RATE = 1_000_000
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,6 +29,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--funding-interval", type=float, default=1.0, help="seconds between funding updates per symbol")
     p.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     return p
+
+
+def _problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments, checked before anything is built (a huge --symbols would take all
+    memory first); None if nothing."""
+    if not (math.isfinite(args.rate) and 0 <= args.rate <= _MAX_RATE):
+        return f"--rate must be a finite number >= 0 and at most {_MAX_RATE:,}, got {args.rate:g}"
+    # The bound the [demo] section of the daemon's config puts on its simulator.
+    most = next(f for f in msgspec.inspect.type_info(DemoSettings).fields if f.name == "symbols").type.le
+    if not 0 < args.symbols <= most:
+        return f"--symbols must be between 1 and {most:,}, got {args.symbols}"
+    if not (math.isfinite(args.funding_interval) and args.funding_interval > 0):
+        return f"--funding-interval must be a finite number of seconds > 0, got {args.funding_interval:g}"
+    highest = 65535 - (len(set(HOST_OF.values())) - 1)  # the hosts bind PORT..PORT+hosts-1
+    if not 0 <= args.port <= highest:
+        return f"--port must be 0 (free ports) or at most {highest}, got {args.port}"
+    return None
 
 
 async def _main(args: argparse.Namespace) -> None:
@@ -45,7 +69,11 @@ async def _main(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m hftdb.simulator``."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    problem = _problem(args)
+    if problem is not None:
+        parser.error(problem)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(_main(args))
 
