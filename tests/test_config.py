@@ -295,3 +295,16 @@ def test_the_c_switch_does_not_stop_the_daemon(tmp_path):
     proc = _run([str(ROOT / "run.py"), "--demo", "--config", str(path)], tmp_path, **env)
     # (Past the configuration: it is the venues, all disabled here, that stop it.)
     assert proc.stderr.strip() == "hftdb: [exchanges]: every venue is disabled; enable at least one (enabled = true)"
+
+
+def test_a_ledger_that_cannot_be_written_does_not_hide_why_the_daemon_stopped(tmp_path):
+    # The demo writes the simulator's ledger while stopping, also after a failed start; a path it cannot write
+    # once raised there and stood in for the real error ("File exists" instead of "connection refused").
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    proc = _run([str(ROOT / "run.py"), "--demo", "--ledger", str(blocker / "ledger.json")], tmp_path,
+                HFTDB_DSN="postgresql://u@127.0.0.1:1/db", HFTDB_DATABASE_CONNECT_TIMEOUT="1")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("hftdb: cannot connect to postgresql://u@127.0.0.1:1/db"), proc.stderr
+    assert f"cannot write the simulator's ledger to {blocker / 'ledger.json'}" in proc.stderr

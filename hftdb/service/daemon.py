@@ -429,10 +429,17 @@ class Daemon:
             ],
             "malformed": dict(ledger.malformed),
         }
-        self.ledger_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.ledger_file.with_name(self.ledger_file.name + ".tmp")
-        tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
-        tmp.replace(self.ledger_file)
+        try:
+            self.ledger_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.ledger_file.with_name(self.ledger_file.name + ".tmp")
+            tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+            tmp.replace(self.ledger_file)
+        except OSError as exc:
+            # Written while stopping, also after a failed start: raised, it would stand in for the error that
+            # stopped the daemon ("File exists" instead of "connection refused").
+            logger.error("demo: cannot write the simulator's ledger to %s: %s", self.ledger_file,
+                         exc.strerror or type(exc).__name__)
+            return
         logger.info("demo: the simulator's ledger written to %s", self.ledger_file)
 
     def _make_summary(self) -> Summary:
