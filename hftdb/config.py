@@ -506,6 +506,9 @@ def locate_config(path: str | os.PathLike[str] | None = None, *, environ: Mappin
     exists, else None (the built-in defaults, which are what ``config/default.toml`` documents)."""
     environ = os.environ if environ is None else environ
     if path is not None:
+        if not os.fspath(path).strip():
+            # Path("") is "." (a directory): say what was given instead.
+            raise ConfigError("the config path is empty: name a TOML file (--config PATH)")
         return Path(path)
     if environ.get("HFTDB_CONFIG"):
         return Path(environ["HFTDB_CONFIG"])

@@ -103,6 +103,8 @@ def test_apply_env_merges_into_the_raw_mapping_without_touching_it():
 def test_locate_config_order(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert locate_config(environ={}) is None  # no ./config/default.toml here: built-in defaults
+    with pytest.raises(ConfigError, match="the config path is empty"):  # once "a directory, not a file: ."
+        locate_config("", environ={})
     assert locate_config(environ={"HFTDB_CONFIG": "/etc/hftdb.toml"}) == Path("/etc/hftdb.toml")
     assert locate_config("mine.toml", environ={"HFTDB_CONFIG": "/etc/hftdb.toml"}) == Path("mine.toml")
     (tmp_path / "config").mkdir()
