@@ -44,6 +44,7 @@ __all__ = [
     "Settings",
     "VENUE_CHANNELS",
     "load_settings",
+    "check_settings",
     "locate_config",
     "apply_env",
     "NOT_CONFIG_ENV",
@@ -148,9 +149,9 @@ class DatabaseSettings(_Section):
         if self.dsn is not None:
             register_dsn(self.dsn)  # before the check, whose message could otherwise quote it
             if problem := dsn_problem(self.dsn):
-                raise ValueError(f"dsn: {problem}")
+                raise ConfigError(f"dsn: {problem}")
         if self.pool_min_size > self.pool_max_size:
-            raise ValueError(f"pool_min_size: {self.pool_min_size} is more than pool_max_size ({self.pool_max_size})")
+            raise ConfigError(f"pool_min_size: {self.pool_min_size} is more than pool_max_size ({self.pool_max_size})")
 
     def __repr__(self) -> str:
         return (
@@ -200,7 +201,8 @@ class StorageSettings(_Section):
 
     def __post_init__(self) -> None:
         if self.partition_interval_s < 60 or self.partition_interval_s % 60:
-            raise ValueError(f"partition_interval_s: expected a multiple of 60 seconds, got {self.partition_interval_s}")
+            raise ConfigError(
+                f"partition_interval_s: expected a multiple of 60 seconds, got {self.partition_interval_s}")
 
 
 #: The channels each venue's adapter can stream (its defaults first), as named in the venue's own API
@@ -218,11 +220,11 @@ class VenueSettings(_Section):
 
     def __post_init__(self) -> None:
         if isinstance(self.symbols, tuple) and not self.symbols:
-            raise ValueError('symbols: give "all" or at least one native symbol')
+            raise ConfigError('symbols: give "all" or at least one native symbol')
         if isinstance(self.symbols, tuple) and not all(self.symbols):
-            raise ValueError("symbols: a symbol is an empty string")
+            raise ConfigError("symbols: a symbol is an empty string")
         if not self.account:
-            raise ValueError("account must not be empty")
+            raise ConfigError("account must not be empty")
 
 
 if TYPE_CHECKING:
@@ -267,7 +269,7 @@ class ExchangesSettings(_VenueSections):
         for venue, known in VENUE_CHANNELS.items():
             for channel in getattr(self, venue).channels:
                 if channel not in known:
-                    raise ValueError(
+                    raise ConfigError(
                         f"{venue}.channels: {channel!r} is not a channel of {venue} (its channels: {', '.join(known)})"
                     )
 
@@ -333,12 +335,12 @@ class ReadSettings(_Section):
         for i, dsn in enumerate(self.replicas):
             register_dsn(dsn)
             if problem := dsn_problem(dsn):
-                raise ValueError(f"replicas: replica {i}: {problem}")
+                raise ConfigError(f"replicas: replica {i}: {problem}")
         if self.health_interval_ms * 2 > self.max_lag_ms:
             # Lag is measured against primary WAL positions sampled each interval: its resolution is one interval.
-            raise ValueError("max_lag_ms must be at least twice health_interval_ms")
+            raise ConfigError("max_lag_ms must be at least twice health_interval_ms")
         if self.pool_min_size > self.pool_max_size:
-            raise ValueError("pool_min_size must not exceed pool_max_size")
+            raise ConfigError("pool_min_size must not exceed pool_max_size")
 
     def __repr__(self) -> str:
         replicas = tuple(redact_dsn(d) for d in self.replicas)
@@ -405,7 +407,8 @@ def _resolve_env(name: str, key: str, tp: type[msgspec.Struct], path: tuple[str,
     keys = ", ".join(sorted(f for f, info in fields.items() if not _is_struct(info.type)))
     tables = ", ".join(sorted(f for f, info in fields.items() if _is_struct(info.type)))
     also = f"; tables: {tables}" if tables else ""
-    raise ConfigError(f"environment variable {name}: [{'.'.join(path)}] has no key {key!r} (keys: {keys}{also})")
+    raise ConfigError(
+        f"environment variable {name}: [{'.'.join(path)}] has no key {key!r} (keys: {keys}{also})")
 
 
 def _env_overrides(environ: Mapping[str, str], settings_type: type) -> dict[tuple[str, ...], tuple[str, Any]]:
@@ -549,6 +552,19 @@ def load_settings(
         return msgspec.convert(merged, settings_type)
     except msgspec.ValidationError as exc:
         raise ConfigError(_explain(str(exc), source, merged, overrides, settings_type)) from None
+
+
+def check_settings(settings: Settings) -> Settings:
+    """``settings`` checked as :func:`load_settings` checks a file: a :class:`Settings` built in code skips the
+    bounds of its keys (msgspec checks them when decoding, not in ``__init__``), so ``WriterSettings(
+    batch_max_rows=0)`` would otherwise fail deep inside a writer. A ConfigError naming the key otherwise."""
+    if not isinstance(settings, Settings):
+        raise ConfigError(f"settings must be hftdb.Settings, got {type(settings).__name__}")
+    raw = msgspec.to_builtins(settings)
+    try:
+        return msgspec.convert(raw, Settings)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_explain(str(exc), "settings", raw, {}, Settings)) from None
 
 
 _STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")

@@ -14,7 +14,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from hftdb.config import NOT_CONFIG_ENV, Settings, VENUE_CHANNELS, apply_env, load_settings, locate_config
+from hftdb.config import (
+    NOT_CONFIG_ENV, CacheSettings, DatabaseSettings, Settings, StorageSettings, VENUE_CHANNELS, WriterSettings,
+    apply_env, check_settings, load_settings, locate_config,
+)
 from hftdb.errors import ConfigError
 from hftdb.service.logsetup import configure_logging
 from hftdb.wire import loader
@@ -81,7 +84,8 @@ def test_environment_overrides_every_kind_of_key():
     assert s.database.dsn == "postgresql://u:pw@db/hftdb"
     assert "pw" not in repr(s) and "pw" not in str(s.database)
     # "all" is a word, not a symbol, in any case (ALL once loaded as a symbol named ALL).
-    assert load_settings(DEFAULT, environ={"HFTDB_EXCHANGES_OKX_SPOT_SYMBOLS": "ALL"}).exchanges.okx_spot.symbols == "all"
+    okx_spot = load_settings(DEFAULT, environ={"HFTDB_EXCHANGES_OKX_SPOT_SYMBOLS": "ALL"}).exchanges.okx_spot
+    assert okx_spot.symbols == "all"
 
 
 def test_funding_poll_interval_defaults_to_a_minute_and_is_set_from_toml_or_the_environment(tmp_path):
@@ -310,3 +314,39 @@ def test_a_ledger_that_cannot_be_written_does_not_hide_why_the_daemon_stopped(tm
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("hftdb: cannot connect to postgresql://u@127.0.0.1:1/db"), proc.stderr
     assert f"cannot write the simulator's ledger to {blocker / 'ledger.json'}" in proc.stderr
+
+
+def test_settings_built_in_code_are_checked_as_a_file_is():
+    # msgspec checks bounds when it decodes, not in __init__: built in code, these failed later, deep inside a
+    # writer or the catalog, as a bare ValueError.
+    assert check_settings(Settings()) == Settings()
+    cases = [
+        (Settings(writer=WriterSettings(batch_max_rows=0)),
+         "settings: [writer] batch_max_rows = 0: expected an integer > 0"),
+        (Settings(cache=CacheSettings(ttl_s=-1.0)), "settings: [cache] ttl_s = -1.0: expected a number > 0 (finite)"),
+        (Settings(database=DatabaseSettings(dsn="postgresql://u:hunter2@h/db", connect_timeout=float("inf"))),
+         "[database] connect_timeout = inf: expected a number > 0 (finite)"),
+    ]
+    for settings, message in cases:
+        with pytest.raises(ConfigError) as info:
+            check_settings(settings)
+        assert message in str(info.value) and "hunter2" not in str(info.value)
+    # The checks in __post_init__ run in code too, and raise the typed error, not a bare ValueError.
+    with pytest.raises(ConfigError, match="partition_interval_s: expected a multiple of 60 seconds, got 30"):
+        StorageSettings(partition_interval_s=30)
+    with pytest.raises(ConfigError, match="settings must be hftdb.Settings, got dict"):
+        check_settings({})  # type: ignore[arg-type]
+
+
+
+def test_a_spool_or_data_directory_that_cannot_be_made_is_a_config_error(tmp_path):
+    # Once a bare NotADirectoryError (spool_dir under a file) or ValueError (data_dir = "") from deep inside.
+    from hftdb.db.server import EmbeddedServer
+    from hftdb.store.spool import Spool
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError, match=r"\[writer\] spool_dir .*a-file/spool: cannot create it"):
+        Spool(blocker / "spool", max_bytes=1 << 20).open()
+    with pytest.raises(ConfigError, match=r"\[database\] data_dir must not be empty"):
+        EmbeddedServer("")

@@ -36,7 +36,7 @@ from typing import Any, Iterator, Literal
 
 import asyncpg
 
-from ..errors import DatabaseUnavailableError, StateError
+from ..errors import ConfigError, DatabaseUnavailableError, StateError
 
 __all__ = ["MALLOC_ENV", "SERVER_SETTINGS", "EmbeddedServer", "bin_dir", "run_tool", "server_environ"]
 
@@ -104,8 +104,8 @@ class EmbeddedServer:
     """
 
     def __init__(self, data_dir: str | os.PathLike[str]) -> None:
-        if not str(data_dir):
-            raise ValueError("data_dir must not be empty")
+        if not str(data_dir).strip():
+            raise ConfigError("[database] data_dir must not be empty: name the directory of the embedded server")
         self.data_dir = Path(data_dir).expanduser().resolve()
         self._handle: Any = None
         self._dsn: str | None = None

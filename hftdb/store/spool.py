@@ -17,6 +17,7 @@ from pathlib import Path
 import msgspec
 
 from ..db.durable import write_atomic
+from ..errors import ConfigError
 
 __all__ = ["Spool", "SpooledBatch"]
 
@@ -54,7 +55,12 @@ class Spool:
 
     def open(self) -> list[Path]:
         """Create the directory if needed, drop half-written files, and return the spooled batches in order."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            # A path under a file, or one this process may not write: the setting is wrong, not the disk.
+            raise ConfigError(f"[writer] spool_dir {self.directory}: cannot create it: "
+                              f"{exc.strerror or type(exc).__name__}") from None
         for tmp in self.directory.glob("*.tmp"):
             tmp.unlink(missing_ok=True)
         files = sorted(self.directory.glob("*.spool"))
