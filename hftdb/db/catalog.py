@@ -19,17 +19,20 @@ transaction, as units of work use them).
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import Any, Iterable, Sequence
+import time
+from typing import Any, Iterable, Sequence, get_args
 
 from .. import venues
 from .cache import TTLCache
 from ..errors import ClosedError, StateError, UnknownExchangeError, UnknownSymbolError, ValidationError
-from ..models import Exchange, ExchangeName, Symbol
+from ..models import Exchange, ExchangeName, Symbol, SymbolStatus
 from ..wire.rules import bad_text
 
 __all__ = [
-    "SymbolCatalog", "SymbolDirectory", "MAX_SYMBOL_LEN", "MAX_EXCHANGE_LEN", "check_symbol", "exchange_name",
+    "SymbolCatalog", "SymbolDirectory", "MAX_SYMBOL_LEN", "MAX_EXCHANGE_LEN", "ID_END", "STATUSES", "check_symbol",
+    "exchange_name",
     "fetch_exchanges", "fetch_exchange", "upsert_exchange", "fetch_symbols", "fetch_symbol", "fetch_symbol_by_name",
     "fetch_symbols_by_ids", "upsert_symbols", "delist_missing", "register_symbols",
 ]
@@ -39,8 +42,15 @@ MAX_SYMBOL_LEN = 64
 #: Longest exchange name accepted (the column is varchar(32)).
 MAX_EXCHANGE_LEN = 32
 
-#: The largest id an ``int4`` column holds: an id outside (0, 2**31) would fail a lookup's statement.
-_INT4_END = 2**31
+logger = logging.getLogger(__name__)
+
+#: One past the largest id an ``int4`` column holds: no symbol has an id outside (0, ID_END), and sent in a
+#: lookup's statement such an id would fail it.
+ID_END = 2**31
+#: The statuses a symbol can have (the schema's CHECK on ``symbols.status``).
+STATUSES: tuple[str, ...] = get_args(SymbolStatus)
+#: How long an id found in a latest table but not in ``symbols`` is skipped before it is looked up again.
+_ABSENT_RECHECK_S = 60.0
 
 
 class SymbolDirectory:
@@ -48,34 +58,48 @@ class SymbolDirectory:
 
     An id's exchange and symbol are fixed once assigned (upserts keep the id; identity never reuses one), so the
     maps need no expiry. An id not in them (registered by another process) is looked up once, on the read's own
-    connection: a server that holds a latest row for the id also holds its symbol row, committed before it.
+    connection: a server that holds a latest row for the id also holds its symbol row, committed before it. An id
+    the ``symbols`` table does not hold either (a row that reached a latest table without its symbol) is logged
+    once and reported by :meth:`resolve`, and looked up again only after a minute, so reads can skip its rows.
     """
 
-    __slots__ = ("exchange_of", "symbol_of", "exchange_ids")
+    __slots__ = ("exchange_of", "symbol_of", "exchange_ids", "_absent")
 
     def __init__(self) -> None:
         self.exchange_of: dict[int, str] = {}
         self.symbol_of: dict[int, str] = {}
         self.exchange_ids: dict[int, int] = {}
+        self._absent: dict[int, float] = {}  # id -> when to look it up again
 
     def remember(self, symbol_id: int, exchange_id: int, exchange: str, symbol: str) -> None:
         """Record one symbol id."""
         self.exchange_of[symbol_id] = exchange
         self.symbol_of[symbol_id] = symbol
         self.exchange_ids[symbol_id] = exchange_id
+        self._absent.pop(symbol_id, None)
 
-    async def resolve(self, db: Any, ids: Iterable[int]) -> None:
-        """Look up the ids not known yet."""
-        missing = sorted({i for i in ids if i not in self.symbol_of})
+    async def resolve(self, db: Any, ids: Iterable[int]) -> set[int]:
+        """Look up the ids not known yet, in one query; return those that are no symbol's (none, usually)."""
+        missing = {i for i in ids if i not in self.symbol_of}
         if not missing:
-            return
-        rows = await db.fetch(
-            """SELECT s.id, s.exchange_id, e.name, s.symbol FROM symbols s JOIN exchanges e ON e.id = s.exchange_id
-               WHERE s.id = ANY($1::int4[])""",
-            missing,
-        )
-        for r in rows:
-            self.remember(r[0], r[1], r[2], r[3])
+            return missing
+        now = time.monotonic()
+        absent = self._absent
+        ask = sorted(i for i in missing if 0 < i < ID_END and absent.get(i, 0.0) <= now)
+        if ask:
+            rows = await db.fetch(
+                """SELECT s.id, s.exchange_id, e.name, s.symbol FROM symbols s
+                   JOIN exchanges e ON e.id = s.exchange_id WHERE s.id = ANY($1::int4[])""",
+                ask,
+            )
+            for r in rows:
+                self.remember(r[0], r[1], r[2], r[3])
+            for i in ask:
+                if i not in self.symbol_of:
+                    if i not in absent:
+                        logger.warning("symbol id %d is not a registered symbol: rows read with it are skipped", i)
+                    absent[i] = now + _ABSENT_RECHECK_S
+        return {i for i in missing if i not in self.symbol_of}
 
 
 class SymbolCatalog:
@@ -172,8 +196,13 @@ class SymbolCatalog:
             self._known_ids.clear()
 
     def cached_id(self, exchange: str, symbol: str) -> int | None:
-        """The cached id of ``exchange``/``symbol``, or None on a miss."""
-        return self._symbol_ids.get((exchange, symbol))
+        """The cached id of ``exchange``/``symbol``, or None on a miss; ValidationError for a name that is no
+        string."""
+        try:
+            return self._symbol_ids.get((exchange, symbol))
+        except TypeError:  # an unhashable name (a list): checked only when it happens, the feeds call this a lot
+            raise ValidationError(f"exchange and symbol must be strings, got {type(exchange).__name__} and "
+                                  f"{type(symbol).__name__}") from None
 
     def names(self) -> dict[str, dict[str, int]]:
         """The cached symbol ids as {exchange: {symbol: id}}, every entry live (the writers' fast paths resolve a
@@ -245,6 +274,8 @@ class SymbolCatalog:
         key = exchange_name(name)
         ex = self._exchanges.get(key)
         if ex is None:
+            if bad_text(key):  # checked on a miss only: a cached name is a registered one
+                raise ValidationError(f"exchange name must hold printable characters only, got {key!r}")
             ex = await fetch_exchange(self._db, key)
             if ex is None:
                 raise UnknownExchangeError(f"unknown exchange {key!r}; register it with insert_exchange()")
@@ -296,6 +327,8 @@ class SymbolCatalog:
             raise ValidationError(f"symbol_id must be an int, got {type(symbol_id).__name__}")
         sym = self._symbols_by_id.get(symbol_id)
         if sym is None:
+            if not 0 < symbol_id < ID_END:
+                raise UnknownSymbolError(f"unknown symbol id {symbol_id}")
             sym = await fetch_symbol(self._db, symbol_id)
             if sym is None:
                 raise UnknownSymbolError(f"unknown symbol id {symbol_id}")
@@ -305,9 +338,13 @@ class SymbolCatalog:
     async def symbol_id(self, exchange: ExchangeName | str, symbol: str) -> int:
         """The id of ``symbol`` on ``exchange``; UnknownExchangeError or UnknownSymbolError if either is absent."""
         name = exchange_name(exchange)
+        if not isinstance(symbol, str):
+            raise ValidationError(f"symbol must be a native symbol string, got {type(symbol).__name__}")
         sid = self._symbol_ids.get((name, symbol))
         if sid is not None:
             return sid
+        if bad_text(symbol):  # checked on a miss only: a cached name is a registered one
+            raise ValidationError(f"symbol must hold printable characters only, got {symbol!r}")
         ex = await self.exchange(name)
         assert ex.id is not None
         sym = await fetch_symbol_by_name(self._db, ex.id, symbol)
@@ -318,6 +355,8 @@ class SymbolCatalog:
 
     async def symbols(self, exchange: ExchangeName | str, *, status: str | None = None) -> list[Symbol]:
         """Every symbol of an exchange (optionally only those with ``status``), by native symbol."""
+        if status is not None and status not in STATUSES:
+            raise ValidationError(f"status must be one of {', '.join(map(repr, STATUSES))}, got {status!r}")
         ex = await self.exchange(exchange)
         found = await fetch_symbols(self._db, exchange_id=ex.id, status=status)
         for sym in found:
@@ -327,7 +366,7 @@ class SymbolCatalog:
     async def load_ids(self, ids: Iterable[int]) -> list[Symbol]:
         """Read the symbols of ``ids`` not yet known into the caches; return those found. Ids no ``int4`` column
         can hold are skipped: no symbol has them."""
-        wanted = sorted({i for i in ids if type(i) is int and 0 < i < _INT4_END and i not in self._known_ids})
+        wanted = sorted({i for i in ids if type(i) is int and 0 < i < ID_END and i not in self._known_ids})
         found = await fetch_symbols_by_ids(self._db, wanted) if wanted else []
         for sym in found:
             self.remember_symbol(sym)

@@ -376,6 +376,11 @@ class PackedRows:
         """The symbol ids of the rows in ``buf``."""
         return self._ints(buf)[0::self.width].tolist()
 
+    def without(self, buf: bytes, drop: set[int]) -> bytes:
+        """``buf`` without the rows whose symbol id is in ``drop``."""
+        size = 8 * self.width
+        return b"".join([buf[k * size:(k + 1) * size] for k, i in enumerate(self.ids(buf)) if i not in drop])
+
     def _check_length(self, buf: bytes) -> None:
         if len(buf) % (8 * self.width):
             raise DatabaseError(f"packed latest rows: {len(buf)} bytes is not a multiple of {8 * self.width}; "

@@ -31,7 +31,7 @@ import asyncpg
 import msgspec
 
 from ..config import ReadSettings, redact_dsn
-from ..errors import ClosedError, HftdbError, StateError
+from ..errors import ClosedError, HftdbError, StateError, ValidationError
 from ..models import now_us
 from ..tablespec import TIME_SERIES
 
@@ -166,8 +166,8 @@ class Subscription:
     ) -> None:
         if table not in TABLES:
             raise ValueError(f"table must be one of {', '.join(TABLES)}, got {table!r}")
-        if max_pending <= 0:
-            raise ValueError(f"max_pending must be > 0, got {max_pending!r}")
+        if type(max_pending) is not int or max_pending <= 0:
+            raise ValidationError(f"max_pending must be a positive integer, got {max_pending!r}")
         self.table = table
         self.channel = f"hftdb_{table}"
         self._dsn = dsn

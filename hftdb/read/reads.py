@@ -11,9 +11,13 @@ import asyncio
 import operator
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
+import asyncpg
+
 from ..db import citus
+from ..db.catalog import ID_END
 from . import columnar
 from ..wire.copy import PG_EPOCH_US
+from ..wire.rules import bad_text
 from ..errors import ValidationError
 from ..models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, now_us
 from .notify import Filter
@@ -52,9 +56,15 @@ class Reader:
                          symbol_ids: Sequence[int] | None) -> tuple[str, Any]:
         """``("ids", ids)``, ``("exchange", exchange_id)`` or ``("all", None)``: which latest rows a read wants."""
         if symbol_ids is not None:
-            if isinstance(symbol_ids, (str, bytes)) or not all(type(i) is int for i in symbol_ids):
-                raise ValidationError("symbol_ids must be a list of integer ids")
-            return ("ids", tuple(symbol_ids))
+            try:
+                ids = tuple(symbol_ids) if not isinstance(symbol_ids, (str, bytes)) else None
+            except TypeError:
+                ids = None
+            if ids is None or not all(type(i) is int for i in ids):
+                raise ValidationError(f"symbol_ids must be a list of integer ids, got {symbol_ids!r:.80}")
+            if ids and (min(ids) <= 0 or max(ids) >= ID_END):
+                ids = tuple([i for i in ids if 0 < i < ID_END])  # no symbol has such an id: not found
+            return ("ids", ids)
         if symbols is not None:
             if exchange is None:
                 raise ValidationError("symbols need an exchange: pass exchange=...")
@@ -136,7 +146,11 @@ class Reader:
             try:
                 return packed.decode(buf, directory.exchange_of, directory.symbol_of, name)
             except KeyError:
-                await directory.resolve(pool, packed.ids(buf))
+                # Ids registered elsewhere are looked up (one query); rows of an id that is no symbol's are
+                # skipped (the directory logs it once): one bad row must not fail every read of the table.
+                unknown = await directory.resolve(pool, packed.ids(buf))
+                if unknown:
+                    buf = packed.without(buf, unknown)
                 return packed.decode(buf, directory.exchange_of, directory.symbol_of, name)
 
         result = await self.router.run(read, primary=primary)
@@ -146,6 +160,8 @@ class Reader:
 
     async def latest_balances(self, exchange: Any, account: str | None, *, primary: bool = False) -> list[Balance]:
         """The balances_latest rows of one exchange and/or account (or all)."""
+        if account is not None:
+            _check_name("account", account)
         exchange_id = (await self._exchange(exchange)).id if exchange is not None else None
 
         async def read(pool: Any) -> list[Balance]:
@@ -162,9 +178,9 @@ class Reader:
                                   primary: bool = False) -> Any:
         """Book tickers of one symbol in a receipt-time window, oldest first, in ``format``."""
         columnar.check_format(format)
-        symbol_id = await self._symbol_id(exchange, symbol)
         lo, hi = window(start, end, hours)
         limit = check_limit(limit)
+        symbol_id = await self._symbol_id(exchange, symbol)
         name = _exchange_name(exchange)
         manifests = await self._archived("book_tickers", lo, hi, primary)
         if format == "objects":
@@ -190,9 +206,9 @@ class Reader:
                               hours: float | None, limit: int | None, format: str, primary: bool = False) -> Any:
         """Funding rates of one symbol in a receipt-time window, oldest first, in ``format``."""
         columnar.check_format(format)
-        symbol_id = await self._symbol_id(exchange, symbol)
         lo, hi = window(start, end, hours)
         limit = check_limit(limit)
+        symbol_id = await self._symbol_id(exchange, symbol)
         name = _exchange_name(exchange)
         manifests = await self._archived("funding_rates", lo, hi, primary)
         if format == "objects":
@@ -221,9 +237,11 @@ class Reader:
         ``objects`` and ``columns`` carry exact Decimals; ``numpy`` carries float64 approximations of the amounts.
         """
         columnar.check_format(format)
-        ex = await self._exchange(exchange)
+        _check_name("asset", asset)
+        _check_name("account", account)
         lo, hi = window(start, end, hours)
         limit = check_limit(limit)
+        ex = await self._exchange(exchange)
         keys = (ex.id, account, asset)
         manifests = await self._archived("balances", lo, hi, primary)
         hot = await self._balance_rows(ex, asset, account, keys, lo, hi, limit, format, primary)
@@ -282,8 +300,14 @@ class Reader:
 
         async def read(pool: Any) -> Any:
             async with pool.acquire() as conn:
-                return await columnar.copy_out(conn, layout, query, *args, format=format,
-                                               sort_by=None if limit is not None else "recv_ts")
+                try:
+                    return await columnar.copy_out(conn, layout, query, *args, format=format,
+                                                   sort_by=None if limit is not None else "recv_ts")
+                except asyncpg.NumericValueOutOfRangeError as exc:
+                    # A stored amount (numeric) beyond float8's range: the numpy columns cannot carry it.
+                    raise ValidationError(
+                        f"format='numpy' cannot hold a stored {table} value beyond float64's range ({exc}); "
+                        "read these rows with format='objects' or 'columns', which keep exact Decimals") from exc
 
         return await self.router.run(read, primary=primary)
 
@@ -349,28 +373,54 @@ def _exchange_name(name: Any) -> str:
     return name.value if isinstance(name, ExchangeName) else name
 
 
+#: The largest LIMIT the server takes (int8).
+_LIMIT_MAX = 2**63 - 1
+#: PostgreSQL's timestamp range in Unix µs: from 4714-11-24 BC (Julian day 0) to before 294277-01-01.
+_TS_MIN_US = -210_866_803_200_000_000
+_TS_END_US = 9_224_318_016_000_000_000
+_HOUR_US = 3_600_000_000
+#: More hours than the whole range holds: a window this long starts before it, whatever its end.
+_HOURS_MAX = (_TS_END_US - _TS_MIN_US) // _HOUR_US
+
+
 def check_limit(limit: int | None) -> int | None:
-    """``limit`` if it is None or a positive int; ValidationError otherwise."""
-    if limit is not None and (type(limit) is not int or limit <= 0):
-        raise ValidationError(f"limit must be a positive integer, got {limit!r}")
+    """``limit`` if it is None or a positive int the server takes; ValidationError otherwise."""
+    if limit is not None and (type(limit) is not int or not 0 < limit <= _LIMIT_MAX):
+        raise ValidationError(f"limit must be a positive integer up to 2**63-1, got {limit!r}")
     return limit
+
+
+def _check_name(what: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise ValidationError(f"{what} must be a string, got {type(value).__name__}")
+    if bad_text(value):  # NUL (no text column holds it), a lone surrogate (no UTF-8 for it), control characters
+        raise ValidationError(f"{what} must hold printable characters only, got {value!r}")
+
+
+def _check_time(what: str, value: Any) -> None:
+    if type(value) is not int:
+        raise ValidationError(f"{what} must be integer Unix microseconds, got {value!r}")
+    if not _TS_MIN_US <= value < _TS_END_US:
+        raise ValidationError(f"{what} is outside PostgreSQL's timestamp range, got {value!r}")
 
 
 def window(start: int | None, end: int | None, hours: float | None) -> tuple[int, int]:
     """The ``[lo, hi)`` receipt-time window (Unix µs) of ``start``/``end`` or ``hours`` back from ``end`` or now."""
+    if end is not None:
+        _check_time("end", end)
+    hi = end if end is not None else now_us() + 1
     if hours is not None:
         if start is not None:
             raise ValidationError("give either start/end or hours, not both")
-        if not isinstance(hours, (int, float)) or hours <= 0:
-            raise ValidationError(f"hours must be a positive number, got {hours!r}")
-        hi = end if end is not None else now_us() + 1
-        return hi - int(hours * 3_600_000_000), hi
+        if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not 0 < hours <= _HOURS_MAX:
+            raise ValidationError(f"hours must be a finite positive number, got {hours!r}")
+        lo = hi - int(hours * _HOUR_US)
+        if lo < _TS_MIN_US:
+            raise ValidationError(f"hours={hours!r} reaches back before PostgreSQL's earliest timestamp")
+        return lo, hi
     if start is None:
         raise ValidationError("give start (Unix microseconds) or hours")
-    hi = end if end is not None else now_us() + 1
-    for name, value in (("start", start), ("end", hi)):
-        if type(value) is not int:
-            raise ValidationError(f"{name} must be integer Unix microseconds, got {value!r}")
+    _check_time("start", start)
     if hi <= start:
         raise ValidationError(f"end ({hi}) must be after start ({start})")
     return start, hi
