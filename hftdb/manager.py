@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 from datetime import timedelta
@@ -29,7 +30,7 @@ from .store import packed, tables, vector
 from . import tablespec
 from .db.cache import TTLCache
 from .db.catalog import SymbolCatalog
-from .config import Settings, dsn_problem, load_settings, redact_dsn
+from .config import MAX_DAYS, Settings, check_settings, dsn_problem, load_settings, redact_dsn
 from .redact import register_dsn
 from .wire.copy import PG_EPOCH_US
 from .errors import ClosedError, ConfigError, DatabaseUnavailableError, StateError, ValidationError
@@ -38,7 +39,7 @@ from .read.notify import Filter, LatestMirror, Subscription
 from .read.replicas import ReadRouter
 from .store.resolve import RowResolver
 from .db.server import EmbeddedServer
-from .wire.rules import bad_text
+from .wire.rules import NOT_A_RECORD, bad_text
 from .store.unit import UnitOfWork, unit_of_work
 from .store.commit import RETRYABLE
 from .store.writer import BatchWriter
@@ -50,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 _MIRRORED = tuple(t.name for t in tablespec.TABLES if t.mirrored)
 _SYMBOL_ID = attrgetter("symbol_id")
+
 _W = TypeVar("_W", bound=BatchWriter)
 # A pool that does not close within its timeout, or whose connections are gone, is terminated.
 _CLOSE_ERRORS: tuple[type[BaseException], ...] = (asyncio.TimeoutError, *RETRYABLE)
@@ -93,10 +95,11 @@ class DatabaseManager:
     ) -> None:
         if settings is None:
             settings = load_settings()
-        elif not isinstance(settings, Settings):
-            raise ValueError(f"settings must be hftdb.Settings, got {type(settings).__name__}")
+        else:
+            # Built in code, its keys' bounds were never checked (msgspec checks them when decoding a file).
+            settings = check_settings(settings)
         if dsn is not None and not isinstance(dsn, str):
-            raise ValueError(f"dsn must be a string, got {type(dsn).__name__}")
+            raise ConfigError(f"dsn must be a string, got {type(dsn).__name__}")
         if dsn:
             register_dsn(dsn)
             if problem := dsn_problem(dsn):
@@ -215,6 +218,7 @@ class DatabaseManager:
 
     async def close(self, *, timeout: float = 30.0) -> None:
         """Flush every writer (spooling what cannot be committed in ``timeout``), close the pool. Idempotent."""
+        timeout = _timeout(timeout)  # type: ignore[assignment]  # (never None here)
         async with self._lock:
             if self._state == "closed":
                 return
@@ -351,14 +355,22 @@ class DatabaseManager:
             import numpy as np
         except ImportError:
             raise ValidationError("insert_book_ticker_columns needs numpy: pip install 'hftdb[numpy]'") from None
-        try:
-            sid = np.asarray(symbol_ids, dtype=np.int64)
-            cols = [np.asarray(c, dtype=np.float64) for c in (bid_price, bid_qty, ask_price, ask_qty)]
-            recv = np.asarray(recv_ts, dtype=np.int64)
-            ex = None if exchange_ts is None else np.asarray(exchange_ts, dtype=np.int64)
-            uid = None if update_id is None else np.asarray(update_id, dtype=np.int64)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise ValidationError(f"book ticker columns must be numeric arrays: {exc}") from None
+        given = (("symbol_ids", symbol_ids, np.int64), ("bid_price", bid_price, np.float64),
+                 ("bid_qty", bid_qty, np.float64), ("ask_price", ask_price, np.float64),
+                 ("ask_qty", ask_qty, np.float64), ("recv_ts", recv_ts, np.int64),
+                 ("exchange_ts", exchange_ts, np.int64), ("update_id", update_id, np.int64))
+        arrays = []
+        for name, values, dtype in given:
+            try:
+                arrays.append(None if values is None and name in ("exchange_ts", "update_id")
+                              else np.asarray(values, dtype=dtype))
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise ValidationError(f"{name} must be a numeric array ({np.dtype(dtype).name}): {exc}") from None
+        sid, recv, ex, uid = arrays[0], arrays[5], arrays[6], arrays[7]
+        cols = arrays[1:5]
+        if sid.ndim != 1:
+            raise ValidationError(f"symbol_ids must be a 1-D column (a sequence or array of ids), "
+                                  f"got shape {sid.shape}")
         n = len(sid)
         for name, col in (("bid_price", cols[0]), ("bid_qty", cols[1]), ("ask_price", cols[2]), ("ask_qty", cols[3]),
                           ("recv_ts", recv), ("exchange_ts", ex), ("update_id", uid)):
@@ -413,11 +425,17 @@ class DatabaseManager:
     async def insert_balance_snapshots(self, balances: Iterable[Balance]) -> int:
         """Accept balances for writing; return how many were taken. Amounts are stored as exact numerics."""
         writer = self._table_writer(tables.BalanceWriter)
-        rows = balances if isinstance(balances, list) else list(balances)
+        rows = _row_list(balances, Balance)
         await writer.reserve(len(rows))
         pairs: list[tuple[int, Balance]] = []
         for r in rows:
-            if isinstance(r.exchange, str) and bad_text(r.exchange):
+            if not isinstance(r, Balance):
+                writer.rejects.add(NOT_A_RECORD[Balance], _brief(r))
+                continue
+            if not isinstance(r.exchange, str):
+                writer.rejects.add("exchange_wrong_type", repr(r))
+                continue
+            if bad_text(r.exchange):
                 # No exchange has such a name, and looked up the server would refuse the query: a bad row.
                 writer.rejects.add("exchange_bad_char", repr(r))
                 continue
@@ -436,39 +454,51 @@ class DatabaseManager:
         return writer
 
     async def _submit(self, writer: tables.BookTickerWriter | tables.FundingRateWriter, rows: Iterable[Any]) -> int:
-        rows = rows if isinstance(rows, list) else list(rows)
+        rows = _row_list(rows, writer.record)
         if not rows:
             return 0
         await writer.reserve(len(rows))
         added = None
         if writer.vectorizes(len(rows)):
             # (A small call goes straight to the per-row path: neither the names nor the rows are looked at twice.)
-            named = rows[0].symbol_id is None
             step = writer.settings.batch_max_rows
-            if len(rows) > 2 * step:
-                # A big call (a backfill) is encoded a batch at a time, yielding between slices, so the first COPY
-                # starts while the rest is encoded and the loop is never held for the whole call. Only when every
-                # row's id is known at once: then no slice can raise half way (an unknown exchange takes no row).
-                # Named rows' ids are looked up in the catalog's names in one C pass (~10-20 ns a row; in Python
-                # it cost ~0.1 µs), and each slice is packed with its ids, not its names looked up again.
-                sids = cached_ids(rows, self._catalog.names()) if named else None
-                if (sids is not None if named else self._catalog.known_ids.issuperset(map(_SYMBOL_ID, rows))):
-                    if named:
+            sliced, sids = False, None
+            try:
+                named = rows[0].symbol_id is None
+                if len(rows) > 2 * step:
+                    # A big call (a backfill) is encoded a batch at a time, yielding between slices, so the first
+                    # COPY starts while the rest is encoded and the loop is never held for the whole call. Only
+                    # when every row's id is known at once: then no slice can raise half way (an unknown exchange
+                    # takes no row). Named rows' ids are looked up in the catalog's names in one C pass (~10-20 ns
+                    # a row; in Python it cost ~0.1 µs), and each slice is packed with its ids, not its names
+                    # looked up again.
+                    sids = cached_ids(rows, self._catalog.names()) if named else None
+                    sliced = (sids is not None if named
+                              else self._catalog.known_ids.issuperset(map(_SYMBOL_ID, rows)))
+                else:
+                    # Named by exchange and symbol: the vectorized path resolves the whole call from the cache in
+                    # its packing pass; any miss (a new symbol, an unknown exchange, a row with an id among named
+                    # ones) sends the call down the per-row path, which handles each.
+                    # (Ids found in the catalog's names are registered ones: only rows' own ids are checked.)
+                    names = self._catalog.names() if named else None
+                    added = writer.add_fast(rows, None if named else self._catalog.known_ids, None, names)
+                    if added is not None and named:
                         self._catalog.count_hits(len(rows))
-                    added = await self._add_sliced(writer, rows, sids, step)
-                    if self._latest_cache is not None and added:
-                        self._latest_cache.invalidate()
-                    return added
-            else:
-                # Named by exchange and symbol: the vectorized path resolves the whole call from the cache in its
-                # packing pass; any miss (a new symbol, an unknown exchange, a row with an id among named ones)
-                # sends the call down the per-row path, which handles each.
-                # (Ids found in the catalog's names are registered ones: only rows' own ids are checked.)
-                names = self._catalog.names() if named else None
-                added = writer.add_fast(rows, None if named else self._catalog.known_ids, None, names)
-                if added is not None and named:
+            except AttributeError:
+                # An element that is not a record (a dict, None), met before any row was taken: the call goes per
+                # row, where each such element is rejected alone.
+                sliced, added = False, None
+            if sliced:
+                if named:
                     self._catalog.count_hits(len(rows))
+                added = await self._add_sliced(writer, rows, sids, step)
+                if self._latest_cache is not None and added:
+                    self._latest_cache.invalidate()
+                return added
         if added is None:
+            # (Only here, once the vectorized path refused the call or for a call too small for it, is each
+            # element's type looked at: before the resolver, which reads every row's names.)
+            rows = _records(writer, rows)
             pairs = await self._resolver.pairs(rows, writer)
             added = writer.add(pairs)
         writer.submitted(added)
@@ -490,7 +520,8 @@ class DatabaseManager:
                 # (Ids from the catalog's names are registered ones: no check against known_ids.)
                 taken = writer.add_fast(part, self._catalog.known_ids if ids is None else None, ids)
                 if taken is None:
-                    taken = writer.add(list(zip(ids if ids is not None else map(_SYMBOL_ID, part), part)))
+                    pairs = zip(ids if ids is not None else map(_SYMBOL_ID, part), part)
+                    taken = writer.add(_record_pairs(writer, pairs))
                 writer.submitted(taken)
                 added += taken
                 if start + step < len(rows):
@@ -501,9 +532,18 @@ class DatabaseManager:
         return added
 
     async def flush(self, *, timeout: float | None = None) -> None:
-        """Return once every row accepted before the call is committed."""
+        """Return once every row accepted before the call is committed; TimeoutError, saying how many rows are
+        still pending, if that takes longer than ``timeout`` seconds (the rows stay accepted)."""
         self._check_open()
-        await asyncio.gather(*(w.flush(timeout=timeout) for w in self._writers.values()))
+        seconds = _timeout(timeout, none=True)
+        try:
+            # (asyncio.timeout, not wait_for: every writer's flush starts, sealing its batch, before a 0 s deadline
+            # cancels it, so no flush is dropped unstarted.)
+            async with asyncio.timeout(seconds):
+                await asyncio.gather(*(w.flush() for w in self._writers.values()))
+        except TimeoutError as exc:
+            pending = sum(w.pending_rows for w in self._writers.values())
+            raise TimeoutError(f"flush timed out after {seconds} s with {pending} row(s) still pending") from exc
 
     def writer_stats(self, table: str) -> dict[str, Any]:
         """The counters of ``table``'s writer ('book_tickers', 'funding_rates' or 'balances'), without I/O: rows
@@ -726,16 +766,7 @@ class DatabaseManager:
         (or that would be, with ``dry_run``) per table.
         """
         self._check_open()
-        if retention is None:
-            days = self.settings.storage.retention_days
-        elif isinstance(retention, timedelta):
-            days = retention.total_seconds() / 86400
-        elif isinstance(retention, (int, float)) and not isinstance(retention, bool):
-            days = float(retention)
-        else:
-            raise ValidationError(f"retention must be a timedelta or a number of days, got {retention!r}")
-        if days <= 0:
-            raise ValidationError(f"retention must be positive, got {days} days")
+        days = _days(retention, self.settings.storage.retention_days, "retention")
         now = now_us()
         cutoff = now - int(days * 86_400_000_000)
         dropped: dict[str, list[str]] = {}
@@ -765,6 +796,8 @@ class DatabaseManager:
         """
         self._check_open()
         days = _days(older_than, self.settings.archive.after_days, "older_than")
+        if tables is not None and (isinstance(tables, (str, bytes)) or not isinstance(tables, Iterable)):
+            raise ValidationError(f"tables must be a list of table names (e.g. ['book_tickers']), got {tables!r}")
         chosen = list(tablespec.TIME_SERIES if tables is None else tables)
         for t in chosen:
             if t not in tablespec.TIME_SERIES:
@@ -846,6 +879,7 @@ class DatabaseManager:
 
     async def health_check(self, *, timeout: float = 5.0) -> dict[str, Any]:
         """Whether the database answers, how fast, and how much each writer holds uncommitted."""
+        timeout = _timeout(timeout)  # type: ignore[assignment]  # (never None here)
         result: dict[str, Any] = {"state": self._state, "ok": False}
         if self._state != "open":
             result["error"] = f"manager is {self._state}"
@@ -930,9 +964,73 @@ def _days(value: timedelta | float | None, default: float, name: str) -> float:
     elif isinstance(value, timedelta):
         days = value.total_seconds() / 86400
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        days = float(value)
+        # (An int float() cannot hold is out of range anyway: only its sign matters.)
+        big = not isinstance(value, float) and abs(value) > MAX_DAYS
+        days = float(value) if not big else math.inf if value > 0 else -math.inf
     else:
         raise ValidationError(f"{name} must be a timedelta or a number of days, got {value!r}")
+    if days != days:
+        raise ValidationError(f"{name} must be a number of days, got {value!r}")
     if not days > 0:
         raise ValidationError(f"{name} must be positive, got {days} days")
+    if days > MAX_DAYS:
+        raise ValidationError(f"{name} must be at most {MAX_DAYS} days, got {days if math.isinf(days) else value!r}")
     return days
+
+
+def _timeout(value: Any, *, none: bool = False) -> float | None:
+    # A call's timeout: a finite number of seconds >= 0 (None too where ``none``).
+    if value is None and none:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf:
+        return float(value)
+    raise ValidationError(f"timeout must be a finite number of seconds >= 0{' or None' if none else ''}, "
+                          f"got {value!r}")
+
+
+def _row_list(rows: Any, record: type) -> list[Any]:
+    # A write call's rows as a list; ValidationError for an argument that is not a collection of rows (O(1)).
+    if type(rows) is list:
+        return rows
+    if rows is None or isinstance(rows, (str, bytes, dict, msgspec.Struct)):
+        raise ValidationError(f"expected a list (an iterable) of {record.__name__} records, got {_brief(rows)}")
+    try:
+        it = iter(rows)
+    except TypeError:
+        raise ValidationError(f"expected a list (an iterable) of {record.__name__} records, "
+                              f"got {_brief(rows)}") from None
+    return list(it)
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}"
+
+
+def _records(writer: tables.BookTickerWriter | tables.FundingRateWriter, rows: list[Any]) -> list[Any]:
+    # The rows that are the writer's record; each other element rejected alone. One C pass when all are.
+    record = writer.record
+    if set(map(type, rows)) == {record}:
+        return rows
+    reason = NOT_A_RECORD[record]
+    kept = []
+    for r in rows:
+        if isinstance(r, record):
+            kept.append(r)
+        else:
+            writer.rejects.add(reason, _brief(r))
+    return kept
+
+
+def _record_pairs(writer: tables.BookTickerWriter | tables.FundingRateWriter,
+                  pairs: Iterable[tuple[int, Any]]) -> list[tuple[int, Any]]:
+    # (id, row) pairs whose row is the writer's record; each other element rejected alone.
+    record = writer.record
+    reason = NOT_A_RECORD[record]
+    kept = []
+    for pair in pairs:
+        if isinstance(pair[1], record):
+            kept.append(pair)
+        else:
+            writer.rejects.add(reason, _brief(pair[1]))
+    return kept

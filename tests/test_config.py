@@ -336,6 +336,13 @@ def test_settings_built_in_code_are_checked_as_a_file_is():
         StorageSettings(partition_interval_s=30)
     with pytest.raises(ConfigError, match="settings must be hftdb.Settings, got dict"):
         check_settings({})  # type: ignore[arg-type]
+    # DatabaseManager checks what it is given (its constructor does no I/O).
+    from hftdb import DatabaseManager
+
+    with pytest.raises(ConfigError, match=r"\[writer\] batch_max_rows = 0: expected an integer > 0"):
+        DatabaseManager(settings=Settings(writer=WriterSettings(batch_max_rows=0)))
+    with pytest.raises(ConfigError, match="settings must be hftdb.Settings, got str"):
+        DatabaseManager(settings="config/default.toml")  # type: ignore[arg-type]
 
 
 

@@ -111,3 +111,40 @@ async def test_a_unit_larger_than_a_batch_writes_every_row(dsn, tmp_path):
         assert await sql(db).fetchval("SELECT count(DISTINCT update_id) FROM book_tickers") == 5_500
         latest = await sql(db).fetchval("SELECT update_id FROM book_tickers_latest WHERE symbol_id = $1", sym.id)
         assert latest == t - 1
+
+
+async def test_a_unit_checks_ids_and_values_as_the_writers_do(dsn, tmp_path):
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        t = now_us()
+        await db.insert_book_ticker_snapshots([BookTicker("binance_spot", "BTCUSDT", 1, 1, 2, 1, t)])
+        await db.flush()
+        sid = db.resolve_symbol_id("binance_spot", "BTCUSDT")
+        assert sid is not None
+
+        def quote(symbol_id: object, bid: object = 1.0) -> BookTicker:
+            return BookTicker("binance_spot", "BTCUSDT", bid, 1.0, 2.0, 1.0, t + 1,  # type: ignore[arg-type]
+                              symbol_id=symbol_id)  # type: ignore[arg-type]
+
+        bad = [quote(sid + 1000), quote(2 ** 40), quote(str(sid)), quote(True)]
+        for row in bad:
+            with pytest.raises(ValidationError):
+                async with db.transaction() as uow:
+                    await uow.insert_book_ticker_snapshots([quote(sid), row])
+        for rows in ([{"bid_price": 1.0}], [None], None, 5, quote(sid)):
+            with pytest.raises(ValidationError):
+                async with db.transaction() as uow:
+                    await uow.insert_book_ticker_snapshots(rows)  # type: ignore[arg-type]
+        for name in (None, ""):
+            with pytest.raises(ValidationError):
+                async with db.transaction() as uow:
+                    await uow.insert_exchange(name)  # type: ignore[arg-type]
+        assert await sql(db).fetchval("SELECT count(*) FROM book_tickers") == 1
+        assert await sql(db).fetchval("SELECT count(*) FROM exchanges") == 1
+        # A symbol registered by another session, not yet in this manager's caches, is found in the database.
+        async with db.connection() as conn:
+            other = await conn.fetchval("INSERT INTO symbols (exchange_id, symbol) SELECT id, 'ETHUSDT' FROM exchanges "
+                                        "RETURNING id")
+        async with db.transaction() as uow:
+            assert await uow.insert_book_ticker_snapshots([quote(sid), quote(other)]) == 2
+        assert len(await db.get_latest_book_tickers("binance_spot", primary=True)) == 2

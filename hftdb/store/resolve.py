@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 from ..db import dberrors
 from ..db.catalog import MAX_SYMBOL_LEN, SymbolCatalog
 from ..config import WriterSettings
-from ..errors import DatabaseUnavailableError, ValidationError
+from ..errors import DatabaseUnavailableError
 from ..wire.rules import bad_text
 from .writer import BatchWriter
 
@@ -53,7 +53,15 @@ class RowResolver:
     async def _slow(self, rows: list[Any], writer: BatchWriter) -> list[tuple[int, Any]]:
         catalog = self._catalog
         by_id = [r for r in rows if r.symbol_id is not None]
-        by_name = [r for r in rows if r.symbol_id is None]
+        by_name = []
+        for r in rows:
+            if r.symbol_id is not None:
+                continue
+            if isinstance(r.exchange, str):
+                by_name.append(r)
+            else:
+                # A wrong type is the row's mistake, not the call's: rejected alone, like any bad value.
+                writer.rejects.add("exchange_wrong_type", repr(r))
         out: list[tuple[int, Any]] = []
         if by_id:
             await self.until_reachable(catalog.load_ids, [r.symbol_id for r in by_id], writer=writer)
@@ -68,8 +76,6 @@ class RowResolver:
         names = {r.exchange for r in by_name}
         exchanges = {}
         for name in names:
-            if not isinstance(name, str):
-                raise ValidationError(f"exchange must be a string, got {type(name).__name__}")
             if not bad_text(name):
                 exchanges[name] = await self.until_reachable(catalog.exchange, name, writer=writer)
         wanted: dict[str, set[str]] = {}

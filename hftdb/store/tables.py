@@ -121,6 +121,8 @@ class BookTickerWriter(BatchWriter):
     """Writer of ``book_tickers``; keeps ``book_tickers_latest`` current in the same transaction."""
 
     table = "book_tickers"
+    #: The record a row of this table is written from.
+    record = BookTicker
     columns = ("symbol_id", "recv_ts", "exchange_ts", "bid_price", "bid_qty", "ask_price", "ask_qty", "update_id")
     row_kinds = "ittddddq"
     latest_stage, latest_stage_ddl, latest_kinds, latest_sql = _staged_latest("book_tickers", {
@@ -211,6 +213,8 @@ class FundingRateWriter(BatchWriter):
     """Writer of ``funding_rates``; keeps ``funding_rates_latest`` current in the same transaction."""
 
     table = "funding_rates"
+    #: The record a row of this table is written from.
+    record = FundingRate
     columns = ("symbol_id", "recv_ts", "exchange_ts", "rate", "next_funding_ts", "mark_price", "index_price")
     row_kinds = "ittdtdd"
     latest_stage, latest_stage_ddl, latest_kinds, latest_sql = _staged_latest("funding_rates", {
@@ -255,6 +259,8 @@ class BalanceWriter(BatchWriter):
     """Writer of ``balances`` (exact numerics); keeps ``balances_latest`` current in the same transaction."""
 
     table = "balances"
+    #: The record a row of this table is written from.
+    record = Balance
     columns = ("exchange_id", "account", "asset", "recv_ts", "exchange_ts", "free", "locked")
     row_kinds = "issttnn"
     latest_sql = _latest_sql("balances", 7, """

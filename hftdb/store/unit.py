@@ -13,13 +13,14 @@ import contextlib
 from typing import Any, AsyncIterator, Callable, Iterable
 
 import asyncpg
+import msgspec
 
 from ..db import catalog as _sql
 from ..db import dberrors
-from ..db.catalog import MAX_SYMBOL_LEN, SymbolCatalog, check_symbol
+from ..db.catalog import ID_END, MAX_SYMBOL_LEN, SymbolCatalog, check_symbol
 from ..errors import UnknownExchangeError, UnknownSymbolError, ValidationError
 from ..models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Symbol
-from ..wire.rules import bad_text
+from ..wire.rules import NOT_A_RECORD, bad_text
 
 __all__ = ["UnitOfWork", "unit_of_work"]
 
@@ -31,7 +32,7 @@ EncoderFactory = Callable[[str], Any]
 async def unit_of_work(conn: asyncpg.Connection, *, catalog: SymbolCatalog,
                        encoder: EncoderFactory) -> AsyncIterator[UnitOfWork]:
     """A :class:`UnitOfWork` in a transaction on ``conn``; its exchanges and symbols are cached once it commits."""
-    uow = UnitOfWork(conn, encoder=encoder)
+    uow = UnitOfWork(conn, encoder=encoder, catalog=catalog)
     async with conn.transaction():
         yield uow
     for ex in uow._new_exchanges:
@@ -43,9 +44,10 @@ async def unit_of_work(conn: asyncpg.Connection, *, catalog: SymbolCatalog,
 class UnitOfWork:
     """Writes inside one transaction. Obtain it from ``DatabaseManager.transaction()``."""
 
-    def __init__(self, conn: asyncpg.Connection, *, encoder: EncoderFactory) -> None:
+    def __init__(self, conn: asyncpg.Connection, *, encoder: EncoderFactory, catalog: SymbolCatalog) -> None:
         self._conn = conn
         self._encoder = encoder
+        self._catalog = catalog
         self._new_exchanges: list[Exchange] = []
         self._new_symbols: list[Symbol] = []
 
@@ -62,7 +64,11 @@ class UnitOfWork:
 
     async def insert_exchange(self, name: ExchangeName | str, *, market: str = "spot") -> Exchange:
         """Register an exchange in this transaction."""
+        if not isinstance(name, str):
+            raise ValidationError(f"exchange name must be a string, got {type(name).__name__} {name!r}")
         text = str(getattr(name, "value", name))
+        if not text:
+            raise ValidationError("exchange name must not be empty")
         if bad_text(text):
             raise ValidationError(f"exchange name must hold printable characters only, got {text!r}")
         ex = await _sql.upsert_exchange(self._conn, text, market, True)
@@ -78,16 +84,16 @@ class UnitOfWork:
 
     async def insert_book_ticker_snapshots(self, tickers: Iterable[BookTicker]) -> int:
         """Write book tickers in this transaction; any invalid row fails the unit."""
-        return await self._write("book_tickers", await self._pairs(list(tickers)))
+        return await self._write("book_tickers", await self._pairs(_rows(tickers, BookTicker)))
 
     async def insert_funding_rates(self, rates: Iterable[FundingRate]) -> int:
         """Write funding rates in this transaction; any invalid row fails the unit."""
-        return await self._write("funding_rates", await self._pairs(list(rates)))
+        return await self._write("funding_rates", await self._pairs(_rows(rates, FundingRate)))
 
     async def insert_balance_snapshots(self, balances: Iterable[Balance]) -> int:
         """Write a balance set in this transaction, e.g. one account snapshot; any invalid row fails the unit."""
         pairs = []
-        for b in balances:
+        for b in _rows(balances, Balance):
             pairs.append((await self._exchange_id(b.exchange), b))
         return await self._write("balances", pairs)
 
@@ -107,6 +113,22 @@ class UnitOfWork:
         return found.id
 
     async def _pairs(self, rows: list[Any]) -> list[tuple[int, Any]]:
+        # Ids are checked as the writers check them (an int4, a registered symbol): a row the writer would reject
+        # fails the unit. Ids the catalog does not know yet are read from the database (committed symbols) or
+        # are symbols this unit registered.
+        given = [r.symbol_id for r in rows if r.symbol_id is not None]
+        for sid in given:
+            if type(sid) is not int or not 0 < sid < ID_END:
+                raise ValidationError(f"symbol_id must be a positive int4, got {sid!r} in a unit of work")
+        known = self._catalog.known_ids
+        unknown = {sid for sid in given if sid not in known} - {sym.id for sym in self._new_symbols}
+        if unknown:
+            await self._catalog.load_ids(unknown)
+            known = self._catalog.known_ids
+            unknown = {sid for sid in unknown if sid not in known}
+            if unknown:
+                raise ValidationError(f"unknown symbol_id(s) {sorted(unknown)} in a unit of work "
+                                      "(unknown_symbol_id): register the symbol first")
         pairs = []
         for r in rows:
             sid = r.symbol_id
@@ -135,3 +157,19 @@ class UnitOfWork:
             # mistake, so a typed error, and the transaction rolls back as for any invalid row.
             raise ValidationError(f"the database refused a {table} row in a unit of work "
                                   f"({dberrors.sqlstate(exc)}: {exc})") from exc
+
+
+def _rows(rows: Any, record: type) -> list[Any]:
+    # A unit's rows as a list of ``record``s; ValidationError for anything else (the unit is all or nothing).
+    if rows is None or isinstance(rows, (str, bytes, dict, msgspec.Struct)):
+        raise ValidationError(f"expected a list (an iterable) of {record.__name__} records, got {rows!r:.80}")
+    try:
+        rows = list(rows)
+    except TypeError:
+        raise ValidationError(f"expected a list (an iterable) of {record.__name__} records, "
+                              f"got {rows!r:.80}") from None
+    for r in rows:
+        if not isinstance(r, record):
+            raise ValidationError(f"expected {record.__name__} records, got {type(r).__name__} {r!r:.80} "
+                                  f"in a unit of work ({NOT_A_RECORD[record]})")
+    return rows

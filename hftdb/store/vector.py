@@ -239,7 +239,7 @@ def _add_one(writer: BatchWriter, sid: int, r: BookTicker) -> int:
             values.append(-1)
         values += [8, bp, 8, bq, 8, ap, 8, aq] + ([8, uid] if uid is not None else [-1])
         data = layout.row.pack(*values)
-    except (TypeError, struct.error):
+    except (TypeError, OverflowError, struct.error):
         writer.rejects.add(book_ticker_reason(r, ts_max), f"{r.exchange}:{r.symbol} {r!r}")
         return 0
     return writer.append(TickerRows(layout, data, [sid], [r], recv, recv, ordered=True, rising=True))

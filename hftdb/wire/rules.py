@@ -16,6 +16,7 @@ value of the wrong type, so one expression settles the common case.
 from __future__ import annotations
 
 import math
+import sys
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -27,14 +28,23 @@ __all__ = [
     "INF", "MAX_ASSET_LEN", "MAX_ACCOUNT_LEN", "NEXT_FUNDING_AHEAD_US",
     "book_fits", "book_ok_columns", "book_ticker_reason", "funding_fits", "funding_reason", "funding_reason_full",
     "balance_check", "bad_text",
-    "ts_reason", "price_reason", "to_decimal",
+    "ts_reason", "price_reason", "to_decimal", "NOT_A_RECORD",
 ]
 
 INF = math.inf
 MAX_ASSET_LEN = 32
 MAX_ACCOUNT_LEN = 64
+#: The reason a write call's element that is not its table's record (a dict, None, another record) is rejected.
+NOT_A_RECORD = {BookTicker: "not_a_book_ticker", FundingRate: "not_a_funding_rate", Balance: "not_a_balance"}
+#: The largest magnitude of an amount: a balance's history is read as float64 (numeric -> float8).
+MAX_AMOUNT = Decimal(sys.float_info.max)
+#: The most digits after the point a PostgreSQL numeric holds.
+MAX_AMOUNT_SCALE = 16383
 #: A funding row's next funding time is in the future by design: it may be up to a year past ``ts_max``.
 NEXT_FUNDING_AHEAD_US = 365 * 86_400_000_000
+
+
+_FLOAT_MAX_INT = int(sys.float_info.max)
 
 
 def book_fits(bid_price: float, bid_qty: float, ask_price: float, ask_qty: float, exchange_ts: int,
@@ -87,6 +97,8 @@ def price_reason(value: Any, what: str, *, allow_zero: bool = False) -> str | No
         return f"{what}_nan"
     if value in (INF, -INF):
         return f"{what}_infinite"
+    if type(value) is int and not -_FLOAT_MAX_INT <= value <= _FLOAT_MAX_INT:
+        return f"{what}_infinite"  # an int no float64 holds: as out of range as an infinite price
     if value < 0:
         return f"{what}_negative"
     if value == 0 and not allow_zero:
@@ -146,7 +158,7 @@ def funding_reason_full(r: FundingRate, ts_max: int) -> str | None:
     rate = r.rate
     if not isinstance(rate, (int, float)) or isinstance(rate, bool):
         return "rate_wrong_type"
-    if not math.isfinite(rate):
+    if (not -_FLOAT_MAX_INT <= rate <= _FLOAT_MAX_INT) if type(rate) is int else not math.isfinite(rate):
         return "rate_not_finite"
     for value, what in ((r.mark_price, "mark_price"), (r.index_price, "index_price")):
         if value is not None:
@@ -201,6 +213,9 @@ def balance_check(r: Balance, ts_max: int) -> tuple[str | None, Decimal, Decimal
         return "amount_wrong_type", zero, zero
     if not free.is_finite() or not locked.is_finite():
         return "amount_not_finite", zero, zero
+    if (abs(free) > MAX_AMOUNT or abs(locked) > MAX_AMOUNT or free.as_tuple().exponent < -MAX_AMOUNT_SCALE
+            or locked.as_tuple().exponent < -MAX_AMOUNT_SCALE):
+        return "amount_out_of_range", zero, zero
     if locked < 0:
         return "locked_negative", zero, zero
     reason = ts_reason(r.recv_ts, ts_max, "recv_ts")
