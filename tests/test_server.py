@@ -31,6 +31,21 @@ async def test_embedded_server_persists_and_restarts(tmp_path):
     await again.stop()
 
 
+async def test_two_users_of_one_directory_in_one_process_stop_it_only_together(tmp_path):
+    # pgserver keeps one handle a process: the first to stop once stopped the server under the other (two
+    # DatabaseManagers on one data_dir, one of them closed; the other's next read found no server).
+    first, second = EmbeddedServer(tmp_path / "pg"), EmbeddedServer(tmp_path / "pg")
+    dsn = await first.start()
+    assert await second.start() == dsn
+    await first.stop()
+    conn = await asyncpg.connect(dsn)
+    assert await conn.fetchval("SELECT 1") == 1
+    await conn.close()
+    assert second.pid is not None
+    await second.stop()
+    assert second.pid is None
+
+
 async def _settings_when(dsn: str, wanted: dict[str, str]) -> dict[str, str]:
     # pg_reload_conf() only signals the postmaster: a session started after it has read the files sees them.
     deadline = asyncio.get_running_loop().time() + 30

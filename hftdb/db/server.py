@@ -95,6 +95,10 @@ def bin_dir() -> Path:
     return Path(POSTGRES_BIN_PATH)
 
 
+#: How many started :class:`EmbeddedServer` objects of this process hold each data directory.
+_HOLDERS: dict[Path, int] = {}
+
+
 class EmbeddedServer:
     """A persistent PostgreSQL cluster in ``data_dir``, started and stopped through pgserver.
 
@@ -137,6 +141,7 @@ class EmbeddedServer:
             raise DatabaseUnavailableError(
                 f"could not start the embedded PostgreSQL in {self.data_dir}: {exc!r}; see {self.data_dir / 'log'}"
             ) from exc
+        _HOLDERS[self.data_dir] = _HOLDERS.get(self.data_dir, 0) + 1
         self._dsn = self._handle.get_uri()
         try:
             await self._apply_settings(self._dsn, timeout=timeout)
@@ -173,11 +178,20 @@ class EmbeddedServer:
                 return pgserver.get_server(self.data_dir, cleanup_mode="stop")
 
     async def stop(self) -> None:
-        """Release this process's handle; the server stops when no other process holds one. Idempotent."""
+        """Release this object's hold; the server stops when no other process, and no other EmbeddedServer of this
+        process on the same directory, holds it. Idempotent."""
         handle, self._handle = self._handle, None
         if handle is None:
             return
         self._dsn = None
+        others = _HOLDERS.get(self.data_dir, 1) - 1
+        if others > 0:
+            # pgserver keeps one handle a process: released now, it would stop the server under the others
+            # (two managers on one directory, one of them closed).
+            _HOLDERS[self.data_dir] = others
+            logger.info("embedded PostgreSQL in %s kept: %d more user(s) in this process", self.data_dir, others)
+            return
+        _HOLDERS.pop(self.data_dir, None)
         await asyncio.to_thread(handle.cleanup)
         logger.info("embedded PostgreSQL handle released (%s)", self.data_dir)
 
