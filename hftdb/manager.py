@@ -39,7 +39,7 @@ from .read.notify import Filter, LatestMirror, Subscription
 from .read.replicas import ReadRouter
 from .store.resolve import RowResolver
 from .db.server import EmbeddedServer
-from .wire.rules import NOT_A_RECORD, bad_text
+from .wire.rules import NOT_A_RECORD, bad_text, row_list
 from .store.unit import UnitOfWork, unit_of_work
 from .store.commit import RETRYABLE
 from .store.writer import BatchWriter
@@ -425,7 +425,7 @@ class DatabaseManager:
     async def insert_balance_snapshots(self, balances: Iterable[Balance]) -> int:
         """Accept balances for writing; return how many were taken. Amounts are stored as exact numerics."""
         writer = self._table_writer(tables.BalanceWriter)
-        rows = _row_list(balances, Balance)
+        rows = row_list(balances, Balance)
         await writer.reserve(len(rows))
         pairs: list[tuple[int, Balance]] = []
         for r in rows:
@@ -454,7 +454,7 @@ class DatabaseManager:
         return writer
 
     async def _submit(self, writer: tables.BookTickerWriter | tables.FundingRateWriter, rows: Iterable[Any]) -> int:
-        rows = _row_list(rows, writer.record)
+        rows = row_list(rows, writer.record)
         if not rows:
             return 0
         await writer.reserve(len(rows))
@@ -986,20 +986,6 @@ def _timeout(value: Any, *, none: bool = False) -> float | None:
         return float(value)
     raise ValidationError(f"timeout must be a finite number of seconds >= 0{' or None' if none else ''}, "
                           f"got {value!r}")
-
-
-def _row_list(rows: Any, record: type) -> list[Any]:
-    # A write call's rows as a list; ValidationError for an argument that is not a collection of rows (O(1)).
-    if type(rows) is list:
-        return rows
-    if rows is None or isinstance(rows, (str, bytes, dict, msgspec.Struct)):
-        raise ValidationError(f"expected a list (an iterable) of {record.__name__} records, got {_brief(rows)}")
-    try:
-        it = iter(rows)
-    except TypeError:
-        raise ValidationError(f"expected a list (an iterable) of {record.__name__} records, "
-                              f"got {_brief(rows)}") from None
-    return list(it)
 
 
 def _brief(value: Any) -> str:

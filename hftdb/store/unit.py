@@ -13,14 +13,13 @@ import contextlib
 from typing import Any, AsyncIterator, Callable, Iterable
 
 import asyncpg
-import msgspec
 
 from ..db import catalog as _sql
 from ..db import dberrors
 from ..db.catalog import ID_END, MAX_SYMBOL_LEN, SymbolCatalog, check_symbol
 from ..errors import UnknownExchangeError, UnknownSymbolError, ValidationError
 from ..models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Symbol
-from ..wire.rules import NOT_A_RECORD, bad_text
+from ..wire.rules import NOT_A_RECORD, bad_text, row_list
 
 __all__ = ["UnitOfWork", "unit_of_work"]
 
@@ -161,13 +160,7 @@ class UnitOfWork:
 
 def _rows(rows: Any, record: type) -> list[Any]:
     # A unit's rows as a list of ``record``s; ValidationError for anything else (the unit is all or nothing).
-    if rows is None or isinstance(rows, (str, bytes, dict, msgspec.Struct)):
-        raise ValidationError(f"expected a list (an iterable) of {record.__name__} records, got {rows!r:.80}")
-    try:
-        rows = list(rows)
-    except TypeError:
-        raise ValidationError(f"expected a list (an iterable) of {record.__name__} records, "
-                              f"got {rows!r:.80}") from None
+    rows = row_list(rows, record)
     for r in rows:
         if not isinstance(r, record):
             raise ValidationError(f"expected {record.__name__} records, got {type(r).__name__} {r!r:.80} "

@@ -20,15 +20,17 @@ import sys
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import msgspec
 import numpy as np
 
+from ..errors import ValidationError
 from ..models import MIN_TS_US, Balance, BookTicker, FundingRate
 
 __all__ = [
     "INF", "MAX_ASSET_LEN", "MAX_ACCOUNT_LEN", "NEXT_FUNDING_AHEAD_US",
     "book_fits", "book_ok_columns", "book_ticker_reason", "funding_fits", "funding_reason", "funding_reason_full",
     "balance_check", "bad_text",
-    "ts_reason", "price_reason", "to_decimal", "NOT_A_RECORD",
+    "ts_reason", "price_reason", "to_decimal", "NOT_A_RECORD", "row_list",
 ]
 
 INF = math.inf
@@ -36,6 +38,27 @@ MAX_ASSET_LEN = 32
 MAX_ACCOUNT_LEN = 64
 #: The reason a write call's element that is not its table's record (a dict, None, another record) is rejected.
 NOT_A_RECORD = {BookTicker: "not_a_book_ticker", FundingRate: "not_a_funding_rate", Balance: "not_a_balance"}
+
+
+def row_list(rows: Any, record: type) -> list[Any]:
+    """A write call's rows as a list (the list itself when given one); a ValidationError when the argument is no
+    collection of rows at all (a record, None, a str, a dict, a number). Its elements are not looked at here."""
+    if type(rows) is list:
+        return rows
+    if rows is None or isinstance(rows, (str, bytes, dict, msgspec.Struct)):
+        raise ValidationError(f"expected a list (an iterable) of {record.__name__} records, got {_brief(rows)}")
+    try:
+        return list(rows)
+    except TypeError:
+        raise ValidationError(f"expected a list (an iterable) of {record.__name__} records, "
+                              f"got {_brief(rows)}") from None
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}"
+
+
 #: The largest magnitude of an amount: a balance's history is read as float64 (numeric -> float8).
 MAX_AMOUNT = Decimal(sys.float_info.max)
 #: The most digits after the point a PostgreSQL numeric holds.
