@@ -49,6 +49,7 @@ __all__ = [
     "apply_env",
     "NOT_CONFIG_ENV",
     "MAX_DAYS",
+    "MAX_DEMO_SYMBOLS",
     "redact_dsn",
     "dsn_problem",
 ]
@@ -63,6 +64,8 @@ NonNegFloat = Annotated[float, Meta(ge=0, le=_FINITE)]
 #: leaves the range of a timestamp.
 MAX_DAYS: Final = 36_500
 Days = Annotated[float, Meta(gt=0, le=MAX_DAYS)]
+#: The most instruments a simulated market may have ([demo] symbols, ``hftdb simulate --symbols``).
+MAX_DEMO_SYMBOLS: Final = 20_000
 
 def redact_dsn(dsn: str | None) -> str | None:
     """Return ``dsn`` with any password (and any registered secret) replaced by ``***``: safe for logs, errors and
@@ -309,7 +312,7 @@ class DemoSettings(_Section):
 
     database: Annotated[str, Meta(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "hftdb_demo"
     rate: PosFloat = 50.0
-    symbols: Annotated[int, Meta(gt=0, le=20_000)] = 5
+    symbols: Annotated[int, Meta(gt=0, le=MAX_DEMO_SYMBOLS)] = 5
     seed: int = 0
     funding_interval_s: PosFloat = 1.0
     ledger_file: str | None = None

@@ -32,7 +32,7 @@ from .. import tablespec, venues
 from ..version import __version__
 from ..db import citus, dberrors, partitions, schema
 from . import dump, inventory
-from ..config import MAX_DAYS, DemoSettings, Settings, load_settings, locate_config
+from ..config import MAX_DAYS, Settings, load_settings, locate_config
 from ..redact import redact
 from ..service.daemon import serve
 from ..db.target import Target, open_target
@@ -52,9 +52,6 @@ _HFTDB_TABLES = inventory.TABLES
 _COUNTED = tablespec.REFERENCE_TABLES + tablespec.TIME_SERIES
 _TS = partitions.TIME_SERIES_TABLES
 _US_PER_DAY = 86_400_000_000
-#: The fastest ``simulate --rate``: the simulator draws a tick's updates without yielding, so a much higher rate
-#: holds its event loop (and Ctrl-C) for seconds at a time.
-_MAX_SIM_RATE = 1_000_000
 
 
 # ------------------------------------------------------------------------------------------------- plumbing
@@ -711,42 +708,27 @@ async def _ingest(ctx: _Context) -> int:
     return code
 
 
-def _demo_bound(name: str) -> Any:
-    # The upper bound config.py's [demo] section puts on ``name``: the simulate command keeps to the same one.
-    field = next(f for f in msgspec.inspect.type_info(DemoSettings).fields if f.name == name)
-    return field.type.le
-
-
 def _simulator_arguments(ctx: _Context) -> dict[str, Any]:
     """The simulator's arguments from the options, else [demo]; a ValidationError naming the option (or setting)
-    that is out of range. Checked before anything is built: a huge --symbols would take all memory first."""
-    from ..simulator import HOST_OF, Limits
+    that is out of range, checked before anything is built (the simulator's own check)."""
+    from ..simulator import Limits, argument_problem
 
     args = ctx.args
     d = ctx.settings.demo
-
-    def pick(value: Any, option: str, default: Any, setting: str) -> tuple[Any, str]:
-        return (value, option) if value is not None else (default, f"[demo] {setting}")
-
-    rate, source = pick(args.rate, "--rate", d.rate, "rate")
-    if not (math.isfinite(rate) and 0 <= rate <= _MAX_SIM_RATE):
-        raise ValidationError(f"{source} must be >= 0 and at most {_MAX_SIM_RATE:,} book updates per second "
-                              f"(a finite number), got {rate:g}")
-    symbols, source = pick(args.symbols, "--symbols", d.symbols, "symbols")
-    most = _demo_bound("symbols")
-    if not 0 < symbols <= most:
-        raise ValidationError(f"{source} must be between 1 and {most:,} instruments per venue, got {symbols}")
-    interval, source = pick(args.funding_interval, "--funding-interval", d.funding_interval_s, "funding_interval_s")
-    if not (math.isfinite(interval) and interval > 0):
-        raise ValidationError(f"{source} must be > 0 seconds (a finite number), got {interval:g}")
-    hosts = len(set(HOST_OF.values()))
-    highest = 65535 - (hosts - 1)  # the hosts bind PORT..PORT+hosts-1
-    if not 0 <= args.port <= highest:
-        raise ValidationError(f"--port must be 0 (free ports) or at most {highest} (the {hosts} hosts bind "
-                              f"PORT..PORT+{hosts - 1}), got {args.port}")
+    given = {"rate": (args.rate, "--rate", d.rate, "[demo] rate"),
+             "symbols": (args.symbols, "--symbols", d.symbols, "[demo] symbols"),
+             "funding_interval": (args.funding_interval, "--funding-interval", d.funding_interval_s,
+                                  "[demo] funding_interval_s"),
+             "port": (args.port, "--port", 0, "--port")}
+    value = {name: option if option is not None else default for name, (option, _, default, _) in given.items()}
+    problem = argument_problem(**value)
+    if problem is not None:
+        name, what = problem
+        option, flag, _, setting = given[name]
+        raise ValidationError(f"{flag if option is not None else setting} {what}")
     seed = args.seed if args.seed is not None else d.seed
-    return {"host": args.host, "port": args.port, "rate": rate, "symbols": symbols, "seed": seed,
-            "limits": Limits(funding_interval=interval)}
+    return {"host": args.host, "port": value["port"], "rate": value["rate"], "symbols": value["symbols"],
+            "seed": seed, "limits": Limits(funding_interval=value["funding_interval"])}
 
 
 async def _simulate(ctx: _Context) -> int:

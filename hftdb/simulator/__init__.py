@@ -15,6 +15,6 @@ Run it standalone with ``python -m hftdb.simulator``.
 
 from .core import Credentials, Limits
 from .ledger import IdRanges, Ledger, Tally
-from .server import HOST_OF, ExchangeSimulator
+from .server import HOST_OF, ExchangeSimulator, argument_problem
 
-__all__ = ["ExchangeSimulator", "Limits", "Credentials", "Ledger", "Tally", "IdRanges", "HOST_OF"]
+__all__ = ["ExchangeSimulator", "Limits", "Credentials", "Ledger", "Tally", "IdRanges", "HOST_OF", "argument_problem"]

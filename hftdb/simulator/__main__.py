@@ -6,17 +6,10 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import math
 import signal
 
-import msgspec
-
-from ..config import DemoSettings
 from .core import Limits
-from .server import HOST_OF, ExchangeSimulator
-
-# The simulator draws a tick's updates without yielding: a much higher rate holds the event loop (and Ctrl-C).
-_MAX_RATE = 1_000_000
+from .server import ExchangeSimulator, argument_problem
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,18 +27,9 @@ def _parser() -> argparse.ArgumentParser:
 def _problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the arguments, checked before anything is built (a huge --symbols would take all
     memory first); None if nothing."""
-    if not (math.isfinite(args.rate) and 0 <= args.rate <= _MAX_RATE):
-        return f"--rate must be a finite number >= 0 and at most {_MAX_RATE:,}, got {args.rate:g}"
-    # The bound the [demo] section of the daemon's config puts on its simulator.
-    most = next(f for f in msgspec.inspect.type_info(DemoSettings).fields if f.name == "symbols").type.le
-    if not 0 < args.symbols <= most:
-        return f"--symbols must be between 1 and {most:,}, got {args.symbols}"
-    if not (math.isfinite(args.funding_interval) and args.funding_interval > 0):
-        return f"--funding-interval must be a finite number of seconds > 0, got {args.funding_interval:g}"
-    highest = 65535 - (len(set(HOST_OF.values())) - 1)  # the hosts bind PORT..PORT+hosts-1
-    if not 0 <= args.port <= highest:
-        return f"--port must be 0 (free ports) or at most {highest}, got {args.port}"
-    return None
+    problem = argument_problem(port=args.port, rate=args.rate, symbols=args.symbols,
+                               funding_interval=args.funding_interval)
+    return None if problem is None else f"--{problem[0].replace('_', '-')} {problem[1]}"
 
 
 async def _main(args: argparse.Namespace) -> None:

@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import math
 import re
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from aiohttp import web
 
+from ..config import MAX_DEMO_SYMBOLS
 from ..errors import ClosedError, StateError
 from ..models import ExchangeName
 from ..venues import VENUES
@@ -23,7 +26,7 @@ from .ledger import Ledger
 from .market import Market
 from .okx import OkxHost
 
-__all__ = ["ExchangeSimulator", "HOST_OF"]
+__all__ = ["ExchangeSimulator", "HOST_OF", "MAX_RATE", "MAX_PORT", "argument_problem"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +36,27 @@ HOST_OF: dict[ExchangeName, str] = {v.name: v.simulator_host for v in VENUES}
 _HOST_CLASSES: dict[str, Callable[..., Host]] = {"BinanceAdapter": BinanceHost, "BybitAdapter": BybitHost,
                                                  "OkxAdapter": OkxHost}
 _HOST_ORDER = tuple(dict.fromkeys(HOST_OF.values()))
+#: The highest ``rate``: a tick's updates are drawn without yielding, so a much higher rate holds the event loop
+#: (and Ctrl-C) for seconds at a time.
+MAX_RATE = 1_000_000
+#: The highest fixed ``port``: the hosts bind ``port`` and the next ones.
+MAX_PORT = 65535 - (len(_HOST_ORDER) - 1)
+
+
+def argument_problem(*, port: Any, rate: Any, symbols: Any, funding_interval: Any) -> tuple[str, str] | None:
+    """The first of :class:`ExchangeSimulator`'s arguments out of range, as (its name, what is wrong, to follow the
+    name); None when all are fine. Entry points check with it before anything is built (a huge ``symbols`` would
+    take all the memory there is first) and put their own name for the argument in front."""
+    if not (isinstance(rate, (int, float)) and math.isfinite(rate) and 0 <= rate <= MAX_RATE):
+        return "rate", f"must be >= 0 and at most {MAX_RATE:,} book updates per second (a finite number), got {rate}"
+    if not (type(symbols) is int and 0 < symbols <= MAX_DEMO_SYMBOLS):
+        return "symbols", f"must be between 1 and {MAX_DEMO_SYMBOLS:,} instruments per venue, got {symbols}"
+    if not (isinstance(funding_interval, (int, float)) and math.isfinite(funding_interval) and funding_interval > 0):
+        return "funding_interval", f"must be > 0 seconds (a finite number), got {funding_interval}"
+    if not (type(port) is int and 0 <= port <= MAX_PORT):
+        return "port", (f"must be 0 (free ports) or at most {MAX_PORT} (the {len(_HOST_ORDER)} hosts bind "
+                        f"PORT..PORT+{len(_HOST_ORDER) - 1}), got {port}")
+    return None
 _PRICE = re.compile(r'"(\d+\.\d+)"')
 
 
@@ -74,13 +98,10 @@ class ExchangeSimulator:
         clock: Callable[[], float] = time.time,
         tick: float = 0.01,
     ) -> None:
-        highest = 65535 - (len(_HOST_ORDER) - 1)  # the last host takes port + hosts - 1
-        if not 0 <= port <= highest:
-            raise ValueError(f"port must be 0 or a free port below {highest + 1}, got {port!r}")
-        if rate < 0:
-            raise ValueError(f"rate must be >= 0 messages/s, got {rate!r}")
-        if symbols <= 0:
-            raise ValueError(f"symbols must be > 0, got {symbols!r}")
+        problem = argument_problem(port=port, rate=rate, symbols=symbols,
+                                   funding_interval=(limits or Limits()).funding_interval)
+        if problem is not None:
+            raise ValueError(" ".join(problem))
         if tick <= 0:
             raise ValueError(f"tick must be > 0 seconds, got {tick!r}")
         self.bind_host = host
