@@ -41,13 +41,15 @@ MASK = "***"
 _USERINFO = re.compile(
     r"(?P<pre>(?:[A-Za-z][A-Za-z0-9+.-]*://)?[^\s:/@?#'\"=]*:)(?P<pw>[^\s/?#'\"]+)(?=@)"
 )
-# password=... in a query string: the value ends at "&" (the next parameter is not secret).
-_QUERY = re.compile(r"(?i)(?P<pre>[?&]pass(?:word|wd)=)(?P<pw>[^\s&#'\"]+)")
+# password=... in a query string: the value ends at "&" (the next parameter is not secret). A ":" that ends the
+# value before a space or the end of the text is the message's ("...?password=pw: refused"), not the password's.
+_QUERY = re.compile(r"(?i)(?P<pre>[?&]pass(?:word|wd)=)(?P<pw>[^\s&#'\"]+?)(?=:?(?:[\s&#'\"]|$))")
 # password=..., PGPASSWORD=..., "password": "..." elsewhere: a quoted value to its closing quote, else to a space,
-# a quote or "&" (a query string's next parameter). Erring long: a ")" after the value goes with it.
+# a quote or "&" (a query string's next parameter). Erring long: a ")" after the value goes with it; only a ":"
+# that ends the value before a space or the end of the text is left, as the message's ("password=pw: refused").
 _KEYWORD = re.compile(
     r"(?i)(?P<pre>pass(?:word|wd)[\"']?\s*[=:]\s*)"
-    r"(?P<pw>'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|[^\s'\"&]+)"
+    r"(?P<pw>'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|[^\s'\"&]+?(?=:?(?:[\s'\"&]|$)))"
 )
 
 _KEYVALUE = re.compile(r"\s*[A-Za-z_]+\s*=")
@@ -96,7 +98,7 @@ def dsn_password(dsn: str | None) -> str | None:
         m = _KEYWORD.search(dsn)
         if m is None:
             return None
-        value = m.group("pw")
+        value = _whole(dsn, m)
         if value[:1] in ("'", '"'):
             closed = len(value) > 1 and value[-1] == value[0]
             value = re.sub(r"\\(.)", r"\1", value[1:-1] if closed else value[1:])
@@ -110,8 +112,14 @@ def dsn_password(dsn: str | None) -> str | None:
         password = m.group("pw") if m is not None else None
     if not password:
         m = _QUERY.search(dsn)
-        password = m.group("pw") if m is not None else None
+        password = _whole(dsn, m) if m is not None else None
     return unquote(password) if password else None
+
+
+def _whole(dsn: str, m: re.Match[str]) -> str:
+    """The matched password with the ":" the patterns leave to a message: in a DSN alone it is the password's."""
+    end = m.end("pw")
+    return m.group("pw") + (":" if dsn[end:end + 1] == ":" else "")
 
 
 def register_dsn(dsn: str | None) -> None:

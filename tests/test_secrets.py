@@ -82,6 +82,8 @@ DSN_FORMS = [
     ("host=db.example port=5432 password={pw} user=bob", "host=db.example port=5432 password=*** user=bob"),
     ("host=db.example password='{quoted}' user=bob", "host=db.example password='***' user=bob"),
     ("postgresql://bob@db.example/hftdb?password={enc}&sslmode=require", "postgresql://bob@db.example/hftdb?password=***&sslmode=require"),
+    ("postgresql://bob@db.example/hftdb?sslmode=require&password={enc}", "postgresql://bob@db.example/hftdb?sslmode=require&password=***"),
+    ("host=db.example user=bob password={pw}", "host=db.example user=bob password=***"),
     ("PGPASSWORD={pw} pg_dump -d hftdb", "PGPASSWORD=*** pg_dump -d hftdb"),
     ("host=db.example password=a,b;c){pw} user=bob", "host=db.example password=*** user=bob"),
     ('{{"dsn": "x", "password": "{pw}"}}', '{"dsn": "x", "password": "***"}'),
@@ -103,6 +105,9 @@ def test_dsn_password_reads_every_form():
     assert dsn_password("u:p@ss@h/db") == "p@ss"
     assert dsn_password("host=h password='a \\' b' user=u") == "a ' b"
     assert dsn_password("postgres://u@h/db?password=qs&x=1") == "qs"
+    # A ":" that ends a value is the password's in a DSN, and the message's in a line of text.
+    assert dsn_password("host=h password=pw:") == "pw:" and dsn_password("postgres://u@h/db?password=q:s:") == "q:s:"
+    assert redact("host=h password=pw:x: no") == "host=h password=***: no"
     assert dsn_password("postgresql://postgres:@/postgres?host=/tmp/x") is None
 
 
