@@ -491,10 +491,12 @@ class DatabaseManager:
             if sliced:
                 if named:
                     self._catalog.count_hits(len(rows))
-                added = await self._add_sliced(writer, rows, sids, step)
-                if self._latest_cache is not None and added:
-                    self._latest_cache.invalidate()
-                return added
+                try:
+                    return await self._add_sliced(writer, rows, sids, step)
+                finally:
+                    # (Also when the call ends in its cancellation or the writer's close: rows were taken.)
+                    if self._latest_cache is not None:
+                        self._latest_cache.invalidate()
         if added is None:
             # (Only here, once the vectorized path refused the call or for a call too small for it, is each
             # element's type looked at: before the resolver, which reads every row's names.)
@@ -511,8 +513,11 @@ class DatabaseManager:
         # Every id is known (checked by the caller: each row's own, or ``sids``, looked up by name in the catalog),
         # so no slice can raise half way: a slice the vectorized path refuses (a wrong type, a short last slice)
         # goes per row, which only rejects rows. Rows are counted as accepted slice by slice, which wakes the
-        # flusher for each sealed batch.
+        # flusher for each sealed batch. A call cancelled between slices (its caller's timeout, its task cancelled)
+        # takes its remaining slices without yielding again, then raises the cancellation: the call is taken whole,
+        # as a small one is, never in part, since the CancelledError cannot tell the caller how many rows are in.
         added = 0
+        cancelled: asyncio.CancelledError | None = None
         with writer.producing():
             for start in range(0, len(rows), step):
                 part = rows[start:start + step]
@@ -524,11 +529,16 @@ class DatabaseManager:
                     taken = writer.add(_record_pairs(writer, pairs))
                 writer.submitted(taken)
                 added += taken
-                if start + step < len(rows):
-                    await asyncio.sleep(0)
+                if start + step < len(rows) and cancelled is None:
+                    try:
+                        await asyncio.sleep(0)
+                    except asyncio.CancelledError as exc:
+                        cancelled = exc
                     if not writer.accepting:
                         # Closed meanwhile: what was taken is committed (or spooled) by the close.
                         raise ClosedError(f"the {writer.table} writer closed during a call; {added} rows were taken")
+        if cancelled is not None:
+            raise cancelled
         return added
 
     async def flush(self, *, timeout: float | None = None) -> None:

@@ -237,6 +237,39 @@ async def test_a_big_call_does_not_hold_the_loop_for_its_whole_encode(dsn, tmp_p
         assert await sql(db).fetchval("SELECT count(*) FROM book_tickers") == len(rows)
 
 
+async def test_a_big_call_cancelled_half_way_takes_its_rows_whole(dsn, tmp_path):
+    # A call cancelled after its first slice was taken (the caller's timeout, a task cancelled) takes the rest of
+    # its rows before the cancellation goes on: a call is taken whole or not at all, so the caller, who cannot learn
+    # a count from the CancelledError, never has to guess which of its rows are in. Cancelled while it waits for
+    # room in the buffer, it takes none. The latest cache forgets what it held, as after any call that took rows.
+    cfg = msgspec.structs.replace(settings(tmp_path, batch_max_rows=500), cache=CacheSettings(latest_ttl_ms=600_000.0))
+    async with DatabaseManager(dsn, settings=cfg) as db:
+        ex = await db.insert_exchange(EXCHANGE)
+        syms = [await db.insert_symbol(Symbol(exchange_id=ex.id, symbol=f"S{i}USDT")) for i in range(3)]
+        t = now_us()
+        rows = [BookTicker(EXCHANGE.value, syms[i % 3].symbol, 10.0, 1.0, 10.5, 1.0, t + i, update_id=i)
+                for i in range(5_000)]
+        assert await db.get_latest_book_tickers(symbol_ids=[s.id for s in syms]) == []  # cached now
+        call = asyncio.ensure_future(db.insert_book_ticker_snapshots(rows))
+        while db.writer_stats("book_tickers")["rows_accepted"] == 0:
+            await asyncio.sleep(0)
+        assert not call.done()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert db.writer_stats("book_tickers")["rows_accepted"] == len(rows)
+        await db.flush()  # (room in the buffer: the next call starts taking rows at once)
+        latest = await db.get_latest_book_tickers(symbol_ids=[s.id for s in syms])
+        assert sorted(r.update_id for r in latest) == [4_997, 4_998, 4_999]
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0):
+                await db.insert_book_ticker_snapshots([*rows[:2_000], *rows[:2_000]])
+        assert db.writer_stats("book_tickers")["rows_accepted"] == len(rows) + 4_000
+        await db.flush()
+        assert await sql(db).fetchval("SELECT count(*) FROM book_tickers") == len(rows) + 4_000
+        assert await sql(db).fetchval("SELECT count(DISTINCT update_id) FROM book_tickers") == len(rows)
+
+
 class _CopyWatch:
     """Counts, from a thread and a connection of its own (the test's loop is busy packing), the book_tickers COPYs
     the server is running, sample after sample."""
