@@ -308,6 +308,16 @@ class Reader:
                     raise ValidationError(
                         f"format='numpy' cannot hold a stored {table} value beyond float64's range ({exc}); "
                         "read these rows with format='objects' or 'columns', which keep exact Decimals") from exc
+                except asyncpg.PostgresError:
+                    raise  # the server ended the COPY: the connection is ready for the next statement
+                except BaseException:
+                    # Ended otherwise (the caller's cancellation or deadline, a broken connection), the COPY may
+                    # have left asyncpg's protocol half way: a cancellation that lands as a chunk arrives sends
+                    # no cancel request (asyncpg issue #784). Handed back, the connection failed the next read
+                    # run on it, someone else's ("cannot switch to state ...; another operation is in
+                    # progress"). It is closed instead; the pool opens a new one when asked.
+                    conn.terminate()
+                    raise
 
         return await self.router.run(read, primary=primary)
 
