@@ -18,7 +18,7 @@ import time
 from datetime import timedelta
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable, Literal, Sequence, TypeVar
+from typing import Any, AsyncIterator, Coroutine, Iterable, Literal, Sequence, TypeVar
 
 import asyncpg
 from asyncpg.pool import PoolAcquireContext
@@ -226,8 +226,9 @@ class DatabaseManager:
             try:
                 await asyncio.gather(*(w.close(timeout=timeout) for w in self._writers.values()))
             finally:
-                await self._teardown()
-                self._state = "closed"
+                # Run to its end even when the close is cancelled again meanwhile (a caller's timeout, then its own
+                # shutdown): stopped half way, it left the manager "closing" with its pool and server open.
+                await _to_the_end(self._teardown())
 
     async def _teardown(self) -> None:
         for sub in list(self._subscriptions):
@@ -247,6 +248,7 @@ class DatabaseManager:
         if self._server is not None:
             await self._server.stop()
             self._server = None
+        self._state = "closed"
 
     def _reads(self) -> reads.Reader:
         self._check_open()
@@ -960,6 +962,24 @@ class FeedSink:
     async def flush(self) -> None:
         """:meth:`DatabaseManager.flush`."""
         await self._db.flush()
+
+
+async def _to_the_end(step: Coroutine[Any, Any, None]) -> None:
+    """Run ``step`` to its end even when the caller is cancelled meanwhile, as often as it is; then raise the
+    cancellation (its exception, if it raised one)."""
+    task = asyncio.ensure_future(step)
+    cancelled: asyncio.CancelledError | None = None
+    while True:
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            if task.done():
+                raise  # the step itself was cancelled (the loop shutting down)
+            cancelled = exc
+            continue
+        break
+    if cancelled is not None:
+        raise cancelled
 
 
 def _writer_class(table: str) -> type[BatchWriter]:

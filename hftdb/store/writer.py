@@ -200,10 +200,12 @@ class BatchWriter:
         self._state = "closing"
         self._seal()
         self._wakeup.set()
+        waiting = asyncio.ensure_future(self._wait_committed(self._seq))
         try:
             # Shielded: a cancelled close() must not cancel the final flush half way through a COPY.
-            await asyncio.wait_for(asyncio.shield(self._wait_committed(self._seq)), timeout)
+            await asyncio.wait_for(asyncio.shield(waiting), timeout)
         except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+            waiting.cancel()  # (only a wait: left pending, it would outlive the writer)
             await self._stop_tasks()
             self._spill_all()
             self._state = "closed"
