@@ -6,11 +6,13 @@ count of distinct ids equals what the writer accepted.
 
 import asyncio
 import contextlib
+import shutil
+import sys
 
 import asyncpg
 import pytest
 
-from hftdb import BookTicker, BufferFullError, DatabaseManager, ExchangeName, now_us
+from hftdb import BookTicker, BufferFullError, ConfigError, DatabaseManager, ExchangeName, now_us
 
 from helpers import settings, tickers
 
@@ -172,6 +174,7 @@ async def test_replay_of_a_committed_batch_is_not_duplicated(fault_server, tmp_p
     spool = Spool(tmp_path / "spool" / "book_tickers", max_bytes=1 << 30)
     (path,) = spool.open()
     copy_of = path.read_bytes()
+    spool.close()  # (the directory's lock: the next manager takes it)
     await fault_server.start_again()
     async with DatabaseManager(fault_server.dsn, settings=cfg) as db:
         await db.flush(timeout=60)
@@ -257,3 +260,66 @@ async def test_new_symbol_during_outage_waits_for_the_database(fault_server, tmp
         assert await asyncio.wait_for(fresh, 60) == 5
         await db.flush(timeout=60)
     assert await _counts(fault_server.dsn) == (25, 25)
+
+
+async def test_two_writers_replaying_copies_of_one_spool_store_each_row_once(fault_server, tmp_path):
+    # Two writers replaying the same spooled batches at once (two copies of one spool: a backup restored beside
+    # the original), with rows the server refuses (a CHECK of the user's): both take each batch apart at the same
+    # time. A part the other writer has just committed is refused by the ledger's key (23505); it used to be cut
+    # in two again and its halves stored under new ids, a second time. Now the ledger's refusal means "stored".
+    db = DatabaseManager(fault_server.dsn, settings=settings(tmp_path, batch_max_rows=2_000))
+    await db.initialize()
+    await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+    await db.insert_book_ticker_snapshots(tickers(10, start_id=10**6))  # registers the symbols
+    await db.flush()
+    await fault_server.kill()
+    n = 12_000
+    assert await db.insert_book_ticker_snapshots(tickers(n)) == n
+    await db.close(timeout=0.5)
+    assert db.writer_stats("book_tickers")["batches_spooled"] > 0
+    spool, copy = tmp_path / "spool", tmp_path / "spool-copy"
+    shutil.copytree(spool, copy)
+    await fault_server.start_again()
+    conn = await asyncpg.connect(fault_server.dsn)
+    try:
+        await conn.execute("ALTER TABLE book_tickers ADD CONSTRAINT not_5 CHECK (update_id % 997 <> 5)")
+    finally:
+        await conn.close()
+    refused = sum(1 for i in range(n) if i % 997 == 5)
+    a = DatabaseManager(fault_server.dsn, settings=settings(tmp_path))
+    b = DatabaseManager(fault_server.dsn, settings=settings(tmp_path, spool_dir=str(copy)))
+    await asyncio.gather(a.initialize(), b.initialize())
+    try:
+        await asyncio.gather(a.flush(timeout=120), b.flush(timeout=120))
+    finally:
+        await asyncio.gather(a.close(), b.close())
+    assert await _counts(fault_server.dsn) == (10 + n - refused, 10 + n - refused)
+
+
+async def test_a_spool_directory_has_one_writer_at_a_time(dsn, tmp_path):
+    # Another process holding the spool directory (a second daemon started with the same spool_dir): the manager
+    # refuses to start, saying so, instead of replaying and deleting that process's batches. Once the holder is
+    # gone (here killed with SIGKILL: the kernel drops its lock), the directory is free.
+    spool = tmp_path / "spool" / "balances"  # (the last table's: the writers started before it let theirs go)
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c",
+        "import sys, time; from hftdb.store.spool import Spool; "
+        f"Spool({str(spool)!r}, max_bytes=1 << 20).open(); print('held', flush=True); time.sleep(300)",
+        stdout=asyncio.subprocess.PIPE)
+    try:
+        assert holder.stdout is not None
+        assert (await asyncio.wait_for(holder.stdout.readline(), 60)).strip() == b"held"
+        db = DatabaseManager(dsn, settings=settings(tmp_path))
+        with pytest.raises(ConfigError, match=rf"spool_dir {spool}: in use by another writer \(process {holder.pid}\)"):
+            await db.initialize()
+    finally:
+        holder.kill()
+        await holder.wait()
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        assert await db.insert_book_ticker_snapshots(tickers(10)) == 10
+        other = DatabaseManager(dsn, settings=settings(tmp_path))
+        with pytest.raises(ConfigError, match="in use by another writer"):
+            await other.initialize()
+        await db.flush()
+    assert await _counts(dsn) == (10, 10)

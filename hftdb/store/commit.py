@@ -370,6 +370,12 @@ class Committer:
         except RETRYABLE as exc:
             if dberrors.classify(exc) == dberrors.WAIT:
                 raise
+            if _in_ledger(exc):
+                # The ledger holds this part's id, written in the transaction that stored its rows (by an attempt
+                # whose answer was lost, or by another writer replaying the same spool): they are stored. Cut in
+                # two and sent again under new ids, they would be stored twice.
+                self.stats.duplicates_skipped += 1
+                return 0
             if hi - lo == 1:
                 rejected.add(node)
                 state = dberrors.sqlstate(exc)
@@ -589,6 +595,12 @@ class _PartlyCommitted(Exception):
     def __init__(self, ids: list[uuid.UUID]) -> None:
         super().__init__(f"{len(ids)} batch(es) partly committed")
         self.ids = ids
+
+
+def _in_ledger(exc: BaseException) -> bool:
+    """Whether ``exc`` is the ledger's primary key refusing a batch or part id it already holds."""
+    return (isinstance(exc, asyncpg.UniqueViolationError)
+            and (exc.constraint_name or "").startswith("ingest_batches_pkey"))
 
 
 def _part_id(batch_id: uuid.UUID, node: int) -> uuid.UUID:

@@ -5,11 +5,17 @@ or nothing; the writer counts a batch as spooled only once its file and director
 zero-padded sequence number, so replay order is the order of spilling, which the writer keeps equal to the order
 its rows were accepted (oldest first). A spooled batch keeps its batch id: if it had in fact been committed before
 the crash, the ledger catches the replay.
+
+One writer owns a directory at a time: :meth:`Spool.open` takes an exclusive ``flock`` on its ``.lock`` file, held
+until :meth:`Spool.close` or the process's end (the kernel drops it, even after SIGKILL). Two writers on one
+directory (two processes started with the same ``spool_dir``) would each replay, commit and delete the other's
+batches; the second one is refused with a :class:`~hftdb.errors.ConfigError` instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 from pathlib import Path
@@ -52,15 +58,18 @@ class Spool:
         self.bytes_used = 0
         self._seq = 0
         self._opened = False
+        self._lock: int | None = None
 
     def open(self) -> list[Path]:
-        """Create the directory if needed, drop half-written files, and return the spooled batches in order."""
+        """Create the directory if needed, take it for this writer (``ConfigError`` if another writer has it), drop
+        half-written files, and return the spooled batches in order."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             # A path under a file, or one this process may not write: the setting is wrong, not the disk.
             raise ConfigError(f"[writer] spool_dir {self.directory}: cannot create it: "
                               f"{exc.strerror or type(exc).__name__}") from None
+        self._take()
         for tmp in self.directory.glob("*.tmp"):
             tmp.unlink(missing_ok=True)
         files = sorted(self.directory.glob("*.spool"))
@@ -71,6 +80,33 @@ class Spool:
                            len(files), self.bytes_used, self.directory)
         self._opened = True
         return files
+
+    def _take(self) -> None:
+        if self._lock is not None:
+            return
+        try:
+            fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ConfigError(f"[writer] spool_dir {self.directory}: cannot write in it: "
+                              f"{exc.strerror or type(exc).__name__}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "another process"
+            os.close(fd)
+            raise ConfigError(
+                f"[writer] spool_dir {self.directory}: in use by another writer ({holder}); two writers must not "
+                "share a spool (each would replay the other's batches): give each process its own spool_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()}\n".encode())
+        self._lock = fd
+
+    def close(self) -> None:
+        """Give the directory up (another writer may take it now). Idempotent; spooled batches stay."""
+        fd, self._lock = self._lock, None
+        if fd is not None:
+            os.close(fd)  # (closing the descriptor drops its flock)
 
     def has_room(self, size: int) -> bool:
         """Whether a batch of ``size`` payload bytes fits under ``max_bytes``."""

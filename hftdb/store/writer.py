@@ -162,6 +162,22 @@ class BatchWriter:
         """Load spooled batches from an earlier run (they go first) and start the flusher and age timer."""
         if self._state != "new":
             return
+        try:
+            await self._load_spool()
+            await self._committer.warm()
+        except BaseException:
+            if self._spool is not None:
+                self._spool.close()  # (not started: nothing of this writer holds the directory)
+            raise
+        self._state = "open"
+        for coro in (self._flusher(), self._ager()):
+            task = asyncio.create_task(coro, name=f"hftdb-{self.table}-{coro.__name__}")
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+        if self._queue:
+            self._wakeup.set()
+
+    async def _load_spool(self) -> None:
         if self._spool is not None:
             for path in await asyncio.to_thread(self._spool.open):
                 batch = self._new_batch()
@@ -176,14 +192,6 @@ class BatchWriter:
                 self._pending_rows += batch.rows
                 self.stats.batches_replayed += 1
             self.current = self._new_batch()
-        await self._committer.warm()
-        self._state = "open"
-        for coro in (self._flusher(), self._ager()):
-            task = asyncio.create_task(coro, name=f"hftdb-{self.table}-{coro.__name__}")
-            self._tasks.add(task)
-            task.add_done_callback(self._task_done)
-        if self._queue:
-            self._wakeup.set()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -208,12 +216,12 @@ class BatchWriter:
             waiting.cancel()  # (only a wait: left pending, it would outlive the writer)
             await self._stop_tasks()
             self._spill_all()
-            self._state = "closed"
+            self._closed()
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
         await self._stop_tasks()
-        self._state = "closed"
+        self._closed()
 
     async def terminate(self) -> None:
         """Stop now: batches not committed are spooled (or, with no spool, logged as lost). Idempotent."""
@@ -223,7 +231,12 @@ class BatchWriter:
         self._seal()
         await self._stop_tasks()
         self._spill_all()
+        self._closed()
+
+    def _closed(self) -> None:
         self._state = "closed"
+        if self._spool is not None:
+            self._spool.close()  # the next writer on this spool_dir may start
 
     async def _stop_tasks(self) -> None:
         for task in list(self._tasks):
