@@ -323,3 +323,47 @@ async def test_a_spool_directory_has_one_writer_at_a_time(dsn, tmp_path):
             await other.initialize()
         await db.flush()
     assert await _counts(dsn) == (10, 10)
+
+
+async def _sync_rep(conn: asyncpg.Connection, on: bool) -> None:
+    # With a synchronous standby named that never connects, a COMMIT is written and flushed locally, then waits
+    # (wait_event SyncRep) for the standby: terminated there, the transaction is committed and its client gets an
+    # error instead of the answer, an outcome it cannot know.
+    if on:
+        await conn.execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
+    else:
+        await conn.execute("ALTER SYSTEM RESET synchronous_standby_names")
+    await conn.execute("SELECT pg_reload_conf()")
+
+
+async def test_commits_whose_answer_was_lost_count_as_committed(fault_server, tmp_path):
+    # A commit the server carried out but whose answer never reached the writer: the writer retries after a look
+    # in the ledger, which shows the batches stored, so they are not sent again. They are counted as committed
+    # (they are, by this writer), so the counters add up: accepted = committed. They were counted as neither.
+    conn = await asyncpg.connect(fault_server.dsn)
+    try:
+        async with DatabaseManager(fault_server.dsn, settings=settings(tmp_path, batch_max_rows=500)) as db:
+            await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+            await db.insert_book_ticker_snapshots(tickers(10, start_id=10**6))
+            await db.flush()
+            await _sync_rep(conn, True)
+            try:
+                assert await db.insert_book_ticker_snapshots(tickers(3_000)) == 3_000
+                ended = 0
+                for _ in range(1_000):  # (a hang guard)
+                    ended = await conn.fetchval(
+                        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+                        " WHERE wait_event = 'SyncRep' AND query ILIKE 'COMMIT%'")
+                    if ended:
+                        break
+                    await asyncio.sleep(0.01)
+            finally:
+                await _sync_rep(conn, False)
+            assert ended > 0
+            await db.flush(timeout=60)
+            stats = db.writer_stats("book_tickers")
+    finally:
+        await conn.close()
+    assert stats["duplicates_skipped"] > 0
+    assert (stats["rows_accepted"], stats["rows_committed"]) == (3_010, 3_010)
+    assert await _counts(fault_server.dsn) == (3_010, 3_010)

@@ -25,7 +25,7 @@ class Batch:
     key. Encoders add to the writer's current batch only through :meth:`Encoded.append_to`."""
 
     __slots__ = ("seq", "id", "buf", "rows", "min_ts", "max_ts", "latest", "born", "spool_path", "nbytes", "uncertain",
-                 "parts", "part_lo", "part_hi", "seen", "seen_upto")
+                 "sent", "parts", "part_lo", "part_hi", "seen", "seen_upto")
 
     def __init__(self, seq: int, born: float) -> None:
         self.seq = seq
@@ -39,6 +39,9 @@ class Batch:
         self.spool_path: Path | None = None
         self.nbytes = 0
         self.uncertain = False
+        #: Whether this writer has sent the batch whole in a commit whose rows it has not counted: found in the ledger
+        #: afterwards, it was stored by this writer (an answer lost), not by the process whose spool it replays.
+        self.sent = False
         #: Start (µs) of every partition this batch's rows fall in, and the range of the last one seen, so a
         #: row in the same partition as the one before costs two comparisons.
         self.parts: set[int] = set()

@@ -253,12 +253,15 @@ class Committer:
             self.stats.duplicates_skipped += len(skipped)
             logger.info("%s: %d batch(es) were already committed by an earlier attempt; not sent again",
                         self.table, len(skipped))
-        committed = rows - sum(b.rows for b in group if b.id in skipped)
+        # (A skipped batch this writer had sent was stored by it, its answer lost: committed, and counted so. One
+        # replayed from the spool and never sent was stored by the process before.)
+        theirs = [b for b in group if b.id in skipped and not b.sent]
+        committed = rows - sum(b.rows for b in theirs)
         self.stats.commits += 1
         self.stats.commit_seconds.append(elapsed)
         self.stats.batch_rows.append(committed)
         self.stats.rows_committed += committed
-        self.stats.batches_committed += len(group) - len(skipped)
+        self.stats.batches_committed += len(group) - len(theirs)
         self.stats.last_commit_at = time.time()
         self.stats.last_error = None
         return True
@@ -322,8 +325,11 @@ class Committer:
                         "SELECT batch_id FROM ingest_batches WHERE batch_id BETWEEN $1 AND $2",
                         _part_id(b.id, 0), _part_id(b.id, (1 << 48) - 1), timeout=self.command_timeout)
                 done = {r[0] for r in found}
+                stored_before = b.id in done and not b.sent  # (by the process whose spool this writer replays)
                 if b.id in done:
                     self.stats.duplicates_skipped += 1
+                    if b.sent:
+                        committed += b.rows  # stored whole by this writer, its answer lost: as in _commit
                 else:
                     # (_bisect raises only what classify calls WAIT: it rejects what it cannot commit.)
                     tuples = split_tuples(payload)
@@ -336,7 +342,8 @@ class Committer:
                 self.stats.rows_committed += committed
                 self._failed(group, exc)
                 return False
-            self.stats.batches_committed += 1
+            self.stats.batches_committed += 0 if stored_before else 1
+            b.sent = False  # (its rows are counted: found stored again after an outage later in the group, not twice)
             self._suspect.discard(b.id)
             self._other_failures.pop(b.id, None)
             self._rejected_nodes.pop(b.id, None)
@@ -445,6 +452,8 @@ class Committer:
                         if prev is not None and not await _succeeded(prev):
                             raise _EarlierFailed
                         return skipped
+            for b in group:
+                b.sent = True
             async with conn.transaction():
                 await self._write_rows(conn, group, parts, commit)
                 if prev is not None and not await _succeeded(prev):
