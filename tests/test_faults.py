@@ -12,7 +12,8 @@ import sys
 import asyncpg
 import pytest
 
-from hftdb import BookTicker, BufferFullError, ConfigError, DatabaseManager, ExchangeName, now_us
+from hftdb import BookTicker, BufferFullError, ConfigError, DatabaseManager, ExchangeName, Settings, now_us
+from hftdb.db.server import EmbeddedServer
 
 from helpers import settings, tickers
 
@@ -39,6 +40,18 @@ async def _produce(db: DatabaseManager, stop: asyncio.Event, *, chunk: int = 200
 async def _wait_committed(db: DatabaseManager, at_least: int) -> None:
     while db.writer_stats("book_tickers")["rows_committed"] < at_least:
         await asyncio.sleep(0.01)
+
+
+async def _open_then_down(server: EmbeddedServer, cfg: Settings, *, first_id: int = 10**6) -> DatabaseManager:
+    """A started manager whose symbols are registered (10 rows stored, update ids from ``first_id``), then its
+    server killed: what it takes next waits for the database, or goes to the spool."""
+    db = DatabaseManager(server.dsn, settings=cfg)
+    await db.initialize()
+    await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+    await db.insert_book_ticker_snapshots(tickers(10, start_id=first_id))
+    await db.flush()
+    await server.kill()
+    return db
 
 
 async def test_server_restart_during_sustained_ingest(fault_server, tmp_path):
@@ -141,12 +154,7 @@ async def test_outage_spools_and_replays_in_order(fault_server, tmp_path):
 
 async def test_spool_survives_process_restart(fault_server, tmp_path):
     cfg = settings(tmp_path, batch_max_rows=500, buffer_max_rows=1_000)
-    db = DatabaseManager(fault_server.dsn, settings=cfg)
-    await db.initialize()
-    await db.insert_exchange(ExchangeName.BINANCE_SPOT)
-    await db.insert_book_ticker_snapshots(tickers(10, start_id=10**6))  # registers the symbols
-    await db.flush()
-    await fault_server.kill()
+    db = await _open_then_down(fault_server, cfg)
     sent = 0
     for _ in range(6):
         sent += await db.insert_book_ticker_snapshots(tickers(500, start_id=sent))
@@ -227,13 +235,7 @@ async def test_full_buffer_policies(fault_server, tmp_path, policy):
 
 
 async def test_close_while_database_down_without_spool_reports_loss(fault_server, tmp_path, caplog):
-    cfg = settings(tmp_path, spool_dir=None)
-    db = DatabaseManager(fault_server.dsn, settings=cfg)
-    await db.initialize()
-    await db.insert_exchange(ExchangeName.BINANCE_SPOT)
-    await db.insert_book_ticker_snapshots(tickers(10))  # registers the symbols while the database is up
-    await db.flush()
-    await fault_server.kill()
+    db = await _open_then_down(fault_server, settings(tmp_path, spool_dir=None), first_id=0)
     await db.insert_book_ticker_snapshots(tickers(10, start_id=10))
     with contextlib.suppress(Exception):
         await db.close(timeout=0.5)
@@ -267,12 +269,7 @@ async def test_two_writers_replaying_copies_of_one_spool_store_each_row_once(fau
     # the original), with rows the server refuses (a CHECK of the user's): both take each batch apart at the same
     # time. A part the other writer has just committed is refused by the ledger's key (23505); it used to be cut
     # in two again and its halves stored under new ids, a second time. Now the ledger's refusal means "stored".
-    db = DatabaseManager(fault_server.dsn, settings=settings(tmp_path, batch_max_rows=2_000))
-    await db.initialize()
-    await db.insert_exchange(ExchangeName.BINANCE_SPOT)
-    await db.insert_book_ticker_snapshots(tickers(10, start_id=10**6))  # registers the symbols
-    await db.flush()
-    await fault_server.kill()
+    db = await _open_then_down(fault_server, settings(tmp_path, batch_max_rows=2_000))
     n = 12_000
     assert await db.insert_book_ticker_snapshots(tickers(n)) == n
     await db.close(timeout=0.5)
