@@ -364,3 +364,42 @@ async def test_commits_whose_answer_was_lost_count_as_committed(fault_server, tm
     assert stats["duplicates_skipped"] > 0
     assert (stats["rows_accepted"], stats["rows_committed"]) == (3_010, 3_010)
     assert await _counts(fault_server.dsn) == (3_010, 3_010)
+
+
+async def test_batches_taken_apart_while_commits_lose_their_answers_store_each_row_once(fault_server, tmp_path):
+    # Two batches, each with a row the server refuses, taken apart part by part while nearly every part's COMMIT
+    # loses its answer (the backend ended after the commit, see _sync_rep): after each such outage the ledger
+    # tells which parts are stored. Every other row is stored once, and each refused row is counted once.
+    cfg = settings(tmp_path, batch_max_rows=500, linger_ms=0.0)
+    conn = await asyncpg.connect(fault_server.dsn)
+    try:
+        async with DatabaseManager(fault_server.dsn, settings=cfg) as db:
+            await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+            await db.insert_book_ticker_snapshots(tickers(10, start_id=10**6))
+            await db.flush()
+            await conn.execute("ALTER TABLE book_tickers ADD CONSTRAINT refused CHECK (update_id NOT IN (100, 700))")
+            await _sync_rep(conn, True)
+            ended = 0
+            try:
+                assert await db.insert_book_ticker_snapshots(tickers(1_000)) == 1_000
+                for _ in range(3_000):  # (a hang guard)
+                    if (await _counts(fault_server.dsn))[0] == 1_008:
+                        break
+                    # A part's COMMIT loses its answer; a new connection's staging table (DDL, which commits
+                    # too) is let through by turning the standby off for a moment.
+                    ended += await conn.fetchval(
+                        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+                        " WHERE wait_event = 'SyncRep' AND query ILIKE 'COMMIT%'")
+                    if await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"):
+                        await _sync_rep(conn, False)
+                        await _sync_rep(conn, True)
+                    await asyncio.sleep(0.01)
+            finally:
+                await _sync_rep(conn, False)
+            await db.flush(timeout=60)
+            stats = db.writer_stats("book_tickers")
+    finally:
+        await conn.close()
+    assert ended > 1
+    assert stats["rejects"] == {"db_23514": 2}
+    assert await _counts(fault_server.dsn) == (1_008, 1_008)
