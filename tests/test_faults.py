@@ -403,3 +403,38 @@ async def test_batches_taken_apart_while_commits_lose_their_answers_store_each_r
     assert ended > 1
     assert stats["rejects"] == {"db_23514": 2}
     assert await _counts(fault_server.dsn) == (1_008, 1_008)
+
+
+async def test_a_dropped_batch_the_server_had_stored_counts_as_committed_not_dropped(fault_server, tmp_path):
+    # drop_oldest: while the database is down, a full buffer drops its oldest batches, counted in rows_dropped. The
+    # oldest is the one whose commit was cut off, and that commit may have gone through (its answer lost): its rows
+    # are stored, yet they were counted as dropped (stored + dropped > accepted). Once the database is back the
+    # ledger settles it: they count as committed.
+    cfg = settings(tmp_path, batch_max_rows=500, buffer_max_rows=1_000, full_policy="drop_oldest", spool_dir=None)
+    conn = await asyncpg.connect(fault_server.dsn)
+    async with DatabaseManager(fault_server.dsn, settings=cfg) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        await db.insert_book_ticker_snapshots(tickers(10, start_id=10**6))
+        await db.flush()
+        await _sync_rep(conn, True)
+        accepted = await db.insert_book_ticker_snapshots(tickers(500))
+        for _ in range(1_000):  # (a hang guard) until the batch's COMMIT is flushed and waits for the standby
+            if await conn.fetchval("SELECT count(*) FROM pg_stat_activity"
+                                   " WHERE wait_event = 'SyncRep' AND query ILIKE 'COMMIT%'"):
+                break
+            await asyncio.sleep(0.01)
+        await conn.close()
+        await fault_server.kill()  # (the commit is in the WAL: recovery keeps it; the writer never hears of it)
+        auto = fault_server.data_dir / "postgresql.auto.conf"
+        auto.write_text("".join(line for line in auto.read_text().splitlines(keepends=True)
+                                if not line.startswith("synchronous_standby_names")))
+        for _ in range(30):
+            accepted += await db.insert_book_ticker_snapshots(tickers(100, start_id=accepted))
+            await asyncio.sleep(0.005)
+        assert db.writer_stats("book_tickers")["rows_dropped"] > 0
+        await fault_server.start_again()
+        await db.flush(timeout=60)
+        stats = db.writer_stats("book_tickers")
+    total, distinct = await _counts(fault_server.dsn)
+    assert total == distinct == 10 + accepted - stats["rows_dropped"]
+    assert (stats["rows_accepted"], stats["rows_committed"]) == (10 + accepted, total)

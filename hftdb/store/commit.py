@@ -63,6 +63,13 @@ FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS r(id, lo, hi)
 JOIN ingest_batches i ON i.batch_id BETWEEN r.lo AND r.hi
 GROUP BY r.id"""
 
+#: Rows the ledger holds for each batch id: the batch's own row, or its parts' rows when it was taken apart.
+_LEDGER_ROWS = """
+SELECT r.id, sum(i.row_count)::int8
+FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS r(id, lo, hi)
+JOIN ingest_batches i ON i.batch_id BETWEEN r.lo AND r.hi
+GROUP BY r.id"""
+
 #: Socket send buffer asked for on the connections that carry a commit's COPY (the kernel grants at most twice
 #: net.core.wmem_max). With the default (~208 kB, ~2,000 rows) the server's COPY drains the socket in ~2 ms and then
 #: waits for the event loop to write more, which it does only between callbacks (a producer's call, a commit's
@@ -203,6 +210,13 @@ class Committer:
             await conn.execute(spec.latest_sql, *latest, [], [], [], [], None)
         finally:
             await tx.rollback()
+
+    async def stored_rows(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+        """How many rows of each of these batches the ledger holds (batches it holds nothing of are left out)."""
+        async with self._pool.acquire(timeout=self.settings.retry_max_ms / 1000.0 + 5) as conn:
+            found = await conn.fetch(_LEDGER_ROWS, ids, [_part_id(i, 0) for i in ids],
+                                     [_part_id(i, (1 << 48) - 1) for i in ids], timeout=self.command_timeout)
+        return {r[0]: r[1] for r in found}
 
     def backoff(self) -> float:
         """How long to wait before retrying after a failed commit (jittered), doubling the next wait up to

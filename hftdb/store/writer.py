@@ -48,7 +48,7 @@ from typing import Any, Callable, Iterator
 
 import asyncpg
 
-from .commit import CommitSpec, Committer, InFlight
+from .commit import RETRYABLE, CommitSpec, Committer, InFlight
 from ..config import StorageSettings, WriterSettings
 from ..wire.copy import TRAILER
 from ..errors import BufferFullError, ClosedError
@@ -137,6 +137,9 @@ class BatchWriter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._state = "new"
         self._producers = 0
+        #: Batches drop_oldest dropped whose commit may have gone through (id -> (rows, sent by this writer)): the
+        #: ledger settles them after the next commit (:meth:`_settle_dropped`).
+        self._dropped_unsure: dict[uuid.UUID, tuple[int, bool]] = {}
         #: The flusher waits for rows (it could start a commit but has none ready), not for a commit in flight.
         self._flusher_idle = True
         self.stats = WriterStats()
@@ -416,7 +419,10 @@ class BatchWriter:
             while True:
                 self._wakeup.clear()
                 while inflight and inflight[0].task.done():
-                    if not await self._reap(inflight.popleft()):
+                    if await self._reap(inflight.popleft()):
+                        if self._dropped_unsure:
+                            await self._settle_dropped()
+                    else:
                         # Failed: the later group rolls back (it saw the failure); then back off once and re-form.
                         while inflight:
                             later = inflight.popleft()
@@ -661,8 +667,27 @@ class BatchWriter:
             self._pending_rows -= batch.rows
             self.stats.rows_dropped += batch.rows
             self.rejects.add("buffer_full_dropped", f"dropped a batch of {batch.rows} rows (policy drop_oldest)")
+            if batch.uncertain:
+                self._dropped_unsure[batch.id] = (batch.rows, batch.sent)
             return True
         return False
+
+    async def _settle_dropped(self) -> None:
+        """Dropped batches whose commit had gone through after all (the ledger holds them): their rows are stored,
+        so they are not counted as dropped; those this writer had sent count as committed."""
+        unsure, self._dropped_unsure = self._dropped_unsure, {}
+        try:
+            stored = await self._committer.stored_rows(list(unsure))
+        except RETRYABLE:
+            self._dropped_unsure.update(unsure)  # asked again after the next commit
+            return
+        for batch_id, rows in stored.items():
+            self.stats.rows_dropped -= rows
+            if unsure[batch_id][1]:
+                self.stats.rows_committed += rows
+        if stored:
+            logger.info("%s: %d rows of %d dropped batch(es) had been committed after all (the ledger holds them):"
+                        " counted as committed, not dropped", self.table, sum(stored.values()), len(stored))
 
     # -- per-table hooks ---------------------------------------------------------------------------------------
 
