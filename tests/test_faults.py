@@ -438,3 +438,47 @@ async def test_a_dropped_batch_the_server_had_stored_counts_as_committed_not_dro
     total, distinct = await _counts(fault_server.dsn)
     assert total == distinct == 10 + accepted - stats["rows_dropped"]
     assert (stats["rows_accepted"], stats["rows_committed"]) == (10 + accepted, total)
+
+
+async def test_a_batch_taken_apart_before_an_outage_is_not_taken_apart_again(fault_server, tmp_path):
+    # Three batches with a refused row each: the first attempt fails on the server's refusal, and the writer takes
+    # the batches apart. An outage (a part's COMMIT losing its answer) while it is on the third, after it finished
+    # the second in the same pass: it used to take the second apart again, refusing and counting its bad row a
+    # second time. A row of the third batch is slowed (pg_sleep in the CHECK) to hold that moment open.
+    cfg = settings(tmp_path, batch_max_rows=500, linger_ms=0.0)
+    conn = await asyncpg.connect(fault_server.dsn)
+    try:
+        async with DatabaseManager(fault_server.dsn, settings=cfg) as db:
+            await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+            await db.insert_book_ticker_snapshots(tickers(10, start_id=10**6))
+            await db.flush()
+            await conn.execute("CREATE FUNCTION slow_ok() RETURNS boolean LANGUAGE sql AS"
+                               " 'SELECT pg_sleep(0.3) IS NOT NULL OR true'")
+            await conn.execute("ALTER TABLE book_tickers ADD CONSTRAINT refused CHECK ("
+                               "update_id NOT IN (100, 600, 1100) AND (update_id <> 1000 OR slow_ok()))")
+            assert await db.insert_book_ticker_snapshots(tickers(1_500)) == 1_500
+            ended = 0
+            try:
+                for _ in range(3_000):  # (a hang guard)
+                    second_done = await conn.fetchval(
+                        "SELECT count(*) FROM book_tickers WHERE update_id BETWEEN 500 AND 999")
+                    if second_done == 499:
+                        break
+                    await asyncio.sleep(0.002)
+                await _sync_rep(conn, True)
+                for _ in range(1_000):
+                    ended = await conn.fetchval(
+                        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+                        " WHERE wait_event = 'SyncRep' AND query ILIKE 'COMMIT%'")
+                    if ended:
+                        break
+                    await asyncio.sleep(0.005)
+            finally:
+                await _sync_rep(conn, False)
+            await db.flush(timeout=60)
+            stats = db.writer_stats("book_tickers")
+    finally:
+        await conn.close()
+    assert ended == 1
+    assert stats["rejects"] == {"db_23514": 3}
+    assert await _counts(fault_server.dsn) == (1_507, 1_507)

@@ -178,6 +178,9 @@ class Committer:
         #: Rows (tree nodes) of a batch being taken apart that are rejected already: an outage midway must not
         #: count them twice when the batch is taken apart again.
         self._rejected_nodes: dict[uuid.UUID, set[int]] = {}
+        #: Batches :meth:`_isolate` finished (every row committed or rejected, and counted) in a pass that an
+        #: outage then cut short: the next pass skips them instead of taking them apart and counting again.
+        self._isolated: set[uuid.UUID] = set()
 
     async def warm(self, connections: int = 2) -> None:
         """Ready up to ``connections`` pooled connections (a writer has two commits in flight) for this table's
@@ -332,6 +335,8 @@ class Committer:
         started = time.perf_counter()
         committed = 0
         for b in group:
+            if b.id in self._isolated:
+                continue
             payload, _ = self._materialize(b)
             try:
                 async with self._pool.acquire(timeout=self.settings.retry_max_ms / 1000.0 + 5) as conn:
@@ -361,6 +366,8 @@ class Committer:
             self._suspect.discard(b.id)
             self._other_failures.pop(b.id, None)
             self._rejected_nodes.pop(b.id, None)
+            self._isolated.add(b.id)
+        self._isolated.difference_update(b.id for b in group)
         self._succeeded_now()
         self.stats.commits += 1
         self.stats.commit_seconds.append(time.perf_counter() - started)
