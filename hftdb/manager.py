@@ -890,7 +890,8 @@ class DatabaseManager:
             return await citus.distribute(conn)
 
     async def health_check(self, *, timeout: float = 5.0) -> dict[str, Any]:
-        """Whether the database answers, how fast, and how much each writer holds uncommitted."""
+        """Whether the database answers, how fast, how much each writer holds uncommitted, and the read pools'
+        nodes as :meth:`read_status` gives them (``reads``)."""
         timeout = _timeout(timeout)  # type: ignore[assignment]  # (never None here)
         result: dict[str, Any] = {"state": self._state, "ok": False}
         if self._state != "open":
@@ -908,6 +909,7 @@ class DatabaseManager:
             name: {"pending_rows": w.pending_rows, "retries": w.stats.retries, "last_error": w.stats.last_error}
             for name, w in self._writers.items()
         }
+        result["reads"] = self._read_router().status()  # (no I/O: the background health rounds' last word)
         return result
 
 

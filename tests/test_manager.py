@@ -141,6 +141,7 @@ async def test_write_and_read_every_table(dsn, tmp_path):
         assert stats["caches"]["symbol_ids"]["hits"] > 0
         health = await db.health_check()
         assert health["ok"] is True
+        assert [(n["role"], n["healthy"]) for n in health["reads"]] == [("primary", True)]
 
 
 async def test_unknown_symbol_is_registered_unknown_exchange_raises(dsn, tmp_path):
