@@ -42,14 +42,19 @@ async def _wait_committed(db: DatabaseManager, at_least: int) -> None:
         await asyncio.sleep(0.01)
 
 
-async def _open_then_down(server: EmbeddedServer, cfg: Settings, *, first_id: int = 10**6) -> DatabaseManager:
-    """A started manager whose symbols are registered (10 rows stored, update ids from ``first_id``), then its
-    server killed: what it takes next waits for the database, or goes to the spool."""
-    db = DatabaseManager(server.dsn, settings=cfg)
-    await db.initialize()
+async def _register(db: DatabaseManager, *, first_id: int = 10**6) -> None:
+    """The exchange and its symbols registered: 10 rows stored, update ids from ``first_id``."""
     await db.insert_exchange(ExchangeName.BINANCE_SPOT)
     await db.insert_book_ticker_snapshots(tickers(10, start_id=first_id))
     await db.flush()
+
+
+async def _open_then_down(server: EmbeddedServer, cfg: Settings, *, first_id: int = 10**6) -> DatabaseManager:
+    """A started manager whose symbols are registered (:func:`_register`), then its server killed: what it takes
+    next waits for the database, or goes to the spool."""
+    db = DatabaseManager(server.dsn, settings=cfg)
+    await db.initialize()
+    await _register(db, first_id=first_id)
     await server.kill()
     return db
 
@@ -173,9 +178,7 @@ async def test_replay_of_a_committed_batch_is_not_duplicated(fault_server, tmp_p
 
     cfg = settings(tmp_path, batch_max_rows=1000)
     async with DatabaseManager(fault_server.dsn, settings=cfg) as db:
-        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
-        await db.insert_book_ticker_snapshots(tickers(10, start_id=10**6))
-        await db.flush()
+        await _register(db)
         await fault_server.kill()
         await db.insert_book_ticker_snapshots(tickers(300))
         await db.close(timeout=0.5)
@@ -198,9 +201,7 @@ async def test_replay_of_a_committed_batch_is_not_duplicated(fault_server, tmp_p
 async def test_full_buffer_policies(fault_server, tmp_path, policy):
     cfg = settings(tmp_path, batch_max_rows=100, buffer_max_rows=1_000, full_policy=policy, spool_dir=None)
     async with DatabaseManager(fault_server.dsn, settings=cfg) as db:
-        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
-        await db.insert_book_ticker_snapshots(tickers(10, start_id=10**6))
-        await db.flush()
+        await _register(db)
         await fault_server.kill()
         accepted = 0
         if policy == "raise":
@@ -246,9 +247,7 @@ async def test_close_while_database_down_without_spool_reports_loss(fault_server
 
 async def test_new_symbol_during_outage_waits_for_the_database(fault_server, tmp_path):
     async with DatabaseManager(fault_server.dsn, settings=settings(tmp_path)) as db:
-        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
-        await db.insert_book_ticker_snapshots(tickers(10, start_id=10**6))
-        await db.flush()
+        await _register(db)
         await fault_server.kill()
         # Known symbols still go in (buffered); a never-seen symbol needs an id from the database.
         assert await db.insert_book_ticker_snapshots(tickers(10)) == 10
@@ -333,6 +332,13 @@ async def _sync_rep(conn: asyncpg.Connection, on: bool) -> None:
     await conn.execute("SELECT pg_reload_conf()")
 
 
+async def _lose_commit_answers(conn: asyncpg.Connection) -> int:
+    """Terminate every backend whose COMMIT waits for the standby (see :func:`_sync_rep`): each of those
+    transactions is committed, and its client never hears so. Returns how many."""
+    return await conn.fetchval("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+                               " WHERE wait_event = 'SyncRep' AND query ILIKE 'COMMIT%'")
+
+
 async def test_commits_whose_answer_was_lost_count_as_committed(fault_server, tmp_path):
     # A commit the server carried out but whose answer never reached the writer: the writer retries after a look
     # in the ledger, which shows the batches stored, so they are not sent again. They are counted as committed
@@ -340,17 +346,13 @@ async def test_commits_whose_answer_was_lost_count_as_committed(fault_server, tm
     conn = await asyncpg.connect(fault_server.dsn)
     try:
         async with DatabaseManager(fault_server.dsn, settings=settings(tmp_path, batch_max_rows=500)) as db:
-            await db.insert_exchange(ExchangeName.BINANCE_SPOT)
-            await db.insert_book_ticker_snapshots(tickers(10, start_id=10**6))
-            await db.flush()
+            await _register(db)
             await _sync_rep(conn, True)
             try:
                 assert await db.insert_book_ticker_snapshots(tickers(3_000)) == 3_000
                 ended = 0
                 for _ in range(1_000):  # (a hang guard)
-                    ended = await conn.fetchval(
-                        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
-                        " WHERE wait_event = 'SyncRep' AND query ILIKE 'COMMIT%'")
+                    ended = await _lose_commit_answers(conn)
                     if ended:
                         break
                     await asyncio.sleep(0.01)
@@ -374,9 +376,7 @@ async def test_batches_taken_apart_while_commits_lose_their_answers_store_each_r
     conn = await asyncpg.connect(fault_server.dsn)
     try:
         async with DatabaseManager(fault_server.dsn, settings=cfg) as db:
-            await db.insert_exchange(ExchangeName.BINANCE_SPOT)
-            await db.insert_book_ticker_snapshots(tickers(10, start_id=10**6))
-            await db.flush()
+            await _register(db)
             await conn.execute("ALTER TABLE book_tickers ADD CONSTRAINT refused CHECK (update_id NOT IN (100, 700))")
             await _sync_rep(conn, True)
             ended = 0
@@ -387,9 +387,7 @@ async def test_batches_taken_apart_while_commits_lose_their_answers_store_each_r
                         break
                     # A part's COMMIT loses its answer; a new connection's staging table (DDL, which commits
                     # too) is let through by turning the standby off for a moment.
-                    ended += await conn.fetchval(
-                        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
-                        " WHERE wait_event = 'SyncRep' AND query ILIKE 'COMMIT%'")
+                    ended += await _lose_commit_answers(conn)
                     if await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"):
                         await _sync_rep(conn, False)
                         await _sync_rep(conn, True)
@@ -413,9 +411,7 @@ async def test_a_dropped_batch_the_server_had_stored_counts_as_committed_not_dro
     cfg = settings(tmp_path, batch_max_rows=500, buffer_max_rows=1_000, full_policy="drop_oldest", spool_dir=None)
     conn = await asyncpg.connect(fault_server.dsn)
     async with DatabaseManager(fault_server.dsn, settings=cfg) as db:
-        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
-        await db.insert_book_ticker_snapshots(tickers(10, start_id=10**6))
-        await db.flush()
+        await _register(db)
         await _sync_rep(conn, True)
         accepted = await db.insert_book_ticker_snapshots(tickers(500))
         for _ in range(1_000):  # (a hang guard) until the batch's COMMIT is flushed and waits for the standby
@@ -449,9 +445,7 @@ async def test_a_batch_taken_apart_before_an_outage_is_not_taken_apart_again(fau
     conn = await asyncpg.connect(fault_server.dsn)
     try:
         async with DatabaseManager(fault_server.dsn, settings=cfg) as db:
-            await db.insert_exchange(ExchangeName.BINANCE_SPOT)
-            await db.insert_book_ticker_snapshots(tickers(10, start_id=10**6))
-            await db.flush()
+            await _register(db)
             await conn.execute("CREATE FUNCTION slow_ok() RETURNS boolean LANGUAGE sql AS"
                                " 'SELECT pg_sleep(0.3) IS NOT NULL OR true'")
             await conn.execute("ALTER TABLE book_tickers ADD CONSTRAINT refused CHECK ("
@@ -467,9 +461,7 @@ async def test_a_batch_taken_apart_before_an_outage_is_not_taken_apart_again(fau
                     await asyncio.sleep(0.002)
                 await _sync_rep(conn, True)
                 for _ in range(1_000):
-                    ended = await conn.fetchval(
-                        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
-                        " WHERE wait_event = 'SyncRep' AND query ILIKE 'COMMIT%'")
+                    ended = await _lose_commit_answers(conn)
                     if ended:
                         break
                     await asyncio.sleep(0.005)
