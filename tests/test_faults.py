@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import shutil
 import sys
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -332,37 +333,54 @@ async def _sync_rep(conn: asyncpg.Connection, on: bool) -> None:
     await conn.execute("SELECT pg_reload_conf()")
 
 
+#: The backends whose COMMIT is flushed locally and waits for the standby (see :func:`_sync_rep`).
+_COMMIT_WAITING = "FROM pg_stat_activity WHERE wait_event = 'SyncRep' AND query ILIKE 'COMMIT%'"
+
+
 async def _lose_commit_answers(conn: asyncpg.Connection) -> int:
-    """Terminate every backend whose COMMIT waits for the standby (see :func:`_sync_rep`): each of those
-    transactions is committed, and its client never hears so. Returns how many."""
-    return await conn.fetchval("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
-                               " WHERE wait_event = 'SyncRep' AND query ILIKE 'COMMIT%'")
+    """Terminate every backend whose COMMIT waits for the standby: each of those transactions is committed, and
+    its client never hears so. Returns how many."""
+    return await conn.fetchval(f"SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) {_COMMIT_WAITING}")
+
+
+async def _lose_a_commit_answer(conn: asyncpg.Connection, *, pause: float = 0.01) -> int:
+    """:func:`_lose_commit_answers` as soon as a COMMIT waits (a hang guard of 1,000 looks); how many it ended."""
+    for _ in range(1_000):
+        ended = await _lose_commit_answers(conn)
+        if ended:
+            return ended
+        await asyncio.sleep(pause)
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def _manager_beside_admin(
+    server: EmbeddedServer, cfg: Settings
+) -> AsyncIterator[tuple[DatabaseManager, asyncpg.Connection]]:
+    """A manager with its symbols registered (:func:`_register`), and an admin connection of the test's own."""
+    conn = await asyncpg.connect(server.dsn)
+    try:
+        async with DatabaseManager(server.dsn, settings=cfg) as db:
+            await _register(db)
+            yield db, conn
+    finally:
+        conn.terminate()  # (never raises, also after the test killed the server under it)
 
 
 async def test_commits_whose_answer_was_lost_count_as_committed(fault_server, tmp_path):
     # A commit the server carried out but whose answer never reached the writer: the writer retries after a look
     # in the ledger, which shows the batches stored, so they are not sent again. They are counted as committed
     # (they are, by this writer), so the counters add up: accepted = committed. They were counted as neither.
-    conn = await asyncpg.connect(fault_server.dsn)
-    try:
-        async with DatabaseManager(fault_server.dsn, settings=settings(tmp_path, batch_max_rows=500)) as db:
-            await _register(db)
-            await _sync_rep(conn, True)
-            try:
-                assert await db.insert_book_ticker_snapshots(tickers(3_000)) == 3_000
-                ended = 0
-                for _ in range(1_000):  # (a hang guard)
-                    ended = await _lose_commit_answers(conn)
-                    if ended:
-                        break
-                    await asyncio.sleep(0.01)
-            finally:
-                await _sync_rep(conn, False)
-            assert ended > 0
-            await db.flush(timeout=60)
-            stats = db.writer_stats("book_tickers")
-    finally:
-        await conn.close()
+    async with _manager_beside_admin(fault_server, settings(tmp_path, batch_max_rows=500)) as (db, conn):
+        await _sync_rep(conn, True)
+        try:
+            assert await db.insert_book_ticker_snapshots(tickers(3_000)) == 3_000
+            ended = await _lose_a_commit_answer(conn)
+        finally:
+            await _sync_rep(conn, False)
+        assert ended > 0
+        await db.flush(timeout=60)
+        stats = db.writer_stats("book_tickers")
     assert stats["duplicates_skipped"] > 0
     assert (stats["rows_accepted"], stats["rows_committed"]) == (3_010, 3_010)
     assert await _counts(fault_server.dsn) == (3_010, 3_010)
@@ -372,32 +390,26 @@ async def test_batches_taken_apart_while_commits_lose_their_answers_store_each_r
     # Two batches, each with a row the server refuses, taken apart part by part while nearly every part's COMMIT
     # loses its answer (the backend ended after the commit, see _sync_rep): after each such outage the ledger
     # tells which parts are stored. Every other row is stored once, and each refused row is counted once.
-    cfg = settings(tmp_path, batch_max_rows=500, linger_ms=0.0)
-    conn = await asyncpg.connect(fault_server.dsn)
-    try:
-        async with DatabaseManager(fault_server.dsn, settings=cfg) as db:
-            await _register(db)
-            await conn.execute("ALTER TABLE book_tickers ADD CONSTRAINT refused CHECK (update_id NOT IN (100, 700))")
-            await _sync_rep(conn, True)
-            ended = 0
-            try:
-                assert await db.insert_book_ticker_snapshots(tickers(1_000)) == 1_000
-                for _ in range(3_000):  # (a hang guard)
-                    if (await _counts(fault_server.dsn))[0] == 1_008:
-                        break
-                    # A part's COMMIT loses its answer; a new connection's staging table (DDL, which commits
-                    # too) is let through by turning the standby off for a moment.
-                    ended += await _lose_commit_answers(conn)
-                    if await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"):
-                        await _sync_rep(conn, False)
-                        await _sync_rep(conn, True)
-                    await asyncio.sleep(0.01)
-            finally:
-                await _sync_rep(conn, False)
-            await db.flush(timeout=60)
-            stats = db.writer_stats("book_tickers")
-    finally:
-        await conn.close()
+    async with _manager_beside_admin(fault_server, settings(tmp_path, batch_max_rows=500, linger_ms=0.0)) as (db, conn):
+        await conn.execute("ALTER TABLE book_tickers ADD CONSTRAINT refused CHECK (update_id NOT IN (100, 700))")
+        await _sync_rep(conn, True)
+        ended = 0
+        try:
+            assert await db.insert_book_ticker_snapshots(tickers(1_000)) == 1_000
+            for _ in range(3_000):  # (a hang guard)
+                if (await _counts(fault_server.dsn))[0] == 1_008:
+                    break
+                # A part's COMMIT loses its answer; a new connection's staging table (DDL, which commits too) is
+                # let through by turning the standby off for a moment.
+                ended += await _lose_commit_answers(conn)
+                if await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"):
+                    await _sync_rep(conn, False)
+                    await _sync_rep(conn, True)
+                await asyncio.sleep(0.01)
+        finally:
+            await _sync_rep(conn, False)
+        await db.flush(timeout=60)
+        stats = db.writer_stats("book_tickers")
     assert ended > 1
     assert stats["rejects"] == {"db_23514": 2}
     assert await _counts(fault_server.dsn) == (1_008, 1_008)
@@ -409,17 +421,13 @@ async def test_a_dropped_batch_the_server_had_stored_counts_as_committed_not_dro
     # are stored, yet they were counted as dropped (stored + dropped > accepted). Once the database is back the
     # ledger settles it: they count as committed.
     cfg = settings(tmp_path, batch_max_rows=500, buffer_max_rows=1_000, full_policy="drop_oldest", spool_dir=None)
-    conn = await asyncpg.connect(fault_server.dsn)
-    async with DatabaseManager(fault_server.dsn, settings=cfg) as db:
-        await _register(db)
+    async with _manager_beside_admin(fault_server, cfg) as (db, conn):
         await _sync_rep(conn, True)
         accepted = await db.insert_book_ticker_snapshots(tickers(500))
         for _ in range(1_000):  # (a hang guard) until the batch's COMMIT is flushed and waits for the standby
-            if await conn.fetchval("SELECT count(*) FROM pg_stat_activity"
-                                   " WHERE wait_event = 'SyncRep' AND query ILIKE 'COMMIT%'"):
+            if await conn.fetchval(f"SELECT count(*) {_COMMIT_WAITING}"):
                 break
             await asyncio.sleep(0.01)
-        await conn.close()
         await fault_server.kill()  # (the commit is in the WAL: recovery keeps it; the writer never hears of it)
         auto = fault_server.data_dir / "postgresql.auto.conf"
         auto.write_text("".join(line for line in auto.read_text().splitlines(keepends=True)
@@ -441,36 +449,24 @@ async def test_a_batch_taken_apart_before_an_outage_is_not_taken_apart_again(fau
     # the batches apart. An outage (a part's COMMIT losing its answer) while it is on the third, after it finished
     # the second in the same pass: it used to take the second apart again, refusing and counting its bad row a
     # second time. A row of the third batch is slowed (pg_sleep in the CHECK) to hold that moment open.
-    cfg = settings(tmp_path, batch_max_rows=500, linger_ms=0.0)
-    conn = await asyncpg.connect(fault_server.dsn)
-    try:
-        async with DatabaseManager(fault_server.dsn, settings=cfg) as db:
-            await _register(db)
-            await conn.execute("CREATE FUNCTION slow_ok() RETURNS boolean LANGUAGE sql AS"
-                               " 'SELECT pg_sleep(0.3) IS NOT NULL OR true'")
-            await conn.execute("ALTER TABLE book_tickers ADD CONSTRAINT refused CHECK ("
-                               "update_id NOT IN (100, 600, 1100) AND (update_id <> 1000 OR slow_ok()))")
-            assert await db.insert_book_ticker_snapshots(tickers(1_500)) == 1_500
-            ended = 0
-            try:
-                for _ in range(3_000):  # (a hang guard)
-                    second_done = await conn.fetchval(
-                        "SELECT count(*) FROM book_tickers WHERE update_id BETWEEN 500 AND 999")
-                    if second_done == 499:
-                        break
-                    await asyncio.sleep(0.002)
-                await _sync_rep(conn, True)
-                for _ in range(1_000):
-                    ended = await _lose_commit_answers(conn)
-                    if ended:
-                        break
-                    await asyncio.sleep(0.005)
-            finally:
-                await _sync_rep(conn, False)
-            await db.flush(timeout=60)
-            stats = db.writer_stats("book_tickers")
-    finally:
-        await conn.close()
+    async with _manager_beside_admin(fault_server, settings(tmp_path, batch_max_rows=500, linger_ms=0.0)) as (db, conn):
+        await conn.execute("CREATE FUNCTION slow_ok() RETURNS boolean LANGUAGE sql AS"
+                           " 'SELECT pg_sleep(0.3) IS NOT NULL OR true'")
+        await conn.execute("ALTER TABLE book_tickers ADD CONSTRAINT refused CHECK ("
+                           "update_id NOT IN (100, 600, 1100) AND (update_id <> 1000 OR slow_ok()))")
+        assert await db.insert_book_ticker_snapshots(tickers(1_500)) == 1_500
+        try:
+            for _ in range(3_000):  # (a hang guard)
+                second = await conn.fetchval("SELECT count(*) FROM book_tickers WHERE update_id BETWEEN 500 AND 999")
+                if second == 499:
+                    break
+                await asyncio.sleep(0.002)
+            await _sync_rep(conn, True)
+            ended = await _lose_a_commit_answer(conn, pause=0.005)
+        finally:
+            await _sync_rep(conn, False)
+        await db.flush(timeout=60)
+        stats = db.writer_stats("book_tickers")
     assert ended == 1
     assert stats["rejects"] == {"db_23514": 3}
     assert await _counts(fault_server.dsn) == (1_507, 1_507)
