@@ -178,6 +178,10 @@ class Committer:
         #: Rows (tree nodes) of a batch being taken apart that are rejected already: an outage midway must not
         #: count them twice when the batch is taken apart again.
         self._rejected_nodes: dict[uuid.UUID, set[int]] = {}
+        #: Parts (tree nodes) of a batch being taken apart whose commit this writer sent and whose outcome it never
+        #: heard (an outage cut the answer off): found in the ledger later, they were stored by this writer and
+        #: count as committed.
+        self._unanswered_nodes: dict[uuid.UUID, set[int]] = {}
         #: Batches :meth:`_isolate` finished (every row committed or rejected, and counted) in a pass that an
         #: outage then cut short: the next pass skips them instead of taking them apart and counting again.
         self._isolated: set[uuid.UUID] = set()
@@ -333,7 +337,7 @@ class Committer:
         if prev is not None and not await _succeeded(prev):
             return False
         started = time.perf_counter()
-        committed = 0
+        committed = _Tally()  # (added to as each part commits: an outage midway keeps the count of those before it)
         for b in group:
             if b.id in self._isolated:
                 continue
@@ -344,21 +348,23 @@ class Committer:
                         "SELECT batch_id FROM ingest_batches WHERE batch_id BETWEEN $1 AND $2",
                         _part_id(b.id, 0), _part_id(b.id, (1 << 48) - 1), timeout=self.command_timeout)
                 done = {r[0] for r in found}
-                stored_before = b.id in done and not b.sent  # (by the process whose spool this writer replays)
+                unanswered = self._unanswered_nodes.get(b.id, ())
+                sent_whole = b.sent or 1 in unanswered
+                stored_before = b.id in done and not sent_whole  # (by the process whose spool this writer replays)
                 if b.id in done:
                     self.stats.duplicates_skipped += 1
-                    if b.sent:
-                        committed += b.rows  # stored whole by this writer, its answer lost: as in _commit
+                    if sent_whole:
+                        committed.rows += b.rows  # stored whole by this writer, its answer lost: as in _commit
                 else:
                     # (_bisect raises only what classify calls WAIT: it rejects what it cannot commit.)
                     tuples = split_tuples(payload)
                     nodes = {int.from_bytes(i.bytes[10:], "big") for i in done}
-                    committed += await self._bisect(b, tuples, 1, 0, len(tuples), nodes)
+                    await self._bisect(b, tuples, 1, 0, len(tuples), nodes, committed)
             except RETRYABLE as exc:
                 # An outage midway: what committed is in the ledger under its batch's or part's id, and every
                 # batch of the group is marked for a ledger check, so the next run skips it however the group
                 # is formed again.
-                self.stats.rows_committed += committed
+                self.stats.rows_committed += committed.rows
                 self._failed(group, exc)
                 return False
             self.stats.batches_committed += 0 if stored_before else 1
@@ -366,53 +372,66 @@ class Committer:
             self._suspect.discard(b.id)
             self._other_failures.pop(b.id, None)
             self._rejected_nodes.pop(b.id, None)
+            self._unanswered_nodes.pop(b.id, None)
             self._isolated.add(b.id)
         self._isolated.difference_update(b.id for b in group)
         self._succeeded_now()
         self.stats.commits += 1
         self.stats.commit_seconds.append(time.perf_counter() - started)
-        self.stats.batch_rows.append(committed)
-        self.stats.rows_committed += committed
+        self.stats.batch_rows.append(committed.rows)
+        self.stats.rows_committed += committed.rows
         self.stats.last_commit_at = time.time()
         self.stats.last_error = None
         return True
 
     async def _bisect(
-        self, batch: Batch, tuples: list[bytes], node: int, lo: int, hi: int, done: set[int],
-    ) -> int:
+        self, batch: Batch, tuples: list[bytes], node: int, lo: int, hi: int, done: set[int], committed: _Tally,
+    ) -> None:
         """Commit ``tuples[lo:hi]`` of ``batch`` as tree node ``node`` (1 is the whole batch), cutting it in two
-        where the server refuses it; return the rows committed now. ``done``: the nodes the ledger holds."""
+        where the server refuses it; add the rows committed now to ``committed`` as each part commits. ``done``:
+        the nodes the ledger holds."""
+        unanswered = self._unanswered_nodes.setdefault(batch.id, set())
         if node > 1 and node in done:
-            return 0
+            if node in unanswered:  # stored by this writer's attempt whose answer was lost
+                unanswered.discard(node)
+                committed.rows += hi - lo
+            return
         rejected = self._rejected_nodes.setdefault(batch.id, set())
         if node in rejected:
-            return 0
+            return
         if any(_under(d, node) for d in done):
             # Some part below was committed already: sending this node whole would store those rows twice.
             mid = (lo + hi) // 2
-            return (await self._bisect(batch, tuples, 2 * node, lo, mid, done)
-                    + await self._bisect(batch, tuples, 2 * node + 1, mid, hi, done))
+            await self._bisect(batch, tuples, 2 * node, lo, mid, done, committed)
+            await self._bisect(batch, tuples, 2 * node + 1, mid, hi, done, committed)
+            return
+        ours = node in unanswered  # (sent before by this writer, the outcome unknown)
         try:
+            unanswered.add(node)  # (until the answer comes: an outage in between leaves the outcome unknown)
             await self._commit_part(batch, tuples[lo:hi], batch.id if node == 1 else _part_id(batch.id, node))
-            return hi - lo
+            unanswered.discard(node)
+            committed.rows += hi - lo
+            return
         except RETRYABLE as exc:
             if dberrors.classify(exc) == dberrors.WAIT:
                 raise
+            unanswered.discard(node)
             if _in_ledger(exc):
                 # The ledger holds this part's id, written in the transaction that stored its rows (by an attempt
-                # whose answer was lost, or by another writer replaying the same spool): they are stored. Cut in
-                # two and sent again under new ids, they would be stored twice.
+                # of this writer whose answer was lost, or by the process whose spool it replays): they are
+                # stored. Cut in two and sent again under new ids, they would be stored twice.
                 self.stats.duplicates_skipped += 1
-                return 0
+                committed.rows += hi - lo if ours else 0
+                return
             if hi - lo == 1:
                 rejected.add(node)
                 state = dberrors.sqlstate(exc)
                 self.rejects.add(f"db_{state}" if state else "db_error",
                                  f"{decode_tuple(self.spec.row_kinds, tuples[lo])}: {type(exc).__name__}: {exc}")
-                return 0
+                return
         mid = (lo + hi) // 2
-        return (await self._bisect(batch, tuples, 2 * node, lo, mid, done)
-                + await self._bisect(batch, tuples, 2 * node + 1, mid, hi, done))
+        await self._bisect(batch, tuples, 2 * node, lo, mid, done, committed)
+        await self._bisect(batch, tuples, 2 * node + 1, mid, hi, done, committed)
 
     async def _commit_part(self, batch: Batch, tuples: list[bytes], part_id: uuid.UUID) -> None:
         """One transaction for some tuples of ``batch``, under ledger id ``part_id``: rows, ledger, latest rows
@@ -604,6 +623,15 @@ class InFlight:
         self.copied = asyncio.Event()
         self.copy_ended = False
         self.task: asyncio.Task[bool]
+
+
+class _Tally:
+    """The rows an isolating pass has committed so far (see :meth:`Committer._isolate`)."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self) -> None:
+        self.rows = 0
 
 
 class _Part:
