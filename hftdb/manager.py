@@ -363,9 +363,15 @@ class DatabaseManager:
                  ("exchange_ts", exchange_ts, np.int64), ("update_id", update_id, np.int64))
         arrays = []
         for name, values, dtype in given:
+            if values is None and name in ("exchange_ts", "update_id"):
+                arrays.append(None)
+                continue
             try:
-                arrays.append(None if values is None and name in ("exchange_ts", "update_id")
-                              else np.asarray(values, dtype=dtype))
+                raw = np.asarray(values)
+                # (numpy would take True as 1, and cut a float time or id to an int without a word)
+                if raw.dtype.kind == "b" or (raw.dtype.kind == "f" and dtype is np.int64):
+                    raise TypeError(f"got {raw.dtype.name} values")
+                arrays.append(raw.astype(dtype, copy=False))
             except (TypeError, ValueError, OverflowError) as exc:
                 raise ValidationError(f"{name} must be a numeric array ({np.dtype(dtype).name}): {exc}") from None
         sid, recv, ex, uid = arrays[0], arrays[5], arrays[6], arrays[7]

@@ -7,11 +7,14 @@ not a collection of rows at all, or a bad option, is a ValidationError, never a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from decimal import Decimal
 
+import msgspec
 import pytest
 
 from hftdb import Balance, BookTicker, DatabaseManager, ExchangeName, FundingRate, ValidationError, now_us
+from hftdb.wire import loader
 
 from helpers import settings, sql, tickers
 
@@ -131,6 +134,16 @@ async def test_columns_of_the_wrong_shape_or_type_are_validation_errors(dsn, tmp
             await db.insert_book_ticker_columns(1, prices, prices, prices, prices, [t, t])
         with pytest.raises(ValidationError, match="recv_ts"):
             await db.insert_book_ticker_columns([1, 1], prices, prices, prices, prices, [t, 2 ** 64])
+        # numpy would take True as 1.0 and cut a float time to an int: a column of bools, or a time or id column of
+        # floats, is a mistake in the call.
+        with pytest.raises(ValidationError, match="bid_qty"):
+            await db.insert_book_ticker_columns([1, 1], prices, [True, True], prices, prices, [t, t])
+        with pytest.raises(ValidationError, match="recv_ts"):
+            await db.insert_book_ticker_columns([1, 1], prices, prices, prices, prices, [t + 0.5, t + 1.5])
+        with pytest.raises(ValidationError, match="update_id"):
+            await db.insert_book_ticker_columns([1, 1], prices, prices, prices, prices, [t, t], update_id=[1.0, 2.0])
+        with pytest.raises(ValidationError, match="symbol_ids"):
+            await db.insert_book_ticker_columns([True, True], prices, prices, prices, prices, [t, t])
 
 
 @pytest.mark.parametrize("days", [float("nan"), float("inf"), 1e300, 10 ** 400, -1, 0],
@@ -170,3 +183,38 @@ async def test_a_flush_that_times_out_says_how_many_rows_are_pending(dsn, tmp_pa
             await db.flush(timeout=0)
         await asyncio.wait_for(db.flush(), BOUND)
         assert await _stored(db, "book_tickers") == 5
+
+
+_BOOK_NUMBERS = ("bid_price", "bid_qty", "ask_price", "ask_qty", "update_id", "recv_ts", "exchange_ts")
+
+
+@pytest.mark.parametrize("size", [1, 40, 600])  # alone; offered to the vectorized path; sliced (batch 250)
+@pytest.mark.parametrize("native", [True, False])
+async def test_a_bool_where_a_number_goes_is_rejected_alone(dsn, tmp_path, size, native):
+    # bool is an int in Python, and struct and numpy take True as 1 (1.0): a row holding one was once stored with
+    # a price of 1.0. The rules name it a wrong type; its row goes alone, on every path.
+    async with DatabaseManager(dsn, settings=settings(tmp_path, batch_max_rows=250)) as db:
+        for exchange in (ExchangeName.BINANCE_SPOT, ExchangeName.BINANCE_USDM):
+            await db.insert_exchange(exchange)
+        t = now_us()
+        await db.insert_book_ticker_snapshots(tickers(3, start_id=2, symbols=3))
+        with contextlib.nullcontext() if native else loader.disabled():
+            for k, field in enumerate(_BOOK_NUMBERS):
+                for value in (True, False):
+                    good = tickers(size, start_id=10_000 * (2 * k + value + 1), symbols=3)
+                    bad = msgspec.structs.replace(good[0], **{field: value})
+                    rows = good[: size // 2] + [bad] + good[size // 2:]
+                    assert await asyncio.wait_for(db.insert_book_ticker_snapshots(rows), BOUND) == size
+            rates = [FundingRate("binance_usdm", "S0USDT", True, t), FundingRate("binance_usdm", "S0USDT", 0.1, t,
+                     mark_price=True), FundingRate("binance_usdm", "S0USDT", 0.1, t, index_price=False)]
+            assert await db.insert_funding_rates(_funding(3, t) + rates) == 3
+            balances = [Balance(exchange="binance_spot", asset="X", free=True, locked=Decimal(0), recv_ts=t),
+                        Balance(exchange="binance_spot", asset="X", free=Decimal(1), locked=False, recv_ts=t)]
+            assert await db.insert_balance_snapshots(_balances(3, t) + balances) == 3
+        assert await _stored(db, "book_tickers") == 3 + 2 * len(_BOOK_NUMBERS) * size
+        expected = {f"{f}_wrong_type": 2 for f in _BOOK_NUMBERS if f != "update_id"} | {"update_id_invalid": 2}
+        assert db.writer_stats("book_tickers")["rejects"] == expected
+        assert db.writer_stats("funding_rates")["rejects"] == {"rate_wrong_type": 1, "mark_price_wrong_type": 1,
+                                                               "index_price_wrong_type": 1}
+        assert db.writer_stats("balances")["rejects"] == {"amount_wrong_type": 2}
+        assert await sql(db).fetchval("SELECT count(*) FROM book_tickers WHERE update_id IN (0, 1)") == 0

@@ -228,6 +228,8 @@ def _add_one(writer: BatchWriter, sid: int, r: BookTicker) -> int:
     bp, bq, ap, aq, recv, ex, uid = r.bid_price, r.bid_qty, r.ask_price, r.ask_qty, r.recv_ts, r.exchange_ts, r.update_id
     layout = LAYOUTS[(ex is not None, uid is not None)]
     try:
+        if bool in {type(bp), type(bq), type(ap), type(aq), type(uid)}:
+            raise TypeError  # (a bool is an int, and struct packs True as 1)
         if not (0.0 < bp <= ap < INF and 0.0 < bq < INF and 0.0 < aq < INF and MIN_TS_US <= recv <= ts_max):
             raise TypeError
         values = [8, 4, sid, 8, recv - PG_EPOCH_US]
@@ -296,6 +298,8 @@ def add_tickers(
     src = np.frombuffer(packed, whole.dtype)
     if whole.nulls and not whole.nulls_hold(rows, src):
         return None  # a value where the first row has None
+    if not whole.bools_absent(rows, src):
+        return None  # a bool where a number goes, which struct took as 1 or 0
     sid = src["symbol_id"].astype(np.int64) if sids is None else np.asarray(sids, dtype=np.int64)
     if known_ids is not None and not known_ids.issuperset(sid.tolist()):
         return None

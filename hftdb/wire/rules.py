@@ -10,7 +10,9 @@ the same inputs.
 A book ticker is taken when ``0 < bid_price <= ask_price < inf``, both quantities are in ``(0, inf)``, and its
 times are in ``[MIN_TS_US, ts_max]`` where ``ts_max`` is the local clock plus
 :data:`~hftdb.models.FUTURE_SLACK_US`. The chained comparison is False for NaN and raises ``TypeError`` for a
-value of the wrong type, so one expression settles the common case.
+value of the wrong type, so one expression settles the common case. A bool is a wrong type too, though Python,
+``struct`` and numpy take True as 1: the packers refuse it (:mod:`hftdb.wire.books` looks for it; the C
+packer takes floats and exact ints only) and the row is rejected alone.
 """
 
 from __future__ import annotations
