@@ -26,7 +26,7 @@ from msgspec import Meta
 
 from . import venues
 from .errors import ConfigError
-from .redact import redact, register_dsn, register_environment
+from .redact import redact, register_dsn, register_environment, unencoded_userinfo_password
 
 __all__ = [
     "DatabaseSettings",
@@ -86,8 +86,8 @@ def dsn_problem(dsn: str) -> str | None:
     if not dsn.strip():
         return "the DSN is empty"
     if _KEYVALUE_DSN.match(dsn):
-        return ("a keyword/value DSN (host=... password=...) is not supported: write it as a URI, "
-                "postgresql://user:password@host:port/database")
+        return ("a keyword/value DSN (host=... dbname=...) is not supported: write it as a URI, "
+                "postgresql://user@host:port/database with the password after the user and a colon")
     scheme = _SCHEME.match(dsn)
     if scheme is None:
         fixed = "postgresql:" + dsn if dsn.startswith("//") else "postgresql://" + dsn
@@ -95,11 +95,16 @@ def dsn_problem(dsn: str) -> str | None:
                 if "@" in dsn else f"{redact(dsn)!r} is not a postgresql:// URI")
     if scheme.group(1).lower() not in ("postgresql", "postgres"):
         return f"unknown scheme {scheme.group(1)!r}: a DSN starts with postgresql:// or postgres://"
+    if unencoded_userinfo_password(dsn) is not None:
+        # urllib would end the host part there and take the password's start for a host and a port.
+        return ("the password holds an unencoded '#', '?', '/', '[' or ']': percent-encode it "
+                "(%23, %3F, %2F, %5B, %5D: postgresql://user:p%23ss@host/db)")
     try:
         parts = urlsplit(dsn)
         query = parse_qs(parts.query, keep_blank_values=True)
-    except ValueError as exc:
-        return f"{redact(dsn)!r} cannot be parsed: {redact(str(exc))}"
+    except ValueError:
+        # (not urllib's words: they quote what it could not read, which may be a piece of the password)
+        return f"{redact(dsn)!r} cannot be parsed: an unclosed '[' around an IPv6 host, or a stray bracket"
     userinfo, _, hostlist = parts.netloc.rpartition("@")
     if "@" in userinfo:
         # asyncpg splits at the first "@": the rest of the password would be taken for the host.

@@ -6,6 +6,9 @@
   ``postgres://...``, ``user:pw@host/db``), percent-encoded or not;
 * a ``password=`` value: libpq keyword/value DSNs (``password=pw``, ``password='quoted pw'``), query strings
   (``?password=pw&sslmode=require``), environment dumps (``PGPASSWORD=pw``), ``"password": "pw"`` in JSON;
+* a password in SQL (``ALTER ROLE ... PASSWORD 'pw'``, as ``pg_stat_statements`` keeps it);
+* a registered DSN's password of any length or form (spaces, quotes, an unencoded ``#``) where it stands as one
+  (``user:pw@``, ``password=pw``);
 * every *registered* secret wherever it appears, as written and in its percent-encoded, ``+``-encoded,
   JSON-escaped and repr-escaped forms, in any letter case: DSN passwords (registered when settings, a
   :class:`~hftdb.manager.DatabaseManager` or a replica list are built), API keys, secrets and passphrases
@@ -27,9 +30,10 @@ import json
 import os
 import re
 import threading
-from urllib.parse import quote, quote_plus, unquote, urlsplit
+from urllib.parse import parse_qs, quote, quote_plus, unquote, unquote_plus, urlsplit
 
-__all__ = ["MIN_SECRET_LENGTH", "MASK", "redact", "register_secret", "register_dsn", "register_environment", "dsn_password"]
+__all__ = ["MIN_SECRET_LENGTH", "MASK", "redact", "register_secret", "register_dsn", "register_environment", "dsn_password",
+           "unencoded_userinfo_password"]
 
 #: The shortest registered secret redacted as a bare substring (see the module docstring).
 MIN_SECRET_LENGTH = 6
@@ -47,10 +51,15 @@ _QUERY = re.compile(r"(?i)(?P<pre>[?&]pass(?:word|wd)=)(?P<pw>[^\s&#'\"]+?)(?=:?
 # password=..., PGPASSWORD=..., "password": "..." elsewhere: a quoted value to its closing quote, else to a space,
 # a quote or "&" (a query string's next parameter). Erring long: a ")" after the value goes with it; only a ":"
 # that ends the value before a space or the end of the text is left, as the message's ("password=pw: refused").
+# (A bare "passwd:" is a path's as often as not, "/etc/passwd: not a directory": only a quoted key or one that
+# follows no path or word character takes a ":".)
 _KEYWORD = re.compile(
-    r"(?i)(?P<pre>pass(?:word|wd)[\"']?\s*[=:]\s*)"
+    r"(?i)(?P<pre>(?:pass(?:word|wd)(?:[\"']\s*[=:]|\s*=)|(?<![\w/.\\-])pass(?:word|wd)\s*:)\s*)"
     r"(?P<pw>'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|[^\s'\"&]+?(?=:?(?:[\s'\"&]|$)))"
 )
+
+# PASSWORD 'pw' in SQL (CREATE/ALTER ROLE or USER, [ENCRYPTED] PASSWORD), with '' for a quote inside.
+_SQL = re.compile(r"(?i)(?P<pre>\bpassword\s+)(?P<pw>'(?:[^']|'')*'?)")
 
 _KEYVALUE = re.compile(r"\s*[A-Za-z_]+\s*=")
 
@@ -58,6 +67,10 @@ _lock = threading.Lock()
 _secrets: set[str] = set()
 _literal: re.Pattern[str] | None = None
 _pgpassword: str | None = None
+#: DSN passwords of any length, as written and decoded: starred where they stand as a password (see
+#: :func:`register_dsn`), which the patterns above cannot always tell (a space or a quote ends their match).
+_dsn_passwords: set[str] = set()
+_in_dsn: re.Pattern[str] | None = None
 
 
 def _variants(secret: str) -> set[str]:
@@ -92,28 +105,66 @@ def _register(secret: str | None) -> None:
 
 def dsn_password(dsn: str | None) -> str | None:
     """The password a DSN carries (URL userinfo, ``?password=`` or keyword/value ``password=``), decoded; or None."""
+    forms = _dsn_password_forms(dsn)
+    return forms[0] if forms else None
+
+
+def _dsn_password_forms(dsn: str | None) -> list[str]:
+    """The password of ``dsn`` decoded first, then as written and the other readings a parser may make of it (an
+    unencoded ``#``, ``?`` or ``/`` ends urllib's host part; ``+`` in a query string is a space to some)."""
     if not dsn:
-        return None
+        return []
     if _KEYVALUE.match(dsn):
         m = _KEYWORD.search(dsn)
         if m is None:
-            return None
+            return []
         value = _whole(dsn, m)
         if value[:1] in ("'", '"'):
             closed = len(value) > 1 and value[-1] == value[0]
             value = re.sub(r"\\(.)", r"\1", value[1:-1] if closed else value[1:])
-        return value or None
+        return [value] if value else []
     text = dsn if "://" in dsn else "postgresql://" + dsn
+    forms: list[str] = []
     try:
         parts = urlsplit(text)
-        password = parts.password
+        password, netloc = parts.password, parts.netloc
     except ValueError:
         m = _USERINFO.search(dsn)
-        password = m.group("pw") if m is not None else None
-    if not password:
-        m = _QUERY.search(dsn)
-        password = _whole(dsn, m) if m is not None else None
-    return unquote(password) if password else None
+        password, netloc = (m.group("pw") if m is not None else None), ""
+    written = unencoded_userinfo_password(text) if "@" not in netloc else None
+    if written is None and "@" in netloc:
+        # As written: urllib drops a tab or a line break from a URL, which the text quoting the DSN still holds.
+        m = re.match(r"[^:/@]*:([^@/?#]*)@", text.partition("://")[2])
+        written = m.group(1) if m is not None else None
+    if password:
+        forms += [unquote(password), password]
+    if written:
+        forms += [unquote(written), written]
+    try:
+        parsed = parse_qs(urlsplit(text).query)  # (as asyncpg reads it)
+    except ValueError:
+        parsed = {}
+    forms += parsed.get("password", [])[:1]
+    query = text.partition("?")[2]
+    for item in query.split("&") if query else ():
+        key, _, value = item.partition("=")
+        if key.lower() in ("password", "passwd") and value:
+            forms += [unquote(value), value, unquote_plus(value)]
+    return list(dict.fromkeys(forms))
+
+
+def unencoded_userinfo_password(dsn: str) -> str | None:
+    """The password of a URL DSN that holds an unencoded ``#``, ``?``, ``/``, ``[`` or ``]``, as written (urllib ends
+    the host part at the first of them, so it finds no password), or None when there is no such password."""
+    rest = dsn.partition("://")[2]
+    userinfo = rest.rpartition("@")[0]
+    user, colon, password = userinfo.partition(":")
+    if not colon or "@" in user or "/" in user or not any(c in password for c in "#?/[]"):
+        return None
+    head = re.split(r"[#?/\[\]]", password, maxsplit=1)[0]
+    if head.isdigit() and "[" not in password and "]" not in password:
+        return None  # a port: "host:5432/db?x=a@b" has an "@" in its query, not in a password
+    return password
 
 
 def _whole(dsn: str, m: re.Match[str]) -> str:
@@ -123,12 +174,21 @@ def _whole(dsn: str, m: re.Match[str]) -> str:
 
 
 def register_dsn(dsn: str | None) -> None:
-    """Register the password of ``dsn`` (decoded and as written) with :func:`register_secret`."""
+    """Register the password of ``dsn`` (decoded, as written, encoded) with :func:`register_secret`, and, whatever
+    its length, where it stands as a password (``user:pw@``, ``password=pw``)."""
+    global _in_dsn
     register_environment()
-    password = dsn_password(dsn)
-    if password:
+    forms = _dsn_password_forms(dsn)
+    for password in forms:
         register_secret(password)
         register_secret(quote(password, safe=""))
+        for piece in re.split(r"[#?/\[\]\s'\"]", password):
+            register_secret(piece)  # what a parser cut at one of these may quote
+    if forms and not _dsn_passwords.issuperset(forms):
+        with _lock:
+            _dsn_passwords.update(forms)
+            alternation = "|".join(re.escape(s) for s in sorted(_dsn_passwords, key=len, reverse=True))
+            _in_dsn = re.compile(rf"(?i)(?P<pre>:|pass(?:word|wd)=)(?:{alternation})(?=@|&|#|\s|'|\"|:|$)")
 
 
 def register_environment() -> None:
@@ -145,11 +205,14 @@ def redact(text: str) -> str:
     """``text`` with every DSN password and registered secret replaced by ``***`` (see the module docstring)."""
     if _literal is not None:
         text = _literal.sub(MASK, text)
+    if _in_dsn is not None:
+        text = _in_dsn.sub(lambda m: m.group("pre") + MASK, text)
     if "@" in text:
         text = _USERINFO.sub(lambda m: m.group("pre") + MASK, text)
     if "ass" in text or "ASS" in text:
         text = _QUERY.sub(lambda m: m.group("pre") + MASK, text)
         text = _KEYWORD.sub(_keyword_mask, text)
+        text = _SQL.sub(lambda m: m.group("pre") + "'" + MASK + "'", text)
     return text
 
 

@@ -18,9 +18,11 @@ import os
 import subprocess
 import sys
 import traceback
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import quote, quote_plus, urlsplit
 
+import aiohttp
 import asyncpg
 import msgspec
 import pytest
@@ -33,7 +35,9 @@ from hftdb.exchanges.registry import create_adapter
 from hftdb.exchanges.rest import RestClient
 from hftdb.exchanges.signing import Credentials
 from hftdb.service.logsetup import configure_logging
-from hftdb.redact import MIN_SECRET_LENGTH, dsn_password, redact, register_secret
+from hftdb.service.metrics import MetricsServer
+from hftdb.redact import MIN_SECRET_LENGTH, dsn_password, redact, register_dsn, register_secret
+from hftdb.ops.dump import libpq_args
 from hftdb.db.server import EmbeddedServer
 from hftdb.simulator import ExchangeSimulator
 from hftdb.simulator.core import Credentials as SimCredentials
@@ -125,6 +129,61 @@ def test_a_short_secret_is_hidden_only_where_it_is_a_password():
     assert MIN_SECRET_LENGTH == 6
     assert redact("abc123 and abc12") == "abc123 and abc12"
     assert redact("postgresql://u:abc12@h/db password=abc12") == "postgresql://u:***@h/db password=***"
+
+
+def test_a_password_in_sql_is_hidden():
+    # pg_stat_statements keeps utility statements as written: `hftdb stats` showed "alter role ... password '...'".
+    pw = "Rotated-" + os.urandom(6).hex()
+    for sql_text in (f"alter role alice password '{pw}'", f"ALTER ROLE a WITH LOGIN ENCRYPTED PASSWORD '{pw}' VALID UNTIL "
+                     "'infinity'", f"create role b password '{pw}''x'"):
+        clean = redact(sql_text)
+        assert pw not in clean and "password '***'" in clean.lower(), clean
+    assert redact("CREATE ROLE b PASSWORD NULL") == "CREATE ROLE b PASSWORD NULL"
+
+
+@pytest.mark.parametrize("raw", ["Long pass'w\"ord-" + "7c1e", "pa ss", "tab\tpw9999", "q'te"],
+                         ids=["space-quotes", "short-space", "tab", "short-quote"])
+@pytest.mark.parametrize("where", ["userinfo", "query"])
+def test_a_password_holding_spaces_or_quotes_is_hidden_whole(raw, where):
+    # asyncpg connects with such a password written as it is; its tail (after the space or quote) was printed.
+    dsn = (f"postgresql://carol:{raw}@127.0.0.1:5/db" if where == "userinfo"
+           else f"postgresql://carol@127.0.0.1:5/db?password={raw}")
+    assert dsn_password(dsn) == raw.replace("\t", "")  # (urllib drops a tab, as asyncpg reads the DSN)
+    register_dsn(dsn)
+    clean = redact(f"cannot connect to {dsn}: InvalidPasswordError")
+    expected = dsn.replace(raw, "***")
+    assert clean == f"cannot connect to {expected}: InvalidPasswordError"
+    assert_clean(repr(DatabaseSettings(dsn=dsn)), "DatabaseSettings", (raw,))
+
+
+@pytest.mark.parametrize("char", ["#", "?", "/", "["])
+def test_a_password_with_an_unencoded_url_character_is_never_quoted(char):
+    # urlsplit ends the host part at the character (or refuses a bracket): the message quoted the password's start
+    # as a "host" and a "port".
+    secret = f"LongPrefix9{char}tail7"
+    dsn = f"postgresql://alice:{secret}@127.0.0.1:55501/hftdb"
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"HFTDB_DSN": dsn})
+    text = _exc_text(info.value)
+    assert "LongPrefix9" not in text and "tail7" not in text, text
+    assert "percent-encode" in str(info.value)
+
+
+def test_words_like_passwd_in_messages_are_left_alone():
+    assert redact("/etc/passwd: not a directory") == "/etc/passwd: not a directory"
+    assert redact("verified 0 file(s) under /etc/passwd: every file matches") == (
+        "verified 0 file(s) under /etc/passwd: every file matches")
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"HFTDB_DSN": "host=db password=x user=bob"})
+    assert "***" not in str(info.value) and "write it as a URI" in str(info.value), str(info.value)
+
+
+def test_pg_dump_gets_no_password_on_its_command_line():
+    # A password in the query string went on pg_dump's argv (readable by any local user in ps).
+    pw = "QueryPw-" + os.urandom(6).hex()
+    for dsn in (f"postgresql://u@h/db?password={pw}&sslmode=require", f"postgresql://u:{pw}@h/db?sslmode=require"):
+        args, env = libpq_args(dsn)
+        assert pw not in args and env["PGPASSWORD"] == pw and "sslmode=require" in args, args
 
 
 def test_pgpassword_is_hidden_once_settings_are_loaded(monkeypatch):
@@ -484,3 +543,22 @@ def test_exchange_errors_built_from_bodies_are_redacted():
     assert_clean(_exc_text(exc) + exc.body, "SignatureError")
     assert_clean(_exc_text(ExchangeError(f"okx: {PASSPHRASE}")), "ExchangeError")
     assert_clean(_exc_text(DatabaseUnavailableError(f"cannot connect to {ROLE}:{DB_PASSWORD}@db/x")), "DatabaseUnavailableError")
+
+
+async def test_the_metrics_endpoints_star_what_the_snapshot_carries():
+    # What goes out on the network is redacted as a whole, like a log line: a secret that reached the snapshot by
+    # any way (an error's text, a DSN) never leaves the process.
+    register_secret(API_SECRET)
+    leak = {"last_error": f"cannot connect to postgresql://{ROLE}:{quote(DB_PASSWORD, safe='')}@db/x ({API_SECRET})",
+            "ok": True}
+    async with MetricsServer(_async(leak), _async(leak), port=0) as server:
+        async with aiohttp.ClientSession() as session:
+            for path in ("/stats", "/health", "/metrics"):
+                async with session.get(server.url + path) as response:
+                    assert_clean(await response.text(), path)
+
+
+def _async(value: dict) -> Callable[[], Awaitable[dict]]:
+    async def get() -> dict:
+        return value
+    return get

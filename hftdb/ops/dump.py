@@ -16,7 +16,7 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from ..config import redact_dsn
 from ..errors import DatabaseError, ValidationError
@@ -46,16 +46,21 @@ def tool_path(name: str, *, embedded: bool) -> str:
 
 
 def libpq_args(dsn: str) -> tuple[str, dict[str, str]]:
-    """The DSN without its password, and the environment that carries the password (``PGPASSWORD``)."""
+    """The DSN without its password (in the userinfo or the query string), and the environment that carries the
+    password (``PGPASSWORD``): a command line is readable by every local user (``ps``), the environment is not."""
     parts = urlsplit(dsn)
     env = dict(os.environ)
     if parts.password is not None:
         env["PGPASSWORD"] = unquote(parts.password)
         user = parts.username or ""
         host = parts.netloc.rsplit("@", 1)[1]
-        netloc = f"{user}@{host}" if user else host
-        dsn = urlunsplit(parts._replace(netloc=netloc))
-    return dsn, env
+        parts = parts._replace(netloc=f"{user}@{host}" if user else host)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    passwords = [v for k, v in query if k == "password"]
+    if passwords:
+        env["PGPASSWORD"] = passwords[-1]
+        parts = parts._replace(query=urlencode([(k, v) for k, v in query if k != "password"]))
+    return urlunsplit(parts), env
 
 
 async def _run(cmd: list[str], env: dict[str, str], pattern: re.Pattern[str], total: int,
