@@ -209,7 +209,8 @@ class DatabaseManager:
             except RETRYABLE as exc:
                 # Only what waiting can cure is retried (a server starting, refusing, full); a wrong password, a
                 # missing role or database fails at once.
-                if dberrors.classify(exc) != dberrors.WAIT or time.monotonic() + delay > deadline:
+                if (dberrors.classify(exc) != dberrors.WAIT or dberrors.login_refused(exc)
+                        or time.monotonic() + delay > deadline):
                     raise DatabaseUnavailableError(
                         f"cannot connect to {redact_dsn(self._dsn)}: {dberrors.describe(exc, timeout=db.connect_timeout)}"
                     ) from None

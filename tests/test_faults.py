@@ -9,6 +9,7 @@ import contextlib
 import shutil
 import sys
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -472,3 +473,35 @@ async def test_a_batch_taken_apart_before_an_outage_is_not_taken_apart_again(fau
     assert ended == 1
     assert stats["rejects"] == {"db_23514": 3}
     assert await _counts(fault_server.dsn) == (1_507, 1_507)
+
+
+async def test_a_login_the_server_refuses_midway_keeps_the_rows_until_it_is_let_in(fault_server, tmp_path, caplog):
+    # The role loses its login while the writer runs (a rotated password, pg_hba, NOLOGIN): retrying cannot fix
+    # it, an operator can. The rows wait, nothing is rejected, the log says what is wrong at ERROR; once the login
+    # works again every row is stored once. It was taken for a fault of the rows ("retrying a few times").
+    admin = await asyncpg.connect(fault_server.dsn)
+    try:
+        await admin.execute("CREATE ROLE hftdb_w LOGIN SUPERUSER")
+        parts = urlsplit(fault_server.dsn)
+        role_dsn = urlunsplit(parts._replace(netloc="hftdb_w@" + parts.netloc.rpartition("@")[2]))
+        cfg = settings(tmp_path, retry_initial_ms=10.0, retry_max_ms=50.0)
+        async with DatabaseManager(role_dsn, settings=cfg) as db:
+            await _register(db)
+            await admin.execute("ALTER ROLE hftdb_w NOLOGIN")
+            await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'hftdb_w'")
+            assert await db.insert_book_ticker_snapshots(tickers(500)) == 500
+            for _ in range(2_000):  # (a hang guard)
+                if db.writer_stats("book_tickers")["retries"] >= 12:
+                    break
+                await asyncio.sleep(0.01)
+            stats = db.writer_stats("book_tickers")
+            assert stats["retries"] >= 12 and stats["rejects"] == {} and stats["rows_committed"] == 10
+            refused = [r for r in caplog.records if r.levelname == "ERROR" and "refuses" in r.getMessage()]
+            assert refused and "28000" in refused[0].getMessage(), [r.getMessage() for r in caplog.records][-5:]
+            await admin.execute("ALTER ROLE hftdb_w LOGIN")
+            await db.flush(timeout=60)
+            stats = db.writer_stats("book_tickers")
+        assert stats["rejects"] == {} and stats["rows_committed"] == 510
+        assert await _counts(fault_server.dsn) == (510, 510)
+    finally:
+        await admin.close()

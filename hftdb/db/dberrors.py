@@ -21,7 +21,11 @@ registration, the manager's start-up). Its answer is one of:
       transaction. Citus raises these as internal errors, not class 08, and a worker restart or failover fixes
       them (its errors while connecting are 08006 already);
     - ``23514`` when it is "no partition of relation ... found for row" (retention dropped a partition under the
-      writer; the retry creates it): fixed by the retry itself, so waited out, not held against the rows.
+      writer; the retry creates it): fixed by the retry itself, so waited out, not held against the rows;
+    - class ``28`` (the server refuses the login: a rotated password, ``pg_hba.conf``, a role made NOLOGIN) and
+      ``3D000`` (the database is gone) met on a new connection (:func:`login_refused`): nothing about the rows, and
+      only an operator fixes it. The write path keeps the rows (in memory, then in the spool) and says so at ERROR;
+      start-up, where the settings are the mistake, fails at once on them instead.
 
 ``DATA``
     The server refused a value: class ``22`` (data exception: 22021 character_not_in_repertoire, 22P05
@@ -47,7 +51,7 @@ import asyncpg
 from ..redact import redact
 
 __all__ = ["WAIT", "DATA", "OTHER", "CATCH", "MAX_OTHER_ATTEMPTS", "classify", "sqlstate", "citus_worker_unreachable",
-           "describe"]
+           "describe", "login_refused"]
 
 WAIT: Final = "wait"
 DATA: Final = "data"
@@ -85,6 +89,13 @@ def sqlstate(exc: BaseException) -> str | None:
     return state if isinstance(state, str) else None
 
 
+def login_refused(exc: BaseException) -> bool:
+    """Whether the server refused to let a connection in: class ``28`` (invalid authorization: a wrong password, no
+    pg_hba.conf entry, a role that may not log in) or ``3D000`` (no such database)."""
+    state = sqlstate(exc)
+    return state is not None and (state[:2] == "28" or state == "3D000")
+
+
 def citus_worker_unreachable(exc: BaseException) -> bool:
     """Whether the server (a Citus coordinator) answered that it could not reach one of its workers: a class
     ``08`` error it sent about a remote node (``connection to the remote node ... failed``, ``could not establish
@@ -108,7 +119,7 @@ def classify(exc: BaseException) -> str:
                             asyncpg.exceptions.InternalClientError)):
             return WAIT
         return OTHER
-    if state in _WAIT_STATES or state[:2] in _WAIT_CLASSES:
+    if state in _WAIT_STATES or state[:2] in _WAIT_CLASSES or login_refused(exc):
         return WAIT
     if state == "23514" and "no partition of relation" in str(exc):
         return WAIT

@@ -185,6 +185,8 @@ class Committer:
         #: Batches :meth:`_isolate` finished (every row committed or rejected, and counted) in a pass that an
         #: outage then cut short: the next pass skips them instead of taking them apart and counting again.
         self._isolated: set[uuid.UUID] = set()
+        #: Whether the ERROR that the server refuses our connection was logged since the last commit.
+        self._refused_said = False
 
     async def warm(self, connections: int = 2) -> None:
         """Ready up to ``connections`` pooled connections (a writer has two commits in flight) for this table's
@@ -233,6 +235,7 @@ class Committer:
         return delay
 
     def _succeeded_now(self) -> None:
+        self._refused_said = False
         self.failing = False
         self._delay = self.settings.retry_initial_ms / 1000.0
 
@@ -310,7 +313,13 @@ class Committer:
         self.stats.retries += 1
         self.stats.last_error = f"{type(exc).__name__}: {exc}"
         rows = sum(b.rows for b in group)
-        if kind == dberrors.WAIT:
+        if dberrors.login_refused(exc):
+            log = logger.error if not self._refused_said or self.stats.retries % 20 == 1 else logger.debug
+            self._refused_said = True
+            log("%s: the server refuses hftdb's connection (%s [%s]: %s): fix the role, its password in [database] "
+                "dsn or pg_hba.conf; %d rows wait (in memory, then in the spool) and are sent once it lets us in",
+                self.table, type(exc).__name__, dberrors.sqlstate(exc), exc, rows)
+        elif kind == dberrors.WAIT:
             log = logger.warning if self.stats.retries % 20 == 1 else logger.debug
             log("%s commit of %d rows failed (%s: %s); retrying in about %.0f ms",
                 self.table, rows, type(exc).__name__, exc, self._delay * 1000)
