@@ -100,12 +100,14 @@ class DatabaseManager:
             settings = check_settings(settings)
         if dsn is not None and not isinstance(dsn, str):
             raise ConfigError(f"dsn must be a string, got {type(dsn).__name__}")
-        if dsn:
+        if dsn is not None:
+            # None means "the settings' DSN, else the embedded server"; an empty string given on purpose is a mistake
+            # (an unset variable passed on), refused as HFTDB_DSN= is, not taken for the embedded server.
             register_dsn(dsn)
             if problem := dsn_problem(dsn):
                 raise ConfigError(f"dsn: {problem}")
         self.settings = settings
-        self._dsn = dsn or settings.database.dsn
+        self._dsn = dsn if dsn is not None else settings.database.dsn
         self._spool_dir = spool_dir if spool_dir is not None else settings.writer.spool_dir
         self._notify = notify
         self._state = "new"

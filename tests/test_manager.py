@@ -15,6 +15,7 @@ from hftdb import (
     Balance,
     BookTicker,
     ClosedError,
+    ConfigError,
     DatabaseError,
     DatabaseManager,
     DatabaseUnavailableError,
@@ -80,6 +81,14 @@ async def test_no_io_in_constructor_and_use_before_open(tmp_path):
         await db.get_all_exchanges()
     with pytest.raises(ValueError):
         DatabaseManager(12)  # type: ignore[arg-type]
+
+
+def test_an_empty_dsn_given_in_code_is_refused_not_taken_for_the_embedded_server(tmp_path):
+    # DatabaseManager("") silently started the embedded server, while HFTDB_DSN= (empty) was already refused.
+    for empty in ("", "   "):
+        with pytest.raises(ConfigError, match="the DSN is empty"):
+            DatabaseManager(empty, settings=settings(tmp_path))
+    assert "embedded:" in repr(DatabaseManager(None, settings=settings(tmp_path)))
 
 
 async def test_exchanges_and_symbols_round_trip(dsn, tmp_path):
