@@ -268,6 +268,37 @@ async def test_mistakes_are_one_line(dsn, env, tmp_path, fixtures_dir):
         one_error_line(err, message)
 
 
+async def test_an_embedded_data_dir_that_cannot_hold_a_cluster_is_one_line(env, tmp_path):
+    # A directory of other files, or a file, was handed to initdb: pgserver's ERROR dump of the failed command, then
+    # "CalledProcessError(1, [...initdb...]); see DIR/log", a log that did not exist.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "readme.txt").write_text("not a cluster")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    cases = [
+        (other, "[database] data_dir = " + repr(str(other)) + " is not empty (readme.txt) and holds no PostgreSQL"),
+        (a_file, "[database] data_dir = " + repr(str(a_file)) + " is a file, not a directory"),
+        (a_file / "pg", f"[database] data_dir = {str(a_file / 'pg')!r}: {a_file} is a file, not a directory"),
+    ]
+    for data_dir, message in cases:
+        code, out, err = await cli("status", env={**env, "HFTDB_DATABASE_DATA_DIR": str(data_dir)}, cwd=tmp_path)
+        assert (code, out) == (1, ""), err
+        one_error_line(err, message)
+    assert sorted(p.name for p in other.iterdir()) == ["readme.txt"]
+    # A directory pgserver takes for a cluster (PG_VERSION) but whose server cannot start: pg_ctl's line and the
+    # server log's reason, pointing at the log that exists, not the exception's repr.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "PG_VERSION").write_text("16\n")
+    code, out, err = await cli("status", env={**env, "HFTDB_DATABASE_DATA_DIR": str(broken)}, cwd=tmp_path)
+    assert code == 1, err
+    one_error_line(err, f"could not start the embedded PostgreSQL in {broken}: pg_ctl: could not start server; "
+                        "the server log says: ")
+    assert err.rstrip().endswith(f"; see {broken / 'log'}") and (broken / "log").is_file()
+    assert "CalledProcessError" not in err and "ERROR pgserver" not in err
+
+
 async def test_backup_then_restore_into_a_fresh_database_on_the_embedded_server(tmp_path, env, fixtures_dir):
     env["HFTDB_DATABASE_DATA_DIR"] = str(tmp_path / "pg")  # no DSN: the command starts the embedded server
     for name, venue, channel, _, _ in FRAMES:
