@@ -444,7 +444,8 @@ async def test_a_server_error_at_start_up_is_one_database_error_line(unprivilege
             pass
     assert "\n" not in str(info.value) and not isinstance(info.value, asyncpg.PostgresError)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
-    env.update(HFTDB_DSN=unprivileged_dsn, HFTDB_WRITER_SPOOL_DIR=str(tmp_path / "spool"), HFTDB_METRICS_ENABLED="false")
+    env.update(HFTDB_DSN=unprivileged_dsn, HFTDB_WRITER_SPOOL_DIR=str(tmp_path / "spool"),
+               HFTDB_METRICS_ENABLED="false")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(Path(__file__).resolve().parent.parent / "run.py"), cwd=str(tmp_path), env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
