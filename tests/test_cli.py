@@ -153,6 +153,16 @@ async def test_validate_finds_drift(dsn, env, tmp_path):
     assert out.rstrip().endswith("invalid: 7 problem(s)")
 
 
+async def test_validate_of_a_database_without_the_hftdb_schema_is_not_valid(dsn, env, tmp_path):
+    # It said "valid: ... matches migrations 0001..0000 (0 tables: ...)" and exited 0 for an empty database.
+    env["HFTDB_DSN"] = dsn
+    code, out, err = await cli("validate", env=env, cwd=tmp_path)
+    assert code == 1, (out, err)
+    assert "PROBLEM  no hftdb schema here: no migration is applied (run `hftdb migrate up`)" in out
+    assert out.rstrip().endswith("invalid: 1 problem(s)") and "valid: " not in out.replace("invalid: ", "")
+    assert "Traceback" not in err
+
+
 async def test_ingest_file_then_stats_optimize_and_cleanup(dsn, env, tmp_path, fixtures_dir):
     env["HFTDB_DSN"] = dsn
     total = 0
