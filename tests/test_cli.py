@@ -309,6 +309,19 @@ async def test_an_embedded_data_dir_that_cannot_hold_a_cluster_is_one_line(env, 
     assert "CalledProcessError" not in err and "ERROR pgserver" not in err
 
 
+async def test_ingest_file_refuses_a_named_pipe_instead_of_waiting_on_it(env, tmp_path, fixtures_dir):
+    # A FIFO was opened for reading like a file of frames: the command blocked forever, waiting for a writer.
+    env["HFTDB_DSN"] = UNREACHABLE
+    pipe = tmp_path / "frames.pipe"
+    os.mkfifo(pipe)
+    frames = str(fixtures_dir / FRAMES[0][0])
+    for paths in ([str(pipe)], [frames, str(pipe)]):
+        code, _, err = await cli("ingest-file", "--exchange", "okx_spot", "--channel", "tickers", *paths, env=env,
+                                 cwd=tmp_path, timeout=60)
+        assert code == 1, err
+        one_error_line(err, f"{pipe} is a named pipe (FIFO), not a regular file of frames")
+
+
 async def test_backup_then_restore_into_a_fresh_database_on_the_embedded_server(tmp_path, env, fixtures_dir):
     env["HFTDB_DATABASE_DATA_DIR"] = str(tmp_path / "pg")  # no DSN: the command starts the embedded server
     for name, venue, channel, _, _ in FRAMES:
