@@ -199,7 +199,9 @@ class StorageSettings(_Section):
     """Partitioning, indexing and retention of the time-series tables."""
 
     partition_interval_s: PosInt = 86_400
-    partitions_ahead: NonNegInt = 2
+    #: At most 9,999: maintenance makes ``now`` .. ``now + partitions_ahead`` intervals in one call, and
+    #: hftdb.db.partitions refuses a call of 10,000 partitions or more (past it, a typo reached maintenance first).
+    partitions_ahead: Annotated[int, Meta(ge=0, le=9_999)] = 2
     retention_days: Days = 30.0
     ledger_retention_days: Days = 7.0
     hot_index: Literal["brin", "btree"] = "brin"

@@ -33,7 +33,7 @@ from .db.catalog import SymbolCatalog
 from .config import MAX_DAYS, Settings, check_settings, dsn_problem, load_settings, redact_dsn
 from .redact import register_dsn
 from .wire.copy import PG_EPOCH_US
-from .errors import ClosedError, ConfigError, DatabaseUnavailableError, StateError, ValidationError
+from .errors import ClosedError, ConfigError, DatabaseError, DatabaseUnavailableError, StateError, ValidationError
 from .models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Symbol, now_us
 from .read.notify import Filter, LatestMirror, Subscription
 from .read.replicas import ReadRouter
@@ -100,12 +100,14 @@ class DatabaseManager:
             settings = check_settings(settings)
         if dsn is not None and not isinstance(dsn, str):
             raise ConfigError(f"dsn must be a string, got {type(dsn).__name__}")
-        if dsn:
+        if dsn is not None:
+            # None means "the settings' DSN, else the embedded server"; an empty string given on purpose is a mistake
+            # (an unset variable passed on), refused as HFTDB_DSN= is, not taken for the embedded server.
             register_dsn(dsn)
             if problem := dsn_problem(dsn):
                 raise ConfigError(f"dsn: {problem}")
         self.settings = settings
-        self._dsn = dsn or settings.database.dsn
+        self._dsn = dsn if dsn is not None else settings.database.dsn
         self._spool_dir = spool_dir if spool_dir is not None else settings.writer.spool_dir
         self._notify = notify
         self._state = "new"
@@ -165,19 +167,26 @@ class DatabaseManager:
             if self._state != "new":
                 raise ClosedError("this DatabaseManager is closed; create a new one")
             db = self.settings.database
+            step = "connecting"
             try:
                 if self._dsn is None:
                     self._server = EmbeddedServer(db.data_dir)
                     self._dsn = await self._server.start()
                 self._pool = await self._create_pool()
                 async with self._pool.acquire() as conn:
+                    step = "applying the migrations"
                     await schema.migrate(conn)
+                    step = "creating the partitions"
                     await partitions.maintain(conn, self.settings.storage, now_us(), retention=False)
                     if self.settings.storage.distribute:
+                        step = "distributing the tables"
                         await citus.distribute(conn)
+                step = "loading the symbol catalog"
                 await self._catalog.open(self._pool)
+                step = "starting the read pools"
                 self._router = ReadRouter(self._dsn, self.settings.reads, database=db)
                 await self._router.start()
+                step = "starting the writers"
                 self._reader = reads.Reader(self._router, self._catalog, latest_cache=self._latest_cache,
                                             archive=archive.ArchiveTier(self.settings.archive.root)
                                             if archive.enabled(self.settings.archive) else None)
@@ -189,9 +198,15 @@ class DatabaseManager:
                     )
                     await writer.start()
                     self._writers[spec.name] = writer
-            except BaseException:
+            except BaseException as exc:
                 await self._teardown()
                 self._state = "closed"
+                if isinstance(exc, asyncpg.PostgresError):
+                    # The server refused a start-up step (a role without privileges, a read-only standby...): one
+                    # line for the user, not asyncpg's error; the cause stays chained for a program that wants it.
+                    where = redact_dsn(self._dsn) if self._dsn else "the embedded server"
+                    text = " ".join(dberrors.describe(exc).split())
+                    raise DatabaseError(f"{where}: the server refused {step}: {text}") from exc
                 raise
             self._state = "open"
             logger.info("hftdb open on %s", redact_dsn(self._dsn))

@@ -14,7 +14,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from hftdb import Balance, BookTicker, DatabaseManager, ExchangeName, FundingRate, Symbol, now_us
+from hftdb import Balance, BookTicker, DatabaseManager, ExchangeName, FundingRate, Symbol, ValidationError, now_us
 from hftdb.read import archive
 from hftdb.service import metrics
 from hftdb.config import ArchiveSettings
@@ -620,6 +620,22 @@ async def test_archive_verify_reads_every_file_back_and_names_each_mismatch(dsn,
     assert rc == 1 and "MISMATCH funding_rates/" in out and "1 problem(s)" in out and "Traceback" not in err
     rc, out, err = await _cli("archive", "verify", "--date", archive._date(DAY0 + DAY_US), env=env, cwd=tmp_path)
     assert rc == 1 and "verified 4 file(s) of 3 archived partition(s)" in out and "okx_spot" in out
+
+
+async def test_archive_verify_of_a_root_that_is_not_a_directory_is_one_error_line(tmp_path):
+    # A missing root, or a file, was read as an empty archive: "verified 0 file(s) of 0 archived partition(s) ...
+    # every file matches its manifest", exit 0.
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not an archive")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    env.update(HFTDB_DSN="postgresql://u@127.0.0.1:1/nowhere", HFTDB_METRICS_PORT="1")  # verify needs no database
+    for root, what in ((tmp_path / "missing", "does not exist"), (a_file, "is not a directory")):
+        rc, out, err = await _cli("archive", "verify", env={**env, "HFTDB_ARCHIVE_ROOT": str(root)}, cwd=tmp_path)
+        assert (rc, out) == (1, ""), (out, err)
+        assert err.strip() == f"hftdb: [archive] root = {str(root)!r} {what}: there is no archive there to verify"
+        with pytest.raises(ValidationError, match=what):
+            archive.verify(root)
+    assert not (tmp_path / "missing").exists()
 
 
 async def test_copy_out_pieces_streams_the_rows_copy_out_returns_whole(dsn, tmp_path):

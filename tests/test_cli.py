@@ -153,6 +153,16 @@ async def test_validate_finds_drift(dsn, env, tmp_path):
     assert out.rstrip().endswith("invalid: 7 problem(s)")
 
 
+async def test_validate_of_a_database_without_the_hftdb_schema_is_not_valid(dsn, env, tmp_path):
+    # It said "valid: ... matches migrations 0001..0000 (0 tables: ...)" and exited 0 for an empty database.
+    env["HFTDB_DSN"] = dsn
+    code, out, err = await cli("validate", env=env, cwd=tmp_path)
+    assert code == 1, (out, err)
+    assert "PROBLEM  no hftdb schema here: no migration is applied (run `hftdb migrate up`)" in out
+    assert out.rstrip().endswith("invalid: 1 problem(s)") and "valid: " not in out.replace("invalid: ", "")
+    assert "Traceback" not in err
+
+
 async def test_ingest_file_then_stats_optimize_and_cleanup(dsn, env, tmp_path, fixtures_dir):
     env["HFTDB_DSN"] = dsn
     total = 0
@@ -266,6 +276,50 @@ async def test_mistakes_are_one_line(dsn, env, tmp_path, fixtures_dir):
         code, _, err = await cli(*args, env=env, cwd=tmp_path)
         assert code == 1, (args, err)
         one_error_line(err, message)
+
+
+async def test_an_embedded_data_dir_that_cannot_hold_a_cluster_is_one_line(env, tmp_path):
+    # A directory of other files, or a file, was handed to initdb: pgserver's ERROR dump of the failed command, then
+    # "CalledProcessError(1, [...initdb...]); see DIR/log", a log that did not exist.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "readme.txt").write_text("not a cluster")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    cases = [
+        (other, "[database] data_dir = " + repr(str(other)) + " is not empty (readme.txt) and holds no PostgreSQL"),
+        (a_file, "[database] data_dir = " + repr(str(a_file)) + " is a file, not a directory"),
+        (a_file / "pg", f"[database] data_dir = {str(a_file / 'pg')!r}: {a_file} is a file, not a directory"),
+    ]
+    for data_dir, message in cases:
+        code, out, err = await cli("status", env={**env, "HFTDB_DATABASE_DATA_DIR": str(data_dir)}, cwd=tmp_path)
+        assert (code, out) == (1, ""), err
+        one_error_line(err, message)
+    assert sorted(p.name for p in other.iterdir()) == ["readme.txt"]
+    # A directory pgserver takes for a cluster (PG_VERSION) but whose server cannot start: pg_ctl's line and the
+    # server log's reason, pointing at the log that exists, not the exception's repr.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "PG_VERSION").write_text("16\n")
+    code, out, err = await cli("status", env={**env, "HFTDB_DATABASE_DATA_DIR": str(broken)}, cwd=tmp_path)
+    assert code == 1, err
+    one_error_line(err, f"could not start the embedded PostgreSQL in {broken}: pg_ctl: could not start server; "
+                        "the server log says: ")
+    assert err.rstrip().endswith(f"; see {broken / 'log'}") and (broken / "log").is_file()
+    assert "CalledProcessError" not in err and "ERROR pgserver" not in err
+
+
+async def test_ingest_file_refuses_a_named_pipe_instead_of_waiting_on_it(env, tmp_path, fixtures_dir):
+    # A FIFO was opened for reading like a file of frames: the command blocked forever, waiting for a writer.
+    env["HFTDB_DSN"] = UNREACHABLE
+    pipe = tmp_path / "frames.pipe"
+    os.mkfifo(pipe)
+    frames = str(fixtures_dir / FRAMES[0][0])
+    for paths in ([str(pipe)], [frames, str(pipe)]):
+        code, _, err = await cli("ingest-file", "--exchange", "okx_spot", "--channel", "tickers", *paths, env=env,
+                                 cwd=tmp_path, timeout=60)
+        assert code == 1, err
+        one_error_line(err, f"{pipe} is a named pipe (FIFO), not a regular file of frames")
 
 
 async def test_backup_then_restore_into_a_fresh_database_on_the_embedded_server(tmp_path, env, fixtures_dir):

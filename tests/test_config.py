@@ -124,6 +124,8 @@ FILE_ERRORS = [
     ('[writer]\nfull_policy = "wait"\n', '[writer] full_policy = "wait": expected one of "block", "drop_oldest", "raise"'),
     ("[metrics]\nport = 70000\n", "[metrics] port = 70000: expected an integer >= 0 and <= 65535"),
     ("[storage]\ncold_btree = 1\n", "[storage] cold_btree = 1: expected true or false"),
+    ("[storage]\npartitions_ahead = 10000\n",
+     "[storage] partitions_ahead = 10000: expected an integer >= 0 and <= 9999"),
     ('[logging]\nlevel = "loud"\n', '[logging] level = "loud": expected one of "debug", "info", "warning", "error"'),
     ('[exchanges.okx_spot]\nsymbols = "BTC-USDT"\n',
      '[exchanges.okx_spot] symbols = "BTC-USDT": expected one of "all" or a list of strings'),
@@ -174,6 +176,10 @@ ENV_ERRORS = [
     ({"HFTDB_DATABASE_CONNECT_TIMEOUT": "inf"}, "[database] connect_timeout = inf: expected a number > 0 (finite)"),
     ({"HFTDB_DEMO_RATE": "nan"}, "[demo] rate = nan: expected a number > 0 (finite)"),
     ({"HFTDB_WRITER_LINGER_MS": "inf"}, "[writer] linger_ms = inf: expected a number >= 0 (finite)"),
+    # Once accepted, then "[1796653945454808, 88196653945454808] spans over 10000 partitions" at maintenance.
+    ({"HFTDB_STORAGE_PARTITIONS_AHEAD": "1000000"},
+     "environment variable HFTDB_STORAGE_PARTITIONS_AHEAD: [storage] partitions_ahead = 1000000: expected an integer "
+     ">= 0 and <= 9999"),
     ({"HFTDB_STORAGE_PARTITION_INTERVAL_S": "30"},
      "environment variable HFTDB_STORAGE_PARTITION_INTERVAL_S: [storage] partition_interval_s: expected a multiple "
      "of 60 seconds, got 30"),
@@ -324,6 +330,8 @@ def test_settings_built_in_code_are_checked_as_a_file_is():
         (Settings(writer=WriterSettings(batch_max_rows=0)),
          "settings: [writer] batch_max_rows = 0: expected an integer > 0"),
         (Settings(cache=CacheSettings(ttl_s=-1.0)), "settings: [cache] ttl_s = -1.0: expected a number > 0 (finite)"),
+        (Settings(storage=StorageSettings(partitions_ahead=1_000_000)),
+         "settings: [storage] partitions_ahead = 1000000: expected an integer >= 0 and <= 9999"),
         (Settings(database=DatabaseSettings(dsn="postgresql://u:hunter2@h/db", connect_timeout=float("inf"))),
          "[database] connect_timeout = inf: expected a number > 0 (finite)"),
     ]

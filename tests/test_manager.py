@@ -1,4 +1,7 @@
 import asyncio
+import os
+import sys
+import uuid
 from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -12,6 +15,8 @@ from hftdb import (
     Balance,
     BookTicker,
     ClosedError,
+    ConfigError,
+    DatabaseError,
     DatabaseManager,
     DatabaseUnavailableError,
     ExchangeName,
@@ -76,6 +81,14 @@ async def test_no_io_in_constructor_and_use_before_open(tmp_path):
         await db.get_all_exchanges()
     with pytest.raises(ValueError):
         DatabaseManager(12)  # type: ignore[arg-type]
+
+
+def test_an_empty_dsn_given_in_code_is_refused_not_taken_for_the_embedded_server(tmp_path):
+    # DatabaseManager("") silently started the embedded server, while HFTDB_DSN= (empty) was already refused.
+    for empty in ("", "   "):
+        with pytest.raises(ConfigError, match="the DSN is empty"):
+            DatabaseManager(empty, settings=settings(tmp_path))
+    assert "embedded:" in repr(DatabaseManager(None, settings=settings(tmp_path)))
 
 
 async def test_exchanges_and_symbols_round_trip(dsn, tmp_path):
@@ -398,6 +411,50 @@ async def test_a_connection_error_waiting_cannot_cure_fails_at_once(dsn, tmp_pat
     with pytest.raises(DatabaseUnavailableError, match='role "nosuchuser" does not exist'):
         async with DatabaseManager(bad, settings=s):
             pass
+
+
+@pytest.fixture
+async def unprivileged_dsn(dsn):
+    """``dsn`` for a fresh LOGIN role that may not create anything in schema public (dropped after the test)."""
+    role = "hftdb_np_" + uuid.uuid4().hex[:12]
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'CREATE ROLE "{role}" LOGIN')  # a name made above, not a value
+        await conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    finally:
+        await conn.close()
+    parts = urlsplit(dsn)
+    try:
+        yield urlunsplit(parts._replace(netloc=role + "@" + parts.netloc.rsplit("@", 1)[-1]))
+    finally:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role)
+            await conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+        finally:
+            await conn.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_server_error_at_start_up_is_one_database_error_line(unprivileged_dsn, tmp_path):
+    # initialize() let asyncpg's InsufficientPrivilegeError through, and run.py (which catches HftdbError) printed
+    # a 30-line traceback for a role that may not create the schema.
+    with pytest.raises(DatabaseError, match="permission denied") as info:
+        async with DatabaseManager(unprivileged_dsn, settings=settings(tmp_path)):
+            pass
+    assert "\n" not in str(info.value) and not isinstance(info.value, asyncpg.PostgresError)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    env.update(HFTDB_DSN=unprivileged_dsn, HFTDB_WRITER_SPOOL_DIR=str(tmp_path / "spool"),
+               HFTDB_METRICS_ENABLED="false")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(__file__).resolve().parent.parent / "run.py"), cwd=str(tmp_path), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(90):
+        out, err = await proc.communicate()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in out.decode() + err.decode()
+    last = err.decode().strip().splitlines()[-1]
+    assert last.startswith("hftdb: ") and "permission denied" in last, err
 
 
 def test_a_timeout_is_described_not_left_blank():

@@ -135,12 +135,18 @@ class EmbeddedServer:
         """Start (or attach to) the cluster, creating it on first use; return its DSN. Idempotent."""
         if self._handle is not None:
             return self.dsn
+        failures: list[str] = []
         try:
-            self._handle = await asyncio.wait_for(asyncio.to_thread(self._start_sync), timeout)
+            with _pgserver_failures(self.data_dir, failures):
+                self._handle = await asyncio.wait_for(asyncio.to_thread(self._start_sync), timeout)
         except (subprocess.SubprocessError, OSError, AssertionError, asyncio.TimeoutError) as exc:
+            if failures:
+                logger.debug("pgserver's account of the failed start:\n%s", "\n".join(failures))
+            log = self.data_dir / "log"
+            reason = _start_failure(exc, failures, log, timeout=timeout)
+            see = f"; see {log}" if log.is_file() else ""
             raise DatabaseUnavailableError(
-                f"could not start the embedded PostgreSQL in {self.data_dir}: {exc!r}; see {self.data_dir / 'log'}"
-            ) from exc
+                f"could not start the embedded PostgreSQL in {self.data_dir}: {reason}{see}") from exc
         _HOLDERS[self.data_dir] = _HOLDERS.get(self.data_dir, 0) + 1
         self._dsn = self._handle.get_uri()
         try:
@@ -173,6 +179,7 @@ class EmbeddedServer:
             warnings.simplefilter("ignore")
             import pgserver
 
+            _check_data_dir(self.data_dir)
             self.data_dir.parent.mkdir(parents=True, exist_ok=True)
             with _process_environ():
                 return pgserver.get_server(self.data_dir, cleanup_mode="stop")
@@ -245,6 +252,86 @@ class EmbeddedServer:
         cmd = [str(bin_dir() / "pg_ctl"), "-D", str(self.data_dir), *args]
         user = getattr(self._handle, "system_user", None)
         return await asyncio.to_thread(run_tool, cmd, user=user, timeout=timeout)
+
+
+def _check_data_dir(path: Path) -> None:
+    # What initdb would refuse, said before pgserver runs it (and, as root, hands the directory to its own user):
+    # in the setting's words, not as initdb's failed command line.
+    where = f"[database] data_dir = {str(path)!r}"
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{where} is a file, not a directory: name a directory for the embedded PostgreSQL")
+    if path.is_dir():
+        if (path / "PG_VERSION").exists():
+            return
+        try:
+            entries = sorted(entry.name for entry in path.iterdir())
+        except OSError:
+            return  # unreadable: pgserver's own error says why
+        if entries:
+            shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+            raise ConfigError(f"{where} is not empty ({shown}) and holds no PostgreSQL cluster (no PG_VERSION): "
+                              "name a new or empty directory, or an embedded cluster's own")
+        return
+    blocker = next((parent for parent in path.parents if parent.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ConfigError(f"{where}: {blocker} is a file, not a directory")
+
+
+@contextmanager
+def _pgserver_failures(data_dir: Path, into: list[str]) -> Iterator[None]:
+    """While starting the server in ``data_dir``, take pgserver's ERROR records about it (a dump of the failed
+    command's output, the server log) into ``into`` instead of the log: the start raises one line made of them."""
+    def take(record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # arguments that do not fit: let logging report them
+            return True
+        if str(data_dir) not in message:
+            return True
+        into.append(message)
+        return False
+
+    pg_logger = logging.getLogger("pgserver")
+    pg_logger.addFilter(take)
+    try:
+        yield
+    finally:
+        pg_logger.removeFilter(take)
+
+
+def _start_failure(exc: BaseException, failures: list[str], log: Path, *, timeout: float) -> str:
+    """Why the start failed, in one line: the tool's own ``error:`` line, and the server log's last FATAL one."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"no answer within {timeout:g} s"
+    if isinstance(exc, subprocess.TimeoutExpired):
+        return f"{Path(str(exc.cmd[0])).name if exc.cmd else 'a command'} did not finish within {exc.timeout:g} s"
+    if isinstance(exc, subprocess.CalledProcessError):
+        tool = Path(str(exc.cmd[0])).name if exc.cmd else "a command"
+        lines = [line.strip() for text in failures for line in text.splitlines() if line.strip()]
+        said = next((line for line in lines if line.startswith(tool + ":") and ": error:" in line), None) \
+            or next((line for line in lines if line.startswith(tool + ":")), None) \
+            or f"{tool} exited with status {exc.returncode}"
+        server = _last_fatal(log)
+        return said + (f"; the server log says: {server}" if server else "")
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _last_fatal(log: Path) -> str | None:
+    # The server's own reason for stopping: its last FATAL or PANIC line, else the last line of a short log.
+    try:
+        with log.open("rb") as f:
+            f.seek(max(0, log.stat().st_size - 65536))
+            lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return None
+    fatal = [line for line in lines if "FATAL:" in line or "PANIC:" in line]
+    if fatal:
+        return fatal[-1]
+    return lines[-1] if lines else None
 
 
 def run_tool(cmd: list[str], *, user: str | None, timeout: float) -> str:

@@ -13,7 +13,7 @@ Three checks, all read-only:
 
 Differences that break hftdb (a missing table or column, another type, a missing constraint) are *problems*;
 additions that do not (an extra table or index) are *warnings*, as are pending migrations (the daemon applies
-them at start).
+them at start). A database where no migration is applied has no hftdb schema to check: that is one problem.
 """
 
 from __future__ import annotations
@@ -126,6 +126,10 @@ async def check_drift(conn: asyncpg.Connection, *, source: MigrationSource = Non
             problems.append(f"migration {st.version:04d} ({st.name}) is applied but its file is missing or edited")
     applied = [st.version for st in statuses if st.applied]
     pending = [st.version for st in statuses if not st.applied]
+    if not applied:
+        # Nothing to compare with: an empty database "matched migrations 0001..0000 (0 tables)" and was valid.
+        return DriftReport(applied=[], pending=pending, tables=0, warnings=[],
+                           problems=["no hftdb schema here: no migration is applied (run `hftdb migrate up`)"])
     if pending:
         warnings.append(f"{len(pending)} migration(s) pending: {', '.join(f'{v:04d}' for v in pending)} "
                         "(applied by `hftdb migrate up` or at the daemon's start)")

@@ -61,6 +61,7 @@ import io
 import logging
 import operator
 import os
+import stat
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -856,11 +857,25 @@ def _last_time(path: Path, parser: Any) -> int | None:
     return max(times) if times else None
 
 
+#: What a path that is neither a directory nor a regular file is, in a user's words.
+_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"))
+
+
 def _expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Files named by ``paths``: a directory stands for the regular files in it (not hidden, not recursive)."""
+    """Files named by ``paths``: a directory stands for the regular files in it (not hidden, not recursive).
+    Anything else that is not a regular file (a named pipe, a device) is refused: opened, a pipe blocks until
+    something writes to it, and a replay reads each file more than once."""
     out: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
+        try:
+            mode = p.stat().st_mode
+        except OSError:
+            mode = None  # missing or unreadable: opening it says which, naming it
+        if mode is not None and not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+            kind = next((text for test, text in _KINDS if test(mode)), "a special file")
+            raise ValidationError(f"{p} is {kind}, not a regular file of frames")
+        if mode is not None and stat.S_ISDIR(mode):
             try:
                 found = sorted(c for c in p.iterdir() if c.is_file() and not c.name.startswith("."))
             except OSError as exc:

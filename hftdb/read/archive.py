@@ -1063,7 +1063,7 @@ def verify(root: str | os.PathLike[str], *, table: str | None = None, date: str 
     """Read every archived file (of ``table``, of day ``date``) back in batches and check it against its
     manifest: present, of its size, with its rows and checksum; and each manifest's totals against its files.
     Only reads; for an archive copied elsewhere, or after a disk scare. Needs pyarrow; blocking (run it in a
-    thread from async code)."""
+    thread from async code). A ``root`` that does not exist or is not a directory is a ValidationError."""
     if table is not None and table not in SPECS:
         raise ValidationError(f"table must be one of {', '.join(SPECS)}; got {table!r}")
     if date is not None:
@@ -1071,10 +1071,14 @@ def verify(root: str | os.PathLike[str], *, table: str | None = None, date: str 
             datetime.strptime(date, "%Y-%m-%d")
         except (TypeError, ValueError):
             raise ValidationError(f"date must be YYYY-MM-DD, got {date!r}") from None
+    root = Path(root)
+    # A root that is not there would be read as an archive of nothing: "verified 0 file(s) ... every file matches".
+    if not root.is_dir():
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise ValidationError(f"[archive] root = {str(root)!r} {what}: there is no archive there to verify")
     pa = require_pyarrow()
     import pyarrow.parquet as pq
 
-    root = Path(root)
     report = VerifyReport()
     for t in [table] if table else list(SPECS):
         spec = SPECS[t]
