@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import msgspec
@@ -266,6 +267,41 @@ def test_lag_is_measured_against_sampled_primary_positions():
     lag = router._lag(250, 3600.0)  # at least where the primary was 2 s ago; replay time says an hour
     assert 2.0 <= lag < 3.0
     assert router._lag(250, 0.01) == 0.01  # the last replayed commit is 10 ms old: the tighter bound wins
+    # Behind every sample (the router just started): the samples give only a floor, the replay time is the bound.
+    router._lsn_samples.clear()
+    router._lsn_samples.append((time.monotonic() - 0.01, 300))
+    assert router._lag(250, 6.0) >= 6.0
+    assert router._lag(250, None) == float("inf")
+
+
+async def test_a_replica_far_behind_when_reads_start_does_not_join(fault_server, replica, tmp_path):
+    # A router that has just started has one primary sample, newer than anything the paused replica replayed: the
+    # lag came out as the age of that sample (ms), and the replica served stale rows for max_lag_ms.
+    async with DatabaseManager(fault_server.dsn, settings=settings(tmp_path)) as writer:
+        await writer.insert_exchange(ExchangeName.BINANCE_SPOT)
+        await writer.insert_book_ticker_snapshots(tickers(5, symbols=5, start_id=0))
+        await writer.flush()
+        await _wait_for_replay(replica, 5)
+        await replica.execute("SELECT pg_wal_replay_pause()")
+        fresh = tickers(5, symbols=5, start_id=100)
+        await writer.insert_book_ticker_snapshots(fresh)
+        await writer.flush()
+        await asyncio.sleep(1.5)  # (the replica's last replayed commit is now older than the bound)
+        cfg = _settings(tmp_path / "reader", replica.dsn, max_lag_ms=1_000.0)  # (a spool of its own)
+        async with DatabaseManager(fault_server.dsn, settings=cfg) as db:
+            await db.check_reads()
+            assert not _replica(db)["healthy"], db.read_status()
+            assert await _latest_ids(db) == {r.update_id for r in fresh}
+        await replica.execute("SELECT pg_wal_replay_resume()")
+
+
+async def _wait_for_replay(replica: StreamingReplica, rows: int) -> None:
+    for _ in range(6_000):  # (a hang guard)
+        with contextlib.suppress(asyncpg.UndefinedTableError):
+            if await replica.execute("SELECT count(*) FROM book_tickers") >= rows:
+                return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the replica never replayed the rows")
 
 
 def test_read_settings_validate_and_hide_passwords(tmp_path):
@@ -286,6 +322,18 @@ async def test_a_server_that_is_not_a_standby_never_joins_the_rotation(dsn, tmp_
         assert not impostor["healthy"] and "not a standby" in impostor["last_error"]
         await db.get_latest_book_tickers()
         assert db.read_status()[0]["reads"] == primary["reads"] + 1
+
+
+async def test_a_replica_that_refuses_the_login_is_said_at_once(dsn, tmp_path, caplog):
+    # A replica that never joined (a wrong password, a database that is not there) was retried every round and
+    # said nothing in the log: only health_check() showed it.
+    missing = urlunsplit(urlsplit(dsn)._replace(path="/hftdb_no_such_database"))
+    async with DatabaseManager(dsn, settings=_settings(tmp_path, missing)) as db:
+        for _ in range(3):
+            await db.check_reads()
+        said = [r for r in caplog.records if "hftdb_no_such_database" in r.getMessage()]
+        assert len(said) == 1 and said[0].levelname == "ERROR" and "3D000" in said[0].getMessage(), said
+        assert not _replica(db)["healthy"]
 
 
 async def test_reads_raise_database_unavailable_when_no_server_answers(fault_server, tmp_path):

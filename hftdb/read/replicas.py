@@ -331,7 +331,14 @@ class ReadRouter:
 
     def _mark_down(self, node: ReadNode, exc: BaseException | str) -> None:
         error = exc if isinstance(exc, str) else f"{type(exc).__name__}: {redact_dsn(str(exc))}"
-        if node.healthy:
+        if not isinstance(exc, str) and dberrors.login_refused(exc):
+            # Its settings are wrong (a password, a role, a database), which no round fixes: said once at ERROR.
+            error = f"{type(exc).__name__} [{dberrors.sqlstate(exc)}]: {redact_dsn(str(exc))}"
+            if node.last_error != error:
+                logger.error("read replica %s refuses hftdb's connection (%s): fix its DSN in [reads] replicas; "
+                             "reads go elsewhere meanwhile", node.name, error)
+        elif node.healthy or node.last_error is None:
+            # (also a replica that never joined: its first failed check is said once)
             logger.warning("read replica %s out of rotation: %s", node.name, error)
         node.healthy = False
         node.last_error = error
@@ -421,12 +428,13 @@ class ReadRouter:
             return 0.0 if replay_age is None else max(replay_age, 0.0)
         if replay_lsn >= samples[-1][1]:
             return 0.0
-        reached_at = samples[0][0]
         for at, lsn in reversed(samples):
             if lsn <= replay_lsn:
-                reached_at = at
-                break
-        lag = time.monotonic() - reached_at
-        if replay_age is not None:
-            lag = min(lag, max(replay_age, 0.0))
-        return lag
+                # The replica holds what the primary had then: the lag is at most the time since.
+                lag = time.monotonic() - at
+                return lag if replay_age is None else min(lag, max(replay_age, 0.0))
+        # Behind every sample (the router has just started, or the replica is far behind): they give only a floor,
+        # the age of the last commit replayed is the bound, and without one the lag is unknown.
+        if replay_age is None:
+            return float("inf")
+        return max(time.monotonic() - samples[0][0], replay_age)
