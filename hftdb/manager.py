@@ -575,6 +575,9 @@ class DatabaseManager:
             # cancels it, so no flush is dropped unstarted.)
             async with asyncio.timeout(seconds):
                 await asyncio.gather(*(w.flush() for w in self._writers.values()))
+            if self._latest_cache is not None:
+                # A read between a call and its commit may have cached the row the call replaced.
+                self._latest_cache.invalidate()
         except TimeoutError as exc:
             pending = sum(w.pending_rows for w in self._writers.values())
             raise TimeoutError(f"flush timed out after {seconds} s with {pending} row(s) still pending") from exc

@@ -216,6 +216,32 @@ async def test_columns_path_invalidates_the_latest_cache_like_the_others(dsn, tm
         assert [r.bid_price for r in await db.get_latest_book_tickers(symbol_ids=[sym.id])] == [11.0]
 
 
+async def test_a_read_between_a_call_and_its_commit_does_not_pin_the_old_row_in_the_latest_cache(dsn, tmp_path):
+    # The cache forgets on a call; a read before that call's commit then cached the old row again, and it stood
+    # for the whole TTL: after flush() (read-your-writes), with primary=True, and for a LatestMirror, which reloads
+    # through the primary once the commit is announced and then held the old row.
+    cfg = msgspec.structs.replace(settings(tmp_path, linger_ms=300.0), cache=CacheSettings(latest_ttl_ms=600_000.0))
+    async with DatabaseManager(dsn, settings=cfg) as db:
+        ex = await db.insert_exchange(EXCHANGE)
+        sym = await db.insert_symbol(Symbol(exchange_id=ex.id, symbol="BTCUSDT"))
+        t = now_us()
+
+        async def bid(**kw) -> list[float]:
+            return [r.bid_price for r in await db.get_latest_book_tickers(symbol_ids=[sym.id], **kw)]
+
+        for price, i in ((10.0, 0), (11.0, 1)):
+            committed = db.writer_stats("book_tickers")["rows_committed"]
+            await db.insert_book_ticker_snapshots([BookTicker(EXCHANGE.value, "BTCUSDT", price, 1.0, price + 0.5, 1.0, t + i)])
+            assert await bid() == ([] if i == 0 else [10.0])  # before the commit: the old row, cached
+            while db.writer_stats("book_tickers")["rows_committed"] == committed:  # committed, no flush
+                await asyncio.sleep(0.01)
+            assert await bid(primary=True) == [price]
+        await db.insert_book_ticker_snapshots([BookTicker(EXCHANGE.value, "BTCUSDT", 12.0, 1.0, 12.5, 1.0, t + 2)])
+        assert await bid() == [11.0]
+        await db.flush()
+        assert await bid() == [12.0]
+
+
 async def test_a_big_call_does_not_hold_the_loop_for_its_whole_encode(dsn, tmp_path):
     # A call of many batches is encoded a batch at a time, yielding between: another task runs while the call is
     # under way, and sees part of its rows accepted already. Every row is then stored once.

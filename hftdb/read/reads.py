@@ -128,7 +128,8 @@ class Reader:
             name = ex.name  # one exchange's rows all carry its name: no lookup per row
         else:
             filt = await self.filter_ids(exchange, symbols, symbol_ids)
-        cache = self._cache
+        # (primary=True is read-your-writes: the cache may hold a row read between a call and its commit)
+        cache = self._cache if not primary else None
         key = (packed.record, filt)
         if cache is not None:
             hit = cache.get(key)
