@@ -5,9 +5,10 @@ from decimal import Decimal
 
 import pytest
 
-from hftdb import Balance, BookTicker, DatabaseManager, ExchangeName, Symbol, ValidationError, now_us
+from hftdb import (Balance, BookTicker, DatabaseManager, DatabaseUnavailableError, ExchangeName, Symbol, ValidationError,
+                   now_us)
 
-from helpers import settings, sql
+from helpers import settings, sql, tickers
 
 
 async def test_a_balance_set_is_one_snapshot_invisible_until_commit(dsn, tmp_path):
@@ -148,3 +149,31 @@ async def test_a_unit_checks_ids_and_values_as_the_writers_do(dsn, tmp_path):
         async with db.transaction() as uow:
             assert await uow.insert_book_ticker_snapshots([quote(sid), quote(other)]) == 2
         assert len(await db.get_latest_book_tickers("binance_spot", primary=True)) == 2
+
+
+async def test_a_row_repeated_in_a_unit_is_dropped_and_counted_as_in_the_writers(dsn, tmp_path):
+    # The writers drop a row repeated inside a call (rows_duplicate); a unit raised "1 invalid row(s): {}".
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        await db.insert_book_ticker_snapshots(tickers(1))  # (registers the symbol)
+        await db.flush()
+        row = tickers(1, start_id=7)[0]
+        async with db.transaction() as uow:
+            assert await uow.insert_book_ticker_snapshots([row, row]) == 1
+        assert await sql(db).fetchval("SELECT count(*) FROM book_tickers WHERE update_id = 7") == 1
+
+
+async def test_a_unit_whose_connection_is_lost_raises_database_unavailable(dsn, tmp_path):
+    # The backend ended under an open unit: it rolled back, and the caller got asyncpg's InterfaceError ("cannot
+    # call Transaction.__aexit__(): the underlying connection is closed"), no hftdb error.
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        await db.insert_book_ticker_snapshots(tickers(10))  # (registers the symbols)
+        await db.flush()
+        with pytest.raises(DatabaseUnavailableError, match="rolled back"):
+            async with db.transaction() as uow:
+                await uow.insert_book_ticker_snapshots(tickers(5, start_id=100))
+                pid = uow.connection.get_server_pid()
+                await sql(db).execute("SELECT pg_terminate_backend($1)", pid)
+                await uow.insert_book_ticker_snapshots(tickers(5, start_id=200))
+        assert await sql(db).fetchval("SELECT count(*) FROM book_tickers") == 10

@@ -17,7 +17,7 @@ import asyncpg
 from ..db import catalog as _sql
 from ..db import dberrors
 from ..db.catalog import ID_END, MAX_SYMBOL_LEN, SymbolCatalog, check_symbol
-from ..errors import UnknownExchangeError, UnknownSymbolError, ValidationError
+from ..errors import DatabaseUnavailableError, UnknownExchangeError, UnknownSymbolError, ValidationError
 from ..models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, Symbol
 from ..wire.rules import NOT_A_RECORD, bad_text, row_list
 
@@ -32,8 +32,20 @@ async def unit_of_work(conn: asyncpg.Connection, *, catalog: SymbolCatalog,
                        encoder: EncoderFactory) -> AsyncIterator[UnitOfWork]:
     """A :class:`UnitOfWork` in a transaction on ``conn``; its exchanges and symbols are cached once it commits."""
     uow = UnitOfWork(conn, encoder=encoder, catalog=catalog)
-    async with conn.transaction():
-        yield uow
+    committing = False
+    try:
+        async with conn.transaction():
+            yield uow
+            committing = True
+    except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError) as exc:
+        # The connection went away under the unit (asyncpg's own words name its Transaction, not the unit).
+        if committing:
+            raise DatabaseUnavailableError(
+                f"a unit of work lost its connection at its COMMIT ({dberrors.describe(exc)}): it may or may not "
+                "have committed; look before writing it again") from exc
+        raise DatabaseUnavailableError(
+            f"a unit of work lost its connection ({dberrors.describe(exc)}): it rolled back, nothing of it is "
+            "stored") from exc
     for ex in uow._new_exchanges:
         catalog.remember_exchange(ex)
     for sym in uow._new_symbols:
@@ -144,9 +156,11 @@ class UnitOfWork:
     async def _write(self, table: str, pairs: list[tuple[int, Any]]) -> int:
         encoder = self._encoder(table)
         added = encoder.add(pairs)
-        if added != len(pairs):
-            raise ValidationError(f"{len(pairs) - added} invalid {table} row(s) in a unit of work: "
-                                  f"{encoder.rejects.snapshot()}")
+        rejects = encoder.rejects.snapshot()
+        if rejects:
+            raise ValidationError(f"{sum(rejects.values())} invalid {table} row(s) in a unit of work: {rejects}")
+        # (the rest of the difference: rows repeated inside the call, dropped as the writers drop them; the count
+        # returned says how many were taken)
         try:
             return await encoder.write_in(self._conn)
         except dberrors.CATCH as exc:
