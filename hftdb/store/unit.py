@@ -37,7 +37,8 @@ async def unit_of_work(conn: asyncpg.Connection, *, catalog: SymbolCatalog,
         async with conn.transaction():
             yield uow
             committing = True
-    except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError) as exc:
+    except (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError, asyncpg.PostgresConnectionError,
+            OSError) as exc:
         # The connection went away under the unit (asyncpg's own words name its Transaction, not the unit).
         if committing:
             raise DatabaseUnavailableError(
@@ -155,7 +156,7 @@ class UnitOfWork:
 
     async def _write(self, table: str, pairs: list[tuple[int, Any]]) -> int:
         encoder = self._encoder(table)
-        added = encoder.add(pairs)
+        encoder.add(pairs)
         rejects = encoder.rejects.snapshot()
         if rejects:
             raise ValidationError(f"{sum(rejects.values())} invalid {table} row(s) in a unit of work: {rejects}")
