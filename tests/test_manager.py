@@ -556,3 +556,27 @@ async def test_a_huge_named_call_is_taken_whole_or_not_at_all_as_a_small_one(dsn
         assert db.writer_stats("book_tickers")["rejects"]["symbol_bad_char"] == before + 1
         count += 399
         assert await stored() == count
+
+
+async def test_a_role_that_may_only_read_starts_without_error_lines(dsn, tmp_path, caplog):
+    # The writers ready two connections each at start; a role that may not write failed one of them while the
+    # other still had its transaction open, and asyncpg logged "Resetting connection with an active transaction"
+    # at ERROR, three times, with nothing to say what it meant.
+    async with DatabaseManager(dsn, settings=settings(tmp_path / "admin")):
+        pass  # (the schema and today's partitions)
+    role = "hftdb_ro_" + uuid.uuid4().hex[:12]
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute(f'CREATE ROLE "{role}" LOGIN')  # a name made above, not a value
+        await admin.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"')
+        parts = urlsplit(dsn)
+        reader = urlunsplit(parts._replace(netloc=role + "@" + parts.netloc.rsplit("@", 1)[-1]))
+        async with DatabaseManager(reader, settings=settings(tmp_path)) as db:
+            assert await db.get_latest_book_tickers() == []
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert errors == []
+    finally:
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role)
+        await admin.execute(f'DROP OWNED BY "{role}"')
+        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        await admin.close()

@@ -193,11 +193,14 @@ class Migrator:
             _check_version(target)
         migrations = self._load()
         async with self._locked():
-            await self._conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            )
+            # (looked up first: CREATE ... IF NOT EXISTS needs the CREATE privilege even when the table is there, and
+            # a role that only reads must be able to start on a schema that is up to date)
+            if await self._conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
+                await self._conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                )
             applied = await self._applied()
             self._check(applied)
             pending = [m for m in migrations if m.version not in applied and (target is None or m.version <= target)]

@@ -199,7 +199,13 @@ class Committer:
             async with contextlib.AsyncExitStack() as held:
                 conns = [await held.enter_async_context(self._pool.acquire(timeout=_WARM_TIMEOUT_S))
                          for _ in range(min(connections, self._pool.get_max_size()))]
-                await asyncio.wait_for(asyncio.gather(*(self._warm_one(c) for c in conns)), _WARM_TIMEOUT_S)
+                # (every one to its end before the connections go back: one failing must not leave another's
+                # transaction open, which the pool resets with an ERROR line that says nothing to the user)
+                done = await asyncio.wait_for(asyncio.gather(*(self._warm_one(c) for c in conns),
+                                                             return_exceptions=True), _WARM_TIMEOUT_S)
+                for result in done:
+                    if isinstance(result, BaseException):
+                        raise result
                 now = time.time_ns() // 1000
                 await asyncio.wait_for(self._ensure_partitions(conns[0], now, now), _WARM_TIMEOUT_S)
         except (*RETRYABLE, TimeoutError) as exc:
