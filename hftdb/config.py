@@ -120,6 +120,12 @@ def dsn_problem(dsn: str) -> str | None:
         else:
             port = host.partition(":")[2] if ":" in host else None
         if port is not None and (problem := _port_problem(port)):
+            if "@" not in parts.netloc and not port.isdigit():
+                # "user:password" with nothing after it: the DSN was cut before its "@" (in a list, at a "," of
+                # the password), and the "port" would be the password. Quoted, it would be shown.
+                return ("the text after the scheme reads as host:port with a port that is not a number, and no '@' "
+                        "follows: if it is a user and a password, the DSN was cut inside the password (in a list, a "
+                        "',' ends a DSN: percent-encode it as %2C)")
             return f"host {host!r}: {problem}"
     for port in query.get("port", []):
         for one in port.split(","):

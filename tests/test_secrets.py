@@ -169,6 +169,14 @@ def test_a_password_with_an_unencoded_url_character_is_never_quoted(char):
     assert "percent-encode" in str(info.value)
 
 
+def test_a_comma_in_a_replica_password_never_quotes_the_password():
+    # HFTDB_READS_REPLICAS is split at commas: the first piece, "postgresql://alice:Repl1ca", was quoted as a host
+    # and a port.
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"HFTDB_READS_REPLICAS": "postgresql://alice:Repl1caX,Pass99@h/db"})
+    assert "Repl1caX" not in str(info.value) + repr(info.value) and "%2C" in str(info.value), str(info.value)
+
+
 def test_words_like_passwd_in_messages_are_left_alone():
     assert redact("/etc/passwd: not a directory") == "/etc/passwd: not a directory"
     assert redact("verified 0 file(s) under /etc/passwd: every file matches") == (
