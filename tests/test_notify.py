@@ -192,3 +192,44 @@ async def test_latest_mirror_follows_commits_and_heals_after_a_restart(fault_ser
             assert {r.exchange for r in mirror.snapshot()} == {"binance_spot"}
         with pytest.raises(ValidationError):
             db.latest_mirror("balances")  # type: ignore[arg-type]
+
+
+# Longer than the fixed part of a catch-up's ledger lookback (two keep-alives of 0.5 s and 10 s of slack): a late
+# batch received, or a transaction begun, that long before the gap is noticed.
+LONG_S = 12.0
+
+
+async def _until(condition) -> None:
+    async with asyncio.timeout(WAIT):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def _covered(db, since_ts: int, update_ids: range) -> bool:
+    rows = await db.get_book_ticker_history("binance_spot", "SYM0USDT", start=since_ts, primary=True,
+                                            format="columns")
+    return set(update_ids) <= set(rows["update_id"])
+
+
+@pytest.mark.slow
+async def test_an_overflow_catch_up_covers_a_late_batch_received_long_before_the_overflow(dsn, tmp_path):
+    async with DatabaseManager(dsn, settings=_settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        async with db.notifications("book_tickers", max_pending=3) as feed:
+            t = now_us()
+            await db.insert_book_ticker_snapshots(tickers(5, symbols=1, base_ts=t))
+            await db.flush()
+            assert (await _next(feed)).max_ts == t + 4
+            # A late batch (a replayed spool batch, a producer with a backlog): receipt times before those consumed.
+            late = t - 1_000_000
+            await db.insert_book_ticker_snapshots(tickers(5, symbols=1, base_ts=late, start_id=100))
+            await db.flush()
+            await asyncio.sleep(LONG_S)  # the consumer is busy elsewhere; the late batch's notification waits
+            for i in range(2, 5):  # the third of these overflows max_pending, the late batch's notification with it
+                await db.insert_book_ticker_snapshots(tickers(5, symbols=1, base_ts=t + 1_000 * i, start_id=100 * i))
+                await db.flush()
+            await _until(lambda: feed.overflows == 1)
+            note = await _next(feed)
+            assert note.catch_up
+            assert note.since_ts <= late, f"since_ts is {note.since_ts - late} µs after the late batch's rows"
+            assert await _covered(db, note.since_ts, range(100, 105))

@@ -13,7 +13,8 @@ gap: after every notification received before it, before any received after it. 
 re-read from (``recv_ts >= since_ts``): the newest ``max_ts`` delivered before the gap, lowered to the oldest
 receipt time of any batch the ledger (``ingest_batches``) shows committed around the gap, so a late batch (a
 spooled batch replayed, a producer with a backlog) is covered too. The same happens when the consumer falls so
-far behind that the buffer (``max_pending``) overflows: the backlog is dropped and one catch-up stands for it.
+far behind that the buffer (``max_pending``) overflows: the backlog is dropped and one catch-up stands for it,
+its ledger lookup reaching back to when the oldest dropped notification arrived.
 
 Notifications are at-least-once: a catch-up may cover rows the consumer has already read.
 """
@@ -178,7 +179,9 @@ class Subscription:
         self._max_pending = max_pending
         self._on_close = on_close
         self._conn: asyncpg.Connection | None = None
-        self._pending: collections.deque[str | _Gap] = collections.deque()
+        # Each payload with the time.monotonic() it arrived at: a dropped backlog's catch-up reads the ledger from
+        # when its oldest notification arrived.
+        self._pending: collections.deque[tuple[float, str] | _Gap] = collections.deque()
         self._wakeup = asyncio.Event()
         self._lost = False
         self._last_max_ts: int | None = None
@@ -268,15 +271,18 @@ class Subscription:
             return
         if len(self._pending) >= self._max_pending:
             # The consumer is far behind: drop the backlog, one catch-up re-read stands for all of it (and for
-            # any gap marker in it: the new one keeps the earliest start).
-            earliest = min((g.noticed_at for g in self._pending if isinstance(g, _Gap)), default=None)
+            # any gap marker in it). The gap is dated from its oldest item, not from now: a batch dropped with
+            # the backlog committed before its notification arrived, perhaps long ago, and the catch-up's ledger
+            # lookup must reach back to it (a late batch's rows are older than since).
+            oldest = self._pending[0]  # the queue is in arrival order; a gap marker holds the earliest date
+            earliest = oldest.noticed_at if isinstance(oldest, _Gap) else oldest[0]
             self._pending.clear()
             self.overflows += 1
             self._mark_gap(earliest)
             logger.warning("%s subscription overflowed %d notifications; the consumer gets a catch-up",
                            self.table, self._max_pending)
         else:
-            self._pending.append(payload)
+            self._pending.append((time.monotonic(), payload))
         self._wakeup.set()
 
     def _on_terminated(self, conn: Any) -> None:
@@ -295,7 +301,8 @@ class Subscription:
         self._wakeup.set()
 
     def _mark_gap(self, noticed_at: float | None = None) -> None:
-        # Re-read from the newest max_ts consumed so far: a dropped backlog held only later ones.
+        # Re-read from the newest max_ts consumed so far; the ledger lookup (_gap_since) lowers it to the oldest
+        # receipt time of the batches committed since noticed_at, a late batch's among them.
         since = self._last_max_ts if self._last_max_ts is not None else now_us()
         self._pending.append(_Gap(time.monotonic() if noticed_at is None else noticed_at, since))
 
@@ -354,7 +361,7 @@ class Subscription:
                     self.delivered += 1
                     return Notification(table=self.table, rows=-1, max_ts=None, catch_up=True,
                                         since_ts=await self._gap_since(item))
-                note = self._parse(item)
+                note = self._parse(item[1])
                 if note is None:
                     continue
                 if note.max_ts is not None and (self._last_max_ts is None or note.max_ts > self._last_max_ts):
