@@ -233,3 +233,25 @@ async def test_an_overflow_catch_up_covers_a_late_batch_received_long_before_the
             assert note.catch_up
             assert note.since_ts <= late, f"since_ts is {note.since_ts - late} µs after the late batch's rows"
             assert await _covered(db, note.since_ts, range(100, 105))
+
+
+@pytest.mark.slow
+async def test_notifications_received_before_an_outage_are_delivered_during_it(fault_server, tmp_path):
+    async with DatabaseManager(fault_server.dsn, settings=_settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        async with db.notifications("book_tickers") as feed:
+            t = now_us()
+            for i in range(5):
+                await db.insert_book_ticker_snapshots(tickers(1, symbols=1, base_ts=t + i, start_id=i))
+                await db.flush()
+            await _until(lambda: len(feed._pending) == 5)  # received, not yet consumed
+            await fault_server.kill()
+            try:
+                await _until(lambda: feed.backend_pid is None)
+                # The primary is down: what was received before the gap is handed out all the same.
+                got = [await _next(feed) for _ in range(5)]
+                assert [(n.catch_up, n.max_ts) for n in got] == [(False, t + i) for i in range(5)]
+            finally:
+                await fault_server.start_again()
+            note = await _next(feed)
+            assert note.catch_up and note.since_ts <= t + 4

@@ -9,12 +9,13 @@ A :class:`Subscription` holds its own connection to the primary (not a pooled on
 A dead connection is noticed two ways: asyncpg's termination callback (the server closed the socket) and a
 keep-alive query every ``reads.listen_keepalive_s`` (a silent network). It then reconnects with capped, jittered
 backoff, LISTENs again, and yields a synthetic *catch-up* notification (``catch_up=True``) in the place of the
-gap: after every notification received before it, before any received after it. Its ``since_ts`` says where to
-re-read from (``recv_ts >= since_ts``): the newest ``max_ts`` delivered before the gap, lowered to the oldest
-receipt time of any batch the ledger (``ingest_batches``) shows committed around the gap, so a late batch (a
-spooled batch replayed, a producer with a backlog) is covered too. The same happens when the consumer falls so
-far behind that the buffer (``max_pending``) overflows: the backlog is dropped and one catch-up stands for it,
-its ledger lookup reaching back to when the oldest dropped notification arrived.
+gap: after every notification received before it (handed out without waiting for the reconnect), before any
+received after it. Its ``since_ts`` says where to re-read from (``recv_ts >= since_ts``): the newest ``max_ts``
+delivered before the gap, lowered to the oldest receipt time of any batch the ledger (``ingest_batches``) shows
+committed around the gap, so a late batch (a spooled batch replayed, a producer with a backlog) is covered too.
+The same happens when the consumer falls so far behind that the buffer (``max_pending``) overflows: the backlog
+is dropped and one catch-up stands for it, its ledger lookup reaching back to when the oldest dropped
+notification arrived.
 
 Notifications are at-least-once: a catch-up may cover rows the consumer has already read.
 """
@@ -350,7 +351,9 @@ class Subscription:
         while True:
             if self._state == "closed":
                 raise StopAsyncIteration
-            if self._lost:
+            if self._lost and (not self._pending or isinstance(self._pending[0], _Gap)):
+                # Only the catch-up needs the connection back: what arrived before the gap is handed out first,
+                # also while the primary is down.
                 await self._reconnect()
                 continue
             if self._pending:
