@@ -205,6 +205,16 @@ async def _until(condition) -> None:
             await asyncio.sleep(0.01)
 
 
+async def _drop_listener(dsn: str, feed) -> None:
+    """Kill the subscription's backend and wait until the subscription has seen it go."""
+    admin = await asyncpg.connect(dsn)
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", feed.backend_pid)
+    finally:
+        await admin.close()
+    await _until(lambda: feed.backend_pid is None)
+
+
 async def _covered(db, since_ts: int, update_ids: range) -> bool:
     rows = await db.get_book_ticker_history("binance_spot", "SYM0USDT", start=since_ts, primary=True,
                                             format="columns")
@@ -232,6 +242,55 @@ async def test_an_overflow_catch_up_covers_a_late_batch_received_long_before_the
             note = await _next(feed)
             assert note.catch_up
             assert note.since_ts <= late, f"since_ts is {note.since_ts - late} µs after the late batch's rows"
+            assert await _covered(db, note.since_ts, range(100, 105))
+
+
+@pytest.mark.slow
+async def test_a_catch_up_covers_a_long_unit_of_work_that_commits_while_the_listener_is_down(dsn, tmp_path):
+    async with DatabaseManager(dsn, settings=_settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        t = now_us()
+        await db.insert_book_ticker_snapshots(tickers(1, symbols=1, base_ts=t))
+        await db.flush()
+        async with db.notifications("book_tickers") as feed:
+            late = t - 60_000_000
+            async with db.transaction() as uow:
+                await uow.insert_book_ticker_snapshots(tickers(5, symbols=1, base_ts=late, start_id=100))
+                await asyncio.sleep(LONG_S)  # the unit stays open, then commits while nobody listens
+                await _drop_listener(dsn, feed)
+            note = await _next(feed)
+            assert note.catch_up
+            assert note.since_ts <= late, f"since_ts is {note.since_ts - late} µs after the unit's rows"
+            assert await _covered(db, note.since_ts, range(100, 105))
+
+
+@pytest.mark.slow
+async def test_a_catch_up_covers_a_batch_that_waited_long_on_a_lock_and_committed_while_the_listener_is_down(
+        dsn, tmp_path):
+    async with DatabaseManager(dsn, settings=_settings(tmp_path)) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        t = now_us()
+        await db.insert_book_ticker_snapshots(tickers(1, symbols=1, base_ts=t - 120_000_000))
+        await db.flush()
+        async with db.notifications("book_tickers") as feed:
+            late = t - 60_000_000
+            async with db.transaction() as uow:
+                # The unit's newer row holds the symbol's latest row locked until the unit commits: a writer batch
+                # of the same symbol waits for it in its latest-row step.
+                await uow.insert_book_ticker_snapshots(tickers(1, symbols=1, base_ts=t, start_id=50))
+                await db.insert_book_ticker_snapshots(tickers(5, symbols=1, base_ts=late, start_id=100))
+                flushed = asyncio.create_task(db.flush(timeout=WAIT + LONG_S))
+                async with db.connection() as conn:
+                    async with asyncio.timeout(WAIT):
+                        while not await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                                                      "current_database() AND wait_event_type = 'Lock'"):
+                            await asyncio.sleep(0.01)
+                await asyncio.sleep(LONG_S)  # the batch waits on the lock, then commits while nobody listens
+                await _drop_listener(dsn, feed)
+            await flushed
+            note = await _next(feed)
+            assert note.catch_up
+            assert note.since_ts <= late, f"since_ts is {note.since_ts - late} µs after the waiting batch's rows"
             assert await _covered(db, note.since_ts, range(100, 105))
 
 

@@ -84,7 +84,9 @@ _GAP_OLDEST = """
 SELECT (extract(epoch FROM min(min_recv_ts)) * 1000000)::int8 FROM ingest_batches
 WHERE table_name = $1 AND committed_at >= now() - make_interval(secs => $2)
 """
-# A batch's committed_at is its transaction's start: one begun before the gap may commit inside it.
+# A batch's committed_at is stamped by its transaction's last statement before COMMIT (clock_timestamp(), in
+# hftdb.store.tables and hftdb.store.unit), however long the transaction was open: the slack covers the COMMIT's
+# own round trip and a slow one.
 _GAP_SLACK_S = 10.0
 
 
