@@ -152,7 +152,9 @@ class Subscription:
 
     >>> async with db.notifications("book_tickers", exchange="binance_spot") as feed:
     ...     async for note in feed:
-    ...         rows = await db.get_latest_book_tickers(symbol_ids=note.ids) if note.ids else ...
+    ...         rows = await db.get_latest_book_tickers(symbol_ids=note.ids, primary=True) if note.ids else ...
+
+    Read what a notification announces with ``primary=True``: a read replica may not have replayed the commit yet.
 
     Obtain it from ``DatabaseManager.notifications()``; no I/O happens before ``async with``.
     """
