@@ -722,7 +722,9 @@ class DatabaseManager:
 
         >>> async with db.notifications("book_tickers", exchange="binance_spot") as feed:
         ...     async for note in feed:
-        ...         quotes = await db.get_latest_book_tickers(symbol_ids=note.ids or None)
+        ...         quotes = await db.get_latest_book_tickers(symbol_ids=note.ids or None, primary=True)
+
+        Read what a notification announces from the primary: a read replica may not have replayed the commit yet.
         """
         self._check_open()
         if table not in tablespec.TIME_SERIES:

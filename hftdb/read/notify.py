@@ -9,11 +9,13 @@ A :class:`Subscription` holds its own connection to the primary (not a pooled on
 A dead connection is noticed two ways: asyncpg's termination callback (the server closed the socket) and a
 keep-alive query every ``reads.listen_keepalive_s`` (a silent network). It then reconnects with capped, jittered
 backoff, LISTENs again, and yields a synthetic *catch-up* notification (``catch_up=True``) in the place of the
-gap: after every notification received before it, before any received after it. Its ``since_ts`` says where to
-re-read from (``recv_ts >= since_ts``): the newest ``max_ts`` delivered before the gap, lowered to the oldest
-receipt time of any batch the ledger (``ingest_batches``) shows committed around the gap, so a late batch (a
-spooled batch replayed, a producer with a backlog) is covered too. The same happens when the consumer falls so
-far behind that the buffer (``max_pending``) overflows: the backlog is dropped and one catch-up stands for it.
+gap: after every notification received before it (handed out without waiting for the reconnect), before any
+received after it. Its ``since_ts`` says where to re-read from (``recv_ts >= since_ts``): the newest ``max_ts``
+delivered before the gap, lowered to the oldest receipt time of any batch the ledger (``ingest_batches``) shows
+committed around the gap, so a late batch (a spooled batch replayed, a producer with a backlog) is covered too.
+The same happens when the consumer falls so far behind that the buffer (``max_pending``) overflows: the backlog
+is dropped and one catch-up stands for it, its ledger lookup reaching back to when the oldest dropped
+notification arrived.
 
 Notifications are at-least-once: a catch-up may cover rows the consumer has already read.
 """
@@ -82,7 +84,9 @@ _GAP_OLDEST = """
 SELECT (extract(epoch FROM min(min_recv_ts)) * 1000000)::int8 FROM ingest_batches
 WHERE table_name = $1 AND committed_at >= now() - make_interval(secs => $2)
 """
-# A batch's committed_at is its transaction's start: one begun before the gap may commit inside it.
+# A batch's committed_at is stamped by its transaction's last statement before COMMIT (clock_timestamp(), in
+# hftdb.store.tables and hftdb.store.unit), however long the transaction was open: the slack covers the COMMIT's
+# own round trip and a slow one.
 _GAP_SLACK_S = 10.0
 
 
@@ -148,7 +152,9 @@ class Subscription:
 
     >>> async with db.notifications("book_tickers", exchange="binance_spot") as feed:
     ...     async for note in feed:
-    ...         rows = await db.get_latest_book_tickers(symbol_ids=note.ids) if note.ids else ...
+    ...         rows = await db.get_latest_book_tickers(symbol_ids=note.ids, primary=True) if note.ids else ...
+
+    Read what a notification announces with ``primary=True``: a read replica may not have replayed the commit yet.
 
     Obtain it from ``DatabaseManager.notifications()``; no I/O happens before ``async with``.
     """
@@ -178,7 +184,9 @@ class Subscription:
         self._max_pending = max_pending
         self._on_close = on_close
         self._conn: asyncpg.Connection | None = None
-        self._pending: collections.deque[str | _Gap] = collections.deque()
+        # Each payload with the time.monotonic() it arrived at: a dropped backlog's catch-up reads the ledger from
+        # when its oldest notification arrived.
+        self._pending: collections.deque[tuple[float, str] | _Gap] = collections.deque()
         self._wakeup = asyncio.Event()
         self._lost = False
         self._last_max_ts: int | None = None
@@ -268,15 +276,18 @@ class Subscription:
             return
         if len(self._pending) >= self._max_pending:
             # The consumer is far behind: drop the backlog, one catch-up re-read stands for all of it (and for
-            # any gap marker in it: the new one keeps the earliest start).
-            earliest = min((g.noticed_at for g in self._pending if isinstance(g, _Gap)), default=None)
+            # any gap marker in it). The gap is dated from its oldest item, not from now: a batch dropped with
+            # the backlog committed before its notification arrived, perhaps long ago, and the catch-up's ledger
+            # lookup must reach back to it (a late batch's rows are older than since).
+            oldest = self._pending[0]  # the queue is in arrival order; a gap marker holds the earliest date
+            earliest = oldest.noticed_at if isinstance(oldest, _Gap) else oldest[0]
             self._pending.clear()
             self.overflows += 1
             self._mark_gap(earliest)
             logger.warning("%s subscription overflowed %d notifications; the consumer gets a catch-up",
                            self.table, self._max_pending)
         else:
-            self._pending.append(payload)
+            self._pending.append((time.monotonic(), payload))
         self._wakeup.set()
 
     def _on_terminated(self, conn: Any) -> None:
@@ -295,7 +306,8 @@ class Subscription:
         self._wakeup.set()
 
     def _mark_gap(self, noticed_at: float | None = None) -> None:
-        # Re-read from the newest max_ts consumed so far: a dropped backlog held only later ones.
+        # Re-read from the newest max_ts consumed so far; the ledger lookup (_gap_since) lowers it to the oldest
+        # receipt time of the batches committed since noticed_at, a late batch's among them.
         since = self._last_max_ts if self._last_max_ts is not None else now_us()
         self._pending.append(_Gap(time.monotonic() if noticed_at is None else noticed_at, since))
 
@@ -343,7 +355,9 @@ class Subscription:
         while True:
             if self._state == "closed":
                 raise StopAsyncIteration
-            if self._lost:
+            if self._lost and (not self._pending or isinstance(self._pending[0], _Gap)):
+                # Only the catch-up needs the connection back: what arrived before the gap is handed out first,
+                # also while the primary is down.
                 await self._reconnect()
                 continue
             if self._pending:
@@ -354,7 +368,7 @@ class Subscription:
                     self.delivered += 1
                     return Notification(table=self.table, rows=-1, max_ts=None, catch_up=True,
                                         since_ts=await self._gap_since(item))
-                note = self._parse(item)
+                note = self._parse(item[1])
                 if note is None:
                     continue
                 if note.max_ts is not None and (self._last_max_ts is None or note.max_ts > self._last_max_ts):

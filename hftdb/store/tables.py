@@ -24,10 +24,16 @@ __all__ = ["BookTickerWriter", "FundingRateWriter", "BalanceWriter", "KeyedRows"
 
 
 # The ledger rows of a commit's batches, and the NOTIFY that ends it: shared by every writer's latest statement.
+# committed_at is clock_timestamp(), not the column's default now() (the transaction's start): a catch-up finds the
+# batches committed during a gap by committed_at, and a commit held up long (its latest upsert waiting for a row
+# lock a unit of work holds) would be dated long before it committed. This statement is a commit's last before
+# COMMIT, and PostgreSQL completes its CTEs after the main query, the later ones first: the stamp is taken after
+# the upsert's waits (tests/test_notify.py holds one 12 s). A unit of work, whose transaction goes on after this
+# statement, stamps its batches again just before its COMMIT (hftdb.store.unit).
 _LEDGER = """
 WITH ledger AS (
-    INSERT INTO ingest_batches (batch_id, table_name, row_count, min_recv_ts, max_recv_ts)
-    SELECT b.id, '{table}', b.n, b.lo, b.hi
+    INSERT INTO ingest_batches (batch_id, table_name, row_count, min_recv_ts, max_recv_ts, committed_at)
+    SELECT b.id, '{table}', b.n, b.lo, b.hi, clock_timestamp()
     FROM unnest(${id}::uuid[], ${rows}::int4[], ${lo}::timestamptz[], ${hi}::timestamptz[]) AS b(id, n, lo, hi)
 )"""
 _NOTIFY = """

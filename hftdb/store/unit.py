@@ -10,6 +10,7 @@ Exchanges and symbols it registers reach the :class:`~hftdb.db.catalog.SymbolCat
 from __future__ import annotations
 
 import contextlib
+import uuid
 from typing import Any, AsyncIterator, Callable, Iterable
 
 import asyncpg
@@ -26,6 +27,11 @@ __all__ = ["UnitOfWork", "unit_of_work"]
 #: Builds the encoder of one table (a batch writer that is never started): how a unit packs its rows.
 EncoderFactory = Callable[[str], Any]
 
+#: A unit's last statement before COMMIT. Its batches' ledger rows were written with its rows, perhaps long before
+#: it commits; a catch-up finds the batches committed during a gap by committed_at (hftdb.read.notify), so they are
+#: dated again now, as a writer's commit dates its own in its last statement.
+_STAMP_LEDGER = "UPDATE ingest_batches SET committed_at = clock_timestamp() WHERE batch_id = ANY($1::uuid[])"
+
 
 @contextlib.asynccontextmanager
 async def unit_of_work(conn: asyncpg.Connection, *, catalog: SymbolCatalog,
@@ -36,6 +42,7 @@ async def unit_of_work(conn: asyncpg.Connection, *, catalog: SymbolCatalog,
     try:
         async with conn.transaction():
             yield uow
+            await uow._stamp_ledger()
             committing = True
     except (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError, asyncpg.PostgresConnectionError,
             OSError) as exc:
@@ -62,6 +69,7 @@ class UnitOfWork:
         self._catalog = catalog
         self._new_exchanges: list[Exchange] = []
         self._new_symbols: list[Symbol] = []
+        self._ledger_ids: list[uuid.UUID] = []
 
     @property
     def connection(self) -> asyncpg.Connection:
@@ -163,7 +171,7 @@ class UnitOfWork:
         # (the rest of the difference: rows repeated inside the call, dropped as the writers drop them; the count
         # returned says how many were taken)
         try:
-            return await encoder.write_in(self._conn)
+            rows, ledger_ids = await encoder.write_in(self._conn)
         except dberrors.CATCH as exc:
             if dberrors.classify(exc) != dberrors.DATA:
                 raise
@@ -171,6 +179,18 @@ class UnitOfWork:
             # mistake, so a typed error, and the transaction rolls back as for any invalid row.
             raise ValidationError(f"the database refused a {table} row in a unit of work "
                                   f"({dberrors.sqlstate(exc)}: {exc})") from exc
+        self._ledger_ids += ledger_ids
+        return rows
+
+    async def _stamp_ledger(self) -> None:
+        if not self._ledger_ids:
+            return
+        try:
+            await self._conn.execute(_STAMP_LEDGER, self._ledger_ids)
+        except asyncpg.InFailedSQLTransactionError:
+            # The body went on after an error of its transaction's own: COMMIT rolls the unit back, as it did
+            # before this statement existed, and there is nothing to date.
+            pass
 
 
 def _rows(rows: Any, record: type) -> list[Any]:

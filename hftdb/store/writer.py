@@ -706,21 +706,21 @@ class BatchWriter:
 
     # -- units of work -----------------------------------------------------------------------------------------
 
-    async def write_in(self, conn: asyncpg.Connection) -> int:
+    async def write_in(self, conn: asyncpg.Connection) -> tuple[int, list[uuid.UUID]]:
         """Write every row added so far on ``conn`` inside the caller's transaction (used by units of work, whose
-        writer is their own: nothing else is queued on it)."""
+        writer is their own: nothing else is queued on it). Returns the rows written and their batches' ledger ids."""
         self._seal()
         group = list(self._queue)
         self._queue.clear()
         if not group:
-            return 0
+            return 0, []
         if self.latest_stage:
             # In the caller's transaction, which may roll back and take a new table with it: not remembered by the
             # committer. The same transaction may have staged rows already (two writes in one unit).
             await conn.execute(f"{self.latest_stage_ddl}; TRUNCATE pg_temp.{self.latest_stage}",
                                timeout=self.command_timeout)
         await self._committer.write(conn, group, [(b.buf, b.latest) for b in group])
-        return sum(b.rows for b in group)
+        return sum(b.rows for b in group), [b.id for b in group]
 
     def forget_partitions(self) -> None:
         """Forget which partitions exist (after retention or a schema change dropped some)."""
