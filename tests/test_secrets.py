@@ -542,6 +542,7 @@ def test_reprs_show_no_secret():
     for obj in (s, s.database, s.reads, creds, db, adapter, target, rest):
         assert_clean(repr(obj) + str(obj), type(obj).__name__)
     assert f"{ROLE}:***@db" in repr(s)
+    assert API_KEY[-4:] not in repr(creds)  # (it showed the key's last four characters)
 
 
 def test_exchange_errors_built_from_bodies_are_redacted():

@@ -44,7 +44,8 @@ __all__ = [
 
 
 class Credentials(msgspec.Struct, frozen=True, kw_only=True):
-    """An API key pair (and OKX's passphrase). ``repr`` shows only the key's last four characters."""
+    """An API key pair (and OKX's passphrase). ``repr`` shows none of them (not even a key's last characters: a
+    piece of a key is a piece of a secret)."""
 
     api_key: str
     api_secret: str
@@ -55,9 +56,8 @@ class Credentials(msgspec.Struct, frozen=True, kw_only=True):
             register_secret(value)
 
     def __repr__(self) -> str:
-        key = ("..." + self.api_key[-4:]) if len(self.api_key) > 4 else "***"
         phrase = "None" if self.passphrase is None else "'***'"
-        return f"Credentials(api_key={key!r}, api_secret='***', passphrase={phrase})"
+        return f"Credentials(api_key='***', api_secret='***', passphrase={phrase})"
 
     __str__ = __repr__
 
