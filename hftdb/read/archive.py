@@ -38,8 +38,8 @@ generation (``part-1.parquet``). The ``_HFTDB_ARCHIVE_STOP_AT`` environment vari
 process kills itself (SIGKILL): the fault tests use it to crash at each step.
 
 Reads (:class:`ArchiveTier`) take the files of manifests in state ``dropped``, and of those in state ``written``
-whose partition is no longer attached; PostgreSQL is read for the whole window as well, so the two never count a
-row twice. pyarrow is imported here only, when a file is written or read: ``pip install 'hftdb[archive]'``.
+whose partition is not attached in the read's snapshot; PostgreSQL is read for the whole window as well, in that
+same snapshot (:meth:`ArchiveTier.snapshot_read`), so the two never count a row twice. pyarrow is imported here only, when a file is written or read: ``pip install 'hftdb[archive]'``.
 :class:`ArchiveSummary` gives ``/metrics`` and ``hftdb stats`` the archive's totals, reading again only the days
 whose directory changed.
 """
@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final, Sequence
+from typing import Any, Awaitable, Callable, Final, Sequence, TypeVar
 
 import asyncpg
 import msgspec
@@ -76,6 +76,8 @@ __all__ = ["ArchiveReport", "ArchiveSummary", "ArchiveTier", "FileEntry", "Manif
            "read_manifests", "require_pyarrow", "enabled", "summary", "verify", "VerifyReport", "STEPS", "RESTORE_STEPS", "MARKER"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: The steps of archiving one partition, in order (``_HFTDB_ARCHIVE_STOP_AT`` names one).
 STEPS: Final = ("fetched", "written", "verified", "renamed", "manifest", "detached", "dropped")
@@ -1269,7 +1271,8 @@ class ArchiveTier:
     def covers(self, table: str, lo: int, hi: int) -> bool:
         """Whether any day of ``[lo, hi)`` has a directory under the root: the test every history read makes
         before any manifest is read. One ``stat`` while the table directory is unchanged (a new day changes its
-        mtime; listed again at least every second all the same, for file systems with coarse times)."""
+        mtime; listed again at least every second all the same, and at every call for two seconds after a change,
+        for file systems with coarse times)."""
         base = os.path.join(self.root, table)
         try:
             mtime = os.stat(base).st_mtime_ns
@@ -1283,7 +1286,10 @@ class ArchiveTier:
                 if name.startswith("date="):
                     with contextlib.suppress(ValueError):
                         days.add(datetime.strptime(name[5:], "%Y-%m-%d").toordinal() - _EPOCH_ORDINAL)
-            cached = (mtime, now, frozenset(days))
+            # Listed within a tick of the directory's last change, the listing may miss a second change in the
+            # same tick, which leaves the mtime as it was: it serves this call only.
+            racy = time.time_ns() - mtime < _RACY_NS
+            cached = (mtime, float("-inf") if racy else now, frozenset(days))
             self._days[table] = cached
         first, last = lo // _US_PER_DAY, (hi - 1) // _US_PER_DAY
         days = cached[2]
@@ -1295,16 +1301,20 @@ class ArchiveTier:
         """The manifests of ``table`` overlapping ``[lo, hi)``."""
         return read_manifests(self.root, table, lo, hi)
 
-    async def readable(self, db: Any, table: str, lo: int, hi: int) -> list[Manifest]:
-        """The manifests whose files a read of ``[lo, hi)`` takes: dropped ones, and written ones whose partition
-        is no longer attached (``db`` has ``fetch``; asked only when there is such a manifest)."""
+    async def snapshot_read(self, conn: Any, table: str, lo: int, hi: int,
+                            hot: Callable[[Any], Awaitable[T]]) -> tuple[list[Manifest], T]:
+        """Read PostgreSQL's rows of a history read of ``[lo, hi)`` with ``hot(conn)``, and return them with the
+        manifests whose files hold the rest: both decided by one snapshot, so that each row is taken once whatever
+        the archiver does meanwhile (``conn``: one connection of the node serving the read, outside a transaction).
+
+        In one REPEATABLE READ transaction: ``table`` is locked in ACCESS SHARE mode first (a DETACH ... CONCURRENTLY
+        cannot then finish under the read, and the partitions the planner finds are those the snapshot sees), then
+        one catalog query lists the partitions attached in the snapshot, then ``hot`` runs. A manifest's files
+        count when it says ``dropped`` or its partition is not attached in that snapshot. The manifests are read after it is taken: a
+        partition detached in it had its files verified and its manifest written before the detach began."""
+        attached, result = await _attached_then(conn, table, hot)
         found = await asyncio.to_thread(self.manifests, table, lo, hi)
-        if all(m.state == "dropped" for m in found):
-            return found
-        attached = {r[0] for r in await db.fetch(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-            " WHERE i.inhparent = $1::regclass AND NOT i.inhdetachpending", table)}
-        return [m for m in found if m.state == "dropped" or m.partition not in attached]
+        return [m for m in found if m.state == "dropped" or m.partition not in attached], result
 
     def read(self, manifests: Sequence[Manifest], table: str, *, exchange: str, lo: int, hi: int,
              symbol_id: int | None = None, account: str | None = None, asset: str | None = None) -> dict[str, Any]:
@@ -1354,6 +1364,43 @@ class ArchiveTier:
                 valid = [ch.is_valid().to_numpy(zero_copy_only=False) for ch in chunks]
                 out[c.name + "__valid"] = np.concatenate(valid) if valid else np.empty(0, bool)
         return out
+
+
+#: Per table: the read's transaction, and the table locked before its snapshot is taken (LOCK takes none).
+_SNAPSHOT: Final = {t: f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; LOCK TABLE {t} IN ACCESS SHARE MODE"
+                    for t in SPECS}
+#: The partitions attached in the snapshot. One a DETACH ... CONCURRENTLY has begun on is not, if the snapshot sees
+#: that begin: the planner then leaves it out too (PostgreSQL omits a detach-pending partition whose mark is
+#: visible to the query's snapshot).
+_ATTACHED: Final = ("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                    " WHERE i.inhparent = $1::regclass AND NOT i.inhdetachpending")
+
+
+async def _attached_then(conn: Any, table: str, hot: Callable[[Any], Awaitable[T]]) -> tuple[set[str], T]:
+    # The lock comes before the snapshot (the transaction's first query takes it). Held, it keeps the set of
+    # partitions fixed until the end: DETACH ... CONCURRENTLY waits for the table's lockers before it removes a
+    # partition, and on a standby the lock on each partition (LOCK recurses) holds back the replay of its
+    # detach and drop, which take ACCESS EXCLUSIVE on it.
+    try:
+        await conn.execute(_SNAPSHOT[table])
+        attached = {r[0] for r in await conn.fetch(_ATTACHED, table)}
+        result = await hot(conn)
+        await conn.execute("COMMIT")
+    except asyncpg.PostgresError:
+        # The server ended the statement: the connection is in step, its transaction aborted.
+        try:
+            if conn.is_in_transaction():
+                await conn.execute("ROLLBACK")
+        except BaseException:
+            conn.terminate()
+            raise
+        raise
+    except BaseException:
+        # Cancelled, timed out or cut off mid-statement: the connection may be half way through a COPY, and is
+        # inside the transaction. Closed; the pool opens a new one.
+        conn.terminate()
+        raise
+    return attached, result
 
 
 def _row_groups(pf: Any, lo: int, hi: int, symbol_id: int | None) -> list[int]:
