@@ -37,9 +37,11 @@ again. Late rows for a day already archived go to a new partition of the same na
 generation (``part-1.parquet``). The ``_HFTDB_ARCHIVE_STOP_AT`` environment variable names a step after which the
 process kills itself (SIGKILL): the fault tests use it to crash at each step.
 
-Reads (:class:`ArchiveTier`) take the files of manifests in state ``dropped``, and of those in state ``written``
-whose partition is not attached in the read's snapshot; PostgreSQL is read for the whole window as well, in that
-same snapshot (:meth:`ArchiveTier.snapshot_read`), so the two never count a row twice. pyarrow is imported here only, when a file is written or read: ``pip install 'hftdb[archive]'``.
+Reads (:class:`ArchiveTier`) take the files of a manifest unless the read's snapshot has the table it archived
+still attached (by oid: a replica behind the detach, or the primary before it; for a manifest without an oid or
+being restored, any table attached under the partition's name, unless the manifest says ``dropped``); PostgreSQL
+is read for the whole window as well, in that same snapshot (:meth:`ArchiveTier.snapshot_read`), so the two never
+count a row twice. pyarrow is imported here only, when a file is written or read: ``pip install 'hftdb[archive]'``.
 :class:`ArchiveSummary` gives ``/metrics`` and ``hftdb stats`` the archive's totals, reading again only the days
 whose directory changed.
 """
@@ -283,6 +285,10 @@ class Manifest(msgspec.Struct, kw_only=True):
     max_recv_us: int | None
     decimal_scale: int = 0
     files: list[FileEntry] = []
+    # The archived table's oid (pg_class), which a physical replica shares: a reader whose snapshot still has this
+    # very table attached (a replica behind the detach) reads its rows there, not from the files; another table
+    # attached under the name (late rows) holds none of them. None in manifests written before it was recorded.
+    relid: int | None = None
     # "written": the partition may still be in PostgreSQL; "dropped": it is not; "restoring": being loaded back
     # (readers treat it as "written": the files count only while no partition of that name is attached).
     state: str = "written"
@@ -852,6 +858,7 @@ async def _write_generation(conn: asyncpg.Connection, pa: Any, spec: _Spec, root
         await snapshot.start()
         try:
             scale = 0
+            relid = await conn.fetchval("SELECT $1::regclass::oid", source)
             if spec.table == "balances":
                 scale = await conn.fetchval(
                     f"SELECT coalesce(max(greatest(scale(free), scale(locked))), 0) FROM {source}")
@@ -904,11 +911,11 @@ async def _write_generation(conn: asyncpg.Connection, pa: Any, spec: _Spec, root
             pieces.close()
     # Renames and the manifest: a thread's work, taken to its end through a cancellation (see _to_the_end).
     return await _to_the_end(asyncio.to_thread(_publish, spec, w, generation, day_dir, gen, entries, count, total,
-                                               scale))
+                                               scale, relid))
 
 
 def _publish(spec: _Spec, w: _Partition, generation: int, day_dir: Path, gen: _Generation,
-             entries: list[FileEntry], count: int, total: int, scale: int) -> Manifest:
+             entries: list[FileEntry], count: int, total: int, scale: int, relid: int) -> Manifest:
     for f in gen.files.values():
         os.replace(f.tmp, f.final)
         fsync_dir(f.final.parent)
@@ -921,7 +928,7 @@ def _publish(spec: _Spec, w: _Partition, generation: int, day_dir: Path, gen: _G
         hftdb_version=_version(), table=spec.table, partition=w.name, generation=generation,
         date=_date(w.lower_us), lower_us=w.lower_us, upper_us=w.upper_us, rows=count, checksum=str(total),
         min_recv_us=min(mins, default=None), max_recv_us=max(maxs, default=None), decimal_scale=scale,
-        files=entries, state="written", written_at=datetime.now(timezone.utc).isoformat(),
+        files=entries, state="written", written_at=datetime.now(timezone.utc).isoformat(), relid=relid,
     )
     day_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(day_dir / _manifest_name(w.name, generation), msgspec.json.encode(manifest))
@@ -1310,11 +1317,12 @@ class ArchiveTier:
         In one REPEATABLE READ transaction: ``table`` is locked in ACCESS SHARE mode first (a DETACH ... CONCURRENTLY
         cannot then finish under the read, and the partitions the planner finds are those the snapshot sees), then
         one catalog query lists the partitions attached in the snapshot, then ``hot`` runs. A manifest's files
-        count when it says ``dropped`` or its partition is not attached in that snapshot. The manifests are read after it is taken: a
-        partition detached in it had its files verified and its manifest written before the detach began."""
+        count unless the snapshot has the very table it archived attached (see :func:`_in_files`). The manifests
+        are read after the snapshot is taken: a partition detached in it had its files verified and its manifest
+        written before the detach began."""
         attached, result = await _attached_then(conn, table, hot)
         found = await asyncio.to_thread(self.manifests, table, lo, hi)
-        return [m for m in found if m.state == "dropped" or m.partition not in attached], result
+        return [m for m in found if _in_files(m, attached)], result
 
     def read(self, manifests: Sequence[Manifest], table: str, *, exchange: str, lo: int, hi: int,
              symbol_id: int | None = None, account: str | None = None, asset: str | None = None) -> dict[str, Any]:
@@ -1372,18 +1380,33 @@ _SNAPSHOT: Final = {t: f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; LOCK T
 #: The partitions attached in the snapshot. One a DETACH ... CONCURRENTLY has begun on is not, if the snapshot sees
 #: that begin: the planner then leaves it out too (PostgreSQL omits a detach-pending partition whose mark is
 #: visible to the query's snapshot).
-_ATTACHED: Final = ("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+_ATTACHED: Final = ("SELECT c.relname, c.oid FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
                     " WHERE i.inhparent = $1::regclass AND NOT i.inhdetachpending")
 
 
-async def _attached_then(conn: Any, table: str, hot: Callable[[Any], Awaitable[T]]) -> tuple[set[str], T]:
+def _in_files(m: Manifest, attached: dict[str, int]) -> bool:
+    """Whether a read whose snapshot has ``attached`` ({partition: oid}) takes ``m``'s rows from its files."""
+    oid = attached.get(m.partition)
+    if oid is None:
+        return True  # not attached in the snapshot: the rows are in the files only
+    if m.state == "restoring" or m.relid is None:
+        # Being restored: a table attached under the name holds the rows loaded back. Without the archived
+        # table's oid (an older manifest), a dropped one's table is taken to be another one (late rows).
+        return m.state == "dropped"
+    # The archived table itself, still attached in this snapshot (a replica not yet past the detach, or the
+    # primary before it): PostgreSQL has its rows, in whatever state the manifest now is. Another table attached
+    # under the name holds only rows that came later.
+    return oid != m.relid
+
+
+async def _attached_then(conn: Any, table: str, hot: Callable[[Any], Awaitable[T]]) -> tuple[dict[str, int], T]:
     # The lock comes before the snapshot (the transaction's first query takes it). Held, it keeps the set of
     # partitions fixed until the end: DETACH ... CONCURRENTLY waits for the table's lockers before it removes a
     # partition, and on a standby the lock on each partition (LOCK recurses) holds back the replay of its
     # detach and drop, which take ACCESS EXCLUSIVE on it.
     try:
         await conn.execute(_SNAPSHOT[table])
-        attached = {r[0] for r in await conn.fetch(_ATTACHED, table)}
+        attached = {r[0]: r[1] for r in await conn.fetch(_ATTACHED, table)}
         result = await hot(conn)
         await conn.execute("COMMIT")
     except asyncpg.PostgresError:
