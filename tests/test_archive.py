@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import sys
 from decimal import Decimal
 from pathlib import Path
@@ -964,6 +965,50 @@ async def test_a_read_whose_partition_is_detached_between_its_steps_takes_its_ro
         assert len(report.archived) == 3 and await _count(dsn, "book_tickers") == 30
         assert {fmt: len(got[fmt]) for fmt in want} == {fmt: len(want[fmt]) for fmt in want}
         assert got == want
+
+
+async def test_history_reads_through_the_archive_cut_short_leave_no_transaction_open(dsn, tmp_path, caplog):
+    # A read whose window holds an archived day runs in a transaction of its own on a held read connection. Cut
+    # short anywhere (deadlines drawn around the read's own duration: in BEGIN, the catalog query, the COPY or
+    # fetch, COMMIT, or reading the files), it must leave no connection inside a transaction, and the reads after
+    # it, on the same pool, answer in full.
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await _seed(db)
+        await db.archive_partitions(10, tables=["book_tickers"])
+        lo, hi = DAY0 - DAY_US, now_us() + 1
+        formats = ("numpy", "columns", "objects")
+
+        async def history(fmt: str) -> list[int]:
+            return _recv(await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=lo, end=hi, format=fmt))
+
+        want = await history("objects")
+        assert len(want) > 100
+        took = []
+        for fmt in formats * 4:
+            start = asyncio.get_running_loop().time()
+            assert await history(fmt) == want
+            took.append(asyncio.get_running_loop().time() - start)
+        typical = sorted(took)[len(took) // 2]
+        draw = random.Random(1303)
+
+        async def timed(fmt: str) -> list[int]:
+            async with asyncio.timeout(draw.uniform(0, 1.5 * typical)):
+                return await history(fmt)
+
+        outcomes: dict[str, int] = {}
+        for i in range(90):
+            fmt = formats[i % 3]
+            for r in await asyncio.gather(*(timed(fmt) for _ in range(3)), return_exceptions=True):
+                key = "rows" if r == want else type(r).__name__
+                outcomes[key] = outcomes.get(key, 0) + 1
+            assert await history(fmt) == want
+        assert set(outcomes) <= {"rows", "TimeoutError"}, outcomes
+        assert outcomes.get("TimeoutError", 0) > 0 and outcomes.get("rows", 0) > 0, outcomes
+        assert await sql(db).fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND xact_start IS NOT NULL"
+            " AND pid <> pg_backend_pid()") == 0
+        assert db.read_status()[0]["last_error"] is None
+    assert not [r for r in caplog.records if "transaction" in r.getMessage()]
 
 
 def _recv(rows: object) -> list[int]:

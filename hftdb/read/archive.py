@@ -1415,13 +1415,16 @@ async def _attached_then(conn: Any, table: str, hot: Callable[[Any], Awaitable[T
             if conn.is_in_transaction():
                 await conn.execute("ROLLBACK")
         except BaseException:
-            conn.terminate()
+            with contextlib.suppress(asyncpg.InterfaceError):
+                conn.terminate()
             raise
         raise
     except BaseException:
         # Cancelled, timed out or cut off mid-statement: the connection may be half way through a COPY, and is
-        # inside the transaction. Closed; the pool opens a new one.
-        conn.terminate()
+        # inside the transaction. Closed (unless ``hot`` closed it already: a pool's connection then refuses the
+        # call); the pool opens a new one.
+        with contextlib.suppress(asyncpg.InterfaceError):
+            conn.terminate()
         raise
     return attached, result
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .archive import ArchiveTier
     from ..db.cache import TTLCache
     from ..db.catalog import SymbolCatalog
-    from .replicas import ReadRouter
+    from .replicas import ReadPool, ReadRouter
 
 __all__ = ["table_stats", "database_stats", "Reader", "window", "check_limit"]
 
@@ -291,9 +291,8 @@ class Reader:
             if tier is None or not tier.covers(table, lo, hi):
                 return [], rows
 
-        async def in_snapshot(pool: Any) -> tuple[list[Any], Any]:
-            async with pool.acquire() as conn:
-                return await tier.snapshot_read(conn, table, lo, hi, hot)
+        def in_snapshot(pool: ReadPool) -> Awaitable[tuple[list[Any], Any]]:
+            return pool.run(lambda conn: tier.snapshot_read(conn, table, lo, hi, hot))
 
         return await self.router.run(in_snapshot, primary=primary)
 
