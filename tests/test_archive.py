@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import sys
 from decimal import Decimal
 from pathlib import Path
@@ -15,6 +16,7 @@ import msgspec
 import pytest
 
 from hftdb import Balance, BookTicker, DatabaseManager, ExchangeName, FundingRate, Symbol, ValidationError, now_us
+from hftdb.db import partitions
 from hftdb.read import archive
 from hftdb.service import metrics
 from hftdb.config import ArchiveSettings
@@ -926,3 +928,108 @@ async def test_with_the_embedded_default_hftdb_cleanup_archives_before_it_drops(
         for key, value in _comparable(await _all_reads(db)).items():
             _same(before[key], value)
     assert [m.state for t in archive.SPECS for m in archive.read_manifests(root, t)] == ["dropped"] * 9
+
+
+# -- history reads racing the archiver --------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+async def test_a_read_whose_partition_is_detached_between_its_steps_takes_its_rows_from_the_files(dsn, tmp_path,
+                                                                                                   monkeypatch):
+    # The archiver has written and verified a day's files and its manifest (state written); the partition is still
+    # attached. A history read starts; before it reads PostgreSQL the partition is detached and the detach
+    # commits. Made deterministic with the test's own connection: it holds the parent table in ACCESS EXCLUSIVE
+    # mode until the read waits for it, then detaches the partition in that transaction, as the archiver's
+    # DETACH ... CONCURRENTLY would, and commits. The read must still return every row once: one day per format.
+    s = settings(tmp_path)
+    async with DatabaseManager(dsn, settings=s) as db:
+        await _seed(db)
+        lo, hi = DAY0 - DAY_US, now_us() + 1
+        formats = {partitions.partition_name("book_tickers", DAY0 + d * DAY_US, interval_s=86_400): fmt
+                   for d, fmt in enumerate(("numpy", "columns", "objects"))}
+        want = {fmt: _recv(await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=lo, end=hi, format=fmt))
+                for fmt in formats.values()}
+        assert len(want["objects"]) > 100
+        got: dict[str, list[int]] = {}
+        real = archive.partitions.detach_partition
+        blocker = await asyncpg.connect(dsn)
+
+        async def detach_during_a_read(conn, table, name, *, marker):
+            if table != "book_tickers":
+                return await real(conn, table, name, marker=marker)
+            (m,) = [m for m in archive.read_manifests(Path(s.archive.root), table) if m.partition == name]
+            assert m.state == "written"
+            fmt = formats[name]
+            async with blocker.transaction():
+                await blocker.execute("LOCK TABLE book_tickers IN ACCESS EXCLUSIVE MODE")
+                read = asyncio.create_task(
+                    db.get_book_ticker_history("binance_spot", "BTCUSDT", start=lo, end=hi, format=fmt))
+                await _until(lambda: _waiting(dsn, "%book_tickers%"))
+                await blocker.execute(f'ALTER TABLE book_tickers DETACH PARTITION "{name}"')
+                # The archiver's own marker, so that its next step drops the detached table.
+                await blocker.execute(f"COMMENT ON TABLE \"{name}\" IS 'hftdb: archived - drop in progress'")
+            got[fmt] = _recv(await read)
+
+        assert archive.MARKER == "hftdb: archived - drop in progress"
+        monkeypatch.setattr(archive.partitions, "detach_partition", detach_during_a_read)
+        try:
+            async with asyncio.timeout(90):
+                report = (await db.archive_partitions(10, tables=["book_tickers"]))["book_tickers"]
+        finally:
+            await blocker.close()
+        monkeypatch.undo()
+        assert len(report.archived) == 3 and await _count(dsn, "book_tickers") == 30
+        assert {fmt: len(got[fmt]) for fmt in want} == {fmt: len(want[fmt]) for fmt in want}
+        assert got == want
+
+
+async def test_history_reads_through_the_archive_cut_short_leave_no_transaction_open(dsn, tmp_path, caplog):
+    # A read whose window holds an archived day runs in a transaction of its own on a held read connection. Cut
+    # short anywhere (deadlines drawn around the read's own duration: in BEGIN, the catalog query, the COPY or
+    # fetch, COMMIT, or reading the files), it must leave no connection inside a transaction, and the reads after
+    # it, on the same pool, answer in full.
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
+        await _seed(db)
+        await db.archive_partitions(10, tables=["book_tickers"])
+        lo, hi = DAY0 - DAY_US, now_us() + 1
+        formats = ("numpy", "columns", "objects")
+
+        async def history(fmt: str) -> list[int]:
+            return _recv(await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=lo, end=hi, format=fmt))
+
+        want = await history("objects")
+        assert len(want) > 100
+        took = []
+        for fmt in formats * 4:
+            start = asyncio.get_running_loop().time()
+            assert await history(fmt) == want
+            took.append(asyncio.get_running_loop().time() - start)
+        typical = sorted(took)[len(took) // 2]
+        draw = random.Random(1303)
+
+        async def timed(fmt: str) -> list[int]:
+            async with asyncio.timeout(draw.uniform(0, 1.5 * typical)):
+                return await history(fmt)
+
+        outcomes: dict[str, int] = {}
+        for i in range(90):
+            fmt = formats[i % 3]
+            for r in await asyncio.gather(*(timed(fmt) for _ in range(3)), return_exceptions=True):
+                key = "rows" if r == want else type(r).__name__
+                outcomes[key] = outcomes.get(key, 0) + 1
+            assert await history(fmt) == want
+        assert set(outcomes) <= {"rows", "TimeoutError"}, outcomes
+        assert outcomes.get("TimeoutError", 0) > 0 and outcomes.get("rows", 0) > 0, outcomes
+        assert await sql(db).fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND xact_start IS NOT NULL"
+            " AND pid <> pg_backend_pid()") == 0
+        assert db.read_status()[0]["last_error"] is None
+    assert not [r for r in caplog.records if "transaction" in r.getMessage()]
+
+
+def _recv(rows: object) -> list[int]:
+    """The receipt times of a history read in any format, as Unix µs."""
+    if isinstance(rows, list):
+        return [r.recv_ts for r in rows]
+    ts = rows["recv_ts"]  # type: ignore[index]
+    return ts.view("int64").tolist() if isinstance(ts, np.ndarray) else list(ts)

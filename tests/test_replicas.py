@@ -20,6 +20,7 @@ import pytest
 
 from hftdb import ConfigError, DatabaseManager, DatabaseUnavailableError, ExchangeName, load_settings
 from hftdb.config import ReadSettings
+from hftdb.read import archive
 from hftdb.read.replicas import ReadRouter
 from hftdb.db.server import run_tool, bin_dir
 
@@ -250,6 +251,79 @@ async def test_primary_restart_under_writers_while_reads_continue_on_the_replica
             return await replica.execute(count) == sent
 
         await _until(db, replica_has_all, "the replica has replayed every row")
+
+
+DAY_US = 86_400_000_000
+
+
+def _update_ids(rows: object) -> list[int]:
+    """The update ids of a history read in any format, oldest first."""
+    if isinstance(rows, list):
+        return [r.update_id for r in rows]
+    ids = rows["update_id"]  # type: ignore[index]
+    return ids if isinstance(ids, list) else ids.tolist()
+
+
+async def test_a_history_read_on_a_replica_behind_the_archiver_takes_each_row_once(fault_server, replica, tmp_path):
+    # The primary archives three days (files written and verified, partitions detached and dropped, manifests
+    # marked dropped) while the replica's replay is paused: the replica still has those partitions attached, and
+    # lags within the bound, so reads go to it. They must take those days from the replica, not from the files
+    # as well; once the replica replays the drops, from the files.
+    pytest.importorskip("pyarrow")
+    s = _settings(tmp_path, replica.dsn, max_lag_ms=600_000.0)
+    async with DatabaseManager(fault_server.dsn, settings=s) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        today = int(time.time()) * 1_000_000 // DAY_US * DAY_US
+        rows = [r for d in range(3) for r in tickers(100, start_id=1_000 * d, symbols=1,
+                                                     base_ts=today - (20 - d) * DAY_US + 3_600_000_000)]
+        rows += tickers(50, start_id=9_000, symbols=1)
+        await db.insert_book_ticker_snapshots(rows)
+        await db.flush()
+        lo, hi = today - 25 * DAY_US, today + 2 * DAY_US
+        formats = ("numpy", "columns", "objects")
+
+        async def history(fmt: str, **kw) -> list[int]:
+            return _update_ids(await db.get_book_ticker_history("binance_spot", "SYM0USDT", start=lo, end=hi,
+                                                                format=fmt, **kw))
+
+        want = {fmt: await history(fmt, primary=True) for fmt in formats}
+        assert all(len(ids) == len(rows) for ids in want.values())
+        count = "SELECT count(*) FROM book_tickers"
+
+        async def replica_current() -> bool:
+            return _replica(db)["healthy"] and await replica.execute(count) == len(rows)
+
+        await _until(db, replica_current, "the replica has every row")
+        await replica.execute("SELECT pg_wal_replay_pause()")
+
+        async def paused() -> bool:
+            return await replica.execute("SELECT pg_get_wal_replay_pause_state()") == "paused"
+
+        await _until(db, paused, "the replica's replay is paused")
+        report = (await db.archive_partitions(10, tables=["book_tickers"]))["book_tickers"]
+        assert len(report.archived) == 3
+        assert all(m.state == "dropped" for m in archive.read_manifests(Path(s.archive.root), "book_tickers"))
+        async with db.connection() as conn:
+            assert await conn.fetchval(count) == 50
+        assert await replica.execute(count) == len(rows)  # the replica has not seen the detach or the drop
+        await db.check_reads()
+        assert _replica(db)["healthy"], db.read_status()
+        before = _replica(db)["reads"], db.read_status()[0]["reads"]
+        got = {fmt: await history(fmt) for fmt in formats}
+        # Every read was the replica's.
+        assert _replica(db)["reads"] >= before[0] + 3 and db.read_status()[0]["reads"] == before[1], db.read_status()
+        assert {fmt: len(ids) for fmt, ids in got.items()} == {fmt: len(rows) for fmt in formats}
+        assert got == want
+
+        await replica.execute("SELECT pg_wal_replay_resume()")
+
+        async def replica_dropped() -> bool:
+            return _replica(db)["healthy"] and await replica.execute(count) == 50
+
+        await _until(db, replica_dropped, "the replica replays the drops")
+        before = _replica(db)["reads"], db.read_status()[0]["reads"]
+        assert {fmt: await history(fmt) for fmt in formats} == want
+        assert _replica(db)["reads"] >= before[0] + 3 and db.read_status()[0]["reads"] == before[1], db.read_status()
 
 
 async def _wait(condition) -> None:

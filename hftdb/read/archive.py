@@ -37,9 +37,11 @@ again. Late rows for a day already archived go to a new partition of the same na
 generation (``part-1.parquet``). The ``_HFTDB_ARCHIVE_STOP_AT`` environment variable names a step after which the
 process kills itself (SIGKILL): the fault tests use it to crash at each step.
 
-Reads (:class:`ArchiveTier`) take the files of manifests in state ``dropped``, and of those in state ``written``
-whose partition is no longer attached; PostgreSQL is read for the whole window as well, so the two never count a
-row twice. pyarrow is imported here only, when a file is written or read: ``pip install 'hftdb[archive]'``.
+Reads (:class:`ArchiveTier`) take the files of a manifest unless the read's snapshot has the table it archived
+still attached (by oid: a replica behind the detach, or the primary before it; for a manifest without an oid or
+being restored, any table attached under the partition's name, unless the manifest says ``dropped``); PostgreSQL
+is read for the whole window as well, in that same snapshot (:meth:`ArchiveTier.snapshot_read`), so the two never
+count a row twice. pyarrow is imported here only, when a file is written or read: ``pip install 'hftdb[archive]'``.
 :class:`ArchiveSummary` gives ``/metrics`` and ``hftdb stats`` the archive's totals, reading again only the days
 whose directory changed.
 """
@@ -59,7 +61,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final, Sequence
+from typing import Any, Awaitable, Callable, Final, Sequence, TypeVar
 
 import asyncpg
 import msgspec
@@ -76,6 +78,8 @@ __all__ = ["ArchiveReport", "ArchiveSummary", "ArchiveTier", "FileEntry", "Manif
            "read_manifests", "require_pyarrow", "enabled", "summary", "verify", "VerifyReport", "STEPS", "RESTORE_STEPS", "MARKER"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: The steps of archiving one partition, in order (``_HFTDB_ARCHIVE_STOP_AT`` names one).
 STEPS: Final = ("fetched", "written", "verified", "renamed", "manifest", "detached", "dropped")
@@ -281,6 +285,10 @@ class Manifest(msgspec.Struct, kw_only=True):
     max_recv_us: int | None
     decimal_scale: int = 0
     files: list[FileEntry] = []
+    # The archived table's oid (pg_class), which a physical replica shares: a reader whose snapshot still has this
+    # very table attached (a replica behind the detach) reads its rows there, not from the files; another table
+    # attached under the name (late rows) holds none of them. None in manifests written before it was recorded.
+    relid: int | None = None
     # "written": the partition may still be in PostgreSQL; "dropped": it is not; "restoring": being loaded back
     # (readers treat it as "written": the files count only while no partition of that name is attached).
     state: str = "written"
@@ -850,6 +858,7 @@ async def _write_generation(conn: asyncpg.Connection, pa: Any, spec: _Spec, root
         await snapshot.start()
         try:
             scale = 0
+            relid = await conn.fetchval("SELECT $1::regclass::oid", source)
             if spec.table == "balances":
                 scale = await conn.fetchval(
                     f"SELECT coalesce(max(greatest(scale(free), scale(locked))), 0) FROM {source}")
@@ -902,11 +911,11 @@ async def _write_generation(conn: asyncpg.Connection, pa: Any, spec: _Spec, root
             pieces.close()
     # Renames and the manifest: a thread's work, taken to its end through a cancellation (see _to_the_end).
     return await _to_the_end(asyncio.to_thread(_publish, spec, w, generation, day_dir, gen, entries, count, total,
-                                               scale))
+                                               scale, relid))
 
 
 def _publish(spec: _Spec, w: _Partition, generation: int, day_dir: Path, gen: _Generation,
-             entries: list[FileEntry], count: int, total: int, scale: int) -> Manifest:
+             entries: list[FileEntry], count: int, total: int, scale: int, relid: int) -> Manifest:
     for f in gen.files.values():
         os.replace(f.tmp, f.final)
         fsync_dir(f.final.parent)
@@ -919,7 +928,7 @@ def _publish(spec: _Spec, w: _Partition, generation: int, day_dir: Path, gen: _G
         hftdb_version=_version(), table=spec.table, partition=w.name, generation=generation,
         date=_date(w.lower_us), lower_us=w.lower_us, upper_us=w.upper_us, rows=count, checksum=str(total),
         min_recv_us=min(mins, default=None), max_recv_us=max(maxs, default=None), decimal_scale=scale,
-        files=entries, state="written", written_at=datetime.now(timezone.utc).isoformat(),
+        files=entries, state="written", written_at=datetime.now(timezone.utc).isoformat(), relid=relid,
     )
     day_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(day_dir / _manifest_name(w.name, generation), msgspec.json.encode(manifest))
@@ -1273,7 +1282,8 @@ class ArchiveTier:
     def covers(self, table: str, lo: int, hi: int) -> bool:
         """Whether any day of ``[lo, hi)`` has a directory under the root: the test every history read makes
         before any manifest is read. One ``stat`` while the table directory is unchanged (a new day changes its
-        mtime; listed again at least every second all the same, for file systems with coarse times)."""
+        mtime; listed again at least every second all the same, and at every call for two seconds after a change,
+        for file systems with coarse times)."""
         base = os.path.join(self.root, table)
         try:
             mtime = os.stat(base).st_mtime_ns
@@ -1287,7 +1297,10 @@ class ArchiveTier:
                 if name.startswith("date="):
                     with contextlib.suppress(ValueError):
                         days.add(datetime.strptime(name[5:], "%Y-%m-%d").toordinal() - _EPOCH_ORDINAL)
-            cached = (mtime, now, frozenset(days))
+            # Listed within a tick of the directory's last change, the listing may miss a second change in the
+            # same tick, which leaves the mtime as it was: it serves this call only.
+            racy = time.time_ns() - mtime < _RACY_NS
+            cached = (mtime, float("-inf") if racy else now, frozenset(days))
             self._days[table] = cached
         first, last = lo // _US_PER_DAY, (hi - 1) // _US_PER_DAY
         days = cached[2]
@@ -1299,16 +1312,21 @@ class ArchiveTier:
         """The manifests of ``table`` overlapping ``[lo, hi)``."""
         return read_manifests(self.root, table, lo, hi)
 
-    async def readable(self, db: Any, table: str, lo: int, hi: int) -> list[Manifest]:
-        """The manifests whose files a read of ``[lo, hi)`` takes: dropped ones, and written ones whose partition
-        is no longer attached (``db`` has ``fetch``; asked only when there is such a manifest)."""
+    async def snapshot_read(self, conn: Any, table: str, lo: int, hi: int,
+                            hot: Callable[[Any], Awaitable[T]]) -> tuple[list[Manifest], T]:
+        """Read PostgreSQL's rows of a history read of ``[lo, hi)`` with ``hot(conn)``, and return them with the
+        manifests whose files hold the rest: both decided by one snapshot, so that each row is taken once whatever
+        the archiver does meanwhile (``conn``: one connection of the node serving the read, outside a transaction).
+
+        In one REPEATABLE READ transaction: ``table`` is locked in ACCESS SHARE mode first (a DETACH ... CONCURRENTLY
+        cannot then finish under the read, and the partitions the planner finds are those the snapshot sees), then
+        one catalog query lists the partitions attached in the snapshot, then ``hot`` runs. A manifest's files
+        count unless the snapshot has the very table it archived attached (see :func:`_in_files`). The manifests
+        are read after the snapshot is taken: a partition detached in it had its files verified and its manifest
+        written before the detach began."""
+        attached, result = await _attached_then(conn, table, hot)
         found = await asyncio.to_thread(self.manifests, table, lo, hi)
-        if all(m.state == "dropped" for m in found):
-            return found
-        attached = {r[0] for r in await db.fetch(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-            " WHERE i.inhparent = $1::regclass AND NOT i.inhdetachpending", table)}
-        return [m for m in found if m.state == "dropped" or m.partition not in attached]
+        return [m for m in found if _in_files(m, attached)], result
 
     def read(self, manifests: Sequence[Manifest], table: str, *, exchange: str, lo: int, hi: int,
              symbol_id: int | None = None, account: str | None = None, asset: str | None = None) -> dict[str, Any]:
@@ -1358,6 +1376,61 @@ class ArchiveTier:
                 valid = [ch.is_valid().to_numpy(zero_copy_only=False) for ch in chunks]
                 out[c.name + "__valid"] = np.concatenate(valid) if valid else np.empty(0, bool)
         return out
+
+
+#: Per table: the read's transaction, and the table locked before its snapshot is taken (LOCK takes none).
+_SNAPSHOT: Final = {t: f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; LOCK TABLE {t} IN ACCESS SHARE MODE"
+                    for t in SPECS}
+#: The partitions attached in the snapshot. One a DETACH ... CONCURRENTLY has begun on is not, if the snapshot sees
+#: that begin: the planner then leaves it out too (PostgreSQL omits a detach-pending partition whose mark is
+#: visible to the query's snapshot).
+_ATTACHED: Final = ("SELECT c.relname, c.oid FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                    " WHERE i.inhparent = $1::regclass AND NOT i.inhdetachpending")
+
+
+def _in_files(m: Manifest, attached: dict[str, int]) -> bool:
+    """Whether a read whose snapshot has ``attached`` ({partition: oid}) takes ``m``'s rows from its files."""
+    oid = attached.get(m.partition)
+    if oid is None:
+        return True  # not attached in the snapshot: the rows are in the files only
+    if m.state == "restoring" or m.relid is None:
+        # Being restored: a table attached under the name holds the rows loaded back. Without the archived
+        # table's oid (an older manifest), a dropped one's table is taken to be another one (late rows).
+        return m.state == "dropped"
+    # The archived table itself, still attached in this snapshot (a replica not yet past the detach, or the
+    # primary before it): PostgreSQL has its rows, in whatever state the manifest now is. Another table attached
+    # under the name holds only rows that came later.
+    return oid != m.relid
+
+
+async def _attached_then(conn: Any, table: str, hot: Callable[[Any], Awaitable[T]]) -> tuple[dict[str, int], T]:
+    # The lock comes before the snapshot (the transaction's first query takes it). Held, it keeps the set of
+    # partitions fixed until the end: DETACH ... CONCURRENTLY waits for the table's lockers before it removes a
+    # partition, and on a standby the lock on each partition (LOCK recurses) holds back the replay of its
+    # detach and drop, which take ACCESS EXCLUSIVE on it.
+    try:
+        await conn.execute(_SNAPSHOT[table])
+        attached = {r[0]: r[1] for r in await conn.fetch(_ATTACHED, table)}
+        result = await hot(conn)
+        await conn.execute("COMMIT")
+    except asyncpg.PostgresError:
+        # The server ended the statement: the connection is in step, its transaction aborted.
+        try:
+            if conn.is_in_transaction():
+                await conn.execute("ROLLBACK")
+        except BaseException:
+            with contextlib.suppress(asyncpg.InterfaceError):
+                conn.terminate()
+            raise
+        raise
+    except BaseException:
+        # Cancelled, timed out or cut off mid-statement: the connection may be half way through a COPY, and is
+        # inside the transaction. Closed (unless ``hot`` closed it already: a pool's connection then refuses the
+        # call); the pool opens a new one.
+        with contextlib.suppress(asyncpg.InterfaceError):
+            conn.terminate()
+        raise
+    return attached, result
 
 
 def _row_groups(pf: Any, lo: int, hi: int, symbol_id: int | None) -> list[int]:

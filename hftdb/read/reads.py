@@ -19,7 +19,7 @@ from . import columnar
 from ..wire.copy import PG_EPOCH_US
 from ..wire.rules import bad_text
 from ..errors import ValidationError
-from ..models import Balance, BookTicker, Exchange, ExchangeName, FundingRate, now_us
+from ..models import Balance, BookTicker, ExchangeName, FundingRate, now_us
 from .notify import Filter
 from ..tablespec import ALL_TABLES
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .archive import ArchiveTier
     from ..db.cache import TTLCache
     from ..db.catalog import SymbolCatalog
-    from .replicas import ReadRouter
+    from .replicas import ReadPool, ReadRouter
 
 __all__ = ["table_stats", "database_stats", "Reader", "window", "check_limit"]
 
@@ -183,18 +183,17 @@ class Reader:
         limit = check_limit(limit)
         symbol_id = await self._symbol_id(exchange, symbol)
         name = _exchange_name(exchange)
-        manifests = await self._archived("book_tickers", lo, hi, primary)
         if format == "objects":
 
-            async def read(pool: Any) -> list[BookTicker]:
-                rows = await _fetch_history(pool, _BT_HISTORY, (symbol_id,), lo, hi, limit, 4)
+            async def fetch(db: Any) -> list[BookTicker]:
+                rows = await _fetch_history(db, _BT_HISTORY, (symbol_id,), lo, hi, limit, 4)
                 return [BookTicker(name, symbol, bp, bq, ap, aq, rt, et, u, symbol_id)
                         for bp, bq, ap, aq, rt, et, u in rows]
 
-            hot = await self.router.run(read, primary=primary)
+            manifests, hot = await self._history("book_tickers", lo, hi, fetch, copy=False, primary=primary)
         else:
-            hot = await self._copy(_BT_LAYOUT, "book_tickers", _BY_SYMBOL, (symbol_id,), lo, hi, limit, format,
-                                   primary)
+            copy = _copy(_BT_LAYOUT, "book_tickers", _BY_SYMBOL, (symbol_id,), lo, hi, limit, format)
+            manifests, hot = await self._history("book_tickers", lo, hi, copy, copy=True, primary=primary)
         if not manifests:
             return hot
         cols = await self._from_archive(manifests, "book_tickers", _BT_LAYOUT, format, exchange=name, lo=lo, hi=hi,
@@ -211,17 +210,16 @@ class Reader:
         limit = check_limit(limit)
         symbol_id = await self._symbol_id(exchange, symbol)
         name = _exchange_name(exchange)
-        manifests = await self._archived("funding_rates", lo, hi, primary)
         if format == "objects":
 
-            async def read(pool: Any) -> list[FundingRate]:
-                rows = await _fetch_history(pool, _FR_HISTORY, (symbol_id,), lo, hi, limit, 1)
+            async def fetch(db: Any) -> list[FundingRate]:
+                rows = await _fetch_history(db, _FR_HISTORY, (symbol_id,), lo, hi, limit, 1)
                 return [FundingRate(name, symbol, *r, symbol_id) for r in rows]
 
-            hot = await self.router.run(read, primary=primary)
+            manifests, hot = await self._history("funding_rates", lo, hi, fetch, copy=False, primary=primary)
         else:
-            hot = await self._copy(_FR_LAYOUT, "funding_rates", _BY_SYMBOL, (symbol_id,), lo, hi, limit, format,
-                                   primary)
+            copy = _copy(_FR_LAYOUT, "funding_rates", _BY_SYMBOL, (symbol_id,), lo, hi, limit, format)
+            manifests, hot = await self._history("funding_rates", lo, hi, copy, copy=True, primary=primary)
         if not manifests:
             return hot
         cols = await self._from_archive(manifests, "funding_rates", _FR_LAYOUT, format, exchange=name, lo=lo, hi=hi,
@@ -244,8 +242,22 @@ class Reader:
         limit = check_limit(limit)
         ex = await self._exchange(exchange)
         keys = (ex.id, account, asset)
-        manifests = await self._archived("balances", lo, hi, primary)
-        hot = await self._balance_rows(ex, asset, account, keys, lo, hi, limit, format, primary)
+        if format == "numpy":
+            where = "exchange_id = $1 AND account = $2 AND asset = $3"
+            copy = _copy(_BAL_LAYOUT, "balances", where, keys, lo, hi, limit, format)
+            manifests, hot = await self._history("balances", lo, hi, copy, copy=True, primary=primary)
+        else:
+
+            async def fetch(db: Any) -> list[Any]:
+                return await _fetch_history(db, _BAL_HISTORY, keys, lo, hi, limit, 0)
+
+            manifests, rows = await self._history("balances", lo, hi, fetch, copy=False, primary=primary)
+            if format == "columns":
+                cols = list(zip(*rows)) if rows else [(), (), (), ()]
+                hot = {name: list(col) for name, col in zip(("recv_ts", "exchange_ts", "free", "locked"), cols)}
+            else:
+                hot = [Balance(exchange=ex.name, asset=asset, free=r[2], locked=r[3], recv_ts=r[0], exchange_ts=r[1],
+                               account=account) for r in rows]
         if not manifests:
             return hot
         cols = await self._from_archive(manifests, "balances", _BAL_LAYOUT, format, exchange=ex.name, lo=lo, hi=hi,
@@ -255,28 +267,35 @@ class Reader:
             for rt, et, f, k in zip(cols["recv_ts"], cols["exchange_ts"], cols["free"], cols["locked"])]
         return _merge(cold, hot, format, limit)
 
-    async def _balance_rows(self, ex: Exchange, asset: str, account: str, keys: tuple[Any, ...], lo: int, hi: int,
-                            limit: int | None, format: str, primary: bool) -> Any:
-        if format == "numpy":
-            where = "exchange_id = $1 AND account = $2 AND asset = $3"
-            return await self._copy(_BAL_LAYOUT, "balances", where, keys, lo, hi, limit, format, primary)
+    async def _history(self, table: str, lo: int, hi: int, hot: Callable[[Any], Awaitable[Any]], *, copy: bool,
+                       primary: bool) -> tuple[list[Any], Any]:
+        """PostgreSQL's rows of a history read of ``[lo, hi)`` (``hot``'s result) and the archive manifests whose
+        files hold the rest of the window.
 
-        async def read(pool: Any) -> Any:
-            return await _fetch_history(pool, _BAL_HISTORY, keys, lo, hi, limit, 0)
-
-        rows = await self.router.run(read, primary=primary)
-        if format == "columns":
-            cols = list(zip(*rows)) if rows else [(), (), (), ()]
-            return {name: list(col) for name, col in zip(("recv_ts", "exchange_ts", "free", "locked"), cols)}
-        return [Balance(exchange=ex.name, asset=asset, free=r[2], locked=r[3], recv_ts=r[0], exchange_ts=r[1],
-                        account=account) for r in rows]
-
-    async def _archived(self, table: str, lo: int, hi: int, primary: bool) -> list[Any]:
-        """The archive manifests a history read of ``[lo, hi)`` takes files from (none without an archive)."""
+        With no archived day in the window, ``hot`` runs alone: given the pool (one statement, on a held
+        connection), or a connection of its own for a COPY (``copy``). Otherwise it runs inside the archive tier's
+        snapshot, on one connection of the node serving the read (``ArchiveTier.snapshot_read``): which partitions
+        are attached and which rows they hold are then one state of the database, whatever the archiver or the
+        node's replay does meanwhile."""
         tier = self._archive
         if tier is None or not tier.covers(table, lo, hi):
-            return []
-        return await self.router.run(lambda pool: tier.readable(pool, table, lo, hi), primary=primary)
+
+            async def alone(pool: Any) -> Any:
+                if not copy:
+                    return await hot(pool)
+                async with pool.acquire() as conn:
+                    return await hot(conn)
+
+            rows = await self.router.run(alone, primary=primary)
+            # A partition is detached only once its files, its manifest and so its day's directory are in place:
+            # with still no directory for the window's days, none was detached before the read's snapshot.
+            if tier is None or not tier.covers(table, lo, hi):
+                return [], rows
+
+        def in_snapshot(pool: ReadPool) -> Awaitable[tuple[list[Any], Any]]:
+            return pool.run(lambda conn: tier.snapshot_read(conn, table, lo, hi, hot))
+
+        return await self.router.run(in_snapshot, primary=primary)
 
     async def _from_archive(self, manifests: list[Any], table: str, layout: columnar.Layout, format: str, *,
                             exchange: str, lo: int, hi: int, **keys: Any) -> dict[str, Any]:
@@ -288,39 +307,40 @@ class Reader:
         raw = await asyncio.to_thread(tier.read, manifests, table, exchange=exchange, lo=lo, hi=hi, **keys)
         return _archive_columns(raw, layout, format)
 
-    async def _copy(self, layout: columnar.Layout, table: str, where: str, keys: tuple[Any, ...], lo: int, hi: int,
-                    limit: int | None, format: str, primary: bool) -> Any:
-        # table and where come from the fixed set in this module; values are inlined by asyncpg's server-side
-        # quoting. Without a LIMIT the rows are ordered on the client (see columnar.copy_out).
-        n = len(keys)
-        query = f"SELECT {layout.select_list} FROM {table} WHERE {where} AND recv_ts >= ${n + 1} AND recv_ts < ${n + 2}"
-        args: tuple[Any, ...] = (*keys, lo - PG_EPOCH_US, hi - PG_EPOCH_US)
-        if limit is not None:
-            query += f" ORDER BY recv_ts LIMIT ${n + 3}"
-            args += (limit,)
 
-        async def read(pool: Any) -> Any:
-            async with pool.acquire() as conn:
-                try:
-                    return await columnar.copy_out(conn, layout, query, *args, format=format,
-                                                   sort_by=None if limit is not None else "recv_ts")
-                except asyncpg.NumericValueOutOfRangeError as exc:
-                    # A stored amount (numeric) beyond float8's range: the numpy columns cannot carry it.
-                    raise ValidationError(
-                        f"format='numpy' cannot hold a stored {table} value beyond float64's range ({exc}); "
-                        "read these rows with format='objects' or 'columns', which keep exact Decimals") from exc
-                except asyncpg.PostgresError:
-                    raise  # the server ended the COPY: the connection is ready for the next statement
-                except BaseException:
-                    # Ended otherwise (the caller's cancellation or deadline, a broken connection), the COPY may
-                    # have left asyncpg's protocol half way: a cancellation that lands as a chunk arrives sends
-                    # no cancel request (asyncpg issue #784). Handed back, the connection failed the next read
-                    # run on it, someone else's ("cannot switch to state ...; another operation is in
-                    # progress"). It is closed instead; the pool opens a new one when asked.
-                    conn.terminate()
-                    raise
+def _copy(layout: columnar.Layout, table: str, where: str, keys: tuple[Any, ...], lo: int, hi: int,
+          limit: int | None, format: str) -> Callable[[Any], Awaitable[Any]]:
+    """The columnar read of a history window, to run on a connection."""
+    # table and where come from the fixed set in this module; values are inlined by asyncpg's server-side
+    # quoting. Without a LIMIT the rows are ordered on the client (see columnar.copy_out).
+    n = len(keys)
+    query = f"SELECT {layout.select_list} FROM {table} WHERE {where} AND recv_ts >= ${n + 1} AND recv_ts < ${n + 2}"
+    args: tuple[Any, ...] = (*keys, lo - PG_EPOCH_US, hi - PG_EPOCH_US)
+    if limit is not None:
+        query += f" ORDER BY recv_ts LIMIT ${n + 3}"
+        args += (limit,)
 
-        return await self.router.run(read, primary=primary)
+    async def read(conn: Any) -> Any:
+        try:
+            return await columnar.copy_out(conn, layout, query, *args, format=format,
+                                           sort_by=None if limit is not None else "recv_ts")
+        except asyncpg.NumericValueOutOfRangeError as exc:
+            # A stored amount (numeric) beyond float8's range: the numpy columns cannot carry it.
+            raise ValidationError(
+                f"format='numpy' cannot hold a stored {table} value beyond float64's range ({exc}); "
+                "read these rows with format='objects' or 'columns', which keep exact Decimals") from exc
+        except asyncpg.PostgresError:
+            raise  # the server ended the COPY: the connection is ready for the next statement
+        except BaseException:
+            # Ended otherwise (the caller's cancellation or deadline, a broken connection), the COPY may
+            # have left asyncpg's protocol half way: a cancellation that lands as a chunk arrives sends
+            # no cancel request (asyncpg issue #784). Handed back, the connection failed the next read
+            # run on it, someone else's ("cannot switch to state ...; another operation is in
+            # progress"). It is closed instead; the pool opens a new one when asked.
+            conn.terminate()
+            raise
+
+    return read
 
 
 def _archive_columns(raw: dict[str, Any], layout: columnar.Layout, format: str) -> dict[str, Any]:

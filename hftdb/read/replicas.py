@@ -71,12 +71,12 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 class ReadPool:
-    """An asyncpg pool, plus up to ``hold`` of its connections kept checked out for single-statement reads.
+    """An asyncpg pool, plus up to ``hold`` of its connections kept checked out for short reads.
 
     asyncpg releases a connection through a task shielded from cancellation: for a read of a few rows that is
     about a fifth of the client's CPU (~40 µs) and one more loop iteration before the caller resumes.
-    :meth:`fetchval`, :meth:`fetch` and :meth:`fetchrow` take a held connection instead and keep it when the
-    statement succeeded. A held connection found closed is handed back and a fresh one taken, as the pool's own
+    :meth:`fetchval`, :meth:`fetch`, :meth:`fetchrow` and :meth:`run` take a held connection instead and keep it
+    when the statement succeeded. A held connection found closed is handed back and a fresh one taken, as the pool's own
     acquire would; any failure (a broken connection, a timeout, a cancelled await) hands it back to the pool,
     whose release deals with it, and later reads refill the held set. ``close``, ``terminate`` and
     ``expire_connections`` hand the held connections back first. Every other attribute is the pool's own.
@@ -114,9 +114,14 @@ class ReadPool:
             await self._pool.release(con)
 
     async def _run(self, method: str, query: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return await self.run(lambda con: getattr(con, method)(query, *args, **kwargs))
+
+    async def run(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """``fn(connection)`` on a held connection: kept when ``fn`` returns (it must leave no transaction open),
+        handed back to the pool when it raises (a connection ``fn`` closed included)."""
         con = await self._take()
         try:
-            result = await getattr(con, method)(query, *args, **kwargs)
+            result = await fn(con)
         except BaseException:
             await self._pool.release(con)
             raise
