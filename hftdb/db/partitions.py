@@ -15,15 +15,21 @@ Locks, chosen so that partition upkeep never stalls the writers' COPY into the p
       (on Citus, which has no CONCURRENTLY for distributed tables, a plain DETACH: :mod:`hftdb.db.citus`);
     * sealed partitions are indexed with ``CREATE INDEX CONCURRENTLY``: late (spooled) rows may still arrive.
     Creation is serialized per table by a transaction-level advisory lock, drop and index by a session-level one.
+    That one (the maintenance lock, also held by archiving) is polled with ``pg_try_advisory_lock``, never waited
+    for inside a statement: a waiting statement holds a snapshot, which the holder's ``CREATE INDEX
+    CONCURRENTLY`` waits for, a cycle the server broke with "deadlock detected". A caller waits up to an hour,
+    then gets a StateError naming the server process holding it.
 
 The tables themselves are created by the versioned migrations of :mod:`hftdb.db.schema`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Final, Literal
@@ -73,6 +79,12 @@ _DAY_S: Final = 86_400
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MAX_PARTITIONS_PER_CALL: Final = 10_000
 _LEDGER_DELETE_CHUNK: Final = 50_000
+# How long a caller waits for a table's maintenance lock before it gives up with a StateError naming the holder:
+# an archive of a large partition holds it for minutes.
+_MAINTENANCE_LOCK_WAIT_S: Final = 3600.0
+# The lock is polled (see _take_maintenance_lock), first this often, backing off to the second.
+_LOCK_POLL_FIRST_S: Final = 0.01
+_LOCK_POLL_MAX_S: Final = 0.5
 # Set on a partition just before retention detaches it, so a run interrupted between DETACH and DROP can tell
 # its own leftovers from tables someone else detached on purpose.
 _DROP_MARKER: Final = "hftdb: retention drop in progress"
@@ -299,12 +311,42 @@ def _btree_statement(table: str, name: str, *, concurrently: bool) -> str:
     return f"CREATE INDEX {how}IF NOT EXISTS {_ident(name + '_btree')} ON {_ident(name)} ({_BTREE_COLUMNS[table]})"
 
 
+async def _take_maintenance_lock(conn: asyncpg.Connection, table: str, key: int) -> None:
+    # Polled, never waited for inside a statement: a statement waiting for the lock holds a snapshot, and the
+    # holder's CREATE INDEX CONCURRENTLY (or DETACH CONCURRENTLY) waits for every older snapshot to go, so a
+    # blocking pg_advisory_lock made a cycle the server broke with "deadlock detected". Between two tries this
+    # session holds no snapshot (the caller is outside a transaction: checked above).
+    deadline = time.monotonic() + _MAINTENANCE_LOCK_WAIT_S
+    pause = _LOCK_POLL_FIRST_S
+    logged = False
+    while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+        if not logged:
+            holder = await _lock_holder(conn, key)
+            logger.info("waiting for the maintenance lock of %s (held by server process %s: another archive, "
+                        "optimize, cleanup or upkeep pass)", table, holder)
+            logged = True
+        if time.monotonic() >= deadline:
+            holder = await _lock_holder(conn, key)
+            raise StateError(
+                f"the maintenance lock of {table} was not free within {_MAINTENANCE_LOCK_WAIT_S:.0f} s: server "
+                f"process {holder} holds it (another hftdb archive, optimize, cleanup or upkeep); try again later")
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, _LOCK_POLL_MAX_S)
+
+
+async def _lock_holder(conn: asyncpg.Connection, key: int) -> object:
+    return await conn.fetchval(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = "
+        "(SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND classid::bigint = ($1::bigint >> 32) AND objid::bigint = ($1::bigint & 4294967295) LIMIT 1", key)
+
+
 @contextlib.asynccontextmanager
 async def _maintenance_lock(conn: asyncpg.Connection, table: str) -> AsyncIterator[None]:
     if conn.is_in_transaction():
         raise StateError("partition maintenance needs a connection outside a transaction (it runs CONCURRENTLY)")
     key = _MAINTENANCE_LOCK_BASE + TIME_SERIES_TABLES.index(table)
-    await conn.execute("SELECT pg_advisory_lock($1)", key)
+    await _take_maintenance_lock(conn, table, key)
     try:
         yield
     finally:
