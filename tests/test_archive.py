@@ -926,3 +926,49 @@ async def test_with_the_embedded_default_hftdb_cleanup_archives_before_it_drops(
         for key, value in _comparable(await _all_reads(db)).items():
             _same(before[key], value)
     assert [m.state for t in archive.SPECS for m in archive.read_manifests(root, t)] == ["dropped"] * 9
+
+
+async def test_rows_for_a_partition_left_detached_by_a_killed_archive_wait_and_are_stored_after_the_rerun(
+        dsn, tmp_path, caplog):
+    # `hftdb archive` SIGKILLed right after the detach leaves the partition's table detached (with its marker) under
+    # the partition's name until a rerun drops it. A writer with late rows for that day finds no partition, and
+    # creating one meets the name taken: it waits as for an outage (rows kept), without a traceback a retry, and
+    # stores them once the rerun has finished the archive.
+    s = settings(tmp_path)
+    root = Path(s.archive.root)
+    day1 = DAY0  # the first partition archived, the one left detached
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    env.update(HFTDB_DSN=dsn, HFTDB_ARCHIVE_ROOT=str(root), HFTDB_METRICS_PORT="1",
+               HFTDB_WRITER_SPOOL_DIR=str(tmp_path / "spool2"))
+    async with DatabaseManager(dsn, settings=s) as db:
+        n = await _seed(db)
+        rc, out, err = await _cli("archive", "--older-than-days", "10", "--table", "book_tickers",
+                                  env={**env, "_HFTDB_ARCHIVE_STOP_AT": "detached"}, cwd=tmp_path)
+        assert rc == -9, (out, err)
+        caplog.set_level("INFO")
+        late = [BookTicker("okx_spot", "BTC-USDT", 1.0, 2.0, 1.5, 3.0, day1 + 11 + i, update_id=900_000 + i)
+                for i in range(5)]
+        assert await db.insert_book_ticker_snapshots(late) == 5
+        flushed = asyncio.create_task(db.flush())
+        async with asyncio.timeout(60):
+            while db.writer_stats("book_tickers")["retries"] < 3:
+                await asyncio.sleep(0.01)
+        assert not flushed.done()
+        stats = db.writer_stats("book_tickers")
+        assert stats["rows_committed"] == n and "ObjectInUse" in stats["last_error"], stats
+        assert not [r for r in caplog.records if r.exc_info or "unexpected error" in r.getMessage()]
+        rc, out, err = await _cli("archive", "--older-than-days", "10", "--table", "book_tickers", env=env,
+                                  cwd=tmp_path)
+        assert rc == 0 and "finished book_tickers_p" in out, (out, err)
+        async with asyncio.timeout(60):
+            await flushed
+        assert db.writer_stats("book_tickers")["rows_committed"] == n + 5
+        history = await db.get_book_ticker_history("okx_spot", "BTC-USDT", start=day1, end=day1 + DAY_US)
+        assert sorted(r.update_id for r in history if r.update_id and r.update_id >= 900_000) == list(
+            range(900_000, 900_005))
+        assert len(history) == len({(r.recv_ts, r.update_id, r.bid_price) for r in history})
+        # The late rows' new partition goes to the archive as the next generation.
+        report = (await db.archive_partitions(10, tables=["book_tickers"]))["book_tickers"]
+        assert report.archived == [f"book_tickers_p{archive._date(day1).replace('-', '')}"] and report.rows == 5
+        assert await db.get_book_ticker_history("okx_spot", "BTC-USDT", start=day1, end=day1 + DAY_US) == history
+    assert not [r for r in caplog.records if r.exc_info or "unexpected error" in r.getMessage()]

@@ -274,21 +274,37 @@ async def ensure_partitions(
     created = []
     for lo, hi in _uncovered(table, wanted, existing):
         name = partition_name(table, lo, interval_s=interval_s)
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key)
-            existing = [(r["lower_us"], r["upper_us"]) for r in await _partitions(conn, table)]
-            if not _uncovered(table, [(lo, hi)], existing):
-                continue  # another process made it while we waited
-            try:
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key)
+                existing = [(r["lower_us"], r["upper_us"]) for r in await _partitions(conn, table)]
+                if not _uncovered(table, [(lo, hi)], existing):
+                    continue  # another process made it while we waited
                 for statement in _create_statements(table, name, lo, hi, hot_index):
                     await conn.execute(statement)
-            except asyncpg.DuplicateTableError as exc:
-                raise DatabaseError(
-                    f"table {name} exists but is not a partition of {table}; inspect it and drop or attach it"
-                ) from exc
+        except asyncpg.DuplicateTableError as exc:
+            # (The creation's transaction, or savepoint in the caller's, is rolled back: the connection is usable.)
+            if await _being_dropped(conn, name):
+                # Detached by an archive or retention run that has not dropped it yet (still running, or killed
+                # in between: its rerun drops it). The name is free again then: an outage-like wait (SQLSTATE
+                # 55006 object_in_use, dberrors.WAIT) for writers, who keep the rows and retry.
+                raise asyncpg.ObjectInUseError(
+                    f"{name} of {table} is detached for archiving or retention and not dropped yet; its rows wait "
+                    "until that run (or `hftdb archive` / `hftdb cleanup` run again) drops it") from exc
+            raise DatabaseError(
+                f"table {name} exists but is not a partition of {table}; inspect it and drop or attach it"
+            ) from exc
         logger.info("created partition %s [%s, %s)", name, _utc(lo), _utc(hi))
         created.append(name)
     return created
+
+
+async def _being_dropped(conn: asyncpg.Connection, name: str) -> bool:
+    # Both hftdb markers of a detached partition on its way to DROP (retention's _DROP_MARKER and the archive's,
+    # hftdb.read.archive.MARKER) end so.
+    return bool(await conn.fetchval(
+        "SELECT NOT c.relispartition AND obj_description(c.oid, 'pg_class') LIKE 'hftdb: %drop in progress'"
+        " FROM pg_class c WHERE c.oid = to_regclass($1)", _ident(name)))
 
 
 def _create_statements(table: str, name: str, lower: int, upper: int, hot_index: str) -> list[str]:
