@@ -972,3 +972,52 @@ async def test_rows_for_a_partition_left_detached_by_a_killed_archive_wait_and_a
         assert report.archived == [f"book_tickers_p{archive._date(day1).replace('-', '')}"] and report.rows == 5
         assert await db.get_book_ticker_history("okx_spot", "BTC-USDT", start=day1, end=day1 + DAY_US) == history
     assert not [r for r in caplog.records if r.exc_info or "unexpected error" in r.getMessage()]
+
+
+@contextlib.contextmanager
+def _full_tmpfs(path: Path):
+    """A 16 KiB tmpfs mounted at ``path`` (root only; the test is skipped where mounting is not allowed)."""
+    import subprocess
+
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k,nr_inodes=64", "tmpfs", str(path)],
+                          capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="mounts a tmpfs")
+async def test_a_manifest_the_disk_has_no_room_for_leaves_no_file_in_place(dsn, tmp_path):
+    # The day's directory is a full file system; its exchange directories (symbolic links) are elsewhere, so the
+    # Parquet files are written, verified and renamed into place, and the manifest's write fails for real.
+    s = settings(tmp_path)
+    root = Path(s.archive.root)
+    async with DatabaseManager(dsn, settings=s) as db:
+        await _seed(db)
+        want = sorted(map(_norm, await _pg_rows(dsn, "book_tickers")))
+        day = root / "book_tickers" / f"date={archive._date(DAY0)}"
+        with _full_tmpfs(day):
+            for ex in ("binance_spot", "okx_spot"):
+                (tmp_path / "elsewhere" / ex).mkdir(parents=True)
+                (day / f"exchange={ex}").symlink_to(tmp_path / "elsewhere" / ex)
+            with contextlib.suppress(OSError), open(day / "filler", "wb") as f:
+                while True:
+                    f.write(b"\0" * 1024)
+                    f.flush()
+            with pytest.raises(OSError) as failed:
+                await db.archive_partitions(10, tables=["book_tickers"])
+            assert failed.value.errno == 28  # ENOSPC
+            # Nothing published without its manifest, no temporary file, the partition still attached.
+            assert not list(day.glob("_manifest.*")) and not list(day.glob(".*"))
+            assert not [p for p in (tmp_path / "elsewhere").rglob("*") if p.is_file()]
+            assert sorted(map(_norm, await _pg_rows(dsn, "book_tickers"))) == want
+            assert archive.read_manifests(root, "book_tickers") == []
+        report = (await db.archive_partitions(10, tables=["book_tickers"]))["book_tickers"]
+        assert len(report.archived) == 3
+    got = sorted(map(_norm, await _pg_rows(dsn, "book_tickers") + _file_rows(root, "book_tickers",
+                                                                             listed_only=False)))
+    assert got == want

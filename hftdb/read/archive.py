@@ -345,7 +345,14 @@ def _day_manifests(day: Path) -> list[Manifest]:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    write_atomic(path, data, tmp=path.with_name("." + path.name + ".tmp"))
+    tmp = path.with_name("." + path.name + ".tmp")
+    try:
+        write_atomic(path, data, tmp=tmp)
+    except OSError:
+        # A disk full or a file system gone read-only: no half-written hidden file is left beside the manifests.
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def _step(name: str) -> None:
@@ -907,12 +914,33 @@ async def _write_generation(conn: asyncpg.Connection, pa: Any, spec: _Spec, root
 
 def _publish(spec: _Spec, w: _Partition, generation: int, day_dir: Path, gen: _Generation,
              entries: list[FileEntry], count: int, total: int, scale: int) -> Manifest:
-    for f in gen.files.values():
-        os.replace(f.tmp, f.final)
-        fsync_dir(f.final.parent)
-    if gen.files:
-        fsync_dir(day_dir)
-    _step("renamed")
+    path = day_dir / _manifest_name(w.name, generation)
+    # A first write's files have no manifest until the one below is written: should that fail (a disk full), they
+    # are removed again, so that no file is in place without its manifest. A rewrite's (late rows) replace files
+    # its manifest already lists, and are kept: the rerun sees the manifest differ and writes them again.
+    first = not path.exists()
+    renamed: list[Path] = []
+    try:
+        for f in gen.files.values():
+            os.replace(f.tmp, f.final)
+            renamed.append(f.final)
+            fsync_dir(f.final.parent)
+        if gen.files:
+            fsync_dir(day_dir)
+        _step("renamed")
+        return _write_manifest(spec, w, generation, day_dir, entries, count, total, scale)
+    except BaseException:
+        if first:
+            for final in renamed:
+                with contextlib.suppress(OSError):
+                    final.unlink(missing_ok=True)
+                    fsync_dir(final.parent)
+        gen.discard()  # the files not renamed yet
+        raise
+
+
+def _write_manifest(spec: _Spec, w: _Partition, generation: int, day_dir: Path, entries: list[FileEntry],
+                    count: int, total: int, scale: int) -> Manifest:
     mins = [e.min_recv_us for e in entries if e.min_recv_us is not None]
     maxs = [e.max_recv_us for e in entries if e.max_recv_us is not None]
     manifest = Manifest(
