@@ -14,7 +14,8 @@ import asyncpg
 import msgspec
 import pytest
 
-from hftdb import Balance, BookTicker, DatabaseManager, ExchangeName, FundingRate, Symbol, ValidationError, now_us
+from hftdb import (Balance, BookTicker, DatabaseError, DatabaseManager, ExchangeName, FundingRate, Symbol,
+                   ValidationError, now_us)
 from hftdb.read import archive
 from hftdb.service import metrics
 from hftdb.config import ArchiveSettings
@@ -1021,3 +1022,40 @@ async def test_a_manifest_the_disk_has_no_room_for_leaves_no_file_in_place(dsn, 
     got = sorted(map(_norm, await _pg_rows(dsn, "book_tickers") + _file_rows(root, "book_tickers",
                                                                              listed_only=False)))
     assert got == want
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+async def test_a_day_with_a_damaged_file_is_not_restored_and_reads_name_the_file(dsn, tmp_path, damage):
+    s = settings(tmp_path)
+    s = msgspec.structs.replace(s, storage=msgspec.structs.replace(s.storage, partition_interval_s=60))
+    root = Path(s.archive.root)
+    day1 = DAY0 + DAY_US
+    async with DatabaseManager(dsn, settings=s) as db:
+        await _seed(db)
+        await db.archive_partitions(10, tables=["book_tickers"])
+        pg_before = await _count(dsn, "book_tickers")
+        manifests = [m for m in archive.read_manifests(root, "book_tickers") if m.date == archive._date(day1)]
+        assert len(manifests) == 3  # the day's rows span three minutes
+        last = manifests[-1]
+        (entry,) = [f for f in last.files if f.exchange == "binance_spot"]
+        path = root / "book_tickers" / f"date={last.date}" / entry.path
+        if damage == "missing":
+            path.unlink()
+        else:
+            path.write_bytes(path.read_bytes()[:entry.bytes // 2])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    env.update(HFTDB_DSN=dsn, HFTDB_ARCHIVE_ROOT=str(root), HFTDB_METRICS_PORT="1",
+               HFTDB_WRITER_SPOOL_DIR=str(tmp_path / "spool"), HFTDB_STORAGE_PARTITION_INTERVAL_S="60")
+    rc, out, err = await _cli("archive", "restore", "--table", "book_tickers", "--date", last.date, env=env,
+                              cwd=tmp_path)
+    assert rc == 1 and "Traceback" not in err, (out, err)
+    (line,) = err.strip().splitlines()
+    assert entry.path in line and "hftdb archive verify" in line, line
+    # Nothing of the day restored: every partition's rows still only in its files.
+    assert await _count(dsn, "book_tickers") == pg_before
+    assert [m.state for m in archive.read_manifests(root, "book_tickers")] == ["dropped"] * 9
+    async with DatabaseManager(dsn, settings=s) as db:
+        # A read of the day meets the file: one error naming it and the command that checks the archive.
+        with pytest.raises(DatabaseError) as failed:
+            await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=day1, end=day1 + DAY_US)
+        assert entry.path in str(failed.value) and "hftdb archive verify" in str(failed.value)

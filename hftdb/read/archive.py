@@ -1194,10 +1194,12 @@ def _expire(root: Path, table: str, cutoff_us: int, dry_run: bool) -> list[str]:
 async def restore_day(conn: asyncpg.Connection, table: str, date: str, *, settings: ArchiveSettings,
                       interval_s: int) -> tuple[list[str], int]:
     """Load ``table``'s archived day ``date`` (``YYYY-MM-DD``) back into PostgreSQL; return the partitions
-    restored and their rows. The rows are inserted in one transaction and checked (count and checksum) against
-    the manifest before the files are deleted; a crash leaves the manifest in state ``restoring``, which readers
-    and a rerun resolve by whether the rows are in PostgreSQL. Refuses a day whose range holds rows in
-    PostgreSQL already (late rows: archive them first)."""
+    restored and their rows. Every file of the day is first read back and checked against its manifest
+    (:func:`verify`): a missing or damaged one refuses the whole day, naming it, before anything is loaded. Then
+    each partition's rows are inserted in one transaction (one per partition, not one for the day) and checked
+    (count and checksum) against its manifest before its files are deleted; a crash leaves the manifest in state
+    ``restoring``, which readers and a rerun resolve by whether the rows are in PostgreSQL. Refuses a day whose
+    range holds rows in PostgreSQL already (late rows: archive them first)."""
     if table not in SPECS:
         raise ValidationError(f"table must be one of {', '.join(SPECS)}; got {table!r}")
     try:
@@ -1216,6 +1218,16 @@ async def restore_day(conn: asyncpg.Connection, table: str, date: str, *, settin
             if m.state == "written":
                 raise ValidationError(f"{m.partition} is being archived (an interrupted run?): run `hftdb archive` "
                                       "first")
+        # Each partition loads in its own transaction: a file found bad half way would leave the day half restored.
+        # Every file of the day is read back and checked against its manifest first.
+        checked = await _to_the_end(asyncio.to_thread(verify, root, table=table, date=date,
+                                                      batch_rows=_piece_rows(settings)))
+        if checked.problems:
+            more = f" (and {len(checked.problems) - 1} more)" if len(checked.problems) > 1 else ""
+            first = " ".join(checked.problems[0].split())
+            raise DatabaseError(f"{table} of {date} not restored, nothing loaded: {first}{more}; see `hftdb archive "
+                                f"verify --table {table} --date {date}`")
+        for m in found:
             where = (f"recv_ts >= 'epoch'::timestamptz + {int(m.lower_us)} * interval '1 microsecond'"
                      f" AND recv_ts < 'epoch'::timestamptz + {int(m.upper_us)} * interval '1 microsecond'")
             source = f"(SELECT * FROM {_quote(table)} WHERE {where}) AS r"
@@ -1356,11 +1368,14 @@ class ArchiveTier:
                 if f.min_recv_us is not None and (f.min_recv_us >= hi or f.max_recv_us < lo):  # type: ignore[operator]
                     continue
                 path = _date_dir(self.root, table, m.lower_us) / f.path
-                pf = pq.ParquetFile(path)
-                groups = _row_groups(pf, lo, hi, symbol_id)
-                if not groups:
-                    continue
-                t = pf.read_row_groups(groups, columns=[c.name for c in spec.cols if c.name != "exchange_id"])
+                try:
+                    pf = pq.ParquetFile(path)
+                    groups = _row_groups(pf, lo, hi, symbol_id)
+                    if not groups:
+                        continue
+                    t = pf.read_row_groups(groups, columns=[c.name for c in spec.cols if c.name != "exchange_id"])
+                except (OSError, pa.ArrowException) as exc:
+                    raise _unreadable(self.root, table, m, f.path, exc) from exc
                 recv = t.column("recv_ts").cast(pa.int64())
                 mask = pc.and_(pc.greater_equal(recv, lo), pc.less(recv, hi))
                 if symbol_id is not None:
@@ -1386,6 +1401,12 @@ class ArchiveTier:
                 valid = [ch.is_valid().to_numpy(zero_copy_only=False) for ch in chunks]
                 out[c.name + "__valid"] = np.concatenate(valid) if valid else np.empty(0, bool)
         return out
+
+
+def _unreadable(root: Path, table: str, m: Manifest, path: str, exc: BaseException) -> DatabaseError:
+    what = "missing" if isinstance(exc, FileNotFoundError) else f"unreadable ({' '.join(str(exc).split())})"
+    return DatabaseError(f"archived file {table}/date={m.date}/{path} under {root} is {what}; check the archive with "
+                         f"`hftdb archive verify --table {table} --date {m.date}`")
 
 
 def _row_groups(pf: Any, lo: int, hi: int, symbol_id: int | None) -> list[int]:
