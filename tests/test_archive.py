@@ -414,10 +414,13 @@ async def test_late_rows_go_to_a_new_generation_or_into_the_rewrite(dsn, tmp_pat
             await real(conn, table, name, marker=marker)
 
         monkeypatch.setattr(archive.partitions, "detach_partition", detach_after_a_late_row)
-        await db.archive_partitions(10, tables=["book_tickers"])
+        report = (await db.archive_partitions(10, tables=["book_tickers"]))["book_tickers"]
         monkeypatch.undo()
         assert late == 1 and await _count(dsn, "book_tickers") == 30
         assert _archived_rows(root, "book_tickers") == n - 30 + 1
+        # The report counts what the archive holds: the rewrite's rows and bytes, not the first write's.
+        assert report.rows == n - 30 + 1
+        assert report.bytes == sum(p.stat().st_size for p in (root / "book_tickers").rglob("*.parquet"))
         # A row for an archived day arriving later recreates its partition; archiving that writes part-1.
         await db.insert_book_ticker_snapshots([BookTicker("binance_spot", "BTCUSDT", 1.0, 2.0, 1.5, 3.0, day1 + 7,
                                                           update_id=888)])

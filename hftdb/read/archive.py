@@ -810,11 +810,10 @@ async def _archive_one(conn: asyncpg.Connection, pa: Any, spec: _Spec, root: Pat
         count, total = await _server_checksum(conn, spec, source, manifest.decimal_scale)
         if (count, str(total)) != (manifest.rows, manifest.checksum):
             manifest = None  # rows arrived after it was written: write this generation again
+    wrote = manifest is None
     if manifest is None:
         generation = open_[-1].generation if open_ else max((m.generation + 1 for m in done), default=0)
         manifest = await _write_generation(conn, pa, spec, root, settings, w, interval_s, generation)
-        report.rows += manifest.rows
-        report.bytes += sum(f.bytes for f in manifest.files)
     if w.attached:
         await partitions.detach_partition(conn, spec.table, w.name, marker=MARKER)
         _step("detached")
@@ -826,6 +825,11 @@ async def _archive_one(conn: asyncpg.Connection, pa: Any, spec: _Spec, root: Pat
             # so this second write is final.
             logger.warning("%s changed while it was archived; writing it again from the detached table", w.name)
             manifest = await _write_generation(conn, pa, spec, root, settings, w, interval_s, manifest.generation)
+            wrote = True
+    if wrote:
+        # What the archive now holds of it: a rewrite replaced the first write's files.
+        report.rows += manifest.rows
+        report.bytes += sum(f.bytes for f in manifest.files)
     if not await partitions.drop_detached(conn, spec.table, w.name, marker=MARKER):
         raise DatabaseError(f"{w.name} was not dropped: it is attached again or lost its marker; inspect it")
     _step("dropped")
