@@ -1062,3 +1062,18 @@ async def test_a_day_with_a_damaged_file_is_not_restored_and_reads_name_the_file
         with pytest.raises(DatabaseError) as failed:
             await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=day1, end=day1 + DAY_US)
         assert entry.path in str(failed.value) and "hftdb archive verify" in str(failed.value)
+
+
+async def test_restore_with_the_archive_off_is_the_one_line_every_archive_command_gives(dsn, tmp_path):
+    # root = "" turns the archive off: restore must not read a relative ./book_tickers under the current directory.
+    (tmp_path / "book_tickers" / "date=2026-11-18").mkdir(parents=True)
+    async with DatabaseManager(dsn, settings=settings(tmp_path, root="")) as db:
+        with pytest.raises(ValidationError, match="^the archive is off: "):
+            await db.restore_archive("book_tickers", "2026-11-18")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    env.update(HFTDB_DSN=dsn, HFTDB_ARCHIVE_ROOT="", HFTDB_METRICS_PORT="1",
+               HFTDB_WRITER_SPOOL_DIR=str(tmp_path / "spool"))
+    for args in (("archive",), ("archive", "restore", "--table", "book_tickers", "--date", "2026-11-18")):
+        rc, out, err = await _cli(*args, env=env, cwd=tmp_path)
+        assert rc == 1 and err.strip().splitlines() == ["hftdb: the archive is off: [archive] root is empty"], (
+            args, out, err)

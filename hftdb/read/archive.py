@@ -1210,6 +1210,8 @@ async def restore_day(conn: asyncpg.Connection, table: str, date: str, *, settin
         day_lo = int(datetime.strptime(date, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()) * 1_000_000
     except (TypeError, ValueError):
         raise ValidationError(f"date must be YYYY-MM-DD, got {date!r}") from None
+    if not enabled(settings):
+        raise ValidationError("the archive is off: [archive] root is empty")
     root = Path(settings.root)
     found = [m for m in read_manifests(root, table, day_lo, day_lo + _US_PER_DAY) if m.date == date]
     if not found:
