@@ -15,7 +15,8 @@ import asyncpg
 import msgspec
 import pytest
 
-from hftdb import Balance, BookTicker, DatabaseManager, ExchangeName, FundingRate, Symbol, ValidationError, now_us
+from hftdb import (Balance, BookTicker, DatabaseError, DatabaseManager, ExchangeName, FundingRate, Symbol,
+                   ValidationError, now_us)
 from hftdb.db import partitions
 from hftdb.read import archive
 from hftdb.service import metrics
@@ -415,10 +416,13 @@ async def test_late_rows_go_to_a_new_generation_or_into_the_rewrite(dsn, tmp_pat
             await real(conn, table, name, marker=marker)
 
         monkeypatch.setattr(archive.partitions, "detach_partition", detach_after_a_late_row)
-        await db.archive_partitions(10, tables=["book_tickers"])
+        report = (await db.archive_partitions(10, tables=["book_tickers"]))["book_tickers"]
         monkeypatch.undo()
         assert late == 1 and await _count(dsn, "book_tickers") == 30
         assert _archived_rows(root, "book_tickers") == n - 30 + 1
+        # The report counts what the archive holds: the rewrite's rows and bytes, not the first write's.
+        assert report.rows == n - 30 + 1
+        assert report.bytes == sum(p.stat().st_size for p in (root / "book_tickers").rglob("*.parquet"))
         # A row for an archived day arriving later recreates its partition; archiving that writes part-1.
         await db.insert_book_ticker_snapshots([BookTicker("binance_spot", "BTCUSDT", 1.0, 2.0, 1.5, 3.0, day1 + 7,
                                                           update_id=888)])
@@ -1033,3 +1037,150 @@ def _recv(rows: object) -> list[int]:
         return [r.recv_ts for r in rows]
     ts = rows["recv_ts"]  # type: ignore[index]
     return ts.view("int64").tolist() if isinstance(ts, np.ndarray) else list(ts)
+
+
+async def test_rows_for_a_partition_left_detached_by_a_killed_archive_wait_and_are_stored_after_the_rerun(
+        dsn, tmp_path, caplog):
+    # `hftdb archive` SIGKILLed right after the detach leaves the partition's table detached (with its marker) under
+    # the partition's name until a rerun drops it. A writer with late rows for that day finds no partition, and
+    # creating one meets the name taken: it waits as for an outage (rows kept), without a traceback a retry, and
+    # stores them once the rerun has finished the archive.
+    s = settings(tmp_path)
+    root = Path(s.archive.root)
+    day1 = DAY0  # the first partition archived, the one left detached
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    env.update(HFTDB_DSN=dsn, HFTDB_ARCHIVE_ROOT=str(root), HFTDB_METRICS_PORT="1",
+               HFTDB_WRITER_SPOOL_DIR=str(tmp_path / "spool2"))
+    async with DatabaseManager(dsn, settings=s) as db:
+        n = await _seed(db)
+        rc, out, err = await _cli("archive", "--older-than-days", "10", "--table", "book_tickers",
+                                  env={**env, "_HFTDB_ARCHIVE_STOP_AT": "detached"}, cwd=tmp_path)
+        assert rc == -9, (out, err)
+        caplog.set_level("INFO")
+        late = [BookTicker("okx_spot", "BTC-USDT", 1.0, 2.0, 1.5, 3.0, day1 + 11 + i, update_id=900_000 + i)
+                for i in range(5)]
+        assert await db.insert_book_ticker_snapshots(late) == 5
+        flushed = asyncio.create_task(db.flush())
+        async with asyncio.timeout(60):
+            while db.writer_stats("book_tickers")["retries"] < 3:
+                await asyncio.sleep(0.01)
+        assert not flushed.done()
+        stats = db.writer_stats("book_tickers")
+        assert stats["rows_committed"] == n and "ObjectInUse" in stats["last_error"], stats
+        assert not [r for r in caplog.records if r.exc_info or "unexpected error" in r.getMessage()]
+        rc, out, err = await _cli("archive", "--older-than-days", "10", "--table", "book_tickers", env=env,
+                                  cwd=tmp_path)
+        assert rc == 0 and "finished book_tickers_p" in out, (out, err)
+        async with asyncio.timeout(60):
+            await flushed
+        assert db.writer_stats("book_tickers")["rows_committed"] == n + 5
+        history = await db.get_book_ticker_history("okx_spot", "BTC-USDT", start=day1, end=day1 + DAY_US)
+        assert sorted(r.update_id for r in history if r.update_id and r.update_id >= 900_000) == list(
+            range(900_000, 900_005))
+        assert len(history) == len({(r.recv_ts, r.update_id, r.bid_price) for r in history})
+        # The late rows' new partition goes to the archive as the next generation.
+        report = (await db.archive_partitions(10, tables=["book_tickers"]))["book_tickers"]
+        assert report.archived == [f"book_tickers_p{archive._date(day1).replace('-', '')}"] and report.rows == 5
+        assert await db.get_book_ticker_history("okx_spot", "BTC-USDT", start=day1, end=day1 + DAY_US) == history
+    assert not [r for r in caplog.records if r.exc_info or "unexpected error" in r.getMessage()]
+
+
+@contextlib.contextmanager
+def _full_tmpfs(path: Path):
+    """A 16 KiB tmpfs mounted at ``path`` (root only; the test is skipped where mounting is not allowed)."""
+    import subprocess
+
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k,nr_inodes=64", "tmpfs", str(path)],
+                          capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="mounts a tmpfs")
+async def test_a_manifest_the_disk_has_no_room_for_leaves_no_file_in_place(dsn, tmp_path):
+    # The day's directory is a full file system; its exchange directories (symbolic links) are elsewhere, so the
+    # Parquet files are written, verified and renamed into place, and the manifest's write fails for real.
+    s = settings(tmp_path)
+    root = Path(s.archive.root)
+    async with DatabaseManager(dsn, settings=s) as db:
+        await _seed(db)
+        want = sorted(map(_norm, await _pg_rows(dsn, "book_tickers")))
+        day = root / "book_tickers" / f"date={archive._date(DAY0)}"
+        with _full_tmpfs(day):
+            for ex in ("binance_spot", "okx_spot"):
+                (tmp_path / "elsewhere" / ex).mkdir(parents=True)
+                (day / f"exchange={ex}").symlink_to(tmp_path / "elsewhere" / ex)
+            with contextlib.suppress(OSError), open(day / "filler", "wb") as f:
+                while True:
+                    f.write(b"\0" * 1024)
+                    f.flush()
+            with pytest.raises(OSError) as failed:
+                await db.archive_partitions(10, tables=["book_tickers"])
+            assert failed.value.errno == 28  # ENOSPC
+            # Nothing published without its manifest, no temporary file, the partition still attached.
+            assert not list(day.glob("_manifest.*")) and not list(day.glob(".*"))
+            assert not [p for p in (tmp_path / "elsewhere").rglob("*") if p.is_file()]
+            assert sorted(map(_norm, await _pg_rows(dsn, "book_tickers"))) == want
+            assert archive.read_manifests(root, "book_tickers") == []
+        report = (await db.archive_partitions(10, tables=["book_tickers"]))["book_tickers"]
+        assert len(report.archived) == 3
+    got = sorted(map(_norm, await _pg_rows(dsn, "book_tickers") + _file_rows(root, "book_tickers",
+                                                                             listed_only=False)))
+    assert got == want
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+async def test_a_day_with_a_damaged_file_is_not_restored_and_reads_name_the_file(dsn, tmp_path, damage):
+    s = settings(tmp_path)
+    s = msgspec.structs.replace(s, storage=msgspec.structs.replace(s.storage, partition_interval_s=60))
+    root = Path(s.archive.root)
+    day1 = DAY0 + DAY_US
+    async with DatabaseManager(dsn, settings=s) as db:
+        await _seed(db)
+        await db.archive_partitions(10, tables=["book_tickers"])
+        pg_before = await _count(dsn, "book_tickers")
+        manifests = [m for m in archive.read_manifests(root, "book_tickers") if m.date == archive._date(day1)]
+        assert len(manifests) == 3  # the day's rows span three minutes
+        last = manifests[-1]
+        (entry,) = [f for f in last.files if f.exchange == "binance_spot"]
+        path = root / "book_tickers" / f"date={last.date}" / entry.path
+        if damage == "missing":
+            path.unlink()
+        else:
+            path.write_bytes(path.read_bytes()[:entry.bytes // 2])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    env.update(HFTDB_DSN=dsn, HFTDB_ARCHIVE_ROOT=str(root), HFTDB_METRICS_PORT="1",
+               HFTDB_WRITER_SPOOL_DIR=str(tmp_path / "spool"), HFTDB_STORAGE_PARTITION_INTERVAL_S="60")
+    rc, out, err = await _cli("archive", "restore", "--table", "book_tickers", "--date", last.date, env=env,
+                              cwd=tmp_path)
+    assert rc == 1 and "Traceback" not in err, (out, err)
+    (line,) = err.strip().splitlines()
+    assert entry.path in line and "hftdb archive verify" in line, line
+    # Nothing of the day restored: every partition's rows still only in its files.
+    assert await _count(dsn, "book_tickers") == pg_before
+    assert [m.state for m in archive.read_manifests(root, "book_tickers")] == ["dropped"] * 9
+    async with DatabaseManager(dsn, settings=s) as db:
+        # A read of the day meets the file: one error naming it and the command that checks the archive.
+        with pytest.raises(DatabaseError) as failed:
+            await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=day1, end=day1 + DAY_US)
+        assert entry.path in str(failed.value) and "hftdb archive verify" in str(failed.value)
+
+
+async def test_restore_with_the_archive_off_is_the_one_line_every_archive_command_gives(dsn, tmp_path):
+    # root = "" turns the archive off: restore must not read a relative ./book_tickers under the current directory.
+    (tmp_path / "book_tickers" / "date=2026-11-18").mkdir(parents=True)
+    async with DatabaseManager(dsn, settings=settings(tmp_path, root="")) as db:
+        with pytest.raises(ValidationError, match="^the archive is off: "):
+            await db.restore_archive("book_tickers", "2026-11-18")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    env.update(HFTDB_DSN=dsn, HFTDB_ARCHIVE_ROOT="", HFTDB_METRICS_PORT="1",
+               HFTDB_WRITER_SPOOL_DIR=str(tmp_path / "spool"))
+    for args in (("archive",), ("archive", "restore", "--table", "book_tickers", "--date", "2026-11-18")):
+        rc, out, err = await _cli(*args, env=env, cwd=tmp_path)
+        assert rc == 1 and err.strip().splitlines() == ["hftdb: the archive is off: [archive] root is empty"], (
+            args, out, err)

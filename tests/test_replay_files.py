@@ -408,3 +408,41 @@ async def test_a_replay_that_loses_its_check_says_so_and_a_second_run_finishes(f
         r = await ingest_file(db, path, exchange=USDM, channels=["bookTicker"])
         assert r.frames == n and not r.rejects and r.duplicates > 0
     assert await _count_distinct(fault_server.dsn) == (n, n)
+
+
+async def _store_live(db, lines: list[bytes]) -> None:
+    # What a live connection does with frames: its own intake, stamped on receipt (a few ms after the exchange
+    # time), pushed to the same DatabaseManager.
+    adapter = BinanceAdapter(USDM, db.feed_sink(), symbols=SYMBOLS, channels=("bookTicker",))
+    await db.insert_exchange(adapter.exchange_record())
+    runner = StreamRunner(adapter)
+    intake = Intake(runner, adapter.new_parser())
+    for i in range(0, len(lines), 100):
+        recv = (T0_MS + (i + 99) * 10 + 5) * 1000
+        await runner.push(intake.process([(recv, lines[i:i + 100])]))
+    await db.flush()
+
+
+@pytest.mark.parametrize("step_ms", [1, 10], ids=["block-within-a-window", "block-over-10s"])
+async def test_rows_moved_to_the_archive_are_not_written_again(dsn, tmp_path, step_ms):
+    pytest.importorskip("pyarrow")
+    base = settings()
+    s = msgspec.structs.replace(
+        base, storage=msgspec.structs.replace(base.storage, partition_interval_s=60),
+        archive=msgspec.structs.replace(base.archive, root=str(tmp_path / "archive")))
+    async with DatabaseManager(dsn, settings=s) as db:
+        await _store_live(db, frames(0, 3000, step_ms=step_ms))
+        # Every minute of them is sealed: all go to the Parquet tier, none stays in PostgreSQL.
+        report = (await db.archive_partitions(0.0001, tables=["book_tickers"]))["book_tickers"]
+        assert report.archived and report.rows == 3000
+        assert await stored_ids(dsn) == []
+        (r,) = await replay(db, write(tmp_path / "capture.jsonl", frames(0, 3000, step_ms=step_ms)))
+        assert r.committed["book_tickers"] == 0 and r.duplicates == 3000
+        # A capture that goes on past what was archived writes only the rest.
+        (r,) = await replay(db, write(tmp_path / "longer.jsonl", frames(0, 4500, step_ms=step_ms)))
+        assert r.committed["book_tickers"] == 1500 and r.duplicates == 3000
+        history = []
+        for sym in SYMBOLS:
+            history += await db.get_book_ticker_history(USDM, sym, start=T0_MS * 1000 - 10**9, end=now_us() + 1)
+        assert sorted(h.update_id for h in history) == ids(0, 4500)
+    assert await stored_ids(dsn) == ids(3000, 1500)

@@ -367,6 +367,41 @@ async def test_index_cold_partitions(migrated):
     assert await index_cold_partitions(conn, "balances", NOW_US) == ["balances_p20261121"]
 
 
+async def _activity(conn, like: str, wait_event: str) -> bool:
+    return bool(await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE $1"
+        " AND wait_event = $2", like, wait_event))
+
+
+async def test_a_caller_waiting_for_the_maintenance_lock_does_not_deadlock_an_index_build(migrated, dsn, caplog):
+    # One caller builds a sealed partition's btree CONCURRENTLY under the maintenance lock; the build waits for
+    # every transaction older than it, and a second caller waiting for that lock inside a statement is one: the
+    # server then broke the cycle with "deadlock detected" (hftdb optimize + hftdb archive, DatabaseManagers
+    # starting at once).
+    conn = migrated
+    [name] = await ensure_partitions(conn, "book_tickers", NOW_US - DAY_US, NOW_US - DAY_US, interval_s=86_400)
+    blocker, first, second = [await asyncpg.connect(dsn) for _ in range(3)]
+    try:
+        # A writer's open transaction into the partition: the build waits for it to end.
+        tx = blocker.transaction()
+        await tx.start()
+        await insert_book_ticker(blocker, NOW_US - DAY_US)
+        building = asyncio.create_task(index_cold_partitions(first, "book_tickers", NOW_US))
+        while not await _activity(conn, "CREATE INDEX CONCURRENTLY%", "virtualxid"):
+            await asyncio.sleep(0.01)
+        caplog.set_level("INFO", logger="hftdb.db.partitions")
+        waiting = asyncio.create_task(index_cold_partitions(second, "book_tickers", NOW_US))
+        while not (await _activity(conn, "%pg_advisory_lock%", "advisory")
+                   or any("waiting for the maintenance lock" in r.getMessage() for r in caplog.records)):
+            await asyncio.sleep(0.01)
+        await tx.rollback()
+        assert await building == [name]
+        assert await waiting == []
+    finally:
+        for c in (blocker, first, second):
+            await c.close()
+
+
 async def test_index_cold_partitions_rebuilds_invalid_index(migrated):
     conn = migrated
     [name] = await ensure_partitions(conn, "funding_rates", NOW_US - DAY_US, NOW_US - DAY_US, interval_s=86_400)

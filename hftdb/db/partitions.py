@@ -15,15 +15,21 @@ Locks, chosen so that partition upkeep never stalls the writers' COPY into the p
       (on Citus, which has no CONCURRENTLY for distributed tables, a plain DETACH: :mod:`hftdb.db.citus`);
     * sealed partitions are indexed with ``CREATE INDEX CONCURRENTLY``: late (spooled) rows may still arrive.
     Creation is serialized per table by a transaction-level advisory lock, drop and index by a session-level one.
+    That one (the maintenance lock, also held by archiving) is polled with ``pg_try_advisory_lock``, never waited
+    for inside a statement: a waiting statement holds a snapshot, which the holder's ``CREATE INDEX
+    CONCURRENTLY`` waits for, a cycle the server broke with "deadlock detected". A caller waits up to an hour,
+    then gets a StateError naming the server process holding it.
 
 The tables themselves are created by the versioned migrations of :mod:`hftdb.db.schema`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Final, Literal
@@ -73,6 +79,12 @@ _DAY_S: Final = 86_400
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MAX_PARTITIONS_PER_CALL: Final = 10_000
 _LEDGER_DELETE_CHUNK: Final = 50_000
+# How long a caller waits for a table's maintenance lock before it gives up with a StateError naming the holder:
+# an archive of a large partition holds it for minutes.
+_MAINTENANCE_LOCK_WAIT_S: Final = 3600.0
+# The lock is polled (see _take_maintenance_lock), first this often, backing off to the second.
+_LOCK_POLL_FIRST_S: Final = 0.01
+_LOCK_POLL_MAX_S: Final = 0.5
 # Set on a partition just before retention detaches it, so a run interrupted between DETACH and DROP can tell
 # its own leftovers from tables someone else detached on purpose.
 _DROP_MARKER: Final = "hftdb: retention drop in progress"
@@ -262,21 +274,37 @@ async def ensure_partitions(
     created = []
     for lo, hi in _uncovered(table, wanted, existing):
         name = partition_name(table, lo, interval_s=interval_s)
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key)
-            existing = [(r["lower_us"], r["upper_us"]) for r in await _partitions(conn, table)]
-            if not _uncovered(table, [(lo, hi)], existing):
-                continue  # another process made it while we waited
-            try:
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key)
+                existing = [(r["lower_us"], r["upper_us"]) for r in await _partitions(conn, table)]
+                if not _uncovered(table, [(lo, hi)], existing):
+                    continue  # another process made it while we waited
                 for statement in _create_statements(table, name, lo, hi, hot_index):
                     await conn.execute(statement)
-            except asyncpg.DuplicateTableError as exc:
-                raise DatabaseError(
-                    f"table {name} exists but is not a partition of {table}; inspect it and drop or attach it"
-                ) from exc
+        except asyncpg.DuplicateTableError as exc:
+            # (The creation's transaction, or savepoint in the caller's, is rolled back: the connection is usable.)
+            if await _being_dropped(conn, name):
+                # Detached by an archive or retention run that has not dropped it yet (still running, or killed
+                # in between: its rerun drops it). The name is free again then: an outage-like wait (SQLSTATE
+                # 55006 object_in_use, dberrors.WAIT) for writers, who keep the rows and retry.
+                raise asyncpg.ObjectInUseError(
+                    f"{name} of {table} is detached for archiving or retention and not dropped yet; its rows wait "
+                    "until that run (or `hftdb archive` / `hftdb cleanup` run again) drops it") from exc
+            raise DatabaseError(
+                f"table {name} exists but is not a partition of {table}; inspect it and drop or attach it"
+            ) from exc
         logger.info("created partition %s [%s, %s)", name, _utc(lo), _utc(hi))
         created.append(name)
     return created
+
+
+async def _being_dropped(conn: asyncpg.Connection, name: str) -> bool:
+    # Both hftdb markers of a detached partition on its way to DROP (retention's _DROP_MARKER and the archive's,
+    # hftdb.read.archive.MARKER) end so.
+    return bool(await conn.fetchval(
+        "SELECT NOT c.relispartition AND obj_description(c.oid, 'pg_class') LIKE 'hftdb: %drop in progress'"
+        " FROM pg_class c WHERE c.oid = to_regclass($1)", _ident(name)))
 
 
 def _create_statements(table: str, name: str, lower: int, upper: int, hot_index: str) -> list[str]:
@@ -299,12 +327,42 @@ def _btree_statement(table: str, name: str, *, concurrently: bool) -> str:
     return f"CREATE INDEX {how}IF NOT EXISTS {_ident(name + '_btree')} ON {_ident(name)} ({_BTREE_COLUMNS[table]})"
 
 
+async def _take_maintenance_lock(conn: asyncpg.Connection, table: str, key: int) -> None:
+    # Polled, never waited for inside a statement: a statement waiting for the lock holds a snapshot, and the
+    # holder's CREATE INDEX CONCURRENTLY (or DETACH CONCURRENTLY) waits for every older snapshot to go, so a
+    # blocking pg_advisory_lock made a cycle the server broke with "deadlock detected". Between two tries this
+    # session holds no snapshot (the caller is outside a transaction: checked above).
+    deadline = time.monotonic() + _MAINTENANCE_LOCK_WAIT_S
+    pause = _LOCK_POLL_FIRST_S
+    logged = False
+    while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+        if not logged:
+            holder = await _lock_holder(conn, key)
+            logger.info("waiting for the maintenance lock of %s (held by server process %s: another archive, "
+                        "optimize, cleanup or upkeep pass)", table, holder)
+            logged = True
+        if time.monotonic() >= deadline:
+            holder = await _lock_holder(conn, key)
+            raise StateError(
+                f"the maintenance lock of {table} was not free within {_MAINTENANCE_LOCK_WAIT_S:.0f} s: server "
+                f"process {holder} holds it (another hftdb archive, optimize, cleanup or upkeep); try again later")
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, _LOCK_POLL_MAX_S)
+
+
+async def _lock_holder(conn: asyncpg.Connection, key: int) -> object:
+    return await conn.fetchval(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = "
+        "(SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND classid::bigint = ($1::bigint >> 32) AND objid::bigint = ($1::bigint & 4294967295) LIMIT 1", key)
+
+
 @contextlib.asynccontextmanager
 async def _maintenance_lock(conn: asyncpg.Connection, table: str) -> AsyncIterator[None]:
     if conn.is_in_transaction():
         raise StateError("partition maintenance needs a connection outside a transaction (it runs CONCURRENTLY)")
     key = _MAINTENANCE_LOCK_BASE + TIME_SERIES_TABLES.index(table)
-    await conn.execute("SELECT pg_advisory_lock($1)", key)
+    await _take_maintenance_lock(conn, table, key)
     try:
         yield
     finally:

@@ -38,6 +38,11 @@ writes each message once. Two sources of duplicates, checked two ways:
   writes, the reason the lookup it replaces (one query a block over the growing hot partition, BRIN only) made a
   replay's time grow with the square of its length. A row outside the copied range (more out of order than
   :data:`DISORDER_US`) is looked up in ``book_tickers`` itself, as before.
+  Rows of that range already moved to the Parquet tier (``hftdb archive``) are copied into the same table, from the
+  files the history reads take (:class:`~hftdb.read.archive.ArchiveTier`), so a replay of a capture whose rows were
+  archived writes none of them again; when no archived day overlaps the range this costs one ``stat``. A row
+  looked up in ``book_tickers`` itself (outside the copied range), a funding rate or a balance is not looked up
+  in the archive.
 * *Rows this replay wrote* (a file that repeats itself, files that overlap each other): the intake's admission
   drops a row whose key is not newer than its symbol's last, as on a live feed of several connections.
 
@@ -79,6 +84,7 @@ from ..exchanges.intake import Intake, exchange_time_ok
 from ..exchanges.registry import create_adapter
 from ..exchanges.runner import StreamRunner
 from ..db.locks import unlock
+from ..read import archive
 from ..tablespec import TIME_SERIES
 from ..manager import DatabaseManager
 from ..models import Balance, BookTicker, ExchangeName, FeedRows, FundingRate, now_us
@@ -105,6 +111,7 @@ _TAIL = 64 << 10
 # How often a replay that is ahead of the writer looks again (_Replay.run).
 _WAIT_S = 0.002
 _INT8_MAX = (1 << 63) - 1
+_INT8_MIN = -(1 << 63)
 _EXCHANGE_TS = operator.attrgetter("exchange_ts")
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -300,7 +307,7 @@ class _Stored:
         # planned as a nested loop of one scan of the partition per symbol once the time bounds were added).
         ids = [r[0] for r in await conn.fetch("SELECT id FROM symbols WHERE exchange_id = $1", self.exchange_id)]
         status = await conn.execute(_SNAPSHOT_FILL, ids, since, until, timeout=_SNAPSHOT_TIMEOUT_S)
-        self.copied = int(status.rsplit(" ", 1)[-1])
+        self.copied = int(status.rsplit(" ", 1)[-1]) + await self._archived(ids, since, until)
         self._since = since
         self._until = until
         if self.copied:
@@ -311,6 +318,46 @@ class _Stored:
             # A copied row without an exchange time could be the copy of any row: no window, no skipped block.
             self._newest = _INT8_MAX if untimed or newest is None else newest
             self._windows = not untimed
+
+    async def _archived(self, ids: list[int], since: int | None, until: int | None) -> int:
+        # The rows of the same range that were moved to the Parquet tier, copied into the same table: the files
+        # the history reads take (hftdb.read.archive.ArchiveTier), read a symbol at a time. One stat of the
+        # archive's table directory when no archived day overlaps the range (the usual replay of recent frames).
+        arch = self.db.settings.archive
+        if not archive.enabled(arch) or not ids:
+            return 0
+        tier = archive.ArchiveTier(arch.root)
+        lo = _INT8_MIN if since is None else since
+        hi = now_us() + 1
+        if not await asyncio.to_thread(tier.covers, "book_tickers", max(lo, 0), hi):
+            return 0
+        manifests = await tier.readable(self.conn, "book_tickers", lo, hi)
+        if not any(f.exchange == self.exchange and f.rows for m in manifests for f in m.files):
+            return 0
+        copied = 0
+        for sid in ids:
+            cols = await asyncio.to_thread(tier.read, manifests, "book_tickers", exchange=self.exchange, lo=lo,
+                                           hi=hi, symbol_id=sid)
+            ex, has_ex = cols["exchange_ts"], cols["exchange_ts__valid"]
+            in_range = np.ones(len(ex), dtype=bool)
+            if since is not None:
+                in_range &= ex >= since
+            if until is not None:
+                in_range &= ex <= until
+            keep = ~has_ex | in_range  # as _SNAPSHOT_FILL: sent in range, or without an exchange time
+            if not keep.any():
+                continue
+            update_id = cols["update_id"][keep].tolist()
+            records = list(zip(
+                [sid] * int(keep.sum()),
+                [u if v else None for u, v in zip(update_id, cols["update_id__valid"][keep].tolist())],
+                [t if v else None for t, v in zip(ex[keep].tolist(), has_ex[keep].tolist())],
+                *(cols[c][keep].tolist() for c in ("bid_price", "bid_qty", "ask_price", "ask_qty"))))
+            await self.conn.copy_records_to_table(_SNAPSHOT_TABLE, records=records, timeout=_SNAPSHOT_TIMEOUT_S)
+            copied += len(records)
+        if copied:
+            logger.info("ingest-file: %d archived rows of %s to check the replay against", copied, self.exchange)
+        return copied
 
     async def _keyed(self) -> None:
         # The key indexes and each symbol's span of stored keys, built for the first block checked as records.

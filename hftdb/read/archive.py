@@ -353,7 +353,14 @@ def _day_manifests(day: Path) -> list[Manifest]:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    write_atomic(path, data, tmp=path.with_name("." + path.name + ".tmp"))
+    tmp = path.with_name("." + path.name + ".tmp")
+    try:
+        write_atomic(path, data, tmp=tmp)
+    except OSError:
+        # A disk full or a file system gone read-only: no half-written hidden file is left beside the manifests.
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def _step(name: str) -> None:
@@ -811,11 +818,10 @@ async def _archive_one(conn: asyncpg.Connection, pa: Any, spec: _Spec, root: Pat
         count, total = await _server_checksum(conn, spec, source, manifest.decimal_scale)
         if (count, str(total)) != (manifest.rows, manifest.checksum):
             manifest = None  # rows arrived after it was written: write this generation again
+    wrote = manifest is None
     if manifest is None:
         generation = open_[-1].generation if open_ else max((m.generation + 1 for m in done), default=0)
         manifest = await _write_generation(conn, pa, spec, root, settings, w, interval_s, generation)
-        report.rows += manifest.rows
-        report.bytes += sum(f.bytes for f in manifest.files)
     if w.attached:
         await partitions.detach_partition(conn, spec.table, w.name, marker=MARKER)
         _step("detached")
@@ -827,6 +833,11 @@ async def _archive_one(conn: asyncpg.Connection, pa: Any, spec: _Spec, root: Pat
             # so this second write is final.
             logger.warning("%s changed while it was archived; writing it again from the detached table", w.name)
             manifest = await _write_generation(conn, pa, spec, root, settings, w, interval_s, manifest.generation)
+            wrote = True
+    if wrote:
+        # What the archive now holds of it: a rewrite replaced the first write's files.
+        report.rows += manifest.rows
+        report.bytes += sum(f.bytes for f in manifest.files)
     if not await partitions.drop_detached(conn, spec.table, w.name, marker=MARKER):
         raise DatabaseError(f"{w.name} was not dropped: it is attached again or lost its marker; inspect it")
     _step("dropped")
@@ -916,12 +927,33 @@ async def _write_generation(conn: asyncpg.Connection, pa: Any, spec: _Spec, root
 
 def _publish(spec: _Spec, w: _Partition, generation: int, day_dir: Path, gen: _Generation,
              entries: list[FileEntry], count: int, total: int, scale: int, relid: int) -> Manifest:
-    for f in gen.files.values():
-        os.replace(f.tmp, f.final)
-        fsync_dir(f.final.parent)
-    if gen.files:
-        fsync_dir(day_dir)
-    _step("renamed")
+    path = day_dir / _manifest_name(w.name, generation)
+    # A first write's files have no manifest until the one below is written: should that fail (a disk full), they
+    # are removed again, so that no file is in place without its manifest. A rewrite's (late rows) replace files
+    # its manifest already lists, and are kept: the rerun sees the manifest differ and writes them again.
+    first = not path.exists()
+    renamed: list[Path] = []
+    try:
+        for f in gen.files.values():
+            os.replace(f.tmp, f.final)
+            renamed.append(f.final)
+            fsync_dir(f.final.parent)
+        if gen.files:
+            fsync_dir(day_dir)
+        _step("renamed")
+        return _write_manifest(spec, w, generation, day_dir, entries, count, total, scale, relid)
+    except BaseException:
+        if first:
+            for final in renamed:
+                with contextlib.suppress(OSError):
+                    final.unlink(missing_ok=True)
+                    fsync_dir(final.parent)
+        gen.discard()  # the files not renamed yet
+        raise
+
+
+def _write_manifest(spec: _Spec, w: _Partition, generation: int, day_dir: Path, entries: list[FileEntry],
+                    count: int, total: int, scale: int, relid: int) -> Manifest:
     mins = [e.min_recv_us for e in entries if e.min_recv_us is not None]
     maxs = [e.max_recv_us for e in entries if e.max_recv_us is not None]
     manifest = Manifest(
@@ -1175,16 +1207,20 @@ def _expire(root: Path, table: str, cutoff_us: int, dry_run: bool) -> list[str]:
 async def restore_day(conn: asyncpg.Connection, table: str, date: str, *, settings: ArchiveSettings,
                       interval_s: int) -> tuple[list[str], int]:
     """Load ``table``'s archived day ``date`` (``YYYY-MM-DD``) back into PostgreSQL; return the partitions
-    restored and their rows. The rows are inserted in one transaction and checked (count and checksum) against
-    the manifest before the files are deleted; a crash leaves the manifest in state ``restoring``, which readers
-    and a rerun resolve by whether the rows are in PostgreSQL. Refuses a day whose range holds rows in
-    PostgreSQL already (late rows: archive them first)."""
+    restored and their rows. Every file of the day is first read back and checked against its manifest
+    (:func:`verify`): a missing or damaged one refuses the whole day, naming it, before anything is loaded. Then
+    each partition's rows are inserted in one transaction (one per partition, not one for the day) and checked
+    (count and checksum) against its manifest before its files are deleted; a crash leaves the manifest in state
+    ``restoring``, which readers and a rerun resolve by whether the rows are in PostgreSQL. Refuses a day whose
+    range holds rows in PostgreSQL already (late rows: archive them first)."""
     if table not in SPECS:
         raise ValidationError(f"table must be one of {', '.join(SPECS)}; got {table!r}")
     try:
         day_lo = int(datetime.strptime(date, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()) * 1_000_000
     except (TypeError, ValueError):
         raise ValidationError(f"date must be YYYY-MM-DD, got {date!r}") from None
+    if not enabled(settings):
+        raise ValidationError("the archive is off: [archive] root is empty")
     root = Path(settings.root)
     found = [m for m in read_manifests(root, table, day_lo, day_lo + _US_PER_DAY) if m.date == date]
     if not found:
@@ -1197,6 +1233,16 @@ async def restore_day(conn: asyncpg.Connection, table: str, date: str, *, settin
             if m.state == "written":
                 raise ValidationError(f"{m.partition} is being archived (an interrupted run?): run `hftdb archive` "
                                       "first")
+        # Each partition loads in its own transaction: a file found bad half way would leave the day half restored.
+        # Every file of the day is read back and checked against its manifest first.
+        checked = await _to_the_end(asyncio.to_thread(verify, root, table=table, date=date,
+                                                      batch_rows=_piece_rows(settings)))
+        if checked.problems:
+            more = f" (and {len(checked.problems) - 1} more)" if len(checked.problems) > 1 else ""
+            first = " ".join(checked.problems[0].split())
+            raise DatabaseError(f"{table} of {date} not restored, nothing loaded: {first}{more}; see `hftdb archive "
+                                f"verify --table {table} --date {date}`")
+        for m in found:
             where = (f"recv_ts >= 'epoch'::timestamptz + {int(m.lower_us)} * interval '1 microsecond'"
                      f" AND recv_ts < 'epoch'::timestamptz + {int(m.upper_us)} * interval '1 microsecond'")
             source = f"(SELECT * FROM {_quote(table)} WHERE {where}) AS r"
@@ -1346,11 +1392,14 @@ class ArchiveTier:
                 if f.min_recv_us is not None and (f.min_recv_us >= hi or f.max_recv_us < lo):  # type: ignore[operator]
                     continue
                 path = _date_dir(self.root, table, m.lower_us) / f.path
-                pf = pq.ParquetFile(path)
-                groups = _row_groups(pf, lo, hi, symbol_id)
-                if not groups:
-                    continue
-                t = pf.read_row_groups(groups, columns=[c.name for c in spec.cols if c.name != "exchange_id"])
+                try:
+                    pf = pq.ParquetFile(path)
+                    groups = _row_groups(pf, lo, hi, symbol_id)
+                    if not groups:
+                        continue
+                    t = pf.read_row_groups(groups, columns=[c.name for c in spec.cols if c.name != "exchange_id"])
+                except (OSError, pa.ArrowException) as exc:
+                    raise _unreadable(self.root, table, m, f.path, exc) from exc
                 recv = t.column("recv_ts").cast(pa.int64())
                 mask = pc.and_(pc.greater_equal(recv, lo), pc.less(recv, hi))
                 if symbol_id is not None:
@@ -1431,6 +1480,12 @@ async def _attached_then(conn: Any, table: str, hot: Callable[[Any], Awaitable[T
             conn.terminate()
         raise
     return attached, result
+
+
+def _unreadable(root: Path, table: str, m: Manifest, path: str, exc: BaseException) -> DatabaseError:
+    what = "missing" if isinstance(exc, FileNotFoundError) else f"unreadable ({' '.join(str(exc).split())})"
+    return DatabaseError(f"archived file {table}/date={m.date}/{path} under {root} is {what}; check the archive with "
+                         f"`hftdb archive verify --table {table} --date {m.date}`")
 
 
 def _row_groups(pf: Any, lo: int, hi: int, symbol_id: int | None) -> list[int]:
