@@ -1184,3 +1184,34 @@ async def test_restore_with_the_archive_off_is_the_one_line_every_archive_comman
         rc, out, err = await _cli(*args, env=env, cwd=tmp_path)
         assert rc == 1 and err.strip().splitlines() == ["hftdb: the archive is off: [archive] root is empty"], (
             args, out, err)
+
+
+async def test_a_late_row_after_a_crash_between_drop_and_manifest_does_not_overwrite_the_archived_files(
+        dsn, tmp_path):
+    # `hftdb archive` SIGKILLed after the DROP, before its manifest says "dropped"; then a late row makes the
+    # partition again. The rerun took the manifest for the new table's and wrote its generation again from the new
+    # table alone: the archived rows' files were replaced by one row's (100 rows of 101 lost).
+    s = settings(tmp_path)
+    root = Path(s.archive.root)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    env.update(HFTDB_DSN=dsn, HFTDB_ARCHIVE_ROOT=str(root), HFTDB_METRICS_PORT="1",
+               HFTDB_WRITER_SPOOL_DIR=str(tmp_path / "spool2"))
+    async with DatabaseManager(dsn, settings=s) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_USDM)
+        rows = [BookTicker("binance_usdm", "AAA", 1.0, 1.0, 2.0, 1.0, DAY0 + i, update_id=i) for i in range(100)]
+        assert await db.insert_book_ticker_snapshots(rows) == 100
+        await db.flush()
+        rc, out, err = await _cli("archive", "--older-than-days", "10", "--table", "book_tickers",
+                                  env={**env, "_HFTDB_ARCHIVE_STOP_AT": "dropped"}, cwd=tmp_path)
+        assert rc == -9, (out, err)
+        assert [m.state for m in archive.read_manifests(root, "book_tickers")] == ["written"]
+        assert await db.insert_book_ticker_snapshots(
+            [BookTicker("binance_usdm", "AAA", 1.0, 1.0, 2.0, 1.0, DAY0 + 500, update_id=500)]) == 1
+        await db.flush()
+        rc, out, err = await _cli("archive", "--older-than-days", "10", "--table", "book_tickers", env=env,
+                                  cwd=tmp_path)
+        assert rc == 0, (out, err)
+        manifests = archive.read_manifests(root, "book_tickers")
+        assert [(m.generation, m.state, m.rows) for m in manifests] == [(0, "dropped", 100), (1, "dropped", 1)]
+        history = await db.get_book_ticker_history("binance_usdm", "AAA", start=DAY0, end=DAY0 + DAY_US)
+        assert sorted(r.update_id for r in history) == [*range(100), 500]

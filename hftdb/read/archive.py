@@ -774,9 +774,16 @@ async def archive_table(
             assert p.lower_us is not None and p.upper_us is not None
             work.append(_Partition(table, p.name, p.lower_us, p.upper_us, attached=True))
         present = {w.name for w in work} | {p.name for p in await partitions.list_partitions(conn, table)}
-        # Manifests of partitions already dropped but not yet marked so (a crash between DROP and the rewrite).
+        oids = {r[0]: r[1] for r in await conn.fetch(
+            "SELECT n, to_regclass(quote_ident(n))::oid FROM unnest($1::text[]) AS n", sorted(present))}
+        # Manifests of partitions already dropped but not yet marked so (a crash between DROP and the rewrite),
+        # also where a late row has made a new table under the name since: the manifest names the archived
+        # table's oid, and its files must not be written again from the new one (they would hold only its rows).
         for m in read_manifests(root, table):
-            if m.state in ("written", "restoring") and m.partition not in present:
+            if m.state not in ("written", "restoring"):
+                continue
+            replaced = m.state == "written" and m.relid is not None and oids.get(m.partition) not in (None, m.relid)
+            if m.partition not in present or replaced:
                 await _mark_dropped(root, m)
                 report.finished.append(m.partition)
         for w in work:
