@@ -242,11 +242,16 @@ async def test_an_overflow_catch_up_covers_a_late_batch_received_long_before_the
                 await db.insert_book_ticker_snapshots(tickers(5, symbols=1, base_ts=t + 1_000 * i, start_id=100 * i))
                 await db.flush()
             await _until(lambda: feed.overflows == 1)
-            note = await _next(feed)
-            assert note.catch_up
-            assert note.since_ts <= late, f"since_ts is {note.since_ts - late} µs after the late batch's rows"
-            assert await _covered(db, note.since_ts, range(100, 105))
+            await _catch_up_covers(db, feed, late, "the late batch's rows")
 
+
+async def _catch_up_covers(db: DatabaseManager, feed, late: int, what: str) -> None:
+    """The next notification is a catch-up whose re-read from ``since_ts`` holds ``what`` (ids 100-104, from
+    ``late`` on)."""
+    note = await _next(feed)
+    assert note.catch_up
+    assert note.since_ts <= late, f"since_ts is {note.since_ts - late} µs after {what}"
+    assert await _covered(db, note.since_ts, range(100, 105))
 
 @pytest.mark.slow
 async def test_a_catch_up_covers_a_long_unit_of_work_that_commits_while_the_listener_is_down(dsn, tmp_path):
@@ -261,10 +266,7 @@ async def test_a_catch_up_covers_a_long_unit_of_work_that_commits_while_the_list
                 await uow.insert_book_ticker_snapshots(tickers(5, symbols=1, base_ts=late, start_id=100))
                 await asyncio.sleep(LONG_S)  # the unit stays open, then commits while nobody listens
                 await _drop_listener(dsn, feed)
-            note = await _next(feed)
-            assert note.catch_up
-            assert note.since_ts <= late, f"since_ts is {note.since_ts - late} µs after the unit's rows"
-            assert await _covered(db, note.since_ts, range(100, 105))
+            await _catch_up_covers(db, feed, late, "the unit's rows")
 
 
 @pytest.mark.slow
@@ -291,10 +293,7 @@ async def test_a_catch_up_covers_a_batch_that_waited_long_on_a_lock_and_committe
                 await asyncio.sleep(LONG_S)  # the batch waits on the lock, then commits while nobody listens
                 await _drop_listener(dsn, feed)
             await flushed
-            note = await _next(feed)
-            assert note.catch_up
-            assert note.since_ts <= late, f"since_ts is {note.since_ts - late} µs after the waiting batch's rows"
-            assert await _covered(db, note.since_ts, range(100, 105))
+            await _catch_up_covers(db, feed, late, "the waiting batch's rows")
 
 
 @pytest.mark.slow

@@ -99,16 +99,7 @@ async def test_a_capture_that_half_overlaps_what_a_replay_stored_writes_only_the
 async def test_rows_stored_live_by_a_feed_are_not_written_again(dsn, tmp_path):
     live = frames(0, 2000)
     async with DatabaseManager(dsn, settings=settings()) as db:
-        # What a live connection does with frames: its own intake, stamped on receipt (a few ms after the
-        # exchange time), pushed to the same DatabaseManager.
-        adapter = BinanceAdapter(USDM, db.feed_sink(), symbols=SYMBOLS, channels=("bookTicker",))
-        await db.insert_exchange(adapter.exchange_record())
-        runner = StreamRunner(adapter)
-        intake = Intake(runner, adapter.new_parser())
-        for i in range(0, len(live), 100):
-            recv = (T0_MS + (i + 99) * 10 + 5) * 1000
-            await runner.push(intake.process([(recv, live[i:i + 100])]))
-        await db.flush()
+        await _store_live(db, live)
         assert await stored_ids(dsn) == ids(0, 2000)
         # A capture of the same stream, a minute longer on each side.
         capture = write(tmp_path / "capture.jsonl", frames(0, 4000))
