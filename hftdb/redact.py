@@ -32,8 +32,8 @@ import re
 import threading
 from urllib.parse import parse_qs, quote, quote_plus, unquote, unquote_plus, urlsplit
 
-__all__ = ["MIN_SECRET_LENGTH", "MASK", "redact", "register_secret", "register_dsn", "register_environment", "dsn_password",
-           "unencoded_userinfo_password"]
+__all__ = ["MIN_SECRET_LENGTH", "MASK", "redact", "register_secret", "register_dsn", "register_environment",
+           "dsn_password", "unencoded_userinfo_password"]
 
 #: The shortest registered secret redacted as a bare substring (see the module docstring).
 MIN_SECRET_LENGTH = 6

@@ -134,8 +134,9 @@ def test_a_short_secret_is_hidden_only_where_it_is_a_password():
 def test_a_password_in_sql_is_hidden():
     # pg_stat_statements keeps utility statements as written: `hftdb stats` showed "alter role ... password '...'".
     pw = "Rotated-" + os.urandom(6).hex()
-    for sql_text in (f"alter role alice password '{pw}'", f"ALTER ROLE a WITH LOGIN ENCRYPTED PASSWORD '{pw}' VALID UNTIL "
-                     "'infinity'", f"create role b password '{pw}''x'"):
+    for sql_text in (f"alter role alice password '{pw}'",
+                     f"ALTER ROLE a WITH LOGIN ENCRYPTED PASSWORD '{pw}' VALID UNTIL 'infinity'",
+                     f"create role b password '{pw}''x'"):
         clean = redact(sql_text)
         assert pw not in clean and "password '***'" in clean.lower(), clean
     assert redact("CREATE ROLE b PASSWORD NULL") == "CREATE ROLE b PASSWORD NULL"

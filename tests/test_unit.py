@@ -5,8 +5,8 @@ from decimal import Decimal
 
 import pytest
 
-from hftdb import (Balance, BookTicker, DatabaseManager, DatabaseUnavailableError, ExchangeName, Symbol, ValidationError,
-                   now_us)
+from hftdb import (Balance, BookTicker, DatabaseManager, DatabaseUnavailableError, ExchangeName, Symbol,
+                   ValidationError, now_us)
 
 from helpers import settings, sql, tickers
 

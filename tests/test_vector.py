@@ -231,7 +231,8 @@ async def test_a_read_between_a_call_and_its_commit_does_not_pin_the_old_row_in_
 
         for price, i in ((10.0, 0), (11.0, 1)):
             committed = db.writer_stats("book_tickers")["rows_committed"]
-            await db.insert_book_ticker_snapshots([BookTicker(EXCHANGE.value, "BTCUSDT", price, 1.0, price + 0.5, 1.0, t + i)])
+            row = BookTicker(EXCHANGE.value, "BTCUSDT", price, 1.0, price + 0.5, 1.0, t + i)
+            await db.insert_book_ticker_snapshots([row])
             assert await bid() == ([] if i == 0 else [10.0])  # before the commit: the old row, cached
             while db.writer_stats("book_tickers")["rows_committed"] == committed:  # committed, no flush
                 await asyncio.sleep(0.01)
