@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 import zlib
+from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
@@ -66,6 +67,14 @@ async def stored_ids(dsn: str) -> list[int]:
     conn = await asyncpg.connect(dsn)
     try:
         return [r[0] for r in await conn.fetch("SELECT update_id FROM book_tickers ORDER BY update_id")]
+    finally:
+        await conn.close()
+
+
+async def _count(dsn: str, table: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval(f"SELECT count(*) FROM {table}")  # table: a name written in this file
     finally:
         await conn.close()
 
@@ -401,27 +410,31 @@ async def test_a_replay_that_loses_its_check_says_so_and_a_second_run_finishes(f
     assert await _count_distinct(fault_server.dsn) == (n, n)
 
 
-async def _store_live(db, lines: list[bytes]) -> None:
+async def _store_live(db, lines: list[bytes], *, venue=USDM, channel="bookTicker", step_ms=10) -> None:
     # What a live connection does with frames: its own intake, stamped on receipt (a few ms after the exchange
-    # time), pushed to the same DatabaseManager.
-    adapter = BinanceAdapter(USDM, db.feed_sink(), symbols=SYMBOLS, channels=("bookTicker",))
+    # time of the last of each hundred, frames ``step_ms`` apart from T0_MS), pushed to the same DatabaseManager.
+    adapter = BinanceAdapter(venue, db.feed_sink(), symbols=SYMBOLS, channels=(channel,))
     await db.insert_exchange(adapter.exchange_record())
     runner = StreamRunner(adapter)
     intake = Intake(runner, adapter.new_parser())
     for i in range(0, len(lines), 100):
-        recv = (T0_MS + (i + 99) * 10 + 5) * 1000
+        recv = (T0_MS + (i + 99) * step_ms + 5) * 1000
         await runner.push(intake.process([(recv, lines[i:i + 100])]))
     await db.flush()
+
+
+def _archiving(tmp_path: Path):
+    # Minute partitions, archived to Parquet under tmp_path: every minute an hour old is sealed.
+    base = settings()
+    return msgspec.structs.replace(
+        base, storage=msgspec.structs.replace(base.storage, partition_interval_s=60),
+        archive=msgspec.structs.replace(base.archive, root=str(tmp_path / "archive")))
 
 
 @pytest.mark.parametrize("step_ms", [1, 10], ids=["block-within-a-window", "block-over-10s"])
 async def test_rows_moved_to_the_archive_are_not_written_again(dsn, tmp_path, step_ms):
     pytest.importorskip("pyarrow")
-    base = settings()
-    s = msgspec.structs.replace(
-        base, storage=msgspec.structs.replace(base.storage, partition_interval_s=60),
-        archive=msgspec.structs.replace(base.archive, root=str(tmp_path / "archive")))
-    async with DatabaseManager(dsn, settings=s) as db:
+    async with DatabaseManager(dsn, settings=_archiving(tmp_path)) as db:
         await _store_live(db, frames(0, 3000, step_ms=step_ms))
         # Every minute of them is sealed: all go to the Parquet tier, none stays in PostgreSQL.
         report = (await db.archive_partitions(0.0001, tables=["book_tickers"]))["book_tickers"]
@@ -437,3 +450,52 @@ async def test_rows_moved_to_the_archive_are_not_written_again(dsn, tmp_path, st
             history += await db.get_book_ticker_history(USDM, sym, start=T0_MS * 1000 - 10**9, end=now_us() + 1)
         assert sorted(h.update_id for h in history) == ids(0, 4500)
     assert await stored_ids(dsn) == ids(3000, 1500)
+
+
+async def test_funding_and_balances_moved_to_the_archive_are_not_written_again(dsn, fixtures_dir, tmp_path):
+    pytest.importorskip("pyarrow")
+    mark = json.loads((fixtures_dir / "binance_usdm_markPrice_doc.json").read_text())
+    account = json.loads((fixtures_dir / "binance_spot_outboundAccountPosition_doc.json").read_text())
+
+    def funding(n: int) -> list[bytes]:  # one update a second on each of two symbols
+        return [json.dumps(dict(mark, s=SYMBOLS[i % 2], E=T0_MS + 500 * i, r=f"0.000{i % 7}{i % 2}")).encode()
+                for i in range(n)]
+
+    def balances(n: int) -> list[bytes]:  # an account update a second, two assets each
+        out = []
+        for i in range(n):
+            frame = json.loads(json.dumps(account))
+            frame["event"]["E"] = T0_MS + 1000 * i
+            frame["event"]["B"] = [{"a": "ETH", "f": f"{10 + i}.5", "l": "0.000000"},
+                                   {"a": "BTC", "f": "1", "l": "0.25"}]
+            out.append(json.dumps(frame).encode())
+        return out
+
+    async with DatabaseManager(dsn, settings=_archiving(tmp_path)) as db:
+        await _store_live(db, funding(240), channel="markPrice@1s", step_ms=500)
+        await _store_live(db, balances(120), venue=ExchangeName.BINANCE_SPOT, step_ms=1000)
+        reports = await db.archive_partitions(0.0001, tables=["funding_rates", "balances"])
+        assert (reports["funding_rates"].rows, reports["balances"].rows) == (240, 240)
+        assert await _count(dsn, "funding_rates") == 0 == await _count(dsn, "balances")
+
+        r = await ingest_file(db, write(tmp_path / "mark.jsonl", funding(240)), exchange=USDM,
+                              channels=["markPrice@1s"])
+        assert r.committed["funding_rates"] == 0 and r.duplicates == 240 and not r.rejects
+        # A capture that goes on past what was archived writes only the rest.
+        r = await ingest_file(db, write(tmp_path / "mark2.jsonl", funding(300)), exchange=USDM,
+                              channels=["markPrice@1s"])
+        assert r.committed["funding_rates"] == 60 and r.duplicates == 240
+
+        r = await ingest_file(db, write(tmp_path / "acct.jsonl", balances(120)), exchange="binance_spot",
+                              channels=["bookTicker"])
+        assert r.committed["balances"] == 0 and r.duplicates == 240 and not r.rejects
+        r = await ingest_file(db, write(tmp_path / "acct2.jsonl", balances(150)), exchange="binance_spot",
+                              channels=["bookTicker"])
+        assert r.committed["balances"] == 60 and r.duplicates == 240
+        rates = []
+        for sym in SYMBOLS[:2]:
+            rates += await db.get_funding_rate_history(USDM, sym, start=T0_MS * 1000 - 10**9, end=now_us() + 1)
+        assert len(rates) == 300 == len({(f.symbol, f.exchange_ts) for f in rates})
+        eth = await db.get_balance_history("binance_spot", "ETH", start=T0_MS * 1000 - 10**9, end=now_us() + 1)
+        assert sorted(b.free for b in eth) == sorted(Decimal(f"{10 + i}.5") for i in range(150))
+    assert await _count(dsn, "funding_rates") == 60 == await _count(dsn, "balances")

@@ -40,9 +40,10 @@ writes each message once. Two sources of duplicates, checked two ways:
   :data:`DISORDER_US`) is looked up in ``book_tickers`` itself, as before.
   Rows of that range already moved to the Parquet tier (``hftdb archive``) are copied into the same table, from the
   files the history reads take (:class:`~hftdb.read.archive.ArchiveTier`), so a replay of a capture whose rows were
-  archived writes none of them again; when no archived day overlaps the range this costs one ``stat``. A row
-  looked up in ``book_tickers`` itself (outside the copied range), a funding rate or a balance is not looked up
-  in the archive.
+  archived writes none of them again; when no archived day overlaps the range this costs one ``stat``. The
+  funding rates and balances of the range that were archived are copied alike, into a temporary table each, which
+  their lookups (below) read with the stored rows. A row looked up in ``book_tickers`` itself (outside the copied
+  range), or a funding rate or a balance sent before it, is not looked up in the archive.
 * *Rows this replay wrote* (a file that repeats itself, files that overlap each other): the intake's admission
   drops a row whose key is not newer than its symbol's last, as on a live feed of several connections.
 
@@ -63,6 +64,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import logging
 import operator
 import os
@@ -266,6 +268,27 @@ _STORED_FUNDING = """SELECT f.symbol_id, f.exchange_ts, f.rate FROM funding_rate
     JOIN unnest($1::int4[]) AS k(symbol_id) USING (symbol_id)
     WHERE ($2::timestamptz IS NULL OR f.recv_ts >= $2) AND f.exchange_ts = ANY($3::timestamptz[])"""
 
+# Funding rates and balances of the copied range that were moved to the Parquet tier, copied at the start into a
+# temporary table each (:meth:`_Stored._archived`), and read with the stored rows by the same lookups. Per table:
+# the table's name, its columns (the lookup's, in the archive's names) and their types.
+_ARCHIVED_COPIES: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "funding_rates": ("hftdb_replay_funding", ("symbol_id", "exchange_ts", "rate"),
+                      "symbol_id integer NOT NULL, exchange_ts timestamptz NOT NULL, rate double precision"),
+    "balances": ("hftdb_replay_balances", ("account", "asset", "exchange_ts", "free", "locked"),
+                 "account text NOT NULL, asset text NOT NULL, exchange_ts timestamptz NOT NULL, free numeric, "
+                 "locked numeric"),
+}
+_STORED_FUNDING_ARCHIVED = _STORED_FUNDING + """
+    UNION ALL
+    SELECT a.symbol_id, a.exchange_ts, a.rate FROM hftdb_replay_funding a
+    JOIN unnest($1::int4[]) AS k(symbol_id) USING (symbol_id)
+    WHERE a.exchange_ts = ANY($3::timestamptz[])"""
+_STORED_BALANCES_ARCHIVED = _STORED_BALANCES + """
+    UNION ALL
+    SELECT a.account, a.asset, a.exchange_ts, a.free, a.locked FROM hftdb_replay_balances a
+    WHERE a.exchange_ts = ANY($3::timestamptz[])"""
+_TEMP_TABLES = ", ".join([_SNAPSHOT_TABLE, *(name for name, _, _ in _ARCHIVED_COPIES.values())])
+
 
 def _key(row: BookTicker) -> int | None:
     t = row.exchange_ts
@@ -293,6 +316,7 @@ class _Stored:
         self._newest = -_INT8_MAX  # the newest exchange time among the copied rows
         self._windows = False  # every copied row has an exchange time: blocks are checked by time window
         self._keyed_done = False  # the key indexes built and the spans read (_keyed)
+        self._archived_copies: set[str] = set()  # the tables of _ARCHIVED_COPIES whose archived rows were copied
         self.copied = 0
         self.duplicates = 0
 
@@ -301,13 +325,19 @@ class _Stored:
         ``since`` and ``until`` (None: no bound) or without an exchange time, into the temporary table, before
         the replay writes any row."""
         conn = self.conn
-        await conn.execute(f"DROP TABLE IF EXISTS {_SNAPSHOT_TABLE}")
+        await conn.execute(f"DROP TABLE IF EXISTS {_TEMP_TABLES}")
         await conn.execute(_SNAPSHOT_CREATE)
         # The venue's ids as an array, not a join: the plan stays one scan whatever the estimates (a join was
         # planned as a nested loop of one scan of the partition per symbol once the time bounds were added).
         ids = [r[0] for r in await conn.fetch("SELECT id FROM symbols WHERE exchange_id = $1", self.exchange_id)]
         status = await conn.execute(_SNAPSHOT_FILL, ids, since, until, timeout=_SNAPSHOT_TIMEOUT_S)
-        self.copied = int(status.rsplit(" ", 1)[-1]) + await self._archived(ids, since, until)
+        self.copied = int(status.rsplit(" ", 1)[-1]) + await self._archived("book_tickers", ids, since, until)
+        for table, (name, _, columns) in _ARCHIVED_COPIES.items():
+            await conn.execute(f"CREATE TEMP TABLE {name} ({columns})")
+            if await self._archived(table, ids, since, until):
+                await conn.execute(f"CREATE INDEX ON {name} (exchange_ts)", timeout=_SNAPSHOT_TIMEOUT_S)
+                await conn.execute(f"ANALYZE {name}", timeout=_SNAPSHOT_TIMEOUT_S)
+                self._archived_copies.add(table)
         self._since = since
         self._until = until
         if self.copied:
@@ -319,46 +349,50 @@ class _Stored:
             self._newest = _INT8_MAX if untimed or newest is None else newest
             self._windows = not untimed
 
-    async def _archived(self, ids: list[int], since: int | None, until: int | None) -> int:
-        # The rows of the same range that were moved to the Parquet tier, copied into the same table: the files
-        # the history reads take (hftdb.read.archive.ArchiveTier), read a symbol at a time. One stat of the
-        # archive's table directory when no archived day overlaps the range (the usual replay of recent frames).
+    async def _archived(self, table: str, ids: list[int], since: int | None, until: int | None) -> int:
+        # The rows of ``table`` of the same range that were moved to the Parquet tier, copied into its temporary
+        # table: the files the history reads take (hftdb.read.archive.ArchiveTier), read a symbol at a time (a
+        # venue's balances at once). One stat of the archive's table directory when no archived day overlaps the
+        # range (the usual replay of recent frames).
         arch = self.db.settings.archive
-        if not archive.enabled(arch) or not ids:
+        by_symbol = archive.SPECS[table].by == "symbol"
+        if not archive.enabled(arch) or (by_symbol and not ids):
             return 0
         tier = archive.ArchiveTier(arch.root)
         lo = _INT8_MIN if since is None else since
         hi = now_us() + 1
-        if not await asyncio.to_thread(tier.covers, "book_tickers", max(lo, 0), hi):
+        if not await asyncio.to_thread(tier.covers, table, max(lo, 0), hi):
             return 0
         # Every manifest of the range, attached or not: a row in PostgreSQL and in the files is in the snapshot twice,
         # which costs nothing, where a row left out would be written again.
-        manifests = await asyncio.to_thread(tier.manifests, "book_tickers", lo, hi)
+        manifests = await asyncio.to_thread(tier.manifests, table, lo, hi)
         if not any(f.exchange == self.exchange and f.rows for m in manifests for f in m.files):
             return 0
+        if table == "book_tickers":
+            name, columns = _SNAPSHOT_TABLE, ("symbol_id", "update_id", "exchange_ts", *_PRICE_NAMES)
+        else:
+            name, columns, _ = _ARCHIVED_COPIES[table]
         copied = 0
-        for sid in ids:
-            cols = await asyncio.to_thread(tier.read, manifests, "book_tickers", exchange=self.exchange, lo=lo,
-                                           hi=hi, symbol_id=sid)
+        for sid in ids if by_symbol else [None]:
+            cols = await asyncio.to_thread(tier.read, manifests, table, exchange=self.exchange, lo=lo, hi=hi,
+                                           symbol_id=sid, keys=True)
             ex, has_ex = cols["exchange_ts"], cols["exchange_ts__valid"]
             in_range = np.ones(len(ex), dtype=bool)
             if since is not None:
                 in_range &= ex >= since
             if until is not None:
                 in_range &= ex <= until
-            keep = ~has_ex | in_range  # as _SNAPSHOT_FILL: sent in range, or without an exchange time
+            # As _SNAPSHOT_FILL: sent in range, or (a book row) without an exchange time; a funding rate or a
+            # balance without one is never looked up.
+            keep = in_range & has_ex if name != _SNAPSHOT_TABLE else ~has_ex | in_range
             if not keep.any():
                 continue
-            update_id = cols["update_id"][keep].tolist()
-            records = list(zip(
-                [sid] * int(keep.sum()),
-                [u if v else None for u, v in zip(update_id, cols["update_id__valid"][keep].tolist())],
-                [t if v else None for t, v in zip(ex[keep].tolist(), has_ex[keep].tolist())],
-                *(cols[c][keep].tolist() for c in ("bid_price", "bid_qty", "ask_price", "ask_qty"))))
-            await self.conn.copy_records_to_table(_SNAPSHOT_TABLE, records=records, timeout=_SNAPSHOT_TIMEOUT_S)
+            records = list(zip(*(_kept(cols, c, keep) for c in columns)))
+            await self.conn.copy_records_to_table(name, records=records, columns=columns, timeout=_SNAPSHOT_TIMEOUT_S)
             copied += len(records)
         if copied:
-            logger.info("ingest-file: %d archived rows of %s to check the replay against", copied, self.exchange)
+            logger.info("ingest-file: %d archived rows of %s of %s to check the replay against", copied, table,
+                        self.exchange)
         return copied
 
     async def _keyed(self) -> None:
@@ -384,7 +418,7 @@ class _Stored:
         if self.lost():
             return
         try:
-            await self.conn.execute(f"DROP TABLE IF EXISTS {_SNAPSHOT_TABLE}")
+            await self.conn.execute(f"DROP TABLE IF EXISTS {_TEMP_TABLES}")
         except dberrors.CATCH as exc:
             if not self.lost():
                 raise
@@ -599,7 +633,8 @@ class _Stored:
                   and -_INT8_MAX <= r.exchange_ts <= _INT8_MAX]
         if not wanted:
             return rows
-        found = await self.conn.fetch(_STORED_FUNDING, sorted({ids[r.symbol] for r in wanted}), _since(wanted),
+        query = _STORED_FUNDING_ARCHIVED if "funding_rates" in self._archived_copies else _STORED_FUNDING
+        found = await self.conn.fetch(query, sorted({ids[r.symbol] for r in wanted}), _since(wanted),
                                       [r.exchange_ts for r in wanted])
         if not found:
             return rows
@@ -618,8 +653,8 @@ class _Stored:
         wanted = [r for r in rows if r.exchange_ts is not None and -_INT8_MAX <= r.exchange_ts <= _INT8_MAX]
         if not wanted:
             return rows
-        found = await self.conn.fetch(_STORED_BALANCES, self.exchange_id, _since(wanted),
-                                      [r.exchange_ts for r in wanted])
+        query = _STORED_BALANCES_ARCHIVED if "balances" in self._archived_copies else _STORED_BALANCES
+        found = await self.conn.fetch(query, self.exchange_id, _since(wanted), [r.exchange_ts for r in wanted])
         stored = self._balances
         stored.update((account, asset, t, free, locked) for account, asset, t, free, locked in found)
         out = []
@@ -651,7 +686,19 @@ def _windows(ex: Any, newest: int) -> tuple[list[int], list[int]] | None:
     return lows, highs
 
 
-_PRICES = tuple(operator.attrgetter(name) for name in ("bid_price", "bid_qty", "ask_price", "ask_qty"))
+_PRICE_NAMES = ("bid_price", "bid_qty", "ask_price", "ask_qty")
+_PRICES = tuple(operator.attrgetter(name) for name in _PRICE_NAMES)
+
+
+def _kept(cols: dict[str, Any], name: str, keep: Any) -> list[Any]:
+    # The values of column ``name`` of an archive read (:meth:`~hftdb.read.archive.ArchiveTier.read`) where
+    # ``keep`` is set, None where the column is NULL.
+    values = cols[name]
+    out = values[keep].tolist() if isinstance(values, np.ndarray) else list(itertools.compress(values, keep.tolist()))
+    valid = cols.get(name + "__valid")
+    if valid is None:
+        return out
+    return [v if ok else None for v, ok in zip(out, valid[keep].tolist())]
 
 def _plain(text: str) -> bool:
     # What the server's text type can hold and a venue's symbol can be: no NUL, no lone surrogate.

@@ -1382,9 +1382,12 @@ class ArchiveTier:
         return [m for m in found if _in_files(m, attached)], result
 
     def read(self, manifests: Sequence[Manifest], table: str, *, exchange: str, lo: int, hi: int,
-             symbol_id: int | None = None, account: str | None = None, asset: str | None = None) -> dict[str, Any]:
+             symbol_id: int | None = None, account: str | None = None, asset: str | None = None,
+             keys: bool = False) -> dict[str, Any]:
         """The rows of one symbol (or one balance asset) in ``[lo, hi)`` from the files of ``manifests``, as
-        ``{column: numpy array}`` plus ``{column + "__valid": bool array}`` for nullable ones, in file order."""
+        ``{column: numpy array}`` plus ``{column + "__valid": bool array}`` for nullable ones, in file order.
+        Without a symbol (or account and asset) it is every row of the exchange in range; ``keys`` adds the columns
+        that tell the rows apart (``symbol_id``; a balance's ``account`` and ``asset``, as lists of str)."""
         import numpy as np
         pa = require_pyarrow()
         import pyarrow.compute as pc
@@ -1417,10 +1420,11 @@ class ArchiveTier:
                     mask = pc.and_(mask, pc.equal(t.column("asset"), asset))
                 pieces.append(t.filter(mask))
         out: dict[str, Any] = {}
-        names = [c for c in spec.cols if c.name not in ("exchange_id", "symbol_id", "account", "asset")]
+        left_out = ("exchange_id",) if keys else ("exchange_id", "symbol_id", "account", "asset")
+        names = [c for c in spec.cols if c.name not in left_out]
         for c in names:
             chunks = [p.column(c.name).combine_chunks() for p in pieces]
-            if c.kind == "dec":
+            if c.kind in ("dec", "text"):
                 out[c.name] = [v for ch in chunks for v in ch.to_pylist()]
                 continue
             if c.kind == "ts":
