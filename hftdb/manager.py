@@ -195,6 +195,8 @@ class DatabaseManager:
                     writer = _writer_class(spec.name)(
                         self._pool, settings=self.settings.writer, storage=self.settings.storage,
                         spool_dir=spool_root, notify=self._notify, command_timeout=db.command_timeout,
+                        # A read between a call and its commit may have cached the rows the call replaced.
+                        on_commit=None if self._latest_cache is None else self._latest_cache.invalidate,
                     )
                     await writer.start()
                     self._writers[spec.name] = writer
@@ -614,9 +616,14 @@ class DatabaseManager:
         ``uow.transaction()`` blocks are savepoints.
         """
         self._check_open()
-        async with self._open_pool.acquire() as conn, unit_of_work(conn, catalog=self._catalog,
-                                                              encoder=self._encoder) as uow:
-            yield uow
+        try:
+            async with self._open_pool.acquire() as conn, unit_of_work(conn, catalog=self._catalog,
+                                                                  encoder=self._encoder) as uow:
+                yield uow
+        finally:
+            if self._latest_cache is not None:
+                # The unit's rows are committed (or rolled back): a latest read cached before may be outdated.
+                self._latest_cache.invalidate()
 
     def _encoder(self, table: str) -> BatchWriter:
         # A writer never started: a unit of work packs its rows with it and COPYs them on its own connection.

@@ -339,6 +339,12 @@ def test_ttl_cache_expires_and_invalidates():
     cache.set("c", 3)
     cache.invalidate()
     assert len(cache) == 0
+    # A value read before an invalidate (a write or a commit meanwhile) is not stored; one read after is.
+    generation = cache.generation
+    cache.invalidate("x")
+    assert cache.set("d", 4, generation=generation) == now[0] and cache.get("d") is None
+    cache.set("d", 4, generation=cache.generation)
+    assert cache.get("d") == 4
 
 
 async def test_symbol_cache_expiry_reads_database_again(dsn, tmp_path):

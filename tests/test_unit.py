@@ -3,9 +3,10 @@
 import asyncio
 from decimal import Decimal
 
+import msgspec
 import pytest
 
-from hftdb import (Balance, BookTicker, DatabaseManager, DatabaseUnavailableError, ExchangeName, Symbol,
+from hftdb import (Balance, BookTicker, CacheSettings, DatabaseManager, DatabaseUnavailableError, ExchangeName, Symbol,
                    ValidationError, now_us)
 
 from helpers import settings, sql, tickers
@@ -47,6 +48,21 @@ async def test_a_symbol_and_its_first_snapshot_reach_the_caches_only_on_commit(d
         assert db.resolve_symbol_id("okx_swap", "ETH-USDT-SWAP") == sym.id
         (quote,) = await db.get_latest_book_tickers("okx_swap", ["ETH-USDT-SWAP"], primary=True)
         assert (quote.exchange, quote.symbol, quote.recv_ts) == ("okx_swap", "ETH-USDT-SWAP", t)
+
+
+async def test_a_unit_commit_empties_the_latest_cache(dsn, tmp_path):
+    # With the latest cache on, a read after a unit's commit sees the unit's rows, not a quote cached before it.
+    cfg = msgspec.structs.replace(settings(tmp_path), cache=CacheSettings(latest_ttl_ms=600_000.0))
+    async with DatabaseManager(dsn, settings=cfg) as db:
+        await db.insert_exchange(ExchangeName.BINANCE_SPOT)
+        t = now_us()
+        await db.insert_book_ticker_snapshots([BookTicker("binance_spot", "BTCUSDT", 1, 1, 2, 1, t, update_id=1)])
+        await db.flush()
+        assert [q.update_id for q in await db.get_latest_book_tickers("binance_spot")] == [1]  # cached now
+        async with db.transaction() as uow:
+            await uow.insert_book_ticker_snapshots([BookTicker("binance_spot", "BTCUSDT", 1, 1, 2, 1, t + 1,
+                                                               update_id=2)])
+        assert [q.update_id for q in await db.get_latest_book_tickers("binance_spot")] == [2]
 
 
 async def test_nested_blocks_roll_back_alone_and_outer_writes_stand(dsn, tmp_path):

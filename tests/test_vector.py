@@ -237,6 +237,7 @@ async def test_a_read_between_a_call_and_its_commit_does_not_pin_the_old_row_in_
             while db.writer_stats("book_tickers")["rows_committed"] == committed:  # committed, no flush
                 await asyncio.sleep(0.01)
             assert await bid(primary=True) == [price]
+            assert await bid() == [price]  # the commit emptied the cache
         await db.insert_book_ticker_snapshots([BookTicker(EXCHANGE.value, "BTCUSDT", 12.0, 1.0, 12.5, 1.0, t + 2)])
         assert await bid() == [11.0]
         await db.flush()

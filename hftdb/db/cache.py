@@ -20,7 +20,7 @@ _MISSING = object()
 class TTLCache(Generic[K, V]):
     """A dictionary whose entries expire ``ttl`` seconds after they were stored."""
 
-    __slots__ = ("ttl", "_clock", "_data", "hits", "misses", "expirations")
+    __slots__ = ("ttl", "_clock", "_data", "hits", "misses", "expirations", "generation")
 
     def __init__(self, ttl: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         if ttl <= 0:
@@ -31,6 +31,8 @@ class TTLCache(Generic[K, V]):
         self.hits = 0
         self.misses = 0
         self.expirations = 0
+        #: Counts :meth:`invalidate` calls: a value read before one (``set(..., generation=...)``) is not stored.
+        self.generation = 0
 
     def __len__(self) -> int:
         return len(self._data)
@@ -59,10 +61,14 @@ class TTLCache(Generic[K, V]):
         self.misses += misses
         return found
 
-    def set(self, key: K, value: V) -> float:
+    def set(self, key: K, value: V, *, generation: int | None = None) -> float:
         """Store ``value`` under ``key`` for ``ttl`` seconds from now; return when it expires (on the cache's
-        clock)."""
-        expires = self._clock() + self.ttl
+        clock). With ``generation`` (:attr:`generation` read before the value was), a value that an
+        :meth:`invalidate` since may have outdated is not stored (and the time returned is now)."""
+        now = self._clock()
+        if generation is not None and generation != self.generation:
+            return now
+        expires = now + self.ttl
         self._data[key] = (expires, value)
         return expires
 
@@ -77,6 +83,7 @@ class TTLCache(Generic[K, V]):
 
     def invalidate(self, key: K | None = None) -> None:
         """Drop one entry, or every entry when ``key`` is None."""
+        self.generation += 1
         if key is None:
             self._data.clear()
         else:

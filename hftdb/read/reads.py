@@ -128,13 +128,15 @@ class Reader:
             name = ex.name  # one exchange's rows all carry its name: no lookup per row
         else:
             filt = await self.filter_ids(exchange, symbols, symbol_ids)
-        # (primary=True is read-your-writes: the cache may hold a row read between a call and its commit)
+        # (primary=True is read-your-writes: the cache may hold a row a replica served before it replayed a commit)
         cache = self._cache if not primary else None
         key = (packed.record, filt)
         if cache is not None:
             hit = cache.get(key)
             if hit is not None:
                 return hit
+        # A write call or a commit meanwhile may outdate what this read returns: then it is not cached.
+        generation = cache.generation if cache is not None else 0
         kind, value = filt
         sql = queries[kind]
         args = (list(value),) if kind == "ids" else (value,) if kind == "exchange" else ()
@@ -156,7 +158,7 @@ class Reader:
 
         result = await self.router.run(read, primary=primary)
         if cache is not None:
-            cache.set(key, result)
+            cache.set(key, result, generation=generation)
         return result
 
     async def latest_balances(self, exchange: Any, account: str | None, *, primary: bool = False) -> list[Balance]:

@@ -110,8 +110,11 @@ class BatchWriter:
         notify: bool = True,
         command_timeout: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        on_commit: Callable[[], None] | None = None,
     ) -> None:
         self._pool = pool
+        #: Called once a group of batches has committed (the manager empties its latest cache).
+        self._on_commit = on_commit
         self.settings = settings
         self.storage = storage
         self._notify = notify
@@ -496,6 +499,8 @@ class BatchWriter:
             popped = self._queue.popleft()
             assert popped is batch
             self._release(batch)
+        if self._on_commit is not None:
+            self._on_commit()
         async with self._progress:
             self._committed_seq = commit.group[-1].seq
             self._progress.notify_all()
