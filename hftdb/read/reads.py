@@ -187,15 +187,17 @@ class Reader:
         name = _exchange_name(exchange)
         if format == "objects":
 
-            async def fetch(db: Any) -> list[BookTicker]:
-                rows = await _fetch_history(db, _BT_HISTORY, (symbol_id,), lo, hi, limit, 4)
+            async def fetch(db: Any, source: str) -> list[BookTicker]:
+                rows = await _fetch_history(db, _BT_HISTORY, source, (symbol_id,), lo, hi, limit, 4)
                 return [BookTicker(name, symbol, bp, bq, ap, aq, rt, et, u, symbol_id)
                         for bp, bq, ap, aq, rt, et, u in rows]
 
-            manifests, hot = await self._history("book_tickers", lo, hi, fetch, copy=False, primary=primary)
+            manifests, hot = await self._history("book_tickers", lo, hi, fetch, copy=False, primary=primary,
+                                                 format=format, limit=limit)
         else:
-            copy = _copy(_BT_LAYOUT, "book_tickers", _BY_SYMBOL, (symbol_id,), lo, hi, limit, format)
-            manifests, hot = await self._history("book_tickers", lo, hi, copy, copy=True, primary=primary)
+            copy = _copy(_BT_LAYOUT, _BY_SYMBOL, (symbol_id,), lo, hi, limit, format)
+            manifests, hot = await self._history("book_tickers", lo, hi, copy, copy=True, primary=primary,
+                                                 format=format, limit=limit)
         if not manifests:
             return hot
         cols = await self._from_archive(manifests, "book_tickers", _BT_LAYOUT, format, exchange=name, lo=lo, hi=hi,
@@ -214,14 +216,16 @@ class Reader:
         name = _exchange_name(exchange)
         if format == "objects":
 
-            async def fetch(db: Any) -> list[FundingRate]:
-                rows = await _fetch_history(db, _FR_HISTORY, (symbol_id,), lo, hi, limit, 1)
+            async def fetch(db: Any, source: str) -> list[FundingRate]:
+                rows = await _fetch_history(db, _FR_HISTORY, source, (symbol_id,), lo, hi, limit, 1)
                 return [FundingRate(name, symbol, *r, symbol_id) for r in rows]
 
-            manifests, hot = await self._history("funding_rates", lo, hi, fetch, copy=False, primary=primary)
+            manifests, hot = await self._history("funding_rates", lo, hi, fetch, copy=False, primary=primary,
+                                                 format=format, limit=limit)
         else:
-            copy = _copy(_FR_LAYOUT, "funding_rates", _BY_SYMBOL, (symbol_id,), lo, hi, limit, format)
-            manifests, hot = await self._history("funding_rates", lo, hi, copy, copy=True, primary=primary)
+            copy = _copy(_FR_LAYOUT, _BY_SYMBOL, (symbol_id,), lo, hi, limit, format)
+            manifests, hot = await self._history("funding_rates", lo, hi, copy, copy=True, primary=primary,
+                                                 format=format, limit=limit)
         if not manifests:
             return hot
         cols = await self._from_archive(manifests, "funding_rates", _FR_LAYOUT, format, exchange=name, lo=lo, hi=hi,
@@ -246,20 +250,21 @@ class Reader:
         keys = (ex.id, account, asset)
         if format == "numpy":
             where = "exchange_id = $1 AND account = $2 AND asset = $3"
-            copy = _copy(_BAL_LAYOUT, "balances", where, keys, lo, hi, limit, format)
-            manifests, hot = await self._history("balances", lo, hi, copy, copy=True, primary=primary)
+            copy = _copy(_BAL_LAYOUT, where, keys, lo, hi, limit, format)
+            manifests, hot = await self._history("balances", lo, hi, copy, copy=True, primary=primary,
+                                                 format=format, limit=limit)
         else:
 
-            async def fetch(db: Any) -> list[Any]:
-                return await _fetch_history(db, _BAL_HISTORY, keys, lo, hi, limit, 0)
+            async def fetch(db: Any, source: str) -> Any:
+                rows = await _fetch_history(db, _BAL_HISTORY, source, keys, lo, hi, limit, 0)
+                if format == "columns":
+                    cols = list(zip(*rows)) if rows else [(), (), (), ()]
+                    return {name: list(col) for name, col in zip(("recv_ts", "exchange_ts", "free", "locked"), cols)}
+                return [Balance(exchange=ex.name, asset=asset, free=r[2], locked=r[3], recv_ts=r[0], exchange_ts=r[1],
+                                account=account) for r in rows]
 
-            manifests, rows = await self._history("balances", lo, hi, fetch, copy=False, primary=primary)
-            if format == "columns":
-                cols = list(zip(*rows)) if rows else [(), (), (), ()]
-                hot = {name: list(col) for name, col in zip(("recv_ts", "exchange_ts", "free", "locked"), cols)}
-            else:
-                hot = [Balance(exchange=ex.name, asset=asset, free=r[2], locked=r[3], recv_ts=r[0], exchange_ts=r[1],
-                               account=account) for r in rows]
+            manifests, hot = await self._history("balances", lo, hi, fetch, copy=False, primary=primary,
+                                                 format=format, limit=limit)
         if not manifests:
             return hot
         cols = await self._from_archive(manifests, "balances", _BAL_LAYOUT, format, exchange=ex.name, lo=lo, hi=hi,
@@ -269,8 +274,8 @@ class Reader:
             for rt, et, f, k in zip(cols["recv_ts"], cols["exchange_ts"], cols["free"], cols["locked"])]
         return _merge(cold, hot, format, limit)
 
-    async def _history(self, table: str, lo: int, hi: int, hot: Callable[[Any], Awaitable[Any]], *, copy: bool,
-                       primary: bool) -> tuple[list[Any], Any]:
+    async def _history(self, table: str, lo: int, hi: int, hot: Callable[[Any, str], Awaitable[Any]], *, copy: bool,
+                       primary: bool, format: str, limit: int | None) -> tuple[list[Any], Any]:
         """PostgreSQL's rows of a history read of ``[lo, hi)`` (``hot``'s result) and the archive manifests whose
         files hold the rest of the window.
 
@@ -284,9 +289,9 @@ class Reader:
 
             async def alone(pool: Any) -> Any:
                 if not copy:
-                    return await hot(pool)
+                    return await hot(pool, table)
                 async with pool.acquire() as conn:
-                    return await hot(conn)
+                    return await hot(conn, table)
 
             rows = await self.router.run(alone, primary=primary)
             # A partition is detached only once its files, its manifest and so its day's directory are in place:
@@ -294,10 +299,15 @@ class Reader:
             if tier is None or not tier.covers(table, lo, hi):
                 return [], rows
 
-        def in_snapshot(pool: ReadPool) -> Awaitable[tuple[list[Any], Any]]:
+        def in_snapshot(pool: ReadPool) -> Awaitable[tuple[list[Any], Any, list[Any]]]:
             return pool.run(lambda conn: tier.snapshot_read(conn, table, lo, hi, hot))
 
-        return await self.router.run(in_snapshot, primary=primary)
+        manifests, rows, detached = await self.router.run(in_snapshot, primary=primary)
+        # Archived partitions whose tables are still there, detached: their rows are read from them (see
+        # ArchiveTier.snapshot_read), in the result's format already.
+        for more in detached:
+            rows = _merge(more, rows, format, limit)
+        return manifests, rows
 
     async def _from_archive(self, manifests: list[Any], table: str, layout: columnar.Layout, format: str, *,
                             exchange: str, lo: int, hi: int, **keys: Any) -> dict[str, Any]:
@@ -310,26 +320,28 @@ class Reader:
         return _archive_columns(raw, layout, format)
 
 
-def _copy(layout: columnar.Layout, table: str, where: str, keys: tuple[Any, ...], lo: int, hi: int,
-          limit: int | None, format: str) -> Callable[[Any], Awaitable[Any]]:
-    """The columnar read of a history window, to run on a connection."""
-    # table and where come from the fixed set in this module; values are inlined by asyncpg's server-side
-    # quoting. Without a LIMIT the rows are ordered on the client (see columnar.copy_out).
+def _copy(layout: columnar.Layout, where: str, keys: tuple[Any, ...], lo: int, hi: int,
+          limit: int | None, format: str) -> Callable[[Any, str], Awaitable[Any]]:
+    """The columnar read of a history window, to run on a connection with the table (or partition) to read."""
+    # The source and where come from the fixed set in this module and the archive's partition names; values are
+    # inlined by asyncpg's server-side quoting. Without a LIMIT the rows are ordered on the client (see
+    # columnar.copy_out).
     n = len(keys)
-    query = f"SELECT {layout.select_list} FROM {table} WHERE {where} AND recv_ts >= ${n + 1} AND recv_ts < ${n + 2}"
+    tail = f" WHERE {where} AND recv_ts >= ${n + 1} AND recv_ts < ${n + 2}"
     args: tuple[Any, ...] = (*keys, lo - PG_EPOCH_US, hi - PG_EPOCH_US)
     if limit is not None:
-        query += f" ORDER BY recv_ts LIMIT ${n + 3}"
+        tail += f" ORDER BY recv_ts LIMIT ${n + 3}"
         args += (limit,)
 
-    async def read(conn: Any) -> Any:
+    async def read(conn: Any, source: str) -> Any:
+        query = f"SELECT {layout.select_list} FROM {source}{tail}"
         try:
             return await columnar.copy_out(conn, layout, query, *args, format=format,
                                            sort_by=None if limit is not None else "recv_ts")
         except asyncpg.NumericValueOutOfRangeError as exc:
             # A stored amount (numeric) beyond float8's range: the numpy columns cannot carry it.
             raise ValidationError(
-                f"format='numpy' cannot hold a stored {table} value beyond float64's range ({exc}); "
+                f"format='numpy' cannot hold a stored {source.strip(chr(34))} value beyond float64's range ({exc}); "
                 "read these rows with format='objects' or 'columns', which keep exact Decimals") from exc
         except asyncpg.PostgresError:
             raise  # the server ended the COPY: the connection is ready for the next statement
@@ -491,24 +503,26 @@ _BAL_LATEST = f"""SELECT e.name, b.asset, b.free, b.locked, b.recv_ts {_U}, b.ex
     ORDER BY e.name, b.account, b.asset"""
 
 # History without its ORDER BY/LIMIT tail (see _fetch_history).
-_BT_HISTORY = f"""SELECT bid_price, bid_qty, ask_price, ask_qty, recv_ts {_U}, exchange_ts {_U}, update_id
-    FROM book_tickers WHERE symbol_id = $1 AND recv_ts >= $2 AND recv_ts < $3"""
+# History queries without their source: FROM the table, or an archived partition's detached table.
+_BT_HISTORY = (f"SELECT bid_price, bid_qty, ask_price, ask_qty, recv_ts {_U}, exchange_ts {_U}, update_id FROM",
+               "WHERE symbol_id = $1 AND recv_ts >= $2 AND recv_ts < $3")
 
-_FR_HISTORY = f"""SELECT rate, recv_ts {_U}, exchange_ts {_U}, next_funding_ts {_U}, mark_price, index_price
-    FROM funding_rates WHERE symbol_id = $1 AND recv_ts >= $2 AND recv_ts < $3"""
+_FR_HISTORY = (f"SELECT rate, recv_ts {_U}, exchange_ts {_U}, next_funding_ts {_U}, mark_price, index_price FROM",
+               "WHERE symbol_id = $1 AND recv_ts >= $2 AND recv_ts < $3")
 
-_BAL_HISTORY = f"""SELECT recv_ts {_U}, exchange_ts {_U}, free, locked FROM balances
-    WHERE exchange_id = $1 AND account = $2 AND asset = $3 AND recv_ts >= $4 AND recv_ts < $5"""
+_BAL_HISTORY = (f"SELECT recv_ts {_U}, exchange_ts {_U}, free, locked FROM",
+                "WHERE exchange_id = $1 AND account = $2 AND asset = $3 AND recv_ts >= $4 AND recv_ts < $5")
 
 
-async def _fetch_history(pool: Any, sql: str, keys: tuple[Any, ...], lo: int, hi: int, limit: int | None,
-                         ts_index: int) -> list[Any]:
+async def _fetch_history(pool: Any, parts: tuple[str, str], source: str, keys: tuple[Any, ...], lo: int, hi: int,
+                         limit: int | None, ts_index: int) -> list[Any]:
     """Rows with ``lo <= recv_ts < hi``, oldest first.
 
     With a LIMIT the server orders (it must, to pick the oldest). Without one the client does: the rows of a
     symbol usually arrive in receipt order already, and a sort of sorted rows is one pass, where the server would
     sort the whole result (on disk, past work_mem) wherever no btree serves the order (the hot partition is BRIN).
     """
+    sql = f"{parts[0]} {source} {parts[1]}"
     args = (*keys, lo - PG_EPOCH_US, hi - PG_EPOCH_US)
     if limit is not None:
         return await pool.fetch(f"{sql} ORDER BY recv_ts LIMIT ${len(args) + 1}", *args, limit)
