@@ -958,15 +958,12 @@ async def test_with_the_embedded_default_hftdb_cleanup_archives_before_it_drops(
 
 
 @pytest.mark.timeout(120)
-async def test_a_read_whose_partition_is_detached_between_its_steps_takes_its_rows_from_the_files(dsn, tmp_path,
-                                                                                                   monkeypatch):
-    # The archiver has written and verified a day's files and its manifest (state written); the partition is still
-    # attached. A history read starts; before it reads PostgreSQL the partition is detached and the detach
-    # commits. Made deterministic with the test's own connection: it holds the parent table in ACCESS EXCLUSIVE
-    # mode until the read waits for it, then detaches the partition in that transaction, as the archiver's
-    # DETACH ... CONCURRENTLY would, and commits. The read must still return every row once: one day per format.
-    s = settings(tmp_path)
-    async with DatabaseManager(dsn, settings=s) as db:
+async def _read_each_day_during(dsn: str, tmp_path: Path, monkeypatch, step: str, during) -> None:
+    # Archive three seeded days with one step of hftdb.db.partitions (``step``) replaced, for book tickers, by
+    # ``during(real_step, blocker, conn, name, marker, read)``, which returns (the task of a ``read()``, the step's
+    # result). ``read()`` starts a history read of the whole window, in a format of its own for each day, and
+    # ``blocker`` is a connection of the test's own. Each read must return what it returned before the archive.
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as db:
         await _seed(db)
         lo, hi = DAY0 - DAY_US, now_us() + 1
         formats = {partitions.partition_name("book_tickers", DAY0 + d * DAY_US, interval_s=86_400): fmt
@@ -975,27 +972,23 @@ async def test_a_read_whose_partition_is_detached_between_its_steps_takes_its_ro
                 for fmt in formats.values()}
         assert len(want["objects"]) > 100
         got: dict[str, list[int]] = {}
-        real = archive.partitions.detach_partition
+        real = getattr(archive.partitions, step)
         blocker = await asyncpg.connect(dsn)
 
-        async def detach_during_a_read(conn, table, name, *, marker):
+        async def replaced(conn, table, name, *, marker):
             if table != "book_tickers":
                 return await real(conn, table, name, marker=marker)
-            (m,) = [m for m in archive.read_manifests(Path(s.archive.root), table) if m.partition == name]
-            assert m.state == "written"
             fmt = formats[name]
-            async with blocker.transaction():
-                await blocker.execute("LOCK TABLE book_tickers IN ACCESS EXCLUSIVE MODE")
-                read = asyncio.create_task(
-                    db.get_book_ticker_history("binance_spot", "BTCUSDT", start=lo, end=hi, format=fmt))
-                await _until(lambda: _waiting(dsn, "%book_tickers%"))
-                await blocker.execute(f'ALTER TABLE book_tickers DETACH PARTITION "{name}"')
-                # The archiver's own marker, so that its next step drops the detached table.
-                await blocker.execute(f"COMMENT ON TABLE \"{name}\" IS 'hftdb: archived - drop in progress'")
-            got[fmt] = _recv(await read)
 
-        assert archive.MARKER == "hftdb: archived - drop in progress"
-        monkeypatch.setattr(archive.partitions, "detach_partition", detach_during_a_read)
+            def read() -> asyncio.Task:
+                return asyncio.create_task(
+                    db.get_book_ticker_history("binance_spot", "BTCUSDT", start=lo, end=hi, format=fmt))
+
+            task, result = await during(real, blocker, conn, name, marker, read)
+            got[fmt] = _recv(await task)
+            return result
+
+        monkeypatch.setattr(archive.partitions, step, replaced)
         try:
             async with asyncio.timeout(90):
                 report = (await db.archive_partitions(10, tables=["book_tickers"]))["book_tickers"]
@@ -1007,6 +1000,29 @@ async def test_a_read_whose_partition_is_detached_between_its_steps_takes_its_ro
         assert got == want
 
 
+async def test_a_read_whose_partition_is_detached_between_its_steps_takes_its_rows_from_the_files(dsn, tmp_path,
+                                                                                                   monkeypatch):
+    # The archiver has written and verified a day's files and its manifest (state written); the partition is still
+    # attached. A history read starts; before it reads PostgreSQL the partition is detached and the detach
+    # commits. Made deterministic with the test's own connection: it holds the parent table in ACCESS EXCLUSIVE
+    # mode until the read waits for it, then detaches the partition in that transaction, as the archiver's
+    # DETACH ... CONCURRENTLY would, and commits. The read must still return every row once: one day per format.
+    async def detach_during_a_read(real, blocker, conn, name, marker, read):
+        (m,) = [m for m in archive.read_manifests(tmp_path / "archive", "book_tickers") if m.partition == name]
+        assert m.state == "written"
+        async with blocker.transaction():
+            await blocker.execute("LOCK TABLE book_tickers IN ACCESS EXCLUSIVE MODE")
+            task = read()
+            await _until(lambda: _waiting(dsn, "%book_tickers%"))
+            await blocker.execute(f'ALTER TABLE book_tickers DETACH PARTITION "{name}"')
+            # The archiver's own marker, so that its next step drops the detached table.
+            await blocker.execute(f"COMMENT ON TABLE \"{name}\" IS 'hftdb: archived - drop in progress'")
+        return task, None
+
+    assert archive.MARKER == "hftdb: archived - drop in progress"
+    await _read_each_day_during(dsn, tmp_path, monkeypatch, "detach_partition", detach_during_a_read)
+
+
 async def test_a_read_whose_detached_table_is_dropped_under_it_is_made_again_from_the_files(dsn, tmp_path,
                                                                                           monkeypatch):
     # A read lists an archived partition's table as detached, not yet dropped, and reads its rows from it (the
@@ -1014,43 +1030,16 @@ async def test_a_read_whose_detached_table_is_dropped_under_it_is_made_again_fro
     # made deterministic with the test's own connection, which holds the detached table while the archiver's DROP
     # queues behind it and the read then queues behind the DROP. The read is made again, from the files; every row
     # comes back once. One day per format.
-    s = settings(tmp_path)
-    async with DatabaseManager(dsn, settings=s) as db:
-        await _seed(db)
-        lo, hi = DAY0 - DAY_US, now_us() + 1
-        formats = {partitions.partition_name("book_tickers", DAY0 + d * DAY_US, interval_s=86_400): fmt
-                   for d, fmt in enumerate(("numpy", "columns", "objects"))}
-        want = {fmt: _recv(await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=lo, end=hi, format=fmt))
-                for fmt in formats.values()}
-        assert len(want["objects"]) > 100
-        got: dict[str, list[int]] = {}
-        real = archive.partitions.drop_detached
-        blocker = await asyncpg.connect(dsn)
+    async def drop_during_a_read(real, blocker, conn, name, marker, read):
+        async with blocker.transaction():
+            await blocker.execute(f'LOCK TABLE "{name}" IN ACCESS EXCLUSIVE MODE')
+            drop = asyncio.create_task(real(conn, "book_tickers", name, marker=marker))
+            await _until(lambda: _waiting(dsn, "DROP TABLE%"))
+            task = read()
+            await _until(lambda: _waiting(dsn, f'%FROM "{name}"%'))
+        return task, await drop
 
-        async def drop_during_a_read(conn, table, name, *, marker):
-            if table != "book_tickers":
-                return await real(conn, table, name, marker=marker)
-            fmt = formats[name]
-            async with blocker.transaction():
-                await blocker.execute(f'LOCK TABLE "{name}" IN ACCESS EXCLUSIVE MODE')
-                drop = asyncio.create_task(real(conn, table, name, marker=marker))
-                await _until(lambda: _waiting(dsn, "DROP TABLE%"))
-                read = asyncio.create_task(
-                    db.get_book_ticker_history("binance_spot", "BTCUSDT", start=lo, end=hi, format=fmt))
-                await _until(lambda: _waiting(dsn, f'%FROM "{name}"%'))
-            dropped = await drop
-            got[fmt] = _recv(await read)
-            return dropped
-
-        monkeypatch.setattr(archive.partitions, "drop_detached", drop_during_a_read)
-        try:
-            async with asyncio.timeout(90):
-                report = (await db.archive_partitions(10, tables=["book_tickers"]))["book_tickers"]
-        finally:
-            await blocker.close()
-        monkeypatch.undo()
-        assert len(report.archived) == 3 and await _count(dsn, "book_tickers") == 30
-        assert got == want
+    await _read_each_day_during(dsn, tmp_path, monkeypatch, "drop_detached", drop_during_a_read)
 
 
 async def test_history_reads_through_the_archive_cut_short_leave_no_transaction_open(dsn, tmp_path, caplog):
