@@ -326,8 +326,13 @@ def _part_stem(lower_us: int, interval_us: int, generation: int) -> str:
     return f"part-{at:%H%M}-{generation}"
 
 
-def read_manifests(root: Path, table: str, lower_us: int | None = None, upper_us: int | None = None) -> list[Manifest]:
-    """The manifests of ``table`` under ``root`` whose day overlaps ``[lower_us, upper_us)`` (all without bounds)."""
+def read_manifests(root: Path, table: str, lower_us: int | None = None, upper_us: int | None = None, *,
+                   damaged: dict[Path, str] | None = None) -> list[Manifest]:
+    """The manifests of ``table`` under ``root`` whose day overlaps ``[lower_us, upper_us)`` (all without bounds).
+
+    A manifest that cannot be read as one (cut short, not JSON, of another shape, unreadable) is a DatabaseError
+    naming it and ``hftdb archive verify``; with ``damaged``, it is left out and added there instead (its path, and
+    what is wrong with it)."""
     base = root / table
     if not base.is_dir():
         return []
@@ -338,18 +343,41 @@ def read_manifests(root: Path, table: str, lower_us: int | None = None, upper_us
         dirs = [base / f"date={_date(d)}" for d in range(first, upper_us, _US_PER_DAY)]
     out = []
     for d in dirs:
-        for m in _day_manifests(d):
+        for m in _day_manifests(d, damaged):
             if lower_us is None or upper_us is None or (m.lower_us < upper_us and m.upper_us > lower_us):
                 out.append(m)
     return out
 
 
-def _day_manifests(day: Path) -> list[Manifest]:
+def _day_manifests(day: Path, damaged: dict[Path, str] | None = None) -> list[Manifest]:
     try:
         names = sorted(n for n in os.listdir(day) if n.startswith("_manifest.") and n.endswith(".json"))
     except FileNotFoundError:
         return []
-    return [msgspec.json.decode((day / name).read_bytes(), type=Manifest) for name in names]
+    out = []
+    for name in names:
+        path = day / name
+        try:
+            out.append(msgspec.json.decode(path.read_bytes(), type=Manifest))
+        except FileNotFoundError:
+            continue  # removed since the listing (an expiry, a restore): as if listed after
+        except (OSError, msgspec.DecodeError) as exc:  # (msgspec.ValidationError, a wrong shape, is a DecodeError)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())
+            if damaged is None:
+                raise _damaged_manifest(path, reason) from exc
+            damaged[path] = reason
+    return out
+
+
+def _manifest_where(path: Path) -> str:
+    """``<table>/date=<day>/<manifest>``: a manifest's path as verify and the errors name it."""
+    return f"{path.parent.parent.name}/{path.parent.name}/{path.name}"
+
+
+def _damaged_manifest(path: Path, reason: str) -> DatabaseError:
+    table, day = path.parent.parent.name, path.parent.name[5:]
+    return DatabaseError(f"archive manifest {_manifest_where(path)} under {path.parent.parent.parent} is damaged "
+                         f"({reason}); check the archive with `hftdb archive verify --table {table} --date {day}`")
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -779,17 +807,38 @@ async def archive_table(
         # Manifests of partitions already dropped but not yet marked so (a crash between DROP and the rewrite),
         # also where a late row has made a new table under the name since: the manifest names the archived
         # table's oid, and its files must not be written again from the new one (they would hold only its rows).
-        for m in read_manifests(root, table):
+        # A damaged manifest (its partition unknown) is left as it is, and so is every partition of its day: a
+        # new generation's files could replace the files it lists.
+        damaged: dict[Path, str] = {}
+        for m in read_manifests(root, table, damaged=damaged):
             if m.state not in ("written", "restoring"):
                 continue
             replaced = m.state == "written" and m.relid is not None and oids.get(m.partition) not in (None, m.relid)
             if m.partition not in present or replaced:
                 await _mark_dropped(root, m)
                 report.finished.append(m.partition)
+        left: list[str] = []
+        blocking: dict[Path, str] = {}
         for w in work:
-            w.manifests = [m for m in read_manifests(root, table, w.lower_us, w.upper_us) if m.partition == w.name]
+            day_damaged: dict[Path, str] = {}
+            w.manifests = [m for m in read_manifests(root, table, w.lower_us, w.upper_us, damaged=day_damaged)
+                           if m.partition == w.name]
+            if day_damaged:
+                left.append(w.name)
+                blocking.update(day_damaged)
+                continue
             finished = await _archive_one(conn, pa, spec, root, settings, w, interval_s, report)
             (report.finished if finished else report.archived).append(w.name)
+        for path, reason in damaged.items():
+            if path not in blocking:  # (those are the error below)
+                logger.warning("%s", _damaged_manifest(path, reason))
+        if left:
+            # The rest of the table is archived; these wait, in PostgreSQL, until the manifest is repaired or moved.
+            path, reason = next(iter(blocking.items()))
+            more = f" (and {len(blocking) - 1} more)" if len(blocking) > 1 else ""
+            raise DatabaseError(f"{', '.join(left)} not archived, left in PostgreSQL: the archive manifest "
+                                f"{_manifest_where(path)} of its day is damaged ({reason}){more}; check the archive "
+                                f"with `hftdb archive verify --table {table} --date {path.parent.name[5:]}`")
     report.seconds = asyncio.get_running_loop().time() - started
     return report
 
@@ -996,6 +1045,7 @@ class _DayTotals(msgspec.Struct, array_like=True, frozen=True):
     files: int
     rows: int
     bytes: int
+    damaged: int = 0  # manifests that could not be read (left out of the figures above)
 
 
 class _SummaryFile(msgspec.Struct):
@@ -1022,13 +1072,16 @@ class ArchiveSummary:
         self._lock = threading.Lock()
         #: Day directories whose manifests were read, over this object's life (what the cache saves).
         self.days_read = 0
+        # The damaged manifests already logged, so that each is logged once, not at every scrape.
+        self._warned: set[Path] = set()
 
     def read(self, *, hot: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
         """The summary now (blocking file-system calls: run it in a thread from async code)."""
         out: dict[str, Any] = {"root": str(self.root), "tables": {}}
         with self._lock:
             for table in SPECS:
-                days = {name[5:]: d for name, d in self._table(table).items() if d.partitions}
+                every = self._table(table)
+                days = {name[5:]: d for name, d in every.items() if d.partitions}
                 rows = sum(d.rows for d in days.values())
                 size = sum(d.bytes for d in days.values())
                 t: dict[str, Any] = {
@@ -1036,6 +1089,8 @@ class ArchiveSummary:
                     "files": sum(d.files for d in days.values()), "rows": rows, "bytes": size,
                     "bytes_per_row": size / rows if rows else None,
                     "first_day": min(days, default=None), "last_day": max(days, default=None),
+                    # Not in the figures above: `hftdb archive verify` names them.
+                    "damaged_manifests": sum(d.damaged for d in every.values()),
                 }
                 h = (hot or {}).get(table)
                 if h and h.get("estimated_rows"):
@@ -1067,15 +1122,25 @@ class ArchiveSummary:
                 fresh[name] = old
                 continue
             read_at = time.time_ns()
-            found = _day_manifests(day)
+            damaged: dict[Path, str] = {}
+            found = _day_manifests(day, damaged)
             self.days_read += 1
+            self._warn(day, damaged)
             fresh[name] = _DayTotals(mtime if read_at - mtime > _RACY_NS else -1, len(found),
                                      sum(len(m.files) for m in found), sum(m.rows for m in found),
-                                     sum(f.bytes for m in found for f in m.files))
+                                     sum(f.bytes for m in found for f in m.files), len(damaged))
         self._days[table] = fresh
         if fresh != known:
             self._save(base, fresh)
         return fresh
+
+    def _warn(self, day: Path, damaged: dict[Path, str]) -> None:
+        # Once per damaged manifest (again if it is repaired, then damaged again), however often the day is read.
+        self._warned -= {p for p in self._warned if p.parent == day and p not in damaged}
+        for path, reason in damaged.items():
+            if path not in self._warned:
+                self._warned.add(path)
+                logger.warning("left out of the archive's figures: %s", _damaged_manifest(path, reason))
 
     @staticmethod
     def _load(base: Path) -> dict[str, _DayTotals]:
@@ -1109,9 +1174,10 @@ class VerifyReport(msgspec.Struct, kw_only=True):
 def verify(root: str | os.PathLike[str], *, table: str | None = None, date: str | None = None,
            batch_rows: int = 262_144) -> VerifyReport:
     """Read every archived file (of ``table``, of day ``date``) back in batches and check it against its
-    manifest: present, of its size, with its rows and checksum; and each manifest's totals against its files.
-    Only reads; for an archive copied elsewhere, or after a disk scare. Needs pyarrow; blocking (run it in a
-    thread from async code). A ``root`` that does not exist or is not a directory is a ValidationError."""
+    manifest: present, of its size, with its rows and checksum; and each manifest's totals against its files. A
+    manifest that cannot be read (cut short, not JSON, another shape) is a problem naming it. Only reads; for an
+    archive copied elsewhere, or after a disk scare. Needs pyarrow; blocking (run it in a thread from async code).
+    A ``root`` that does not exist or is not a directory is a ValidationError."""
     if table is not None and table not in SPECS:
         raise ValidationError(f"table must be one of {', '.join(SPECS)}; got {table!r}")
     if date is not None:
@@ -1130,7 +1196,8 @@ def verify(root: str | os.PathLike[str], *, table: str | None = None, date: str 
     report = VerifyReport()
     for t in [table] if table else list(SPECS):
         spec = SPECS[t]
-        for m in read_manifests(root, t):
+        damaged: dict[Path, str] = {}
+        for m in read_manifests(root, t, damaged=damaged):
             if date is not None and m.date != date:
                 continue
             report.manifests += 1
@@ -1167,6 +1234,10 @@ def verify(root: str | os.PathLike[str], *, table: str | None = None, date: str 
                                                                       for p in report.problems):
                 report.problems.append(f"{t}/date={m.date}: its files hold {rows} rows, checksum {total}; "
                                        f"{_manifest_name(m.partition, m.generation)} says {m.rows}, {m.checksum}")
+        for path, reason in damaged.items():
+            if date is None or path.parent.name == f"date={date}":
+                report.manifests += 1
+                report.problems.append(f"{_manifest_where(path)}: damaged manifest ({reason})")
     return report
 
 
@@ -1183,7 +1254,15 @@ async def expire(root: str | os.PathLike[str], table: str, cutoff_us: int, *, dr
 
 def _expire(root: Path, table: str, cutoff_us: int, dry_run: bool) -> list[str]:
     gone = []
-    for m in read_manifests(root, table):
+    damaged: dict[Path, str] = {}
+    manifests = read_manifests(root, table, damaged=damaged)
+    for path, reason in damaged.items():
+        # Kept, with its day (which still holds a manifest): what it lists, and whether it may go, are unknown.
+        with contextlib.suppress(ValueError):
+            day = datetime.strptime(path.parent.name[5:], "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()
+            if int(day) * 1_000_000 + _US_PER_DAY <= cutoff_us:  # the day would have gone
+                logger.warning("not expired: %s", _damaged_manifest(path, reason))
+    for m in manifests:
         if m.state != "dropped" or m.upper_us > cutoff_us:
             continue
         gone.append(m.partition)
@@ -1215,7 +1294,8 @@ async def restore_day(conn: asyncpg.Connection, table: str, date: str, *, settin
                       interval_s: int) -> tuple[list[str], int]:
     """Load ``table``'s archived day ``date`` (``YYYY-MM-DD``) back into PostgreSQL; return the partitions
     restored and their rows. Every file of the day is first read back and checked against its manifest
-    (:func:`verify`): a missing or damaged one refuses the whole day, naming it, before anything is loaded. Then
+    (:func:`verify`): a missing or damaged one (or a damaged manifest) refuses the whole day, naming it, before
+    anything is loaded. Then
     each partition's rows are inserted in one transaction (one per partition, not one for the day) and checked
     (count and checksum) against its manifest before its files are deleted; a crash leaves the manifest in state
     ``restoring``, which readers and a rerun resolve by whether the rows are in PostgreSQL. Refuses a day whose
@@ -1229,7 +1309,12 @@ async def restore_day(conn: asyncpg.Connection, table: str, date: str, *, settin
     if not enabled(settings):
         raise ValidationError("the archive is off: [archive] root is empty")
     root = Path(settings.root)
-    found = [m for m in read_manifests(root, table, day_lo, day_lo + _US_PER_DAY) if m.date == date]
+    damaged: dict[Path, str] = {}
+    found = [m for m in read_manifests(root, table, day_lo, day_lo + _US_PER_DAY, damaged=damaged) if m.date == date]
+    if damaged:
+        path, reason = next(iter(damaged.items()))
+        raise DatabaseError(f"{table} of {date} not restored, nothing loaded: {_manifest_where(path)}: damaged "
+                            f"manifest ({reason}); see `hftdb archive verify --table {table} --date {date}`")
     if not found:
         raise ValidationError(f"nothing of {table} is archived for {date} under {root}")
     require_pyarrow()
