@@ -128,14 +128,18 @@ def render(report: dict[str, Any], *, daemon_url: str) -> list[str]:
     if arch is not None:
         out.append(f"\nArchive (Parquet, {arch['root']})")
         for table, a in arch["tables"].items():
+            damaged = a.get("damaged_manifests")
             if not a["partitions"]:
-                out.append(f"  {table:<14} nothing archived")
-                continue
-            ratio = a.get("times_smaller")
-            hot = a.get("hot_bytes_per_row")
-            out.append(f"  {table:<14} {a['days']} day(s) {a['first_day']} .. {a['last_day']}, {a['files']} file(s), "
-                       f"{a['rows']:,} rows, {size(a['bytes'])}, {a['bytes_per_row']:.1f} bytes/row"
-                       + (f" (hot tier {hot:.1f}: {ratio:.1f}x smaller)" if ratio else ""))
+                out.append(f"  {table:<14} nothing archived" if not damaged else f"  {table:<14} nothing readable")
+            else:
+                ratio = a.get("times_smaller")
+                hot = a.get("hot_bytes_per_row")
+                out.append(f"  {table:<14} {a['days']} day(s) {a['first_day']} .. {a['last_day']}, {a['files']} "
+                           f"file(s), {a['rows']:,} rows, {size(a['bytes'])}, {a['bytes_per_row']:.1f} bytes/row"
+                           + (f" (hot tier {hot:.1f}: {ratio:.1f}x smaller)" if ratio else ""))
+            if damaged:
+                out.append(f"  {'':<14} DAMAGED: {damaged} manifest(s) cannot be read, not counted above; "
+                           f"`hftdb archive verify --table {table}` names them")
     daemon = report.get("daemon")
     if daemon is None:
         out.append(f"\nWriters and caches: the daemon is not answering at {daemon_url} (its counters live in it)")

@@ -183,6 +183,9 @@ def collect(out: Families, snapshot: Mapping[str, Any]) -> None:
         out.family("archive_files", "gauge", "Parquet files of the table in the archive.").add(a.get("files"), table=table)
         out.family("archive_rows", "gauge", "Rows of the table in the archive.").add(a.get("rows"), table=table)
         out.family("archive_bytes", "gauge", "Bytes of the table's Parquet files.").add(a.get("bytes"), table=table)
+        out.family("archive_damaged_manifests", "gauge",
+                   "Archive manifests that cannot be read, left out of the figures (hftdb archive verify).").add(
+            a.get("damaged_manifests"), table=table)
         out.family("archive_bytes_per_row", "gauge", "Parquet bytes per archived row.").add(
             a.get("bytes_per_row"), table=table)
         out.family("hot_bytes_per_row", "gauge", "PostgreSQL bytes per row (indexes included), from the estimate.").add(
