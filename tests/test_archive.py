@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import random
 import sys
+from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -1278,3 +1280,152 @@ async def test_a_late_row_after_a_crash_between_drop_and_manifest_does_not_overw
         assert [(m.generation, m.state, m.rows) for m in manifests] == [(0, "dropped", 100), (1, "dropped", 1)]
         history = await db.get_book_ticker_history("binance_usdm", "AAA", start=DAY0, end=DAY0 + DAY_US)
         assert sorted(r.update_id for r in history) == [*range(100), 500]
+
+
+# -- a damaged manifest ---------------------------------------------------------------------------------------
+#
+# One manifest cut short (or of another shape) ended `hftdb archive verify`, `archive restore` and `hftdb stats` in
+# a msgspec.DecodeError traceback, made history reads over its day raise that raw error naming no file, and made
+# get_database_stats() (the daemon's /metrics and /stats) fail altogether.
+
+_DAMAGED = {"cut short": b"{", "another shape": b'{"table": "book_tickers", "rows": "many"}'}
+
+
+def _day(us: int) -> str:
+    return datetime.fromtimestamp(us // 1_000_000, tz=timezone.utc).strftime("%Y-%m-%d")
+
+
+def _damage_manifest(root: Path, table: str, day_us: int, content: bytes) -> tuple[Path, str, int]:
+    """Overwrite the one manifest of ``table``'s day with ``content``; return its path, its name as hftdb names
+    it (``<table>/date=<day>/<file>``) and the rows it listed."""
+    (path,) = (root / table / f"date={_day(day_us)}").glob("_manifest.*.json")
+    rows = json.loads(path.read_bytes())["rows"]
+    path.write_bytes(content)
+    return path, f"{table}/date={_day(day_us)}/{path.name}", rows
+
+
+def _tree(top: Path) -> list[tuple[str, bytes]]:
+    return sorted((p.relative_to(top).as_posix(), p.read_bytes()) for p in top.rglob("*") if p.is_file())
+
+
+def _cli_env(dsn: str, root: Path, tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    env.update(HFTDB_DSN=dsn, HFTDB_ARCHIVE_ROOT=str(root), HFTDB_METRICS_PORT="1",
+               HFTDB_WRITER_SPOOL_DIR=str(tmp_path / "spool-cli"))
+    return env
+
+
+@pytest.mark.parametrize("content", list(_DAMAGED.values()), ids=list(_DAMAGED))
+async def test_a_damaged_manifest_fails_reads_of_its_day_and_restore_naming_it_and_verify_reports_it(
+        dsn, tmp_path, content):
+    s = settings(tmp_path)
+    root = Path(s.archive.root)
+    day1 = DAY0 + DAY_US
+    async with DatabaseManager(dsn, settings=s) as db:
+        await _seed(db)
+        await db.archive_partitions(10)
+        day0_rows = await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=DAY0, end=DAY0 + DAY_US)
+        path, where, _ = _damage_manifest(root, "book_tickers", day1, content)
+        # A read whose window needs the day: one hftdb error naming the manifest and the command that checks it.
+        for start, end, fmt in ((DAY0, now_us() + 1, "objects"), (day1 + 1, day1 + 2, "numpy"),
+                                (day1, day1 + DAY_US, "columns")):
+            with pytest.raises(DatabaseError) as failed:
+                await db.get_book_ticker_history("okx_spot", "BTC-USDT", start=start, end=end, format=fmt)
+            assert where in str(failed.value) and "hftdb archive verify" in str(failed.value), failed.value
+        # The other days, and the other tables, read as before.
+        assert await db.get_book_ticker_history("binance_spot", "BTCUSDT", start=DAY0, end=DAY0 + DAY_US) == day0_rows
+        rates = await db.get_funding_rate_history("binance_usdm", "BTCUSDT", start=DAY0, end=now_us() + 1)
+        assert len(rates) == 3 * 40 + 1
+        with pytest.raises(DatabaseError, match="not restored, nothing loaded") as failed:
+            await db.restore_archive("book_tickers", _day(day1))
+        assert where in str(failed.value) and "hftdb archive verify" in str(failed.value)
+        pg_rows = await _count(dsn, "book_tickers")
+    env = _cli_env(dsn, root, tmp_path)
+    # verify names it as a mismatch and goes on with every other file.
+    rc, out, err = await _cli("archive", "verify", env=env, cwd=tmp_path)
+    assert rc == 1 and "Traceback" not in err, (out, err)
+    assert f"MISMATCH {where}: damaged manifest (" in out, out
+    assert "verified 10 file(s) of 9 archived partition(s)" in out and ": 1 problem(s)" in out, out
+    rc, out, err = await _cli("archive", "verify", "--table", "book_tickers", "--date", _day(DAY0), env=env,
+                              cwd=tmp_path)
+    assert rc == 0 and "every file matches its manifest" in out, (out, err)
+    # restore refuses the day with one line naming it; nothing is loaded, the manifest is left as it was.
+    rc, out, err = await _cli("archive", "restore", "--table", "book_tickers", "--date", _day(day1), env=env,
+                              cwd=tmp_path)
+    assert rc == 1 and "Traceback" not in err, (out, err)
+    (line,) = err.strip().splitlines()
+    assert where in line and "hftdb archive verify" in line, line
+    assert await _count(dsn, "book_tickers") == pg_rows
+    assert path.read_bytes() == content
+
+
+async def test_a_damaged_manifest_is_left_out_of_the_stats_counted_there_and_logged_once(dsn, tmp_path, caplog):
+    s = settings(tmp_path)
+    root = Path(s.archive.root)
+    day1 = DAY0 + DAY_US
+    async with DatabaseManager(dsn, settings=s) as db:
+        n = await _seed(db)
+        await db.archive_partitions(10)
+        path, where, day1_rows = _damage_manifest(root, "book_tickers", day1, b"{")
+        with caplog.at_level(logging.WARNING):
+            for _ in range(3):  # the daemon's /metrics and /stats call it at every scrape
+                stats = await db.get_database_stats()
+        bt = stats["archive"]["tables"]["book_tickers"]
+        assert (bt["days"], bt["partitions"], bt["rows"], bt["damaged_manifests"]) == (2, 2, n - 30 - day1_rows, 1)
+        assert stats["archive"]["tables"]["funding_rates"]["damaged_manifests"] == 0
+        warned = [r for r in caplog.records if where in r.getMessage()]
+        assert [r.levelno for r in warned] == [logging.WARNING], caplog.text
+        assert "hftdb archive verify" in warned[0].getMessage()
+        text = metrics.render(stats)
+        assert 'hftdb_archive_damaged_manifests{table="book_tickers"} 1' in text
+        assert 'hftdb_archive_damaged_manifests{table="balances"} 0' in text
+    env = _cli_env(dsn, root, tmp_path)
+    for _ in range(2):  # the second from the summary the first saved
+        rc, out, err = await _cli("stats", env=env, cwd=tmp_path)
+        assert rc == 0 and "Traceback" not in err, (out, err)
+        assert "DAMAGED: 1 manifest(s) cannot be read" in out and "hftdb archive verify --table book_tickers" in out
+    rc, out, err = await _cli("stats", "--json", env=env, cwd=tmp_path)
+    assert rc == 0 and "Traceback" not in err, (out, err)
+    assert json.loads(out)["archive"]["tables"]["book_tickers"]["damaged_manifests"] == 1
+    assert path.read_bytes() == b"{"
+
+
+async def test_the_archiver_leaves_a_day_with_a_damaged_manifest_as_it_is_and_names_it(dsn, tmp_path):
+    s = settings(tmp_path)
+    root = Path(s.archive.root)
+    day1, day2 = DAY0 + DAY_US, DAY0 + 2 * DAY_US
+    async with DatabaseManager(dsn, settings=s) as db:
+        await _seed(db)
+        await db.archive_partitions(10)
+        # Late rows recreate the partitions of two archived days: the archiver has work on both.
+        for t, uid in ((day1 + 7, 888), (day2 + 7, 999)):
+            await db.insert_book_ticker_snapshots([BookTicker("binance_spot", "BTCUSDT", 1.0, 2.0, 1.5, 3.0, t,
+                                                              update_id=uid)])
+        await db.flush()
+        assert await _count(dsn, "book_tickers") == 32
+        path, where, _ = _damage_manifest(root, "book_tickers", day1, b"{")
+        day1_dir = path.parent
+        day1_files = _tree(day1_dir)
+        with pytest.raises(DatabaseError) as failed:
+            await db.archive_partitions(10, tables=["book_tickers"])
+        message = str(failed.value)
+        assert where in message and "hftdb archive verify" in message and f"p{_day(day1).replace('-', '')}" in message
+        # The other day's late row is archived (part-1); the damaged day's stays in PostgreSQL, its files as they were.
+        assert sorted(p.name for p in (root / "book_tickers" / f"date={_day(day2)}").rglob("*.parquet")) == [
+            "part-0.parquet", "part-0.parquet", "part-1.parquet"]
+        assert await _count(dsn, "book_tickers") == 31
+        assert _tree(day1_dir) == day1_files
+        # The upkeep pass fails with that hftdb error (the daemon logs it as one line, and tries again later).
+        with pytest.raises(DatabaseError, match="damaged"):
+            await db.run_maintenance()
+        assert await _count(dsn, "book_tickers") == 31
+        # Expiry deletes the other days and leaves the damaged one.
+        gone = await archive.expire(root, "book_tickers", now_us())
+        assert len(gone) == 3 and f"book_tickers_p{_day(day1).replace('-', '')}" not in gone
+        assert path.read_bytes() == b"{"
+    rc, out, err = await _cli("archive", "--older-than-days", "10", "--table", "book_tickers",
+                              env=_cli_env(dsn, root, tmp_path), cwd=tmp_path)
+    assert rc == 1 and "Traceback" not in err, (out, err)
+    assert where in err.strip().splitlines()[-1] and "not archived, left in PostgreSQL" in err, err
+    assert await _count(dsn, "book_tickers") == 31
+    assert _tree(day1_dir) == day1_files
