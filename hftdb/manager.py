@@ -852,14 +852,22 @@ class DatabaseManager:
             archive.require_pyarrow()
         cutoff = now_us() - int(days * 86_400_000_000)
         reports = {}
+        failed: DatabaseError | None = None
         async with self._open_pool.acquire() as conn:
             for t in chosen:
-                reports[t] = await archive.archive_table(
-                    conn, t, settings=self.settings.archive, cutoff_us=cutoff,
-                    interval_s=self.settings.storage.partition_interval_s, dry_run=dry_run)
+                try:
+                    reports[t] = await archive.archive_table(
+                        conn, t, settings=self.settings.archive, cutoff_us=cutoff,
+                        interval_s=self.settings.storage.partition_interval_s, dry_run=dry_run)
+                except DatabaseUnavailableError:
+                    raise
+                except DatabaseError as exc:  # (a damaged manifest): the other tables are archived all the same
+                    failed = failed or exc
         if not dry_run:
             for w in self._writers.values():
                 w.forget_partitions()
+        if failed is not None:
+            raise failed
         return reports
 
     async def restore_archive(self, table: str, date: str) -> tuple[list[str], int]:
@@ -878,12 +886,22 @@ class DatabaseManager:
                                  dry_run: bool = False) -> dict[str, list[str]]:
         arch = self.settings.archive
         out: dict[str, list[str]] = {}
+        failed: DatabaseError | None = None
         for table in tablespec.TIME_SERIES:
-            report = await archive.archive_table(conn, table, settings=arch, cutoff_us=cutoff, dry_run=dry_run,
-                                                 interval_s=self.settings.storage.partition_interval_s)
+            try:
+                report = await archive.archive_table(conn, table, settings=arch, cutoff_us=cutoff, dry_run=dry_run,
+                                                     interval_s=self.settings.storage.partition_interval_s)
+            except DatabaseUnavailableError:
+                raise
+            except DatabaseError as exc:
+                # (A damaged manifest: that table's day stays in PostgreSQL.) The other tables' retention goes on.
+                failed = failed or exc
+                continue
             out[table] = report.pending if dry_run else report.archived + report.finished
             if arch.retention_days is not None and not dry_run:
                 await archive.expire(arch.root, table, now - int(arch.retention_days * 86_400_000_000))
+        if failed is not None:
+            raise failed
         return out
 
     async def run_maintenance(self) -> Any:

@@ -1415,10 +1415,15 @@ async def test_the_archiver_leaves_a_day_with_a_damaged_manifest_as_it_is_and_na
             "part-0.parquet", "part-0.parquet", "part-1.parquet"]
         assert await _count(dsn, "book_tickers") == 31
         assert _tree(day1_dir) == day1_files
-        # The upkeep pass fails with that hftdb error (the daemon logs it as one line, and tries again later).
+        # The upkeep pass fails with that hftdb error (the daemon logs it as one line, and tries again later), once
+        # the other tables are archived: a late funding rate for day 2 goes to the files all the same.
+        await db.insert_funding_rates([FundingRate("binance_usdm", "BTCUSDT", 0.0003, day2 + 9, exchange_ts=day2 + 8)])
+        await db.flush()
+        funding = await _count(dsn, "funding_rates")
         with pytest.raises(DatabaseError, match="damaged"):
             await db.run_maintenance()
         assert await _count(dsn, "book_tickers") == 31
+        assert await _count(dsn, "funding_rates") == funding - 1
         # Expiry deletes the other days and leaves the damaged one.
         gone = await archive.expire(root, "book_tickers", now_us())
         assert len(gone) == 3 and f"book_tickers_p{_day(day1).replace('-', '')}" not in gone
