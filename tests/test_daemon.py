@@ -299,6 +299,43 @@ async def test_second_sigint_forces_the_stop_and_spools_what_the_dead_database_d
     assert spooled, "the forced stop lost the rows the writers held instead of spooling them"
 
 
+async def test_the_summary_counts_rows_with_no_room_to_spool_as_dropped_not_spooled(fault_server, tmp_path):
+    # The database dies under a running daemon with no spool: at the stop, what the writers hold cannot be kept.
+    # The summary must say so (rows dropped), not that they were spooled for the next start.
+    port = free_port()
+    env = daemon_env(tmp_path, port, HFTDB_DSN=fault_server.dsn, HFTDB_DAEMON_SHUTDOWN_TIMEOUT_S="2",
+                     HFTDB_WRITER_RETRY_MAX_MS="200", HFTDB_METRICS_HEALTH_TIMEOUT_S="1",
+                     HFTDB_DATABASE_CONNECT_TIMEOUT="2")
+    env["HFTDB_WRITER_SPOOL_DIR"] = ""
+    proc = await start_daemon(env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await poll(f"{base}/health", lambda st, _: st == 200, timeout=120, proc=proc)
+        await fault_server.kill()
+        await poll(f"{base}/metrics",
+                   lambda st, b: (metric(b, "hftdb_writer_rows_pending", table="book_tickers") or 0) > 50,
+                   timeout=60, proc=proc)
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(120):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        with contextlib.suppress(Exception):
+            await fault_server.start_again()
+    stderr = err.decode()
+    (tmp_path / "daemon.log").write_text(stderr)
+    assert proc.returncode == 0, stderr[-3000:]
+    lost = sum(int(line["msg"].split(" uncommitted rows")[0].rsplit(" ", 1)[-1])
+               for line in json_lines(stderr) if "no room to spool them" in line["msg"])
+    assert lost > 50, stderr[-3000:]
+    (summary,) = [line for line in out.decode().splitlines() if line.startswith("hftdb stopped after")]
+    assert "spooled for the next start" not in summary and "0 batches spooled" in summary, summary
+    dropped = int(summary.split(" rows dropped")[0].rsplit(" ", 1)[-1].replace(",", ""))
+    assert dropped >= lost, summary
+
+
 # -- in process: health, staleness, status lines, maintenance ---------------------------------------------
 
 

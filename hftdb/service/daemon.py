@@ -44,6 +44,7 @@ from ..models import now_us
 from ..tablespec import TIME_SERIES
 from .status import StatusReporter, Summary
 from ..db.target import Target, open_target
+from ..store.writer import DROPPED_BATCH
 
 __all__ = ["Daemon", "serve"]
 
@@ -51,6 +52,8 @@ logger = logging.getLogger(__name__)
 status_logger = logging.getLogger("hftdb.service.status")
 
 _VERSION = "0.1.0"
+# The writers' close after a final flush that used up [daemon] shutdown_timeout_s: long enough to spool.
+_CLOSE_AT_LEAST_S = 1.0
 
 
 # ----------------------------------------------------------------------------------------------------- daemon
@@ -262,13 +265,17 @@ class Daemon:
             await feed.adapter.close()
         await asyncio.gather(*periodic, return_exceptions=True)
         if self._db is not None:
+            # The final flush and the close share one budget: the close flushes again what is left, then spools.
+            deadline = asyncio.get_running_loop().time() + timeout
             try:
                 await self._db.flush(timeout=timeout)
             except (TimeoutError, HftdbError) as exc:
                 logger.error("final flush incomplete after %gs (%r): the rest is spooled", timeout, exc)
             self._log_status()
+            left = deadline - asyncio.get_running_loop().time()
+            await self._db.close(timeout=max(left, _CLOSE_AT_LEAST_S))
+            # Read after the close: it spools what is still uncommitted, or counts as dropped what has no room.
             self._final_writers = self._writer_snapshots()
-            await self._db.close(timeout=timeout)
         if self.metrics is not None:
             await self.metrics.close()
         self._write_ledger()
@@ -289,11 +296,11 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await feed.adapter.close()
         if self._db is not None:
-            with contextlib.suppress(HftdbError):
-                self._final_writers = self._writer_snapshots()
             # A writer's close() that times out spools what it holds; a failed start may leave no writer at all.
             with contextlib.suppress(Exception):
                 await self._db.close(timeout=1.0)
+            with contextlib.suppress(HftdbError):
+                self._final_writers = self._writer_snapshots()
         if self.metrics is not None:
             await self.metrics.close()
         if self.simulator is not None:
@@ -453,7 +460,8 @@ class Daemon:
             feeds=len(self._feeds),
             messages=sum(s.messages for s in stats),
             committed={t: w["rows_committed"] for t, w in writers.items()},
-            writer_rejects=sum(sum(w["rejects"].values()) for w in writers.values()),
+            # (A batch dropped by drop_oldest is counted under its own reason, once a batch: its rows are dropped.)
+            writer_rejects=sum(n for w in writers.values() for r, n in w["rejects"].items() if r != DROPPED_BATCH),
             frame_rejects=sum(s.rejected for s in stats),
             reconnects=sum(s.reconnects for s in stats),
             gaps=sum(s.gaps for s in stats),

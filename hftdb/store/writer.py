@@ -56,7 +56,7 @@ from ..rejects import Rejects
 from .spool import Spool, SpooledBatch
 from .batch import Batch, Encoded, WriterStats
 
-__all__ = ["COPIES_WHILE_PRODUCING", "BatchWriter"]
+__all__ = ["COPIES_WHILE_PRODUCING", "DROPPED_BATCH", "BatchWriter"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ def _cpus() -> int:
 
 
 COPIES_WHILE_PRODUCING = 1 if _cpus() <= 2 else 2
+#: The reject reason counted once for each batch the drop_oldest policy drops (its rows count as dropped).
+DROPPED_BATCH = "buffer_full_dropped"
 
 class BatchWriter:
     """Buffers encoded rows of one table and commits them in group-commit batches (by its :class:`Committer`).
@@ -671,7 +673,7 @@ class BatchWriter:
             self._mem_rows -= batch.rows
             self._pending_rows -= batch.rows
             self.stats.rows_dropped += batch.rows
-            self.rejects.add("buffer_full_dropped", f"dropped a batch of {batch.rows} rows (policy drop_oldest)")
+            self.rejects.add(DROPPED_BATCH, f"dropped a batch of {batch.rows} rows (policy drop_oldest)")
             if batch.uncertain:
                 self._dropped_unsure[batch.id] = (batch.rows, batch.sent)
             return True
