@@ -365,3 +365,30 @@ def test_a_spool_or_data_directory_that_cannot_be_made_is_a_config_error(tmp_pat
         Spool(blocker / "spool", max_bytes=1 << 20).open()
     with pytest.raises(ConfigError, match=r"\[database\] data_dir must not be empty"):
         EmbeddedServer("")
+
+
+# -- the demo's database and the live one -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dsn", [
+    "postgresql://u:s3cretPassw0rd@127.0.0.1:1/hftdb",
+    "postgresql://u:s3cretPassw0rd@127.0.0.1:1/?dbname=hftdb",
+    "postgresql://hftdb:s3cretPassw0rd@127.0.0.1:1",  # no database: the user's name
+], ids=["path", "query", "user"])
+async def test_the_demo_database_cannot_be_the_live_one(dsn):
+    # The simulator's quotes went into the live tables: "database ready: database hftdb of ...".
+    from hftdb.db.target import open_target
+
+    settings = load_settings(environ={"HFTDB_DSN": dsn, "HFTDB_DEMO_DATABASE": "hftdb"})
+    with pytest.raises(ConfigError, match=r"^\[demo\] database 'hftdb' is the live database") as caught:
+        await open_target(settings, demo=True)  # refused before any connection (port 1 answers nothing)
+    assert "s3cretPassw0rd" not in str(caught.value) and "HFTDB_DEMO_DATABASE" in str(caught.value)
+
+
+def test_the_demo_switch_refuses_the_live_database_in_one_line(tmp_path):
+    path = write(tmp_path, "[demo]\ndatabase = \"live\"\n")
+    proc = _run([str(ROOT / "run.py"), "--demo", "--config", str(path)], tmp_path,
+                HFTDB_DSN="postgresql://u:s3cretPassw0rd@127.0.0.1:1/live", HFTDB_METRICS_ENABLED="false")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "s3cretPassw0rd" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("hftdb: [demo] database 'live' is the live database")
+
