@@ -392,3 +392,18 @@ def test_the_demo_switch_refuses_the_live_database_in_one_line(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "s3cretPassw0rd" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("hftdb: [demo] database 'live' is the live database")
 
+
+# -- HFTDB_DSN and HFTDB_DATABASE_DSN -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", ["short_first", "long_first"])
+def test_two_different_dsn_variables_are_refused_whatever_their_order(order):
+    short, long = ("HFTDB_DSN", "postgresql://a:s3cretPassw0rd@h1/x"), ("HFTDB_DATABASE_DSN", "postgresql://b@h2/y")
+    environ = dict([short, long] if order == "short_first" else [long, short])
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ=environ)
+    message = str(caught.value)
+    assert "HFTDB_DATABASE_DSN and HFTDB_DSN are both set and differ" in message, message
+    assert "s3cretPassw0rd" not in message and "[database] dsn" in message
+    same = {"HFTDB_DSN": long[1], "HFTDB_DATABASE_DSN": long[1]}
+    assert load_settings(environ=same).database.dsn == long[1]
