@@ -29,7 +29,7 @@ from hftdb.exchanges.intake import Intake
 from hftdb.exchanges.runner import StreamRunner
 from hftdb.models import ExchangeName, now_us
 import helpers
-from hftdb.ops.replay import DISORDER_US, MAX_LINE_BYTES, ReplayTuning, ingest_file, ingest_files
+from hftdb.ops.replay import DISORDER_US, MAX_LINE_BYTES, ReplayTuning, check_files, ingest_file, ingest_files
 
 USDM = ExchangeName.BINANCE_USDM
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
@@ -499,3 +499,25 @@ async def test_funding_and_balances_moved_to_the_archive_are_not_written_again(d
         eth = await db.get_balance_history("binance_spot", "ETH", start=T0_MS * 1000 - 10**9, end=now_us() + 1)
         assert sorted(b.free for b in eth) == sorted(Decimal(f"{10 + i}.5") for i in range(150))
     assert await _count(dsn, "funding_rates") == 60 == await _count(dsn, "balances")
+
+
+@pytest.mark.parametrize(("account", "message"), [
+    ("", "--account (account=) is empty: every balance row would be rejected as account_invalid"),
+    ("main\tsub", "--account (account=) 'main\\tsub' holds a character that is not printable"),
+    ("a" * 300, "--account (account=) is 300 characters long, over 64"),
+], ids=["empty", "tab", "long"])
+async def test_an_account_the_writer_would_refuse_is_refused_before_the_database(tmp_path, account, message):
+    # It was found only after every frame was replayed: each balance row rejected, then FAILED.
+    frames = tmp_path / "wallet.jsonl"
+    frames.write_text('{"topic": "wallet", "data": []}\n')
+    with pytest.raises(ValidationError) as caught:
+        check_files([frames], exchange="bybit_linear", channels=["tickers"], account=account)
+    assert str(caught.value).startswith(message), caught.value
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    env.update(HFTDB_DSN="postgresql://u@127.0.0.1:1/db", HFTDB_DATABASE_CONNECT_TIMEOUT="1")
+    code, out, err = await cli("ingest-file", "--exchange", "bybit_linear", "--channel", "tickers",
+                               "--account", account, str(frames), env=env, cwd=tmp_path)
+    assert code == 1 and "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"hftdb: {message}"), err
+    check_files([frames], exchange="bybit_linear", channels=["tickers"], account="x" * 64)  # at the limit: taken

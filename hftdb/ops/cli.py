@@ -673,7 +673,7 @@ async def _ingest(ctx: _Context) -> int:
     )
     # The arguments and the files are checked before the database is reached: a mistake in them is not reported
     # after the connection's retries, nor hidden behind an unreachable database.
-    check_files(args.file, exchange=args.exchange, channels=args.channel)
+    check_files(args.file, exchange=args.exchange, channels=args.channel, account=args.account)
     progress = _ReplayProgressLine(ctx.err)
     async with ctx.target(create=True) as target:
         async with DatabaseManager(target.dsn, settings=settings) as db:
@@ -862,7 +862,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"venue: {', '.join(venues.NAMES[:-1])} or {venues.NAMES[-1]}")
     p.add_argument("--channel", required=True, action="append", metavar="CHANNEL",
                    help="the channel the frames came from (repeat for a file of several); e.g. bookTicker, tickers")
-    p.add_argument("--account", default="default", help="account name for balance frames (default: default)")
+    p.add_argument("--account", default="default",
+                   help="account name for balance frames: 1 to 64 printable characters (default: default)")
     p.add_argument("file", metavar="FILE", nargs="+",
                    help="capture files (one frame per line; .gz/.zst recognised by content) or directories of them")
     p = command("simulate", "run the local exchange simulator (Binance, Bybit, OKX on loopback) until Ctrl-C", _simulate)
