@@ -25,7 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="PATH", help="TOML settings (default: $HFTDB_CONFIG, else ./config/default.toml)")
     p.add_argument("--demo", action="store_true", help="stream from the in-process exchange simulator, into [demo] database")
-    p.add_argument("--ledger", metavar="PATH", help="with --demo: write what the simulator sent to this JSON file at exit")
+    p.add_argument("--ledger", metavar="PATH",
+                   help="with --demo: write what the simulator sent to this JSON file at exit "
+                   "(checked before the start; exit 1 if it cannot be written)")
     return p
 
 
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print("hftdb: stop forced; uncommitted rows were spooled for the next start", file=sys.stderr)
         return 130
     print(summary.line())
-    return 0
+    return 1 if summary.ledger_error else 0  # the ledger asked for is missing
 
 
 if __name__ == "__main__":

@@ -309,17 +309,33 @@ def test_the_c_switch_does_not_stop_the_daemon(tmp_path):
     assert proc.stderr.strip() == "hftdb: [exchanges]: every venue is disabled; enable at least one (enabled = true)"
 
 
-def test_a_ledger_that_cannot_be_written_does_not_hide_why_the_daemon_stopped(tmp_path):
-    # The demo writes the simulator's ledger while stopping, also after a failed start; a path it cannot write
-    # once raised there and stood in for the real error ("File exists" instead of "connection refused").
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a directory")
-    proc = _run([str(ROOT / "run.py"), "--demo", "--ledger", str(blocker / "ledger.json")], tmp_path,
+def test_a_start_that_fails_writes_no_ledger_and_hides_nothing(tmp_path):
+    # The demo wrote the simulator's ledger also after a failed start: a file for a run that never ran.
+    ledger = tmp_path / "ledger.json"
+    proc = _run([str(ROOT / "run.py"), "--demo", "--ledger", str(ledger)], tmp_path,
                 HFTDB_DSN="postgresql://u@127.0.0.1:1/db", HFTDB_DATABASE_CONNECT_TIMEOUT="1")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("hftdb: cannot connect to postgresql://u@127.0.0.1:1/db"), proc.stderr
-    assert f"cannot write the simulator's ledger to {blocker / 'ledger.json'}" in proc.stderr
+    assert not ledger.exists() and "ledger" not in proc.stderr
+
+
+@pytest.mark.parametrize("entry", ["run.py", "cli"])
+def test_a_ledger_path_that_cannot_be_written_is_refused_before_the_start(tmp_path, entry):
+    # run.py did not check it: with a directory it ran, failed to write at the end, and claimed the ledger.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    cases = [(tmp_path, f"--ledger {tmp_path} is a directory: name the file to write"),
+             (blocker / "ledger.json",
+              f"cannot write --ledger {blocker / 'ledger.json'}: {blocker} is not a directory")]
+    if Path("/proc/self").is_dir():  # permission bits say root may write there; creating a file says otherwise
+        cases.append((Path("/proc/x.json"), "cannot write --ledger /proc/x.json: no file can be created in /proc"))
+    for path, message in cases:
+        cmd = [str(ROOT / "run.py"), "--demo"] if entry == "run.py" else ["-m", "hftdb.ops.cli", "--demo", "run"]
+        proc = _run([*cmd, "--ledger", str(path)], tmp_path, HFTDB_DSN="postgresql://u@127.0.0.1:1/db",
+                    HFTDB_DATABASE_CONNECT_TIMEOUT="1", HFTDB_METRICS_ENABLED="false")
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"hftdb: {message}"), proc.stderr
 
 
 def test_settings_built_in_code_are_checked_as_a_file_is():

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import contextlib
 import math
-import os
 import signal
 import sys
 import time
@@ -762,28 +761,11 @@ async def _simulate(ctx: _Context) -> int:
     return 0
 
 
-def _check_ledger_path(path: str, what: str) -> None:
-    # The daemon writes the ledger when it stops, after the whole run (or over the error that stopped it): a path
-    # it cannot write is refused before it starts. Missing directories are created then.
-    target = Path(path).expanduser()
-    if target.is_dir():
-        raise ValidationError(f"{what} {path} is a directory: name the file to write")
-    parent = next(a for a in (target.parent, *target.parent.parents) if a.exists())
-    if not parent.is_dir():
-        raise ValidationError(f"cannot write {what} {path}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValidationError(f"cannot write {what} {path}: {parent} is not writable")
-
-
 async def _run(ctx: _Context) -> int:
-    if ctx.demo:
-        if ctx.args.ledger is not None:
-            _check_ledger_path(ctx.args.ledger, "--ledger")
-        elif ctx.settings.demo.ledger_file:
-            _check_ledger_path(ctx.settings.demo.ledger_file, "[demo] ledger_file")
+    # serve() checks the ledger path before it starts (run.py shares the check).
     summary = await serve(ctx.settings, demo=ctx.demo, ledger_file=ctx.args.ledger)
     ctx.print(summary.line())
-    return 0
+    return 1 if summary.ledger_error else 0  # the ledger asked for is missing
 
 
 # -------------------------------------------------------------------------------------------------- parser
@@ -812,7 +794,9 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     p = command("run", "run the daemon until SIGINT/SIGTERM (what run.py does)", _run)
-    p.add_argument("--ledger", metavar="PATH", help="with --demo: write what the simulator sent to this JSON file")
+    p.add_argument("--ledger", metavar="PATH",
+                   help="with --demo: write what the simulator sent to this JSON file at exit "
+                   "(checked before the start; exit 1 if it cannot be written)")
 
     p = command("migrate", "apply, revert or list schema migrations", _migrate)
     msub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
