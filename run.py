@@ -18,7 +18,7 @@ import sys
 from hftdb.config import load_settings, locate_config
 from hftdb.service.daemon import serve
 from hftdb.errors import HftdbError
-from hftdb.service.logsetup import configure_logging
+from hftdb.service.logsetup import configure_logging, report_fatal
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         # serve() installs the signal handlers and closes everything it started, also on error, before returning.
         summary = runner(serve(settings, demo=args.demo, ledger_file=args.ledger))
     except HftdbError as exc:
-        print(f"hftdb: {exc}", file=sys.stderr)
+        report_fatal(str(exc))  # into the configured log too (as JSON, into the file), and one line on stderr
         return 1
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("hftdb: stop forced; uncommitted rows were spooled for the next start", file=sys.stderr)

@@ -423,3 +423,27 @@ def test_two_different_dsn_variables_are_refused_whatever_their_order(order):
     assert "s3cretPassw0rd" not in message and "[database] dsn" in message
     same = {"HFTDB_DSN": long[1], "HFTDB_DATABASE_DSN": long[1]}
     assert load_settings(environ=same).database.dsn == long[1]
+
+
+# -- the error that stops the daemon goes where its logs go -------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", ["run.py", "cli"])
+def test_the_fatal_error_is_in_the_json_log_and_the_log_file(tmp_path, entry):
+    # It was printed to stderr alone: the one non-JSON line of a JSON log, and absent from the log file.
+    path = write(tmp_path, "".join(f"[exchanges.{v}]\nenabled = false\n" for v in VENUE_CHANNELS))
+    cmd = [str(ROOT / "run.py"), "--demo"] if entry == "run.py" else ["-m", "hftdb.ops.cli", "--demo", "run"]
+    why = "[exchanges]: every venue is disabled; enable at least one (enabled = true)"
+    proc = _run([*cmd, "--config", str(path)], tmp_path, HFTDB_LOGGING_FORMAT="json")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    records = [json.loads(line) for line in proc.stderr.strip().splitlines()]  # every line is JSON
+    assert [(r["level"], r["logger"], r["msg"]) for r in records][-1:] == [("CRITICAL", "hftdb", why)], proc.stderr
+    log = tmp_path / "logs" / "hftdb.log"
+    proc = _run([*cmd, "--config", str(path)], tmp_path, HFTDB_LOGGING_FORMAT="json", HFTDB_LOGGING_FILE=str(log))
+    assert proc.returncode == 1 and proc.stderr.strip() == f"hftdb: {why}"  # one line for the person at the terminal
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert records[-1]["level"] == "CRITICAL" and records[-1]["msg"] == why
+    text_log = tmp_path / "logs" / "text.log"
+    proc = _run([*cmd, "--config", str(path)], tmp_path, HFTDB_LOGGING_FILE=str(text_log))
+    assert proc.returncode == 1 and proc.stderr.strip() == f"hftdb: {why}"
+    assert text_log.read_text().splitlines()[-1].endswith(f" CRITICAL hftdb: {why}")

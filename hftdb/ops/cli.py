@@ -37,7 +37,7 @@ from ..service.daemon import serve
 from ..db.target import Target, open_target
 from .drift import check_drift
 from ..errors import DatabaseUnavailableError, HftdbError, ValidationError
-from ..service.logsetup import configure_logging
+from ..service.logsetup import configure_logging, report_fatal
 from ..manager import DatabaseManager
 from ..models import now_us
 from .inventory import approx as _approx
@@ -877,7 +877,10 @@ def main(argv: list[str] | None = None) -> int:
         ctx = _Context(settings, args)
         return _runner()(args.func(ctx))
     except HftdbError as exc:
-        _fail(str(exc))
+        if args.command == "run":
+            report_fatal(str(exc))  # the daemon's, as run.py reports it: into its log too
+        else:
+            _fail(str(exc))
         return 1
     except asyncpg.PostgresError as exc:
         if dberrors.citus_worker_unreachable(exc):
