@@ -845,7 +845,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--exchange", required=True, metavar="NAME",
                    help=f"venue: {', '.join(venues.NAMES[:-1])} or {venues.NAMES[-1]}")
     p.add_argument("--channel", required=True, action="append", metavar="CHANNEL",
-                   help="the channel the frames came from (repeat for a file of several); e.g. bookTicker, tickers")
+                   help="a channel the frames came from, as a live connection subscribes it (repeat for a file of "
+                   "several); e.g. bookTicker, tickers. It is checked against the venue's channels and sets how frames "
+                   "are sequenced (on Bybit, naming orderbook.1 drops the quotes of tickers frames, as live); it "
+                   "selects no frames: every frame the venue's parser recognises is stored, whatever its channel")
     p.add_argument("--account", default="default",
                    help="account name for balance frames: 1 to 64 printable characters (default: default)")
     p.add_argument("file", metavar="FILE", nargs="+",

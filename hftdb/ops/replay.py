@@ -11,6 +11,14 @@ bookTicker captures, by name after those). A line longer than :data:`MAX_LINE_BY
 (``line_too_long``) without being held in memory; any other bad line is the parser's reject; neither stops
 the file.
 
+The channels given (``--channel``) are those a live connection would have subscribed to receive the frames: they
+are checked against the venue's channels, and they set how the frames are sequenced, as live (on Bybit, naming an
+``orderbook.*`` channel drops the quotes of ``tickers`` frames, which carry no update id, as a connection
+subscribed to both does). They do not select frames: a replay has no subscription to filter by, so every frame the
+venue's parser recognises is stored, whatever its channel (a bookTicker capture replayed with ``markPrice``
+named stores its book tickers; ``orderbook.50`` frames are parsed as the book they are). Split a mixed capture
+before the replay to store only some of its channels.
+
 Frames are stamped with the time they are replayed, as a live connection stamps them on receipt, and handed
 to the intake a block of the file (about 4 MiB of whole lines) at a time, as one socket read
 (:meth:`~hftdb.exchanges.intake.Intake.process_lines`: where the parser can, USD-M bookTicker lines are scanned
