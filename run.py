@@ -18,14 +18,16 @@ import sys
 from hftdb.config import load_settings, locate_config
 from hftdb.service.daemon import serve
 from hftdb.errors import HftdbError
-from hftdb.service.logsetup import configure_logging
+from hftdb.service.logsetup import configure_logging, report_fatal
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="PATH", help="TOML settings (default: $HFTDB_CONFIG, else ./config/default.toml)")
     p.add_argument("--demo", action="store_true", help="stream from the in-process exchange simulator, into [demo] database")
-    p.add_argument("--ledger", metavar="PATH", help="with --demo: write what the simulator sent to this JSON file at exit")
+    p.add_argument("--ledger", metavar="PATH",
+                   help="with --demo: write what the simulator sent to this JSON file at exit "
+                   "(checked before the start; exit 1 if it cannot be written)")
     return p
 
 
@@ -47,13 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         # serve() installs the signal handlers and closes everything it started, also on error, before returning.
         summary = runner(serve(settings, demo=args.demo, ledger_file=args.ledger))
     except HftdbError as exc:
-        print(f"hftdb: {exc}", file=sys.stderr)
+        report_fatal(str(exc))  # into the configured log too (as JSON, into the file), and one line on stderr
         return 1
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("hftdb: stop forced; uncommitted rows were spooled for the next start", file=sys.stderr)
         return 130
     print(summary.line())
-    return 0
+    return 1 if summary.ledger_error else 0  # the ledger asked for is missing
 
 
 if __name__ == "__main__":

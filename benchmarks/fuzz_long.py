@@ -39,7 +39,8 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from fuzzing import CHANNELS, FAMILIES, GOOD, Plan, Step, check_intake, check_stored, plans, stored, wanted  # noqa: E402
+from fuzzing import (CHANNELS, FAMILIES, GOOD, MISSING, Plan, Step, check_intake, check_stored, plans,  # noqa: E402
+                     stored, wanted)
 
 from hftdb import DatabaseManager  # noqa: E402
 from hftdb.config import load_settings  # noqa: E402
@@ -121,7 +122,7 @@ async def ingest_run(dsn: str, cid: str, steps: list[Step], timeout: float) -> d
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--plans", type=int, default=300, help="plans drawn per channel (1-40 frames each)")
-    parser.add_argument("--channels", nargs="*", default=list(CHANNELS), choices=list(CHANNELS))
+    parser.add_argument("--channels", nargs="*", default=list(CHANNELS), choices=list(CHANNELS) or None)
     parser.add_argument("--seed", type=int, default=None, help="Hypothesis seed (default: random)")
     parser.add_argument("--timeout", type=float, default=600.0, help="bound on one channel's replay, seconds")
     parser.add_argument("--families", nargs="*", default=list(HOSTILE), choices=list(HOSTILE),
@@ -129,6 +130,9 @@ async def main() -> int:
     parser.add_argument("--skip-ingest", action="store_true", help="only the intake invariants")
     parser.add_argument("--log", action="store_true", help="show hftdb's reject log lines (thousands of them)")
     args = parser.parse_args()
+    if MISSING is not None:
+        print(f"fuzz_long.py: {MISSING}", file=sys.stderr)
+        return 1
     if not args.log:
         logging.getLogger("hftdb").setLevel(logging.CRITICAL)
 

@@ -2,8 +2,9 @@
 
 The file layout mirrors the structs: ``[database]``, ``[writer]``, ``[cache]``, ``[storage]``... Every key can be
 overridden by ``HFTDB_<SECTION>_<KEY>`` (``HFTDB_WRITER_BATCH_MAX_ROWS=5000``); ``HFTDB_DSN`` is short for
-``HFTDB_DATABASE_DSN``. Overrides are applied in one place, :func:`apply_env`, and validated exactly like the
-file, so a bad override names its variable and what was expected.
+``HFTDB_DATABASE_DSN`` (both set to different DSNs is a :class:`~hftdb.errors.ConfigError`, whatever their order).
+Overrides are applied in one place, :func:`apply_env`, and validated exactly like the file, so a bad override
+names its variable and what was expected.
 
 A DSN is checked when the settings are built (:func:`dsn_problem`): one hftdb cannot use is a
 :class:`~hftdb.errors.ConfigError` saying what is wrong, never quoting its password, and every DSN's password is
@@ -438,9 +439,19 @@ def _env_overrides(environ: Mapping[str, str], settings_type: type) -> dict[tupl
         else:
             path, ftype = _resolve_env(name, key, settings_type, ())
         try:
-            out[path] = (name, _parse_env_value(value, ftype))
+            parsed = _parse_env_value(value, ftype)
         except ValueError as exc:
             raise ConfigError(f"environment variable {name}: {exc}") from None
+        if path in out and out[path][1] != parsed:
+            # HFTDB_DSN and HFTDB_DATABASE_DSN name one key: which one wins must not depend on their order.
+            first = out[path][0]
+            for one in (value, environ[first]):
+                register_dsn(one)  # before quoting them, even redacted
+            one, two = sorted((name, first))
+            raise ConfigError(
+                f"environment variables {one} and {two} are both set and differ ({redact(environ[one])!r} and "
+                f"{redact(environ[two])!r}): they name the same key, [database] dsn; unset one of them")
+        out[path] = (name, parsed)
     return out
 
 

@@ -83,6 +83,10 @@ class DatabaseManager:
     ``dsn`` (or ``HFTDB_DSN``, or ``settings.database.dsn``) names a PostgreSQL 14+ server; with none, an embedded
     server is started in ``settings.database.data_dir``. Writes are buffered and committed by group-commit COPY
     batches; :meth:`flush` waits for them. No I/O happens until :meth:`initialize` (or ``async with``).
+
+    ``spool_dir`` (default ``[writer] spool_dir``) is where the writers spool batches while commits fail; one
+    process at a time holds it, so a second process in the daemon's directory gives its own, or ``""`` for none
+    (a process that only reads: a strategy beside the daemon).
     """
 
     def __init__(

@@ -309,17 +309,33 @@ def test_the_c_switch_does_not_stop_the_daemon(tmp_path):
     assert proc.stderr.strip() == "hftdb: [exchanges]: every venue is disabled; enable at least one (enabled = true)"
 
 
-def test_a_ledger_that_cannot_be_written_does_not_hide_why_the_daemon_stopped(tmp_path):
-    # The demo writes the simulator's ledger while stopping, also after a failed start; a path it cannot write
-    # once raised there and stood in for the real error ("File exists" instead of "connection refused").
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a directory")
-    proc = _run([str(ROOT / "run.py"), "--demo", "--ledger", str(blocker / "ledger.json")], tmp_path,
+def test_a_start_that_fails_writes_no_ledger_and_hides_nothing(tmp_path):
+    # The demo wrote the simulator's ledger also after a failed start: a file for a run that never ran.
+    ledger = tmp_path / "ledger.json"
+    proc = _run([str(ROOT / "run.py"), "--demo", "--ledger", str(ledger)], tmp_path,
                 HFTDB_DSN="postgresql://u@127.0.0.1:1/db", HFTDB_DATABASE_CONNECT_TIMEOUT="1")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("hftdb: cannot connect to postgresql://u@127.0.0.1:1/db"), proc.stderr
-    assert f"cannot write the simulator's ledger to {blocker / 'ledger.json'}" in proc.stderr
+    assert not ledger.exists() and "ledger" not in proc.stderr
+
+
+@pytest.mark.parametrize("entry", ["run.py", "cli"])
+def test_a_ledger_path_that_cannot_be_written_is_refused_before_the_start(tmp_path, entry):
+    # run.py did not check it: with a directory it ran, failed to write at the end, and claimed the ledger.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    cases = [(tmp_path, f"--ledger {tmp_path} is a directory: name the file to write"),
+             (blocker / "ledger.json",
+              f"cannot write --ledger {blocker / 'ledger.json'}: {blocker} is not a directory")]
+    if Path("/proc/self").is_dir():  # permission bits say root may write there; creating a file says otherwise
+        cases.append((Path("/proc/x.json"), "cannot write --ledger /proc/x.json: no file can be created in /proc"))
+    for path, message in cases:
+        cmd = [str(ROOT / "run.py"), "--demo"] if entry == "run.py" else ["-m", "hftdb.ops.cli", "--demo", "run"]
+        proc = _run([*cmd, "--ledger", str(path)], tmp_path, HFTDB_DSN="postgresql://u@127.0.0.1:1/db",
+                    HFTDB_DATABASE_CONNECT_TIMEOUT="1", HFTDB_METRICS_ENABLED="false")
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"hftdb: {message}"), proc.stderr
 
 
 def test_settings_built_in_code_are_checked_as_a_file_is():
@@ -365,3 +381,69 @@ def test_a_spool_or_data_directory_that_cannot_be_made_is_a_config_error(tmp_pat
         Spool(blocker / "spool", max_bytes=1 << 20).open()
     with pytest.raises(ConfigError, match=r"\[database\] data_dir must not be empty"):
         EmbeddedServer("")
+
+
+# -- the demo's database and the live one -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dsn", [
+    "postgresql://u:s3cretPassw0rd@127.0.0.1:1/hftdb",
+    "postgresql://u:s3cretPassw0rd@127.0.0.1:1/?dbname=hftdb",
+    "postgresql://hftdb:s3cretPassw0rd@127.0.0.1:1",  # no database: the user's name
+], ids=["path", "query", "user"])
+async def test_the_demo_database_cannot_be_the_live_one(dsn):
+    # The simulator's quotes went into the live tables: "database ready: database hftdb of ...".
+    from hftdb.db.target import open_target
+
+    settings = load_settings(environ={"HFTDB_DSN": dsn, "HFTDB_DEMO_DATABASE": "hftdb"})
+    with pytest.raises(ConfigError, match=r"^\[demo\] database 'hftdb' is the live database") as caught:
+        await open_target(settings, demo=True)  # refused before any connection (port 1 answers nothing)
+    assert "s3cretPassw0rd" not in str(caught.value) and "HFTDB_DEMO_DATABASE" in str(caught.value)
+
+
+def test_the_demo_switch_refuses_the_live_database_in_one_line(tmp_path):
+    path = write(tmp_path, "[demo]\ndatabase = \"live\"\n")
+    proc = _run([str(ROOT / "run.py"), "--demo", "--config", str(path)], tmp_path,
+                HFTDB_DSN="postgresql://u:s3cretPassw0rd@127.0.0.1:1/live", HFTDB_METRICS_ENABLED="false")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "s3cretPassw0rd" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("hftdb: [demo] database 'live' is the live database")
+
+
+# -- HFTDB_DSN and HFTDB_DATABASE_DSN -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", ["short_first", "long_first"])
+def test_two_different_dsn_variables_are_refused_whatever_their_order(order):
+    short, long = ("HFTDB_DSN", "postgresql://a:s3cretPassw0rd@h1/x"), ("HFTDB_DATABASE_DSN", "postgresql://b@h2/y")
+    environ = dict([short, long] if order == "short_first" else [long, short])
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ=environ)
+    message = str(caught.value)
+    assert "HFTDB_DATABASE_DSN and HFTDB_DSN are both set and differ" in message, message
+    assert "s3cretPassw0rd" not in message and "[database] dsn" in message
+    same = {"HFTDB_DSN": long[1], "HFTDB_DATABASE_DSN": long[1]}
+    assert load_settings(environ=same).database.dsn == long[1]
+
+
+# -- the error that stops the daemon goes where its logs go -------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", ["run.py", "cli"])
+def test_the_fatal_error_is_in_the_json_log_and_the_log_file(tmp_path, entry):
+    # It was printed to stderr alone: the one non-JSON line of a JSON log, and absent from the log file.
+    path = write(tmp_path, "".join(f"[exchanges.{v}]\nenabled = false\n" for v in VENUE_CHANNELS))
+    cmd = [str(ROOT / "run.py"), "--demo"] if entry == "run.py" else ["-m", "hftdb.ops.cli", "--demo", "run"]
+    why = "[exchanges]: every venue is disabled; enable at least one (enabled = true)"
+    proc = _run([*cmd, "--config", str(path)], tmp_path, HFTDB_LOGGING_FORMAT="json")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    records = [json.loads(line) for line in proc.stderr.strip().splitlines()]  # every line is JSON
+    assert [(r["level"], r["logger"], r["msg"]) for r in records][-1:] == [("CRITICAL", "hftdb", why)], proc.stderr
+    log = tmp_path / "logs" / "hftdb.log"
+    proc = _run([*cmd, "--config", str(path)], tmp_path, HFTDB_LOGGING_FORMAT="json", HFTDB_LOGGING_FILE=str(log))
+    assert proc.returncode == 1 and proc.stderr.strip() == f"hftdb: {why}"  # one line for the person at the terminal
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert records[-1]["level"] == "CRITICAL" and records[-1]["msg"] == why
+    text_log = tmp_path / "logs" / "text.log"
+    proc = _run([*cmd, "--config", str(path)], tmp_path, HFTDB_LOGGING_FILE=str(text_log))
+    assert proc.returncode == 1 and proc.stderr.strip() == f"hftdb: {why}"
+    assert text_log.read_text().splitlines()[-1].endswith(f" CRITICAL hftdb: {why}")

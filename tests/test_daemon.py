@@ -528,3 +528,26 @@ async def test_hostile_frames_cost_the_running_daemon_nothing_else(demo_settings
     for stream in sorted(set(sent) | set(stored)):
         got_keys = stored.get(stream, [])
         assert len(got_keys) == len(set(got_keys)) and set(got_keys) == sent.get(stream, set()), stream
+
+
+async def test_a_ledger_that_cannot_be_written_at_the_end_is_not_claimed_and_fails_the_run(demo_settings, tmp_path):
+    # The summary ended "(ledger: PATH)" and run.py exited 0 although the write had failed.
+    ledger = tmp_path / "later" / "ledger.json"
+    port = free_port()
+    env = daemon_env(tmp_path, port, HFTDB_DSN=demo_settings.database.dsn,
+                     HFTDB_DEMO_DATABASE=demo_settings.demo.database)
+    proc = await start_daemon(env, "--ledger", str(ledger))
+    try:
+        await poll(f"http://127.0.0.1:{port}/health", lambda st, _: st == 200, timeout=120, proc=proc)
+        (tmp_path / "later").write_text("")  # checked at the start, the path has become unwritable since
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(60):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    stdout, stderr = out.decode(), err.decode()
+    assert proc.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
+    assert "(ledger: " not in stdout and f"(NO ledger: cannot write the simulator's ledger to {ledger}: " in stdout
+    assert stdout.startswith("hftdb stopped after"), stdout

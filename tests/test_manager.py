@@ -586,3 +586,20 @@ async def test_a_role_that_may_only_read_starts_without_error_lines(dsn, tmp_pat
         await admin.execute(f'DROP OWNED BY "{role}"')
         await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
         await admin.close()
+
+
+async def test_a_reader_beside_a_writer_opens_with_no_spool_and_the_refusal_says_how(dsn, tmp_path):
+    # docs/READS.md's intro, run beside the daemon, failed with "in use by another writer" and no way out named.
+    async with DatabaseManager(dsn, settings=settings(tmp_path)) as daemon:  # holds tmp_path/spool
+        await daemon.insert_exchange(ExchangeName.BINANCE_SPOT)
+        assert await daemon.insert_book_ticker_snapshots(tickers(10)) == 10
+        await daemon.flush()
+        second = DatabaseManager(dsn, settings=settings(tmp_path))
+        with pytest.raises(ConfigError) as caught:
+            await second.initialize()
+        message = str(caught.value)
+        assert "in use by another writer" in message and 'DatabaseManager(spool_dir="")' in message
+        assert "HFTDB_WRITER_SPOOL_DIR" in message and "DatabaseManager(spool_dir=...)" in message
+        async with DatabaseManager(dsn, settings=settings(tmp_path), spool_dir="") as reader:
+            assert len(await reader.get_latest_book_tickers("binance_spot")) == 10
+    assert not list((tmp_path / "spool").rglob("*.spool"))

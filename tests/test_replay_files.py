@@ -29,7 +29,8 @@ from hftdb.exchanges.intake import Intake
 from hftdb.exchanges.runner import StreamRunner
 from hftdb.models import ExchangeName, now_us
 import helpers
-from hftdb.ops.replay import DISORDER_US, MAX_LINE_BYTES, ReplayTuning, ingest_file, ingest_files
+from hftdb.ops.replay import (DISORDER_US, MAX_LINE_BYTES, ReplayTuning, check_files, ingest_file, ingest_files,
+                              replay_frames)
 
 USDM = ExchangeName.BINANCE_USDM
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
@@ -499,3 +500,42 @@ async def test_funding_and_balances_moved_to_the_archive_are_not_written_again(d
         eth = await db.get_balance_history("binance_spot", "ETH", start=T0_MS * 1000 - 10**9, end=now_us() + 1)
         assert sorted(b.free for b in eth) == sorted(Decimal(f"{10 + i}.5") for i in range(150))
     assert await _count(dsn, "funding_rates") == 60 == await _count(dsn, "balances")
+
+
+@pytest.mark.parametrize(("account", "message"), [
+    ("", "--account (account=) is empty: every balance row would be rejected as account_invalid"),
+    ("main\tsub", "--account (account=) 'main\\tsub' holds a character that is not printable"),
+    ("a" * 300, "--account (account=) is 300 characters long, over 64"),
+], ids=["empty", "tab", "long"])
+async def test_an_account_the_writer_would_refuse_is_refused_before_the_database(tmp_path, account, message):
+    # It was found only after every frame was replayed: each balance row rejected, then FAILED.
+    frames = tmp_path / "wallet.jsonl"
+    frames.write_text('{"topic": "wallet", "data": []}\n')
+    with pytest.raises(ValidationError) as caught:
+        check_files([frames], exchange="bybit_linear", channels=["tickers"], account=account)
+    assert str(caught.value).startswith(message), caught.value
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFTDB_")}
+    env.update(HFTDB_DSN="postgresql://u@127.0.0.1:1/db", HFTDB_DATABASE_CONNECT_TIMEOUT="1")
+    code, out, err = await cli("ingest-file", "--exchange", "bybit_linear", "--channel", "tickers",
+                               "--account", account, str(frames), env=env, cwd=tmp_path)
+    assert code == 1 and "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"hftdb: {message}"), err
+    check_files([frames], exchange="bybit_linear", channels=["tickers"], account="x" * 64)  # at the limit: taken
+
+
+async def test_channel_sets_the_sequencing_and_selects_no_frames_as_documented(dsn, fixtures_dir):
+    # --channel was read as a filter ("a bookTicker file ingested with --channel markPrice stores its book
+    # tickers"): it is the subscription the frames came from, and the help says what that does and does not do.
+    code, out, _ = await cli("ingest-file", "--help", env=dict(os.environ), cwd=Path(__file__).parent)
+    assert code == 0 and "it selects no frames" in " ".join(out.split()), out
+    books = (fixtures_dir / "binance_usdm_bookTicker_combined_recorded.jsonl").read_text().splitlines()[:20]
+    ticker = json.dumps(json.loads((fixtures_dir / "bybit_linear_tickers_snapshot_doc.json").read_text()))
+    async with DatabaseManager(dsn, settings=settings()) as db:
+        r = await replay_frames(db, books, exchange="binance_usdm", channels=["markPrice@1s"])
+        assert r.committed["book_tickers"] > 0  # not a filter: the book tickers are stored
+        # On Bybit an orderbook channel named: a tickers frame's quote (no update id) is dropped, its funding kept.
+        r = await replay_frames(db, [ticker], exchange="bybit_linear", channels=["orderbook.1"])
+        assert r.committed["book_tickers"] == 0 and r.committed["funding_rates"] == 1, r
+        r = await replay_frames(db, [ticker], exchange="bybit_linear", channels=["tickers"])
+        assert r.committed["book_tickers"] == 1, r

@@ -6,8 +6,10 @@ The daemon and the ``hftdb`` command resolve it the same way, so they always agr
 from __future__ import annotations
 
 import asyncio
+import getpass
 import logging
-from urllib.parse import urlsplit, urlunsplit
+import os
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import asyncpg
 import msgspec
@@ -17,7 +19,7 @@ from ..errors import ConfigError, DatabaseUnavailableError
 from . import dberrors
 from .server import EmbeddedServer
 
-__all__ = ["Target", "open_target", "with_database"]
+__all__ = ["Target", "open_target", "with_database", "live_database"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,8 @@ async def open_target(settings: Settings, *, demo: bool = False, create: bool = 
     """Resolve the database: the configured DSN, or the embedded server (started here) in ``data_dir``.
 
     With ``demo`` the database is ``[demo] database`` on that same server, created when missing (unless
-    ``create`` is false), so simulated quotes never land in the live tables.
+    ``create`` is false), so simulated quotes never land in the live tables: a ``[demo] database`` that is the
+    live database itself (the DSN's, or the embedded server's ``postgres``) is a :class:`ConfigError`.
     """
     dsn = settings.database.dsn
     server = None
@@ -56,6 +59,11 @@ async def open_target(settings: Settings, *, demo: bool = False, create: bool = 
     if demo:
         name = settings.demo.database
         try:
+            if name == live_database(dsn):
+                where = "the one [database] dsn names" if server is None else "the embedded server's default database"
+                raise ConfigError(
+                    f"[demo] database {name!r} is the live database ({where}, {description}): the simulator would "
+                    "write its quotes into the live tables; set [demo] database (HFTDB_DEMO_DATABASE) to another name")
             if create:
                 await _ensure_database(dsn, name, timeout=settings.database.connect_timeout)
         except BaseException:
@@ -65,6 +73,26 @@ async def open_target(settings: Settings, *, demo: bool = False, create: bool = 
         dsn = with_database(dsn, name)
         description = f"database {name} of {description}"
     return Target(dsn=dsn, server=server, description=description)
+
+
+def live_database(dsn: str) -> str:
+    """The database ``dsn`` connects to, resolved as asyncpg does: the URI's path, else ``?dbname=`` or
+    ``?database=``, else ``$PGDATABASE``, else the user's name (the URI's, ``$PGUSER``, the login)."""
+    parts = urlsplit(dsn)
+    if path := unquote(parts.path.lstrip("/")):
+        return path
+    query = parse_qs(parts.query)
+    for key in ("dbname", "database"):
+        if query.get(key):
+            return query[key][0]
+    if os.environ.get("PGDATABASE"):
+        return os.environ["PGDATABASE"]
+    if parts.username:
+        return unquote(parts.username)
+    try:
+        return os.environ.get("PGUSER") or getpass.getuser()
+    except (OSError, KeyError):  # no login name: asyncpg could not connect without a user either
+        return ""
 
 
 def with_database(dsn: str, database: str) -> str:

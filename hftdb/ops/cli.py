@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import contextlib
 import math
-import os
 import signal
 import sys
 import time
@@ -38,7 +37,7 @@ from ..service.daemon import serve
 from ..db.target import Target, open_target
 from .drift import check_drift
 from ..errors import DatabaseUnavailableError, HftdbError, ValidationError
-from ..service.logsetup import configure_logging
+from ..service.logsetup import configure_logging, report_fatal
 from ..manager import DatabaseManager
 from ..models import now_us
 from .inventory import approx as _approx
@@ -673,7 +672,7 @@ async def _ingest(ctx: _Context) -> int:
     )
     # The arguments and the files are checked before the database is reached: a mistake in them is not reported
     # after the connection's retries, nor hidden behind an unreachable database.
-    check_files(args.file, exchange=args.exchange, channels=args.channel)
+    check_files(args.file, exchange=args.exchange, channels=args.channel, account=args.account)
     progress = _ReplayProgressLine(ctx.err)
     async with ctx.target(create=True) as target:
         async with DatabaseManager(target.dsn, settings=settings) as db:
@@ -762,28 +761,11 @@ async def _simulate(ctx: _Context) -> int:
     return 0
 
 
-def _check_ledger_path(path: str, what: str) -> None:
-    # The daemon writes the ledger when it stops, after the whole run (or over the error that stopped it): a path
-    # it cannot write is refused before it starts. Missing directories are created then.
-    target = Path(path).expanduser()
-    if target.is_dir():
-        raise ValidationError(f"{what} {path} is a directory: name the file to write")
-    parent = next(a for a in (target.parent, *target.parent.parents) if a.exists())
-    if not parent.is_dir():
-        raise ValidationError(f"cannot write {what} {path}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValidationError(f"cannot write {what} {path}: {parent} is not writable")
-
-
 async def _run(ctx: _Context) -> int:
-    if ctx.demo:
-        if ctx.args.ledger is not None:
-            _check_ledger_path(ctx.args.ledger, "--ledger")
-        elif ctx.settings.demo.ledger_file:
-            _check_ledger_path(ctx.settings.demo.ledger_file, "[demo] ledger_file")
+    # serve() checks the ledger path before it starts (run.py shares the check).
     summary = await serve(ctx.settings, demo=ctx.demo, ledger_file=ctx.args.ledger)
     ctx.print(summary.line())
-    return 0
+    return 1 if summary.ledger_error else 0  # the ledger asked for is missing
 
 
 # -------------------------------------------------------------------------------------------------- parser
@@ -812,7 +794,9 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     p = command("run", "run the daemon until SIGINT/SIGTERM (what run.py does)", _run)
-    p.add_argument("--ledger", metavar="PATH", help="with --demo: write what the simulator sent to this JSON file")
+    p.add_argument("--ledger", metavar="PATH",
+                   help="with --demo: write what the simulator sent to this JSON file at exit "
+                   "(checked before the start; exit 1 if it cannot be written)")
 
     p = command("migrate", "apply, revert or list schema migrations", _migrate)
     msub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -861,8 +845,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--exchange", required=True, metavar="NAME",
                    help=f"venue: {', '.join(venues.NAMES[:-1])} or {venues.NAMES[-1]}")
     p.add_argument("--channel", required=True, action="append", metavar="CHANNEL",
-                   help="the channel the frames came from (repeat for a file of several); e.g. bookTicker, tickers")
-    p.add_argument("--account", default="default", help="account name for balance frames (default: default)")
+                   help="a channel the frames came from, as a live connection subscribes it (repeat for a file of "
+                   "several); e.g. bookTicker, tickers. It is checked against the venue's channels and sets how frames "
+                   "are sequenced (on Bybit, naming orderbook.1 drops the quotes of tickers frames, as live); it "
+                   "selects no frames: every frame the venue's parser recognises is stored, whatever its channel")
+    p.add_argument("--account", default="default",
+                   help="account name for balance frames: 1 to 64 printable characters (default: default)")
     p.add_argument("file", metavar="FILE", nargs="+",
                    help="capture files (one frame per line; .gz/.zst recognised by content) or directories of them")
     p = command("simulate", "run the local exchange simulator (Binance, Bybit, OKX on loopback) until Ctrl-C", _simulate)
@@ -892,7 +880,10 @@ def main(argv: list[str] | None = None) -> int:
         ctx = _Context(settings, args)
         return _runner()(args.func(ctx))
     except HftdbError as exc:
-        _fail(str(exc))
+        if args.command == "run":
+            report_fatal(str(exc))  # the daemon's, as run.py reports it: into its log too
+        else:
+            _fail(str(exc))
         return 1
     except asyncpg.PostgresError as exc:
         if dberrors.citus_worker_unreachable(exc):

@@ -11,6 +11,14 @@ bookTicker captures, by name after those). A line longer than :data:`MAX_LINE_BY
 (``line_too_long``) without being held in memory; any other bad line is the parser's reject; neither stops
 the file.
 
+The channels given (``--channel``) are those a live connection would have subscribed to receive the frames: they
+are checked against the venue's channels, and they set how the frames are sequenced, as live (on Bybit, naming an
+``orderbook.*`` channel drops the quotes of ``tickers`` frames, which carry no update id, as a connection
+subscribed to both does). They do not select frames: a replay has no subscription to filter by, so every frame the
+venue's parser recognises is stored, whatever its channel (a bookTicker capture replayed with ``markPrice``
+named stores its book tickers; ``orderbook.50`` frames are parsed as the book they are). Split a mixed capture
+before the replay to store only some of its channels.
+
 Frames are stamped with the time they are replayed, as a live connection stamps them on receipt, and handed
 to the intake a block of the file (about 4 MiB of whole lines) at a time, as one socket read
 (:meth:`~hftdb.exchanges.intake.Intake.process_lines`: where the parser can, USD-M bookTicker lines are scanned
@@ -92,6 +100,7 @@ from ..manager import DatabaseManager
 from ..models import Balance, BookTicker, ExchangeName, FeedRows, FundingRate, now_us
 from ..wire.books import STORED, BookTuples, PackedBooks, read_stored, repeats_of
 from ..wire.copy import HEADER, PG_EPOCH_US, TRAILER
+from ..wire.rules import MAX_ACCOUNT_LEN, account_reason
 
 __all__ = ["MAX_LINE_BYTES", "ReplayProgress", "ReplayResult", "ReplayTuning", "check_files", "ingest_file",
            "ingest_files", "line_blocks", "line_pieces", "replay_frames"]
@@ -718,7 +727,8 @@ def _since(rows: list[BookTicker] | list[FundingRate] | list[Balance]) -> int | 
     return min(times) - _SKEW_US  # type: ignore[type-var]
 
 
-def _check(exchange: ExchangeName | str, channels: Sequence[str]) -> tuple[ExchangeName, tuple[str, ...]]:
+def _check(exchange: ExchangeName | str, channels: Sequence[str],
+           account: str = "default") -> tuple[ExchangeName, tuple[str, ...]]:
     try:
         venue = ExchangeName(exchange)
     except ValueError:
@@ -731,6 +741,18 @@ def _check(exchange: ExchangeName | str, channels: Sequence[str]) -> tuple[Excha
     for channel in channels:
         if channel not in known:
             raise ValidationError(f"{channel!r} is not a channel of {venue.value} (its channels: {', '.join(known)})")
+    # The writer's own rule, applied once here: refused there, every balance row would be rejected after the
+    # whole replay.
+    if reason := account_reason(account):
+        if not isinstance(account, str):
+            what = f"is {type(account).__name__}, not a string"
+        elif reason == "account_bad_char":
+            what = f"{account[:MAX_ACCOUNT_LEN]!r} holds a character that is not printable (a tab, a control character)"
+        elif not account:
+            what = "is empty"
+        else:
+            what = f"is {len(account)} characters long, over {MAX_ACCOUNT_LEN}"
+        raise ValidationError(f"--account (account=) {what}: every balance row would be rejected as {reason}")
     return venue, tuple(channels)
 
 
@@ -1117,7 +1139,7 @@ async def replay_frames(
 
     Rows already stored are compared with those received from 1 s before the first frame's exchange time on
     (see the module docstring)."""
-    venue, channels = _check(exchange, channels)
+    venue, channels = _check(exchange, channels, account)
     if chunk <= 0:
         raise ValueError(f"chunk must be > 0, got {chunk!r}")
 
@@ -1165,13 +1187,13 @@ def _chain(first: list[bytes], rest: Iterator[list[bytes]]) -> Iterator[list[byt
 
 
 def check_files(paths: Iterable[str | os.PathLike[str]], *, exchange: ExchangeName | str,
-                channels: Sequence[str]) -> list[Path]:
+                channels: Sequence[str], account: str = "default") -> list[Path]:
     """The files :func:`ingest_files` would replay from ``paths`` (a directory stands for its files), after the
-    checks it makes before it touches the database: ``exchange`` is a venue, ``channels`` are channels of it, and
-    every file exists and can be opened (a zstd file needs ``zstandard``). Any of them failing is a
-    :class:`~hftdb.errors.ValidationError` naming it. Does no database I/O: a command checks its arguments with it
-    before it connects."""
-    _check(exchange, channels)
+    checks it makes before it touches the database: ``exchange`` is a venue, ``channels`` are channels of it,
+    ``account`` is one the writer stores (1 to 64 printable characters), and every file exists and can be opened
+    (a zstd file needs ``zstandard``). Any of them failing is a :class:`~hftdb.errors.ValidationError` naming
+    it. Does no database I/O: a command checks its arguments with it before it connects."""
+    _check(exchange, channels, account)
     files = _expand_paths(paths)
     for path in files:
         stream, raw = _open(path)
@@ -1200,8 +1222,8 @@ async def ingest_files(
     :class:`~hftdb.errors.ValidationError` naming it, raised before any row is written; a second replay into
     the same venue at the same time is a :class:`~hftdb.errors.StateError`.
     """
-    venue, channels = _check(exchange, channels)
-    files = check_files(paths, exchange=venue, channels=channels)
+    venue, channels = _check(exchange, channels, account)
+    files = check_files(paths, exchange=venue, channels=channels, account=account)
     probe = create_adapter(venue, db, channels=list(channels), account=account).new_parser()
     tuning = tuning or _TUNING
     firsts = {p: _first_time(p, probe, tuning) for p in files}  # also opens each file: unreadable ones fail here

@@ -15,8 +15,9 @@ Start, in order (:meth:`Daemon.start`):
 Stop (:meth:`Daemon.close`): with ``demo``, pause the simulator and let it write what it queued; cancel the feeds
 (each connection is closed gracefully and every frame already received is written); flush every writer within
 ``[daemon] shutdown_timeout_s`` (what does not commit in time is spooled, not lost); close the pool; write the
-demo's ledger; return a :class:`Summary`. Cancelling ``close()`` (a second SIGINT) skips the waiting: feeds are
-dropped and writers spool what they hold.
+demo's ledger (only for a run that started: a failed start writes none); return a :class:`Summary`, which names
+the ledger only once it is written (``ledger_error`` says why it was not). Cancelling ``close()`` (a second
+SIGINT) skips the waiting: feeds are dropped and writers spool what they hold.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import enum
 import logging
 import os
 import signal
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,7 @@ import msgspec
 import orjson
 
 from ..config import Settings
-from ..errors import ConfigError, ExchangeError, HftdbError, StateError
+from ..errors import ConfigError, ExchangeError, HftdbError, StateError, ValidationError
 from .feeds import Feed, FeedState, open_feed
 from ..manager import DatabaseManager
 from .metrics import MetricsServer
@@ -46,7 +48,7 @@ from .status import StatusReporter, Summary
 from ..db.target import Target, open_target
 from ..store.writer import DROPPED_BATCH
 
-__all__ = ["Daemon", "serve"]
+__all__ = ["Daemon", "serve", "check_ledger_path"]
 
 logger = logging.getLogger(__name__)
 status_logger = logging.getLogger("hftdb.service.status")
@@ -105,6 +107,10 @@ class Daemon:
         self.maintenance_failures = 0
         self._stop = asyncio.Event()
         self._state = _State.UNOPENED
+        self._ran = False  # the start completed: only such a run has a ledger worth writing
+        #: why the demo's ledger could not be written at the end, or None
+        self.ledger_error: str | None = None
+        self._ledger_written = False
         self._started_at = time.monotonic()
         self._reporter = StatusReporter()
 
@@ -132,6 +138,7 @@ class Daemon:
             await self._abort()
             raise
         self._state = _State.RUNNING
+        self._ran = True
 
     async def _start(self) -> None:
         settings = self.settings
@@ -304,7 +311,8 @@ class Daemon:
         if self.metrics is not None:
             await self.metrics.close()
         if self.simulator is not None:
-            self._write_ledger()
+            if self._ran:  # a forced stop; a start that failed ran nothing worth a ledger
+                self._write_ledger()
             await self.simulator.close()
         if self._target is not None:
             await self._target.close()
@@ -442,11 +450,14 @@ class Daemon:
             tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
             tmp.replace(self.ledger_file)
         except OSError as exc:
-            # Written while stopping, also after a failed start: raised, it would stand in for the error that
-            # stopped the daemon ("File exists" instead of "connection refused").
-            logger.error("demo: cannot write the simulator's ledger to %s: %s", self.ledger_file,
-                         exc.strerror or type(exc).__name__)
+            # Written while stopping (the path was checked before the start, but it may have changed since):
+            # raised, it would stand in for the summary or the error that stopped the daemon. The summary says
+            # it instead, and the entry points exit 1: the ledger is what the user asked for.
+            self.ledger_error = f"cannot write the simulator's ledger to {self.ledger_file}: " + (
+                exc.strerror or type(exc).__name__)
+            logger.error("demo: %s", self.ledger_error)
             return
+        self._ledger_written = True
         logger.info("demo: the simulator's ledger written to %s", self.ledger_file)
 
     def _make_summary(self) -> Summary:
@@ -469,8 +480,31 @@ class Daemon:
             batches_spooled=sum(w["batches_spooled"] for w in writers.values()),
             pending_rows=sum(w["rows_pending"] for w in writers.values()),
             demo_sent=sent,
-            ledger_file=str(self.ledger_file) if self.ledger_file and sent is not None else None,
+            ledger_file=str(self.ledger_file) if self._ledger_written else None,
+            ledger_error=self.ledger_error,
         )
+
+
+def check_ledger_path(path: str | os.PathLike[str], what: str) -> None:
+    """Refuse, before the daemon starts, a ledger path it could not write at the end of the run: a directory, a
+    path under a file, or a directory where no file can be created (tried, not inferred from permission bits:
+    root passes ``os.access`` for ``/proc``). Missing directories are created when the ledger is written.
+    ``what`` names the setting in the :class:`~hftdb.errors.ValidationError` (``--ledger``)."""
+    target = Path(path).expanduser()
+    if not str(path).strip():
+        raise ValidationError(f"{what} is empty: name the JSON file to write")
+    if target.is_dir():
+        raise ValidationError(f"{what} {path} is a directory: name the file to write")
+    parent = next(a for a in (target.parent, *target.parent.parents) if a.exists())
+    if not parent.is_dir():
+        raise ValidationError(f"cannot write {what} {path}: {parent} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".hftdb-ledger-check-")
+    except OSError as exc:
+        raise ValidationError(
+            f"cannot write {what} {path}: no file can be created in {parent} ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 # ------------------------------------------------------------------------------------------------------ serve
@@ -479,9 +513,18 @@ class Daemon:
 async def serve(settings: Settings, *, demo: bool = False, ledger_file: str | os.PathLike[str] | None = None) -> Summary:
     """Run the daemon until SIGINT or SIGTERM, then stop it gracefully; return its summary.
 
+    The demo's ledger path is checked first (:func:`check_ledger_path`); ``summary.ledger_error`` tells a run
+    whose ledger could not be written at the end (the entry points then exit 1).
+
     A second SIGINT or SIGTERM cancels the graceful stop (writers spool what they hold) and raises
     ``CancelledError``; a third SIGINT ends the process at once (the default handler is back by then).
     """
+    if demo and (ledger_file is not None or settings.demo.ledger_file):
+        # Written at the end of the run: a path it cannot write is refused now, not after the whole run.
+        if ledger_file is not None:
+            check_ledger_path(ledger_file, "--ledger")
+        else:
+            check_ledger_path(settings.demo.ledger_file or "", "[demo] ledger_file")
     loop = asyncio.get_running_loop()
     daemon = Daemon(settings, demo=demo, ledger_file=ledger_file)
     main = asyncio.current_task()

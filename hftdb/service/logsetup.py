@@ -6,6 +6,9 @@ the traceback when there is one::
 
     {"ts": "2026-11-22T16:53:46.123456Z", "level": "INFO", "logger": "hftdb.service.status", "msg": "...", "feed": "okx_spot"}
 
+The error that stops the daemon goes through the same log (:func:`report_fatal`), so a JSON log holds it as
+JSON and a log file holds it at all.
+
 Every handler :func:`configure_logging` installs redacts twice, with :func:`hftdb.redact.redact`: its
 :class:`RedactingFilter` cleans the record itself (message, arguments, traceback, stack, ``extra`` strings) before
 any formatter or later handler sees it, and its formatter passes the finished line through once more (a secret
@@ -27,7 +30,7 @@ from ..config import LoggingSettings
 from ..errors import ConfigError
 from ..redact import redact, register_environment
 
-__all__ = ["JsonFormatter", "RedactingFilter", "RedactingFormatter", "configure_logging"]
+__all__ = ["JsonFormatter", "RedactingFilter", "RedactingFormatter", "configure_logging", "report_fatal"]
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is worth emitting.
@@ -130,6 +133,7 @@ def configure_logging(settings: LoggingSettings, *, stream: Any = None) -> None:
         old.close()
     root.addHandler(handler)
     root.setLevel(settings.level.upper())
+    _Installed.handler, _Installed.to_file, _Installed.json = handler, bool(settings.file), settings.format == "json"
     # Libraries that narrate routine events at INFO (each websocket connect and disconnect, pgserver's every
     # pg_ctl call with its output): their warnings still show; with level = "debug" everything does.
     quiet = logging.DEBUG if settings.level == "debug" else logging.WARNING
@@ -141,3 +145,32 @@ def configure_logging(settings: LoggingSettings, *, stream: Any = None) -> None:
 
 
 _CHATTY = ("aiohttp.access", "picows", "pgserver")
+
+
+class _Installed:
+    """What :func:`configure_logging` installed last: :func:`report_fatal` needs to know where logs go."""
+
+    handler: logging.Handler | None = None
+    to_file = False
+    json = False
+
+
+def report_fatal(message: str) -> None:
+    """Report the error that stops the daemon (``hftdb: <message>``), where the person and the log reader look.
+
+    Through the log :func:`configure_logging` set up, at CRITICAL on the ``hftdb`` logger: one JSON object when
+    the format is JSON, a line of the file when logs go to a file. On standard error as one plain line too, except
+    where that would repeat it there: when the log itself is JSON on standard error (a non-JSON line would break
+    the stream), or text on standard error (the plain line alone is the clearer one). Before logging is set up
+    (a mistake in the configuration) only the plain line is printed. Redacted like every log line.
+    """
+    line = f"hftdb: {redact(message)}"
+    handler = _Installed.handler
+    if handler is None or handler not in logging.getLogger().handlers:
+        print(line, file=sys.stderr, flush=True)
+        return
+    if _Installed.to_file or _Installed.json:
+        logging.getLogger("hftdb").critical("%s", message)
+        handler.flush()
+    if _Installed.to_file or not _Installed.json:
+        print(line, file=sys.stderr, flush=True)

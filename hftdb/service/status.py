@@ -117,7 +117,10 @@ class Summary(msgspec.Struct, kw_only=True):
     batches_spooled: int
     pending_rows: int
     demo_sent: int | None = None
+    #: the demo's ledger, once written
     ledger_file: str | None = None
+    #: why the demo's ledger asked for was not written
+    ledger_error: str | None = None
 
     def line(self) -> str:
         """The one-line summary."""
@@ -134,6 +137,8 @@ class Summary(msgspec.Struct, kw_only=True):
             text += f"; the simulator sent {self.demo_sent:,} messages"
             if self.ledger_file:
                 text += f" (ledger: {self.ledger_file})"
+            elif self.ledger_error:
+                text += f" (NO ledger: {self.ledger_error})"
         return text
 
 

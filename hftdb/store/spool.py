@@ -95,8 +95,10 @@ class Spool:
             holder = os.read(fd, 64).decode("ascii", "replace").strip() or "another process"
             os.close(fd)
             raise ConfigError(
-                f"[writer] spool_dir {self.directory}: in use by another writer ({holder}); two writers must not "
-                "share a spool (each would replay the other's batches): give each process its own spool_dir"
+                f"[writer] spool_dir {self.directory}: in use by another writer ({holder}); two processes must not "
+                "share a spool (each would replay the other's batches): give this one a spool_dir of its own "
+                "(DatabaseManager(spool_dir=...), [writer] spool_dir or HFTDB_WRITER_SPOOL_DIR), or none if it "
+                'only reads, as a strategy beside the daemon does (DatabaseManager(spool_dir=""))'
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"process {os.getpid()}\n".encode())

@@ -31,7 +31,7 @@ from ..models import MIN_TS_US, Balance, BookTicker, FundingRate
 __all__ = [
     "INF", "MAX_ASSET_LEN", "MAX_ACCOUNT_LEN", "NEXT_FUNDING_AHEAD_US",
     "book_fits", "book_ok_columns", "book_ticker_reason", "funding_fits", "funding_reason", "funding_reason_full",
-    "balance_check", "bad_text",
+    "balance_check", "account_reason", "bad_text",
     "ts_reason", "price_reason", "to_decimal", "NOT_A_RECORD", "row_list",
 ]
 
@@ -222,6 +222,17 @@ def to_decimal(value: Any) -> Decimal | None:
     return None
 
 
+def account_reason(account: Any) -> str | None:
+    """Why a balance row's account is refused (``account_invalid``: not 1 to :data:`MAX_ACCOUNT_LEN` characters;
+    ``account_bad_char``: a character that is not printable), or None. Also checked up front where an account
+    is given once for many rows (``hftdb ingest-file --account``)."""
+    if not isinstance(account, str) or not 0 < len(account) <= MAX_ACCOUNT_LEN:
+        return "account_invalid"
+    if not account.isprintable():
+        return "account_bad_char"
+    return None
+
+
 def balance_check(r: Balance, ts_max: int) -> tuple[str | None, Decimal, Decimal]:
     """(reason, free, locked): why a balance row is rejected (None when taken), and its amounts as Decimals."""
     zero = Decimal(0)
@@ -229,10 +240,8 @@ def balance_check(r: Balance, ts_max: int) -> tuple[str | None, Decimal, Decimal
         return "asset_invalid", zero, zero
     if not r.asset.isprintable():
         return "asset_bad_char", zero, zero
-    if not isinstance(r.account, str) or not 0 < len(r.account) <= MAX_ACCOUNT_LEN:
-        return "account_invalid", zero, zero
-    if not r.account.isprintable():
-        return "account_bad_char", zero, zero
+    if reason := account_reason(r.account):
+        return reason, zero, zero
     free, locked = to_decimal(r.free), to_decimal(r.locked)
     if free is None or locked is None:
         return "amount_wrong_type", zero, zero
