@@ -14,6 +14,7 @@ import socket
 import sys
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -530,3 +531,62 @@ async def test_ingest_file_checks_its_arguments_and_files_before_the_database(en
         code, _, err = await cli("ingest-file", *args, env=env, cwd=tmp_path)
         assert code == 1, (args, err)
         one_error_line(err, message)
+
+
+async def test_the_daemon_of_another_database_is_not_taken_for_this_ones(dsn, pg_admin_dsn, env, tmp_path):
+    # `run.py --demo` answers on the metrics port the live database's commands ask: its health, counters and
+    # "running" are the demo database's, not the live one's.
+    env["HFTDB_DSN"] = dsn
+    live = urlsplit(dsn).path.lstrip("/")
+    demo = f"{live}_demo"
+    env.update(HFTDB_DEMO_DATABASE=demo, HFTDB_DEMO_RATE="20", HFTDB_DEMO_SYMBOLS="2")
+    port = env["HFTDB_METRICS_PORT"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hftdb.ops.cli", "--demo", "run", cwd=str(tmp_path), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        async with asyncio.timeout(120), aiohttp.ClientSession() as session:
+            while True:
+                assert proc.returncode is None, "the demo daemon exited early"
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/health") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.2)
+        other = f"the daemon on 127.0.0.1:{port} serves database {demo}, not {live}"
+
+        code, out, err = await cli("health", env=env, cwd=tmp_path)
+        assert code == 0 and f"daemon: ANOTHER DATABASE'S, {other}; this database is judged alone" in out, out + err
+        assert "daemon: ok" not in out and "Traceback" not in err
+        code, out, err = await cli("--demo", "health", env=env, cwd=tmp_path)
+        assert code == 0 and "daemon: ok" in out, out + err  # its own database's daemon still counts
+        code, out, err = await cli("status", env=env, cwd=tmp_path)
+        assert code == 0 and f"daemon    not this database's: {other}" in out and "Traceback" not in err
+        assert (await cli("migrate", "up", env=env, cwd=tmp_path))[0] == 0
+        code, out, err = await cli("stats", env=env, cwd=tmp_path)
+        assert code == 0 and f"Writers and caches: not shown, {other}" in out and "Writers (daemon" not in out
+        assert "Traceback" not in err
+        code, out, _ = await cli("stats", "--json", env=env, cwd=tmp_path)
+        report = json.loads(out)
+        assert report["daemon"] is None and report["daemon_elsewhere"] == other
+        code, out, err = await cli("reset", "--yes", env=env, cwd=tmp_path)
+        assert code == 0 and "reverted 4 and applied 4 migration(s)" in out, err
+        code, _, err = await cli("--demo", "reset", "--yes", env=env, cwd=tmp_path)
+        assert code == 1
+        one_error_line(err, "the daemon is running")  # its own daemon does stop a reset
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                async with asyncio.timeout(60):
+                    await proc.communicate()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        conn = await asyncpg.connect(pg_admin_dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{demo}" WITH (FORCE)')  # a name this test made
+        finally:
+            await conn.close()

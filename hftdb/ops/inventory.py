@@ -100,7 +100,8 @@ async def _slow_queries(conn: asyncpg.Connection) -> dict[str, Any]:
 
 
 def render(report: dict[str, Any], *, daemon_url: str) -> list[str]:
-    """The report as text lines; ``report["daemon"]`` holds the running daemon's counters, or None."""
+    """The report as text lines; ``report["daemon"]`` holds the running daemon's counters, or None (with
+    ``report["daemon_elsewhere"]`` saying why when the daemon answering serves another database)."""
     out: list[str] = ["Tables", f"  {'table':<22} {'rows':>14} {'size':>10} {'partitions':>10}"]
     for table in TABLES:
         t = report["tables"].get(table)
@@ -137,7 +138,9 @@ def render(report: dict[str, Any], *, daemon_url: str) -> list[str]:
                        f"{a['rows']:,} rows, {size(a['bytes'])}, {a['bytes_per_row']:.1f} bytes/row"
                        + (f" (hot tier {hot:.1f}: {ratio:.1f}x smaller)" if ratio else ""))
     daemon = report.get("daemon")
-    if daemon is None:
+    if daemon is None and report.get("daemon_elsewhere"):
+        out.append(f"\nWriters and caches: not shown, {report['daemon_elsewhere']}")
+    elif daemon is None:
         out.append(f"\nWriters and caches: the daemon is not answering at {daemon_url} (its counters live in it)")
     else:
         out.append(f"\nWriters (daemon, {daemon.get('mode')})")
