@@ -590,3 +590,35 @@ async def test_the_daemon_of_another_database_is_not_taken_for_this_ones(dsn, pg
             await conn.execute(f'DROP DATABASE IF EXISTS "{demo}" WITH (FORCE)')  # a name this test made
         finally:
             await conn.close()
+
+
+async def test_a_failed_backup_says_why_with_the_tools_detail_line(dsn, pg_admin_dsn, env, tmp_path):
+    # pg_dump's error is followed by the line that explains it ("detail: Query was: ...", "detail: server
+    # version: 16.2; pg_dump version: 15.20"); the message kept the error alone.
+    from hftdb.db.server import bin_dir
+
+    role, password = f"fb_{os.getpid()}_{now_us() % 10**9}", "s3cretPassw0rd"
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute("CREATE TABLE secret_stuff (x int)")
+        await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")  # a name this test made
+    finally:
+        await admin.close()
+    tools = tmp_path / "bin"  # the embedded server's own pg_dump, whatever PATH holds
+    tools.mkdir()
+    (tools / "pg_dump").symlink_to(bin_dir() / "pg_dump")
+    parts = urlsplit(dsn)
+    env.update(HFTDB_DSN=parts._replace(netloc=f"{role}:{password}@{parts.netloc.rsplit('@', 1)[1]}").geturl(),
+               PATH=f"{tools}{os.pathsep}{env.get('PATH', '')}")
+    try:
+        code, out, err = await cli("backup", str(tmp_path / "b.dump"), env=env, cwd=tmp_path)
+        assert code == 1, out + err
+        one_error_line(err, "pg_dump failed: pg_dump: error: query failed: ERROR:  permission denied for table "
+                            "secret_stuff; pg_dump: detail: Query was: LOCK TABLE public.secret_stuff")
+        assert password not in out + err and not (tmp_path / "b.dump").exists()
+    finally:
+        conn = await asyncpg.connect(pg_admin_dsn)
+        try:
+            await conn.execute(f"DROP ROLE IF EXISTS {role}")
+        finally:
+            await conn.close()
