@@ -622,3 +622,14 @@ async def test_a_failed_backup_says_why_with_the_tools_detail_line(dsn, pg_admin
             await conn.execute(f"DROP ROLE IF EXISTS {role}")
         finally:
             await conn.close()
+
+
+async def test_restore_of_a_directory_says_it_is_one(env, tmp_path):
+    env["HFTDB_DSN"] = UNREACHABLE  # the file is checked before the database is reached
+    code, out, err = await cli("restore", str(tmp_path), env=env, cwd=tmp_path)
+    assert (code, out) == (1, "")
+    one_error_line(err, f"{tmp_path} is a directory, not a backup file")
+    code, _, err = await cli("restore", str(tmp_path / "none.dump"), env=env, cwd=tmp_path)
+    assert code == 1
+    one_error_line(err, f"no such backup file: {tmp_path / 'none.dump'}")
+

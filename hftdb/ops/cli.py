@@ -550,8 +550,7 @@ async def _restore(ctx: _Context) -> int:
     args = ctx.args
     if args.clean and not args.yes:
         raise ValidationError("restore --clean replaces the hftdb tables and all their data; add --yes to do it")
-    if not Path(args.file).is_file():
-        raise ValidationError(f"no such backup file: {args.file}")
+    dump.check_backup_file(args.file)
     async with ctx.connect(create=True) as (target, conn):
         if args.clean:
             await _refuse_if_daemon_runs(ctx, conn, "replacing its database")

@@ -22,7 +22,7 @@ from ..config import redact_dsn
 from ..errors import DatabaseError, ValidationError
 from ..db.server import bin_dir
 
-__all__ = ["tool_path", "libpq_args", "backup", "restore", "list_tables"]
+__all__ = ["tool_path", "libpq_args", "backup", "restore", "list_tables", "check_backup_file"]
 
 #: ``progress(done, total, what)`` after each table
 Progress = Callable[[int, int, str], None]
@@ -124,11 +124,21 @@ async def backup(dsn: str, path: str | os.PathLike[str], *, embedded: bool, tabl
     return target
 
 
+def check_backup_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path when it is a regular file; a ValidationError saying what it is otherwise."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValidationError(f"{p} is a directory, not a backup file: name the file `hftdb backup` wrote")
+    if not p.exists():
+        raise ValidationError(f"no such backup file: {p}")
+    if not p.is_file():
+        raise ValidationError(f"{p} is not a regular file: a backup is the file `hftdb backup` wrote")
+    return p
+
+
 async def list_tables(path: str | os.PathLike[str], *, embedded: bool) -> int:
     """How many tables' data the dump at ``path`` holds; :class:`ValidationError` when it is not a dump."""
-    p = Path(path)
-    if not p.is_file():
-        raise ValidationError(f"no such backup file: {p}")
+    p = check_backup_file(path)
     proc = await asyncio.create_subprocess_exec(
         tool_path("pg_restore", embedded=embedded), "--list", str(p),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
