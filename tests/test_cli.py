@@ -633,3 +633,19 @@ async def test_restore_of_a_directory_says_it_is_one(env, tmp_path):
     assert code == 1
     one_error_line(err, f"no such backup file: {tmp_path / 'none.dump'}")
 
+
+async def test_archive_verify_of_a_day_or_table_with_nothing_archived_fails_as_restore_does(env, tmp_path):
+    pytest.importorskip("pyarrow")
+    root = tmp_path / "archive"
+    root.mkdir()
+    env.update(HFTDB_DSN=UNREACHABLE, HFTDB_ARCHIVE_ROOT=str(root))  # verify needs no database
+    code, out, err = await cli("archive", "verify", env=env, cwd=tmp_path)
+    assert code == 0 and "verified 0 file(s) of 0 archived partition(s)" in out, err  # an empty archive, as such
+    for args, message in (
+            (("--table", "book_tickers", "--date", "2026-01-02"),
+             f"nothing of book_tickers is archived for 2026-01-02 under {root}"),
+            (("--date", "2026-01-02"), f"nothing is archived for 2026-01-02 under {root}"),
+            (("--table", "balances"), f"nothing of balances is archived under {root}")):
+        code, out, err = await cli("archive", "verify", *args, env=env, cwd=tmp_path)
+        assert (code, out) == (1, ""), (args, out, err)
+        one_error_line(err, message)

@@ -451,6 +451,12 @@ async def _archive_verify(ctx: _Context) -> int:
         raise ValidationError("the archive is off: [archive] root is empty")
     report = await asyncio.to_thread(archive.verify, root, table=args.table, date=args.date,
                                      batch_rows=_archive_settings(ctx).piece_rows)
+    if report.manifests == 0 and (args.table is not None or args.date is not None):
+        # Asked about a table or a day that has nothing archived: "verified 0 file(s) ... every file matches"
+        # would pass for a check of it. (A whole archive that is empty is verified as such.)
+        what = f"nothing of {args.table}" if args.table is not None else "nothing"
+        raise ValidationError(f"{what} is archived" + (f" for {args.date}" if args.date is not None else "")
+                              + f" under {root}")
     for problem in report.problems:
         ctx.print(f"MISMATCH {problem}")
     verdict = f"{len(report.problems)} problem(s)" if report.problems else "every file matches its manifest"
