@@ -649,3 +649,36 @@ async def test_archive_verify_of_a_day_or_table_with_nothing_archived_fails_as_r
         code, out, err = await cli("archive", "verify", *args, env=env, cwd=tmp_path)
         assert (code, out) == (1, ""), (args, out, err)
         one_error_line(err, message)
+
+
+async def test_a_table_never_analyzed_has_an_unknown_row_count_not_0(dsn, env, tmp_path, fixtures_dir):
+    # reltuples is -1 until a table is first analyzed: `stats` showed "exchanges ~0" for a table of rows, and
+    # hftdb_table_estimated_rows exported 0 for it.
+    from hftdb import DatabaseManager
+    from hftdb.service.metrics import render
+
+    env["HFTDB_DSN"] = dsn
+    name, venue, channel, _, _ = FRAMES[1]
+    code, _, err = await cli("ingest-file", "--exchange", venue, "--channel", channel, str(fixtures_dir / name),
+                             env=env, cwd=tmp_path)
+    assert code == 0, err
+    assert await fetchval(dsn, "SELECT count(*) FROM exchanges") > 0
+    code, out, err = await cli("stats", "--json", env=env, cwd=tmp_path)
+    assert code == 0 and "Traceback" not in err
+    tables = json.loads(out)["tables"]
+    assert tables["exchanges"]["rows"] is None and tables["symbols"]["rows"] is None
+    code, out, _ = await cli("stats", env=env, cwd=tmp_path)
+    (line,) = [line for line in out.splitlines() if line.split()[:1] == ["exchanges"]]
+    assert line.split()[1] == "?", line
+
+    async with DatabaseManager(dsn) as db:
+        stats = await db.get_database_stats()
+        assert stats["tables"]["exchanges"]["estimated_rows"] is None
+        assert 'hftdb_table_estimated_rows{table="exchanges"}' not in render(stats)  # unknown: no sample
+        assert 'hftdb_table_estimated_rows{table="balances"} 0' in render(stats)  # empty: known to hold none
+        async with db.connection() as conn:
+            await conn.execute("ANALYZE exchanges")
+            n = await conn.fetchval("SELECT count(*) FROM exchanges")
+        stats = await db.get_database_stats()
+        assert stats["tables"]["exchanges"]["estimated_rows"] == n
+        assert f'hftdb_table_estimated_rows{{table="exchanges"}} {n}' in render(stats)

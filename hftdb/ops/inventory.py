@@ -34,7 +34,7 @@ async def tables(conn: asyncpg.Connection, partitions: dict[str, list[dict[str, 
         rows = t["estimated_rows"]
         parts = partitions.get(name)
         if parts is not None:
-            # The catalog says 0 for a partition never analyzed; the partition list knows it is unknown.
+            # From the partition list, as the report lists them (on Citus, their shards' figures).
             known = [p["rows"] for p in parts]
             rows = None if any(r is None for r in known) else sum(known)
         out[name] = {"bytes": t["bytes"], "rows": rows, "partitions": t["partitions"]}
@@ -108,6 +108,8 @@ def render(report: dict[str, Any], *, daemon_url: str) -> list[str]:
         if t is not None:
             out.append(f"  {table:<22} {approx(t['rows']):>14} {size(t['bytes']):>10} {t['partitions'] or '':>10}")
     lost = sum(t.get("unreachable_shards", 0) for t in report["tables"].values())
+    if not lost and any(t["rows"] is None for t in report["tables"].values()):
+        out.append("  (? = not analyzed yet: `hftdb optimize` runs ANALYZE)")
     if lost:
         out.append(f"  WARNING Citus: {lost} shard(s) are on a worker that does not answer: sizes leave them out, "
                    "rows of their tables are unknown (?)")
