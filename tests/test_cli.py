@@ -682,3 +682,23 @@ async def test_a_table_never_analyzed_has_an_unknown_row_count_not_0(dsn, env, t
         stats = await db.get_database_stats()
         assert stats["tables"]["exchanges"]["estimated_rows"] == n
         assert f'hftdb_table_estimated_rows{{table="exchanges"}} {n}' in render(stats)
+
+
+async def test_dry_runs_without_pyarrow_fail_as_the_real_runs_do(dsn, env, tmp_path):
+    # `cleanup --dry-run` and `archive --dry-run` promised to archive partitions that the real runs, without
+    # pyarrow, refuse to touch.
+    hide = tmp_path / "no_pyarrow"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(  # what `import pyarrow` meets where it is not installed
+        "import sys\nsys.modules['pyarrow'] = None\n")
+    env.update(HFTDB_DSN=dsn, PYTHONPATH=os.pathsep.join(p for p in (str(hide), env.get("PYTHONPATH")) if p))
+    assert (await cli("migrate", "up", env=env, cwd=tmp_path))[0] == 0
+    for args in (("cleanup", "--retention-days", "5"), ("cleanup", "--retention-days", "5", "--dry-run"),
+                 ("archive",), ("archive", "--dry-run")):
+        code, out, err = await cli(*args, env=env, cwd=tmp_path)
+        assert (code, out) == (1, ""), (args, out, err)
+        one_error_line(err, "the Parquet archive needs pyarrow: pip install 'hftdb[archive]'")
+    # With the archive off, retention needs no pyarrow: its dry run lists what it would drop.
+    code, out, err = await cli("cleanup", "--retention-days", "5", "--dry-run", env=dict(env, HFTDB_ARCHIVE_ROOT=""),
+                               cwd=tmp_path)
+    assert code == 0 and "would drop 0 partition(s) older than 5 days" in out, err

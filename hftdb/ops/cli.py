@@ -373,8 +373,8 @@ async def _cleanup(ctx: _Context) -> int:
     expire_span = None
     if archiving and arch.retention_days is not None:
         expire_span = _days_us(arch.retention_days, "[archive] retention_days")
-    if archiving and not args.dry_run:
-        archive.require_pyarrow()
+    if archiving:
+        archive.require_pyarrow()  # a dry run too: it must not promise what the real run cannot do
     note = " (archived first)" if archiving else ""
     async with ctx.connect() as (_, conn):
         await _require_schema(conn)
@@ -416,8 +416,7 @@ async def _archive(ctx: _Context) -> int:
     else:
         span = _days_us(ctx.settings.archive.after_days, "[archive] after_days")
     tables = [args.table] if args.table else list(_TS)
-    if not args.dry_run:
-        archive.require_pyarrow()
+    archive.require_pyarrow()  # a dry run too: it must not promise what the real run cannot do
     cutoff = now_us() - span
     rows = done = 0
     async with ctx.connect() as (_, conn):
