@@ -9,6 +9,7 @@ import logging
 import os
 import random
 import sys
+import time
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -648,6 +649,13 @@ async def test_archive_verify_reads_every_file_back_and_names_each_mismatch(dsn,
     assert rc == 1 and "MISMATCH funding_rates/" in out and "1 problem(s)" in out and "Traceback" not in err
     rc, out, err = await _cli("archive", "verify", "--date", archive._date(DAY0 + DAY_US), env=env, cwd=tmp_path)
     assert rc == 1 and "verified 4 file(s) of 3 archived partition(s)" in out and "okx_spot" in out
+    # A day before the archive begins: nothing to verify is no pass (as `archive restore` says of that day).
+    before = time.strftime("%Y-%m-%d", time.gmtime((DAY0 - DAY_US) // 1_000_000))
+    rc, out, err = await _cli("archive", "verify", "--table", "book_tickers", "--date", before, env=env, cwd=tmp_path)
+    assert (rc, out) == (1, "") and "Traceback" not in err
+    assert err.strip() == f"hftdb: nothing of book_tickers is archived for {before} under {root}"
+    rc, _, err = await _cli("archive", "restore", "--table", "book_tickers", "--date", before, env=env, cwd=tmp_path)
+    assert rc == 1 and err.strip() == f"hftdb: nothing of book_tickers is archived for {before} under {root}"
 
 
 async def test_archive_verify_of_a_root_that_is_not_a_directory_is_one_error_line(tmp_path):

@@ -14,6 +14,7 @@ import socket
 import sys
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -530,3 +531,174 @@ async def test_ingest_file_checks_its_arguments_and_files_before_the_database(en
         code, _, err = await cli("ingest-file", *args, env=env, cwd=tmp_path)
         assert code == 1, (args, err)
         one_error_line(err, message)
+
+
+async def test_the_daemon_of_another_database_is_not_taken_for_this_ones(dsn, pg_admin_dsn, env, tmp_path):
+    # `run.py --demo` answers on the metrics port the live database's commands ask: its health, counters and
+    # "running" are the demo database's, not the live one's.
+    env["HFTDB_DSN"] = dsn
+    live = urlsplit(dsn).path.lstrip("/")
+    demo = f"{live}_demo"
+    env.update(HFTDB_DEMO_DATABASE=demo, HFTDB_DEMO_RATE="20", HFTDB_DEMO_SYMBOLS="2")
+    port = env["HFTDB_METRICS_PORT"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hftdb.ops.cli", "--demo", "run", cwd=str(tmp_path), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        async with asyncio.timeout(120), aiohttp.ClientSession() as session:
+            while True:
+                assert proc.returncode is None, "the demo daemon exited early"
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/health") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.2)
+        other = f"the daemon on 127.0.0.1:{port} serves database {demo}, not {live}"
+
+        code, out, err = await cli("health", env=env, cwd=tmp_path)
+        assert code == 0 and f"daemon: ANOTHER DATABASE'S, {other}; this database is judged alone" in out, out + err
+        assert "daemon: ok" not in out and "Traceback" not in err
+        code, out, err = await cli("--demo", "health", env=env, cwd=tmp_path)
+        assert code == 0 and "daemon: ok" in out, out + err  # its own database's daemon still counts
+        code, out, err = await cli("status", env=env, cwd=tmp_path)
+        assert code == 0 and f"daemon    not this database's: {other}" in out and "Traceback" not in err
+        assert (await cli("migrate", "up", env=env, cwd=tmp_path))[0] == 0
+        code, out, err = await cli("stats", env=env, cwd=tmp_path)
+        assert code == 0 and f"Writers and caches: not shown, {other}" in out and "Writers (daemon" not in out
+        assert "Traceback" not in err
+        code, out, _ = await cli("stats", "--json", env=env, cwd=tmp_path)
+        report = json.loads(out)
+        assert report["daemon"] is None and report["daemon_elsewhere"] == other
+        code, out, err = await cli("reset", "--yes", env=env, cwd=tmp_path)
+        assert code == 0 and "reverted 4 and applied 4 migration(s)" in out, err
+        code, _, err = await cli("--demo", "reset", "--yes", env=env, cwd=tmp_path)
+        assert code == 1
+        one_error_line(err, "the daemon is running")  # its own daemon does stop a reset
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                async with asyncio.timeout(60):
+                    await proc.communicate()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        conn = await asyncpg.connect(pg_admin_dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{demo}" WITH (FORCE)')  # a name this test made
+        finally:
+            await conn.close()
+
+
+async def test_a_failed_backup_says_why_with_the_tools_detail_line(dsn, pg_admin_dsn, env, tmp_path):
+    # pg_dump's error is followed by the line that explains it ("detail: Query was: ...", "detail: server
+    # version: 16.2; pg_dump version: 15.20"); the message kept the error alone.
+    from hftdb.db.server import bin_dir
+
+    role, password = f"fb_{os.getpid()}_{now_us() % 10**9}", "s3cretPassw0rd"
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute("CREATE TABLE secret_stuff (x int)")
+        await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")  # a name this test made
+    finally:
+        await admin.close()
+    tools = tmp_path / "bin"  # the embedded server's own pg_dump, whatever PATH holds
+    tools.mkdir()
+    (tools / "pg_dump").symlink_to(bin_dir() / "pg_dump")
+    parts = urlsplit(dsn)
+    env.update(HFTDB_DSN=parts._replace(netloc=f"{role}:{password}@{parts.netloc.rsplit('@', 1)[1]}").geturl(),
+               PATH=f"{tools}{os.pathsep}{env.get('PATH', '')}")
+    try:
+        code, out, err = await cli("backup", str(tmp_path / "b.dump"), env=env, cwd=tmp_path)
+        assert code == 1, out + err
+        one_error_line(err, "pg_dump failed: pg_dump: error: query failed: ERROR:  permission denied for table "
+                            "secret_stuff; pg_dump: detail: Query was: LOCK TABLE public.secret_stuff")
+        assert password not in out + err and not (tmp_path / "b.dump").exists()
+    finally:
+        conn = await asyncpg.connect(pg_admin_dsn)
+        try:
+            await conn.execute(f"DROP ROLE IF EXISTS {role}")
+        finally:
+            await conn.close()
+
+
+async def test_restore_of_a_directory_says_it_is_one(env, tmp_path):
+    env["HFTDB_DSN"] = UNREACHABLE  # the file is checked before the database is reached
+    code, out, err = await cli("restore", str(tmp_path), env=env, cwd=tmp_path)
+    assert (code, out) == (1, "")
+    one_error_line(err, f"{tmp_path} is a directory, not a backup file")
+    code, _, err = await cli("restore", str(tmp_path / "none.dump"), env=env, cwd=tmp_path)
+    assert code == 1
+    one_error_line(err, f"no such backup file: {tmp_path / 'none.dump'}")
+
+
+async def test_archive_verify_of_a_day_or_table_with_nothing_archived_fails_as_restore_does(env, tmp_path):
+    pytest.importorskip("pyarrow")
+    root = tmp_path / "archive"
+    root.mkdir()
+    env.update(HFTDB_DSN=UNREACHABLE, HFTDB_ARCHIVE_ROOT=str(root))  # verify needs no database
+    code, out, err = await cli("archive", "verify", env=env, cwd=tmp_path)
+    assert code == 0 and "verified 0 file(s) of 0 archived partition(s)" in out, err  # an empty archive, as such
+    for args, message in (
+            (("--table", "book_tickers", "--date", "2026-01-02"),
+             f"nothing of book_tickers is archived for 2026-01-02 under {root}"),
+            (("--date", "2026-01-02"), f"nothing is archived for 2026-01-02 under {root}"),
+            (("--table", "balances"), f"nothing of balances is archived under {root}")):
+        code, out, err = await cli("archive", "verify", *args, env=env, cwd=tmp_path)
+        assert (code, out) == (1, ""), (args, out, err)
+        one_error_line(err, message)
+
+
+async def test_a_table_never_analyzed_has_an_unknown_row_count_not_0(dsn, env, tmp_path, fixtures_dir):
+    # reltuples is -1 until a table is first analyzed: `stats` showed "exchanges ~0" for a table of rows, and
+    # hftdb_table_estimated_rows exported 0 for it.
+    from hftdb import DatabaseManager
+    from hftdb.service.metrics import render
+
+    env["HFTDB_DSN"] = dsn
+    name, venue, channel, _, _ = FRAMES[1]
+    code, _, err = await cli("ingest-file", "--exchange", venue, "--channel", channel, str(fixtures_dir / name),
+                             env=env, cwd=tmp_path)
+    assert code == 0, err
+    assert await fetchval(dsn, "SELECT count(*) FROM exchanges") > 0
+    code, out, err = await cli("stats", "--json", env=env, cwd=tmp_path)
+    assert code == 0 and "Traceback" not in err
+    tables = json.loads(out)["tables"]
+    assert tables["exchanges"]["rows"] is None and tables["symbols"]["rows"] is None
+    code, out, _ = await cli("stats", env=env, cwd=tmp_path)
+    (line,) = [line for line in out.splitlines() if line.split()[:1] == ["exchanges"]]
+    assert line.split()[1] == "?", line
+
+    async with DatabaseManager(dsn) as db:
+        stats = await db.get_database_stats()
+        assert stats["tables"]["exchanges"]["estimated_rows"] is None
+        assert 'hftdb_table_estimated_rows{table="exchanges"}' not in render(stats)  # unknown: no sample
+        assert 'hftdb_table_estimated_rows{table="balances"} 0' in render(stats)  # empty: known to hold none
+        async with db.connection() as conn:
+            await conn.execute("ANALYZE exchanges")
+            n = await conn.fetchval("SELECT count(*) FROM exchanges")
+        stats = await db.get_database_stats()
+        assert stats["tables"]["exchanges"]["estimated_rows"] == n
+        assert f'hftdb_table_estimated_rows{{table="exchanges"}} {n}' in render(stats)
+
+
+async def test_dry_runs_without_pyarrow_fail_as_the_real_runs_do(dsn, env, tmp_path):
+    # `cleanup --dry-run` and `archive --dry-run` promised to archive partitions that the real runs, without
+    # pyarrow, refuse to touch.
+    hide = tmp_path / "no_pyarrow"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(  # what `import pyarrow` meets where it is not installed
+        "import sys\nsys.modules['pyarrow'] = None\n")
+    env.update(HFTDB_DSN=dsn, PYTHONPATH=os.pathsep.join(p for p in (str(hide), env.get("PYTHONPATH")) if p))
+    assert (await cli("migrate", "up", env=env, cwd=tmp_path))[0] == 0
+    for args in (("cleanup", "--retention-days", "5"), ("cleanup", "--retention-days", "5", "--dry-run"),
+                 ("archive",), ("archive", "--dry-run")):
+        code, out, err = await cli(*args, env=env, cwd=tmp_path)
+        assert (code, out) == (1, ""), (args, out, err)
+        one_error_line(err, "the Parquet archive needs pyarrow: pip install 'hftdb[archive]'")
+    # With the archive off, retention needs no pyarrow: its dry run lists what it would drop.
+    code, out, err = await cli("cleanup", "--retention-days", "5", "--dry-run", env=dict(env, HFTDB_ARCHIVE_ROOT=""),
+                               cwd=tmp_path)
+    assert code == 0 and "would drop 0 partition(s) older than 5 days" in out, err

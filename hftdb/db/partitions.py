@@ -95,7 +95,8 @@ _BOUND_RE = re.compile(r"^FOR VALUES FROM \('([^']*)'\) TO \('([^']*)'\)$")
 
 class PartitionInfo(msgspec.Struct, frozen=True, kw_only=True):
     """One attached partition. Bounds are Unix µs, None for MINVALUE/MAXVALUE/DEFAULT; ``rows`` is the
-    planner's estimate, None until the partition is first analyzed; ``size_bytes`` includes indexes."""
+    planner's estimate, None until the partition is first analyzed (0 while its heap is empty: none was ever
+    written to it); ``size_bytes`` includes indexes."""
 
     table: str
     name: str
@@ -185,6 +186,7 @@ async def _partitions(conn: asyncpg.Connection, table: str) -> list[asyncpg.Reco
                (extract(epoch FROM b[1]::timestamptz) * 1000000)::bigint AS lower_us,
                (extract(epoch FROM b[2]::timestamptz) * 1000000)::bigint AS upper_us,
                c.reltuples::bigint AS reltuples,
+               pg_relation_size(c.oid) AS heap_bytes,
                pg_total_relation_size(c.oid) AS size_bytes,
                EXISTS (SELECT 1 FROM pg_index x JOIN pg_class xc ON xc.oid = x.indexrelid
                        WHERE x.indrelid = c.oid AND x.indisvalid AND xc.relname = c.relname || '_btree') AS has_btree,
@@ -210,7 +212,9 @@ async def list_partitions(conn: asyncpg.Connection, table: str) -> list[Partitio
     for row in rows:
         # A partition with a shard on a worker that is down has a partial size and no row estimate (unknown).
         figures = shards.get(row["name"])
-        size, est = ((row["size_bytes"], None if row["reltuples"] < 0 else row["reltuples"]) if figures is None
+        # Never analyzed (reltuples -1): unknown, unless its heap is empty (a partition made ahead holds no row).
+        unknown = row["reltuples"] < 0 and row["heap_bytes"] > 0
+        size, est = ((row["size_bytes"], None if unknown else max(row["reltuples"], 0)) if figures is None
                      else (figures.bytes, figures.rows))
         out.append(PartitionInfo(table=table, name=row["name"], lower_us=row["lower_us"], upper_us=row["upper_us"],
                                  rows=est, size_bytes=size, has_btree=row["has_btree"]))

@@ -19,7 +19,7 @@ from ..errors import ConfigError, DatabaseUnavailableError
 from . import dberrors
 from .server import EmbeddedServer
 
-__all__ = ["Target", "open_target", "with_database", "live_database"]
+__all__ = ["Target", "identify", "live_database", "open_target", "with_database"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,19 @@ def live_database(dsn: str) -> str:
         return os.environ.get("PGUSER") or getpass.getuser()
     except (OSError, KeyError):  # no login name: asyncpg could not connect without a user either
         return ""
+
+
+async def identify(conn: asyncpg.Connection) -> dict[str, str | None]:
+    """What tells the database ``conn`` is on from any other, with no secret in it: ``database`` (its name),
+    ``system_identifier`` (the server's, fixed when its cluster was created; None where pg_control_system() is not
+    granted) and ``port`` (the server's own). The daemon shows it on ``/health`` and ``/stats``, and the ``hftdb``
+    command compares it with its own database's before it takes the daemon that answers for this database's."""
+    name, port = await conn.fetchrow("SELECT current_database(), current_setting('port')")
+    try:
+        system = await conn.fetchval("SELECT system_identifier::text FROM pg_control_system()")
+    except asyncpg.InsufficientPrivilegeError:
+        system = None
+    return {"database": name, "system_identifier": system, "port": port}
 
 
 def with_database(dsn: str, database: str) -> str:

@@ -3,7 +3,8 @@
 Every command reads the daemon's configuration (``--config PATH``, ``$HFTDB_CONFIG``, ``./config/default.toml``,
 ``HFTDB_*`` overrides) and works on its database: the DSN, or the embedded server in ``[database] data_dir``
 (started for the command if the daemon is not running). ``--demo`` works on the demo's database instead.
-Commands that ask the running daemon (``status``, ``health``, ``stats``) reach it at ``[metrics] host:port``.
+Commands that ask the running daemon (``status``, ``health``, ``stats``) reach it at ``[metrics] host:port``, and
+take it for their database's daemon only when its ``/health`` or ``/stats`` names the same database.
 
 Output goes to standard output, progress and errors to standard error. A mistake (a bad option, a missing
 file, an unreachable database) is one line starting with ``hftdb:``, exit status 1; usage errors exit 2.
@@ -34,7 +35,7 @@ from . import dump, inventory
 from ..config import MAX_DAYS, Settings, load_settings, locate_config
 from ..redact import redact
 from ..service.daemon import serve
-from ..db.target import Target, open_target
+from ..db.target import Target, identify, open_target
 from .drift import check_drift
 from ..errors import DatabaseUnavailableError, HftdbError, ValidationError
 from ..service.logsetup import configure_logging, report_fatal
@@ -111,6 +112,28 @@ class _Context:
         m = self.settings.metrics
         return f"http://{m.host}:{m.port}"
 
+    def elsewhere(self, body: dict[str, Any], mine: dict[str, str | None]) -> str | None:
+        """Why the daemon that answered with ``body`` is not the daemon of this command's database (``mine``, as
+        :func:`identify` gives it), as one sentence; None when it is (or, a daemon that does not say, may be)."""
+        m = self.settings.metrics
+        where = f"the daemon on {m.host}:{m.port}"
+        theirs = (body.get("database") or {}).get("identity") if isinstance(body, dict) else None
+        if not isinstance(theirs, dict):
+            # A daemon of an older hftdb: only its mode can tell it apart.
+            mode = body.get("mode") if isinstance(body, dict) else None
+            if mode in ("live", "demo") and (mode == "demo") != self.demo:
+                return f"{where} serves the {mode} database, not the {'demo' if self.demo else 'live'} one"
+            return None
+        if theirs.get("database") != mine["database"]:
+            return f"{where} serves database {theirs.get('database')}, not {mine['database']}"
+        for key, what in (("system_identifier", "system identifier"), ("port", "port")):
+            if theirs.get(key) is not None and mine[key] is not None:
+                if theirs[key] != mine[key]:
+                    return (f"{where} serves database {mine['database']} of another server ({what} {theirs[key]}, "
+                            f"not {mine[key]})")
+                break  # the system identifier, when both have it, settles it; the port is the fallback
+        return None
+
 
 async def _connect(target: Target, timeout: float, *, demo: bool, demo_db: str) -> asyncpg.Connection:
     try:
@@ -139,9 +162,10 @@ async def _require_schema(conn: asyncpg.Connection) -> None:
         raise ValidationError("the database has no hftdb schema yet: run `hftdb migrate up` (or start the daemon)")
 
 
-async def _refuse_if_daemon_runs(ctx: _Context, what: str) -> None:
+async def _refuse_if_daemon_runs(ctx: _Context, conn: asyncpg.Connection, what: str) -> None:
     answer = await ctx.daemon("/health")
-    if answer is not None:
+    # The daemon answering may serve another database (the demo's, another DSN's): that one is no obstacle.
+    if answer is not None and ctx.elsewhere(answer[1], await identify(conn)) is None:
         raise ValidationError(f"the daemon is running ({ctx.daemon_url()}): stop it before {what}")
 
 
@@ -217,6 +241,7 @@ async def _schema_line(conn: asyncpg.Connection) -> tuple[bool, str]:
 
 async def _status(ctx: _Context) -> int:
     async with ctx.connect() as (target, conn):
+        mine = await identify(conn)
         ctx.print(f"database  {await _database_line(target, conn)}")
         _, schema_text = await _schema_line(conn)
         ctx.print(f"schema    {schema_text}")
@@ -244,6 +269,10 @@ async def _status(ctx: _Context) -> int:
     if answer is None:
         ctx.print(f"daemon    not answering at {ctx.daemon_url()}")
         return 0
+    other = ctx.elsewhere(answer[1], mine)
+    if other is not None:
+        ctx.print(f"daemon    not this database's: {other}")
+        return 0
     stats = answer[1]
     health = stats.get("health", {})
     state = "healthy" if health.get("ok") else "UNHEALTHY: " + "; ".join(health.get("reasons", []))
@@ -260,8 +289,10 @@ async def _status(ctx: _Context) -> int:
 
 async def _health(ctx: _Context) -> int:
     ok = True
+    mine = None
     try:
         async with ctx.connect() as (target, conn):
+            mine = await identify(conn)
             ctx.print(f"database: ok, {await _database_line(target, conn)}")
             schema_ok, schema_text = await _schema_line(conn)
             ctx.print(f"schema: {'ok' if schema_ok else 'PROBLEM'}, {schema_text}")
@@ -280,6 +311,13 @@ async def _health(ctx: _Context) -> int:
         if answer is None:
             ctx.print(f"daemon: NOT RUNNING (nothing answers at {ctx.daemon_url()}/health; --db-only skips this)")
             ok = False
+        elif mine is None:
+            ctx.print(f"daemon: UNKNOWN, a daemon answers at {ctx.daemon_url()}/health, but whether it serves this "
+                      "database cannot be told while the database is unreachable")
+            ok = False
+        elif (other := ctx.elsewhere(answer[1], mine)) is not None:
+            # Not this database's daemon: its feeds say nothing of this database, judged on its own above.
+            ctx.print(f"daemon: ANOTHER DATABASE'S, {other}; this database is judged alone")
         elif answer[0] == 200:
             ctx.print(f"daemon: ok, {len(answer[1].get('feeds', {}))} feeds live")
         else:
@@ -293,6 +331,7 @@ async def _stats(ctx: _Context) -> int:
     args = ctx.args
     async with ctx.connect() as (_, conn):
         await _require_schema(conn)
+        mine = await identify(conn)
         report = await inventory.collect(conn, exact=args.exact, progress=ctx.progress)
     arch = _archive_settings(ctx)
     if arch.root:
@@ -301,7 +340,13 @@ async def _stats(ctx: _Context) -> int:
         report["archive"] = archive.summary(arch.root, hot={
             t: {"bytes": v["bytes"], "estimated_rows": v["rows"]} for t, v in report["tables"].items()})
     answer = await ctx.daemon("/stats")
-    report["daemon"] = None if answer is None else {k: answer[1].get(k) for k in ("mode", "writers", "caches", "pool", "feeds")}
+    other = None if answer is None else ctx.elsewhere(answer[1], mine)
+    if answer is None or other is not None:
+        report["daemon"] = None  # another database's counters are not this one's
+        if other is not None:
+            report["daemon_elsewhere"] = other
+    else:
+        report["daemon"] = {k: answer[1].get(k) for k in ("mode", "writers", "caches", "pool", "feeds")}
     if args.json:
         ctx.print(orjson.dumps(report, option=orjson.OPT_INDENT_2, default=str).decode())
         return 0
@@ -327,8 +372,8 @@ async def _cleanup(ctx: _Context) -> int:
     expire_span = None
     if archiving and arch.retention_days is not None:
         expire_span = _days_us(arch.retention_days, "[archive] retention_days")
-    if archiving and not args.dry_run:
-        archive.require_pyarrow()
+    if archiving:
+        archive.require_pyarrow()  # a dry run too: it must not promise what the real run cannot do
     note = " (archived first)" if archiving else ""
     async with ctx.connect() as (_, conn):
         await _require_schema(conn)
@@ -370,8 +415,7 @@ async def _archive(ctx: _Context) -> int:
     else:
         span = _days_us(ctx.settings.archive.after_days, "[archive] after_days")
     tables = [args.table] if args.table else list(_TS)
-    if not args.dry_run:
-        archive.require_pyarrow()
+    archive.require_pyarrow()  # a dry run too: it must not promise what the real run cannot do
     cutoff = now_us() - span
     rows = done = 0
     async with ctx.connect() as (_, conn):
@@ -405,6 +449,12 @@ async def _archive_verify(ctx: _Context) -> int:
         raise ValidationError("the archive is off: [archive] root is empty")
     report = await asyncio.to_thread(archive.verify, root, table=args.table, date=args.date,
                                      batch_rows=_archive_settings(ctx).piece_rows)
+    if report.manifests == 0 and (args.table is not None or args.date is not None):
+        # Asked about a table or a day that has nothing archived: "verified 0 file(s) ... every file matches"
+        # would pass for a check of it. (A whole archive that is empty is verified as such.)
+        what = f"nothing of {args.table}" if args.table is not None else "nothing"
+        raise ValidationError(f"{what} is archived" + (f" for {args.date}" if args.date is not None else "")
+                              + f" under {root}")
     for problem in report.problems:
         ctx.print(f"MISMATCH {problem}")
     verdict = f"{len(report.problems)} problem(s)" if report.problems else "every file matches its manifest"
@@ -434,8 +484,8 @@ async def _reset(ctx: _Context) -> int:
     if not ctx.args.yes:
         raise ValidationError("reset drops every hftdb table and all their data, then recreates them empty; "
                               "add --yes to do it")
-    await _refuse_if_daemon_runs(ctx, "resetting its database")
     async with ctx.connect(create=True) as (target, conn):
+        await _refuse_if_daemon_runs(ctx, conn, "resetting its database")
         migrator = schema.Migrator(conn)
         reverted = await migrator.down(0)
         applied = await migrator.up()
@@ -504,11 +554,10 @@ async def _restore(ctx: _Context) -> int:
     args = ctx.args
     if args.clean and not args.yes:
         raise ValidationError("restore --clean replaces the hftdb tables and all their data; add --yes to do it")
-    if not Path(args.file).is_file():
-        raise ValidationError(f"no such backup file: {args.file}")
-    if args.clean:
-        await _refuse_if_daemon_runs(ctx, "replacing its database")
+    dump.check_backup_file(args.file)
     async with ctx.connect(create=True) as (target, conn):
+        if args.clean:
+            await _refuse_if_daemon_runs(ctx, conn, "replacing its database")
         has_schema = await conn.fetchval("SELECT to_regclass('exchanges') IS NOT NULL")
         if has_schema and not args.clean:
             raise ValidationError(f"{target.description} already holds hftdb tables; restore into an empty database "

@@ -22,7 +22,7 @@ from ..config import redact_dsn
 from ..errors import DatabaseError, ValidationError
 from ..db.server import bin_dir
 
-__all__ = ["tool_path", "libpq_args", "backup", "restore", "list_tables"]
+__all__ = ["tool_path", "libpq_args", "backup", "restore", "list_tables", "check_backup_file"]
 
 #: ``progress(done, total, what)`` after each table
 Progress = Callable[[int, int, str], None]
@@ -30,6 +30,8 @@ Progress = Callable[[int, int, str], None]
 _DUMPING = re.compile(r'dumping contents of table "(?P<table>[^"]+)"')
 _RESTORING = re.compile(r'processing data for table "(?P<table>[^"]+)"')
 _TABLE_DATA = re.compile(r"^\d+; \d+ \d+ TABLE DATA ", re.MULTILINE)
+#: the lines that explain an error: ``pg_dump: detail: ...``, ``pg_dump: hint: ...`` (or the server's DETAIL:/HINT:)
+_EXPLAINS = re.compile(r"^(\S+: )?(detail|hint):", re.IGNORECASE)
 
 
 def tool_path(name: str, *, embedded: bool) -> str:
@@ -71,7 +73,7 @@ async def _run(cmd: list[str], env: dict[str, str], pattern: re.Pattern[str], to
     )
     assert proc.stderr is not None
     done = 0
-    errors: list[str] = []
+    errors: list[str] = []  # each error with the lines that explain it
     try:
         async for raw in proc.stderr:
             line = raw.decode("utf-8", "replace").rstrip()
@@ -82,6 +84,10 @@ async def _run(cmd: list[str], env: dict[str, str], pattern: re.Pattern[str], to
                     progress(done, max(total, done), m.group("table"))
             elif "error" in line.lower() or "fatal" in line.lower():
                 errors.append(line)
+            elif errors and (_EXPLAINS.match(line) or line[:1].isspace()) and line.strip():
+                # The detail or hint after an error (the server's version against the tool's, the query that
+                # failed), or libpq's indented continuation of it: without it the error does not say why.
+                errors[-1] += "; " + line.strip()
         code = await proc.wait()
     except BaseException:
         # Interrupted: do not leave the tool running behind us (its partial output is the caller's to remove).
@@ -118,11 +124,21 @@ async def backup(dsn: str, path: str | os.PathLike[str], *, embedded: bool, tabl
     return target
 
 
+def check_backup_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path when it is a regular file; a ValidationError saying what it is otherwise."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValidationError(f"{p} is a directory, not a backup file: name the file `hftdb backup` wrote")
+    if not p.exists():
+        raise ValidationError(f"no such backup file: {p}")
+    if not p.is_file():
+        raise ValidationError(f"{p} is not a regular file: a backup is the file `hftdb backup` wrote")
+    return p
+
+
 async def list_tables(path: str | os.PathLike[str], *, embedded: bool) -> int:
     """How many tables' data the dump at ``path`` holds; :class:`ValidationError` when it is not a dump."""
-    p = Path(path)
-    if not p.is_file():
-        raise ValidationError(f"no such backup file: {p}")
+    p = check_backup_file(path)
     proc = await asyncio.create_subprocess_exec(
         tool_path("pg_restore", embedded=embedded), "--list", str(p),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

@@ -34,7 +34,7 @@ async def tables(conn: asyncpg.Connection, partitions: dict[str, list[dict[str, 
         rows = t["estimated_rows"]
         parts = partitions.get(name)
         if parts is not None:
-            # The catalog says 0 for a partition never analyzed; the partition list knows it is unknown.
+            # From the partition list, as the report lists them (on Citus, their shards' figures).
             known = [p["rows"] for p in parts]
             rows = None if any(r is None for r in known) else sum(known)
         out[name] = {"bytes": t["bytes"], "rows": rows, "partitions": t["partitions"]}
@@ -100,13 +100,16 @@ async def _slow_queries(conn: asyncpg.Connection) -> dict[str, Any]:
 
 
 def render(report: dict[str, Any], *, daemon_url: str) -> list[str]:
-    """The report as text lines; ``report["daemon"]`` holds the running daemon's counters, or None."""
+    """The report as text lines; ``report["daemon"]`` holds the running daemon's counters, or None (with
+    ``report["daemon_elsewhere"]`` saying why when the daemon answering serves another database)."""
     out: list[str] = ["Tables", f"  {'table':<22} {'rows':>14} {'size':>10} {'partitions':>10}"]
     for table in TABLES:
         t = report["tables"].get(table)
         if t is not None:
             out.append(f"  {table:<22} {approx(t['rows']):>14} {size(t['bytes']):>10} {t['partitions'] or '':>10}")
     lost = sum(t.get("unreachable_shards", 0) for t in report["tables"].values())
+    if not lost and any(t["rows"] is None for t in report["tables"].values()):
+        out.append("  (? = not analyzed yet: `hftdb optimize` runs ANALYZE)")
     if lost:
         out.append(f"  WARNING Citus: {lost} shard(s) are on a worker that does not answer: sizes leave them out, "
                    "rows of their tables are unknown (?)")
@@ -141,7 +144,9 @@ def render(report: dict[str, Any], *, daemon_url: str) -> list[str]:
                 out.append(f"  {'':<14} DAMAGED: {damaged} manifest(s) cannot be read, not counted above; "
                            f"`hftdb archive verify --table {table}` names them")
     daemon = report.get("daemon")
-    if daemon is None:
+    if daemon is None and report.get("daemon_elsewhere"):
+        out.append(f"\nWriters and caches: not shown, {report['daemon_elsewhere']}")
+    elif daemon is None:
         out.append(f"\nWriters and caches: the daemon is not answering at {daemon_url} (its counters live in it)")
     else:
         out.append(f"\nWriters (daemon, {daemon.get('mode')})")

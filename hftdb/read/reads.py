@@ -564,13 +564,21 @@ async def database_stats(pool: Any, *, writers: dict[str, Any], caches: dict[str
 
 async def table_stats(db: Any) -> dict[str, Any]:
     """Size, estimated rows and partition count of each hftdb table; on Citus with a worker down, also
-    ``unreachable_shards`` (the shards left out of a table's figures)."""
+    ``unreachable_shards`` (the shards left out of a table's figures).
+
+    ``estimated_rows`` is None when unknown: a table (or a partition of it) never analyzed whose heap is not
+    empty (``reltuples`` is -1 then; taken as 0 it read as "no rows" for a table of six). A partitioned table's
+    estimate is its partitions' (its own ``reltuples``, once it is analyzed, counts them again)."""
     rows = await db.fetch(
         """SELECT c.relname,
                   COALESCE((SELECT sum(pg_total_relation_size(i.inhrelid)) FROM pg_inherits i WHERE i.inhparent = c.oid),
                            0) + pg_total_relation_size(c.oid) AS bytes,
-                  COALESCE((SELECT sum(greatest(p.reltuples, 0)) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhrelid
-                            WHERE i.inhparent = c.oid), 0) + greatest(c.reltuples, 0) AS est_rows,
+                  CASE WHEN c.relkind = 'p' THEN
+                      (SELECT CASE WHEN bool_or(p.reltuples < 0 AND pg_relation_size(p.oid) > 0) THEN NULL
+                                   ELSE COALESCE(sum(greatest(p.reltuples, 0)), 0) END
+                       FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhrelid WHERE i.inhparent = c.oid)
+                  WHEN c.reltuples < 0 AND pg_relation_size(c.oid) > 0 THEN NULL
+                  ELSE greatest(c.reltuples, 0) END AS est_rows,
                   (SELECT count(*) FROM pg_inherits i WHERE i.inhparent = c.oid) AS partitions
            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
            WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
@@ -578,11 +586,12 @@ async def table_stats(db: Any) -> dict[str, Any]:
            ORDER BY c.relname""",
         list(ALL_TABLES),
     )
-    tables = {r[0]: {"bytes": int(r[1]), "estimated_rows": int(r[2]), "partitions": int(r[3])} for r in rows}
+    tables = {r[0]: {"bytes": int(r[1]), "estimated_rows": None if r[2] is None else int(r[2]),
+                     "partitions": int(r[3])} for r in rows}
     # On Citus the coordinator holds empty shells: the shards' sizes and estimates replace the catalog's.
     # With a worker down, its shards are left out of the figures and counted in unreachable_shards.
     for name, figures in (await citus.table_totals(db, list(tables))).items():
-        tables[name].update(bytes=figures.bytes, estimated_rows=figures.rows or 0)
+        tables[name].update(bytes=figures.bytes, estimated_rows=figures.rows)
         if figures.unreachable:
             tables[name]["unreachable_shards"] = figures.unreachable
     return {"tables": tables}

@@ -45,7 +45,7 @@ from .metrics import MetricsServer
 from ..models import now_us
 from ..tablespec import TIME_SERIES
 from .status import StatusReporter, Summary
-from ..db.target import Target, open_target
+from ..db.target import Target, identify, open_target
 from ..store.writer import DROPPED_BATCH
 
 __all__ = ["Daemon", "serve", "check_ledger_path"]
@@ -95,6 +95,7 @@ class Daemon:
         self.simulator: Any = None
         self.metrics: MetricsServer | None = None
         self._target: Target | None = None
+        self._identity: dict[str, str | None] | None = None
         self._db: DatabaseManager | None = None
         self._feeds: dict[str, Feed] = {}
         self._tasks: set[asyncio.Task] = set()  # feeds, maintenance and status: every task the daemon runs
@@ -162,6 +163,8 @@ class Daemon:
                 settings.archive, root=str(Path(settings.archive.root) / settings.demo.database)))
         self._db = DatabaseManager(self._target.dsn, settings=settings, spool_dir=spool)
         await self._db.initialize()
+        async with self._db.connection(timeout=settings.database.connect_timeout) as conn:
+            self._identity = await identify(conn)
         logger.info("database ready: %s, migrations applied", self._target.description)
         if settings.metrics.enabled:
             m = settings.metrics
@@ -378,6 +381,9 @@ class Daemon:
         database: dict[str, Any] = {"ok": False}
         if self._db is not None:
             database = await self._db.health_check(timeout=self.settings.metrics.health_timeout_s)
+            # Which database this daemon serves: the hftdb command, whose metrics port may be answered by the
+            # daemon of another database (the demo's, another DSN's), compares it with its own.
+            database["identity"] = self._identity
             if not database.get("ok"):
                 reasons.append(f"database unreachable: {database.get('error', 'no answer')}")
         now = now_us()
