@@ -230,7 +230,7 @@ class DatabaseManager:
             except RETRYABLE as exc:
                 # Only what waiting can cure is retried (a server starting, refusing, full); a wrong password, a
                 # missing role or database fails at once.
-                if (dberrors.classify(exc) != dberrors.WAIT or dberrors.login_refused(exc)
+                if (dberrors.classify(exc) != dberrors.WAIT or dberrors.first_connect_fails(exc)
                         or time.monotonic() + delay > deadline):
                     raise DatabaseUnavailableError(
                         f"cannot connect to {redact_dsn(self._dsn)}: {dberrors.describe(exc, timeout=db.connect_timeout)}"

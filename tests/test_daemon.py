@@ -336,6 +336,48 @@ async def test_the_summary_counts_rows_with_no_room_to_spool_as_dropped_not_spoo
     assert dropped >= lost, summary
 
 
+async def test_the_demo_waits_for_a_database_that_is_starting_as_the_live_mode_does(fault_server, tmp_path):
+    # run.py --demo gave up on the first refused connection (1.3 s) where the live mode retries for
+    # [database] connect_timeout: a daemon started beside a server that is still starting must wait for it.
+    await fault_server.kill()
+    port = free_port()
+    env = daemon_env(tmp_path, port, HFTDB_DSN=fault_server.dsn, HFTDB_DATABASE_CONNECT_TIMEOUT="60")
+    proc = await start_daemon(env)
+    try:
+        async with asyncio.timeout(60):
+            while True:  # the daemon has tried and been refused at least once
+                line = await proc.stderr.readline()
+                assert line, "the daemon stopped before the database came back"
+                if b"simulator" in line:
+                    break
+        await asyncio.sleep(1.0)
+        assert proc.returncode is None, "the demo gave up on a database that was starting"
+        await fault_server.start_again()
+        await poll(f"http://127.0.0.1:{port}/health", lambda st, _: st == 200, timeout=120, proc=proc)
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(60):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()[-3000:]
+
+
+async def test_a_dsn_the_client_refuses_stops_the_demo_in_one_line(tmp_path):
+    # A query option asyncpg refuses (sslmode=bogus) printed 45 lines of traceback under --demo.
+    env = daemon_env(tmp_path, free_port(), HFTDB_DSN="postgresql://u:s3cretPassw0rd@127.0.0.1:1/hft?sslmode=bogus",
+                     HFTDB_DATABASE_CONNECT_TIMEOUT="60")
+    env["HFTDB_LOGGING_FORMAT"] = "text"
+    proc = await start_daemon(env)
+    async with asyncio.timeout(30):  # refused at once, not after connect_timeout
+        out, err = await proc.communicate()
+    stderr = err.decode()
+    assert proc.returncode == 1 and "Traceback" not in stderr and "s3cretPassw0rd" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1].startswith("hftdb: cannot connect to postgresql://u:***@"), stderr
+    assert "sslmode" in stderr.strip().splitlines()[-1], stderr
+
+
 # -- in process: health, staleness, status lines, maintenance ---------------------------------------------
 
 

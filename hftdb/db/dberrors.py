@@ -51,7 +51,7 @@ import asyncpg
 from ..redact import redact
 
 __all__ = ["WAIT", "DATA", "OTHER", "CATCH", "MAX_OTHER_ATTEMPTS", "classify", "sqlstate", "citus_worker_unreachable",
-           "describe", "login_refused"]
+           "describe", "first_connect_fails", "login_refused"]
 
 WAIT: Final = "wait"
 DATA: Final = "data"
@@ -94,6 +94,14 @@ def login_refused(exc: BaseException) -> bool:
     pg_hba.conf entry, a role that may not log in) or ``3D000`` (no such database)."""
     state = sqlstate(exc)
     return state is not None and (state[:2] == "28" or state == "3D000")
+
+
+def first_connect_fails(exc: BaseException) -> bool:
+    """Whether a first connection (at start-up) should fail at once on ``exc`` rather than wait for the server: a
+    login refused (:func:`login_refused`), or a DSN the client itself refuses (an unknown ``sslmode``, a certificate
+    file that is missing). Later in a run the same errors wait, as any connection loss does: rows are never
+    rejected for how the database is reached."""
+    return login_refused(exc) or isinstance(exc, asyncpg.ClientConfigurationError)
 
 
 def citus_worker_unreachable(exc: BaseException) -> bool:
