@@ -156,6 +156,20 @@ async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+async def stop_daemon(proc: asyncio.subprocess.Process, sig: int, *, timeout: float = 60) -> tuple[bytes, bytes]:
+    """Send ``sig`` to a daemon started by :func:`start_daemon` and wait for it to exit: (stdout, stderr)."""
+    proc.send_signal(sig)
+    async with asyncio.timeout(timeout):
+        return await proc.communicate()
+
+
+async def reap(proc: asyncio.subprocess.Process) -> None:
+    """Kill a daemon that a failed test left running."""
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+
+
 async def start_daemon(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, str(ROOT / "run.py"), "--demo", *args, cwd=str(ROOT), env=env,
@@ -210,13 +224,9 @@ async def test_demo_daemon_ingests_until_sigterm_then_holds_every_sent_message_o
         assert daemon_part["writers"]["book_tickers"]["rows_committed"] > 0
         assert daemon_part["caches"]["symbol_ids"]["hits"] > 0
 
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(60):
-            out, err = await proc.communicate()
+        out, err = await stop_daemon(proc, signal.SIGTERM)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await reap(proc)
     stdout, stderr = out.decode(), err.decode()
     (tmp_path / "daemon.log").write_text(stderr)  # kept in the test's directory for a look after a failure
     assert proc.returncode == 0, stderr[-3000:]
@@ -256,22 +266,39 @@ async def test_demo_daemon_ingests_until_sigterm_then_holds_every_sent_message_o
     assert total == sum(s["messages"] for s in ledger["streams"])
 
 
-async def test_second_sigint_forces_the_stop_and_spools_what_the_dead_database_did_not_take(fault_server, tmp_path):
+async def outage_then(fault_server, tmp_path: Path, stop, **extra: str) -> tuple[int, str, str]:
+    """Run a demo daemon on ``fault_server``, kill the server once the daemon is healthy and the writers hold some
+    rows, then ``await stop(proc, base_url)``; return (exit code, stdout, stderr) once it has exited. The server is
+    started again; stderr is kept in the test's directory for a look after a failure."""
     port = free_port()
-    env = daemon_env(tmp_path, port, HFTDB_DSN=fault_server.dsn, HFTDB_DAEMON_SHUTDOWN_TIMEOUT_S="120",
-                     HFTDB_WRITER_RETRY_MAX_MS="200", HFTDB_METRICS_HEALTH_TIMEOUT_S="1",
-                     HFTDB_DATABASE_CONNECT_TIMEOUT="2")
+    env = daemon_env(tmp_path, port, HFTDB_DSN=fault_server.dsn, HFTDB_WRITER_RETRY_MAX_MS="200",
+                     HFTDB_METRICS_HEALTH_TIMEOUT_S="1", HFTDB_DATABASE_CONNECT_TIMEOUT="2")
+    env.update(extra)
     proc = await start_daemon(env)
     base = f"http://127.0.0.1:{port}"
     try:
         await poll(f"{base}/health", lambda st, _: st == 200, timeout=120, proc=proc)
         await fault_server.kill()
-        _, body = await poll(f"{base}/health", lambda st, _: st == 503, timeout=60, proc=proc)
-        assert any(r.startswith("database unreachable") for r in json.loads(body)["reasons"])
         # Rows keep arriving while the database is down: wait until the writers hold some.
         await poll(f"{base}/metrics",
                    lambda st, b: (metric(b, "hftdb_writer_rows_pending", table="book_tickers") or 0) > 50,
                    timeout=60, proc=proc)
+        await stop(proc, base)
+        async with asyncio.timeout(120):
+            out, err = await proc.communicate()
+    finally:
+        await reap(proc)
+        with contextlib.suppress(Exception):
+            await fault_server.start_again()
+    (tmp_path / "daemon.log").write_text(err.decode())
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_second_sigint_forces_the_stop_and_spools_what_the_dead_database_did_not_take(fault_server, tmp_path):
+    async def twice(proc: asyncio.subprocess.Process, base: str) -> None:
+        _, body = await poll(f"{base}/health", lambda st, _: st == 503, timeout=60, proc=proc)
+        assert any(r.startswith("database unreachable") for r in json.loads(body)["reasons"])
         proc.send_signal(signal.SIGINT)
 
         def stuck_flushing(st: int, b: str) -> bool:
@@ -281,17 +308,9 @@ async def test_second_sigint_forces_the_stop_and_spools_what_the_dead_database_d
 
         await poll(f"{base}/health", stuck_flushing, timeout=60, proc=proc)
         proc.send_signal(signal.SIGINT)
-        async with asyncio.timeout(60):
-            out, err = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        with contextlib.suppress(Exception):
-            await fault_server.start_again()
-    stderr = err.decode()
-    (tmp_path / "daemon.log").write_text(stderr)  # kept in the test's directory for a look after a failure
-    assert proc.returncode == 130, stderr[-3000:]
+
+    rc, _, stderr = await outage_then(fault_server, tmp_path, twice, HFTDB_DAEMON_SHUTDOWN_TIMEOUT_S="120")
+    assert rc == 130, stderr[-3000:]
     raw = [line for line in stderr.splitlines() if line.strip() and not line.startswith("{")]
     assert raw == ["hftdb: stop forced; uncommitted rows were spooled for the next start"], raw  # no traceback
     json_lines(stderr.replace(raw[0], ""))
@@ -302,35 +321,16 @@ async def test_second_sigint_forces_the_stop_and_spools_what_the_dead_database_d
 async def test_the_summary_counts_rows_with_no_room_to_spool_as_dropped_not_spooled(fault_server, tmp_path):
     # The database dies under a running daemon with no spool: at the stop, what the writers hold cannot be kept.
     # The summary must say so (rows dropped), not that they were spooled for the next start.
-    port = free_port()
-    env = daemon_env(tmp_path, port, HFTDB_DSN=fault_server.dsn, HFTDB_DAEMON_SHUTDOWN_TIMEOUT_S="2",
-                     HFTDB_WRITER_RETRY_MAX_MS="200", HFTDB_METRICS_HEALTH_TIMEOUT_S="1",
-                     HFTDB_DATABASE_CONNECT_TIMEOUT="2")
-    env["HFTDB_WRITER_SPOOL_DIR"] = ""
-    proc = await start_daemon(env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        await poll(f"{base}/health", lambda st, _: st == 200, timeout=120, proc=proc)
-        await fault_server.kill()
-        await poll(f"{base}/metrics",
-                   lambda st, b: (metric(b, "hftdb_writer_rows_pending", table="book_tickers") or 0) > 50,
-                   timeout=60, proc=proc)
+    async def once(proc: asyncio.subprocess.Process, base: str) -> None:
         proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(120):
-            out, err = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        with contextlib.suppress(Exception):
-            await fault_server.start_again()
-    stderr = err.decode()
-    (tmp_path / "daemon.log").write_text(stderr)
-    assert proc.returncode == 0, stderr[-3000:]
+
+    rc, out, stderr = await outage_then(fault_server, tmp_path, once, HFTDB_DAEMON_SHUTDOWN_TIMEOUT_S="2",
+                                        HFTDB_WRITER_SPOOL_DIR="")
+    assert rc == 0, stderr[-3000:]
     lost = sum(int(line["msg"].split(" uncommitted rows")[0].rsplit(" ", 1)[-1])
                for line in json_lines(stderr) if "no room to spool them" in line["msg"])
     assert lost > 50, stderr[-3000:]
-    (summary,) = [line for line in out.decode().splitlines() if line.startswith("hftdb stopped after")]
+    (summary,) = [line for line in out.splitlines() if line.startswith("hftdb stopped after")]
     assert "spooled for the next start" not in summary and "0 batches spooled" in summary, summary
     dropped = int(summary.split(" rows dropped")[0].rsplit(" ", 1)[-1].replace(",", ""))
     assert dropped >= lost, summary
@@ -354,13 +354,9 @@ async def test_the_demo_waits_for_a_database_that_is_starting_as_the_live_mode_d
         assert proc.returncode is None, "the demo gave up on a database that was starting"
         await fault_server.start_again()
         await poll(f"http://127.0.0.1:{port}/health", lambda st, _: st == 200, timeout=120, proc=proc)
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(60):
-            out, err = await proc.communicate()
+        out, err = await stop_daemon(proc, signal.SIGTERM)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await reap(proc)
     assert proc.returncode == 0, err.decode()[-3000:]
 
 
@@ -514,9 +510,7 @@ async def test_hftdb_run_is_the_daemon_too(tmp_path):
         async with asyncio.timeout(60):
             out, err = await proc.communicate()
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await reap(proc)
     assert proc.returncode == 0, err.decode()[-3000:]
     assert out.decode().startswith("hftdb stopped after") and "the simulator sent" in out.decode()
     assert any(r["msg"].startswith("SIGINT received: stopping") for r in json_lines(err.decode()))
@@ -582,13 +576,9 @@ async def test_a_ledger_that_cannot_be_written_at_the_end_is_not_claimed_and_fai
     try:
         await poll(f"http://127.0.0.1:{port}/health", lambda st, _: st == 200, timeout=120, proc=proc)
         (tmp_path / "later").write_text("")  # checked at the start, the path has become unwritable since
-        proc.send_signal(signal.SIGINT)
-        async with asyncio.timeout(60):
-            out, err = await proc.communicate()
+        out, err = await stop_daemon(proc, signal.SIGINT)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await reap(proc)
     stdout, stderr = out.decode(), err.decode()
     assert proc.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
     assert "(ledger: " not in stdout and f"(NO ledger: cannot write the simulator's ledger to {ledger}: " in stdout
