@@ -21,7 +21,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-from ..errors import ClosedError, ExchangeError, ExchangeHTTPError, FrameError, SignatureError, StateError
+from ..errors import (ClosedError, DatabaseUnavailableError, ExchangeError, ExchangeHTTPError, FrameError,
+                      SignatureError, StateError)
 from ..models import Balance, Exchange, ExchangeName, FundingRate, Symbol, now_us
 from ..venues import VENUES, spec
 from .connection import Pacer
@@ -270,17 +271,31 @@ class ExchangeAdapter:
         return runner.topics if runner is not None and runner.running else []
 
     async def run_symbol_sync(self, interval: float, *, timeout: float | None = None) -> None:
-        """Sync symbols now and every ``interval`` seconds until cancelled; failures are logged and retried
-        at the next interval."""
+        """Sync symbols now and every ``interval`` seconds until cancelled. A failed sync (the venue's REST, or
+        the sink's database away: :class:`~hftdb.errors.DatabaseUnavailableError`) is counted (``rest_errors``)
+        and logged, and tried again sooner, with back-off up to ``interval``; the streams go on meanwhile, so a
+        database outage never cuts them. While failures repeat, they are logged at the 1st, 2nd, 4th, 8th...
+        failure in a row, not on every try."""
         if interval <= 0:
             raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
+        failures = 0
         while True:
+            wait = interval
             try:
                 await self.sync_symbols(timeout=timeout)
-            except (ExchangeError, FrameError) as exc:
+            except (ExchangeError, FrameError, DatabaseUnavailableError) as exc:
                 self.stats.rest_errors += 1
-                logger.warning("%s: symbol sync failed: %s", self.venue.value, exc)
-            await asyncio.sleep(interval)
+                self.notify()
+                failures += 1
+                wait = min(interval, self.reconnect.delay(failures - 1))
+                if failures & (failures - 1) == 0:  # a power of two
+                    logger.warning("%s: symbol sync failed (%d in a row; the streams go on; next try in %.1fs): %s",
+                                   self.venue.value, failures, wait, exc)
+            else:
+                if failures:
+                    logger.info("%s: symbol sync works again after %d failures", self.venue.value, failures)
+                failures = 0
+            await asyncio.sleep(wait)
 
     def exchange_record(self) -> Exchange:
         """The :class:`~hftdb.models.Exchange` row of this venue."""

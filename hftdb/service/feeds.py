@@ -132,6 +132,12 @@ class Feed:
                 self.last_error = "; ".join(str(e) or repr(e) for e in leaves)
                 if not all(isinstance(e, _EXPECTED) for e in leaves):
                     logger.error("%s: feed failed", self.venue, exc_info=exc)
+                # Never silent: a restart cuts the streams, and what the venue sends until they are back is lost.
+                stats = self.adapter.stats
+                stats.restarts += 1
+                if self.state is FeedState.STREAMING:
+                    stats.reconnects += 1  # its connections were replaced
+                self.adapter.notify()
             self.set_state(FeedState.RETRYING)
             delay = _BACKOFF.delay(attempt)
             attempt += 1
