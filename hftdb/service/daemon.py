@@ -425,7 +425,7 @@ class Daemon:
             feeds[venue] = {k: view[k] for k in ("state", "live", "last_message_age_s", "connections", "last_error")}
             if not view["live"] and self._state is _State.RUNNING:
                 age = view["last_message_age_s"]
-                why = feed.last_error or (f"no message for {age:.0f}s" if age is not None else "no message yet")
+                why = view["last_error"] or (f"no message for {age:.0f}s" if age is not None else "no message yet")
                 reasons.append(f"{venue} {feed.state.value}: {why}")
         return {"ok": not reasons, "reasons": reasons, "state": self._state.value, "database": database, "feeds": feeds}
 
