@@ -234,7 +234,9 @@ class Daemon:
                     raise DatabaseUnavailableError(
                         f"{feed.venue}: first symbol sync: the database stayed unavailable for {wait:g}s "
                         f"([database] connect_timeout): {exc}") from exc
-                logger.warning("%s: first symbol sync: %s; retrying in %.1fs", feed.venue, exc, delay)
+                if attempt & (attempt - 1) == 0:  # the 1st, 2nd, 4th... failure: not a line per retry
+                    logger.warning("%s: first symbol sync: %s; retrying (%d failed so far, next in %.1fs)", feed.venue,
+                                   exc, attempt, delay)
                 await asyncio.sleep(delay)
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task:
