@@ -791,7 +791,44 @@ async def test_simulator_listing_changes_show_in_rest_and_subscriptions(make_sim
     assert s.symbols(E.OKX_SWAP) == ["ETH-USDT-SWAP"]
     await adapter.sync_symbols()
     assert {x.symbol: x.status for x in sink.symbols[E.OKX_SWAP.value]} == {"BTC-USDT-SWAP": "halted", "ETH-USDT-SWAP": "trading"}
-    with pytest.raises(ExchangeError, match="giving up"):  # a suspended instrument cannot be subscribed
-        await adapter.run_streams()
+    # A suspended instrument cannot be subscribed: it is left out, and said so, not retried until giving up.
+    assert adapter.topics() == [] and "BTC-USDT-SWAP" in adapter.not_streamed
     s.list_symbol(E.OKX_SWAP, "BTC-USDT-SWAP")  # listed again
     assert s.symbols(E.OKX_SWAP) == ["ETH-USDT-SWAP", "BTC-USDT-SWAP"]
+
+
+@pytest.mark.parametrize("how", ["reconnect", "sync"])
+@pytest.mark.parametrize("venue", [E.BINANCE_SPOT, E.BYBIT_SPOT, E.OKX_SPOT], ids=str)
+async def test_a_given_symbol_delisted_is_dropped_while_the_others_stream_on(make_sim, adapters, venue, how, caplog):
+    # A given symbol delisted at runtime: either a reconnect's subscription is refused (Binance's "invalid stream
+    # name", Bybit's success=false, OKX's 60018) or a symbol sync lists it halted first. Either way it alone is
+    # dropped, with one warning, the other symbol streams on, and it is subscribed again once listed again.
+    s = await make_sim(symbols=2)
+    sink = RecordingSink()
+    gone, kept = s.symbols(venue)
+    adapter = await adapters(s, venue, sink, symbols=[gone, kept], max_reconnect_attempts=3)
+    await adapter.sync_symbols()
+    async with streaming(adapter) as task:
+        await sink.wait_until(lambda: {r.symbol for r in sink.books} == {gone, kept})
+        s.delist_symbol(venue, gone)
+        if how == "reconnect":
+            s.drop_connections(venue)
+        else:
+            await adapter.sync_symbols()
+        await s.wait_until(lambda: s.subscribed(venue, gone) == 0 and s.subscribed(venue, kept) == 1, timeout=10)
+        after = _rows_of(sink, kept)
+        await sink.wait_until(lambda: _rows_of(sink, kept) >= after + 50)
+        assert not task.done()
+        assert list(adapter.not_streamed) == [adapter.topic(gone, adapter.channels[0]) if how == "reconnect" else gone]
+        assert not [t for t in adapter.streamed_topics if gone in t]
+
+        s.list_symbol(venue, gone)
+        await adapter.sync_symbols()
+        await s.wait_until(lambda: s.subscribed(venue, gone) == 1, timeout=10)
+        before = _rows_of(sink, gone)
+        await sink.wait_until(lambda: _rows_of(sink, gone) >= before + 20)
+        assert adapter.not_streamed == {}
+        await assert_exactly_once(s, sink, venue)
+    warnings = [m for r in caplog.records if r.levelname == "WARNING" and gone.lower() in (m := r.getMessage()).lower()
+                and ("refuses" in m or "not streamed" in m)]
+    assert len(warnings) == 1, warnings

@@ -19,14 +19,18 @@ transaction, as units of work use them).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
+from collections.abc import Iterator
 from typing import Any, Iterable, Sequence, get_args
 
 from .. import venues
+from . import dberrors
 from .cache import TTLCache
-from ..errors import ClosedError, StateError, UnknownExchangeError, UnknownSymbolError, ValidationError
+from ..errors import (ClosedError, DatabaseUnavailableError, StateError, UnknownExchangeError, UnknownSymbolError,
+                      ValidationError)
 from ..models import Exchange, ExchangeName, Symbol, SymbolStatus
 from ..wire.rules import bad_text
 
@@ -51,6 +55,20 @@ ID_END = 2**31
 STATUSES: tuple[str, ...] = get_args(SymbolStatus)
 #: How long an id found in a latest table but not in ``symbols`` is skipped before it is looked up again.
 _ABSENT_RECHECK_S = 60.0
+
+
+@contextlib.contextmanager
+def _reachable(action: str) -> Iterator[None]:
+    """Turn a database that went away under ``action`` (what :func:`dberrors.classify` calls ``WAIT``: a refused
+    or lost connection, a restart, a terminated backend) into :class:`DatabaseUnavailableError`, which callers
+    outside the database layer (the feeds' symbol sync, the daemon's start) know to wait out. Anything else
+    (a constraint, a syntax error: a bug) propagates as it is."""
+    try:
+        yield
+    except dberrors.CATCH as exc:
+        if dberrors.classify(exc) != dberrors.WAIT:
+            raise
+        raise DatabaseUnavailableError(f"{action}: the database is unavailable ({dberrors.describe(exc)})") from exc
 
 
 class SymbolDirectory:
@@ -265,7 +283,8 @@ class SymbolCatalog:
             raise ValidationError(f"exchange name must be 1..{MAX_EXCHANGE_LEN} printable characters, got {name!r}")
         if mkt not in ("spot", "derivatives"):
             raise ValidationError(f"market must be 'spot' or 'derivatives', got {mkt!r}")
-        ex = await upsert_exchange(self._db, name, mkt, active)
+        with _reachable(f"registering exchange {name!r}"):
+            ex = await upsert_exchange(self._db, name, mkt, active)
         self.remember_exchange(ex)
         return ex
 
@@ -284,7 +303,8 @@ class SymbolCatalog:
 
     async def exchanges(self) -> list[Exchange]:
         """Every registered exchange, by id, read from the database."""
-        found = await fetch_exchanges(self._db)
+        with _reachable("reading the exchanges"):
+            found = await fetch_exchanges(self._db)
         for ex in found:
             self.remember_exchange(ex)
         return found
@@ -301,18 +321,21 @@ class SymbolCatalog:
     async def sync(self, exchange: ExchangeName | str, symbols: Sequence[Symbol]) -> tuple[int, int]:
         """Upsert an exchange's full instrument list in one transaction and delist its symbols missing from it.
 
-        Returns ``(upserted, delisted)``; an invalid entry raises ValidationError before anything is written.
+        Returns ``(upserted, delisted)``; an invalid entry raises ValidationError before anything is written, and
+        a database that goes away meanwhile :class:`DatabaseUnavailableError` (the transaction rolled back).
         """
-        ex = await self.exchange(exchange)
+        with _reachable(f"syncing the symbols of {exchange_name(exchange)}"):
+            ex = await self.exchange(exchange)
         exchange_id = ex.id
         assert exchange_id is not None  # remember_exchange refuses an exchange without one
         for s in symbols:
             check_symbol(s)
             if s.exchange_id != exchange_id:
                 raise ValidationError(f"symbol {s.symbol!r} has exchange_id {s.exchange_id}, expected {exchange_id}")
-        async with self._db.acquire() as conn, conn.transaction():
-            rows = await upsert_symbols(conn, list(symbols))
-            delisted = await delist_missing(conn, exchange_id, [s.symbol for s in symbols])
+        with _reachable(f"syncing the symbols of {ex.name}"):
+            async with self._db.acquire() as conn, conn.transaction():
+                rows = await upsert_symbols(conn, list(symbols))
+                delisted = await delist_missing(conn, exchange_id, [s.symbol for s in symbols])
         for sym in rows:
             self.remember_symbol(sym)
         # The delisted symbols' cached records are stale (their status changed): drop them, keep the fresh ones.
@@ -357,8 +380,9 @@ class SymbolCatalog:
         """Every symbol of an exchange (optionally only those with ``status``), by native symbol."""
         if status is not None and status not in STATUSES:
             raise ValidationError(f"status must be one of {', '.join(map(repr, STATUSES))}, got {status!r}")
-        ex = await self.exchange(exchange)
-        found = await fetch_symbols(self._db, exchange_id=ex.id, status=status)
+        with _reachable(f"reading the symbols of {exchange_name(exchange)}"):
+            ex = await self.exchange(exchange)
+            found = await fetch_symbols(self._db, exchange_id=ex.id, status=status)
         for sym in found:
             self.remember_symbol(sym)
         return found

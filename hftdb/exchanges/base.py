@@ -15,13 +15,15 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-from ..errors import ClosedError, ExchangeError, ExchangeHTTPError, FrameError, SignatureError, StateError
+from ..errors import (ClosedError, DatabaseUnavailableError, ExchangeError, ExchangeHTTPError, FrameError,
+                      SignatureError, StateError)
 from ..models import Balance, Exchange, ExchangeName, FundingRate, Symbol, now_us
 from ..venues import VENUES, spec
 from .connection import Pacer
@@ -47,6 +49,8 @@ class _State(enum.Enum):
 
 _DEFAULT = object()
 
+#: the statuses of a listed symbol that is not streamed
+_IDLE = frozenset({"halted", "delisted"})
 #: the longest wait between balance polls while the venue keeps refusing the signature (seconds)
 REFUSED_MAX_WAIT_S = 300.0
 
@@ -160,6 +164,9 @@ class ExchangeAdapter:
         self._synced: list[Symbol] | None = None
         self._runner: StreamRunner | None = None
         self._rest_funding_times: dict[str, int] = {}
+        self._idle: dict[str, str] = {}  # given symbol -> its status, while the listing says it is not trading
+        self._refused: dict[str, str] = {}  # topic -> the venue's refusal
+        self._refused_symbols: dict[str, str] = {}  # refused topic -> its symbol
         self._changed = asyncio.Event()
         self._state = _State.UNOPENED
 
@@ -246,9 +253,11 @@ class ExchangeAdapter:
     async def sync_symbols(self, *, timeout: float | None = None) -> tuple[int, int]:
         """Fetch the venue's instruments and upsert them through the sink; return the sink's counts.
 
-        When this adapter streams every trading symbol (``symbols=None``) and :meth:`run_streams` is running,
-        the running streams follow the listing: new trading symbols are subscribed (on connections with room
-        left, or new ones), and symbols delisted or halted are unsubscribed."""
+        While :meth:`run_streams` is running, the running streams follow the listing: with ``symbols=None``, new
+        trading symbols are subscribed (on connections with room left, or new ones); with given ``symbols``, a
+        given symbol the listing shows halted or delisted is unsubscribed (one WARNING), and subscribed again
+        once a later sync lists it trading. Either way a topic the venue refused (:meth:`refuse`) is tried again
+        when its symbol lists as trading."""
         self._check_open()
         exchange = await self.sink.insert_exchange(self.exchange_record())
         if exchange.id is None:
@@ -257,11 +266,56 @@ class ExchangeAdapter:
         result = await self.sink.sync_symbols(self.venue, symbols)
         self._synced = symbols
         logger.info("%s: synced %d symbols: %s", self.venue.value, len(symbols), result)
+        self._follow_listing()
         runner = self._runner
-        if self.symbols is None and runner is not None and runner.running:
+        if runner is not None and runner.running:
             await runner.update(self.topics())
             self.notify()
         return result
+
+    def _follow_listing(self) -> None:
+        # Given symbols the listing shows not trading are left out of topics() (logged when that changes); refused
+        # topics whose symbol lists as trading are tried again.
+        venue = self.venue.value
+        status = {s.symbol: s.status for s in self._synced or ()}
+        if self.symbols is not None:
+            idle = {s: status.get(s, "delisted") for s in self.symbols if status.get(s, "delisted") in _IDLE}
+            for symbol, state in idle.items():
+                if symbol not in self._idle:
+                    logger.warning("%s: %s is %s: not streamed until a symbol sync lists it trading again", venue,
+                                   symbol, state)
+            for symbol in self._idle.keys() - idle.keys():
+                logger.info("%s: %s is listed trading again: streamed again", venue, symbol)
+            self._idle = idle
+        for topic, symbol in list(self._refused_symbols.items()):
+            if status.get(symbol) not in _IDLE and symbol in status:
+                logger.info("%s: %s lists as trading: subscribing %s again", venue, symbol, topic)
+                del self._refused[topic], self._refused_symbols[topic]
+
+    def refused_topics(self, refusal: str, topics: Sequence[str]) -> list[str]:
+        """Those of ``topics`` that the venue's refusal of a subscription (its error text, as the parser gives it)
+        names. The venue modules override it where the text does not quote the topic as sent (OKX)."""
+        return [t for t in topics if re.search(rf"(?<![\w-]){re.escape(t)}(?![\w-])", refusal)]
+
+    def refuse(self, topics: Sequence[str], refusal: str) -> None:
+        """Stop streaming ``topics``, which the venue refused to subscribe: logged once, shown by
+        :attr:`not_streamed`, and tried again when a symbol sync lists their symbol as trading."""
+        by_topic = {self.topic(s, c): s for s in self._given_or_synced() for c in self.channels}
+        for topic in topics:
+            self._refused[topic] = refusal
+            self._refused_symbols[topic] = by_topic.get(topic, "")
+        logger.warning("%s: the venue refuses %s (%s): not streamed until a symbol sync lists %s trading; the "
+                       "other topics stream on", self.venue.value, ", ".join(topics), refusal,
+                       "it" if len(topics) == 1 else "them")
+        self.notify()
+
+    @property
+    def not_streamed(self) -> dict[str, str]:
+        """What this adapter would stream but does not, and why: a given symbol the listing shows halted or
+        delisted, a topic the venue refused."""
+        out = {symbol: f"{state} on {self.venue.value}" for symbol, state in self._idle.items()}
+        out.update((topic, f"refused: {refusal}") for topic, refusal in self._refused.items())
+        return out
 
     @property
     def streamed_topics(self) -> list[str]:
@@ -270,17 +324,31 @@ class ExchangeAdapter:
         return runner.topics if runner is not None and runner.running else []
 
     async def run_symbol_sync(self, interval: float, *, timeout: float | None = None) -> None:
-        """Sync symbols now and every ``interval`` seconds until cancelled; failures are logged and retried
-        at the next interval."""
+        """Sync symbols now and every ``interval`` seconds until cancelled. A failed sync (the venue's REST, or
+        the sink's database away: :class:`~hftdb.errors.DatabaseUnavailableError`) is counted (``rest_errors``)
+        and logged, and tried again sooner, with back-off up to ``interval``; the streams go on meanwhile, so a
+        database outage never cuts them. While failures repeat, they are logged at the 1st, 2nd, 4th, 8th...
+        failure in a row, not on every try."""
         if interval <= 0:
             raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
+        failures = 0
         while True:
+            wait = interval
             try:
                 await self.sync_symbols(timeout=timeout)
-            except (ExchangeError, FrameError) as exc:
+            except (ExchangeError, FrameError, DatabaseUnavailableError) as exc:
                 self.stats.rest_errors += 1
-                logger.warning("%s: symbol sync failed: %s", self.venue.value, exc)
-            await asyncio.sleep(interval)
+                self.notify()
+                failures += 1
+                wait = min(interval, self.reconnect.delay(failures - 1))
+                if failures & (failures - 1) == 0:  # a power of two
+                    logger.warning("%s: symbol sync failed (%d in a row; the streams go on; next try in %.1fs): %s",
+                                   self.venue.value, failures, wait, exc)
+            else:
+                if failures:
+                    logger.info("%s: symbol sync works again after %d failures", self.venue.value, failures)
+                failures = 0
+            await asyncio.sleep(wait)
 
     def exchange_record(self) -> Exchange:
         """The :class:`~hftdb.models.Exchange` row of this venue."""
@@ -290,13 +358,21 @@ class ExchangeAdapter:
     # -- streams ---------------------------------------------------------------------------------------
 
     def topics(self, symbols: Sequence[str] | None = None) -> list[str]:
-        """The venue's stream names for ``symbols`` (default: this adapter's) and its channels."""
-        symbols = self._stream_symbols() if symbols is None else symbols
-        return [self.topic(symbol, channel) for symbol in symbols for channel in self.channels]
+        """The venue's stream names for ``symbols`` and its channels; by default this adapter's: its symbols (less
+        those the last sync lists halted or delisted) or every trading symbol, less the topics the venue refused."""
+        if symbols is not None:
+            return [self.topic(symbol, channel) for symbol in symbols for channel in self.channels]
+        refused = self._refused
+        return [t for s in self._stream_symbols() for c in self.channels if (t := self.topic(s, c)) not in refused]
+
+    def _given_or_synced(self) -> Sequence[str]:
+        if self.symbols is not None:
+            return self.symbols
+        return [s.symbol for s in self._synced or ()]
 
     def _stream_symbols(self) -> Sequence[str]:
         if self.symbols is not None:
-            return self.symbols
+            return [s for s in self.symbols if s not in self._idle]
         if self._synced is None:
             raise StateError(f"{self.venue.value}: no symbols given and none synced: call sync_symbols() first")
         return [s.symbol for s in self._synced if s.status == "trading"]

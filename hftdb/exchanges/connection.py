@@ -41,13 +41,16 @@ class ConnectionLost(ExchangeError):
     """A stream connection could not be opened or subscribed, or ended.
 
     ``status`` is the HTTP status of a refused upgrade (else None); ``retry_after`` the seconds its
-    ``Retry-After`` header asked to wait (else None).
+    ``Retry-After`` header asked to wait (else None); ``refusal`` the venue's error text when it refused a
+    subscription (else None).
     """
 
-    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None,
+                 refusal: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+        self.refusal = refusal
 
 
 class _Listener(WSListener):

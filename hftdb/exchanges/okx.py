@@ -8,6 +8,7 @@ OKX closes a connection that has had nothing pushed for 30 s, so when ours has b
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from urllib.parse import quote
 
@@ -85,6 +86,16 @@ class OkxAdapter(ExchangeAdapter):
     def topic(self, symbol: str, channel: str) -> str:
         """``<channel>:<instId>`` (sent as ``{"channel", "instId"}``)."""
         return f"{channel}:{symbol}"
+
+    def refused_topics(self, refusal: str, topics: Sequence[str]) -> list[str]:
+        """The topics an error names as ``channel:<channel>,instId:<instId>`` (60018: "Wrong URL or
+        channel:bbo-tbt,instId:BTC-USDT doesn't exist")."""
+        named = []
+        for topic in topics:
+            channel, _, inst_id = topic.partition(":")
+            if re.search(rf"channel:{re.escape(channel)},\s*instId:{re.escape(inst_id)}(?![\w-])", refusal):
+                named.append(topic)
+        return named
 
     def subscribe_messages(self, topics: Sequence[str], next_id: Callable[[], int]) -> list[tuple[str, int]]:
         """One ``subscribe`` op per batch (under 64 KB), acknowledged once per arg."""

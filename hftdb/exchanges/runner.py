@@ -60,6 +60,7 @@ class _Shard:
         self.session: Session | None = None
         self.lock = asyncio.Lock()
         self.task: asyncio.Task | None = None
+        self.topics_added = asyncio.Event()  # wakes a shard left without topics (all refused, none trading)
 
     def __repr__(self) -> str:
         return f"<_Shard {self.index} topics={len(self.topics)}>"
@@ -101,7 +102,9 @@ class StreamRunner:
         adapter = self.adapter
         shards = adapter.plan_connections(adapter.topics())
         if not shards:
-            raise ExchangeError(f"{adapter.venue.value}: nothing to stream (no symbols)")
+            # Every symbol halted, delisted or refused: one shard waits for a symbol sync to give it topics.
+            logger.warning("%s: nothing to stream until a symbol sync finds a symbol trading", adapter.venue.value)
+            shards = [()]
         logger.info("%s: streaming %d topics over %d connection(s)", adapter.venue.value, sum(map(len, shards)), len(shards))
         try:
             async with asyncio.TaskGroup() as tg:
@@ -183,6 +186,7 @@ class StreamRunner:
         async with shard.lock:
             if subscribe:
                 shard.topics.extend(topics)
+                shard.topics_added.set()
             else:
                 gone = set(topics)
                 shard.topics = [t for t in shard.topics if t not in gone]
@@ -192,10 +196,24 @@ class StreamRunner:
             try:
                 await session.change(topics, subscribe=subscribe)
             except ConnectionLost as exc:
+                if subscribe and exc.refusal is not None:
+                    self._drop_refused(shard, exc.refusal)  # the successor subscribes the others only
                 logger.warning("%s; handing the connection over to resubscribe", exc)
                 session.end("resubscribe")
                 return
         logger.info("%s: %s %d topics", session.conn.name, "subscribed" if subscribe else "unsubscribed", len(topics))
+
+    def _drop_refused(self, shard: _Shard, refusal: str) -> bool:
+        """Take the topics a refusal names off ``shard`` (the adapter logs and remembers them); whether it named
+        any. A venue refuses a symbol it no longer lists as trading on every attempt: reconnecting with it only
+        keeps the shard's other topics from streaming."""
+        refused = self.adapter.refused_topics(refusal, shard.topics)
+        if not refused:
+            return False
+        gone = set(refused)
+        shard.topics = [t for t in shard.topics if t not in gone]
+        self.adapter.refuse(refused, refusal)
+        return True
 
     async def _stop_shard(self, shard: _Shard) -> None:
         # Its task closes the connection gracefully when cancelled: what was sent before is still stored.
@@ -240,6 +258,9 @@ class StreamRunner:
         try:
             while True:
                 if session is None:
+                    while not shard.topics:  # nothing to subscribe: wait for update() to bring topics
+                        shard.topics_added.clear()
+                        await shard.topics_added.wait()
                     retry_after = self._retry_after.pop(index, None)
                     if retry_after is not None:  # a handover's successor was refused
                         await asyncio.sleep(retry_after)
@@ -247,6 +268,11 @@ class StreamRunner:
                         async with shard.lock:
                             session = shard.session = await self._open(index, tuple(shard.topics), hold=False)
                     except ConnectionLost as exc:
+                        if exc.refusal is not None:
+                            async with shard.lock:
+                                dropped = self._drop_refused(shard, exc.refusal)
+                            if dropped:
+                                continue  # the others subscribe at once: retrying cannot fix the refused ones
                         failures += 1
                         if adapter.max_reconnect_attempts is not None and failures > adapter.max_reconnect_attempts:
                             raise ExchangeError(f"{venue}: giving up after {failures} failed connection attempts") from exc

@@ -103,7 +103,8 @@ class Session:
             raise ConnectionLost(f"{self.conn.name}: {self.acks}/{self.expected_acks} subscriptions acknowledged "
                                  f"after {adapter.subscribe_timeout}s") from None
         if self.subscribe_error is not None:
-            raise ConnectionLost(f"{self.conn.name}: subscription refused: {self.subscribe_error}")
+            raise ConnectionLost(f"{self.conn.name}: subscription refused: {self.subscribe_error}",
+                                 refusal=self.subscribe_error)
         if self.ended.is_set():
             raise ConnectionLost(f"{self.conn.name}: ended while subscribing ({self.reason})")
 
@@ -131,7 +132,7 @@ class Session:
             self.subscribed.set()  # so that a later error is logged, not taken for a refusal
         if self.subscribe_error is not None:
             error, self.subscribe_error = self.subscribe_error, None
-            raise ConnectionLost(f"{self.conn.name}: {action} refused: {error}")
+            raise ConnectionLost(f"{self.conn.name}: {action} refused: {error}", refusal=error)
         if self.ended.is_set():
             raise ConnectionLost(f"{self.conn.name}: ended during {action} ({self.reason})")
 

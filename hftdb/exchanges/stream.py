@@ -52,18 +52,20 @@ class FeedStats:
     ``messages``: frames received; ``book_rows``/``funding_rows``/``balance_rows``: rows handed to the sink;
     ``duplicates``: rows dropped because their update id (or exchange time) was already stored; ``gaps``: jumps
     in update ids within one connection (``missed_ids`` the ids skipped); ``reconnects``: connections lost and
-    replaced; ``rollovers``: connections replaced on purpose (age limit, announced shutdown, resync);
-    ``resyncs``: of those, the ones to recover a book the parser lost to a corrupt frame; ``stale``:
-    connections given up for silence; ``errors``: error answers from the exchange; ``sink_errors``: failed sink
-    calls (``dropped_rows`` the rows they lost); ``rest_errors``: failed REST polls; ``retry_after_waits``:
-    refused websocket upgrades whose ``Retry-After`` set the wait before the next attempt; ``rest_funding_rows``:
-    funding rows taken from REST polls; ``rejects`` by reason are in the adapter's
-    :class:`~hftdb.rejects.Rejects`.
+    replaced (a restart of the whole feed replaces its connections, so it counts here too); ``restarts``: restarts
+    of the whole feed after a failure (counted by the daemon's supervisor); ``rollovers``: connections replaced
+    on purpose (age limit, announced shutdown, resync); ``resyncs``: of those, the ones to recover a book the
+    parser lost to a corrupt frame; ``stale``: connections given up for silence; ``errors``: error answers from
+    the exchange; ``sink_errors``: failed sink calls (``dropped_rows`` the rows they lost); ``rest_errors``: failed
+    REST polls and symbol syncs; ``retry_after_waits``: refused websocket upgrades whose ``Retry-After`` set the
+    wait before the next attempt; ``rest_funding_rows``: funding rows taken from REST polls; ``rejects`` by reason
+    are in the adapter's :class:`~hftdb.rejects.Rejects`.
     """
 
     __slots__ = (
         "venue", "messages", "book_rows", "funding_rows", "balance_rows", "duplicates", "gaps", "missed_ids",
-        "reconnects", "rollovers", "resyncs", "stale", "connections", "errors", "sink_errors", "dropped_rows", "rest_errors",
+        "reconnects", "restarts", "rollovers", "resyncs", "stale", "connections", "errors", "sink_errors",
+        "dropped_rows", "rest_errors",
         "retry_after_waits", "rest_funding_rows", "last_message_us", "rejects",
     )
 
@@ -72,7 +74,7 @@ class FeedStats:
         self.rejects = rejects
         self.messages = self.book_rows = self.funding_rows = self.balance_rows = 0
         self.duplicates = self.gaps = self.missed_ids = 0
-        self.reconnects = self.rollovers = self.resyncs = self.stale = self.connections = 0
+        self.reconnects = self.restarts = self.rollovers = self.resyncs = self.stale = self.connections = 0
         self.errors = self.sink_errors = self.dropped_rows = self.rest_errors = 0
         self.retry_after_waits = self.rest_funding_rows = 0
         self.last_message_us: int | None = None
@@ -96,7 +98,8 @@ class FeedStats:
         return (
             f"{self.venue}: conns={self.connections} msgs={self.messages} books={self.book_rows} "
             f"funding={self.funding_rows} balances={self.balance_rows} dups={self.duplicates} gaps={self.gaps} "
-            f"rejected={self.rejected} reconnects={self.reconnects} rollovers={self.rollovers} stale={self.stale} "
+            f"rejected={self.rejected} reconnects={self.reconnects} restarts={self.restarts} "
+            f"rollovers={self.rollovers} stale={self.stale} "
             f"errors={self.errors} last={age}"
         )
 
@@ -143,6 +146,10 @@ class StreamAdapter(Protocol):
     def unsubscribe_messages(self, topics: Sequence[str], next_id: Callable[[], int]) -> list[tuple[str, int]]: ...
 
     def ping_message(self, next_id: Callable[[], int]) -> str | None: ...
+
+    def refused_topics(self, refusal: str, topics: Sequence[str]) -> list[str]: ...
+
+    def refuse(self, topics: Sequence[str], refusal: str) -> None: ...
 
     def new_parser(self) -> Any: ...
 

@@ -38,7 +38,7 @@ import msgspec
 import orjson
 
 from ..config import Settings
-from ..errors import ConfigError, ExchangeError, HftdbError, StateError, ValidationError
+from ..errors import ConfigError, DatabaseUnavailableError, ExchangeError, HftdbError, StateError, ValidationError
 from .feeds import Feed, FeedState, open_feed
 from ..manager import DatabaseManager
 from .metrics import MetricsServer
@@ -46,6 +46,7 @@ from ..models import now_us
 from ..tablespec import TIME_SERIES
 from .status import StatusReporter, Summary
 from ..db.target import Target, identify, open_target
+from ..exchanges.stream import Backoff
 from ..store.writer import DROPPED_BATCH
 
 __all__ = ["Daemon", "serve", "check_ledger_path"]
@@ -56,6 +57,8 @@ status_logger = logging.getLogger("hftdb.service.status")
 _VERSION = "0.1.0"
 # The writers' close after a final flush that used up [daemon] shutdown_timeout_s: long enough to spool.
 _CLOSE_AT_LEAST_S = 1.0
+# Retrying the first symbol sync while the database is away: from 0.2 s up to 2 s, with jitter.
+_SYNC_BACKOFF = Backoff(initial=0.2, maximum=2.0)
 
 
 # ----------------------------------------------------------------------------------------------------- daemon
@@ -184,27 +187,57 @@ class Daemon:
     async def _initial_sync(self) -> None:
         timeout = self.settings.exchanges.startup_timeout_s
         feeds = list(self._feeds.values())
-        tasks = [asyncio.create_task(feed.sync(), name=f"sync-{feed.venue}") for feed in feeds]
+        tasks = [asyncio.create_task(self._first_sync(feed), name=f"sync-{feed.venue}") for feed in feeds]
         done, pending = await asyncio.wait(tasks, timeout=timeout)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         failures = []
+        fatal: list[BaseException] = []
         for feed, task in zip(feeds, tasks):
             error = None if task in done and not task.cancelled() else f"no answer within {timeout:g}s"
-            if error is None and task.exception() is not None:
-                exc = task.exception()
+            # Every task's exception is retrieved here, so none is reported "never retrieved" when one is raised.
+            exc = None if error is not None else task.exception()
+            if exc is not None:
                 if not isinstance(exc, ExchangeError):
-                    raise exc  # a ConfigError (unlisted symbol) or a bug: not something to retry
+                    # A ConfigError (unlisted symbol), a database that stayed away, or a bug: not retried here.
+                    fatal.append(exc)
+                    continue
                 error = str(exc)
             if error is not None:
                 feed.last_error = error
                 failures.append(f"{feed.venue}: {error}")
+        if fatal:
+            # A configuration mistake first: the operator fixes that one before anything else matters.
+            raise next((e for e in fatal if isinstance(e, ConfigError)), fatal[0])
         if len(failures) == len(feeds):
             hint = "" if self.demo else "; without internet access, try the demo: run.py --demo"
             raise ExchangeError(f"no exchange could be reached at start-up ({'; '.join(failures)}){hint}")
         for failure in failures:
             logger.warning("first symbol sync failed (%s); retrying in the background", failure)
+
+    async def _first_sync(self, feed: Feed) -> None:
+        # The database going away under the first sync (a restart, a terminated backend) is waited out for up to
+        # [database] connect_timeout, as the manager's start waits for it; if it stays away, start-up fails with it.
+        wait = self.settings.database.connect_timeout
+        deadline = time.monotonic() + wait
+        attempt = 0
+        while True:
+            try:
+                await feed.sync()
+                return
+            except DatabaseUnavailableError as exc:
+                feed.last_error = str(exc)
+                delay = _SYNC_BACKOFF.delay(attempt)
+                attempt += 1
+                if time.monotonic() + delay > deadline:
+                    raise DatabaseUnavailableError(
+                        f"{feed.venue}: first symbol sync: the database stayed unavailable for {wait:g}s "
+                        f"([database] connect_timeout): {exc}") from exc
+                if attempt & (attempt - 1) == 0:  # the 1st, 2nd, 4th... failure: not a line per retry
+                    logger.warning("%s: first symbol sync: %s; retrying (%d failed so far, next in %.1fs)", feed.venue,
+                                   exc, attempt, delay)
+                await asyncio.sleep(delay)
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task:
         task = asyncio.create_task(coro, name=name)
@@ -394,7 +427,7 @@ class Daemon:
             feeds[venue] = {k: view[k] for k in ("state", "live", "last_message_age_s", "connections", "last_error")}
             if not view["live"] and self._state is _State.RUNNING:
                 age = view["last_message_age_s"]
-                why = feed.last_error or (f"no message for {age:.0f}s" if age is not None else "no message yet")
+                why = view["last_error"] or (f"no message for {age:.0f}s" if age is not None else "no message yet")
                 reasons.append(f"{venue} {feed.state.value}: {why}")
         return {"ok": not reasons, "reasons": reasons, "state": self._state.value, "database": database, "feeds": feeds}
 

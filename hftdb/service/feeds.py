@@ -81,11 +81,18 @@ class Feed:
         since = last if last is not None and last >= self.state_since_us else self.state_since_us
         live = self.state is FeedState.STREAMING and (now - since) / 1e6 <= stale_after_s
         out = stats.as_dict()
-        out.update(state=self.state.value, live=live, last_message_age_s=age, last_error=self.last_error)
+        # A symbol dropped from the subscription (refused by the venue, or not trading) is shown, not silent.
+        error = self.last_error
+        dropped = self.adapter.not_streamed
+        if dropped:
+            note = "not streamed: " + "; ".join(f"{what} ({why})" for what, why in dropped.items())
+            error = f"{error}; {note}" if error else note
+        out.update(state=self.state.value, live=live, last_message_age_s=age, last_error=error, not_streamed=dropped)
         return out
 
     async def sync(self) -> None:
-        """Sync the venue's symbols; a configured symbol the venue does not list is a :class:`ConfigError`."""
+        """Sync the venue's symbols; a configured symbol the venue does not list is a :class:`ConfigError`. (One
+        it lists halted or delisted is not streamed until it trades again: the adapter logs it.)"""
         await self.adapter.sync_symbols(timeout=self.settings.request_timeout_s)
         if self.config.symbols != "all":
             listed = {s.symbol: s.status for s in await self.db.get_symbols_by_exchange(self.venue)}
@@ -96,10 +103,6 @@ class Feed:
                     f"[exchanges.{self.venue}] symbols: {', '.join(missing)} not listed by {self.venue} "
                     f"(it lists {len(listed)} symbols, e.g. {sample})"
                 )
-            idle = [s for s in self.config.symbols if listed[s] != "trading"]
-            if idle:
-                logger.warning("%s: %s not trading (%s); streamed anyway", self.venue, ", ".join(idle),
-                               ", ".join(listed[s] for s in idle))
         self.synced = True
 
     async def run(self) -> None:
@@ -132,6 +135,12 @@ class Feed:
                 self.last_error = "; ".join(str(e) or repr(e) for e in leaves)
                 if not all(isinstance(e, _EXPECTED) for e in leaves):
                     logger.error("%s: feed failed", self.venue, exc_info=exc)
+                # Never silent: a restart cuts the streams, and what the venue sends until they are back is lost.
+                stats = self.adapter.stats
+                stats.restarts += 1
+                if self.state is FeedState.STREAMING:
+                    stats.reconnects += 1  # its connections were replaced
+                self.adapter.notify()
             self.set_state(FeedState.RETRYING)
             delay = _BACKOFF.delay(attempt)
             attempt += 1

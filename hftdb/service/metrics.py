@@ -46,6 +46,7 @@ _FEED_COUNTERS = (
     ("gaps", "Jumps in update ids within one connection."),
     ("missed_ids", "Update ids skipped by those jumps."),
     ("reconnects", "Connections lost and replaced."),
+    ("restarts", "Restarts of the whole feed after a failure."),
     ("rollovers", "Connections replaced on purpose (age limit, announced shutdown, resync)."),
     ("resyncs", "Connections replaced to recover a book lost to a corrupt frame."),
     ("stale", "Connections given up for silence."),

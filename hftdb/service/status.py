@@ -57,7 +57,8 @@ class StatusReporter:
             state = f.get("state", "")
             line = (
                 f"{venue}: {_per_s(rate)} msg/s, rows {rows_text}, reconnects={f.get('reconnects', 0)} "
-                f"gaps={f.get('gaps', 0)} rejects={f.get('rejected', 0)} dups={f.get('duplicates', 0)}, "
+                + (f"restarts={f['restarts']} " if f.get("restarts") else "")
+                + f"gaps={f.get('gaps', 0)} rejects={f.get('rejected', 0)} dups={f.get('duplicates', 0)}, "
                 f"conns={f.get('connections', 0)}, "
                 + ("no message yet" if age is None else f"last {age:.1f}s ago")
                 + (f" ({state})" if state and state != "streaming" else "")
@@ -65,7 +66,8 @@ class StatusReporter:
             )
             fields = {
                 "feed": venue, "msgs_per_s": rate, "rows": rows, "reconnects": f.get("reconnects", 0),
-                "gaps": f.get("gaps", 0), "rejects": f.get("rejected", 0), "duplicates": f.get("duplicates", 0),
+                "restarts": f.get("restarts", 0), "gaps": f.get("gaps", 0), "rejects": f.get("rejected", 0),
+                "duplicates": f.get("duplicates", 0),
                 "connections": f.get("connections", 0), "last_message_age_s": age, "state": state,
                 "queue_rows": queue, "flush_p99_ms": worst_p99,
             }
