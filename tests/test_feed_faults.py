@@ -59,6 +59,13 @@ async def feeds(daemon: Daemon) -> dict[str, dict[str, Any]]:
     return (await daemon.snapshot())["feeds"]
 
 
+def healthy(daemon: Daemon):
+    """A check for :func:`wait_for`: the daemon's /health says ok."""
+    async def check() -> bool:
+        return (await daemon.health())["ok"]
+    return check
+
+
 async def check_exactly_once(dsn: str, ledger_path: Path, *, contiguous: bool = True) -> None:
     """Every message the simulator sent is stored once, and (``contiguous``: no connection was lost) Bybit's
     stored update ids have no hole."""
@@ -99,10 +106,7 @@ async def test_a_database_outage_during_the_periodic_symbol_sync_cuts_no_stream(
     daemon = Daemon(settings, demo=True, ledger_file=ledger_path)
     await daemon.start()
     try:
-        async def healthy() -> bool:
-            return (await daemon.health())["ok"]
-
-        await wait_for(healthy, timeout=60)
+        await wait_for(healthy(daemon), timeout=60)
         before = await feeds(daemon)
         if fault == "stop":
             await fault_server.kill()
@@ -129,7 +133,8 @@ async def test_a_database_outage_during_the_periodic_symbol_sync_cuts_no_stream(
 
         async def healthy_and_streaming_on() -> bool:
             now = await feeds(daemon)
-            return await healthy() and all(now[v]["book_rows"] >= after_fault[v]["book_rows"] + 20 for v in now)
+            return await healthy(daemon)() and all(now[v]["book_rows"] >= after_fault[v]["book_rows"] + 20
+                                                   for v in now)
 
         await wait_for(healthy_and_streaming_on, timeout=60)
         final = await feeds(daemon)
@@ -187,7 +192,7 @@ async def test_a_database_restart_during_the_first_symbol_sync_is_waited_out(fau
             await start
 
         async def healthy_and_streaming() -> bool:
-            return (await daemon.health())["ok"] and all(f["book_rows"] >= 20 for f in (await feeds(daemon)).values())
+            return await healthy(daemon)() and all(f["book_rows"] >= 20 for f in (await feeds(daemon)).values())
 
         await wait_for(healthy_and_streaming, timeout=60)
     finally:
@@ -243,11 +248,8 @@ async def test_a_configured_symbol_delisted_at_runtime_stops_only_itself(dsn, tm
     daemon = Daemon(settings, demo=True, ledger_file=ledger_path)
     await daemon.start()
     try:
-        async def healthy() -> bool:
-            return (await daemon.health())["ok"]
-
         async def streaming() -> bool:
-            return await healthy() and all(f["book_rows"] >= 20 for f in (await feeds(daemon)).values())
+            return await healthy(daemon)() and all(f["book_rows"] >= 20 for f in (await feeds(daemon)).values())
 
         await wait_for(streaming, timeout=60)
         for venue, (gone, _) in GIVEN.items():
