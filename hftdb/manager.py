@@ -207,6 +207,13 @@ class DatabaseManager:
             except BaseException as exc:
                 await self._teardown()
                 self._state = "closed"
+                if isinstance(exc, dberrors.CATCH) and dberrors.classify(exc) == dberrors.WAIT:
+                    # The connection went away under a start-up step (a server restart, a terminated backend): one
+                    # line, not asyncpg's error. Each migration runs in its own transaction: starting again resumes.
+                    where = redact_dsn(self._dsn) if self._dsn else "the embedded server"
+                    text = " ".join(dberrors.describe(exc).split())
+                    raise DatabaseUnavailableError(
+                        f"{where}: the database went away while {step} ({text}); start again") from exc
                 if isinstance(exc, asyncpg.PostgresError):
                     # The server refused a start-up step (a role without privileges, a read-only standby...): one
                     # line for the user, not asyncpg's error; the cause stays chained for a program that wants it.

@@ -30,6 +30,7 @@ from hftdb import (
 )
 from hftdb.db import dberrors
 from hftdb.db.cache import TTLCache
+from hftdb.db.schema import MIGRATION_LOCK_KEY
 
 from helpers import settings, sql, tickers
 
@@ -603,3 +604,29 @@ async def test_a_reader_beside_a_writer_opens_with_no_spool_and_the_refusal_says
         async with DatabaseManager(dsn, settings=settings(tmp_path), spool_dir="") as reader:
             assert len(await reader.get_latest_book_tickers("binance_spot")) == 10
     assert not list((tmp_path / "spool").rglob("*.spool"))
+
+
+async def test_a_backend_ended_under_a_start_up_step_is_one_database_unavailable_error(dsn, tmp_path):
+    # Terminated while it applied the migrations (a server restart, pg_terminate_backend), the start-up ended in
+    # asyncpg's ConnectionDoesNotExistError and, from run.py, a traceback. Made deterministic: the test holds the
+    # migration lock, and ends the backend that waits for it.
+    holder = await asyncpg.connect(dsn)
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        db = DatabaseManager(dsn, settings=settings(tmp_path))
+        start = asyncio.create_task(db.initialize())
+        waiting = None
+        async with asyncio.timeout(60):
+            while waiting is None:
+                await asyncio.sleep(0.02)
+                waiting = await holder.fetchval(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'advisory'")
+        await holder.execute("SELECT pg_terminate_backend($1)", waiting)
+        with pytest.raises(DatabaseUnavailableError, match="went away while applying the migrations") as caught:
+            await start
+        assert "start again" in str(caught.value)
+        await holder.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+        async with DatabaseManager(dsn, settings=settings(tmp_path)) as again:  # starting again resumes
+            assert await again.health_check()
+    finally:
+        await holder.close()
