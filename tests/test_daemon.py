@@ -28,6 +28,7 @@ import pytest
 
 from hftdb.config import Settings, load_settings
 from hftdb.service.daemon import Daemon
+from hftdb.simulator.server import ExchangeSimulator
 from hftdb.db.target import with_database
 from hftdb.errors import ConfigError
 from hftdb.service.metrics import family_names
@@ -467,6 +468,37 @@ async def test_funding_poll_interval_0_starts_no_rest_funding_poller(demo_settin
         assert {n.removesuffix("-funding") for n in tasks() if n.endswith("-funding")} == pollers
     finally:
         await daemon.close()
+
+
+async def test_a_symbol_found_unlisted_after_the_start_stops_the_daemon_in_one_line(demo_settings, monkeypatch,
+                                                                                     caplog):
+    # The venue's listing is late (its first symbol sync missed the start-up timeout): the unlisted symbol is
+    # found once it answers, and stops the daemon with the key named. That ConfigError was logged with a traceback.
+    real_start = ExchangeSimulator.start
+
+    async def listing_late(self):
+        started = await real_start(self)
+        self.http_error("okx_spot", 503, path="/api/v5/public/instruments", count=14)
+        return started
+
+    monkeypatch.setattr(ExchangeSimulator, "start", listing_late)
+    settings: Settings = msgspec.structs.replace(
+        demo_settings,
+        exchanges=msgspec.structs.replace(
+            demo_settings.exchanges, startup_timeout_s=2.0,
+            okx_spot=msgspec.structs.replace(demo_settings.exchanges.okx_spot, symbols=("BTC-USDT", "NOPE-USDT")),
+        ),
+    )
+    daemon = Daemon(settings, demo=True)
+    await daemon.start()
+    try:
+        async with asyncio.timeout(120):
+            await daemon.wait()
+    finally:
+        await daemon.close()
+    assert isinstance(daemon.failure, ConfigError), daemon.failure
+    assert "[exchanges.okx_spot] symbols: NOPE-USDT not listed by okx_spot" in str(daemon.failure)
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
 
 
 async def test_an_unlisted_symbol_stops_the_start_with_the_key_named(demo_settings):

@@ -253,7 +253,12 @@ class Daemon:
             exc = task.exception()
             if self.failure is None:
                 self.failure = exc
-            logger.error("daemon task %s failed: %r; stopping", task.get_name(), exc, exc_info=exc)
+            if isinstance(exc, ConfigError):
+                # A mistake in the configuration found late (a venue's listing came after the start): the user's to
+                # fix, said in one line (run.py prints it again as it exits), with no traceback.
+                logger.error("%s: %s; stopping", task.get_name(), exc)
+            else:
+                logger.error("daemon task %s failed: %r; stopping", task.get_name(), exc, exc_info=exc)
             self.stop()
 
     def stop(self) -> None:
