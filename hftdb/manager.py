@@ -225,25 +225,14 @@ class DatabaseManager:
             logger.info("hftdb open on %s", redact_dsn(self._dsn))
 
     async def _create_pool(self) -> asyncpg.Pool:
+        # Only what waiting can cure is retried (a server starting, refusing, full); a wrong password, a missing
+        # role or database, a DSN option the client refuses fails at once.
         db = self.settings.database
-        deadline = time.monotonic() + db.connect_timeout
-        delay = 0.1
-        while True:
-            try:
-                return await asyncpg.create_pool(
-                    self._dsn, min_size=db.pool_min_size, max_size=max(db.pool_max_size, db.pool_min_size),
-                    command_timeout=db.command_timeout, timeout=db.connect_timeout, init=init_connection,
-                )
-            except RETRYABLE as exc:
-                # Only what waiting can cure is retried (a server starting, refusing, full); a wrong password, a
-                # missing role or database fails at once.
-                if (dberrors.classify(exc) != dberrors.WAIT or dberrors.first_connect_fails(exc)
-                        or time.monotonic() + delay > deadline):
-                    raise DatabaseUnavailableError(
-                        f"cannot connect to {redact_dsn(self._dsn)}: {dberrors.describe(exc, timeout=db.connect_timeout)}"
-                    ) from None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        return await dberrors.first_connection(
+            lambda: asyncpg.create_pool(
+                self._dsn, min_size=db.pool_min_size, max_size=max(db.pool_max_size, db.pool_min_size),
+                command_timeout=db.command_timeout, timeout=db.connect_timeout, init=init_connection),
+            self._dsn, timeout=db.connect_timeout)
 
     async def close(self, *, timeout: float = 30.0) -> None:
         """Flush every writer (spooling what cannot be committed in ``timeout``), close the pool. Idempotent."""

@@ -44,14 +44,20 @@ registration, the manager's start-up). Its answer is one of:
 from __future__ import annotations
 
 import asyncio
-from typing import Final
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final, TypeVar
 
 import asyncpg
 
+from ..config import redact_dsn
+from ..errors import DatabaseUnavailableError
 from ..redact import redact
 
 __all__ = ["WAIT", "DATA", "OTHER", "CATCH", "MAX_OTHER_ATTEMPTS", "classify", "sqlstate", "citus_worker_unreachable",
-           "describe", "first_connect_fails", "login_refused"]
+           "describe", "first_connect_fails", "first_connection", "login_refused"]
+
+T = TypeVar("T")
 
 WAIT: Final = "wait"
 DATA: Final = "data"
@@ -145,3 +151,21 @@ def describe(exc: BaseException, *, timeout: float | None = None) -> str:
     if not text and isinstance(exc, asyncio.TimeoutError) and timeout is not None:
         return f"no answer within {timeout:g} s ({type(exc).__name__})"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def first_connection(connect: Callable[[], Awaitable[T]], dsn: str, *, timeout: float) -> T:
+    """``connect()``, a process's first connection (or pool) to ``dsn``: what waiting can cure (a server starting,
+    refusing, full) is tried again for ``timeout`` seconds (``[database] connect_timeout``), with back-off up to
+    2 s; what it cannot (:func:`first_connect_fails`, or no :data:`WAIT` error) is not. Gives up with one
+    :class:`~hftdb.errors.DatabaseUnavailableError`, the DSN's password starred."""
+    deadline = time.monotonic() + timeout
+    delay = 0.1
+    while True:
+        try:
+            return await connect()
+        except CATCH as exc:
+            if classify(exc) != WAIT or first_connect_fails(exc) or time.monotonic() + delay > deadline:
+                raise DatabaseUnavailableError(
+                    f"cannot connect to {redact_dsn(dsn)}: {describe(exc, timeout=timeout)}") from None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)

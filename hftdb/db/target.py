@@ -5,11 +5,9 @@ The daemon and the ``hftdb`` command resolve it the same way, so they always agr
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import logging
 import os
-import time
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import asyncpg
@@ -117,26 +115,8 @@ def with_database(dsn: str, database: str) -> str:
     return urlunsplit(parts._replace(path="/" + database))
 
 
-async def _connect(dsn: str, *, timeout: float) -> asyncpg.Connection:
-    # As the manager's first connection: what waiting can cure (a server starting, refusing, full) is retried for
-    # ``timeout`` ([database] connect_timeout); anything else (a wrong password, a DSN option the client refuses)
-    # is one DatabaseUnavailableError at once.
-    deadline = time.monotonic() + timeout
-    delay = 0.1
-    while True:
-        try:
-            return await asyncpg.connect(dsn, timeout=timeout)
-        except dberrors.CATCH as exc:
-            if (dberrors.classify(exc) != dberrors.WAIT or dberrors.first_connect_fails(exc)
-                    or time.monotonic() + delay > deadline):
-                raise DatabaseUnavailableError(
-                    f"cannot connect to {redact_dsn(dsn)}: {dberrors.describe(exc, timeout=timeout)}") from None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-
 async def _ensure_database(dsn: str, name: str, *, timeout: float) -> None:
-    conn = await _connect(dsn, timeout=timeout)
+    conn = await dberrors.first_connection(lambda: asyncpg.connect(dsn, timeout=timeout), dsn, timeout=timeout)
     try:
         if not await conn.fetchval("SELECT true FROM pg_database WHERE datname = $1", name):
             # An identifier cannot be a bind parameter; the name is checked by [demo] database's pattern.

@@ -165,8 +165,7 @@ class ExchangeAdapter:
         self._runner: StreamRunner | None = None
         self._rest_funding_times: dict[str, int] = {}
         self._idle: dict[str, str] = {}  # given symbol -> its status, while the listing says it is not trading
-        self._refused: dict[str, str] = {}  # topic -> the venue's refusal
-        self._refused_symbols: dict[str, str] = {}  # refused topic -> its symbol
+        self._refused: dict[str, tuple[str, str]] = {}  # topic -> (its symbol, the venue's refusal)
         self._changed = asyncio.Event()
         self._state = _State.UNOPENED
 
@@ -287,10 +286,10 @@ class ExchangeAdapter:
             for symbol in self._idle.keys() - idle.keys():
                 logger.info("%s: %s is listed trading again: streamed again", venue, symbol)
             self._idle = idle
-        for topic, symbol in list(self._refused_symbols.items()):
+        for topic, (symbol, _) in list(self._refused.items()):
             if status.get(symbol) not in _IDLE and symbol in status:
                 logger.info("%s: %s lists as trading: subscribing %s again", venue, symbol, topic)
-                del self._refused[topic], self._refused_symbols[topic]
+                del self._refused[topic]
 
     def refused_topics(self, refusal: str, topics: Sequence[str]) -> list[str]:
         """Those of ``topics`` that the venue's refusal of a subscription (its error text, as the parser gives it)
@@ -302,8 +301,7 @@ class ExchangeAdapter:
         :attr:`not_streamed`, and tried again when a symbol sync lists their symbol as trading."""
         by_topic = {self.topic(s, c): s for s in self._given_or_synced() for c in self.channels}
         for topic in topics:
-            self._refused[topic] = refusal
-            self._refused_symbols[topic] = by_topic.get(topic, "")
+            self._refused[topic] = (by_topic.get(topic, ""), refusal)
         logger.warning("%s: the venue refuses %s (%s): not streamed until a symbol sync lists %s trading; the "
                        "other topics stream on", self.venue.value, ", ".join(topics), refusal,
                        "it" if len(topics) == 1 else "them")
@@ -314,7 +312,7 @@ class ExchangeAdapter:
         """What this adapter would stream but does not, and why: a given symbol the listing shows halted or
         delisted, a topic the venue refused."""
         out = {symbol: f"{state} on {self.venue.value}" for symbol, state in self._idle.items()}
-        out.update((topic, f"refused: {refusal}") for topic, refusal in self._refused.items())
+        out.update((topic, f"refused: {refusal}") for topic, (_, refusal) in self._refused.items())
         return out
 
     @property

@@ -563,12 +563,11 @@ async def serve(settings: Settings, *, demo: bool = False, ledger_file: str | os
     A second SIGINT or SIGTERM cancels the graceful stop (writers spool what they hold) and raises
     ``CancelledError``; a third SIGINT ends the process at once (the default handler is back by then).
     """
-    if demo and (ledger_file is not None or settings.demo.ledger_file):
-        # Written at the end of the run: a path it cannot write is refused now, not after the whole run.
-        if ledger_file is not None:
-            check_ledger_path(ledger_file, "--ledger")
-        else:
-            check_ledger_path(settings.demo.ledger_file or "", "[demo] ledger_file")
+    # The ledger is written at the end of the run: a path it cannot write is refused now, not after the whole run.
+    if demo and ledger_file is not None:
+        check_ledger_path(ledger_file, "--ledger")
+    elif demo and settings.demo.ledger_file:
+        check_ledger_path(settings.demo.ledger_file, "[demo] ledger_file")
     loop = asyncio.get_running_loop()
     daemon = Daemon(settings, demo=demo, ledger_file=ledger_file)
     main = asyncio.current_task()
