@@ -14,6 +14,7 @@ import contextlib
 import gc
 import json
 import logging
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def demo_settings(dsn: str, tmp_path: Path, **exchanges: Any) -> Settings:
-    """An in-process demo daemon's settings on ``dsn``: small and quick, metrics on a port of the system's choice."""
+    """An in-process demo daemon's settings on ``dsn``: small and quick, metrics on a port of the system's choice,
+    a demo database of its own (not ``hftdb_demo``, which other tests on the shared server expect absent)."""
     base = load_settings(environ={})
     return msgspec.structs.replace(
         base,
@@ -45,7 +47,7 @@ def demo_settings(dsn: str, tmp_path: Path, **exchanges: Any) -> Settings:
         daemon=msgspec.structs.replace(base.daemon, status_interval_s=0, feed_stale_after_s=5.0,
                                        maintenance_interval_s=3600.0),
         metrics=msgspec.structs.replace(base.metrics, port=0),
-        demo=msgspec.structs.replace(base.demo, rate=40.0, symbols=3),
+        demo=msgspec.structs.replace(base.demo, rate=40.0, symbols=3, database="hftdb_demo_" + uuid.uuid4().hex[:10]),
     )
 
 
@@ -277,3 +279,8 @@ async def test_a_configured_symbol_delisted_at_runtime_stops_only_itself(dsn, tm
     for venue, (gone, kept) in GIVEN.items():
         # The kept symbol was streamed after the delisting too: more of its messages than of the delisted one's.
         assert len(sent[(venue, "book", kept)]) > len(sent[(venue, "book", gone)]), venue
+    conn = await asyncpg.connect(dsn)  # the shared server keeps no demo database of this test's
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{settings.demo.database}" WITH (FORCE)')
+    finally:
+        await conn.close()
